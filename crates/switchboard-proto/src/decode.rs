@@ -1,0 +1,530 @@
+//! The receive side: bytes in, messages out (RFC 6455 §5, §6.2).
+//!
+//! The decoder works on the caller's read buffer. It consumes a frame's header as soon as
+//! the header is complete, and unmasks and validates payload bytes in place as they
+//! arrive, but takes a payload out of the buffer only when the frame is complete. So an
+//! unfragmented message is handed out without a copy, and invalid UTF-8 fails the
+//! connection as soon as its bytes are read.
+
+use crate::{
+    close::{CloseCode, CloseError, CloseFrame},
+    config::{Limits, Role},
+    frame::{FrameHeader, HeaderError, MAX_CONTROL_PAYLOAD, OpCode},
+    mask::apply_mask,
+    message::Message,
+    utf8::{Utf8Bytes, Utf8Error, Utf8Validator},
+};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// A violation of the protocol by the peer. The connection must be failed with
+/// [`ProtocolError::close_code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The frame header is malformed.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// "MUST be 0 unless an extension is negotiated that defines meanings for non-zero
+    /// values" (§5.2).
+    #[error("reserved bits set without a negotiated extension")]
+    NonZeroReservedBits,
+    /// "The server MUST close the connection upon receiving a frame that is not masked"
+    /// (§5.1).
+    #[error("client frame is not masked")]
+    UnmaskedFrame,
+    /// "A client MUST close a connection if it detects a masked frame" (§5.1).
+    #[error("server frame is masked")]
+    MaskedFrame,
+    /// "Control frames themselves MUST NOT be fragmented" (§5.5).
+    #[error("fragmented control frame")]
+    FragmentedControlFrame,
+    /// "All control frames MUST have a payload length of 125 bytes or less" (§5.5).
+    #[error("control frame payload of {0} bytes")]
+    ControlFrameTooLong(u64),
+    /// A continuation frame with no fragmented message to continue (§5.4).
+    #[error("continuation frame without a message to continue")]
+    UnexpectedContinuation,
+    /// A new text or binary frame while a fragmented message is unfinished: "the
+    /// fragments of one message MUST NOT be interleaved between the fragments of another"
+    /// (§5.4).
+    #[error("new message before the fragmented one finished")]
+    ExpectedContinuation,
+    /// Text that is not UTF-8 (§8.1); closes with 1007.
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// An invalid close frame payload (§5.5.1, §7.4).
+    #[error(transparent)]
+    InvalidClose(#[from] CloseError),
+    /// A frame longer than [`Limits::max_frame_size`]; closes with 1009.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// The length the header announced.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A message longer than [`Limits::max_message_size`]; closes with 1009.
+    #[error("message exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl ProtocolError {
+    /// The status code to close the connection with.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::InvalidUtf8 | Self::InvalidClose(CloseError::InvalidReason(_)) => {
+                CloseCode::INVALID_DATA
+            }
+            Self::FrameTooLarge { .. } | Self::MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
+            _ => CloseCode::PROTOCOL_ERROR,
+        }
+    }
+}
+
+impl From<Utf8Error> for ProtocolError {
+    fn from(_: Utf8Error) -> Self {
+        Self::InvalidUtf8
+    }
+}
+
+/// Turns received bytes into messages.
+#[derive(Debug)]
+pub struct Decoder {
+    role: Role,
+    limits: Limits,
+    /// The frame whose header has been consumed and whose payload is arriving.
+    frame: Option<InFrame>,
+    /// The fragmented message being reassembled, if any.
+    fragments: Option<Fragments>,
+    /// Validates the text message in progress, fragment after fragment.
+    utf8: Utf8Validator,
+}
+
+#[derive(Debug)]
+struct InFrame {
+    header: FrameHeader,
+    /// The payload length, known to fit the limits.
+    len: usize,
+    /// Payload bytes at the front of the buffer already unmasked (and validated).
+    seen: usize,
+    /// Whether the payload is text to validate as it arrives.
+    text: bool,
+}
+
+#[derive(Debug)]
+struct Fragments {
+    opcode: OpCode,
+    data: BytesMut,
+}
+
+impl Decoder {
+    /// A decoder for the given side of the connection.
+    pub fn new(role: Role, limits: Limits) -> Self {
+        Self {
+            role,
+            limits,
+            frame: None,
+            fragments: None,
+            utf8: Utf8Validator::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Decodes the next message from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` needs more bytes; the caller appends to `buf` and
+    /// calls again, without otherwise touching the bytes already in it. A non-final
+    /// fragment is absorbed and decoding goes on with the next frame.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        loop {
+            let frame = match &mut self.frame {
+                Some(frame) => frame,
+                None => {
+                    let Some((header, header_len)) = FrameHeader::parse(buf)? else {
+                        return Ok(None);
+                    };
+                    let frame = self.admit(header)?;
+                    buf.advance(header_len);
+                    self.frame.insert(frame)
+                }
+            };
+            let available = buf.len().min(frame.len);
+            if let Some(fresh) = buf.get_mut(frame.seen..available) {
+                if let Some(key) = frame.header.mask {
+                    apply_mask(fresh, key, frame.seen);
+                }
+                if frame.text {
+                    self.utf8.feed(fresh)?;
+                }
+                frame.seen = available;
+            }
+            if frame.seen < frame.len {
+                return Ok(None);
+            }
+            let header = frame.header;
+            let payload = buf.split_to(frame.len).freeze();
+            self.frame = None;
+            if let Some(message) = self.complete(header, payload)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    /// How many more bytes the frame in progress needs, beyond those already buffered:
+    /// a hint for sizing the next read.
+    pub fn bytes_wanted(&self, buffered: usize) -> usize {
+        self.frame
+            .as_ref()
+            .map_or(0, |frame| frame.len.saturating_sub(buffered))
+    }
+
+    /// Checks a header against the rules that do not need the payload.
+    fn admit(&self, header: FrameHeader) -> Result<InFrame, ProtocolError> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(ProtocolError::NonZeroReservedBits);
+        }
+        match (self.role, header.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        let buffered = self.fragments.as_ref().map_or(0, |f| f.data.len());
+        let text = match header.opcode {
+            op if op.is_control() => {
+                if !header.fin {
+                    return Err(ProtocolError::FragmentedControlFrame);
+                }
+                if header.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                    return Err(ProtocolError::ControlFrameTooLong(header.payload_len));
+                }
+                false
+            }
+            OpCode::Continuation => match &self.fragments {
+                None => return Err(ProtocolError::UnexpectedContinuation),
+                Some(fragments) => fragments.opcode == OpCode::Text,
+            },
+            data => {
+                if self.fragments.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                data == OpCode::Text
+            }
+        };
+        let len = self.check_size(header.payload_len, buffered)?;
+        Ok(InFrame {
+            header,
+            len,
+            seen: 0,
+            text,
+        })
+    }
+
+    /// Applies the frame and message limits before a byte of the payload is buffered.
+    fn check_size(&self, payload_len: u64, buffered: usize) -> Result<usize, ProtocolError> {
+        let Limits {
+            max_frame_size,
+            max_message_size,
+        } = self.limits;
+        let len = usize::try_from(payload_len)
+            .ok()
+            .filter(|&len| len <= max_frame_size)
+            .ok_or(ProtocolError::FrameTooLarge {
+                len: payload_len,
+                max: max_frame_size,
+            })?;
+        if buffered.saturating_add(len) > max_message_size {
+            return Err(ProtocolError::MessageTooLarge {
+                max: max_message_size,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Handles a complete frame; returns a message when one is finished.
+    fn complete(
+        &mut self,
+        header: FrameHeader,
+        payload: Bytes,
+    ) -> Result<Option<Message>, ProtocolError> {
+        let opcode = match header.opcode {
+            OpCode::Ping => return Ok(Some(Message::Ping(payload))),
+            OpCode::Pong => return Ok(Some(Message::Pong(payload))),
+            OpCode::Close => return Ok(Some(Message::Close(CloseFrame::parse(payload)?))),
+            OpCode::Continuation => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                fragments.data.extend_from_slice(&payload);
+                if !header.fin {
+                    return Ok(None);
+                }
+                let Some(Fragments { opcode, data }) = self.fragments.take() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                return self.finish(opcode, data.freeze()).map(Some);
+            }
+            data => data,
+        };
+        if header.fin {
+            return self.finish(opcode, payload).map(Some);
+        }
+        self.fragments = Some(Fragments {
+            opcode,
+            data: BytesMut::from(&payload[..]),
+        });
+        Ok(None)
+    }
+
+    fn finish(&mut self, opcode: OpCode, payload: Bytes) -> Result<Message, ProtocolError> {
+        if opcode == OpCode::Text {
+            self.utf8.finish()?;
+            Ok(Message::Text(Utf8Bytes::from_validated(payload)))
+        } else {
+            Ok(Message::Binary(payload))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Frame;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn wire(frames: &[Frame]) -> BytesMut {
+        let mut out = BytesMut::new();
+        for frame in frames {
+            frame.clone().masked(KEY).write_to(&mut out);
+        }
+        out
+    }
+
+    fn server() -> Decoder {
+        Decoder::new(Role::Server, Limits::default())
+    }
+
+    fn decode_all(decoder: &mut Decoder, mut buf: BytesMut) -> Result<Vec<Message>, ProtocolError> {
+        let mut out = Vec::new();
+        while let Some(message) = decoder.decode(&mut buf)? {
+            out.push(message);
+        }
+        assert!(buf.is_empty(), "left {} bytes", buf.len());
+        Ok(out)
+    }
+
+    #[test]
+    fn decodes_a_single_masked_text_frame() {
+        // RFC 6455 §5.7: a single-frame masked text message.
+        let mut buf = BytesMut::from(
+            &[
+                0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+            ][..],
+        );
+        assert_eq!(server().decode(&mut buf), Ok(Some(Message::text("Hello"))));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn reassembles_fragments_around_interleaved_control_frames() {
+        let buf = wire(&[
+            Frame::text("Hel").with_fin(false),
+            Frame::ping("p"),
+            Frame::new(OpCode::Continuation, Bytes::from_static(b"lo")).with_fin(false),
+            Frame::pong(""),
+            Frame::new(OpCode::Continuation, Bytes::from_static(b", world")),
+        ]);
+        let messages = decode_all(&mut server(), buf).unwrap();
+        assert_eq!(
+            messages,
+            vec![
+                Message::Ping(Bytes::from_static(b"p")),
+                Message::Pong(Bytes::new()),
+                Message::text("Hello, world"),
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_the_same_messages() {
+        let frames = [
+            Frame::binary(vec![7u8; 300]).with_fin(false),
+            Frame::new(OpCode::Continuation, Bytes::from(vec![8u8; 70_000])),
+            Frame::text("κόσμε"),
+            Frame::close(CloseCode::NORMAL, "done"),
+        ];
+        let all = wire(&frames);
+        let mut decoder = server();
+        let mut buf = BytesMut::new();
+        let mut messages = Vec::new();
+        for byte in all.iter() {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(m) = decoder.decode(&mut buf).unwrap() {
+                messages.push(m);
+            }
+        }
+        let mut expected = vec![0x07; 300];
+        expected.extend(vec![0x08; 70_000]);
+        assert_eq!(
+            messages,
+            vec![
+                Message::Binary(expected.into()),
+                Message::text("κόσμε"),
+                Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "done"))),
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_is_complete() {
+        let mut all = wire(&[Frame::text(String::from_utf8(vec![b'a'; 1000]).unwrap())]);
+        // Corrupt byte 10 of the payload (the header is 8 bytes: 2 + 2 length + 4 key).
+        all[8 + 10] ^= KEY[10 % 4] ^ 0xFF;
+        let mut buf = BytesMut::from(&all[..8 + 20]);
+        assert_eq!(server().decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_split_across_fragments_fails_at_the_fragment() {
+        let buf = wire(&[
+            Frame::new(OpCode::Text, Bytes::from_static(&[0xF0, 0x9F])).with_fin(false),
+            Frame::new(OpCode::Continuation, Bytes::from_static(&[0x98, 0x41])),
+        ]);
+        assert_eq!(
+            decode_all(&mut server(), buf),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // The same sequence completed correctly is fine.
+        let buf = wire(&[
+            Frame::new(OpCode::Text, Bytes::from_static(&[0xF0, 0x9F])).with_fin(false),
+            Frame::new(OpCode::Continuation, Bytes::from_static(&[0x98, 0x80])),
+        ]);
+        assert_eq!(
+            decode_all(&mut server(), buf),
+            Ok(vec![Message::text("😀")])
+        );
+    }
+
+    #[test]
+    fn each_rule_has_its_error_and_close_code() {
+        let cases: Vec<(BytesMut, ProtocolError, u16)> = vec![
+            (
+                wire(&[Frame::new(OpCode::Continuation, Bytes::new())]),
+                ProtocolError::UnexpectedContinuation,
+                1002,
+            ),
+            (
+                wire(&[Frame::text("a").with_fin(false), Frame::text("b")]),
+                ProtocolError::ExpectedContinuation,
+                1002,
+            ),
+            (
+                wire(&[Frame::ping("").with_fin(false)]),
+                ProtocolError::FragmentedControlFrame,
+                1002,
+            ),
+            (
+                wire(&[Frame::ping(vec![0u8; 126])]),
+                ProtocolError::ControlFrameTooLong(126),
+                1002,
+            ),
+            (
+                BytesMut::from(&[0x81, 0x00][..]),
+                ProtocolError::UnmaskedFrame,
+                1002,
+            ),
+            (
+                BytesMut::from(&[0xC1, 0x80, 0, 0, 0, 0][..]),
+                ProtocolError::NonZeroReservedBits,
+                1002,
+            ),
+            (
+                BytesMut::from(&[0x85, 0x80, 0, 0, 0, 0][..]),
+                ProtocolError::Header(HeaderError::ReservedOpCode(5)),
+                1002,
+            ),
+            (
+                wire(&[Frame::new(OpCode::Close, Bytes::from_static(&[0x03]))]),
+                ProtocolError::InvalidClose(CloseError::Truncated),
+                1002,
+            ),
+            (
+                wire(&[Frame::new(
+                    OpCode::Close,
+                    Bytes::from_static(&[0x03, 0xE8, 0xC0]),
+                )]),
+                ProtocolError::InvalidClose(CloseError::InvalidReason(Utf8Error)),
+                1007,
+            ),
+            (
+                wire(&[Frame::new(OpCode::Close, Bytes::from_static(&[0x03, 0xEE]))]),
+                ProtocolError::InvalidClose(CloseError::InvalidCode(CloseCode::ABNORMAL)),
+                1002,
+            ),
+        ];
+        for (buf, error, code) in cases {
+            let got = decode_all(&mut server(), buf).unwrap_err();
+            assert_eq!(got, error);
+            assert_eq!(got.close_code(), CloseCode(code), "{got}");
+        }
+    }
+
+    #[test]
+    fn client_role_rejects_masked_frames_and_accepts_unmasked_ones() {
+        let mut client = Decoder::new(Role::Client, Limits::default());
+        let mut buf = BytesMut::new();
+        Frame::text("hi").write_to(&mut buf);
+        assert_eq!(client.decode(&mut buf), Ok(Some(Message::text("hi"))));
+        let mut buf = wire(&[Frame::text("hi")]);
+        assert_eq!(client.decode(&mut buf), Err(ProtocolError::MaskedFrame));
+    }
+
+    #[test]
+    fn limits_apply_before_the_payload_arrives() {
+        let limits = Limits {
+            max_frame_size: 100,
+            max_message_size: 150,
+        };
+        // Only the header of a 101-byte frame: rejected at once.
+        let mut header_only = wire(&[Frame::binary(vec![0u8; 101])]);
+        header_only.truncate(8);
+        let mut decoder = Decoder::new(Role::Server, limits);
+        let err = decoder.decode(&mut header_only).unwrap_err();
+        assert_eq!(err, ProtocolError::FrameTooLarge { len: 101, max: 100 });
+        assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+
+        let buf = wire(&[
+            Frame::binary(vec![0u8; 100]).with_fin(false),
+            Frame::new(OpCode::Continuation, Bytes::from(vec![0u8; 51])),
+        ]);
+        assert_eq!(
+            decode_all(&mut Decoder::new(Role::Server, limits), buf),
+            Err(ProtocolError::MessageTooLarge { max: 150 })
+        );
+        let mut huge = BytesMut::from(&[0x82, 0xFF][..]);
+        huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        huge.extend_from_slice(&KEY);
+        assert!(matches!(
+            server().decode(&mut huge),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn single_frame_payloads_are_not_copied() {
+        let mut buf = wire(&[Frame::binary(vec![1u8; 4096])]);
+        let start = buf.as_ptr() as usize;
+        let Ok(Some(Message::Binary(payload))) = server().decode(&mut buf) else {
+            panic!("expected a binary message");
+        };
+        let offset = payload.as_ptr() as usize - start;
+        assert_eq!(offset, 8, "payload should be a view into the read buffer");
+    }
+}

@@ -1,0 +1,129 @@
+//! Frames: the header, the opcode, and a whole frame ready for the wire (RFC 6455 §5).
+
+mod header;
+mod opcode;
+
+pub use header::{EncodedHeader, FrameHeader, HeaderError, MAX_HEADER_LEN};
+pub use opcode::OpCode;
+
+use crate::{
+    close::{CloseCode, CloseFrame},
+    mask::apply_mask,
+    utf8::Utf8Bytes,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// "All control frames MUST have a payload length of 125 bytes or less" (§5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// One frame: a header and its payload, kept unmasked in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The header; `payload_len` always equals `payload.len()`.
+    pub header: FrameHeader,
+    /// The unmasked payload.
+    pub payload: Bytes,
+}
+
+impl Frame {
+    /// A final frame of `opcode` carrying `payload`.
+    pub fn new(opcode: OpCode, payload: Bytes) -> Self {
+        Self {
+            header: FrameHeader::new(opcode, payload.len() as u64),
+            payload,
+        }
+    }
+
+    /// A text frame.
+    pub fn text(text: impl Into<Utf8Bytes>) -> Self {
+        Self::new(OpCode::Text, text.into().into_bytes())
+    }
+
+    /// A binary frame.
+    pub fn binary(data: impl Into<Bytes>) -> Self {
+        Self::new(OpCode::Binary, data.into())
+    }
+
+    /// A ping; its payload must not exceed [`MAX_CONTROL_PAYLOAD`].
+    pub fn ping(data: impl Into<Bytes>) -> Self {
+        Self::new(OpCode::Ping, data.into())
+    }
+
+    /// A pong; its payload must not exceed [`MAX_CONTROL_PAYLOAD`].
+    pub fn pong(data: impl Into<Bytes>) -> Self {
+        Self::new(OpCode::Pong, data.into())
+    }
+
+    /// A close frame with a code and a reason (cut to fit, see [`CloseFrame::new`]).
+    pub fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Self {
+        Self::close_with(Some(&CloseFrame::new(code, reason)))
+    }
+
+    /// A close frame, empty when `close` is `None`.
+    pub fn close_with(close: Option<&CloseFrame>) -> Self {
+        Self::new(
+            OpCode::Close,
+            close.map(CloseFrame::encode).unwrap_or_default(),
+        )
+    }
+
+    /// The same frame with its FIN bit set as given: a fragment of a longer message.
+    pub fn with_fin(mut self, fin: bool) -> Self {
+        self.header.fin = fin;
+        self
+    }
+
+    /// The same frame, to be masked with `key` on the wire (what a client sends).
+    pub fn masked(mut self, key: [u8; 4]) -> Self {
+        self.header.mask = Some(key);
+        self
+    }
+
+    /// The frame as it goes on the wire: the header inline, and the payload shared
+    /// unless it must be masked, in which case a masked copy is made.
+    pub fn encode(&self) -> EncodedFrame {
+        debug_assert_eq!(self.header.payload_len, self.payload.len() as u64);
+        let payload = match self.header.mask {
+            None => self.payload.clone(),
+            Some(key) => {
+                let mut masked = BytesMut::from(&self.payload[..]);
+                apply_mask(&mut masked, key, 0);
+                masked.freeze()
+            }
+        };
+        EncodedFrame {
+            head: self.header.encode(),
+            payload,
+        }
+    }
+
+    /// Appends the encoded frame to `dst` as one contiguous run of bytes.
+    pub fn write_to(&self, dst: &mut BytesMut) {
+        let encoded = self.encode();
+        dst.reserve(encoded.len());
+        dst.put_slice(encoded.head.as_bytes());
+        dst.put_slice(&encoded.payload);
+    }
+}
+
+/// A frame in wire form: a header and a payload to be written one after the other,
+/// e.g. with a vectored write. Cloning it shares the payload.
+#[derive(Clone, Debug)]
+pub struct EncodedFrame {
+    /// The encoded header.
+    pub head: EncodedHeader,
+    /// The payload, already masked if the header says so.
+    pub payload: Bytes,
+}
+
+impl EncodedFrame {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.as_bytes().len() + self.payload.len()
+    }
+
+    /// Never true: a frame has at least a two-byte header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
