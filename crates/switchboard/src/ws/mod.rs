@@ -1,0 +1,249 @@
+//! An async WebSocket over any byte stream.
+//!
+//! [`WebSocket`] drives the sans-IO protocol of [`switchboard_proto`] over a tokio
+//! `AsyncRead + AsyncWrite`: it answers pings, runs the close handshake, fails the
+//! connection with the right code when the peer breaks the protocol, and batches queued
+//! frames into one vectored write.
+
+mod read;
+mod split;
+mod write;
+
+pub use split::{WsReader, WsWriter};
+
+use crate::Error;
+use bytes::BytesMut;
+use read::ReadState;
+use std::time::Duration;
+use switchboard_proto::{CloseCode, CloseFrame, Limits, Message, Role, Utf8Bytes};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    time::{Instant, timeout, timeout_at},
+};
+use write::{CloseState, Reaction, WriteState};
+
+/// Settings of one connection.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct WebSocketConfig {
+    /// Limits on what the peer may send (frame and message size).
+    pub limits: Limits,
+    /// How long to wait for the peer's close frame after sending ours, and for the
+    /// peer to close the transport after the handshake, before giving up.
+    ///
+    /// Default 5 s: long enough for a peer across the world, short enough that a
+    /// vanished peer does not hold a socket.
+    pub close_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// The same config with another limit on message (and frame) size.
+    pub fn max_message_size(mut self, max: usize) -> Self {
+        self.limits = Limits::with_max_message_size(max);
+        self
+    }
+
+    /// The same config with other limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same config with another close timeout.
+    pub fn close_timeout(mut self, close_timeout: Duration) -> Self {
+        self.close_timeout = close_timeout;
+        self
+    }
+}
+
+/// A WebSocket connection over the stream `S`, after the opening handshake.
+#[derive(Debug)]
+pub struct WebSocket<S> {
+    io: S,
+    read: ReadState,
+    write: WriteState,
+    role: Role,
+    config: WebSocketConfig,
+    /// When we sent a close frame: the peer must answer by then.
+    close_deadline: Option<Instant>,
+    /// `recv` has reported the end of the connection.
+    finished: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wraps a stream on which the opening handshake is already done.
+    pub fn from_raw_socket(io: S, role: Role, config: WebSocketConfig) -> Self {
+        Self::from_partially_read(io, BytesMut::new(), role, config)
+    }
+
+    /// Like [`WebSocket::from_raw_socket`], with bytes that were read past the handshake
+    /// (the peer's first frames may arrive in the same packet as its handshake).
+    pub fn from_partially_read(
+        io: S,
+        buffered: BytesMut,
+        role: Role,
+        config: WebSocketConfig,
+    ) -> Self {
+        Self {
+            io,
+            read: ReadState::new(role, config.limits, buffered),
+            write: WriteState::new(role),
+            role,
+            config,
+            close_deadline: None,
+            finished: false,
+        }
+    }
+
+    /// Which side of the connection this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &WebSocketConfig {
+        &self.config
+    }
+
+    /// Receives the next message.
+    ///
+    /// Pings are answered and close frames echoed before they are returned. `None`
+    /// after the connection has ended; the call that ends it returns either the peer's
+    /// `Message::Close` or an error saying why it ended ([`Error::close_code`]).
+    ///
+    /// Cancel-safe: dropping the future loses no received data.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        if self.finished {
+            return None;
+        }
+        let next = match self.close_deadline {
+            None => self.read.next(&mut self.io).await,
+            Some(deadline) => timeout_at(deadline, self.read.next(&mut self.io))
+                .await
+                .unwrap_or(Err(Error::CloseTimeout)),
+        };
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => return Some(Err(self.fail(Error::AbnormalClosure).await)),
+            Err(error) => return Some(Err(self.fail(error).await)),
+        };
+        let flushed = match self.write.react(&message) {
+            Reaction::None => Ok(()),
+            Reaction::Flush => self.write.flush(&mut self.io).await,
+            Reaction::Finish => {
+                self.finish().await;
+                Ok(())
+            }
+        };
+        Some(match flushed {
+            Ok(()) => Ok(message),
+            Err(e) => Err(self.fail(e.into()).await),
+        })
+    }
+
+    /// Sends a message and waits until it is written.
+    ///
+    /// Sending `Message::Close` starts the close handshake: keep calling
+    /// [`WebSocket::recv`] to receive the peer's answer, or use [`WebSocket::close`].
+    pub async fn send(&mut self, message: impl Into<Message>) -> Result<(), Error> {
+        self.feed(message)?;
+        self.flush().await
+    }
+
+    /// Queues a message without writing it: queued messages leave together, in one
+    /// vectored write, on the next [`WebSocket::flush`] or [`WebSocket::send`].
+    pub fn feed(&mut self, message: impl Into<Message>) -> Result<(), Error> {
+        let message = message.into();
+        let closing = matches!(message, Message::Close(_));
+        self.write.push(message)?;
+        if closing {
+            self.close_deadline = Some(Instant::now() + self.config.close_timeout);
+        }
+        Ok(())
+    }
+
+    /// Writes every queued message.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        match self.write.flush(&mut self.io).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e.into()).await),
+        }
+    }
+
+    /// Runs the close handshake: sends a close frame, discards incoming messages until
+    /// the peer's close frame arrives (or the close timeout passes), then closes the
+    /// transport.
+    pub async fn close(
+        &mut self,
+        code: CloseCode,
+        reason: impl Into<Utf8Bytes>,
+    ) -> Result<(), Error> {
+        self.send(Message::Close(Some(CloseFrame::new(code, reason))))
+            .await?;
+        while let Some(next) = self.recv().await {
+            next?;
+        }
+        Ok(())
+    }
+
+    /// Splits the connection into halves that can be used from different tasks.
+    pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
+        split::split(self)
+    }
+
+    /// Ends the connection after a failure; returns the error for the caller to report.
+    async fn fail(&mut self, error: Error) -> Error {
+        self.finished = true;
+        match &error {
+            // "_Fail the WebSocket Connection_ ... the endpoint SHOULD send a Close frame
+            // with an appropriate status code" (RFC 6455 §7.1.7).
+            Error::Protocol(e) => {
+                self.write
+                    .push_failure_close(&CloseFrame::new(e.close_code(), e.to_string()));
+                if self.write.flush(&mut self.io).await.is_ok() {
+                    self.linger().await;
+                }
+            }
+            Error::CloseTimeout => {
+                self.write.close = CloseState::Done;
+                let _ = self.io.shutdown().await;
+            }
+            _ => self.write.close = CloseState::Done,
+        }
+        error
+    }
+
+    /// Completes the close handshake after the peer's close frame.
+    async fn finish(&mut self) {
+        self.finished = true;
+        if self.write.flush(&mut self.io).await.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Closes the transport after the close handshake.
+    ///
+    /// "The underlying TCP connection, in most normal cases, SHOULD be closed first by
+    /// the server" (RFC 6455 §7.1.1): a server shuts its side at once, a client waits for
+    /// the server to. Either then reads until the peer's end of stream, because closing a
+    /// socket with unread bytes resets it and can destroy our close frame in flight.
+    async fn linger(&mut self) {
+        let wait = self.config.close_timeout;
+        if self.role == Role::Server {
+            let _ = self.io.shutdown().await;
+            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
+        } else {
+            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
+            let _ = self.io.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A connection split into a reading half and a writing half, for separate tasks.
+//!
+//! The writer half sits behind an async mutex because the reader needs it too: the
+//! protocol obliges the reader to answer pings and close frames.
+
+use super::{
+    WebSocket, WebSocketConfig,
+    read::ReadState,
+    write::{CloseState, Reaction, WriteState},
+};
+use crate::Error;
+use std::sync::Arc;
+use switchboard_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    sync::Mutex,
+    time::{Instant, timeout, timeout_at},
+};
+
+/// The receiving half of a split [`WebSocket`].
+#[derive(Debug)]
+pub struct WsReader<S> {
+    io: ReadHalf<S>,
+    read: ReadState,
+    writer: Arc<Mutex<WriterInner<S>>>,
+    role: Role,
+    config: WebSocketConfig,
+    finished: bool,
+}
+
+/// The sending half of a split [`WebSocket`]; clone it to send from several tasks.
+#[derive(Debug)]
+pub struct WsWriter<S> {
+    inner: Arc<Mutex<WriterInner<S>>>,
+}
+
+impl<S> Clone for WsWriter<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WriterInner<S> {
+    io: WriteHalf<S>,
+    write: WriteState,
+    close_deadline: Option<Instant>,
+    close_timeout: std::time::Duration,
+}
+
+pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>, WsWriter<S>) {
+    let WebSocket {
+        io,
+        read,
+        write,
+        role,
+        config,
+        close_deadline,
+        finished,
+    } = ws;
+    let (read_io, write_io) = tokio::io::split(io);
+    let inner = Arc::new(Mutex::new(WriterInner {
+        io: write_io,
+        write,
+        close_deadline,
+        close_timeout: config.close_timeout,
+    }));
+    let reader = WsReader {
+        io: read_io,
+        read,
+        writer: inner.clone(),
+        role,
+        config,
+        finished,
+    };
+    (reader, WsWriter { inner })
+}
+
+impl<S: AsyncRead + AsyncWrite> WsReader<S> {
+    /// Receives the next message; see [`WebSocket::recv`].
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        if self.finished {
+            return None;
+        }
+        let deadline = self.writer.lock().await.close_deadline;
+        let next = match deadline {
+            None => self.read.next(&mut self.io).await,
+            Some(deadline) => timeout_at(deadline, self.read.next(&mut self.io))
+                .await
+                .unwrap_or(Err(Error::CloseTimeout)),
+        };
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => return Some(Err(self.fail(Error::AbnormalClosure).await)),
+            Err(error) => return Some(Err(self.fail(error).await)),
+        };
+        let mut guard = self.writer.lock().await;
+        let WriterInner { io, write, .. } = &mut *guard;
+        let reaction = write.react(&message);
+        let flushed = match reaction {
+            Reaction::None => Ok(()),
+            Reaction::Flush | Reaction::Finish => write.flush(io).await,
+        };
+        drop(guard);
+        if reaction == Reaction::Finish {
+            self.finished = true;
+            if flushed.is_ok() {
+                self.linger().await;
+            }
+        }
+        Some(match flushed {
+            Ok(()) => Ok(message),
+            Err(e) => Err(self.fail(e.into()).await),
+        })
+    }
+
+    async fn fail(&mut self, error: Error) -> Error {
+        self.finished = true;
+        let mut guard = self.writer.lock().await;
+        let WriterInner { io, write, .. } = &mut *guard;
+        match &error {
+            // "_Fail the WebSocket Connection_" (RFC 6455 §7.1.7), as in WebSocket::fail.
+            Error::Protocol(e) => {
+                write.push_failure_close(&CloseFrame::new(e.close_code(), e.to_string()));
+                let flushed = write.flush(io).await;
+                drop(guard);
+                if flushed.is_ok() {
+                    self.linger().await;
+                }
+            }
+            Error::CloseTimeout => {
+                write.close = CloseState::Done;
+                let _ = io.shutdown().await;
+            }
+            _ => write.close = CloseState::Done,
+        }
+        error
+    }
+
+    /// See [`WebSocket::linger`]: who closes the transport first depends on the role.
+    async fn linger(&mut self) {
+        let wait = self.config.close_timeout;
+        if self.role == Role::Server {
+            let _ = self.writer.lock().await.io.shutdown().await;
+            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
+        } else {
+            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
+            let _ = self.writer.lock().await.io.shutdown().await;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
+    /// Sends a message and waits until it is written; see [`WebSocket::send`].
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
+        let message = message.into();
+        let closing = matches!(message, Message::Close(_));
+        let mut inner = self.inner.lock().await;
+        inner.write.push(message)?;
+        if closing {
+            inner.close_deadline = Some(Instant::now() + inner.close_timeout);
+        }
+        let WriterInner { io, write, .. } = &mut *inner;
+        Ok(write.flush(io).await?)
+    }
+
+    /// Sends a close frame. The reader half receives the peer's answer and then ends.
+    pub async fn close(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) -> Result<(), Error> {
+        self.send(Message::Close(Some(CloseFrame::new(code, reason))))
+            .await
+    }
+}

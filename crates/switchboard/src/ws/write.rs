@@ -1,0 +1,170 @@
+//! The write side: a queue of encoded frames, flushed with vectored writes.
+
+use crate::Error;
+use std::{collections::VecDeque, io, io::IoSlice};
+use switchboard_proto::{
+    CloseFrame, EncodedFrame, Frame, Message, Role, frame::MAX_CONTROL_PAYLOAD,
+};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// How many buffers one `writev` takes; Linux accepts 1024, but beyond a few dozen
+/// frames the syscall is no longer the cost.
+const MAX_IOV: usize = 64;
+
+/// What has been sent and received of the close handshake (RFC 6455 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseState {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Sent,
+    /// The handshake is complete, or the connection failed.
+    Done,
+}
+
+/// Frames waiting to be written, and the close handshake's progress.
+#[derive(Debug)]
+pub(crate) struct WriteState {
+    role: Role,
+    queue: VecDeque<EncodedFrame>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    pub(crate) close: CloseState,
+}
+
+/// What the connection must do after a received message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reaction {
+    /// Nothing beyond delivering it.
+    None,
+    /// A pong was queued: flush it.
+    Flush,
+    /// The close handshake is complete: flush, then end the connection.
+    Finish,
+}
+
+impl WriteState {
+    pub(crate) fn new(role: Role) -> Self {
+        Self {
+            role,
+            queue: VecDeque::new(),
+            written: 0,
+            close: CloseState::Open,
+        }
+    }
+
+    /// Queues a message; closing messages move the close handshake forward.
+    pub(crate) fn push(&mut self, message: Message) -> Result<(), Error> {
+        if self.close != CloseState::Open {
+            return Err(Error::Closed);
+        }
+        match &message {
+            Message::Ping(p) | Message::Pong(p) if p.len() > MAX_CONTROL_PAYLOAD => {
+                return Err(Error::ControlFrameTooLong(p.len()));
+            }
+            Message::Close(_) => self.close = CloseState::Sent,
+            _ => {}
+        }
+        self.push_frame(message.into_frame());
+        Ok(())
+    }
+
+    /// Queues a close frame to fail the connection, unless one was already sent.
+    pub(crate) fn push_failure_close(&mut self, close: &CloseFrame) {
+        if self.close == CloseState::Open {
+            self.push_frame(Frame::close_with(Some(close)));
+        }
+        self.close = CloseState::Done;
+    }
+
+    /// Applies the protocol's automatic answers to a received message: a pong for a
+    /// ping, a close for a close.
+    pub(crate) fn react(&mut self, message: &Message) -> Reaction {
+        match (message, self.close) {
+            // "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
+            // response, unless it already received a Close frame. It SHOULD respond
+            // with Pong frame as soon as is practical." (RFC 6455 §5.5.2)
+            (Message::Ping(payload), CloseState::Open) => {
+                self.push_frame(Frame::pong(payload.clone()));
+                Reaction::Flush
+            }
+            // "If an endpoint receives a Close frame and did not previously send a Close
+            // frame, the endpoint MUST send a Close frame in response. ... the endpoint
+            // typically echos the status code it received." (§5.5.1)
+            (Message::Close(close), CloseState::Open) => {
+                self.push_frame(Frame::close_with(close.as_ref()));
+                self.close = CloseState::Done;
+                Reaction::Finish
+            }
+            (Message::Close(_), CloseState::Sent) => {
+                self.close = CloseState::Done;
+                Reaction::Finish
+            }
+            _ => Reaction::None,
+        }
+    }
+
+    fn push_frame(&mut self, frame: Frame) {
+        let frame = match self.role {
+            Role::Server => frame,
+            // "A client MUST mask all frames that it sends to the server" with a key
+            // "derived from a strong source of entropy" (§5.3).
+            Role::Client => frame.masked(rand::random()),
+        };
+        self.queue.push_back(frame.encode());
+    }
+
+    /// Writes every queued frame, batching as many as fit in one vectored write.
+    ///
+    /// Cancel-safe: progress is recorded after each completed write.
+    pub(crate) async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let count = self.fill(&mut slices);
+            let n = io
+                .write_vectored(slices.get(..count).unwrap_or_default())
+                .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        io.flush().await
+    }
+
+    /// Points `slices` at the unwritten bytes, front first; returns how many it used.
+    fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut skip = self.written;
+        let mut count = 0;
+        let parts = self
+            .queue
+            .iter()
+            .flat_map(|frame| [frame.head.as_bytes(), &frame.payload[..]]);
+        for part in parts {
+            let offset = skip.min(part.len());
+            skip -= offset;
+            let part = part.get(offset..).unwrap_or_default();
+            if part.is_empty() {
+                continue;
+            }
+            let Some(slot) = slices.get_mut(count) else {
+                break;
+            };
+            *slot = IoSlice::new(part);
+            count += 1;
+        }
+        count
+    }
+
+    /// Records that `n` more bytes were written.
+    fn advance(&mut self, n: usize) {
+        self.written += n;
+        while let Some(front) = self.queue.front() {
+            if self.written < front.len() {
+                break;
+            }
+            self.written -= front.len();
+            self.queue.pop_front();
+        }
+    }
+}
