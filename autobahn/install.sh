@@ -21,7 +21,8 @@
 #
 # Environment:
 #   SWITCHBOARD_CACHE      cache root (default $HOME/.cache/switchboard)
-#   AUTOBAHN_DEBIAN_MIRROR Debian mirror URI (default: the one apt already uses)
+#   AUTOBAHN_DEBIAN_MIRROR Debian mirror URI (default: the one apt already uses,
+#                          from /etc/apt/sources.list.d/debian.sources or sources.list)
 #   AUTOBAHN_FORCE=1       reinstall even if the stamp says it is installed
 set -euo pipefail
 
@@ -106,13 +107,17 @@ mirror_uri() {
   fi
   if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
     # One-line format: "deb [opts] URI suite components".
-    uri="$(awk '$1=="deb" {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
-             /etc/apt/sources.list | grep -v security | head -n1 || true)"
+    uri="$(awk '$1=="deb" {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\// && $i !~ /security/) {print $i; exit}}' \
+             /etc/apt/sources.list)"
   fi
-  echo "${uri:-http://deb.debian.org/debian}"
+  echo "$uri"
 }
 
 MIRROR="$(mirror_uri)"
+[[ -n "$MIRROR" ]] || {
+  echo "autobahn/install.sh: no Debian mirror found in /etc/apt; set AUTOBAHN_DEBIAN_MIRROR" >&2
+  exit 1
+}
 mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/debs"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bullseye main" \
   >"$WORK/apt/sources.list"
@@ -134,9 +139,10 @@ APT_OPTS=(
   -oAcquire::Languages=none
 )
 
-step "apt-get update (bullseye from $MIRROR)" apt-get "${APT_OPTS[@]}" update
-step "apt-get download ${DEBS[*]}" \
-  bash -c 'cd "$1" && shift && apt-get "$@"' _ "$WORK/debs" "${APT_OPTS[@]}" download "${DEBS[@]}"
+step "apt-get update (bullseye from $MIRROR)" apt-get "${APT_OPTS[@]}" --error-on=any update
+# (`step` runs these in an `if`, where set -e does not apply: hence || return.)
+download_debs() { (cd "$WORK/debs" && apt-get "${APT_OPTS[@]}" download "${DEBS[@]}") || return 1; }
+step "apt-get download ${DEBS[*]}" download_debs
 
 rm -rf "$PYDIR" "$SITE" "$STAMP"
 mkdir -p "$PYDIR"
@@ -144,7 +150,7 @@ unpack_debs() {
   local deb
   for deb in "$WORK"/debs/*.deb; do
     echo "dpkg -x $deb"
-    dpkg -x "$deb" "$PYDIR"
+    dpkg -x "$deb" "$PYDIR" || return 1
   done
 }
 step "unpack into $PYDIR" unpack_debs

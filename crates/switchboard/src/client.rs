@@ -1,0 +1,175 @@
+//! The client side: open a connection to a WebSocket server.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchboard::{Message, client};
+//!
+//! let (mut ws, _response) = client::connect("ws://127.0.0.1:9001/chat").await?;
+//! ws.send(Message::text("hello")).await?;
+//! if let Some(reply) = ws.recv().await {
+//!     println!("{:?}", reply?);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Only `ws://` is dialled directly: for `wss://`, open the TLS stream with the TLS
+//! library of your choice and run the handshake over it with [`handshake`].
+
+use crate::{WebSocket, WebSocketConfig};
+use bytes::BytesMut;
+use http::{HeaderName, HeaderValue, Response, Uri};
+use std::{io, time::Duration};
+use switchboard_proto::{
+    Role,
+    handshake::{ClientHandshake, ClientHandshakeError, ClientRequestError, http1},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+/// Settings of a client connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Settings of the connection once open.
+    pub websocket: WebSocketConfig,
+    /// Subprotocols to offer, in order of preference.
+    pub protocols: Vec<String>,
+    /// Extra request headers (e.g. `Origin`, `Authorization`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How long connecting and the opening handshake may take together. Default 10 s.
+    pub timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            websocket: WebSocketConfig::default(),
+            protocols: Vec::new(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL does not parse.
+    #[error("invalid url: {0}")]
+    InvalidUrl(#[from] http::uri::InvalidUri),
+    /// The URL or the protocols cannot form a handshake.
+    #[error(transparent)]
+    Request(#[from] ClientRequestError),
+    /// `wss://` needs TLS, which the caller provides: see [`handshake`].
+    #[error("wss:// needs a TLS stream: connect it yourself and call client::handshake")]
+    TlsUnsupported,
+    /// Connecting or writing failed.
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    /// The server did not answer within the timeout.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The server's answer is not HTTP/1.1.
+    #[error(transparent)]
+    Parse(#[from] http1::ParseError),
+    /// The server closed the connection before answering.
+    #[error("connection closed during the handshake")]
+    Eof,
+    /// The server's answer does not accept the handshake; it carries the status (e.g. a
+    /// 403 or a 503) when the server refused.
+    #[error(transparent)]
+    Handshake(#[from] ClientHandshakeError),
+}
+
+/// Connects to `url` (`ws://host[:port]/path?query`) with the default settings.
+pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), ConnectError> {
+    connect_with(url, &ClientConfig::default()).await
+}
+
+/// Connects to `url` with the given settings.
+pub async fn connect_with(
+    url: &str,
+    config: &ClientConfig,
+) -> Result<(WebSocket<TcpStream>, Response<()>), ConnectError> {
+    let uri: Uri = url.parse()?;
+    let request = build_request(&uri, config)?;
+    if matches!(uri.scheme_str(), Some("wss" | "https")) {
+        return Err(ConnectError::TlsUnsupported);
+    }
+    let host = uri.host().ok_or(ClientRequestError::MissingHost)?;
+    // An IPv6 literal keeps its brackets in the URI but not in a socket address.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    timeout(config.timeout, async {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        run_handshake(tcp, &request, config.websocket).await
+    })
+    .await
+    .unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// Runs the opening handshake for `url` over a stream the caller opened (e.g. TLS).
+pub async fn handshake<S>(
+    io: S,
+    url: &str,
+    config: &ClientConfig,
+) -> Result<(WebSocket<S>, Response<()>), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let uri: Uri = url.parse()?;
+    let request = build_request(&uri, config)?;
+    timeout(
+        config.timeout,
+        run_handshake(io, &request, config.websocket),
+    )
+    .await
+    .unwrap_or(Err(ConnectError::Timeout))
+}
+
+fn build_request(uri: &Uri, config: &ClientConfig) -> Result<ClientHandshake, ConnectError> {
+    let protocols: Vec<&str> = config.protocols.iter().map(String::as_str).collect();
+    let mut request = ClientHandshake::new(uri, rand::random())?.with_protocols(&protocols)?;
+    for (name, value) in &config.headers {
+        request = request.with_header(name.clone(), value.clone());
+    }
+    Ok(request)
+}
+
+async fn run_handshake<S>(
+    mut io: S,
+    request: &ClientHandshake,
+    config: WebSocketConfig,
+) -> Result<(WebSocket<S>, Response<()>), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(512);
+    http1::write_request(&request.request(), &mut out);
+    io.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let (response, len) = loop {
+        if let Some(head) = http1::parse_response(&buf)? {
+            break head;
+        }
+        if buf.len() >= http1::MAX_HEAD_LEN {
+            return Err(http1::ParseError::HeadTooLarge.into());
+        }
+        buf.reserve(1024);
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(ConnectError::Eof);
+        }
+    };
+    request.validate_response(&response)?;
+    // Frames the server sent right after its 101 are part of the connection.
+    let _ = buf.split_to(len);
+    Ok((
+        WebSocket::from_partially_read(io, buf, Role::Client, config),
+        response,
+    ))
+}

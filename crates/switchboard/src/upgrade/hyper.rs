@@ -1,0 +1,179 @@
+//! Upgrading a request received by hyper 1.x.
+
+use super::Upgraded;
+use crate::{WebSocket, WebSocketConfig};
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode, request::Parts};
+use http_body_util::Full;
+use hyper::upgrade::OnUpgrade;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+use switchboard_proto::{
+    Role,
+    handshake::{HandshakeError, ServerHandshake},
+};
+
+/// Why a request cannot be upgraded; answer it with [`Rejection::into_response`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The request is not a valid WebSocket handshake.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The HTTP server gave no way to take over the connection (e.g. HTTP/2, or a
+    /// request not received by hyper).
+    #[error("connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+impl Rejection {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Handshake(e) => e.status(),
+            Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+        }
+    }
+
+    /// The response to send: the status, the headers the RFC asks for (e.g.
+    /// `Sec-WebSocket-Version: 13` with 426), and the reason as text.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let head = match &self {
+            Self::Handshake(e) => e.response(),
+            Self::NotUpgradable => {
+                let mut response = Response::new(());
+                *response.status_mut() = self.status();
+                response
+            }
+        };
+        let (mut parts, ()) = head.into_parts();
+        parts.headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Response::from_parts(parts, Full::new(Bytes::from(self.to_string())))
+    }
+}
+
+/// A validated upgrade request whose answer has not been sent yet: choose a
+/// subprotocol or settings, then take the 101 response and the future connection.
+#[derive(Debug)]
+pub struct Upgrade {
+    handshake: ServerHandshake,
+    on_upgrade: OnUpgrade,
+    config: WebSocketConfig,
+}
+
+impl Upgrade {
+    /// Validates the handshake in `request` and takes hyper's upgrade handle from it.
+    pub fn from_request<B>(request: &mut Request<B>) -> Result<Self, Rejection> {
+        let handshake = ServerHandshake::from_request(request)?;
+        Self::new(handshake, request.extensions_mut().remove::<OnUpgrade>())
+    }
+
+    /// Like [`Upgrade::from_request`], for a request already split into parts.
+    pub fn from_parts(parts: &mut Parts) -> Result<Self, Rejection> {
+        let handshake = ServerHandshake::from_parts(parts)?;
+        Self::new(handshake, parts.extensions.remove::<OnUpgrade>())
+    }
+
+    fn new(handshake: ServerHandshake, on_upgrade: Option<OnUpgrade>) -> Result<Self, Rejection> {
+        Ok(Self {
+            handshake,
+            on_upgrade: on_upgrade.ok_or(Rejection::NotUpgradable)?,
+            config: WebSocketConfig::default(),
+        })
+    }
+
+    /// The subprotocols the client offered, in its order of preference.
+    pub fn offered_protocols(&self) -> impl Iterator<Item = &str> {
+        self.handshake.protocols()
+    }
+
+    /// Picks the first protocol the client offered that is in `supported`; none is
+    /// selected (and the client decides whether to go on) when there is no match.
+    pub fn protocols(mut self, supported: &[&str]) -> Self {
+        self.handshake.select_protocol(supported);
+        self
+    }
+
+    /// The protocol selected, if any.
+    pub fn selected_protocol(&self) -> Option<&str> {
+        self.handshake.protocol()
+    }
+
+    /// The connection's settings.
+    pub fn config(mut self, config: WebSocketConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The 101 response to return from the service, and the connection it becomes once
+    /// hyper has sent it.
+    pub fn into_parts(self) -> (Response<Full<Bytes>>, UpgradeFut) {
+        let (parts, ()) = self.handshake.response().into_parts();
+        let response = Response::from_parts(parts, Full::new(Bytes::new()));
+        let future = UpgradeFut {
+            on_upgrade: self.on_upgrade,
+            config: self.config,
+        };
+        (response, future)
+    }
+}
+
+/// Validates the WebSocket handshake in `request`: returns the 101 response for the
+/// service to return, and a future that resolves to the connection.
+///
+/// ```no_run
+/// # use http::{Request, Response};
+/// # use http_body_util::Full;
+/// # use bytes::Bytes;
+/// async fn service(mut request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+///     match switchboard::upgrade::upgrade(&mut request) {
+///         Ok((response, connection)) => {
+///             tokio::spawn(async move {
+///                 let Ok(mut ws) = connection.await else { return };
+///                 while let Some(Ok(message)) = ws.recv().await {
+///                     if message.is_data() && ws.send(message).await.is_err() {
+///                         break;
+///                     }
+///                 }
+///             });
+///             Ok(response)
+///         }
+///         Err(rejection) => Ok(rejection.into_response()),
+///     }
+/// }
+/// ```
+pub fn upgrade<B>(
+    request: &mut Request<B>,
+) -> Result<(Response<Full<Bytes>>, UpgradeFut), Rejection> {
+    Ok(Upgrade::from_request(request)?.into_parts())
+}
+
+/// The connection an upgrade becomes, once the 101 has been sent.
+#[derive(Debug)]
+#[must_use = "the connection is lost unless the future is awaited"]
+pub struct UpgradeFut {
+    on_upgrade: OnUpgrade,
+    config: WebSocketConfig,
+}
+
+impl Future for UpgradeFut {
+    type Output = Result<WebSocket<Upgraded>, crate::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let upgraded =
+            ready!(Pin::new(&mut self.on_upgrade).poll(cx)).map_err(std::io::Error::other)?;
+        let (io, buffered) = Upgraded::from_hyper(upgraded);
+        Poll::Ready(Ok(WebSocket::from_partially_read(
+            io,
+            BytesMut::from(buffered),
+            Role::Server,
+            self.config,
+        )))
+    }
+}

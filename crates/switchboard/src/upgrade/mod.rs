@@ -1,0 +1,14 @@
+//! Server side of the opening handshake, three ways, all on
+//! [`switchboard_proto::handshake`]:
+//!
+//! - from a hyper 1.x service: [`upgrade`] (or [`Upgrade`] to choose a subprotocol);
+//! - from an axum route: [`crate::axum::WebSocketUpgrade`] (feature `axum`);
+//! - on a bare stream without an HTTP server: [`accept`].
+
+mod hyper;
+mod io;
+mod raw;
+
+pub use self::hyper::{Rejection, Upgrade, UpgradeFut, upgrade};
+pub use io::Upgraded;
+pub use raw::{AcceptConfig, AcceptError, accept, accept_with};

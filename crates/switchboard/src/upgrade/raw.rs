@@ -1,0 +1,169 @@
+//! Accepting a WebSocket on a bare stream, without an HTTP server.
+
+use crate::{WebSocket, WebSocketConfig};
+use bytes::BytesMut;
+use http::{Request, Response, StatusCode};
+use std::{io, time::Duration};
+use switchboard_proto::{
+    Role,
+    handshake::{
+        HandshakeError, ServerHandshake,
+        http1::{self, ParseError},
+    },
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::timeout,
+};
+
+/// Settings of [`accept_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AcceptConfig {
+    /// Settings of the connection once accepted.
+    pub websocket: WebSocketConfig,
+    /// The longest request head accepted; a longer one is answered 431.
+    ///
+    /// Default [`http1::MAX_HEAD_LEN`] (32 KiB): room for large cookies, while a client
+    /// that never ends its head cannot make us buffer more.
+    pub max_head_len: usize,
+    /// How long a client may take to send its whole request head.
+    ///
+    /// Default 10 s: a slowloris client trickling bytes holds a socket no longer.
+    pub handshake_timeout: Duration,
+    /// Subprotocols this server speaks; the first one the client offers is selected.
+    pub protocols: Vec<String>,
+}
+
+impl Default for AcceptConfig {
+    fn default() -> Self {
+        Self {
+            websocket: WebSocketConfig::default(),
+            max_head_len: http1::MAX_HEAD_LEN,
+            handshake_timeout: Duration::from_secs(10),
+            protocols: Vec::new(),
+        }
+    }
+}
+
+/// Why [`accept`] failed. The client has been answered with [`AcceptError::status`]
+/// where it could be.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The transport failed.
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    /// The client did not send its whole head within the handshake timeout.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The transport ended before the head did.
+    #[error("connection closed during the handshake")]
+    Eof,
+    /// The head is not valid HTTP/1.1, or too large.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The request is not a valid WebSocket handshake.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+impl AcceptError {
+    /// The HTTP status the client was answered with, if any.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Io(_) | Self::Eof => None,
+            Self::Timeout => Some(StatusCode::REQUEST_TIMEOUT),
+            Self::Parse(e) => Some(e.status()),
+            Self::Handshake(e) => Some(e.status()),
+        }
+    }
+}
+
+/// Accepts a WebSocket client on `io` with the default [`AcceptConfig`].
+pub async fn accept<S>(io: S) -> Result<WebSocket<S>, AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Ok(accept_with(io, &AcceptConfig::default()).await?.0)
+}
+
+/// Reads the opening handshake from `io`, answers it, and returns the connection with
+/// the request (for its path, query and headers).
+///
+/// Bytes that arrive after the request head (a first frame sent without waiting for
+/// the 101) are kept for the connection.
+pub async fn accept_with<S>(
+    mut io: S,
+    config: &AcceptConfig,
+) -> Result<(WebSocket<S>, Request<()>), AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = timeout(
+        config.handshake_timeout,
+        read_head(&mut io, &mut buf, config.max_head_len),
+    )
+    .await
+    .unwrap_or(Err(AcceptError::Timeout));
+    let request = match head.and_then(|(request, len)| {
+        let mut handshake = ServerHandshake::from_request(&request)?;
+        let supported: Vec<&str> = config.protocols.iter().map(String::as_str).collect();
+        handshake.select_protocol(&supported);
+        Ok((request, len, handshake))
+    }) {
+        Ok((request, len, handshake)) => {
+            let _ = buf.split_to(len);
+            let mut out = Vec::with_capacity(256);
+            http1::write_response(&handshake.response(), &mut out);
+            io.write_all(&out).await?;
+            request
+        }
+        Err(error) => {
+            refuse(&mut io, &error).await;
+            return Err(error);
+        }
+    };
+    let ws = WebSocket::from_partially_read(io, buf, Role::Server, config.websocket);
+    Ok((ws, request))
+}
+
+/// Reads until `buf` holds a whole request head.
+async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max_head_len: usize,
+) -> Result<(Request<()>, usize), AcceptError> {
+    loop {
+        if let Some(head) = http1::parse_request(buf)? {
+            return Ok(head);
+        }
+        if buf.len() >= max_head_len {
+            return Err(ParseError::HeadTooLarge.into());
+        }
+        buf.reserve(1024);
+        if io.read_buf(buf).await? == 0 {
+            return Err(AcceptError::Eof);
+        }
+    }
+}
+
+/// Answers a failed handshake with its status, best effort, and closes the stream.
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, error: &AcceptError) {
+    let head = match error {
+        AcceptError::Handshake(e) => e.response(),
+        _ => match error.status() {
+            Some(status) => {
+                let mut response = Response::new(());
+                *response.status_mut() = status;
+                response
+            }
+            None => return,
+        },
+    };
+    let mut out = Vec::with_capacity(256);
+    http1::write_response_with_body(&head, error.to_string().as_bytes(), &mut out);
+    let _ = io.write_all(&out).await;
+    let _ = io.shutdown().await;
+}
