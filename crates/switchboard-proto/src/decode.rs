@@ -5,10 +5,16 @@
 //! arrive, but takes a payload out of the buffer only when the frame is complete. So an
 //! unfragmented message is handed out without a copy, and invalid UTF-8 fails the
 //! connection as soon as its bytes are read.
+//!
+//! With permessage-deflate negotiated ([`Decoder::with_deflate`]), a message whose first
+//! frame has RSV1 set is inflated frame by frame as each frame completes, its text
+//! validated on the inflated bytes, and its inflated size held to the message limit as
+//! it grows.
 
 use crate::{
     close::{CloseCode, CloseError, CloseFrame},
     config::{Limits, Role},
+    deflate::{DeflateParams, InflateError, Inflater},
     frame::{FrameHeader, HeaderError, MAX_CONTROL_PAYLOAD, OpCode},
     mask::apply_mask,
     message::Message,
@@ -28,6 +34,20 @@ pub enum ProtocolError {
     /// values" (§5.2).
     #[error("reserved bits set without a negotiated extension")]
     NonZeroReservedBits,
+    /// RSV1 on a control frame under permessage-deflate: "An endpoint MUST NOT set the
+    /// "Per-Message Compressed" bit of control frames and non-first fragments of a data
+    /// message. An endpoint receiving such a frame MUST _Fail the WebSocket Connection_"
+    /// (RFC 7692 §6.1).
+    #[error("compressed control frame")]
+    CompressedControlFrame,
+    /// RSV1 on a continuation frame under permessage-deflate; the same rule (RFC 7692
+    /// §6.1).
+    #[error("compressed bit on a continuation frame")]
+    CompressedContinuation,
+    /// A compressed message that is not a raw DEFLATE stream (RFC 7692 §7.2.2); closes
+    /// with 1007, its data being inconsistent with the message.
+    #[error("compressed message does not inflate")]
+    InvalidCompressedData,
     /// "The server MUST close the connection upon receiving a frame that is not masked"
     /// (§5.1).
     #[error("client frame is not masked")]
@@ -75,9 +95,9 @@ impl ProtocolError {
     /// The status code to close the connection with.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::InvalidUtf8 | Self::InvalidClose(CloseError::InvalidReason(_)) => {
-                CloseCode::INVALID_DATA
-            }
+            Self::InvalidUtf8
+            | Self::InvalidCompressedData
+            | Self::InvalidClose(CloseError::InvalidReason(_)) => CloseCode::INVALID_DATA,
             Self::FrameTooLarge { .. } | Self::MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -101,6 +121,8 @@ pub struct Decoder {
     fragments: Option<Fragments>,
     /// Validates the text message in progress, fragment after fragment.
     utf8: Utf8Validator,
+    /// Inflates compressed messages, when permessage-deflate was negotiated.
+    inflater: Option<Inflater>,
 }
 
 #[derive(Debug)]
@@ -110,14 +132,26 @@ struct InFrame {
     len: usize,
     /// Payload bytes at the front of the buffer already unmasked (and validated).
     seen: usize,
-    /// Whether the payload is text to validate as it arrives.
+    /// Whether the payload is text to validate as it arrives (compressed text is
+    /// validated once inflated).
     text: bool,
+    /// Whether the frame belongs to a compressed message.
+    compressed: bool,
 }
 
 #[derive(Debug)]
 struct Fragments {
     opcode: OpCode,
-    data: BytesMut,
+    data: Reassembly,
+}
+
+/// A fragmented message's bytes so far.
+#[derive(Debug)]
+enum Reassembly {
+    /// The payloads as received.
+    Plain(BytesMut),
+    /// A compressed message's payloads, inflated.
+    Inflated(Vec<u8>),
 }
 
 impl Decoder {
@@ -129,7 +163,16 @@ impl Decoder {
             frame: None,
             fragments: None,
             utf8: Utf8Validator::new(),
+            inflater: None,
         }
+    }
+
+    /// The same decoder, inflating messages compressed under the permessage-deflate
+    /// agreement `params` (RFC 7692): RSV1 becomes allowed on the first frame of a data
+    /// message, and marks it compressed.
+    pub fn with_deflate(mut self, params: &DeflateParams) -> Self {
+        self.inflater = Some(Inflater::new(params, self.role));
+        self
     }
 
     /// The limits in force.
@@ -168,10 +211,10 @@ impl Decoder {
             if frame.seen < frame.len {
                 return Ok(None);
             }
-            let header = frame.header;
+            let (header, compressed) = (frame.header, frame.compressed);
             let payload = buf.split_to(frame.len).freeze();
             self.frame = None;
-            if let Some(message) = self.complete(header, payload)? {
+            if let Some(message) = self.complete(header, payload, compressed)? {
                 return Ok(Some(message));
             }
         }
@@ -187,7 +230,9 @@ impl Decoder {
 
     /// Checks a header against the rules that do not need the payload.
     fn admit(&self, header: FrameHeader) -> Result<InFrame, ProtocolError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RSV1 is permessage-deflate's "Per-Message Compressed" bit (RFC 7692 §6); no
+        // extension here defines the other two.
+        if header.rsv2 || header.rsv3 || (header.rsv1 && self.inflater.is_none()) {
             return Err(ProtocolError::NonZeroReservedBits);
         }
         match (self.role, header.mask.is_some()) {
@@ -195,9 +240,23 @@ impl Decoder {
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
-        let buffered = self.fragments.as_ref().map_or(0, |f| f.data.len());
+        // A compressed message is held to the limit on its inflated size, as it inflates.
+        let buffered = match &self.fragments {
+            Some(Fragments {
+                data: Reassembly::Plain(data),
+                ..
+            }) => data.len(),
+            _ => 0,
+        };
+        let mut compressed = header.rsv1;
         let text = match header.opcode {
             op if op.is_control() => {
+                // "An endpoint MUST NOT set the "Per-Message Compressed" bit of control
+                // frames and non-first fragments of a data message. An endpoint receiving
+                // such a frame MUST _Fail the WebSocket Connection_" (RFC 7692 §6.1).
+                if header.rsv1 {
+                    return Err(ProtocolError::CompressedControlFrame);
+                }
                 if !header.fin {
                     return Err(ProtocolError::FragmentedControlFrame);
                 }
@@ -208,7 +267,12 @@ impl Decoder {
             }
             OpCode::Continuation => match &self.fragments {
                 None => return Err(ProtocolError::UnexpectedContinuation),
-                Some(fragments) => fragments.opcode == OpCode::Text,
+                // The same rule of RFC 7692 §6.1 for non-first fragments.
+                Some(_) if header.rsv1 => return Err(ProtocolError::CompressedContinuation),
+                Some(fragments) => {
+                    compressed = matches!(fragments.data, Reassembly::Inflated(_));
+                    fragments.opcode == OpCode::Text
+                }
             },
             data => {
                 if self.fragments.is_some() {
@@ -222,7 +286,8 @@ impl Decoder {
             header,
             len,
             seen: 0,
-            text,
+            text: text && !compressed,
+            compressed,
         })
     }
 
@@ -252,6 +317,7 @@ impl Decoder {
         &mut self,
         header: FrameHeader,
         payload: Bytes,
+        compressed: bool,
     ) -> Result<Option<Message>, ProtocolError> {
         let opcode = match header.opcode {
             OpCode::Ping => return Ok(Some(Message::Ping(payload))),
@@ -261,23 +327,50 @@ impl Decoder {
                 let Some(fragments) = self.fragments.as_mut() else {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
-                fragments.data.extend_from_slice(&payload);
+                match &mut fragments.data {
+                    Reassembly::Plain(data) => data.extend_from_slice(&payload),
+                    Reassembly::Inflated(data) => {
+                        let text = fragments.opcode == OpCode::Text;
+                        let (inflater, utf8) = (&mut self.inflater, &mut self.utf8);
+                        let max = self.limits.max_message_size;
+                        inflate(inflater, utf8, max, &payload, header.fin, text, data)?;
+                    }
+                }
                 if !header.fin {
                     return Ok(None);
                 }
                 let Some(Fragments { opcode, data }) = self.fragments.take() else {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
-                return self.finish(opcode, data.freeze()).map(Some);
+                let data = match data {
+                    Reassembly::Plain(data) => data.freeze(),
+                    Reassembly::Inflated(data) => Bytes::from(data),
+                };
+                return self.finish(opcode, data).map(Some);
             }
             data => data,
         };
+        if compressed {
+            let mut data = Vec::new();
+            let max = self.limits.max_message_size;
+            let text = opcode == OpCode::Text;
+            let (inflater, utf8) = (&mut self.inflater, &mut self.utf8);
+            inflate(inflater, utf8, max, &payload, header.fin, text, &mut data)?;
+            if header.fin {
+                return self.finish(opcode, Bytes::from(data)).map(Some);
+            }
+            self.fragments = Some(Fragments {
+                opcode,
+                data: Reassembly::Inflated(data),
+            });
+            return Ok(None);
+        }
         if header.fin {
             return self.finish(opcode, payload).map(Some);
         }
         self.fragments = Some(Fragments {
             opcode,
-            data: BytesMut::from(&payload[..]),
+            data: Reassembly::Plain(BytesMut::from(&payload[..])),
         });
         Ok(None)
     }
@@ -290,6 +383,39 @@ impl Decoder {
             Ok(Message::Binary(payload))
         }
     }
+}
+
+/// Inflates one frame of a compressed message into `data`, validating text as it
+/// comes out, and the tail after the last frame.
+fn inflate(
+    inflater: &mut Option<Inflater>,
+    utf8: &mut Utf8Validator,
+    max: usize,
+    payload: &[u8],
+    fin: bool,
+    text: bool,
+    data: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let Some(inflater) = inflater.as_mut() else {
+        // `admit` lets RSV1 through only with an inflater.
+        return Err(ProtocolError::NonZeroReservedBits);
+    };
+    let start = data.len();
+    let inflated = inflater.inflate(payload, data, max).and_then(|()| {
+        if fin {
+            inflater.finish(data, max)
+        } else {
+            Ok(())
+        }
+    });
+    inflated.map_err(|e| match e {
+        InflateError::TooLarge => ProtocolError::MessageTooLarge { max },
+        InflateError::Corrupt => ProtocolError::InvalidCompressedData,
+    })?;
+    if text {
+        utf8.feed(data.get(start..).unwrap_or_default())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -526,5 +652,125 @@ mod tests {
         };
         let offset = payload.as_ptr() as usize - start;
         assert_eq!(offset, 8, "payload should be a view into the read buffer");
+    }
+
+    fn deflating(no_context_takeover: bool) -> (crate::deflate::Deflater, Decoder) {
+        let params = DeflateParams {
+            client_no_context_takeover: no_context_takeover,
+            ..DeflateParams::default()
+        };
+        (
+            crate::deflate::Deflater::new(&params, Role::Client, 6),
+            server().with_deflate(&params),
+        )
+    }
+
+    fn compressed_frame(
+        deflater: &mut crate::deflate::Deflater,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Frame {
+        deflater.frame(opcode, payload).unwrap()
+    }
+
+    #[test]
+    fn inflates_compressed_messages_whole_and_fragmented() {
+        for takeover in [true, false] {
+            let (mut deflater, mut decoder) = deflating(!takeover);
+            let text = "κόσμε ".repeat(1000);
+            let whole = compressed_frame(&mut deflater, OpCode::Text, text.as_bytes());
+            assert!(whole.payload.len() < 200);
+            // The same message again, split over three frames, RSV1 on the first only.
+            let again = compressed_frame(&mut deflater, OpCode::Text, text.as_bytes());
+            let (a, rest) = again.payload.split_at(again.payload.len() / 3);
+            let (b, c) = rest.split_at(rest.len() / 2);
+            let mut first = Frame::new(OpCode::Text, Bytes::copy_from_slice(a)).with_fin(false);
+            first.header.rsv1 = true;
+            let plain = Frame::binary(vec![9u8; 10]);
+            let buf = wire(&[
+                whole,
+                first,
+                Frame::ping("in between"),
+                Frame::new(OpCode::Continuation, Bytes::copy_from_slice(b)).with_fin(false),
+                Frame::new(OpCode::Continuation, Bytes::copy_from_slice(c)),
+                plain,
+            ]);
+            assert_eq!(
+                decode_all(&mut decoder, buf).unwrap(),
+                vec![
+                    Message::text(text.clone()),
+                    Message::Ping(Bytes::from_static(b"in between")),
+                    Message::text(text.clone()),
+                    Message::binary(vec![9u8; 10]),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn rsv1_is_only_for_the_first_frame_of_a_data_message() {
+        let (mut deflater, _) = deflating(false);
+        let mut ping = Frame::ping("x");
+        ping.header.rsv1 = true;
+        let mut continuation = Frame::new(OpCode::Continuation, Bytes::from_static(b"x"));
+        continuation.header.rsv1 = true;
+        let cases = [
+            (wire(&[ping]), ProtocolError::CompressedControlFrame),
+            (
+                wire(&[Frame::text("a").with_fin(false), continuation]),
+                ProtocolError::CompressedContinuation,
+            ),
+            (
+                wire(&[compressed_frame(&mut deflater, OpCode::Text, &[0xff, 0xfe])]),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                wire(&[Frame {
+                    header: FrameHeader {
+                        rsv1: true,
+                        ..FrameHeader::new(OpCode::Binary, 3)
+                    },
+                    payload: Bytes::from_static(&[0xff, 0xff, 0xff]),
+                }]),
+                ProtocolError::InvalidCompressedData,
+            ),
+        ];
+        for (buf, error) in cases {
+            let (_, mut decoder) = deflating(false);
+            let got = decode_all(&mut decoder, buf).unwrap_err();
+            assert_eq!(got, error);
+            let code = if matches!(
+                error,
+                ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData
+            ) {
+                1007
+            } else {
+                1002
+            };
+            assert_eq!(got.close_code(), CloseCode(code));
+        }
+        // Without the extension, RSV1 stays a protocol error.
+        let buf = wire(&[compressed_frame(&mut deflater, OpCode::Text, b"hi")]);
+        assert_eq!(
+            decode_all(&mut server(), buf),
+            Err(ProtocolError::NonZeroReservedBits)
+        );
+    }
+
+    #[test]
+    fn the_message_limit_applies_to_the_inflated_size() {
+        let (mut deflater, _) = deflating(true);
+        // A kilobyte on the wire that would inflate to 16 MiB.
+        let bomb = compressed_frame(&mut deflater, OpCode::Binary, &vec![0u8; 16 << 20]);
+        assert!(bomb.payload.len() < 20_000, "{}", bomb.payload.len());
+        let limits = Limits {
+            max_frame_size: 1 << 20,
+            max_message_size: 1 << 20,
+        };
+        let params = DeflateParams::default();
+        let mut decoder = Decoder::new(Role::Server, limits).with_deflate(&params);
+        let err = decode_all(&mut decoder, wire(&[bomb])).unwrap_err();
+        assert_eq!(err, ProtocolError::MessageTooLarge { max: 1 << 20 });
+        assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
     }
 }

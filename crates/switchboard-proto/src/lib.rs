@@ -26,6 +26,7 @@
 pub mod close;
 mod config;
 mod decode;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

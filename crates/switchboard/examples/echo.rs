@@ -3,11 +3,15 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- --addr 127.0.0.1:9001 [--threads N]
+//!     [--deflate dedicated|shared] [--window-bits 9..15] [--level 0..9] [--threshold BYTES]
 //! ```
+//!
+//! `--deflate` negotiates permessage-deflate with clients that offer it (see
+//! `switchboard::Compression`); the other three tune it.
 
 use std::{error::Error, net::SocketAddr};
 use switchboard::{
-    Message,
+    Compression, Message,
     upgrade::{AcceptConfig, accept_with},
     ws::WebSocketConfig,
 };
@@ -19,18 +23,37 @@ const MAX_MESSAGE_SIZE: usize = 64 << 20;
 fn main() -> Result<(), Box<dyn Error>> {
     let mut addr: SocketAddr = "127.0.0.1:9001".parse()?;
     let mut threads = 1;
+    let mut deflate = None;
+    let (mut window_bits, mut level, mut threshold) = (15, 6, 0);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value.parse()?,
             ("--threads", Some(value)) => threads = value.parse()?,
+            ("--deflate", Some(mode)) if mode == "dedicated" || mode == "shared" => {
+                deflate = Some(mode);
+            }
+            ("--window-bits", Some(value)) => window_bits = value.parse()?,
+            ("--level", Some(value)) => level = value.parse()?,
+            ("--threshold", Some(value)) => threshold = value.parse()?,
             _ => {
-                return Err(
-                    format!("usage: echo [--addr HOST:PORT] [--threads N] (got {arg})").into(),
-                );
+                return Err(format!(
+                    "usage: echo [--addr HOST:PORT] [--threads N] [--deflate dedicated|shared] \
+                     [--window-bits N] [--level N] [--threshold BYTES] (got {arg})"
+                )
+                .into());
             }
         }
     }
+    let compression = match deflate.as_deref() {
+        Some("dedicated") => Compression::Dedicated {
+            window_bits,
+            level,
+            threshold,
+        },
+        Some(_) => Compression::Shared { level, threshold },
+        None => Compression::Disabled,
+    };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -41,14 +64,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(serve(addr))
+    runtime.block_on(serve(addr, compression))
 }
 
-async fn serve(addr: SocketAddr) -> Result<(), Box<dyn Error>> {
+async fn serve(addr: SocketAddr, compression: Compression) -> Result<(), Box<dyn Error>> {
     let listener = TcpListener::bind(addr).await?;
     println!("echo server listening on ws://{}", listener.local_addr()?);
     let mut config = AcceptConfig::default();
-    config.websocket = WebSocketConfig::default().max_message_size(MAX_MESSAGE_SIZE);
+    config.websocket = WebSocketConfig::default()
+        .max_message_size(MAX_MESSAGE_SIZE)
+        .compression(compression);
     loop {
         let (stream, _) = listener.accept().await?;
         let config = config.clone();

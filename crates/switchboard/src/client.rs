@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, Response, Uri};
 use std::{io, time::Duration};
 use switchboard_proto::{
-    Role,
+    CloseCode, Frame, Role,
     handshake::{ClientHandshake, ClientHandshakeError, ClientRequestError, http1},
 };
 use tokio::{
@@ -33,7 +33,9 @@ use tokio::{
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Settings of the connection once open.
+    /// Settings of the connection once open. Its
+    /// [`compression`](WebSocketConfig::compression) decides whether permessage-deflate
+    /// is offered; an answer the client cannot honour fails the connection with 1010.
     pub websocket: WebSocketConfig,
     /// Subprotocols to offer, in order of preference.
     pub protocols: Vec<String>,
@@ -138,6 +140,9 @@ fn build_request(uri: &Uri, config: &ClientConfig) -> Result<ClientHandshake, Co
     for (name, value) in &config.headers {
         request = request.with_header(name.clone(), value.clone());
     }
+    if let Some(deflate) = config.websocket.compression.deflate_config() {
+        request = request.with_deflate(deflate);
+    }
     Ok(request)
 }
 
@@ -165,11 +170,38 @@ where
             return Err(ConnectError::Eof);
         }
     };
-    request.validate_response(&response)?;
+    let accepted = match request.validate_response(&response) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            refuse_extensions(&mut io, &error).await;
+            return Err(error.into());
+        }
+    };
     // Frames the server sent right after its 101 are part of the connection.
     let _ = buf.split_to(len);
-    Ok((
-        WebSocket::from_partially_read(io, buf, Role::Client, config),
-        response,
-    ))
+    let ws = WebSocket::from_partially_read(io, buf, Role::Client, config);
+    let ws = match accepted.deflate() {
+        Some(params) => ws.with_deflate(params),
+        None => ws,
+    };
+    Ok((ws, response))
+}
+
+/// After a 101 whose extensions we cannot honour the connection is open on the server's
+/// side: tell it why with 1010, "the client ... has expected the server to negotiate one
+/// or more extension, but the server didn't return them in the response message of the
+/// WebSocket handshake" (RFC 6455 §7.4.1), best effort, and close.
+async fn refuse_extensions<S: AsyncWrite + Unpin>(io: &mut S, error: &ClientHandshakeError) {
+    if !matches!(
+        error,
+        ClientHandshakeError::Deflate(_) | ClientHandshakeError::UnexpectedExtension(_)
+    ) {
+        return;
+    }
+    let mut out = BytesMut::new();
+    Frame::close(CloseCode::EXTENSION_REQUIRED, error.to_string())
+        .masked(rand::random())
+        .write_to(&mut out);
+    let _ = io.write_all(&out).await;
+    let _ = io.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! Errors of the WebSocket layer.
 
 use std::io;
-use switchboard_proto::{CloseCode, ProtocolError};
+use switchboard_proto::{CloseCode, CloseFrame, ProtocolError};
 
 /// Why a WebSocket operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,10 @@ pub enum Error {
     /// The close handshake has started or finished: nothing more can be sent.
     #[error("connection is closed")]
     Closed,
+    /// We ended the connection without waiting for the close handshake (the peer is
+    /// unresponsive or too slow), after sending this close frame if the socket took it.
+    #[error("connection aborted: {} {}", .0.code, .0.reason)]
+    Aborted(CloseFrame),
     /// A ping, pong or close payload longer than 125 bytes (RFC 6455 §5.5).
     #[error("control frame payload of {0} bytes exceeds 125")]
     ControlFrameTooLong(usize),
@@ -33,6 +37,7 @@ impl Error {
     pub fn close_code(&self) -> CloseCode {
         match self {
             Self::Protocol(e) => e.close_code(),
+            Self::Aborted(frame) => frame.code,
             Self::Closed => CloseCode::NORMAL,
             Self::ControlFrameTooLong(_) => CloseCode::INTERNAL_ERROR,
             Self::Io(_) | Self::AbnormalClosure | Self::CloseTimeout => CloseCode::ABNORMAL,

@@ -4,6 +4,7 @@ use super::{
     fields::{self, Repeated},
     key::{accept_key, generate_key},
 };
+use crate::deflate::{DeflateConfig, DeflateParams, DeflateResponseError, accept_response};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{
@@ -87,6 +88,11 @@ pub enum ClientHandshakeError {
     /// Holds the first extension named.
     #[error("server accepted extension {0:?}, which was not offered")]
     UnexpectedExtension(String),
+    /// The server's answer to our permessage-deflate offer is one the client must fail
+    /// the connection over (RFC 7692 §7), with
+    /// [`DeflateResponseError::close_code`] (1010).
+    #[error(transparent)]
+    Deflate(#[from] DeflateResponseError),
     /// "If the response includes a |Sec-WebSocket-Protocol| header field and this header
     /// field indicates the use of a subprotocol that was not present in the client's
     /// handshake ..., the client MUST _Fail the WebSocket Connection_" (§4.1, item 6).
@@ -129,6 +135,8 @@ pub struct ClientHandshake {
     protocols: Vec<String>,
     protocol_offer: Option<HeaderValue>,
     extensions: Option<HeaderValue>,
+    /// The permessage-deflate offer made, whose answer is checked.
+    deflate: Option<DeflateConfig>,
     /// Extra headers from the caller.
     headers: HeaderMap,
 }
@@ -162,6 +170,7 @@ impl ClientHandshake {
             protocols: Vec::new(),
             protocol_offer: None,
             extensions: None,
+            deflate: None,
             headers: HeaderMap::new(),
         })
     }
@@ -195,9 +204,22 @@ impl ClientHandshake {
     }
 
     /// Offers extensions with this raw `Sec-WebSocket-Extensions` value (§9.1), replacing
-    /// any offered before.
+    /// any offered before (a [`ClientHandshake::with_deflate`] offer included); their
+    /// answer is the caller's to check, from [`ClientAccepted::extensions`].
     pub fn with_extensions(mut self, value: HeaderValue) -> Self {
         self.extensions = Some(value);
+        self.deflate = None;
+        self
+    }
+
+    /// Offers permessage-deflate (RFC 7692) as `config` describes, replacing any
+    /// extensions offered before. The answer is checked by
+    /// [`ClientHandshake::validate_response`], and the agreement read from
+    /// [`ClientAccepted::deflate`].
+    pub fn with_deflate(mut self, config: DeflateConfig) -> Self {
+        // An offer is built from tokens only, so it is always a valid value.
+        self.extensions = HeaderValue::try_from(config.offer()).ok();
+        self.deflate = self.extensions.is_some().then_some(config);
         self
     }
 
@@ -263,10 +285,12 @@ impl ClientHandshake {
         check_connection(headers)?;
         self.check_accept(headers)?;
         let extensions = self.check_extensions(headers)?;
+        let deflate = self.check_deflate(&extensions)?;
         let protocol = self.check_protocol(headers)?;
         Ok(ClientAccepted {
             protocol,
             extensions,
+            deflate,
         })
     }
 
@@ -298,6 +322,22 @@ impl ClientHandshake {
         Ok(answer.into_iter().cloned().collect())
     }
 
+    /// Item 5 for our permessage-deflate offer: what the answer agreed, if anything.
+    fn check_deflate(
+        &self,
+        answer: &[HeaderValue],
+    ) -> Result<Option<DeflateParams>, ClientHandshakeError> {
+        let Some(config) = &self.deflate else {
+            return Ok(None);
+        };
+        // The grammar (§9.1) has no room for bytes beyond ASCII.
+        let lines = answer
+            .iter()
+            .map(|line| line.to_str().map_err(|_| DeflateResponseError::Malformed))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(accept_response(lines, config)?)
+    }
+
     /// Item 6: at most one subprotocol, and one we offered.
     fn check_protocol(&self, headers: &HeaderMap) -> Result<Option<String>, ClientHandshakeError> {
         let chosen = match fields::at_most_once(headers, SEC_WEBSOCKET_PROTOCOL) {
@@ -319,6 +359,7 @@ impl ClientHandshake {
 pub struct ClientAccepted {
     protocol: Option<String>,
     extensions: Vec<HeaderValue>,
+    deflate: Option<DeflateParams>,
 }
 
 impl ClientAccepted {
@@ -334,6 +375,13 @@ impl ClientAccepted {
     /// bytes.
     pub fn extensions(&self) -> impl Iterator<Item = &str> {
         self.extensions.iter().filter_map(|e| e.to_str().ok())
+    }
+
+    /// The permessage-deflate agreement, when [`ClientHandshake::with_deflate`] offered it
+    /// and the server accepted; `None` when the server declined (the connection goes
+    /// uncompressed).
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        self.deflate
     }
 }
 
@@ -677,6 +725,48 @@ mod tests {
                 Err(error)
             );
         }
+    }
+
+    #[test]
+    fn a_deflate_offer_checks_its_answer() {
+        let offering = handshake("ws://h/").with_deflate(DeflateConfig::default());
+        assert_eq!(
+            offering.request().headers()[SEC_WEBSOCKET_EXTENSIONS],
+            "permessage-deflate; client_max_window_bits"
+        );
+        let accepted = offering
+            .validate_response(&with(
+                "sec-websocket-extensions",
+                &["permessage-deflate; client_max_window_bits=10"],
+            ))
+            .unwrap();
+        let params = accepted.deflate().unwrap();
+        assert_eq!(params.client_max_window_bits, 10);
+        assert_eq!(
+            offering.validate_response(&accepting()).unwrap().deflate(),
+            None
+        );
+        assert_eq!(
+            offering.validate_response(&with(
+                "sec-websocket-extensions",
+                &["permessage-deflate; server_max_window_bits"],
+            )),
+            Err(ClientHandshakeError::Deflate(
+                DeflateResponseError::InvalidValue("server_max_window_bits".to_owned())
+            ))
+        );
+        assert_eq!(
+            offering.validate_response(&with("sec-websocket-extensions", &["foo"])),
+            Err(ClientHandshakeError::Deflate(
+                DeflateResponseError::UnexpectedExtension("foo".to_owned())
+            ))
+        );
+        // A raw offer replaces the deflate one, and its answer is not interpreted.
+        let raw = offering.with_extensions(HeaderValue::from_static("foo"));
+        let accepted = raw
+            .validate_response(&with("sec-websocket-extensions", &["foo"]))
+            .unwrap();
+        assert_eq!(accepted.deflate(), None);
     }
 
     #[test]

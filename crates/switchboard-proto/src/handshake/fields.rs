@@ -57,7 +57,7 @@ pub(super) fn at_most_once<K: AsHeaderName>(
 /// Whether `s` is an HTTP token (RFC 9110 §5.6.2): what a subprotocol name must be,
 /// "non-empty strings with characters in the range U+0021 to U+007E not including
 /// separator characters as defined in \[RFC2616\]" (RFC 6455 §4.1, item 10).
-pub(super) fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))

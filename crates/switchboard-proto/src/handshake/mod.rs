@@ -35,7 +35,7 @@
 //! ```
 
 mod client;
-mod fields;
+pub(crate) mod fields;
 pub mod http1;
 mod key;
 mod server;

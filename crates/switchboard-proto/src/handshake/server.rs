@@ -4,6 +4,7 @@ use super::{
     fields::{self, Repeated},
     key::accept_key,
 };
+use crate::deflate::{DeflateConfig, DeflateParams, negotiate_server};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version,
@@ -260,6 +261,22 @@ impl ServerHandshake {
     /// before: the outcome of negotiating [`ServerHandshake::extensions`].
     pub fn set_extensions(&mut self, value: HeaderValue) {
         self.extensions = Some(value);
+    }
+
+    /// Negotiates permessage-deflate (RFC 7692) under `config`: accepts the first of the
+    /// client's offers, in its order of preference, that the server can honour, sets the
+    /// answer as the response's `Sec-WebSocket-Extensions` (replacing any set before),
+    /// and returns the agreement to run the connection with.
+    ///
+    /// `None` when the client offered none that can be accepted; the response then
+    /// names no extension and the connection goes uncompressed. Malformed offers are
+    /// declined, not refused: "A server MUST decline an extension negotiation offer for
+    /// this extension if any of the following conditions are met" (RFC 7692 §7).
+    pub fn negotiate_deflate(&mut self, config: &DeflateConfig) -> Option<DeflateParams> {
+        let (params, answer) = negotiate_server(self.extensions(), config)?;
+        // Built from tokens only, so always a valid value.
+        self.extensions = Some(HeaderValue::try_from(answer).ok()?);
+        Some(params)
     }
 
     /// The 101 Switching Protocols response that accepts the connection (§4.2.2, item 5).
@@ -631,6 +648,34 @@ mod tests {
                 .response()
                 .headers()
                 .contains_key(SEC_WEBSOCKET_PROTOCOL)
+        );
+    }
+
+    #[test]
+    fn negotiates_deflate_from_the_offers() {
+        let request = with(
+            "sec-websocket-extensions",
+            &[
+                "x-webkit-deflate-frame, permessage-deflate; bogus",
+                "permessage-deflate; server_max_window_bits=10",
+            ],
+        );
+        let mut handshake = ServerHandshake::from_request(&request).unwrap();
+        let params = handshake
+            .negotiate_deflate(&DeflateConfig::default())
+            .unwrap();
+        assert_eq!(params.server_max_window_bits, 10);
+        assert_eq!(
+            handshake.response().headers()[SEC_WEBSOCKET_EXTENSIONS],
+            "permessage-deflate; server_max_window_bits=10"
+        );
+        let mut plain = ServerHandshake::from_request(&rfc_request()).unwrap();
+        assert_eq!(plain.negotiate_deflate(&DeflateConfig::default()), None);
+        assert!(
+            !plain
+                .response()
+                .headers()
+                .contains_key(SEC_WEBSOCKET_EXTENSIONS)
         );
     }
 

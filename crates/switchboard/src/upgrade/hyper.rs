@@ -13,6 +13,7 @@ use std::{
 };
 use switchboard_proto::{
     Role,
+    deflate::DeflateParams,
     handshake::{HandshakeError, ServerHandshake},
 };
 
@@ -105,7 +106,8 @@ impl Upgrade {
         self.handshake.protocol()
     }
 
-    /// The connection's settings.
+    /// The connection's settings; their [`WebSocketConfig::compression`] decides what
+    /// permessage-deflate offer is accepted.
     pub fn config(mut self, config: WebSocketConfig) -> Self {
         self.config = config;
         self
@@ -113,12 +115,14 @@ impl Upgrade {
 
     /// The 101 response to return from the service, and the connection it becomes once
     /// hyper has sent it.
-    pub fn into_parts(self) -> (Response<Full<Bytes>>, UpgradeFut) {
+    pub fn into_parts(mut self) -> (Response<Full<Bytes>>, UpgradeFut) {
+        let deflate = self.config.compression.negotiate(&mut self.handshake);
         let (parts, ()) = self.handshake.response().into_parts();
         let response = Response::from_parts(parts, Full::new(Bytes::new()));
         let future = UpgradeFut {
             on_upgrade: self.on_upgrade,
             config: self.config,
+            deflate,
         };
         (response, future)
     }
@@ -160,6 +164,7 @@ pub fn upgrade<B>(
 pub struct UpgradeFut {
     on_upgrade: OnUpgrade,
     config: WebSocketConfig,
+    deflate: Option<DeflateParams>,
 }
 
 impl Future for UpgradeFut {
@@ -169,11 +174,11 @@ impl Future for UpgradeFut {
         let upgraded =
             ready!(Pin::new(&mut self.on_upgrade).poll(cx)).map_err(std::io::Error::other)?;
         let (io, buffered) = Upgraded::from_hyper(upgraded);
-        Poll::Ready(Ok(WebSocket::from_partially_read(
-            io,
-            BytesMut::from(buffered),
-            Role::Server,
-            self.config,
-        )))
+        let ws =
+            WebSocket::from_partially_read(io, BytesMut::from(buffered), Role::Server, self.config);
+        Poll::Ready(Ok(match self.deflate {
+            Some(params) => ws.with_deflate(params),
+            None => ws,
+        }))
     }
 }

@@ -107,25 +107,29 @@ where
     )
     .await
     .unwrap_or(Err(AcceptError::Timeout));
-    let request = match head.and_then(|(request, len)| {
+    let (request, deflate) = match head.and_then(|(request, len)| {
         let mut handshake = ServerHandshake::from_request(&request)?;
         let supported: Vec<&str> = config.protocols.iter().map(String::as_str).collect();
         handshake.select_protocol(&supported);
-        Ok((request, len, handshake))
+        let deflate = config.websocket.compression.negotiate(&mut handshake);
+        Ok((request, len, handshake, deflate))
     }) {
-        Ok((request, len, handshake)) => {
+        Ok((request, len, handshake, deflate)) => {
             let _ = buf.split_to(len);
             let mut out = Vec::with_capacity(256);
             http1::write_response(&handshake.response(), &mut out);
             io.write_all(&out).await?;
-            request
+            (request, deflate)
         }
         Err(error) => {
             refuse(&mut io, &error).await;
             return Err(error);
         }
     };
-    let ws = WebSocket::from_partially_read(io, buf, Role::Server, config.websocket);
+    let mut ws = WebSocket::from_partially_read(io, buf, Role::Server, config.websocket);
+    if let Some(params) = deflate {
+        ws = ws.with_deflate(params);
+    }
     Ok((ws, request))
 }
 
@@ -136,7 +140,9 @@ async fn read_head<S: AsyncRead + Unpin>(
     max_head_len: usize,
 ) -> Result<(Request<()>, usize), AcceptError> {
     loop {
-        if let Some(head) = http1::parse_request(buf)? {
+        // The limit holds however the head arrived: in one read or trickled.
+        let parsed = http1::parse_request(buf.get(..max_head_len).unwrap_or(buf))?;
+        if let Some(head) = parsed {
             return Ok(head);
         }
         if buf.len() >= max_head_len {

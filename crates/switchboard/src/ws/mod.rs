@@ -5,22 +5,49 @@
 //! connection with the right code when the peer breaks the protocol, and batches queued
 //! frames into one vectored write.
 
+mod compression;
 mod read;
 mod split;
 mod write;
 
+pub use compression::Compression;
 pub use split::{WsReader, WsWriter};
 
 use crate::Error;
 use bytes::BytesMut;
 use read::ReadState;
-use std::time::Duration;
-use switchboard_proto::{CloseCode, CloseFrame, Limits, Message, Role, Utf8Bytes};
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use switchboard_proto::{
+    CloseCode, CloseFrame, Limits, Message, Role, Utf8Bytes, deflate::DeflateParams,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
-    time::{Instant, timeout, timeout_at},
+    time::{Instant, Sleep, sleep_until, timeout},
 };
-use write::{CloseState, Reaction, WriteState};
+pub(crate) use write::WriteState;
+use write::{CloseState, Reaction};
+
+/// A source of frames queued by other tasks (the hub's per-connection queue), polled by
+/// the connection while it waits for the peer.
+pub(crate) trait Outbox {
+    /// Registers the task for a wake-up on new frames, then moves queued frames into
+    /// `write`; returns a command to close, if one was queued.
+    fn poll_pull(&mut self, cx: &mut Context<'_>, write: &mut WriteState) -> Option<OutboxClose>;
+}
+
+/// A close requested through an [`Outbox`].
+#[derive(Debug)]
+pub(crate) enum OutboxClose {
+    /// Send the close frame after the queued frames; wait for the peer's answer.
+    Graceful(CloseFrame),
+    /// Send the close frame if the socket takes it now, and end at once.
+    Abort(CloseFrame),
+}
 
 /// Settings of one connection.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +61,9 @@ pub struct WebSocketConfig {
     /// Default 5 s: long enough for a peer across the world, short enough that a
     /// vanished peer does not hold a socket.
     pub close_timeout: Duration,
+    /// permessage-deflate: negotiated by the server upgrades and offered by the client
+    /// when enabled. Default [`Compression::Disabled`].
+    pub compression: Compression,
 }
 
 impl Default for WebSocketConfig {
@@ -41,6 +71,7 @@ impl Default for WebSocketConfig {
         Self {
             limits: Limits::default(),
             close_timeout: Duration::from_secs(5),
+            compression: Compression::Disabled,
         }
     }
 }
@@ -63,6 +94,12 @@ impl WebSocketConfig {
         self.close_timeout = close_timeout;
         self
     }
+
+    /// The same config with another compression setting.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
 }
 
 /// A WebSocket connection over the stream `S`, after the opening handshake.
@@ -75,6 +112,12 @@ pub struct WebSocket<S> {
     config: WebSocketConfig,
     /// When we sent a close frame: the peer must answer by then.
     close_deadline: Option<Instant>,
+    /// The timer for `close_deadline`, created when first polled.
+    close_timer: Option<Pin<Box<Sleep>>>,
+    /// The close frame we sent, if we sent one.
+    sent_close: Option<CloseFrame>,
+    /// A close command taken from the outbox while a callback ran, not yet applied.
+    pending_close: Option<OutboxClose>,
     /// `recv` has reported the end of the connection.
     finished: bool,
 }
@@ -100,8 +143,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             role,
             config,
             close_deadline: None,
+            close_timer: None,
+            sent_close: None,
+            pending_close: None,
             finished: false,
         }
+    }
+
+    /// The same connection, running the permessage-deflate agreement `params` made in
+    /// its opening handshake: compressed messages are inflated, and data messages past
+    /// the threshold of [`WebSocketConfig::compression`] compressed. The upgrades and the
+    /// client call it; call it yourself, right after construction, only after
+    /// negotiating with [`switchboard_proto::handshake`] on your own.
+    pub fn with_deflate(mut self, params: DeflateParams) -> Self {
+        self.read.set_deflate(self.role, &params);
+        self.write
+            .set_deflate(self.config.compression.compressor(&params, self.role));
+        self
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
     }
 
     /// Which side of the connection this is.
@@ -122,16 +185,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ///
     /// Cancel-safe: dropping the future loses no received data.
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        self.recv_inner(None).await
+    }
+
+    /// Like [`WebSocket::recv`], also taking frames and close commands from `outbox`
+    /// and writing them while waiting for the peer.
+    pub(crate) async fn recv_with(
+        &mut self,
+        outbox: &mut (dyn Outbox + Send),
+    ) -> Option<Result<Message, Error>> {
+        self.recv_inner(Some(outbox)).await
+    }
+
+    async fn recv_inner(
+        &mut self,
+        mut outbox: Option<&mut (dyn Outbox + Send)>,
+    ) -> Option<Result<Message, Error>> {
         if self.finished {
             return None;
         }
-        let next = match self.close_deadline {
-            None => self.read.next(&mut self.io).await,
-            Some(deadline) => timeout_at(deadline, self.read.next(&mut self.io))
-                .await
-                .unwrap_or(Err(Error::CloseTimeout)),
-        };
-        let message = match next {
+        let message = match poll_fn(|cx| self.poll_next(cx, &mut outbox)).await {
             Ok(Some(message)) => message,
             Ok(None) => return Some(Err(self.fail(Error::AbnormalClosure).await)),
             Err(error) => return Some(Err(self.fail(error).await)),
@@ -150,6 +223,80 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         })
     }
 
+    /// Polls for the next message while writing queued frames and enforcing the close
+    /// deadline.
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &mut Option<&mut (dyn Outbox + Send)>,
+    ) -> Poll<Result<Option<Message>, Error>> {
+        // Always poll the outbox, even with a close pending: polling registers the wake-up.
+        let pulled = match outbox {
+            Some(outbox) => outbox.poll_pull(cx, &mut self.write),
+            None => None,
+        };
+        let command = match (self.pending_close.take(), pulled) {
+            (_, Some(abort @ OutboxClose::Abort(_))) => Some(abort),
+            (pending, pulled) => pending.or(pulled),
+        };
+        {
+            match command {
+                Some(OutboxClose::Graceful(frame)) => {
+                    let _ = self.feed(Message::Close(Some(frame)));
+                }
+                Some(OutboxClose::Abort(frame)) => return Poll::Ready(Err(Error::Aborted(frame))),
+                None => {}
+            }
+        }
+        if self.write.has_pending() {
+            if let Poll::Ready(Err(e)) = self.write.poll_flush(cx, &mut self.io) {
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        if let Some(deadline) = self.close_deadline {
+            let timer = self
+                .close_timer
+                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Error::CloseTimeout));
+            }
+        }
+        self.read.poll_next(cx, &mut self.io)
+    }
+
+    /// Runs `work` to completion while writing frames from `outbox`, so that a slow
+    /// callback does not hold back what others send to this connection. Reading waits.
+    pub(crate) async fn run_while<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        outbox: &mut (dyn Outbox + Send),
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut write_failed = false;
+        poll_fn(|cx| {
+            if let Poll::Ready(value) = work.as_mut().poll(cx) {
+                return Poll::Ready(value);
+            }
+            if !write_failed {
+                // Close commands wait for the next receive, which applies them in order.
+                if let Some(close) = outbox.poll_pull(cx, &mut self.write) {
+                    self.pending_close = Some(close);
+                }
+                if self.write.has_pending() {
+                    write_failed =
+                        matches!(self.write.poll_flush(cx, &mut self.io), Poll::Ready(Err(_)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The close frame we sent, if any: the code an application reports when it closed.
+    pub(crate) fn sent_close(&self) -> Option<&CloseFrame> {
+        self.sent_close.as_ref()
+    }
+
     /// Sends a message and waits until it is written.
     ///
     /// Sending `Message::Close` starts the close handshake: keep calling
@@ -163,9 +310,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// vectored write, on the next [`WebSocket::flush`] or [`WebSocket::send`].
     pub fn feed(&mut self, message: impl Into<Message>) -> Result<(), Error> {
         let message = message.into();
-        let closing = matches!(message, Message::Close(_));
+        let close = match &message {
+            Message::Close(frame) => Some(frame.clone()),
+            _ => None,
+        };
         self.write.push(message)?;
-        if closing {
+        if let Some(frame) = close {
+            self.sent_close = frame;
             self.close_deadline = Some(Instant::now() + self.config.close_timeout);
         }
         Ok(())
@@ -215,6 +366,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
             Error::CloseTimeout => {
                 self.write.close = CloseState::Done;
+                let _ = self.io.shutdown().await;
+            }
+            // The peer is gone or cannot keep up: one attempt to hand over the close
+            // frame, without waiting.
+            Error::Aborted(frame) => {
+                self.write.push_failure_close(frame);
+                let _ = poll_fn(|cx| Poll::Ready(self.write.poll_flush(cx, &mut self.io))).await;
                 let _ = self.io.shutdown().await;
             }
             _ => self.write.close = CloseState::Done,

@@ -59,6 +59,7 @@ pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>
         config,
         close_deadline,
         finished,
+        ..
     } = ws;
     let (read_io, write_io) = tokio::io::split(io);
     let inner = Arc::new(Mutex::new(WriterInner {

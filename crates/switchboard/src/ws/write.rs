@@ -1,11 +1,18 @@
 //! The write side: a queue of encoded frames, flushed with vectored writes.
 
+use super::compression::Compressor;
 use crate::Error;
-use std::{collections::VecDeque, io, io::IoSlice};
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 use switchboard_proto::{
     CloseFrame, EncodedFrame, Frame, Message, Role, frame::MAX_CONTROL_PAYLOAD,
 };
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// How many buffers one `writev` takes; Linux accepts 1024, but beyond a few dozen
 /// frames the syscall is no longer the cost.
@@ -29,7 +36,11 @@ pub(crate) struct WriteState {
     queue: VecDeque<EncodedFrame>,
     /// Bytes of the front frame already written.
     written: usize,
+    /// Bytes written since the start (wrapping), for callers that account for buffers.
+    pub(crate) written_total: usize,
     pub(crate) close: CloseState,
+    /// Compresses data messages, when permessage-deflate was negotiated.
+    deflate: Option<Compressor>,
 }
 
 /// What the connection must do after a received message.
@@ -49,8 +60,15 @@ impl WriteState {
             role,
             queue: VecDeque::new(),
             written: 0,
+            written_total: 0,
             close: CloseState::Open,
+            deflate: None,
         }
+    }
+
+    /// Compresses data messages from now on (permessage-deflate was negotiated).
+    pub(crate) fn set_deflate(&mut self, compressor: Compressor) {
+        self.deflate = Some(compressor);
     }
 
     /// Queues a message; closing messages move the close handshake forward.
@@ -65,7 +83,11 @@ impl WriteState {
             Message::Close(_) => self.close = CloseState::Sent,
             _ => {}
         }
-        self.push_frame(message.into_frame());
+        let frame = match &mut self.deflate {
+            Some(compressor) => compressor.frame(message),
+            None => message.into_frame(),
+        };
+        self.push_frame(frame);
         Ok(())
     }
 
@@ -118,18 +140,36 @@ impl WriteState {
     ///
     /// Cancel-safe: progress is recorded after each completed write.
     pub(crate) async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx, io)).await
+    }
+
+    /// Polls [`WriteState::flush`].
+    pub(crate) fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+    ) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let count = self.fill(&mut slices);
-            let n = io
-                .write_vectored(slices.get(..count).unwrap_or_default())
-                .await?;
+            let slices = slices.get(..count).unwrap_or_default();
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, slices))?;
             if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(n);
         }
-        io.flush().await
+        Pin::new(io).poll_flush(cx)
+    }
+
+    /// Whether frames wait to be written.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Queues a frame that is already encoded (e.g. one broadcast to many).
+    pub(crate) fn push_encoded(&mut self, frame: EncodedFrame) {
+        self.queue.push_back(frame);
     }
 
     /// Points `slices` at the unwritten bytes, front first; returns how many it used.
@@ -159,6 +199,7 @@ impl WriteState {
     /// Records that `n` more bytes were written.
     fn advance(&mut self, n: usize) {
         self.written += n;
+        self.written_total = self.written_total.wrapping_add(n);
         while let Some(front) = self.queue.front() {
             if self.written < front.len() {
                 break;

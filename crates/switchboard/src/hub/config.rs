@@ -1,0 +1,122 @@
+//! Hub settings, with the reason for each default.
+
+use std::time::Duration;
+
+/// Settings of a [`super::Hub`]. Every limit is on by default.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Connections open at once; the next upgrade is answered 503 with `Retry-After`.
+    ///
+    /// Default 10,000, the seeds' value: enough for one chat server, and a bound on the
+    /// memory and file descriptors a flood of clients can take.
+    pub max_connections: usize,
+    /// The longest message a client may send (after reassembly); longer closes with 1009.
+    ///
+    /// Default 64 KiB, the seeds' value: chat and dashboard messages are far smaller, and
+    /// a peer cannot make the server buffer megabytes per connection.
+    pub max_message_size: usize,
+    /// How long a connection may be silent before the hub pings it.
+    ///
+    /// Default 30 s, the seeds' value: under the idle timeouts of common proxies and
+    /// load balancers (60 s), so that they do not cut quiet connections.
+    pub ping_interval: Duration,
+    /// How long a ping may wait for its pong before the connection is closed.
+    ///
+    /// Default 10 s, the seeds' value.
+    pub pong_timeout: Duration,
+    /// Which `Origin` may open connections (checked before the upgrade, 403 otherwise).
+    pub allowed_origins: Origins,
+    /// Outbound bytes a connection may have queued and unwritten before
+    /// [`HubConfig::buffer_policy`] applies.
+    ///
+    /// Default 1 MiB: a second of a busy room for a healthy client; a stalled client
+    /// cannot make the server hold more than this for it.
+    pub max_buffered_bytes: usize,
+    /// What happens to a message that would pass [`HubConfig::max_buffered_bytes`].
+    pub buffer_policy: BufferPolicy,
+    /// How long a client may take to send its upgrade request (see [`crate::serve`]).
+    ///
+    /// Default 10 s: a slowloris client holds a socket no longer.
+    pub handshake_timeout: Duration,
+    /// How long the close handshake may take before the transport is closed.
+    ///
+    /// Default 5 s.
+    pub close_timeout: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_message_size: 64 << 10,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            allowed_origins: Origins::SameOrigin,
+            max_buffered_bytes: 1 << 20,
+            buffer_policy: BufferPolicy::DropNewest,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which browser origins may connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origins {
+    /// Requests without an `Origin` header (non-browser clients), and browsers on a page
+    /// of the same host and port. Blocks cross-site WebSocket hijacking by default.
+    SameOrigin,
+    /// Exactly these origins (e.g. `https://example.com`), plus requests without an
+    /// `Origin` header.
+    List(Vec<String>),
+    /// Any origin.
+    Any,
+}
+
+impl Origins {
+    /// Whether a request with this `Origin` (if any) to this `Host` may connect.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        match self {
+            Self::Any => true,
+            Self::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+            Self::SameOrigin => {
+                let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+                host.is_some_and(|host| authority.eq_ignore_ascii_case(host))
+            }
+        }
+    }
+}
+
+/// What a send does when the connection's outbound buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BufferPolicy {
+    /// The message is not queued for that connection; the send (or the broadcast's
+    /// report) says so, and the drop is counted. Pings, pongs and close frames are
+    /// never dropped.
+    DropNewest,
+    /// The connection is closed with 1008 "slow consumer".
+    Close,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_compares_host_and_port() {
+        let policy = Origins::SameOrigin;
+        assert!(policy.allows(None, Some("example.com")));
+        assert!(policy.allows(Some("http://example.com:8080"), Some("example.com:8080")));
+        assert!(!policy.allows(Some("http://evil.com"), Some("example.com")));
+        assert!(!policy.allows(Some("http://example.com:9"), Some("example.com:8080")));
+        let list = Origins::List(vec!["https://a.example".into()]);
+        assert!(list.allows(Some("https://a.example"), Some("x")));
+        assert!(!list.allows(Some("https://b.example"), Some("x")));
+    }
+}

@@ -1,0 +1,379 @@
+//! The handle to one connection: identity, state, metadata, sends from any task.
+
+use super::{BufferPolicy, Hub};
+use crate::ws::OutboxClose;
+use http::Extensions;
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU8, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+use switchboard_proto::{
+    CloseCode, CloseFrame, EncodedFrame, Frame, Message, Utf8Bytes, frame::MAX_CONTROL_PAYLOAD,
+};
+use tokio::sync::Notify;
+
+/// A connection's id, unique across every hub of a deployment: the high 24 bits name the
+/// hub, the low 40 count its connections.
+pub type ConnectionId = u64;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Upgraded, `on_open` not finished.
+    Connecting,
+    /// Messages flow.
+    Open,
+    /// A close frame was sent or received; the close handshake is under way.
+    Closing,
+    /// Ended; sends are refused.
+    Closed,
+}
+
+impl ConnectionState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Connecting,
+            1 => Self::Open,
+            2 => Self::Closing,
+            _ => Self::Closed,
+        }
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closing or closed.
+    #[error("connection is closed")]
+    Closed,
+    /// The connection's outbound buffer is full and the policy dropped the message
+    /// (with [`BufferPolicy::Close`], the connection is also being closed with 1008).
+    #[error("outbound buffer full: message dropped")]
+    Dropped,
+    /// A ping, pong or close payload over 125 bytes (RFC 6455 §5.5).
+    #[error("control frame payload of {0} bytes exceeds 125")]
+    ControlFrameTooLong(usize),
+}
+
+/// Frames queued by senders, taken by the connection task.
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    pub(crate) frames: VecDeque<EncodedFrame>,
+    /// Bytes queued here or in the connection's write queue, not yet written.
+    pub(crate) buffered: usize,
+    pub(crate) close: Option<OutboxClose>,
+    /// No more data frames are accepted.
+    pub(crate) closed: bool,
+}
+
+/// The handle to one connection. Cheap to clone, `Send + Sync`; every method can be
+/// called from any task or thread, and none waits for the peer.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: ConnectionId,
+    hub: Hub,
+    state: AtomicU8,
+    outbound: Mutex<Outbound>,
+    wake: Notify,
+    metadata: Mutex<HashMap<String, String>>,
+    request: RequestInfo,
+    keepalive: Keepalive,
+    dropped: AtomicU64,
+}
+
+/// What the upgrade request carried, copied into the connection.
+#[derive(Debug, Default)]
+pub(crate) struct RequestInfo {
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) assigns: Extensions,
+    pub(crate) remote_addr: Option<SocketAddr>,
+}
+
+/// Keepalive bookkeeping, in microseconds since the hub started (0 = never).
+#[derive(Debug, Default)]
+pub(crate) struct Keepalive {
+    pub(crate) last_seen: AtomicU64,
+    pub(crate) ping_sent: AtomicU64,
+    pub(crate) last_ping: AtomicU64,
+    pub(crate) last_pong: AtomicU64,
+    pub(crate) rtt: AtomicU64,
+}
+
+impl Connection {
+    pub(crate) fn new(id: ConnectionId, hub: Hub, request: RequestInfo) -> Self {
+        let conn = Self {
+            inner: Arc::new(Inner {
+                id,
+                hub,
+                state: AtomicU8::new(0),
+                outbound: Mutex::default(),
+                wake: Notify::new(),
+                metadata: Mutex::default(),
+                request,
+                keepalive: Keepalive::default(),
+                dropped: AtomicU64::new(0),
+            }),
+        };
+        conn.inner
+            .keepalive
+            .last_seen
+            .store(conn.inner.hub.now_micros(), Relaxed);
+        conn
+    }
+
+    /// The id, unique across the hubs of a deployment.
+    pub fn id(&self) -> ConnectionId {
+        self.inner.id
+    }
+
+    /// The hub this connection belongs to.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Where the connection is in its life.
+    pub fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.inner.state.load(Relaxed))
+    }
+
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        self.inner.state.store(state as u8, Relaxed);
+    }
+
+    /// The peer's address, when known.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.request.remote_addr
+    }
+
+    /// A route parameter, e.g. `room` for the route `/chat/{room}`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        find(&self.inner.request.params, name)
+    }
+
+    /// A query parameter of the upgrade request, e.g. `token` in `?token=abc`.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        find(&self.inner.request.query, name)
+    }
+
+    /// A value an extractor or middleware put into the upgrade request's extensions
+    /// (the seeds' assigns), e.g. the authenticated user.
+    pub fn assign<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.request.assigns.get::<T>()
+    }
+
+    /// Sets a metadata entry.
+    pub fn set_metadata(&self, key: impl Into<String>, value: impl Into<String>) {
+        lock(&self.inner.metadata).insert(key.into(), value.into());
+    }
+
+    /// A metadata entry.
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        lock(&self.inner.metadata).get(key).cloned()
+    }
+
+    /// Removes a metadata entry, returning it.
+    pub fn remove_metadata(&self, key: &str) -> Option<String> {
+        lock(&self.inner.metadata).remove(key)
+    }
+
+    /// Joins a room (created on first join).
+    pub fn join(&self, room: &str) {
+        self.inner.hub.join(self, room);
+    }
+
+    /// Leaves a room (removed when its last member leaves).
+    pub fn leave(&self, room: &str) {
+        self.inner.hub.leave(self.id(), room);
+    }
+
+    /// The rooms this connection is in.
+    pub fn rooms(&self) -> Vec<String> {
+        self.inner.hub.rooms_of(self.id())
+    }
+
+    /// Whether this connection is in `room`.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.inner.hub.is_member(self.id(), room)
+    }
+
+    /// Queues a message.
+    pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        match message.into() {
+            Message::Close(close) => {
+                self.close_with(close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, "")))
+            }
+            Message::Ping(p) => self.send_control(Frame::ping(p)),
+            Message::Pong(p) => self.send_control(Frame::pong(p)),
+            data => self.enqueue(&data.into_frame().encode()),
+        }
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), SendError> {
+        self.enqueue(&Frame::text(text).encode())
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&self, data: impl Into<bytes::Bytes>) -> Result<(), SendError> {
+        self.enqueue(&Frame::binary(data).encode())
+    }
+
+    /// Queues a ping (never dropped by the buffer policy).
+    pub fn send_ping(&self, payload: impl Into<bytes::Bytes>) -> Result<(), SendError> {
+        self.send_control(Frame::ping(payload))
+    }
+
+    /// Queues a pong (never dropped by the buffer policy).
+    pub fn send_pong(&self, payload: impl Into<bytes::Bytes>) -> Result<(), SendError> {
+        self.send_control(Frame::pong(payload))
+    }
+
+    /// Starts the close handshake: the close frame leaves after the messages already
+    /// queued; later sends are refused.
+    pub fn close(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) -> Result<(), SendError> {
+        self.close_with(CloseFrame::new(code, reason))
+    }
+
+    fn close_with(&self, frame: CloseFrame) -> Result<(), SendError> {
+        self.request_close(OutboxClose::Graceful(frame))
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn buffered_amount(&self) -> usize {
+        self.outbound().buffered
+    }
+
+    /// Messages the buffer policy dropped for this connection.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner.dropped.load(Relaxed)
+    }
+
+    /// When the last keepalive ping was sent.
+    pub fn last_ping(&self) -> Option<Instant> {
+        self.inner
+            .hub
+            .instant(self.inner.keepalive.last_ping.load(Relaxed))
+    }
+
+    /// When the last pong arrived.
+    pub fn last_pong(&self) -> Option<Instant> {
+        self.inner
+            .hub
+            .instant(self.inner.keepalive.last_pong.load(Relaxed))
+    }
+
+    /// The round-trip time measured by the last keepalive ping.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.inner.keepalive.rtt.load(Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    fn send_control(&self, frame: Frame) -> Result<(), SendError> {
+        if frame.payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlFrameTooLong(frame.payload.len()));
+        }
+        let encoded = frame.encode();
+        let mut out = self.outbound();
+        if out.closed {
+            return Err(SendError::Closed);
+        }
+        // Control frames are never dropped: they are small and the protocol needs them.
+        out.buffered += encoded.len();
+        out.frames.push_back(encoded);
+        drop(out);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues an encoded data frame under the buffer policy; shared by sends and
+    /// broadcasts (which encode once and hand the same bytes to every recipient).
+    pub(crate) fn enqueue(&self, frame: &EncodedFrame) -> Result<(), SendError> {
+        let config = self.inner.hub.config();
+        let mut out = self.outbound();
+        if out.closed {
+            return Err(SendError::Closed);
+        }
+        if out.buffered + frame.len() > config.max_buffered_bytes {
+            self.inner.dropped.fetch_add(1, Relaxed);
+            self.inner.hub.count_drop();
+            if config.buffer_policy == BufferPolicy::Close {
+                out.closed = true;
+                out.close = Some(OutboxClose::Abort(CloseFrame::new(
+                    CloseCode::POLICY_VIOLATION,
+                    "slow consumer",
+                )));
+                drop(out);
+                self.inner.wake.notify_one();
+            }
+            return Err(SendError::Dropped);
+        }
+        out.buffered += frame.len();
+        out.frames.push_back(frame.clone());
+        drop(out);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn request_close(&self, request: OutboxClose) -> Result<(), SendError> {
+        let mut out = self.outbound();
+        if out.closed && !matches!(request, OutboxClose::Abort(_)) {
+            return Err(SendError::Closed);
+        }
+        out.closed = true;
+        out.close = Some(request);
+        drop(out);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn outbound(&self) -> MutexGuard<'_, Outbound> {
+        lock(&self.inner.outbound)
+    }
+
+    pub(crate) fn wake(&self) -> &Notify {
+        &self.inner.wake
+    }
+
+    pub(crate) fn keepalive(&self) -> &Keepalive {
+        &self.inner.keepalive
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id())
+            .field("state", &self.state())
+            .field("remote_addr", &self.remote_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section here is a few field updates).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

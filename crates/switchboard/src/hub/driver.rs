@@ -1,0 +1,139 @@
+//! The task of one connection: reads frames and runs the handler's callbacks in order,
+//! while writing what other tasks queue for it.
+
+use super::{Connection, ConnectionState, Handler, connection::Outbound};
+use crate::{
+    Error, WebSocket,
+    ws::{Outbox, OutboxClose, WriteState},
+};
+use std::{future::Future, pin::Pin, sync::atomic::Ordering::Relaxed, task::Context};
+use switchboard_proto::{CloseCode, Message};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::futures::Notified,
+};
+
+/// Runs a registered connection until it ends, then reports the close exactly once and
+/// removes the connection from the hub.
+pub(crate) async fn drive<S, H>(mut ws: WebSocket<S>, conn: Connection, handler: &H)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut outbox = HubOutbox::new(&conn);
+    ws.run_while(handler.on_open(&conn), &mut outbox).await;
+    if conn.state() == ConnectionState::Connecting {
+        conn.set_state(ConnectionState::Open);
+    }
+    let (code, reason, error) = loop {
+        let message = match ws.recv_with(&mut outbox).await {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                let (code, reason) = match (&error, ws.sent_close()) {
+                    // We closed (a policy, a timeout, shutdown): report our code.
+                    (Error::Aborted(frame), _) | (Error::CloseTimeout, Some(frame)) => {
+                        (frame.code, frame.reason.to_string())
+                    }
+                    (Error::Protocol(e), _) => (e.close_code(), e.to_string()),
+                    _ => (error.close_code(), String::new()),
+                };
+                let error =
+                    (!matches!(error, Error::Aborted(_) | Error::CloseTimeout)).then_some(error);
+                break (code, reason, error);
+            }
+            None => break (CloseCode::ABNORMAL, String::new(), None),
+        };
+        conn.keepalive()
+            .last_seen
+            .store(conn.hub().now_micros(), Relaxed);
+        match message {
+            Message::Text(_) | Message::Binary(_) => {
+                ws.run_while(handler.on_message(&conn, message), &mut outbox)
+                    .await;
+            }
+            Message::Ping(payload) => {
+                ws.run_while(handler.on_ping(&conn, &payload), &mut outbox)
+                    .await
+            }
+            Message::Pong(payload) => {
+                record_pong(&conn);
+                ws.run_while(handler.on_pong(&conn, &payload), &mut outbox)
+                    .await;
+            }
+            Message::Close(frame) => {
+                conn.set_state(ConnectionState::Closing);
+                break match (ws.sent_close(), frame) {
+                    // We closed first and the peer answered: report our code.
+                    (Some(ours), _) => (ours.code, ours.reason.to_string(), None),
+                    (None, Some(theirs)) => (theirs.code, theirs.reason.to_string(), None),
+                    (None, None) => (CloseCode::NO_STATUS, String::new(), None),
+                };
+            }
+        }
+    };
+    conn.set_state(ConnectionState::Closed);
+    conn.outbound().closed = true;
+    if let Some(error) = &error {
+        handler.on_error(&conn, error).await;
+    }
+    handler.on_close(&conn, code, &reason).await;
+    conn.hub().unregister(conn.id());
+}
+
+fn record_pong(conn: &Connection) {
+    let keepalive = conn.keepalive();
+    let now = conn.hub().now_micros();
+    keepalive.last_pong.store(now, Relaxed);
+    let sent = keepalive.ping_sent.swap(0, Relaxed);
+    if sent != 0 {
+        keepalive
+            .rtt
+            .store(now.saturating_sub(sent).max(1), Relaxed);
+    }
+}
+
+/// The connection's shared queue, seen from its task.
+struct HubOutbox<'a> {
+    conn: &'a Connection,
+    notified: Pin<Box<Notified<'a>>>,
+    /// `WriteState::written_total` when last seen, to credit written bytes.
+    written: usize,
+}
+
+impl<'a> HubOutbox<'a> {
+    fn new(conn: &'a Connection) -> Self {
+        Self {
+            conn,
+            notified: Box::pin(conn.wake().notified()),
+            written: 0,
+        }
+    }
+}
+
+impl Outbox for HubOutbox<'_> {
+    fn poll_pull(&mut self, cx: &mut Context<'_>, write: &mut WriteState) -> Option<OutboxClose> {
+        // Register for the next wake-up before looking at the queue, so that a frame
+        // queued in between is not missed.
+        while self.notified.as_mut().poll(cx).is_ready() {
+            self.notified.set(self.conn.wake().notified());
+        }
+        let written = write.written_total.wrapping_sub(self.written);
+        self.written = write.written_total;
+        let mut out = self.conn.outbound();
+        let Outbound {
+            frames,
+            buffered,
+            close,
+            ..
+        } = &mut *out;
+        *buffered = buffered.saturating_sub(written);
+        for frame in frames.drain(..) {
+            write.push_encoded(frame);
+        }
+        let close = close.take();
+        if close.is_some() {
+            self.conn.set_state(ConnectionState::Closing);
+        }
+        close
+    }
+}

@@ -1,0 +1,50 @@
+//! One sweeper per hub pings idle connections and closes those that stopped answering:
+//! a single timer for the whole hub instead of one per connection.
+
+use super::{Hub, HubInner};
+use crate::ws::OutboxClose;
+use std::{
+    sync::{Weak, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+use switchboard_proto::{CloseCode, CloseFrame};
+
+/// Runs until the hub is dropped.
+pub(super) async fn sweep(hub: Weak<HubInner>) {
+    let Some(period) = hub.upgrade().map(|inner| {
+        let config = &inner.config;
+        // A quarter of the shorter interval keeps each deadline's error under 25%.
+        (config.ping_interval.min(config.pong_timeout) / 4).max(Duration::from_millis(5))
+    }) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = hub.upgrade() else { return };
+        sweep_once(&Hub::from_inner(inner));
+    }
+}
+
+fn sweep_once(hub: &Hub) {
+    let config = hub.config();
+    let ping_interval = config.ping_interval.as_micros() as u64;
+    let pong_timeout = config.pong_timeout.as_micros() as u64;
+    let now = hub.now_micros();
+    for conn in hub.read().connections.values() {
+        let keepalive = conn.keepalive();
+        let ping_sent = keepalive.ping_sent.load(Relaxed);
+        if ping_sent != 0 {
+            if now.saturating_sub(ping_sent) > pong_timeout {
+                // The peer is gone or hung: waiting for a close handshake would be futile.
+                let frame = CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout");
+                let _ = conn.request_close(OutboxClose::Abort(frame));
+            }
+        } else if now.saturating_sub(keepalive.last_seen.load(Relaxed)) > ping_interval {
+            keepalive.ping_sent.store(now, Relaxed);
+            keepalive.last_ping.store(now, Relaxed);
+            let _ = conn.send_ping(bytes::Bytes::new());
+        }
+    }
+}

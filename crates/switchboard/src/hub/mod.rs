@@ -1,0 +1,360 @@
+//! The hub: every connection of a server, by id, in rooms, with broadcast, limits,
+//! keepalive and backpressure.
+//!
+//! ```no_run
+//! use switchboard::hub::{Connection, Handler, Hub, HubConfig};
+//! use switchboard::Message;
+//!
+//! struct Chat;
+//!
+//! impl Handler for Chat {
+//!     async fn on_open(&self, conn: &Connection) {
+//!         let room = conn.param("room").unwrap_or("lobby").to_owned();
+//!         conn.join(&room);
+//!         conn.hub().to(&room).except(conn.id()).send_text("a user joined");
+//!     }
+//!     async fn on_message(&self, conn: &Connection, message: Message) {
+//!         for room in conn.rooms() {
+//!             conn.hub().to(&room).send(message.clone());
+//!         }
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::new(HubConfig::default());
+//! let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Chat));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! switchboard::serve(listener, app, &hub).await
+//! # }
+//! ```
+
+mod broadcast;
+mod broker;
+mod config;
+mod connection;
+mod driver;
+mod handler;
+mod keepalive;
+mod registry;
+
+pub use broadcast::{Broadcast, BroadcastReport};
+pub use broker::{Broker, Envelope, Inbox, MemoryBroker, MemoryNetwork, Target};
+pub use config::{BufferPolicy, HubConfig, Origins};
+pub use connection::{Connection, ConnectionId, ConnectionState, SendError};
+pub use handler::Handler;
+
+pub(crate) use connection::RequestInfo;
+pub(crate) use driver::drive;
+
+use connection::lock;
+use registry::{Registry, RoomChange};
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+use switchboard_proto::{CloseCode, CloseFrame, Message};
+use tokio::sync::Notify;
+
+/// The registry of a server's connections. Cheap to clone: clones share one hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    config: HubConfig,
+    /// Names this hub in connection ids and broker envelopes.
+    node: u64,
+    next_id: AtomicU64,
+    registry: RwLock<Registry>,
+    /// Connections admitted (upgrade accepted) and not yet finished: what
+    /// `max_connections` bounds.
+    admitted: AtomicUsize,
+    draining: AtomicBool,
+    /// Signalled whenever a connection finishes, for shutdown to wait on.
+    finished: Notify,
+    started: Instant,
+    sweeper: Mutex<bool>,
+    broker: Arc<dyn Broker>,
+    dropped: AtomicU64,
+}
+
+/// Counters of a hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubMetrics {
+    /// Connections registered now.
+    pub connections: usize,
+    /// Rooms with at least one member.
+    pub rooms: usize,
+    /// Messages dropped by the buffer policy since the hub started.
+    pub dropped_messages: u64,
+}
+
+impl Hub {
+    /// A hub with the in-memory broker: rooms span this process only.
+    pub fn new(config: HubConfig) -> Self {
+        Self::with_broker(config, MemoryNetwork::new().broker())
+    }
+
+    /// A hub whose rooms and broadcasts also reach the other hubs on `broker`.
+    pub fn with_broker(config: HubConfig, broker: impl Broker) -> Self {
+        // 24 random bits name this hub inside connection ids (see `ConnectionId`).
+        let node = rand::random::<u64>() & 0xFF_FFFF | 1;
+        let hub = Self {
+            inner: Arc::new(HubInner {
+                config,
+                node,
+                next_id: AtomicU64::new(1),
+                registry: RwLock::default(),
+                admitted: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
+                finished: Notify::new(),
+                started: Instant::now(),
+                sweeper: Mutex::new(false),
+                broker: Arc::new(broker),
+                dropped: AtomicU64::new(0),
+            }),
+        };
+        hub.inner.broker.start(Inbox::new(&hub));
+        hub
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// This hub's node id, the high bits of its connections' ids.
+    pub fn node(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// A connection of this hub by id.
+    pub fn connection(&self, id: ConnectionId) -> Option<Connection> {
+        self.read().connections.get(&id).cloned()
+    }
+
+    /// The connections registered now.
+    pub fn connection_count(&self) -> usize {
+        self.read().connections.len()
+    }
+
+    /// Every connection registered now.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.read().connections.values().cloned().collect()
+    }
+
+    /// Members of `room` on this hub.
+    pub fn room_size(&self, room: &str) -> usize {
+        self.read()
+            .rooms
+            .get(room)
+            .map_or(0, |members| members.len())
+    }
+
+    /// The members of `room` on this hub.
+    pub fn room_members(&self, room: &str) -> Vec<Connection> {
+        self.read()
+            .rooms
+            .get(room)
+            .map(|members| members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The rooms that have members on this hub.
+    pub fn rooms(&self) -> Vec<String> {
+        self.read().rooms.keys().map(|r| r.to_string()).collect()
+    }
+
+    /// Adds a connection to a room.
+    pub fn join(&self, conn: &Connection, room: &str) {
+        let change = self.write().join(conn, room);
+        if let RoomChange::Created(room) = change {
+            self.inner.broker.subscribe(&room);
+        }
+    }
+
+    /// Removes a connection from a room.
+    pub fn leave(&self, id: ConnectionId, room: &str) {
+        let change = self.write().leave(id, room);
+        if let RoomChange::Removed(room) = change {
+            self.inner.broker.unsubscribe(&room);
+        }
+    }
+
+    /// A broadcast to the members of `room`, on every hub of the broker.
+    pub fn to(&self, room: &str) -> Broadcast<'_> {
+        Broadcast::new(self, Target::Room(room.to_owned()))
+    }
+
+    /// A broadcast to every connection, on every hub of the broker.
+    pub fn all(&self) -> Broadcast<'_> {
+        Broadcast::new(self, Target::All)
+    }
+
+    /// Sends to every connection.
+    pub fn broadcast(&self, message: impl Into<Message>) -> BroadcastReport {
+        self.all().send(message)
+    }
+
+    /// Sends to every connection except one.
+    pub fn broadcast_except(
+        &self,
+        message: impl Into<Message>,
+        except: ConnectionId,
+    ) -> BroadcastReport {
+        self.all().except(except).send(message)
+    }
+
+    /// Sends to one connection by id, whichever hub of the broker holds it. The report
+    /// counts the local delivery only; a remote one is handed to the broker.
+    pub fn send_to(&self, id: ConnectionId, message: impl Into<Message>) -> BroadcastReport {
+        Broadcast::new(self, Target::Connection(id)).send(message)
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> HubMetrics {
+        let registry = self.read();
+        HubMetrics {
+            connections: registry.connections.len(),
+            rooms: registry.rooms.len(),
+            dropped_messages: self.inner.dropped.load(Relaxed),
+        }
+    }
+
+    /// Graceful shutdown: refuses new connections, sends 1001 to every connection, and
+    /// waits for their close handshakes until `deadline` has passed; connections still
+    /// open then are ended.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.inner.draining.store(true, Relaxed);
+        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        for conn in self.connections() {
+            let _ = conn.close(going_away.code, going_away.reason.clone());
+        }
+        let waited = tokio::time::timeout(deadline, self.wait_idle()).await;
+        if waited.is_err() {
+            for conn in self.connections() {
+                let _ = conn.request_close(crate::ws::OutboxClose::Abort(going_away.clone()));
+            }
+            self.wait_idle().await;
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let finished = self.inner.finished.notified();
+            if self.inner.admitted.load(Relaxed) == 0 {
+                return;
+            }
+            finished.await;
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Relaxed)
+    }
+
+    /// Takes a connection slot, or refuses when the hub is full or draining.
+    pub(crate) fn admit(&self) -> bool {
+        if self.is_draining() {
+            return false;
+        }
+        let max = self.inner.config.max_connections;
+        self.inner
+            .admitted
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by [`Hub::admit`].
+    pub(crate) fn release(&self) {
+        self.inner.admitted.fetch_sub(1, Relaxed);
+        self.inner.finished.notify_waiters();
+    }
+
+    pub(crate) fn register(&self, request: RequestInfo) -> Connection {
+        let counter = self.inner.next_id.fetch_add(1, Relaxed) & 0xFF_FFFF_FFFF;
+        let id = self.inner.node << 40 | counter;
+        let conn = Connection::new(id, self.clone(), request);
+        self.write().connections.insert(id, conn.clone());
+        self.start_sweeper();
+        conn
+    }
+
+    pub(crate) fn unregister(&self, id: ConnectionId) {
+        let emptied = {
+            let mut registry = self.write();
+            registry.connections.remove(&id);
+            registry.leave_all(id)
+        };
+        for room in emptied {
+            self.inner.broker.unsubscribe(&room);
+        }
+    }
+
+    fn start_sweeper(&self) {
+        let mut started = lock(&self.inner.sweeper);
+        if !*started {
+            *started = true;
+            tokio::spawn(keepalive::sweep(Arc::downgrade(&self.inner)));
+        }
+    }
+
+    pub(crate) fn rooms_of(&self, id: ConnectionId) -> Vec<String> {
+        self.read().rooms_of(id)
+    }
+
+    pub(crate) fn is_member(&self, id: ConnectionId, room: &str) -> bool {
+        self.read().is_member(id, room)
+    }
+
+    pub(crate) fn count_drop(&self) {
+        self.inner.dropped.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn now_micros(&self) -> u64 {
+        // +1 so that 0 can mean "never".
+        self.inner.started.elapsed().as_micros() as u64 + 1
+    }
+
+    pub(crate) fn instant(&self, micros: u64) -> Option<Instant> {
+        (micros != 0).then(|| self.inner.started + Duration::from_micros(micros - 1))
+    }
+
+    pub(crate) fn broker(&self) -> &dyn Broker {
+        &*self.inner.broker
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn from_inner(inner: Arc<HubInner>) -> Self {
+        Self { inner }
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.inner.node)
+            .field("metrics", &self.metrics())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,166 @@
+//! Registering connections with a hub from axum routes.
+
+use crate::{
+    WebSocketConfig,
+    hub::{Handler, Hub, RequestInfo, drive},
+    upgrade::{Rejection, Upgrade},
+};
+use axum::{
+    extract::{FromRequestParts, RawPathParams},
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, get},
+};
+use http::{HeaderValue, StatusCode, header, request::Parts};
+use std::sync::Arc;
+
+/// A route that upgrades every request and registers the connection with `hub`, with
+/// `handler` for its callbacks: the seeds' `Router.ws(path, callbacks)`.
+///
+/// ```no_run
+/// # use switchboard::hub::{Handler, Hub, HubConfig};
+/// # struct Chat;
+/// # impl Handler for Chat {}
+/// let hub = Hub::new(HubConfig::default());
+/// let app: axum::Router = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Chat));
+/// ```
+pub fn ws<H: Handler, S: Clone + Send + Sync + 'static>(hub: Hub, handler: H) -> MethodRouter<S> {
+    let handler = Arc::new(handler);
+    get(move |upgrade: HubUpgrade| async move { upgrade.register_shared(&hub, handler) })
+}
+
+/// An upgrade request on its way into a hub: the extractor form of [`ws`], for handlers
+/// that need to do work (authenticate, pick a handler) before registering.
+///
+/// It carries the route parameters, the query, and the request's extensions (what
+/// middleware and extractors inserted: the seeds' assigns) into the connection.
+#[derive(Debug)]
+pub struct HubUpgrade {
+    upgrade: Upgrade,
+    request: RequestInfo,
+    origin: Option<String>,
+    host: Option<String>,
+}
+
+/// Why an axum request could not be upgraded into a hub.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubRejection {
+    /// Not a valid WebSocket handshake (400, 405, 426).
+    #[error(transparent)]
+    Upgrade(#[from] Rejection),
+    /// The `Origin` is not allowed (403).
+    #[error("origin not allowed")]
+    Origin,
+    /// The hub is at `max_connections` or shutting down (503 with `Retry-After`).
+    #[error("server is full")]
+    Full,
+}
+
+impl IntoResponse for HubRejection {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Upgrade(rejection) => rejection.into_response().into_response(),
+            Self::Origin => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
+            Self::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                // Clients with a backoff (ours) read this as the earliest retry.
+                [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+                self.to_string(),
+            )
+                .into_response(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
+    type Rejection = HubRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let upgrade = Upgrade::from_parts(parts)?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map(|params| {
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let query = parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Self {
+            origin: header(header::ORIGIN),
+            host: header(header::HOST),
+            request: RequestInfo {
+                params,
+                query,
+                assigns: parts.extensions.clone(),
+                remote_addr: None,
+            },
+            upgrade,
+        })
+    }
+}
+
+impl HubUpgrade {
+    /// Checks the origin and the hub's capacity, answers 101, and runs the connection
+    /// in the hub with `handler`.
+    pub fn register<H: Handler>(self, hub: &Hub, handler: H) -> Response {
+        self.register_shared(hub, Arc::new(handler))
+    }
+
+    /// [`HubUpgrade::register`] with a handler shared by many connections.
+    pub fn register_shared<H: Handler>(self, hub: &Hub, handler: Arc<H>) -> Response {
+        match self.try_register(hub, handler) {
+            Ok(response) => response,
+            Err(rejection) => rejection.into_response(),
+        }
+    }
+
+    /// Selects the first subprotocol the client offered that is in `supported`.
+    pub fn protocols(mut self, supported: &[&str]) -> Self {
+        self.upgrade = self.upgrade.protocols(supported);
+        self
+    }
+
+    fn try_register<H: Handler>(
+        self,
+        hub: &Hub,
+        handler: Arc<H>,
+    ) -> Result<Response, HubRejection> {
+        let config = hub.config();
+        if !config
+            .allowed_origins
+            .allows(self.origin.as_deref(), self.host.as_deref())
+        {
+            return Err(HubRejection::Origin);
+        }
+        if !hub.admit() {
+            return Err(HubRejection::Full);
+        }
+        let websocket = WebSocketConfig::default()
+            .max_message_size(config.max_message_size)
+            .close_timeout(config.close_timeout);
+        let (response, connection) = self.upgrade.config(websocket).into_parts();
+        let (hub, mut request) = (hub.clone(), self.request);
+        tokio::spawn(async move {
+            if let Ok(ws) = connection.await {
+                request.remote_addr = ws.get_ref().peer_addr();
+                let conn = hub.register(request);
+                drive(ws, conn, &*handler).await;
+            }
+            hub.release();
+        });
+        Ok(response.into_response())
+    }
+}

@@ -1,0 +1,133 @@
+//! Writes a seed corpus for each target into `corpus/<target>/`: valid frame streams in
+//! both roles and a few rule breakers, and valid handshakes both ways.
+//!
+//! Run from `fuzz/`: `cargo run --example seeds`.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use std::{fs, path::Path};
+use switchboard_fuzz::{CLIENT_KEY, decode_input, fixed_client};
+use switchboard_proto::{
+    CloseCode, Frame, OpCode,
+    handshake::{ServerHandshake, http1},
+};
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn main() -> std::io::Result<()> {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    for (target, masked) in [("decode_server", true), ("decode_client", false)] {
+        let dir = corpus.join(target);
+        fs::create_dir_all(&dir)?;
+        for (name, frames) in frame_seeds() {
+            let mut wire = BytesMut::new();
+            for frame in frames {
+                let frame = if masked { frame.masked(KEY) } else { frame };
+                frame.write_to(&mut wire);
+            }
+            fs::write(
+                dir.join(format!("{name}-whole")),
+                decode_input(false, &[], &wire),
+            )?;
+            fs::write(
+                dir.join(format!("{name}-split")),
+                decode_input(false, &[1, 3, 7, 2], &wire),
+            )?;
+            fs::write(
+                dir.join(format!("{name}-tiny")),
+                decode_input(true, &[5, 60], &wire),
+            )?;
+        }
+        // A header claiming 2^62 bytes.
+        let mut huge = vec![0x82, if masked { 0xFF } else { 0x7F }];
+        huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        if masked {
+            huge.extend_from_slice(&KEY);
+        }
+        fs::write(dir.join("huge-claim"), decode_input(false, &[], &huge))?;
+    }
+
+    let dir = corpus.join("handshake");
+    fs::create_dir_all(&dir)?;
+    let client = fixed_client();
+    let mut request = Vec::new();
+    http1::write_request(&client.request(), &mut request);
+    fs::write(dir.join("request"), &request)?;
+    let parsed = http1::parse_request(&request)
+        .ok()
+        .flatten()
+        .map(|(r, _)| r);
+    let mut server = ServerHandshake::from_request(&parsed.expect("our own request parses"))
+        .expect("our own request is a handshake");
+    server.select_protocol(&["superchat"]);
+    server.set_extensions(HeaderValue::from_static("permessage-deflate"));
+    let mut response = Vec::new();
+    http1::write_response(&server.response(), &mut response);
+    fs::write(dir.join("response-101"), &response)?;
+    fs::write(dir.join("browser-request"), BROWSER)?;
+    fs::write(
+        dir.join("response-426"),
+        b"HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+          sec-websocket-version: 13\r\ncontent-length: 0\r\n\r\n",
+    )?;
+    assert_eq!(CLIENT_KEY.len(), 16);
+    println!("seeds written to {}", corpus.display());
+    Ok(())
+}
+
+/// What Chromium sends.
+const BROWSER: &[u8] = b"GET /chat?room=7 HTTP/1.1\r\n\
+    Host: localhost:9001\r\n\
+    Connection: Upgrade\r\n\
+    Upgrade: websocket\r\n\
+    Origin: http://localhost:9001\r\n\
+    Sec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Protocol: chat, superchat\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+    \r\n";
+
+fn frame_seeds() -> Vec<(&'static str, Vec<Frame>)> {
+    let continuation = |data: &'static [u8], fin: bool| {
+        Frame::new(OpCode::Continuation, Bytes::from_static(data)).with_fin(fin)
+    };
+    vec![
+        ("hello", vec![Frame::text("Hello")]),
+        (
+            "fragments",
+            vec![
+                Frame::new(OpCode::Text, Bytes::from_static(&[b'a', 0xF0, 0x9F])).with_fin(false),
+                Frame::ping("p"),
+                continuation(&[0x98, 0x80, b'b'], false),
+                Frame::pong(""),
+                continuation("κόσμε".as_bytes(), true),
+            ],
+        ),
+        (
+            "binary-16",
+            vec![
+                Frame::binary(vec![7u8; 300]),
+                Frame::close(CloseCode::NORMAL, "bye"),
+            ],
+        ),
+        (
+            "controls",
+            vec![
+                Frame::ping(vec![1u8; 125]),
+                Frame::close_with(None),
+                Frame::close(CloseCode(4000), "app"),
+            ],
+        ),
+        (
+            "bad-utf8",
+            vec![Frame::new(
+                OpCode::Text,
+                Bytes::from_static(&[b'o', 0xC3, b'k']),
+            )],
+        ),
+        (
+            "bad-close",
+            vec![Frame::new(OpCode::Close, Bytes::from_static(&[0x03, 0xED]))],
+        ),
+    ]
+}

@@ -1,0 +1,294 @@
+//! What the fuzz targets run, kept in a library so that each target is one line and the
+//! seed generator (`examples/seeds.rs`) shares the input layout.
+//!
+//! Every function here panics on a broken invariant: a panic is what libFuzzer reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use switchboard_proto::{
+    Decoder, Limits, Message, ProtocolError, Role,
+    handshake::{ClientHandshake, ClientHandshakeError, ServerHandshake, accept_key, http1},
+};
+
+/// The limits the decode targets run with: small, so that frames past them are cheap to
+/// find, and large enough for 16- and 64-bit lengths.
+pub const LIMITS: Limits = Limits {
+    max_frame_size: 64 << 10,
+    max_message_size: 256 << 10,
+};
+
+/// Tiny limits, picked by a flag in the input, so that the message limit is reachable by
+/// a few fragments.
+pub const TINY_LIMITS: Limits = Limits {
+    max_frame_size: 100,
+    max_message_size: 300,
+};
+
+/// How many bytes of the input at most choose the pieces.
+pub const MAX_PIECES: usize = 7;
+
+/// The input of a decode target: a control byte (bit 7: [`TINY_LIMITS`]; bits 0-2: the
+/// number of pieces), one byte per piece for its size, then the bytes on the wire.
+pub fn decode_input(tiny: bool, piece_sizes: &[u8], wire: &[u8]) -> Vec<u8> {
+    let pieces = piece_sizes.len().min(MAX_PIECES);
+    let mut input = vec![u8::from(tiny) << 7 | pieces as u8];
+    input.extend_from_slice(&piece_sizes[..pieces]);
+    input.extend_from_slice(wire);
+    input
+}
+
+/// Feeds the wire to a decoder whole and in the chosen pieces; both must keep every
+/// invariant and agree.
+pub fn decode(data: &[u8], role: Role) {
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = if control & 0x80 != 0 {
+        TINY_LIMITS
+    } else {
+        LIMITS
+    };
+    let count = usize::from(control & 7).min(rest.len());
+    let (sizes, wire) = rest.split_at(count);
+    let mut ends = Vec::with_capacity(count);
+    let mut at = 0;
+    for &size in sizes {
+        at += usize::from(size);
+        ends.push(at);
+    }
+    let whole = decode_in_pieces(wire, &[], role, limits);
+    let split = decode_in_pieces(wire, &ends, role, limits);
+    assert_eq!(whole, split, "split at {ends:?}");
+}
+
+/// Everything a decoder made of a stream.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    messages: Vec<Message>,
+    error: Option<ProtocolError>,
+    /// The bytes left in the buffer, and the decoder's read hint, when no error came.
+    rest: Vec<u8>,
+    wanted: usize,
+}
+
+/// Feeds `wire` in pieces ending at `ends` (then the rest), decoding until the decoder
+/// errs or needs more bytes after each piece. An erred decoder is dropped, never reused.
+fn decode_in_pieces(wire: &[u8], ends: &[usize], role: Role, limits: Limits) -> Outcome {
+    let mut decoder = Decoder::new(role, limits);
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    let mut at = 0;
+    for end in ends
+        .iter()
+        .map(|&end| end.min(wire.len()))
+        .chain([wire.len()])
+    {
+        let end = end.max(at);
+        buf.extend_from_slice(&wire[at..end]);
+        at = end;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(message)) => {
+                    check_message(&message, limits);
+                    messages.push(message);
+                }
+                Ok(None) => {
+                    // Asking again without new bytes changes nothing.
+                    let len = buf.len();
+                    assert_eq!(decoder.decode(&mut buf), Ok(None));
+                    assert_eq!(buf.len(), len);
+                    break;
+                }
+                Err(error) => {
+                    let code = error.close_code().0;
+                    assert!(
+                        matches!(code, 1002 | 1007 | 1009),
+                        "{error} closes with {code}"
+                    );
+                    return Outcome {
+                        messages,
+                        error: Some(error),
+                        rest: Vec::new(),
+                        wanted: 0,
+                    };
+                }
+            }
+        }
+    }
+    Outcome {
+        wanted: decoder.bytes_wanted(buf.len()),
+        rest: buf.to_vec(),
+        messages,
+        error: None,
+    }
+}
+
+/// What any message the decoder hands out must be.
+fn check_message(message: &Message, limits: Limits) {
+    match message {
+        Message::Text(text) => {
+            assert!(
+                std::str::from_utf8(text.as_bytes()).is_ok(),
+                "text is not UTF-8"
+            );
+            assert!(text.len() <= limits.max_message_size);
+        }
+        Message::Binary(data) => assert!(data.len() <= limits.max_message_size),
+        // "All control frames MUST have a payload length of 125 bytes or less" (RFC 6455 §5.5).
+        Message::Ping(data) | Message::Pong(data) => assert!(data.len() <= 125),
+        Message::Close(Some(close)) => {
+            assert!(close.code.is_sendable(), "close code {}", close.code);
+            assert!(matches!(close.code.0, 1000..=1003 | 1007..=1014 | 3000..=4999));
+            assert!(std::str::from_utf8(close.reason.as_bytes()).is_ok());
+            assert!(close.reason.len() <= 123);
+        }
+        Message::Close(None) => {}
+    }
+}
+
+/// The key of [`fixed_client`]'s handshake.
+pub const CLIENT_KEY: [u8; 16] = *b"the sample nonce";
+
+/// A client that offers two subprotocols and an extension, as a browser might.
+pub fn fixed_client() -> ClientHandshake {
+    ClientHandshake::new(&"ws://fuzz.example/chat".parse().unwrap(), CLIENT_KEY)
+        .unwrap()
+        .with_protocols(&["chat", "superchat"])
+        .unwrap()
+        .with_extensions(HeaderValue::from_static("permessage-deflate"))
+}
+
+/// Parses the input as a request head and as a response head, and checks what each
+/// side makes of it.
+pub fn handshake(data: &[u8]) {
+    if let Ok(Some((request, len))) = http1::parse_request(data) {
+        assert!(len <= data.len() && len <= http1::MAX_HEAD_LEN);
+        // The head alone parses the same: nothing after it was read.
+        let (alone, alone_len) = http1::parse_request(&data[..len]).unwrap().unwrap();
+        assert_eq!(alone_len, len);
+        assert_eq!(alone.headers(), request.headers());
+        serve(&request);
+        // Written back out, the request reads the same.
+        let mut wire = Vec::new();
+        http1::write_request(&request, &mut wire);
+        let (again, again_len) = http1::parse_request(&wire).unwrap().unwrap();
+        assert_eq!(again_len, wire.len());
+        assert_eq!(again.method(), request.method());
+        assert_eq!(again.headers(), request.headers());
+        if request.uri().scheme().is_none() && request.uri().path().starts_with('/') {
+            assert_eq!(again.uri(), request.uri());
+        }
+    }
+    if let Ok(Some((response, len))) = http1::parse_response(data) {
+        assert!(len <= data.len() && len <= http1::MAX_HEAD_LEN);
+        let (alone, alone_len) = http1::parse_response(&data[..len]).unwrap().unwrap();
+        assert_eq!(alone_len, len);
+        assert_eq!(alone.headers(), response.headers());
+        validate(&response);
+        // Written back out, the response reads the same, `Content-Length: 0` aside.
+        let mut wire = Vec::new();
+        http1::write_response(&response, &mut wire);
+        let (again, again_len) = http1::parse_response(&wire).unwrap().unwrap();
+        assert_eq!(again_len, wire.len());
+        assert_eq!(again.status(), response.status());
+        let mut headers = again.headers().clone();
+        if !response.headers().contains_key(header::CONTENT_LENGTH) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        assert_eq!(&headers, response.headers());
+    }
+}
+
+/// The server's side of a parsed request: accept it, and a client that sent its key
+/// accepts the answer; or refuse it, and the refusal is a valid response no client
+/// accepts.
+fn serve(request: &http::Request<()>) {
+    match ServerHandshake::from_request(request) {
+        Ok(mut server) => {
+            let key = request.headers()[header::SEC_WEBSOCKET_KEY]
+                .as_bytes()
+                .trim_ascii();
+            let random: [u8; 16] = STANDARD
+                .decode(key)
+                .expect("an accepted key is base64")
+                .try_into()
+                .expect("an accepted key is 16 bytes");
+            assert_eq!(server.accept(), &accept_key(key));
+            // The client offers what the request offered, when a client may offer it.
+            let offered: Vec<&str> = server.protocols().collect();
+            let (client, protocols) = match client_for(random).with_protocols(&offered) {
+                Ok(client) => (client, offered.clone()),
+                Err(_) => (client_for(random), Vec::new()),
+            };
+            let protocols: Vec<String> = protocols.iter().map(|p| (*p).to_owned()).collect();
+            let choice: Vec<&str> = protocols.last().map(String::as_str).into_iter().collect();
+            server.select_protocol(&choice);
+            let response = server.response();
+            assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let mut wire = Vec::new();
+            http1::write_response(&response, &mut wire);
+            let (parsed, len) = http1::parse_response(&wire).unwrap().unwrap();
+            assert_eq!(len, wire.len());
+            let accepted = client
+                .validate_response(&parsed)
+                .unwrap_or_else(|e| panic!("the client refuses the server's answer: {e}"));
+            assert_eq!(accepted.protocol(), server.protocol());
+        }
+        Err(error) => {
+            let response = error.response();
+            assert_eq!(response.status(), error.status());
+            assert!(response.status().is_client_error());
+            let mut wire = Vec::new();
+            http1::write_response_with_body(&response, error.to_string().as_bytes(), &mut wire);
+            let (parsed, len) = http1::parse_response(&wire).unwrap().unwrap();
+            assert_eq!(&wire[len..], error.to_string().as_bytes());
+            assert_eq!(
+                fixed_client().validate_response(&parsed),
+                Err(ClientHandshakeError::UnexpectedStatus(error.status()))
+            );
+        }
+    }
+}
+
+fn client_for(random: [u8; 16]) -> ClientHandshake {
+    ClientHandshake::new(&"ws://fuzz.example/".parse().unwrap(), random).unwrap()
+}
+
+/// The client's side of a parsed response, for clients that offer more or less.
+fn validate(response: &Response<()>) {
+    let clients = [
+        (fixed_client(), &["chat", "superchat"][..], true),
+        (client_for(CLIENT_KEY), &[][..], false),
+    ];
+    for (client, offered, extensions) in clients {
+        let Ok(accepted) = client.validate_response(response) else {
+            continue;
+        };
+        // What acceptance means (RFC 6455 §4.1, the client's six checks).
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let headers = response.headers();
+        let accept = single(headers, header::SEC_WEBSOCKET_ACCEPT).expect("one accept");
+        let expected = accept_key(STANDARD.encode(CLIENT_KEY).as_bytes());
+        assert_eq!(accept.as_bytes().trim_ascii(), expected.as_bytes());
+        if let Some(protocol) = accepted.protocol() {
+            assert!(offered.contains(&protocol), "{protocol:?} was not offered");
+        }
+        if !extensions {
+            // Lines of empty list elements only may come back; no extension may.
+            for line in accepted.extensions() {
+                assert!(line.split(',').all(|e| e.trim().is_empty()), "{line:?}");
+            }
+        }
+    }
+}
+
+/// The value of a header that appears exactly once.
+fn single(headers: &HeaderMap, name: header::HeaderName) -> Option<&HeaderValue> {
+    let mut values = headers.get_all(name).into_iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
+    }
+}
