@@ -1,14 +1,16 @@
 //! Writes a seed corpus for each target into `corpus/<target>/`: valid frame streams in
-//! both roles and a few rule breakers, and valid handshakes both ways.
+//! both roles (compressed ones too) and a few rule breakers, and valid handshakes both
+//! ways.
 //!
 //! Run from `fuzz/`: `cargo run --example seeds`.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use std::{fs, path::Path};
-use switchboard_fuzz::{CLIENT_KEY, decode_input, fixed_client};
+use switchboard_fuzz::{DEFLATE, DEFLATE_SMALL, TINY, decode_input, deflate_params, fixed_client};
 use switchboard_proto::{
-    CloseCode, Frame, OpCode,
+    CloseCode, Frame, FrameHeader, OpCode, Role,
+    deflate::Deflater,
     handshake::{ServerHandshake, http1},
 };
 
@@ -19,24 +21,22 @@ fn main() -> std::io::Result<()> {
     for (target, masked) in [("decode_server", true), ("decode_client", false)] {
         let dir = corpus.join(target);
         fs::create_dir_all(&dir)?;
-        for (name, frames) in frame_seeds() {
+        let write = |frames: Vec<Frame>| {
             let mut wire = BytesMut::new();
             for frame in frames {
                 let frame = if masked { frame.masked(KEY) } else { frame };
                 frame.write_to(&mut wire);
             }
-            fs::write(
-                dir.join(format!("{name}-whole")),
-                decode_input(false, &[], &wire),
-            )?;
-            fs::write(
-                dir.join(format!("{name}-split")),
-                decode_input(false, &[1, 3, 7, 2], &wire),
-            )?;
-            fs::write(
-                dir.join(format!("{name}-tiny")),
-                decode_input(true, &[5, 60], &wire),
-            )?;
+            wire
+        };
+        let seed = |name: String, flags: u8, pieces: &[u8], wire: &[u8]| {
+            fs::write(dir.join(name), decode_input(flags, pieces, wire))
+        };
+        for (name, frames) in frame_seeds() {
+            let wire = write(frames);
+            seed(format!("{name}-whole"), 0, &[], &wire)?;
+            seed(format!("{name}-split"), 0, &[1, 3, 7, 2], &wire)?;
+            seed(format!("{name}-tiny"), TINY, &[5, 60], &wire)?;
         }
         // A header claiming 2^62 bytes.
         let mut huge = vec![0x82, if masked { 0xFF } else { 0x7F }];
@@ -44,7 +44,45 @@ fn main() -> std::io::Result<()> {
         if masked {
             huge.extend_from_slice(&KEY);
         }
-        fs::write(dir.join("huge-claim"), decode_input(false, &[], &huge))?;
+        seed("huge-claim".into(), 0, &[], &huge)?;
+
+        // Compressed messages, as the peer sends them.
+        let peer = if masked { Role::Client } else { Role::Server };
+        for (name, small) in [("deflate", false), ("deflate-small", true)] {
+            let flags = DEFLATE | if small { DEFLATE_SMALL } else { 0 };
+            let mut deflater = Deflater::new(&deflate_params(small), peer, 6);
+            let text = "κόσμε ".repeat(50);
+            let mut compress =
+                |opcode, payload: &[u8]| deflater.frame(opcode, payload).expect("zlib compresses");
+            let frames = vec![
+                compress(OpCode::Text, text.as_bytes()),
+                Frame::ping("between"),
+                compress(OpCode::Binary, &[0u8; 4000]),
+                compress(OpCode::Text, text.as_bytes()),
+                Frame::text("plain"),
+            ];
+            let wire = write(frames);
+            seed(name.into(), flags, &[], &wire)?;
+            seed(format!("{name}-split"), flags, &[9, 30, 2], &wire)?;
+            // One compressed message sent as two fragments, RSV1 on the first only.
+            let whole = compress(OpCode::Text, text.as_bytes()).payload;
+            let (a, b) = whole.split_at(whole.len() / 2);
+            let first = Frame {
+                header: FrameHeader {
+                    rsv1: true,
+                    fin: false,
+                    ..FrameHeader::new(OpCode::Text, a.len() as u64)
+                },
+                payload: Bytes::copy_from_slice(a),
+            };
+            let rest = Frame::new(OpCode::Continuation, Bytes::copy_from_slice(b));
+            seed(
+                format!("{name}-fragmented"),
+                flags,
+                &[],
+                &write(vec![first, rest]),
+            )?;
+        }
     }
 
     let dir = corpus.join("handshake");
@@ -53,12 +91,12 @@ fn main() -> std::io::Result<()> {
     let mut request = Vec::new();
     http1::write_request(&client.request(), &mut request);
     fs::write(dir.join("request"), &request)?;
-    let parsed = http1::parse_request(&request)
+    let (parsed, _) = http1::parse_request(&request)
         .ok()
         .flatten()
-        .map(|(r, _)| r);
-    let mut server = ServerHandshake::from_request(&parsed.expect("our own request parses"))
-        .expect("our own request is a handshake");
+        .expect("our own request parses");
+    let mut server =
+        ServerHandshake::from_request(&parsed).expect("our own request is a handshake");
     server.select_protocol(&["superchat"]);
     server.set_extensions(HeaderValue::from_static("permessage-deflate"));
     let mut response = Vec::new();
@@ -70,7 +108,6 @@ fn main() -> std::io::Result<()> {
         b"HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
           sec-websocket-version: 13\r\ncontent-length: 0\r\n\r\n",
     )?;
-    assert_eq!(CLIENT_KEY.len(), 16);
     println!("seeds written to {}", corpus.display());
     Ok(())
 }

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use switchboard_proto::{
     Decoder, Limits, Message, ProtocolError, Role,
+    deflate::DeflateParams,
     handshake::{ClientHandshake, ClientHandshakeError, ServerHandshake, accept_key, http1},
 };
 
@@ -29,11 +30,19 @@ pub const TINY_LIMITS: Limits = Limits {
 /// How many bytes of the input at most choose the pieces.
 pub const MAX_PIECES: usize = 7;
 
-/// The input of a decode target: a control byte (bit 7: [`TINY_LIMITS`]; bits 0-2: the
-/// number of pieces), one byte per piece for its size, then the bytes on the wire.
-pub fn decode_input(tiny: bool, piece_sizes: &[u8], wire: &[u8]) -> Vec<u8> {
+/// Control byte flag: decode with [`TINY_LIMITS`] rather than [`LIMITS`].
+pub const TINY: u8 = 0x80;
+/// Control byte flag: permessage-deflate negotiated with the default parameters.
+pub const DEFLATE: u8 = 0x40;
+/// Control byte flag, with [`DEFLATE`]: the smallest windows and no context takeover.
+pub const DEFLATE_SMALL: u8 = 0x20;
+
+/// The input of a decode target: a control byte (flags [`TINY`], [`DEFLATE`],
+/// [`DEFLATE_SMALL`]; bits 0-2: the number of pieces), one byte per piece for its size,
+/// then the bytes on the wire.
+pub fn decode_input(flags: u8, piece_sizes: &[u8], wire: &[u8]) -> Vec<u8> {
     let pieces = piece_sizes.len().min(MAX_PIECES);
-    let mut input = vec![u8::from(tiny) << 7 | pieces as u8];
+    let mut input = vec![flags & 0xF8 | pieces as u8];
     input.extend_from_slice(&piece_sizes[..pieces]);
     input.extend_from_slice(wire);
     input
@@ -45,11 +54,12 @@ pub fn decode(data: &[u8], role: Role) {
     let Some((&control, rest)) = data.split_first() else {
         return;
     };
-    let limits = if control & 0x80 != 0 {
+    let limits = if control & TINY != 0 {
         TINY_LIMITS
     } else {
         LIMITS
     };
+    let deflate = (control & DEFLATE != 0).then(|| deflate_params(control & DEFLATE_SMALL != 0));
     let count = usize::from(control & 7).min(rest.len());
     let (sizes, wire) = rest.split_at(count);
     let mut ends = Vec::with_capacity(count);
@@ -58,8 +68,8 @@ pub fn decode(data: &[u8], role: Role) {
         at += usize::from(size);
         ends.push(at);
     }
-    let whole = decode_in_pieces(wire, &[], role, limits);
-    let split = decode_in_pieces(wire, &ends, role, limits);
+    let whole = decode_in_pieces(wire, &[], role, limits, deflate);
+    let split = decode_in_pieces(wire, &ends, role, limits, deflate);
     assert_eq!(whole, split, "split at {ends:?}");
 }
 
@@ -75,8 +85,17 @@ struct Outcome {
 
 /// Feeds `wire` in pieces ending at `ends` (then the rest), decoding until the decoder
 /// errs or needs more bytes after each piece. An erred decoder is dropped, never reused.
-fn decode_in_pieces(wire: &[u8], ends: &[usize], role: Role, limits: Limits) -> Outcome {
+fn decode_in_pieces(
+    wire: &[u8],
+    ends: &[usize],
+    role: Role,
+    limits: Limits,
+    deflate: Option<DeflateParams>,
+) -> Outcome {
     let mut decoder = Decoder::new(role, limits);
+    if let Some(params) = &deflate {
+        decoder = decoder.with_deflate(params);
+    }
     let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     let mut at = 0;
@@ -122,6 +141,21 @@ fn decode_in_pieces(wire: &[u8], ends: &[usize], role: Role, limits: Limits) -> 
         rest: buf.to_vec(),
         messages,
         error: None,
+    }
+}
+
+/// The permessage-deflate agreement of [`DEFLATE`]: the defaults, or with `small`, the
+/// smallest windows and no context takeover either way.
+pub fn deflate_params(small: bool) -> DeflateParams {
+    if small {
+        DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 9,
+            client_max_window_bits: 9,
+        }
+    } else {
+        DeflateParams::default()
     }
 }
 

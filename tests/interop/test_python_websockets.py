@@ -142,7 +142,9 @@ def test_pings_are_answered_in_the_middle_of_a_fragmented_message(echo_url):
     run(main())
 
 
-@pytest.mark.parametrize("payload", [b"data", b"", bytes(range(125))])
+@pytest.mark.parametrize(
+    "payload", [b"data", b"", bytes(range(125))], ids=["data", "empty", "125-bytes"]
+)
 def test_a_ping_is_answered_with_a_pong_of_the_same_payload(echo_url, payload):
     async def main():
         async with connect(echo_url) as ws:

@@ -241,11 +241,13 @@ impl Decoder {
             _ => {}
         }
         // A compressed message is held to the limit on its inflated size, as it inflates.
+        // Only a continuation adds to the message: control frames "MAY be injected in the
+        // middle of a fragmented message" (RFC 6455 §5.4) and are no part of it.
         let buffered = match &self.fragments {
             Some(Fragments {
                 data: Reassembly::Plain(data),
                 ..
-            }) => data.len(),
+            }) if header.opcode == OpCode::Continuation => data.len(),
             _ => 0,
         };
         let mut compressed = header.rsv1;

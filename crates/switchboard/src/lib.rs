@@ -1,4 +1,40 @@
-//! Real-time WebSocket applications on tokio.
+//! Real-time WebSocket applications on tokio: an RFC 6455 implementation of its own
+//! ([`proto`], sans-IO), a hub that knows every connection, rooms and broadcast
+//! ([`hub`]), and upgrades from axum, hyper or a bare stream ([`upgrade`]).
+//!
+//! # Quick start: a chat room
+//!
+//! ```no_run
+//! use switchboard::{Message, hub::{Connection, Handler, Hub, HubConfig}};
+//!
+//! struct Chat;
+//!
+//! impl Handler for Chat {
+//!     async fn on_open(&self, conn: &Connection) {
+//!         let room = conn.param("room").unwrap_or("lobby").to_owned();
+//!         conn.join(&room);
+//!         conn.hub().to(&room).except(conn.id()).send_text("a user joined");
+//!     }
+//!
+//!     async fn on_message(&self, conn: &Connection, message: Message) {
+//!         for room in conn.rooms() {
+//!             conn.hub().to(&room).send(message.clone());
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let hub = Hub::new(HubConfig::default());
+//!     let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Chat));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     // Graceful: on Ctrl-C or SIGTERM, every socket gets 1001 and time to close.
+//!     switchboard::serve(listener, app, &hub).await
+//! }
+//! ```
+//!
+//! Sends never wait for the peer: [`hub::Connection::send`] queues and returns at once,
+//! from any task or thread; a broadcast encodes its frame once for every recipient.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]

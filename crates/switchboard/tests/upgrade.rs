@@ -4,16 +4,24 @@
 
 mod common;
 
+use axum::{Router, routing::get};
 use bytes::BytesMut;
 use common::{
     ACCEPT, Behaviour, Event, HyperIo, RawReader, Server, assert_eof, axum_server,
     handshake_request, http_exchange, hyper_server, raw_server, read_body, read_response, within,
 };
 use futures_util::{SinkExt, StreamExt};
-use http::StatusCode;
-use std::time::{Duration, Instant};
+use http::{Request, StatusCode};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 use switchboard::{
     CloseCode, Message, WebSocketConfig,
+    axum::WebSocketUpgrade,
     client::{self, ClientConfig, ConnectError},
     proto::{
         Frame,
@@ -24,6 +32,7 @@ use switchboard::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::mpsc::{UnboundedReceiver, unbounded_channel},
 };
 
 /// Writes the handshake and a masked text frame in one write, before reading anything;
@@ -203,6 +212,65 @@ async fn client_connects_to_axum() {
     client_exchange_seen(axum_server(Behaviour::Echo).await, "/ws").await;
 }
 
+/// The address the server's upgraded stream reports for its peer, seen from a client
+/// that connected to `addr` (the client's own address is the answer).
+async fn peer_seen_by(addr: SocketAddr, mut seen: UnboundedReceiver<Option<SocketAddr>>) {
+    let (ws, _) = client::connect(&format!("ws://{addr}/ws")).await.unwrap();
+    let client_addr = ws.get_ref().local_addr().unwrap();
+    let peer = within("peer address", seen.recv()).await.unwrap();
+    assert_eq!(peer, Some(client_addr));
+}
+
+#[tokio::test]
+async fn hyper_upgrade_knows_the_peer_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, seen) = unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let (response, connection) = switchboard::upgrade::upgrade(&mut request).unwrap();
+                tokio::spawn(async move {
+                    let ws = connection.await.unwrap();
+                    tx.send(ws.get_ref().peer_addr()).unwrap();
+                });
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades()
+            .await;
+    });
+    peer_seen_by(addr, seen).await;
+}
+
+#[tokio::test]
+async fn axum_upgrade_knows_the_peer_address() {
+    // The hub's route reports this address as the connection's remote address. axum's
+    // `serve` hands hyper a wrapped stream, so the address can only come from
+    // `ConnectInfo`, which is how axum apps ask for it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, seen) = unbounded_channel();
+    let app = Router::new().route(
+        "/ws",
+        get(move |upgrade: WebSocketUpgrade| {
+            let tx = tx.clone();
+            async move {
+                upgrade.on_upgrade(move |ws| async move {
+                    tx.send(ws.get_ref().peer_addr()).unwrap();
+                })
+            }
+        }),
+    );
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    peer_seen_by(addr, seen).await;
+}
+
 // --- raw accept ---
 
 #[tokio::test]
@@ -241,6 +309,45 @@ async fn accept_times_out_a_slowloris_client_with_408() {
         }
         other => panic!("expected a handshake timeout, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn accept_times_out_a_trickling_client_as_a_whole() {
+    // One byte every 20 ms keeps every read short: only a timeout on the whole head,
+    // not on each read, stops this client.
+    let mut config = AcceptConfig::default();
+    config.handshake_timeout = Duration::from_millis(200);
+    let mut server = raw_server(config, Behaviour::Echo).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for byte in handshake_request("/", "X-Padding: slow\r\n").bytes() {
+            if write.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0; 1];
+        let n = within("408", read.read(&mut byte)).await.unwrap();
+        assert_eq!(n, 1, "closed before answering: {}", head.escape_ascii());
+        head.push(byte[0]);
+    }
+    trickle.abort();
+    let waited = started.elapsed();
+    assert!(
+        head.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        head.escape_ascii()
+    );
+    assert!(waited < Duration::from_secs(2), "answered after {waited:?}");
+    assert!(matches!(
+        server.event().await,
+        Event::Refused(AcceptError::Timeout)
+    ));
 }
 
 /// Sends `head` in one write to a server limited to `max_head_len`; expects 431.

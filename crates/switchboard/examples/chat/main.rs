@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Wire format (JSON text frames, server to client): `welcome` (your id, the room, who
-//! is here), `joined` / `left` (who, how many now), `message` (who, what). Clients send
-//! the body of a message as plain text.
+//! is here), `joined` / `left` (who, how many now), `message` (who, their connection id,
+//! what). Clients send the body of a message as plain text.
 
 use axum::{Router, response::Html, routing::get};
 use serde_json::json;
@@ -23,11 +23,15 @@ const PAGE: &str = include_str!("index.html");
 /// A name is at most this many characters; longer ones are cut.
 const MAX_NAME: usize = 32;
 
+/// A room name is at most this many characters, so no client can make the hub keep
+/// arbitrarily long keys.
+const MAX_ROOM: usize = 64;
+
 struct Chat;
 
 impl Chat {
     fn room(conn: &Connection) -> String {
-        conn.param("room").unwrap_or("lobby").to_owned()
+        conn.param("room").unwrap_or("lobby").chars().take(MAX_ROOM).collect()
     }
 
     fn name(conn: &Connection) -> String {
@@ -68,7 +72,8 @@ impl Handler for Chat {
         if body.is_empty() {
             return;
         }
-        let out = json!({"type": "message", "user": Self::name(conn), "body": body});
+        // The sender's id lets a page tell its own messages from those of a namesake.
+        let out = json!({"type": "message", "id": conn.id().to_string(), "user": Self::name(conn), "body": body});
         conn.hub().to(&Self::room(conn)).send_text(out.to_string());
     }
 

@@ -78,6 +78,9 @@ where
     }
     handler.on_close(&conn, code, &reason).await;
     conn.hub().unregister(conn.id());
+    // Completes the close: waits (bounded) for the peer's end of stream, so that
+    // dropping the socket does not reset it with our close frame in flight.
+    let _ = ws.recv().await;
 }
 
 fn record_pong(conn: &Connection) {
@@ -137,3 +140,4 @@ impl Outbox for HubOutbox<'_> {
         close
     }
 }
+

@@ -59,6 +59,9 @@ use std::{
 use switchboard_proto::{CloseCode, CloseFrame, Message};
 use tokio::sync::Notify;
 
+/// How long shutdown waits for aborted connections to end.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
 /// The registry of a server's connections. Cheap to clone: clones share one hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -229,20 +232,23 @@ impl Hub {
 
     /// Graceful shutdown: refuses new connections, sends 1001 to every connection, and
     /// waits for their close handshakes until `deadline` has passed; connections still
-    /// open then are ended.
+    /// open then are ended (a callback that never returns is waited for one more
+    /// second at most).
     pub async fn shutdown(&self, deadline: Duration) {
         self.inner.draining.store(true, Relaxed);
         let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
         for conn in self.connections() {
             let _ = conn.close(going_away.code, going_away.reason.clone());
         }
-        let waited = tokio::time::timeout(deadline, self.wait_idle()).await;
-        if waited.is_err() {
-            for conn in self.connections() {
-                let _ = conn.request_close(crate::ws::OutboxClose::Abort(going_away.clone()));
-            }
-            self.wait_idle().await;
+        if tokio::time::timeout(deadline, self.wait_idle()).await.is_ok() {
+            return;
         }
+        for conn in self.connections() {
+            let _ = conn.request_close(crate::ws::OutboxClose::Abort(going_away.clone()));
+        }
+        // An aborted connection ends at once unless a callback of its own never returns;
+        // shutdown does not wait for such a callback past one more grace period.
+        let _ = tokio::time::timeout(ABORT_GRACE, self.wait_idle()).await;
     }
 
     async fn wait_idle(&self) {

@@ -127,3 +127,135 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, HubConfig, RequestInfo};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use std::collections::BTreeSet;
+
+    /// Connections that belong to a hub but run no task: enough for the registry.
+    fn connections(n: u64) -> Vec<Connection> {
+        let hub = Hub::new(HubConfig::default());
+        (1..=n)
+            .map(|id| Connection::new(id, hub.clone(), RequestInfo::default()))
+            .collect()
+    }
+
+    /// What the registry should hold: connection → rooms.
+    type Model = HashMap<ConnectionId, BTreeSet<String>>;
+
+    fn room_count(model: &Model, room: &str) -> usize {
+        model.values().filter(|rooms| rooms.contains(room)).count()
+    }
+
+    fn assert_matches(registry: &Registry, model: &Model, conns: &[Connection]) {
+        registry.check_consistency();
+        for conn in conns {
+            let id = conn.id();
+            let expected = model.get(&id).cloned().unwrap_or_default();
+            let rooms: BTreeSet<String> = registry.rooms_of(id).into_iter().collect();
+            assert_eq!(rooms, expected, "rooms of {id}");
+            for room in &expected {
+                assert!(registry.is_member(id, room));
+            }
+        }
+        let all: BTreeSet<&str> = model.values().flatten().map(String::as_str).collect();
+        let held: BTreeSet<&str> = registry.rooms.keys().map(|r| &**r).collect();
+        assert_eq!(held, all, "rooms with members");
+        for room in all {
+            assert_eq!(
+                registry.rooms[room].len(),
+                room_count(model, room),
+                "{room}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_joins_and_leaves_keep_both_indexes_consistent() {
+        let conns = connections(12);
+        for seed in 0..10 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut registry = Registry::default();
+            let mut model = Model::new();
+            for step in 0..500 {
+                let conn = &conns[rng.random_range(0..conns.len())];
+                let id = conn.id();
+                let room = format!("r{}", rng.random_range(0..8));
+                match rng.random_range(0..10) {
+                    0..5 => {
+                        let before = room_count(&model, &room);
+                        let inserted = model.entry(id).or_default().insert(room.clone());
+                        let expected = match (inserted, before) {
+                            (false, _) => RoomChange::None,
+                            (true, 0) => RoomChange::Created(room.as_str().into()),
+                            (true, _) => RoomChange::Resized,
+                        };
+                        assert_eq!(registry.join(conn, &room), expected, "seed {seed}");
+                    }
+                    5..9 => {
+                        let removed = model.get_mut(&id).is_some_and(|r| r.remove(&room));
+                        model.retain(|_, rooms| !rooms.is_empty());
+                        let after = room_count(&model, &room);
+                        let expected = match (removed, after) {
+                            (false, _) => RoomChange::None,
+                            (true, 0) => RoomChange::Removed(room.as_str().into()),
+                            (true, _) => RoomChange::Resized,
+                        };
+                        assert_eq!(registry.leave(id, &room), expected, "seed {seed}");
+                    }
+                    _ => {
+                        let left = model.remove(&id).unwrap_or_default();
+                        let mut expected: Vec<String> = left
+                            .into_iter()
+                            .filter(|room| room_count(&model, room) == 0)
+                            .collect();
+                        let mut emptied: Vec<String> = registry
+                            .leave_all(id)
+                            .iter()
+                            .map(|r| r.to_string())
+                            .collect();
+                        expected.sort();
+                        emptied.sort();
+                        assert_eq!(emptied, expected, "seed {seed}");
+                    }
+                }
+                registry.check_consistency();
+                if step % 16 == 0 {
+                    assert_matches(&registry, &model, &conns);
+                }
+            }
+            assert_matches(&registry, &model, &conns);
+            for conn in &conns {
+                registry.leave_all(conn.id());
+            }
+            registry.check_consistency();
+            assert!(registry.rooms.is_empty());
+            assert!(registry.memberships.is_empty());
+        }
+    }
+
+    #[test]
+    fn rooms_and_memberships_are_removed_when_empty() {
+        let conns = connections(1);
+        let mut registry = Registry::default();
+        for i in 0..10_000 {
+            let room = format!("room-{i}");
+            assert!(matches!(
+                registry.join(&conns[0], &room),
+                RoomChange::Created(_)
+            ));
+            assert!(matches!(
+                registry.leave(conns[0].id(), &room),
+                RoomChange::Removed(_)
+            ));
+        }
+        registry.check_consistency();
+        assert!(registry.rooms.is_empty());
+        assert!(registry.memberships.is_empty());
+        assert_eq!(registry.leave(conns[0].id(), "room-0"), RoomChange::None);
+        assert!(registry.leave_all(conns[0].id()).is_empty());
+    }
+}

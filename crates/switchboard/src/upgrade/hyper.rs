@@ -8,6 +8,7 @@ use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -66,6 +67,7 @@ pub struct Upgrade {
     handshake: ServerHandshake,
     on_upgrade: OnUpgrade,
     config: WebSocketConfig,
+    peer: Option<SocketAddr>,
 }
 
 impl Upgrade {
@@ -78,7 +80,17 @@ impl Upgrade {
     /// Like [`Upgrade::from_request`], for a request already split into parts.
     pub fn from_parts(parts: &mut Parts) -> Result<Self, Rejection> {
         let handshake = ServerHandshake::from_parts(parts)?;
-        Self::new(handshake, parts.extensions.remove::<OnUpgrade>())
+        let upgrade = Self::new(handshake, parts.extensions.remove::<OnUpgrade>())?;
+        // axum's `serve` hands hyper a wrapped stream, so the upgraded stream cannot tell
+        // the peer's address; axum's `ConnectInfo` can, when the app is served with it.
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(peer)) = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        {
+            return Ok(upgrade.peer_addr(*peer));
+        }
+        Ok(upgrade)
     }
 
     fn new(handshake: ServerHandshake, on_upgrade: Option<OnUpgrade>) -> Result<Self, Rejection> {
@@ -86,7 +98,15 @@ impl Upgrade {
             handshake,
             on_upgrade: on_upgrade.ok_or(Rejection::NotUpgradable)?,
             config: WebSocketConfig::default(),
+            peer: None,
         })
+    }
+
+    /// The client's address, for [`Upgraded::peer_addr`] when the upgraded stream cannot
+    /// tell it (hyper over a wrapped stream, axum's `serve`).
+    pub fn peer_addr(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
     }
 
     /// The subprotocols the client offered, in its order of preference.
@@ -123,6 +143,7 @@ impl Upgrade {
             on_upgrade: self.on_upgrade,
             config: self.config,
             deflate,
+            peer: self.peer,
         };
         (response, future)
     }
@@ -165,6 +186,7 @@ pub struct UpgradeFut {
     on_upgrade: OnUpgrade,
     config: WebSocketConfig,
     deflate: Option<DeflateParams>,
+    peer: Option<SocketAddr>,
 }
 
 impl Future for UpgradeFut {
@@ -173,7 +195,7 @@ impl Future for UpgradeFut {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let upgraded =
             ready!(Pin::new(&mut self.on_upgrade).poll(cx)).map_err(std::io::Error::other)?;
-        let (io, buffered) = Upgraded::from_hyper(upgraded);
+        let (io, buffered) = Upgraded::from_hyper(upgraded, self.peer);
         let ws =
             WebSocket::from_partially_read(io, BytesMut::from(buffered), Role::Server, self.config);
         Poll::Ready(Ok(match self.deflate {

@@ -14,11 +14,15 @@ use tokio::{
 
 /// The transport of a connection upgraded from HTTP.
 ///
-/// When the HTTP server ran on a plain `TcpStream` (axum's `serve`, or hyper over
-/// `TokioIo<TcpStream>`), this is that stream itself, with no indirection on the hot
-/// path; otherwise it is hyper's boxed upgraded IO.
+/// When hyper ran directly on `TokioIo<TcpStream>`, this is that stream itself, with no
+/// indirection on the hot path; otherwise (axum's `serve`, whose hyper-util builder wraps
+/// the stream to sniff the HTTP version) it is hyper's boxed upgraded IO.
 #[derive(Debug)]
-pub struct Upgraded(Inner);
+pub struct Upgraded {
+    inner: Inner,
+    /// The peer's address when the stream cannot tell it (e.g. axum's `ConnectInfo`).
+    peer: Option<SocketAddr>,
+}
 
 #[derive(Debug)]
 enum Inner {
@@ -27,30 +31,32 @@ enum Inner {
 }
 
 impl Upgraded {
-    pub(crate) fn from_hyper(upgraded: ::hyper::upgrade::Upgraded) -> (Self, bytes::Bytes) {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+    pub(crate) fn from_hyper(
+        upgraded: ::hyper::upgrade::Upgraded,
+        peer: Option<SocketAddr>,
+    ) -> (Self, bytes::Bytes) {
+        let (inner, buffered) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             // The bytes hyper read past the request (a pipelined first frame) come back
             // here and must be decoded before anything read from the socket.
-            Ok(parts) => (Self(Inner::Tcp(parts.io.into_inner())), parts.read_buf),
-            Err(upgraded) => (
-                Self(Inner::Other(TokioIo::new(upgraded))),
-                bytes::Bytes::new(),
-            ),
-        }
+            Ok(parts) => (Inner::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => (Inner::Other(TokioIo::new(upgraded)), bytes::Bytes::new()),
+        };
+        (Self { inner, peer }, buffered)
     }
 
-    /// The peer's address, when the transport is TCP.
+    /// The peer's address: the TCP stream's, or the one given with
+    /// [`Upgrade::peer_addr`](super::Upgrade::peer_addr) (under axum, its `ConnectInfo`).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        match &self.0 {
-            Inner::Tcp(tcp) => tcp.peer_addr().ok(),
-            Inner::Other(_) => None,
+        match &self.inner {
+            Inner::Tcp(tcp) => tcp.peer_addr().ok().or(self.peer),
+            Inner::Other(_) => self.peer,
         }
     }
 }
 
 macro_rules! delegate {
     ($self:ident, $io:ident => $e:expr) => {
-        match &mut $self.get_mut().0 {
+        match &mut $self.get_mut().inner {
             Inner::Tcp($io) => {
                 let $io = Pin::new($io);
                 $e
@@ -91,7 +97,7 @@ impl AsyncWrite for Upgraded {
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.0 {
+        match &self.inner {
             Inner::Tcp(io) => io.is_write_vectored(),
             Inner::Other(io) => io.is_write_vectored(),
         }

@@ -168,6 +168,11 @@ async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, error: &AcceptError) {
             None => return,
         },
     };
+    let mut head = head;
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     let mut out = Vec::with_capacity(256);
     http1::write_response_with_body(&head, error.to_string().as_bytes(), &mut out);
     let _ = io.write_all(&out).await;

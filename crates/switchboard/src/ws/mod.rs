@@ -120,6 +120,9 @@ pub struct WebSocket<S> {
     pending_close: Option<OutboxClose>,
     /// `recv` has reported the end of the connection.
     finished: bool,
+    /// The close handshake is done but the peer's end of stream has not been read yet:
+    /// the next `recv` waits for it (see [`WebSocket::linger`]).
+    linger_pending: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
@@ -147,6 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             sent_close: None,
             pending_close: None,
             finished: false,
+            linger_pending: false,
         }
     }
 
@@ -202,6 +206,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         mut outbox: Option<&mut (dyn Outbox + Send)>,
     ) -> Option<Result<Message, Error>> {
         if self.finished {
+            if std::mem::take(&mut self.linger_pending) {
+                self.await_peer_eof().await;
+            }
             return None;
         }
         let message = match poll_fn(|cx| self.poll_next(cx, &mut outbox)).await {
@@ -380,11 +387,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         error
     }
 
-    /// Completes the close handshake after the peer's close frame.
+    /// Completes the close handshake after the peer's close frame: our answer is
+    /// flushed and a server shuts its side at once, so the application learns of the
+    /// close without waiting for the peer; the next `recv` waits for the peer's end of
+    /// stream.
     async fn finish(&mut self) {
         self.finished = true;
         if self.write.flush(&mut self.io).await.is_ok() {
-            self.linger().await;
+            if self.role == Role::Server {
+                let _ = self.io.shutdown().await;
+            }
+            self.linger_pending = true;
         }
     }
 
@@ -395,12 +408,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// the server to. Either then reads until the peer's end of stream, because closing a
     /// socket with unread bytes resets it and can destroy our close frame in flight.
     async fn linger(&mut self) {
-        let wait = self.config.close_timeout;
         if self.role == Role::Server {
             let _ = self.io.shutdown().await;
-            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
-        } else {
-            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
+        }
+        self.await_peer_eof().await;
+    }
+
+    /// Reads until the peer's end of stream (bounded by the close timeout); a client
+    /// then shuts its side.
+    async fn await_peer_eof(&mut self) {
+        let _ = timeout(self.config.close_timeout, self.read.drain(&mut self.io)).await;
+        if self.role == Role::Client {
             let _ = self.io.shutdown().await;
         }
     }

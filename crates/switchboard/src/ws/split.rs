@@ -26,6 +26,8 @@ pub struct WsReader<S> {
     role: Role,
     config: WebSocketConfig,
     finished: bool,
+    /// See `WebSocket::linger_pending`: the next `recv` waits for the peer's end of stream.
+    linger_pending: bool,
 }
 
 /// The sending half of a split [`WebSocket`]; clone it to send from several tasks.
@@ -75,6 +77,7 @@ pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>
         role,
         config,
         finished,
+        linger_pending: false,
     };
     (reader, WsWriter { inner })
 }
@@ -83,6 +86,9 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
     /// Receives the next message; see [`WebSocket::recv`].
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
         if self.finished {
+            if std::mem::take(&mut self.linger_pending) {
+                self.await_peer_eof().await;
+            }
             return None;
         }
         let deadline = self.writer.lock().await.close_deadline;
@@ -106,9 +112,13 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
         };
         drop(guard);
         if reaction == Reaction::Finish {
+            // As in `WebSocket::finish`: report the close now, wait for the peer later.
             self.finished = true;
             if flushed.is_ok() {
-                self.linger().await;
+                if self.role == Role::Server {
+                    let _ = self.writer.lock().await.io.shutdown().await;
+                }
+                self.linger_pending = true;
             }
         }
         Some(match flushed {
@@ -140,14 +150,17 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
         error
     }
 
-    /// See [`WebSocket::linger`]: who closes the transport first depends on the role.
+    /// See `WebSocket::linger`: who closes the transport first depends on the role.
     async fn linger(&mut self) {
-        let wait = self.config.close_timeout;
         if self.role == Role::Server {
             let _ = self.writer.lock().await.io.shutdown().await;
-            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
-        } else {
-            let _ = timeout(wait, self.read.drain(&mut self.io)).await;
+        }
+        self.await_peer_eof().await;
+    }
+
+    async fn await_peer_eof(&mut self) {
+        let _ = timeout(self.config.close_timeout, self.read.drain(&mut self.io)).await;
+        if self.role == Role::Client {
             let _ = self.writer.lock().await.io.shutdown().await;
         }
     }

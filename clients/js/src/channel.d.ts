@@ -1,0 +1,25 @@
+import type { Push } from './push.js';
+
+export type ChannelState = 'closed' | 'joining' | 'joined' | 'leaving' | 'errored';
+
+/** A topic on a channels Socket; made by `socket.channel(topic, params)`. */
+export declare class Channel {
+  private constructor();
+  readonly topic: string;
+  readonly state: ChannelState;
+  /** The ref of the current join. */
+  readonly joinRef: string | null;
+  /** Joins; rejoins by itself after reconnects. Callbacks run for every (re)join outcome. */
+  join(timeoutMs?: number): Push;
+  /** Leaves; the channel closes when the server answers, at once offline, or on timeout. */
+  leave(timeoutMs?: number): Push;
+  /** Sends an event: an object as JSON, an ArrayBuffer or typed array as a binary frame. */
+  push<R = any>(event: string, payload?: unknown, timeoutMs?: number): Push<R>;
+  /** Listens to a server event; returns the function that removes the listener. */
+  on<P = any>(event: string, callback: (payload: P, ref: string | null, joinRef: string | null) => void): () => void;
+  off(event: string, callback?: (...args: any[]) => void): void;
+  /** The channel errored (crash on the server, or disconnect) and will rejoin. */
+  onError(callback: (reason: unknown) => void): () => void;
+  /** The channel closed for good. */
+  onClose(callback: (reason: unknown) => void): () => void;
+}

@@ -1,0 +1,25 @@
+export { backoffDelay, retryAfterHint } from './backoff.js';
+export type { BackoffOptions } from './backoff.js';
+export { Channel } from './channel.js';
+export type { ChannelState } from './channel.js';
+export { Socket } from './channel-socket.js';
+export type { SocketEvents, SocketOptions } from './channel-socket.js';
+export { Presence } from './presence.js';
+export type { PresenceEntry, PresenceMeta, PresenceState, PresenceDiff } from './presence.js';
+export { Push, PushError } from './push.js';
+export { decode, encode } from './serializer.js';
+export type { Message } from './serializer.js';
+export { ReconnectingSocket } from './socket.js';
+export type {
+  CloseInfo,
+  DropReason,
+  HeartbeatOptions,
+  QueueOptions,
+  ReceivedData,
+  ReconnectingSocketEvents,
+  ReconnectingSocketOptions,
+  SendData,
+  SocketState,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './socket.js';

@@ -1,0 +1,170 @@
+// The client in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core), imported as ESM straight from src/ by a page that a small Node
+// server serves. The raw socket talks to the echo example directly (cross-origin: echo
+// checks no Origin); the channels socket goes through the page's own origin, which
+// passes upgrades on to the channels example untouched, as a reverse proxy would (the
+// hub admits same-origin pages only).
+
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import net from 'node:net';
+import { dirname, join, normalize } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { exampleBinary, freePort, hasExample, startExample } from './helpers.js';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+];
+const src = join(dirname(fileURLToPath(import.meta.url)), '..', 'src');
+
+const PAGE = `<!DOCTYPE html>
+<meta charset="utf-8">
+<title>@switchboard/client test page</title>
+<script type="module">
+  import * as client from '/src/index.js';
+  window.client = client;
+  window.log = [];
+  window.ready = true;
+</script>`;
+
+/**
+ * Serves the page and src/, and passes WebSocket upgrades under /socket to
+ * `channelsPort()` byte for byte (Host kept, so Origin and Host agree).
+ */
+async function startPageServer(channelsPort) {
+  const upgraded = new Set();
+  const server = createServer(async (req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    if (path === '/') return res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE);
+    const file = normalize(join(src, path.replace(/^\/src\//, '')));
+    if (!path.startsWith('/src/') || !file.startsWith(src) || !file.endsWith('.js') || !existsSync(file)) {
+      return res.writeHead(404).end();
+    }
+    res.writeHead(200, { 'content-type': 'text/javascript' }).end(await readFile(file));
+  });
+  server.on('upgrade', (req, client, head) => {
+    upgraded.add(client);
+    const port = channelsPort();
+    if (!req.url.startsWith('/socket/') || port === null) return client.destroy();
+    const upstream = net.connect(port, '127.0.0.1');
+    upgraded.add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      upgraded.delete(client);
+      upgraded.delete(upstream);
+    };
+    for (const socket of [client, upstream]) socket.on('error', end).on('close', end);
+    upstream.on('connect', () => {
+      let request = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) request += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      upstream.write(`${request}\r\n`);
+      upstream.write(head);
+      upstream.pipe(client);
+      client.pipe(upstream);
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}/`,
+    close: () => new Promise((resolve) => {
+      for (const socket of upgraded) socket.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
+describe('in headless Chromium', () => {
+  let browser;
+  let page;
+  let pageServer;
+  let channelsPort = null;
+  const servers = [];
+
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (tests/browser/setup.sh does)`);
+    pageServer = await startPageServer(() => channelsPort);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 });
+    page = await browser.newPage();
+    page.setDefaultTimeout(10_000);
+    await page.goto(pageServer.url);
+    await page.waitForFunction(() => window.ready === true);
+  });
+  after(async () => {
+    await page?.evaluate(() => window.cleanup?.forEach((close) => close())).catch(() => {});
+    await browser?.close();
+    await pageServer?.close();
+    for (const server of servers) await server.stop();
+  });
+
+  test('raw socket: echo, then a server restart with a message queued while it was down', async () => {
+    const port = await freePort();
+    let echo = await startExample('echo', port);
+    servers.push(echo);
+    await page.evaluate((url) => {
+      const socket = new window.client.ReconnectingSocket(url, { backoff: { baseMs: 50, maxMs: 400 } });
+      (window.cleanup ??= []).push(() => socket.close());
+      window.raw = socket;
+      socket.on('open', () => window.log.push('open'));
+      socket.on('close', ({ code, willReconnect }) => window.log.push(`close ${code} ${willReconnect}`));
+      socket.on('message', ({ data }) => window.log.push(typeof data === 'string' ? `text ${data}` : `binary ${new Uint8Array(data).join(',')}`));
+    }, `ws://127.0.0.1:${port}/`);
+    await page.waitForFunction(() => window.log.includes('open'));
+    assert.equal(await page.evaluate(() => window.raw.send('from chromium')), 'sent');
+    assert.equal(await page.evaluate(() => window.raw.send(new Uint8Array([1, 2, 3]))), 'sent');
+    await page.waitForFunction(() => window.log.includes('text from chromium') && window.log.includes('binary 1,2,3'));
+
+    await echo.stop('SIGKILL');
+    await page.waitForFunction(() => window.log.includes('close 1006 true'));
+    assert.equal(await page.evaluate(() => window.raw.send('while down')), 'queued');
+    echo = await startExample('echo', port);
+    servers.push(echo);
+    await page.waitForFunction(() => window.log.filter((entry) => entry === 'open').length === 2);
+    await page.waitForFunction(() => window.log.includes('text while down'));
+  });
+
+  test('channels: join, presence, broadcast, binary reply, and a rejoin after a server restart', {
+    skip: hasExample('channels') ? false : `${exampleBinary('channels')} is not built`,
+  }, async () => {
+    channelsPort = await freePort();
+    let server = await startExample('channels', channelsPort);
+    servers.push(server);
+    await page.evaluate(() => {
+      const { Socket, Presence } = window.client;
+      // A relative endpoint: resolved against the page, as in an app.
+      const socket = new Socket('/socket', { backoff: { baseMs: 50, maxMs: 400 }, rejoin: { baseMs: 50, maxMs: 400 } });
+      (window.cleanup ??= []).push(() => socket.disconnect());
+      socket.connect();
+      const channel = socket.channel('room:browser', { user: 'chromium' });
+      const presence = new Presence(channel);
+      window.chat = { socket, channel, presence, joins: 0, messages: [], users: [] };
+      presence.onSync(() => { window.chat.users = presence.list((user) => user); });
+      channel.on('new_msg', (message) => window.chat.messages.push(message));
+      channel.join().receive('ok', () => { window.chat.joins += 1; });
+    });
+    await page.waitForFunction(() => window.chat.joins === 1 && window.chat.users.join() === 'chromium');
+    const replies = await page.evaluate(async () => {
+      const { channel } = window.chat;
+      const json = await channel.push('new_msg', { body: 'hello from the page' });
+      const binary = await channel.push('ping', new Uint8Array([7, 8, 9]));
+      return { json, binary: [...new Uint8Array(binary)] };
+    });
+    assert.deepEqual(replies, { json: {}, binary: [7, 8, 9] });
+    await page.waitForFunction(() => window.chat.messages.some((m) => m.user === 'chromium' && m.body === 'hello from the page'));
+
+    await server.stop('SIGKILL');
+    await page.waitForFunction(() => window.chat.channel.state === 'errored');
+    server = await startExample('channels', channelsPort);
+    servers.push(server);
+    await page.waitForFunction(() => window.chat.joins === 2 && window.chat.channel.state === 'joined');
+    await page.waitForFunction(() => window.chat.users.join() === 'chromium');
+    await page.evaluate(() => window.chat.channel.push('new_msg', { body: 'after restart' }));
+    await page.waitForFunction(() => window.chat.messages.some((m) => m.body === 'after restart'));
+  });
+});

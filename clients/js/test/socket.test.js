@@ -1,0 +1,319 @@
+// ReconnectingSocket against the real example servers (echo, chat) run as processes,
+// and against a hand-written peer for close-frame hints no example sends.
+
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { ReconnectingSocket } from '../src/index.js';
+import { freePort, next, sleep, startClosingPeer, startExample, until } from './helpers.js';
+
+// Quick retries, so restarts are noticed within a test's patience.
+const fast = { backoff: { baseMs: 50, maxMs: 400 }, connectTimeoutMs: 1_000 };
+
+/** Every socket a test made is closed at the end, pass or fail. */
+const sockets = [];
+function open(url, options = {}) {
+  const socket = new ReconnectingSocket(url, { ...fast, ...options });
+  sockets.push(socket);
+  return socket;
+}
+after(() => {
+  for (const socket of sockets) socket.close();
+});
+
+/** Collects `message` data, for assertions on order. */
+function inbox(socket) {
+  const messages = [];
+  socket.on('message', ({ data }) => messages.push(data));
+  return messages;
+}
+
+describe('against the echo example', () => {
+  const servers = [];
+  after(async () => {
+    for (const server of servers) await server.stop();
+  });
+  async function echo(port) {
+    const server = await startExample('echo', port ?? (await freePort()));
+    servers.push(server);
+    return server;
+  }
+
+  test('echoes text and binary; binary arrives as an ArrayBuffer', async () => {
+    const server = await echo();
+    const socket = open(`ws://127.0.0.1:${server.port}/`);
+    await next(socket, 'open');
+    assert.equal(socket.send('héllo'), 'sent');
+    assert.equal((await next(socket, 'message')).data, 'héllo');
+    socket.send(new Uint8Array([1, 2, 255]));
+    const { data } = await next(socket, 'message');
+    assert.ok(data instanceof ArrayBuffer);
+    assert.deepEqual([...new Uint8Array(data)], [1, 2, 255]);
+  });
+
+  test('queues while the server is down and sends in order once it is up', async () => {
+    const port = await freePort();
+    const socket = open(`ws://127.0.0.1:${port}/`);
+    const messages = inbox(socket);
+    assert.deepEqual(['a', 'b', 'c'].map((m) => socket.send(m)), ['queued', 'queued', 'queued']);
+    assert.equal(socket.queued, 3);
+    await next(socket, 'reconnecting');
+    await echo(port);
+    await next(socket, 'open', { timeoutMs: 5_000 });
+    await until(() => messages.length === 3, { what: 'three echoes' });
+    assert.deepEqual(messages, ['a', 'b', 'c']);
+    assert.equal(socket.queued, 0);
+  });
+
+  test('listeners of open send before the queue is flushed', async () => {
+    const port = await freePort();
+    const socket = open(`ws://127.0.0.1:${port}/`);
+    const messages = inbox(socket);
+    socket.send('queued');
+    socket.on('open', () => socket.send('hello first'));
+    await echo(port);
+    await until(() => messages.length === 2, { what: 'two echoes' });
+    assert.deepEqual(messages, ['hello first', 'queued']);
+  });
+
+  test('expired messages are dropped, never sent', async () => {
+    const port = await freePort();
+    const socket = open(`ws://127.0.0.1:${port}/`);
+    const messages = inbox(socket);
+    const drops = [];
+    socket.on('drop', (drop) => drops.push(drop));
+    assert.equal(socket.send('stale', { ttlMs: 50 }), 'queued');
+    await sleep(100);
+    assert.equal(socket.send('fresh'), 'queued');
+    assert.deepEqual(drops, [{ data: 'stale', reason: 'expired' }]);
+    await echo(port);
+    await until(() => messages.length === 1, { what: 'one echo' });
+    await sleep(100);
+    assert.deepEqual(messages, ['fresh']);
+    assert.equal(socket.dropped, 1);
+  });
+
+  test('killed and restarted: close 1006, reconnect, queued messages delivered', async () => {
+    const port = await freePort();
+    let server = await echo(port);
+    const socket = open(`ws://127.0.0.1:${port}/`);
+    const messages = inbox(socket);
+    await next(socket, 'open');
+    const closed = next(socket, 'close');
+    const retrying = next(socket, 'reconnecting');
+    await server.stop('SIGKILL');
+    const close = await closed;
+    assert.equal(close.code, 1006);
+    assert.equal(close.wasClean, false);
+    assert.equal(close.willReconnect, true);
+    const retry = await retrying;
+    assert.equal(retry.attempt, 1);
+    assert.ok(retry.delayMs >= 0 && retry.delayMs < 50, `first retry within baseMs, got ${retry.delayMs}`);
+    assert.equal(socket.send('while down'), 'queued');
+    await sleep(300); // a few failed attempts against the closed port
+    server = await echo(port);
+    const reopened = await next(socket, 'open', { timeoutMs: 5_000 });
+    assert.ok(reopened.attempt >= 1);
+    await until(() => messages.includes('while down'), { what: 'queued echo' });
+  });
+
+  test('a stopped server (SIGSTOP) is detected by heartbeat, and found again after SIGCONT', async () => {
+    const server = await echo();
+    const heartbeat = { intervalMs: 100, timeoutMs: 300, message: '__hb__', isReply: (d) => d === '__hb__' };
+    const socket = open(`ws://127.0.0.1:${server.port}/`, { heartbeat, connectTimeoutMs: 300 });
+    const messages = inbox(socket);
+    await next(socket, 'open');
+    await sleep(350); // several beats answered
+    socket.send('data');
+    await until(() => messages.length === 1, { what: 'echo' });
+    assert.deepEqual(messages, ['data'], 'heartbeat answers are not messages');
+
+    const closed = next(socket, 'close', { timeoutMs: 2_000 });
+    const stoppedAt = Date.now();
+    server.pause();
+    let close;
+    try {
+      close = await closed;
+    } finally {
+      server.resume();
+    }
+    const detectedMs = Date.now() - stoppedAt;
+    assert.equal(close.reason, 'heartbeat timeout');
+    assert.equal(close.code, 1006);
+    // At most one interval until the next beat, then the timeout, plus scheduling slack.
+    assert.ok(detectedMs <= 100 + 300 + 400, `detected after ${detectedMs} ms`);
+    await next(socket, 'open', { timeoutMs: 5_000 });
+    socket.send('again');
+    await until(() => messages.includes('again'), { what: 'echo after resume' });
+  });
+
+  test('close() on a stopped server still ends in a close event, after closeTimeoutMs', async () => {
+    const server = await echo();
+    const socket = open(`ws://127.0.0.1:${server.port}/`, { closeTimeoutMs: 200 });
+    await next(socket, 'open');
+    const closed = next(socket, 'close', { timeoutMs: 2_000 });
+    server.pause();
+    let close;
+    try {
+      socket.close();
+      socket.close(); // a second call while closing changes nothing
+      close = await closed;
+    } finally {
+      server.resume();
+    }
+    assert.deepEqual(close, { code: 1006, reason: 'close timeout', wasClean: false, willReconnect: false });
+    assert.equal(socket.state, 'closed');
+  });
+
+  test('close() stops reconnecting and drops what is queued', async () => {
+    const server = await echo();
+    const socket = open(`ws://127.0.0.1:${server.port}/`);
+    await next(socket, 'open');
+    const reconnecting = [];
+    socket.on('reconnecting', (r) => reconnecting.push(r));
+    const closed = next(socket, 'close');
+    socket.close(1000, 'bye');
+    const close = await closed;
+    assert.equal(close.code, 1000);
+    assert.equal(close.willReconnect, false);
+    assert.equal(socket.state, 'closed');
+    const drops = [];
+    socket.on('drop', (drop) => drops.push(drop.reason));
+    assert.equal(socket.send('late'), 'dropped');
+    assert.deepEqual(drops, ['closed']);
+    await sleep(200);
+    assert.deepEqual(reconnecting, []);
+  });
+});
+
+describe('offline queue bounds', () => {
+  test('the newest message is refused when the count or byte bound is reached', async () => {
+    const port = await freePort(); // nothing listens: the socket stays offline
+    const socket = open(`ws://127.0.0.1:${port}/`, { queue: { maxMessages: 2, maxBytes: 8 } });
+    const drops = [];
+    socket.on('drop', (drop) => drops.push(drop));
+    assert.equal(socket.send('1234'), 'queued');
+    assert.equal(socket.send('é'.repeat(3)), 'dropped', '6 UTF-8 bytes exceed the 4 left');
+    assert.equal(socket.send('5678'), 'queued');
+    assert.equal(socket.send('9'), 'dropped', 'count bound');
+    assert.deepEqual(drops.map((d) => [d.data, d.reason]), [['ééé', 'overflow'], ['9', 'overflow']]);
+    assert.equal(socket.queued, 2);
+    assert.equal(socket.dropped, 2);
+    socket.close();
+    assert.deepEqual(drops.slice(2).map((d) => [d.data, d.reason]), [['1234', 'closed'], ['5678', 'closed']]);
+  });
+});
+
+describe('against the chat example', () => {
+  const servers = [];
+  after(async () => {
+    for (const server of servers) await server.stop();
+  });
+
+  test('failed handshakes (404) back off, doubling up to the cap', async () => {
+    const server = await startExample('chat', await freePort());
+    servers.push(server);
+    const socket = open(`ws://127.0.0.1:${server.port}/no-such-route`, {
+      backoff: { baseMs: 40, maxMs: 200 },
+      random: () => 0.999,
+    });
+    let opened = false;
+    socket.on('open', () => { opened = true; });
+    const delays = [];
+    socket.on('reconnecting', ({ delayMs }) => delays.push(delayMs));
+    await until(() => delays.length >= 5, { what: 'five retries', timeoutMs: 5_000 });
+    assert.deepEqual(delays.slice(0, 5), [39, 79, 159, 199, 199]);
+    assert.equal(opened, false);
+  });
+
+  test('two members chat; a graceful restart (1001) is followed by a rejoin', async () => {
+    const port = await freePort();
+    let server = await startExample('chat', port);
+    servers.push(server);
+    const alice = open(`ws://127.0.0.1:${port}/chat/lobby?name=alice`);
+    const bob = open(`ws://127.0.0.1:${port}/chat/lobby?name=bob`);
+    const parsed = (socket) => {
+      const out = [];
+      socket.on('message', ({ data }) => out.push(JSON.parse(data)));
+      return out;
+    };
+    const aliceSaw = parsed(alice);
+    const bobSaw = parsed(bob);
+    await until(() => aliceSaw.some((m) => m.type === 'welcome') && bobSaw.some((m) => m.type === 'welcome'), {
+      what: 'welcomes',
+    });
+    await until(() => aliceSaw.some((m) => m.type === 'joined' && m.user === 'bob') || bobSaw.some((m) => m.type === 'joined' && m.user === 'alice'), {
+      what: 'a joined notice',
+    });
+    alice.send('hi bob');
+    await until(() => bobSaw.some((m) => m.type === 'message' && m.user === 'alice' && m.body === 'hi bob'), {
+      what: 'the message at bob',
+    });
+
+    const closed = next(alice, 'close', { timeoutMs: 8_000 });
+    await server.stop('SIGTERM');
+    const close = await closed;
+    assert.equal(close.code, 1001, `graceful shutdown sends 1001, got ${close.code} ${close.reason}`);
+    assert.equal(close.willReconnect, true);
+    const welcomes = aliceSaw.filter((m) => m.type === 'welcome').length;
+    server = await startExample('chat', port);
+    servers.push(server);
+    await until(() => aliceSaw.filter((m) => m.type === 'welcome').length === welcomes + 1, {
+      what: 'a second welcome',
+      timeoutMs: 5_000,
+    });
+  });
+});
+
+describe('close-frame hints (hand-written peer)', () => {
+  test('a retry-after hint in the close reason sets the least delay', async () => {
+    const peer = await startClosingPeer(1013, 'full; retry-after=0.6');
+    try {
+      const socket = open(peer.url, { random: () => 0 });
+      const closed = next(socket, 'close');
+      const retrying = next(socket, 'reconnecting'); // emitted right after close
+      assert.equal((await closed).code, 1013);
+      const retry = await retrying;
+      assert.equal(retry.delayMs, 600);
+      assert.equal(peer.handshakes, 1);
+      await sleep(450);
+      assert.equal(peer.handshakes, 1, 'no attempt before the hint allows');
+      await until(() => peer.handshakes === 2, { what: 'the retry', timeoutMs: 2_000 });
+      socket.close();
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('a hint is capped by maxRetryAfterMs', async () => {
+    const peer = await startClosingPeer(1013, 'retry-after=3600');
+    try {
+      const socket = open(peer.url, { random: () => 0, maxRetryAfterMs: 250 });
+      assert.equal((await next(socket, 'reconnecting')).delayMs, 250);
+      socket.close();
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('connections that close at once keep growing the backoff; stable ones reset it', async () => {
+    const peer = await startClosingPeer(1011, 'crash');
+    try {
+      const top = () => 1 - Number.EPSILON;
+      const flapping = open(peer.url, { random: top, backoff: { baseMs: 20, maxMs: 1000 } });
+      const attempts = [];
+      flapping.on('reconnecting', ({ attempt, delayMs }) => attempts.push([attempt, delayMs]));
+      await until(() => attempts.length >= 3, { what: 'three retries' });
+      flapping.close();
+      assert.deepEqual(attempts.slice(0, 3), [[1, 19], [2, 39], [3, 79]]);
+
+      const stable = open(peer.url, { random: top, backoff: { baseMs: 20, maxMs: 1000 }, stableAfterMs: 0 });
+      const delays = [];
+      stable.on('reconnecting', ({ delayMs }) => delays.push(delayMs));
+      await until(() => delays.length >= 3, { what: 'three retries' });
+      stable.close();
+      assert.deepEqual(delays.slice(0, 3), [19, 19, 19]);
+    } finally {
+      await peer.close();
+    }
+  });
+});

@@ -1,0 +1,715 @@
+//! Phoenix channels on the hub: the V2 protocol that the `phoenix` npm client speaks,
+//! topics, event routing with replies, broadcasts, and presence.
+//!
+//! A socket endpoint ([`Channels`]) upgrades `/socket/websocket` (phoenix.js appends
+//! `/websocket` and `?vsn=2.0.0` to the URL it is given), asks the
+//! [`connect`](Channels::connect) callback whether the client may connect, and routes
+//! every topic a client joins to the [`Channel`] handler whose pattern matches it.
+//!
+//! ```no_run
+//! use serde_json::{Value, json};
+//! use switchboard::channels::{Assigns, Channel, Channels, HandleIn, Payload, Refused, Reply, Socket};
+//! use switchboard::hub::{Hub, HubConfig};
+//!
+//! #[derive(Clone)]
+//! struct User(String);
+//!
+//! struct Room;
+//!
+//! impl Channel for Room {
+//!     async fn join(&self, _topic: &str, _payload: Value, socket: &Socket) -> Result<Value, Value> {
+//!         // Authorisation per topic: the assigns of `connect` are here.
+//!         match socket.assigned::<User>() {
+//!             Some(_) => Ok(json!({})),
+//!             None => Err(json!({"reason": "unauthorized"})),
+//!         }
+//!     }
+//!
+//!     async fn handle_in(&self, event: &str, payload: Payload, socket: &Socket) -> HandleIn {
+//!         match event {
+//!             "ping" => Reply::ok(payload).into(),
+//!             "shout" => {
+//!                 // Encoded once for every subscriber of the topic.
+//!                 let _ = socket.broadcast("shout", payload);
+//!                 HandleIn::NoReply
+//!             }
+//!             _ => Reply::error(json!({"reason": "unknown event"})).into(),
+//!         }
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::new(HubConfig::default());
+//! let channels = Channels::new(hub.clone())
+//!     .connect(|info| async move {
+//!         // Refusing answers 403 before the upgrade.
+//!         match info.param("token") {
+//!             Some(token) if !token.is_empty() => Ok(Assigns::new().with(User(token.to_owned()))),
+//!             _ => Err(Refused::new("token required")),
+//!         }
+//!     })
+//!     .channel("room:*", Room);
+//! let app: axum::Router = channels.into_router(); // GET /socket/websocket
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! switchboard::serve(listener, app, &hub).await
+//! # }
+//! ```
+//!
+//! # On the hub
+//!
+//! Each socket is a hub connection, and a joined topic is a hub room, named
+//! [`room_name`]`(topic)` (`phx:` + the topic) so that channel topics and plain rooms
+//! never mix. The hub's limits, buffer policy, keepalive, metrics and broker therefore
+//! apply to channels too: a broadcast to a topic is encoded once into one frame shared
+//! by every subscriber, and reaches the subscribers held by other hubs of the broker.
+//!
+//! # Intercepted events
+//!
+//! A channel that lists an event in [`Channel::intercepts`] sees every broadcast of that
+//! event once per subscriber, in [`Channel::handle_out`], and may let it through, replace
+//! it or drop it. That costs a call per subscriber, and a JSON encoding per replaced
+//! payload; the frames let through unchanged still share one encoding. It runs on the
+//! broadcaster's task and reaches the subscribers on this hub only (the broker carries
+//! frames, not events); other events keep the shared fast path.
+//!
+//! # Presence
+//!
+//! [`Presence`] tracks keys (user ids) with metadata per socket and broadcasts
+//! `presence_diff`s that phoenix.js `Presence` applies as they are. It is kept per hub:
+//! presence across the hubs of a broker is not implemented yet.
+
+pub mod protocol;
+
+mod presence;
+mod socket;
+mod topic;
+
+pub use presence::{PRESENCE_DIFF, PRESENCE_STATE, Presence, PresenceError};
+pub use protocol::{DecodeError, EncodeError, Payload};
+pub use socket::{PushError, Socket};
+pub use topic::PatternError;
+
+use crate::hub::{BroadcastReport, ConnectionId, Hub};
+use axum::{Router, routing::MethodRouter};
+use presence::Tracker;
+use serde_json::{Value, json};
+use socket::SocketHandler;
+use std::{
+    collections::HashSet,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+};
+use topic::TopicPattern;
+
+/// The prefix of the hub rooms that hold channel topics.
+pub const ROOM_PREFIX: &str = "phx:";
+
+/// The hub room that holds the subscribers of `topic`, e.g. for
+/// [`Hub::room_size`](crate::hub::Hub::room_size).
+pub fn room_name(topic: &str) -> String {
+    format!("{ROOM_PREFIX}{topic}")
+}
+
+/// A channel handler: what happens on the topics its pattern matches. One value serves
+/// every socket and topic; per-socket state lives in the [`Socket`]'s assigns.
+///
+/// Callbacks of one socket run one at a time, in the order its messages arrived. A
+/// callback that panics crashes only its channel: the client gets `phx_error` (and
+/// rejoins, as phoenix.js does), the other channels and sockets go on.
+pub trait Channel: Send + Sync + 'static {
+    /// A client asks to join `topic` with `payload` (phoenix.js: the channel's params).
+    /// `Ok(response)` accepts (the client's join `receive("ok")` gets `response`);
+    /// `Err(reason)` refuses (`receive("error")` gets `reason`).
+    ///
+    /// Until it returns, the socket is not subscribed to the topic: broadcasts do not
+    /// reach it, and its own pushes (e.g. `presence_state`) and presence diffs are held
+    /// and sent right after the ok reply, or dropped if the join is refused.
+    fn join(
+        &self,
+        topic: &str,
+        payload: Value,
+        socket: &Socket,
+    ) -> impl Future<Output = Result<Value, Value>> + Send;
+
+    /// A message for a joined topic. The default refuses every event with an error
+    /// reply, `{"reason": "unhandled event"}`.
+    fn handle_in(
+        &self,
+        event: &str,
+        payload: Payload,
+        socket: &Socket,
+    ) -> impl Future<Output = HandleIn> + Send {
+        let _ = (event, payload, socket);
+        async { Reply::error(json!({"reason": "unhandled event"})).into() }
+    }
+
+    /// The broadcast events this channel filters per subscriber with
+    /// [`Channel::handle_out`] (Phoenix `intercept`). Read once, when the channel is
+    /// registered.
+    fn intercepts(&self) -> &[&str] {
+        &[]
+    }
+
+    /// An intercepted broadcast on its way to this socket: deliver it, replace its
+    /// payload, or drop it. Runs on the broadcaster's task, once per subscriber, so it
+    /// must be quick and must not block.
+    fn handle_out(&self, event: &str, payload: &Payload, socket: &Socket) -> Out {
+        let _ = (event, payload, socket);
+        Out::Deliver
+    }
+
+    /// The channel ended; called once per successful join.
+    fn terminate(
+        &self,
+        reason: TerminateReason,
+        socket: &Socket,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (reason, socket);
+        async {}
+    }
+}
+
+/// What [`Channel::handle_in`] answers.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HandleIn {
+    /// No reply (Phoenix `{:noreply, socket}`); a client waiting for one times out.
+    NoReply,
+    /// A `phx_reply` to the message.
+    Reply(Reply),
+    /// Ends the channel after the reply, if any: the client gets `phx_close` (Phoenix
+    /// `{:stop, :normal, reply, socket}`).
+    Stop(Option<Reply>),
+}
+
+impl From<Reply> for HandleIn {
+    fn from(reply: Reply) -> Self {
+        Self::Reply(reply)
+    }
+}
+
+/// A reply to a client's message: a status (`ok`, `error`, or any other that the
+/// client's `receive(status, …)` listens for) and a response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The status.
+    pub status: String,
+    /// The response: JSON, or bytes for a binary reply.
+    pub response: Payload,
+}
+
+impl Reply {
+    /// A reply with any status.
+    pub fn new(status: impl Into<String>, response: impl Into<Payload>) -> Self {
+        Self {
+            status: status.into(),
+            response: response.into(),
+        }
+    }
+
+    /// An `ok` reply.
+    pub fn ok(response: impl Into<Payload>) -> Self {
+        Self::new("ok", response)
+    }
+
+    /// An `error` reply.
+    pub fn error(response: impl Into<Payload>) -> Self {
+        Self::new("error", response)
+    }
+}
+
+/// What [`Channel::handle_out`] does with an intercepted broadcast.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Out {
+    /// Deliver it unchanged (the shared encoding).
+    Deliver,
+    /// Deliver this payload instead, as a push of the same event to this socket.
+    Replace(Payload),
+    /// Do not deliver it to this socket.
+    Drop,
+}
+
+/// Why a channel ended, for [`Channel::terminate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TerminateReason {
+    /// The client left (`phx_leave`).
+    Left,
+    /// The socket closed (by either side, or a keepalive timeout).
+    Closed,
+    /// The client joined the same topic again; this join is replaced.
+    DuplicateJoin,
+    /// [`HandleIn::Stop`].
+    Stopped,
+    /// A callback of the channel panicked.
+    Crashed,
+}
+
+/// Values attached to a socket by [`Channels::connect`], and to each of its channels
+/// (each channel starts with a copy of the socket's): the Phoenix assigns, by type.
+#[derive(Clone, Default)]
+pub struct Assigns(http::Extensions);
+
+impl Assigns {
+    /// No assigns.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `value` (replacing one of the same type).
+    pub fn with<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.insert(value);
+        self
+    }
+
+    /// Inserts `value`, returning the previous value of that type.
+    pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.0.insert(value)
+    }
+
+    /// The value of type `T`.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get()
+    }
+
+    /// The value of type `T`, mutably.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.0.get_mut()
+    }
+
+    /// Removes the value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.0.remove()
+    }
+}
+
+impl fmt::Debug for Assigns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Assigns")
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+/// What a client sent when it connected, for [`Channels::connect`]: the query
+/// parameters (phoenix.js `params`, plus `vsn`), the auth token and the headers.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    params: Vec<(String, String)>,
+    auth_token: Option<String>,
+    headers: http::HeaderMap,
+}
+
+impl ConnectInfo {
+    /// A query parameter, e.g. `token` for `new Socket("/socket", {params: {token}})`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every query parameter, in order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The token of phoenix.js's `authToken` option, which travels in the
+    /// `Sec-WebSocket-Protocol` header (so that it stays out of URLs and logs).
+    pub fn auth_token(&self) -> Option<&str> {
+        self.auth_token.as_deref()
+    }
+
+    /// A request header, e.g. `cookie` or `user-agent`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A refused connection: answered 403 before the upgrade, with the reason as body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connection refused: {reason}")]
+pub struct Refused {
+    /// Why, for the response body.
+    pub reason: String,
+}
+
+impl Refused {
+    /// A refusal.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Settings of a [`Channels`] endpoint.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChannelsConfig {
+    /// Topics one socket may have joined at once; the next join gets an error reply,
+    /// `{"reason": "too many channels"}`.
+    ///
+    /// Default 100: a page joins a handful; every join holds server memory and a room
+    /// membership, so a client must not open thousands.
+    pub max_channels: usize,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        Self { max_channels: 100 }
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type ConnectFn =
+    dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<Assigns, Refused>> + Send + Sync;
+
+/// A socket endpoint: the connect callback and the channel handlers by topic pattern.
+///
+/// See the [module documentation](self) for an example.
+pub struct Channels {
+    endpoint: Endpoint,
+    routes: Vec<Route>,
+    connect: Option<Arc<ConnectFn>>,
+    config: ChannelsConfig,
+    path: String,
+}
+
+/// A channel handler and the topics it serves.
+pub(crate) struct Route {
+    pattern: TopicPattern,
+    channel: Arc<dyn DynChannel>,
+}
+
+impl Channels {
+    /// An endpoint on `hub` that accepts every client and serves no topic yet.
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            endpoint: Endpoint {
+                shared: Arc::new(Shared {
+                    hub,
+                    tracker: Mutex::default(),
+                    intercepted: RwLock::default(),
+                }),
+            },
+            routes: Vec::new(),
+            connect: None,
+            config: ChannelsConfig::default(),
+            path: "/socket".to_owned(),
+        }
+    }
+
+    /// The callback that decides whether a client may connect, from the query
+    /// parameters, auth token and headers of its upgrade request (Phoenix
+    /// `connect/3`). `Ok(assigns)` accepts, and every channel of the socket starts with
+    /// a copy of `assigns`; `Err` answers 403 before the upgrade.
+    pub fn connect<F, Fut>(mut self, connect: F) -> Self
+    where
+        F: Fn(ConnectInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Assigns, Refused>> + Send + 'static,
+    {
+        self.connect = Some(Arc::new(move |info| Box::pin(connect(info))));
+        self
+    }
+
+    /// Serves the topics that match `pattern` with `channel`: `"lobby"`, `"room:*"`
+    /// (a prefix), `"user:{id}"` (a segment up to the next `:`, read with
+    /// [`Socket::param`]). The first registered pattern that matches wins.
+    ///
+    /// # Panics
+    ///
+    /// If the pattern is invalid (see [`PatternError`]): a programming error, found
+    /// when the server starts.
+    pub fn channel(mut self, pattern: &str, channel: impl Channel) -> Self {
+        let pattern = match TopicPattern::parse(pattern) {
+            Ok(parsed) => parsed,
+            Err(error) => panic!("invalid topic pattern {pattern:?}: {error}"),
+        };
+        let intercepts: Vec<String> = channel
+            .intercepts()
+            .iter()
+            .map(|e| (*e).to_owned())
+            .collect();
+        write(&self.endpoint.shared.intercepted).extend(intercepts.iter().cloned());
+        self.routes.push(Route {
+            pattern,
+            channel: Arc::new(Erased {
+                channel,
+                intercepts,
+            }),
+        });
+        self
+    }
+
+    /// Replaces the settings.
+    pub fn config(mut self, config: ChannelsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The path [`Channels::into_router`] mounts the socket under (default `/socket`,
+    /// phoenix.js's `new Socket("/socket")`); the upgrade is served at
+    /// `{path}/websocket`.
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = path.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// The handle for broadcasts and presence from anywhere in the application.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+
+    /// The upgrade handler alone, to mount at a path of your choosing (phoenix.js
+    /// connects to the URL it is given plus `/websocket`).
+    pub fn route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
+        let handler = Arc::new(SocketHandler::new(
+            self.endpoint,
+            self.routes,
+            self.config,
+        ));
+        socket::route(handler, self.connect)
+    }
+
+    /// A router that serves the socket at `{path}/websocket` (default
+    /// `/socket/websocket`), to merge into the application's.
+    pub fn into_router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        let path = format!("{}/websocket", self.path);
+        Router::new().route(&path, self.route())
+    }
+}
+
+impl fmt::Debug for Channels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channels")
+            .field("path", &self.path)
+            .field(
+                "patterns",
+                &self.routes.iter().map(|r| &r.pattern).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running side of a [`Channels`] endpoint: broadcasts to topics and presence,
+/// from channel callbacks or anywhere else (an HTTP handler, a background task).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hub: Hub,
+    tracker: Mutex<Tracker>,
+    /// Every event some channel intercepts: a broadcast of any other event takes the
+    /// shared fast path without looking at its subscribers.
+    intercepted: RwLock<HashSet<String>>,
+}
+
+impl Endpoint {
+    /// The hub the sockets are on.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// The presence of this endpoint's topics.
+    pub fn presence(&self) -> Presence {
+        Presence::new(self.clone())
+    }
+
+    /// Sends `event` with `payload` to every subscriber of `topic` (Phoenix
+    /// `Endpoint.broadcast`), as `[null, null, topic, event, payload]`: one encoding for
+    /// all of them, also handed to the broker for the other hubs.
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<BroadcastReport, EncodeError> {
+        self.broadcast_inner(None, topic, event, payload.into())
+    }
+
+    /// [`Endpoint::broadcast`] to everyone but the socket `except` (Phoenix
+    /// `broadcast_from`).
+    pub fn broadcast_from(
+        &self,
+        except: ConnectionId,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<BroadcastReport, EncodeError> {
+        self.broadcast_inner(Some(except), topic, event, payload.into())
+    }
+
+    /// The subscribers of `topic` on this hub.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.shared.hub.room_size(&room_name(topic))
+    }
+
+    fn broadcast_inner(
+        &self,
+        except: Option<ConnectionId>,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<BroadcastReport, EncodeError> {
+        let message = protocol::encode_broadcast(topic, event, &payload)?;
+        let room = room_name(topic);
+        if !read(&self.shared.intercepted).contains(event) {
+            let broadcast = self.shared.hub.to(&room);
+            let broadcast = match except {
+                Some(id) => broadcast.except(id),
+                None => broadcast,
+            };
+            return Ok(broadcast.send(message));
+        }
+        Ok(socket::deliver_intercepted(
+            &self.shared.hub,
+            except,
+            &room,
+            topic,
+            event,
+            &payload,
+            message,
+        ))
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("hub", &self.shared.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`Channel`] with boxed futures, so that handlers of different types share a table.
+pub(crate) trait DynChannel: Send + Sync {
+    fn join<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Value,
+        socket: &'a Socket,
+    ) -> BoxFuture<'a, Result<Value, Value>>;
+    fn handle_in<'a>(
+        &'a self,
+        event: &'a str,
+        payload: Payload,
+        socket: &'a Socket,
+    ) -> BoxFuture<'a, HandleIn>;
+    fn intercepts(&self, event: &str) -> bool;
+    fn handle_out(&self, event: &str, payload: &Payload, socket: &Socket) -> Out;
+    fn terminate<'a>(&'a self, reason: TerminateReason, socket: &'a Socket) -> BoxFuture<'a, ()>;
+}
+
+struct Erased<C> {
+    channel: C,
+    intercepts: Vec<String>,
+}
+
+impl<C: Channel> DynChannel for Erased<C> {
+    fn join<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Value,
+        socket: &'a Socket,
+    ) -> BoxFuture<'a, Result<Value, Value>> {
+        Box::pin(self.channel.join(topic, payload, socket))
+    }
+
+    fn handle_in<'a>(
+        &'a self,
+        event: &'a str,
+        payload: Payload,
+        socket: &'a Socket,
+    ) -> BoxFuture<'a, HandleIn> {
+        Box::pin(self.channel.handle_in(event, payload, socket))
+    }
+
+    fn intercepts(&self, event: &str) -> bool {
+        self.intercepts.iter().any(|e| e == event)
+    }
+
+    fn handle_out(&self, event: &str, payload: &Payload, socket: &Socket) -> Out {
+        self.channel.handle_out(event, payload, socket)
+    }
+
+    fn terminate<'a>(&'a self, reason: TerminateReason, socket: &'a Socket) -> BoxFuture<'a, ()> {
+        Box::pin(self.channel.terminate(reason, socket))
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked: a panicking
+/// channel callback must not take the endpoint down with it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `docs/channels.md`, compiled as a doctest so that its server snippet cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../../docs/channels.md")]
+pub struct ChannelsDocDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assigns_by_type() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct User(&'static str);
+        let mut assigns = Assigns::new().with(User("ann")).with(7u32);
+        assert_eq!(assigns.get::<User>(), Some(&User("ann")));
+        assert_eq!(assigns.insert(User("bob")), Some(User("ann")));
+        if let Some(n) = assigns.get_mut::<u32>() {
+            *n += 1;
+        }
+        assert_eq!(assigns.remove::<u32>(), Some(8));
+        assert_eq!(assigns.get::<u32>(), None);
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            HandleIn::from(Reply::ok(json!({"a": 1}))),
+            HandleIn::Reply(Reply {
+                status: "ok".into(),
+                response: Payload::Json(json!({"a": 1})),
+            })
+        );
+        assert_eq!(Reply::error(vec![1u8]).status, "error");
+        assert_eq!(Reply::new("later", json!(null)).status, "later");
+    }
+
+    #[test]
+    fn rooms_are_prefixed() {
+        assert_eq!(room_name("room:lobby"), "phx:room:lobby");
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid topic pattern")]
+    fn invalid_patterns_panic_at_registration() {
+        struct Nothing;
+        impl Channel for Nothing {
+            async fn join(&self, _: &str, _: Value, _: &Socket) -> Result<Value, Value> {
+                Ok(Value::Null)
+            }
+        }
+        let hub = Hub::new(crate::hub::HubConfig::default());
+        let _ = Channels::new(hub).channel("a*b", Nothing);
+    }
+}

@@ -1,0 +1,767 @@
+//! `switchboard::channels` against a client speaking raw Phoenix V2 JSON (and binary)
+//! over tokio-tungstenite: every reply, push and close is checked on the wire.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::{net::SocketAddr, time::Duration};
+use switchboard::{
+    channels::{
+        Assigns, Channel, Channels, ChannelsConfig, HandleIn, Out, Payload, Refused, Reply,
+        Socket, TerminateReason, room_name,
+    },
+    hub::{Hub, HubConfig},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    time::timeout,
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{self, Message as WsMessage, protocol::frame::coding::CloseCode},
+};
+
+/// How long any single step may take before the test counts as hung.
+const STEP: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+struct User(String);
+
+#[derive(Clone, Debug)]
+struct Token(String);
+
+/// The test channel: every behaviour a test needs, keyed by event.
+struct Room {
+    terminated: UnboundedSender<(String, TerminateReason)>,
+}
+
+impl Channel for Room {
+    async fn join(&self, topic: &str, payload: Value, socket: &Socket) -> Result<Value, Value> {
+        if topic == "room:crash" {
+            panic!("join crashes on purpose");
+        }
+        let Some(user) = payload.get("user").and_then(Value::as_str) else {
+            return Err(json!({"reason": "user required"}));
+        };
+        socket.assign(User(user.to_owned()));
+        let presence = socket.presence();
+        presence
+            .track(socket, user, json!({"device": payload.get("device")}))
+            .map_err(|e| json!({"reason": e.to_string()}))?;
+        let _ = socket.push("presence_state", presence.list(topic));
+        Ok(json!({"topic": topic, "token": socket.assigned::<Token>().map(|t| t.0)}))
+    }
+
+    async fn handle_in(&self, event: &str, payload: Payload, socket: &Socket) -> HandleIn {
+        match event {
+            "ping" => Reply::ok(payload).into(),
+            "shout" => {
+                let _ = socket.broadcast("shout", payload);
+                HandleIn::NoReply
+            }
+            "shout_from" => {
+                let _ = socket.broadcast_from("shout", payload);
+                HandleIn::NoReply
+            }
+            "secret" => {
+                let _ = socket.broadcast("secret", payload);
+                HandleIn::NoReply
+            }
+            "push_me" => {
+                let _ = socket.push("pushed", payload);
+                HandleIn::NoReply
+            }
+            "stop" => HandleIn::Stop(Some(Reply::ok(json!({"bye": true})))),
+            "crash" => panic!("handle_in crashes on purpose"),
+            _ => Reply::error(json!({"reason": "unknown event"})).into(),
+        }
+    }
+
+    fn intercepts(&self) -> &[&str] {
+        &["secret"]
+    }
+
+    fn handle_out(&self, _event: &str, _payload: &Payload, socket: &Socket) -> Out {
+        match socket.assigned::<User>() {
+            Some(User(name)) if name == "eve" => Out::Drop,
+            Some(User(name)) if name == "bob" => Out::Replace(json!({"redacted": true}).into()),
+            _ => Out::Deliver,
+        }
+    }
+
+    async fn terminate(&self, reason: TerminateReason, socket: &Socket) {
+        let _ = self.terminated.send((socket.topic().to_owned(), reason));
+    }
+}
+
+/// `user:{id}`: only the user whose token is `id` may join.
+struct UserChannel;
+
+impl Channel for UserChannel {
+    async fn join(&self, _topic: &str, _payload: Value, socket: &Socket) -> Result<Value, Value> {
+        match (socket.param("id"), socket.assigned::<Token>()) {
+            (Some(id), Some(Token(token))) if id == token => Ok(json!({"id": id})),
+            _ => Err(json!({"reason": "unauthorized"})),
+        }
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    hub: Hub,
+    terminated: UnboundedReceiver<(String, TerminateReason)>,
+}
+
+async fn server_with(hub_config: HubConfig, config: ChannelsConfig) -> Server {
+    let hub = Hub::new(hub_config);
+    let (terminated_tx, terminated) = unbounded_channel();
+    let channels = Channels::new(hub.clone())
+        .config(config)
+        .connect(|info| async move {
+            match info.param("token") {
+                Some("bad") => Err(Refused::new("bad token")),
+                Some(token) => Ok(Assigns::new().with(Token(token.to_owned()))),
+                None => Ok(Assigns::new()),
+            }
+        })
+        .channel(
+            "room:*",
+            Room {
+                terminated: terminated_tx,
+            },
+        )
+        .channel("user:{id}", UserChannel);
+    let app: axum::Router = channels.into_router();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve_hub = hub.clone();
+    tokio::spawn(async move {
+        let _ = switchboard::serve_with_shutdown(
+            listener,
+            app,
+            &serve_hub,
+            std::future::pending::<()>(),
+        )
+        .await;
+    });
+    Server {
+        addr,
+        hub,
+        terminated,
+    }
+}
+
+async fn server() -> Server {
+    server_with(HubConfig::default(), ChannelsConfig::default()).await
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    async fn connect(server: &Server) -> Self {
+        Self::connect_query(server, "vsn=2.0.0").await.unwrap()
+    }
+
+    async fn connect_query(server: &Server, query: &str) -> Result<Self, tungstenite::Error> {
+        let url = format!("ws://{}/socket/websocket?{query}", server.addr);
+        let (ws, _) = within("connect", connect_async(url)).await?;
+        Ok(Self { ws })
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.send_raw(WsMessage::text(message.to_string())).await;
+    }
+
+    async fn send_raw(&mut self, message: WsMessage) {
+        within("send", self.ws.send(message)).await.unwrap();
+    }
+
+    async fn next(&mut self) -> WsMessage {
+        loop {
+            match within("receive", self.ws.next()).await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(message)) => return message,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        match self.next().await {
+            WsMessage::Text(text) => serde_json::from_str(text.as_str()).unwrap(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    async fn recv_binary(&mut self) -> Vec<u8> {
+        match self.next().await {
+            WsMessage::Binary(data) => data.to_vec(),
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+
+    /// Asserts that nothing arrives for a while.
+    async fn silent(&mut self) {
+        let next = timeout(Duration::from_millis(200), self.ws.next()).await;
+        assert!(next.is_err(), "unexpected message: {next:?}");
+    }
+
+    async fn closed_with(&mut self) -> (CloseCode, String) {
+        match self.next().await {
+            WsMessage::Close(Some(frame)) => (frame.code, frame.reason.to_string()),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// Joins `topic` as `user`; returns the ok reply's response and the presence_state.
+    async fn join(&mut self, topic: &str, join_ref: &str, user: &str) -> (Value, Value) {
+        self.send(json!([join_ref, join_ref, topic, "phx_join", {"user": user}]))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply[0], join_ref, "{reply}");
+        assert_eq!(reply[1], join_ref);
+        assert_eq!(reply[2], topic);
+        assert_eq!(reply[3], "phx_reply");
+        assert_eq!(reply[4]["status"], "ok", "{reply}");
+        let state = self.recv().await;
+        assert_eq!(
+            state.as_array().map(|a| a[..4].to_vec()),
+            Some(vec![json!(join_ref), json!(null), json!(topic), json!("presence_state")]),
+            "the held push follows the reply: {state}"
+        );
+        // The own join diff, held during the join, arrives once subscribed.
+        let diff = self.recv().await;
+        assert_eq!(diff[3], "presence_diff", "{diff}");
+        assert!(diff[4]["joins"].get(user).is_some(), "{diff}");
+        (reply[4]["response"].clone(), state[4].clone())
+    }
+}
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match timeout(STEP, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+fn reply(join_ref: Option<&str>, msg_ref: &str, topic: &str, status: &str, response: Value) -> Value {
+    json!([join_ref, msg_ref, topic, "phx_reply", {"status": status, "response": response}])
+}
+
+#[tokio::test]
+async fn heartbeat_is_answered_ok() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    client
+        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "1", "phoenix", "ok", json!({}))
+    );
+}
+
+#[tokio::test]
+async fn join_reply_echoes_refs_and_holds_pushes_until_after_it() {
+    let server = server().await;
+    let mut client = Client::connect_query(&server, "vsn=2.0.0&token=t1")
+        .await
+        .unwrap();
+    let (response, state) = client.join("room:lobby", "3", "ann").await;
+    assert_eq!(response, json!({"topic": "room:lobby", "token": "t1"}));
+    let metas = &state["ann"]["metas"];
+    assert_eq!(metas.as_array().map(Vec::len), Some(1), "{state}");
+    assert!(metas[0]["phx_ref"].is_string());
+    assert_eq!(server.hub.room_size(&room_name("room:lobby")), 1);
+
+    client
+        .send(json!(["3", "4", "room:lobby", "ping", {"n": 1}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("3"), "4", "room:lobby", "ok", json!({"n": 1}))
+    );
+    client
+        .send(json!(["3", "5", "room:lobby", "push_me", {"n": 2}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!(["3", null, "room:lobby", "pushed", {"n": 2}])
+    );
+    client
+        .send(json!(["3", "6", "room:lobby", "nope", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("3"), "6", "room:lobby", "error", json!({"reason": "unknown event"}))
+    );
+}
+
+#[tokio::test]
+async fn refused_and_unmatched_joins() {
+    let server = server().await;
+    let mut client = Client::connect_query(&server, "vsn=2.0.0&token=42")
+        .await
+        .unwrap();
+    // The channel refuses: the reply carries the join's refs and the reason.
+    client
+        .send(json!(["1", "1", "room:a", "phx_join", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "1", "room:a", "error", json!({"reason": "user required"}))
+    );
+    // No channel serves the topic: as Phoenix, no join_ref.
+    client
+        .send(json!(["2", "2", "nowhere", "phx_join", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "2", "nowhere", "error", json!({"reason": "unmatched topic"}))
+    );
+    // Topic parameters against the connect assigns.
+    client
+        .send(json!(["3", "3", "user:42", "phx_join", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("3"), "3", "user:42", "ok", json!({"id": "42"}))
+    );
+    client
+        .send(json!(["4", "4", "user:7", "phx_join", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("4"), "4", "user:7", "error", json!({"reason": "unauthorized"}))
+    );
+    // The refused join left nothing behind.
+    assert_eq!(server.hub.room_size(&room_name("room:a")), 0);
+    assert_eq!(server.hub.room_size(&room_name("user:42")), 1);
+}
+
+#[tokio::test]
+async fn push_before_join_gets_an_error_reply() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    client
+        .send(json!(["1", "2", "room:a", "ping", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "2", "room:a", "error", json!({"reason": "unmatched topic"}))
+    );
+    // A leave of a topic not joined is answered ok, as Phoenix does.
+    client
+        .send(json!(["1", "3", "room:a", "phx_leave", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "3", "room:a", "ok", json!({}))
+    );
+}
+
+#[tokio::test]
+async fn broadcasts_reach_every_subscriber_and_broadcast_from_skips_the_sender() {
+    let server = server().await;
+    let mut ann = Client::connect(&server).await;
+    let mut bob = Client::connect(&server).await;
+    let mut other = Client::connect(&server).await;
+    ann.join("room:a", "1", "ann").await;
+    bob.join("room:a", "1", "bob").await;
+    other.join("room:b", "1", "cid").await;
+    // ann sees bob's arrival.
+    let diff = ann.recv().await;
+    assert_eq!(diff[3], "presence_diff");
+
+    ann.send(json!(["1", "2", "room:a", "shout", {"hi": 1}])).await;
+    let expected = json!([null, null, "room:a", "shout", {"hi": 1}]);
+    assert_eq!(ann.recv().await, expected);
+    assert_eq!(bob.recv().await, expected);
+
+    ann.send(json!(["1", "3", "room:a", "shout_from", {"hi": 2}]))
+        .await;
+    assert_eq!(
+        bob.recv().await,
+        json!([null, null, "room:a", "shout", {"hi": 2}])
+    );
+    ann.silent().await;
+    other.silent().await;
+}
+
+#[tokio::test]
+async fn intercepted_events_are_filtered_per_recipient() {
+    let server = server().await;
+    let mut ann = Client::connect(&server).await;
+    let mut bob = Client::connect(&server).await;
+    let mut eve = Client::connect(&server).await;
+    ann.join("room:s", "1", "ann").await;
+    bob.join("room:s", "2", "bob").await;
+    eve.join("room:s", "3", "eve").await;
+    // Drain the presence diffs of the later joins.
+    for _ in 0..2 {
+        assert_eq!(ann.recv().await[3], "presence_diff");
+    }
+    assert_eq!(bob.recv().await[3], "presence_diff");
+
+    ann.send(json!(["1", "9", "room:s", "secret", {"code": 7}]))
+        .await;
+    assert_eq!(
+        ann.recv().await,
+        json!([null, null, "room:s", "secret", {"code": 7}])
+    );
+    // Replaced: a push to bob's join.
+    assert_eq!(
+        bob.recv().await,
+        json!(["2", null, "room:s", "secret", {"redacted": true}])
+    );
+    eve.silent().await;
+}
+
+#[tokio::test]
+async fn duplicate_join_closes_the_old_channel_first() {
+    let mut server = server().await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    client
+        .send(json!(["5", "5", "room:a", "phx_join", {"user": "ann"}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!(["1", "1", "room:a", "phx_close", {}])
+    );
+    // The old presence leaves (the socket was unsubscribed, so it is not told), then
+    // the new join is answered.
+    assert_eq!(
+        client.recv().await,
+        reply(Some("5"), "5", "room:a", "ok", json!({"topic": "room:a", "token": null}))
+    );
+    assert_eq!(
+        server.terminated.recv().await,
+        Some(("room:a".to_owned(), TerminateReason::DuplicateJoin))
+    );
+    assert_eq!(server.hub.room_size(&room_name("room:a")), 1);
+}
+
+#[tokio::test]
+async fn leave_replies_then_closes_and_later_pushes_are_unmatched() {
+    let mut server = server().await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    client
+        .send(json!(["1", "2", "room:a", "phx_leave", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "2", "room:a", "ok", json!({}))
+    );
+    assert_eq!(
+        client.recv().await,
+        json!(["1", "1", "room:a", "phx_close", {}])
+    );
+    assert_eq!(
+        server.terminated.recv().await,
+        Some(("room:a".to_owned(), TerminateReason::Left))
+    );
+    client
+        .send(json!(["1", "3", "room:a", "ping", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "3", "room:a", "error", json!({"reason": "unmatched topic"}))
+    );
+    assert_eq!(server.hub.room_size(&room_name("room:a")), 0);
+}
+
+#[tokio::test]
+async fn stop_replies_then_closes() {
+    let mut server = server().await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    client.send(json!(["1", "2", "room:a", "stop", {}])).await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "2", "room:a", "ok", json!({"bye": true}))
+    );
+    assert_eq!(
+        client.recv().await,
+        json!(["1", "1", "room:a", "phx_close", {}])
+    );
+    assert_eq!(
+        server.terminated.recv().await,
+        Some(("room:a".to_owned(), TerminateReason::Stopped))
+    );
+}
+
+#[tokio::test]
+async fn a_crashing_channel_errors_alone() {
+    let mut server = server().await;
+    let mut client = Client::connect(&server).await;
+    let mut bystander = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    client.join("room:b", "2", "ann").await;
+    bystander.join("room:a", "1", "bob").await;
+    assert_eq!(client.recv().await[3], "presence_diff");
+
+    client.send(json!(["1", "3", "room:a", "crash", {}])).await;
+    assert_eq!(
+        client.recv().await,
+        json!(["1", "1", "room:a", "phx_error", {}])
+    );
+    assert_eq!(
+        server.terminated.recv().await,
+        Some(("room:a".to_owned(), TerminateReason::Crashed))
+    );
+    // The bystander sees ann leave; its socket and ann's other channel go on.
+    let diff = bystander.recv().await;
+    assert!(diff[4]["leaves"].get("ann").is_some(), "{diff}");
+    client.send(json!(["2", "4", "room:b", "ping", {}])).await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("2"), "4", "room:b", "ok", json!({}))
+    );
+    bystander
+        .send(json!(["1", "2", "room:a", "ping", {}]))
+        .await;
+    assert_eq!(
+        bystander.recv().await,
+        reply(Some("1"), "2", "room:a", "ok", json!({}))
+    );
+    // A join that panics is refused as Phoenix refuses it.
+    client
+        .send(json!(["5", "5", "room:crash", "phx_join", {"user": "ann"}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("5"), "5", "room:crash", "error", json!({"reason": "join crashed"}))
+    );
+}
+
+#[tokio::test]
+async fn presence_state_and_diffs_with_two_sockets_per_key() {
+    let server = server().await;
+    let mut watcher = Client::connect(&server).await;
+    watcher.join("room:p", "1", "watcher").await;
+    let mut phone = Client::connect(&server).await;
+    let mut laptop = Client::connect(&server).await;
+    phone.join("room:p", "1", "ann").await;
+    let diff = watcher.recv().await;
+    assert_eq!(diff[3], "presence_diff");
+    assert_eq!(diff[4]["leaves"], json!({}));
+    let phone_ref = diff[4]["joins"]["ann"]["metas"][0]["phx_ref"].clone();
+
+    let (_, state) = laptop.join("room:p", "1", "ann").await;
+    let metas = state["ann"]["metas"].as_array().cloned().unwrap_or_default();
+    assert_eq!(metas.len(), 2, "two sockets, one key: {state}");
+    assert!(state.get("watcher").is_some());
+    let diff = watcher.recv().await;
+    let laptop_ref = diff[4]["joins"]["ann"]["metas"][0]["phx_ref"].clone();
+    assert_ne!(phone_ref, laptop_ref);
+    assert_eq!(phone.recv().await, diff, "one encoding for every subscriber");
+
+    // Closing the phone leaves its meta only.
+    drop(phone);
+    let diff = watcher.recv().await;
+    assert_eq!(
+        diff,
+        json!([null, null, "room:p", "presence_diff", {
+            "joins": {},
+            "leaves": {"ann": {"metas": [{"device": null, "phx_ref": phone_ref}]}}
+        }])
+    );
+    let state = server_presence(&server).await;
+    assert_eq!(state["ann"]["metas"].as_array().map(Vec::len), Some(1));
+}
+
+/// The presence list as seen by a fresh joiner.
+async fn server_presence(server: &Server) -> Value {
+    let mut client = Client::connect(server).await;
+    let (_, state) = client.join("room:p", "9", "probe").await;
+    state
+}
+
+#[tokio::test]
+async fn binary_push_gets_a_binary_reply_and_binary_broadcasts() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:bin", "12", "ann").await;
+    // serializer.js binaryEncode: kind 0, sizes of join_ref, ref, topic, event.
+    let mut push = vec![0u8, 2, 3, 8, 4];
+    push.extend_from_slice(b"12123room:binping");
+    push.extend_from_slice(&[0, 1, 2, 255]);
+    client.send_raw(WsMessage::binary(push)).await;
+    let mut expected = vec![1u8, 2, 3, 8, 2];
+    expected.extend_from_slice(b"12123room:binok");
+    expected.extend_from_slice(&[0, 1, 2, 255]);
+    assert_eq!(client.recv_binary().await, expected);
+
+    let mut shout = vec![0u8, 2, 1, 8, 5];
+    shout.extend_from_slice(b"127room:binshout");
+    shout.extend_from_slice(b"raw");
+    client.send_raw(WsMessage::binary(shout)).await;
+    let mut expected = vec![2u8, 8, 5];
+    expected.extend_from_slice(b"room:binshoutraw");
+    assert_eq!(client.recv_binary().await, expected);
+}
+
+#[tokio::test]
+async fn malformed_messages_get_an_error_reply_or_a_close_and_spare_other_sockets() {
+    let server = server().await;
+    let mut bystander = Client::connect(&server).await;
+    bystander.join("room:a", "1", "bob").await;
+
+    let mut client = Client::connect(&server).await;
+    // Readable ref and topic: an error reply.
+    client
+        .send(json!(["1", "2", "room:a", 5, {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "2", "room:a", "error", json!({"reason": "malformed message: event must be a string"}))
+    );
+    client.send(json!(["1", "3", "room:a"])).await;
+    let answer = client.recv().await;
+    assert_eq!(answer[4]["status"], "error");
+    // Unreadable: a close with the reason.
+    client
+        .send_raw(WsMessage::text("{not json"))
+        .await;
+    let (code, reason) = client.closed_with().await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.starts_with("malformed message: invalid json"), "{reason}");
+
+    let mut client = Client::connect(&server).await;
+    client.send_raw(WsMessage::binary(vec![9u8, 1, 2])).await;
+    let (code, reason) = client.closed_with().await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("kind 9"), "{reason}");
+
+    let mut client = Client::connect(&server).await;
+    client.send_raw(WsMessage::binary(vec![0u8, 200, 0, 0, 0])).await;
+    let (code, _) = client.closed_with().await;
+    assert_eq!(code, CloseCode::Policy);
+
+    bystander
+        .send(json!(["1", "2", "room:a", "ping", {}]))
+        .await;
+    assert_eq!(
+        bystander.recv().await,
+        reply(Some("1"), "2", "room:a", "ok", json!({}))
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_close_with_1009() {
+    let mut config = HubConfig::default();
+    config.max_message_size = 1024;
+    let server = server_with(config, ChannelsConfig::default()).await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    let big = "x".repeat(2048);
+    client
+        .send(json!(["1", "2", "room:a", "ping", {"big": big}]))
+        .await;
+    let (code, _) = client.closed_with().await;
+    assert_eq!(code, CloseCode::Size);
+}
+
+#[tokio::test]
+async fn joins_per_socket_are_limited() {
+    let mut config = ChannelsConfig::default();
+    config.max_channels = 2;
+    let server = server_with(HubConfig::default(), config).await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    client.join("room:b", "2", "ann").await;
+    client
+        .send(json!(["3", "3", "room:c", "phx_join", {"user": "ann"}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("3"), "3", "room:c", "error", json!({"reason": "too many channels"}))
+    );
+}
+
+#[tokio::test]
+async fn connect_refusals_answer_403_before_the_upgrade() {
+    let server = server().await;
+    for query in ["vsn=2.0.0&token=bad", "vsn=1.0.0"] {
+        match Client::connect_query(&server, query).await {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{query}");
+            }
+            Err(other) => panic!("{query}: {other}"),
+            Ok(_) => panic!("{query}: connected"),
+        }
+    }
+    assert_eq!(server.hub.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn closing_a_socket_terminates_its_channels_and_leaves_the_rooms() {
+    let mut server = server().await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    client.join("room:b", "2", "ann").await;
+    client.ws.close(None).await.unwrap();
+    let mut reasons = vec![
+        within("terminate", server.terminated.recv()).await,
+        within("terminate", server.terminated.recv()).await,
+    ];
+    reasons.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    assert_eq!(
+        reasons,
+        vec![
+            Some(("room:a".to_owned(), TerminateReason::Closed)),
+            Some(("room:b".to_owned(), TerminateReason::Closed)),
+        ]
+    );
+    within("unregister", async {
+        while server.hub.connection_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(server.hub.room_size(&room_name("room:a")), 0);
+}
+
+#[tokio::test]
+async fn endpoint_broadcasts_from_outside_a_channel() {
+    let hub = Hub::new(HubConfig::default());
+    let (terminated, _rx) = unbounded_channel();
+    let channels = Channels::new(hub.clone()).channel("room:*", Room { terminated });
+    let endpoint = channels.endpoint();
+    let app: axum::Router = channels.into_router();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve_hub = hub.clone();
+    tokio::spawn(async move {
+        let _ =
+            switchboard::serve_with_shutdown(listener, app, &serve_hub, std::future::pending::<()>())
+                .await;
+    });
+    let (_tx, terminated) = unbounded_channel();
+    let server = Server {
+        addr,
+        hub,
+        terminated,
+    };
+    let mut client = Client::connect(&server).await;
+    client.join("room:news", "1", "ann").await;
+    assert_eq!(endpoint.subscribers("room:news"), 1);
+    let report = endpoint
+        .broadcast("room:news", "headline", json!({"text": "hi"}))
+        .unwrap();
+    assert_eq!(report.queued, 1);
+    assert_eq!(
+        client.recv().await,
+        json!([null, null, "room:news", "headline", {"text": "hi"}])
+    );
+    assert_eq!(
+        endpoint.presence().list("room:news")["ann"]["metas"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}

@@ -1,0 +1,338 @@
+//! permessage-deflate end to end: negotiated by each server upgrade path and by the
+//! client, messages compressed on the wire both ways, the client's 1010 on an answer it
+//! cannot honour, and the message limit held on the inflated size.
+
+use axum::{Router, response::Response, routing::get};
+use bytes::BytesMut;
+use std::{net::SocketAddr, time::Duration};
+use switchboard::{
+    CloseCode, Compression, Error, Message, WebSocketConfig,
+    axum::WebSocketUpgrade,
+    client::{ClientConfig, ConnectError, connect_with},
+    proto::{
+        Decoder, Frame, Limits, OpCode, Role,
+        deflate::{DeflateParams, Deflater},
+        handshake::{ClientHandshakeError, http1},
+    },
+    upgrade::{AcceptConfig, accept_with},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const MODES: [Compression; 3] = [
+    Compression::Dedicated {
+        window_bits: 15,
+        level: 6,
+        threshold: 0,
+    },
+    Compression::Dedicated {
+        window_bits: 9,
+        level: 1,
+        threshold: 100,
+    },
+    Compression::Shared {
+        level: 6,
+        threshold: 0,
+    },
+];
+
+fn config(compression: Compression) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(64 << 20)
+        .close_timeout(Duration::from_secs(2))
+        .compression(compression)
+}
+
+/// An echo server on the raw accept path.
+async fn raw_echo(compression: Compression) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut accept = AcceptConfig::default();
+    accept.websocket = config(compression);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let accept = accept.clone();
+            tokio::spawn(async move {
+                let Ok((mut ws, _)) = accept_with(tcp, &accept).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.recv().await {
+                    if message.is_data() && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An echo server on the axum (hence hyper) upgrade path.
+async fn axum_echo(compression: Compression) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route(
+        "/",
+        get(move |upgrade: WebSocketUpgrade| async move {
+            let response: Response = upgrade
+                .config(config(compression))
+                .on_upgrade(|mut ws| async move {
+                    while let Some(Ok(message)) = ws.recv().await {
+                        if message.is_data() && ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            response
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn client(compression: Compression) -> ClientConfig {
+    let mut client = ClientConfig::default();
+    client.websocket = config(compression);
+    client
+}
+
+/// Compressible text of `len` bytes, with multi-byte characters.
+fn text_of(len: usize) -> String {
+    let mut text: String = "ünïcödé and ascii, ".chars().cycle().take(len).collect();
+    while text.len() > len {
+        text.pop();
+    }
+    let pad = len - text.len();
+    text + &"x".repeat(pad)
+}
+
+async fn echo_every_size(addr: SocketAddr, compression: Compression) {
+    let (mut ws, response) = connect_with(&format!("ws://{addr}/"), &client(compression))
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["sec-websocket-extensions"]
+            .to_str()
+            .unwrap()
+            .starts_with("permessage-deflate"),
+    );
+    for len in [0, 1, 99, 100, 1000, 65_536, 1 << 20, 16 << 20] {
+        let text = text_of(len);
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(text));
+        let binary: Vec<u8> = (0..len).map(|i| (i % 7) as u8).collect();
+        ws.send(Message::binary(binary.clone())).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::binary(binary));
+    }
+    ws.close(CloseCode::NORMAL, "done").await.unwrap();
+}
+
+#[tokio::test]
+async fn raw_accept_negotiates_and_echoes_in_every_mode() {
+    for mode in MODES {
+        echo_every_size(raw_echo(mode).await, mode).await;
+    }
+}
+
+#[tokio::test]
+async fn axum_upgrade_negotiates_and_echoes() {
+    for mode in MODES {
+        echo_every_size(axum_echo(mode).await, mode).await;
+    }
+}
+
+#[tokio::test]
+async fn shared_mode_answers_without_context_takeover() {
+    let addr = raw_echo(Compression::shared()).await;
+    let (_ws, response) = connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
+        .await
+        .unwrap();
+    let answer = response.headers()["sec-websocket-extensions"].to_str().unwrap();
+    assert!(answer.contains("server_no_context_takeover"), "{answer}");
+    assert!(answer.contains("client_no_context_takeover"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_disabled_server_declines_and_the_client_goes_uncompressed() {
+    let addr = raw_echo(Compression::Disabled).await;
+    let (mut ws, response) = connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
+        .await
+        .unwrap();
+    assert!(!response.headers().contains_key("sec-websocket-extensions"));
+    let text = text_of(10_000);
+    ws.send(Message::text(text.clone())).await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(text));
+}
+
+/// A server that answers any handshake with `extensions`, then reports the first frame
+/// the client sends.
+async fn answering(extensions: &'static str) -> (SocketAddr, tokio::task::JoinHandle<Option<Message>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let (request, len) = loop {
+            if let Some(head) = http1::parse_request(&buf).unwrap() {
+                break head;
+            }
+            tcp.read_buf(&mut buf).await.unwrap();
+        };
+        let _ = buf.split_to(len);
+        let mut handshake =
+            switchboard::proto::handshake::ServerHandshake::from_request(&request).unwrap();
+        handshake.set_extensions(http::HeaderValue::from_static(extensions));
+        let mut out = Vec::new();
+        http1::write_response(&handshake.response(), &mut out);
+        tcp.write_all(&out).await.unwrap();
+        let mut decoder = Decoder::new(Role::Server, Limits::default());
+        loop {
+            if let Ok(Some(message)) = decoder.decode(&mut buf) {
+                return Some(message);
+            }
+            if tcp.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn the_client_fails_with_1010_on_an_answer_it_did_not_offer() {
+    for (answer, expected) in [
+        (
+            "permessage-deflate; server_max_window_bits=16",
+            "invalid value",
+        ),
+        ("permessage-deflate; bogus", "not defined"),
+        ("x-other", "not offered"),
+    ] {
+        let (addr, server) = answering(answer).await;
+        let error = connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConnectError::Handshake(ClientHandshakeError::Deflate(_))
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(expected), "{error}");
+        let Some(Message::Close(Some(close))) = server.await.unwrap() else {
+            panic!("no close frame for {answer}");
+        };
+        assert_eq!(close.code, CloseCode::EXTENSION_REQUIRED);
+    }
+}
+
+#[tokio::test]
+async fn a_deflate_bomb_closes_with_1009_without_inflating_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut accept = AcceptConfig::default();
+        accept.websocket = config(Compression::dedicated()).max_message_size(1 << 20);
+        let (mut ws, _) = accept_with(tcp, &accept).await.unwrap();
+        ws.recv().await.unwrap()
+    });
+    // The client runs the handshake, then sends a frame crafted by hand: 64 MiB of
+    // zeros, compressed to about 64 KiB.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let handshake = switchboard::proto::handshake::ClientHandshake::new(
+        &format!("ws://{addr}/").parse().unwrap(),
+        [3; 16],
+    )
+    .unwrap()
+    .with_deflate(Compression::dedicated().deflate_config().unwrap());
+    let mut out = Vec::new();
+    http1::write_request(&handshake.request(), &mut out);
+    tcp.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let (response, len) = loop {
+        if let Some(head) = http1::parse_response(&buf).unwrap() {
+            break head;
+        }
+        tcp.read_buf(&mut buf).await.unwrap();
+    };
+    let _ = buf.split_to(len);
+    let params: DeflateParams = handshake
+        .validate_response(&response)
+        .unwrap()
+        .deflate()
+        .unwrap();
+    let mut deflater = Deflater::new(&params, Role::Client, 9);
+    let bomb = deflater.frame(OpCode::Binary, &vec![0u8; 64 << 20]).unwrap();
+    assert!(bomb.payload.len() < 100 << 10, "{}", bomb.payload.len());
+    let mut wire = BytesMut::new();
+    bomb.masked([1, 2, 3, 4]).write_to(&mut wire);
+    tcp.write_all(&wire).await.unwrap();
+    let error = server.await.unwrap().unwrap_err();
+    assert!(matches!(error, Error::Protocol(_)), "{error:?}");
+    assert_eq!(error.close_code(), CloseCode::MESSAGE_TOO_BIG);
+    // The client reads the server's close frame: 1009.
+    let mut decoder = Decoder::new(Role::Client, Limits::default());
+    let close = loop {
+        if let Some(message) = decoder.decode(&mut buf).unwrap() {
+            break message;
+        }
+        assert_ne!(tcp.read_buf(&mut buf).await.unwrap(), 0);
+    };
+    let Message::Close(Some(close)) = close else {
+        panic!("{close:?}");
+    };
+    assert_eq!(close.code, CloseCode::MESSAGE_TOO_BIG);
+}
+
+#[tokio::test]
+async fn frames_on_the_wire_carry_rsv1_and_control_frames_do_not() {
+    // Our server, a hand-driven client: the server's frames are read raw.
+    let addr = raw_echo(Compression::shared()).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let handshake = switchboard::proto::handshake::ClientHandshake::new(
+        &format!("ws://{addr}/").parse().unwrap(),
+        [5; 16],
+    )
+    .unwrap()
+    .with_deflate(Default::default());
+    let mut out = Vec::new();
+    http1::write_request(&handshake.request(), &mut out);
+    tcp.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let (response, len) = loop {
+        if let Some(head) = http1::parse_response(&buf).unwrap() {
+            break head;
+        }
+        tcp.read_buf(&mut buf).await.unwrap();
+    };
+    let _ = buf.split_to(len);
+    let params = handshake.validate_response(&response).unwrap().deflate().unwrap();
+    assert!(params.server_no_context_takeover);
+    let mut wire = BytesMut::new();
+    Frame::text("a".repeat(5000)).masked([9, 9, 9, 9]).write_to(&mut wire);
+    Frame::ping("p").masked([9, 9, 9, 9]).write_to(&mut wire);
+    tcp.write_all(&wire).await.unwrap();
+    // The pong comes first or second; the echo is compressed, the pong is not.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        while let Ok(Some((header, header_len))) = switchboard::proto::FrameHeader::parse(&buf) {
+            let total = header_len + header.payload_len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let _ = buf.split_to(total);
+            seen.push((header.opcode, header.rsv1, header.payload_len));
+        }
+        if seen.len() < 2 {
+            assert_ne!(tcp.read_buf(&mut buf).await.unwrap(), 0);
+        }
+    }
+    seen.sort_by_key(|(op, ..)| op.as_u8());
+    assert_eq!(seen[0].0, OpCode::Text);
+    assert!(seen[0].1 && seen[0].2 < 100, "{seen:?}");
+    assert_eq!(seen[1], (OpCode::Pong, false, 1));
+}

@@ -1,0 +1,259 @@
+//! The hub's keepalive sweeper over real TCP: a client that answers pings stays
+//! connected and its round trip is measured; one that never answers is closed with 1001
+//! "pong timeout" within `ping_interval + pong_timeout` and a little slack.
+
+mod common;
+
+use axum::Router;
+use common::{RawReader, handshake_request, read_response, within};
+use futures_util::StreamExt;
+use http::StatusCode;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+use switchboard::{
+    CloseCode, Message,
+    hub::{Connection, ConnectionId, ConnectionState, Handler, Hub, HubConfig},
+};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::{
+        mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+        oneshot,
+    },
+    task::JoinHandle,
+};
+use tokio_tungstenite::{
+    client_async,
+    tungstenite::{Message as TMessage, client::IntoClientRequest},
+};
+
+const PING_INTERVAL: Duration = Duration::from_millis(100);
+const PONG_TIMEOUT: Duration = Duration::from_millis(200);
+/// Scheduling noise allowed on top of the configured times (the sweeper ticks every
+/// quarter of the shorter one).
+const SLACK: Duration = Duration::from_millis(700);
+
+#[derive(Debug)]
+enum Event {
+    Open(Connection, Instant),
+    Pong(ConnectionId),
+    Close(ConnectionId, CloseCode, String, Instant),
+}
+
+struct Recorder(UnboundedSender<Event>);
+
+impl Handler for Recorder {
+    async fn on_open(&self, conn: &Connection) {
+        let _ = self.0.send(Event::Open(conn.clone(), Instant::now()));
+    }
+
+    async fn on_pong(&self, conn: &Connection, _payload: &[u8]) {
+        let _ = self.0.send(Event::Pong(conn.id()));
+    }
+
+    async fn on_close(&self, conn: &Connection, code: CloseCode, reason: &str) {
+        let closed = Event::Close(conn.id(), code, reason.to_owned(), Instant::now());
+        let _ = self.0.send(closed);
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    hub: Hub,
+    events: UnboundedReceiver<Event>,
+    _stop: oneshot::Sender<()>,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.served.abort();
+    }
+}
+
+async fn start() -> TestServer {
+    let mut config = HubConfig::default();
+    config.ping_interval = PING_INTERVAL;
+    config.pong_timeout = PONG_TIMEOUT;
+    config.close_timeout = Duration::from_millis(300);
+    let hub = Hub::new(config);
+    let (tx, events) = unbounded_channel();
+    let app = Router::new().route("/ws", switchboard::ws(hub.clone(), Recorder(tx)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            switchboard::serve_with_shutdown(listener, app, &hub, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    TestServer {
+        addr,
+        hub,
+        events,
+        _stop: stop,
+        served,
+    }
+}
+
+impl TestServer {
+    async fn open(&mut self) -> (Connection, Instant) {
+        match within("on_open", self.events.recv()).await.unwrap() {
+            Event::Open(conn, at) => (conn, at),
+            other => panic!("expected on_open, got {other:?}"),
+        }
+    }
+
+    /// Events that arrived so far, without waiting.
+    fn arrived(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected_and_is_measured() {
+    let mut server = start().await;
+    let request = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, _) = within("handshake", client_async(request, tcp))
+        .await
+        .unwrap();
+    let (conn, opened) = server.open().await;
+    assert_eq!(conn.last_ping(), None);
+    assert_eq!(conn.rtt(), None);
+
+    // An idle client: it only reads, and tungstenite answers each ping as it reads.
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let client = tokio::spawn(async move {
+        let mut pings = 0;
+        loop {
+            tokio::select! {
+                message = client.next() => match message {
+                    Some(Ok(TMessage::Ping(_))) => pings += 1,
+                    other => panic!("the idle client got {other:?}"),
+                },
+                _ = &mut stopped => return (client, pings),
+            }
+        }
+    });
+    // Staying connected over time is the behaviour under test: ten ping intervals.
+    tokio::time::sleep(PING_INTERVAL * 12).await;
+    stop.send(()).unwrap();
+    let (mut client, pings) = within("client", client).await.unwrap();
+
+    let events = server.arrived();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Close(..))),
+        "closed: {events:?}"
+    );
+    assert_eq!(conn.state(), ConnectionState::Open);
+    assert!(server.hub.connection(conn.id()).is_some());
+    let pongs = events
+        .iter()
+        .filter(|e| matches!(e, Event::Pong(id) if *id == conn.id()))
+        .count();
+    assert!(pings >= 4, "only {pings} pings in 1.2 s");
+    assert!(pongs >= 4, "only {pongs} pongs reached on_pong");
+
+    let last_ping = conn.last_ping().expect("a ping was sent");
+    let last_pong = conn.last_pong().expect("a pong arrived");
+    let rtt = conn.rtt().expect("the round trip was measured");
+    assert!(last_ping > opened && last_pong > opened);
+    assert!(last_ping <= Instant::now() && last_pong <= Instant::now());
+    assert!(rtt > Duration::ZERO && rtt < PONG_TIMEOUT, "rtt {rtt:?}");
+
+    // Still usable.
+    conn.send(Message::text("still here")).unwrap();
+    loop {
+        match within("message", client.next()).await.unwrap().unwrap() {
+            TMessage::Text(text) => break assert_eq!(text.as_str(), "still here"),
+            TMessage::Ping(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed_with_pong_timeout() {
+    let mut server = start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let (response, rest) = read_response(&mut tcp).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let (conn, opened) = server.open().await;
+
+    // The client reads (so nothing backs up) but never answers.
+    let mut reader = RawReader::new(rest);
+    let mut pings = 0;
+    let close = loop {
+        match reader.message(&mut tcp).await {
+            Message::Ping(_) => pings += 1,
+            Message::Close(frame) => break frame.expect("a close code"),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(pings, 1, "one ping, then the timeout");
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::GOING_AWAY, "pong timeout")
+    );
+
+    let (code, reason, closed) = loop {
+        match within("on_close", server.events.recv()).await.unwrap() {
+            Event::Close(id, code, reason, at) if id == conn.id() => break (code, reason, at),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::GOING_AWAY, "pong timeout")
+    );
+    let took = closed - opened;
+    // `on_open` runs just after the hub starts the connection's idle clock.
+    assert!(
+        took + Duration::from_millis(10) >= PING_INTERVAL + PONG_TIMEOUT,
+        "closed after {took:?}, before the deadline"
+    );
+    assert!(
+        took <= PING_INTERVAL + PONG_TIMEOUT + SLACK,
+        "closed after {took:?}"
+    );
+    assert!(conn.last_ping().is_some());
+    assert_eq!(conn.last_pong(), None);
+    assert_eq!(conn.rtt(), None);
+    assert_eq!(conn.state(), ConnectionState::Closed);
+    // The server then closes the socket.
+    common::assert_eof(&mut tcp).await;
+}
+
+/// A client that sends data keeps its connection alive without being pinged.
+#[tokio::test]
+async fn a_busy_client_is_not_pinged() {
+    let mut server = start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let (response, _rest) = read_response(&mut tcp).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let (conn, _) = server.open().await;
+    let started = Instant::now();
+    while started.elapsed() < PING_INTERVAL * 6 {
+        // A masked, empty text frame every tenth of the ping interval.
+        tcp.write_all(&[0x81, 0x80, 1, 2, 3, 4]).await.unwrap();
+        tokio::time::sleep(PING_INTERVAL / 10).await;
+    }
+    assert_eq!(conn.last_ping(), None, "a busy connection was pinged");
+    assert_eq!(conn.state(), ConnectionState::Open);
+}
