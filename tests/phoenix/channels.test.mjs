@@ -26,6 +26,13 @@ const BINARY =
   path.join(here, "..", "..", "target", "release", "examples", "channels");
 const STEP_MS = 10_000;
 
+// Servers still running when this process exits (a crash, a cancelled run) are
+// killed too, so that none outlives the tests.
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /** A free port on the loopback interface. */
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -49,6 +56,8 @@ function startServer(port) {
   const child = spawn(BINARY, ["--addr", `127.0.0.1:${port}`], {
     stdio: ["ignore", "pipe", "inherit"],
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill("SIGKILL");

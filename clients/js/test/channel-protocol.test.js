@@ -25,8 +25,10 @@ function fakeWebSocket() {
     send(data) {
       this.sent.push(typeof data === 'string' ? JSON.parse(data) : data);
     }
-    close() {
+    close(code = 1000, reason = '') {
+      if (this.readyState === 3) return;
       this.readyState = 3;
+      setTimeout(() => this.onclose?.({ code, reason, wasClean: true }), 0);
     }
     /** Delivers a frame from the "server". */
     receive(message) {

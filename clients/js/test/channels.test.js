@@ -134,7 +134,7 @@ describe('against the channels example', { skip }, () => {
     await until(() => joins === 1, { what: 'the join' });
 
     const closed = next(socket, 'close', { timeoutMs: 3_000 });
-    running.pause();
+    await running.pause();
     let close;
     let push;
     try {
@@ -157,8 +157,9 @@ describe('against the channels example', { skip }, () => {
     socket.on('reconnecting', (retry) => retries.push(retry));
     await until(() => retries.length >= 3, { what: 'three refused attempts' });
     assert.equal(socket.isConnected(), false);
+    const opened = next(socket, 'open', { timeoutMs: 3_000 });
     token = 's3cret';
-    await next(socket, 'open', { timeoutMs: 3_000 });
+    await opened;
     const channel = socket.channel('room:vip', { user: 'vic' });
     assert.deepEqual(await channel.join(), {});
   });

@@ -4,7 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
@@ -26,8 +26,12 @@ export function exampleBinary(name) {
   return process.env[`SWITCHBOARD_${name.toUpperCase()}`] ?? join(repo, 'target', 'release', 'examples', name);
 }
 
+/**
+ * Whether tests of this example can run. A path given in the environment counts as
+ * present: a run that names it (CI) fails when it is missing instead of skipping.
+ */
 export function hasExample(name) {
-  return existsSync(exampleBinary(name));
+  return process.env[`SWITCHBOARD_${name.toUpperCase()}`] !== undefined || existsSync(exampleBinary(name));
 }
 
 /** A port nothing listens on right now (the kernel's pick, released at once). */
@@ -73,9 +77,20 @@ export async function startExample(name, port, args = []) {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       return exited;
     },
-    pause: () => child.kill('SIGSTOP'),
+    /** SIGSTOP, resolved once every thread has stopped: the signal is asynchronous. */
+    async pause() {
+      child.kill('SIGSTOP');
+      await until(() => processState(child.pid) === 'T', { what: `${name} stopped`, timeoutMs: 2_000 });
+    },
     resume: () => child.kill('SIGCONT'),
   };
+}
+
+// The state letter of /proc/PID/stat (R running, S sleeping, T stopped, …), after the
+// command name in parentheses, which may itself contain spaces.
+function processState(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
 }
 
 function accepts(port) {

@@ -91,9 +91,8 @@ fn decode(c: &mut Criterion) {
                     wire
                 })
                 .collect();
-            let new_decoder = || {
-                Decoder::new(Role::Server, Limits::default()).with_deflate(&agreed)
-            };
+            let new_decoder =
+                || Decoder::new(Role::Server, Limits::default()).with_deflate(&agreed);
             let mut decoder = new_decoder();
             let mut next = 0;
             group.bench_function(BenchmarkId::new(name, len), |b| {

@@ -335,7 +335,8 @@ impl Decoder {
                         let text = fragments.opcode == OpCode::Text;
                         let (inflater, utf8) = (&mut self.inflater, &mut self.utf8);
                         let max = self.limits.max_message_size;
-                        inflate(inflater, utf8, max, &payload, header.fin, text, data)?;
+                        let end = if header.fin { End::Last } else { End::More };
+                        inflate(inflater, utf8, max, &payload, end, text, data)?;
                     }
                 }
                 if !header.fin {
@@ -357,7 +358,8 @@ impl Decoder {
             let max = self.limits.max_message_size;
             let text = opcode == OpCode::Text;
             let (inflater, utf8) = (&mut self.inflater, &mut self.utf8);
-            inflate(inflater, utf8, max, &payload, header.fin, text, &mut data)?;
+            let end = if header.fin { End::Only } else { End::More };
+            inflate(inflater, utf8, max, &payload, end, text, &mut data)?;
             if header.fin {
                 return self.finish(opcode, Bytes::from(data)).map(Some);
             }
@@ -387,6 +389,17 @@ impl Decoder {
     }
 }
 
+/// Where a frame of a compressed message stands in it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// More frames follow.
+    More,
+    /// The last of several frames.
+    Last,
+    /// The message's only frame.
+    Only,
+}
+
 /// Inflates one frame of a compressed message into `data`, validating text as it
 /// comes out, and the tail after the last frame.
 fn inflate(
@@ -394,7 +407,7 @@ fn inflate(
     utf8: &mut Utf8Validator,
     max: usize,
     payload: &[u8],
-    fin: bool,
+    end: End,
     text: bool,
     data: &mut Vec<u8>,
 ) -> Result<(), ProtocolError> {
@@ -403,13 +416,13 @@ fn inflate(
         return Err(ProtocolError::NonZeroReservedBits);
     };
     let start = data.len();
-    let inflated = inflater.inflate(payload, data, max).and_then(|()| {
-        if fin {
-            inflater.finish(data, max)
-        } else {
-            Ok(())
-        }
-    });
+    let inflated = match end {
+        End::Only => inflater.inflate_message(payload, data, max),
+        End::More => inflater.inflate(payload, data, max),
+        End::Last => inflater
+            .inflate(payload, data, max)
+            .and_then(|()| inflater.finish(data, max)),
+    };
     inflated.map_err(|e| match e {
         InflateError::TooLarge => ProtocolError::MessageTooLarge { max },
         InflateError::Corrupt => ProtocolError::InvalidCompressedData,

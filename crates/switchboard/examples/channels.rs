@@ -108,7 +108,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let hub = Hub::new(HubConfig::default());
     let channels = Channels::new(hub.clone())
         .connect(move |info| {
-            let allowed = token.as_deref().is_none_or(|t| info.param("token") == Some(t));
+            let allowed = token
+                .as_deref()
+                .is_none_or(|t| info.param("token") == Some(t));
             async move {
                 if allowed {
                     Ok(Assigns::new())

@@ -21,19 +21,56 @@ use tokio::{net::TcpStream, process::Command, time::sleep};
 /// (label, echo arguments)
 const MODES: [(&str, &[&str]); 5] = [
     ("disabled", &[]),
-    ("dedicated w15 l6", &["--deflate", "dedicated", "--window-bits", "15", "--threshold", "1024"]),
-    ("dedicated w12 l6 (default)", &["--deflate", "dedicated", "--window-bits", "12", "--threshold", "1024"]),
-    ("dedicated w9 l6", &["--deflate", "dedicated", "--window-bits", "9", "--threshold", "1024"]),
+    (
+        "dedicated w15 l6",
+        &[
+            "--deflate",
+            "dedicated",
+            "--window-bits",
+            "15",
+            "--threshold",
+            "1024",
+        ],
+    ),
+    (
+        "dedicated w12 l6 (default)",
+        &[
+            "--deflate",
+            "dedicated",
+            "--window-bits",
+            "12",
+            "--threshold",
+            "1024",
+        ],
+    ),
+    (
+        "dedicated w9 l6",
+        &[
+            "--deflate",
+            "dedicated",
+            "--window-bits",
+            "9",
+            "--threshold",
+            "1024",
+        ],
+    ),
     ("shared l6", &["--deflate", "shared", "--threshold", "1024"]),
 ];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let echo = args.next().ok_or("usage: deflate_memory ECHO_BINARY [CONNECTIONS]")?;
+    let echo = args
+        .next()
+        .ok_or("usage: deflate_memory ECHO_BINARY [CONNECTIONS]")?;
     let count: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(1000);
     let message: String = (0..)
-        .map(|i| format!(r#"{{"event":"msg","ref":{i},"body":"hello from user {}"}},"#, i % 37))
+        .map(|i| {
+            format!(
+                r#"{{"event":"msg","ref":{i},"body":"hello from user {}"}},"#,
+                i % 37
+            )
+        })
         .take_while({
             let mut len = 0;
             move |s: &String| {

@@ -18,7 +18,9 @@ use switchboard::{
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().ok_or("usage: echo_client URL [--deflate MODE] [--sizes N,..]")?;
+    let url = args
+        .next()
+        .ok_or("usage: echo_client URL [--deflate MODE] [--sizes N,..]")?;
     let mut compression = Compression::Dedicated {
         window_bits: 15,
         level: 6,
@@ -39,10 +41,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 }
             }
             ("--sizes", Some(list)) => {
-                sizes = list
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?;
+                sizes = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
             }
             _ => return Err(format!("unexpected argument {arg}").into()),
         }
@@ -60,7 +59,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("{extensions}");
     for len in sizes {
         let text: String = "ünïcödé, ascii; ".chars().cycle().take(len).collect();
-        let text = text.get(..len).map(str::to_owned).unwrap_or_else(|| "x".repeat(len));
+        let text = text
+            .get(..len)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "x".repeat(len));
         let binary: Vec<u8> = (0..len).map(|i| (i % 13) as u8).collect();
         for message in [Message::text(text), Message::binary(binary)] {
             ws.send(message.clone()).await?;

@@ -39,6 +39,8 @@
 
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "axum")]
+pub mod channels;
 pub mod client;
 mod error;
 pub mod hub;

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
     channels::{
-        Assigns, Channel, Channels, ChannelsConfig, HandleIn, Out, Payload, Refused, Reply,
-        Socket, TerminateReason, room_name,
+        Assigns, Channel, Channels, ChannelsConfig, HandleIn, Out, Payload, Refused, Reply, Socket,
+        TerminateReason, room_name,
     },
     hub::{Hub, HubConfig},
 };
@@ -228,7 +228,12 @@ impl Client {
         let state = self.recv().await;
         assert_eq!(
             state.as_array().map(|a| a[..4].to_vec()),
-            Some(vec![json!(join_ref), json!(null), json!(topic), json!("presence_state")]),
+            Some(vec![
+                json!(join_ref),
+                json!(null),
+                json!(topic),
+                json!("presence_state")
+            ]),
             "the held push follows the reply: {state}"
         );
         // The own join diff, held during the join, arrives once subscribed.
@@ -246,7 +251,13 @@ async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
     }
 }
 
-fn reply(join_ref: Option<&str>, msg_ref: &str, topic: &str, status: &str, response: Value) -> Value {
+fn reply(
+    join_ref: Option<&str>,
+    msg_ref: &str,
+    topic: &str,
+    status: &str,
+    response: Value,
+) -> Value {
     json!([join_ref, msg_ref, topic, "phx_reply", {"status": status, "response": response}])
 }
 
@@ -295,7 +306,13 @@ async fn join_reply_echoes_refs_and_holds_pushes_until_after_it() {
         .await;
     assert_eq!(
         client.recv().await,
-        reply(Some("3"), "6", "room:lobby", "error", json!({"reason": "unknown event"}))
+        reply(
+            Some("3"),
+            "6",
+            "room:lobby",
+            "error",
+            json!({"reason": "unknown event"})
+        )
     );
 }
 
@@ -311,7 +328,13 @@ async fn refused_and_unmatched_joins() {
         .await;
     assert_eq!(
         client.recv().await,
-        reply(Some("1"), "1", "room:a", "error", json!({"reason": "user required"}))
+        reply(
+            Some("1"),
+            "1",
+            "room:a",
+            "error",
+            json!({"reason": "user required"})
+        )
     );
     // No channel serves the topic: as Phoenix, no join_ref.
     client
@@ -319,7 +342,13 @@ async fn refused_and_unmatched_joins() {
         .await;
     assert_eq!(
         client.recv().await,
-        reply(None, "2", "nowhere", "error", json!({"reason": "unmatched topic"}))
+        reply(
+            None,
+            "2",
+            "nowhere",
+            "error",
+            json!({"reason": "unmatched topic"})
+        )
     );
     // Topic parameters against the connect assigns.
     client
@@ -334,7 +363,13 @@ async fn refused_and_unmatched_joins() {
         .await;
     assert_eq!(
         client.recv().await,
-        reply(Some("4"), "4", "user:7", "error", json!({"reason": "unauthorized"}))
+        reply(
+            Some("4"),
+            "4",
+            "user:7",
+            "error",
+            json!({"reason": "unauthorized"})
+        )
     );
     // The refused join left nothing behind.
     assert_eq!(server.hub.room_size(&room_name("room:a")), 0);
@@ -345,12 +380,16 @@ async fn refused_and_unmatched_joins() {
 async fn push_before_join_gets_an_error_reply() {
     let server = server().await;
     let mut client = Client::connect(&server).await;
-    client
-        .send(json!(["1", "2", "room:a", "ping", {}]))
-        .await;
+    client.send(json!(["1", "2", "room:a", "ping", {}])).await;
     assert_eq!(
         client.recv().await,
-        reply(None, "2", "room:a", "error", json!({"reason": "unmatched topic"}))
+        reply(
+            None,
+            "2",
+            "room:a",
+            "error",
+            json!({"reason": "unmatched topic"})
+        )
     );
     // A leave of a topic not joined is answered ok, as Phoenix does.
     client
@@ -375,7 +414,8 @@ async fn broadcasts_reach_every_subscriber_and_broadcast_from_skips_the_sender()
     let diff = ann.recv().await;
     assert_eq!(diff[3], "presence_diff");
 
-    ann.send(json!(["1", "2", "room:a", "shout", {"hi": 1}])).await;
+    ann.send(json!(["1", "2", "room:a", "shout", {"hi": 1}]))
+        .await;
     let expected = json!([null, null, "room:a", "shout", {"hi": 1}]);
     assert_eq!(ann.recv().await, expected);
     assert_eq!(bob.recv().await, expected);
@@ -435,7 +475,13 @@ async fn duplicate_join_closes_the_old_channel_first() {
     // the new join is answered.
     assert_eq!(
         client.recv().await,
-        reply(Some("5"), "5", "room:a", "ok", json!({"topic": "room:a", "token": null}))
+        reply(
+            Some("5"),
+            "5",
+            "room:a",
+            "ok",
+            json!({"topic": "room:a", "token": null})
+        )
     );
     assert_eq!(
         server.terminated.recv().await,
@@ -464,12 +510,16 @@ async fn leave_replies_then_closes_and_later_pushes_are_unmatched() {
         server.terminated.recv().await,
         Some(("room:a".to_owned(), TerminateReason::Left))
     );
-    client
-        .send(json!(["1", "3", "room:a", "ping", {}]))
-        .await;
+    client.send(json!(["1", "3", "room:a", "ping", {}])).await;
     assert_eq!(
         client.recv().await,
-        reply(None, "3", "room:a", "error", json!({"reason": "unmatched topic"}))
+        reply(
+            None,
+            "3",
+            "room:a",
+            "error",
+            json!({"reason": "unmatched topic"})
+        )
     );
     assert_eq!(server.hub.room_size(&room_name("room:a")), 0);
 }
@@ -534,7 +584,13 @@ async fn a_crashing_channel_errors_alone() {
         .await;
     assert_eq!(
         client.recv().await,
-        reply(Some("5"), "5", "room:crash", "error", json!({"reason": "join crashed"}))
+        reply(
+            Some("5"),
+            "5",
+            "room:crash",
+            "error",
+            json!({"reason": "join crashed"})
+        )
     );
 }
 
@@ -552,13 +608,20 @@ async fn presence_state_and_diffs_with_two_sockets_per_key() {
     let phone_ref = diff[4]["joins"]["ann"]["metas"][0]["phx_ref"].clone();
 
     let (_, state) = laptop.join("room:p", "1", "ann").await;
-    let metas = state["ann"]["metas"].as_array().cloned().unwrap_or_default();
+    let metas = state["ann"]["metas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(metas.len(), 2, "two sockets, one key: {state}");
     assert!(state.get("watcher").is_some());
     let diff = watcher.recv().await;
     let laptop_ref = diff[4]["joins"]["ann"]["metas"][0]["phx_ref"].clone();
     assert_ne!(phone_ref, laptop_ref);
-    assert_eq!(phone.recv().await, diff, "one encoding for every subscriber");
+    assert_eq!(
+        phone.recv().await,
+        diff,
+        "one encoding for every subscriber"
+    );
 
     // Closing the phone leaves its meta only.
     drop(phone);
@@ -613,23 +676,28 @@ async fn malformed_messages_get_an_error_reply_or_a_close_and_spare_other_socket
 
     let mut client = Client::connect(&server).await;
     // Readable ref and topic: an error reply.
-    client
-        .send(json!(["1", "2", "room:a", 5, {}]))
-        .await;
+    client.send(json!(["1", "2", "room:a", 5, {}])).await;
     assert_eq!(
         client.recv().await,
-        reply(Some("1"), "2", "room:a", "error", json!({"reason": "malformed message: event must be a string"}))
+        reply(
+            Some("1"),
+            "2",
+            "room:a",
+            "error",
+            json!({"reason": "malformed message: event must be a string"})
+        )
     );
     client.send(json!(["1", "3", "room:a"])).await;
     let answer = client.recv().await;
     assert_eq!(answer[4]["status"], "error");
     // Unreadable: a close with the reason.
-    client
-        .send_raw(WsMessage::text("{not json"))
-        .await;
+    client.send_raw(WsMessage::text("{not json")).await;
     let (code, reason) = client.closed_with().await;
     assert_eq!(code, CloseCode::Policy);
-    assert!(reason.starts_with("malformed message: invalid json"), "{reason}");
+    assert!(
+        reason.starts_with("malformed message: invalid json"),
+        "{reason}"
+    );
 
     let mut client = Client::connect(&server).await;
     client.send_raw(WsMessage::binary(vec![9u8, 1, 2])).await;
@@ -638,7 +706,9 @@ async fn malformed_messages_get_an_error_reply_or_a_close_and_spare_other_socket
     assert!(reason.contains("kind 9"), "{reason}");
 
     let mut client = Client::connect(&server).await;
-    client.send_raw(WsMessage::binary(vec![0u8, 200, 0, 0, 0])).await;
+    client
+        .send_raw(WsMessage::binary(vec![0u8, 200, 0, 0, 0]))
+        .await;
     let (code, _) = client.closed_with().await;
     assert_eq!(code, CloseCode::Policy);
 
@@ -679,7 +749,13 @@ async fn joins_per_socket_are_limited() {
         .await;
     assert_eq!(
         client.recv().await,
-        reply(Some("3"), "3", "room:c", "error", json!({"reason": "too many channels"}))
+        reply(
+            Some("3"),
+            "3",
+            "room:c",
+            "error",
+            json!({"reason": "too many channels"})
+        )
     );
 }
 
@@ -705,6 +781,8 @@ async fn closing_a_socket_terminates_its_channels_and_leaves_the_rooms() {
     client.join("room:a", "1", "ann").await;
     client.join("room:b", "2", "ann").await;
     client.ws.close(None).await.unwrap();
+    // Read the server's close so that the handshake completes at once.
+    while let Some(Ok(_)) = within("close", client.ws.next()).await {}
     let mut reasons = vec![
         within("terminate", server.terminated.recv()).await,
         within("terminate", server.terminated.recv()).await,
@@ -737,9 +815,13 @@ async fn endpoint_broadcasts_from_outside_a_channel() {
     let addr = listener.local_addr().unwrap();
     let serve_hub = hub.clone();
     tokio::spawn(async move {
-        let _ =
-            switchboard::serve_with_shutdown(listener, app, &serve_hub, std::future::pending::<()>())
-                .await;
+        let _ = switchboard::serve_with_shutdown(
+            listener,
+            app,
+            &serve_hub,
+            std::future::pending::<()>(),
+        )
+        .await;
     });
     let (_tx, terminated) = unbounded_channel();
     let server = Server {

@@ -76,15 +76,16 @@ async fn axum_echo(compression: Compression) -> SocketAddr {
     let app = Router::new().route(
         "/",
         get(move |upgrade: WebSocketUpgrade| async move {
-            let response: Response = upgrade
-                .config(config(compression))
-                .on_upgrade(|mut ws| async move {
-                    while let Some(Ok(message)) = ws.recv().await {
-                        if message.is_data() && ws.send(message).await.is_err() {
-                            return;
+            let response: Response =
+                upgrade
+                    .config(config(compression))
+                    .on_upgrade(|mut ws| async move {
+                        while let Some(Ok(message)) = ws.recv().await {
+                            if message.is_data() && ws.send(message).await.is_err() {
+                                return;
+                            }
                         }
-                    }
-                });
+                    });
             response
         }),
     );
@@ -118,6 +119,11 @@ async fn echo_every_size(addr: SocketAddr, compression: Compression) {
             .unwrap()
             .starts_with("permessage-deflate"),
     );
+    let agreed = ws.deflate().expect("deflate in force");
+    assert_eq!(
+        agreed.server_no_context_takeover,
+        matches!(compression, Compression::Shared { .. })
+    );
     for len in [0, 1, 99, 100, 1000, 65_536, 1 << 20, 16 << 20] {
         let text = text_of(len);
         ws.send(Message::text(text.clone())).await.unwrap();
@@ -149,7 +155,9 @@ async fn shared_mode_answers_without_context_takeover() {
     let (_ws, response) = connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
         .await
         .unwrap();
-    let answer = response.headers()["sec-websocket-extensions"].to_str().unwrap();
+    let answer = response.headers()["sec-websocket-extensions"]
+        .to_str()
+        .unwrap();
     assert!(answer.contains("server_no_context_takeover"), "{answer}");
     assert!(answer.contains("client_no_context_takeover"), "{answer}");
 }
@@ -157,10 +165,12 @@ async fn shared_mode_answers_without_context_takeover() {
 #[tokio::test]
 async fn a_disabled_server_declines_and_the_client_goes_uncompressed() {
     let addr = raw_echo(Compression::Disabled).await;
-    let (mut ws, response) = connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
-        .await
-        .unwrap();
+    let (mut ws, response) =
+        connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
+            .await
+            .unwrap();
     assert!(!response.headers().contains_key("sec-websocket-extensions"));
+    assert_eq!(ws.deflate(), None);
     let text = text_of(10_000);
     ws.send(Message::text(text.clone())).await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(text));
@@ -168,7 +178,9 @@ async fn a_disabled_server_declines_and_the_client_goes_uncompressed() {
 
 /// A server that answers any handshake with `extensions`, then reports the first frame
 /// the client sends.
-async fn answering(extensions: &'static str) -> (SocketAddr, tokio::task::JoinHandle<Option<Message>>) {
+async fn answering(
+    extensions: &'static str,
+) -> (SocketAddr, tokio::task::JoinHandle<Option<Message>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -266,7 +278,9 @@ async fn a_deflate_bomb_closes_with_1009_without_inflating_it() {
         .deflate()
         .unwrap();
     let mut deflater = Deflater::new(&params, Role::Client, 9);
-    let bomb = deflater.frame(OpCode::Binary, &vec![0u8; 64 << 20]).unwrap();
+    let bomb = deflater
+        .frame(OpCode::Binary, &vec![0u8; 64 << 20])
+        .unwrap();
     assert!(bomb.payload.len() < 100 << 10, "{}", bomb.payload.len());
     let mut wire = BytesMut::new();
     bomb.masked([1, 2, 3, 4]).write_to(&mut wire);
@@ -310,10 +324,16 @@ async fn frames_on_the_wire_carry_rsv1_and_control_frames_do_not() {
         tcp.read_buf(&mut buf).await.unwrap();
     };
     let _ = buf.split_to(len);
-    let params = handshake.validate_response(&response).unwrap().deflate().unwrap();
+    let params = handshake
+        .validate_response(&response)
+        .unwrap()
+        .deflate()
+        .unwrap();
     assert!(params.server_no_context_takeover);
     let mut wire = BytesMut::new();
-    Frame::text("a".repeat(5000)).masked([9, 9, 9, 9]).write_to(&mut wire);
+    Frame::text("a".repeat(5000))
+        .masked([9, 9, 9, 9])
+        .write_to(&mut wire);
     Frame::ping("p").masked([9, 9, 9, 9]).write_to(&mut wire);
     tcp.write_all(&wire).await.unwrap();
     // The pong comes first or second; the echo is compressed, the pong is not.

@@ -904,6 +904,37 @@ async fn protocol_violation_reports_on_error_then_1002() {
 }
 
 #[tokio::test]
+async fn a_message_over_max_message_size_closes_with_1009() {
+    let mut config = config();
+    config.max_message_size = 1024;
+    let mut server = start(config).await;
+    let mut client = connect(server.addr, "/ws").await;
+    let conn = server.events.open().await;
+    client.send(TMessage::text("x".repeat(1024))).await.unwrap();
+    server
+        .events
+        .wait(
+            "message at the limit",
+            |e| matches!(e, Event::Message(_, m, _) if m.len() == 1024),
+        )
+        .await;
+    client.send(TMessage::text("x".repeat(1025))).await.unwrap();
+    let frame = close_received(client).await.unwrap();
+    assert_eq!(close_code(&frame), 1009);
+    let (code, _) = server.events.close(conn.id()).await;
+    assert_eq!(code, CloseCode::MESSAGE_TOO_BIG);
+    server.events.drain();
+    let events = server.events.of(conn.id());
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Message(_, m, _) if m.len() > 1024)),
+        "the oversized message reached on_message"
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Error(..))));
+}
+
+#[tokio::test]
 async fn pings_from_the_client_reach_on_ping_and_are_answered() {
     let mut server = start(config()).await;
     let mut client = connect(server.addr, "/ws").await;

@@ -36,8 +36,10 @@ const MESSAGE: usize = 8 << 10;
 /// How far (in messages) a reading client may lag behind the sender. With the limit
 /// above, a reader that keeps up this well never reaches it.
 const WINDOW: usize = 3;
-/// Messages sent after the first drop, to watch the stalled connection stay bounded.
-const AFTER_FIRST_DROP: usize = 100;
+/// Drops to see before the stream ends: the stalled connection is watched while it
+/// stays at its limit. (The kernel's socket buffers may still take a little now and
+/// then, so drops need not be consecutive.)
+const DROPS: usize = 50;
 /// A bound on the stream, in case the stalled client's socket buffers never fill.
 const MAX_MESSAGES: usize = 20_000;
 
@@ -234,9 +236,9 @@ async fn drop_newest_bounds_a_stalled_client_and_spares_the_readers() {
     }
     assert_eq!(server.hub.room_size("room"), READERS + 1);
 
-    let mut first_drop = None;
+    let mut drops = 0;
     let mut most_buffered = 0;
-    let stream = send_stream(&server.hub, READERS, &mut acks, |seq, report| {
+    let stream = send_stream(&server.hub, READERS, &mut acks, |_, report| {
         // Every member is counted once: the readers queued, the stalled one maybe not.
         assert_eq!(report.queued + report.dropped, READERS + 1, "{report:?}");
         assert_eq!(report.closed, 0);
@@ -247,15 +249,13 @@ async fn drop_newest_bounds_a_stalled_client_and_spares_the_readers() {
             buffered <= LIMIT + MESSAGE,
             "{buffered} bytes buffered for the stalled client"
         );
-        if report.dropped == 1 && first_drop.is_none() {
-            first_drop = Some(seq);
-        }
-        first_drop.is_some_and(|first| seq >= first + AFTER_FIRST_DROP as u64)
+        drops += report.dropped;
+        drops == DROPS
     })
     .await;
 
     let dropped: usize = stream.reports.iter().map(|r| r.dropped).sum();
-    assert!(dropped > AFTER_FIRST_DROP / 2, "only {dropped} drops");
+    assert_eq!(dropped, DROPS);
     assert_eq!(stalled.dropped_messages(), dropped as u64);
     assert!(server.hub.metrics().dropped_messages >= dropped as u64);
     assert!(most_buffered > LIMIT / 2, "the limit was never approached");

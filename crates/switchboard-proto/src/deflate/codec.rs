@@ -1,8 +1,9 @@
 //! Compressing and inflating message payloads (RFC 7692 §6, §7.2).
 //!
 //! Both sides keep their zlib state only while the agreement needs it: with context
-//! takeover it lives as long as the connection, without it the state is dropped at the
-//! end of each message, so an idle connection holds none.
+//! takeover it lives as long as the connection; without it, nothing carries from one
+//! message to the next, so a connection holds no state at all and borrows one of its
+//! thread's for the length of a call (see [`SCRATCH_DEFLATERS`]).
 
 use super::negotiate::DeflateParams;
 use crate::{
@@ -10,6 +11,7 @@ use crate::{
     frame::{Frame, FrameHeader, OpCode},
 };
 use bytes::Bytes;
+use std::cell::RefCell;
 use zlib_rs::{Deflate, DeflateConfig, DeflateFlush, Inflate, InflateFlush, Status};
 
 /// What every compressed message ends with before it is sent, and what the receiver
@@ -26,6 +28,25 @@ const MIN_ZLIB_WINDOW_BITS: u8 = 9;
 
 /// zlib's default compression level.
 const DEFAULT_LEVEL: u32 = 6;
+
+/// The settings a zlib compressor is made with: window bits, level, memory level.
+type DeflateKey = (u8, i32, i32);
+
+/// How many compressors a thread keeps for messages without context takeover: one per
+/// setting in use, and an application uses one or two.
+const SCRATCH_DEFLATERS: usize = 4;
+
+thread_local! {
+    /// Compressors for messages without context takeover, reset after each use. Making
+    /// one allocates and clears some 300 KiB (window, hash chains, buffers), more than
+    /// compressing a small message costs; keeping one per connection would cost that
+    /// memory on every idle connection. A thread's message is compressed in one call,
+    /// so one state per thread serves all its connections.
+    static DEFLATERS: RefCell<Vec<(DeflateKey, Deflate)>> = const { RefCell::new(Vec::new()) };
+    /// The same for inflating whole messages without context takeover. Its window is the
+    /// largest, which inflates any smaller one.
+    static INFLATER: RefCell<Option<Inflate>> = const { RefCell::new(None) };
+}
 
 /// Compression failed inside zlib (it cannot, short of running out of memory); the
 /// message can be sent uncompressed instead.
@@ -94,13 +115,44 @@ impl Deflater {
     /// append an empty DEFLATE block with no compression to the tail end. 3. Remove 4
     /// octets (that are 0x00 0x00 0xff 0xff) from the tail end" (RFC 7692 §7.2.1).
     pub fn compress(&mut self, payload: &[u8]) -> Result<Bytes, DeflateError> {
-        let result = self.compress_inner(payload);
-        // Without context takeover, nothing of this message may carry over (§7.1.1.1);
-        // after a failure, the state is unknown. A fresh stream serves both.
-        if self.no_context_takeover || result.is_err() {
+        if self.no_context_takeover {
+            // Nothing of this message may carry over (§7.1.1.1): a reset stream of the
+            // thread's serves, and goes back for the next message of any connection.
+            let key = (self.window_bits, self.level, self.mem_level);
+            let cached = DEFLATERS.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                let found = cache.iter().position(|(k, _)| *k == key)?;
+                Some(cache.swap_remove(found).1)
+            });
+            let mut stream = cached.unwrap_or_else(|| self.new_stream());
+            let result = compress_with(&mut stream, payload);
+            if result.is_ok() {
+                stream.reset();
+                DEFLATERS.with(|cache| {
+                    let mut cache = cache.borrow_mut();
+                    if cache.len() >= SCRATCH_DEFLATERS {
+                        cache.remove(0);
+                    }
+                    cache.push((key, stream));
+                });
+            }
+            return result;
+        }
+        let (level, window_bits, mem_level) = (self.level, self.window_bits, self.mem_level);
+        let stream = self
+            .stream
+            .get_or_insert_with(|| new_deflate(level, window_bits, mem_level));
+        let result = compress_with(stream, payload);
+        // After a failure the state is unknown; a fresh stream refers to nothing the
+        // peer has not seen.
+        if result.is_err() {
             self.stream = None;
         }
         result
+    }
+
+    fn new_stream(&self) -> Deflate {
+        new_deflate(self.level, self.window_bits, self.mem_level)
     }
 
     /// A final frame of `opcode` carrying `payload` compressed, with RSV1 set: "the
@@ -116,54 +168,56 @@ impl Deflater {
             payload: compressed,
         })
     }
+}
 
-    fn compress_inner(&mut self, mut input: &[u8]) -> Result<Bytes, DeflateError> {
-        let stream = self.stream.get_or_insert_with(|| {
-            Deflate::new_with_config(DeflateConfig {
-                level: self.level,
-                // Negative: a raw deflate stream, without zlib's header and checksum.
-                window_bits: -i32::from(self.window_bits),
-                mem_level: self.mem_level,
-                ..DeflateConfig::default()
-            })
-        });
-        // Stored blocks bound the output: 5 bytes per 16 KiB block beyond the input,
-        // plus the flush's empty block.
-        let mut out = vec![0; input.len() + input.len() / 1024 + 64];
-        let mut len = 0;
-        loop {
-            let Some(space) = out.get_mut(len..) else {
-                return Err(DeflateError);
-            };
-            let room = space.len();
-            let (before_in, before_out) = (stream.total_in(), stream.total_out());
-            // A sync flush ends the output on a byte boundary with the empty stored
-            // block that step 3 removes.
-            stream
-                .compress(input, space, DeflateFlush::SyncFlush)
-                .map_err(|_| DeflateError)?;
-            let consumed =
-                usize::try_from(stream.total_in() - before_in).map_err(|_| DeflateError)?;
-            let produced =
-                usize::try_from(stream.total_out() - before_out).map_err(|_| DeflateError)?;
-            input = input.get(consumed..).ok_or(DeflateError)?;
-            len += produced;
-            // "If deflate returns with avail_out == 0, this function must be called
-            // again with the same value of the flush parameter and more output space."
-            if input.is_empty() && produced < room {
-                break;
-            }
-            out.resize(out.len() * 2, 0);
+/// A raw deflate compressor.
+fn new_deflate(level: i32, window_bits: u8, mem_level: i32) -> Deflate {
+    Deflate::new_with_config(DeflateConfig {
+        level,
+        // Negative: a raw deflate stream, without zlib's header and checksum.
+        window_bits: -i32::from(window_bits),
+        mem_level,
+        ..DeflateConfig::default()
+    })
+}
+
+/// Compresses one message with `stream` and applies RFC 7692 §7.2.1's steps 2 and 3.
+fn compress_with(stream: &mut Deflate, mut input: &[u8]) -> Result<Bytes, DeflateError> {
+    // Stored blocks bound the output: 5 bytes per 16 KiB block beyond the input,
+    // plus the flush's empty block.
+    let mut out = vec![0; input.len() + input.len() / 1024 + 64];
+    let mut len = 0;
+    loop {
+        let Some(space) = out.get_mut(len..) else {
+            return Err(DeflateError);
+        };
+        let room = space.len();
+        let (before_in, before_out) = (stream.total_in(), stream.total_out());
+        // A sync flush ends the output on a byte boundary with the empty stored
+        // block that step 3 removes.
+        stream
+            .compress(input, space, DeflateFlush::SyncFlush)
+            .map_err(|_| DeflateError)?;
+        let consumed = usize::try_from(stream.total_in() - before_in).map_err(|_| DeflateError)?;
+        let produced =
+            usize::try_from(stream.total_out() - before_out).map_err(|_| DeflateError)?;
+        input = input.get(consumed..).ok_or(DeflateError)?;
+        len += produced;
+        // "If deflate returns with avail_out == 0, this function must be called
+        // again with the same value of the flush parameter and more output space."
+        if input.is_empty() && produced < room {
+            break;
         }
-        out.truncate(len);
-        if out.ends_with(&TAIL) {
-            out.truncate(len - TAIL.len());
-        } else {
-            // Step 2 then step 3: an empty stored block is one zero byte before the tail.
-            out.push(0);
-        }
-        Ok(Bytes::from(out))
+        out.resize(out.len() * 2, 0);
     }
+    out.truncate(len);
+    if out.ends_with(&TAIL) {
+        out.truncate(len - TAIL.len());
+    } else {
+        // Step 2 then step 3: an empty stored block is one zero byte before the tail.
+        out.push(0);
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Why a compressed message cannot be inflated.
@@ -177,12 +231,12 @@ pub(crate) enum InflateError {
 
 /// Inflates the compressed messages of one connection.
 pub(crate) struct Inflater {
-    /// Created on the first compressed message; dropped after each one without context
-    /// takeover.
+    /// The context kept between messages; `None` until the first compressed message,
+    /// and always without context takeover, where each message borrows the thread's.
     stream: Option<Inflate>,
     window_bits: u8,
     no_context_takeover: bool,
-    /// The peer ended its stream with a final block (§7.2.3.3 allows it): the rest of
+    /// The peer ended its stream with a final block (§7.2.3.4 shows one): the rest of
     /// the message is ignored and the next starts afresh.
     ended: bool,
 }
@@ -210,6 +264,29 @@ impl Inflater {
         }
     }
 
+    /// Inflates a message that came in one frame, appending to `out`, which must not
+    /// grow beyond `limit` bytes. Without context takeover it borrows the thread's
+    /// inflater, so the connection keeps none.
+    pub(crate) fn inflate_message(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), InflateError> {
+        if !self.no_context_takeover || self.stream.is_some() {
+            self.inflate(input, out, limit)?;
+            return self.finish(out, limit);
+        }
+        let cached = INFLATER.with(|cache| cache.borrow_mut().take());
+        let mut stream = cached.unwrap_or_else(|| Inflate::new(false, 15));
+        let mut ended = false;
+        let result = inflate_with(&mut stream, &mut ended, input, out, limit)
+            .and_then(|()| inflate_with(&mut stream, &mut ended, &TAIL, out, limit));
+        stream.reset(false);
+        INFLATER.with(|cache| *cache.borrow_mut() = Some(stream));
+        result
+    }
+
     /// Inflates the payload of one frame of a compressed message, appending to `out`,
     /// which must not grow beyond `limit` bytes: the limit is enforced as the bytes come
     /// out, so a small frame that would inflate to gigabytes fails after `limit + 1`.
@@ -219,7 +296,11 @@ impl Inflater {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), InflateError> {
-        let result = self.inflate_inner(input, out, limit);
+        let window_bits = self.window_bits;
+        let stream = self
+            .stream
+            .get_or_insert_with(|| Inflate::new(false, window_bits));
+        let result = inflate_with(stream, &mut self.ended, input, out, limit);
         if result.is_err() {
             self.reset();
         }
@@ -240,55 +321,53 @@ impl Inflater {
         self.stream = None;
         self.ended = false;
     }
+}
 
-    fn inflate_inner(
-        &mut self,
-        mut input: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(), InflateError> {
-        let window_bits = self.window_bits;
-        let stream = self
-            .stream
-            .get_or_insert_with(|| Inflate::new(false, window_bits));
-        while !self.ended {
-            let len = out.len();
-            let room = limit.saturating_add(1).saturating_sub(len);
-            if room == 0 {
-                return Err(InflateError::TooLarge);
-            }
-            // Deflate rarely inflates by more than 4:1 on real data; a larger output
-            // takes a few more rounds, each doubling, never past the limit.
-            let chunk = input
-                .len()
-                .saturating_mul(4)
-                .max(len)
-                .clamp(1024, 4 << 20)
-                .min(room);
-            out.resize(len + chunk, 0);
-            let space = out.get_mut(len..).unwrap_or_default();
-            let (before_in, before_out) = (stream.total_in(), stream.total_out());
-            let status = stream.decompress(input, space, InflateFlush::SyncFlush);
-            let consumed = (stream.total_in() - before_in) as usize;
-            let produced = (stream.total_out() - before_out) as usize;
-            out.truncate(len + produced);
-            input = input.get(consumed..).unwrap_or_default();
-            match status {
-                Ok(Status::StreamEnd) => self.ended = true,
-                Ok(Status::Ok | Status::BufError) => {}
-                Err(_) => return Err(InflateError::Corrupt),
-            }
-            if out.len() > limit {
-                return Err(InflateError::TooLarge);
-            }
-            // Everything consumed and the output not filled: nothing is pending. No
-            // progress at all: the rest needs the next frame's bytes.
-            if (input.is_empty() && produced < chunk) || (consumed == 0 && produced == 0) {
-                break;
-            }
+/// Inflates `input` with `stream`, appending to `out` up to `limit` bytes.
+fn inflate_with(
+    stream: &mut Inflate,
+    ended: &mut bool,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), InflateError> {
+    while !*ended {
+        let len = out.len();
+        let room = limit.saturating_add(1).saturating_sub(len);
+        if room == 0 {
+            return Err(InflateError::TooLarge);
         }
-        Ok(())
+        // Deflate rarely inflates by more than 4:1 on real data; a larger output takes
+        // a few more rounds, each doubling, never past the limit.
+        let chunk = input
+            .len()
+            .saturating_mul(4)
+            .max(len)
+            .clamp(1024, 4 << 20)
+            .min(room);
+        out.resize(len + chunk, 0);
+        let space = out.get_mut(len..).unwrap_or_default();
+        let (before_in, before_out) = (stream.total_in(), stream.total_out());
+        let status = stream.decompress(input, space, InflateFlush::SyncFlush);
+        let consumed = (stream.total_in() - before_in) as usize;
+        let produced = (stream.total_out() - before_out) as usize;
+        out.truncate(len + produced);
+        input = input.get(consumed..).unwrap_or_default();
+        match status {
+            Ok(Status::StreamEnd) => *ended = true,
+            Ok(Status::Ok | Status::BufError) => {}
+            Err(_) => return Err(InflateError::Corrupt),
+        }
+        if out.len() > limit {
+            return Err(InflateError::TooLarge);
+        }
+        // Everything consumed and the output not filled: nothing is pending. No progress
+        // at all: the rest needs the next frame's bytes.
+        if (input.is_empty() && produced < chunk) || (consumed == 0 && produced == 0) {
+            break;
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

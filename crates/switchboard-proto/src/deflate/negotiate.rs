@@ -212,7 +212,7 @@ pub(crate) fn negotiate_server<'a>(
         .into_iter()
         .flat_map(|line| split_unquoted(line, b','))
         .filter(|element| !element.trim().is_empty())
-        .filter_map(|element| parse_extension(element))
+        .filter_map(parse_extension)
         .filter(|extension| extension.name.eq_ignore_ascii_case(NAME))
         // "A server MUST decline an extension negotiation offer for this extension if any
         // of the following conditions are met: [an unknown parameter, an invalid value,

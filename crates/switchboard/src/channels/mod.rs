@@ -365,8 +365,7 @@ impl Default for ChannelsConfig {
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type ConnectFn =
-    dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<Assigns, Refused>> + Send + Sync;
+type ConnectFn = dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<Assigns, Refused>> + Send + Sync;
 
 /// A socket endpoint: the connect callback and the channel handlers by topic pattern.
 ///
@@ -467,11 +466,7 @@ impl Channels {
     /// The upgrade handler alone, to mount at a path of your choosing (phoenix.js
     /// connects to the URL it is given plus `/websocket`).
     pub fn route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
-        let handler = Arc::new(SocketHandler::new(
-            self.endpoint,
-            self.routes,
-            self.config,
-        ));
+        let handler = Arc::new(SocketHandler::new(self.endpoint, self.routes, self.config));
         socket::route(handler, self.connect)
     }
 

@@ -88,23 +88,14 @@ impl Presence {
 
     /// Replaces the meta this socket tracks for `key`; the diff carries the old meta in
     /// `leaves` and the new one in `joins`, with `phx_ref_prev` naming the old.
-    pub fn update(
-        &self,
-        socket: &Socket,
-        key: &str,
-        meta: Value,
-    ) -> Result<String, PresenceError> {
+    pub fn update(&self, socket: &Socket, key: &str, meta: Value) -> Result<String, PresenceError> {
         let Value::Object(meta) = meta else {
             return Err(PresenceError::NotAnObject);
         };
         let phx_ref = new_ref();
-        let diff = self.tracker().update(
-            socket.topic(),
-            socket.id(),
-            key,
-            meta,
-            phx_ref.clone(),
-        )?;
+        let diff =
+            self.tracker()
+                .update(socket.topic(), socket.id(), key, meta, phx_ref.clone())?;
         self.announce(socket, diff);
         Ok(phx_ref)
     }
@@ -247,8 +238,9 @@ impl Tracker {
         let keys = self.topics.get_mut(topic)?;
         let mut leaves = Map::new();
         keys.retain(|key, entries| {
-            let (gone, kept): (Vec<Entry>, Vec<Entry>) =
-                std::mem::take(entries).into_iter().partition(|e| e.conn == conn);
+            let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(entries)
+                .into_iter()
+                .partition(|e| e.conn == conn);
             *entries = kept;
             if !gone.is_empty() {
                 leaves.insert(
@@ -267,7 +259,10 @@ impl Tracker {
     pub(crate) fn list(&self, topic: &str) -> Value {
         let mut state = Map::new();
         for (key, entries) in self.topics.get(topic).into_iter().flatten() {
-            let all = entries.iter().map(|e| Value::Object(e.meta.clone())).collect();
+            let all = entries
+                .iter()
+                .map(|e| Value::Object(e.meta.clone()))
+                .collect();
             state.insert(key.clone(), metas(all));
         }
         Value::Object(state)
@@ -303,14 +298,26 @@ mod tests {
     fn track_returns_a_join_diff_and_lists_several_metas_per_key() {
         let mut tracker = Tracker::default();
         let diff = tracker
-            .track("room:a", 1, "ann".into(), meta(json!({"device": "phone"})), "r1".into())
+            .track(
+                "room:a",
+                1,
+                "ann".into(),
+                meta(json!({"device": "phone"})),
+                "r1".into(),
+            )
             .unwrap();
         assert_eq!(
             diff,
             json!({"joins": {"ann": {"metas": [{"device": "phone", "phx_ref": "r1"}]}}, "leaves": {}})
         );
         tracker
-            .track("room:a", 2, "ann".into(), meta(json!({"device": "laptop"})), "r2".into())
+            .track(
+                "room:a",
+                2,
+                "ann".into(),
+                meta(json!({"device": "laptop"})),
+                "r2".into(),
+            )
             .unwrap();
         tracker
             .track("room:a", 3, "bob".into(), meta(json!({})), "r3".into())
@@ -328,7 +335,10 @@ mod tests {
                 "bob": {"metas": [{"phx_ref": "r3"}]}
             })
         );
-        assert_eq!(tracker.list("room:b"), json!({"bob": {"metas": [{"phx_ref": "r4"}]}}));
+        assert_eq!(
+            tracker.list("room:b"),
+            json!({"bob": {"metas": [{"phx_ref": "r4"}]}})
+        );
         assert_eq!(tracker.list("room:none"), json!({}));
     }
 
@@ -348,7 +358,13 @@ mod tests {
     fn update_leaves_the_old_meta_and_joins_the_new() {
         let mut tracker = Tracker::default();
         tracker
-            .track("t", 1, "ann".into(), meta(json!({"status": "away"})), "r1".into())
+            .track(
+                "t",
+                1,
+                "ann".into(),
+                meta(json!({"status": "away"})),
+                "r1".into(),
+            )
             .unwrap();
         let diff = tracker
             .update("t", 1, "ann", meta(json!({"status": "here"})), "r2".into())
@@ -369,14 +385,21 @@ mod tests {
     #[test]
     fn untrack_removes_one_meta_and_empty_keys() {
         let mut tracker = Tracker::default();
-        tracker.track("t", 1, "ann".into(), Map::new(), "r1".into()).unwrap();
-        tracker.track("t", 2, "ann".into(), Map::new(), "r2".into()).unwrap();
+        tracker
+            .track("t", 1, "ann".into(), Map::new(), "r1".into())
+            .unwrap();
+        tracker
+            .track("t", 2, "ann".into(), Map::new(), "r2".into())
+            .unwrap();
         let diff = tracker.untrack("t", 1, "ann").unwrap();
         assert_eq!(
             diff,
             json!({"joins": {}, "leaves": {"ann": {"metas": [{"phx_ref": "r1"}]}}})
         );
-        assert_eq!(tracker.list("t"), json!({"ann": {"metas": [{"phx_ref": "r2"}]}}));
+        assert_eq!(
+            tracker.list("t"),
+            json!({"ann": {"metas": [{"phx_ref": "r2"}]}})
+        );
         assert_eq!(tracker.untrack("t", 1, "ann"), None);
         assert!(tracker.untrack("t", 2, "ann").is_some());
         assert!(tracker.topics.is_empty(), "empty topics are dropped");
@@ -385,9 +408,15 @@ mod tests {
     #[test]
     fn untrack_all_leaves_every_key_of_a_socket() {
         let mut tracker = Tracker::default();
-        tracker.track("t", 1, "ann".into(), Map::new(), "r1".into()).unwrap();
-        tracker.track("t", 1, "ann-alt".into(), Map::new(), "r2".into()).unwrap();
-        tracker.track("t", 2, "bob".into(), Map::new(), "r3".into()).unwrap();
+        tracker
+            .track("t", 1, "ann".into(), Map::new(), "r1".into())
+            .unwrap();
+        tracker
+            .track("t", 1, "ann-alt".into(), Map::new(), "r2".into())
+            .unwrap();
+        tracker
+            .track("t", 2, "bob".into(), Map::new(), "r3".into())
+            .unwrap();
         let diff = tracker.untrack_all("t", 1).unwrap();
         assert_eq!(
             diff,
@@ -397,7 +426,10 @@ mod tests {
             }})
         );
         assert_eq!(tracker.untrack_all("t", 1), None);
-        assert_eq!(tracker.list("t"), json!({"bob": {"metas": [{"phx_ref": "r3"}]}}));
+        assert_eq!(
+            tracker.list("t"),
+            json!({"bob": {"metas": [{"phx_ref": "r3"}]}})
+        );
     }
 
     #[test]

@@ -351,7 +351,11 @@ pub fn encode_reply(
 
 /// Encodes a broadcast: `[null, null, topic, event, payload]`, or a binary broadcast
 /// (kind 2). The same bytes go to every subscriber, so they carry no per-socket ref.
-pub fn encode_broadcast(topic: &str, event: &str, payload: &Payload) -> Result<Message, EncodeError> {
+pub fn encode_broadcast(
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<Message, EncodeError> {
     match payload {
         Payload::Json(value) => Ok(json_array(None, None, topic, event, value)),
         Payload::Binary(data) => {
@@ -385,7 +389,8 @@ impl ChannelMessage {
                 value,
             )),
             Payload::Binary(data) => {
-                let (join_ref, msg_ref) = (join_ref.unwrap_or_default(), msg_ref.unwrap_or_default());
+                let (join_ref, msg_ref) =
+                    (join_ref.unwrap_or_default(), msg_ref.unwrap_or_default());
                 let mut out = BytesMut::new();
                 out.put_u8(KIND_PUSH);
                 out.put_u8(header_len(join_ref, "join_ref")?);
@@ -492,7 +497,10 @@ mod tests {
     #[test]
     fn rejects_malformed_text() {
         assert!(matches!(decode_text("not json"), Err(DecodeError::Json(_))));
-        assert_eq!(decode_text(r#"{"topic":"x"}"#), Err(DecodeError::NotAnArray));
+        assert_eq!(
+            decode_text(r#"{"topic":"x"}"#),
+            Err(DecodeError::NotAnArray)
+        );
         assert_eq!(decode_text(r#"["1","2","t"]"#), Err(DecodeError::Arity(3)));
         assert_eq!(
             decode_text(r#"["1","2","t","e",{},6]"#),
@@ -526,7 +534,10 @@ mod tests {
             salvage(r#"["1","2","room:a",5,{}]"#),
             Some((Some("1".into()), "2".into(), "room:a".into()))
         );
-        assert_eq!(salvage(r#"[null,"2","t"]"#), Some((None, "2".into(), "t".into())));
+        assert_eq!(
+            salvage(r#"[null,"2","t"]"#),
+            Some((None, "2".into(), "t".into()))
+        );
         assert_eq!(salvage(r#"[null,null,"t","e",{}]"#), None);
         assert_eq!(salvage("{"), None);
     }
@@ -538,8 +549,14 @@ mod tests {
         assert_eq!(text(broadcast), r#"[null,null,"t","e",{"m":1}]"#);
         let push = encode_push(Some("5"), "t", "e", &json!({"m": 1}).into()).unwrap();
         assert_eq!(text(push), r#"["5",null,"t","e",{"m":1}]"#);
-        let reply = encode_reply(Some("5"), Some("6"), "t", "error", &json!({"reason": "no"}).into())
-            .unwrap();
+        let reply = encode_reply(
+            Some("5"),
+            Some("6"),
+            "t",
+            "error",
+            &json!({"reason": "no"}).into(),
+        )
+        .unwrap();
         let reply: Value = serde_json::from_str(&text(reply)).unwrap();
         assert_eq!(
             reply,
@@ -627,7 +644,10 @@ mod tests {
             b"\x07",
         ];
         for input in bad {
-            assert!(decode_binary(&Bytes::copy_from_slice(input)).is_err(), "{input:?}");
+            assert!(
+                decode_binary(&Bytes::copy_from_slice(input)).is_err(),
+                "{input:?}"
+            );
         }
         assert_eq!(
             decode_binary(&Bytes::from_static(b"\x01")),

@@ -6,8 +6,8 @@
 //! and `Phoenix.Channel.Server`; each rule below names the clause it mirrors.
 
 use super::{
-    Assigns, ChannelsConfig, ConnectFn, ConnectInfo, DynChannel, Endpoint, HandleIn, Out,
-    Payload, Presence, Refused, Reply, Route, TerminateReason, lock,
+    Assigns, ChannelsConfig, ConnectFn, ConnectInfo, DynChannel, Endpoint, HandleIn, Out, Payload,
+    Presence, Refused, Reply, Route, TerminateReason, lock,
     protocol::{self, ChannelMessage, DecodeError, EncodeError},
     room_name,
 };
@@ -168,12 +168,7 @@ impl Socket {
     /// event, payload]`. Inside [`Channel::join`](super::Channel::join), the push leaves
     /// right after the ok reply.
     pub fn push(&self, event: &str, payload: impl Into<Payload>) -> Result<(), PushError> {
-        let message = protocol::encode_push(
-            self.join_ref(),
-            self.topic(),
-            event,
-            &payload.into(),
-        )?;
+        let message = protocol::encode_push(self.join_ref(), self.topic(), event, &payload.into())?;
         let mut phase = lock(&self.inner.phase);
         match &mut *phase {
             Phase::Joining(deferred) => {
@@ -223,8 +218,9 @@ impl Socket {
         }
     }
 
-    /// The join succeeded and the socket is subscribed: sends what waited for it, in
-    /// order.
+    /// The join succeeded and the socket is subscribed: sends what waited for it, the
+    /// pushes first (so that `presence_state` precedes the diffs, whichever order the
+    /// join made them in), then the broadcasts, each in order.
     fn joined(&self) {
         let deferred = {
             let mut phase = lock(&self.inner.phase);
@@ -236,7 +232,10 @@ impl Socket {
                 }
             }
         };
-        for item in deferred {
+        let (pushes, broadcasts): (Vec<_>, Vec<_>) = deferred
+            .into_iter()
+            .partition(|item| matches!(item, Deferred::Push(_)));
+        for item in pushes.into_iter().chain(broadcasts) {
             match item {
                 Deferred::Push(message) => {
                     let _ = self.inner.conn.send(message);
@@ -316,7 +315,13 @@ impl SocketHandler {
         // Phoenix.Socket: `handle_in(_, %{topic: "phoenix", event: "heartbeat"})` answers
         // before any channel lookup.
         if message.topic == protocol::HEARTBEAT_TOPIC && message.event == protocol::HEARTBEAT {
-            reply(conn, None, message.msg_ref.as_deref(), &message.topic, &Reply::ok(json!({})));
+            reply(
+                conn,
+                None,
+                message.msg_ref.as_deref(),
+                &message.topic,
+                &Reply::ok(json!({})),
+            );
             return;
         }
         match message.event.as_str() {
@@ -338,8 +343,13 @@ impl SocketHandler {
         // Phoenix.Socket, join of a topic already joined: the old channel is shut down
         // and the client told with phx_close (its old join_ref) before the new join.
         if let Some(old) = state.remove(&topic) {
-            self.end(conn, old, TerminateReason::DuplicateJoin, Some(protocol::CLOSE))
-                .await;
+            self.end(
+                conn,
+                old,
+                TerminateReason::DuplicateJoin,
+                Some(protocol::CLOSE),
+            )
+            .await;
         }
         let Some((channel, params)) = self.route(&topic) else {
             // Phoenix.Socket `encode_ignore`: the reply carries no join_ref.
@@ -350,14 +360,26 @@ impl SocketHandler {
         let join_ref = join_ref.or_else(|| msg_ref.map(str::to_owned));
         if lock(&state.channels).len() >= self.config.max_channels {
             let reason = json!({"reason": "too many channels"});
-            reply(conn, join_ref.as_deref(), msg_ref, &topic, &Reply::error(reason));
+            reply(
+                conn,
+                join_ref.as_deref(),
+                msg_ref,
+                &topic,
+                &Reply::error(reason),
+            );
             return;
         }
         // phoenix.js sends the channel's params as a JSON object; a binary join has no
         // meaning in Phoenix (V2JSONSerializer decodes binary frames as pushes only).
         let Payload::Json(payload) = payload else {
             let reason = json!({"reason": "join payload must be json"});
-            reply(conn, join_ref.as_deref(), msg_ref, &topic, &Reply::error(reason));
+            reply(
+                conn,
+                join_ref.as_deref(),
+                msg_ref,
+                &topic,
+                &Reply::error(reason),
+            );
             return;
         };
         let assigns = lock(&state.assigns).clone();
@@ -418,7 +440,13 @@ impl SocketHandler {
         // Phoenix.Channel.Server: `{:stop, {:shutdown, :left}, :ok, socket}`, the reply
         // and then phx_close.
         conn.leave(&room_name(topic));
-        reply(conn, joined.socket.join_ref(), msg_ref, topic, &Reply::ok(json!({})));
+        reply(
+            conn,
+            joined.socket.join_ref(),
+            msg_ref,
+            topic,
+            &Reply::ok(json!({})),
+        );
         self.end(conn, joined, TerminateReason::Left, Some(protocol::CLOSE))
             .await;
     }
@@ -450,16 +478,26 @@ impl SocketHandler {
                     reply(conn, socket.join_ref(), msg_ref, &topic, &answer);
                 }
                 if let Some(joined) = state.remove(&topic) {
-                    self.end(conn, joined, TerminateReason::Stopped, Some(protocol::CLOSE))
-                        .await;
+                    self.end(
+                        conn,
+                        joined,
+                        TerminateReason::Stopped,
+                        Some(protocol::CLOSE),
+                    )
+                    .await;
                 }
             }
             Err(Panicked) => {
                 // Phoenix.Socket `encode_on_exit`: a channel that crashed sends
                 // phx_error, and phoenix.js rejoins.
                 if let Some(joined) = state.remove(&topic) {
-                    self.end(conn, joined, TerminateReason::Crashed, Some(protocol::ERROR))
-                        .await;
+                    self.end(
+                        conn,
+                        joined,
+                        TerminateReason::Crashed,
+                        Some(protocol::ERROR),
+                    )
+                    .await;
                 }
             }
         }
@@ -501,7 +539,13 @@ impl SocketHandler {
         match salvaged {
             Some((join_ref, msg_ref, topic)) => {
                 let reason = json!({"reason": format!("malformed message: {error}")});
-                reply(conn, join_ref.as_deref(), Some(&msg_ref), &topic, &Reply::error(reason));
+                reply(
+                    conn,
+                    join_ref.as_deref(),
+                    Some(&msg_ref),
+                    &topic,
+                    &Reply::error(reason),
+                );
             }
             None => {
                 let _ = conn.close(error.close_code(), format!("malformed message: {error}"));
@@ -537,7 +581,13 @@ impl Handler for SocketHandler {
 
 /// Sends a `phx_reply`; an encoding failure (a binary status or ref over 255 bytes) is
 /// answered with an error reply in JSON instead, which always encodes.
-fn reply(conn: &Connection, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, reply: &Reply) {
+fn reply(
+    conn: &Connection,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    reply: &Reply,
+) {
     let message = protocol::encode_reply(join_ref, msg_ref, topic, &reply.status, &reply.response)
         .unwrap_or_else(|error| {
             tracing::warn!(%error, topic, "reply could not be encoded");
@@ -573,8 +623,10 @@ pub(crate) fn deliver_intercepted(
         let out = match &joined {
             Some(joined) if joined.channel.intercepts(event) => {
                 let (channel, socket) = (&joined.channel, &joined.socket);
-                catch_unwind(AssertUnwindSafe(|| channel.handle_out(event, payload, socket)))
-                    .unwrap_or(Out::Drop)
+                catch_unwind(AssertUnwindSafe(|| {
+                    channel.handle_out(event, payload, socket)
+                }))
+                .unwrap_or(Out::Drop)
             }
             _ => Out::Deliver,
         };
@@ -608,13 +660,13 @@ struct Panicked;
 /// ends that channel only, as a crashed channel process does in Phoenix.
 async fn catch<T>(future: impl Future<Output = T>) -> Result<T, Panicked> {
     let mut future = pin!(future);
-    std::future::poll_fn(|cx| {
-        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(_) => Poll::Ready(Err(Panicked)),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -658,7 +710,12 @@ async fn upgrade(
     let hub = handler.endpoint.hub().clone();
     // The origin is checked again when registering; checking it first keeps a
     // cross-site page from running the application's connect callback at all.
-    let header = |name| parts.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
     if !hub
         .config()
         .allowed_origins

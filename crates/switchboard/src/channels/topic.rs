@@ -112,7 +112,11 @@ impl TopicPattern {
     }
 }
 
-fn push_segment(parts: &mut Vec<Part>, literal: &mut String, part: Part) -> Result<(), PatternError> {
+fn push_segment(
+    parts: &mut Vec<Part>,
+    literal: &mut String,
+    part: Part,
+) -> Result<(), PatternError> {
     if literal.is_empty() {
         if matches!(parts.last(), Some(Part::Param(_) | Part::Rest)) {
             return Err(PatternError::Adjacent);

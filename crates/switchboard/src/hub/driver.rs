@@ -120,16 +120,9 @@ impl Outbox for HubOutbox<'_> {
         while self.notified.as_mut().poll(cx).is_ready() {
             self.notified.set(self.conn.wake().notified());
         }
-        let written = write.written_total.wrapping_sub(self.written);
-        self.written = write.written_total;
+        self.written(write);
         let mut out = self.conn.outbound();
-        let Outbound {
-            frames,
-            buffered,
-            close,
-            ..
-        } = &mut *out;
-        *buffered = buffered.saturating_sub(written);
+        let Outbound { frames, close, .. } = &mut *out;
         for frame in frames.drain(..) {
             write.push_encoded(frame);
         }
@@ -138,6 +131,15 @@ impl Outbox for HubOutbox<'_> {
             self.conn.set_state(ConnectionState::Closing);
         }
         close
+    }
+
+    fn written(&mut self, write: &WriteState) {
+        let written = write.written_total.wrapping_sub(self.written);
+        if written != 0 {
+            self.written = write.written_total;
+            let mut out = self.conn.outbound();
+            out.buffered = out.buffered.saturating_sub(written);
+        }
     }
 }
 

@@ -176,16 +176,18 @@ impl Hub {
 
     /// Adds a connection to a room.
     pub fn join(&self, conn: &Connection, room: &str) {
-        let change = self.write().join(conn, room);
-        if let RoomChange::Created(room) = change {
+        // The broker hears of the change under the registry's lock: a leave and a join
+        // racing on one room must reach it in the order they changed the room.
+        let mut registry = self.write();
+        if let RoomChange::Created(room) = registry.join(conn, room) {
             self.inner.broker.subscribe(&room);
         }
     }
 
     /// Removes a connection from a room.
     pub fn leave(&self, id: ConnectionId, room: &str) {
-        let change = self.write().leave(id, room);
-        if let RoomChange::Removed(room) = change {
+        let mut registry = self.write();
+        if let RoomChange::Removed(room) = registry.leave(id, room) {
             self.inner.broker.unsubscribe(&room);
         }
     }
@@ -290,16 +292,17 @@ impl Hub {
         let conn = Connection::new(id, self.clone(), request);
         self.write().connections.insert(id, conn.clone());
         self.start_sweeper();
+        // Admitted before shutdown began, registered after it sent 1001 to everyone.
+        if self.is_draining() {
+            let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
+        }
         conn
     }
 
     pub(crate) fn unregister(&self, id: ConnectionId) {
-        let emptied = {
-            let mut registry = self.write();
-            registry.connections.remove(&id);
-            registry.leave_all(id)
-        };
-        for room in emptied {
+        let mut registry = self.write();
+        registry.connections.remove(&id);
+        for room in registry.leave_all(id) {
             self.inner.broker.unsubscribe(&room);
         }
     }

@@ -113,6 +113,7 @@ impl Compression {
         Compressor {
             deflater: Deflater::new(params, role, level),
             threshold,
+            params: *params,
         }
     }
 }
@@ -122,9 +123,16 @@ impl Compression {
 pub(crate) struct Compressor {
     deflater: Deflater,
     threshold: usize,
+    /// The agreement the deflater follows.
+    params: DeflateParams,
 }
 
 impl Compressor {
+    /// The agreement in force.
+    pub(crate) fn params(&self) -> DeflateParams {
+        self.params
+    }
+
     /// The frame that carries `message`: compressed with RSV1 set when it is a data
     /// message of at least the threshold, as sent otherwise. Control frames are never
     /// compressed: "An endpoint MUST NOT set the "Per-Message Compressed" bit of control

@@ -38,6 +38,12 @@ pub(crate) trait Outbox {
     /// Registers the task for a wake-up on new frames, then moves queued frames into
     /// `write`; returns a command to close, if one was queued.
     fn poll_pull(&mut self, cx: &mut Context<'_>, write: &mut WriteState) -> Option<OutboxClose>;
+
+    /// Called after each write attempt, so that the outbox can account for the bytes
+    /// that left (`WriteState::written_total`) without waiting for the next pull.
+    fn written(&mut self, write: &WriteState) {
+        let _ = write;
+    }
 }
 
 /// A close requested through an [`Outbox`].
@@ -166,6 +172,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self
     }
 
+    /// The permessage-deflate agreement in force, if the handshake made one.
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        self.write.deflate_params()
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.io
@@ -256,7 +267,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
         }
         if self.write.has_pending() {
-            if let Poll::Ready(Err(e)) = self.write.poll_flush(cx, &mut self.io) {
+            let flushed = self.write.poll_flush(cx, &mut self.io);
+            if let Some(outbox) = outbox {
+                outbox.written(&self.write);
+            }
+            if let Poll::Ready(Err(e)) = flushed {
                 return Poll::Ready(Err(e.into()));
             }
         }
@@ -292,6 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 if self.write.has_pending() {
                     write_failed =
                         matches!(self.write.poll_flush(cx, &mut self.io), Poll::Ready(Err(_)));
+                    outbox.written(&self.write);
                 }
             }
             Poll::Pending

@@ -1,6 +1,7 @@
 //! The write side: a queue of encoded frames, flushed with vectored writes.
 
 use super::compression::Compressor;
+use switchboard_proto::deflate::DeflateParams;
 use crate::Error;
 use std::{
     collections::VecDeque,
@@ -69,6 +70,11 @@ impl WriteState {
     /// Compresses data messages from now on (permessage-deflate was negotiated).
     pub(crate) fn set_deflate(&mut self, compressor: Compressor) {
         self.deflate = Some(compressor);
+    }
+
+    /// The permessage-deflate agreement in force, if any.
+    pub(crate) fn deflate_params(&self) -> Option<DeflateParams> {
+        self.deflate.as_ref().map(Compressor::params)
     }
 
     /// Queues a message; closing messages move the close handshake forward.

@@ -1,0 +1,5 @@
+//! The load generator; see [`switchboard_bench::loadgen`].
+
+fn main() -> std::process::ExitCode {
+    switchboard_bench::loadgen::main()
+}

@@ -1,0 +1,68 @@
+//! The switchboard benchmark server.
+//!
+//! - echo: [`switchboard::upgrade::accept_with`] on the bare stream and
+//!   `WebSocket::recv`/`send`, as `examples/echo.rs` does;
+//! - broadcast: a [`Hub`] behind an axum route (`switchboard::ws`), each connection in
+//!   the room `room`, each message sent with `hub.to("room").except(sender)` (encoded
+//!   once, every recipient's queue sharing the bytes).
+
+use std::{io, process::ExitCode, sync::Arc};
+use switchboard::{
+    Message,
+    hub::{Connection, Handler, Hub, HubConfig},
+    upgrade::{AcceptConfig, accept_with},
+};
+use switchboard_bench::server::{self, Mode};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    server::main(|listener, mode| async move {
+        match mode {
+            Mode::Echo => echo(listener).await,
+            Mode::Broadcast => broadcast(listener).await,
+        }
+    })
+}
+
+async fn echo(listener: TcpListener) -> io::Result<()> {
+    let config = Arc::new(AcceptConfig::default());
+    loop {
+        let stream = server::accept(&listener).await;
+        let config = config.clone();
+        tokio::spawn(async move {
+            let Ok((mut ws, _)) = accept_with(stream, &config).await else {
+                return;
+            };
+            while let Some(Ok(message)) = ws.recv().await {
+                if let Message::Text(_) | Message::Binary(_) = message {
+                    if ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Every connection joins the one room; a message goes to the others.
+struct Room;
+
+impl Handler for Room {
+    async fn on_open(&self, conn: &Connection) {
+        conn.join("room");
+    }
+
+    async fn on_message(&self, conn: &Connection, message: Message) {
+        let _ = conn.hub().to("room").except(conn.id()).send(message);
+    }
+}
+
+async fn broadcast(listener: TcpListener) -> io::Result<()> {
+    let mut config = HubConfig::default();
+    // The default (10,000) is a production bound; the benchmark's largest room is
+    // 10,000 subscribers plus the publisher, and the idle test holds more.
+    config.max_connections = 1 << 20;
+    let hub = Hub::new(config);
+    let app = axum::Router::new().route("/room", switchboard::ws(hub.clone(), Room));
+    switchboard::serve(listener, app, &hub).await
+}

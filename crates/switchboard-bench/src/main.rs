@@ -1,0 +1,10 @@
+//! The benchmark harness: see [`switchboard_bench::harness`].
+//!
+//! ```text
+//! cargo run --release -p switchboard-bench -- all [--quick]
+//! cargo run --release -p switchboard-bench -- smoke
+//! ```
+
+fn main() -> std::process::ExitCode {
+    switchboard_bench::harness::main()
+}

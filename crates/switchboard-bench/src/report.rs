@@ -1,0 +1,958 @@
+//! The report: `benchmarks.md` (tables, ratios to the best peer, the targets) and SVG
+//! charts beside it, plus the raw results as `benchmarks.json` for later analysis.
+
+use crate::{
+    harness::{BroadcastRow, EchoRow, HandshakeRow, Mode, OURS, Results, SERVERS, SlowRow},
+    loadgen::Round,
+    stats::Summary,
+};
+use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
+
+/// A round whose generator used this share of its core or more may have measured the
+/// generator rather than the server: it is marked invalid.
+pub const GENERATOR_LIMIT: f64 = 0.95;
+
+/// Writes `benchmarks.md`, `benchmarks.json` and the charts into `dir`.
+pub fn write(results: &Results, dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(results).map_err(io::Error::other)?;
+    // The raw numbers go to target/, not docs/: the page is the artefact people read.
+    let raw_dir = if dir.ends_with("docs") {
+        dir.parent()
+            .map(|root| root.join("target/switchboard-bench"))
+            .unwrap_or_else(|| dir.to_path_buf())
+    } else {
+        dir.to_path_buf()
+    };
+    fs::create_dir_all(&raw_dir)?;
+    fs::write(raw_dir.join("benchmarks.json"), json)?;
+    for (name, svg) in charts(results) {
+        fs::write(dir.join(name), svg)?;
+    }
+    fs::write(dir.join("benchmarks.md"), markdown(results))
+}
+
+/// Summary of one measured case.
+struct Measured {
+    rate: Summary,
+    per_cpu: Summary,
+    server_load: f64,
+    generator_load: f64,
+}
+
+impl Measured {
+    fn of(rounds: &[Round]) -> Self {
+        Self {
+            rate: Summary::of(rounds.iter().map(Round::rate)),
+            per_cpu: Summary::of(rounds.iter().map(Round::per_server_cpu)),
+            server_load: Summary::of(rounds.iter().map(Round::server_load)).median,
+            generator_load: Summary::of(rounds.iter().map(Round::generator_load)).max,
+        }
+    }
+
+    fn valid(&self) -> bool {
+        // NaN (no rounds) is not invalid.
+        self.generator_load.is_nan() || self.generator_load < GENERATOR_LIMIT
+    }
+}
+
+fn is_peer(server: &str) -> bool {
+    server != OURS
+}
+
+/// The best peer value among `values` (server, value); `higher` says which way is better.
+fn best_peer<'a>(
+    values: impl Iterator<Item = (&'a str, f64)>,
+    higher: bool,
+) -> Option<(&'a str, f64)> {
+    values
+        .filter(|(s, v)| is_peer(s) && v.is_finite())
+        .reduce(|a, b| if (b.1 > a.1) == higher { b } else { a })
+}
+
+fn ours<'a>(mut values: impl Iterator<Item = (&'a str, f64)>) -> Option<f64> {
+    values.find(|(s, _)| *s == OURS).map(|(_, v)| v)
+}
+
+fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let mode = match r.mode {
+        Mode::Full => "full (`all`)",
+        Mode::Quick => "quick (`all --quick`: fewer, shorter rounds; indicative only)",
+        Mode::Smoke => "smoke (tiny sizes: checks the harness, measures nothing)",
+    };
+    let quiet = if r.load_before <= 0.5 {
+        "quiet".to_owned()
+    } else {
+        format!(
+            "**noisy**: other work was running (load {:.2} > 0.5)",
+            r.load_before
+        )
+    };
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "switchboard and its peers, measured side by side in one run on one machine by \
+         `crates/switchboard-bench`. Regenerate this page (and the charts beside it) with:\n\n\
+         ```sh\ncargo run --release -p switchboard-bench -- all           # ≤ 15 minutes\n\
+         cargo run --release -p switchboard-bench -- all --quick   # ≤ 2 minutes\n```\n"
+    );
+    let _ = writeln!(md, "| run | |\n|---|---|");
+    let _ = writeln!(md, "| date | {} UTC |", date(r.started));
+    let _ = writeln!(md, "| mode | {mode} |");
+    let _ = writeln!(md, "| machine | {} |", r.machine);
+    let _ = writeln!(
+        md,
+        "| load average (1 min) | {:.2} before, {:.2} after: {quiet} |",
+        r.load_before, r.load_after
+    );
+    let _ = writeln!(
+        md,
+        "| pinning | {} |",
+        if r.pinned {
+            "server on core 0, generator on core 1 (`taskset`)"
+        } else {
+            "**none** (no `taskset` or fewer than 2 cores)"
+        }
+    );
+    let _ = writeln!(md, "| duration | {:.0} s |", r.duration_secs);
+    let versions: Vec<String> = r.versions.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    let _ = writeln!(md, "| versions | {} |\n", versions.join(", "));
+    if !r.failures.is_empty() {
+        let _ = writeln!(md, "**Failed runs** (not in the tables):\n");
+        for failure in &r.failures {
+            let _ = writeln!(md, "- {}", failure.replace('\n', " "));
+        }
+        let _ = writeln!(md);
+    }
+
+    targets(&mut md, r);
+    echo_section(&mut md, &r.echo);
+    broadcast_section(&mut md, &r.broadcast);
+    idle_section(&mut md, r);
+    handshake_section(&mut md, &r.handshake);
+    slow_section(&mut md, &r.slow);
+    method(&mut md);
+    md
+}
+
+fn ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}×")
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".to_owned();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 { format!("-{out}") } else { out }
+}
+
+fn bytes(n: usize) -> String {
+    if n >= 1024 && n % 1024 == 0 {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.2} KiB", bytes / 1024.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
+}
+
+fn check(holds: bool) -> &'static str {
+    if holds { "✅ holds" } else { "❌ misses" }
+}
+
+fn targets(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(
+        md,
+        "Ratios are switchboard ÷ the best peer in the same case of this run (for memory \
+         and latency, lower is better).\n"
+    );
+    let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
+    // Echo: ≥ 1.0× the best peer in every case, ≥ 1.3× tokio-tungstenite.
+    let mut worst: Option<(f64, String)> = None;
+    let mut worst_tt: Option<(f64, String)> = None;
+    for (case, rows) in group(&r.echo, |row| (row.conns, row.size)) {
+        let rates: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|row| (row.server.as_str(), Measured::of(&row.rounds).rate.median))
+            .collect();
+        let label = format!("{}×{}", case.0, bytes(case.1));
+        if let (Some(ours), Some((_, best))) = (
+            ours(rates.iter().copied()),
+            best_peer(rates.iter().copied(), true),
+        ) {
+            let x = ours / best;
+            if worst.as_ref().is_none_or(|(w, _)| x < *w) {
+                worst = Some((x, label.clone()));
+            }
+        }
+        let tt = rates
+            .iter()
+            .find(|(s, _)| *s == "tokio-tungstenite")
+            .map(|p| p.1);
+        if let (Some(ours), Some(tt)) = (ours(rates.iter().copied()), tt) {
+            let x = ours / tt;
+            if worst_tt.as_ref().is_none_or(|(w, _)| x < *w) {
+                worst_tt = Some((x, label));
+            }
+        }
+    }
+    if let Some((x, case)) = worst {
+        let _ = writeln!(
+            md,
+            "| echo ≥ 1.0× the best peer in every case | lowest {} ({case}) | {} |",
+            ratio(x),
+            check(x >= 1.0)
+        );
+    }
+    if let Some((x, case)) = worst_tt {
+        let _ = writeln!(
+            md,
+            "| echo ≥ 1.3× tokio-tungstenite in every case | lowest {} ({case}) | {} |",
+            ratio(x),
+            check(x >= 1.3)
+        );
+    }
+    // Broadcast to the largest room: deliveries/s above every peer, p99 below.
+    let largest = r.broadcast.iter().map(|b| b.room).max();
+    for (case, rows) in group(&r.broadcast, |row| (row.room, row.size)) {
+        if Some(case.0) != largest {
+            continue;
+        }
+        let rates: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|row| (row.server.as_str(), Measured::of(&row.rounds).rate.median))
+            .collect();
+        let p99: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|row| (row.server.as_str(), row.latency.p99_us))
+            .collect();
+        if let (Some(o), Some((peer, best))) = (
+            ours(rates.iter().copied()),
+            best_peer(rates.iter().copied(), true),
+        ) {
+            let _ = writeln!(
+                md,
+                "| broadcast to {}, {}: more deliveries/s than any peer | {} of {peer} | {} |",
+                num(case.0 as f64),
+                bytes(case.1),
+                ratio(o / best),
+                check(o > best)
+            );
+        }
+        if let (Some(o), Some((peer, best))) = (
+            ours(p99.iter().copied()),
+            best_peer(p99.iter().copied(), false),
+        ) {
+            let _ = writeln!(
+                md,
+                "| broadcast to {}, {}: p99 latency below every peer | {} of {peer} ({:.1} vs {:.1} ms) | {} |",
+                num(case.0 as f64),
+                bytes(case.1),
+                ratio(o / best),
+                o / 1000.0,
+                best / 1000.0,
+                check(o < best)
+            );
+        }
+    }
+    // Idle memory: ≤ 2 KiB per connection, below every peer.
+    for (key, rows) in group(&r.idle, |row| (row.conns, row.behaviour.clone())) {
+        if key.1 != "echo" {
+            continue;
+        }
+        let per: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|row| (row.server.as_str(), row.per_conn()))
+            .collect();
+        if let Some(o) = ours(per.iter().copied()) {
+            let _ = writeln!(
+                md,
+                "| idle memory ≤ 2 KiB per connection ({} connections) | {} | {} |",
+                num(key.0 as f64),
+                kib(o),
+                check(o <= 2048.0)
+            );
+            if let Some((peer, best)) = best_peer(per.iter().copied(), false) {
+                let _ = writeln!(
+                    md,
+                    "| idle memory below every peer ({} connections) | {} of {peer} ({}) | {} |",
+                    num(key.0 as f64),
+                    ratio(o / best),
+                    kib(best),
+                    check(o < best)
+                );
+            }
+        }
+    }
+    for (conns, why) in &r.idle_skipped {
+        let _ = writeln!(
+            md,
+            "| idle memory, {} connections | not run: {why} | – |",
+            num(*conns as f64)
+        );
+    }
+    let rates: Vec<(&str, f64)> = r
+        .handshake
+        .iter()
+        .map(|row| (row.server.as_str(), Measured::of(&row.rounds).rate.median))
+        .collect();
+    if let (Some(o), Some((peer, best))) = (
+        ours(rates.iter().copied()),
+        best_peer(rates.iter().copied(), true),
+    ) {
+        let _ = writeln!(
+            md,
+            "| handshakes/s ≥ the best peer | {} of {peer} | {} |",
+            ratio(o / best),
+            check(o >= best)
+        );
+    }
+    let invalid = r
+        .echo
+        .iter()
+        .map(|e| &e.rounds)
+        .chain(r.broadcast.iter().map(|b| &b.rounds))
+        .chain(r.handshake.iter().map(|h| &h.rounds))
+        .filter(|rounds| !Measured::of(rounds).valid())
+        .count();
+    let _ = writeln!(
+        md,
+        "\n{}\n",
+        if invalid == 0 {
+            format!(
+                "In no measured round was the generator at {:.0}% of its core or more.",
+                GENERATOR_LIMIT * 100.0
+            )
+        } else {
+            format!(
+                "**{invalid} case(s) marked invalid** below: the generator was at {:.0}% of \
+                 its core or more, so they may have measured the generator.",
+                GENERATOR_LIMIT * 100.0
+            )
+        }
+    );
+}
+
+/// Rows grouped by a key, in first-seen order of keys.
+fn group<T, K: Ord + Clone>(rows: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Vec<&T>)> {
+    let mut order: Vec<K> = Vec::new();
+    let mut map: BTreeMap<K, Vec<&T>> = BTreeMap::new();
+    for row in rows {
+        let k = key(row);
+        if !map.contains_key(&k) {
+            order.push(k.clone());
+        }
+        map.entry(k).or_default().push(row);
+    }
+    order
+        .into_iter()
+        .filter_map(|k| map.remove(&k).map(|v| (k, v)))
+        .collect()
+}
+
+fn spread(s: &Summary) -> String {
+    if s.spread().is_finite() {
+        format!("±{:.0}%", s.spread() * 50.0)
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn validity(m: &Measured) -> String {
+    let g = format!("{:.0}%", m.generator_load * 100.0);
+    if m.valid() {
+        g
+    } else {
+        format!("**{g} invalid**")
+    }
+}
+
+fn echo_section(md: &mut String, rows: &[EchoRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Echo\n");
+    let _ = writeln!(
+        md,
+        "Connections × payload; each connection sends one binary message, waits for the \
+         echo, and repeats. Messages per second (median of the rounds, ± half the \
+         min–max spread), per second of server CPU, the server's and generator's CPU \
+         use, and the ratio to the best peer and to tokio-tungstenite.\n"
+    );
+    let _ = writeln!(md, "![echo](bench-echo.svg)\n");
+    let _ = writeln!(
+        md,
+        "| case | server | msg/s | spread | msg per server CPU-s | server CPU | generator CPU | ÷ best peer | ÷ tokio-tungstenite |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for ((conns, size), rows) in group(rows, |row| (row.conns, row.size)) {
+        let measured: Vec<(&str, Measured)> = rows
+            .iter()
+            .map(|row| (row.server.as_str(), Measured::of(&row.rounds)))
+            .collect();
+        let rates = || measured.iter().map(|(s, m)| (*s, m.rate.median));
+        let best = best_peer(rates(), true).map(|b| b.1);
+        let tt = rates()
+            .find(|(s, _)| *s == "tokio-tungstenite")
+            .map(|p| p.1);
+        for (server, m) in &measured {
+            let _ = writeln!(
+                md,
+                "| {conns}×{} | {} | {} | {} | {} | {:.0}% | {} | {} | {} |",
+                bytes(size),
+                name(server),
+                num(m.rate.median),
+                spread(&m.rate),
+                num(m.per_cpu.median),
+                m.server_load * 100.0,
+                validity(m),
+                best.map_or("–".into(), |b| ratio(m.rate.median / b)),
+                tt.map_or("–".into(), |t| ratio(m.rate.median / t)),
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn name(server: &str) -> String {
+    if server == OURS {
+        format!("**{server}**")
+    } else {
+        server.to_owned()
+    }
+}
+
+fn micros(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn broadcast_section(md: &mut String, rows: &[BroadcastRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let window = rows.first().map_or(0, |r| r.window);
+    let _ = writeln!(md, "## Broadcast fan-out\n");
+    let _ = writeln!(
+        md,
+        "A room of N subscribers plus one publisher. Deliveries per second are measured with \
+         {window} messages in flight; latency (publish to the last receiver, timestamp in \
+         the payload, HdrHistogram) with one message in flight, so that it is the time a \
+         fan-out takes rather than time queued behind earlier messages (the p99 with \
+         {window} in flight is in the last column). Peers broadcast the way their users \
+         write it: a loop over every connection's unbounded channel (tokio-tungstenite's \
+         chat example); switchboard uses `hub.to(room).except(sender).send(..)`.\n"
+    );
+    let _ = writeln!(md, "![broadcast](bench-broadcast.svg)\n");
+    let _ = writeln!(
+        md,
+        "| room | payload | server | deliveries/s | spread | per server CPU-s | generator CPU | ÷ best peer | p50 | p99 | p99.9 | samples | p99, {window} in flight |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for ((room, size), rows) in group(rows, |row| (row.room, row.size)) {
+        let measured: Vec<(&BroadcastRow, Measured)> = rows
+            .iter()
+            .map(|row| (*row, Measured::of(&row.rounds)))
+            .collect();
+        let best = best_peer(
+            measured
+                .iter()
+                .map(|(r, m)| (r.server.as_str(), m.rate.median)),
+            true,
+        )
+        .map(|b| b.1);
+        for (row, m) in &measured {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                num(room as f64),
+                bytes(size),
+                name(&row.server),
+                num(m.rate.median),
+                spread(&m.rate),
+                num(m.per_cpu.median),
+                validity(m),
+                best.map_or("–".into(), |b| ratio(m.rate.median / b)),
+                micros(row.latency.p50_us),
+                micros(row.latency.p99_us),
+                micros(row.latency.p999_us),
+                row.latency.samples,
+                micros(row.loaded_latency.p99_us),
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn idle_section(md: &mut String, r: &Results) {
+    if r.idle.is_empty() && r.idle_skipped.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Idle memory\n");
+    let _ = writeln!(
+        md,
+        "Server resident memory (`VmRSS`) before and after N connections completed their \
+         handshake and went quiet, after 100 warm-up connections (so one-time costs are \
+         not charged to them); socket buffers are kernel memory and not in RSS. `echo` is \
+         each server's echo binary; `broadcast` is its room server (switchboard: the hub \
+         behind axum; peers: a task pair and an unbounded channel per connection).\n"
+    );
+    let _ = writeln!(md, "![idle memory](bench-idle.svg)\n");
+    let _ = writeln!(
+        md,
+        "| connections | behaviour | server | RSS before | RSS after | per connection | ÷ best peer |"
+    );
+    let _ = writeln!(md, "|---:|---|---|---:|---:|---:|---:|");
+    for ((conns, behaviour), rows) in group(&r.idle, |row| (row.conns, row.behaviour.clone())) {
+        let best = best_peer(
+            rows.iter().map(|r| (r.server.as_str(), r.per_conn())),
+            false,
+        )
+        .map(|b| b.1);
+        for row in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {behaviour} | {} | {} | {} | {} | {} |",
+                num(conns as f64),
+                name(&row.server),
+                mib(row.rss_before),
+                mib(row.rss_after),
+                kib(row.per_conn()),
+                best.map_or("–".into(), |b| ratio(row.per_conn() / b)),
+            );
+        }
+    }
+    for (conns, why) in &r.idle_skipped {
+        let _ = writeln!(md, "\n{} connections: not run: {why}.", num(*conns as f64));
+    }
+    let _ = writeln!(md);
+}
+
+fn handshake_section(md: &mut String, rows: &[HandshakeRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let concurrency = rows.first().map_or(0, |r| r.concurrency);
+    let _ = writeln!(md, "## Handshakes\n");
+    let _ = writeln!(
+        md,
+        "{concurrency} concurrent clients, each: connect, send the upgrade request, read the \
+         101 (checking `Sec-WebSocket-Accept`), reset the connection, repeat. Each server's \
+         echo binary: switchboard's `accept_with` on the bare stream, tokio-tungstenite's \
+         `accept_async`, tokio-websockets' `ServerBuilder::accept`, fastwebsockets' upgrade \
+         inside a hyper `http1` connection (its documented way).\n"
+    );
+    let _ = writeln!(md, "![handshakes](bench-handshake.svg)\n");
+    let _ = writeln!(
+        md,
+        "| server | handshakes/s | spread | per server CPU-s | server CPU | generator CPU | ÷ best peer |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    let measured: Vec<(&str, Measured)> = rows
+        .iter()
+        .map(|r| (r.server.as_str(), Measured::of(&r.rounds)))
+        .collect();
+    let best = best_peer(measured.iter().map(|(s, m)| (*s, m.rate.median)), true).map(|b| b.1);
+    for (server, m) in &measured {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.0}% | {} | {} |",
+            name(server),
+            num(m.rate.median),
+            spread(&m.rate),
+            num(m.per_cpu.median),
+            m.server_load * 100.0,
+            validity(m),
+            best.map_or("–".into(), |b| ratio(m.rate.median / b)),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn slow_section(md: &mut String, rows: &[SlowRow]) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let secs = first.round.secs;
+    let _ = writeln!(md, "## Slow consumer\n");
+    let _ = writeln!(
+        md,
+        "A room of {} receivers, one of which stops reading after joining; the publisher \
+         sends {} messages of {} per second for {secs:.0} s (open loop: the same load for \
+         every server). Latency is publish to the last *healthy* receiver; RSS is \
+         sampled every second. switchboard's hub bounds each connection's queue \
+         (`max_buffered_bytes`, 1 MiB by default, then drops); the peers' unbounded \
+         channels grow for as long as the client does not read.\n",
+        num(first.room as f64),
+        first.rate,
+        bytes(first.size)
+    );
+    let _ = writeln!(md, "![slow consumer RSS](bench-slow.svg)\n");
+    let _ = writeln!(
+        md,
+        "| server | p50 | p99 | p99.9 | RSS start | RSS end | RSS max | published | incomplete | server CPU |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let max = row.rss.iter().map(|r| r.1).max().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% |",
+            name(&row.server),
+            micros(row.latency.p50_us),
+            micros(row.latency.p99_us),
+            micros(row.latency.p999_us),
+            mib(row.rss.first().map_or(0, |r| r.1)),
+            mib(row.rss.last().map_or(0, |r| r.1)),
+            mib(max),
+            num(row.published as f64),
+            num(row.incomplete as f64),
+            row.round.server_load() * 100.0,
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn method(md: &mut String) {
+    let _ = writeln!(
+        md,
+        "## Method\n\n\
+         - **Servers** (`crates/switchboard-bench/src/bin/`): one binary per implementation, \
+         the same behaviour (`--mode echo`: send back every text and binary message; \
+         `--mode broadcast`: every connection in one room, each message to every other \
+         member), the same runtime (tokio current-thread, all drivers), the same listener \
+         (backlog 4096), `TCP_NODELAY`, one plain `tokio::spawn` per connection, default \
+         library settings. fastwebsockets runs with its `simd` feature and its \
+         `FragmentCollector`; its own examples wrap tasks in `tokio::task::unconstrained`, \
+         which is left out here so that the runtime's cooperative budget applies to all.\n\
+         - **Generator** (`bench-loadgen`): written without any WebSocket library (it must \
+         not share our bugs): one thread, one `mio` (epoll) loop, raw non-blocking sockets, \
+         the handshake and frames by hand; echo frames are pre-masked once \
+         (uWebSockets' `load_test` semantics: send, wait for exactly the echoed bytes, \
+         compare them, repeat). Clients connect from 127.0.0.2, 127.0.0.3, … so that large \
+         runs do not exhaust one address's ephemeral ports, and close with a reset \
+         (`SO_LINGER` 0), leaving no `TIME_WAIT`.\n\
+         - **Pinning**: the server runs on core 0 and the generator on core 1 (`taskset`). \
+         On loopback, the kernel's TCP work for a packet is mostly charged to the sender's \
+         core, so each side's CPU time includes part of the other's traffic.\n\
+         - **Rounds**: a warm-up, then several rounds; tables give the median and ± half \
+         the min–max spread. Server CPU comes from `/proc/<pid>/task/*/schedstat` at each \
+         round boundary (nanoseconds on CPU, every thread); msg per server CPU-second is \
+         messages ÷ that time. The generator records its own CPU the same way; a round in \
+         which it used {:.0}% of its core or more is marked invalid (it may have measured \
+         the generator).\n\
+         - **Broadcast**: the publisher sends binary messages starting with a sequence \
+         number and a send timestamp; a message counts as delivered when every subscriber \
+         has it. Before measuring, the publisher republishes until one message reaches \
+         every subscriber (a 101 can arrive before the server has put the connection in \
+         the room).\n\
+         - **Idle memory**: `VmRSS` from `/proc/<pid>/status`. The open-files limit bounds \
+         the number of connections one server process can hold; where it is below a \
+         scenario's size the scenario is reported as not run.\n",
+        GENERATOR_LIMIT * 100.0
+    );
+}
+
+/// A civil date from Unix seconds (Howard Hinnant's algorithm), to avoid a dependency.
+fn date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02}")
+}
+
+/// Chart colours, one per server, ours first.
+fn colour(server: &str) -> &'static str {
+    match SERVERS.iter().position(|s| s.name == server) {
+        Some(0) => "#e8590c",
+        Some(1) => "#1c7ed6",
+        Some(2) => "#2f9e44",
+        Some(3) => "#7048e8",
+        _ => "#868e96",
+    }
+}
+
+fn charts(r: &Results) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !r.echo.is_empty() {
+        let groups = group(&r.echo, |row| (row.conns, row.size))
+            .into_iter()
+            .map(|((c, s), rows)| {
+                (
+                    format!("{c}×{}", bytes(s)),
+                    rows.iter()
+                        .map(|row| (row.server.clone(), Measured::of(&row.rounds).rate.median))
+                        .collect(),
+                )
+            })
+            .collect::<Vec<_>>();
+        out.push((
+            "bench-echo.svg",
+            bars("Echo", "messages per second", &groups),
+        ));
+    }
+    if !r.broadcast.is_empty() {
+        let groups = group(&r.broadcast, |row| (row.room, row.size))
+            .into_iter()
+            .map(|((room, s), rows)| {
+                (
+                    format!("{} × {}", num(room as f64), bytes(s)),
+                    rows.iter()
+                        .map(|row| (row.server.clone(), Measured::of(&row.rounds).rate.median))
+                        .collect(),
+                )
+            })
+            .collect::<Vec<_>>();
+        out.push((
+            "bench-broadcast.svg",
+            bars("Broadcast", "deliveries per second", &groups),
+        ));
+    }
+    if !r.idle.is_empty() {
+        let groups = group(&r.idle, |row| (row.conns, row.behaviour.clone()))
+            .into_iter()
+            .map(|((conns, behaviour), rows)| {
+                (
+                    format!("{} idle ({behaviour})", num(conns as f64)),
+                    rows.iter()
+                        .map(|row| (row.server.clone(), row.per_conn()))
+                        .collect(),
+                )
+            })
+            .collect::<Vec<_>>();
+        out.push((
+            "bench-idle.svg",
+            bars(
+                "Idle memory: bytes per connection (lower is better)",
+                "B",
+                &groups,
+            ),
+        ));
+    }
+    if !r.handshake.is_empty() {
+        let groups = vec![(
+            "handshakes".to_owned(),
+            r.handshake
+                .iter()
+                .map(|row| (row.server.clone(), Measured::of(&row.rounds).rate.median))
+                .collect(),
+        )];
+        out.push((
+            "bench-handshake.svg",
+            bars("Handshakes", "per second", &groups),
+        ));
+    }
+    if !r.slow.is_empty() {
+        out.push(("bench-slow.svg", rss_lines(&r.slow)));
+    }
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+const FONT: &str = "font-family=\"-apple-system,Segoe UI,Helvetica,Arial,sans-serif\"";
+
+/// Horizontal bars, one group per case; each group is scaled to its own largest value
+/// (cases differ by orders of magnitude), with the value written beside each bar.
+fn bars(title: &str, unit: &str, groups: &[(String, Vec<(String, f64)>)]) -> String {
+    let (width, left, bar_h, gap) = (800.0, 130.0, 16.0, 14.0);
+    // Room on the right for the longest label ("1,234,567 tokio-tungstenite").
+    let bar_max = width - left - 200.0;
+    let rows: usize = groups.iter().map(|(_, v)| v.len()).sum();
+    let height = 60.0 + rows as f64 * (bar_h + 3.0) + groups.len() as f64 * gap + 30.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height:.0}\" \
+         viewBox=\"0 0 {width} {height:.0}\" {FONT} font-size=\"12\">"
+    );
+    let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>");
+    let _ = writeln!(
+        svg,
+        "<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{} ({})</text>",
+        escape(title),
+        escape(unit)
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.0}\" y=\"22\" text-anchor=\"end\" fill=\"#868e96\">bars scaled per case</text>",
+        width - 10.0
+    );
+    let mut y = 40.0;
+    for (label, values) in groups {
+        let max = values
+            .iter()
+            .map(|v| v.1)
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{}</text>",
+            y + bar_h - 3.0,
+            escape(label)
+        );
+        for (server, value) in values {
+            let w = if max > 0.0 && value.is_finite() {
+                (value / max * bar_max).max(1.0)
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{left}\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"{bar_h}\" fill=\"{}\"/>",
+                colour(server)
+            );
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.0}\">{} <tspan fill=\"#868e96\">{}</tspan></text>",
+                left + w + 6.0,
+                y + bar_h - 4.0,
+                num(*value),
+                escape(server)
+            );
+            y += bar_h + 3.0;
+        }
+        y += gap;
+    }
+    legend(&mut svg, y + 4.0);
+    let _ = writeln!(svg, "</svg>");
+    svg
+}
+
+fn legend(svg: &mut String, y: f64) {
+    let mut x = 10.0;
+    for server in SERVERS {
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"{:.0}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{}\" y=\"{:.0}\">{}</text>",
+            y - 10.0,
+            colour(server.name),
+            x + 16.0,
+            y,
+            server.name
+        );
+        x += 30.0 + server.name.len() as f64 * 7.0;
+    }
+}
+
+/// RSS over time, one line per server.
+fn rss_lines(rows: &[SlowRow]) -> String {
+    let (width, height, left, top, bottom) = (760.0, 360.0, 70.0, 40.0, 60.0);
+    let plot_w = width - left - 20.0;
+    let plot_h = height - top - bottom;
+    let max_t = rows
+        .iter()
+        .flat_map(|r| r.rss.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let max_mib = rows
+        .iter()
+        .flat_map(|r| r.rss.iter().map(|p| p.1 as f64 / 1_048_576.0))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\" {FONT} font-size=\"12\">"
+    );
+    let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>");
+    let _ = writeln!(
+        svg,
+        "<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Slow consumer: server RSS (MiB) over time (s)</text>"
+    );
+    for i in 0..=4 {
+        let v = max_mib * f64::from(i) / 4.0;
+        let y = top + plot_h - plot_h * f64::from(i) / 4.0;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{left}\" x2=\"{:.0}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#dee2e6\"/>\
+             <text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            left + plot_w,
+            left - 6.0,
+            y + 4.0
+        );
+        let t = max_t * f64::from(i) / 4.0;
+        let x = left + plot_w * f64::from(i) / 4.0;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\">{t:.0}</text>",
+            top + plot_h + 16.0
+        );
+    }
+    for row in rows {
+        let points: Vec<String> = row
+            .rss
+            .iter()
+            .map(|(t, b)| {
+                format!(
+                    "{:.1},{:.1}",
+                    left + t / max_t * plot_w,
+                    top + plot_h - (*b as f64 / 1_048_576.0) / max_mib * plot_h
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+            colour(&row.server),
+            points.join(" ")
+        );
+    }
+    legend(&mut svg, height - 14.0);
+    let _ = writeln!(svg, "</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(num(1234567.4), "1,234,567");
+        assert_eq!(num(12.0), "12");
+        assert_eq!(bytes(16384), "16 KiB");
+        assert_eq!(bytes(20), "20 B");
+        assert_eq!(date(0), "1970-01-01 00:00");
+        assert_eq!(date(1_700_000_000), "2023-11-14 22:13");
+    }
+}
