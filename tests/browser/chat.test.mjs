@@ -1,6 +1,9 @@
-// The chat example's page in headless Chromium, as two people use it: both join a room,
-// a message goes each way, the server crashes and comes back on the same port while the
-// pages stay open (they must reconnect by themselves), and one of them leaves.
+// The chat example's page in headless Chromium, as two people use it. The page speaks
+// Phoenix channels through our client (clients/js, served at /client/ by the chat
+// server), with presence for "who's online": both join a room and see each other, a
+// message goes each way, the server crashes and comes back on the same port while the
+// pages stay open (the client must reconnect and rejoin by itself), and one of them
+// leaves.
 //
 //   cargo build --release --examples -p switchboard
 //   tests/browser/setup.sh
@@ -143,6 +146,15 @@ const member = (page, name) => page.locator(`#members li[data-user="${name}"]`);
 const message = (page, from, text) =>
   page.locator(`#log [data-kind="message"][data-user="${from}"]`, { hasText: text });
 const status = (page, state) => page.locator(`#status[data-state="${state}"]`);
+const members = (page) => page.locator('#members li').evaluateAll((lis) => lis.map((li) => li.dataset.user));
+/** Waits until the page lists exactly `names` (sorted) as online. */
+async function waitForMembers(page, names, timeout = STEP_MS) {
+  await page.waitForFunction(
+    (want) => JSON.stringify([...document.querySelectorAll('#members li')].map((li) => li.dataset.user)) === want,
+    JSON.stringify(names),
+    { timeout },
+  );
+}
 
 async function send(page, text) {
   await page.locator('#input').fill(text);
@@ -201,6 +213,17 @@ describe('chat page in headless Chromium', { timeout: 180_000 }, () => {
     process.off('exit', killServer);
   });
 
+  step('the server serves the client modules the page imports, and nothing else', async () => {
+    const index = await fetch(`${server.url}/client/index.js`);
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get('content-type'), /^text\/javascript/);
+    assert.match(await index.text(), /export \{ Presence \} from '.\/presence.js'/);
+    for (const name of ['nope.js', 'index.d.ts', '..%2Fmain.rs', '']) {
+      const response = await fetch(`${server.url}/client/${name}`);
+      assert.equal(response.status, 404, `/client/${name}`);
+    }
+  });
+
   step('two people join the same room and see each other', async () => {
     // Alice comes by a shared link with her name in it.
     alice = await openPage(browser, 'alice', `${server.url}/?room=${ROOM}&name=alice`, pageErrors);
@@ -221,10 +244,11 @@ describe('chat page in headless Chromium', { timeout: 180_000 }, () => {
     await member(bob.page, 'alice').waitFor();
     // Bob's first connection (before he typed his name) is gone from Alice's list.
     await alice.page.waitForFunction(() => document.querySelectorAll('#members li').length === 2);
-    assert.deepEqual(
-      await alice.page.locator('#members li').evaluateAll((lis) => lis.map((li) => li.dataset.user)),
-      ['alice', 'bob'],
-    );
+    assert.deepEqual(await members(alice.page), ['alice', 'bob']);
+    // Presence, on both pages.
+    await waitForMembers(bob.page, ['alice', 'bob']);
+    assert.match(await member(bob.page, 'bob').textContent(), /\(you\)/);
+    await screenshot(bob.page, 'joined-bob');
   });
 
   step('a message sent with the Send button reaches the other page', async () => {
@@ -263,9 +287,11 @@ describe('chat page in headless Chromium', { timeout: 180_000 }, () => {
         await notice(page, `Reconnected to #${ROOM}`).waitFor();
       }
       t.diagnostic(`both pages online ${((Date.now() - down) / 1000).toFixed(1)}s after the restart began`);
-      await member(alice.page, 'bob').waitFor();
-      await member(bob.page, 'alice').waitFor();
+      // Presence is rebuilt by the rejoins: each page lists both again.
+      await waitForMembers(alice.page, ['alice', 'bob']);
+      await waitForMembers(bob.page, ['alice', 'bob']);
       await screenshot(alice.page, 'reconnected-alice');
+      await screenshot(bob.page, 'reconnected-bob');
     },
     90_000,
   );
@@ -315,8 +341,7 @@ describe('chat page in headless Chromium', { timeout: 180_000 }, () => {
       (n) => [...document.querySelectorAll('#log [data-kind="notice"]')].filter((el) => el.textContent === 'bob left').length > n,
       before,
     );
-    await member(alice.page, 'bob').waitFor({ state: 'detached' });
-    await member(alice.page, 'alice').waitFor();
+    await waitForMembers(alice.page, ['alice']);
     await screenshot(alice.page, 'left-alice');
   });
 

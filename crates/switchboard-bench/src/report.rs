@@ -603,10 +603,11 @@ fn slow_section(md: &mut String, rows: &[SlowRow]) {
     let _ = writeln!(md, "## Slow consumer\n");
     let _ = writeln!(
         md,
-        "A room of {} receivers, one of which stops reading after joining; the publisher \
-         sends {} messages of {} per second for {secs:.0} s (open loop: the same load for \
-         every server). Latency is publish to the last *healthy* receiver; RSS is \
-         sampled every second. switchboard's hub bounds each connection's queue \
+        "A room of {} receivers, one of which stops reading after joining (its socket \
+         has a 4 KiB receive buffer, so the kernel holds little on its behalf); the \
+         publisher sends {} messages of {} per second for {secs:.0} s (open loop: the same \
+         load for every server, light enough for each). Latency is publish to the last \
+         *healthy* receiver; RSS is sampled every second. switchboard's hub bounds each connection's queue \
          (`max_buffered_bytes`, 1 MiB by default, then drops); the peers' unbounded \
          channels grow for as long as the client does not read.\n",
         num(first.room as f64),

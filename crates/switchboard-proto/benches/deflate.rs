@@ -16,10 +16,15 @@ use switchboard_proto::{
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-/// Chat-like JSON: what a real-time application sends, and what compresses well.
-fn json(len: usize) -> Vec<u8> {
+/// How many distinct messages each benchmark cycles through: sending one message over
+/// and over would let context takeover reduce each to a single back-reference.
+const DISTINCT: u32 = 64;
+
+/// Chat-like JSON, the `seed`th of a series: what a real-time application sends, similar
+/// from one message to the next but never the same.
+fn json(len: usize, seed: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 128);
-    let mut i = 0u32;
+    let mut i = seed.wrapping_mul(7_919);
     while out.len() < len {
         out.extend_from_slice(
             format!(
@@ -27,7 +32,7 @@ fn json(len: usize) -> Vec<u8> {
                 i % 17,
                 i,
                 i % 101,
-                i.wrapping_mul(2_654_435_761) % 100_000
+                i.wrapping_mul(2_654_435_761) % 1_000_003
             )
             .as_bytes(),
         );
@@ -57,12 +62,16 @@ fn params(bits: u8, no_context_takeover: bool) -> DeflateParams {
 fn compress(c: &mut Criterion) {
     let mut group = c.benchmark_group("deflate_compress");
     for len in [1024usize, 16 << 10, 256 << 10] {
-        let message = json(len);
+        let messages: Vec<Vec<u8>> = (0..DISTINCT).map(|seed| json(len, seed)).collect();
         group.throughput(Throughput::Bytes(len as u64));
         for (name, bits, level, reset) in SETTINGS {
             let mut deflater = Deflater::new(&params(bits, reset), Role::Server, level);
+            let mut next = messages.iter().cycle();
             group.bench_function(BenchmarkId::new(name, len), |b| {
-                b.iter(|| deflater.frame(OpCode::Text, black_box(&message)))
+                b.iter(|| {
+                    let message = next.next().expect("cycle");
+                    deflater.frame(OpCode::Text, black_box(message))
+                })
             });
         }
     }
@@ -72,7 +81,7 @@ fn compress(c: &mut Criterion) {
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("deflate_decode");
     for len in [1024usize, 16 << 10, 256 << 10] {
-        let message = json(len);
+        let messages: Vec<Vec<u8>> = (0..DISTINCT).map(|seed| json(len, seed)).collect();
         group.throughput(Throughput::Bytes(len as u64));
         for (name, bits, level, reset) in SETTINGS {
             let agreed = params(bits, reset);
@@ -80,11 +89,12 @@ fn decode(c: &mut Criterion) {
             // inflater must see the stream the deflater produced, so a long run of frames
             // is made once and decoded in order, wrapping with a fresh pair.
             let mut deflater = Deflater::new(&agreed, Role::Client, level);
-            let frames: Vec<BytesMut> = (0..256)
-                .map(|_| {
+            let frames: Vec<BytesMut> = messages
+                .iter()
+                .map(|message| {
                     let mut wire = BytesMut::new();
                     deflater
-                        .frame(OpCode::Text, &message)
+                        .frame(OpCode::Text, message)
                         .expect("compress")
                         .masked(KEY)
                         .write_to(&mut wire);

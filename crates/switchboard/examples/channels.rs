@@ -19,76 +19,21 @@
 //! ```
 //!
 //! - Connect: with `--token`, the socket's `token` param must match (403 otherwise).
-//! - Topics `room:{name}`; join params `{"user": name}`, which is also the presence key;
-//!   joining without a user is refused with `{"reason": "user required"}`.
+//! - The chat channel of [`chat/channel.rs`](chat/channel.rs), which the `chat` example
+//!   serves too: topics `room:{name}`; join params `{"user": name}`, which is also the
+//!   presence key; joining without a user is refused with `{"reason": "user required"}`.
 //! - `new_msg` `{"body": …}` reaches every member of the topic, the sender too, as
 //!   `new_msg` `{"user": …, "body": …}`.
 //! - `ping` is answered with its own payload, JSON or binary.
 
-use serde_json::{Value, json};
-use std::{
-    error::Error,
-    net::SocketAddr,
-    time::{SystemTime, UNIX_EPOCH},
-};
+#[path = "chat/channel.rs"]
+mod channel;
+
+use std::{error::Error, net::SocketAddr};
 use switchboard::{
-    channels::{Assigns, Channel, Channels, HandleIn, Payload, Refused, Reply, Socket},
+    channels::{Assigns, Channels, Refused},
     hub::{Hub, HubConfig},
 };
-
-/// A name is at most this many characters.
-const MAX_NAME: usize = 32;
-/// A message body is at most this many characters.
-const MAX_BODY: usize = 2000;
-
-/// The member's name, assigned on join.
-#[derive(Clone)]
-struct User(String);
-
-struct Room;
-
-impl Channel for Room {
-    async fn join(&self, _topic: &str, payload: Value, socket: &Socket) -> Result<Value, Value> {
-        let name = payload
-            .get("user")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|name| !name.is_empty() && name.chars().count() <= MAX_NAME)
-            .ok_or_else(|| json!({"reason": "user required"}))?;
-        socket.assign(User(name.to_owned()));
-        let presence = socket.presence();
-        let online_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        presence
-            .track(socket, name, json!({"online_at": online_at.to_string()}))
-            .map_err(|error| json!({"reason": error.to_string()}))?;
-        // Held until the join's ok reply has gone out, as Phoenix's `:after_join`.
-        let _ = socket.push("presence_state", presence.list(socket.topic()));
-        Ok(json!({}))
-    }
-
-    async fn handle_in(&self, event: &str, payload: Payload, socket: &Socket) -> HandleIn {
-        match event {
-            "new_msg" => {
-                let body = payload
-                    .as_json()
-                    .and_then(|p| p.get("body"))
-                    .and_then(Value::as_str)
-                    .map(str::trim)
-                    .filter(|body| !body.is_empty());
-                let (Some(body), Some(User(user))) = (body, socket.assigned::<User>()) else {
-                    return Reply::error(json!({"reason": "body required"})).into();
-                };
-                let body: String = body.chars().take(MAX_BODY).collect();
-                let _ = socket.broadcast("new_msg", json!({"user": user, "body": body}));
-                Reply::ok(json!({})).into()
-            }
-            "ping" => Reply::ok(payload).into(),
-            _ => Reply::error(json!({"reason": "unknown event"})).into(),
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -119,7 +64,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 }
             }
         })
-        .channel("room:{name}", Room);
+        .channel(channel::TOPICS, channel::Room);
     let app: axum::Router = channels.into_router();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("channels server on ws://{}/socket", listener.local_addr()?);

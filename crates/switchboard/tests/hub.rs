@@ -11,10 +11,12 @@ mod common;
 
 use axum::{Router, extract::Request, middleware::Next, response::IntoResponse, routing::get};
 use common::{
-    RawReader, STEP, assert_eof, handshake_request, http_exchange, read_response, within,
+    STEP, assert_eof, handshake_request, http_exchange,
+    hub::{Client, HubServer, connect, raw_connect, serve, try_connect},
+    listen, within,
 };
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use std::{
     collections::{HashSet, VecDeque},
     io,
@@ -31,24 +33,17 @@ use switchboard::{
 };
 use tokio::{
     io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{
         Semaphore,
         mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
-        oneshot,
     },
     task::JoinHandle,
 };
-use tokio_tungstenite::{
-    WebSocketStream, client_async,
-    tungstenite::{
-        self, Message as TMessage,
-        client::IntoClientRequest,
-        protocol::{CloseFrame as TCloseFrame, frame::coding::CloseCode as TCloseCode},
-    },
+use tokio_tungstenite::tungstenite::{
+    self, Message as TMessage,
+    protocol::{CloseFrame as TCloseFrame, frame::coding::CloseCode as TCloseCode},
 };
-
-type Client = WebSocketStream<TcpStream>;
 
 // ---------------------------------------------------------------------------------------
 // The probe handler and its server
@@ -156,17 +151,28 @@ struct Events {
     pending: VecDeque<Event>,
     /// Everything received, in order.
     log: Vec<Event>,
+    /// The probe's gate: each permit added lets one `block` go on.
+    gate: Arc<Semaphore>,
+}
+
+/// A probe, and the events it reports with its gate.
+fn probe() -> (Probe, Events) {
+    let (tx, rx) = unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Probe {
+        events: tx,
+        gate: gate.clone(),
+    };
+    let events = Events {
+        rx,
+        pending: VecDeque::new(),
+        log: Vec::new(),
+        gate,
+    };
+    (probe, events)
 }
 
 impl Events {
-    fn new(rx: UnboundedReceiver<Event>) -> Self {
-        Self {
-            rx,
-            pending: VecDeque::new(),
-            log: Vec::new(),
-        }
-    }
-
     /// The first event not yet returned that matches `pred`, waiting up to `STEP`.
     async fn wait(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
         if let Some(i) = self.pending.iter().position(&pred) {
@@ -223,21 +229,8 @@ impl Events {
     }
 }
 
-/// A hub served on 127.0.0.1:0 with `serve_with_shutdown`.
-struct TestServer {
-    addr: SocketAddr,
-    hub: Hub,
-    events: Events,
-    gate: Arc<Semaphore>,
-    stop: Option<oneshot::Sender<()>>,
-    served: JoinHandle<io::Result<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.served.abort();
-    }
-}
+/// A hub served on 127.0.0.1:0 with `serve_with_shutdown`, with its probe's events.
+type TestServer = HubServer<Events>;
 
 /// The default routes: `/chat/{room}` and `/ws` with `switchboard::ws`.
 fn default_routes(hub: &Hub, probe: Probe) -> Router {
@@ -252,33 +245,34 @@ async fn start(config: HubConfig) -> TestServer {
 
 async fn start_with(config: HubConfig, routes: impl FnOnce(&Hub, Probe) -> Router) -> TestServer {
     let hub = Hub::new(config);
-    let (tx, rx) = unbounded_channel();
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Probe {
-        events: tx,
-        gate: gate.clone(),
-    };
+    let (probe, events) = probe();
     let app = routes(&hub, probe);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let hub = hub.clone();
-        async move {
-            switchboard::serve_with_shutdown(listener, app, &hub, async {
-                let _ = stopped.await;
-            })
+    serve(hub, app, events).await
+}
+
+/// The default routes of `hub` served with plain `axum::serve`, which knows nothing of the
+/// hub (it keeps accepting while the hub drains); with `connect_info`, as
+/// `into_make_service_with_connect_info`. Returns the address, the probe's events and the
+/// server's task.
+async fn serve_with_axum(
+    hub: &Hub,
+    connect_info: bool,
+) -> (SocketAddr, Events, JoinHandle<io::Result<()>>) {
+    let (probe, events) = probe();
+    let app = default_routes(hub, probe);
+    let (listener, addr) = listen().await;
+    let served = if connect_info {
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
             .await
-        }
-    });
-    TestServer {
-        addr,
-        hub,
-        events: Events::new(rx),
-        gate,
-        stop: Some(stop),
-        served,
-    }
+        })
+    } else {
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
+    (addr, events, served)
 }
 
 fn config() -> HubConfig {
@@ -291,34 +285,6 @@ fn config() -> HubConfig {
 // ---------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------
-
-/// Opens a WebSocket with tokio-tungstenite; returns it with its local address.
-async fn try_connect(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<(Client, SocketAddr), tungstenite::Error> {
-    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    let tcp = within("tcp connect", TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let local = tcp.local_addr().unwrap();
-    let (client, _) = within("handshake", client_async(request, tcp)).await?;
-    Ok((client, local))
-}
-
-async fn connect(addr: SocketAddr, path: &str) -> Client {
-    match try_connect(addr, path, &[]).await {
-        Ok((client, _)) => client,
-        Err(error) => panic!("connect {path}: {error}"),
-    }
-}
 
 /// The status and headers of a refused upgrade.
 async fn refused(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Response<()> {
@@ -388,17 +354,6 @@ fn collect_until_end(mut client: Client) -> JoinHandle<Vec<String>> {
     })
 }
 
-/// A raw client that completed the handshake on `path`.
-async fn raw_connect(addr: SocketAddr, path: &str) -> (TcpStream, RawReader) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(handshake_request(path, "").as_bytes())
-        .await
-        .unwrap();
-    let (response, rest) = read_response(&mut tcp).await;
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    (tcp, RawReader::new(rest))
-}
-
 /// Polls `cond` until it holds, failing after `STEP`: for state that changes without an
 /// event to await (the registry after a connection's task ends).
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -407,6 +362,28 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Whether `event` is the `on_message` of `id` with the text `text`.
+fn is_text(event: &Event, id: ConnectionId, text: &str) -> bool {
+    matches!(event, Event::Message(i, Message::Text(t), _) if *i == id && t == text)
+}
+
+/// Reads `client` to its end; checks that the close frame it received and the `on_close`
+/// of `id` both carry `code` and `reason`.
+async fn assert_closed_with(
+    server: &mut TestServer,
+    client: Client,
+    id: ConnectionId,
+    code: u16,
+    reason: &str,
+) {
+    let frame = close_received(client).await.unwrap();
+    assert_eq!((close_code(&frame), frame.reason.as_str()), (code, reason));
+    assert_eq!(
+        server.events.close(id).await,
+        (CloseCode(code), reason.to_owned())
+    );
 }
 
 fn close_frame(code: u16, reason: &str) -> TMessage {
@@ -483,22 +460,7 @@ async fn route_carries_params_query_assigns_and_remote_addr() {
 #[tokio::test]
 async fn remote_addr_is_known_under_axum_serve() {
     let hub = Hub::new(config());
-    let (tx, rx) = unbounded_channel();
-    let probe = Probe {
-        events: tx,
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let app = default_routes(&hub, probe);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    let mut events = Events::new(rx);
+    let (addr, mut events, served) = serve_with_axum(&hub, true).await;
     let (_client, local) = try_connect(addr, "/ws", &[]).await.unwrap();
     let conn = events.open().await;
     assert_eq!(conn.remote_addr(), Some(local));
@@ -640,15 +602,7 @@ async fn malformed_handshakes_are_refused_before_the_upgrade() {
 async fn a_draining_hub_refuses_upgrades_with_503() {
     // Served by plain `axum::serve`, which keeps accepting while the hub drains.
     let hub = Hub::new(config());
-    let (tx, _rx) = unbounded_channel();
-    let probe = Probe {
-        events: tx,
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let app = default_routes(&hub, probe);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, _events, served) = serve_with_axum(&hub, false).await;
     within(
         "shutdown of an idle hub",
         hub.shutdown(Duration::from_secs(1)),
@@ -780,16 +734,18 @@ async fn a_slow_callback_delays_only_its_own_connection() {
     // The slow connection's own next message waits for its callback.
     server.events.drain();
     assert!(
-        !server.events.log.iter().any(
-            |e| matches!(e, Event::Message(id, Message::Text(t), _) if *id == slow_conn.id() && t == "after block")
-        ),
+        !server
+            .events
+            .log
+            .iter()
+            .any(|e| is_text(e, slow_conn.id(), "after block")),
         "a later message of the blocked connection ran before the callback ended"
     );
-    server.gate.add_permits(1);
+    server.events.gate.add_permits(1);
     server
         .events
         .wait("slow resumes", |e| {
-            matches!(e, Event::Message(id, Message::Text(t), _) if *id == slow_conn.id() && t == "after block")
+            is_text(e, slow_conn.id(), "after block")
         })
         .await;
 }
@@ -843,12 +799,7 @@ async fn server_close_reports_our_code_and_the_client_receives_it() {
     let mut client = connect(server.addr, "/ws").await;
     let conn = server.events.open().await;
     client.send(TMessage::text("close 4000 bye")).await.unwrap();
-    let frame = close_received(client).await.unwrap();
-    assert_eq!((close_code(&frame), frame.reason.as_str()), (4000, "bye"));
-    assert_eq!(
-        server.events.close(conn.id()).await,
-        (CloseCode(4000), "bye".to_owned())
-    );
+    assert_closed_with(&mut server, client, conn.id(), 4000, "bye").await;
 
     // From another task, through the handle.
     let client = connect(server.addr, "/ws").await;
@@ -858,15 +809,7 @@ async fn server_close_reports_our_code_and_the_client_receives_it() {
         .await
         .unwrap()
         .unwrap();
-    let frame = close_received(client).await.unwrap();
-    assert_eq!(
-        (close_code(&frame), frame.reason.as_str()),
-        (4002, "from a task")
-    );
-    assert_eq!(
-        server.events.close(conn.id()).await,
-        (CloseCode(4002), "from a task".to_owned())
-    );
+    assert_closed_with(&mut server, client, conn.id(), 4002, "from a task").await;
     server.events.drain();
     assert_eq!(server.events.closes(conn.id()), 1);
 }
@@ -1075,15 +1018,7 @@ async fn sends_work_from_other_tasks_and_threads() {
         .join()
         .unwrap()
         .unwrap();
-    let frame = close_received(client).await.unwrap();
-    assert_eq!(
-        (close_code(&frame), frame.reason.as_str()),
-        (4444, "thread closes")
-    );
-    assert_eq!(
-        server.events.close(conn.id()).await,
-        (CloseCode(4444), "thread closes".to_owned())
-    );
+    assert_closed_with(&mut server, client, conn.id(), 4444, "thread closes").await;
 }
 
 #[tokio::test]
@@ -1204,18 +1139,14 @@ async fn rooms_broadcasts_and_reports() {
     c.send(TMessage::text("join red")).await.unwrap();
     server
         .events
-        .wait("c joined", |e| {
-            matches!(e, Event::Message(id, Message::Text(t), _) if *id == conn_c.id() && t == "join red")
-        })
+        .wait("c joined", |e| is_text(e, conn_c.id(), "join red"))
         .await;
     assert_eq!(hub.room_size("red"), 3);
     assert_eq!(hub.to("red").send_text("7 red"), queued(3));
     c.send(TMessage::text("leave red")).await.unwrap();
     server
         .events
-        .wait("c left", |e| {
-            matches!(e, Event::Message(id, Message::Text(t), _) if *id == conn_c.id() && t == "leave red")
-        })
+        .wait("c left", |e| is_text(e, conn_c.id(), "leave red"))
         .await;
     assert_eq!(hub.to("red").send_text("8 red"), queued(2));
     hub.broadcast(Message::text("end"));

@@ -5,29 +5,23 @@
 
 mod common;
 
-use axum::Router;
 use bytes::Bytes;
-use common::{handshake_request, read_response, within};
+use common::{
+    hub::{Client, HubServer, connect, raw_handshake, serve_ws_route},
+    within,
+};
 use futures_util::StreamExt;
-use http::StatusCode;
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
     CloseCode,
     hub::{BroadcastReport, BufferPolicy, Connection, ConnectionId, Handler, Hub, HubConfig},
 };
 use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpSocket, TcpStream},
-    sync::{
-        mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
-        oneshot,
-    },
+    net::{TcpSocket, TcpStream},
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
     task::JoinHandle,
 };
-use tokio_tungstenite::{
-    WebSocketStream, client_async,
-    tungstenite::{Message as TMessage, client::IntoClientRequest},
-};
+use tokio_tungstenite::tungstenite::Message as TMessage;
 
 /// The outbound limit of every connection in these tests.
 const LIMIT: usize = 64 << 10;
@@ -64,19 +58,7 @@ impl Handler for Recorder {
     }
 }
 
-struct TestServer {
-    addr: SocketAddr,
-    hub: Hub,
-    events: UnboundedReceiver<Event>,
-    _stop: oneshot::Sender<()>,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.served.abort();
-    }
-}
+type TestServer = HubServer<UnboundedReceiver<Event>>;
 
 impl TestServer {
     async fn open(&mut self) -> Connection {
@@ -101,39 +83,7 @@ async fn start(policy: BufferPolicy) -> TestServer {
     config.max_buffered_bytes = LIMIT;
     config.buffer_policy = policy;
     config.close_timeout = Duration::from_millis(300);
-    let hub = Hub::new(config);
-    let (tx, events) = unbounded_channel();
-    let app = Router::new().route("/ws", switchboard::ws(hub.clone(), Recorder(tx)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let hub = hub.clone();
-        async move {
-            switchboard::serve_with_shutdown(listener, app, &hub, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
-    TestServer {
-        addr,
-        hub,
-        events,
-        _stop: stop,
-        served,
-    }
-}
-
-type Client = WebSocketStream<TcpStream>;
-
-async fn connect(addr: SocketAddr) -> Client {
-    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    within("handshake", client_async(request, tcp))
-        .await
-        .unwrap()
-        .0
+    serve_ws_route(config, Recorder).await
 }
 
 /// A client that completes the handshake and then never reads, with a small receive
@@ -142,11 +92,7 @@ async fn stalled_client(addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut tcp = socket.connect(addr).await.unwrap();
-    tcp.write_all(handshake_request("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let (response, _) = read_response(&mut tcp).await;
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    raw_handshake(&mut tcp, "/ws").await;
     tcp
 }
 
@@ -175,6 +121,41 @@ fn reader(
         }
         expected
     })
+}
+
+/// A server with one stalled client and some reading ones, all in the room.
+struct Crowd {
+    server: TestServer,
+    /// The stalled client's socket: kept open, never read.
+    _stalled_tcp: TcpStream,
+    /// The server's side of the stalled client.
+    stalled: Connection,
+    /// The [`reader`]s, numbered from 0.
+    readers: Vec<JoinHandle<u64>>,
+    /// What the readers acknowledge.
+    acks: UnboundedReceiver<(usize, u64)>,
+}
+
+/// Starts a server with `policy`, then connects the stalled client, then `count` reading
+/// ones.
+async fn crowd(policy: BufferPolicy, count: usize) -> Crowd {
+    let mut server = start(policy).await;
+    let _stalled_tcp = stalled_client(server.addr).await;
+    let stalled = server.open().await;
+    let (acks_tx, acks) = unbounded_channel();
+    let mut readers = Vec::new();
+    for index in 0..count {
+        let client = connect(server.addr, "/ws").await;
+        readers.push(reader(client, index, acks_tx.clone()));
+        server.open().await;
+    }
+    Crowd {
+        server,
+        _stalled_tcp,
+        stalled,
+        readers,
+        acks,
+    }
 }
 
 fn numbered(seq: u64) -> Bytes {
@@ -225,15 +206,13 @@ async fn send_stream(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_bounds_a_stalled_client_and_spares_the_readers() {
     const READERS: usize = 2;
-    let mut server = start(BufferPolicy::DropNewest).await;
-    let _stalled_tcp = stalled_client(server.addr).await;
-    let stalled = server.open().await;
-    let (acks_tx, mut acks) = unbounded_channel();
-    let mut readers = Vec::new();
-    for index in 0..READERS {
-        readers.push(reader(connect(server.addr).await, index, acks_tx.clone()));
-        server.open().await;
-    }
+    let Crowd {
+        server,
+        _stalled_tcp,
+        stalled,
+        readers,
+        mut acks,
+    } = crowd(BufferPolicy::DropNewest, READERS).await;
     assert_eq!(server.hub.room_size("room"), READERS + 1);
 
     let mut drops = 0;
@@ -270,15 +249,13 @@ async fn drop_newest_bounds_a_stalled_client_and_spares_the_readers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_policy_closes_a_stalled_client_with_1008() {
     const READERS: usize = 2;
-    let mut server = start(BufferPolicy::Close).await;
-    let _stalled_tcp = stalled_client(server.addr).await;
-    let stalled = server.open().await;
-    let (acks_tx, mut acks) = unbounded_channel();
-    let mut readers = Vec::new();
-    for index in 0..READERS {
-        readers.push(reader(connect(server.addr).await, index, acks_tx.clone()));
-        server.open().await;
-    }
+    let Crowd {
+        mut server,
+        _stalled_tcp,
+        stalled,
+        readers,
+        mut acks,
+    } = crowd(BufferPolicy::Close, READERS).await;
 
     let mut overflowed = None;
     let stream = send_stream(&server.hub, READERS, &mut acks, |seq, report| {
@@ -367,7 +344,7 @@ async fn control_frames_are_never_dropped() {
 #[tokio::test]
 async fn a_reading_client_gets_credit_for_written_bytes() {
     let mut server = start(BufferPolicy::DropNewest).await;
-    let mut client = connect(server.addr).await;
+    let mut client = connect(server.addr, "/ws").await;
     let conn = server.open().await;
     // Each message is more than half the limit: two in the buffer would not fit.
     let big = Bytes::from(vec![7; LIMIT * 5 / 8]);

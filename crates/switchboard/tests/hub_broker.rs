@@ -9,10 +9,12 @@
 mod common;
 
 use axum::Router;
-use common::within;
+use common::{
+    hub::{HubServer, connect, serve},
+    within,
+};
 use futures_util::StreamExt;
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex, mpsc as std_mpsc},
     time::Duration,
 };
@@ -23,17 +25,13 @@ use switchboard::{
     },
 };
 use tokio::{
-    net::{TcpListener, TcpStream},
     sync::{
         mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
         oneshot,
     },
     task::JoinHandle,
 };
-use tokio_tungstenite::{
-    client_async,
-    tungstenite::{self, Message as TMessage, client::IntoClientRequest},
-};
+use tokio_tungstenite::tungstenite::{self, Message as TMessage};
 
 /// Joins the route's `{room}` on open and hands the connection to the test.
 struct Opener(UnboundedSender<Connection>);
@@ -47,20 +45,9 @@ impl Handler for Opener {
     }
 }
 
-/// A hub serving `/chat/{room}` and `/ws` on its own listener.
-struct Node {
-    addr: SocketAddr,
-    hub: Hub,
-    opened: UnboundedReceiver<Connection>,
-    _stop: oneshot::Sender<()>,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.served.abort();
-    }
-}
+/// A hub serving `/chat/{room}` and `/ws` on its own listener; its events are the
+/// connections opened.
+type Node = HubServer<UnboundedReceiver<Connection>>;
 
 async fn node(broker: impl Broker) -> Node {
     let hub = Hub::with_broker(HubConfig::default(), broker);
@@ -71,38 +58,14 @@ async fn node(broker: impl Broker) -> Node {
             switchboard::ws(hub.clone(), Opener(tx.clone())),
         )
         .route("/ws", switchboard::ws(hub.clone(), Opener(tx)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let hub = hub.clone();
-        async move {
-            switchboard::serve_with_shutdown(listener, app, &hub, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
-    Node {
-        addr,
-        hub,
-        opened,
-        _stop: stop,
-        served,
-    }
+    serve(hub, app, opened).await
 }
 
 /// A client on `path` of `node`, reading in the background until `end`; with the
 /// server's handle of its connection.
 async fn client(node: &mut Node, path: &str) -> (Connection, JoinHandle<Vec<String>>) {
-    let request = format!("ws://{}{path}", node.addr)
-        .into_client_request()
-        .unwrap();
-    let tcp = TcpStream::connect(node.addr).await.unwrap();
-    let (mut ws, _) = within("handshake", client_async(request, tcp))
-        .await
-        .unwrap();
-    let conn = within("on_open", node.opened.recv()).await.unwrap();
+    let mut ws = connect(node.addr, path).await;
+    let conn = within("on_open", node.events.recv()).await.unwrap();
     let reader = tokio::spawn(async move {
         let mut texts = Vec::new();
         // Until `end`, or until the server closes the connection.
@@ -123,17 +86,16 @@ async fn received(reader: JoinHandle<Vec<String>>) -> Vec<String> {
     within("client", reader).await.unwrap()
 }
 
-fn two_hubs() -> (MemoryNetwork, MemoryBroker, MemoryBroker) {
+/// Two nodes wired through one `MemoryNetwork`, which is returned too: keep it alive.
+async fn two_nodes() -> (MemoryNetwork, Node, Node) {
     let network = MemoryNetwork::new();
     let (a, b) = (network.broker(), network.broker());
-    (network, a, b)
+    (network, node(a).await, node(b).await)
 }
 
 #[tokio::test]
 async fn broadcasts_and_sends_reach_both_hubs_exactly_once() {
-    let (_network, broker_a, broker_b) = two_hubs();
-    let mut a = node(broker_a).await;
-    let mut b = node(broker_b).await;
+    let (_network, mut a, mut b) = two_nodes().await;
     assert_ne!(a.hub.node(), b.hub.node());
 
     let (a1, a1_rx) = client(&mut a, "/chat/red").await;
@@ -230,9 +192,7 @@ async fn broadcasts_and_sends_reach_both_hubs_exactly_once() {
 
 #[tokio::test]
 async fn a_room_reaches_only_the_hubs_with_members() {
-    let (_network, broker_a, broker_b) = two_hubs();
-    let mut a = node(broker_a).await;
-    let mut b = node(broker_b).await;
+    let (_network, mut a, mut b) = two_nodes().await;
     let (a1, a1_rx) = client(&mut a, "/chat/only-a").await;
     let (b1, b1_rx) = client(&mut b, "/ws").await;
 
@@ -260,9 +220,7 @@ async fn a_room_reaches_only_the_hubs_with_members() {
 
 #[tokio::test]
 async fn a_closed_connection_leaves_the_rooms_of_the_network() {
-    let (_network, broker_a, broker_b) = two_hubs();
-    let mut a = node(broker_a).await;
-    let mut b = node(broker_b).await;
+    let (_network, mut a, mut b) = two_nodes().await;
     let (_a1, a1_rx) = client(&mut a, "/chat/r").await;
     let (b1, b1_rx) = client(&mut b, "/chat/r").await;
     let (b2, b2_rx) = client(&mut b, "/ws").await;

@@ -4,31 +4,24 @@
 
 mod common;
 
-use axum::Router;
-use common::{RawReader, handshake_request, read_response, within};
-use futures_util::StreamExt;
-use http::StatusCode;
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
+use common::{
+    hub::{HubServer, connect, raw_connect, serve_ws_route},
+    within,
 };
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
 use switchboard::{
     CloseCode, Message,
-    hub::{Connection, ConnectionId, ConnectionState, Handler, Hub, HubConfig},
+    hub::{Connection, ConnectionId, ConnectionState, Handler, HubConfig},
 };
 use tokio::{
     io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
     sync::{
-        mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+        mpsc::{UnboundedReceiver, UnboundedSender},
         oneshot,
     },
-    task::JoinHandle,
 };
-use tokio_tungstenite::{
-    client_async,
-    tungstenite::{Message as TMessage, client::IntoClientRequest},
-};
+use tokio_tungstenite::tungstenite::Message as TMessage;
 
 const PING_INTERVAL: Duration = Duration::from_millis(100);
 const PONG_TIMEOUT: Duration = Duration::from_millis(200);
@@ -60,47 +53,14 @@ impl Handler for Recorder {
     }
 }
 
-struct TestServer {
-    addr: SocketAddr,
-    hub: Hub,
-    events: UnboundedReceiver<Event>,
-    _stop: oneshot::Sender<()>,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.served.abort();
-    }
-}
+type TestServer = HubServer<UnboundedReceiver<Event>>;
 
 async fn start() -> TestServer {
     let mut config = HubConfig::default();
     config.ping_interval = PING_INTERVAL;
     config.pong_timeout = PONG_TIMEOUT;
     config.close_timeout = Duration::from_millis(300);
-    let hub = Hub::new(config);
-    let (tx, events) = unbounded_channel();
-    let app = Router::new().route("/ws", switchboard::ws(hub.clone(), Recorder(tx)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let hub = hub.clone();
-        async move {
-            switchboard::serve_with_shutdown(listener, app, &hub, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
-    TestServer {
-        addr,
-        hub,
-        events,
-        _stop: stop,
-        served,
-    }
+    serve_ws_route(config, Recorder).await
 }
 
 impl TestServer {
@@ -120,13 +80,7 @@ impl TestServer {
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_connected_and_is_measured() {
     let mut server = start().await;
-    let request = format!("ws://{}/ws", server.addr)
-        .into_client_request()
-        .unwrap();
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut client, _) = within("handshake", client_async(request, tcp))
-        .await
-        .unwrap();
+    let mut client = connect(server.addr, "/ws").await;
     let (conn, opened) = server.open().await;
     assert_eq!(conn.last_ping(), None);
     assert_eq!(conn.rtt(), None);
@@ -185,16 +139,10 @@ async fn a_client_that_answers_pings_stays_connected_and_is_measured() {
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_with_pong_timeout() {
     let mut server = start().await;
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(handshake_request("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let (response, rest) = read_response(&mut tcp).await;
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let (mut tcp, mut reader) = raw_connect(server.addr, "/ws").await;
     let (conn, opened) = server.open().await;
 
     // The client reads (so nothing backs up) but never answers.
-    let mut reader = RawReader::new(rest);
     let mut pings = 0;
     let close = loop {
         match reader.message(&mut tcp).await {
@@ -241,12 +189,7 @@ async fn a_client_that_never_answers_pings_is_closed_with_pong_timeout() {
 #[tokio::test]
 async fn a_busy_client_is_not_pinged() {
     let mut server = start().await;
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(handshake_request("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let (response, _rest) = read_response(&mut tcp).await;
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let (mut tcp, _reader) = raw_connect(server.addr, "/ws").await;
     let (conn, _) = server.open().await;
     let started = Instant::now();
     while started.elapsed() < PING_INTERVAL * 6 {

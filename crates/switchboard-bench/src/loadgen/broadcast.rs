@@ -27,6 +27,9 @@ const RING: usize = 1 << 14;
 /// burying the measurement under stale messages.
 const SYNC_QUIET: Duration = Duration::from_millis(100);
 
+/// The slow consumer's socket receive buffer.
+const SLOW_RECV_BUFFER: usize = 4096;
+
 /// How long without a message delivered to every subscriber before a run is declared
 /// stuck.
 const STALL: Duration = Duration::from_secs(10);
@@ -74,17 +77,19 @@ impl Room {
         stalled: usize,
         size: usize,
         poll: &mut Poll,
+        first_recv_buffer: Option<usize>,
     ) -> Result<Self, String> {
         if size < 16 {
             return Err("--size must be at least 16 (sequence number and timestamp)".into());
         }
-        let mut established = net::connect_all(
+        let mut established = net::connect_all_with(
             poll,
             common.addr,
             "/room",
             subs + 1,
             &mut common.sources,
             common.deadline,
+            first_recv_buffer,
         )?;
         let publisher = established.pop().ok_or("no publisher connection")?.stream;
         let mut members = Vec::with_capacity(subs);
@@ -362,7 +367,7 @@ pub(super) fn run(common: &mut Common, opts: &Opts, timing: Timing) -> Result<Ou
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut events = Events::with_capacity(1024);
     let first = sizes.first().copied().ok_or("--sizes is empty")?;
-    let mut room = Room::connect(common, subs, 0, first, &mut poll)?;
+    let mut room = Room::connect(common, subs, 0, first, &mut poll, None)?;
     room.synchronise(&mut poll, &mut events, common.deadline)?;
     let mut cases = Vec::new();
     for size in sizes {
@@ -428,8 +433,10 @@ pub(super) fn run_slow(common: &mut Common, opts: &Opts) -> Result<Output, Strin
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut events = Events::with_capacity(1024);
     // Subscriber 0 is the slow one. It must be in the room before synchronising
-    // completes, so it reads until then (only its later messages pile up).
-    let mut room = Room::connect(common, subs, 0, size, &mut poll)?;
+    // completes, so it reads until then (only its later messages pile up). Its small
+    // receive buffer keeps the kernel from absorbing megabytes on its behalf, so what
+    // piles up does so in the server, where the scenario looks.
+    let mut room = Room::connect(common, subs, 0, size, &mut poll, Some(SLOW_RECV_BUFFER))?;
     room.synchronise(&mut poll, &mut events, common.deadline)?;
     if let Some(slow) = room.subs.first_mut() {
         slow.stalled = true;

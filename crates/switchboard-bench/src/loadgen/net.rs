@@ -59,7 +59,21 @@ impl Sources {
 /// closing send a reset: the generator leaves no `TIME_WAIT` behind, which would
 /// otherwise hold ephemeral ports across thousands of handshakes.
 pub(crate) fn open(addr: SocketAddr, source: Ipv4Addr) -> io::Result<TcpStream> {
+    open_with(addr, source, None)
+}
+
+/// [`open`], with a fixed receive buffer: set before connecting, so that the window the
+/// client advertises stays that small (a client that stops reading then holds only this
+/// much in the kernel, and the rest piles up in the server).
+pub(crate) fn open_with(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    recv_buffer: Option<usize>,
+) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_linger(Some(Duration::ZERO))?;
@@ -118,6 +132,20 @@ pub(crate) fn connect_all(
     sources: &mut Sources,
     deadline: Instant,
 ) -> Result<Vec<Established>, String> {
+    connect_all_with(poll, addr, path, n, sources, deadline, None)
+}
+
+/// [`connect_all`], the first connection (token 0) with a fixed receive buffer of
+/// `first_recv_buffer` bytes, if given.
+pub(crate) fn connect_all_with(
+    poll: &mut Poll,
+    addr: SocketAddr,
+    path: &str,
+    n: usize,
+    sources: &mut Sources,
+    deadline: Instant,
+    first_recv_buffer: Option<usize>,
+) -> Result<Vec<Established>, String> {
     struct Pending {
         stream: TcpStream,
         sent: usize,
@@ -131,8 +159,9 @@ pub(crate) fn connect_all(
     while complete < n {
         while in_flight < CONNECT_CONCURRENCY && pending.len() < n {
             let token = Token(pending.len());
-            let mut stream =
-                open(addr, sources.next()).map_err(|e| format!("connect {addr}: {e}"))?;
+            let recv_buffer = first_recv_buffer.filter(|_| token.0 == 0);
+            let mut stream = open_with(addr, sources.next(), recv_buffer)
+                .map_err(|e| format!("connect {addr}: {e}"))?;
             poll.registry()
                 .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| e.to_string())?;

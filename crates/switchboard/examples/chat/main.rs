@@ -1,37 +1,133 @@
-//! The seeds' chat example: a page at `/`, rooms at `/chat/{room}?name=…`, on an
-//! in-memory hub.
+//! The chat example: a page at `/`, and two ways into the same rooms-and-names chat
+//! on one server and one in-memory hub.
 //!
 //! ```text
 //! cargo run --release --example chat                # http://127.0.0.1:8080
 //! cargo run --release --example chat -- --addr 0.0.0.0:3000
 //! ```
 //!
-//! Wire format (JSON text frames, server to client): `welcome` (your id, the room, who
-//! is here), `joined` / `left` (who, how many now), `message` (who, their connection id,
-//! what). Clients send the body of a message as plain text.
+//! # Channels: `/socket/websocket?vsn=2.0.0`
+//!
+//! Phoenix channels V2, what the page speaks through `clients/js` (served at
+//! `/client/{file}.js`) and what phoenix.js speaks unmodified:
+//! `new Socket("/socket")`. JSON arrays `[join_ref, ref, topic, event, payload]`:
+//!
+//! - Join `room:{name}` with `{"user": name}` (at most 32 characters), which is also
+//!   the presence key; without one the join is refused with `{"reason": "user required"}`.
+//!   After the `{}` reply comes `presence_state`, then `presence_diff` as people come and go
+//!   (metas carry `online_at`, milliseconds since the epoch as a string).
+//! - Push `new_msg` `{"body": …}`: every member of the topic, the sender too, gets
+//!   `new_msg` `{"user": …, "body": …}`. `ping` is answered with its own payload.
+//!
+//! The channel is `channel.rs`, shared with the `channels` example.
+//!
+//! # Plain: `/chat/{room}?name=…`
+//!
+//! For clients without a channels library (e.g. `websocat`). JSON text frames, server to
+//! client: `welcome` (your id, the room, your name, who is here), `joined` / `left` (who,
+//! how many now), `message` (who, their connection id, what). Clients send the body of a
+//! message as plain text. These rooms are separate from the channel topics: a plain
+//! client in `lobby` does not see the messages of `room:lobby`.
 
-use axum::{Router, response::Html, routing::get};
+mod channel;
+
+use axum::{
+    Router,
+    extract::Path,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
 use serde_json::json;
 use std::{error::Error, net::SocketAddr};
 use switchboard::{
     Message,
+    channels::Channels,
     hub::{Connection, Handler, Hub, HubConfig},
 };
 
 const PAGE: &str = include_str!("index.html");
 
+/// The modules of `clients/js/src`, served at `/client/{name}` for the page to import.
+const CLIENT: &[(&str, &str)] = &[
+    (
+        "backoff.js",
+        include_str!("../../../../clients/js/src/backoff.js"),
+    ),
+    (
+        "channel-socket.js",
+        include_str!("../../../../clients/js/src/channel-socket.js"),
+    ),
+    (
+        "channel.js",
+        include_str!("../../../../clients/js/src/channel.js"),
+    ),
+    (
+        "emitter.js",
+        include_str!("../../../../clients/js/src/emitter.js"),
+    ),
+    (
+        "index.js",
+        include_str!("../../../../clients/js/src/index.js"),
+    ),
+    (
+        "presence.js",
+        include_str!("../../../../clients/js/src/presence.js"),
+    ),
+    (
+        "push.js",
+        include_str!("../../../../clients/js/src/push.js"),
+    ),
+    (
+        "serializer.js",
+        include_str!("../../../../clients/js/src/serializer.js"),
+    ),
+    (
+        "socket.js",
+        include_str!("../../../../clients/js/src/socket.js"),
+    ),
+];
+
+/// One of [`CLIENT`], or 404.
+async fn client_module(Path(name): Path<String>) -> Response {
+    match CLIENT.iter().find(|(file, _)| *file == name) {
+        Some((_, source)) => (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *source,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such module").into_response(),
+    }
+}
+
 /// A name is at most this many characters; longer ones are cut.
-const MAX_NAME: usize = 32;
+const MAX_NAME: usize = channel::MAX_NAME;
 
 /// A room name is at most this many characters, so no client can make the hub keep
 /// arbitrarily long keys.
 const MAX_ROOM: usize = 64;
 
+/// The prefix of the plain rooms' hub rooms, apart from those of channel topics (`phx:`).
+const PLAIN_ROOM_PREFIX: &str = "chat:";
+
 struct Chat;
 
 impl Chat {
+    /// The room as clients see it.
     fn room(conn: &Connection) -> String {
-        conn.param("room").unwrap_or("lobby").chars().take(MAX_ROOM).collect()
+        conn.param("room")
+            .unwrap_or("lobby")
+            .chars()
+            .take(MAX_ROOM)
+            .collect()
+    }
+
+    /// The room's name in the hub, which the channels share.
+    fn hub_room(conn: &Connection) -> String {
+        format!("{PLAIN_ROOM_PREFIX}{}", Self::room(conn))
     }
 
     fn name(conn: &Connection) -> String {
@@ -51,17 +147,18 @@ impl Handler for Chat {
             );
         conn.set_metadata("name", &name);
         let room = Self::room(conn);
-        conn.join(&room);
+        let hub_room = Self::hub_room(conn);
+        conn.join(&hub_room);
         let hub = conn.hub();
         let members: Vec<String> = hub
-            .room_members(&room)
+            .room_members(&hub_room)
             .iter()
             .filter_map(|c| c.metadata("name"))
             .collect();
         let welcome = json!({"type": "welcome", "id": conn.id().to_string(), "room": room, "user": name, "members": members});
         let _ = conn.send_text(welcome.to_string());
-        let joined = json!({"type": "joined", "user": name, "count": hub.room_size(&room)});
-        hub.to(&room)
+        let joined = json!({"type": "joined", "user": name, "count": hub.room_size(&hub_room)});
+        hub.to(&hub_room)
             .except(conn.id())
             .send_text(joined.to_string());
     }
@@ -74,11 +171,13 @@ impl Handler for Chat {
         }
         // The sender's id lets a page tell its own messages from those of a namesake.
         let out = json!({"type": "message", "id": conn.id().to_string(), "user": Self::name(conn), "body": body});
-        conn.hub().to(&Self::room(conn)).send_text(out.to_string());
+        conn.hub()
+            .to(&Self::hub_room(conn))
+            .send_text(out.to_string());
     }
 
     async fn on_close(&self, conn: &Connection, _code: switchboard::CloseCode, _reason: &str) {
-        let room = Self::room(conn);
+        let room = Self::hub_room(conn);
         // Still a member here; the hub removes the connection after this returns.
         let count = conn.hub().room_size(&room).saturating_sub(1);
         let left = json!({"type": "left", "user": Self::name(conn), "count": count});
@@ -100,9 +199,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     }
     let hub = Hub::new(HubConfig::default());
+    let channels = Channels::new(hub.clone()).channel(channel::TOPICS, channel::Room);
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/chat/{room}", switchboard::ws(hub.clone(), Chat));
+        .route("/client/{name}", get(client_module))
+        .route("/chat/{room}", switchboard::ws(hub.clone(), Chat))
+        .merge(channels.into_router());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("chat server on http://{}", listener.local_addr()?);
     switchboard::serve(listener, app, &hub).await?;

@@ -1,7 +1,6 @@
 //! The write side: a queue of encoded frames, flushed with vectored writes.
 
 use super::compression::Compressor;
-use switchboard_proto::deflate::DeflateParams;
 use crate::Error;
 use std::{
     collections::VecDeque,
@@ -11,7 +10,8 @@ use std::{
     task::{Context, Poll, ready},
 };
 use switchboard_proto::{
-    CloseFrame, EncodedFrame, Frame, Message, Role, frame::MAX_CONTROL_PAYLOAD,
+    CloseFrame, EncodedFrame, Frame, Message, Role, deflate::DeflateParams,
+    frame::MAX_CONTROL_PAYLOAD,
 };
 use tokio::io::AsyncWrite;
 

@@ -32,6 +32,8 @@ use tokio::{
     time::timeout,
 };
 
+pub(crate) mod hub;
+
 /// How long any single step of a test may take before it counts as hung.
 pub(crate) const STEP: Duration = Duration::from_secs(10);
 
@@ -157,7 +159,8 @@ pub(crate) async fn serve_ws<S>(
     report(Event::Ended);
 }
 
-async fn listen() -> (TcpListener, SocketAddr) {
+/// Binds a listener on 127.0.0.1:0; returns it with its address.
+pub(crate) async fn listen() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     (listener, addr)
