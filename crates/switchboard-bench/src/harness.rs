@@ -123,8 +123,8 @@ impl Plan {
                 rooms: vec![100, 1_000, 10_000],
                 broadcast_sizes: vec![32, 1024],
                 window: 8,
-                latency_ms: 2000,
-                latency_samples: 200,
+                latency_ms: 1500,
+                latency_samples: 100,
                 idle: vec![10_000, 50_000],
                 idle_settle_ms: 1500,
                 handshake_concurrency: 32,
@@ -139,15 +139,15 @@ impl Plan {
                 rooms: vec![100, 1_000, 10_000],
                 broadcast_sizes: vec![32, 1024],
                 window: 8,
-                latency_ms: 300,
-                latency_samples: 30,
+                latency_ms: 200,
+                latency_samples: 10,
                 idle: vec![10_000],
                 idle_settle_ms: 700,
                 handshake_concurrency: 32,
                 slow: (1_000, 4096, 40.0, 4.0),
                 warmup_ms: 150,
                 rounds: 2,
-                round_ms: 300,
+                round_ms: 250,
             },
             Mode::Smoke => Self {
                 mode,
@@ -286,6 +286,10 @@ pub struct Results {
     pub fd_limit: u64,
     /// Crate versions measured.
     pub versions: Vec<(String, String)>,
+    /// The commit the library was built from, and whether its sources had uncommitted
+    /// changes.
+    #[serde(default)]
+    pub revision: String,
     /// Echo rows.
     pub echo: Vec<EchoRow>,
     /// Broadcast rows.
@@ -425,6 +429,7 @@ fn run(cli: &Cli, scenarios: &[&str]) -> Result<Results, String> {
         pinned,
         fd_limit: crate::sys::fd_hard_limit(),
         versions: versions(&root, &cli.servers),
+        revision: revision(&root),
         echo: Vec::new(),
         broadcast: Vec::new(),
         idle: Vec::new(),
@@ -906,6 +911,35 @@ fn which(program: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// `git describe` of the workspace, and whether the library's sources differ from it.
+fn revision(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout)".to_owned();
+    };
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "crates/switchboard",
+        "crates/switchboard-proto",
+    ])
+    .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{head} with uncommitted changes to the library")
+    } else {
+        head
+    }
 }
 
 /// Versions of the measured crates (and tokio), from `Cargo.lock`.

@@ -117,7 +117,8 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(md, "| duration | {:.0} s |", r.duration_secs);
     let versions: Vec<String> = r.versions.iter().map(|(n, v)| format!("{n} {v}")).collect();
-    let _ = writeln!(md, "| versions | {} |\n", versions.join(", "));
+    let _ = writeln!(md, "| versions | {} |", versions.join(", "));
+    let _ = writeln!(md, "| switchboard revision | {} |\n", r.revision);
     if !r.failures.is_empty() {
         let _ = writeln!(md, "**Failed runs** (not in the tables):\n");
         for failure in &r.failures {
