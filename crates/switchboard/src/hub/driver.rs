@@ -142,4 +142,3 @@ impl Outbox for HubOutbox<'_> {
         }
     }
 }
-

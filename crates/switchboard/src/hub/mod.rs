@@ -242,7 +242,10 @@ impl Hub {
         for conn in self.connections() {
             let _ = conn.close(going_away.code, going_away.reason.clone());
         }
-        if tokio::time::timeout(deadline, self.wait_idle()).await.is_ok() {
+        if tokio::time::timeout(deadline, self.wait_idle())
+            .await
+            .is_ok()
+        {
             return;
         }
         for conn in self.connections() {
