@@ -6,6 +6,7 @@
 //! switchboard-bench all [--quick] [--out DIR] [--servers a,b] [--no-build]
 //! switchboard-bench smoke                       # seconds; checks the harness, not speed
 //! switchboard-bench echo|broadcast|idle|handshake|slow [--quick] [...]   # one scenario
+//! switchboard-bench report [--out DIR]          # re-render the last run's saved results
 //! ```
 
 use crate::{
@@ -355,7 +356,7 @@ fn parse_cli() -> Result<Cli, String> {
 }
 
 const USAGE: &str = "usage: switchboard-bench all [--quick] | smoke | \
-echo|broadcast|idle|handshake|slow [--quick]  [--out DIR] [--servers a,b] [--no-build]";
+echo|broadcast|idle|handshake|slow [--quick] | report  [--out DIR] [--servers a,b] [--no-build]";
 
 /// The harness's entry point.
 pub fn main() -> ExitCode {
@@ -366,6 +367,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command == "report" {
+        return rerender(&cli);
+    }
     let scenarios: &[&str] = match cli.command.as_str() {
         "all" | "smoke" => &["echo", "broadcast", "idle", "handshake", "slow"],
         "echo" => &["echo"],
@@ -389,6 +393,24 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("switchboard-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the report again from `target/switchboard-bench/benchmarks.json`, the raw
+/// results the last `all` saved (e.g. after a change to the report's layout).
+fn rerender(cli: &Cli) -> ExitCode {
+    let result = workspace_root().and_then(|root| {
+        let json = root.join("target/switchboard-bench/benchmarks.json");
+        let results = report::read(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+        let out = cli.out.clone().unwrap_or_else(|| root.join("docs"));
+        report::write(&results, &out).map_err(|e| format!("{}: {e}", out.display()))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-bench report: {e}");
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,12 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
 /// generator rather than the server: it is marked invalid.
 pub const GENERATOR_LIMIT: f64 = 0.95;
 
+/// Reads results that [`write`] saved as JSON.
+pub fn read(path: &Path) -> io::Result<Results> {
+    let text = fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(io::Error::other)
+}
+
 /// Writes `benchmarks.md`, `benchmarks.json` and the charts into `dir`.
 pub fn write(results: &Results, dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -127,6 +133,17 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(md);
     }
 
+    if r.load_before > 0.5 {
+        let _ = writeln!(
+            md,
+            "> **Read with care.** Other work shared the two cores during this run. The \
+             server's CPU column shows how much of its core it got: well under 100% means \
+             it was waiting for the scheduler, not saturated, so throughput and latency \
+             measure the contention as much as the server, and differences of ±20% \
+             between servers are within the noise. Messages per server CPU-second are the \
+             steadier comparison. Rerun on a quiet machine for numbers to quote.\n"
+        );
+    }
     targets(&mut md, r);
     echo_section(&mut md, &r.echo);
     broadcast_section(&mut md, &r.broadcast);
@@ -876,7 +893,8 @@ fn legend(svg: &mut String, y: f64) {
     }
 }
 
-/// RSS over time, one line per server.
+/// Growth of RSS over time (from the first sample), one line per server: the servers'
+/// baselines differ by two orders of magnitude, the growth is what the scenario shows.
 fn rss_lines(rows: &[SlowRow]) -> String {
     let (width, height, left, top, bottom) = (760.0, 360.0, 70.0, 40.0, 60.0);
     let plot_w = width - left - 20.0;
@@ -885,9 +903,13 @@ fn rss_lines(rows: &[SlowRow]) -> String {
         .iter()
         .flat_map(|r| r.rss.iter().map(|p| p.0))
         .fold(1.0, f64::max);
+    let growth = |row: &SlowRow, bytes: u64| {
+        let first = row.rss.first().map_or(0, |p| p.1);
+        bytes.saturating_sub(first) as f64 / 1_048_576.0
+    };
     let max_mib = rows
         .iter()
-        .flat_map(|r| r.rss.iter().map(|p| p.1 as f64 / 1_048_576.0))
+        .flat_map(|r| r.rss.iter().map(|p| growth(r, p.1)))
         .fold(1.0, f64::max)
         * 1.1;
     let mut svg = String::new();
@@ -899,7 +921,7 @@ fn rss_lines(rows: &[SlowRow]) -> String {
     let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>");
     let _ = writeln!(
         svg,
-        "<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Slow consumer: server RSS (MiB) over time (s)</text>"
+        "<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Slow consumer: growth of server RSS (MiB) over time (s)</text>"
     );
     for i in 0..=4 {
         let v = max_mib * f64::from(i) / 4.0;
@@ -907,7 +929,7 @@ fn rss_lines(rows: &[SlowRow]) -> String {
         let _ = writeln!(
             svg,
             "<line x1=\"{left}\" x2=\"{:.0}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#dee2e6\"/>\
-             <text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+             <text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
             left + plot_w,
             left - 6.0,
             y + 4.0
@@ -928,7 +950,7 @@ fn rss_lines(rows: &[SlowRow]) -> String {
                 format!(
                     "{:.1},{:.1}",
                     left + t / max_t * plot_w,
-                    top + plot_h - (*b as f64 / 1_048_576.0) / max_mib * plot_h
+                    top + plot_h - growth(row, *b) / max_mib * plot_h
                 )
             })
             .collect();
