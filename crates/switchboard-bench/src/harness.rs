@@ -750,9 +750,6 @@ fn idle(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Resu
             continue;
         }
         for behaviour in ["echo", "broadcast"] {
-            if plan.mode == Mode::Quick && behaviour == "broadcast" {
-                continue;
-            }
             for server in servers {
                 let extra = args(&[
                     ("conns", conns.to_string()),

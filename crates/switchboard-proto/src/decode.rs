@@ -121,8 +121,9 @@ pub struct Decoder {
     fragments: Option<Fragments>,
     /// Validates the text message in progress, fragment after fragment.
     utf8: Utf8Validator,
-    /// Inflates compressed messages, when permessage-deflate was negotiated.
-    inflater: Option<Inflater>,
+    /// Inflates compressed messages, when permessage-deflate was negotiated (boxed: most
+    /// connections never compress, and each one's decoder should stay small).
+    inflater: Option<Box<Inflater>>,
 }
 
 #[derive(Debug)]
@@ -171,7 +172,7 @@ impl Decoder {
     /// agreement `params` (RFC 7692): RSV1 becomes allowed on the first frame of a data
     /// message, and marks it compressed.
     pub fn with_deflate(mut self, params: &DeflateParams) -> Self {
-        self.inflater = Some(Inflater::new(params, self.role));
+        self.inflater = Some(Box::new(Inflater::new(params, self.role)));
         self
     }
 
@@ -403,7 +404,7 @@ enum End {
 /// Inflates one frame of a compressed message into `data`, validating text as it
 /// comes out, and the tail after the last frame.
 fn inflate(
-    inflater: &mut Option<Inflater>,
+    inflater: &mut Option<Box<Inflater>>,
     utf8: &mut Utf8Validator,
     max: usize,
     payload: &[u8],

@@ -106,6 +106,7 @@ impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
                 query,
                 assigns: parts.extensions.clone(),
                 remote_addr: None,
+                deflate: None,
             },
             upgrade,
         })
@@ -150,12 +151,14 @@ impl HubUpgrade {
         }
         let websocket = WebSocketConfig::default()
             .max_message_size(config.max_message_size)
-            .close_timeout(config.close_timeout);
+            .close_timeout(config.close_timeout)
+            .compression(config.compression);
         let (response, connection) = self.upgrade.config(websocket).into_parts();
         let (hub, mut request) = (hub.clone(), self.request);
         tokio::spawn(async move {
             if let Ok(ws) = connection.await {
                 request.remote_addr = ws.get_ref().peer_addr();
+                request.deflate = ws.deflate();
                 let conn = hub.register(request);
                 drive(ws, conn, &*handler).await;
             }

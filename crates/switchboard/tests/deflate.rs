@@ -9,6 +9,7 @@ use switchboard::{
     CloseCode, Compression, Error, Message, WebSocketConfig,
     axum::WebSocketUpgrade,
     client::{ClientConfig, ConnectError, connect_with},
+    hub::{Connection, Handler, Hub, HubConfig},
     proto::{
         Decoder, Frame, Limits, OpCode, Role,
         deflate::{DeflateParams, Deflater},
@@ -302,10 +303,9 @@ async fn a_deflate_bomb_closes_with_1009_without_inflating_it() {
     assert_eq!(close.code, CloseCode::MESSAGE_TOO_BIG);
 }
 
-#[tokio::test]
-async fn frames_on_the_wire_carry_rsv1_and_control_frames_do_not() {
-    // Our server, a hand-driven client: the server's frames are read raw.
-    let addr = raw_echo(Compression::shared()).await;
+/// A hand-driven client that offered a bare `permessage-deflate` and completed the
+/// handshake: the socket, what arrived after the response, and the agreement.
+async fn raw_deflate_client(addr: SocketAddr) -> (TcpStream, BytesMut, DeflateParams) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let handshake = switchboard::proto::handshake::ClientHandshake::new(
         &format!("ws://{addr}/").parse().unwrap(),
@@ -329,6 +329,37 @@ async fn frames_on_the_wire_carry_rsv1_and_control_frames_do_not() {
         .unwrap()
         .deflate()
         .unwrap();
+    (tcp, buf, params)
+}
+
+/// Reads `count` frames raw: opcode, RSV1 and payload length of each, in order.
+async fn raw_frames(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    count: usize,
+) -> Vec<(OpCode, bool, u64)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        while let Ok(Some((header, header_len))) = switchboard::proto::FrameHeader::parse(buf) {
+            let total = header_len + header.payload_len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let _ = buf.split_to(total);
+            seen.push((header.opcode, header.rsv1, header.payload_len));
+        }
+        if seen.len() < count {
+            assert_ne!(tcp.read_buf(buf).await.unwrap(), 0);
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn frames_on_the_wire_carry_rsv1_and_control_frames_do_not() {
+    // Our server, a hand-driven client: the server's frames are read raw.
+    let addr = raw_echo(Compression::shared()).await;
+    let (mut tcp, mut buf, params) = raw_deflate_client(addr).await;
     assert!(params.server_no_context_takeover);
     let mut wire = BytesMut::new();
     Frame::text("a".repeat(5000))
@@ -337,22 +368,74 @@ async fn frames_on_the_wire_carry_rsv1_and_control_frames_do_not() {
     Frame::ping("p").masked([9, 9, 9, 9]).write_to(&mut wire);
     tcp.write_all(&wire).await.unwrap();
     // The pong comes first or second; the echo is compressed, the pong is not.
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        while let Ok(Some((header, header_len))) = switchboard::proto::FrameHeader::parse(&buf) {
-            let total = header_len + header.payload_len as usize;
-            if buf.len() < total {
-                break;
-            }
-            let _ = buf.split_to(total);
-            seen.push((header.opcode, header.rsv1, header.payload_len));
-        }
-        if seen.len() < 2 {
-            assert_ne!(tcp.read_buf(&mut buf).await.unwrap(), 0);
-        }
-    }
+    let mut seen = raw_frames(&mut tcp, &mut buf, 2).await;
     seen.sort_by_key(|(op, ..)| op.as_u8());
     assert_eq!(seen[0].0, OpCode::Text);
     assert!(seen[0].1 && seen[0].2 < 100, "{seen:?}");
     assert_eq!(seen[1], (OpCode::Pong, false, 1));
+}
+
+/// Every connection joins one room and broadcasts what it sends to the room.
+struct Room;
+
+impl Handler for Room {
+    async fn on_open(&self, conn: &Connection) {
+        conn.join("room");
+    }
+
+    async fn on_message(&self, conn: &Connection, message: Message) {
+        conn.hub().to("room").send(message);
+    }
+}
+
+/// A hub compressing as `compression` says, serving [`Room`] at `/`.
+async fn hub_room(compression: Compression) -> (Hub, SocketAddr) {
+    let mut config = HubConfig::default();
+    config.compression = compression;
+    let hub = Hub::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", switchboard::ws(hub.clone(), Room));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (hub, addr)
+}
+
+#[tokio::test]
+async fn hub_broadcasts_reach_compressing_and_plain_clients_in_both_modes() {
+    for mode in [Compression::shared(), Compression::dedicated()] {
+        let (hub, addr) = hub_room(mode).await;
+        let url = format!("ws://{addr}/");
+        let (mut compressing, _) = connect_with(&url, &client(mode)).await.unwrap();
+        assert!(compressing.deflate().is_some());
+        let (mut plain, _) = connect_with(&url, &client(Compression::Disabled))
+            .await
+            .unwrap();
+        assert!(plain.deflate().is_none());
+        let (mut raw, mut buf, params) = raw_deflate_client(addr).await;
+        assert_eq!(
+            params.server_no_context_takeover,
+            matches!(mode, Compression::Shared { .. })
+        );
+        while hub.room_size("room") < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Past the 1 KiB threshold, twice (the second rides on the first's context in
+        // dedicated mode), then under it.
+        let sent = [text_of(5000), text_of(6000), "short".to_owned()];
+        for text in &sent {
+            compressing.send(Message::text(text.clone())).await.unwrap();
+        }
+        for ws in [&mut compressing, &mut plain] {
+            for text in &sent {
+                assert_eq!(
+                    ws.recv().await.unwrap().unwrap(),
+                    Message::text(text.clone())
+                );
+            }
+        }
+        let frames = raw_frames(&mut raw, &mut buf, 3).await;
+        assert!(frames[0].1 && frames[0].2 < 1000, "{mode:?}: {frames:?}");
+        assert!(frames[1].1 && frames[1].2 < 1000, "{mode:?}: {frames:?}");
+        assert_eq!(frames[2], (OpCode::Text, false, 5), "{mode:?}");
+    }
 }

@@ -41,7 +41,7 @@ use axum::{
 use serde_json::json;
 use std::{error::Error, net::SocketAddr};
 use switchboard::{
-    Message,
+    Compression, Message,
     channels::Channels,
     hub::{Connection, Handler, Hub, HubConfig},
 };
@@ -198,7 +198,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
             _ => return Err(format!("usage: chat [--addr HOST:PORT] (got {arg})").into()),
         }
     }
-    let hub = Hub::new(HubConfig::default());
+    // Browsers offer permessage-deflate; a long message to a room is compressed once
+    // for all its members.
+    let mut config = HubConfig::default();
+    config.compression = Compression::shared();
+    let hub = Hub::new(config);
     let channels = Channels::new(hub.clone()).channel(channel::TOPICS, channel::Room);
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     HubRejection, HubUpgrade, Message,
-    hub::{BroadcastReport, Connection, ConnectionId, Handler, Hub, SendError},
+    hub::{BroadcastReport, Connection, ConnectionId, Handler, Hub, Outgoing, SendError},
 };
 use axum::{
     extract::{FromRequestParts, Request},
@@ -611,7 +611,7 @@ pub(crate) fn deliver_intercepted(
     payload: &Payload,
     message: Message,
 ) -> BroadcastReport {
-    let frame = message.into_frame().encode();
+    let frame = Outgoing::new(message);
     let mut report = BroadcastReport::default();
     for conn in hub.room_members(room) {
         if Some(conn.id()) == except {
@@ -644,11 +644,7 @@ pub(crate) fn deliver_intercepted(
             }
             Out::Drop => continue,
         };
-        match result {
-            Ok(()) => report.queued += 1,
-            Err(SendError::Dropped) => report.dropped += 1,
-            Err(_) => report.closed += 1,
-        }
+        report.count(result);
     }
     report
 }

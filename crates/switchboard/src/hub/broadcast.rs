@@ -1,6 +1,6 @@
 //! Broadcasts: one message to many connections, encoded once.
 
-use super::{ConnectionId, Envelope, Hub, SendError, Target};
+use super::{ConnectionId, Envelope, Hub, SendError, Target, outgoing::Outgoing};
 use switchboard_proto::Message;
 
 /// A broadcast being addressed: `hub.to(room).except(id).send(message)`.
@@ -70,9 +70,10 @@ impl<'a> Broadcast<'a> {
 }
 
 /// Queues an envelope's message for the matching connections of `hub`. The frame is
-/// encoded once and every recipient's queue shares its bytes.
+/// encoded (and compressed without context) once, and every recipient's queue shares
+/// its bytes.
 pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
-    let frame = envelope.message.clone().into_frame().encode();
+    let frame = Outgoing::new(envelope.message.clone());
     let mut report = BroadcastReport::default();
     let registry = hub.read();
     let except = envelope.except;
@@ -101,7 +102,7 @@ pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
 }
 
 impl BroadcastReport {
-    fn count(&mut self, result: Result<(), SendError>) {
+    pub(crate) fn count(&mut self, result: Result<(), SendError>) {
         match result {
             Ok(()) => self.queued += 1,
             Err(SendError::Dropped) => self.dropped += 1,

@@ -1,5 +1,6 @@
 //! Hub settings, with the reason for each default.
 
+use crate::Compression;
 use std::time::Duration;
 
 /// Settings of a [`super::Hub`]. Every limit is on by default.
@@ -25,6 +26,13 @@ pub struct HubConfig {
     ///
     /// Default 10 s, the seeds' value.
     pub pong_timeout: Duration,
+    /// permessage-deflate (RFC 7692) with the clients that offer it (browsers do).
+    ///
+    /// Default [`Compression::Disabled`]: compression costs CPU on every message and, with
+    /// context takeover, memory on every connection; it pays off for large, repetitive
+    /// messages. For rooms, [`Compression::Shared`] compresses each broadcast once for all
+    /// its recipients.
+    pub compression: Compression,
     /// Which `Origin` may open connections (checked before the upgrade, 403 otherwise).
     pub allowed_origins: Origins,
     /// Outbound bytes a connection may have queued and unwritten before
@@ -52,6 +60,7 @@ impl Default for HubConfig {
             max_message_size: 64 << 10,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
+            compression: Compression::Disabled,
             allowed_origins: Origins::SameOrigin,
             max_buffered_bytes: 1 << 20,
             buffer_policy: BufferPolicy::DropNewest,

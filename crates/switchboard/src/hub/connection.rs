@@ -1,7 +1,7 @@
 //! The handle to one connection: identity, state, metadata, sends from any task.
 
-use super::{BufferPolicy, Hub};
-use crate::ws::OutboxClose;
+use super::{BufferPolicy, Hub, Outgoing};
+use crate::ws::{Compressor, OutboxClose};
 use http::Extensions;
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 use switchboard_proto::{
-    CloseCode, CloseFrame, EncodedFrame, Frame, Message, Utf8Bytes, frame::MAX_CONTROL_PAYLOAD,
+    CloseCode, CloseFrame, EncodedFrame, Frame, Message, Utf8Bytes, deflate::DeflateParams,
+    frame::MAX_CONTROL_PAYLOAD,
 };
 use tokio::sync::Notify;
 
@@ -66,6 +67,10 @@ pub enum SendError {
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
     pub(crate) frames: VecDeque<EncodedFrame>,
+    /// Compresses this connection's data messages when it agreed to permessage-deflate
+    /// with context takeover; made with the first such message. It lives under the
+    /// queue's lock so that messages are compressed in the order they are queued.
+    compressor: Option<Compressor>,
     /// Bytes queued here or in the connection's write queue, not yet written.
     pub(crate) buffered: usize,
     pub(crate) close: Option<OutboxClose>,
@@ -99,6 +104,8 @@ pub(crate) struct RequestInfo {
     pub(crate) query: Vec<(String, String)>,
     pub(crate) assigns: Extensions,
     pub(crate) remote_addr: Option<SocketAddr>,
+    /// The permessage-deflate agreement of the opening handshake.
+    pub(crate) deflate: Option<DeflateParams>,
 }
 
 /// Keepalive bookkeeping, in microseconds since the hub started (0 = never).
@@ -216,18 +223,18 @@ impl Connection {
             }
             Message::Ping(p) => self.send_control(Frame::ping(p)),
             Message::Pong(p) => self.send_control(Frame::pong(p)),
-            data => self.enqueue(&data.into_frame().encode()),
+            data => self.enqueue(&Outgoing::new(data)),
         }
     }
 
     /// Queues a text message.
     pub fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), SendError> {
-        self.enqueue(&Frame::text(text).encode())
+        self.send(Message::Text(text.into()))
     }
 
     /// Queues a binary message.
     pub fn send_binary(&self, data: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        self.enqueue(&Frame::binary(data).encode())
+        self.send(Message::Binary(data.into()))
     }
 
     /// Queues a ping (never dropped by the buffer policy).
@@ -299,15 +306,15 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues an encoded data frame under the buffer policy; shared by sends and
-    /// broadcasts (which encode once and hand the same bytes to every recipient).
-    pub(crate) fn enqueue(&self, frame: &EncodedFrame) -> Result<(), SendError> {
+    /// Queues a data message under the buffer policy; shared by sends and broadcasts
+    /// (which encode once and hand the same bytes to every recipient).
+    pub(crate) fn enqueue(&self, message: &Outgoing) -> Result<(), SendError> {
         let config = self.inner.hub.config();
         let mut out = self.outbound();
         if out.closed {
             return Err(SendError::Closed);
         }
-        if out.buffered + frame.len() > config.max_buffered_bytes {
+        if out.buffered + message.plain_len() > config.max_buffered_bytes {
             self.inner.dropped.fetch_add(1, Relaxed);
             self.inner.hub.count_drop();
             if config.buffer_policy == BufferPolicy::Close {
@@ -321,8 +328,13 @@ impl Connection {
             }
             return Err(SendError::Dropped);
         }
+        let frame = message.frame_for(
+            self.inner.request.deflate.as_ref(),
+            &config.compression,
+            &mut out.compressor,
+        );
         out.buffered += frame.len();
-        out.frames.push_back(frame.clone());
+        out.frames.push_back(frame);
         drop(out);
         self.inner.wake.notify_one();
         Ok(())

@@ -35,6 +35,7 @@ mod connection;
 mod driver;
 mod handler;
 mod keepalive;
+mod outgoing;
 mod registry;
 
 pub use broadcast::{Broadcast, BroadcastReport};
@@ -45,6 +46,7 @@ pub use handler::Handler;
 
 pub(crate) use connection::RequestInfo;
 pub(crate) use driver::drive;
+pub(crate) use outgoing::Outgoing;
 
 use connection::lock;
 use registry::{Registry, RoomChange};

@@ -94,6 +94,18 @@ where
 /// Bytes that arrive after the request head (a first frame sent without waiting for
 /// the 101) are kept for the connection.
 pub async fn accept_with<S>(
+    io: S,
+    config: &AcceptConfig,
+) -> Result<(WebSocket<S>, Request<()>), AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // The handshake's state (request, timer, buffers) lives on the heap while it runs,
+    // so that the task awaiting it does not carry its size for the connection's life.
+    Box::pin(handshake(io, config)).await
+}
+
+async fn handshake<S>(
     mut io: S,
     config: &AcceptConfig,
 ) -> Result<(WebSocket<S>, Request<()>), AcceptError>

@@ -99,17 +99,23 @@ impl Compression {
         handshake.negotiate_deflate(&self.deflate_config()?)
     }
 
-    /// The compressor for a connection that agreed to `params`. A connection whose
-    /// agreement was made elsewhere (compression disabled here) compresses at the
-    /// default level above the default threshold.
-    pub(crate) fn compressor(&self, params: &DeflateParams, role: Role) -> Compressor {
-        let (level, threshold) = match *self {
+    /// The zlib level and the size threshold messages are compressed with; for
+    /// agreements made elsewhere (compression disabled here), the defaults.
+    pub(crate) fn level_and_threshold(&self) -> (u32, usize) {
+        match *self {
             Self::Dedicated {
                 level, threshold, ..
             }
             | Self::Shared { level, threshold } => (level, threshold),
             Self::Disabled => (Deflater::DEFAULT_LEVEL, Self::DEFAULT_THRESHOLD),
-        };
+        }
+    }
+
+    /// The compressor for a connection that agreed to `params`. A connection whose
+    /// agreement was made elsewhere (compression disabled here) compresses at the
+    /// default level above the default threshold.
+    pub(crate) fn compressor(&self, params: &DeflateParams, role: Role) -> Compressor {
+        let (level, threshold) = self.level_and_threshold();
         Compressor {
             deflater: Deflater::new(params, role, level),
             threshold,

@@ -15,6 +15,7 @@ pub use split::{WsReader, WsWriter};
 
 use crate::Error;
 use bytes::BytesMut;
+pub(crate) use compression::Compressor;
 use read::ReadState;
 use std::{
     future::{Future, poll_fn},
@@ -218,26 +219,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ) -> Option<Result<Message, Error>> {
         if self.finished {
             if std::mem::take(&mut self.linger_pending) {
-                self.await_peer_eof().await;
+                Box::pin(self.await_peer_eof()).await;
             }
             return None;
         }
         let message = match poll_fn(|cx| self.poll_next(cx, &mut outbox)).await {
             Ok(Some(message)) => message,
-            Ok(None) => return Some(Err(self.fail(Error::AbnormalClosure).await)),
-            Err(error) => return Some(Err(self.fail(error).await)),
+            Ok(None) => return Some(Err(self.fail_boxed(Error::AbnormalClosure).await)),
+            Err(error) => return Some(Err(self.fail_boxed(error).await)),
         };
         let flushed = match self.write.react(&message) {
             Reaction::None => Ok(()),
             Reaction::Flush => self.write.flush(&mut self.io).await,
             Reaction::Finish => {
-                self.finish().await;
+                Box::pin(self.finish()).await;
                 Ok(())
             }
         };
         Some(match flushed {
             Ok(()) => Ok(message),
-            Err(e) => Err(self.fail(e.into()).await),
+            Err(e) => Err(self.fail_boxed(e.into()).await),
         })
     }
 
@@ -349,7 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn flush(&mut self) -> Result<(), Error> {
         match self.write.flush(&mut self.io).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(e.into()).await),
+            Err(e) => Err(self.fail_boxed(e.into()).await),
         }
     }
 
@@ -372,6 +373,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Splits the connection into halves that can be used from different tasks.
     pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
         split::split(self)
+    }
+
+    /// [`WebSocket::fail`] on the heap: the cold path's timers and futures would
+    /// otherwise be part of every `recv` and `send` future, hence of every connection's
+    /// task for its whole life.
+    async fn fail_boxed(&mut self, error: Error) -> Error {
+        Box::pin(self.fail(error)).await
     }
 
     /// Ends the connection after a failure; returns the error for the caller to report.

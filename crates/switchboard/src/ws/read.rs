@@ -3,9 +3,10 @@
 use crate::Error;
 use bytes::BytesMut;
 use std::{
+    cell::Cell,
     future::poll_fn,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 use switchboard_proto::{Decoder, Limits, Message, Role, deflate::DeflateParams};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -13,6 +14,17 @@ use tokio_util::io::poll_read_buf;
 
 /// The smallest read: large enough that small messages arrive in one syscall.
 const MIN_READ: usize = 4096;
+
+/// The largest buffer a thread keeps spare: one that grew for a large message is freed.
+const MAX_SPARE: usize = 64 << 10;
+
+thread_local! {
+    /// A read buffer between uses. A connection that waits for its peer with nothing
+    /// half-read holds no buffer (an idle connection would otherwise keep 4 KiB for
+    /// nothing): it parks its empty buffer here and takes this one, or a new one, when
+    /// it reads again. One per thread, as the thread reads one socket at a time.
+    static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
 
 /// Reads bytes and decodes messages.
 #[derive(Debug)]
@@ -24,7 +36,12 @@ pub(crate) struct ReadState {
 impl ReadState {
     pub(crate) fn new(role: Role, limits: Limits, buffered: BytesMut) -> Self {
         Self {
-            buf: buffered,
+            // What the handshake left unread, if anything; its buffer otherwise goes.
+            buf: if buffered.is_empty() {
+                BytesMut::new()
+            } else {
+                buffered
+            },
             decoder: Decoder::new(role, limits),
         }
     }
@@ -57,11 +74,35 @@ impl ReadState {
             // Reserving what the frame in progress still needs (already checked against
             // the limits) lets a large frame arrive without repeated reallocation.
             let want = self.decoder.bytes_wanted(self.buf.len()).max(MIN_READ);
+            if self.buf.capacity() == 0 {
+                self.buf = SPARE.take().unwrap_or_default();
+            }
             self.buf.reserve(want);
-            if ready!(poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf))? == 0 {
-                return Poll::Ready(Ok(None));
+            match poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {
+                    self.park_buffer();
+                    return Poll::Pending;
+                }
             }
         }
+    }
+
+    /// Gives an empty buffer to the thread's spare while the peer is silent; the spare
+    /// keeps the larger of the two, up to [`MAX_SPARE`].
+    fn park_buffer(&mut self) {
+        if !self.buf.is_empty() || self.buf.capacity() == 0 {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let keep = match SPARE.take() {
+            Some(spare) if spare.capacity() >= buf.capacity() => spare,
+            _ if buf.capacity() > MAX_SPARE => return,
+            _ => buf,
+        };
+        SPARE.set(Some(keep));
     }
 
     /// Reads and discards until the peer closes its side, so that our close frame is not

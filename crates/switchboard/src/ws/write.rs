@@ -40,8 +40,9 @@ pub(crate) struct WriteState {
     /// Bytes written since the start (wrapping), for callers that account for buffers.
     pub(crate) written_total: usize,
     pub(crate) close: CloseState,
-    /// Compresses data messages, when permessage-deflate was negotiated.
-    deflate: Option<Compressor>,
+    /// Compresses data messages, when permessage-deflate was negotiated (boxed, to keep
+    /// connections without it small).
+    deflate: Option<Box<Compressor>>,
 }
 
 /// What the connection must do after a received message.
@@ -69,12 +70,12 @@ impl WriteState {
 
     /// Compresses data messages from now on (permessage-deflate was negotiated).
     pub(crate) fn set_deflate(&mut self, compressor: Compressor) {
-        self.deflate = Some(compressor);
+        self.deflate = Some(Box::new(compressor));
     }
 
     /// The permessage-deflate agreement in force, if any.
     pub(crate) fn deflate_params(&self) -> Option<DeflateParams> {
-        self.deflate.as_ref().map(Compressor::params)
+        self.deflate.as_ref().map(|compressor| compressor.params())
     }
 
     /// Queues a message; closing messages move the close handshake forward.
