@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
 /// generator rather than the server: it is marked invalid.
 pub const GENERATOR_LIMIT: f64 = 0.95;
 
-/// Reads results that [`write`] saved as JSON.
+/// Reads results that [`write()`] saved as JSON.
 pub fn read(path: &Path) -> io::Result<Results> {
     let text = fs::read_to_string(path)?;
     serde_json::from_str(&text).map_err(io::Error::other)

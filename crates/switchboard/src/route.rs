@@ -1,9 +1,9 @@
 //! Registering connections with a hub from axum routes.
 
 use crate::{
-    WebSocketConfig,
+    WebSocket, WebSocketConfig,
     hub::{Handler, Hub, RequestInfo, drive},
-    upgrade::{Rejection, Upgrade},
+    upgrade::{Rejection, Upgrade, Upgraded},
 };
 use axum::{
     extract::{FromRequestParts, RawPathParams},
@@ -11,7 +11,7 @@ use axum::{
     routing::{MethodRouter, get},
 };
 use http::{HeaderValue, StatusCode, header, request::Parts};
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 /// A route that upgrades every request and registers the connection with `hub`, with
 /// `handler` for its callbacks: the seeds' `Router.ws(path, callbacks)`.
@@ -154,16 +154,39 @@ impl HubUpgrade {
             .close_timeout(config.close_timeout)
             .compression(config.compression);
         let (response, connection) = self.upgrade.config(websocket).into_parts();
-        let (hub, mut request) = (hub.clone(), self.request);
+        let (hub, request) = (hub.clone(), self.request);
         tokio::spawn(async move {
-            if let Ok(ws) = connection.await {
-                request.remote_addr = ws.get_ref().peer_addr();
-                request.deflate = ws.deflate();
-                let conn = hub.register(request);
-                drive(ws, conn, &*handler).await;
+            match registered(connection.await, hub.clone(), request, handler) {
+                // Its own task, of its own size: this one, with the upgrade's state,
+                // ends here.
+                Some(connection) => drop(tokio::spawn(connection)),
+                None => hub.release(),
             }
-            hub.release();
         });
         Ok(response.into_response())
     }
+}
+
+/// Registers an upgraded connection with `hub`; returns its life, which gives back the
+/// hub's slot at the end.
+///
+/// The socket is captured by the returned block and used where it lies: a future keeps
+/// room for every value it moves into a local or into a callee, and this one is held for
+/// the connection's whole life.
+fn registered<H: Handler>(
+    upgraded: Result<WebSocket<Upgraded>, crate::Error>,
+    hub: Hub,
+    mut request: RequestInfo,
+    handler: Arc<H>,
+) -> Option<impl Future<Output = ()> + Send + use<H>> {
+    let Ok(mut ws) = upgraded else {
+        return None;
+    };
+    request.remote_addr = ws.get_ref().peer_addr();
+    request.deflate = ws.deflate();
+    let conn = hub.register(request);
+    Some(async move {
+        drive(&mut ws, &conn, &*handler).await;
+        hub.release();
+    })
 }

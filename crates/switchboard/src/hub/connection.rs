@@ -70,7 +70,7 @@ pub(crate) struct Outbound {
     /// Compresses this connection's data messages when it agreed to permessage-deflate
     /// with context takeover; made with the first such message. It lives under the
     /// queue's lock so that messages are compressed in the order they are queued.
-    compressor: Option<Compressor>,
+    compressor: Option<Box<Compressor>>,
     /// Bytes queued here or in the connection's write queue, not yet written.
     pub(crate) buffered: usize,
     pub(crate) close: Option<OutboxClose>,

@@ -15,13 +15,21 @@ use tokio::{
 
 /// Runs a registered connection until it ends, then reports the close exactly once and
 /// removes the connection from the hub.
-pub(crate) async fn drive<S, H>(mut ws: WebSocket<S>, conn: Connection, handler: &H)
+///
+/// It borrows the socket: the caller's task keeps the one copy of it (a future keeps
+/// room for every value it moves, so moving the socket into this future would hold it
+/// twice for the connection's life).
+pub(crate) async fn drive<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let mut outbox = HubOutbox::new(&conn);
-    ws.run_while(handler.on_open(&conn), &mut outbox).await;
+    let mut outbox = HubOutbox::new(conn);
+    // The callbacks that run once, or once in a long while, are boxed: a future holds
+    // room for the largest state it can be in, and the task of an idle connection
+    // should be the size of its wait for the next message, not of its `on_close`.
+    ws.run_while(Box::pin(handler.on_open(conn)), &mut outbox)
+        .await;
     if conn.state() == ConnectionState::Connecting {
         conn.set_state(ConnectionState::Open);
     }
@@ -48,16 +56,16 @@ where
             .store(conn.hub().now_micros(), Relaxed);
         match message {
             Message::Text(_) | Message::Binary(_) => {
-                ws.run_while(handler.on_message(&conn, message), &mut outbox)
+                ws.run_while(handler.on_message(conn, message), &mut outbox)
                     .await;
             }
             Message::Ping(payload) => {
-                ws.run_while(handler.on_ping(&conn, &payload), &mut outbox)
+                ws.run_while(Box::pin(handler.on_ping(conn, &payload)), &mut outbox)
                     .await
             }
             Message::Pong(payload) => {
-                record_pong(&conn);
-                ws.run_while(handler.on_pong(&conn, &payload), &mut outbox)
+                record_pong(conn);
+                ws.run_while(Box::pin(handler.on_pong(conn, &payload)), &mut outbox)
                     .await;
             }
             Message::Close(frame) => {
@@ -71,12 +79,38 @@ where
             }
         }
     };
+    Box::pin(end(
+        ws,
+        conn,
+        handler,
+        Ended {
+            code,
+            reason,
+            error,
+        },
+    ))
+    .await;
+}
+
+/// How a connection ended, as its callbacks hear it.
+struct Ended {
+    code: CloseCode,
+    reason: String,
+    error: Option<Error>,
+}
+
+/// Reports the end of a connection exactly once and removes it from the hub.
+async fn end<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H, ended: Ended)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
     conn.set_state(ConnectionState::Closed);
     conn.outbound().closed = true;
-    if let Some(error) = &error {
-        handler.on_error(&conn, error).await;
+    if let Some(error) = &ended.error {
+        handler.on_error(conn, error).await;
     }
-    handler.on_close(&conn, code, &reason).await;
+    handler.on_close(conn, ended.code, &ended.reason).await;
     conn.hub().unregister(conn.id());
     // Completes the close: waits (bounded) for the peer's end of stream, so that
     // dropping the socket does not reset it with our close frame in flight.

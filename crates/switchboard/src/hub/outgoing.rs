@@ -51,7 +51,7 @@ impl Outgoing {
         &self,
         deflate: Option<&DeflateParams>,
         compression: &Compression,
-        dedicated: &mut Option<Compressor>,
+        dedicated: &mut Option<Box<Compressor>>,
     ) -> EncodedFrame {
         let (level, threshold) = compression.level_and_threshold();
         let payload = self.payload();
@@ -61,7 +61,9 @@ impl Outgoing {
                     self.shared(params.server_max_window_bits, level)
                 } else {
                     dedicated
-                        .get_or_insert_with(|| compression.compressor(params, Role::Server))
+                        .get_or_insert_with(|| {
+                            Box::new(compression.compressor(params, Role::Server))
+                        })
                         .frame(self.message.clone())
                         .encode()
                 }

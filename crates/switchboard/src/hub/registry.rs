@@ -3,10 +3,7 @@
 //! connection.
 
 use super::{Connection, ConnectionId};
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 /// A room name, shared between the two indexes.
 pub(crate) type Room = Arc<str>;
@@ -16,8 +13,9 @@ pub(crate) struct Registry {
     pub(crate) connections: HashMap<ConnectionId, Connection>,
     /// Room → its members. A room exists while it has members.
     pub(crate) rooms: HashMap<Room, HashMap<ConnectionId, Connection>>,
-    /// Connection → the rooms it is in; present only for connections in a room.
-    memberships: HashMap<ConnectionId, HashSet<Room>>,
+    /// Connection → the rooms it is in; present only for connections in a room. A list:
+    /// a connection is in a few rooms, and a set would cost each one a hash table.
+    memberships: HashMap<ConnectionId, Vec<Room>>,
 }
 
 /// What a membership change did to the room, for the broker's subscriptions.
@@ -44,7 +42,7 @@ impl Registry {
         if members.insert(id, conn.clone()).is_some() {
             return RoomChange::None;
         }
-        self.memberships.entry(id).or_default().insert(room.clone());
+        self.memberships.entry(id).or_default().push(room.clone());
         if created {
             RoomChange::Created(room)
         } else {
@@ -56,9 +54,10 @@ impl Registry {
         let Some(memberships) = self.memberships.get_mut(&id) else {
             return RoomChange::None;
         };
-        if !memberships.remove(room) {
+        let Some(index) = memberships.iter().position(|r| &**r == room) else {
             return RoomChange::None;
-        }
+        };
+        memberships.swap_remove(index);
         if memberships.is_empty() {
             self.memberships.remove(&id);
         }
@@ -102,7 +101,7 @@ impl Registry {
     pub(crate) fn is_member(&self, id: ConnectionId, room: &str) -> bool {
         self.memberships
             .get(&id)
-            .is_some_and(|rooms| rooms.contains(room))
+            .is_some_and(|rooms| rooms.iter().any(|r| &**r == room))
     }
 
     #[cfg(test)]

@@ -20,14 +20,21 @@ use tokio::{
 #[derive(Debug)]
 pub struct Upgraded {
     inner: Inner,
-    /// The peer's address when the stream cannot tell it (e.g. axum's `ConnectInfo`).
-    peer: Option<SocketAddr>,
 }
 
+/// A TCP stream (what hyper's server gives back), kept bare: every connection holds one.
 #[derive(Debug)]
 enum Inner {
     Tcp(TcpStream),
-    Other(TokioIo<::hyper::upgrade::Upgraded>),
+    Other(Box<OtherIo>),
+}
+
+/// Any other stream hyper served (TLS, a test transport), with the peer's address it
+/// cannot tell (e.g. from axum's `ConnectInfo`).
+#[derive(Debug)]
+struct OtherIo {
+    io: TokioIo<::hyper::upgrade::Upgraded>,
+    peer: Option<SocketAddr>,
 }
 
 impl Upgraded {
@@ -39,17 +46,24 @@ impl Upgraded {
             // The bytes hyper read past the request (a pipelined first frame) come back
             // here and must be decoded before anything read from the socket.
             Ok(parts) => (Inner::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(upgraded) => (Inner::Other(TokioIo::new(upgraded)), bytes::Bytes::new()),
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                (
+                    Inner::Other(Box::new(OtherIo { io, peer })),
+                    bytes::Bytes::new(),
+                )
+            }
         };
-        (Self { inner, peer }, buffered)
+        (Self { inner }, buffered)
     }
 
-    /// The peer's address: the TCP stream's, or the one given with
-    /// [`Upgrade::peer_addr`](super::Upgrade::peer_addr) (under axum, its `ConnectInfo`).
+    /// The peer's address: the TCP stream's (while it is connected), or the one given
+    /// with [`Upgrade::peer_addr`](super::Upgrade::peer_addr) (under axum, its
+    /// `ConnectInfo`) for other streams.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match &self.inner {
-            Inner::Tcp(tcp) => tcp.peer_addr().ok().or(self.peer),
-            Inner::Other(_) => self.peer,
+            Inner::Tcp(tcp) => tcp.peer_addr().ok(),
+            Inner::Other(other) => other.peer,
         }
     }
 }
@@ -61,8 +75,8 @@ macro_rules! delegate {
                 let $io = Pin::new($io);
                 $e
             }
-            Inner::Other($io) => {
-                let $io = Pin::new($io);
+            Inner::Other(other) => {
+                let $io = Pin::new(&mut other.io);
                 $e
             }
         }
@@ -99,7 +113,7 @@ impl AsyncWrite for Upgraded {
     fn is_write_vectored(&self) -> bool {
         match &self.inner {
             Inner::Tcp(io) => io.is_write_vectored(),
-            Inner::Other(io) => io.is_write_vectored(),
+            Inner::Other(other) => other.io.is_write_vectored(),
         }
     }
 

@@ -200,17 +200,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// `Message::Close` or an error saying why it ended ([`Error::close_code`]).
     ///
     /// Cancel-safe: dropping the future loses no received data.
-    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
-        self.recv_inner(None).await
+    pub fn recv(&mut self) -> impl Future<Output = Option<Result<Message, Error>>> + '_ {
+        // Not an `async fn`: one wrapping future less in every connection's task.
+        self.recv_inner(None)
     }
 
     /// Like [`WebSocket::recv`], also taking frames and close commands from `outbox`
     /// and writing them while waiting for the peer.
-    pub(crate) async fn recv_with(
-        &mut self,
-        outbox: &mut (dyn Outbox + Send),
-    ) -> Option<Result<Message, Error>> {
-        self.recv_inner(Some(outbox)).await
+    pub(crate) fn recv_with<'a>(
+        &'a mut self,
+        outbox: &'a mut (dyn Outbox + Send),
+    ) -> impl Future<Output = Option<Result<Message, Error>>> + 'a {
+        self.recv_inner(Some(outbox))
     }
 
     async fn recv_inner(
@@ -378,8 +379,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// [`WebSocket::fail`] on the heap: the cold path's timers and futures would
     /// otherwise be part of every `recv` and `send` future, hence of every connection's
     /// task for its whole life.
-    async fn fail_boxed(&mut self, error: Error) -> Error {
-        Box::pin(self.fail(error)).await
+    fn fail_boxed(&mut self, error: Error) -> Pin<Box<impl Future<Output = Error> + '_>> {
+        Box::pin(self.fail(error))
     }
 
     /// Ends the connection after a failure; returns the error for the caller to report.
