@@ -117,8 +117,9 @@ pub struct Decoder {
     limits: Limits,
     /// The frame whose header has been consumed and whose payload is arriving.
     frame: Option<InFrame>,
-    /// The fragmented message being reassembled, if any.
-    fragments: Option<Fragments>,
+    /// The fragmented message being reassembled, if any (boxed: most messages come
+    /// whole, and every connection carries the field).
+    fragments: Option<Box<Fragments>>,
     /// Validates the text message in progress, fragment after fragment.
     utf8: Utf8Validator,
     /// Inflates compressed messages, when permessage-deflate was negotiated (boxed: most
@@ -244,7 +245,7 @@ impl Decoder {
         // A compressed message is held to the limit on its inflated size, as it inflates.
         // Only a continuation adds to the message: control frames "MAY be injected in the
         // middle of a fragmented message" (RFC 6455 §5.4) and are no part of it.
-        let buffered = match &self.fragments {
+        let buffered = match self.fragments.as_deref() {
             Some(Fragments {
                 data: Reassembly::Plain(data),
                 ..
@@ -343,7 +344,7 @@ impl Decoder {
                 if !header.fin {
                     return Ok(None);
                 }
-                let Some(Fragments { opcode, data }) = self.fragments.take() else {
+                let Some(Fragments { opcode, data }) = self.fragments.take().map(|f| *f) else {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
                 let data = match data {
@@ -364,19 +365,19 @@ impl Decoder {
             if header.fin {
                 return self.finish(opcode, Bytes::from(data)).map(Some);
             }
-            self.fragments = Some(Fragments {
+            self.fragments = Some(Box::new(Fragments {
                 opcode,
                 data: Reassembly::Inflated(data),
-            });
+            }));
             return Ok(None);
         }
         if header.fin {
             return self.finish(opcode, payload).map(Some);
         }
-        self.fragments = Some(Fragments {
+        self.fragments = Some(Box::new(Fragments {
             opcode,
             data: Reassembly::Plain(BytesMut::from(&payload[..])),
-        });
+        }));
         Ok(None)
     }
 

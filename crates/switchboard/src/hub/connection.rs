@@ -2,9 +2,10 @@
 
 use super::{BufferPolicy, Hub, Outgoing};
 use crate::ws::{Compressor, OutboxClose};
+use atomic_waker::AtomicWaker;
 use http::Extensions;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     fmt,
     net::SocketAddr,
     sync::{
@@ -17,7 +18,6 @@ use switchboard_proto::{
     CloseCode, CloseFrame, EncodedFrame, Frame, Message, Utf8Bytes, deflate::DeflateParams,
     frame::MAX_CONTROL_PAYLOAD,
 };
-use tokio::sync::Notify;
 
 /// A connection's id, unique across every hub of a deployment: the high 24 bits name the
 /// hub, the low 40 count its connections.
@@ -73,7 +73,8 @@ pub(crate) struct Outbound {
     compressor: Option<Box<Compressor>>,
     /// Bytes queued here or in the connection's write queue, not yet written.
     pub(crate) buffered: usize,
-    pub(crate) close: Option<OutboxClose>,
+    /// Boxed: every connection has the field, only a closing one fills it.
+    pub(crate) close: Option<Box<OutboxClose>>,
     /// No more data frames are accepted.
     pub(crate) closed: bool,
 }
@@ -90,8 +91,11 @@ struct Inner {
     hub: Hub,
     state: AtomicU8,
     outbound: Mutex<Outbound>,
-    wake: Notify,
-    metadata: Mutex<HashMap<String, String>>,
+    /// The connection's task, woken when its queue gets something to write.
+    wake: AtomicWaker,
+    /// Key–value pairs; a list, as a connection has a few (a map would cost every
+    /// connection its table).
+    metadata: Mutex<Vec<(String, String)>>,
     request: RequestInfo,
     keepalive: Keepalive,
     dropped: AtomicU64,
@@ -126,7 +130,7 @@ impl Connection {
                 hub,
                 state: AtomicU8::new(0),
                 outbound: Mutex::default(),
-                wake: Notify::new(),
+                wake: AtomicWaker::new(),
                 metadata: Mutex::default(),
                 request,
                 keepalive: Keepalive::default(),
@@ -182,17 +186,24 @@ impl Connection {
 
     /// Sets a metadata entry.
     pub fn set_metadata(&self, key: impl Into<String>, value: impl Into<String>) {
-        lock(&self.inner.metadata).insert(key.into(), value.into());
+        let (key, value) = (key.into(), value.into());
+        let mut metadata = lock(&self.inner.metadata);
+        match metadata.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => metadata.push((key, value)),
+        }
     }
 
     /// A metadata entry.
     pub fn metadata(&self, key: &str) -> Option<String> {
-        lock(&self.inner.metadata).get(key).cloned()
+        find(&lock(&self.inner.metadata), key).map(str::to_owned)
     }
 
     /// Removes a metadata entry, returning it.
     pub fn remove_metadata(&self, key: &str) -> Option<String> {
-        lock(&self.inner.metadata).remove(key)
+        let mut metadata = lock(&self.inner.metadata);
+        let index = metadata.iter().position(|(k, _)| k == key)?;
+        Some(metadata.swap_remove(index).1)
     }
 
     /// Joins a room (created on first join).
@@ -300,9 +311,7 @@ impl Connection {
         }
         // Control frames are never dropped: they are small and the protocol needs them.
         out.buffered += encoded.len();
-        out.frames.push_back(encoded);
-        drop(out);
-        self.inner.wake.notify_one();
+        self.push(out, encoded);
         Ok(())
     }
 
@@ -319,12 +328,12 @@ impl Connection {
             self.inner.hub.count_drop();
             if config.buffer_policy == BufferPolicy::Close {
                 out.closed = true;
-                out.close = Some(OutboxClose::Abort(CloseFrame::new(
+                out.close = Some(Box::new(OutboxClose::Abort(CloseFrame::new(
                     CloseCode::POLICY_VIOLATION,
                     "slow consumer",
-                )));
+                ))));
                 drop(out);
-                self.inner.wake.notify_one();
+                self.inner.wake.wake();
             }
             return Err(SendError::Dropped);
         }
@@ -334,10 +343,19 @@ impl Connection {
             &mut out.compressor,
         );
         out.buffered += frame.len();
+        self.push(out, frame);
+        Ok(())
+    }
+
+    /// Queues a frame (already counted in `buffered`) and wakes the connection's task if
+    /// the queue was empty: otherwise it was woken already and has not drained it yet.
+    fn push(&self, mut out: MutexGuard<'_, Outbound>, frame: EncodedFrame) {
+        let was_empty = out.frames.is_empty();
         out.frames.push_back(frame);
         drop(out);
-        self.inner.wake.notify_one();
-        Ok(())
+        if was_empty {
+            self.inner.wake.wake();
+        }
     }
 
     pub(crate) fn request_close(&self, request: OutboxClose) -> Result<(), SendError> {
@@ -346,9 +364,9 @@ impl Connection {
             return Err(SendError::Closed);
         }
         out.closed = true;
-        out.close = Some(request);
+        out.close = Some(Box::new(request));
         drop(out);
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
         Ok(())
     }
 
@@ -356,7 +374,7 @@ impl Connection {
         lock(&self.inner.outbound)
     }
 
-    pub(crate) fn wake(&self) -> &Notify {
+    pub(crate) fn wake(&self) -> &AtomicWaker {
         &self.inner.wake
     }
 

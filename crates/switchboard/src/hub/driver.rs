@@ -6,12 +6,9 @@ use crate::{
     Error, WebSocket,
     ws::{Outbox, OutboxClose, WriteState},
 };
-use std::{future::Future, pin::Pin, sync::atomic::Ordering::Relaxed, task::Context};
+use std::{sync::atomic::Ordering::Relaxed, task::Context};
 use switchboard_proto::{CloseCode, Message};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::futures::Notified,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Runs a registered connection until it ends, then reports the close exactly once and
 /// removes the connection from the hub.
@@ -132,35 +129,28 @@ fn record_pong(conn: &Connection) {
 /// The connection's shared queue, seen from its task.
 struct HubOutbox<'a> {
     conn: &'a Connection,
-    notified: Pin<Box<Notified<'a>>>,
     /// `WriteState::written_total` when last seen, to credit written bytes.
     written: usize,
 }
 
 impl<'a> HubOutbox<'a> {
     fn new(conn: &'a Connection) -> Self {
-        Self {
-            conn,
-            notified: Box::pin(conn.wake().notified()),
-            written: 0,
-        }
+        Self { conn, written: 0 }
     }
 }
 
 impl Outbox for HubOutbox<'_> {
     fn poll_pull(&mut self, cx: &mut Context<'_>, write: &mut WriteState) -> Option<OutboxClose> {
         // Register for the next wake-up before looking at the queue, so that a frame
-        // queued in between is not missed.
-        while self.notified.as_mut().poll(cx).is_ready() {
-            self.notified.set(self.conn.wake().notified());
-        }
+        // queued in between is not missed (a sender wakes after it pushes).
+        self.conn.wake().register(cx.waker());
         self.written(write);
         let mut out = self.conn.outbound();
         let Outbound { frames, close, .. } = &mut *out;
         for frame in frames.drain(..) {
             write.push_encoded(frame);
         }
-        let close = close.take();
+        let close = close.take().map(|close| *close);
         if close.is_some() {
             self.conn.set_state(ConnectionState::Closing);
         }

@@ -121,10 +121,11 @@ pub struct WebSocket<S> {
     close_deadline: Option<Instant>,
     /// The timer for `close_deadline`, created when first polled.
     close_timer: Option<Pin<Box<Sleep>>>,
-    /// The close frame we sent, if we sent one.
-    sent_close: Option<CloseFrame>,
+    /// The close frame we sent, if we sent one. (This and the next are boxed: every
+    /// connection carries them, and only a closing one fills them.)
+    sent_close: Option<Box<CloseFrame>>,
     /// A close command taken from the outbox while a callback ran, not yet applied.
-    pending_close: Option<OutboxClose>,
+    pending_close: Option<Box<OutboxClose>>,
     /// `recv` has reported the end of the connection.
     finished: bool,
     /// The close handshake is done but the peer's end of stream has not been read yet:
@@ -255,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             Some(outbox) => outbox.poll_pull(cx, &mut self.write),
             None => None,
         };
-        let command = match (self.pending_close.take(), pulled) {
+        let command = match (self.pending_close.take().map(|close| *close), pulled) {
             (_, Some(abort @ OutboxClose::Abort(_))) => Some(abort),
             (pending, pulled) => pending.or(pulled),
         };
@@ -304,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if !write_failed {
                 // Close commands wait for the next receive, which applies them in order.
                 if let Some(close) = outbox.poll_pull(cx, &mut self.write) {
-                    self.pending_close = Some(close);
+                    self.pending_close = Some(Box::new(close));
                 }
                 if self.write.has_pending() {
                     write_failed =
@@ -319,7 +320,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The close frame we sent, if any: the code an application reports when it closed.
     pub(crate) fn sent_close(&self) -> Option<&CloseFrame> {
-        self.sent_close.as_ref()
+        self.sent_close.as_deref()
     }
 
     /// Sends a message and waits until it is written.
@@ -341,7 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         };
         self.write.push(message)?;
         if let Some(frame) = close {
-            self.sent_close = frame;
+            self.sent_close = frame.map(Box::new);
             self.close_deadline = Some(Instant::now() + self.config.close_timeout);
         }
         Ok(())
