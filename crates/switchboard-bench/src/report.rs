@@ -293,11 +293,9 @@ fn targets(md: &mut String, r: &Results) {
             );
         }
     }
-    // Idle memory: ≤ 2 KiB per connection, below every peer.
+    // Idle memory: ≤ 2 KiB per connection, below every peer; for the bare socket
+    // (echo) and for the hub (broadcast).
     for (key, rows) in group(&r.idle, |row| (row.conns, row.behaviour.clone())) {
-        if key.1 != "echo" {
-            continue;
-        }
         let per: Vec<(&str, f64)> = rows
             .iter()
             .map(|row| (row.server.as_str(), row.per_conn()))
@@ -305,16 +303,18 @@ fn targets(md: &mut String, r: &Results) {
         if let Some(o) = ours(per.iter().copied()) {
             let _ = writeln!(
                 md,
-                "| idle memory ≤ 2 KiB per connection ({} connections) | {} | {} |",
+                "| idle memory ≤ 2 KiB per connection ({} connections, {}) | {} | {} |",
                 num(key.0 as f64),
+                key.1,
                 kib(o),
                 check(o <= 2048.0)
             );
             if let Some((peer, best)) = best_peer(per.iter().copied(), false) {
                 let _ = writeln!(
                     md,
-                    "| idle memory below every peer ({} connections) | {} of {peer} ({}) | {} |",
+                    "| idle memory below every peer ({} connections, {}) | {} of {peer} ({}) | {} |",
                     num(key.0 as f64),
+                    key.1,
                     ratio(o / best),
                     kib(best),
                     check(o < best)
