@@ -6,12 +6,12 @@ use crate::{
     upgrade::{Rejection, Upgrade, Upgraded},
 };
 use axum::{
-    extract::{FromRequestParts, RawPathParams},
+    extract::{ConnectInfo, FromRequestParts, MatchedPath, OriginalUri, RawPathParams},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get},
 };
-use http::{HeaderValue, StatusCode, header, request::Parts};
-use std::{future::Future, sync::Arc};
+use http::{Extensions, HeaderValue, StatusCode, header, request::Parts};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 /// A route that upgrades every request and registers the connection with `hub`, with
 /// `handler` for its callbacks: the seeds' `Router.ws(path, callbacks)`.
@@ -77,20 +77,17 @@ impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let upgrade = Upgrade::from_parts(parts)?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map(|params| {
-                params
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let query = parts
-            .uri
-            .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
+        let raw_params = RawPathParams::from_request_parts(parts, state).await.ok();
+        let routed = raw_params.is_some();
+        let mut pairs: Vec<(String, String)> = raw_params
+            .iter()
+            .flat_map(|params| params.iter())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let params = pairs.len();
+        if let Some(query) = parts.uri.query() {
+            pairs.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
+        }
         let header = |name| {
             parts
                 .headers
@@ -102,14 +99,38 @@ impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
             origin: header(header::ORIGIN),
             host: header(header::HOST),
             request: RequestInfo {
+                pairs: pairs.into_boxed_slice(),
                 params,
-                query,
-                assigns: parts.extensions.clone(),
+                assigns: assigns(parts, routed),
                 remote_addr: None,
                 deflate: None,
             },
             upgrade,
         })
+    }
+}
+
+/// The request's extensions, when the application put some there: its assigns.
+///
+/// axum's routing adds entries of its own to every request (the path parameters, which
+/// a connection has as [`Connection::param`](crate::hub::Connection::param), the matched
+/// path, the original URI, the peer's address); a request with nothing else gets an
+/// empty set rather than a copy of those, which would cost every connection a table.
+/// Counting only entries it can see, this can only err towards copying.
+fn assigns(parts: &Parts, routed: bool) -> Extensions {
+    let extensions = &parts.extensions;
+    let routing = [
+        // `RawPathParams` is found exactly when axum stored the route's parameters.
+        routed,
+        extensions.get::<MatchedPath>().is_some(),
+        extensions.get::<OriginalUri>().is_some(),
+        extensions.get::<ConnectInfo<SocketAddr>>().is_some(),
+    ];
+    let routing = routing.into_iter().filter(|&present| present).count();
+    if extensions.len() > routing {
+        extensions.clone()
+    } else {
+        Extensions::new()
     }
 }
 
@@ -156,7 +177,7 @@ impl HubUpgrade {
         let (response, connection) = self.upgrade.config(websocket).into_parts();
         let (hub, request) = (hub.clone(), self.request);
         tokio::spawn(async move {
-            match registered(connection.await, hub.clone(), request, handler) {
+            match registered(connection.await, &hub, request, handler) {
                 // Its own task, of its own size: this one, with the upgrade's state,
                 // ends here.
                 Some(connection) => drop(tokio::spawn(connection)),
@@ -175,7 +196,7 @@ impl HubUpgrade {
 /// the connection's whole life.
 fn registered<H: Handler>(
     upgraded: Result<WebSocket<Upgraded>, crate::Error>,
-    hub: Hub,
+    hub: &Hub,
     mut request: RequestInfo,
     handler: Arc<H>,
 ) -> Option<impl Future<Output = ()> + Send + use<H>> {
@@ -187,6 +208,6 @@ fn registered<H: Handler>(
     let conn = hub.register(request);
     Some(async move {
         drive(&mut ws, &conn, &*handler).await;
-        hub.release();
+        conn.hub().release();
     })
 }

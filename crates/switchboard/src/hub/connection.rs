@@ -104,8 +104,10 @@ struct Inner {
 /// What the upgrade request carried, copied into the connection.
 #[derive(Debug, Default)]
 pub(crate) struct RequestInfo {
-    pub(crate) params: Vec<(String, String)>,
-    pub(crate) query: Vec<(String, String)>,
+    /// Route parameters, then query parameters (`params` of them are the route's): one
+    /// list, as every connection carries it.
+    pub(crate) pairs: Box<[(String, String)]>,
+    pub(crate) params: usize,
     pub(crate) assigns: Extensions,
     pub(crate) remote_addr: Option<SocketAddr>,
     /// The permessage-deflate agreement of the opening handshake.
@@ -170,12 +172,20 @@ impl Connection {
 
     /// A route parameter, e.g. `room` for the route `/chat/{room}`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        find(&self.inner.request.params, name)
+        let request = &self.inner.request;
+        find(
+            request.pairs.get(..request.params).unwrap_or_default(),
+            name,
+        )
     }
 
     /// A query parameter of the upgrade request, e.g. `token` in `?token=abc`.
     pub fn query(&self, name: &str) -> Option<&str> {
-        find(&self.inner.request.query, name)
+        let request = &self.inner.request;
+        find(
+            request.pairs.get(request.params..).unwrap_or_default(),
+            name,
+        )
     }
 
     /// A value an extractor or middleware put into the upgrade request's extensions

@@ -42,7 +42,11 @@ impl Registry {
         if members.insert(id, conn.clone()).is_some() {
             return RoomChange::None;
         }
-        self.memberships.entry(id).or_default().push(room.clone());
+        self.memberships
+            .entry(id)
+            // Most connections are in one room: no room for four.
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(room.clone());
         if created {
             RoomChange::Created(room)
         } else {

@@ -20,7 +20,7 @@ use read::ReadState;
 use std::{
     future::{Future, poll_fn},
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 use switchboard_proto::{
@@ -54,6 +54,16 @@ pub(crate) enum OutboxClose {
     Graceful(CloseFrame),
     /// Send the close frame if the socket takes it now, and end at once.
     Abort(CloseFrame),
+}
+
+/// The close frame we sent, and how long the peer has to answer it.
+#[derive(Debug)]
+struct SentClose {
+    /// `None` for a close frame without a body.
+    frame: Option<CloseFrame>,
+    deadline: Instant,
+    /// The timer for `deadline`, created when first polled.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Settings of one connection.
@@ -117,13 +127,9 @@ pub struct WebSocket<S> {
     write: WriteState,
     role: Role,
     config: WebSocketConfig,
-    /// When we sent a close frame: the peer must answer by then.
-    close_deadline: Option<Instant>,
-    /// The timer for `close_deadline`, created when first polled.
-    close_timer: Option<Pin<Box<Sleep>>>,
-    /// The close frame we sent, if we sent one. (This and the next are boxed: every
-    /// connection carries them, and only a closing one fills them.)
-    sent_close: Option<Box<CloseFrame>>,
+    /// Our close frame and the deadline for the peer's answer, once we sent it (boxed:
+    /// every connection carries the field, only a closing one fills it).
+    sent_close: Option<Box<SentClose>>,
     /// A close command taken from the outbox while a callback ran, not yet applied.
     pending_close: Option<Box<OutboxClose>>,
     /// `recv` has reported the end of the connection.
@@ -153,8 +159,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             write: WriteState::new(role),
             role,
             config,
-            close_deadline: None,
-            close_timer: None,
             sent_close: None,
             pending_close: None,
             finished: false,
@@ -227,21 +231,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
         let message = match poll_fn(|cx| self.poll_next(cx, &mut outbox)).await {
             Ok(Some(message)) => message,
-            Ok(None) => return Some(Err(self.fail_boxed(Error::AbnormalClosure).await)),
-            Err(error) => return Some(Err(self.fail_boxed(error).await)),
-        };
-        let flushed = match self.write.react(&message) {
-            Reaction::None => Ok(()),
-            Reaction::Flush => self.write.flush(&mut self.io).await,
-            Reaction::Finish => {
-                Box::pin(self.finish()).await;
-                Ok(())
+            // Bound by value, so that nothing of the poll's result outlives this line
+            // into the await below (and into the size of every `recv` future).
+            ended => {
+                let error = ended.err().unwrap_or(Error::AbnormalClosure);
+                return Some(Err(self.fail_boxed(error).await));
             }
         };
-        Some(match flushed {
-            Ok(()) => Ok(message),
-            Err(e) => Err(self.fail_boxed(e.into()).await),
-        })
+        match self.write.react(&message) {
+            Reaction::None => Some(Ok(message)),
+            // A pong was queued: it leaves now if the socket takes it, or else with the
+            // next call, which writes what is pending before it reads. (Not awaited here:
+            // an await with the message alive would make every `recv` future hold room
+            // for a message.)
+            Reaction::Flush => match self.try_flush() {
+                Ok(()) => Some(Ok(message)),
+                Err(e) => {
+                    drop(message);
+                    Some(Err(self.fail_boxed(e.into()).await))
+                }
+            },
+            Reaction::Finish => Some(Ok(Box::pin(self.finish_with(message)).await)),
+        }
+    }
+
+    /// Writes what is queued as far as the socket takes it without waiting.
+    fn try_flush(&mut self) -> std::io::Result<()> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.write.poll_flush(&mut cx, &mut self.io) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// [`WebSocket::finish`], then gives back the message that ended the connection.
+    async fn finish_with(&mut self, message: Message) -> Message {
+        self.finish().await;
+        message
     }
 
     /// Polls for the next message while writing queued frames and enforcing the close
@@ -278,9 +304,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 return Poll::Ready(Err(e.into()));
             }
         }
-        if let Some(deadline) = self.close_deadline {
-            let timer = self
-                .close_timer
+        if let Some(sent) = &mut self.sent_close {
+            let deadline = sent.deadline;
+            let timer = sent
+                .timer
                 .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Error::CloseTimeout));
@@ -320,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The close frame we sent, if any: the code an application reports when it closed.
     pub(crate) fn sent_close(&self) -> Option<&CloseFrame> {
-        self.sent_close.as_deref()
+        self.sent_close.as_ref()?.frame.as_ref()
     }
 
     /// Sends a message and waits until it is written.
@@ -342,8 +369,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         };
         self.write.push(message)?;
         if let Some(frame) = close {
-            self.sent_close = frame.map(Box::new);
-            self.close_deadline = Some(Instant::now() + self.config.close_timeout);
+            self.sent_close = Some(Box::new(SentClose {
+                frame,
+                deadline: Instant::now() + self.config.close_timeout,
+                timer: None,
+            }));
         }
         Ok(())
     }

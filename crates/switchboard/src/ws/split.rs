@@ -59,10 +59,11 @@ pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>
         write,
         role,
         config,
-        close_deadline,
+        sent_close,
         finished,
         ..
     } = ws;
+    let close_deadline = sent_close.map(|sent| sent.deadline);
     let (read_io, write_io) = tokio::io::split(io);
     let inner = Arc::new(Mutex::new(WriterInner {
         io: write_io,
