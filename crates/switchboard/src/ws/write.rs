@@ -3,6 +3,7 @@
 use super::compression::Compressor;
 use crate::Error;
 use std::{
+    cell::RefCell,
     collections::VecDeque,
     future::poll_fn,
     io::{self, IoSlice},
@@ -18,6 +19,36 @@ use tokio::io::AsyncWrite;
 /// How many buffers one `writev` takes; Linux accepts 1024, but beyond a few dozen
 /// frames the syscall is no longer the cost.
 const MAX_IOV: usize = 64;
+
+/// Up to this many bytes in several pieces are copied together and written with one
+/// `write`, rather than `writev`: the copy costs less than the kernel's handling of
+/// several pieces (on loopback, a header and a 1 KiB payload echo some 5% faster).
+const COALESCE: usize = 32 << 10;
+
+thread_local! {
+    /// Where small pieces are copied together; one per thread, as a thread writes one
+    /// socket at a time.
+    static COALESCED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes `slices`: small ones copied into one buffer, large ones as they are.
+fn write_slices<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut W,
+    slices: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    if slices.len() < 2 || total > COALESCE {
+        return Pin::new(io).poll_write_vectored(cx, slices);
+    }
+    COALESCED.with_borrow_mut(|buf| {
+        buf.clear();
+        for slice in slices {
+            buf.extend_from_slice(slice);
+        }
+        Pin::new(io).poll_write(cx, buf)
+    })
+}
 
 /// What has been sent and received of the close handshake (RFC 6455 §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +191,7 @@ impl WriteState {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let count = self.fill(&mut slices);
             let slices = slices.get(..count).unwrap_or_default();
-            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, slices))?;
+            let n = ready!(write_slices(cx, &mut *io, slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
