@@ -21,9 +21,10 @@ use tokio::io::AsyncWrite;
 const MAX_IOV: usize = 64;
 
 /// Up to this many bytes in several pieces are copied together and written with one
-/// `write`, rather than `writev`: the copy costs less than the kernel's handling of
-/// several pieces (on loopback, a header and a 1 KiB payload echo some 5% faster).
-const COALESCE: usize = 32 << 10;
+/// `write` rather than `writev`: for a small frame the copy costs less than the kernel's
+/// handling of a second piece. Larger batches (a broadcast's shared payloads) go as they
+/// are, without copying.
+const COALESCE: usize = 2 << 10;
 
 thread_local! {
     /// Where small pieces are copied together; one per thread, as a thread writes one
