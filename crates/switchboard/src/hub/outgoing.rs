@@ -10,7 +10,7 @@
 use crate::{Compression, ws::Compressor};
 use std::cell::OnceCell;
 use switchboard_proto::{
-    EncodedFrame, Message, OpCode, Role,
+    EncodedFrame, Message, Role,
     deflate::{DeflateParams, Deflater},
 };
 
@@ -82,20 +82,13 @@ impl Outgoing {
         let compressed = self.shared.get(slot).and_then(|cell| {
             cell.get_or_init(|| {
                 Deflater::with_window(window_bits, true, level)
-                    .frame(self.opcode(), self.payload())
+                    .frame(self.message.opcode(), self.payload())
                     .ok()
                     .map(|frame| frame.encode())
             })
             .clone()
         });
         compressed.unwrap_or_else(|| self.plain().clone())
-    }
-
-    fn opcode(&self) -> OpCode {
-        match self.message {
-            Message::Text(_) => OpCode::Text,
-            _ => OpCode::Binary,
-        }
     }
 
     fn payload(&self) -> &[u8] {
