@@ -214,7 +214,7 @@ impl Decoder {
                 return Ok(None);
             }
             let (header, compressed) = (frame.header, frame.compressed);
-            let payload = buf.split_to(frame.len).freeze();
+            let payload = take_payload(buf, frame.len);
             self.frame = None;
             if let Some(message) = self.complete(header, payload, compressed)? {
                 return Ok(Some(message));
@@ -389,6 +389,22 @@ impl Decoder {
             Ok(Message::Binary(payload))
         }
     }
+}
+
+/// Payloads up to this size are copied out of the read buffer rather than split off it:
+/// a small message the application keeps (a chat history) does not pin the whole
+/// buffer, and the buffer, never shared, is reused in place by the next read. Above it,
+/// the copy would cost more than the buffer it saves.
+const COPY_OUT: usize = 4 << 10;
+
+/// The first `len` bytes of `buf`, removed from it.
+fn take_payload(buf: &mut BytesMut, len: usize) -> Bytes {
+    if len > COPY_OUT {
+        return buf.split_to(len).freeze();
+    }
+    let payload = Bytes::copy_from_slice(buf.get(..len).unwrap_or_default());
+    buf.advance(len);
+    payload
 }
 
 /// Where a frame of a compressed message stands in it.
@@ -661,14 +677,35 @@ mod tests {
     }
 
     #[test]
-    fn single_frame_payloads_are_not_copied() {
-        let mut buf = wire(&[Frame::binary(vec![1u8; 4096])]);
-        let start = buf.as_ptr() as usize;
+    fn large_payloads_are_views_into_the_read_buffer() {
+        let mut buf = wire(&[Frame::binary(vec![1u8; COPY_OUT + 1])]);
+        let range = buf.as_ptr_range();
         let Ok(Some(Message::Binary(payload))) = server().decode(&mut buf) else {
             panic!("expected a binary message");
         };
-        let offset = payload.as_ptr() as usize - start;
-        assert_eq!(offset, 8, "payload should be a view into the read buffer");
+        assert!(
+            range.contains(&payload.as_ptr()),
+            "payload should share the buffer"
+        );
+    }
+
+    #[test]
+    fn small_payloads_are_copied_and_leave_the_buffer_unshared() {
+        let mut buf = wire(&[Frame::binary(vec![1u8; COPY_OUT]), Frame::text("hi")]);
+        let range = buf.as_ptr_range();
+        let Ok(Some(Message::Binary(payload))) = server().decode(&mut buf) else {
+            panic!("expected a binary message");
+        };
+        assert!(
+            !range.contains(&payload.as_ptr()),
+            "payload should be a copy"
+        );
+        assert_eq!(payload, vec![1u8; COPY_OUT]);
+        assert!(
+            buf.try_reclaim(buf.capacity() + COPY_OUT),
+            "buffer should be unshared"
+        );
+        assert!(matches!(server().decode(&mut buf), Ok(Some(Message::Text(t))) if t == "hi"));
     }
 
     fn deflating(no_context_takeover: bool) -> (crate::deflate::Deflater, Decoder) {

@@ -13,6 +13,9 @@ const LANES: usize = 64;
 /// `offset` lets a caller unmask a payload in pieces as its bytes arrive.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate(key, offset);
+    if buf.len() < LANES {
+        return apply_mask_short(buf, key);
+    }
     let pattern: [u8; LANES] = std::array::from_fn(|i| key[i % 4]);
     let mut chunks = buf.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
@@ -26,11 +29,29 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// [`apply_mask`] eight bytes at a time, for payloads shorter than one SIMD step (most
+/// messages): building the 64-byte pattern would cost more than the XOR itself.
+fn apply_mask_short(buf: &mut [u8], key: [u8; 4]) {
+    let [a, b, c, d] = key;
+    let word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so it is in phase with `key`.
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
+        *byte ^= k;
+    }
+}
+
 /// The key as seen from `offset` bytes into the payload.
 fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let mut key = key;
-    key.rotate_left(offset % 4);
-    key
+    // Big-endian, the first key byte is the most significant: rotating the word left by
+    // one byte moves it to the end.
+    let bits = 8 * (offset % 4) as u32;
+    u32::from_be_bytes(key).rotate_left(bits).to_be_bytes()
 }
 
 #[cfg(test)]

@@ -79,14 +79,17 @@ impl Frame {
         self
     }
 
-    /// The frame as it goes on the wire: the header inline, and the payload shared
-    /// unless it must be masked, in which case a masked copy is made.
-    pub fn encode(&self) -> EncodedFrame {
+    /// The frame as it goes on the wire: the header inline and the payload moved, not
+    /// copied; a payload to be masked is masked in place when nothing else shares it.
+    pub fn encode(self) -> EncodedFrame {
         debug_assert_eq!(self.header.payload_len, self.payload.len() as u64);
         let payload = match self.header.mask {
-            None => self.payload.clone(),
+            None => self.payload,
             Some(key) => {
-                let mut masked = BytesMut::from(&self.payload[..]);
+                let mut masked = self
+                    .payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
                 apply_mask(&mut masked, key, 0);
                 masked.freeze()
             }
@@ -98,7 +101,7 @@ impl Frame {
     }
 
     /// Appends the encoded frame to `dst` as one contiguous run of bytes.
-    pub fn write_to(&self, dst: &mut BytesMut) {
+    pub fn write_to(self, dst: &mut BytesMut) {
         let encoded = self.encode();
         dst.reserve(encoded.len());
         dst.put_slice(encoded.head.as_bytes());

@@ -17,11 +17,6 @@ use tokio_util::io::poll_read_buf;
 /// no idle memory.
 const MIN_READ: usize = (16 << 10) + 16;
 
-/// Messages up to this size are copied out of the read buffer: a small message that
-/// the application keeps (a chat history) must not keep the whole buffer alive with it,
-/// and the buffer, unshared, is reused in place.
-const DETACH: usize = 4 << 10;
-
 /// The largest buffer a thread keeps spare: one that grew for a large message is freed.
 const MAX_SPARE: usize = 64 << 10;
 
@@ -76,7 +71,7 @@ impl ReadState {
     ) -> Poll<Result<Option<Message>, Error>> {
         loop {
             if let Some(message) = self.decoder.decode(&mut self.buf)? {
-                return Poll::Ready(Ok(Some(detach(message))));
+                return Poll::Ready(Ok(Some(message)));
             }
             // Reserving what the frame in progress still needs (already checked against
             // the limits) lets a large frame arrive without repeated reallocation.
@@ -123,16 +118,5 @@ impl ReadState {
                 Ok(_) => self.buf.clear(),
             }
         }
-    }
-}
-
-/// `message` with its own copy of a payload of up to [`DETACH`] bytes.
-fn detach(message: Message) -> Message {
-    match message {
-        Message::Text(text) if text.len() <= DETACH => Message::Text(text.as_str().into()),
-        Message::Binary(data) if data.len() <= DETACH => {
-            Message::Binary(bytes::Bytes::copy_from_slice(&data))
-        }
-        other => other,
     }
 }

@@ -32,25 +32,6 @@ thread_local! {
     static COALESCED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Writes `slices`: small ones copied into one buffer, large ones as they are.
-fn write_slices<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    io: &mut W,
-    slices: &[IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    let total: usize = slices.iter().map(|s| s.len()).sum();
-    if slices.len() < 2 || total > COALESCE {
-        return Pin::new(io).poll_write_vectored(cx, slices);
-    }
-    COALESCED.with_borrow_mut(|buf| {
-        buf.clear();
-        for slice in slices {
-            buf.extend_from_slice(slice);
-        }
-        Pin::new(io).poll_write(cx, buf)
-    })
-}
-
 /// What has been sent and received of the close handshake (RFC 6455 §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseState {
@@ -189,10 +170,7 @@ impl WriteState {
         io: &mut W,
     ) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let count = self.fill(&mut slices);
-            let slices = slices.get(..count).unwrap_or_default();
-            let n = ready!(write_slices(cx, &mut *io, slices))?;
+            let n = ready!(self.poll_write_some(cx, &mut *io))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -211,28 +189,47 @@ impl WriteState {
         self.queue.push_back(frame);
     }
 
-    /// Points `slices` at the unwritten bytes, front first; returns how many it used.
-    fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
-        let mut skip = self.written;
+    /// One write of the unwritten bytes: up to [`COALESCE`] of them copied together and
+    /// written with `write`, more with a `writev` of the pieces as they are.
+    fn poll_write_some<W: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+    ) -> Poll<io::Result<usize>> {
+        let mut total = 0;
+        let small = self.unwritten().all(|part| {
+            total += part.len();
+            total <= COALESCE
+        });
+        if small {
+            return COALESCED.with_borrow_mut(|buf| {
+                buf.clear();
+                self.unwritten()
+                    .for_each(|part| buf.extend_from_slice(part));
+                Pin::new(io).poll_write(cx, buf)
+            });
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
         let mut count = 0;
-        let parts = self
-            .queue
-            .iter()
-            .flat_map(|frame| [frame.head.as_bytes(), &frame.payload[..]]);
-        for part in parts {
-            let offset = skip.min(part.len());
-            skip -= offset;
-            let part = part.get(offset..).unwrap_or_default();
-            if part.is_empty() {
-                continue;
-            }
-            let Some(slot) = slices.get_mut(count) else {
-                break;
-            };
+        for (slot, part) in slices.iter_mut().zip(self.unwritten()) {
             *slot = IoSlice::new(part);
             count += 1;
         }
-        count
+        let slices = slices.get(..count).unwrap_or_default();
+        Pin::new(io).poll_write_vectored(cx, slices)
+    }
+
+    /// The queued bytes not yet written, front first, in the pieces they are stored in.
+    fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
+        let mut skip = self.written;
+        self.queue
+            .iter()
+            .flat_map(|frame| [frame.head.as_bytes(), &frame.payload[..]])
+            .filter_map(move |part| {
+                let offset = skip.min(part.len());
+                skip -= offset;
+                part.get(offset..).filter(|rest| !rest.is_empty())
+            })
     }
 
     /// Records that `n` more bytes were written.
