@@ -145,11 +145,31 @@ impl Room {
         self.next_seq.saturating_sub(self.first_counted) - self.completed
     }
 
-    /// Publishes the next message, if the previous one is fully written.
+    /// Publishes the next message, if the previous ones are fully written.
     fn publish(&mut self) -> Result<bool, String> {
+        Ok(self.publish_burst(1)? == 1)
+    }
+
+    /// Publishes up to `count` messages with one write, if the previous ones are fully
+    /// written; returns how many. A client with several messages ready writes them
+    /// together, so the server can read them together: sent one write at a time, the
+    /// server reads whatever fraction has arrived when it wakes, and the split, not the
+    /// server, would set how it batches.
+    fn publish_burst(&mut self, count: u64) -> Result<u64, String> {
         if self.out_written < self.out.len() {
-            return Ok(false);
+            return Ok(0);
         }
+        self.out.clear();
+        self.out_written = 0;
+        for _ in 0..count {
+            self.queue_next();
+        }
+        self.flush_publisher()?;
+        Ok(count)
+    }
+
+    /// Appends the next message, stamped with its sequence number and the time.
+    fn queue_next(&mut self) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let now = self.epoch.elapsed().as_nanos() as u64;
@@ -164,10 +184,8 @@ impl Room {
                 done: false,
             };
         }
-        self.out = net::client_frame(OP_BINARY, &self.payload);
-        self.out_written = 0;
-        self.flush_publisher()?;
-        Ok(true)
+        self.out
+            .extend_from_slice(&net::client_frame(OP_BINARY, &self.payload));
     }
 
     fn flush_publisher(&mut self) -> Result<(), String> {
@@ -316,7 +334,10 @@ impl Room {
     ) -> Result<(), String> {
         let mut last_progress = (Instant::now(), self.completed);
         loop {
-            while self.in_flight() < window && self.publish()? {}
+            let free = window.saturating_sub(self.in_flight());
+            if free > 0 {
+                self.publish_burst(free)?;
+            }
             if !keep_going(self)? {
                 return Ok(());
             }

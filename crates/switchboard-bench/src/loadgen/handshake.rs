@@ -22,7 +22,7 @@ pub(super) fn run(common: &mut Common, opts: &Opts, timing: Timing) -> Result<Ou
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut clients: Vec<Client> = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
-        clients.push(start(&mut poll, common, i)?);
+        clients.push(start(&mut poll, common, i, &request)?);
     }
     let mut meter = Meter::start(common.server_pid, timing);
     let mut events = Events::with_capacity(1024);
@@ -50,9 +50,9 @@ pub(super) fn run(common: &mut Common, opts: &Opts, timing: Timing) -> Result<Ou
                     }
                 }
             }
-            // Done or failed: reset this one (linger 0) and start the next in its place.
-            let _ = poll.registry().deregister(&mut client.stream);
-            *client = start(&mut poll, common, i)?;
+            // Done or failed: reset this one (linger 0; closing the socket also removes
+            // it from the poll) and start the next in its place.
+            *client = start(&mut poll, common, i, &request)?;
         }
     }
     Ok(Output::Handshake {
@@ -60,7 +60,10 @@ pub(super) fn run(common: &mut Common, opts: &Opts, timing: Timing) -> Result<Ou
     })
 }
 
-fn start(poll: &mut Poll, common: &mut Common, i: usize) -> Result<Client, String> {
+/// Connects client `i` and sends its request at once: on loopback the connection is
+/// usually established by the time `connect` returns, and waiting for the writable
+/// event would cost a poll round per handshake.
+fn start(poll: &mut Poll, common: &mut Common, i: usize, request: &[u8]) -> Result<Client, String> {
     let mut stream = net::open(common.addr, common.sources.next()).map_err(|e| e.to_string())?;
     poll.registry()
         .register(
@@ -69,29 +72,20 @@ fn start(poll: &mut Poll, common: &mut Common, i: usize) -> Result<Client, Strin
             Interest::READABLE | Interest::WRITABLE,
         )
         .map_err(|e| e.to_string())?;
-    Ok(Client {
+    let mut client = Client {
         stream,
         sent: 0,
         buf: Vec::with_capacity(256),
-    })
+    };
+    // An error shows again at the socket's next event.
+    let _ = send_request(&mut client, request);
+    Ok(client)
 }
 
 /// Moves a handshake forward; `true` once the 101 is in.
 fn progress(client: &mut Client, request: &[u8], chunk: &mut [u8]) -> Result<bool, String> {
-    while client.sent < request.len() {
-        match client
-            .stream
-            .write(request.get(client.sent..).unwrap_or_default())
-        {
-            Ok(n) => client.sent += n,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::NotConnected =>
-            {
-                return Ok(false);
-            }
-            Err(e) => return Err(format!("write: {e}")),
-        }
+    if !send_request(client, request)? {
+        return Ok(false);
     }
     loop {
         match client.stream.read(chunk) {
@@ -111,4 +105,24 @@ fn progress(client: &mut Client, request: &[u8], chunk: &mut [u8]) -> Result<boo
             return head.map(|_| true);
         }
     }
+}
+
+/// Writes what is left of the request; `true` once all of it is written.
+fn send_request(client: &mut Client, request: &[u8]) -> Result<bool, String> {
+    while client.sent < request.len() {
+        match client
+            .stream
+            .write(request.get(client.sent..).unwrap_or_default())
+        {
+            Ok(n) => client.sent += n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::NotConnected =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    Ok(true)
 }

@@ -252,7 +252,11 @@ fn has_content(status: StatusCode) -> bool {
 /// The status line, then the headers, with `content_length` in place of any
 /// `Content-Length` when given.
 fn write_response_head(response: &Response<()>, content_length: Option<usize>, dst: &mut Vec<u8>) {
-    let status = response.status();
+    write_status_line(response.status(), dst);
+    write_fields(response.headers(), content_length, dst);
+}
+
+pub(crate) fn write_status_line(status: StatusCode, dst: &mut Vec<u8>) {
     dst.extend_from_slice(b"HTTP/1.1 ");
     dst.extend_from_slice(status.as_str().as_bytes());
     // "status-line = HTTP-version SP status-code SP [ reason-phrase ]" (RFC 9112 §4):
@@ -260,7 +264,6 @@ fn write_response_head(response: &Response<()>, content_length: Option<usize>, d
     dst.push(b' ');
     dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     dst.extend_from_slice(b"\r\n");
-    write_fields(response.headers(), content_length, dst);
 }
 
 /// Each header line, then the empty line that ends the head.
@@ -278,7 +281,7 @@ fn write_fields(headers: &HeaderMap, content_length: Option<usize>, dst: &mut Ve
     dst.extend_from_slice(b"\r\n");
 }
 
-fn write_field(name: &str, value: &[u8], dst: &mut Vec<u8>) {
+pub(crate) fn write_field(name: &str, value: &[u8], dst: &mut Vec<u8>) {
     dst.extend_from_slice(name.as_bytes());
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);

@@ -2,12 +2,13 @@
 
 use super::{
     fields::{self, Repeated},
+    http1,
     key::accept_key,
 };
 use crate::deflate::{DeflateConfig, DeflateParams, negotiate_server};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{
-    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
     header::{
         ALLOW, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
         SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -285,22 +286,44 @@ impl ServerHandshake {
         // "A Status-Line with a 101 response code as per RFC 2616".
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
-        // "An |Upgrade| header field with value "websocket"".
-        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        // "A |Connection| header field with value "Upgrade"".
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        // "A |Sec-WebSocket-Accept| header field".
-        headers.insert(SEC_WEBSOCKET_ACCEPT, self.accept.clone());
-        // "Optionally, a |Sec-WebSocket-Protocol| header field, with a value
-        // /subprotocol/".
-        if let Some(protocol) = self.selected.and_then(|i| self.protocols.get(i)) {
-            headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol.clone());
-        }
-        // "Optionally, a |Sec-WebSocket-Extensions| header field".
-        if let Some(extensions) = &self.extensions {
-            headers.insert(SEC_WEBSOCKET_EXTENSIONS, extensions.clone());
+        for (name, value) in self.response_fields() {
+            headers.insert(name, value.clone());
         }
         response
+    }
+
+    /// [`ServerHandshake::response`] as HTTP/1.1 bytes, written without building it: the
+    /// answer of a server that speaks HTTP/1.1 itself.
+    pub fn write_response(&self, dst: &mut Vec<u8>) {
+        http1::write_status_line(StatusCode::SWITCHING_PROTOCOLS, dst);
+        for (name, value) in self.response_fields() {
+            http1::write_field(name.as_str(), value.as_bytes(), dst);
+        }
+        dst.extend_from_slice(b"\r\n");
+    }
+
+    /// The header fields of the 101 response, in order.
+    fn response_fields(&self) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
+        static WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+        static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("Upgrade");
+        let protocol = self.selected.and_then(|i| self.protocols.get(i));
+        [
+            // "An |Upgrade| header field with value "websocket"".
+            Some((UPGRADE, &WEBSOCKET)),
+            // "A |Connection| header field with value "Upgrade"".
+            Some((CONNECTION, &UPGRADE_TOKEN)),
+            // "A |Sec-WebSocket-Accept| header field".
+            Some((SEC_WEBSOCKET_ACCEPT, &self.accept)),
+            // "Optionally, a |Sec-WebSocket-Protocol| header field, with a value
+            // /subprotocol/".
+            protocol.map(|p| (SEC_WEBSOCKET_PROTOCOL, p)),
+            // "Optionally, a |Sec-WebSocket-Extensions| header field".
+            self.extensions
+                .as_ref()
+                .map(|e| (SEC_WEBSOCKET_EXTENSIONS, e)),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -395,6 +418,37 @@ fn offered_protocols(headers: &HeaderMap) -> Vec<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_response_is_the_response_written() {
+        let Ok(mut handshake) = ServerHandshake::from_request(&rfc_request()) else {
+            panic!("the RFC's request is valid");
+        };
+        for step in 0..3 {
+            match step {
+                1 => drop(handshake.select_protocol(&["superchat"])),
+                2 => handshake.set_extensions(HeaderValue::from_static("permessage-deflate")),
+                _ => {}
+            }
+            let mut built = Vec::new();
+            http1::write_response(&handshake.response(), &mut built);
+            let mut written = Vec::new();
+            handshake.write_response(&mut written);
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&built)
+            );
+        }
+        let text = {
+            let mut out = Vec::new();
+            handshake.write_response(&mut out);
+            String::from_utf8(out).unwrap_or_default()
+        };
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("sec-websocket-protocol: superchat\r\n"));
+        assert!(text.ends_with("permessage-deflate\r\n\r\n"));
+    }
 
     /// The client handshake of RFC 6455 §1.2, with lowercase names as `http` stores them.
     fn rfc_request() -> Request<()> {

@@ -129,7 +129,7 @@ where
         Ok((request, len, handshake, deflate)) => {
             let _ = buf.split_to(len);
             let mut out = Vec::with_capacity(256);
-            http1::write_response(&handshake.response(), &mut out);
+            handshake.write_response(&mut out);
             io.write_all(&out).await?;
             (request, deflate)
         }

@@ -99,12 +99,15 @@ impl ReadState {
             return;
         }
         let buf = std::mem::take(&mut self.buf);
-        let keep = match SPARE.take() {
-            Some(spare) if spare.capacity() >= buf.capacity() => spare,
-            _ if buf.capacity() > MAX_SPARE => return,
-            _ => buf,
-        };
-        SPARE.set(Some(keep));
+        // `try_with`: a connection dropped while its thread exits finds no spare.
+        let _ = SPARE.try_with(|slot| {
+            let spare = slot.take();
+            let keep_spare = buf.capacity() > MAX_SPARE
+                || spare
+                    .as_ref()
+                    .is_some_and(|s| s.capacity() >= buf.capacity());
+            slot.set(if keep_spare { spare } else { Some(buf) });
+        });
     }
 
     /// Reads and discards until the peer closes its side, so that our close frame is not
@@ -118,5 +121,14 @@ impl ReadState {
                 Ok(_) => self.buf.clear(),
             }
         }
+    }
+}
+
+impl Drop for ReadState {
+    /// A closed connection's buffer goes to the spare, for the next one to read with:
+    /// connections that come and go do not allocate and free one each.
+    fn drop(&mut self) {
+        self.buf.clear();
+        self.park_buffer();
     }
 }
