@@ -100,7 +100,11 @@ pub struct Plan {
     pub slow: (usize, usize, f64, f64),
     /// Warm-up, in milliseconds.
     pub warmup_ms: u64,
-    /// Measured rounds.
+    /// Passes over the servers for each rate case (echo, broadcast, handshakes): the
+    /// servers take turns, in alternating order, so that a change in the machine during
+    /// the run (another tenant of the host, say) falls on every server alike.
+    pub passes: usize,
+    /// Measured rounds in each pass.
     pub rounds: usize,
     /// Length of a round, in milliseconds.
     pub round_ms: u64,
@@ -124,14 +128,16 @@ impl Plan {
                 rooms: vec![100, 1_000, 10_000],
                 broadcast_sizes: vec![32, 1024],
                 window: 8,
-                latency_ms: 1500,
-                latency_samples: 100,
+                // Per pass: 1.5 s and 100 samples over the three.
+                latency_ms: 500,
+                latency_samples: 34,
                 idle: vec![10_000, 50_000],
                 idle_settle_ms: 1500,
                 handshake_concurrency: 32,
                 slow: (1_000, 4096, 40.0, 30.0),
                 warmup_ms: 500,
-                rounds: 5,
+                passes: 3,
+                rounds: 2,
                 round_ms: 1000,
             },
             Mode::Quick => Self {
@@ -147,7 +153,8 @@ impl Plan {
                 handshake_concurrency: 32,
                 slow: (1_000, 4096, 40.0, 4.0),
                 warmup_ms: 150,
-                rounds: 2,
+                passes: 2,
+                rounds: 1,
                 round_ms: 250,
             },
             Mode::Smoke => Self {
@@ -163,10 +170,24 @@ impl Plan {
                 handshake_concurrency: 4,
                 slow: (20, 1024, 100.0, 0.5),
                 warmup_ms: 50,
+                passes: 1,
                 rounds: 1,
                 round_ms: 100,
             },
         }
+    }
+
+    /// The servers in the order of each pass: as given, then reversed, and so on, so
+    /// that no server always runs first or last.
+    fn turns<'a>(&self, servers: &'a [Server]) -> impl Iterator<Item = &'a Server> + 'a {
+        (0..self.passes).flat_map(move |pass| {
+            let order: Box<dyn Iterator<Item = &'a Server>> = if pass % 2 == 0 {
+                Box::new(servers.iter())
+            } else {
+                Box::new(servers.iter().rev())
+            };
+            order
+        })
     }
 
     fn timing_args(&self) -> Vec<String> {
@@ -281,6 +302,12 @@ pub struct Results {
     pub load_before: f64,
     /// 1-minute load average after the run.
     pub load_after: f64,
+    /// CPU seconds the hypervisor gave to others during the run (every CPU).
+    #[serde(default)]
+    pub steal_secs: f64,
+    /// The CPUs' time during the run, in seconds (CPUs × duration).
+    #[serde(default)]
+    pub cpu_secs: f64,
     /// Whether server and generator were pinned to cores 0 and 1.
     pub pinned: bool,
     /// The open-files hard limit (bounds the idle scenario).
@@ -434,6 +461,7 @@ fn run(cli: &Cli, scenarios: &[&str]) -> Result<Results, String> {
         );
     }
     let start = Instant::now();
+    let steal_before = crate::sys::steal_time();
     let mut runner = Runner {
         bins,
         pinned,
@@ -448,6 +476,8 @@ fn run(cli: &Cli, scenarios: &[&str]) -> Result<Results, String> {
         duration_secs: 0.0,
         load_before,
         load_after: f64::NAN,
+        steal_secs: 0.0,
+        cpu_secs: 0.0,
         pinned,
         fd_limit: crate::sys::fd_hard_limit(),
         versions: versions(&root, &cli.servers),
@@ -474,6 +504,9 @@ fn run(cli: &Cli, scenarios: &[&str]) -> Result<Results, String> {
     }
     results.duration_secs = start.elapsed().as_secs_f64();
     results.load_after = crate::sys::load_average();
+    results.steal_secs = (crate::sys::steal_time() - steal_before).as_secs_f64();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    results.cpu_secs = cpus as f64 * results.duration_secs;
 
     let out = match (&cli.out, cli.mode) {
         (Some(out), _) => out.clone(),
@@ -657,19 +690,25 @@ fn timing_budget(plan: &Plan) -> Duration {
 fn echo(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Results) {
     eprintln!("echo");
     for &(conns, size) in &plan.echo {
-        for server in servers {
+        for server in plan.turns(servers) {
             let mut extra = args(&[("conns", conns.to_string()), ("size", size.to_string())]);
             extra.extend(plan.timing_args());
             let label = format!("echo {conns}×{size} B, {}", server.name);
             match runner.measure(server, "echo", "echo", extra, timing_budget(plan)) {
                 Ok(Output::Echo { rounds }) => {
                     progress(&format!("{label}: {:.0} msg/s", median_rate(&rounds)));
-                    results.echo.push(EchoRow {
-                        server: server.name.to_owned(),
-                        conns,
-                        size,
-                        rounds,
-                    });
+                    let same = |row: &EchoRow| {
+                        row.server == server.name && row.conns == conns && row.size == size
+                    };
+                    match results.echo.iter_mut().find(|row| same(row)) {
+                        Some(row) => row.rounds.extend(rounds),
+                        None => results.echo.push(EchoRow {
+                            server: server.name.to_owned(),
+                            conns,
+                            size,
+                            rounds,
+                        }),
+                    }
                 }
                 Ok(other) => results
                     .failures
@@ -683,7 +722,7 @@ fn echo(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Resu
 fn broadcast(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Results) {
     eprintln!("broadcast");
     for &room in &plan.rooms {
-        for server in servers {
+        for server in plan.turns(servers) {
             let sizes: Vec<String> = plan.broadcast_sizes.iter().map(|s| s.to_string()).collect();
             let mut extra = args(&[
                 ("subs", room.to_string()),
@@ -706,15 +745,25 @@ fn broadcast(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut
                             median_rate(&case.rounds),
                             case.latency.p99_us
                         ));
-                        results.broadcast.push(BroadcastRow {
-                            server: server.name.to_owned(),
-                            room,
-                            size: case.size,
-                            window: plan.window,
-                            rounds: case.rounds,
-                            latency: case.latency,
-                            loaded_latency: case.loaded_latency,
-                        });
+                        let same = |row: &BroadcastRow| {
+                            row.server == server.name && row.room == room && row.size == case.size
+                        };
+                        match results.broadcast.iter_mut().find(|row| same(row)) {
+                            Some(row) => {
+                                row.rounds.extend(case.rounds);
+                                row.latency = row.latency.merge(&case.latency);
+                                row.loaded_latency = row.loaded_latency.merge(&case.loaded_latency);
+                            }
+                            None => results.broadcast.push(BroadcastRow {
+                                server: server.name.to_owned(),
+                                room,
+                                size: case.size,
+                                window: plan.window,
+                                rounds: case.rounds,
+                                latency: case.latency,
+                                loaded_latency: case.loaded_latency,
+                            }),
+                        }
                     }
                 }
                 Ok(other) => results
@@ -794,7 +843,7 @@ fn idle(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Resu
 
 fn handshake(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Results) {
     eprintln!("handshake");
-    for server in servers {
+    for server in plan.turns(servers) {
         let mut extra = args(&[
             ("concurrency", plan.handshake_concurrency.to_string()),
             ("sources", "16".to_owned()),
@@ -804,11 +853,18 @@ fn handshake(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut
         match runner.measure(server, "echo", "handshake", extra, timing_budget(plan)) {
             Ok(Output::Handshake { rounds }) => {
                 progress(&format!("{label}: {:.0}/s", median_rate(&rounds)));
-                results.handshake.push(HandshakeRow {
-                    server: server.name.to_owned(),
-                    concurrency: plan.handshake_concurrency,
-                    rounds,
-                });
+                match results
+                    .handshake
+                    .iter_mut()
+                    .find(|row| row.server == server.name)
+                {
+                    Some(row) => row.rounds.extend(rounds),
+                    None => results.handshake.push(HandshakeRow {
+                        server: server.name.to_owned(),
+                        concurrency: plan.handshake_concurrency,
+                        rounds,
+                    }),
+                }
             }
             Ok(other) => results
                 .failures
@@ -985,4 +1041,18 @@ fn lock_version(lock: &str, name: &str) -> String {
         }
     }
     String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_alternate_the_order_of_the_servers() {
+        let mut plan = Plan::new(Mode::Full);
+        plan.passes = 3;
+        let names: Vec<&str> = plan.turns(&SERVERS[..3]).map(|s| s.name).collect();
+        let [a, b, c] = [SERVERS[0].name, SERVERS[1].name, SERVERS[2].name];
+        assert_eq!(names, [a, b, c, c, b, a, a, b, c]);
+    }
 }

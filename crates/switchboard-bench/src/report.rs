@@ -80,6 +80,19 @@ fn ours<'a>(mut values: impl Iterator<Item = (&'a str, f64)>) -> Option<f64> {
     values.find(|(s, _)| *s == OURS).map(|(_, v)| v)
 }
 
+/// A run in which the hypervisor took more than this share of the CPUs' time is flagged:
+/// the servers were slowed by the host's other tenants, unevenly.
+const STEAL_LIMIT: f64 = 0.02;
+
+/// The share of the CPUs' time the hypervisor gave to others during the run.
+fn steal_share(r: &Results) -> f64 {
+    if r.cpu_secs > 0.0 {
+        r.steal_secs / r.cpu_secs
+    } else {
+        0.0
+    }
+}
+
 fn markdown(r: &Results) -> String {
     let mut md = String::new();
     let mode = match r.mode {
@@ -114,6 +127,13 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
+        "| CPU steal | {:.0} s of the CPUs' {:.0} s ({:.1}%) went to other tenants of the host |",
+        r.steal_secs,
+        r.cpu_secs,
+        100.0 * steal_share(r)
+    );
+    let _ = writeln!(
+        md,
         "| pinning | {} |",
         if r.pinned {
             "server on core 0, generator on core 1 (`taskset`)"
@@ -133,15 +153,17 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(md);
     }
 
-    if r.load_before > 0.5 {
+    if r.load_before > 0.5 || steal_share(r) > STEAL_LIMIT {
         let _ = writeln!(
             md,
-            "> **Read with care.** Other work shared the two cores during this run. The \
+            "> **Read with care.** Other work shared the two cores during this run (on \
+             this machine, or on the host: {:.1}% of CPU time stolen). The \
              server's CPU column shows how much of its core it got: well under 100% means \
              it was waiting for the scheduler, not saturated, so throughput and latency \
              measure the contention as much as the server, and differences of ±20% \
              between servers are within the noise. Messages per server CPU-second are the \
-             steadier comparison. Rerun on a quiet machine for numbers to quote.\n"
+             steadier comparison. Rerun on a quiet machine for numbers to quote.\n",
+            100.0 * steal_share(r)
         );
     }
     targets(&mut md, r);
@@ -680,8 +702,12 @@ fn method(md: &mut String) {
          - **Pinning**: the server runs on core 0 and the generator on core 1 (`taskset`). \
          On loopback, the kernel's TCP work for a packet is mostly charged to the sender's \
          core, so each side's CPU time includes part of the other's traffic.\n\
-         - **Rounds**: a warm-up, then several rounds; tables give the median and ± half \
-         the min–max spread. Server CPU comes from `/proc/<pid>/task/*/schedstat` at each \
+         - **Passes and rounds**: each rate case (echo, broadcast, handshakes) runs in \
+         several passes, the servers taking turns in alternating order (A B C D, then D C B \
+         A, …), so that a change in the machine during the run falls on every server \
+         alike; each pass starts the server afresh, warms up, then measures rounds. Tables \
+         give the median of every round of every pass and ± half the min–max spread; \
+         latencies are one distribution of the samples of every pass. Server CPU comes from `/proc/<pid>/task/*/schedstat` at each \
          round boundary (nanoseconds on CPU, every thread); msg per server CPU-second is \
          messages ÷ that time. The generator records its own CPU the same way; a round in \
          which it used {:.0}% of its core or more is marked invalid (it may have measured \

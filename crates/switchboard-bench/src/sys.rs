@@ -92,6 +92,18 @@ pub fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time the hypervisor gave to others while this machine's CPUs wanted to run, all
+/// CPUs together (the `steal` column of `/proc/stat`, in ticks of 10 ms); zero on bare
+/// metal. Time stolen from a server slows it without showing in its CPU time.
+pub fn steal_time() -> Duration {
+    let ticks = fs::read_to_string("/proc/stat").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        // cpu user nice system idle iowait irq softirq steal ...
+        line.split_whitespace().nth(8)?.parse::<u64>().ok()
+    });
+    Duration::from_millis(ticks.unwrap_or(0) * 10)
+}
+
 /// The CPU model and the number of CPUs this process may run on.
 pub fn machine() -> String {
     let model = fs::read_to_string("/proc/cpuinfo")

@@ -9,6 +9,7 @@
 use super::{
     BroadcastCase, Common, Latency, Meter, Opts, Output, Round, Timing,
     net::{self, FrameReader, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG},
+    new_histogram,
 };
 use hdrhistogram::Histogram;
 use mio::{Events, Poll, net::TcpStream};
@@ -367,11 +368,6 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
         .get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
-}
-
-fn new_histogram() -> Result<Histogram<u64>, String> {
-    // 1 µs to 100 s, three significant digits.
-    Histogram::new_with_bounds(1, 100_000_000, 3).map_err(|e| e.to_string())
 }
 
 pub(super) fn run(common: &mut Common, opts: &Opts, timing: Timing) -> Result<Output, String> {

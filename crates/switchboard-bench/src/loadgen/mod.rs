@@ -22,6 +22,7 @@ mod handshake;
 mod idle;
 mod net;
 
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::HashMap,
@@ -71,7 +72,7 @@ impl Round {
 }
 
 /// Percentiles of a latency distribution, in microseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Messages measured.
     pub samples: u64,
@@ -83,18 +84,42 @@ pub struct Latency {
     pub p999_us: f64,
     /// The largest.
     pub max_us: f64,
+    /// The distribution itself, `(microseconds, count)`, so that the passes of one case
+    /// merge into one distribution rather than an average of percentiles.
+    #[serde(default)]
+    pub recorded: Vec<(u64, u64)>,
 }
 
 impl Latency {
-    fn from_histogram(histogram: &hdrhistogram::Histogram<u64>) -> Self {
+    fn from_histogram(histogram: &Histogram<u64>) -> Self {
         Self {
             samples: histogram.len(),
             p50_us: histogram.value_at_quantile(0.50) as f64,
             p99_us: histogram.value_at_quantile(0.99) as f64,
             p999_us: histogram.value_at_quantile(0.999) as f64,
             max_us: histogram.max() as f64,
+            recorded: histogram
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
         }
     }
+
+    /// One distribution of the samples of `self` and `other`.
+    pub fn merge(&self, other: &Self) -> Self {
+        let Ok(mut histogram) = new_histogram() else {
+            return self.clone();
+        };
+        for &(value, count) in self.recorded.iter().chain(&other.recorded) {
+            let _ = histogram.record_n(value, count);
+        }
+        Self::from_histogram(&histogram)
+    }
+}
+
+/// A latency histogram from 1 µs to 100 s, three significant digits.
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).map_err(|e| e.to_string())
 }
 
 /// What a generator run measured.
@@ -349,5 +374,36 @@ fn run(command: &str, opts: &Opts) -> Result<Output, String> {
         _ => Err(format!(
             "unknown command {command:?}: echo, broadcast, slow, idle or handshake"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency_of(values: impl IntoIterator<Item = u64>) -> Latency {
+        let mut histogram = new_histogram().unwrap();
+        for value in values {
+            histogram.record(value).unwrap();
+        }
+        Latency::from_histogram(&histogram)
+    }
+
+    #[test]
+    fn merged_passes_are_one_distribution() {
+        // 99 fast samples in one pass, one slow in the other: the merged p99 is fast,
+        // where an average of the two passes' p99 would be half the slow one.
+        let fast = latency_of([100; 99]);
+        let slow = latency_of([50_000]);
+        let merged = fast.merge(&slow);
+        assert_eq!(merged.samples, 100);
+        assert_eq!(merged.p50_us, 100.0);
+        assert_eq!(merged.p99_us, 100.0);
+        assert!(
+            (49_990.0..=50_050.0).contains(&merged.max_us),
+            "{}",
+            merged.max_us
+        );
+        assert_eq!(merged.merge(&Latency::default()).samples, 100);
     }
 }
