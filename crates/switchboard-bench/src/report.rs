@@ -351,15 +351,15 @@ fn targets(md: &mut String, r: &Results) {
             num(*conns as f64)
         );
     }
-    let rates: Vec<(&str, f64)> = r
-        .handshake
-        .iter()
-        .map(|row| (row.server.as_str(), Measured::of(&row.rounds).rate.median))
-        .collect();
-    if let (Some(o), Some((peer, best))) = (
-        ours(rates.iter().copied()),
-        best_peer(rates.iter().copied(), true),
-    ) {
+    let handshakes = |metric: fn(&Measured) -> f64| {
+        let values: Vec<(&str, f64)> = r
+            .handshake
+            .iter()
+            .map(|row| (row.server.as_str(), metric(&Measured::of(&row.rounds))))
+            .collect();
+        ours(values.iter().copied()).zip(best_peer(values.iter().copied(), true))
+    };
+    if let Some((o, (peer, best))) = handshakes(|m| m.rate.median) {
         let _ = writeln!(
             md,
             "| handshakes/s ≥ the best peer | {} of {peer} | {} |",
@@ -370,15 +370,7 @@ fn targets(md: &mut String, r: &Results) {
     // On loopback the connecting side pays for most of the TCP handshake, so the
     // generator can run out of core before the servers do: then the rate above measures
     // the generator, and the servers' CPU per handshake tells them apart.
-    let per_cpu: Vec<(&str, f64)> = r
-        .handshake
-        .iter()
-        .map(|row| (row.server.as_str(), Measured::of(&row.rounds).per_cpu.median))
-        .collect();
-    if let (Some(o), Some((peer, best))) = (
-        ours(per_cpu.iter().copied()),
-        best_peer(per_cpu.iter().copied(), true),
-    ) {
+    if let Some((o, (peer, best))) = handshakes(|m| m.per_cpu.median) {
         let _ = writeln!(
             md,
             "| (not a target) handshakes per server CPU-second, against the best peer | {} of {peer} | {} |",

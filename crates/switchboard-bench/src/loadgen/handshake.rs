@@ -4,7 +4,7 @@
 
 use super::{Common, Meter, Opts, Output, Timing, net};
 use mio::{Events, Interest, Poll, Token, net::TcpStream};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 struct Client {
     stream: TcpStream,
@@ -78,13 +78,15 @@ fn start(poll: &mut Poll, common: &mut Common, i: usize, request: &[u8]) -> Resu
         buf: Vec::with_capacity(256),
     };
     // An error shows again at the socket's next event.
-    let _ = send_request(&mut client, request);
+    let _ = net::write_rest(&mut client.stream, request, &mut client.sent);
     Ok(client)
 }
 
 /// Moves a handshake forward; `true` once the 101 is in.
 fn progress(client: &mut Client, request: &[u8], chunk: &mut [u8]) -> Result<bool, String> {
-    if !send_request(client, request)? {
+    if !net::write_rest(&mut client.stream, request, &mut client.sent)
+        .map_err(|e| format!("write: {e}"))?
+    {
         return Ok(false);
     }
     loop {
@@ -105,24 +107,4 @@ fn progress(client: &mut Client, request: &[u8], chunk: &mut [u8]) -> Result<boo
             return head.map(|_| true);
         }
     }
-}
-
-/// Writes what is left of the request; `true` once all of it is written.
-fn send_request(client: &mut Client, request: &[u8]) -> Result<bool, String> {
-    while client.sent < request.len() {
-        match client
-            .stream
-            .write(request.get(client.sent..).unwrap_or_default())
-        {
-            Ok(n) => client.sent += n,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::NotConnected =>
-            {
-                return Ok(false);
-            }
-            Err(e) => return Err(format!("write: {e}")),
-        }
-    }
-    Ok(true)
 }

@@ -188,22 +188,9 @@ pub(crate) fn connect_all_with(
                 continue;
             };
             // Write the request once the connection is up (the first writable event).
-            while conn.sent < request.len() {
-                match conn
-                    .stream
-                    .write(request.get(conn.sent..).unwrap_or_default())
-                {
-                    Ok(k) => conn.sent += k,
-                    Err(e)
-                        if e.kind() == io::ErrorKind::WouldBlock
-                            || e.kind() == io::ErrorKind::NotConnected =>
-                    {
-                        break;
-                    }
-                    Err(e) => return Err(format!("handshake write: {e}")),
-                }
-            }
-            if conn.sent < request.len() {
+            if !write_rest(&mut conn.stream, &request, &mut conn.sent)
+                .map_err(|e| format!("handshake write: {e}"))?
+            {
                 continue;
             }
             let mut chunk = [0u8; 1024];
@@ -410,6 +397,29 @@ pub(crate) fn write_control(stream: &mut TcpStream, frame: &[u8]) -> io::Result<
         }
     }
     Ok(())
+}
+
+/// Writes what is left of `bytes` past `sent`, as far as the socket takes it; `true`
+/// once all of it is written. A connection still being established (`NotConnected`)
+/// takes nothing yet.
+pub(crate) fn write_rest(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    sent: &mut usize,
+) -> io::Result<bool> {
+    while *sent < bytes.len() {
+        match stream.write(bytes.get(*sent..).unwrap_or_default()) {
+            Ok(n) => *sent += n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::NotConnected =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
