@@ -179,15 +179,16 @@ impl Plan {
 
     /// The servers in the order of each pass: as given, then reversed, and so on, so
     /// that no server always runs first or last.
-    fn turns<'a>(&self, servers: &'a [Server]) -> impl Iterator<Item = &'a Server> + 'a {
-        (0..self.passes).flat_map(move |pass| {
-            let order: Box<dyn Iterator<Item = &'a Server>> = if pass % 2 == 0 {
-                Box::new(servers.iter())
+    fn turns<'a>(&self, servers: &'a [Server]) -> Vec<&'a Server> {
+        let mut order = Vec::with_capacity(self.passes * servers.len());
+        for pass in 0..self.passes {
+            if pass % 2 == 0 {
+                order.extend(servers);
             } else {
-                Box::new(servers.iter().rev())
-            };
-            order
-        })
+                order.extend(servers.iter().rev());
+            }
+        }
+        order
     }
 
     fn timing_args(&self) -> Vec<String> {
@@ -697,18 +698,18 @@ fn echo(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Resu
             match runner.measure(server, "echo", "echo", extra, timing_budget(plan)) {
                 Ok(Output::Echo { rounds }) => {
                     progress(&format!("{label}: {:.0} msg/s", median_rate(&rounds)));
-                    let same = |row: &EchoRow| {
-                        row.server == server.name && row.conns == conns && row.size == size
+                    let row = EchoRow {
+                        server: server.name.to_owned(),
+                        conns,
+                        size,
+                        rounds,
                     };
-                    match results.echo.iter_mut().find(|row| same(row)) {
-                        Some(row) => row.rounds.extend(rounds),
-                        None => results.echo.push(EchoRow {
-                            server: server.name.to_owned(),
-                            conns,
-                            size,
-                            rounds,
-                        }),
-                    }
+                    add_pass(
+                        &mut results.echo,
+                        row,
+                        |a, b| (&a.server, a.conns, a.size) == (&b.server, b.conns, b.size),
+                        |kept, pass| kept.rounds.extend(pass.rounds),
+                    );
                 }
                 Ok(other) => results
                     .failures
@@ -745,25 +746,26 @@ fn broadcast(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut
                             median_rate(&case.rounds),
                             case.latency.p99_us
                         ));
-                        let same = |row: &BroadcastRow| {
-                            row.server == server.name && row.room == room && row.size == case.size
+                        let row = BroadcastRow {
+                            server: server.name.to_owned(),
+                            room,
+                            size: case.size,
+                            window: plan.window,
+                            rounds: case.rounds,
+                            latency: case.latency,
+                            loaded_latency: case.loaded_latency,
                         };
-                        match results.broadcast.iter_mut().find(|row| same(row)) {
-                            Some(row) => {
-                                row.rounds.extend(case.rounds);
-                                row.latency = row.latency.merge(&case.latency);
-                                row.loaded_latency = row.loaded_latency.merge(&case.loaded_latency);
-                            }
-                            None => results.broadcast.push(BroadcastRow {
-                                server: server.name.to_owned(),
-                                room,
-                                size: case.size,
-                                window: plan.window,
-                                rounds: case.rounds,
-                                latency: case.latency,
-                                loaded_latency: case.loaded_latency,
-                            }),
-                        }
+                        add_pass(
+                            &mut results.broadcast,
+                            row,
+                            |a, b| (&a.server, a.room, a.size) == (&b.server, b.room, b.size),
+                            |kept, pass| {
+                                kept.rounds.extend(pass.rounds);
+                                kept.latency = kept.latency.merge(&pass.latency);
+                                kept.loaded_latency =
+                                    kept.loaded_latency.merge(&pass.loaded_latency);
+                            },
+                        );
                     }
                 }
                 Ok(other) => results
@@ -853,18 +855,17 @@ fn handshake(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut
         match runner.measure(server, "echo", "handshake", extra, timing_budget(plan)) {
             Ok(Output::Handshake { rounds }) => {
                 progress(&format!("{label}: {:.0}/s", median_rate(&rounds)));
-                match results
-                    .handshake
-                    .iter_mut()
-                    .find(|row| row.server == server.name)
-                {
-                    Some(row) => row.rounds.extend(rounds),
-                    None => results.handshake.push(HandshakeRow {
-                        server: server.name.to_owned(),
-                        concurrency: plan.handshake_concurrency,
-                        rounds,
-                    }),
-                }
+                let row = HandshakeRow {
+                    server: server.name.to_owned(),
+                    concurrency: plan.handshake_concurrency,
+                    rounds,
+                };
+                add_pass(
+                    &mut results.handshake,
+                    row,
+                    |a, b| a.server == b.server,
+                    |kept, pass| kept.rounds.extend(pass.rounds),
+                );
             }
             Ok(other) => results
                 .failures
@@ -917,6 +918,20 @@ fn slow(runner: &mut Runner, plan: &Plan, servers: &[Server], results: &mut Resu
                 .push(format!("{label}: unexpected {other:?}")),
             Err(e) => fail(results, &label, e),
         }
+    }
+}
+
+/// Adds one pass's row: folded into the row of the same case and server by `merge`, or
+/// appended if it is the first pass.
+fn add_pass<T>(
+    rows: &mut Vec<T>,
+    row: T,
+    same_case: impl Fn(&T, &T) -> bool,
+    merge: impl FnOnce(&mut T, T),
+) {
+    match rows.iter_mut().find(|kept| same_case(kept, &row)) {
+        Some(kept) => merge(kept, row),
+        None => rows.push(row),
     }
 }
 
@@ -1051,7 +1066,7 @@ mod tests {
     fn passes_alternate_the_order_of_the_servers() {
         let mut plan = Plan::new(Mode::Full);
         plan.passes = 3;
-        let names: Vec<&str> = plan.turns(&SERVERS[..3]).map(|s| s.name).collect();
+        let names: Vec<&str> = plan.turns(&SERVERS[..3]).iter().map(|s| s.name).collect();
         let [a, b, c] = [SERVERS[0].name, SERVERS[1].name, SERVERS[2].name];
         assert_eq!(names, [a, b, c, c, b, a, a, b, c]);
     }

@@ -718,8 +718,8 @@ fn method(md: &mut String) {
          A, …), so that a change in the machine during the run falls on every server \
          alike; each pass starts the server afresh, warms up, then measures rounds. Tables \
          give the median of every round of every pass and ± half the min–max spread; \
-         latencies are one distribution of the samples of every pass. Server CPU comes from `/proc/<pid>/task/*/schedstat` at each \
-         round boundary (nanoseconds on CPU, every thread); msg per server CPU-second is \
+         latencies are one distribution of the samples of every pass. Server CPU comes \
+         from `/proc/<pid>/task/*/schedstat` at each round boundary (nanoseconds on CPU, every thread); msg per server CPU-second is \
          messages ÷ that time. The generator records its own CPU the same way; a round in \
          which it used {:.0}% of its core or more is marked invalid (it may have measured \
          the generator).\n\

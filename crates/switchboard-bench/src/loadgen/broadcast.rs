@@ -185,8 +185,7 @@ impl Room {
                 done: false,
             };
         }
-        self.out
-            .extend_from_slice(&net::client_frame(OP_BINARY, &self.payload));
+        net::push_client_frame(&mut self.out, OP_BINARY, &self.payload);
     }
 
     fn flush_publisher(&mut self) -> Result<(), String> {

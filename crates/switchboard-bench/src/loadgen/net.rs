@@ -233,15 +233,20 @@ pub(crate) fn connect_all_with(
 /// A frame as a client sends it: masked with [`MASK`].
 pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 14);
-    push_head(&mut frame, opcode, payload.len(), true);
-    frame.extend_from_slice(&MASK);
-    frame.extend(
+    push_client_frame(&mut frame, opcode, payload);
+    frame
+}
+
+/// [`client_frame`], appended to `dst`.
+pub(crate) fn push_client_frame(dst: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    push_head(dst, opcode, payload.len(), true);
+    dst.extend_from_slice(&MASK);
+    dst.extend(
         payload
             .iter()
             .zip(MASK.iter().cycle())
             .map(|(byte, mask)| byte ^ mask),
     );
-    frame
 }
 
 /// A frame as a server sends it: unmasked, the length in its shortest form.
