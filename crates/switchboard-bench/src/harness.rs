@@ -303,6 +303,9 @@ pub struct Results {
     pub load_before: f64,
     /// 1-minute load average after the run.
     pub load_after: f64,
+    /// Share of the CPUs busy in the second before the first scenario (after the build).
+    #[serde(default)]
+    pub busy_before: f64,
     /// CPU seconds the hypervisor gave to others during the run (every CPU).
     #[serde(default)]
     pub steal_secs: f64,
@@ -456,9 +459,15 @@ fn run(cli: &Cli, scenarios: &[&str]) -> Result<Results, String> {
     let pinned =
         which("taskset") && std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2;
     let load_before = crate::sys::load_average();
-    if load_before > 0.5 && cli.mode != Mode::Smoke {
+    let busy_before = if cli.mode == Mode::Smoke {
+        f64::NAN
+    } else {
+        crate::sys::busy_share(Duration::from_secs(1))
+    };
+    if busy_before > crate::report::BUSY_LIMIT {
         eprintln!(
-            "note: load average {load_before:.2} > 0.5: other work is running, numbers will be noisy"
+            "note: the CPUs were {:.0}% busy before the run: other work is running, numbers will be noisy",
+            busy_before * 100.0
         );
     }
     let start = Instant::now();
@@ -477,6 +486,7 @@ fn run(cli: &Cli, scenarios: &[&str]) -> Result<Results, String> {
         duration_secs: 0.0,
         load_before,
         load_after: f64::NAN,
+        busy_before,
         steal_secs: 0.0,
         cpu_secs: 0.0,
         pinned,

@@ -84,6 +84,14 @@ fn ours<'a>(mut values: impl Iterator<Item = (&'a str, f64)>) -> Option<f64> {
 /// the servers were slowed by the host's other tenants, unevenly.
 const STEAL_LIMIT: f64 = 0.02;
 
+/// Above this share of busy CPU before the run, other work was running.
+pub(crate) const BUSY_LIMIT: f64 = 0.10;
+
+/// Whether other work kept the CPUs busy before the run.
+fn busy(r: &Results) -> bool {
+    r.busy_before > BUSY_LIMIT
+}
+
 /// The share of the CPUs' time the hypervisor gave to others during the run.
 fn steal_share(r: &Results) -> f64 {
     if r.cpu_secs > 0.0 {
@@ -100,13 +108,14 @@ fn markdown(r: &Results) -> String {
         Mode::Quick => "quick (`all --quick`: fewer, shorter rounds; indicative only)",
         Mode::Smoke => "smoke (tiny sizes: checks the harness, measures nothing)",
     };
-    let quiet = if r.load_before <= 0.5 {
-        "quiet".to_owned()
-    } else {
+    let quiet = if busy(r) {
         format!(
-            "**noisy**: other work was running (load {:.2} > 0.5)",
-            r.load_before
+            "**noisy**: other work was running ({:.0}% > {:.0}%)",
+            r.busy_before * 100.0,
+            BUSY_LIMIT * 100.0
         )
+    } else {
+        "quiet".to_owned()
     };
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -122,7 +131,12 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "| machine | {} |", r.machine);
     let _ = writeln!(
         md,
-        "| load average (1 min) | {:.2} before, {:.2} after: {quiet} |",
+        "| CPUs busy before the run (1 s sample, after the build) | {:.0}%: {quiet} |",
+        r.busy_before * 100.0
+    );
+    let _ = writeln!(
+        md,
+        "| load average (1 min) | {:.2} before (it remembers the build), {:.2} after |",
         r.load_before, r.load_after
     );
     let _ = writeln!(
@@ -153,7 +167,7 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(md);
     }
 
-    if r.load_before > 0.5 || steal_share(r) > STEAL_LIMIT {
+    if busy(r) || steal_share(r) > STEAL_LIMIT {
         let _ = writeln!(
             md,
             "> **Read with care.** Other work shared the two cores during this run (on \

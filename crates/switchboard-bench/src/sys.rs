@@ -92,6 +92,36 @@ pub fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The share of every CPU's time spent busy (not idle, not waiting for disk) over the
+/// next `span`: what else runs on the machine right now. Unlike the load average, it
+/// does not remember the build that just finished.
+pub fn busy_share(span: Duration) -> f64 {
+    let before = cpu_ticks();
+    std::thread::sleep(span);
+    let after = cpu_ticks();
+    match (before, after) {
+        (Some((total0, idle0)), Some((total1, idle1))) if total1 > total0 => {
+            1.0 - (idle1 - idle0) as f64 / (total1 - total0) as f64
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// All CPUs' ticks so far, and those spent idle or waiting for disk.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((ticks.iter().sum(), idle))
+}
+
 /// CPU time the hypervisor gave to others while this machine's CPUs wanted to run, all
 /// CPUs together (the `steal` column of `/proc/stat`, in ticks of 10 ms); zero on bare
 /// metal. Time stolen from a server slows it without showing in its CPU time.

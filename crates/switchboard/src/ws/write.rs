@@ -50,6 +50,9 @@ pub(crate) struct WriteState {
     queue: VecDeque<EncodedFrame>,
     /// Bytes of the front frame already written.
     written: usize,
+    /// Bytes queued and not yet written: decides between copying and `writev` without
+    /// walking the queue.
+    unwritten_len: usize,
     /// Bytes written since the start (wrapping), for callers that account for buffers.
     pub(crate) written_total: usize,
     pub(crate) close: CloseState,
@@ -75,6 +78,7 @@ impl WriteState {
             role,
             queue: VecDeque::new(),
             written: 0,
+            unwritten_len: 0,
             written_total: 0,
             close: CloseState::Open,
             deflate: None,
@@ -153,7 +157,7 @@ impl WriteState {
             // "derived from a strong source of entropy" (§5.3).
             Role::Client => frame.masked(rand::random()),
         };
-        self.queue.push_back(frame.encode());
+        self.push_encoded(frame.encode());
     }
 
     /// Writes every queued frame, batching as many as fit in one vectored write.
@@ -186,6 +190,7 @@ impl WriteState {
 
     /// Queues a frame that is already encoded (e.g. one broadcast to many).
     pub(crate) fn push_encoded(&mut self, frame: EncodedFrame) {
+        self.unwritten_len += frame.len();
         self.queue.push_back(frame);
     }
 
@@ -196,45 +201,55 @@ impl WriteState {
         cx: &mut Context<'_>,
         io: &mut W,
     ) -> Poll<io::Result<usize>> {
-        let mut total = 0;
-        let small = self.unwritten().all(|part| {
-            total += part.len();
-            total <= COALESCE
-        });
-        if small {
+        if self.unwritten_len <= COALESCE {
             return COALESCED.with_borrow_mut(|buf| {
                 buf.clear();
-                self.unwritten()
-                    .for_each(|part| buf.extend_from_slice(part));
+                self.each_unwritten(|part| {
+                    buf.extend_from_slice(part);
+                    true
+                });
                 Pin::new(io).poll_write(cx, buf)
             });
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
         let mut count = 0;
-        for (slot, part) in slices.iter_mut().zip(self.unwritten()) {
+        self.each_unwritten(|part| {
+            let Some(slot) = slices.get_mut(count) else {
+                return false;
+            };
             *slot = IoSlice::new(part);
             count += 1;
-        }
+            true
+        });
         let slices = slices.get(..count).unwrap_or_default();
         Pin::new(io).poll_write_vectored(cx, slices)
     }
 
-    /// The queued bytes not yet written, front first, in the pieces they are stored in.
-    fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
+    /// Calls `f` with each piece of the queued bytes not yet written, front first, as
+    /// they are stored, until it returns `false`. (A loop rather than an iterator: the
+    /// flush of a single small frame spent more on a flattening iterator than on
+    /// copying its bytes.)
+    fn each_unwritten<'a>(&'a self, mut f: impl FnMut(&'a [u8]) -> bool) {
         let mut skip = self.written;
-        self.queue
-            .iter()
-            .flat_map(|frame| [frame.head.as_bytes(), &frame.payload[..]])
-            .filter_map(move |part| {
-                let offset = skip.min(part.len());
-                skip -= offset;
-                part.get(offset..).filter(|rest| !rest.is_empty())
-            })
+        for frame in &self.queue {
+            for part in [frame.head.as_bytes(), &frame.payload[..]] {
+                match part.get(skip..) {
+                    Some(rest) if !rest.is_empty() => {
+                        if !f(rest) {
+                            return;
+                        }
+                        skip = 0;
+                    }
+                    _ => skip -= skip.min(part.len()),
+                }
+            }
+        }
     }
 
     /// Records that `n` more bytes were written.
     fn advance(&mut self, n: usize) {
         self.written += n;
+        self.unwritten_len = self.unwritten_len.saturating_sub(n);
         self.written_total = self.written_total.wrapping_add(n);
         while let Some(front) = self.queue.front() {
             if self.written < front.len() {
