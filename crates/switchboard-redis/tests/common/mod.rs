@@ -1,0 +1,148 @@
+//! Hubs on real TCP listeners, each attached to the Redis at 127.0.0.1:6379 through its
+//! own `RedisBroker`, and tokio-tungstenite clients of them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use futures_util::StreamExt;
+use std::{future::Future, net::SocketAddr, time::Duration};
+use switchboard::hub::{Connection, Handler, Hub, HubConfig};
+use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    task::JoinHandle,
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as TMessage};
+
+pub const REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Fails the test rather than hang when `what` does not happen in time.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A prefix no other test or run shares.
+pub fn unique_prefix(test: &str) -> String {
+    format!("switchboard-test:{test}:{}", rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ u64::from(std::process::id()) << 32
+}
+
+/// Joins the route's `{room}` on open and hands the connection to the test.
+struct Opener(UnboundedSender<Connection>);
+
+impl Handler for Opener {
+    async fn on_open(&self, conn: &Connection) {
+        if let Some(room) = conn.param("room") {
+            conn.join(room);
+        }
+        let _ = self.0.send(conn.clone());
+    }
+}
+
+/// A hub on its own listener, attached to Redis under `prefix`, subscribed to its own
+/// channels.
+pub struct Node {
+    pub hub: Hub,
+    pub addr: SocketAddr,
+    pub stats: BrokerStats,
+    opened: UnboundedReceiver<Connection>,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.served.abort();
+    }
+}
+
+pub async fn node(prefix: &str) -> Node {
+    let config = RedisConfig::new(REDIS)
+        .prefix(prefix)
+        .max_backoff(Duration::from_millis(200));
+    let broker = RedisBroker::connect(config)
+        .await
+        .expect("Redis at 127.0.0.1:6379");
+    let stats = broker.stats();
+    let hub = Hub::with_broker(HubConfig::default(), broker);
+    // The hub subscribes to `all`, then to its node's channel: once that one counts,
+    // sends to this hub's connections reach it.
+    subscribers(&format!("{prefix}:node:{:x}", hub.node()), 1).await;
+    let (tx, opened) = unbounded_channel();
+    let app = axum::Router::new()
+        .route(
+            "/chat/{room}",
+            switchboard::ws(hub.clone(), Opener(tx.clone())),
+        )
+        .route("/ws", switchboard::ws(hub.clone(), Opener(tx)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn({
+        let hub = hub.clone();
+        async move { switchboard::serve(listener, app, &hub).await }
+    });
+    Node {
+        hub,
+        addr,
+        stats,
+        opened,
+        served,
+    }
+}
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A client on `path` of `node`, with the server's handle of its connection.
+pub async fn client(node: &mut Node, path: &str) -> (Connection, Client) {
+    let url = format!("ws://{}{path}", node.addr);
+    let (ws, _) = within("connect", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    let conn = within("on_open", node.opened.recv()).await.unwrap();
+    (conn, ws)
+}
+
+/// Reads texts until `ends` texts `end` have arrived.
+pub fn read_until_ends(mut ws: Client, ends: usize) -> JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut texts = Vec::new();
+        let mut seen = 0;
+        while seen < ends {
+            match within("a message", ws.next()).await {
+                Some(Ok(TMessage::Text(text))) if text.as_str() == "end" => seen += 1,
+                Some(Ok(TMessage::Text(text))) => texts.push(text.to_string()),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+        texts
+    })
+}
+
+/// Waits until Redis counts `expected` subscribers on `channel`.
+pub async fn subscribers(channel: &str, expected: i64) {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    within(&format!("{expected} subscribers on {channel}"), async {
+        loop {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if counts.first().map(|(_, n)| *n) == Some(expected) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
