@@ -127,9 +127,13 @@ pub struct Decoder {
     inflater: Option<Box<Inflater>>,
 }
 
+/// Of the frame's header, what the payload still needs (every connection's decoder
+/// holds one of these, so it keeps no more).
 #[derive(Debug)]
 struct InFrame {
-    header: FrameHeader,
+    opcode: OpCode,
+    fin: bool,
+    mask: Option<[u8; 4]>,
     /// The payload length, known to fit the limits.
     len: usize,
     /// Payload bytes at the front of the buffer already unmasked (and validated).
@@ -214,7 +218,7 @@ impl Decoder {
             };
             let available = buf.len().min(frame.len);
             if let Some(fresh) = buf.get_mut(frame.seen..available) {
-                if let Some(key) = frame.header.mask {
+                if let Some(key) = frame.mask {
                     apply_mask(fresh, key, frame.seen);
                 }
                 if frame.text {
@@ -225,10 +229,10 @@ impl Decoder {
             if frame.seen < frame.len {
                 return Ok(None);
             }
-            let (header, compressed) = (frame.header, frame.compressed);
+            let (opcode, fin, compressed) = (frame.opcode, frame.fin, frame.compressed);
             let payload = take_payload(buf, frame.len);
             self.frame = None;
-            if let Some(message) = self.complete(header, payload, compressed)? {
+            if let Some(message) = self.complete(opcode, fin, payload, compressed)? {
                 return Ok(Some(message));
             }
         }
@@ -299,7 +303,9 @@ impl Decoder {
         };
         let len = self.check_size(header.payload_len, buffered)?;
         Ok(InFrame {
-            header,
+            opcode: header.opcode,
+            fin: header.fin,
+            mask: header.mask,
             len,
             seen: 0,
             text: text && !compressed,
@@ -331,11 +337,12 @@ impl Decoder {
     /// Handles a complete frame; returns a message when one is finished.
     fn complete(
         &mut self,
-        header: FrameHeader,
+        opcode: OpCode,
+        fin: bool,
         payload: Bytes,
         compressed: bool,
     ) -> Result<Option<Message>, ProtocolError> {
-        let opcode = match header.opcode {
+        let opcode = match opcode {
             OpCode::Ping => return Ok(Some(Message::Ping(payload))),
             OpCode::Pong => return Ok(Some(Message::Pong(payload))),
             OpCode::Close => return Ok(Some(Message::Close(CloseFrame::parse(payload)?))),
@@ -349,11 +356,11 @@ impl Decoder {
                         let text = fragments.opcode == OpCode::Text;
                         let (inflater, utf8) = (&mut self.inflater, &mut self.utf8);
                         let max = self.limits.max_message_size;
-                        let end = if header.fin { End::Last } else { End::More };
+                        let end = if fin { End::Last } else { End::More };
                         inflate(inflater, utf8, max, &payload, end, text, data)?;
                     }
                 }
-                if !header.fin {
+                if !fin {
                     return Ok(None);
                 }
                 let Some(Fragments { opcode, data }) = self.fragments.take().map(|f| *f) else {
@@ -372,9 +379,9 @@ impl Decoder {
             let max = self.limits.max_message_size;
             let text = opcode == OpCode::Text;
             let (inflater, utf8) = (&mut self.inflater, &mut self.utf8);
-            let end = if header.fin { End::Only } else { End::More };
+            let end = if fin { End::Only } else { End::More };
             inflate(inflater, utf8, max, &payload, end, text, &mut data)?;
-            if header.fin {
+            if fin {
                 return self.finish(opcode, Bytes::from(data)).map(Some);
             }
             self.fragments = Some(Box::new(Fragments {
@@ -383,7 +390,7 @@ impl Decoder {
             }));
             return Ok(None);
         }
-        if header.fin {
+        if fin {
             return self.finish(opcode, payload).map(Some);
         }
         self.fragments = Some(Box::new(Fragments {

@@ -126,7 +126,10 @@ pub struct WebSocket<S> {
     read: ReadState,
     write: WriteState,
     role: Role,
-    config: WebSocketConfig,
+    /// Of the [`WebSocketConfig`], what the decoder does not hold already (its limits):
+    /// every connection carries these fields.
+    close_timeout: Duration,
+    compression: Compression,
     /// Our close frame and the deadline for the peer's answer, once we sent it (boxed:
     /// every connection carries the field, only a closing one fills it).
     sent_close: Option<Box<SentClose>>,
@@ -158,7 +161,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             read: ReadState::new(role, config.limits, buffered),
             write: WriteState::new(role),
             role,
-            config,
+            close_timeout: config.close_timeout,
+            compression: config.compression,
             sent_close: None,
             pending_close: None,
             finished: false,
@@ -174,7 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn with_deflate(mut self, params: DeflateParams) -> Self {
         self.read.set_deflate(self.role, &params);
         self.write
-            .set_deflate(self.config.compression.compressor(&params, self.role));
+            .set_deflate(self.compression.compressor(&params, self.role));
         self
     }
 
@@ -194,8 +198,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// The settings in force.
-    pub fn config(&self) -> &WebSocketConfig {
-        &self.config
+    pub fn config(&self) -> WebSocketConfig {
+        WebSocketConfig {
+            limits: self.read.limits(),
+            close_timeout: self.close_timeout,
+            compression: self.compression,
+        }
     }
 
     /// Receives the next message.
@@ -371,7 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if let Some(frame) = close {
             self.sent_close = Some(Box::new(SentClose {
                 frame,
-                deadline: Instant::now() + self.config.close_timeout,
+                deadline: Instant::now() + self.close_timeout,
                 timer: None,
             }));
         }
@@ -473,7 +481,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Reads until the peer's end of stream (bounded by the close timeout); a client
     /// then shuts its side.
     async fn await_peer_eof(&mut self) {
-        let _ = timeout(self.config.close_timeout, self.read.drain(&mut self.io)).await;
+        let _ = timeout(self.close_timeout, self.read.drain(&mut self.io)).await;
         if self.role == Role::Client {
             let _ = self.io.shutdown().await;
         }

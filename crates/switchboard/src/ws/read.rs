@@ -48,6 +48,11 @@ impl ReadState {
         }
     }
 
+    /// The limits the decoder applies.
+    pub(crate) fn limits(&self) -> Limits {
+        self.decoder.limits()
+    }
+
     /// Inflates compressed messages from now on; called before anything is decoded.
     pub(crate) fn set_deflate(&mut self, role: Role, params: &DeflateParams) {
         self.decoder = Decoder::new(role, self.decoder.limits()).with_deflate(params);

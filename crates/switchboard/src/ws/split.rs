@@ -4,12 +4,12 @@
 //! protocol obliges the reader to answer pings and close frames.
 
 use super::{
-    WebSocket, WebSocketConfig,
+    WebSocket,
     read::ReadState,
     write::{CloseState, Reaction, WriteState},
 };
 use crate::Error;
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use switchboard_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
@@ -24,7 +24,7 @@ pub struct WsReader<S> {
     read: ReadState,
     writer: Arc<Mutex<WriterInner<S>>>,
     role: Role,
-    config: WebSocketConfig,
+    close_timeout: Duration,
     finished: bool,
     /// See `WebSocket::linger_pending`: the next `recv` waits for the peer's end of stream.
     linger_pending: bool,
@@ -49,7 +49,7 @@ struct WriterInner<S> {
     io: WriteHalf<S>,
     write: WriteState,
     close_deadline: Option<Instant>,
-    close_timeout: std::time::Duration,
+    close_timeout: Duration,
 }
 
 pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>, WsWriter<S>) {
@@ -58,7 +58,7 @@ pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>
         read,
         write,
         role,
-        config,
+        close_timeout,
         sent_close,
         finished,
         ..
@@ -69,14 +69,14 @@ pub(super) fn split<S: AsyncRead + AsyncWrite>(ws: WebSocket<S>) -> (WsReader<S>
         io: write_io,
         write,
         close_deadline,
-        close_timeout: config.close_timeout,
+        close_timeout,
     }));
     let reader = WsReader {
         io: read_io,
         read,
         writer: inner.clone(),
         role,
-        config,
+        close_timeout,
         finished,
         linger_pending: false,
     };
@@ -160,7 +160,7 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
     }
 
     async fn await_peer_eof(&mut self) {
-        let _ = timeout(self.config.close_timeout, self.read.drain(&mut self.io)).await;
+        let _ = timeout(self.close_timeout, self.read.drain(&mut self.io)).await;
         if self.role == Role::Client {
             let _ = self.writer.lock().await.io.shutdown().await;
         }
