@@ -3,7 +3,8 @@
 //! Every hub attached to the same Redis server and prefix forms one backplane: a
 //! broadcast to a room reaches the room's members on every hub, a broadcast to all
 //! reaches every connection, and a send to a connection id reaches the hub that holds
-//! it.
+//! it. Channel topics are hub rooms, so a broadcast on a topic reaches its subscribers
+//! on every hub too (presence is still per hub).
 //!
 //! ```no_run
 //! use switchboard::hub::{Hub, HubConfig};

@@ -9,13 +9,14 @@
 
 mod common;
 
-use common::{client, node, read_until_ends, subscribers, unique_prefix, within};
+use common::{
+    client, end_and_collect, node, read_until_ends, subscribers, two_nodes, unique_prefix,
+};
 use switchboard::Message;
 
 #[tokio::test]
 async fn broadcasts_and_sends_cross_hubs_exactly_once() {
-    let prefix = unique_prefix("cross");
-    let (mut a, mut b) = (node(&prefix).await, node(&prefix).await);
+    let (prefix, mut a, mut b) = two_nodes("cross").await;
     let (a1, a1_ws) = client(&mut a, "/chat/red").await;
     let (a2, a2_ws) = client(&mut a, "/ws").await;
     let (b1, b1_ws) = client(&mut b, "/chat/red").await;
@@ -35,13 +36,7 @@ async fn broadcasts_and_sends_cross_hubs_exactly_once() {
     b.hub.send_to(a2.id(), "4 b to a2");
     b.hub
         .broadcast_except(Message::text("5 all but a1"), a1.id());
-    a.hub.broadcast(Message::text("end"));
-    b.hub.broadcast(Message::text("end"));
-
-    let mut got = Vec::new();
-    for reader in readers {
-        got.push(within("a client", reader).await.unwrap());
-    }
+    let mut got = end_and_collect(&a, &b, readers).await;
     let expected: [&[&str]; 5] = [
         &["1 red from a", "2 red from b except b1"],
         &["4 b to a2", "5 all but a1"],
@@ -73,9 +68,8 @@ async fn broadcasts_and_sends_cross_hubs_exactly_once() {
 
 #[tokio::test]
 async fn a_room_is_subscribed_from_the_first_join_to_the_last_leave() {
-    let prefix = unique_prefix("rooms");
+    let (prefix, mut a, mut b) = two_nodes("rooms").await;
     let room = format!("{prefix}:room:blue");
-    let (mut a, mut b) = (node(&prefix).await, node(&prefix).await);
     let (x, _x_ws) = client(&mut a, "/chat/blue").await;
     let (y, _y_ws) = client(&mut b, "/chat/blue").await;
     let (z, _z_ws) = client(&mut b, "/chat/blue").await;

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{REDIS, client, node, read_until_ends, subscribers, unique_prefix, within};
+use common::{REDIS, client, end_and_collect, read_until_ends, subscribers, two_nodes, within};
 use std::time::Duration;
-use switchboard::Message;
 
 async fn kill_clients() {
     let client = redis::Client::open(REDIS).unwrap();
@@ -25,8 +24,7 @@ async fn kill_clients() {
 
 #[tokio::test]
 async fn hubs_reconnect_and_resubscribe_after_redis_drops_them() {
-    let prefix = unique_prefix("reconnect");
-    let (mut a, mut b) = (node(&prefix).await, node(&prefix).await);
+    let (prefix, mut a, mut b) = two_nodes("reconnect").await;
     let (_a1, a1_ws) = client(&mut a, "/chat/green").await;
     let (_b1, b1_ws) = client(&mut b, "/chat/green").await;
     let room = format!("{prefix}:room:green");
@@ -49,12 +47,7 @@ async fn hubs_reconnect_and_resubscribe_after_redis_drops_them() {
 
     let readers = [a1_ws, b1_ws].map(|ws| read_until_ends(ws, 2));
     b.hub.to("green").send_text("after");
-    a.hub.broadcast(Message::text("end"));
-    b.hub.broadcast(Message::text("end"));
-    let mut got = Vec::new();
-    for reader in readers {
-        got.push(within("a client", reader).await.unwrap());
-    }
+    let got = end_and_collect(&a, &b, readers).await;
     // a1 had its own hub's outage message locally; b1 has it only if it was published
     // (at most once: Redis may take it before b has subscribed again).
     assert!(

@@ -5,7 +5,10 @@
 
 use futures_util::StreamExt;
 use std::{future::Future, net::SocketAddr, time::Duration};
-use switchboard::hub::{Connection, Handler, Hub, HubConfig};
+use switchboard::{
+    Message,
+    hub::{Connection, Handler, Hub, HubConfig},
+};
 use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -62,6 +65,29 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.served.abort();
     }
+}
+
+/// Two hubs on one new prefix, for the test `test`; with the prefix.
+pub async fn two_nodes(test: &str) -> (String, Node, Node) {
+    let prefix = unique_prefix(test);
+    let (a, b) = (node(&prefix).await, node(&prefix).await);
+    (prefix, a, b)
+}
+
+/// Broadcasts `end` from both hubs, then collects what each reader got before its
+/// second `end` (see [`read_until_ends`]).
+pub async fn end_and_collect<const N: usize>(
+    a: &Node,
+    b: &Node,
+    readers: [JoinHandle<Vec<String>>; N],
+) -> Vec<Vec<String>> {
+    a.hub.broadcast(Message::text("end"));
+    b.hub.broadcast(Message::text("end"));
+    let mut got = Vec::new();
+    for reader in readers {
+        got.push(within("a client", reader).await.unwrap());
+    }
+    got
 }
 
 pub async fn node(prefix: &str) -> Node {
