@@ -19,6 +19,11 @@ const MAX_BATCH: u64 = 256;
 /// The first wait before reconnecting; it doubles up to `RedisConfig::max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How long one attempt to reopen the link may take: an unreachable host can hold a
+/// TCP connect for minutes, and the commands waiting meanwhile (publishes to count as
+/// lost) are taken only between attempts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
 /// subscription commands on a subscribed connection).
 pub(crate) struct Link {
@@ -252,13 +257,12 @@ async fn reconnect(
                 command = commands.recv() => offline(command?, rooms, stats),
             }
         }
-        match Link::open_with(client.clone()).await {
-            Ok(link) => return Some(link),
-            Err(error) => {
-                tracing::debug!(%error, ?delay, "Redis still unreachable");
-                delay = (delay * 2).min(config.max_backoff);
-            }
+        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open_with(client.clone())).await {
+            Ok(Ok(link)) => return Some(link),
+            Ok(Err(error)) => tracing::debug!(%error, ?delay, "Redis still unreachable"),
+            Err(_) => tracing::debug!(?delay, "Redis did not answer in time"),
         }
+        delay = (delay * 2).min(config.max_backoff);
     }
 }
 
