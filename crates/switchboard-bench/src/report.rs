@@ -108,7 +108,9 @@ fn markdown(r: &Results) -> String {
         Mode::Quick => "quick (`all --quick`: fewer, shorter rounds; indicative only)",
         Mode::Smoke => "smoke (tiny sizes: checks the harness, measures nothing)",
     };
-    let quiet = if busy(r) {
+    let quiet = if r.busy_before.is_nan() {
+        "not sampled".to_owned()
+    } else if busy(r) {
         format!(
             "**noisy**: other work was running ({:.0}% > {:.0}%)",
             r.busy_before * 100.0,
@@ -131,8 +133,12 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "| machine | {} |", r.machine);
     let _ = writeln!(
         md,
-        "| CPUs busy before the run (1 s sample, after the build) | {:.0}%: {quiet} |",
-        r.busy_before * 100.0
+        "| CPUs busy before the run (1 s sample, after the build) | {} |",
+        if r.busy_before.is_nan() {
+            quiet
+        } else {
+            format!("{:.0}%: {quiet}", r.busy_before * 100.0)
+        }
     );
     let _ = writeln!(
         md,

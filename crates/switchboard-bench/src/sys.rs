@@ -109,16 +109,8 @@ pub fn busy_share(span: Duration) -> f64 {
 
 /// All CPUs' ticks so far, and those spent idle or waiting for disk.
 fn cpu_ticks() -> Option<(u64, u64)> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    // cpu user nice system idle iowait irq softirq steal ...
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let idle = ticks.get(3)? + ticks.get(4)?;
+    let ticks = cpu_line()?;
+    let idle = ticks.get(IDLE)? + ticks.get(IOWAIT)?;
     Some((ticks.iter().sum(), idle))
 }
 
@@ -126,12 +118,29 @@ fn cpu_ticks() -> Option<(u64, u64)> {
 /// CPUs together (the `steal` column of `/proc/stat`, in ticks of 10 ms); zero on bare
 /// metal. Time stolen from a server slows it without showing in its CPU time.
 pub fn steal_time() -> Duration {
-    let ticks = fs::read_to_string("/proc/stat").ok().and_then(|text| {
-        let line = text.lines().find(|l| l.starts_with("cpu "))?;
-        // cpu user nice system idle iowait irq softirq steal ...
-        line.split_whitespace().nth(8)?.parse::<u64>().ok()
-    });
+    let ticks = cpu_line().and_then(|ticks| ticks.get(STEAL).copied());
     Duration::from_millis(ticks.unwrap_or(0) * 10)
+}
+
+/// Columns of the `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq
+/// steal (the guest columns after them are already counted in user and nice).
+const IDLE: usize = 3;
+const IOWAIT: usize = 4;
+const STEAL: usize = 7;
+
+/// The `cpu` line of `/proc/stat` (every CPU together), its first eight columns.
+fn cpu_line() -> Option<Vec<u64>> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    // The first word is the line's name, `cpu`.
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(STEAL + 1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (ticks.len() == STEAL + 1).then_some(ticks)
 }
 
 /// The CPU model and the number of CPUs this process may run on.
@@ -154,6 +163,14 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_cpu_line() {
+        let (total, idle) = cpu_ticks().expect("/proc/stat has a cpu line");
+        assert!(idle <= total);
+        let busy = busy_share(Duration::from_millis(50));
+        assert!((0.0..=1.0).contains(&busy) || busy.is_nan(), "{busy}");
+    }
 
     #[test]
     fn reads_its_own_process() {
