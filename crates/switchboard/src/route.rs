@@ -205,9 +205,9 @@ fn registered<H: Handler>(
     };
     request.remote_addr = ws.get_ref().peer_addr();
     request.deflate = ws.deflate();
-    let conn = hub.register(request);
+    let registration = hub.register(request);
     Some(async move {
-        drive(&mut ws, &conn, &*handler).await;
-        conn.hub().release();
+        drive(&mut ws, registration.conn(), &*handler).await;
+        drop(registration);
     })
 }

@@ -165,6 +165,12 @@ impl Connection {
         self.inner.state.store(state as u8, Relaxed);
     }
 
+    /// Marks the connection ended: every send is refused from now on.
+    pub(crate) fn set_closed(&self) {
+        self.set_state(ConnectionState::Closed);
+        self.outbound().closed = true;
+    }
+
     /// The peer's address, when known.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.inner.request.remote_addr

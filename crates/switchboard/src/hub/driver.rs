@@ -1,7 +1,7 @@
 //! The task of one connection: reads frames and runs the handler's callbacks in order,
 //! while writing what other tasks queue for it.
 
-use super::{Connection, ConnectionState, Handler, connection::Outbound};
+use super::{Connection, ConnectionState, Handler, catch, connection::Outbound};
 use crate::{
     Error, WebSocket,
     ws::{Outbox, OutboxClose, WriteState},
@@ -25,8 +25,13 @@ where
     // The callbacks that run once, or once in a long while, are boxed: a future holds
     // room for the largest state it can be in, and the task of an idle connection
     // should be the size of its wait for the next message, not of its `on_close`.
-    ws.run_while(Box::pin(handler.on_open(conn)), &mut outbox)
+    let opened = ws
+        .run_while(catch(Box::pin(handler.on_open(conn))), &mut outbox)
         .await;
+    let mut broken = opened.is_err();
+    if broken {
+        panicked(conn, "on_open");
+    }
     if conn.state() == ConnectionState::Connecting {
         conn.set_state(ConnectionState::Open);
     }
@@ -51,20 +56,7 @@ where
         conn.keepalive()
             .last_seen
             .store(conn.hub().now_micros(), Relaxed);
-        match message {
-            Message::Text(_) | Message::Binary(_) => {
-                ws.run_while(handler.on_message(conn, message), &mut outbox)
-                    .await;
-            }
-            Message::Ping(payload) => {
-                ws.run_while(Box::pin(handler.on_ping(conn, &payload)), &mut outbox)
-                    .await
-            }
-            Message::Pong(payload) => {
-                record_pong(conn);
-                ws.run_while(Box::pin(handler.on_pong(conn, &payload)), &mut outbox)
-                    .await;
-            }
+        let called = match message {
             Message::Close(frame) => {
                 conn.set_state(ConnectionState::Closing);
                 break match (ws.sent_close(), frame) {
@@ -74,6 +66,33 @@ where
                     (None, None) => (CloseCode::NO_STATUS, String::new(), None),
                 };
             }
+            // A handler that panicked hears nothing more but its `on_close`: the
+            // connection is closing with 1011.
+            _ if broken => continue,
+            Message::Text(_) | Message::Binary(_) => ws
+                .run_while(catch(handler.on_message(conn, message)), &mut outbox)
+                .await
+                .map_err(|_| "on_message"),
+            Message::Ping(payload) => ws
+                .run_while(
+                    catch(Box::pin(handler.on_ping(conn, &payload))),
+                    &mut outbox,
+                )
+                .await
+                .map_err(|_| "on_ping"),
+            Message::Pong(payload) => {
+                record_pong(conn);
+                ws.run_while(
+                    catch(Box::pin(handler.on_pong(conn, &payload))),
+                    &mut outbox,
+                )
+                .await
+                .map_err(|_| "on_pong")
+            }
+        };
+        if let Err(callback) = called {
+            broken = true;
+            panicked(conn, callback);
         }
     };
     Box::pin(end(
@@ -89,6 +108,20 @@ where
     .await;
 }
 
+/// A callback panicked: its handler can no longer be trusted with this connection.
+/// The panic hook has printed the panic itself; this says which connection it ended.
+fn panicked(conn: &Connection, callback: &'static str) {
+    tracing::error!(
+        connection = conn.id(),
+        callback,
+        "handler panicked: closing the connection with 1011"
+    );
+    // "1011 indicates that a server is terminating the connection because it encountered
+    // an unexpected condition that prevented it from fulfilling the request."
+    // (RFC 6455 §7.4.1) Refused, harmlessly, when the connection is closing already.
+    let _ = conn.close(CloseCode::INTERNAL_ERROR, "internal error");
+}
+
 /// How a connection ended, as its callbacks hear it.
 struct Ended {
     code: CloseCode,
@@ -102,13 +135,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    conn.set_state(ConnectionState::Closed);
-    conn.outbound().closed = true;
+    conn.set_closed();
     if let Some(error) = &ended.error {
-        handler.on_error(conn, error).await;
+        if catch(handler.on_error(conn, error)).await.is_err() {
+            panicked(conn, "on_error");
+        }
     }
-    handler.on_close(conn, ended.code, &ended.reason).await;
-    conn.hub().unregister(conn.id());
+    if catch(handler.on_close(conn, ended.code, &ended.reason))
+        .await
+        .is_err()
+    {
+        panicked(conn, "on_close");
+    }
+    conn.hub().unregister(conn);
     // Completes the close: waits (bounded) for the peer's end of stream, so that
     // dropping the socket does not reset it with our close frame in flight.
     let _ = ws.recv().await;
