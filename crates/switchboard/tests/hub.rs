@@ -108,7 +108,9 @@ impl Handler for Probe {
                     self.emit(Event::Blocked(conn.id()));
                     self.gate.acquire().await.unwrap().forget();
                 }
-                "join" => conn.join(arg),
+                "join" => {
+                    conn.join(arg);
+                }
                 "leave" => conn.leave(arg),
                 "echo" => conn.send_text(arg).unwrap(),
                 "close" => {

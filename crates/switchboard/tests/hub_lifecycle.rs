@@ -1,6 +1,7 @@
 //! A hub connection's life from registration to release, over real TCP: a panicking
 //! callback is isolated (1011, `on_close`, slot and memberships released, whatever way
-//! the connection's task ends).
+//! the connection's task ends), and a connection that has left cannot join a room
+//! again.
 
 mod common;
 
@@ -11,10 +12,14 @@ use common::{
     within,
 };
 use futures_util::{SinkExt, StreamExt};
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 use switchboard::{
     CloseCode, Message,
-    hub::{Connection, ConnectionId, Handler, Hub, HubConfig},
+    hub::{Broker, Connection, ConnectionId, Handler, Hub, HubConfig, Inbox, MemoryNetwork},
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::{
@@ -227,4 +232,64 @@ fn a_dropped_connection_task_frees_its_entry_and_slot() {
         }
         opened(&mut server).await;
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// A join after the end
+// ---------------------------------------------------------------------------------------
+
+/// A `MemoryBroker` that records which rooms the hub is subscribed to.
+struct Recording {
+    inner: switchboard::hub::MemoryBroker,
+    subscribed: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Broker for Recording {
+    fn start(&self, inbox: Inbox) {
+        self.inner.start(inbox);
+    }
+
+    fn publish(&self, envelope: switchboard::hub::Envelope) {
+        self.inner.publish(envelope);
+    }
+
+    fn subscribe(&self, room: &str) {
+        self.subscribed.lock().unwrap().insert(room.to_owned());
+        self.inner.subscribe(room);
+    }
+
+    fn unsubscribe(&self, room: &str) {
+        self.subscribed.lock().unwrap().remove(room);
+        self.inner.unsubscribe(room);
+    }
+}
+
+#[tokio::test]
+async fn a_join_after_the_connection_left_is_refused() {
+    let network = MemoryNetwork::new();
+    let subscribed = Arc::new(Mutex::new(HashSet::new()));
+    let broker = Recording {
+        inner: network.broker(),
+        subscribed: subscribed.clone(),
+    };
+    let mut server = start(Hub::with_broker(config(10), broker), Duration::ZERO).await;
+    let mut client = connect(server.addr, "/chat/r").await;
+    let conn = opened(&mut server).await;
+    assert!(subscribed.lock().unwrap().contains("r"));
+    client.close(None).await.unwrap();
+    closed(&mut server).await;
+    let hub = server.hub.clone();
+    eventually("unregistered", || hub.connection_count() == 0).await;
+
+    assert!(!conn.join("late"), "a join after the end is refused");
+    assert!(!hub.join(&conn, "later"));
+    assert_eq!(hub.room_size("late"), 0);
+    assert_eq!(hub.room_size("later"), 0);
+    assert!(hub.rooms().is_empty(), "rooms kept: {:?}", hub.rooms());
+    assert!(conn.rooms().is_empty());
+    assert!(
+        subscribed.lock().unwrap().is_empty(),
+        "broker subscriptions kept: {:?}",
+        subscribed.lock().unwrap()
+    );
 }

@@ -222,9 +222,10 @@ impl Connection {
         Some(metadata.swap_remove(index).1)
     }
 
-    /// Joins a room (created on first join).
-    pub fn join(&self, room: &str) {
-        self.inner.hub.join(self, room);
+    /// Joins a room (created on first join); returns whether the connection is a member
+    /// now: `false`, and nothing changes, once the connection has ended.
+    pub fn join(&self, room: &str) -> bool {
+        self.inner.hub.join(self, room)
     }
 
     /// Leaves a room (removed when its last member leaves).

@@ -177,14 +177,24 @@ impl Hub {
         self.read().rooms.keys().map(|r| r.to_string()).collect()
     }
 
-    /// Adds a connection to a room.
-    pub fn join(&self, conn: &Connection, room: &str) {
+    /// Adds a connection to a room; returns whether it is a member now.
+    ///
+    /// A connection that has ended (it is no longer registered: after its `on_close`)
+    /// is refused, and nothing changes: `false`.
+    pub fn join(&self, conn: &Connection, room: &str) -> bool {
         // The broker hears of the change under the registry's lock: a leave and a join
         // racing on one room must reach it in the order they changed the room.
         let mut registry = self.write();
+        // Leaving every room happens once, when the connection is unregistered: a
+        // membership added after it would keep the room, and the broker's
+        // subscription, for ever.
+        if !registry.connections.contains_key(&conn.id()) {
+            return false;
+        }
         if let RoomChange::Created(room) = registry.join(conn, room) {
             self.inner.broker.subscribe(&room);
         }
+        true
     }
 
     /// Removes a connection from a room.
