@@ -482,7 +482,7 @@ async fn extractor_registers_after_the_application_decides() {
                     if uri.query() != Some("token=ok") {
                         return StatusCode::UNAUTHORIZED.into_response();
                     }
-                    upgrade.register(&hub, probe)
+                    upgrade.register(&hub, probe).await
                 }
             }),
         )

@@ -1,13 +1,13 @@
 //! A hub connection's life from registration to release, over real TCP: a panicking
 //! callback is isolated (1011, `on_close`, slot and memberships released, whatever way
-//! the connection's task ends), and a connection that has left cannot join a room
-//! again.
+//! the connection's task ends), `on_open` has run when the client sees its 101, and a
+//! connection that has left cannot join a room again.
 
 mod common;
 
 use axum::Router;
 use common::{
-    STEP,
+    STEP, handshake_request,
     hub::{Client, HubServer, connect, serve, try_connect},
     within,
 };
@@ -21,7 +21,11 @@ use switchboard::{
     CloseCode, Message,
     hub::{Broker, Connection, ConnectionId, Handler, Hub, HubConfig, Inbox, MemoryNetwork},
 };
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::{
+    io::AsyncWriteExt,
+    net::TcpStream,
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+};
 use tokio_tungstenite::tungstenite::{
     self, Message as TMessage,
     protocol::{CloseFrame, frame::coding::CloseCode as TCloseCode},
@@ -232,6 +236,83 @@ fn a_dropped_connection_task_frees_its_entry_and_slot() {
         }
         opened(&mut server).await;
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Open means ready
+// ---------------------------------------------------------------------------------------
+
+/// How long `on_open` takes before it joins: long enough that a 101 sent before it ran
+/// would reach the client first.
+const OPEN_DELAY: Duration = Duration::from_millis(30);
+
+#[tokio::test]
+async fn a_broadcast_right_after_the_101_reaches_the_rooms_on_open_joined() {
+    let mut server = start(Hub::new(config(100)), OPEN_DELAY).await;
+    let mut client = connect(server.addr, "/chat/r").await;
+    let report = server.hub.to("r").send_text("welcome");
+    assert_eq!(report.queued, 1, "the client is not in its room yet");
+    opened(&mut server).await;
+    match within("welcome", client.next()).await {
+        Some(Ok(TMessage::Text(text))) => assert_eq!(text.as_str(), "welcome"),
+        other => panic!("expected the broadcast, got {other:?}"),
+    }
+}
+
+/// The issue's round: clients connect, and as soon as every 101 has arrived each sends
+/// one message, which the server broadcasts to the room; every client must receive
+/// every message of the round.
+#[tokio::test]
+async fn every_client_receives_every_message_sent_once_all_101s_arrived() {
+    const CLIENTS: usize = 20;
+    let mut server = start(Hub::new(config(100)), OPEN_DELAY).await;
+    let handshakes = (0..CLIENTS).map(|_| connect(server.addr, "/chat/round"));
+    let mut clients = futures_util::future::join_all(handshakes).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .send(TMessage::text(format!("from {i}")))
+            .await
+            .unwrap();
+    }
+    let mut handled = 0;
+    while handled < CLIENTS {
+        if let Seen::Message = within("on_message", server.events.recv()).await.unwrap() {
+            handled += 1;
+        }
+    }
+    // Queued after every message of the round, so it arrives after them.
+    server.hub.to("round").send_text("end");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut received = HashSet::new();
+        loop {
+            match within("round", client.next()).await {
+                Some(Ok(TMessage::Text(text))) if text.as_str() == "end" => break,
+                Some(Ok(TMessage::Text(text))) => {
+                    received.insert(text.to_string());
+                }
+                other => panic!("client {i}: expected text, got {other:?}"),
+            }
+        }
+        assert_eq!(received.len(), CLIENTS, "client {i} missed messages");
+    }
+}
+
+/// A client that leaves while `on_open` runs never gets its 101: the connection ends as
+/// one whose transport died, and its slot is free again.
+#[tokio::test]
+async fn a_client_gone_before_its_101_is_closed_with_1006_and_frees_its_slot() {
+    let mut server = start(Hub::new(config(1)), OPEN_DELAY).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(handshake_request("/chat/r", "").as_bytes())
+        .await
+        .unwrap();
+    let conn = opened(&mut server).await;
+    drop(tcp);
+    assert_eq!(closed(&mut server).await, (conn.id(), CloseCode::ABNORMAL));
+    let hub = &server.hub;
+    eventually("unregistered", || hub.connection_count() == 0).await;
+    assert_eq!(hub.room_size("r"), 0);
+    let _client = connect(server.addr, "/chat/r").await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -716,7 +716,7 @@ async fn upgrade(
             }
         }
     }
-    upgrade.register_shared(&hub, handler)
+    upgrade.register_shared(&hub, handler).await
 }
 
 /// The token phoenix.js sends as the subprotocol `base64url.bearer.phx.<base64>`

@@ -26,7 +26,7 @@ pub type ConnectionId = u64;
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
-    /// Upgraded, `on_open` not finished.
+    /// Registered, `on_open` not finished: the client has not had its 101 yet.
     Connecting,
     /// Messages flow.
     Open,

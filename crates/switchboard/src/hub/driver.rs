@@ -10,31 +10,49 @@ use std::{sync::atomic::Ordering::Relaxed, task::Context};
 use switchboard_proto::{CloseCode, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Runs a registered connection until it ends, then reports the close exactly once and
-/// removes the connection from the hub.
-///
-/// It borrows the socket: the caller's task keeps the one copy of it (a future keeps
-/// room for every value it moves, so moving the socket into this future would hold it
-/// twice for the connection's life).
-pub(crate) async fn drive<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    H: Handler,
-{
-    let mut outbox = HubOutbox::new(conn);
-    // The callbacks that run once, or once in a long while, are boxed: a future holds
-    // room for the largest state it can be in, and the task of an idle connection
-    // should be the size of its wait for the next message, not of its `on_close`.
-    let opened = ws
-        .run_while(catch(Box::pin(handler.on_open(conn))), &mut outbox)
-        .await;
-    let mut broken = opened.is_err();
-    if broken {
+/// Runs `on_open` of a registered connection, before its 101 is sent: what it sends
+/// waits in the connection's queue until the socket is up. Returns whether it returned
+/// (rather than panicked, which closes the connection with 1011).
+pub(crate) async fn open<H: Handler>(conn: &Connection, handler: &H) -> bool {
+    let healthy = catch(handler.on_open(conn)).await.is_ok();
+    if !healthy {
         panicked(conn, "on_open");
     }
     if conn.state() == ConnectionState::Connecting {
         conn.set_state(ConnectionState::Open);
     }
+    healthy
+}
+
+/// Ends a connection whose upgrade failed after `on_open` (the client left before its
+/// 101): as one whose transport died, with 1006.
+pub(crate) async fn abandon<H: Handler>(conn: &Connection, handler: &H) {
+    let ended = Ended {
+        code: CloseCode::ABNORMAL,
+        reason: String::new(),
+        error: None,
+    };
+    report_end(conn, handler, &ended).await;
+}
+
+/// Runs an opened connection on its socket until it ends, then reports the close exactly
+/// once and removes the connection from the hub. `healthy` is false when `on_open`
+/// panicked: no other callback but the end's runs then.
+///
+/// It borrows the socket: the caller's task keeps the one copy of it (a future keeps
+/// room for every value it moves, so moving the socket into this future would hold it
+/// twice for the connection's life).
+pub(crate) async fn drive<S, H>(
+    ws: &mut WebSocket<S>,
+    conn: &Connection,
+    handler: &H,
+    healthy: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut outbox = HubOutbox::new(conn);
+    let mut broken = !healthy;
     let (code, reason, error) = loop {
         let message = match ws.recv_with(&mut outbox).await {
             Some(Ok(message)) => message,
@@ -73,6 +91,9 @@ where
                 .run_while(catch(handler.on_message(conn, message)), &mut outbox)
                 .await
                 .map_err(|_| "on_message"),
+            // The callbacks that run once in a long while are boxed: a future holds
+            // room for the largest state it can be in, and the task of an idle
+            // connection should be the size of its wait for the next message.
             Message::Ping(payload) => ws
                 .run_while(
                     catch(Box::pin(handler.on_ping(conn, &payload))),
@@ -129,12 +150,22 @@ struct Ended {
     error: Option<Error>,
 }
 
-/// Reports the end of a connection exactly once and removes it from the hub.
+/// Reports the end of a connection exactly once, removes it from the hub, and
+/// completes the close.
 async fn end<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
+    report_end(conn, handler, &ended).await;
+    // Completes the close: waits (bounded) for the peer's end of stream, so that
+    // dropping the socket does not reset it with our close frame in flight.
+    let _ = ws.recv().await;
+}
+
+/// Runs the end's callbacks, then removes the connection from the hub: its rooms are
+/// still its own during `on_close`.
+async fn report_end<H: Handler>(conn: &Connection, handler: &H, ended: &Ended) {
     conn.set_closed();
     if let Some(error) = &ended.error {
         if catch(handler.on_error(conn, error)).await.is_err() {
@@ -148,9 +179,6 @@ where
         panicked(conn, "on_close");
     }
     conn.hub().unregister(conn);
-    // Completes the close: waits (bounded) for the peer's end of stream, so that
-    // dropping the socket does not reset it with our close frame in flight.
-    let _ = ws.recv().await;
 }
 
 fn record_pong(conn: &Connection) {

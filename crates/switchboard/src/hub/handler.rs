@@ -32,7 +32,15 @@ use switchboard_proto::{CloseCode, Message};
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
-    /// The connection is open and registered: it can join rooms and send.
+    /// The connection is registered: it can join rooms, set metadata and send.
+    ///
+    /// It runs before the client gets its 101 (open means ready): when the client sees
+    /// the connection open, what `on_open` did has happened, and a message published to
+    /// one of its rooms from then on reaches it. What it sends waits in the connection's
+    /// queue until the socket is up. Keep it short: the client waits for its 101
+    /// meanwhile, as in uWebSockets and Phoenix (slow work can go to a spawned task). If
+    /// the client is gone by the time the 101 would leave, [`Handler::on_close`] follows
+    /// with 1006.
     fn on_open(&self, conn: &Connection) -> impl Future<Output = ()> + Send {
         let _ = conn;
         async {}

@@ -45,7 +45,7 @@ pub use connection::{Connection, ConnectionId, ConnectionState, SendError};
 pub use handler::Handler;
 
 pub(crate) use connection::RequestInfo;
-pub(crate) use driver::drive;
+pub(crate) use driver::{abandon, drive, open};
 pub(crate) use handler::{Panicked, catch};
 pub(crate) use outgoing::Outgoing;
 
