@@ -34,6 +34,25 @@ pub fn ws<H: Handler, S: Clone + Send + Sync + 'static>(hub: Hub, handler: H) ->
 ///
 /// It carries the route parameters, the query, and the request's extensions (what
 /// middleware and extractors inserted: the seeds' assigns) into the connection.
+///
+/// ```no_run
+/// use axum::{http::StatusCode, response::IntoResponse, routing::get};
+/// use switchboard::{HubUpgrade, hub::{Handler, Hub, HubConfig}};
+/// # struct Chat;
+/// # impl Handler for Chat {}
+///
+/// let hub = Hub::new(HubConfig::default());
+/// let app: axum::Router = axum::Router::new().route(
+///     "/chat",
+///     get(move |upgrade: HubUpgrade, uri: axum::http::Uri| async move {
+///         if uri.query() != Some("token=ok") {
+///             return StatusCode::UNAUTHORIZED.into_response();
+///         }
+///         // Answers 101 once `Chat::on_open` has run.
+///         upgrade.register(&hub, Chat).await
+///     }),
+/// );
+/// ```
 #[derive(Debug)]
 pub struct HubUpgrade {
     upgrade: Upgrade,
