@@ -2,8 +2,8 @@
 
 use crate::{
     WebSocket, WebSocketConfig,
-    hub::{Handler, Hub, RequestInfo, drive},
-    upgrade::{Rejection, Upgrade, Upgraded},
+    hub::{Handler, Hub, Registration, RequestInfo, abandon, drive, open},
+    upgrade::{Rejection, Upgrade, UpgradeFut, Upgraded},
 };
 use axum::{
     extract::{ConnectInfo, FromRequestParts, MatchedPath, OriginalUri, RawPathParams},
@@ -11,7 +11,8 @@ use axum::{
     routing::{MethodRouter, get},
 };
 use http::{Extensions, HeaderValue, StatusCode, header, request::Parts};
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
+use tokio::sync::oneshot;
 
 /// A route that upgrades every request and registers the connection with `hub`, with
 /// `handler` for its callbacks: the seeds' `Router.ws(path, callbacks)`.
@@ -25,7 +26,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 /// ```
 pub fn ws<H: Handler, S: Clone + Send + Sync + 'static>(hub: Hub, handler: H) -> MethodRouter<S> {
     let handler = Arc::new(handler);
-    get(move |upgrade: HubUpgrade| async move { upgrade.register_shared(&hub, handler) })
+    get(move |upgrade: HubUpgrade| async move { upgrade.register_shared(&hub, handler).await })
 }
 
 /// An upgrade request on its way into a hub: the extractor form of [`ws`], for handlers
@@ -33,6 +34,25 @@ pub fn ws<H: Handler, S: Clone + Send + Sync + 'static>(hub: Hub, handler: H) ->
 ///
 /// It carries the route parameters, the query, and the request's extensions (what
 /// middleware and extractors inserted: the seeds' assigns) into the connection.
+///
+/// ```no_run
+/// use axum::{http::StatusCode, response::IntoResponse, routing::get};
+/// use switchboard::{HubUpgrade, hub::{Handler, Hub, HubConfig}};
+/// # struct Chat;
+/// # impl Handler for Chat {}
+///
+/// let hub = Hub::new(HubConfig::default());
+/// let app: axum::Router = axum::Router::new().route(
+///     "/chat",
+///     get(move |upgrade: HubUpgrade, uri: axum::http::Uri| async move {
+///         if uri.query() != Some("token=ok") {
+///             return StatusCode::UNAUTHORIZED.into_response();
+///         }
+///         // Answers 101 once `Chat::on_open` has run.
+///         upgrade.register(&hub, Chat).await
+///     }),
+/// );
+/// ```
 #[derive(Debug)]
 pub struct HubUpgrade {
     upgrade: Upgrade,
@@ -135,16 +155,28 @@ fn assigns(parts: &Parts, routed: bool) -> Extensions {
 }
 
 impl HubUpgrade {
-    /// Checks the origin and the hub's capacity, answers 101, and runs the connection
-    /// in the hub with `handler`.
-    pub fn register<H: Handler>(self, hub: &Hub, handler: H) -> Response {
-        self.register_shared(hub, Arc::new(handler))
+    /// Checks the origin and the hub's capacity, registers the connection and runs its
+    /// [`Handler::on_open`], then answers 101 and runs the connection in the hub with
+    /// `handler`.
+    ///
+    /// Open means ready: the 101 leaves once `on_open` has returned, so when the client
+    /// sees its connection open, what `on_open` did (rooms joined, metadata set,
+    /// messages sent, which wait in the connection's queue for the socket) has happened,
+    /// and whatever is published to its rooms from then on reaches it. A slow `on_open`
+    /// therefore delays the 101, as in uWebSockets and Phoenix.
+    pub async fn register<H: Handler>(self, hub: &Hub, handler: H) -> Response {
+        self.register_shared(hub, Arc::new(handler)).await
     }
 
     /// [`HubUpgrade::register`] with a handler shared by many connections.
-    pub fn register_shared<H: Handler>(self, hub: &Hub, handler: Arc<H>) -> Response {
+    pub async fn register_shared<H: Handler>(self, hub: &Hub, handler: Arc<H>) -> Response {
         match self.try_register(hub, handler) {
-            Ok(response) => response,
+            Ok((response, opened)) => {
+                // Sent by the connection's task once `on_open` has returned, or dropped
+                // with it: either way nothing is left for the 101 to wait for.
+                let _ = opened.await;
+                response
+            }
             Err(rejection) => rejection.into_response(),
         }
     }
@@ -155,11 +187,13 @@ impl HubUpgrade {
         self
     }
 
+    /// Registers the connection and starts its task; returns the 101 with the signal
+    /// that `on_open` has returned.
     fn try_register<H: Handler>(
         self,
         hub: &Hub,
         handler: Arc<H>,
-    ) -> Result<Response, HubRejection> {
+    ) -> Result<(Response, oneshot::Receiver<()>), HubRejection> {
         let config = hub.config();
         if !config
             .allowed_origins
@@ -174,40 +208,46 @@ impl HubUpgrade {
             .max_message_size(config.max_message_size)
             .close_timeout(config.close_timeout)
             .compression(config.compression);
-        let (response, connection) = self.upgrade.config(websocket).into_parts();
-        let (hub, request) = (hub.clone(), self.request);
-        tokio::spawn(async move {
-            match registered(connection.await, &hub, request, handler) {
-                // Its own task, of its own size: this one, with the upgrade's state,
-                // ends here.
-                Some(connection) => drop(tokio::spawn(connection)),
-                None => hub.release(),
-            }
-        });
-        Ok(response.into_response())
+        let (response, upgraded) = self.upgrade.config(websocket).into_parts();
+        // What the connection carries is known before the 101: the address from the
+        // request (axum's `ConnectInfo`, which `serve` provides), the compression from
+        // the response.
+        let mut request = self.request;
+        request.remote_addr = upgraded.peer_addr();
+        request.deflate = upgraded.deflate();
+        let registration = hub.register(request);
+        let (opened, on_opened) = oneshot::channel();
+        tokio::spawn(run(registration, upgraded, handler, opened));
+        Ok((response.into_response(), on_opened))
     }
 }
 
-/// Registers an upgraded connection with `hub`; returns its life, which gives back the
-/// hub's slot at the end.
-///
-/// The socket is captured by the returned block and used where it lies: a future keeps
-/// room for every value it moves into a local or into a callee, and this one is held for
-/// the connection's whole life.
-fn registered<H: Handler>(
-    upgraded: Result<WebSocket<Upgraded>, crate::Error>,
-    hub: &Hub,
-    mut request: RequestInfo,
+/// A registered connection's life: `on_open` (the 101 waits for it), the upgrade, then
+/// the connection in a task of its own. The registration goes along, and gives back the
+/// hub's slot however this ends.
+async fn run<H: Handler>(
+    registration: Registration,
+    upgraded: UpgradeFut,
     handler: Arc<H>,
-) -> Option<impl Future<Output = ()> + Send + use<H>> {
-    let Ok(mut ws) = upgraded else {
-        return None;
-    };
-    request.remote_addr = ws.get_ref().peer_addr();
-    request.deflate = ws.deflate();
-    let conn = hub.register(request);
-    Some(async move {
-        drive(&mut ws, &conn, &*handler).await;
-        conn.hub().release();
-    })
+    opened: oneshot::Sender<()>,
+) {
+    let healthy = open(registration.conn(), &*handler).await;
+    let _ = opened.send(());
+    match upgraded.await {
+        // Its own task, of its own size: this one, with the upgrade's state, ends here.
+        Ok(ws) => drop(tokio::spawn(live(ws, registration, handler, healthy))),
+        Err(_) => abandon(registration.conn(), &*handler).await,
+    }
+}
+
+/// The connection once upgraded. The socket is an argument, used where it lies: a
+/// future keeps room for every value it moves into a local or into a callee, and this
+/// one is held for the connection's whole life.
+async fn live<H: Handler>(
+    mut ws: WebSocket<Upgraded>,
+    registration: Registration,
+    handler: Arc<H>,
+    healthy: bool,
+) {
+    drive(&mut ws, registration.conn(), &*handler, healthy).await;
 }

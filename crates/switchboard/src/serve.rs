@@ -4,8 +4,13 @@
 //! they outlive the HTTP connection they came from. Here the hub drains them.
 
 use crate::hub::Hub;
-use axum::Router;
-use hyper::server::conn::http1;
+use axum::{Router, extract::ConnectInfo};
+use http::Request;
+use hyper::{
+    body::Incoming,
+    server::conn::http1,
+    service::{Service, service_fn},
+};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
@@ -34,7 +39,7 @@ pub async fn serve_with_shutdown(
     let (stop, stopping) = watch::channel(());
     let mut signal = pin!(signal);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // Running out of file descriptors is transient: keep serving.
@@ -48,6 +53,12 @@ pub async fn serve_with_shutdown(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
+        // The peer's address as axum's `ConnectInfo`: a hub connection has it from its
+        // registration on, before the upgraded socket could tell it.
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            service.call(request)
+        });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(hub.config().handshake_timeout)

@@ -108,7 +108,9 @@ impl Handler for Probe {
                     self.emit(Event::Blocked(conn.id()));
                     self.gate.acquire().await.unwrap().forget();
                 }
-                "join" => conn.join(arg),
+                "join" => {
+                    conn.join(arg);
+                }
                 "leave" => conn.leave(arg),
                 "echo" => conn.send_text(arg).unwrap(),
                 "close" => {
@@ -480,7 +482,7 @@ async fn extractor_registers_after_the_application_decides() {
                     if uri.query() != Some("token=ok") {
                         return StatusCode::UNAUTHORIZED.into_response();
                     }
-                    upgrade.register(&hub, probe)
+                    upgrade.register(&hub, probe).await
                 }
             }),
         )

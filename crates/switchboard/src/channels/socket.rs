@@ -13,7 +13,10 @@ use super::{
 };
 use crate::{
     HubRejection, HubUpgrade, Message,
-    hub::{BroadcastReport, Connection, ConnectionId, Handler, Hub, Outgoing, SendError},
+    hub::{
+        BroadcastReport, Connection, ConnectionId, Handler, Hub, Outgoing, Panicked, SendError,
+        catch,
+    },
 };
 use axum::{
     extract::{FromRequestParts, Request},
@@ -25,11 +28,8 @@ use serde_json::{Value, json};
 use std::{
     collections::HashMap,
     fmt,
-    future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
-    pin::pin,
     sync::{Arc, Mutex},
-    task::Poll,
 };
 
 /// The `{name}` segments a topic pattern captured.
@@ -649,23 +649,6 @@ pub(crate) fn deliver_intercepted(
     report
 }
 
-/// A channel callback panicked.
-struct Panicked;
-
-/// Runs a callback's future, turning a panic into `Err` so that one channel's bug
-/// ends that channel only, as a crashed channel process does in Phoenix.
-async fn catch<T>(future: impl Future<Output = T>) -> Result<T, Panicked> {
-    let mut future = pin!(future);
-    std::future::poll_fn(
-        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(Err(Panicked)),
-        },
-    )
-    .await
-}
-
 /// The upgrade route: vsn, origin, the connect callback, then the hub.
 pub(crate) fn route<S: Clone + Send + Sync + 'static>(
     handler: Arc<SocketHandler>,
@@ -733,7 +716,7 @@ async fn upgrade(
             }
         }
     }
-    upgrade.register_shared(&hub, handler)
+    upgrade.register_shared(&hub, handler).await
 }
 
 /// The token phoenix.js sends as the subprotocol `base64url.bearer.phx.<base64>`
@@ -796,16 +779,5 @@ mod tests {
         );
         assert_eq!(auth_token(&headers).as_deref(), Some("secret"));
         assert_eq!(auth_token(&http::HeaderMap::new()), None);
-    }
-
-    #[tokio::test]
-    async fn catch_turns_a_panic_into_an_error() {
-        assert!(catch(async { 1 }).await.is_ok());
-        let panicked = catch(async {
-            tokio::task::yield_now().await;
-            panic!("channel bug");
-        })
-        .await;
-        assert!(panicked.is_err());
     }
 }

@@ -26,7 +26,7 @@ pub type ConnectionId = u64;
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
-    /// Upgraded, `on_open` not finished.
+    /// Registered, `on_open` not finished: the client has not had its 101 yet.
     Connecting,
     /// Messages flow.
     Open,
@@ -165,6 +165,12 @@ impl Connection {
         self.inner.state.store(state as u8, Relaxed);
     }
 
+    /// Marks the connection ended: every send is refused from now on.
+    pub(crate) fn set_closed(&self) {
+        self.set_state(ConnectionState::Closed);
+        self.outbound().closed = true;
+    }
+
     /// The peer's address, when known.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.inner.request.remote_addr
@@ -216,9 +222,10 @@ impl Connection {
         Some(metadata.swap_remove(index).1)
     }
 
-    /// Joins a room (created on first join).
-    pub fn join(&self, room: &str) {
-        self.inner.hub.join(self, room);
+    /// Joins a room (created on first join); returns whether the connection is a member
+    /// now: `false`, and nothing changes, once the connection has ended.
+    pub fn join(&self, room: &str) -> bool {
+        self.inner.hub.join(self, room)
     }
 
     /// Leaves a room (removed when its last member leaves).

@@ -1,7 +1,7 @@
 //! The task of one connection: reads frames and runs the handler's callbacks in order,
 //! while writing what other tasks queue for it.
 
-use super::{Connection, ConnectionState, Handler, connection::Outbound};
+use super::{Connection, ConnectionState, Handler, catch, connection::Outbound};
 use crate::{
     Error, WebSocket,
     ws::{Outbox, OutboxClose, WriteState},
@@ -10,26 +10,49 @@ use std::{sync::atomic::Ordering::Relaxed, task::Context};
 use switchboard_proto::{CloseCode, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Runs a registered connection until it ends, then reports the close exactly once and
-/// removes the connection from the hub.
+/// Runs `on_open` of a registered connection, before its 101 is sent: what it sends
+/// waits in the connection's queue until the socket is up. Returns whether it returned
+/// (rather than panicked, which closes the connection with 1011).
+pub(crate) async fn open<H: Handler>(conn: &Connection, handler: &H) -> bool {
+    let healthy = catch(handler.on_open(conn)).await.is_ok();
+    if !healthy {
+        panicked(conn, "on_open");
+    }
+    if conn.state() == ConnectionState::Connecting {
+        conn.set_state(ConnectionState::Open);
+    }
+    healthy
+}
+
+/// Ends a connection whose upgrade failed after `on_open` (the client left before its
+/// 101): as one whose transport died, with 1006.
+pub(crate) async fn abandon<H: Handler>(conn: &Connection, handler: &H) {
+    let ended = Ended {
+        code: CloseCode::ABNORMAL,
+        reason: String::new(),
+        error: None,
+    };
+    report_end(conn, handler, &ended).await;
+}
+
+/// Runs an opened connection on its socket until it ends, then reports the close exactly
+/// once and removes the connection from the hub. `healthy` is false when `on_open`
+/// panicked: no other callback but the end's runs then.
 ///
 /// It borrows the socket: the caller's task keeps the one copy of it (a future keeps
 /// room for every value it moves, so moving the socket into this future would hold it
 /// twice for the connection's life).
-pub(crate) async fn drive<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H)
-where
+pub(crate) async fn drive<S, H>(
+    ws: &mut WebSocket<S>,
+    conn: &Connection,
+    handler: &H,
+    healthy: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
     let mut outbox = HubOutbox::new(conn);
-    // The callbacks that run once, or once in a long while, are boxed: a future holds
-    // room for the largest state it can be in, and the task of an idle connection
-    // should be the size of its wait for the next message, not of its `on_close`.
-    ws.run_while(Box::pin(handler.on_open(conn)), &mut outbox)
-        .await;
-    if conn.state() == ConnectionState::Connecting {
-        conn.set_state(ConnectionState::Open);
-    }
+    let mut broken = !healthy;
     let (code, reason, error) = loop {
         let message = match ws.recv_with(&mut outbox).await {
             Some(Ok(message)) => message,
@@ -51,20 +74,7 @@ where
         conn.keepalive()
             .last_seen
             .store(conn.hub().now_micros(), Relaxed);
-        match message {
-            Message::Text(_) | Message::Binary(_) => {
-                ws.run_while(handler.on_message(conn, message), &mut outbox)
-                    .await;
-            }
-            Message::Ping(payload) => {
-                ws.run_while(Box::pin(handler.on_ping(conn, &payload)), &mut outbox)
-                    .await
-            }
-            Message::Pong(payload) => {
-                record_pong(conn);
-                ws.run_while(Box::pin(handler.on_pong(conn, &payload)), &mut outbox)
-                    .await;
-            }
+        let called = match message {
             Message::Close(frame) => {
                 conn.set_state(ConnectionState::Closing);
                 break match (ws.sent_close(), frame) {
@@ -74,6 +84,36 @@ where
                     (None, None) => (CloseCode::NO_STATUS, String::new(), None),
                 };
             }
+            // A handler that panicked hears nothing more but its `on_close`: the
+            // connection is closing with 1011.
+            _ if broken => continue,
+            Message::Text(_) | Message::Binary(_) => ws
+                .run_while(catch(handler.on_message(conn, message)), &mut outbox)
+                .await
+                .map_err(|_| "on_message"),
+            // The callbacks that run once in a long while are boxed: a future holds
+            // room for the largest state it can be in, and the task of an idle
+            // connection should be the size of its wait for the next message.
+            Message::Ping(payload) => ws
+                .run_while(
+                    catch(Box::pin(handler.on_ping(conn, &payload))),
+                    &mut outbox,
+                )
+                .await
+                .map_err(|_| "on_ping"),
+            Message::Pong(payload) => {
+                record_pong(conn);
+                ws.run_while(
+                    catch(Box::pin(handler.on_pong(conn, &payload))),
+                    &mut outbox,
+                )
+                .await
+                .map_err(|_| "on_pong")
+            }
+        };
+        if let Err(callback) = called {
+            broken = true;
+            panicked(conn, callback);
         }
     };
     Box::pin(end(
@@ -89,6 +129,20 @@ where
     .await;
 }
 
+/// A callback panicked: its handler can no longer be trusted with this connection.
+/// The panic hook has printed the panic itself; this says which connection it ended.
+fn panicked(conn: &Connection, callback: &'static str) {
+    tracing::error!(
+        connection = conn.id(),
+        callback,
+        "handler panicked: closing the connection with 1011"
+    );
+    // "1011 indicates that a server is terminating the connection because it encountered
+    // an unexpected condition that prevented it from fulfilling the request."
+    // (RFC 6455 §7.4.1) Refused, harmlessly, when the connection is closing already.
+    let _ = conn.close(CloseCode::INTERNAL_ERROR, "internal error");
+}
+
 /// How a connection ended, as its callbacks hear it.
 struct Ended {
     code: CloseCode,
@@ -96,22 +150,35 @@ struct Ended {
     error: Option<Error>,
 }
 
-/// Reports the end of a connection exactly once and removes it from the hub.
+/// Reports the end of a connection exactly once, removes it from the hub, and
+/// completes the close.
 async fn end<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    conn.set_state(ConnectionState::Closed);
-    conn.outbound().closed = true;
-    if let Some(error) = &ended.error {
-        handler.on_error(conn, error).await;
-    }
-    handler.on_close(conn, ended.code, &ended.reason).await;
-    conn.hub().unregister(conn.id());
+    report_end(conn, handler, &ended).await;
     // Completes the close: waits (bounded) for the peer's end of stream, so that
     // dropping the socket does not reset it with our close frame in flight.
     let _ = ws.recv().await;
+}
+
+/// Runs the end's callbacks, then removes the connection from the hub: its rooms are
+/// still its own during `on_close`.
+async fn report_end<H: Handler>(conn: &Connection, handler: &H, ended: &Ended) {
+    conn.set_closed();
+    if let Some(error) = &ended.error {
+        if catch(handler.on_error(conn, error)).await.is_err() {
+            panicked(conn, "on_error");
+        }
+    }
+    if catch(handler.on_close(conn, ended.code, &ended.reason))
+        .await
+        .is_err()
+    {
+        panicked(conn, "on_close");
+    }
+    conn.hub().unregister(conn);
 }
 
 fn record_pong(conn: &Connection) {

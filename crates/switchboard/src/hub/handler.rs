@@ -2,13 +2,23 @@
 
 use super::Connection;
 use crate::Error;
-use std::future::Future;
+use std::{
+    future::{Future, poll_fn},
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::pin,
+    task::Poll,
+};
 use switchboard_proto::{CloseCode, Message};
 
 /// What happens on a connection, as callbacks. Every method has a no-op default.
 ///
 /// Callbacks of one connection run one at a time, in the order of events; a slow
 /// callback delays only its own connection (its outbound messages keep flowing).
+///
+/// A callback that panics ends its own connection only: the connection is closed with
+/// 1011 (internal error), the panic is logged, no further `on_message`, `on_ping` or
+/// `on_pong` runs for it, [`Handler::on_close`] still runs, and its slot, registry entry
+/// and room memberships are released (a panic in `on_close` itself is logged too).
 ///
 /// ```
 /// use switchboard::{Message, hub::{Connection, Handler}};
@@ -22,7 +32,15 @@ use switchboard_proto::{CloseCode, Message};
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
-    /// The connection is open and registered: it can join rooms and send.
+    /// The connection is registered: it can join rooms, set metadata and send.
+    ///
+    /// It runs before the client gets its 101 (open means ready): when the client sees
+    /// the connection open, what `on_open` did has happened, and a message published to
+    /// one of its rooms from then on reaches it. What it sends waits in the connection's
+    /// queue until the socket is up. Keep it short: the client waits for its 101
+    /// meanwhile, as in uWebSockets and Phoenix (slow work can go to a spawned task). If
+    /// the client is gone by the time the 101 would leave, [`Handler::on_close`] follows
+    /// with 1006.
     fn on_open(&self, conn: &Connection) -> impl Future<Output = ()> + Send {
         let _ = conn;
         async {}
@@ -64,5 +82,40 @@ pub trait Handler: Send + Sync + 'static {
     fn on_pong(&self, conn: &Connection, payload: &[u8]) -> impl Future<Output = ()> + Send {
         let _ = (conn, payload);
         async {}
+    }
+}
+
+/// A callback panicked.
+#[derive(Debug)]
+pub(crate) struct Panicked;
+
+/// Runs a callback's future, turning a panic into `Err`, so that an application's bug
+/// ends the one connection or channel it happened in (as a crashed process does in
+/// Phoenix) rather than unwinding through the task that owns the socket and the slot.
+pub(crate) async fn catch<T>(future: impl Future<Output = T>) -> Result<T, Panicked> {
+    let mut future = pin!(future);
+    poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn catch_turns_a_panic_into_an_error() {
+        assert!(catch(async { 1 }).await.is_ok());
+        let panicked = catch(async {
+            tokio::task::yield_now().await;
+            panic!("callback bug");
+        })
+        .await;
+        assert!(panicked.is_err());
     }
 }

@@ -45,7 +45,8 @@ pub use connection::{Connection, ConnectionId, ConnectionState, SendError};
 pub use handler::Handler;
 
 pub(crate) use connection::RequestInfo;
-pub(crate) use driver::drive;
+pub(crate) use driver::{abandon, drive, open};
+pub(crate) use handler::{Panicked, catch};
 pub(crate) use outgoing::Outgoing;
 
 use connection::lock;
@@ -176,14 +177,24 @@ impl Hub {
         self.read().rooms.keys().map(|r| r.to_string()).collect()
     }
 
-    /// Adds a connection to a room.
-    pub fn join(&self, conn: &Connection, room: &str) {
+    /// Adds a connection to a room; returns whether it is a member now.
+    ///
+    /// A connection that has ended (it is no longer registered: after its `on_close`)
+    /// is refused, and nothing changes: `false`.
+    pub fn join(&self, conn: &Connection, room: &str) -> bool {
         // The broker hears of the change under the registry's lock: a leave and a join
         // racing on one room must reach it in the order they changed the room.
         let mut registry = self.write();
+        // Leaving every room happens once, when the connection is unregistered: a
+        // membership added after it would keep the room, and the broker's
+        // subscription, for ever.
+        if !registry.connections.contains_key(&conn.id()) {
+            return false;
+        }
         if let RoomChange::Created(room) = registry.join(conn, room) {
             self.inner.broker.subscribe(&room);
         }
+        true
     }
 
     /// Removes a connection from a room.
@@ -291,7 +302,9 @@ impl Hub {
         self.inner.finished.notify_waiters();
     }
 
-    pub(crate) fn register(&self, request: RequestInfo) -> Connection {
+    /// Registers a connection in the slot it was admitted to; the registration gives
+    /// both back when dropped.
+    pub(crate) fn register(&self, request: RequestInfo) -> Registration {
         let counter = self.inner.next_id.fetch_add(1, Relaxed) & 0xFF_FFFF_FFFF;
         let id = self.inner.node << 40 | counter;
         let conn = Connection::new(id, self.clone(), request);
@@ -301,10 +314,14 @@ impl Hub {
         if self.is_draining() {
             let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }
-        conn
+        Registration { conn }
     }
 
-    pub(crate) fn unregister(&self, id: ConnectionId) {
+    /// Ends a connection's membership of the hub: it refuses sends, leaves the registry
+    /// and every room. Doing it again does nothing.
+    pub(crate) fn unregister(&self, conn: &Connection) {
+        conn.set_closed();
+        let id = conn.id();
         let mut registry = self.write();
         registry.connections.remove(&id);
         for room in registry.leave_all(id) {
@@ -361,6 +378,31 @@ impl Hub {
 
     fn from_inner(inner: Arc<HubInner>) -> Self {
         Self { inner }
+    }
+}
+
+/// A connection's place in its hub: its slot and its registry entry, given back when
+/// this is dropped, whichever way the connection's task ends (its end, a panic, the task
+/// aborted or dropped with its runtime): nothing that happens to a connection can keep
+/// its slot taken.
+pub(crate) struct Registration {
+    conn: Connection,
+}
+
+impl Registration {
+    /// The registered connection.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let hub = self.conn.hub();
+        // A connection that ended normally is unregistered already, right after its
+        // `on_close`; this covers every other way out of its task.
+        hub.unregister(&self.conn);
+        hub.release();
     }
 }
 

@@ -189,6 +189,18 @@ pub struct UpgradeFut {
     peer: Option<SocketAddr>,
 }
 
+impl UpgradeFut {
+    /// The permessage-deflate agreement the 101 carries.
+    pub(crate) fn deflate(&self) -> Option<DeflateParams> {
+        self.deflate
+    }
+
+    /// The client's address, when the request told it (axum's `ConnectInfo`).
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+}
+
 impl Future for UpgradeFut {
     type Output = Result<WebSocket<Upgraded>, crate::Error>;
 
