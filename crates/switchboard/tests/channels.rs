@@ -760,6 +760,30 @@ async fn joins_per_socket_are_limited() {
 }
 
 #[tokio::test]
+async fn topics_longer_than_the_limit_are_refused_with_an_error_reply() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    let limit = ChannelsConfig::default().max_topic_len;
+    let longest = format!("room:{}", "x".repeat(limit - "room:".len()));
+    client.join(&longest, "1", "ann").await;
+    let too_long = format!("{longest}y");
+    client
+        .send(json!(["2", "2", too_long, "phx_join", {"user": "ann"}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(
+            Some("2"),
+            "2",
+            &too_long,
+            "error",
+            json!({"reason": "topic too long"})
+        )
+    );
+    assert_eq!(server.hub.room_size(&room_name(&too_long)), 0);
+}
+
+#[tokio::test]
 async fn connect_refusals_answer_403_before_the_upgrade() {
     let server = server().await;
     for query in ["vsn=2.0.0&token=bad", "vsn=1.0.0"] {

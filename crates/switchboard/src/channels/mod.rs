@@ -356,11 +356,23 @@ pub struct ChannelsConfig {
     /// Default 100: a page joins a handful; every join holds server memory and a room
     /// membership, so a client must not open thousands.
     pub max_channels: usize,
+    /// The longest topic a socket may join, in bytes; a longer join gets an error reply,
+    /// `{"reason": "topic too long"}`.
+    ///
+    /// Default 255: the longest topic the V2 binary frames can carry (their length
+    /// fields are one byte), far above what `room:{id}` topics need. A joined topic is
+    /// kept several times (the socket's table, the hub's room index, presence), so this
+    /// and [`ChannelsConfig::max_channels`] together bound what one socket's topics cost
+    /// the server: at most `max_channels × max_topic_len` bytes of names.
+    pub max_topic_len: usize,
 }
 
 impl Default for ChannelsConfig {
     fn default() -> Self {
-        Self { max_channels: 100 }
+        Self {
+            max_channels: 100,
+            max_topic_len: 255,
+        }
     }
 }
 

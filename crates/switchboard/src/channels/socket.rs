@@ -340,6 +340,22 @@ impl SocketHandler {
             ..
         } = message;
         let msg_ref = msg_ref.as_deref();
+        let join_ref = join_ref.or_else(|| msg_ref.map(str::to_owned));
+        let refuse = |reason: &str| {
+            let reason = json!({ "reason": reason });
+            reply(
+                conn,
+                join_ref.as_deref(),
+                msg_ref,
+                &topic,
+                &Reply::error(reason),
+            );
+        };
+        // Checked first, so that a long topic costs nothing but this reply.
+        if topic.len() > self.config.max_topic_len {
+            refuse("topic too long");
+            return;
+        }
         // Phoenix.Socket, join of a topic already joined: the old channel is shut down
         // and the client told with phx_close (its old join_ref) before the new join.
         if let Some(old) = state.remove(&topic) {
@@ -357,29 +373,14 @@ impl SocketHandler {
             reply(conn, None, msg_ref, &topic, &Reply::error(reason));
             return;
         };
-        let join_ref = join_ref.or_else(|| msg_ref.map(str::to_owned));
         if lock(&state.channels).len() >= self.config.max_channels {
-            let reason = json!({"reason": "too many channels"});
-            reply(
-                conn,
-                join_ref.as_deref(),
-                msg_ref,
-                &topic,
-                &Reply::error(reason),
-            );
+            refuse("too many channels");
             return;
         }
         // phoenix.js sends the channel's params as a JSON object; a binary join has no
         // meaning in Phoenix (V2JSONSerializer decodes binary frames as pushes only).
         let Payload::Json(payload) = payload else {
-            let reason = json!({"reason": "join payload must be json"});
-            reply(
-                conn,
-                join_ref.as_deref(),
-                msg_ref,
-                &topic,
-                &Reply::error(reason),
-            );
+            refuse("join payload must be json");
             return;
         };
         let assigns = lock(&state.assigns).clone();
