@@ -40,6 +40,16 @@ impl Channel for Room {
         if topic == "room:crash" {
             panic!("join crashes on purpose");
         }
+        if topic == "room:flood" {
+            // Pushes `pushes` messages of `size` bytes before the ok reply; answers
+            // how many were refused.
+            let number = |key| payload.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let body = "x".repeat(number("size") as usize);
+            let refused = (0..number("pushes"))
+                .filter(|_| socket.push("flood", json!({ "body": body })).is_err())
+                .count();
+            return Ok(json!({ "refused": refused }));
+        }
         let Some(user) = payload.get("user").and_then(Value::as_str) else {
             return Err(json!({"reason": "user required"}));
         };
@@ -781,6 +791,34 @@ async fn topics_longer_than_the_limit_are_refused_with_an_error_reply() {
         )
     );
     assert_eq!(server.hub.room_size(&room_name(&too_long)), 0);
+}
+
+#[tokio::test]
+async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
+    let mut hub_config = HubConfig::default();
+    hub_config.max_buffered_bytes = 64 << 10;
+    let server = server_with(hub_config, ChannelsConfig::default()).await;
+    let mut client = Client::connect(&server).await;
+    let (pushes, size) = (100, 4096);
+    client
+        .send(json!(["1", "1", "room:flood", "phx_join", {"pushes": pushes, "size": size}]))
+        .await;
+    let joined = client.recv().await;
+    assert_eq!(joined[4]["status"], "ok", "{joined}");
+    let refused = joined[4]["response"]["refused"].as_u64().unwrap();
+    // 64 KiB hold fifteen pushes of 4 KiB and their JSON framing.
+    assert_eq!(refused, pushes - 15, "{joined}");
+    for _ in 0..pushes - refused {
+        assert_eq!(client.recv().await[3], "flood");
+    }
+    client
+        .send(json!(["1", "2", "room:flood", "ping", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "2", "room:flood", "ok", json!({}))
+    );
+    assert_eq!(server.hub.metrics().dropped_messages, refused);
 }
 
 #[tokio::test]

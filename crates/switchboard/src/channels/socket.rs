@@ -62,14 +62,39 @@ struct SocketInner {
 /// Where a channel is in its life.
 enum Phase {
     /// `join` is running: pushes and presence diffs wait for the ok reply.
-    Joining(Vec<Deferred>),
+    Joining(Held),
     Joined,
     Closed,
+}
+
+/// What a running join sent, held until its ok reply.
+///
+/// The held messages are the connection's outbound queue in waiting, so they get its
+/// bound (the hub's `max_buffered_bytes`) and its policy: past the bound a message is
+/// dropped and counted (and with `BufferPolicy::Close` the socket is closed with
+/// 1008), exactly as if the join had sent it straight to a stalled client. Failing the
+/// join instead would punish the client for what the server's own callback did.
+#[derive(Default)]
+struct Held {
+    items: Vec<Deferred>,
+    bytes: usize,
 }
 
 enum Deferred {
     Push(Message),
     Broadcast(&'static str, Value),
+}
+
+impl Held {
+    /// Holds `item`, which takes `len` bytes, unless that passes the bound.
+    fn hold(&mut self, item: Deferred, len: usize, conn: &Connection) -> Result<(), SendError> {
+        if self.bytes + len > conn.hub().config().max_buffered_bytes {
+            return Err(conn.overflow());
+        }
+        self.bytes += len;
+        self.items.push(item);
+        Ok(())
+    }
 }
 
 /// Why a push to a socket failed.
@@ -103,7 +128,7 @@ impl Socket {
                 join_ref,
                 params,
                 assigns: Mutex::new(assigns),
-                phase: Mutex::new(Phase::Joining(Vec::new())),
+                phase: Mutex::new(Phase::Joining(Held::default())),
                 endpoint,
             }),
         }
@@ -171,9 +196,9 @@ impl Socket {
         let message = protocol::encode_push(self.join_ref(), self.topic(), event, &payload.into())?;
         let mut phase = lock(&self.inner.phase);
         match &mut *phase {
-            Phase::Joining(deferred) => {
-                deferred.push(Deferred::Push(message));
-                Ok(())
+            Phase::Joining(held) => {
+                let len = message.len();
+                Ok(held.hold(Deferred::Push(message), len, &self.inner.conn)?)
             }
             Phase::Joined => Ok(self.inner.conn.send(message)?),
             Phase::Closed => Err(PushError::Closed),
@@ -207,11 +232,13 @@ impl Socket {
         matches!(*lock(&self.inner.phase), Phase::Closed)
     }
 
-    /// Holds a broadcast until the join succeeds; `false` when no join is running.
+    /// Holds a broadcast until the join succeeds (or drops it past the bound, see
+    /// [`Held`]); `false` when no join is running.
     pub(crate) fn defer_broadcast(&self, event: &'static str, payload: &Value) -> bool {
         match &mut *lock(&self.inner.phase) {
-            Phase::Joining(deferred) => {
-                deferred.push(Deferred::Broadcast(event, payload.clone()));
+            Phase::Joining(held) => {
+                let item = Deferred::Broadcast(event, payload.clone());
+                let _ = held.hold(item, json_len(payload), &self.inner.conn);
                 true
             }
             _ => false,
@@ -225,7 +252,7 @@ impl Socket {
         let deferred = {
             let mut phase = lock(&self.inner.phase);
             match std::mem::replace(&mut *phase, Phase::Joined) {
-                Phase::Joining(deferred) => deferred,
+                Phase::Joining(held) => held.items,
                 other => {
                     *phase = other;
                     return;
@@ -648,6 +675,24 @@ pub(crate) fn deliver_intercepted(
         report.count(result);
     }
     report
+}
+
+/// The bytes `value` takes as JSON, counted without writing it anywhere.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// A channel callback panicked.
