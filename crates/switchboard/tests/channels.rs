@@ -794,6 +794,56 @@ async fn topics_longer_than_the_limit_are_refused_with_an_error_reply() {
 }
 
 #[tokio::test]
+async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
+    let mut config = ChannelsConfig::default();
+    config.heartbeat_timeout = Duration::from_millis(300);
+    let mut hub_config = HubConfig::default();
+    // The hub pings quiet sockets often, and the client answers: pongs alone must
+    // not keep a socket that sends no message alive.
+    hub_config.ping_interval = Duration::from_millis(50);
+    let server = server_with(hub_config, config).await;
+    let mut silent = Client::connect(&server).await;
+    let mut beating = Client::connect(&server).await;
+    let started = tokio::time::Instant::now();
+    let mut beats = 0;
+    let closed = loop {
+        beats += 1;
+        let beat = beats.to_string();
+        beating
+            .send(json!([null, beat, "phoenix", "heartbeat", {}]))
+            .await;
+        assert_eq!(
+            beating.recv().await,
+            reply(None, &beat, "phoenix", "ok", json!({}))
+        );
+        // Reading drives tungstenite's answers to the hub's pings.
+        if let Ok(message) = timeout(Duration::from_millis(100), silent.next()).await {
+            break message;
+        }
+        assert!(started.elapsed() < STEP, "the silent socket is still open");
+    };
+    match closed {
+        WsMessage::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason, "heartbeat timeout");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The heartbeating socket outlives the timeout three times over.
+    while started.elapsed() < Duration::from_millis(900) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        beating
+            .send(json!([null, "again", "phoenix", "heartbeat", {}]))
+            .await;
+        assert_eq!(
+            beating.recv().await,
+            reply(None, "again", "phoenix", "ok", json!({}))
+        );
+    }
+}
+
+#[tokio::test]
 async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
     let mut hub_config = HubConfig::default();
     hub_config.max_buffered_bytes = 64 << 10;

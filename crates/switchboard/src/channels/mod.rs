@@ -80,6 +80,7 @@
 
 pub mod protocol;
 
+mod heartbeat;
 mod presence;
 mod socket;
 mod topic;
@@ -100,6 +101,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::Duration,
 };
 use topic::TopicPattern;
 
@@ -365,6 +367,14 @@ pub struct ChannelsConfig {
     /// and [`ChannelsConfig::max_channels`] together bound what one socket's topics cost
     /// the server: at most `max_channels × max_topic_len` bytes of names.
     pub max_topic_len: usize,
+    /// How long a socket may send nothing before it is closed with 1001 "heartbeat
+    /// timeout". Any message counts; pongs to the hub's pings do not, so a client
+    /// whose socket layer stopped (a frozen tab, a dead phoenix.js) is let go.
+    ///
+    /// Default 60 s, Phoenix's (its websocket transport's `timeout`): phoenix.js sends
+    /// a `heartbeat` on the `phoenix` topic every 30 s, so a live client always makes
+    /// it, with room for one late beat.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for ChannelsConfig {
@@ -372,6 +382,7 @@ impl Default for ChannelsConfig {
         Self {
             max_channels: 100,
             max_topic_len: 255,
+            heartbeat_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -7,7 +7,9 @@
 
 use super::{
     Assigns, ChannelsConfig, ConnectFn, ConnectInfo, DynChannel, Endpoint, HandleIn, Out, Payload,
-    Presence, Refused, Reply, Route, TerminateReason, lock,
+    Presence, Refused, Reply, Route, TerminateReason,
+    heartbeat::Heartbeats,
+    lock,
     protocol::{self, ChannelMessage, DecodeError, EncodeError},
     room_name,
 };
@@ -28,7 +30,10 @@ use std::{
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     task::Poll,
 };
 
@@ -295,6 +300,9 @@ pub(crate) struct ConnState {
     /// What `connect` returned; each channel starts with a copy.
     assigns: Mutex<Assigns>,
     channels: Mutex<HashMap<String, Joined>>,
+    /// When the client last sent a message, in the hub's clock, for the heartbeat
+    /// timeout.
+    last_heard: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -311,6 +319,15 @@ impl ConnState {
     fn remove(&self, topic: &str) -> Option<Joined> {
         lock(&self.channels).remove(topic)
     }
+
+    /// The client sent something.
+    pub(crate) fn heard(&self, hub: &Hub) {
+        self.last_heard.store(hub.now_micros(), Relaxed);
+    }
+
+    pub(crate) fn last_heard(&self) -> u64 {
+        self.last_heard.load(Relaxed)
+    }
 }
 
 /// The hub handler of every socket of one endpoint.
@@ -318,14 +335,17 @@ pub(crate) struct SocketHandler {
     endpoint: Endpoint,
     routes: Vec<Route>,
     config: ChannelsConfig,
+    heartbeats: Arc<Heartbeats>,
 }
 
 impl SocketHandler {
     pub(crate) fn new(endpoint: Endpoint, routes: Vec<Route>, config: ChannelsConfig) -> Self {
+        let heartbeats = Heartbeats::new(endpoint.hub().clone(), config.heartbeat_timeout);
         Self {
             endpoint,
             routes,
             config,
+            heartbeats,
         }
     }
 
@@ -583,10 +603,17 @@ impl SocketHandler {
 }
 
 impl Handler for SocketHandler {
+    async fn on_open(&self, conn: &Connection) {
+        if let Some(state) = conn.assign::<Arc<ConnState>>() {
+            self.heartbeats.watch(conn, state);
+        }
+    }
+
     async fn on_message(&self, conn: &Connection, message: Message) {
         let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {
             return;
         };
+        state.heard(conn.hub());
         match protocol::decode(&message) {
             Some(Ok(decoded)) => self.dispatch(conn, &state, decoded).await,
             Some(Err(error)) => self.malformed(conn, &message, &error),
@@ -595,6 +622,7 @@ impl Handler for SocketHandler {
     }
 
     async fn on_close(&self, conn: &Connection, _code: crate::CloseCode, _reason: &str) {
+        self.heartbeats.unwatch(conn);
         let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {
             return;
         };
