@@ -3,22 +3,32 @@
 //! axum's own graceful shutdown does not see upgraded connections (tokio-rs/axum#3003):
 //! they outlive the HTTP connection they came from. Here the hub drains them.
 
-use crate::hub::Hub;
+use crate::{
+    hub::Hub,
+    upgrade::{HeadSignal, ServedTcp},
+};
 use axum::Router;
-use hyper::server::conn::http1;
+use hyper::{server::conn::http1, service::Service};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{future::Future, io, pin::pin};
-use tokio::{net::TcpListener, sync::watch};
+use std::{future::Future, io, pin::pin, time::Duration};
+use switchboard_proto::handshake::http1::MAX_HEAD_LEN;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tokio_util::task::TaskTracker;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then shuts down gracefully:
 /// stops accepting, lets HTTP requests in flight finish, sends 1001 to every WebSocket
 /// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`.
 ///
-/// Request heads must arrive within the hub's `handshake_timeout`.
+/// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
+/// [`MAX_HEAD_LEN`] (32 KiB) is answered 431, and one that does not arrive within the
+/// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
+/// 408 (a later request on a kept-alive connection is closed without an answer).
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await
 }
@@ -34,23 +44,23 @@ pub async fn serve_with_shutdown(
     let (stop, stopping) = watch::channel(());
     let mut signal = pin!(signal);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Running out of file descriptors is transient: keep serving.
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let stream = tokio::select! {
+            stream = accept(&listener) => stream,
             () = &mut signal => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let timeout = hub.config().handshake_timeout;
+        let (stream, head) = ServedTcp::new(stream, timeout);
+        let service = FirstHeadSignal {
+            service: TowerToHyperService::new(router.clone()),
+            head,
+        };
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(hub.config().handshake_timeout)
+            // For the later requests of a kept-alive connection; the first one's
+            // deadline is the stream's, which answers 408.
+            .header_read_timeout(timeout)
+            .max_header_size(MAX_HEAD_LEN)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stopping = stopping.clone();
@@ -77,6 +87,37 @@ pub async fn serve_with_shutdown(
         let _ = tokio::time::timeout(deadline, http_connections.wait()).await;
     });
     Ok(())
+}
+
+/// The next connection.
+async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            // Running out of file descriptors is transient: keep serving.
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The router, telling the connection's stream when its first request head arrived.
+struct FirstHeadSignal<S> {
+    service: S,
+    head: HeadSignal,
+}
+
+impl<S: Service<R>, R> Service<R> for FirstHeadSignal<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.head.arrived();
+        self.service.call(request)
+    }
 }
 
 async fn shutdown_signal() {

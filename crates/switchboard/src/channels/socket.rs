@@ -16,6 +16,7 @@ use super::{
 use crate::{
     HubRejection, HubUpgrade, Message,
     hub::{BroadcastReport, Connection, ConnectionId, Handler, Hub, Outgoing, SendError},
+    route::CLOSE,
 };
 use axum::{
     extract::{FromRequestParts, Request},
@@ -768,7 +769,7 @@ async fn upgrade(
     if let Some((_, vsn)) = params.iter().find(|(k, _)| k == "vsn") {
         if !vsn.starts_with("2.") {
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
-            return (StatusCode::FORBIDDEN, body).into_response();
+            return (StatusCode::FORBIDDEN, [CLOSE], body).into_response();
         }
     }
     let state = Arc::new(ConnState::default());
@@ -803,7 +804,7 @@ async fn upgrade(
             Ok(assigns) => *lock(&state.assigns) = assigns,
             Err(Refused { reason }) => {
                 tracing::debug!(%reason, "channels connect refused");
-                return (StatusCode::FORBIDDEN, reason).into_response();
+                return (StatusCode::FORBIDDEN, [CLOSE], reason).into_response();
             }
         }
     }
