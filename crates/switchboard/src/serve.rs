@@ -13,11 +13,11 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{future::Future, io, pin::pin, time::Duration};
+use std::{future::Future, io, pin::pin, sync::Arc, time::Duration};
 use switchboard_proto::handshake::http1::MAX_HEAD_LEN;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 use tokio_util::task::TaskTracker;
 
@@ -28,7 +28,9 @@ use tokio_util::task::TaskTracker;
 /// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
 /// [`MAX_HEAD_LEN`] (32 KiB) is answered 431, and one that does not arrive within the
 /// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
-/// 408 (a later request on a kept-alive connection is closed without an answer).
+/// 408 (a later request on a kept-alive connection is closed without an answer). At most
+/// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
+/// connections are held before they upgrade; the next ones wait in the listen backlog.
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await
 }
@@ -42,10 +44,11 @@ pub async fn serve_with_shutdown(
 ) -> io::Result<()> {
     let http_connections = TaskTracker::new();
     let (stop, stopping) = watch::channel(());
+    let pending = Arc::new(Semaphore::new(hub.config().max_pending_handshakes));
     let mut signal = pin!(signal);
     loop {
-        let stream = tokio::select! {
-            stream = accept(&listener) => stream,
+        let (stream, slot) = tokio::select! {
+            accepted = accept(&listener, &pending) => accepted,
             () = &mut signal => break,
         };
         let _ = stream.set_nodelay(true);
@@ -65,6 +68,9 @@ pub async fn serve_with_shutdown(
             .with_upgrades();
         let mut stopping = stopping.clone();
         http_connections.spawn(async move {
+            // The slot is held until the connection upgrades (this future then ends)
+            // or closes.
+            let _slot = slot;
             let mut connection = pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -89,11 +95,20 @@ pub async fn serve_with_shutdown(
     Ok(())
 }
 
-/// The next connection.
-async fn accept(listener: &TcpListener) -> TcpStream {
+/// The next connection, once a slot for it is free (see
+/// [`HubConfig::max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)).
+async fn accept(
+    listener: &TcpListener,
+    pending: &Arc<Semaphore>,
+) -> (TcpStream, OwnedSemaphorePermit) {
+    let slot = match pending.clone().acquire_owned().await {
+        Ok(slot) => slot,
+        // The semaphore is never closed.
+        Err(_) => std::future::pending().await,
+    };
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => return stream,
+            Ok((stream, _)) => return (stream, slot),
             // Running out of file descriptors is transient: keep serving.
             Err(error) => {
                 tracing::warn!(%error, "accept failed");

@@ -1,12 +1,14 @@
 //! The edges of the HTTP handshake on real sockets, on both server paths: `serve` (hyper
 //! under a hub's router) and `accept` (a bare stream). One head limit (431), one
-//! handshake timeout (408), and refusals that close the connection.
+//! handshake timeout (408), refusals that close the connection, and a bound on the
+//! connections `serve` holds before they upgrade.
 
 mod common;
 
 use axum::Router;
 use common::{
     Behaviour, STEP, handshake_request, hub::serve_ws_route, raw_server, read_body, read_response,
+    within,
 };
 use http::{Response, StatusCode};
 use std::{io, net::SocketAddr, time::Duration};
@@ -200,4 +202,32 @@ async fn channels_refusing_every_client() -> (SocketAddr, Running) {
             _server: Box::new(server),
         },
     )
+}
+
+#[tokio::test]
+async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
+    let mut config = HubConfig::default();
+    config.max_pending_handshakes = 2;
+    let (addr, _server) = hub_server(config).await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting
+        .write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let mut byte = [0; 1];
+    let early = timeout(Duration::from_millis(300), waiting.peek(&mut byte)).await;
+    assert!(early.is_err(), "answered past the limit: {early:?}");
+
+    // A slow client gives up: its slot goes to the waiting one.
+    drop(slow.pop());
+    let (response, _) = within("the waiting handshake", read_response(&mut waiting)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
 }
