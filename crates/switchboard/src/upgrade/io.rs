@@ -22,8 +22,8 @@ use tokio::{
 
 /// The transport of a connection upgraded from HTTP.
 ///
-/// When hyper ran directly on `TokioIo<TcpStream>`, this is that stream itself, with no
-/// indirection on the hot path; otherwise (axum's `serve`, whose hyper-util builder wraps
+/// When hyper ran directly on a TCP stream (`TokioIo<TcpStream>`, or
+/// [`crate::serve`]'s), this is that stream itself, with no indirection on the hot path; otherwise (axum's `serve`, whose hyper-util builder wraps
 /// the stream to sniff the HTTP version) it is hyper's boxed upgraded IO.
 #[derive(Debug)]
 pub struct Upgraded {
