@@ -3,27 +3,35 @@
 //! axum's own graceful shutdown does not see upgraded connections (tokio-rs/axum#3003):
 //! they outlive the HTTP connection they came from. Here the hub drains them.
 
-use crate::hub::Hub;
+use crate::{
+    hub::Hub,
+    upgrade::{HeadSignal, ServedTcp},
+};
 use axum::{Router, extract::ConnectInfo};
 use http::Request;
-use hyper::{
-    body::Incoming,
-    server::conn::http1,
-    service::{Service, service_fn},
-};
+use hyper::{server::conn::http1, service::Service};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{future::Future, io, pin::pin};
-use tokio::{net::TcpListener, sync::watch};
+use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
+use switchboard_proto::handshake::http1::MAX_HEAD_LEN;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+};
 use tokio_util::task::TaskTracker;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then shuts down gracefully:
 /// stops accepting, lets HTTP requests in flight finish, sends 1001 to every WebSocket
 /// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`.
 ///
-/// Request heads must arrive within the hub's `handshake_timeout`.
+/// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
+/// [`MAX_HEAD_LEN`] (32 KiB) is answered 431, and one that does not arrive within the
+/// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
+/// 408 (a later request on a kept-alive connection is closed without an answer). At most
+/// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
+/// connections are held before they upgrade; the next ones wait in the listen backlog.
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await
 }
@@ -37,35 +45,34 @@ pub async fn serve_with_shutdown(
 ) -> io::Result<()> {
     let http_connections = TaskTracker::new();
     let (stop, stopping) = watch::channel(());
+    let pending = Arc::new(Semaphore::new(hub.config().max_pending_handshakes));
     let mut signal = pin!(signal);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Running out of file descriptors is transient: keep serving.
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, peer, slot) = tokio::select! {
+            accepted = accept(&listener, &pending) => accepted,
             () = &mut signal => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        // The peer's address as axum's `ConnectInfo`: a hub connection has it from its
-        // registration on, before the upgraded socket could tell it.
-        let service = service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            service.call(request)
-        });
+        let timeout = hub.config().handshake_timeout;
+        let (stream, head) = ServedTcp::new(stream, timeout);
+        let service = Served {
+            service: TowerToHyperService::new(router.clone()),
+            head,
+            peer,
+        };
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(hub.config().handshake_timeout)
+            // For the later requests of a kept-alive connection; the first one's
+            // deadline is the stream's, which answers 408.
+            .header_read_timeout(timeout)
+            .max_header_size(MAX_HEAD_LEN)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stopping = stopping.clone();
         http_connections.spawn(async move {
+            // The slot is held until the connection upgrades (this future then ends)
+            // or closes.
+            let _slot = slot;
             let mut connection = pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -88,6 +95,51 @@ pub async fn serve_with_shutdown(
         let _ = tokio::time::timeout(deadline, http_connections.wait()).await;
     });
     Ok(())
+}
+
+/// The next connection, once a slot for it is free (see
+/// [`HubConfig::max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)).
+async fn accept(
+    listener: &TcpListener,
+    pending: &Arc<Semaphore>,
+) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    let slot = match pending.clone().acquire_owned().await {
+        Ok(slot) => slot,
+        // The semaphore is never closed.
+        Err(_) => std::future::pending().await,
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => return (stream, peer, slot),
+            // Running out of file descriptors is transient: keep serving.
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The router as one connection sees it: it tells the connection's stream when the
+/// first request head arrived, and gives every request the peer's address as axum's
+/// `ConnectInfo` (a hub connection has it from its registration on, before the upgraded
+/// socket could tell it).
+struct Served<S> {
+    service: S,
+    head: HeadSignal,
+    peer: SocketAddr,
+}
+
+impl<S: Service<Request<B>>, B> Service<Request<B>> for Served<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: Request<B>) -> Self::Future {
+        self.head.arrived();
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.service.call(request)
+    }
 }
 
 async fn shutdown_signal() {

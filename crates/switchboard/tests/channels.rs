@@ -40,6 +40,16 @@ impl Channel for Room {
         if topic == "room:crash" {
             panic!("join crashes on purpose");
         }
+        if topic == "room:flood" {
+            // Pushes `pushes` messages of `size` bytes before the ok reply; answers
+            // how many were refused.
+            let number = |key| payload.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let body = "x".repeat(number("size") as usize);
+            let refused = (0..number("pushes"))
+                .filter(|_| socket.push("flood", json!({ "body": body })).is_err())
+                .count();
+            return Ok(json!({ "refused": refused }));
+        }
         let Some(user) = payload.get("user").and_then(Value::as_str) else {
             return Err(json!({"reason": "user required"}));
         };
@@ -757,6 +767,108 @@ async fn joins_per_socket_are_limited() {
             json!({"reason": "too many channels"})
         )
     );
+}
+
+#[tokio::test]
+async fn topics_longer_than_the_limit_are_refused_with_an_error_reply() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    let limit = ChannelsConfig::default().max_topic_len;
+    let longest = format!("room:{}", "x".repeat(limit - "room:".len()));
+    client.join(&longest, "1", "ann").await;
+    let too_long = format!("{longest}y");
+    client
+        .send(json!(["2", "2", too_long, "phx_join", {"user": "ann"}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(
+            Some("2"),
+            "2",
+            &too_long,
+            "error",
+            json!({"reason": "topic too long"})
+        )
+    );
+    assert_eq!(server.hub.room_size(&room_name(&too_long)), 0);
+}
+
+#[tokio::test]
+async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
+    let mut config = ChannelsConfig::default();
+    config.heartbeat_timeout = Duration::from_millis(300);
+    let mut hub_config = HubConfig::default();
+    // The hub pings quiet sockets often, and the client answers: pongs alone must
+    // not keep a socket that sends no message alive.
+    hub_config.ping_interval = Duration::from_millis(50);
+    let server = server_with(hub_config, config).await;
+    let mut silent = Client::connect(&server).await;
+    let mut beating = Client::connect(&server).await;
+    let started = tokio::time::Instant::now();
+    let mut beats = 0;
+    let closed = loop {
+        beats += 1;
+        let beat = beats.to_string();
+        beating
+            .send(json!([null, beat, "phoenix", "heartbeat", {}]))
+            .await;
+        assert_eq!(
+            beating.recv().await,
+            reply(None, &beat, "phoenix", "ok", json!({}))
+        );
+        // Reading drives tungstenite's answers to the hub's pings.
+        if let Ok(message) = timeout(Duration::from_millis(100), silent.next()).await {
+            break message;
+        }
+        assert!(started.elapsed() < STEP, "the silent socket is still open");
+    };
+    match closed {
+        WsMessage::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason, "heartbeat timeout");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The heartbeating socket outlives the timeout three times over.
+    while started.elapsed() < Duration::from_millis(900) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        beating
+            .send(json!([null, "again", "phoenix", "heartbeat", {}]))
+            .await;
+        assert_eq!(
+            beating.recv().await,
+            reply(None, "again", "phoenix", "ok", json!({}))
+        );
+    }
+}
+
+#[tokio::test]
+async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
+    let mut hub_config = HubConfig::default();
+    hub_config.max_buffered_bytes = 64 << 10;
+    let server = server_with(hub_config, ChannelsConfig::default()).await;
+    let mut client = Client::connect(&server).await;
+    let (pushes, size) = (100, 4096);
+    client
+        .send(json!(["1", "1", "room:flood", "phx_join", {"pushes": pushes, "size": size}]))
+        .await;
+    let joined = client.recv().await;
+    assert_eq!(joined[4]["status"], "ok", "{joined}");
+    let refused = joined[4]["response"]["refused"].as_u64().unwrap();
+    // 64 KiB hold fifteen pushes of 4 KiB and their JSON framing.
+    assert_eq!(refused, pushes - 15, "{joined}");
+    for _ in 0..pushes - refused {
+        assert_eq!(client.recv().await[3], "flood");
+    }
+    client
+        .send(json!(["1", "2", "room:flood", "ping", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "2", "room:flood", "ok", json!({}))
+    );
+    assert_eq!(server.hub.metrics().dropped_messages, refused);
 }
 
 #[tokio::test]

@@ -80,6 +80,7 @@
 
 pub mod protocol;
 
+mod heartbeat;
 mod presence;
 mod socket;
 mod topic;
@@ -100,6 +101,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::Duration,
 };
 use topic::TopicPattern;
 
@@ -356,11 +358,32 @@ pub struct ChannelsConfig {
     /// Default 100: a page joins a handful; every join holds server memory and a room
     /// membership, so a client must not open thousands.
     pub max_channels: usize,
+    /// The longest topic a socket may join, in bytes; a longer join gets an error reply,
+    /// `{"reason": "topic too long"}`.
+    ///
+    /// Default 255: the longest topic the V2 binary frames can carry (their length
+    /// fields are one byte), far above what `room:{id}` topics need. A joined topic is
+    /// kept several times (the socket's table, the hub's room index, presence), so this
+    /// and [`ChannelsConfig::max_channels`] together bound what one socket's topics cost
+    /// the server: at most `max_channels × max_topic_len` bytes of names.
+    pub max_topic_len: usize,
+    /// How long a socket may send nothing before it is closed with 1001 "heartbeat
+    /// timeout". Any message counts; pongs to the hub's pings do not, so a client
+    /// whose socket layer stopped (a frozen tab, a dead phoenix.js) is let go.
+    ///
+    /// Default 60 s, Phoenix's (its websocket transport's `timeout`): phoenix.js sends
+    /// a `heartbeat` on the `phoenix` topic every 30 s, so a live client always makes
+    /// it, with room for one late beat.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for ChannelsConfig {
     fn default() -> Self {
-        Self { max_channels: 100 }
+        Self {
+            max_channels: 100,
+            max_topic_len: 255,
+            heartbeat_timeout: Duration::from_secs(60),
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 
 use super::{
     Assigns, ChannelsConfig, ConnectFn, ConnectInfo, DynChannel, Endpoint, HandleIn, Out, Payload,
-    Presence, Refused, Reply, Route, TerminateReason, lock,
+    Presence, Refused, Reply, Route, TerminateReason,
+    heartbeat::Heartbeats,
+    lock,
     protocol::{self, ChannelMessage, DecodeError, EncodeError},
     room_name,
 };
@@ -17,6 +19,7 @@ use crate::{
         BroadcastReport, Connection, ConnectionId, Handler, Hub, Outgoing, Panicked, SendError,
         catch,
     },
+    route::CLOSE,
 };
 use axum::{
     extract::{FromRequestParts, Request},
@@ -29,7 +32,10 @@ use std::{
     collections::HashMap,
     fmt,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 /// The `{name}` segments a topic pattern captured.
@@ -62,14 +68,39 @@ struct SocketInner {
 /// Where a channel is in its life.
 enum Phase {
     /// `join` is running: pushes and presence diffs wait for the ok reply.
-    Joining(Vec<Deferred>),
+    Joining(Held),
     Joined,
     Closed,
+}
+
+/// What a running join sent, held until its ok reply.
+///
+/// The held messages are the connection's outbound queue in waiting, so they get its
+/// bound (the hub's `max_buffered_bytes`) and its policy: past the bound a message is
+/// dropped and counted (and with `BufferPolicy::Close` the socket is closed with
+/// 1008), exactly as if the join had sent it straight to a stalled client. Failing the
+/// join instead would punish the client for what the server's own callback did.
+#[derive(Default)]
+struct Held {
+    items: Vec<Deferred>,
+    bytes: usize,
 }
 
 enum Deferred {
     Push(Message),
     Broadcast(&'static str, Value),
+}
+
+impl Held {
+    /// Holds `item`, which takes `len` bytes, unless that passes the bound.
+    fn hold(&mut self, item: Deferred, len: usize, conn: &Connection) -> Result<(), SendError> {
+        if self.bytes + len > conn.hub().config().max_buffered_bytes {
+            return Err(conn.overflow());
+        }
+        self.bytes += len;
+        self.items.push(item);
+        Ok(())
+    }
 }
 
 /// Why a push to a socket failed.
@@ -103,7 +134,7 @@ impl Socket {
                 join_ref,
                 params,
                 assigns: Mutex::new(assigns),
-                phase: Mutex::new(Phase::Joining(Vec::new())),
+                phase: Mutex::new(Phase::Joining(Held::default())),
                 endpoint,
             }),
         }
@@ -171,9 +202,9 @@ impl Socket {
         let message = protocol::encode_push(self.join_ref(), self.topic(), event, &payload.into())?;
         let mut phase = lock(&self.inner.phase);
         match &mut *phase {
-            Phase::Joining(deferred) => {
-                deferred.push(Deferred::Push(message));
-                Ok(())
+            Phase::Joining(held) => {
+                let len = message.len();
+                Ok(held.hold(Deferred::Push(message), len, &self.inner.conn)?)
             }
             Phase::Joined => Ok(self.inner.conn.send(message)?),
             Phase::Closed => Err(PushError::Closed),
@@ -207,11 +238,13 @@ impl Socket {
         matches!(*lock(&self.inner.phase), Phase::Closed)
     }
 
-    /// Holds a broadcast until the join succeeds; `false` when no join is running.
+    /// Holds a broadcast until the join succeeds (or drops it past the bound, see
+    /// [`Held`]); `false` when no join is running.
     pub(crate) fn defer_broadcast(&self, event: &'static str, payload: &Value) -> bool {
         match &mut *lock(&self.inner.phase) {
-            Phase::Joining(deferred) => {
-                deferred.push(Deferred::Broadcast(event, payload.clone()));
+            Phase::Joining(held) => {
+                let item = Deferred::Broadcast(event, payload.clone());
+                let _ = held.hold(item, json_len(payload), &self.inner.conn);
                 true
             }
             _ => false,
@@ -225,7 +258,7 @@ impl Socket {
         let deferred = {
             let mut phase = lock(&self.inner.phase);
             match std::mem::replace(&mut *phase, Phase::Joined) {
-                Phase::Joining(deferred) => deferred,
+                Phase::Joining(held) => held.items,
                 other => {
                     *phase = other;
                     return;
@@ -268,6 +301,9 @@ pub(crate) struct ConnState {
     /// What `connect` returned; each channel starts with a copy.
     assigns: Mutex<Assigns>,
     channels: Mutex<HashMap<String, Joined>>,
+    /// When the client last sent a message, in the hub's clock, for the heartbeat
+    /// timeout.
+    last_heard: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -284,6 +320,15 @@ impl ConnState {
     fn remove(&self, topic: &str) -> Option<Joined> {
         lock(&self.channels).remove(topic)
     }
+
+    /// The client sent something.
+    pub(crate) fn heard(&self, hub: &Hub) {
+        self.last_heard.store(hub.now_micros(), Relaxed);
+    }
+
+    pub(crate) fn last_heard(&self) -> u64 {
+        self.last_heard.load(Relaxed)
+    }
 }
 
 /// The hub handler of every socket of one endpoint.
@@ -291,14 +336,17 @@ pub(crate) struct SocketHandler {
     endpoint: Endpoint,
     routes: Vec<Route>,
     config: ChannelsConfig,
+    heartbeats: Arc<Heartbeats>,
 }
 
 impl SocketHandler {
     pub(crate) fn new(endpoint: Endpoint, routes: Vec<Route>, config: ChannelsConfig) -> Self {
+        let heartbeats = Heartbeats::new(endpoint.hub().clone(), config.heartbeat_timeout);
         Self {
             endpoint,
             routes,
             config,
+            heartbeats,
         }
     }
 
@@ -340,6 +388,22 @@ impl SocketHandler {
             ..
         } = message;
         let msg_ref = msg_ref.as_deref();
+        let join_ref = join_ref.or_else(|| msg_ref.map(str::to_owned));
+        let refuse = |reason: &str| {
+            let reason = json!({ "reason": reason });
+            reply(
+                conn,
+                join_ref.as_deref(),
+                msg_ref,
+                &topic,
+                &Reply::error(reason),
+            );
+        };
+        // Checked first, so that a long topic costs nothing but this reply.
+        if topic.len() > self.config.max_topic_len {
+            refuse("topic too long");
+            return;
+        }
         // Phoenix.Socket, join of a topic already joined: the old channel is shut down
         // and the client told with phx_close (its old join_ref) before the new join.
         if let Some(old) = state.remove(&topic) {
@@ -357,29 +421,14 @@ impl SocketHandler {
             reply(conn, None, msg_ref, &topic, &Reply::error(reason));
             return;
         };
-        let join_ref = join_ref.or_else(|| msg_ref.map(str::to_owned));
         if lock(&state.channels).len() >= self.config.max_channels {
-            let reason = json!({"reason": "too many channels"});
-            reply(
-                conn,
-                join_ref.as_deref(),
-                msg_ref,
-                &topic,
-                &Reply::error(reason),
-            );
+            refuse("too many channels");
             return;
         }
         // phoenix.js sends the channel's params as a JSON object; a binary join has no
         // meaning in Phoenix (V2JSONSerializer decodes binary frames as pushes only).
         let Payload::Json(payload) = payload else {
-            let reason = json!({"reason": "join payload must be json"});
-            reply(
-                conn,
-                join_ref.as_deref(),
-                msg_ref,
-                &topic,
-                &Reply::error(reason),
-            );
+            refuse("join payload must be json");
             return;
         };
         let assigns = lock(&state.assigns).clone();
@@ -555,10 +604,17 @@ impl SocketHandler {
 }
 
 impl Handler for SocketHandler {
+    async fn on_open(&self, conn: &Connection) {
+        if let Some(state) = conn.assign::<Arc<ConnState>>() {
+            self.heartbeats.watch(conn, state);
+        }
+    }
+
     async fn on_message(&self, conn: &Connection, message: Message) {
         let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {
             return;
         };
+        state.heard(conn.hub());
         match protocol::decode(&message) {
             Some(Ok(decoded)) => self.dispatch(conn, &state, decoded).await,
             Some(Err(error)) => self.malformed(conn, &message, &error),
@@ -567,6 +623,7 @@ impl Handler for SocketHandler {
     }
 
     async fn on_close(&self, conn: &Connection, _code: crate::CloseCode, _reason: &str) {
+        self.heartbeats.unwatch(conn);
         let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {
             return;
         };
@@ -649,6 +706,24 @@ pub(crate) fn deliver_intercepted(
     report
 }
 
+/// The bytes `value` takes as JSON, counted without writing it anywhere.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// The upgrade route: vsn, origin, the connect callback, then the hub.
 pub(crate) fn route<S: Clone + Send + Sync + 'static>(
     handler: Arc<SocketHandler>,
@@ -677,7 +752,7 @@ async fn upgrade(
     if let Some((_, vsn)) = params.iter().find(|(k, _)| k == "vsn") {
         if !vsn.starts_with("2.") {
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
-            return (StatusCode::FORBIDDEN, body).into_response();
+            return (StatusCode::FORBIDDEN, [CLOSE], body).into_response();
         }
     }
     let state = Arc::new(ConnState::default());
@@ -712,7 +787,7 @@ async fn upgrade(
             Ok(assigns) => *lock(&state.assigns) = assigns,
             Err(Refused { reason }) => {
                 tracing::debug!(%reason, "channels connect refused");
-                return (StatusCode::FORBIDDEN, reason).into_response();
+                return (StatusCode::FORBIDDEN, [CLOSE], reason).into_response();
             }
         }
     }

@@ -47,6 +47,17 @@ pub struct HubConfig {
     ///
     /// Default 10 s: a slowloris client holds a socket no longer.
     pub handshake_timeout: Duration,
+    /// HTTP connections [`crate::serve`] holds at once before they upgrade (a
+    /// handshake under way, or a plain HTTP request); past it, new connections wait in
+    /// the listen backlog until one of these ends or upgrades, as HAProxy's `maxconn`
+    /// does, rather than being accepted and refused.
+    ///
+    /// Default 1,024: each costs some 23 KiB (hyper's buffers and task), so slow or
+    /// silent clients can make the server hold at most about 23 MiB for
+    /// [`HubConfig::handshake_timeout`]; a handshake that is not slowed down lasts a
+    /// round trip, so 1,024 at once admit thousands of connections a second. Upgraded
+    /// connections count toward [`HubConfig::max_connections`] instead.
+    pub max_pending_handshakes: usize,
     /// How long the close handshake may take before the transport is closed.
     ///
     /// Default 5 s.
@@ -65,6 +76,7 @@ impl Default for HubConfig {
             max_buffered_bytes: 1 << 20,
             buffer_policy: BufferPolicy::DropNewest,
             handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
             close_timeout: Duration::from_secs(5),
         }
     }

@@ -341,18 +341,8 @@ impl Connection {
             return Err(SendError::Closed);
         }
         if out.buffered + message.plain_len() > config.max_buffered_bytes {
-            self.inner.dropped.fetch_add(1, Relaxed);
-            self.inner.hub.count_drop();
-            if config.buffer_policy == BufferPolicy::Close {
-                out.closed = true;
-                out.close = Some(Box::new(OutboxClose::Abort(CloseFrame::new(
-                    CloseCode::POLICY_VIOLATION,
-                    "slow consumer",
-                ))));
-                drop(out);
-                self.inner.wake.wake();
-            }
-            return Err(SendError::Dropped);
+            drop(out);
+            return Err(self.overflow());
         }
         let frame = message.frame_for(
             self.inner.request.deflate.as_ref(),
@@ -362,6 +352,18 @@ impl Connection {
         out.buffered += frame.len();
         self.push(out, frame);
         Ok(())
+    }
+
+    /// A message would pass `max_buffered_bytes`: counts its drop and applies the
+    /// buffer policy.
+    pub(crate) fn overflow(&self) -> SendError {
+        self.inner.dropped.fetch_add(1, Relaxed);
+        self.inner.hub.count_drop();
+        if self.inner.hub.config().buffer_policy == BufferPolicy::Close {
+            let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, "slow consumer");
+            let _ = self.request_close(OutboxClose::Abort(frame));
+        }
+        SendError::Dropped
     }
 
     /// Queues a frame (already counted in `buffered`) and wakes the connection's task if

@@ -41,7 +41,8 @@ impl Rejection {
     }
 
     /// The response to send: the status, the headers the RFC asks for (e.g.
-    /// `Sec-WebSocket-Version: 13` with 426), and the reason as text.
+    /// `Sec-WebSocket-Version: 13` with 426), `Connection: close`, and the reason as
+    /// text.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let head = match &self {
             Self::Handshake(e) => e.response(),
@@ -55,6 +56,13 @@ impl Rejection {
         parts.headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        // The client gets its answer and the server its socket back at once, instead
+        // of holding the connection open for a request that is not coming (RFC 9112
+        // §9.6: the server then closes it after the response).
+        parts.headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
         );
         Response::from_parts(parts, Full::new(Bytes::from(self.to_string())))
     }

@@ -1,21 +1,29 @@
 //! The stream an upgraded HTTP connection becomes.
 
+use super::{AcceptError, raw};
 use hyper_util::rt::TokioIo;
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     task::{Context, Poll},
+    time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
+    time::Sleep,
 };
 
 /// The transport of a connection upgraded from HTTP.
 ///
-/// When hyper ran directly on `TokioIo<TcpStream>`, this is that stream itself, with no
-/// indirection on the hot path; otherwise (axum's `serve`, whose hyper-util builder wraps
+/// When hyper ran directly on a TCP stream (`TokioIo<TcpStream>`, or
+/// [`crate::serve`]'s), this is that stream itself, with no indirection on the hot path; otherwise (axum's `serve`, whose hyper-util builder wraps
 /// the stream to sniff the HTTP version) it is hyper's boxed upgraded IO.
 #[derive(Debug)]
 pub struct Upgraded {
@@ -42,17 +50,20 @@ impl Upgraded {
         upgraded: ::hyper::upgrade::Upgraded,
         peer: Option<SocketAddr>,
     ) -> (Self, bytes::Bytes) {
+        // The bytes hyper read past the request (a pipelined first frame) come back
+        // with the stream and must be decoded before anything read from the socket.
         let (inner, buffered) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            // The bytes hyper read past the request (a pipelined first frame) come back
-            // here and must be decoded before anything read from the socket.
             Ok(parts) => (Inner::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                (
-                    Inner::Other(Box::new(OtherIo { io, peer })),
-                    bytes::Bytes::new(),
-                )
-            }
+            Err(upgraded) => match upgraded.downcast::<TokioIo<ServedTcp>>() {
+                Ok(parts) => (Inner::Tcp(parts.io.into_inner().tcp), parts.read_buf),
+                Err(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    (
+                        Inner::Other(Box::new(OtherIo { io, peer })),
+                        bytes::Bytes::new(),
+                    )
+                }
+            },
         };
         (Self { inner }, buffered)
     }
@@ -123,5 +134,117 @@ impl AsyncWrite for Upgraded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+/// A TCP stream accepted by [`crate::serve`]: until its first request head has
+/// arrived, it answers 408 itself at the handshake deadline, as [`super::accept`] does
+/// (hyper's own header timeout closes without a word). After the upgrade it is a bare
+/// [`TcpStream`] again.
+#[derive(Debug)]
+pub(crate) struct ServedTcp {
+    tcp: TcpStream,
+    /// Dropped once the first head arrived or the deadline passed.
+    first_head: Option<FirstHead>,
+}
+
+#[derive(Debug)]
+struct FirstHead {
+    deadline: Pin<Box<Sleep>>,
+    arrived: HeadSignal,
+}
+
+/// Set by the service when it receives the first request: the head is complete.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeadSignal(Arc<AtomicBool>);
+
+impl HeadSignal {
+    pub(crate) fn arrived(&self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+impl ServedTcp {
+    /// `tcp`, whose first request head must arrive within `timeout`; the signal is for
+    /// the service to give when it does.
+    pub(crate) fn new(tcp: TcpStream, timeout: Duration) -> (Self, HeadSignal) {
+        let arrived = HeadSignal::default();
+        let first_head = FirstHead {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            arrived: arrived.clone(),
+        };
+        let served = Self {
+            tcp,
+            first_head: Some(first_head),
+        };
+        (served, arrived)
+    }
+
+    /// Whether the first head is overdue; then the client has been answered 408 and
+    /// the stream shut down for writing.
+    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(first_head) = &mut self.first_head else {
+            return false;
+        };
+        if first_head.arrived.0.load(Relaxed) {
+            self.first_head = None;
+            return false;
+        }
+        if first_head.deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.first_head = None;
+        // Nothing was written on this connection yet, so the small answer fits in the
+        // socket's send buffer: no need to wait for it.
+        if let Some(answer) = raw::refusal(&AcceptError::Timeout) {
+            let _ = self.tcp.try_write(&answer);
+        }
+        let _ = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        true
+    }
+}
+
+impl AsyncRead for ServedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.head_overdue(cx) {
+            // The end of the stream: hyper ends the connection, answering nothing more.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }

@@ -11,4 +11,5 @@ mod raw;
 
 pub use self::hyper::{Rejection, Upgrade, UpgradeFut, upgrade};
 pub use io::Upgraded;
+pub(crate) use io::{HeadSignal, ServedTcp};
 pub use raw::{AcceptConfig, AcceptError, accept, accept_with};

@@ -169,24 +169,36 @@ async fn read_head<S: AsyncRead + Unpin>(
 
 /// Answers a failed handshake with its status, best effort, and closes the stream.
 async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, error: &AcceptError) {
-    let head = match error {
+    if let Some(refusal) = refusal(error) {
+        let _ = io.write_all(&refusal).await;
+        let _ = io.shutdown().await;
+    }
+}
+
+/// The response to a failed handshake, with the error as its text body; `None` when
+/// there is nobody to answer (see [`AcceptError::status`]).
+pub(crate) fn refusal(error: &AcceptError) -> Option<Vec<u8>> {
+    let mut head = match error {
         AcceptError::Handshake(e) => e.response(),
-        _ => match error.status() {
-            Some(status) => {
-                let mut response = Response::new(());
-                *response.status_mut() = status;
-                response
-            }
-            None => return,
-        },
+        _ => {
+            let mut response = Response::new(());
+            *response.status_mut() = error.status()?;
+            response
+        }
     };
-    let mut head = head;
-    head.headers_mut().insert(
+    let headers = head.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // "A server that sends a "close" connection option MUST initiate closure of the
+    // connection after it sends the response" (RFC 9112 §9.6): saying so lets the
+    // client stop waiting for more at once.
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     let mut out = Vec::with_capacity(256);
     http1::write_response_with_body(&head, error.to_string().as_bytes(), &mut out);
-    let _ = io.write_all(&out).await;
-    let _ = io.shutdown().await;
+    Some(out)
 }

@@ -1,0 +1,233 @@
+//! The edges of the HTTP handshake on real sockets, on both server paths: `serve` (hyper
+//! under a hub's router) and `accept` (a bare stream). One head limit (431), one
+//! handshake timeout (408), refusals that close the connection, and a bound on the
+//! connections `serve` holds before they upgrade.
+
+mod common;
+
+use axum::Router;
+use common::{
+    Behaviour, STEP, handshake_request, hub::serve_ws_route, raw_server, read_body, read_response,
+    within,
+};
+use http::{Response, StatusCode};
+use std::{io, net::SocketAddr, time::Duration};
+use switchboard::{
+    channels::{Channels, Refused},
+    hub::{Handler, Hub, HubConfig},
+    upgrade::AcceptConfig,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::{Instant, timeout},
+};
+
+/// A handler that does nothing: these tests stop before or at the upgrade.
+struct Quiet;
+
+impl Handler for Quiet {}
+
+/// Keeps a server alive for as long as the test uses its address.
+struct Running {
+    _server: Box<dyn std::any::Any>,
+}
+
+async fn hub_server(config: HubConfig) -> (SocketAddr, Running) {
+    let server = serve_ws_route::<(), _>(config, |_| Quiet).await;
+    (
+        server.addr,
+        Running {
+            _server: Box::new(server),
+        },
+    )
+}
+
+async fn raw(config: AcceptConfig) -> (SocketAddr, Running) {
+    let server = raw_server(config, Behaviour::Echo).await;
+    (
+        server.addr,
+        Running {
+            _server: Box::new(server),
+        },
+    )
+}
+
+/// Both paths with a handshake timeout of `handshake_timeout`.
+async fn both_paths(handshake_timeout: Duration) -> [(&'static str, SocketAddr, Running); 2] {
+    let mut hub_config = HubConfig::default();
+    hub_config.handshake_timeout = handshake_timeout;
+    let mut accept_config = AcceptConfig::default();
+    accept_config.handshake_timeout = handshake_timeout;
+    let (serve_addr, serve_server) = hub_server(hub_config).await;
+    let (raw_addr, raw_server) = raw(accept_config).await;
+    [
+        ("serve", serve_addr, serve_server),
+        ("accept", raw_addr, raw_server),
+    ]
+}
+
+/// Sends `request` and reads the response with its body.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (Response<()>, Vec<u8>, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let (response, rest) = read_response(&mut tcp).await;
+    let body = read_body(&mut tcp, &response, rest).await;
+    (response, body, tcp)
+}
+
+/// Asserts that the server closes the connection within a second: far sooner than the
+/// handshake timeout (10 s by default) that would end an idle kept-alive connection. A
+/// reset counts: the server may close with bytes of ours unread.
+async fn closed_promptly(tcp: &mut TcpStream, what: &str) {
+    let mut byte = [0; 1];
+    match timeout(Duration::from_secs(1), tcp.read(&mut byte)).await {
+        Ok(Ok(0)) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        Ok(other) => panic!("{what}: expected the end of the stream, got {other:?}"),
+        Err(_) => panic!("{what}: the connection is still open after a second"),
+    }
+}
+
+#[tokio::test]
+async fn a_40_kib_head_is_answered_431_on_both_paths() {
+    let padding = format!("X-Padding: {}\r\n", "a".repeat(40 << 10));
+    let head = handshake_request("/ws", &padding);
+    for (path, addr, _server) in both_paths(Duration::from_secs(10)).await {
+        let (response, _, mut tcp) = exchange(addr, head.as_bytes()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{path}"
+        );
+        closed_promptly(&mut tcp, path).await;
+    }
+}
+
+#[tokio::test]
+async fn a_head_within_32_kib_is_upgraded_on_both_paths() {
+    let padding = format!("X-Padding: {}\r\n", "a".repeat(31 << 10));
+    let head = handshake_request("/ws", &padding);
+    for (path, addr, _server) in both_paths(Duration::from_secs(10)).await {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let (response, _) = read_response(&mut tcp).await;
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_head_is_answered_408_on_both_paths() {
+    let handshake_timeout = Duration::from_millis(200);
+    for (path, addr, _server) in both_paths(handshake_timeout).await {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        // Half a head, then nothing.
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr")
+            .await
+            .unwrap();
+        let (response, rest) = read_response(&mut tcp).await;
+        let waited = started.elapsed();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
+        assert!(
+            waited >= handshake_timeout - Duration::from_millis(10) && waited < STEP,
+            "{path}: answered after {waited:?}"
+        );
+        assert_eq!(response.headers()["connection"], "close", "{path}");
+        let body = read_body(&mut tcp, &response, rest).await;
+        assert_eq!(body, b"handshake timed out", "{path}");
+        closed_promptly(&mut tcp, path).await;
+    }
+}
+
+#[tokio::test]
+async fn refusals_close_the_connection_promptly() {
+    let (open, _open) = hub_server(HubConfig::default()).await;
+    let mut full_config = HubConfig::default();
+    full_config.max_connections = 0;
+    let (full, _full) = hub_server(full_config).await;
+    let (channels, _channels) = channels_refusing_every_client().await;
+    let (raw, _raw) = raw(AcceptConfig::default()).await;
+    let foreign = handshake_request("/ws", "Origin: http://evil.example\r\n");
+    let old_version = handshake_request("/ws", "").replace("Version: 13", "Version: 8");
+    let refusals = [
+        (
+            "serve, foreign origin",
+            open,
+            foreign,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "serve, hub full",
+            full,
+            handshake_request("/ws", ""),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "serve, bad version",
+            open,
+            old_version.clone(),
+            StatusCode::UPGRADE_REQUIRED,
+        ),
+        (
+            "serve, channels connect refused",
+            channels,
+            handshake_request("/socket/websocket?vsn=2.0.0", ""),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "accept, bad version",
+            raw,
+            old_version,
+            StatusCode::UPGRADE_REQUIRED,
+        ),
+    ];
+    for (what, addr, request, status) in refusals {
+        let (response, _, mut tcp) = exchange(addr, request.as_bytes()).await;
+        assert_eq!(response.status(), status, "{what}");
+        assert_eq!(response.headers()["connection"], "close", "{what}");
+        closed_promptly(&mut tcp, what).await;
+    }
+}
+
+async fn channels_refusing_every_client() -> (SocketAddr, Running) {
+    let hub = Hub::new(HubConfig::default());
+    let app: Router = Channels::new(hub.clone())
+        .connect(|_| async { Err::<_, Refused>(Refused::new("nobody may connect")) })
+        .into_router();
+    let server = common::hub::serve(hub, app, ()).await;
+    (
+        server.addr,
+        Running {
+            _server: Box::new(server),
+        },
+    )
+}
+
+#[tokio::test]
+async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
+    let mut config = HubConfig::default();
+    config.max_pending_handshakes = 2;
+    let (addr, _server) = hub_server(config).await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting
+        .write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let mut byte = [0; 1];
+    let early = timeout(Duration::from_millis(300), waiting.peek(&mut byte)).await;
+    assert!(early.is_err(), "answered past the limit: {early:?}");
+
+    // A slow client gives up: its slot goes to the waiting one.
+    drop(slow.pop());
+    let (response, _) = within("the waiting handshake", read_response(&mut waiting)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+}
