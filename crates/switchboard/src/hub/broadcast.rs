@@ -71,31 +71,28 @@ impl<'a> Broadcast<'a> {
 
 /// Queues an envelope's message for the matching connections of `hub`. The frame is
 /// encoded (and compressed without context) once, and every recipient's queue shares
-/// its bytes.
+/// its bytes. The registry is locked only to take the recipients' snapshot: joins,
+/// leaves and registrations go on during the fan-out, which is ordered after them or
+/// before them as a whole by the moment of that snapshot.
 pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
     let frame = Outgoing::new(envelope.message.clone());
     let mut report = BroadcastReport::default();
-    let registry = hub.read();
-    let except = envelope.except;
-    match &envelope.target {
-        Target::All => {
-            for (id, conn) in &registry.connections {
-                if Some(*id) != except {
-                    report.count(conn.enqueue(&frame));
-                }
-            }
-        }
-        Target::Room(room) => {
-            for (id, conn) in registry.rooms.get(room.as_str()).into_iter().flatten() {
-                if Some(*id) != except {
-                    report.count(conn.enqueue(&frame));
-                }
-            }
-        }
+    let recipients = match &envelope.target {
+        Target::All => hub.read().connections.snapshot(),
+        Target::Room(room) => match hub.read().rooms.get(room.as_str()) {
+            Some(members) => members.snapshot(),
+            None => return report,
+        },
         Target::Connection(id) => {
-            if let Some(conn) = registry.connections.get(id) {
+            if let Some(conn) = hub.connection(*id) {
                 report.count(conn.enqueue(&frame));
             }
+            return report;
+        }
+    };
+    for conn in recipients.iter() {
+        if Some(conn.id()) != envelope.except {
+            report.count(conn.enqueue(&frame));
         }
     }
     report
@@ -108,5 +105,79 @@ impl BroadcastReport {
             Err(SendError::Dropped) => self.dropped += 1,
             Err(_) => self.closed += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hub::{Connection, Hub, HubConfig, RequestInfo, connection::lock};
+    use std::{
+        sync::{Arc, Mutex, mpsc},
+        task::{Wake, Waker},
+        thread,
+        time::Duration,
+    };
+
+    /// A connection task's waker that, woken by a broadcast, tells the test and holds the
+    /// broadcast until released: any work done for one recipient during the fan-out
+    /// (compression for it, once) stalls the same way.
+    struct Stall {
+        entered: mpsc::Sender<()>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Wake for Stall {
+        fn wake(self: Arc<Self>) {
+            let _ = self.entered.send(());
+            let _ = lock(&self.release).recv();
+        }
+    }
+
+    #[tokio::test]
+    async fn registrations_joins_and_leaves_proceed_while_a_broadcast_fans_out() {
+        let hub = Hub::new(HubConfig::default());
+        let members: Vec<Connection> = (0..3)
+            .map(|_| hub.register(RequestInfo::default()))
+            .collect();
+        for member in &members {
+            member.join("room");
+        }
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let stall = Stall {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        };
+        members[1].wake().register(&Waker::from(Arc::new(stall)));
+        let broadcaster = thread::spawn({
+            let hub = hub.clone();
+            move || hub.to("room").send_text("hello")
+        });
+        entered.recv().unwrap();
+        // The fan-out is under way, stopped at one recipient.
+        let (done_tx, done) = mpsc::channel();
+        let changer = thread::spawn({
+            let hub = hub.clone();
+            move || {
+                let newcomer = hub.register(RequestInfo::default());
+                newcomer.join("room");
+                newcomer.join("another");
+                newcomer.leave("room");
+                hub.unregister(newcomer.id());
+                let _ = done_tx.send(());
+            }
+        });
+        // A bound only for the failure, which would otherwise wait for ever.
+        let changed = done.recv_timeout(Duration::from_secs(5));
+        release.send(()).unwrap();
+        let report = broadcaster.join().unwrap();
+        changer.join().unwrap();
+        assert!(
+            changed.is_ok(),
+            "the registry stayed locked during the fan-out"
+        );
+        assert_eq!(report.queued, 3, "{report:?}");
+        assert_eq!(hub.room_size("room"), 3);
+        assert_eq!(hub.room_size("another"), 0);
     }
 }

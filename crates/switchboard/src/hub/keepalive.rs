@@ -32,7 +32,9 @@ fn sweep_once(hub: &Hub) {
     let ping_interval = config.ping_interval.as_micros() as u64;
     let pong_timeout = config.pong_timeout.as_micros() as u64;
     let now = hub.now_micros();
-    for conn in hub.read().connections.values() {
+    // A snapshot: the registry stays unlocked while the pings are queued.
+    let connections = hub.read().connections.snapshot();
+    for conn in connections.iter() {
         let keepalive = conn.keepalive();
         let ping_sent = keepalive.ping_sent.load(Relaxed);
         if ping_sent != 0 {
