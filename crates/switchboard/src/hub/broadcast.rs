@@ -109,7 +109,7 @@ impl BroadcastReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::hub::{Connection, Hub, HubConfig, RequestInfo, connection::lock};
     use std::{
         sync::{Arc, Mutex, mpsc},
@@ -118,8 +118,11 @@ mod tests {
         time::Duration,
     };
 
-    /// A connection task's waker that, woken by a broadcast, tells the test and holds the
-    /// broadcast until released: any work done for one recipient during the fan-out
+    /// A bound only for a failure, which would otherwise wait for ever.
+    const FAILED: Duration = Duration::from_secs(5);
+
+    /// A connection task's waker that, woken by a fan-out, tells the test and holds the
+    /// fan-out until released: any work done for one recipient during a fan-out
     /// (compression for it, once) stalls the same way.
     struct Stall {
         entered: mpsc::Sender<()>,
@@ -129,13 +132,18 @@ mod tests {
     impl Wake for Stall {
         fn wake(self: Arc<Self>) {
             let _ = self.entered.send(());
-            let _ = lock(&self.release).recv();
+            // Released by the test, after it has waited for the changes.
+            let _ = lock(&self.release).recv_timeout(2 * FAILED);
         }
     }
 
-    #[tokio::test]
-    async fn registrations_joins_and_leaves_proceed_while_a_broadcast_fans_out() {
-        let hub = Hub::new(HubConfig::default());
+    /// Runs `fan_out` over a hub whose three connections are in "room", stalls it at the
+    /// second one, and checks that registrations, joins and leaves go on meanwhile.
+    pub(in crate::hub) fn assert_registry_free_during(
+        config: HubConfig,
+        fan_out: impl FnOnce(&Hub) + Send + 'static,
+    ) {
+        let hub = Hub::new(config);
         let members: Vec<Connection> = (0..3)
             .map(|_| hub.register(RequestInfo::default()))
             .collect();
@@ -149,12 +157,13 @@ mod tests {
             release: Mutex::new(release_rx),
         };
         members[1].wake().register(&Waker::from(Arc::new(stall)));
-        let broadcaster = thread::spawn({
+        let fanning_out = thread::spawn({
             let hub = hub.clone();
-            move || hub.to("room").send_text("hello")
+            move || fan_out(&hub)
         });
-        entered.recv().unwrap();
-        // The fan-out is under way, stopped at one recipient.
+        entered
+            .recv_timeout(FAILED)
+            .expect("the fan-out reached the member");
         let (done_tx, done) = mpsc::channel();
         let changer = thread::spawn({
             let hub = hub.clone();
@@ -167,17 +176,30 @@ mod tests {
                 let _ = done_tx.send(());
             }
         });
-        // A bound only for the failure, which would otherwise wait for ever.
-        let changed = done.recv_timeout(Duration::from_secs(5));
-        release.send(()).unwrap();
-        let report = broadcaster.join().unwrap();
+        let changed = done.recv_timeout(FAILED);
+        let _ = release.send(());
+        fanning_out.join().unwrap();
         changer.join().unwrap();
         assert!(
             changed.is_ok(),
             "the registry stayed locked during the fan-out"
         );
-        assert_eq!(report.queued, 3, "{report:?}");
         assert_eq!(hub.room_size("room"), 3);
         assert_eq!(hub.room_size("another"), 0);
+    }
+
+    // Tokio's: registering starts the hub's keepalive task.
+    #[tokio::test]
+    async fn the_registry_is_free_while_a_room_broadcast_fans_out() {
+        assert_registry_free_during(HubConfig::default(), |hub| {
+            assert_eq!(hub.to("room").send_text("hello").queued, 3);
+        });
+    }
+
+    #[tokio::test]
+    async fn the_registry_is_free_while_a_broadcast_to_all_fans_out() {
+        assert_registry_free_during(HubConfig::default(), |hub| {
+            assert_eq!(hub.broadcast("hello").queued, 3);
+        });
     }
 }

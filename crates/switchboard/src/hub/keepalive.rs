@@ -50,3 +50,22 @@ fn sweep_once(hub: &Hub) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{HubConfig, broadcast::tests::assert_registry_free_during};
+
+    #[tokio::test]
+    async fn the_registry_is_free_while_the_sweeper_pings() {
+        let config = HubConfig {
+            ping_interval: Duration::ZERO,
+            ..HubConfig::default()
+        };
+        assert_registry_free_during(config, |hub| {
+            // Every connection idle for longer than the interval: each one is pinged.
+            std::thread::sleep(Duration::from_millis(2));
+            sweep_once(hub);
+        });
+    }
+}
