@@ -50,6 +50,10 @@ impl<'a> Broadcast<'a> {
 
     /// Sends a message to the local recipients and hands it to the broker for the
     /// others. Control messages are not broadcast: the report is empty.
+    ///
+    /// The local recipients are those of the moment of the call: a connection that joins
+    /// or leaves the room while the message is being queued for the others is not
+    /// waited for, and counts as it was at that moment.
     pub fn send(self, message: impl Into<Message>) -> BroadcastReport {
         let message = message.into();
         if !message.is_data() {
