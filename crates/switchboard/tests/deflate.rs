@@ -439,3 +439,51 @@ async fn hub_broadcasts_reach_compressing_and_plain_clients_in_both_modes() {
         assert_eq!(frames[2], (OpCode::Text, false, 5), "{mode:?}");
     }
 }
+
+#[tokio::test]
+async fn dedicated_messages_are_charged_uncompressed_until_their_task_compresses_them() {
+    const LIMIT: usize = 64 << 10;
+    let mut config = HubConfig::default();
+    config.compression = Compression::dedicated();
+    config.max_buffered_bytes = LIMIT;
+    let hub = Hub::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", switchboard::ws(hub.clone(), Room));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (mut ws, _) = connect_with(&format!("ws://{addr}/"), &client(Compression::dedicated()))
+        .await
+        .unwrap();
+    while hub.room_size("room") < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let conn = hub.room_members("room").remove(0);
+    // Compressible messages past the threshold, with a short plain one every fifth. On
+    // this one-thread runtime the connection's task cannot run before the loop ends:
+    // every message waits uncompressed, charged in full.
+    let sent: Vec<String> = (0..100)
+        .map(|i| match i % 5 {
+            4 => format!("short {i}"),
+            _ => format!("{i:03} {}", "status update ".repeat(150)),
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for text in &sent {
+        if hub.to("room").send_text(text.clone()).queued == 1 {
+            queued.push(text.clone());
+        }
+    }
+    assert!(conn.buffered_amount() <= LIMIT);
+    let dropped = (sent.len() - queued.len()) as u64;
+    assert!(dropped > 0, "2 KiB messages past a 64 KiB buffer");
+    assert_eq!(conn.dropped_messages(), dropped, "every drop counted");
+    // In the order queued, compressed messages and plain ones alike.
+    for text in &queued {
+        let received = ws.recv().await.unwrap().unwrap();
+        assert!(received == Message::text(text.clone()), "{:.9}", text);
+    }
+    // Written: nothing left charged, compressed or not.
+    while conn.buffered_amount() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -50,6 +50,10 @@ impl<'a> Broadcast<'a> {
 
     /// Sends a message to the local recipients and hands it to the broker for the
     /// others. Control messages are not broadcast: the report is empty.
+    ///
+    /// The local recipients are those of the moment of the call: a connection that joins
+    /// or leaves the room while the message is being queued for the others is not
+    /// waited for, and counts as it was at that moment.
     pub fn send(self, message: impl Into<Message>) -> BroadcastReport {
         let message = message.into();
         if !message.is_data() {
@@ -71,31 +75,28 @@ impl<'a> Broadcast<'a> {
 
 /// Queues an envelope's message for the matching connections of `hub`. The frame is
 /// encoded (and compressed without context) once, and every recipient's queue shares
-/// its bytes.
+/// its bytes. The registry is locked only to take the recipients' snapshot: joins,
+/// leaves and registrations go on during the fan-out, which is ordered after them or
+/// before them as a whole by the moment of that snapshot.
 pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
     let frame = Outgoing::new(envelope.message.clone());
     let mut report = BroadcastReport::default();
-    let registry = hub.read();
-    let except = envelope.except;
-    match &envelope.target {
-        Target::All => {
-            for (id, conn) in &registry.connections {
-                if Some(*id) != except {
-                    report.count(conn.enqueue(&frame));
-                }
-            }
-        }
-        Target::Room(room) => {
-            for (id, conn) in registry.rooms.get(room.as_str()).into_iter().flatten() {
-                if Some(*id) != except {
-                    report.count(conn.enqueue(&frame));
-                }
-            }
-        }
+    let recipients = match &envelope.target {
+        Target::All => hub.read().connections.snapshot(),
+        Target::Room(room) => match hub.read().rooms.get(room.as_str()) {
+            Some(members) => members.snapshot(),
+            None => return report,
+        },
         Target::Connection(id) => {
-            if let Some(conn) = registry.connections.get(id) {
+            if let Some(conn) = hub.connection(*id) {
                 report.count(conn.enqueue(&frame));
             }
+            return report;
+        }
+    };
+    for conn in recipients.iter() {
+        if Some(conn.id()) != envelope.except {
+            report.count(conn.enqueue(&frame));
         }
     }
     report
@@ -108,5 +109,108 @@ impl BroadcastReport {
             Err(SendError::Dropped) => self.dropped += 1,
             Err(_) => self.closed += 1,
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use crate::hub::{Hub, HubConfig, Registration, RequestInfo, connection::lock};
+    use std::{
+        sync::{Arc, Mutex, mpsc},
+        task::{Wake, Waker},
+        thread,
+        time::Duration,
+    };
+
+    /// A bound only for a failure, which would otherwise wait for ever.
+    const FAILED: Duration = Duration::from_secs(5);
+
+    /// A connection task's waker that, woken by a fan-out, tells the test and holds the
+    /// fan-out until released: any work done for one recipient during a fan-out
+    /// (compression for it, once) stalls the same way.
+    struct Stall {
+        entered: mpsc::Sender<()>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Wake for Stall {
+        fn wake(self: Arc<Self>) {
+            let _ = self.entered.send(());
+            // Released by the test, after it has waited for the changes.
+            let _ = lock(&self.release).recv_timeout(2 * FAILED);
+        }
+    }
+
+    /// Runs `fan_out` over a hub whose three connections are in "room", stalls it at the
+    /// second one, and checks that registrations, joins and leaves go on meanwhile.
+    pub(in crate::hub) fn assert_registry_free_during(
+        config: HubConfig,
+        fan_out: impl FnOnce(&Hub) + Send + 'static,
+    ) {
+        let hub = Hub::new(config);
+        let members: Vec<Registration> = (0..3).map(|_| admitted(&hub)).collect();
+        for member in &members {
+            member.conn().join("room");
+        }
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let stall = Stall {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        };
+        members[1]
+            .conn()
+            .wake()
+            .register(&Waker::from(Arc::new(stall)));
+        let fanning_out = thread::spawn({
+            let hub = hub.clone();
+            move || fan_out(&hub)
+        });
+        entered
+            .recv_timeout(FAILED)
+            .expect("the fan-out reached the member");
+        let (done_tx, done) = mpsc::channel();
+        let changer = thread::spawn({
+            let hub = hub.clone();
+            move || {
+                let newcomer = admitted(&hub);
+                newcomer.conn().join("room");
+                newcomer.conn().join("another");
+                newcomer.conn().leave("room");
+                drop(newcomer);
+                let _ = done_tx.send(());
+            }
+        });
+        let changed = done.recv_timeout(FAILED);
+        let _ = release.send(());
+        fanning_out.join().unwrap();
+        changer.join().unwrap();
+        assert!(
+            changed.is_ok(),
+            "the registry stayed locked during the fan-out"
+        );
+        assert_eq!(hub.room_size("room"), 3);
+        assert_eq!(hub.room_size("another"), 0);
+    }
+
+    /// A connection registered in a slot of its own, as an upgrade registers one.
+    fn admitted(hub: &Hub) -> Registration {
+        assert!(hub.admit(), "a free slot");
+        hub.register(RequestInfo::default())
+    }
+
+    // Tokio's: registering starts the hub's keepalive task.
+    #[tokio::test]
+    async fn the_registry_is_free_while_a_room_broadcast_fans_out() {
+        assert_registry_free_during(HubConfig::default(), |hub| {
+            assert_eq!(hub.to("room").send_text("hello").queued, 3);
+        });
+    }
+
+    #[tokio::test]
+    async fn the_registry_is_free_while_a_broadcast_to_all_fans_out() {
+        assert_registry_free_during(HubConfig::default(), |hub| {
+            assert_eq!(hub.broadcast("hello").queued, 3);
+        });
     }
 }

@@ -38,6 +38,9 @@ pub struct HubConfig {
     /// Outbound bytes a connection may have queued and unwritten before
     /// [`HubConfig::buffer_policy`] applies.
     ///
+    /// Frames count their size on the wire; a message waiting for its connection's own
+    /// compression context (context takeover) counts its uncompressed size until then.
+    ///
     /// Default 1 MiB: a second of a busy room for a healthy client; a stalled client
     /// cannot make the server hold more than this for it.
     pub max_buffered_bytes: usize,

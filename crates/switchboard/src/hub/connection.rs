@@ -1,7 +1,7 @@
 //! The handle to one connection: identity, state, metadata, sends from any task.
 
-use super::{BufferPolicy, Hub, Outgoing};
-use crate::ws::{Compressor, OutboxClose};
+use super::{BufferPolicy, Hub, Outgoing, outgoing::Queued};
+use crate::ws::OutboxClose;
 use atomic_waker::AtomicWaker;
 use http::Extensions;
 use std::{
@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 use switchboard_proto::{
-    CloseCode, CloseFrame, EncodedFrame, Frame, Message, Utf8Bytes, deflate::DeflateParams,
+    CloseCode, CloseFrame, Frame, Message, Utf8Bytes, deflate::DeflateParams,
     frame::MAX_CONTROL_PAYLOAD,
 };
 
@@ -66,12 +66,10 @@ pub enum SendError {
 /// Frames queued by senders, taken by the connection task.
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
-    pub(crate) frames: VecDeque<EncodedFrame>,
-    /// Compresses this connection's data messages when it agreed to permessage-deflate
-    /// with context takeover; made with the first such message. It lives under the
-    /// queue's lock so that messages are compressed in the order they are queued.
-    compressor: Option<Box<Compressor>>,
-    /// Bytes queued here or in the connection's write queue, not yet written.
+    pub(crate) frames: VecDeque<Queued>,
+    /// Bytes queued here or in the connection's write queue, not yet written (a message
+    /// queued for compression counts its uncompressed size until the task compresses
+    /// it).
     pub(crate) buffered: usize,
     /// Boxed: every connection has the field, only a closing one fills it.
     pub(crate) close: Option<Box<OutboxClose>>,
@@ -328,7 +326,7 @@ impl Connection {
         }
         // Control frames are never dropped: they are small and the protocol needs them.
         out.buffered += encoded.len();
-        self.push(out, encoded);
+        self.push(out, Queued::Frame(encoded));
         Ok(())
     }
 
@@ -344,13 +342,9 @@ impl Connection {
             drop(out);
             return Err(self.overflow());
         }
-        let frame = message.frame_for(
-            self.inner.request.deflate.as_ref(),
-            &config.compression,
-            &mut out.compressor,
-        );
-        out.buffered += frame.len();
-        self.push(out, frame);
+        let queued = message.queued_for(self.deflate(), &config.compression);
+        out.buffered += queued.charged();
+        self.push(out, queued);
         Ok(())
     }
 
@@ -368,9 +362,9 @@ impl Connection {
 
     /// Queues a frame (already counted in `buffered`) and wakes the connection's task if
     /// the queue was empty: otherwise it was woken already and has not drained it yet.
-    fn push(&self, mut out: MutexGuard<'_, Outbound>, frame: EncodedFrame) {
+    fn push(&self, mut out: MutexGuard<'_, Outbound>, queued: Queued) {
         let was_empty = out.frames.is_empty();
-        out.frames.push_back(frame);
+        out.frames.push_back(queued);
         drop(out);
         if was_empty {
             self.inner.wake.wake();
@@ -387,6 +381,11 @@ impl Connection {
         drop(out);
         self.inner.wake.wake();
         Ok(())
+    }
+
+    /// The permessage-deflate agreement of the opening handshake.
+    pub(crate) fn deflate(&self) -> Option<&DeflateParams> {
+        self.inner.request.deflate.as_ref()
     }
 
     pub(crate) fn outbound(&self) -> MutexGuard<'_, Outbound> {

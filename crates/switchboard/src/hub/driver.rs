@@ -1,13 +1,13 @@
 //! The task of one connection: reads frames and runs the handler's callbacks in order,
 //! while writing what other tasks queue for it.
 
-use super::{Connection, ConnectionState, Handler, catch, connection::Outbound};
+use super::{Connection, ConnectionState, Handler, catch, connection::Outbound, outgoing::Queued};
 use crate::{
     Error, WebSocket,
-    ws::{Outbox, OutboxClose, WriteState},
+    ws::{Compressor, Outbox, OutboxClose, WriteState},
 };
-use std::{sync::atomic::Ordering::Relaxed, task::Context};
-use switchboard_proto::{CloseCode, Message};
+use std::{collections::VecDeque, mem, sync::atomic::Ordering::Relaxed, task::Context};
+use switchboard_proto::{CloseCode, EncodedFrame, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Runs `on_open` of a registered connection, before its 101 is sent: what it sends
@@ -198,11 +198,47 @@ struct HubOutbox<'a> {
     conn: &'a Connection,
     /// `WriteState::written_total` when last seen, to credit written bytes.
     written: usize,
+    /// The connection's compression context, for an agreement with context takeover;
+    /// made with the first message it compresses.
+    compressor: Option<Box<Compressor>>,
 }
 
 impl<'a> HubOutbox<'a> {
     fn new(conn: &'a Connection) -> Self {
-        Self { conn, written: 0 }
+        Self {
+            conn,
+            written: 0,
+            compressor: None,
+        }
+    }
+
+    /// Compresses messages taken from the queue, in its order, with no lock held; then
+    /// charges the buffer what they take on the wire instead of their uncompressed size.
+    fn compress(&mut self, pulled: VecDeque<Queued>, write: &mut WriteState) {
+        let (mut charged, mut encoded) = (0, 0);
+        for queued in pulled {
+            charged += queued.charged();
+            let frame = self.encode(queued);
+            encoded += frame.len();
+            write.push_encoded(frame);
+        }
+        let mut out = self.conn.outbound();
+        out.buffered = (out.buffered + encoded).saturating_sub(charged);
+    }
+
+    fn encode(&mut self, queued: Queued) -> EncodedFrame {
+        match (queued, self.conn.deflate()) {
+            (Queued::Frame(frame), _) => frame,
+            (Queued::Dedicated { message, .. }, Some(params)) => {
+                let compression = &self.conn.hub().config().compression;
+                self.compressor
+                    .get_or_insert_with(|| Box::new(compression.compressor(params, Role::Server)))
+                    .frame(message)
+                    .encode()
+            }
+            // Not queued without an agreement; sent as it is if it were.
+            (Queued::Dedicated { message, .. }, None) => message.into_frame().encode(),
+        }
     }
 }
 
@@ -210,16 +246,27 @@ impl Outbox for HubOutbox<'_> {
     fn poll_pull(&mut self, cx: &mut Context<'_>, write: &mut WriteState) -> Option<OutboxClose> {
         // Register for the next wake-up before looking at the queue, so that a frame
         // queued in between is not missed (a sender wakes after it pushes).
-        self.conn.wake().register(cx.waker());
+        let conn = self.conn;
+        conn.wake().register(cx.waker());
         self.written(write);
-        let mut out = self.conn.outbound();
+        let mut out = conn.outbound();
         let Outbound { frames, close, .. } = &mut *out;
-        for frame in frames.drain(..) {
-            write.push_encoded(frame);
-        }
         let close = close.take().map(|close| *close);
         if close.is_some() {
-            self.conn.set_state(ConnectionState::Closing);
+            conn.set_state(ConnectionState::Closing);
+        }
+        if frames
+            .iter()
+            .any(|queued| matches!(queued, Queued::Dedicated { .. }))
+        {
+            // Compression leaves the queue's lock: senders are not held up by zlib.
+            let pulled = mem::take(frames);
+            drop(out);
+            self.compress(pulled, write);
+        } else {
+            for queued in frames.drain(..) {
+                write.push_encoded(self.encode(queued));
+            }
         }
         close
     }

@@ -32,7 +32,9 @@ fn sweep_once(hub: &Hub) {
     let ping_interval = config.ping_interval.as_micros() as u64;
     let pong_timeout = config.pong_timeout.as_micros() as u64;
     let now = hub.now_micros();
-    for conn in hub.read().connections.values() {
+    // A snapshot: the registry stays unlocked while the pings are queued.
+    let connections = hub.read().connections.snapshot();
+    for conn in connections.iter() {
         let keepalive = conn.keepalive();
         let ping_sent = keepalive.ping_sent.load(Relaxed);
         if ping_sent != 0 {
@@ -46,5 +48,24 @@ fn sweep_once(hub: &Hub) {
             keepalive.last_ping.store(now, Relaxed);
             let _ = conn.send_ping(bytes::Bytes::new());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{HubConfig, broadcast::tests::assert_registry_free_during};
+
+    #[tokio::test]
+    async fn the_registry_is_free_while_the_sweeper_pings() {
+        let config = HubConfig {
+            ping_interval: Duration::ZERO,
+            ..HubConfig::default()
+        };
+        assert_registry_free_during(config, |hub| {
+            // Every connection idle for longer than the interval: each one is pinged.
+            std::thread::sleep(Duration::from_millis(2));
+            sweep_once(hub);
+        });
     }
 }

@@ -188,7 +188,7 @@ impl Hub {
         // Leaving every room happens once, when the connection is unregistered: a
         // membership added after it would keep the room, and the broker's
         // subscription, for ever.
-        if !registry.connections.contains_key(&conn.id()) {
+        if registry.connections.get(&conn.id()).is_none() {
             return false;
         }
         if let RoomChange::Created(room) = registry.join(conn, room) {

@@ -4,18 +4,39 @@
 //! Without permessage-deflate every recipient gets the same frame. With it, a
 //! connection that agreed to `server_no_context_takeover` (what [`Compression::Shared`]
 //! negotiates) takes a frame compressed on its own, so one compression serves every such
-//! recipient with the same window; a connection with context takeover compresses in its
-//! own context, in the order its messages are queued.
+//! recipient with the same window; a connection with context takeover is queued the
+//! message itself, which its own task compresses in its own context, in the order of its
+//! queue: no lock of the hub or of the queue is held meanwhile.
 
-use crate::{Compression, ws::Compressor};
+use crate::Compression;
 use std::cell::OnceCell;
 use switchboard_proto::{
-    EncodedFrame, Message, Role,
+    EncodedFrame, Message,
     deflate::{DeflateParams, Deflater},
 };
 
 /// Windows a server may agree to compress with: 8 to 15 bits.
 const WINDOWS: usize = 8;
+
+/// What a connection's queue holds.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// A frame ready for the wire.
+    Frame(EncodedFrame),
+    /// A data message for the connection's own compression context, charged to its
+    /// buffer at `charged` bytes (its uncompressed frame) until compressed.
+    Dedicated { message: Message, charged: usize },
+}
+
+impl Queued {
+    /// The bytes charged to the connection's buffer for it.
+    pub(crate) fn charged(&self) -> usize {
+        match self {
+            Self::Frame(frame) => frame.len(),
+            Self::Dedicated { charged, .. } => *charged,
+        }
+    }
+}
 
 /// A text or binary message and the encodings made of it so far.
 #[derive(Debug)]
@@ -45,30 +66,26 @@ impl Outgoing {
         self.plain().len()
     }
 
-    /// The frame for a connection with the agreement `deflate`; `dedicated` is that
-    /// connection's compressor, made on first use, for agreements with context takeover.
-    pub(crate) fn frame_for(
+    /// What to queue for a connection with the agreement `deflate`: a frame, or with
+    /// context takeover the message, for the connection's task to compress.
+    pub(crate) fn queued_for(
         &self,
         deflate: Option<&DeflateParams>,
         compression: &Compression,
-        dedicated: &mut Option<Box<Compressor>>,
-    ) -> EncodedFrame {
+    ) -> Queued {
         let (level, threshold) = compression.level_and_threshold();
-        let payload = self.payload();
         match deflate {
-            Some(params) if payload.len() >= threshold => {
+            Some(params) if self.payload().len() >= threshold => {
                 if params.server_no_context_takeover {
-                    self.shared(params.server_max_window_bits, level)
+                    Queued::Frame(self.shared(params.server_max_window_bits, level))
                 } else {
-                    dedicated
-                        .get_or_insert_with(|| {
-                            Box::new(compression.compressor(params, Role::Server))
-                        })
-                        .frame(self.message.clone())
-                        .encode()
+                    Queued::Dedicated {
+                        message: self.message.clone(),
+                        charged: self.plain_len(),
+                    }
                 }
             }
-            _ => self.plain().clone(),
+            _ => Queued::Frame(self.plain().clone()),
         }
     }
 
@@ -112,12 +129,19 @@ mod tests {
         }
     }
 
+    fn frame(queued: Queued) -> EncodedFrame {
+        match queued {
+            Queued::Frame(frame) => frame,
+            Queued::Dedicated { .. } => panic!("queued for compression: {queued:?}"),
+        }
+    }
+
     #[test]
     fn recipients_without_context_share_one_compressed_frame_per_window() {
         let message = Outgoing::new(Message::text("chat ".repeat(1000)));
         let compression = Compression::shared();
         let frame =
-            |params: Option<&DeflateParams>| message.frame_for(params, &compression, &mut None);
+            |params: Option<&DeflateParams>| frame(message.queued_for(params, &compression));
         let (a, b) = (
             frame(Some(&shared_params(15))),
             frame(Some(&shared_params(15))),
@@ -136,19 +160,19 @@ mod tests {
     }
 
     #[test]
-    fn recipients_with_context_compress_in_their_own() {
+    fn recipients_with_context_get_the_message_charged_uncompressed() {
         let compression = Compression::dedicated();
         let params = DeflateParams::default();
-        let mut context = None;
-        let first = Outgoing::new(Message::text("status update ".repeat(200)));
-        let again = Outgoing::new(Message::text("status update ".repeat(200)));
-        let one = first.frame_for(Some(&params), &compression, &mut context);
-        let two = again.frame_for(Some(&params), &compression, &mut context);
-        assert!(context.is_some());
-        // The second refers back to the first through the kept window.
-        assert!(two.len() < one.len(), "{} then {}", one.len(), two.len());
+        let text = Message::text("status update ".repeat(200));
+        let message = Outgoing::new(text.clone());
+        let queued = message.queued_for(Some(&params), &compression);
+        assert_eq!(queued.charged(), message.plain_len());
+        match queued {
+            Queued::Dedicated { message, .. } => assert_eq!(message, text),
+            Queued::Frame(frame) => panic!("compressed by the sender: {frame:?}"),
+        }
         let small = Outgoing::new(Message::text("hi"));
-        let frame = small.frame_for(Some(&params), &compression, &mut context);
-        assert_eq!(frame.len(), small.plain_len(), "under the threshold: plain");
+        let plain = frame(small.queued_for(Some(&params), &compression));
+        assert_eq!(plain.len(), small.plain_len(), "under the threshold: plain");
     }
 }
