@@ -200,3 +200,44 @@ async fn a_busy_client_is_not_pinged() {
     assert_eq!(conn.last_ping(), None, "a busy connection was pinged");
     assert_eq!(conn.state(), ConnectionState::Open);
 }
+
+/// Opens slowly: longer than a ping interval and a pong timeout together.
+struct SlowOpen(UnboundedSender<Event>);
+
+impl Handler for SlowOpen {
+    async fn on_open(&self, _conn: &Connection) {
+        tokio::time::sleep(PING_INTERVAL + PONG_TIMEOUT + PING_INTERVAL).await;
+    }
+
+    async fn on_close(&self, conn: &Connection, code: CloseCode, reason: &str) {
+        let closed = Event::Close(conn.id(), code, reason.to_owned(), Instant::now());
+        let _ = self.0.send(closed);
+    }
+}
+
+/// `on_open` runs before the 101 (open means ready): its time is the server's, not the
+/// peer's silence, so a slow one does not end in a pong timeout.
+#[tokio::test]
+async fn a_slow_on_open_is_not_taken_for_a_silent_peer() {
+    let mut config = HubConfig::default();
+    config.ping_interval = PING_INTERVAL;
+    config.pong_timeout = PONG_TIMEOUT;
+    let mut server = serve_ws_route(config, SlowOpen).await;
+    let mut client = connect(server.addr, "/ws").await;
+    // The client answers pings as it reads; it reads for a few ping intervals.
+    let read = tokio::time::timeout(PING_INTERVAL * 4, async {
+        loop {
+            match client.next().await {
+                Some(Ok(TMessage::Ping(_))) => {}
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_err(), "the connection ended: {read:?}");
+    assert!(
+        server.arrived().is_empty(),
+        "closed: {:?}",
+        server.arrived()
+    );
+}

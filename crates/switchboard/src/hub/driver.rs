@@ -18,6 +18,10 @@ pub(crate) async fn open<H: Handler>(conn: &Connection, handler: &H) -> bool {
     if !healthy {
         panicked(conn, "on_open");
     }
+    // The peer's silence is counted from here: `on_open` was the server's time.
+    conn.keepalive()
+        .last_seen
+        .store(conn.hub().now_micros(), Relaxed);
     if conn.state() == ConnectionState::Connecting {
         conn.set_state(ConnectionState::Open);
     }

@@ -1,7 +1,7 @@
 //! One sweeper per hub pings idle connections and closes those that stopped answering:
 //! a single timer for the whole hub instead of one per connection.
 
-use super::{Hub, HubInner};
+use super::{ConnectionState, Hub, HubInner};
 use crate::ws::OutboxClose;
 use std::{
     sync::{Weak, atomic::Ordering::Relaxed},
@@ -35,6 +35,11 @@ fn sweep_once(hub: &Hub) {
     // A snapshot: the registry stays unlocked while the pings are queued.
     let connections = hub.read().connections.snapshot();
     for conn in connections.iter() {
+        // `on_open` still runs, before the 101: there is no socket to ping yet, and the
+        // time it takes is not the peer's silence.
+        if conn.state() == ConnectionState::Connecting {
+            continue;
+        }
         let keepalive = conn.keepalive();
         let ping_sent = keepalive.ping_sent.load(Relaxed);
         if ping_sent != 0 {
