@@ -114,7 +114,9 @@ impl BroadcastReport {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use crate::hub::{Hub, HubConfig, Registration, RequestInfo, connection::lock};
+    use crate::hub::{
+        ConnectionState, Hub, HubConfig, Registration, RequestInfo, connection::lock,
+    };
     use std::{
         sync::{Arc, Mutex, mpsc},
         task::{Wake, Waker},
@@ -193,10 +195,12 @@ pub(super) mod tests {
         assert_eq!(hub.room_size("another"), 0);
     }
 
-    /// A connection registered in a slot of its own, as an upgrade registers one.
+    /// A connection registered in a slot of its own and opened, as an upgrade does.
     fn admitted(hub: &Hub) -> Registration {
         assert!(hub.admit(), "a free slot");
-        hub.register(RequestInfo::default())
+        let registration = hub.register(RequestInfo::default());
+        registration.conn().set_state(ConnectionState::Open);
+        registration
     }
 
     // Tokio's: registering starts the hub's keepalive task.
