@@ -173,7 +173,9 @@ impl HubUpgrade {
         let websocket = WebSocketConfig::default()
             .max_message_size(config.max_message_size)
             .close_timeout(config.close_timeout)
-            .compression(config.compression);
+            .compression(config.compression)
+            // What the hub lets a connection queue, the connection may hold unwritten.
+            .max_write_buffer_size(config.max_buffered_bytes);
         let (response, connection) = self.upgrade.config(websocket).into_parts();
         let (hub, request) = (hub.clone(), self.request);
         tokio::spawn(async move {

@@ -48,9 +48,12 @@ where
             }
             None => break (CloseCode::ABNORMAL, String::new(), None),
         };
-        conn.keepalive()
-            .last_seen
-            .store(conn.hub().now_micros(), Relaxed);
+        // A ping shows that the peer sends, not that it reads: it does not put off the
+        // sweeper's ping, which a peer that never reads cannot answer.
+        if !matches!(message, Message::Ping(_)) {
+            let now = conn.hub().now_micros();
+            conn.keepalive().last_seen.store(now, Relaxed);
+        }
         match message {
             Message::Text(_) | Message::Binary(_) => {
                 ws.run_while(handler.on_message(conn, message), &mut outbox)

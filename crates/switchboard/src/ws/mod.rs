@@ -81,6 +81,16 @@ pub struct WebSocketConfig {
     /// permessage-deflate: negotiated by the server upgrades and offered by the client
     /// when enabled. Default [`Compression::Disabled`].
     pub compression: Compression,
+    /// How many queued bytes may wait unwritten, for a peer that does not read them,
+    /// before we stop reading from it: past this the connection reads nothing more
+    /// (the peer's sends then stall in TCP) until the backlog drains below it. Close
+    /// commands and the close timeout still apply meanwhile. (Like tungstenite's
+    /// `max_write_buffer_size`, except that it pauses reading rather than failing the
+    /// write.)
+    ///
+    /// Default 1 MiB, the hub's default for its own queue: a peer that makes us answer
+    /// (pings, requests) without reading the answers cannot make us hold more for it.
+    pub max_write_buffer_size: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -89,6 +99,7 @@ impl Default for WebSocketConfig {
             limits: Limits::default(),
             close_timeout: Duration::from_secs(5),
             compression: Compression::Disabled,
+            max_write_buffer_size: 1 << 20,
         }
     }
 }
@@ -117,6 +128,12 @@ impl WebSocketConfig {
         self.compression = compression;
         self
     }
+
+    /// The same config with another limit on unwritten bytes.
+    pub fn max_write_buffer_size(mut self, max: usize) -> Self {
+        self.max_write_buffer_size = max;
+        self
+    }
 }
 
 /// A WebSocket connection over the stream `S`, after the opening handshake.
@@ -130,6 +147,7 @@ pub struct WebSocket<S> {
     /// every connection carries these fields.
     close_timeout: Duration,
     compression: Compression,
+    max_write_buffer_size: usize,
     /// Our close frame and the deadline for the peer's answer, once we sent it (boxed:
     /// every connection carries the field, only a closing one fills it).
     sent_close: Option<Box<SentClose>>,
@@ -163,6 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             role,
             close_timeout: config.close_timeout,
             compression: config.compression,
+            max_write_buffer_size: config.max_write_buffer_size,
             sent_close: None,
             pending_close: None,
             finished: false,
@@ -203,7 +222,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             limits: self.read.limits(),
             close_timeout: self.close_timeout,
             compression: self.compression,
+            max_write_buffer_size: self.max_write_buffer_size,
         }
+    }
+
+    /// Bytes queued and not yet written to the stream (the browser API's
+    /// `bufferedAmount`).
+    pub fn buffered_amount(&self) -> usize {
+        self.write.unwritten_len()
     }
 
     /// Receives the next message.
@@ -320,6 +346,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Error::CloseTimeout));
             }
+        }
+        if self.write.unwritten_len() > self.max_write_buffer_size {
+            // Backpressure: the flush above waits for the socket to take more, and its
+            // wake-up resumes reading once it has.
+            return Poll::Pending;
         }
         self.read.poll_next(cx, &mut self.io)
     }

@@ -1,0 +1,136 @@
+//! `WebSocket`'s own bounds against hostile peers on real sockets: what it queues for a
+//! peer that does not read, how long its close path may take, how long a silent peer
+//! may hold it.
+//!
+//! Both ends shrink their socket buffers (the server's send buffer, the client's
+//! receive buffer), so that what the kernel would otherwise absorb (megabytes on
+//! loopback) stays small and the server's own queue shows.
+
+mod common;
+
+use bytes::BytesMut;
+use common::{handshake_request, read_response, within};
+use std::net::SocketAddr;
+use switchboard::{
+    CloseCode, Message, WebSocket, WebSocketConfig,
+    proto::Frame,
+    upgrade::{AcceptConfig, accept_with},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+};
+
+/// The socket buffer size both ends ask for (Linux doubles it, and has a floor).
+const SOCKET_BUFFER: u32 = 4096;
+
+const KEY: [u8; 4] = [1, 2, 3, 4];
+
+/// A listener whose accepted sockets have a small send buffer (they inherit it).
+fn small_listener() -> (TcpListener, SocketAddr) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(SOCKET_BUFFER).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// Accepts one WebSocket on `listener` with `config`.
+async fn accept_one(listener: &TcpListener, config: WebSocketConfig) -> WebSocket<TcpStream> {
+    let (tcp, _) = listener.accept().await.unwrap();
+    let mut accept = AcceptConfig::default();
+    accept.websocket = config;
+    accept_with(tcp, &accept).await.unwrap().0
+}
+
+/// A raw client with a small receive buffer, through the opening handshake.
+async fn raw_client(addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(SOCKET_BUFFER).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    tcp.write_all(handshake_request("/", "").as_bytes())
+        .await
+        .unwrap();
+    // The server may write right after its response: what follows is not read.
+    let (response, _) = read_response(&mut tcp).await;
+    assert_eq!(response.status(), 101);
+    tcp
+}
+
+/// `count` copies of `frame`, masked, back to back.
+fn frames(frame: Frame, count: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    for _ in 0..count {
+        frame.clone().masked(KEY).write_to(&mut out);
+    }
+    out
+}
+
+/// Receives until the connection ends; returns the most bytes it had queued, unwritten,
+/// after any message.
+async fn serve_measuring(
+    ws: &mut WebSocket<TcpStream>,
+    mut on_message: impl FnMut(&mut WebSocket<TcpStream>),
+) -> usize {
+    let mut most = 0;
+    while let Some(next) = ws.recv().await {
+        if next.is_ok_and(|m| m.is_data()) {
+            on_message(ws);
+        }
+        most = most.max(ws.buffered_amount());
+    }
+    most
+}
+
+#[tokio::test]
+async fn pings_without_reading_queue_one_pong() {
+    let (listener, addr) = small_listener();
+    let server = tokio::spawn(async move {
+        let mut ws = accept_one(&listener, WebSocketConfig::default()).await;
+        serve_measuring(&mut ws, |_| {}).await
+    });
+    let mut tcp = raw_client(addr).await;
+    // 100,000 pings of 125 bytes (13 MB) and never a read.
+    let batch = frames(Frame::ping(vec![b'p'; 125]), 1000);
+    for _ in 0..100 {
+        within("pings", tcp.write_all(&batch)).await.unwrap();
+    }
+    tcp.shutdown().await.unwrap();
+    let most = within("server end", server).await.unwrap();
+    // One pong may be half written while the next waits whole.
+    assert!(most <= 2 * 127, "{most} bytes queued");
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_is_not_read_either() {
+    const LIMIT: usize = 256 << 10;
+    const ANSWER: usize = 64 << 10;
+    let (listener, addr) = small_listener();
+    let server = tokio::spawn(async move {
+        let config = WebSocketConfig::default().max_write_buffer_size(LIMIT);
+        let mut ws = accept_one(&listener, config).await;
+        // Each request queues a large answer, as a subscription might.
+        serve_measuring(&mut ws, |ws| {
+            ws.feed(Message::binary(vec![7; ANSWER])).unwrap();
+        })
+        .await
+    });
+    let mut tcp = raw_client(addr).await;
+    // 100 requests (6.4 MB of answers), then a close, before reading anything.
+    let mut requests = frames(Frame::binary(&b"more"[..]), 100);
+    requests.extend_from_slice(&frames(Frame::close(CloseCode::NORMAL, ""), 1));
+    within("requests", tcp.write_all(&requests)).await.unwrap();
+    // Reading the answers lets the server read on, up to our close: no deadlock.
+    let mut received = Vec::new();
+    within("answers", tcp.read_to_end(&mut received))
+        .await
+        .unwrap();
+    drop(tcp);
+    let most = within("server end", server).await.unwrap();
+    assert!(most <= LIMIT + ANSWER + 14, "{most} bytes queued");
+    // Every answer, then the close frame's echo.
+    assert!(received.len() > 100 * ANSWER, "{} bytes", received.len());
+    let close = &received[received.len() - 4..];
+    assert_eq!(close, &[0x88, 2, 0x03, 0xE8]);
+}
