@@ -9,16 +9,25 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{handshake_request, read_response, within};
-use std::net::SocketAddr;
+use common::{
+    handshake_request,
+    hub::{raw_handshake, serve_ws_route, try_connect},
+    read_response, within,
+};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 use switchboard::{
     CloseCode, Message, WebSocket, WebSocketConfig,
+    hub::{Connection, Handler, HubConfig},
     proto::Frame,
     upgrade::{AcceptConfig, accept_with},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
+    sync::mpsc::UnboundedSender,
 };
 
 /// The socket buffer size both ends ask for (Linux doubles it, and has a floor).
@@ -133,4 +142,91 @@ async fn a_peer_that_does_not_read_is_not_read_either() {
     assert!(received.len() > 100 * ANSWER, "{} bytes", received.len());
     let close = &received[received.len() - 4..];
     assert_eq!(close, &[0x88, 2, 0x03, 0xE8]);
+}
+
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Scheduling noise allowed on top of the close timeout.
+const SLACK: Duration = Duration::from_millis(500);
+
+/// A masked close frame with code 1000.
+fn close_frame() -> BytesMut {
+    frames(Frame::close(CloseCode::NORMAL, ""), 1)
+}
+
+#[tokio::test]
+async fn a_peer_that_closes_and_stops_reading_is_left_within_the_close_timeout() {
+    let (listener, addr) = small_listener();
+    let server = tokio::spawn(async move {
+        let config = WebSocketConfig::default().close_timeout(CLOSE_TIMEOUT);
+        let mut ws = accept_one(&listener, config).await;
+        // A backlog the peer will never read: our answer to its close waits behind it.
+        ws.feed(Message::binary(vec![7; 512 << 10])).unwrap();
+        let started = Instant::now();
+        let last = tokio::time::timeout(CLOSE_TIMEOUT * 10, async {
+            let mut last = None;
+            while let Some(next) = ws.recv().await {
+                last = Some(next);
+            }
+            last
+        })
+        .await
+        .expect("recv still pending after ten close timeouts");
+        (last, started.elapsed())
+    });
+    let mut tcp = raw_client(addr).await;
+    tcp.write_all(&close_frame()).await.unwrap();
+    let (last, took) = within("server end", server).await.unwrap();
+    assert!(
+        matches!(last, Some(Ok(Message::Close(Some(_))))),
+        "ended with {last:?}"
+    );
+    assert!(took <= CLOSE_TIMEOUT + SLACK, "took {took:?}");
+    drop(tcp);
+}
+
+#[derive(Debug)]
+struct Closed(CloseCode);
+
+/// Queues a backlog on open, reports the close.
+struct Backlogged(UnboundedSender<Closed>);
+
+impl Handler for Backlogged {
+    async fn on_open(&self, conn: &Connection) {
+        for _ in 0..16 {
+            conn.send(Message::binary(vec![7; 1 << 20])).unwrap();
+        }
+    }
+
+    async fn on_close(&self, _conn: &Connection, code: CloseCode, _reason: &str) {
+        let _ = self.0.send(Closed(code));
+    }
+}
+
+#[tokio::test]
+async fn a_hub_client_that_closes_and_stops_reading_is_released_within_the_close_timeout() {
+    let mut config = HubConfig::default();
+    config.close_timeout = CLOSE_TIMEOUT;
+    config.max_connections = 1;
+    // Room for the backlog (more than the kernel's buffers take on loopback).
+    config.max_buffered_bytes = 32 << 20;
+    let mut server = serve_ws_route(config, Backlogged).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    raw_handshake(&mut tcp, "/ws").await;
+    tcp.write_all(&close_frame()).await.unwrap();
+    let started = Instant::now();
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT * 10, server.events.recv())
+        .await
+        .expect("on_close did not run within ten close timeouts");
+    assert!(
+        matches!(closed, Some(Closed(CloseCode::NORMAL))),
+        "{closed:?}"
+    );
+    assert!(
+        started.elapsed() <= CLOSE_TIMEOUT + SLACK,
+        "took {:?}",
+        started.elapsed()
+    );
+    // The one slot is free again.
+    let (_client, _) = try_connect(server.addr, "/ws", &[]).await.unwrap();
+    drop(tcp);
 }

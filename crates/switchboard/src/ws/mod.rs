@@ -28,7 +28,7 @@ use switchboard_proto::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
-    time::{Instant, Sleep, sleep_until, timeout},
+    time::{Instant, Sleep, sleep_until, timeout, timeout_at},
 };
 pub(crate) use write::WriteState;
 use write::{CloseState, Reaction};
@@ -418,10 +418,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Writes every queued message.
+    ///
+    /// Once our close frame is queued, the close timeout bounds the wait: a peer that
+    /// stopped reading does not hold the connection ([`Error::CloseTimeout`]).
     pub async fn flush(&mut self) -> Result<(), Error> {
-        match self.write.flush(&mut self.io).await {
+        let flushed = match self.sent_close.as_ref().map(|sent| sent.deadline) {
+            None => self.write.flush(&mut self.io).await.map_err(Error::from),
+            // Boxed: only a closing connection needs the timer.
+            Some(deadline) => {
+                match Box::pin(timeout_at(deadline, self.write.flush(&mut self.io))).await {
+                    Ok(flushed) => flushed.map_err(Error::from),
+                    Err(_) => Err(Error::CloseTimeout),
+                }
+            }
+        };
+        match flushed {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.fail_boxed(e.into()).await),
+            Err(e) => Err(self.fail_boxed(e).await),
         }
     }
 
@@ -462,20 +475,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             Error::Protocol(e) => {
                 self.write
                     .push_failure_close(&CloseFrame::new(e.close_code(), e.to_string()));
-                if self.write.flush(&mut self.io).await.is_ok() {
+                if self.flush_closing().await {
                     self.linger().await;
                 }
             }
             Error::CloseTimeout => {
                 self.write.close = CloseState::Done;
-                let _ = self.io.shutdown().await;
+                self.shutdown().await;
             }
             // The peer is gone or cannot keep up: one attempt to hand over the close
             // frame, without waiting.
             Error::Aborted(frame) => {
                 self.write.push_failure_close(frame);
                 let _ = poll_fn(|cx| Poll::Ready(self.write.poll_flush(cx, &mut self.io))).await;
-                let _ = self.io.shutdown().await;
+                self.shutdown().await;
             }
             _ => self.write.close = CloseState::Done,
         }
@@ -488,12 +501,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// stream.
     async fn finish(&mut self) {
         self.finished = true;
-        if self.write.flush(&mut self.io).await.is_ok() {
+        if self.flush_closing().await {
             if self.role == Role::Server {
-                let _ = self.io.shutdown().await;
+                self.shutdown().await;
             }
             self.linger_pending = true;
         }
+    }
+
+    /// Writes what is queued after a close, within the close timeout: the peer may have
+    /// stopped reading, and must not hold the connection. Whether all of it was written.
+    async fn flush_closing(&mut self) -> bool {
+        let flush = self.write.flush(&mut self.io);
+        matches!(timeout(self.close_timeout, flush).await, Ok(Ok(())))
+    }
+
+    /// Shuts our side of the transport, within the close timeout (a TLS stream first
+    /// writes its own closing message, which a peer that does not read can block).
+    async fn shutdown(&mut self) {
+        let _ = timeout(self.close_timeout, self.io.shutdown()).await;
     }
 
     /// Closes the transport after the close handshake.
@@ -504,7 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// socket with unread bytes resets it and can destroy our close frame in flight.
     async fn linger(&mut self) {
         if self.role == Role::Server {
-            let _ = self.io.shutdown().await;
+            self.shutdown().await;
         }
         self.await_peer_eof().await;
     }
@@ -514,7 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     async fn await_peer_eof(&mut self) {
         let _ = timeout(self.close_timeout, self.read.drain(&mut self.io)).await;
         if self.role == Role::Client {
-            let _ = self.io.shutdown().await;
+            self.shutdown().await;
         }
     }
 }
