@@ -175,7 +175,9 @@ impl HubUpgrade {
             .close_timeout(config.close_timeout)
             .compression(config.compression)
             // What the hub lets a connection queue, the connection may hold unwritten.
-            .max_write_buffer_size(config.max_buffered_bytes);
+            .max_write_buffer_size(config.max_buffered_bytes)
+            // The hub's keepalive sweeper watches for silent peers.
+            .idle_timeout(None);
         let (response, connection) = self.upgrade.config(websocket).into_parts();
         let (hub, request) = (hub.clone(), self.request);
         tokio::spawn(async move {

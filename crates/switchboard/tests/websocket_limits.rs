@@ -10,7 +10,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::{
-    handshake_request,
+    RawReader, assert_eof, handshake_request,
     hub::{raw_handshake, serve_ws_route, try_connect},
     read_response, within,
 };
@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 use switchboard::{
-    CloseCode, Message, WebSocket, WebSocketConfig,
+    CloseCode, Error, Message, WebSocket, WebSocketConfig,
     hub::{Connection, Handler, HubConfig},
     proto::Frame,
     upgrade::{AcceptConfig, accept_with},
@@ -53,18 +53,18 @@ async fn accept_one(listener: &TcpListener, config: WebSocketConfig) -> WebSocke
     accept_with(tcp, &accept).await.unwrap().0
 }
 
-/// A raw client with a small receive buffer, through the opening handshake.
-async fn raw_client(addr: SocketAddr) -> TcpStream {
+/// A raw client with a small receive buffer, through the opening handshake; with a
+/// reader of what the server sends, should the test read it.
+async fn raw_client(addr: SocketAddr) -> (TcpStream, RawReader) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(SOCKET_BUFFER).unwrap();
     let mut tcp = socket.connect(addr).await.unwrap();
     tcp.write_all(handshake_request("/", "").as_bytes())
         .await
         .unwrap();
-    // The server may write right after its response: what follows is not read.
-    let (response, _) = read_response(&mut tcp).await;
+    let (response, rest) = read_response(&mut tcp).await;
     assert_eq!(response.status(), 101);
-    tcp
+    (tcp, RawReader::new(rest))
 }
 
 /// `count` copies of `frame`, masked, back to back.
@@ -99,7 +99,7 @@ async fn pings_without_reading_queue_one_pong() {
         let mut ws = accept_one(&listener, WebSocketConfig::default()).await;
         serve_measuring(&mut ws, |_| {}).await
     });
-    let mut tcp = raw_client(addr).await;
+    let (mut tcp, _) = raw_client(addr).await;
     // 100,000 pings of 125 bytes (13 MB) and never a read.
     let batch = frames(Frame::ping(vec![b'p'; 125]), 1000);
     for _ in 0..100 {
@@ -125,7 +125,7 @@ async fn a_peer_that_does_not_read_is_not_read_either() {
         })
         .await
     });
-    let mut tcp = raw_client(addr).await;
+    let (mut tcp, _) = raw_client(addr).await;
     // 100 requests (6.4 MB of answers), then a close, before reading anything.
     let mut requests = frames(Frame::binary(&b"more"[..]), 100);
     requests.extend_from_slice(&frames(Frame::close(CloseCode::NORMAL, ""), 1));
@@ -173,7 +173,7 @@ async fn a_peer_that_closes_and_stops_reading_is_left_within_the_close_timeout()
         .expect("recv still pending after ten close timeouts");
         (last, started.elapsed())
     });
-    let mut tcp = raw_client(addr).await;
+    let (mut tcp, _) = raw_client(addr).await;
     tcp.write_all(&close_frame()).await.unwrap();
     let (last, took) = within("server end", server).await.unwrap();
     assert!(
@@ -229,4 +229,90 @@ async fn a_hub_client_that_closes_and_stops_reading_is_released_within_the_close
     // The one slot is free again.
     let (_client, _) = try_connect(server.addr, "/ws", &[]).await.unwrap();
     drop(tcp);
+}
+
+const IDLE: Duration = Duration::from_millis(300);
+
+/// Serves one connection with an idle limit of [`IDLE`], echoing data messages;
+/// returns the last thing `recv` said.
+async fn idle_server(listener: TcpListener) -> Option<Result<Message, Error>> {
+    let config = WebSocketConfig::default().idle_timeout(Some(IDLE));
+    let mut ws = accept_one(&listener, config).await;
+    let mut last = None;
+    while let Some(next) = ws.recv().await {
+        if let Ok(message) = &next {
+            if message.is_data() {
+                ws.send(message.clone()).await.unwrap();
+            }
+        }
+        last = Some(next);
+    }
+    last
+}
+
+#[tokio::test]
+async fn a_peer_silent_half_way_through_a_frame_is_pinged_then_closed_with_1001() {
+    let (listener, addr) = small_listener();
+    let server = tokio::spawn(idle_server(listener));
+    let (mut tcp, mut reader) = raw_client(addr).await;
+    // The header of a 100-byte frame and 10 bytes of it, then nothing.
+    let mut half = frames(Frame::binary(vec![0; 100]), 1);
+    half.truncate(8 + 10);
+    tcp.write_all(&half).await.unwrap();
+    let started = Instant::now();
+    assert!(matches!(reader.message(&mut tcp).await, Message::Ping(p) if p.is_empty()));
+    let pinged = started.elapsed();
+    // No answer: the close follows at the limit.
+    let Message::Close(Some(close)) = reader.message(&mut tcp).await else {
+        panic!("expected a close frame");
+    };
+    let closed = started.elapsed();
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::GOING_AWAY, "idle timeout")
+    );
+    assert!(pinged >= IDLE / 2 - IDLE / 10, "pinged after {pinged:?}");
+    assert!(closed >= IDLE - IDLE / 10, "closed after {closed:?}");
+    assert!(closed <= IDLE + SLACK, "closed after {closed:?}");
+    assert_eof(&mut tcp).await;
+    match within("server end", server).await.unwrap() {
+        Some(Err(error @ Error::Aborted(_))) => {
+            assert_eq!(error.close_code(), CloseCode::GOING_AWAY)
+        }
+        other => panic!("ended with {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_peer_that_answers_pings_stays_connected() {
+    let (listener, addr) = small_listener();
+    let server = tokio::spawn(idle_server(listener));
+    let (mut tcp, mut reader) = raw_client(addr).await;
+    // Four idle limits of saying nothing but pongs.
+    let quiet = async {
+        loop {
+            let Message::Ping(payload) = reader.message(&mut tcp).await else {
+                panic!("expected pings only");
+            };
+            let pong = frames(Frame::new(switchboard::proto::OpCode::Pong, payload), 1);
+            tcp.write_all(&pong).await.unwrap();
+        }
+    };
+    let _ = tokio::time::timeout(IDLE * 4, quiet).await;
+    // Still served.
+    tcp.write_all(&frames(Frame::text("still here"), 1))
+        .await
+        .unwrap();
+    let echo = loop {
+        match reader.message(&mut tcp).await {
+            Message::Ping(_) => {}
+            other => break other,
+        }
+    };
+    assert_eq!(echo, Message::text("still here"));
+    tcp.write_all(&close_frame()).await.unwrap();
+    assert!(matches!(reader.message(&mut tcp).await, Message::Close(_)));
+    drop(tcp);
+    let last = within("server end", server).await.unwrap();
+    assert!(matches!(last, Some(Ok(Message::Close(_)))), "{last:?}");
 }

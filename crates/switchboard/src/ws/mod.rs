@@ -14,13 +14,13 @@ pub use compression::Compression;
 pub use split::{WsReader, WsWriter};
 
 use crate::Error;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 pub(crate) use compression::Compressor;
 use read::ReadState;
 use std::{
     future::{Future, poll_fn},
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 use switchboard_proto::{
@@ -66,6 +66,68 @@ struct SentClose {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
+/// When the peer last sent anything, for [`WebSocketConfig::idle_timeout`].
+#[derive(Debug)]
+struct Idle {
+    limit: Duration,
+    heard_at: Instant,
+    /// The peer was pinged for its silence.
+    pinged: bool,
+    /// Fires at the next deadline, or later: it is not moved on every read, only when
+    /// it fires, to the deadline counted from the last read.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// What the peer's silence calls for.
+#[derive(Debug)]
+enum Silence {
+    /// Half the limit passed: ping the peer.
+    Ping,
+    /// The limit passed: end the connection.
+    Over,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            limit,
+            heard_at: now,
+            pinged: false,
+            timer: Box::pin(sleep_until(now + limit / 2)),
+        }
+    }
+
+    /// The peer sent something.
+    fn heard(&mut self) {
+        self.heard_at = Instant::now();
+        self.pinged = false;
+    }
+
+    /// Ready when the peer has been silent for half the limit (once), or for all of it.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<Silence> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let silent_for = if self.pinged {
+                self.limit
+            } else {
+                self.limit / 2
+            };
+            let due = self.heard_at + silent_for;
+            if Instant::now() < due {
+                self.timer.as_mut().reset(due);
+                continue;
+            }
+            if self.pinged {
+                return Poll::Ready(Silence::Over);
+            }
+            self.pinged = true;
+            self.timer.as_mut().reset(self.heard_at + self.limit);
+            return Poll::Ready(Silence::Ping);
+        }
+    }
+}
+
 /// Settings of one connection.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -84,13 +146,30 @@ pub struct WebSocketConfig {
     /// How many queued bytes may wait unwritten, for a peer that does not read them,
     /// before we stop reading from it: past this the connection reads nothing more
     /// (the peer's sends then stall in TCP) until the backlog drains below it. Close
-    /// commands and the close timeout still apply meanwhile. (Like tungstenite's
-    /// `max_write_buffer_size`, except that it pauses reading rather than failing the
-    /// write.)
+    /// commands, the close timeout and [`WebSocketConfig::idle_timeout`] still apply
+    /// meanwhile. (Like tungstenite's `max_write_buffer_size`, except that it pauses
+    /// reading rather than failing the write.)
     ///
     /// Default 1 MiB, the hub's default for its own queue: a peer that makes us answer
     /// (pings, requests) without reading the answers cannot make us hold more for it.
     pub max_write_buffer_size: usize,
+    /// How long the peer may stay silent (send nothing at all, not even the rest of a
+    /// frame) before the connection ends: after half of it the peer is pinged, which
+    /// every live peer answers ("Upon receipt of a Ping frame, an endpoint MUST send a
+    /// Pong frame in response", RFC 6455 §5.5.2); if nothing has arrived by the end of
+    /// it, the connection is closed with 1001 "idle timeout", without waiting for an
+    /// answer from a peer that gives none, and `recv` reports [`Error::Aborted`]. A peer
+    /// that reads nothing of what we queue for it, while we hold back from reading it
+    /// (see [`WebSocketConfig::max_write_buffer_size`]), counts as silent. It applies
+    /// while [`WebSocket::recv`] waits; split halves do not apply it. `None` turns it
+    /// off.
+    ///
+    /// Default 60 s, Phoenix's heartbeat timeout (uWebSockets' `idleTimeout` works the
+    /// same way, pinging before it closes): a live peer answers a ping in far less, and
+    /// a vanished peer, or one that stopped half-way through a frame, holds a socket no
+    /// longer. The hub turns it off: its keepalive sweeper pings all its connections
+    /// with one timer.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for WebSocketConfig {
@@ -100,6 +179,7 @@ impl Default for WebSocketConfig {
             close_timeout: Duration::from_secs(5),
             compression: Compression::Disabled,
             max_write_buffer_size: 1 << 20,
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -134,6 +214,12 @@ impl WebSocketConfig {
         self.max_write_buffer_size = max;
         self
     }
+
+    /// The same config with another idle timeout (`None`: none).
+    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
 }
 
 /// A WebSocket connection over the stream `S`, after the opening handshake.
@@ -148,6 +234,9 @@ pub struct WebSocket<S> {
     close_timeout: Duration,
     compression: Compression,
     max_write_buffer_size: usize,
+    /// The idle limit's clock, unless it is off (boxed: the hub's connections go
+    /// without).
+    idle: Option<Box<Idle>>,
     /// Our close frame and the deadline for the peer's answer, once we sent it (boxed:
     /// every connection carries the field, only a closing one fills it).
     sent_close: Option<Box<SentClose>>,
@@ -182,6 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             close_timeout: config.close_timeout,
             compression: config.compression,
             max_write_buffer_size: config.max_write_buffer_size,
+            idle: config.idle_timeout.map(|limit| Box::new(Idle::new(limit))),
             sent_close: None,
             pending_close: None,
             finished: false,
@@ -223,6 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             close_timeout: self.close_timeout,
             compression: self.compression,
             max_write_buffer_size: self.max_write_buffer_size,
+            idle_timeout: self.idle.as_ref().map(|idle| idle.limit),
         }
     }
 
@@ -350,9 +441,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if self.write.unwritten_len() > self.max_write_buffer_size {
             // Backpressure: the flush above waits for the socket to take more, and its
             // wake-up resumes reading once it has.
+            return self.poll_idle(cx).map(Err);
+        }
+        let next = self.read.poll_next(cx, &mut self.io);
+        if self.read.take_heard() {
+            if let Some(idle) = &mut self.idle {
+                idle.heard();
+            }
+        }
+        match next {
+            // Checked after the read, which has taken in whatever the peer sent: a
+            // caller slow to call again does not make a talking peer look silent.
+            Poll::Pending => self.poll_idle(cx).map(Err),
+            done => done,
+        }
+    }
+
+    /// Runs the idle limit while the peer is silent: pings the peer at half the limit,
+    /// and gives the error that ends the connection at the limit.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        // Once we closed, the close timeout is the limit.
+        if self.sent_close.is_some() {
             return Poll::Pending;
         }
-        self.read.poll_next(cx, &mut self.io)
+        let Some(idle) = &mut self.idle else {
+            return Poll::Pending;
+        };
+        while let Poll::Ready(silence) = idle.poll_silence(cx) {
+            match silence {
+                Silence::Ping => {
+                    if self.write.push(Message::Ping(Bytes::new())).is_ok() {
+                        // An error shows again on the next flush, which reports it.
+                        let _ = self.write.poll_flush(cx, &mut self.io);
+                    }
+                }
+                Silence::Over => {
+                    let frame = CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout");
+                    return Poll::Ready(Error::Aborted(frame));
+                }
+            }
+        }
+        Poll::Pending
     }
 
     /// Runs `work` to completion while writing frames from `outbox`, so that a slow

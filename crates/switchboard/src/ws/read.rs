@@ -32,6 +32,8 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct ReadState {
     decoder: Decoder,
+    /// Bytes arrived since [`ReadState::take_heard`] last looked.
+    heard: bool,
 }
 
 impl ReadState {
@@ -41,7 +43,10 @@ impl ReadState {
         if !buffered.is_empty() {
             decoder.feed(buffered);
         }
-        Self { decoder }
+        Self {
+            decoder,
+            heard: false,
+        }
     }
 
     /// The limits the decoder applies.
@@ -89,7 +94,7 @@ impl ReadState {
             self.decoder.feed(buf);
             match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.heard = true,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                 Poll::Pending => {
                     self.park_buffer();
@@ -97,6 +102,11 @@ impl ReadState {
                 }
             }
         }
+    }
+
+    /// Whether bytes arrived since the last call.
+    pub(crate) fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
     }
 
     /// Gives an empty buffer to the thread's spare while the peer is silent; the spare
