@@ -118,8 +118,9 @@ pub struct Decoder {
     role: Role,
     limits: Limits,
     /// Bytes received and not yet handed out: the payload of the frame in progress
-    /// (unmasked and validated up to its `seen`), then bytes not looked at yet. Only
-    /// the decoder writes to it: what it validated stays valid.
+    /// (unmasked and validated up to its `seen`, which never exceeds the length), then
+    /// bytes not looked at yet. Only the decoder writes to it: what it validated stays
+    /// valid.
     buf: BytesMut,
     /// The frame whose header has been consumed and whose payload is arriving.
     frame: Option<InFrame>,
@@ -197,8 +198,29 @@ impl Decoder {
     /// bytes, which continues the decoder's own. Read into it and hand it to
     /// [`Decoder::feed`]: the bytes then join the buffered ones without a copy.
     pub fn read_buf(&mut self, additional: usize) -> BytesMut {
+        // Between messages nothing is validated yet: the whole buffer is lent, which
+        // spares the split (and the shared state it needs) on the common path.
+        if self.buf.is_empty() {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.reserve(additional);
+            return buf;
+        }
         self.buf.reserve(additional);
         self.buf.split_off(self.buf.len())
+    }
+
+    /// [`Decoder::read_buf`] and [`Decoder::feed`] around a synchronous `read` (a
+    /// poll), which appends to the buffer it is given: without moving the buffer in
+    /// and out when nothing is validated in it, the common case between messages.
+    pub fn read_with<T>(&mut self, additional: usize, read: impl FnOnce(&mut BytesMut) -> T) -> T {
+        if self.buf.is_empty() {
+            self.buf.reserve(additional);
+            return read(&mut self.buf);
+        }
+        let mut buf = self.read_buf(additional);
+        let output = read(&mut buf);
+        self.feed(buf);
+        output
     }
 
     /// Appends received bytes: without a copy when they were read into

@@ -271,9 +271,11 @@ async fn a_peer_silent_half_way_through_a_frame_is_pinged_then_closed_with_1001(
         (close.code, close.reason.as_str()),
         (CloseCode::GOING_AWAY, "idle timeout")
     );
+    // The idle clock ticks every half limit: a ping after between half and all of
+    // it, the close after between one and one and a half limits.
     assert!(pinged >= IDLE / 2 - IDLE / 10, "pinged after {pinged:?}");
     assert!(closed >= IDLE - IDLE / 10, "closed after {closed:?}");
-    assert!(closed <= IDLE + SLACK, "closed after {closed:?}");
+    assert!(closed <= IDLE * 3 / 2 + SLACK, "closed after {closed:?}");
     assert_eof(&mut tcp).await;
     match within("server end", server).await.unwrap() {
         Some(Err(error @ Error::Aborted(_))) => {

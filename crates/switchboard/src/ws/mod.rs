@@ -20,7 +20,7 @@ use read::ReadState;
 use std::{
     future::{Future, poll_fn},
     pin::Pin,
-    task::{Context, Poll, Waker, ready},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 use switchboard_proto::{
@@ -28,7 +28,7 @@ use switchboard_proto::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
-    time::{Instant, Sleep, sleep_until, timeout, timeout_at},
+    time::{Instant, Sleep, sleep, sleep_until, timeout, timeout_at},
 };
 pub(crate) use write::WriteState;
 use write::{CloseState, Reaction};
@@ -66,65 +66,69 @@ struct SentClose {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-/// When the peer last sent anything, for [`WebSocketConfig::idle_timeout`].
+/// The clock of [`WebSocketConfig::idle_timeout`]. It ticks every half of the limit
+/// rather than being moved on every read (a read only sets a flag, see
+/// `ReadState::take_heard`): a tick finds the peer heard since the last one, or pings
+/// it, or, pinged and still silent, ends the connection. So a silent peer is pinged
+/// after between half and all of the limit, and the connection ends after between one
+/// and one and a half times the limit.
 #[derive(Debug)]
 struct Idle {
     limit: Duration,
-    heard_at: Instant,
     /// The peer was pinged for its silence.
     pinged: bool,
-    /// Fires at the next deadline, or later: it is not moved on every read, only when
-    /// it fires, to the deadline counted from the last read.
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with, while it is armed.
+    armed_for: Option<Waker>,
 }
 
-/// What the peer's silence calls for.
+/// What a tick of the idle clock calls for.
 #[derive(Debug)]
 enum Silence {
-    /// Half the limit passed: ping the peer.
+    /// The peer was heard: nothing.
+    Heard,
+    /// Silent for a tick: ping the peer.
     Ping,
-    /// The limit passed: end the connection.
+    /// Silent for a tick after the ping: end the connection.
     Over,
 }
 
 impl Idle {
     fn new(limit: Duration) -> Self {
-        let now = Instant::now();
         Self {
             limit,
-            heard_at: now,
             pinged: false,
-            timer: Box::pin(sleep_until(now + limit / 2)),
+            timer: Box::pin(sleep(limit / 2)),
+            armed_for: None,
         }
     }
 
-    /// The peer sent something.
-    fn heard(&mut self) {
-        self.heard_at = Instant::now();
-        self.pinged = false;
+    /// Polls the timer, unless it is armed to wake this very task and has not fired:
+    /// polling it on every wait (tokio's bookkeeping and the waker's registration)
+    /// cost more than the rest of a message's echo path.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let armed = self.armed_for.as_ref();
+        if !self.timer.is_elapsed() && armed.is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let polled = self.timer.as_mut().poll(cx);
+        self.armed_for = polled.is_pending().then(|| cx.waker().clone());
+        polled
     }
 
-    /// Ready when the peer has been silent for half the limit (once), or for all of it.
-    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<Silence> {
-        loop {
-            ready!(self.timer.as_mut().poll(cx));
-            let silent_for = if self.pinged {
-                self.limit
-            } else {
-                self.limit / 2
-            };
-            let due = self.heard_at + silent_for;
-            if Instant::now() < due {
-                self.timer.as_mut().reset(due);
-                continue;
-            }
-            if self.pinged {
-                return Poll::Ready(Silence::Over);
-            }
-            self.pinged = true;
-            self.timer.as_mut().reset(self.heard_at + self.limit);
-            return Poll::Ready(Silence::Ping);
-        }
+    /// Judges a tick, `heard` telling whether the peer sent anything since the last
+    /// one, and sets the next.
+    fn tick(&mut self, heard: bool) -> Silence {
+        let silence = match (heard, self.pinged) {
+            (true, _) => Silence::Heard,
+            (false, false) => Silence::Ping,
+            (false, true) => Silence::Over,
+        };
+        self.pinged = matches!(silence, Silence::Ping);
+        let next = Instant::now() + self.limit / 2;
+        self.timer.as_mut().reset(next);
+        self.armed_for = None;
+        silence
     }
 }
 
@@ -154,11 +158,14 @@ pub struct WebSocketConfig {
     /// (pings, requests) without reading the answers cannot make us hold more for it.
     pub max_write_buffer_size: usize,
     /// How long the peer may stay silent (send nothing at all, not even the rest of a
-    /// frame) before the connection ends: after half of it the peer is pinged, which
-    /// every live peer answers ("Upon receipt of a Ping frame, an endpoint MUST send a
-    /// Pong frame in response", RFC 6455 §5.5.2); if nothing has arrived by the end of
-    /// it, the connection is closed with 1001 "idle timeout", without waiting for an
-    /// answer from a peer that gives none, and `recv` reports [`Error::Aborted`]. A peer
+    /// frame) before it is pinged, which every live peer answers ("Upon receipt of a
+    /// Ping frame, an endpoint MUST send a Pong frame in response", RFC 6455 §5.5.2),
+    /// and, still silent, the connection ends: it is closed with 1001 "idle timeout",
+    /// without waiting for an answer from a peer that gives none, and `recv` reports
+    /// [`Error::Aborted`]. The clock ticks every half of the limit rather than being
+    /// moved on every read, so the ping leaves after between half and all of the
+    /// limit of silence, and the connection ends after between one and one and a half
+    /// times the limit. A peer
     /// that reads nothing of what we queue for it, while we hold back from reading it
     /// (see [`WebSocketConfig::max_write_buffer_size`]), counts as silent. It applies
     /// while [`WebSocket::recv`] waits; split halves do not apply it. `None` turns it
@@ -234,7 +241,7 @@ pub struct WebSocket<S> {
     close_timeout: Duration,
     compression: Compression,
     max_write_buffer_size: usize,
-    /// The idle limit's clock, unless it is off (boxed: the hub's connections go
+    /// The idle clock, unless the limit is off (boxed: the hub's connections go
     /// without).
     idle: Option<Box<Idle>>,
     /// Our close frame and the deadline for the peer's answer, once we sent it (boxed:
@@ -443,13 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // wake-up resumes reading once it has.
             return self.poll_idle(cx).map(Err);
         }
-        let next = self.read.poll_next(cx, &mut self.io);
-        if self.read.take_heard() {
-            if let Some(idle) = &mut self.idle {
-                idle.heard();
-            }
-        }
-        match next {
+        match self.read.poll_next(cx, &mut self.io) {
             // Checked after the read, which has taken in whatever the peer sent: a
             // caller slow to call again does not make a talking peer look silent.
             Poll::Pending => self.poll_idle(cx).map(Err),
@@ -457,18 +458,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
-    /// Runs the idle limit while the peer is silent: pings the peer at half the limit,
-    /// and gives the error that ends the connection at the limit.
+    /// Runs the idle clock while the peer is silent: ready with the error that ends
+    /// the connection when the peer stayed silent after a ping.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
-        // Once we closed, the close timeout is the limit.
-        if self.sent_close.is_some() {
-            return Poll::Pending;
-        }
         let Some(idle) = &mut self.idle else {
             return Poll::Pending;
         };
-        while let Poll::Ready(silence) = idle.poll_silence(cx) {
-            match silence {
+        while idle.poll_timer(cx).is_ready() {
+            // Once we closed, the close timeout is the limit.
+            if self.sent_close.is_some() {
+                return Poll::Pending;
+            }
+            match idle.tick(self.read.take_heard()) {
+                Silence::Heard => {}
                 Silence::Ping => {
                     if self.write.push(Message::Ping(Bytes::new())).is_ok() {
                         // An error shows again on the next flush, which reports it.

@@ -89,9 +89,9 @@ impl ReadState {
             // Reserving what the frame in progress still needs (already checked against
             // the limits) lets a large frame arrive without repeated reallocation.
             let want = self.decoder.bytes_wanted().max(MIN_READ);
-            let mut buf = self.decoder.read_buf(want);
-            let read = poll_read_buf(Pin::new(&mut *io), cx, &mut buf);
-            self.decoder.feed(buf);
+            let read = self
+                .decoder
+                .read_with(want, |buf| poll_read_buf(Pin::new(&mut *io), cx, buf));
             match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
                 Poll::Ready(Ok(_)) => self.heard = true,
