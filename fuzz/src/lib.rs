@@ -78,8 +78,8 @@ pub fn decode(data: &[u8], role: Role) {
 struct Outcome {
     messages: Vec<Message>,
     error: Option<ProtocolError>,
-    /// The bytes left in the buffer, and the decoder's read hint, when no error came.
-    rest: Vec<u8>,
+    /// How many bytes the decoder holds, and its read hint, when no error came.
+    buffered: usize,
     wanted: usize,
 }
 
@@ -96,7 +96,6 @@ fn decode_in_pieces(
     if let Some(params) = &deflate {
         decoder = decoder.with_deflate(params);
     }
-    let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     let mut at = 0;
     for end in ends
@@ -105,19 +104,19 @@ fn decode_in_pieces(
         .chain([wire.len()])
     {
         let end = end.max(at);
-        buf.extend_from_slice(&wire[at..end]);
+        decoder.feed(BytesMut::from(&wire[at..end]));
         at = end;
         loop {
-            match decoder.decode(&mut buf) {
+            match decoder.decode() {
                 Ok(Some(message)) => {
                     check_message(&message, limits);
                     messages.push(message);
                 }
                 Ok(None) => {
                     // Asking again without new bytes changes nothing.
-                    let len = buf.len();
-                    assert_eq!(decoder.decode(&mut buf), Ok(None));
-                    assert_eq!(buf.len(), len);
+                    let held = decoder.buffered();
+                    assert_eq!(decoder.decode(), Ok(None));
+                    assert_eq!(decoder.buffered(), held);
                     break;
                 }
                 Err(error) => {
@@ -129,7 +128,7 @@ fn decode_in_pieces(
                     return Outcome {
                         messages,
                         error: Some(error),
-                        rest: Vec::new(),
+                        buffered: 0,
                         wanted: 0,
                     };
                 }
@@ -137,8 +136,8 @@ fn decode_in_pieces(
         }
     }
     Outcome {
-        wanted: decoder.bytes_wanted(buf.len()),
-        rest: buf.to_vec(),
+        wanted: decoder.bytes_wanted(),
+        buffered: decoder.buffered(),
         messages,
         error: None,
     }

@@ -96,8 +96,8 @@ fn decode(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("text", len), &wire, |b, wire| {
             let mut decoder = Decoder::new(Role::Server, Limits::default());
             b.iter(|| {
-                let mut buf = wire.clone();
-                decoder.decode(&mut buf)
+                decoder.feed(wire.clone());
+                decoder.decode()
             })
         });
     }

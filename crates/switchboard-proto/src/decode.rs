@@ -1,10 +1,12 @@
 //! The receive side: bytes in, messages out (RFC 6455 §5, §6.2).
 //!
-//! The decoder works on the caller's read buffer. It consumes a frame's header as soon as
-//! the header is complete, and unmasks and validates payload bytes in place as they
-//! arrive, but takes a payload out of the buffer only when the frame is complete. So an
-//! unfragmented message is handed out without a copy, and invalid UTF-8 fails the
-//! connection as soon as its bytes are read.
+//! The decoder owns its read buffer: the caller reads into the room it lends
+//! ([`Decoder::read_buf`]) and hands the bytes back ([`Decoder::feed`]), which joins them
+//! to the buffer without a copy. It consumes a frame's header as soon as the header is
+//! complete, and unmasks and validates payload bytes in place as they arrive, but takes
+//! a payload out of the buffer only when the frame is complete. So an unfragmented
+//! message is handed out without a copy, invalid UTF-8 fails the connection as soon as
+//! its bytes are read, and no one but the decoder can change bytes it has validated.
 //!
 //! With permessage-deflate negotiated ([`Decoder::with_deflate`]), a message whose first
 //! frame has RSV1 set is inflated frame by frame as each frame completes, its text
@@ -115,6 +117,11 @@ impl From<Utf8Error> for ProtocolError {
 pub struct Decoder {
     role: Role,
     limits: Limits,
+    /// Bytes received and not yet handed out: the payload of the frame in progress
+    /// (unmasked and validated up to its `seen`, which never exceeds the length), then
+    /// bytes not looked at yet. Only the decoder writes to it: what it validated stays
+    /// valid.
+    buf: BytesMut,
     /// The frame whose header has been consumed and whose payload is arriving.
     frame: Option<InFrame>,
     /// The fragmented message being reassembled, if any (boxed: most messages come
@@ -166,6 +173,7 @@ impl Decoder {
         Self {
             role,
             limits,
+            buf: BytesMut::new(),
             frame: None,
             fragments: None,
             utf8: Utf8Validator::new(),
@@ -186,38 +194,90 @@ impl Decoder {
         self.limits
     }
 
-    /// Decodes the next message from the front of `buf`.
+    /// Room for the next read: an empty buffer with space for at least `additional`
+    /// bytes, which continues the decoder's own. Read into it and hand it to
+    /// [`Decoder::feed`]: the bytes then join the buffered ones without a copy.
+    pub fn read_buf(&mut self, additional: usize) -> BytesMut {
+        // Between messages nothing is validated yet: the whole buffer is lent, which
+        // spares the split (and the shared state it needs) on the common path.
+        if self.buf.is_empty() {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.reserve(additional);
+            return buf;
+        }
+        self.buf.reserve(additional);
+        self.buf.split_off(self.buf.len())
+    }
+
+    /// [`Decoder::read_buf`] and [`Decoder::feed`] around a synchronous `read` (a
+    /// poll), which appends to the buffer it is given: without moving the buffer in
+    /// and out when nothing is validated in it, the common case between messages.
+    pub fn read_with<T>(&mut self, additional: usize, read: impl FnOnce(&mut BytesMut) -> T) -> T {
+        if self.buf.is_empty() {
+            self.buf.reserve(additional);
+            return read(&mut self.buf);
+        }
+        let mut buf = self.read_buf(additional);
+        let output = read(&mut buf);
+        self.feed(buf);
+        output
+    }
+
+    /// Appends received bytes: without a copy when they were read into
+    /// [`Decoder::read_buf`], or when nothing is buffered.
+    pub fn feed(&mut self, bytes: BytesMut) {
+        self.buf.unsplit(bytes);
+    }
+
+    /// How many received bytes the decoder holds, not yet handed out.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the decoder holds a read buffer (it holds none after
+    /// [`Decoder::take_buffer`] until it is fed or lends room again).
+    pub fn has_buffer(&self) -> bool {
+        self.buf.capacity() > 0
+    }
+
+    /// The read buffer, if it holds no bytes, to reuse elsewhere while the peer is
+    /// silent: an idle connection then keeps no buffer. [`Decoder::feed`] takes one
+    /// back; [`Decoder::read_buf`] starts a new one otherwise.
+    pub fn take_buffer(&mut self) -> Option<BytesMut> {
+        self.buf.is_empty().then(|| std::mem::take(&mut self.buf))
+    }
+
+    /// Decodes the next message from the bytes fed so far.
     ///
-    /// Returns `Ok(None)` when `buf` needs more bytes; the caller appends to `buf` and
-    /// calls again, without otherwise touching the bytes already in it. A non-final
-    /// fragment is absorbed and decoding goes on with the next frame.
+    /// Returns `Ok(None)` when it needs more bytes: feed them and call again. A
+    /// non-final fragment is absorbed and decoding goes on with the next frame.
     #[inline]
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+    pub fn decode(&mut self) -> Result<Option<Message>, ProtocolError> {
         // The call between messages, before the next read, finds nothing: answered
         // here, inlined into the caller. (No frame waits on zero bytes: a frame whose
         // payload is complete is finished in the call that reads its header.)
-        if buf.is_empty() {
+        if self.buf.is_empty() {
             return Ok(None);
         }
-        self.decode_frames(buf)
+        self.decode_frames()
     }
 
     /// [`Decoder::decode`] with at least one byte to work on.
-    fn decode_frames(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+    fn decode_frames(&mut self) -> Result<Option<Message>, ProtocolError> {
         loop {
             let frame = match &mut self.frame {
                 Some(frame) => frame,
                 None => {
-                    let Some((header, header_len)) = FrameHeader::parse(buf)? else {
+                    let Some((header, header_len)) = FrameHeader::parse(&self.buf)? else {
                         return Ok(None);
                     };
                     let frame = self.admit(header)?;
-                    buf.advance(header_len);
+                    self.buf.advance(header_len);
                     self.frame.insert(frame)
                 }
             };
-            let available = buf.len().min(frame.len);
-            if let Some(fresh) = buf.get_mut(frame.seen..available) {
+            let available = self.buf.len().min(frame.len);
+            if let Some(fresh) = self.buf.get_mut(frame.seen..available) {
                 if let Some(key) = frame.mask {
                     apply_mask(fresh, key, frame.seen);
                 }
@@ -230,7 +290,7 @@ impl Decoder {
                 return Ok(None);
             }
             let (opcode, fin, compressed) = (frame.opcode, frame.fin, frame.compressed);
-            let payload = take_payload(buf, frame.len);
+            let payload = take_payload(&mut self.buf, frame.len);
             self.frame = None;
             if let Some(message) = self.complete(opcode, fin, payload, compressed)? {
                 return Ok(Some(message));
@@ -240,10 +300,10 @@ impl Decoder {
 
     /// How many more bytes the frame in progress needs, beyond those already buffered:
     /// a hint for sizing the next read.
-    pub fn bytes_wanted(&self, buffered: usize) -> usize {
+    pub fn bytes_wanted(&self) -> usize {
         self.frame
             .as_ref()
-            .map_or(0, |frame| frame.len.saturating_sub(buffered))
+            .map_or(0, |frame| frame.len.saturating_sub(self.buf.len()))
     }
 
     /// Checks a header against the rules that do not need the payload.
@@ -489,25 +549,91 @@ mod tests {
         Decoder::new(Role::Server, Limits::default())
     }
 
-    fn decode_all(decoder: &mut Decoder, mut buf: BytesMut) -> Result<Vec<Message>, ProtocolError> {
+    /// A server decoder that was fed `buf`.
+    fn fed(buf: BytesMut) -> Decoder {
+        let mut decoder = server();
+        decoder.feed(buf);
+        decoder
+    }
+
+    fn decode_all(decoder: &mut Decoder, buf: BytesMut) -> Result<Vec<Message>, ProtocolError> {
+        decoder.feed(buf);
         let mut out = Vec::new();
-        while let Some(message) = decoder.decode(&mut buf)? {
+        while let Some(message) = decoder.decode()? {
             out.push(message);
         }
-        assert!(buf.is_empty(), "left {} bytes", buf.len());
+        assert_eq!(decoder.buffered(), 0, "bytes left over");
         Ok(out)
+    }
+
+    #[test]
+    fn validated_bytes_cannot_be_changed_into_invalid_text() {
+        // Issue 13's reproduction, as far as the API lets it: half a text frame, then
+        // invalid bytes and the rest of the frame. The caller can no longer reach the
+        // half it fed (it used to clear it and put the invalid bytes in its place), so
+        // the invalid bytes can only follow it, and are validated.
+        let all = wire(&[Frame::text("hello world")]);
+        let (half, rest) = all.split_at(6 + 5);
+        let mut decoder = fed(BytesMut::from(half));
+        assert_eq!(decoder.decode(), Ok(None));
+        let mut more = decoder.read_buf(64);
+        more.clear();
+        more.extend_from_slice(b"\xfe\xfd\xfc\xfb\xfe");
+        more.extend_from_slice(rest);
+        decoder.feed(more);
+        match decoder.decode() {
+            Ok(Some(Message::Text(text))) => {
+                assert!(
+                    std::str::from_utf8(text.as_bytes()).is_ok(),
+                    "{:?}",
+                    text.as_bytes()
+                );
+            }
+            other => assert_eq!(other, Err(ProtocolError::InvalidUtf8)),
+        }
+    }
+
+    #[test]
+    fn reads_join_the_buffer_without_a_copy() {
+        let all = wire(&[Frame::binary(vec![5u8; 3 * COPY_OUT])]);
+        let mut decoder = server();
+        let mut start = None;
+        for part in all.chunks(1000) {
+            // Room for the whole frame at first, then for what it still needs.
+            let want = match decoder.has_buffer() {
+                false => all.len(),
+                true => decoder.bytes_wanted(),
+            };
+            let mut buf = decoder.read_buf(want);
+            let at = buf.as_ptr();
+            buf.extend_from_slice(part);
+            assert_eq!(buf.as_ptr(), at, "the room lent was enough");
+            start.get_or_insert(at);
+            decoder.feed(buf);
+            if let Some(message) = decoder.decode().unwrap() {
+                let Message::Binary(payload) = message else {
+                    panic!("expected a binary message")
+                };
+                assert_eq!(payload, vec![5u8; 3 * COPY_OUT]);
+                // The payload follows the 8-byte header in the one buffer read into.
+                assert_eq!(Some(payload.as_ptr()), start.map(|p| p.wrapping_add(8)));
+                return;
+            }
+        }
+        panic!("no message");
     }
 
     #[test]
     fn decodes_a_single_masked_text_frame() {
         // RFC 6455 §5.7: a single-frame masked text message.
-        let mut buf = BytesMut::from(
+        let buf = BytesMut::from(
             &[
                 0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
             ][..],
         );
-        assert_eq!(server().decode(&mut buf), Ok(Some(Message::text("Hello"))));
-        assert!(buf.is_empty());
+        let mut decoder = fed(buf);
+        assert_eq!(decoder.decode(), Ok(Some(Message::text("Hello"))));
+        assert!(decoder.take_buffer().is_some());
     }
 
     #[test]
@@ -540,11 +666,12 @@ mod tests {
         ];
         let all = wire(&frames);
         let mut decoder = server();
-        let mut buf = BytesMut::new();
         let mut messages = Vec::new();
         for byte in all.iter() {
+            let mut buf = decoder.read_buf(1);
             buf.extend_from_slice(&[*byte]);
-            while let Some(m) = decoder.decode(&mut buf).unwrap() {
+            decoder.feed(buf);
+            while let Some(m) = decoder.decode().unwrap() {
                 messages.push(m);
             }
         }
@@ -565,8 +692,8 @@ mod tests {
         let mut all = wire(&[Frame::text(String::from_utf8(vec![b'a'; 1000]).unwrap())]);
         // Corrupt byte 10 of the payload (the header is 8 bytes: 2 + 2 length + 4 key).
         all[8 + 10] ^= KEY[10 % 4] ^ 0xFF;
-        let mut buf = BytesMut::from(&all[..8 + 20]);
-        assert_eq!(server().decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+        let buf = BytesMut::from(&all[..8 + 20]);
+        assert_eq!(fed(buf).decode(), Err(ProtocolError::InvalidUtf8));
     }
 
     #[test]
@@ -659,9 +786,10 @@ mod tests {
         let mut client = Decoder::new(Role::Client, Limits::default());
         let mut buf = BytesMut::new();
         Frame::text("hi").write_to(&mut buf);
-        assert_eq!(client.decode(&mut buf), Ok(Some(Message::text("hi"))));
-        let mut buf = wire(&[Frame::text("hi")]);
-        assert_eq!(client.decode(&mut buf), Err(ProtocolError::MaskedFrame));
+        client.feed(buf);
+        assert_eq!(client.decode(), Ok(Some(Message::text("hi"))));
+        client.feed(wire(&[Frame::text("hi")]));
+        assert_eq!(client.decode(), Err(ProtocolError::MaskedFrame));
     }
 
     #[test]
@@ -674,7 +802,8 @@ mod tests {
         let mut header_only = wire(&[Frame::binary(vec![0u8; 101])]);
         header_only.truncate(8);
         let mut decoder = Decoder::new(Role::Server, limits);
-        let err = decoder.decode(&mut header_only).unwrap_err();
+        decoder.feed(header_only);
+        let err = decoder.decode().unwrap_err();
         assert_eq!(err, ProtocolError::FrameTooLarge { len: 101, max: 100 });
         assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
 
@@ -690,16 +819,16 @@ mod tests {
         huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
         huge.extend_from_slice(&KEY);
         assert!(matches!(
-            server().decode(&mut huge),
+            fed(huge).decode(),
             Err(ProtocolError::FrameTooLarge { .. })
         ));
     }
 
     #[test]
     fn large_payloads_are_views_into_the_read_buffer() {
-        let mut buf = wire(&[Frame::binary(vec![1u8; COPY_OUT + 1])]);
+        let buf = wire(&[Frame::binary(vec![1u8; COPY_OUT + 1])]);
         let range = buf.as_ptr_range();
-        let Ok(Some(Message::Binary(payload))) = server().decode(&mut buf) else {
+        let Ok(Some(Message::Binary(payload))) = fed(buf).decode() else {
             panic!("expected a binary message");
         };
         assert!(
@@ -710,9 +839,10 @@ mod tests {
 
     #[test]
     fn small_payloads_are_copied_and_leave_the_buffer_unshared() {
-        let mut buf = wire(&[Frame::binary(vec![1u8; COPY_OUT]), Frame::text("hi")]);
+        let buf = wire(&[Frame::binary(vec![1u8; COPY_OUT]), Frame::text("hi")]);
         let range = buf.as_ptr_range();
-        let Ok(Some(Message::Binary(payload))) = server().decode(&mut buf) else {
+        let mut decoder = fed(buf);
+        let Ok(Some(Message::Binary(payload))) = decoder.decode() else {
             panic!("expected a binary message");
         };
         assert!(
@@ -720,11 +850,12 @@ mod tests {
             "payload should be a copy"
         );
         assert_eq!(payload, vec![1u8; COPY_OUT]);
+        assert!(matches!(decoder.decode(), Ok(Some(Message::Text(t))) if t == "hi"));
+        let mut buf = decoder.take_buffer().expect("an empty buffer");
         assert!(
             buf.try_reclaim(buf.capacity() + COPY_OUT),
             "buffer should be unshared"
         );
-        assert!(matches!(server().decode(&mut buf), Ok(Some(Message::Text(t))) if t == "hi"));
     }
 
     fn deflating(no_context_takeover: bool) -> (crate::deflate::Deflater, Decoder) {

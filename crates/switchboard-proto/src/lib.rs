@@ -15,7 +15,8 @@
 //! Frame::text("Hello").masked([0x37, 0xfa, 0x21, 0x3d]).write_to(&mut wire);
 //!
 //! let mut decoder = Decoder::new(Role::Server, Limits::default());
-//! assert_eq!(decoder.decode(&mut wire)?, Some(Message::text("Hello")));
+//! decoder.feed(wire);
+//! assert_eq!(decoder.decode()?, Some(Message::text("Hello")));
 //! # Ok::<(), switchboard_proto::ProtocolError>(())
 //! ```
 #![cfg_attr(

@@ -126,8 +126,11 @@ impl Utf8Bytes {
     /// The text.
     pub fn as_str(&self) -> &str {
         #[allow(unsafe_code)]
-        // SAFETY: every constructor validates the bytes (from_validated is called only
-        // after Utf8Validator::finish succeeded over exactly these bytes), and the bytes
+        // SAFETY: every constructor validates the bytes. from_validated is called only
+        // after Utf8Validator::finish succeeded over exactly these bytes, which between
+        // validation and that call stayed in buffers that only the decoder can write
+        // (its own read buffer, then its reassembly buffer: no caller can reach them),
+        // or with a close reason cut at a character boundary of a validated one. `Bytes`
         // are immutable afterwards.
         unsafe {
             std::str::from_utf8_unchecked(&self.0)

@@ -340,9 +340,9 @@ impl Guarded {
         }
     }
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+    fn decode(&mut self) -> Result<Option<Message>, ProtocolError> {
         assert!(!self.failed, "decoder used after it returned an error");
-        let result = self.decoder.decode(buf);
+        let result = self.decoder.decode();
         self.failed = result.is_err();
         result
     }
@@ -354,15 +354,14 @@ struct Outcome {
     messages: Vec<Message>,
     /// The error that ended decoding, if any.
     error: Option<ProtocolError>,
-    /// What was left in the buffer, and the decoder's read hint, when no error came.
-    rest: Vec<u8>,
+    /// How many bytes the decoder held, and its read hint, when no error came.
+    buffered: usize,
     wanted: usize,
 }
 
 /// Feeds `wire` to a fresh decoder in pieces of the given sizes (the rest as a last piece).
 fn decode_in_pieces(wire: &[u8], pieces: &[usize], role: Role, limits: Limits) -> Outcome {
     let mut decoder = Guarded::new(role, limits);
-    let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     let mut at = 0;
     let ends = pieces
@@ -371,23 +370,23 @@ fn decode_in_pieces(wire: &[u8], pieces: &[usize], role: Role, limits: Limits) -
         .chain([wire.len()]);
     for end in ends {
         let end = end.max(at);
-        buf.extend_from_slice(&wire[at..end]);
+        decoder.decoder.feed(BytesMut::from(&wire[at..end]));
         at = end;
         loop {
-            match decoder.decode(&mut buf) {
+            match decoder.decode() {
                 Ok(Some(message)) => messages.push(message),
                 Ok(None) => {
                     // Asking again with nothing new changes nothing.
-                    let len = buf.len();
-                    assert_eq!(decoder.decode(&mut buf), Ok(None), "a second call");
-                    assert_eq!(buf.len(), len);
+                    let held = decoder.decoder.buffered();
+                    assert_eq!(decoder.decode(), Ok(None), "a second call");
+                    assert_eq!(decoder.decoder.buffered(), held);
                     break;
                 }
                 Err(error) => {
                     return Outcome {
                         messages,
                         error: Some(error),
-                        rest: Vec::new(),
+                        buffered: 0,
                         wanted: 0,
                     };
                 }
@@ -395,8 +394,8 @@ fn decode_in_pieces(wire: &[u8], pieces: &[usize], role: Role, limits: Limits) -
         }
     }
     Outcome {
-        wanted: decoder.decoder.bytes_wanted(buf.len()),
-        rest: buf.to_vec(),
+        wanted: decoder.decoder.bytes_wanted(),
+        buffered: decoder.decoder.buffered(),
         messages,
         error: None,
     }
@@ -510,7 +509,7 @@ fn check_against_model(
         }
         End::Clean if cut_frame == starts.len() => {
             outcome.error.is_none()
-                && outcome.rest.is_empty()
+                && outcome.buffered == 0
                 && outcome.messages == before(cut_frame)
         }
         _ => outcome.error.is_none() && outcome.messages == before(cut_frame),
@@ -526,7 +525,7 @@ thread_local! {
 
 fn tally(outcome: &Outcome) {
     let ending = match &outcome.error {
-        None if outcome.rest.is_empty() => "clean".to_owned(),
+        None if outcome.buffered == 0 => "clean".to_owned(),
         None => "needs more".to_owned(),
         Some(error) => {
             let name = format!("{error:?}");
@@ -1019,11 +1018,9 @@ fn huge_header(len: u64) -> BytesMut {
 #[test]
 fn a_2_pow_62_length_is_rejected_at_the_header_without_allocating() {
     let len = 1u64 << 62;
-    let mut buf = huge_header(len);
-    let before = (buf.len(), buf.capacity());
-    let error = Decoder::new(Role::Server, Limits::default())
-        .decode(&mut buf)
-        .unwrap_err();
+    let mut decoder = Decoder::new(Role::Server, Limits::default());
+    decoder.feed(huge_header(len));
+    let error = decoder.decode().unwrap_err();
     assert_eq!(
         error,
         ProtocolError::FrameTooLarge {
@@ -1032,35 +1029,38 @@ fn a_2_pow_62_length_is_rejected_at_the_header_without_allocating() {
         }
     );
     assert_eq!(error.close_code(), CloseCode::MESSAGE_TOO_BIG);
-    assert_eq!(
-        (buf.len(), buf.capacity()),
-        before,
-        "the buffer was touched"
-    );
+    assert_eq!(decoder.buffered(), 14, "the buffer was touched");
 
     // Even with no limit at all, the claim alone reserves nothing: allocating 2^62 bytes
     // would abort the process, and the buffer keeps the size the bytes that came gave it.
     let unlimited = Limits::with_max_message_size(usize::MAX);
     let mut decoder = Decoder::new(Role::Server, unlimited);
-    let mut buf = huge_header(len);
-    assert_eq!(decoder.decode(&mut buf), Ok(None));
-    assert!(buf.is_empty(), "the header is consumed");
-    assert_eq!(decoder.bytes_wanted(0), 1 << 62);
-    buf.extend_from_slice(&[0; 4096]);
+    decoder.feed(huge_header(len));
+    assert_eq!(decoder.decode(), Ok(None));
+    assert_eq!(decoder.buffered(), 0, "the header is consumed");
+    assert_eq!(decoder.bytes_wanted(), 1 << 62);
+    let mut buf = decoder.read_buf(4096);
     let capacity = buf.capacity();
-    assert_eq!(decoder.decode(&mut buf), Ok(None));
-    assert_eq!(buf.len(), 4096);
-    assert_eq!(buf.capacity(), capacity);
-    assert_eq!(decoder.bytes_wanted(buf.len()), (1 << 62) - 4096);
+    buf.extend_from_slice(&[0; 4096]);
+    assert_eq!(
+        buf.capacity(),
+        capacity,
+        "room for what came, not for the claim"
+    );
+    decoder.feed(buf);
+    assert_eq!(decoder.decode(), Ok(None));
+    assert_eq!(decoder.buffered(), 4096);
+    assert_eq!(decoder.bytes_wanted(), (1 << 62) - 4096);
 }
 
 #[test]
 fn lengths_with_the_top_bit_set_are_rejected_however_high_the_limit() {
     for len in [1 << 63, u64::MAX] {
-        let mut buf = huge_header(len);
         let unlimited = Limits::with_max_message_size(usize::MAX);
+        let mut decoder = Decoder::new(Role::Server, unlimited);
+        decoder.feed(huge_header(len));
         assert_eq!(
-            Decoder::new(Role::Server, unlimited).decode(&mut buf),
+            decoder.decode(),
             Err(ProtocolError::Header(HeaderError::LengthTooLong))
         );
     }
@@ -1128,7 +1128,7 @@ fn a_kilobyte_split_at_every_byte_gives_the_same_messages_as_whole() {
         let whole = decode_in_pieces(&wire, &[], role, Limits::default());
         assert_eq!(whole.error, None);
         assert_eq!(whole.messages, expected);
-        assert!(whole.rest.is_empty());
+        assert_eq!(whole.buffered, 0);
         for at in 0..=wire.len() {
             let split = decode_in_pieces(&wire, &[at], role, Limits::default());
             assert_eq!(split, whole, "split at {at}");

@@ -212,7 +212,11 @@ impl HubUpgrade {
         let websocket = WebSocketConfig::default()
             .max_message_size(config.max_message_size)
             .close_timeout(config.close_timeout)
-            .compression(config.compression);
+            .compression(config.compression)
+            // What the hub lets a connection queue, the connection may hold unwritten.
+            .max_write_buffer_size(config.max_buffered_bytes)
+            // The hub's keepalive sweeper watches for silent peers.
+            .idle_timeout(None);
         let (response, upgraded) = self.upgrade.config(websocket).into_parts();
         // What the connection carries is known before the 101: the address from the
         // request (axum's `ConnectInfo`, which `serve` provides), the compression from

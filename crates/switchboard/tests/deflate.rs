@@ -201,13 +201,16 @@ async fn answering(
         http1::write_response(&handshake.response(), &mut out);
         tcp.write_all(&out).await.unwrap();
         let mut decoder = Decoder::new(Role::Server, Limits::default());
+        decoder.feed(buf);
         loop {
-            if let Ok(Some(message)) = decoder.decode(&mut buf) {
+            if let Ok(Some(message)) = decoder.decode() {
                 return Some(message);
             }
+            let mut buf = decoder.read_buf(4096);
             if tcp.read_buf(&mut buf).await.unwrap_or(0) == 0 {
                 return None;
             }
+            decoder.feed(buf);
         }
     });
     (addr, task)
@@ -291,11 +294,14 @@ async fn a_deflate_bomb_closes_with_1009_without_inflating_it() {
     assert_eq!(error.close_code(), CloseCode::MESSAGE_TOO_BIG);
     // The client reads the server's close frame: 1009.
     let mut decoder = Decoder::new(Role::Client, Limits::default());
+    decoder.feed(buf);
     let close = loop {
-        if let Some(message) = decoder.decode(&mut buf).unwrap() {
+        if let Some(message) = decoder.decode().unwrap() {
             break message;
         }
+        let mut buf = decoder.read_buf(4096);
         assert_ne!(tcp.read_buf(&mut buf).await.unwrap(), 0);
+        decoder.feed(buf);
     };
     let Message::Close(Some(close)) = close else {
         panic!("{close:?}");

@@ -241,3 +241,31 @@ async fn a_slow_on_open_is_not_taken_for_a_silent_peer() {
         server.arrived()
     );
 }
+
+/// Pings show that a client sends, not that it reads: one that pings without ever
+/// reading is pinged like an idle one, and closed when it does not answer.
+#[tokio::test]
+async fn a_client_that_pings_without_reading_is_closed_with_pong_timeout() {
+    let mut server = start().await;
+    let (mut tcp, _reader) = raw_connect(server.addr, "/ws").await;
+    let (conn, opened) = server.open().await;
+    let deadline = opened + PING_INTERVAL + PONG_TIMEOUT + SLACK;
+    let (code, reason) = loop {
+        let closed = server.arrived().into_iter().find_map(|e| match e {
+            Event::Close(id, code, reason, _) if id == conn.id() => Some((code, reason)),
+            _ => None,
+        });
+        if let Some(closed) = closed {
+            break closed;
+        }
+        assert!(Instant::now() < deadline, "still open, pinging");
+        // A masked, empty ping every tenth of the ping interval (the write fails once
+        // the server has closed).
+        let _ = tcp.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await;
+        tokio::time::sleep(PING_INTERVAL / 10).await;
+    };
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::GOING_AWAY, "pong timeout")
+    );
+}

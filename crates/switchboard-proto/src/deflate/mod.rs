@@ -36,7 +36,8 @@
 //! let mut wire = BytesMut::new();
 //! frame.write_to(&mut wire);
 //! let mut decoder = Decoder::new(Role::Client, Limits::default()).with_deflate(&agreed);
-//! assert_eq!(decoder.decode(&mut wire)?, Some(Message::text("Hello, Hello, Hello")));
+//! decoder.feed(wire);
+//! assert_eq!(decoder.decode()?, Some(Message::text("Hello, Hello, Hello")));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -75,9 +75,12 @@ pub(crate) async fn drive<S, H>(
             }
             None => break (CloseCode::ABNORMAL, String::new(), None),
         };
-        conn.keepalive()
-            .last_seen
-            .store(conn.hub().now_micros(), Relaxed);
+        // A ping shows that the peer sends, not that it reads: it does not put off the
+        // sweeper's ping, which a peer that never reads cannot answer.
+        if !matches!(message, Message::Ping(_)) {
+            let now = conn.hub().now_micros();
+            conn.keepalive().last_seen.store(now, Relaxed);
+        }
         let called = match message {
             Message::Close(frame) => {
                 conn.set_state(ConnectionState::Closing);

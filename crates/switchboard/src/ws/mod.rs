@@ -14,7 +14,7 @@ pub use compression::Compression;
 pub use split::{WsReader, WsWriter};
 
 use crate::Error;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 pub(crate) use compression::Compressor;
 use read::ReadState;
 use std::{
@@ -28,7 +28,7 @@ use switchboard_proto::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
-    time::{Instant, Sleep, sleep_until, timeout},
+    time::{Instant, Sleep, sleep, sleep_until, timeout, timeout_at},
 };
 pub(crate) use write::WriteState;
 use write::{CloseState, Reaction};
@@ -66,6 +66,72 @@ struct SentClose {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
+/// The clock of [`WebSocketConfig::idle_timeout`]. It ticks every half of the limit
+/// rather than being moved on every read (a read only sets a flag, see
+/// `ReadState::take_heard`): a tick finds the peer heard since the last one, or pings
+/// it, or, pinged and still silent, ends the connection. So a silent peer is pinged
+/// after between half and all of the limit, and the connection ends after between one
+/// and one and a half times the limit.
+#[derive(Debug)]
+struct Idle {
+    limit: Duration,
+    /// The peer was pinged for its silence.
+    pinged: bool,
+    timer: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with, while it is armed.
+    armed_for: Option<Waker>,
+}
+
+/// What a tick of the idle clock calls for.
+#[derive(Debug)]
+enum Silence {
+    /// The peer was heard: nothing.
+    Heard,
+    /// Silent for a tick: ping the peer.
+    Ping,
+    /// Silent for a tick after the ping: end the connection.
+    Over,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            pinged: false,
+            timer: Box::pin(sleep(limit / 2)),
+            armed_for: None,
+        }
+    }
+
+    /// Polls the timer, unless it is armed to wake this very task and has not fired:
+    /// polling it on every wait (tokio's bookkeeping and the waker's registration)
+    /// cost more than the rest of a message's echo path.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let armed = self.armed_for.as_ref();
+        if !self.timer.is_elapsed() && armed.is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let polled = self.timer.as_mut().poll(cx);
+        self.armed_for = polled.is_pending().then(|| cx.waker().clone());
+        polled
+    }
+
+    /// Judges a tick, `heard` telling whether the peer sent anything since the last
+    /// one, and sets the next.
+    fn tick(&mut self, heard: bool) -> Silence {
+        let silence = match (heard, self.pinged) {
+            (true, _) => Silence::Heard,
+            (false, false) => Silence::Ping,
+            (false, true) => Silence::Over,
+        };
+        self.pinged = matches!(silence, Silence::Ping);
+        let next = Instant::now() + self.limit / 2;
+        self.timer.as_mut().reset(next);
+        self.armed_for = None;
+        silence
+    }
+}
+
 /// Settings of one connection.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -81,6 +147,36 @@ pub struct WebSocketConfig {
     /// permessage-deflate: negotiated by the server upgrades and offered by the client
     /// when enabled. Default [`Compression::Disabled`].
     pub compression: Compression,
+    /// How many queued bytes may wait unwritten, for a peer that does not read them,
+    /// before we stop reading from it: past this the connection reads nothing more
+    /// (the peer's sends then stall in TCP) until the backlog drains below it. Close
+    /// commands, the close timeout and [`WebSocketConfig::idle_timeout`] still apply
+    /// meanwhile. (Like tungstenite's `max_write_buffer_size`, except that it pauses
+    /// reading rather than failing the write.)
+    ///
+    /// Default 1 MiB, the hub's default for its own queue: a peer that makes us answer
+    /// (pings, requests) without reading the answers cannot make us hold more for it.
+    pub max_write_buffer_size: usize,
+    /// How long the peer may stay silent (send nothing at all, not even the rest of a
+    /// frame) before it is pinged, which every live peer answers ("Upon receipt of a
+    /// Ping frame, an endpoint MUST send a Pong frame in response", RFC 6455 §5.5.2),
+    /// and, still silent, the connection ends: it is closed with 1001 "idle timeout",
+    /// without waiting for an answer from a peer that gives none, and `recv` reports
+    /// [`Error::Aborted`]. The clock ticks every half of the limit rather than being
+    /// moved on every read, so the ping leaves after between half and all of the
+    /// limit of silence, and the connection ends after between one and one and a half
+    /// times the limit. A peer
+    /// that reads nothing of what we queue for it, while we hold back from reading it
+    /// (see [`WebSocketConfig::max_write_buffer_size`]), counts as silent. It applies
+    /// while [`WebSocket::recv`] waits; split halves do not apply it. `None` turns it
+    /// off.
+    ///
+    /// Default 60 s, Phoenix's heartbeat timeout (uWebSockets' `idleTimeout` works the
+    /// same way, pinging before it closes): a live peer answers a ping in far less, and
+    /// a vanished peer, or one that stopped half-way through a frame, holds a socket no
+    /// longer. The hub turns it off: its keepalive sweeper pings all its connections
+    /// with one timer.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for WebSocketConfig {
@@ -89,6 +185,8 @@ impl Default for WebSocketConfig {
             limits: Limits::default(),
             close_timeout: Duration::from_secs(5),
             compression: Compression::Disabled,
+            max_write_buffer_size: 1 << 20,
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -117,6 +215,18 @@ impl WebSocketConfig {
         self.compression = compression;
         self
     }
+
+    /// The same config with another limit on unwritten bytes.
+    pub fn max_write_buffer_size(mut self, max: usize) -> Self {
+        self.max_write_buffer_size = max;
+        self
+    }
+
+    /// The same config with another idle timeout (`None`: none).
+    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
 }
 
 /// A WebSocket connection over the stream `S`, after the opening handshake.
@@ -130,6 +240,10 @@ pub struct WebSocket<S> {
     /// every connection carries these fields.
     close_timeout: Duration,
     compression: Compression,
+    max_write_buffer_size: usize,
+    /// The idle clock, unless the limit is off (boxed: the hub's connections go
+    /// without).
+    idle: Option<Box<Idle>>,
     /// Our close frame and the deadline for the peer's answer, once we sent it (boxed:
     /// every connection carries the field, only a closing one fills it).
     sent_close: Option<Box<SentClose>>,
@@ -163,6 +277,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             role,
             close_timeout: config.close_timeout,
             compression: config.compression,
+            max_write_buffer_size: config.max_write_buffer_size,
+            idle: config.idle_timeout.map(|limit| Box::new(Idle::new(limit))),
             sent_close: None,
             pending_close: None,
             finished: false,
@@ -203,7 +319,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             limits: self.read.limits(),
             close_timeout: self.close_timeout,
             compression: self.compression,
+            max_write_buffer_size: self.max_write_buffer_size,
+            idle_timeout: self.idle.as_ref().map(|idle| idle.limit),
         }
+    }
+
+    /// Bytes queued and not yet written to the stream (the browser API's
+    /// `bufferedAmount`).
+    pub fn buffered_amount(&self) -> usize {
+        self.write.unwritten_len()
     }
 
     /// Receives the next message.
@@ -321,7 +445,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 return Poll::Ready(Err(Error::CloseTimeout));
             }
         }
-        self.read.poll_next(cx, &mut self.io)
+        if self.write.unwritten_len() > self.max_write_buffer_size {
+            // Backpressure: the flush above waits for the socket to take more, and its
+            // wake-up resumes reading once it has.
+            return self.poll_idle(cx).map(Err);
+        }
+        match self.read.poll_next(cx, &mut self.io) {
+            // Checked after the read, which has taken in whatever the peer sent: a
+            // caller slow to call again does not make a talking peer look silent.
+            Poll::Pending => self.poll_idle(cx).map(Err),
+            done => done,
+        }
+    }
+
+    /// Runs the idle clock while the peer is silent: ready with the error that ends
+    /// the connection when the peer stayed silent after a ping.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let Some(idle) = &mut self.idle else {
+            return Poll::Pending;
+        };
+        while idle.poll_timer(cx).is_ready() {
+            // Once we closed, the close timeout is the limit.
+            if self.sent_close.is_some() {
+                return Poll::Pending;
+            }
+            match idle.tick(self.read.take_heard()) {
+                Silence::Heard => {}
+                Silence::Ping => {
+                    if self.write.push(Message::Ping(Bytes::new())).is_ok() {
+                        // An error shows again on the next flush, which reports it.
+                        let _ = self.write.poll_flush(cx, &mut self.io);
+                    }
+                }
+                Silence::Over => {
+                    let frame = CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout");
+                    return Poll::Ready(Error::Aborted(frame));
+                }
+            }
+        }
+        Poll::Pending
     }
 
     /// Runs `work` to completion while writing frames from `outbox`, so that a slow
@@ -387,10 +549,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Writes every queued message.
+    ///
+    /// Once our close frame is queued, the close timeout bounds the wait: a peer that
+    /// stopped reading does not hold the connection ([`Error::CloseTimeout`]).
     pub async fn flush(&mut self) -> Result<(), Error> {
-        match self.write.flush(&mut self.io).await {
+        let flushed = match self.sent_close.as_ref().map(|sent| sent.deadline) {
+            None => self.write.flush(&mut self.io).await.map_err(Error::from),
+            // Boxed: only a closing connection needs the timer.
+            Some(deadline) => {
+                match Box::pin(timeout_at(deadline, self.write.flush(&mut self.io))).await {
+                    Ok(flushed) => flushed.map_err(Error::from),
+                    Err(_) => Err(Error::CloseTimeout),
+                }
+            }
+        };
+        match flushed {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.fail_boxed(e.into()).await),
+            Err(e) => Err(self.fail_boxed(e).await),
         }
     }
 
@@ -431,20 +606,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             Error::Protocol(e) => {
                 self.write
                     .push_failure_close(&CloseFrame::new(e.close_code(), e.to_string()));
-                if self.write.flush(&mut self.io).await.is_ok() {
+                if self.flush_closing().await {
                     self.linger().await;
                 }
             }
             Error::CloseTimeout => {
                 self.write.close = CloseState::Done;
-                let _ = self.io.shutdown().await;
+                self.shutdown().await;
             }
             // The peer is gone or cannot keep up: one attempt to hand over the close
             // frame, without waiting.
             Error::Aborted(frame) => {
                 self.write.push_failure_close(frame);
                 let _ = poll_fn(|cx| Poll::Ready(self.write.poll_flush(cx, &mut self.io))).await;
-                let _ = self.io.shutdown().await;
+                self.shutdown().await;
             }
             _ => self.write.close = CloseState::Done,
         }
@@ -457,12 +632,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// stream.
     async fn finish(&mut self) {
         self.finished = true;
-        if self.write.flush(&mut self.io).await.is_ok() {
+        if self.flush_closing().await {
             if self.role == Role::Server {
-                let _ = self.io.shutdown().await;
+                self.shutdown().await;
             }
             self.linger_pending = true;
         }
+    }
+
+    /// Writes what is queued after a close, within the close timeout: the peer may have
+    /// stopped reading, and must not hold the connection. Whether all of it was written.
+    async fn flush_closing(&mut self) -> bool {
+        let flush = self.write.flush(&mut self.io);
+        matches!(timeout(self.close_timeout, flush).await, Ok(Ok(())))
+    }
+
+    /// Shuts our side of the transport, within the close timeout (a TLS stream first
+    /// writes its own closing message, which a peer that does not read can block).
+    async fn shutdown(&mut self) {
+        let _ = timeout(self.close_timeout, self.io.shutdown()).await;
     }
 
     /// Closes the transport after the close handshake.
@@ -473,7 +661,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// socket with unread bytes resets it and can destroy our close frame in flight.
     async fn linger(&mut self) {
         if self.role == Role::Server {
-            let _ = self.io.shutdown().await;
+            self.shutdown().await;
         }
         self.await_peer_eof().await;
     }
@@ -483,7 +671,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     async fn await_peer_eof(&mut self) {
         let _ = timeout(self.close_timeout, self.read.drain(&mut self.io)).await;
         if self.role == Role::Client {
-            let _ = self.io.shutdown().await;
+            self.shutdown().await;
         }
     }
 }

@@ -28,23 +28,24 @@ thread_local! {
     static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
 }
 
-/// Reads bytes and decodes messages.
+/// Reads bytes into the decoder's buffer and decodes messages.
 #[derive(Debug)]
 pub(crate) struct ReadState {
-    buf: BytesMut,
     decoder: Decoder,
+    /// Bytes arrived since [`ReadState::take_heard`] last looked.
+    heard: bool,
 }
 
 impl ReadState {
     pub(crate) fn new(role: Role, limits: Limits, buffered: BytesMut) -> Self {
+        let mut decoder = Decoder::new(role, limits);
+        // What the handshake left unread, if anything; its buffer otherwise goes.
+        if !buffered.is_empty() {
+            decoder.feed(buffered);
+        }
         Self {
-            // What the handshake left unread, if anything; its buffer otherwise goes.
-            buf: if buffered.is_empty() {
-                BytesMut::new()
-            } else {
-                buffered
-            },
-            decoder: Decoder::new(role, limits),
+            decoder,
+            heard: false,
         }
     }
 
@@ -55,12 +56,14 @@ impl ReadState {
 
     /// Inflates compressed messages from now on; called before anything is decoded.
     pub(crate) fn set_deflate(&mut self, role: Role, params: &DeflateParams) {
-        self.decoder = Decoder::new(role, self.decoder.limits()).with_deflate(params);
+        let limits = self.limits();
+        let decoder = std::mem::replace(&mut self.decoder, Decoder::new(role, limits));
+        self.decoder = decoder.with_deflate(params);
     }
 
     /// The next message, or `None` when the transport ended.
     ///
-    /// Cancel-safe: the buffer and the decoder keep everything read so far.
+    /// Cancel-safe: the decoder keeps everything read so far.
     pub(crate) async fn next<R: AsyncRead + Unpin>(
         &mut self,
         io: &mut R,
@@ -75,19 +78,23 @@ impl ReadState {
         io: &mut R,
     ) -> Poll<Result<Option<Message>, Error>> {
         loop {
-            if let Some(message) = self.decoder.decode(&mut self.buf)? {
+            if let Some(message) = self.decoder.decode()? {
                 return Poll::Ready(Ok(Some(message)));
+            }
+            if !self.decoder.has_buffer() {
+                if let Some(spare) = SPARE.take() {
+                    self.decoder.feed(spare);
+                }
             }
             // Reserving what the frame in progress still needs (already checked against
             // the limits) lets a large frame arrive without repeated reallocation.
-            let want = self.decoder.bytes_wanted(self.buf.len()).max(MIN_READ);
-            if self.buf.capacity() == 0 {
-                self.buf = SPARE.take().unwrap_or_default();
-            }
-            self.buf.reserve(want);
-            match poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf) {
+            let want = self.decoder.bytes_wanted().max(MIN_READ);
+            let read = self
+                .decoder
+                .read_with(want, |buf| poll_read_buf(Pin::new(&mut *io), cx, buf));
+            match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.heard = true,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                 Poll::Pending => {
                     self.park_buffer();
@@ -97,13 +104,20 @@ impl ReadState {
         }
     }
 
+    /// Whether bytes arrived since the last call.
+    pub(crate) fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
+    }
+
     /// Gives an empty buffer to the thread's spare while the peer is silent; the spare
     /// keeps the larger of the two, up to [`MAX_SPARE`].
     fn park_buffer(&mut self) {
-        if !self.buf.is_empty() || self.buf.capacity() == 0 {
+        let Some(buf) = self.decoder.take_buffer() else {
+            return;
+        };
+        if buf.capacity() == 0 {
             return;
         }
-        let buf = std::mem::take(&mut self.buf);
         // `try_with`: a connection dropped while its thread exits finds no spare.
         let _ = SPARE.try_with(|slot| {
             let spare = slot.take();
@@ -118,12 +132,11 @@ impl ReadState {
     /// Reads and discards until the peer closes its side, so that our close frame is not
     /// destroyed by a reset (closing a socket with unread data sends RST).
     pub(crate) async fn drain<R: AsyncRead + Unpin>(&mut self, io: &mut R) {
-        self.buf.clear();
+        let mut buf = self.decoder.read_buf(MIN_READ);
         loop {
-            self.buf.reserve(MIN_READ);
-            match io.read_buf(&mut self.buf).await {
+            match io.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
-                Ok(_) => self.buf.clear(),
+                Ok(_) => buf.clear(),
             }
         }
     }
@@ -133,7 +146,6 @@ impl Drop for ReadState {
     /// A closed connection's buffer goes to the spare, for the next one to read with:
     /// connections that come and go do not allocate and free one each.
     fn drop(&mut self) {
-        self.buf.clear();
         self.park_buffer();
     }
 }

@@ -109,7 +109,9 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
         let reaction = write.react(&message);
         let flushed = match reaction {
             Reaction::None => Ok(()),
-            Reaction::Flush | Reaction::Finish => write.flush(io).await,
+            Reaction::Flush => write.flush(io).await,
+            // As in `WebSocket::finish`: bounded, the peer may have stopped reading.
+            Reaction::Finish => flush_within(self.close_timeout, write, io).await,
         };
         drop(guard);
         if reaction == Reaction::Finish {
@@ -136,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
             // "_Fail the WebSocket Connection_" (RFC 6455 §7.1.7), as in WebSocket::fail.
             Error::Protocol(e) => {
                 write.push_failure_close(&CloseFrame::new(e.close_code(), e.to_string()));
-                let flushed = write.flush(io).await;
+                let flushed = flush_within(self.close_timeout, write, io).await;
                 drop(guard);
                 if flushed.is_ok() {
                     self.linger().await;
@@ -177,8 +179,20 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
         if closing {
             inner.close_deadline = Some(Instant::now() + inner.close_timeout);
         }
-        let WriterInner { io, write, .. } = &mut *inner;
-        Ok(write.flush(io).await?)
+        let WriterInner {
+            io,
+            write,
+            close_deadline,
+            ..
+        } = &mut *inner;
+        match close_deadline {
+            None => Ok(write.flush(io).await?),
+            // Once our close frame is queued, the close timeout bounds the wait.
+            Some(deadline) => match timeout_at(*deadline, write.flush(io)).await {
+                Ok(flushed) => Ok(flushed?),
+                Err(_) => Err(Error::CloseTimeout),
+            },
+        }
     }
 
     /// Sends a close frame. The reader half receives the peer's answer and then ends.
@@ -186,4 +200,15 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
         self.send(Message::Close(Some(CloseFrame::new(code, reason))))
             .await
     }
+}
+
+/// Flushes after a close, within `limit`: the peer may have stopped reading.
+async fn flush_within<S: AsyncWrite>(
+    limit: Duration,
+    write: &mut WriteState,
+    io: &mut WriteHalf<S>,
+) -> std::io::Result<()> {
+    timeout(limit, write.flush(io))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }

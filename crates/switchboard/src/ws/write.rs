@@ -2,6 +2,7 @@
 
 use super::compression::Compressor;
 use crate::Error;
+use bytes::Bytes;
 use std::{
     cell::RefCell,
     collections::VecDeque,
@@ -55,6 +56,12 @@ pub(crate) struct WriteState {
     unwritten_len: usize,
     /// Bytes written since the start (wrapping), for callers that account for buffers.
     pub(crate) written_total: usize,
+    /// Frames taken off the front of the queue since the start (wrapping): with
+    /// `pong_at`, finds the queued pong.
+    popped: usize,
+    /// The position (counted like `popped`) of the last pong queued, which may still be
+    /// waiting in the queue.
+    pong_at: Option<usize>,
     pub(crate) close: CloseState,
     /// Compresses data messages, when permessage-deflate was negotiated (boxed, to keep
     /// connections without it small).
@@ -80,6 +87,8 @@ impl WriteState {
             written: 0,
             unwritten_len: 0,
             written_total: 0,
+            popped: 0,
+            pong_at: None,
             close: CloseState::Open,
             deflate: None,
         }
@@ -131,7 +140,7 @@ impl WriteState {
             // response, unless it already received a Close frame. It SHOULD respond
             // with Pong frame as soon as is practical." (RFC 6455 §5.5.2)
             (Message::Ping(payload), CloseState::Open) => {
-                self.push_frame(Frame::pong(payload.clone()));
+                self.push_pong(payload.clone());
                 Reaction::Flush
             }
             // "If an endpoint receives a Close frame and did not previously send a Close
@@ -150,14 +159,42 @@ impl WriteState {
         }
     }
 
+    /// Queues the answer to a ping, in place of an earlier answer still waiting whole
+    /// in the queue: "If an endpoint receives a Ping frame and has not yet sent Pong
+    /// frame(s) in response to previous Ping frame(s), the endpoint MAY elect to send a
+    /// Pong frame for only the most recently processed Ping frame." (RFC 6455 §5.5.3)
+    /// So a peer that pings without reading costs one queued pong, not one per ping.
+    fn push_pong(&mut self, payload: Bytes) {
+        let pong = self.encode(Frame::pong(payload));
+        if let Some(waiting) = self.waiting_pong().and_then(|i| self.queue.get_mut(i)) {
+            self.unwritten_len = self.unwritten_len - waiting.len() + pong.len();
+            *waiting = pong;
+            return;
+        }
+        self.pong_at = Some(self.popped.wrapping_add(self.queue.len()));
+        self.push_encoded(pong);
+    }
+
+    /// Where the last pong queued is in the queue, if none of it has been written yet.
+    fn waiting_pong(&self) -> Option<usize> {
+        // Past the end of the queue (wrapped below zero) when it has been written.
+        let index = self.pong_at?.wrapping_sub(self.popped);
+        (index < self.queue.len() && (index > 0 || self.written == 0)).then_some(index)
+    }
+
     fn push_frame(&mut self, frame: Frame) {
-        let frame = match self.role {
+        let frame = self.encode(frame);
+        self.push_encoded(frame);
+    }
+
+    fn encode(&self, frame: Frame) -> EncodedFrame {
+        match self.role {
             Role::Server => frame,
             // "A client MUST mask all frames that it sends to the server" with a key
             // "derived from a strong source of entropy" (§5.3).
             Role::Client => frame.masked(rand::random()),
-        };
-        self.push_encoded(frame.encode());
+        }
+        .encode()
     }
 
     /// Writes every queued frame, batching as many as fit in one vectored write.
@@ -186,6 +223,11 @@ impl WriteState {
     /// Whether frames wait to be written.
     pub(crate) fn has_pending(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn unwritten_len(&self) -> usize {
+        self.unwritten_len
     }
 
     /// Queues a frame that is already encoded (e.g. one broadcast to many).
@@ -257,6 +299,7 @@ impl WriteState {
             }
             self.written -= front.len();
             self.queue.pop_front();
+            self.popped = self.popped.wrapping_add(1);
         }
     }
 }

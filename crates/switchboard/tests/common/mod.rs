@@ -351,30 +351,29 @@ pub(crate) async fn assert_eof(tcp: &mut TcpStream) {
 /// A client-side decoder over a raw socket, for reading what a server sent.
 #[derive(Debug)]
 pub(crate) struct RawReader {
-    buf: BytesMut,
     decoder: Decoder,
 }
 
 impl RawReader {
     /// Starts with the bytes that arrived after the response head.
     pub(crate) fn new(rest: BytesMut) -> Self {
-        Self {
-            buf: rest,
-            decoder: Decoder::new(Role::Client, Limits::default()),
-        }
+        let mut decoder = Decoder::new(Role::Client, Limits::default());
+        decoder.feed(rest);
+        Self { decoder }
     }
 
     /// The next message the server sent.
     pub(crate) async fn message(&mut self, tcp: &mut TcpStream) -> Message {
         loop {
-            if let Some(message) = self.decoder.decode(&mut self.buf).unwrap() {
+            if let Some(message) = self.decoder.decode().unwrap() {
                 return message;
             }
-            self.buf.reserve(4096);
-            let n = within("server frame", tcp.read_buf(&mut self.buf))
+            let mut buf = self.decoder.read_buf(4096);
+            let n = within("server frame", tcp.read_buf(&mut buf))
                 .await
                 .unwrap();
             assert_ne!(n, 0, "connection closed before a whole frame arrived");
+            self.decoder.feed(buf);
         }
     }
 }
