@@ -1,13 +1,16 @@
 //! Writes a seed corpus for each target into `corpus/<target>/`: valid frame streams in
-//! both roles (compressed ones too) and a few rule breakers, and valid handshakes both
-//! ways.
+//! both roles (compressed ones too) and a few rule breakers, compressed messages, valid
+//! handshakes both ways, and channels messages as phoenix.js sends them.
 //!
 //! Run from `fuzz/`: `cargo run --example seeds`.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use std::{fs, path::Path};
-use switchboard_fuzz::{DEFLATE, DEFLATE_SMALL, TINY, decode_input, deflate_params, fixed_client};
+use switchboard_fuzz::{
+    COMPRESS, DEFLATE, DEFLATE_SMALL, TINY, decode_input, deflate_params, fixed_client,
+    inflate_input,
+};
 use switchboard_proto::{
     CloseCode, Frame, FrameHeader, OpCode, Role,
     deflate::Deflater,
@@ -108,6 +111,51 @@ fn main() -> std::io::Result<()> {
         b"HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
           sec-websocket-version: 13\r\ncontent-length: 0\r\n\r\n",
     )?;
+    // A response of exactly as many headers as a reader takes, and no length: written
+    // back, it has one line more (the case that once failed the handshake target).
+    let mut full = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..http1::MAX_HEADERS {
+        full.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
+    }
+    full.extend_from_slice(b"\r\n");
+    fs::write(dir.join("response-max-headers"), &full)?;
+
+    let dir = corpus.join("inflate");
+    fs::create_dir_all(&dir)?;
+    let text = "κόσμε ".repeat(40);
+    let messages: [&[u8]; 3] = [text.as_bytes(), b"", &[0u8; 200]];
+    for (name, flags) in [
+        ("compressed", COMPRESS | 6),
+        ("compressed-small", COMPRESS | DEFLATE_SMALL | 1),
+        ("compressed-tiny", COMPRESS | TINY | 9),
+    ] {
+        fs::write(dir.join(name), inflate_input(flags, &messages))?;
+    }
+    // Compressed bytes as they are on the wire, for the fuzzer to break: a stored block,
+    // and a run of zeros deflated.
+    let mut deflater = Deflater::new(&deflate_params(false), Role::Server, 9);
+    let zeros = deflater.compress(&[0u8; 4000]).expect("zlib compresses");
+    let stored = [0x01, 0x03, 0x00, 0xFC, 0xFF, b'a', b'b', b'c'];
+    fs::write(dir.join("raw"), inflate_input(0, &[&stored, &zeros]))?;
+    fs::write(dir.join("raw-tiny"), inflate_input(TINY, &[&zeros]))?;
+
+    let dir = corpus.join("channels");
+    fs::create_dir_all(&dir)?;
+    for (name, message) in [
+        ("join", &br#"["1","1","room:lobby","phx_join",{}]"#[..]),
+        (
+            "push",
+            br#"["1","2","room:lobby","new_msg",{"body":"hi \u00e9","n":[1,2.5,null]}]"#,
+        ),
+        ("heartbeat", br#"[null,"3","phoenix","heartbeat",{}]"#),
+        (
+            "binary-push",
+            b"\x00\x01\x01\x0a\x07\x31\x32room:lobbynew_msg\x01\x02\x03",
+        ),
+        ("binary-no-refs", b"\x00\x00\x00\x01\x01te"),
+    ] {
+        fs::write(dir.join(name), message)?;
+    }
     println!("seeds written to {}", corpus.display());
     Ok(())
 }

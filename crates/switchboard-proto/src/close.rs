@@ -129,11 +129,11 @@ impl CloseFrame {
     /// Parses a received close payload: `Ok(None)` for an empty one (no status, reported
     /// to the application as 1005).
     pub fn parse(payload: Bytes) -> Result<Option<Self>, CloseError> {
-        match payload.len() {
-            0 => Ok(None),
-            1 => Err(CloseError::Truncated),
-            _ => {
-                let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+        match *payload {
+            [] => Ok(None),
+            [_] => Err(CloseError::Truncated),
+            [high, low, ..] => {
+                let code = CloseCode(u16::from_be_bytes([high, low]));
                 if !code.is_sendable() {
                     return Err(CloseError::InvalidCode(code));
                 }

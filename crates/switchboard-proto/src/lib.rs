@@ -19,9 +19,13 @@
 //! assert_eq!(decoder.decode()?, Some(Message::text("Hello")));
 //! # Ok::<(), switchboard_proto::ProtocolError>(())
 //! ```
-#![cfg_attr(
-    not(test),
-    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+// Peer input is hostile (STYLE): no unwrap, expect, panic or indexing that a peer's
+// bytes could reach. Tests are exempt through clippy.toml's `allow-*-in-tests`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
 )]
 
 pub mod close;

@@ -39,15 +39,16 @@ fn apply_mask_avx2(buf: &mut [u8], key: [u8; 4]) {
 /// The XOR, [`LANES`] bytes per step, for payloads of at least one step.
 #[inline(always)]
 fn apply_mask_lanes(buf: &mut [u8], key: [u8; 4]) {
-    let pattern: [u8; LANES] = std::array::from_fn(|i| key[i % 4]);
+    let pattern = [key; LANES / 4];
+    let pattern = pattern.as_flattened();
     let mut chunks = buf.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
-        for (byte, k) in chunk.iter_mut().zip(&pattern) {
+        for (byte, k) in chunk.iter_mut().zip(pattern) {
             *byte ^= k;
         }
     }
     // The remainder starts at a multiple of LANES, so it is in phase with `pattern`.
-    for (byte, k) in chunks.into_remainder().iter_mut().zip(&pattern) {
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(pattern) {
         *byte ^= k;
     }
 }

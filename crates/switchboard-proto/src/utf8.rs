@@ -68,9 +68,13 @@ impl Utf8Validator {
         let width = sequence_width(self.pending[0]);
         let take = (width - have).min(input.len());
         let (head, rest) = input.split_at(take);
-        self.pending[have..have + take].copy_from_slice(head);
+        for (slot, &byte) in self.pending.iter_mut().skip(have).zip(head) {
+            *slot = byte;
+        }
         let filled = have + take;
-        match simdutf8::compat::from_utf8(&self.pending[..filled]) {
+        // `filled` is at most the code point's width, at most 4: the error cannot happen.
+        let seen = self.pending.get(..filled).ok_or(Utf8Error)?;
+        match simdutf8::compat::from_utf8(seen) {
             Ok(_) => self.pending_len = 0,
             Err(e) if e.error_len().is_none() => self.pending_len = filled as u8,
             Err(_) => return Err(Utf8Error),
@@ -80,9 +84,11 @@ impl Utf8Validator {
 
     fn stash(&mut self, tail: &[u8]) {
         // `simdutf8` reports an incomplete tail only when it is 1 to 3 bytes long.
-        let len = tail.len().min(3);
-        self.pending[..len].copy_from_slice(&tail[..len]);
-        self.pending_len = len as u8;
+        let tail = tail.get(..3).unwrap_or(tail);
+        for (slot, &byte) in self.pending.iter_mut().zip(tail) {
+            *slot = byte;
+        }
+        self.pending_len = tail.len() as u8;
     }
 }
 

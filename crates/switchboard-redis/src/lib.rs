@@ -32,7 +32,9 @@
 //! room starts receiving the room's messages once Redis has confirmed the subscription
 //! (a round trip after the join). While the link to Redis is down, envelopes cannot be
 //! published: each one is counted in [`BrokerStats::lost`] and logged, and the hub
-//! reconnects with backoff, subscribing again to everything it had.
+//! reconnects with backoff, subscribing again to everything it had. Publishes wait for
+//! the link in a bounded queue ([`RedisConfig::max_pending_publishes`]): past it, they
+//! are dropped and counted in [`BrokerStats::lost`] too. Room subscriptions never are.
 
 mod codec;
 mod link;
@@ -42,14 +44,26 @@ pub use redis::RedisError;
 
 use bytes::Bytes;
 use std::{
+    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 use switchboard::hub::{Broker, Envelope, Inbox, Target};
-use tokio::{runtime::Handle, sync::mpsc};
+use tokio::{
+    runtime::Handle,
+    sync::{
+        Notify,
+        mpsc::{self, error::TrySendError},
+    },
+};
+
+/// Four full pipelines (see `link::MAX_BATCH`): room for a burst while Redis answers a
+/// round trip, and a bound on what a stalled link holds (this many envelopes, each at
+/// most the hub's message size).
+const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
 
 /// Where to find Redis and how to name the channels.
 #[derive(Debug, Clone)]
@@ -57,6 +71,7 @@ pub struct RedisConfig {
     url: String,
     prefix: String,
     max_backoff: Duration,
+    max_pending_publishes: usize,
 }
 
 impl RedisConfig {
@@ -66,6 +81,7 @@ impl RedisConfig {
             url: url.into(),
             prefix: "switchboard".to_owned(),
             max_backoff: Duration::from_secs(5),
+            max_pending_publishes: DEFAULT_MAX_PENDING_PUBLISHES,
         }
     }
 
@@ -80,6 +96,14 @@ impl RedisConfig {
     /// to this; 5 s by default).
     pub fn max_backoff(mut self, max: Duration) -> Self {
         self.max_backoff = max;
+        self
+    }
+
+    /// The most publishes waiting for the link to Redis (1024 by default, at least 1):
+    /// past it, a publish is dropped and counted in [`BrokerStats::lost`]. Room
+    /// subscriptions do not count: they are never dropped.
+    pub fn max_pending_publishes(mut self, max: usize) -> Self {
+        self.max_pending_publishes = max.max(1);
         self
     }
 
@@ -105,21 +129,48 @@ impl RedisConfig {
     }
 }
 
-/// What the hub asks of the link task, in the order it asked.
+/// An envelope for the link task to publish.
 #[derive(Debug)]
-enum Command {
-    Subscribe(String),
-    Unsubscribe(String),
-    Publish { channel: String, payload: Bytes },
+struct Publish {
+    channel: String,
+    payload: Bytes,
+}
+
+/// The room subscriptions the hub asked for and the link task has not applied yet: the
+/// latest wish per room (`true`: subscribe). A map rather than a queue, so that it is
+/// bounded by the hub's rooms however fast members come and go, and nothing in it is
+/// ever dropped: a hub whose subscription was dropped would stop hearing its room.
+#[derive(Debug, Default)]
+struct RoomChanges {
+    wanted: Mutex<HashMap<String, bool>>,
+    changed: Notify,
+}
+
+impl RoomChanges {
+    fn want(&self, room: &str, subscribed: bool) {
+        lock(&self.wanted).insert(room.to_owned(), subscribed);
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> HashMap<String, bool> {
+        std::mem::take(&mut *lock(&self.wanted))
+    }
+}
+
+/// The lock, even if a panic poisoned it: the map stays consistent under any panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A hub's attachment to Redis. Give it to [`switchboard::hub::Hub::with_broker`].
 #[derive(Debug)]
 pub struct RedisBroker {
     config: RedisConfig,
-    commands: mpsc::UnboundedSender<Command>,
-    /// The link and the commands' receiving end until the hub starts the broker.
-    pending: Mutex<Option<(link::Link, mpsc::UnboundedReceiver<Command>)>>,
+    /// Bounded by [`RedisConfig::max_pending_publishes`].
+    publishes: mpsc::Sender<Publish>,
+    rooms: Arc<RoomChanges>,
+    /// The link and the publishes' receiving end until the hub starts the broker.
+    pending: Mutex<Option<(link::Link, mpsc::Receiver<Publish>)>>,
     runtime: Handle,
     stats: BrokerStats,
 }
@@ -130,10 +181,11 @@ impl RedisBroker {
     /// runs on it.
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisError> {
         let link = link::Link::open(&config).await?;
-        let (commands, receiver) = mpsc::unbounded_channel();
+        let (publishes, receiver) = mpsc::channel(config.max_pending_publishes);
         Ok(Self {
             config,
-            commands,
+            publishes,
+            rooms: Arc::default(),
             pending: Mutex::new(Some((link, receiver))),
             runtime: Handle::current(),
             stats: BrokerStats::default(),
@@ -145,16 +197,16 @@ impl RedisBroker {
         self.stats.clone()
     }
 
-    fn command(&self, command: Command) {
-        // The task ends only when this broker is dropped or its hub is gone.
-        let _ = self.commands.send(command);
+    fn lose(&self, channel: &str, why: &str) {
+        self.stats.count(&self.stats.0.lost);
+        tracing::warn!(%channel, "envelope lost: {why}");
     }
 }
 
 impl Broker for RedisBroker {
     fn start(&self, inbox: Inbox) {
         let pending = self.pending.lock().map(|mut p| p.take());
-        let Ok(Some((link, commands))) = pending else {
+        let Ok(Some((link, publishes))) = pending else {
             tracing::error!("RedisBroker started twice; the second hub is not attached");
             return;
         };
@@ -162,7 +214,8 @@ impl Broker for RedisBroker {
             link,
             self.config.clone(),
             inbox,
-            commands,
+            publishes,
+            self.rooms.clone(),
             self.stats.clone(),
         );
         self.runtime.spawn(task);
@@ -170,10 +223,19 @@ impl Broker for RedisBroker {
 
     fn publish(&self, envelope: Envelope) {
         match codec::encode(&envelope) {
-            Ok(payload) => self.command(Command::Publish {
-                channel: self.config.channel_of(&envelope),
-                payload,
-            }),
+            Ok(payload) => {
+                let channel = self.config.channel_of(&envelope);
+                match self.publishes.try_send(Publish { channel, payload }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(publish)) => {
+                        self.lose(&publish.channel, "too many publishes waiting for Redis");
+                    }
+                    // The link task ends only when its hub is gone.
+                    Err(TrySendError::Closed(publish)) => {
+                        self.lose(&publish.channel, "the link task has ended");
+                    }
+                }
+            }
             Err(error) => {
                 self.stats.count(&self.stats.0.lost);
                 tracing::warn!(%error, "envelope not published");
@@ -182,11 +244,11 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe(&self, room: &str) {
-        self.command(Command::Subscribe(room.to_owned()));
+        self.rooms.want(room, true);
     }
 
     fn unsubscribe(&self, room: &str) {
-        self.command(Command::Unsubscribe(room.to_owned()));
+        self.rooms.want(room, false);
     }
 }
 
@@ -214,8 +276,9 @@ impl BrokerStats {
         self.0.received.load(Relaxed)
     }
 
-    /// Envelopes that could not be published (the link was down, or the message was
-    /// not text or binary).
+    /// Envelopes that could not be published (the link was down, more than
+    /// [`RedisConfig::max_pending_publishes`] were waiting, or the message was not text
+    /// or binary).
     pub fn lost(&self) -> u64 {
         self.0.lost.load(Relaxed)
     }

@@ -2,16 +2,16 @@
 //! follows the hub's rooms with subscriptions, hands what arrives to the hub's inbox,
 //! and reconnects when Redis goes away.
 
-use crate::{BrokerStats, Command, RedisConfig, codec};
+use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::{
     Client, RedisResult,
     aio::{MultiplexedConnection, PubSubSink, PubSubStream},
 };
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 use switchboard::hub::Inbox;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 /// Publishes that wait are sent together, up to this many in one pipeline.
 const MAX_BATCH: u64 = 256;
@@ -20,8 +20,8 @@ const MAX_BATCH: u64 = 256;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long one attempt to reopen the link may take: an unreachable host can hold a
-/// TCP connect for minutes, and the commands waiting meanwhile (publishes to count as
-/// lost) are taken only between attempts.
+/// TCP connect for minutes, and the publishes waiting meanwhile (to count as lost) are
+/// taken only between attempts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
@@ -76,7 +76,8 @@ pub(crate) async fn run(
     mut link: Link,
     config: RedisConfig,
     inbox: Inbox,
-    mut commands: UnboundedReceiver<Command>,
+    mut publishes: Receiver<Publish>,
+    changes: Arc<RoomChanges>,
     stats: BrokerStats,
 ) {
     let mut rooms = HashSet::new();
@@ -90,9 +91,10 @@ pub(crate) async fn run(
                     config: &config,
                     inbox: &inbox,
                     rooms: &mut rooms,
+                    changes: &changes,
                     stats: &stats,
                 };
-                match session.serve(&mut commands).await {
+                match session.serve(&mut publishes).await {
                     Ended::Done => return,
                     Ended::Failed(failure) => failure,
                 }
@@ -100,12 +102,15 @@ pub(crate) async fn run(
             Err(error) => error.to_string(),
         };
         tracing::warn!(%failure, "lost the link to Redis; reconnecting");
-        let Some(new) = reconnect(&link.client, &config, &mut commands, &mut rooms, &stats).await
-        else {
+        let Some(new) = reconnect(&link.client, &config, &mut publishes, &stats).await else {
             return;
         };
         link = new;
         stats.count(&stats.0.reconnects);
+        // The room changes asked for meanwhile: subscribed below, with the others.
+        for (room, wanted) in changes.take() {
+            note(&mut rooms, room, wanted);
+        }
         let rooms_now: Vec<String> = rooms.iter().map(|r| config.channel_room(r)).collect();
         subscribed = link.subscribe(own.iter().cloned().chain(rooms_now)).await;
     }
@@ -118,18 +123,24 @@ struct Session<'a> {
     inbox: &'a Inbox,
     /// The rooms this hub has members in: subscribed now, and again after a reconnect.
     rooms: &'a mut HashSet<String>,
+    changes: &'a RoomChanges,
     stats: &'a BrokerStats,
 }
 
 impl Session<'_> {
-    async fn serve(&mut self, commands: &mut UnboundedReceiver<Command>) -> Ended {
+    async fn serve(&mut self, publishes: &mut Receiver<Publish>) -> Ended {
         loop {
             tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else {
+                publish = publishes.recv() => {
+                    let Some(publish) = publish else {
                         return Ended::Done;
                     };
-                    if let Err(error) = self.apply(command, commands).await {
+                    if let Err(error) = self.publish_batch(publish, publishes).await {
+                        return Ended::Failed(error.to_string());
+                    }
+                }
+                () = self.changes.changed.notified() => {
+                    if let Err(error) = self.apply_room_changes().await {
                         return Ended::Failed(error.to_string());
                     }
                 }
@@ -145,75 +156,51 @@ impl Session<'_> {
         }
     }
 
-    /// Carries out `command`, and with a publish every publish queued behind it.
-    async fn apply(
-        &mut self,
-        command: Command,
-        commands: &mut UnboundedReceiver<Command>,
-    ) -> RedisResult<()> {
-        let mut next = Some(command);
-        while let Some(command) = next.take() {
-            match command {
-                Command::Subscribe(room) => {
-                    if self.rooms.insert(room.clone()) {
-                        self.link
-                            .sink
-                            .subscribe(self.config.channel_room(&room))
-                            .await?;
-                    }
-                }
-                Command::Unsubscribe(room) => {
-                    if self.rooms.remove(&room) {
-                        let channel = self.config.channel_room(&room);
-                        self.link.sink.unsubscribe(channel).await?;
-                    }
-                }
-                Command::Publish { channel, payload } => {
-                    next = self.publish_batch(channel, payload, commands).await?;
-                }
+    /// Subscribes to the rooms the hub came to have and unsubscribes from those it left.
+    /// `rooms` takes every change even when Redis fails midway, so that the
+    /// resubscription after the reconnect has them all.
+    async fn apply_room_changes(&mut self) -> RedisResult<()> {
+        let mut result = Ok(());
+        for (room, wanted) in self.changes.take() {
+            let channel = self.config.channel_room(&room);
+            if note(self.rooms, room, wanted) && result.is_ok() {
+                result = if wanted {
+                    self.link.sink.subscribe(channel).await
+                } else {
+                    self.link.sink.unsubscribe(channel).await
+                };
             }
         }
-        Ok(())
+        result
     }
 
     /// Publishes this envelope and those queued behind it in one pipeline (one round
-    /// trip for a burst); returns the first other command met, for the caller to apply
-    /// next, in order.
+    /// trip for a burst).
     async fn publish_batch(
         &mut self,
-        channel: String,
-        payload: Bytes,
-        commands: &mut UnboundedReceiver<Command>,
-    ) -> RedisResult<Option<Command>> {
+        first: Publish,
+        publishes: &mut Receiver<Publish>,
+    ) -> RedisResult<()> {
         let mut pipe = redis::pipe();
-        pipe.publish(channel, payload.as_ref()).ignore();
-        let mut count: u64 = 1;
-        let mut other = None;
-        while count < MAX_BATCH {
-            match commands.try_recv() {
-                Ok(Command::Publish { channel, payload }) => {
-                    pipe.publish(channel, payload.as_ref()).ignore();
-                    count += 1;
-                }
-                Ok(command) => {
-                    other = Some(command);
-                    break;
-                }
-                Err(_) => break,
-            }
+        let mut count: u64 = 0;
+        let mut next = Some(first);
+        while let Some(Publish { channel, payload }) = next {
+            pipe.publish(channel, payload.as_ref()).ignore();
+            count += 1;
+            next = if count < MAX_BATCH {
+                publishes.try_recv().ok()
+            } else {
+                None
+            };
         }
         match pipe.query_async::<()>(&mut self.link.publisher).await {
             Ok(()) => {
                 self.stats.add(&self.stats.0.published, count);
-                Ok(other)
+                Ok(())
             }
             Err(error) => {
                 self.stats.add(&self.stats.0.lost, count);
                 tracing::warn!(%error, count, "envelopes lost: Redis did not take them");
-                // The other command still applies once the link is back.
-                if let Some(command) = other {
-                    offline(command, self.rooms, self.stats);
-                }
                 Err(error)
             }
         }
@@ -239,12 +226,11 @@ impl Session<'_> {
 }
 
 /// Opens the link again, waiting longer after each failure; `None` once the broker is
-/// dropped. Commands that arrive meanwhile are taken as [`offline`] says.
+/// dropped. Publishes that arrive meanwhile cannot happen: each is counted as lost.
 async fn reconnect(
     client: &Client,
     config: &RedisConfig,
-    commands: &mut UnboundedReceiver<Command>,
-    rooms: &mut HashSet<String>,
+    publishes: &mut Receiver<Publish>,
     stats: &BrokerStats,
 ) -> Option<Link> {
     let mut delay = FIRST_BACKOFF;
@@ -254,7 +240,10 @@ async fn reconnect(
         loop {
             tokio::select! {
                 () = &mut wait => break,
-                command = commands.recv() => offline(command?, rooms, stats),
+                publish = publishes.recv() => {
+                    stats.count(&stats.0.lost);
+                    tracing::warn!(channel = %publish?.channel, "envelope lost: no link to Redis");
+                }
             }
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, Link::open_with(client.clone())).await {
@@ -266,19 +255,11 @@ async fn reconnect(
     }
 }
 
-/// A command while the link is down: room changes are remembered for the
-/// resubscription; a publish cannot happen and is counted as lost.
-fn offline(command: Command, rooms: &mut HashSet<String>, stats: &BrokerStats) {
-    match command {
-        Command::Subscribe(room) => {
-            rooms.insert(room);
-        }
-        Command::Unsubscribe(room) => {
-            rooms.remove(&room);
-        }
-        Command::Publish { channel, .. } => {
-            stats.count(&stats.0.lost);
-            tracing::warn!(%channel, "envelope lost: no link to Redis");
-        }
+/// Records that the hub wants (or no longer wants) `room`; whether that changed anything.
+fn note(rooms: &mut HashSet<String>, room: String, wanted: bool) -> bool {
+    if wanted {
+        rooms.insert(room)
+    } else {
+        rooms.remove(&room)
     }
 }

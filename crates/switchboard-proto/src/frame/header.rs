@@ -150,7 +150,10 @@ impl FrameHeader {
             }
         };
         if let Some(key) = self.mask {
-            ext[ext_len..ext_len + 4].copy_from_slice(&key);
+            // The key follows the length; `ext` has room for the longest length and it.
+            for (slot, byte) in ext.iter_mut().skip(ext_len).zip(key) {
+                *slot = byte;
+            }
         }
         EncodedHeader {
             bytes,

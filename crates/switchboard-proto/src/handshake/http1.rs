@@ -165,6 +165,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, Parse
 /// Writes a response head as HTTP/1.1, adding `Content-Length: 0` when the status allows
 /// content and the response has no `Content-Length`: the response ends at its head, and
 /// the client must know it does.
+///
+/// The added line counts toward a reader's header limit: written from a response of
+/// [`MAX_HEADERS`] headers, the head has one more than [`parse_response`] reads.
 pub fn write_response(response: &Response<()>, dst: &mut Vec<u8>) {
     let needs_length =
         has_content(response.status()) && !response.headers().contains_key(CONTENT_LENGTH);
@@ -434,6 +437,27 @@ mod tests {
             let (parsed, len) = parse_request(&out).unwrap().unwrap();
             assert_eq!(len, out.len());
             assert_eq!(parsed.headers()[HOST], "h");
+        }
+    }
+
+    #[test]
+    fn the_added_length_counts_toward_the_readers_header_limit() {
+        for (headers, parses) in [(MAX_HEADERS - 1, true), (MAX_HEADERS, false)] {
+            let mut response = Response::new(());
+            for i in 0..headers {
+                let name = HeaderName::try_from(format!("x-{i}")).unwrap();
+                response.headers_mut().insert(name, HeaderValue::from(i));
+            }
+            let mut out = Vec::new();
+            write_response(&response, &mut out);
+            match parse_response(&out) {
+                Ok(Some((parsed, _))) if parses => {
+                    assert_eq!(parsed.headers().len(), headers + 1);
+                    assert_eq!(parsed.headers()[CONTENT_LENGTH], "0");
+                }
+                Err(ParseError::TooManyHeaders) if !parses => {}
+                other => panic!("{headers} headers: {other:?}"),
+            }
         }
     }
 

@@ -91,9 +91,18 @@ pub async fn end_and_collect<const N: usize>(
 }
 
 pub async fn node(prefix: &str) -> Node {
-    let config = RedisConfig::new(REDIS)
+    node_with(prefix, config(prefix)).await
+}
+
+/// The configuration [`node`] uses: `prefix`, and reconnections within 200 ms.
+pub fn config(prefix: &str) -> RedisConfig {
+    RedisConfig::new(REDIS)
         .prefix(prefix)
-        .max_backoff(Duration::from_millis(200));
+        .max_backoff(Duration::from_millis(200))
+}
+
+/// A hub attached to Redis with `config`, whose prefix is `prefix`, like [`node`].
+pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
     let broker = RedisBroker::connect(config)
         .await
         .expect("Redis at 127.0.0.1:6379");
