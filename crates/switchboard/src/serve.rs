@@ -57,7 +57,7 @@ pub async fn serve_with_shutdown(
         let (stream, head) = ServedTcp::new(stream, timeout);
         let service = Served {
             service: TowerToHyperService::new(router.clone()),
-            head,
+            head: head.clone(),
             peer,
         };
         let connection = http1::Builder::new()
@@ -77,6 +77,12 @@ pub async fn serve_with_shutdown(
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 _ = stopping.changed() => {
+                    // A client still sending its first request head has nothing in
+                    // flight (and an upgrade would be refused now): let it go rather
+                    // than hold the shutdown until its deadline.
+                    if !head.has_arrived() {
+                        return;
+                    }
                     // Finish the request in flight, accept no more on this connection.
                     connection.as_mut().graceful_shutdown();
                     connection.await

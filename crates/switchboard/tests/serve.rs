@@ -231,3 +231,34 @@ async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
     let (response, _) = within("the waiting handshake", read_response(&mut waiting)).await;
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
 }
+
+/// Shutdown finishes the requests in flight, but a client that has not finished its
+/// first request head has none: it is let go at once instead of holding the shutdown
+/// for its whole deadline (the hub's `close_timeout`, 5 s by default) and outliving it.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_half_sent_head() {
+    let mut config = HubConfig::default();
+    config.close_timeout = Duration::from_secs(3);
+    let mut server = serve_ws_route::<(), _>(config, |_| Quiet).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    // Answered, so accepted after the slow one: the server holds both.
+    let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let (response, _, _kept_alive) = exchange(server.addr, request).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    let started = Instant::now();
+    drop(server.stop.take());
+    within("serve's end", &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shutdown waited {:?} for a half-sent head",
+        started.elapsed()
+    );
+    closed_promptly(&mut slow, "the half-sent head").await;
+}

@@ -162,6 +162,11 @@ impl HeadSignal {
     pub(crate) fn arrived(&self) {
         self.0.store(true, Relaxed);
     }
+
+    /// Whether the first request head has arrived.
+    pub(crate) fn has_arrived(&self) -> bool {
+        self.0.load(Relaxed)
+    }
 }
 
 impl ServedTcp {
@@ -186,7 +191,7 @@ impl ServedTcp {
         let Some(first_head) = &mut self.first_head else {
             return false;
         };
-        if first_head.arrived.0.load(Relaxed) {
+        if first_head.arrived.has_arrived() {
             self.first_head = None;
             return false;
         }
