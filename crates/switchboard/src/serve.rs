@@ -15,7 +15,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
-use switchboard_proto::handshake::http1::MAX_HEAD_LEN;
+use switchboard_proto::handshake::http1::{MAX_HEAD_LEN, MAX_HEADERS};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
@@ -27,7 +27,8 @@ use tokio_util::task::TaskTracker;
 /// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`.
 ///
 /// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
-/// [`MAX_HEAD_LEN`] (32 KiB) is answered 431, and one that does not arrive within the
+/// [`MAX_HEAD_LEN`] (32 KiB) or with more than [`MAX_HEADERS`] (64) header lines is
+/// answered 431, and one that does not arrive within the
 /// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
 /// 408 (a later request on a kept-alive connection is closed without an answer). At most
 /// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
@@ -66,6 +67,7 @@ pub async fn serve_with_shutdown(
             // deadline is the stream's, which answers 408.
             .header_read_timeout(timeout)
             .max_header_size(MAX_HEAD_LEN)
+            .max_headers(MAX_HEADERS)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stopping = stopping.clone();
