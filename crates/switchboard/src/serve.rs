@@ -85,8 +85,13 @@ pub async fn serve_with_shutdown(
                     if !head.has_arrived() {
                         return;
                     }
-                    // Finish the request in flight, accept no more on this connection.
-                    connection.as_mut().graceful_shutdown();
+                    // An upgrade under way (its `on_open` may still run) ends with its
+                    // 101, which must not also say `Connection: close`, as hyper's would
+                    // once shut down gracefully; its socket then gets the hub's 1001.
+                    if !head.upgrading() {
+                        // Finish the request in flight; accept no more.
+                        connection.as_mut().graceful_shutdown();
+                    }
                     connection.await
                 }
             };
@@ -144,7 +149,8 @@ impl<S: Service<Request<B>>, B> Service<Request<B>> for Served<S> {
     type Future = S::Future;
 
     fn call(&self, mut request: Request<B>) -> Self::Future {
-        self.head.arrived();
+        self.head
+            .arrived(request.headers().contains_key(http::header::UPGRADE));
         request.extensions_mut().insert(ConnectInfo(self.peer));
         self.service.call(request)
     }
