@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then shuts down gracefully:
 /// stops accepting, lets HTTP requests in flight finish, sends 1001 to every WebSocket
-/// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`.
+/// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`; HTTP
+/// connections still busy then are closed when it returns.
 ///
 /// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
 /// [`MAX_HEAD_LEN`] (32 KiB) or with more than [`MAX_HEADERS`] (64) header lines is
@@ -92,7 +93,12 @@ pub async fn serve_with_shutdown(
                         // Finish the request in flight; accept no more.
                         connection.as_mut().graceful_shutdown();
                     }
-                    connection.await
+                    tokio::select! {
+                        result = connection => result,
+                        // `serve` returned, past its deadline: the connection ends
+                        // with it rather than outlive the server.
+                        _ = stopping.changed() => return,
+                    }
                 }
             };
             if let Err(error) = result {
@@ -107,6 +113,8 @@ pub async fn serve_with_shutdown(
     tokio::join!(hub.shutdown(deadline), async {
         let _ = tokio::time::timeout(deadline, http_connections.wait()).await;
     });
+    // Ends the connections still busy (see above).
+    drop(stop);
     Ok(())
 }
 

@@ -282,3 +282,31 @@ async fn shutdown_does_not_wait_for_a_half_sent_head() {
     );
     closed_promptly(&mut slow, "the half-sent head").await;
 }
+
+/// A request still in flight at the shutdown's deadline ends with `serve`: its
+/// connection does not outlive the server that accepted it.
+#[tokio::test]
+async fn connections_still_busy_at_the_deadline_end_with_serve() {
+    let mut config = HubConfig::default();
+    config.close_timeout = Duration::from_millis(300);
+    let hub = Hub::new(config);
+    let app = Router::new().route(
+        "/forever",
+        axum::routing::get(std::future::pending::<&'static str>),
+    );
+    let mut server = common::hub::serve(hub, app, ()).await;
+    let mut busy = TcpStream::connect(server.addr).await.unwrap();
+    busy.write_all(b"GET /forever HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // Answered, so accepted after the busy one: its request is in flight.
+    let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    exchange(server.addr, request).await;
+
+    drop(server.stop.take());
+    within("serve's end", &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+    closed_promptly(&mut busy, "the busy connection").await;
+}
