@@ -15,7 +15,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
-use switchboard_proto::handshake::http1::MAX_HEAD_LEN;
+use switchboard_proto::handshake::http1::{MAX_HEAD_LEN, MAX_HEADERS};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
@@ -24,10 +24,12 @@ use tokio_util::task::TaskTracker;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then shuts down gracefully:
 /// stops accepting, lets HTTP requests in flight finish, sends 1001 to every WebSocket
-/// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`.
+/// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`; HTTP
+/// connections still busy then are closed when it returns.
 ///
 /// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
-/// [`MAX_HEAD_LEN`] (32 KiB) is answered 431, and one that does not arrive within the
+/// [`MAX_HEAD_LEN`] (32 KiB) or with more than [`MAX_HEADERS`] (64) header lines is
+/// answered 431, and one that does not arrive within the
 /// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
 /// 408 (a later request on a kept-alive connection is closed without an answer). At most
 /// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
@@ -57,7 +59,7 @@ pub async fn serve_with_shutdown(
         let (stream, head) = ServedTcp::new(stream, timeout);
         let service = Served {
             service: TowerToHyperService::new(router.clone()),
-            head,
+            head: head.clone(),
             peer,
         };
         let connection = http1::Builder::new()
@@ -66,6 +68,7 @@ pub async fn serve_with_shutdown(
             // deadline is the stream's, which answers 408.
             .header_read_timeout(timeout)
             .max_header_size(MAX_HEAD_LEN)
+            .max_headers(MAX_HEADERS)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stopping = stopping.clone();
@@ -77,9 +80,25 @@ pub async fn serve_with_shutdown(
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 _ = stopping.changed() => {
-                    // Finish the request in flight, accept no more on this connection.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+                    // A client still sending its first request head has nothing in
+                    // flight (and an upgrade would be refused now): let it go rather
+                    // than hold the shutdown until its deadline.
+                    if !head.has_arrived() {
+                        return;
+                    }
+                    // An upgrade under way (its `on_open` may still run) ends with its
+                    // 101, which must not also say `Connection: close`, as hyper's would
+                    // once shut down gracefully; its socket then gets the hub's 1001.
+                    if !head.upgrading() {
+                        // Finish the request in flight; accept no more.
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    tokio::select! {
+                        result = connection => result,
+                        // `serve` returned, past its deadline: the connection ends
+                        // with it rather than outlive the server.
+                        _ = stopping.changed() => return,
+                    }
                 }
             };
             if let Err(error) = result {
@@ -94,6 +113,8 @@ pub async fn serve_with_shutdown(
     tokio::join!(hub.shutdown(deadline), async {
         let _ = tokio::time::timeout(deadline, http_connections.wait()).await;
     });
+    // Ends the connections still busy (see above).
+    drop(stop);
     Ok(())
 }
 
@@ -136,7 +157,8 @@ impl<S: Service<Request<B>>, B> Service<Request<B>> for Served<S> {
     type Future = S::Future;
 
     fn call(&self, mut request: Request<B>) -> Self::Future {
-        self.head.arrived();
+        self.head
+            .arrived(request.headers().contains_key(http::header::UPGRADE));
         request.extensions_mut().insert(ConnectInfo(self.peer));
         self.service.call(request)
     }

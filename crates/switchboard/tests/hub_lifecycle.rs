@@ -297,6 +297,34 @@ async fn every_client_receives_every_message_sent_once_all_101s_arrived() {
     }
 }
 
+/// A shutdown that starts while `on_open` runs still lets its 101 out as a plain
+/// upgrade, then closes with 1001 as every socket is: a 101 that also says
+/// `Connection: close` (what hyper writes once its connection is shut down gracefully)
+/// fails the handshake in tungstenite-based clients.
+#[tokio::test]
+async fn a_shutdown_during_on_open_sends_a_clean_101_then_1001() {
+    let mut server = start(Hub::new(config(10)), Duration::from_millis(300)).await;
+    let addr = server.addr;
+    let client = tokio::spawn(async move { try_connect(addr, "/chat/r", &[]).await });
+    let hub = server.hub.clone();
+    eventually("registered", || hub.connection_count() == 1).await;
+    drop(server.stop.take());
+    let (client, _) = within("the handshake", client)
+        .await
+        .unwrap()
+        .expect("a 101 the client accepts");
+    assert_eq!(close_code_received(client).await, Some(1001));
+    let conn = opened(&mut server).await;
+    assert_eq!(
+        closed(&mut server).await,
+        (conn.id(), CloseCode::GOING_AWAY)
+    );
+    within("serve's end", &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// A client that leaves while `on_open` runs never gets its 101: the connection ends as
 /// one whose transport died, and its slot is free again.
 #[tokio::test]

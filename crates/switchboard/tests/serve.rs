@@ -12,6 +12,7 @@ use common::{
 };
 use http::{Response, StatusCode};
 use std::{io, net::SocketAddr, time::Duration};
+use switchboard::proto::handshake::http1::MAX_HEADERS;
 use switchboard::{
     channels::{Channels, Refused},
     hub::{Handler, Hub, HubConfig},
@@ -93,6 +94,25 @@ async fn closed_promptly(tcp: &mut TcpStream, what: &str) {
 async fn a_40_kib_head_is_answered_431_on_both_paths() {
     let padding = format!("X-Padding: {}\r\n", "a".repeat(40 << 10));
     let head = handshake_request("/ws", &padding);
+    for (path, addr, _server) in both_paths(Duration::from_secs(10)).await {
+        let (response, _, mut tcp) = exchange(addr, head.as_bytes()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{path}"
+        );
+        closed_promptly(&mut tcp, path).await;
+    }
+}
+
+/// The limit on header lines is the same on both paths too: a handshake with more than
+/// `MAX_HEADERS` lines (well within 32 KiB) is answered 431 on both.
+#[tokio::test]
+async fn a_head_with_too_many_header_lines_is_answered_431_on_both_paths() {
+    let lines: String = (0..MAX_HEADERS)
+        .map(|i| format!("X-Line-{i}: {i}\r\n"))
+        .collect();
+    let head = handshake_request("/ws", &lines);
     for (path, addr, _server) in both_paths(Duration::from_secs(10)).await {
         let (response, _, mut tcp) = exchange(addr, head.as_bytes()).await;
         assert_eq!(
@@ -230,4 +250,63 @@ async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
     drop(slow.pop());
     let (response, _) = within("the waiting handshake", read_response(&mut waiting)).await;
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+}
+
+/// Shutdown finishes the requests in flight, but a client that has not finished its
+/// first request head has none: it is let go at once instead of holding the shutdown
+/// for its whole deadline (the hub's `close_timeout`, 5 s by default) and outliving it.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_half_sent_head() {
+    let mut config = HubConfig::default();
+    config.close_timeout = Duration::from_secs(3);
+    let mut server = serve_ws_route::<(), _>(config, |_| Quiet).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    // Answered, so accepted after the slow one: the server holds both.
+    let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let (response, _, _kept_alive) = exchange(server.addr, request).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    let started = Instant::now();
+    drop(server.stop.take());
+    within("serve's end", &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shutdown waited {:?} for a half-sent head",
+        started.elapsed()
+    );
+    closed_promptly(&mut slow, "the half-sent head").await;
+}
+
+/// A request still in flight at the shutdown's deadline ends with `serve`: its
+/// connection does not outlive the server that accepted it.
+#[tokio::test]
+async fn connections_still_busy_at_the_deadline_end_with_serve() {
+    let mut config = HubConfig::default();
+    config.close_timeout = Duration::from_millis(300);
+    let hub = Hub::new(config);
+    let app = Router::new().route(
+        "/forever",
+        axum::routing::get(std::future::pending::<&'static str>),
+    );
+    let mut server = common::hub::serve(hub, app, ()).await;
+    let mut busy = TcpStream::connect(server.addr).await.unwrap();
+    busy.write_all(b"GET /forever HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // Answered, so accepted after the busy one: its request is in flight.
+    let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    exchange(server.addr, request).await;
+
+    drop(server.stop.take());
+    within("serve's end", &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+    closed_promptly(&mut busy, "the busy connection").await;
 }

@@ -9,7 +9,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
+        atomic::{AtomicU8, Ordering::Relaxed},
     },
     task::{Context, Poll},
     time::Duration,
@@ -154,13 +154,29 @@ struct FirstHead {
     arrived: HeadSignal,
 }
 
-/// Set by the service when it receives the first request: the head is complete.
+/// Set by the service when it receives a request: the first head is complete, and
+/// whether a request asked for an upgrade.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct HeadSignal(Arc<AtomicBool>);
+pub(crate) struct HeadSignal(Arc<AtomicU8>);
 
 impl HeadSignal {
-    pub(crate) fn arrived(&self) {
-        self.0.store(true, Relaxed);
+    const ARRIVED: u8 = 1;
+    const UPGRADE: u8 = 2;
+
+    /// A request head arrived; `upgrade` when it asks for an upgrade.
+    pub(crate) fn arrived(&self, upgrade: bool) {
+        let upgrade = if upgrade { Self::UPGRADE } else { 0 };
+        self.0.fetch_or(Self::ARRIVED | upgrade, Relaxed);
+    }
+
+    /// Whether the first request head has arrived.
+    pub(crate) fn has_arrived(&self) -> bool {
+        self.0.load(Relaxed) & Self::ARRIVED != 0
+    }
+
+    /// Whether a request asked for an upgrade: the connection ends with its answer.
+    pub(crate) fn upgrading(&self) -> bool {
+        self.0.load(Relaxed) & Self::UPGRADE != 0
     }
 }
 
@@ -186,7 +202,7 @@ impl ServedTcp {
         let Some(first_head) = &mut self.first_head else {
             return false;
         };
-        if first_head.arrived.0.load(Relaxed) {
+        if first_head.arrived.has_arrived() {
             self.first_head = None;
             return false;
         }
