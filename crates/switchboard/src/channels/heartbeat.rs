@@ -5,7 +5,7 @@
 //!
 //! [`ChannelsConfig::heartbeat_timeout`]: super::ChannelsConfig::heartbeat_timeout
 
-use super::{lock, socket::ConnState};
+use super::{lock, state::ConnState};
 use crate::{
     CloseCode,
     hub::{Connection, ConnectionId, Hub},

@@ -80,10 +80,14 @@
 
 pub mod protocol;
 
+mod handler;
 mod heartbeat;
+mod intercept;
 mod presence;
 mod socket;
+mod state;
 mod topic;
+mod upgrade;
 
 pub use presence::{PRESENCE_DIFF, PRESENCE_STATE, Presence, PresenceError};
 pub use protocol::{DecodeError, EncodeError, Payload};
@@ -92,9 +96,9 @@ pub use topic::PatternError;
 
 use crate::hub::{BroadcastReport, ConnectionId, Hub};
 use axum::{Router, routing::MethodRouter};
+use handler::SocketHandler;
 use presence::Tracker;
 use serde_json::{Value, json};
-use socket::SocketHandler;
 use std::{
     collections::HashSet,
     fmt,
@@ -490,7 +494,7 @@ impl Channels {
     /// connects to the URL it is given plus `/websocket`).
     pub fn route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
         let handler = Arc::new(SocketHandler::new(self.endpoint, self.routes, self.config));
-        socket::route(handler, self.connect)
+        upgrade::route(handler, self.connect)
     }
 
     /// A router that serves the socket at `{path}/websocket` (default
@@ -587,7 +591,7 @@ impl Endpoint {
             };
             return Ok(broadcast.send(message));
         }
-        Ok(socket::deliver_intercepted(
+        Ok(intercept::deliver_intercepted(
             &self.shared.hub,
             except,
             &room,
