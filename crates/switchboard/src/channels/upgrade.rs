@@ -12,6 +12,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, get},
 };
+use base64::{
+    Engine, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
 use http::{StatusCode, header};
 use std::sync::Arc;
 
@@ -104,29 +108,39 @@ fn auth_token(headers: &http::HeaderMap) -> Option<String> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
-/// Decodes base64 in either alphabet (standard or URL-safe), padding optional.
+/// Decodes base64 in either alphabet (standard or URL-safe, even mixed), padding
+/// optional.
 fn decode_base64(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input.trim_end_matches('=').bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
+    // The URL-safe alphabet differs from the standard one in two symbols only.
+    let mut symbols: Vec<u8> = input
+        .trim_end_matches('=')
+        .bytes()
+        .map(|c| match c {
+            b'-' => b'+',
+            b'_' => b'/',
+            c => c,
+        })
+        .collect();
+    // A lone last symbol holds 6 bits, less than a byte: it is checked and ignored, as
+    // the hand-written decoder this replaced did (the crate calls it an invalid length).
+    if symbols.len() % 4 == 1 {
+        let last = symbols.pop()?;
+        if !alphabet::STANDARD.as_str().as_bytes().contains(&last) {
+            return None;
         }
     }
-    Some(out)
+    LENIENT.decode(symbols).ok()
 }
+
+/// Base64 as a client may send it: no padding (phoenix.js strips it, and
+/// [`decode_base64`] strips what is left), and the unused bits after the last byte
+/// not required to be zero.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
 
 #[cfg(test)]
 mod tests {
@@ -151,5 +165,17 @@ mod tests {
         );
         assert_eq!(auth_token(&headers).as_deref(), Some("secret"));
         assert_eq!(auth_token(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn base64_as_lenient_as_the_old_decoder() {
+        // Mixed alphabets, excess padding, and non-zero bits after the last byte.
+        assert_eq!(decode_base64("-/8").as_deref(), Some(&[0xfb, 0xff][..]));
+        assert_eq!(decode_base64("aGVsbG8===").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(decode_base64("aGVsbG9").as_deref(), Some(&b"hello"[..]));
+        // A lone last symbol is ignored, but only if it is one.
+        assert_eq!(decode_base64("YWJjZ").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(decode_base64("YWJj!"), None);
+        assert_eq!(decode_base64("YQ=Jj"), None);
     }
 }
