@@ -94,7 +94,10 @@ pub use protocol::{DecodeError, EncodeError, Payload};
 pub use socket::{PushError, Socket};
 pub use topic::PatternError;
 
-use crate::hub::{BroadcastReport, ConnectionId, Hub};
+use crate::{
+    hub::{BroadcastReport, ConnectionId, Hub},
+    sync::{read, write},
+};
 use axum::{Router, routing::MethodRouter};
 use handler::SocketHandler;
 use presence::Tracker;
@@ -104,7 +107,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 use topic::TopicPattern;
@@ -665,20 +668,6 @@ impl<C: Channel> DynChannel for Erased<C> {
     fn terminate<'a>(&'a self, reason: TerminateReason, socket: &'a Socket) -> BoxFuture<'a, ()> {
         Box::pin(self.channel.terminate(reason, socket))
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked: a panicking
-/// channel callback must not take the endpoint down with it.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `docs/channels.md`, compiled as a doctest so that its server snippet cannot rot.

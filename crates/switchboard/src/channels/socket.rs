@@ -8,12 +8,13 @@
 //! from one phase to the next is the socket's handler (`handler.rs`).
 
 use super::{
-    Assigns, Endpoint, Payload, Presence, lock,
+    Assigns, Endpoint, Payload, Presence,
     protocol::{self, EncodeError},
 };
 use crate::{
     Message,
     hub::{BroadcastReport, Connection, ConnectionId, SendError},
+    sync::lock,
 };
 use serde_json::Value;
 use std::{

@@ -6,8 +6,8 @@
 //! heartbeat watcher and intercepted broadcasts (which run on other tasks) all find it
 //! from the connection alone.
 
-use super::{Assigns, DynChannel, Socket, lock};
-use crate::hub::Hub;
+use super::{Assigns, DynChannel, Socket};
+use crate::{hub::Hub, sync::lock};
 use std::{
     collections::HashMap,
     sync::{

@@ -114,7 +114,10 @@ impl BroadcastReport {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use crate::hub::{Hub, HubConfig, Registration, RequestInfo, connection::lock};
+    use crate::{
+        hub::{Hub, HubConfig, Registration, RequestInfo},
+        sync::lock,
+    };
     use std::{
         sync::{Arc, Mutex, mpsc},
         task::{Wake, Waker},
