@@ -15,13 +15,21 @@
 //! - the load generator `bench-loadgen` ([`loadgen`]): raw non-blocking sockets on one
 //!   `mio` event loop, written without any WebSocket library, so that it shares no bug
 //!   with the servers it measures;
-//! - the harness `switchboard-bench` ([`harness`]), which builds the others, pins the
-//!   server to core 0 and the generator to core 1, runs every scenario for every server,
-//!   and writes the report ([`report`]).
+//! - the harness `switchboard-bench` ([`cli`]), which builds the others and runs them
+//!   ([`runner`]): the server pinned to core 0 and the generator to core 1, every
+//!   scenario ([`scenarios`]) for every server, with the sizes of a [`plan`]; then it
+//!   writes what it measured ([`results`]) as a report ([`report`]) with
+//!   [`charts`].
 
-pub mod harness;
+pub mod charts;
+pub mod cli;
+pub mod format;
 pub mod loadgen;
+pub mod plan;
 pub mod report;
+pub mod results;
+pub mod runner;
+pub mod scenarios;
 pub mod server;
 pub mod stats;
 pub mod sys;

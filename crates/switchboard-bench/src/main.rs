@@ -1,4 +1,4 @@
-//! The benchmark harness: see [`switchboard_bench::harness`].
+//! The benchmark harness: see [`switchboard_bench::cli`].
 //!
 //! ```text
 //! cargo run --release -p switchboard-bench -- all [--quick]
@@ -6,5 +6,5 @@
 //! ```
 
 fn main() -> std::process::ExitCode {
-    switchboard_bench::harness::main()
+    switchboard_bench::cli::main()
 }

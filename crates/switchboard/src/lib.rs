@@ -48,6 +48,7 @@ pub mod hub;
 mod route;
 #[cfg(feature = "axum")]
 mod serve;
+mod sync;
 pub mod upgrade;
 pub mod ws;
 

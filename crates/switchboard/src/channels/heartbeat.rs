@@ -5,10 +5,11 @@
 //!
 //! [`ChannelsConfig::heartbeat_timeout`]: super::ChannelsConfig::heartbeat_timeout
 
-use super::{lock, socket::ConnState};
+use super::state::ConnState;
 use crate::{
     CloseCode,
     hub::{Connection, ConnectionId, Hub},
+    sync::lock,
 };
 use std::{
     collections::HashMap,

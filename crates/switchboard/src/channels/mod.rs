@@ -80,27 +80,34 @@
 
 pub mod protocol;
 
+mod handler;
 mod heartbeat;
+mod intercept;
 mod presence;
 mod socket;
+mod state;
 mod topic;
+mod upgrade;
 
 pub use presence::{PRESENCE_DIFF, PRESENCE_STATE, Presence, PresenceError};
 pub use protocol::{DecodeError, EncodeError, Payload};
 pub use socket::{PushError, Socket};
 pub use topic::PatternError;
 
-use crate::hub::{BroadcastReport, ConnectionId, Hub};
+use crate::{
+    hub::{BroadcastReport, ConnectionId, Hub},
+    sync::{read, write},
+};
 use axum::{Router, routing::MethodRouter};
+use handler::SocketHandler;
 use presence::Tracker;
 use serde_json::{Value, json};
-use socket::SocketHandler;
 use std::{
     collections::HashSet,
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 use topic::TopicPattern;
@@ -490,7 +497,7 @@ impl Channels {
     /// connects to the URL it is given plus `/websocket`).
     pub fn route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
         let handler = Arc::new(SocketHandler::new(self.endpoint, self.routes, self.config));
-        socket::route(handler, self.connect)
+        upgrade::route(handler, self.connect)
     }
 
     /// A router that serves the socket at `{path}/websocket` (default
@@ -587,7 +594,7 @@ impl Endpoint {
             };
             return Ok(broadcast.send(message));
         }
-        Ok(socket::deliver_intercepted(
+        Ok(intercept::deliver_intercepted(
             &self.shared.hub,
             except,
             &room,
@@ -661,20 +668,6 @@ impl<C: Channel> DynChannel for Erased<C> {
     fn terminate<'a>(&'a self, reason: TerminateReason, socket: &'a Socket) -> BoxFuture<'a, ()> {
         Box::pin(self.channel.terminate(reason, socket))
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked: a panicking
-/// channel callback must not take the endpoint down with it.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `docs/channels.md`, compiled as a doctest so that its server snippet cannot rot.

@@ -13,8 +13,8 @@
 //!
 //! This tracker is per hub: presence does not yet travel over the broker.
 
-use super::{Endpoint, Socket, lock};
-use crate::hub::ConnectionId;
+use super::{Endpoint, Socket};
+use crate::{hub::ConnectionId, sync::lock};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 

@@ -114,8 +114,9 @@ impl BroadcastReport {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use crate::hub::{
-        ConnectionState, Hub, HubConfig, Registration, RequestInfo, connection::lock,
+    use crate::{
+        hub::{ConnectionState, Hub, HubConfig, Registration, RequestInfo},
+        sync::lock,
     };
     use std::{
         sync::{Arc, Mutex, mpsc},

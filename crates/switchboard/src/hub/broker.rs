@@ -5,7 +5,8 @@
 //! maps onto any pub/sub system: Redis pub/sub channels per room and per node, NATS
 //! subjects, or [`MemoryNetwork`] inside one process.
 
-use super::{ConnectionId, Hub, HubInner, broadcast::deliver_local, connection::lock};
+use super::{ConnectionId, Hub, HubInner, broadcast::deliver_local};
+use crate::sync::lock;
 use std::{
     collections::{HashMap, HashSet},
     fmt,

@@ -1,7 +1,7 @@
 //! The handle to one connection: identity, state, metadata, sends from any task.
 
 use super::{BufferPolicy, Hub, Outgoing, outgoing::Queued};
-use crate::ws::OutboxClose;
+use crate::{sync::lock, ws::OutboxClose};
 use atomic_waker::AtomicWaker;
 use http::Extensions;
 use std::{
@@ -416,12 +416,4 @@ fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
-/// section here is a few field updates).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

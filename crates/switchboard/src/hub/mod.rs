@@ -49,7 +49,7 @@ pub(crate) use driver::{abandon, drive, open};
 pub(crate) use handler::{Panicked, catch};
 pub(crate) use outgoing::Outgoing;
 
-use connection::lock;
+use crate::sync::{self, lock};
 use registry::{Registry, RoomChange};
 use std::{
     fmt,
@@ -363,17 +363,11 @@ impl Hub {
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Registry> {
-        self.inner
-            .registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.inner.registry)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
-        self.inner
-            .registry
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.inner.registry)
     }
 
     fn from_inner(inner: Arc<HubInner>) -> Self {

@@ -1,0 +1,68 @@
+//! Broadcasts of intercepted events (Phoenix `intercept`): instead of the hub's shared
+//! fan-out, each subscriber's channel is asked, in [`Channel::handle_out`], whether and
+//! what to deliver.
+//!
+//! It is kept apart from the fast path (`Endpoint::broadcast` hands every other event
+//! to the hub as one shared frame) because it costs a call per subscriber and runs on
+//! the broadcaster's task.
+//!
+//! [`Channel::handle_out`]: super::Channel::handle_out
+
+use super::{Out, Payload, protocol, state::ConnState};
+use crate::{
+    Message,
+    hub::{BroadcastReport, ConnectionId, Hub, Outgoing},
+};
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+};
+
+/// Delivers a broadcast of an intercepted event to the subscribers of `room` on this
+/// hub, asking each subscriber's channel whether and what to deliver.
+pub(crate) fn deliver_intercepted(
+    hub: &Hub,
+    except: Option<ConnectionId>,
+    room: &str,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+    message: Message,
+) -> BroadcastReport {
+    let frame = Outgoing::new(message);
+    let mut report = BroadcastReport::default();
+    for conn in hub.room_members(room) {
+        if Some(conn.id()) == except {
+            continue;
+        }
+        let joined = conn
+            .assign::<Arc<ConnState>>()
+            .and_then(|state| state.get(topic));
+        let out = match &joined {
+            Some(joined) if joined.channel.intercepts(event) => {
+                let (channel, socket) = (&joined.channel, &joined.socket);
+                catch_unwind(AssertUnwindSafe(|| {
+                    channel.handle_out(event, payload, socket)
+                }))
+                .unwrap_or(Out::Drop)
+            }
+            _ => Out::Deliver,
+        };
+        let result = match out {
+            Out::Deliver => conn.enqueue(&frame),
+            Out::Replace(payload) => {
+                let join_ref = joined.as_ref().and_then(|j| j.socket.join_ref());
+                match protocol::encode_push(join_ref, topic, event, &payload) {
+                    Ok(message) => conn.send(message),
+                    Err(error) => {
+                        tracing::warn!(%error, topic, event, "handle_out payload could not be encoded");
+                        continue;
+                    }
+                }
+            }
+            Out::Drop => continue,
+        };
+        report.count(result);
+    }
+    report
+}

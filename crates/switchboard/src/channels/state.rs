@@ -1,0 +1,80 @@
+//! What one client socket keeps across its messages: the assigns its `connect`
+//! returned, the channels it joined (topic → socket handle and handler), and when it
+//! was last heard from.
+//!
+//! It is kept in the hub connection's assigns, so that the socket's handler, the
+//! heartbeat watcher and intercepted broadcasts (which run on other tasks) all find it
+//! from the connection alone.
+
+use super::{Assigns, DynChannel, Socket};
+use crate::{hub::Hub, sync::lock};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+/// The channels of one connection, kept in the connection's assigns.
+#[derive(Default)]
+pub(crate) struct ConnState {
+    /// What `connect` returned; each channel starts with a copy.
+    assigns: Mutex<Assigns>,
+    channels: Mutex<HashMap<String, Joined>>,
+    /// When the client last sent a message, in the hub's clock, for the heartbeat
+    /// timeout.
+    last_heard: AtomicU64,
+}
+
+/// A joined channel: the handle its callbacks get and the handler that serves it.
+#[derive(Clone)]
+pub(super) struct Joined {
+    pub(super) socket: Socket,
+    pub(super) channel: Arc<dyn DynChannel>,
+}
+
+impl ConnState {
+    /// A copy of what `connect` returned, for a channel to start with.
+    pub(super) fn assigns(&self) -> Assigns {
+        lock(&self.assigns).clone()
+    }
+
+    pub(super) fn set_assigns(&self, assigns: Assigns) {
+        *lock(&self.assigns) = assigns;
+    }
+
+    pub(super) fn get(&self, topic: &str) -> Option<Joined> {
+        lock(&self.channels).get(topic).cloned()
+    }
+
+    pub(super) fn insert(&self, topic: String, joined: Joined) {
+        lock(&self.channels).insert(topic, joined);
+    }
+
+    pub(super) fn remove(&self, topic: &str) -> Option<Joined> {
+        lock(&self.channels).remove(topic)
+    }
+
+    /// How many channels are joined.
+    pub(super) fn len(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// Removes every joined channel, for the socket's close.
+    pub(super) fn drain(&self) -> Vec<Joined> {
+        lock(&self.channels)
+            .drain()
+            .map(|(_, joined)| joined)
+            .collect()
+    }
+
+    /// The client sent something.
+    pub(crate) fn heard(&self, hub: &Hub) {
+        self.last_heard.store(hub.now_micros(), Relaxed);
+    }
+
+    pub(crate) fn last_heard(&self) -> u64 {
+        self.last_heard.load(Relaxed)
+    }
+}
