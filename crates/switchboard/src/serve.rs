@@ -5,6 +5,7 @@
 
 use crate::{
     hub::Hub,
+    sync::lock,
     upgrade::{HeadSignal, ServedTcp},
 };
 use axum::{Router, extract::ConnectInfo};
@@ -14,7 +15,14 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use switchboard_proto::handshake::http1::{MAX_HEAD_LEN, MAX_HEADERS};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -33,7 +41,8 @@ use tokio_util::task::TaskTracker;
 /// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
 /// 408 (a later request on a kept-alive connection is closed without an answer). At most
 /// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
-/// connections are held before they upgrade; the next ones wait in the listen backlog.
+/// connections are held before their first request head arrives; the next ones wait in
+/// the listen backlog.
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await
 }
@@ -61,6 +70,7 @@ pub async fn serve_with_shutdown(
             service: TowerToHyperService::new(router.clone()),
             head: head.clone(),
             peer,
+            slot: Mutex::new(Some(slot)),
         };
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -73,9 +83,6 @@ pub async fn serve_with_shutdown(
             .with_upgrades();
         let mut stopping = stopping.clone();
         http_connections.spawn(async move {
-            // The slot is held until the connection upgrades (this future then ends)
-            // or closes.
-            let _slot = slot;
             let mut connection = pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -149,6 +156,11 @@ struct Served<S> {
     service: S,
     head: HeadSignal,
     peer: SocketAddr,
+    /// The connection's pending-handshake slot, given back when its first head arrives:
+    /// from then on an upgrade holds a slot of the hub (`max_connections`, also while
+    /// its `on_open` runs), and a plain request is the application's to bound, as with
+    /// any hyper server (a slow request body must not keep handshakes waiting).
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl<S: Service<Request<B>>, B> Service<Request<B>> for Served<S> {
@@ -159,6 +171,7 @@ impl<S: Service<Request<B>>, B> Service<Request<B>> for Served<S> {
     fn call(&self, mut request: Request<B>) -> Self::Future {
         self.head
             .arrived(request.headers().contains_key(http::header::UPGRADE));
+        drop(lock(&self.slot).take());
         request.extensions_mut().insert(ConnectInfo(self.peer));
         self.service.call(request)
     }

@@ -252,6 +252,76 @@ async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
 }
 
+/// The limit bounds connections whose first request head has not arrived: a client
+/// that sent its head and then holds the connection (a slow request body) is the
+/// application's to bound, and does not keep a handshake waiting.
+#[tokio::test]
+async fn a_request_whose_head_arrived_frees_its_pending_slot() {
+    let mut config = HubConfig::default();
+    config.max_pending_handshakes = 1;
+    config.handshake_timeout = Duration::from_millis(300);
+    let hub = Hub::new(config);
+    let app = Router::new()
+        .route("/ws", switchboard::ws(hub.clone(), Quiet))
+        .route(
+            "/upload",
+            axum::routing::post(|body: String| async move { body }),
+        );
+    let server = common::hub::serve(hub, app, ()).await;
+    let mut slow_body = TcpStream::connect(server.addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\nab")
+        .await
+        .unwrap();
+
+    let mut next = TcpStream::connect(server.addr).await.unwrap();
+    next.write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let (response, _) = within("the next handshake", read_response(&mut next)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+}
+
+/// Opens slowly: a second.
+struct SlowOpen;
+
+impl Handler for SlowOpen {
+    async fn on_open(&self, _conn: &switchboard::hub::Connection) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A connection whose `on_open` runs (its 101 waits for it) holds a slot of the hub,
+/// not one of the pending handshakes: other clients are served meanwhile.
+#[tokio::test]
+async fn a_slow_on_open_does_not_hold_a_pending_slot() {
+    let mut config = HubConfig::default();
+    config.max_pending_handshakes = 1;
+    let server = serve_ws_route::<(), _>(config, |_| SlowOpen).await;
+    let mut opening = TcpStream::connect(server.addr).await.unwrap();
+    opening
+        .write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    // Registered: its `on_open` runs.
+    within("the registration", async {
+        while server.hub.connection_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let (response, _, _) = exchange(server.addr, request).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let mut byte = [0; 1];
+    assert!(
+        matches!(opening.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "the other client was answered only after the on_open"
+    );
+    let (response, _) = within("the 101", read_response(&mut opening)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+}
+
 /// Shutdown finishes the requests in flight, but a client that has not finished its
 /// first request head has none: it is let go at once instead of holding the shutdown
 /// for its whole deadline (the hub's `close_timeout`, 5 s by default) and outliving it.

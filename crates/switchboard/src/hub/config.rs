@@ -50,16 +50,19 @@ pub struct HubConfig {
     ///
     /// Default 10 s: a slowloris client holds a socket no longer.
     pub handshake_timeout: Duration,
-    /// HTTP connections [`crate::serve`] holds at once before they upgrade (a
-    /// handshake under way, or a plain HTTP request); past it, new connections wait in
-    /// the listen backlog until one of these ends or upgrades, as HAProxy's `maxconn`
-    /// does, rather than being accepted and refused.
+    /// Connections [`crate::serve`] holds at once whose first request head has not
+    /// arrived yet; past it, new connections wait in the listen backlog until one of
+    /// these sends its head or ends, as HAProxy's `maxconn` does, rather than being
+    /// accepted and refused.
     ///
     /// Default 1,024: each costs some 23 KiB (hyper's buffers and task), so slow or
-    /// silent clients can make the server hold at most about 23 MiB for
-    /// [`HubConfig::handshake_timeout`]; a handshake that is not slowed down lasts a
-    /// round trip, so 1,024 at once admit thousands of connections a second. Upgraded
-    /// connections count toward [`HubConfig::max_connections`] instead.
+    /// silent clients can make the server hold at most about 23 MiB, each for at most
+    /// [`HubConfig::handshake_timeout`] (then 408); a head that is not slowed down
+    /// arrives in a round trip, so 1,024 at once admit thousands of connections a
+    /// second. Once its head has arrived, an upgrade counts toward
+    /// [`HubConfig::max_connections`] (from before its `on_open` runs), and a plain
+    /// HTTP request is the application's to bound, as with any hyper server (tower's
+    /// `ConcurrencyLimitLayer` and `TimeoutLayer`).
     pub max_pending_handshakes: usize,
     /// How long the close handshake may take before the transport is closed.
     ///
