@@ -95,6 +95,7 @@ impl Channel for Room {
         match socket.assigned::<User>() {
             Some(User(name)) if name == "eve" => Out::Drop,
             Some(User(name)) if name == "bob" => Out::Replace(json!({"redacted": true}).into()),
+            Some(User(name)) if name == "mallory" => panic!("handle_out crashes on purpose"),
             _ => Out::Deliver,
         }
     }
@@ -467,6 +468,27 @@ async fn intercepted_events_are_filtered_per_recipient() {
         json!(["2", null, "room:s", "secret", {"redacted": true}])
     );
     eve.silent().await;
+}
+
+/// `handle_out` runs on the broadcaster's task: a panic there must neither reach the
+/// broadcaster nor lose the message silently. The socket it was for is closed with 1011
+/// (phoenix.js reconnects and rejoins); the other subscribers get the message.
+#[tokio::test]
+async fn a_panicking_handle_out_closes_its_socket_with_1011() {
+    let server = server().await;
+    let mut ann = Client::connect(&server).await;
+    let mut mallory = Client::connect(&server).await;
+    ann.join("room:s", "1", "ann").await;
+    mallory.join("room:s", "2", "mallory").await;
+    assert_eq!(ann.recv().await[3], "presence_diff");
+
+    ann.send(json!(["1", "9", "room:s", "secret", {"code": 7}]))
+        .await;
+    assert_eq!(
+        ann.recv().await,
+        json!([null, null, "room:s", "secret", {"code": 7}])
+    );
+    assert_eq!(mallory.closed_with().await.0, CloseCode::Error);
 }
 
 #[tokio::test]

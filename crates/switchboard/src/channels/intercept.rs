@@ -10,7 +10,7 @@
 
 use super::{Out, Payload, protocol, state::ConnState};
 use crate::{
-    Message,
+    CloseCode, Message,
     hub::{BroadcastReport, ConnectionId, Hub, Outgoing},
 };
 use std::{
@@ -41,10 +41,25 @@ pub(crate) fn deliver_intercepted(
         let out = match &joined {
             Some(joined) if joined.channel.intercepts(event) => {
                 let (channel, socket) = (&joined.channel, &joined.socket);
-                catch_unwind(AssertUnwindSafe(|| {
+                match catch_unwind(AssertUnwindSafe(|| {
                     channel.handle_out(event, payload, socket)
-                }))
-                .unwrap_or(Out::Drop)
+                })) {
+                    Ok(out) => out,
+                    // The broadcaster goes on with the other subscribers; the socket
+                    // this message was for would miss it, so it is closed as a hub
+                    // connection whose callback panicked is (phoenix.js reconnects
+                    // and rejoins), not left to miss it silently.
+                    Err(_) => {
+                        tracing::error!(
+                            topic,
+                            event,
+                            "handle_out panicked: closing the socket with 1011"
+                        );
+                        let _ = conn.close(CloseCode::INTERNAL_ERROR, "handle_out panicked");
+                        report.closed += 1;
+                        continue;
+                    }
+                }
             }
             _ => Out::Deliver,
         };

@@ -163,7 +163,9 @@ pub trait Channel: Send + Sync + 'static {
 
     /// An intercepted broadcast on its way to this socket: deliver it, replace its
     /// payload, or drop it. Runs on the broadcaster's task, once per subscriber, so it
-    /// must be quick and must not block.
+    /// must be quick and must not block. If it panics, the broadcast goes on to the
+    /// other subscribers and this socket, which would miss the message, is closed with
+    /// 1011 (phoenix.js reconnects and rejoins).
     fn handle_out(&self, event: &str, payload: &Payload, socket: &Socket) -> Out {
         let _ = (event, payload, socket);
         Out::Deliver
