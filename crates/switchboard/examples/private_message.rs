@@ -1,5 +1,5 @@
-//! Private messages by connection id: the seeds' `hub.getConnection(id)` then
-//! `conn.sendText(…)`.
+//! Private messages by connection id: `hub.connection(id)` finds the recipient, and
+//! `send_text` on it sends to that connection alone.
 //!
 //! ```text
 //! cargo run --release --example private_message        # ws://127.0.0.1:8082/ws

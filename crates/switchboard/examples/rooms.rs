@@ -1,4 +1,4 @@
-//! The seeds' rooms with metadata: each connection carries who it is (`user_id`,
+//! Rooms with metadata: each connection carries who it is (`user_id`,
 //! `username`, `role`), starts in `chat:general` and `notifications`, talks to a room,
 //! and leaves or rejoins rooms by command.
 //!

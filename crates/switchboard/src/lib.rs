@@ -66,3 +66,8 @@ pub use ws::{Compression, WebSocket, WebSocketConfig, WsReader, WsWriter};
 #[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The examples of `docs/guide.md`, compiled as doctests.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../../../docs/guide.md")]
+pub struct GuideDoctests;

@@ -15,7 +15,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::sync::oneshot;
 
 /// A route that upgrades every request and registers the connection with `hub`, with
-/// `handler` for its callbacks: the seeds' `Router.ws(path, callbacks)`.
+/// `handler` for its callbacks.
 ///
 /// ```no_run
 /// # use switchboard::hub::{Handler, Hub, HubConfig};
@@ -33,7 +33,7 @@ pub fn ws<H: Handler, S: Clone + Send + Sync + 'static>(hub: Hub, handler: H) ->
 /// that need to do work (authenticate, pick a handler) before registering.
 ///
 /// It carries the route parameters, the query, and the request's extensions (what
-/// middleware and extractors inserted: the seeds' assigns) into the connection.
+/// middleware and extractors inserted, the connection's assigns) into the connection.
 ///
 /// ```no_run
 /// use axum::{http::StatusCode, response::IntoResponse, routing::get};

@@ -43,6 +43,10 @@ use tokio_util::task::TaskTracker;
 /// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
 /// connections are held before their first request head arrives; the next ones wait in
 /// the listen backlog.
+///
+/// Plain TCP only, no TLS: for `wss://`, terminate TLS in a reverse proxy, or serve the
+/// router on your own TLS streams with hyper (`docs/guide.md` in the repository shows
+/// how).
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await
 }

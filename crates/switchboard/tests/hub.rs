@@ -404,7 +404,8 @@ struct User {
     name: String,
 }
 
-/// Middleware that authenticates from the `token` query: the seeds' assigns.
+/// Middleware that authenticates from the `token` query and puts the user in the
+/// request's extensions, for the connection's assigns.
 async fn authenticate(mut request: Request, next: Next) -> axum::response::Response {
     let query = request.uri().query().unwrap_or_default().to_owned();
     if query.contains("token=secret") {

@@ -126,7 +126,8 @@ pub fn room_name(topic: &str) -> String {
 ///
 /// Callbacks of one socket run one at a time, in the order its messages arrived. A
 /// callback that panics crashes only its channel: the client gets `phx_error` (and
-/// rejoins, as phoenix.js does), the other channels and sockets go on.
+/// rejoins, as phoenix.js does), the other channels and sockets go on. A `join` that
+/// panics is refused with `{"reason": "join crashed"}`, as Phoenix does.
 pub trait Channel: Send + Sync + 'static {
     /// A client asks to join `topic` with `payload` (phoenix.js: the channel's params).
     /// `Ok(response)` accepts (the client's join `receive("ok")` gets `response`);

@@ -4,27 +4,44 @@ use crate::Compression;
 use std::time::Duration;
 
 /// Settings of a [`super::Hub`]. Every limit is on by default.
+///
+/// Start from [`HubConfig::default`] and change the fields you need:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use switchboard::hub::{BufferPolicy, Hub, HubConfig, Origins};
+///
+/// # #[tokio::main] async fn main() {
+/// let mut config = HubConfig::default();
+/// config.max_connections = 50_000;
+/// config.ping_interval = Duration::from_secs(20);
+/// config.allowed_origins = Origins::List(vec!["https://chat.example.com".into()]);
+/// config.buffer_policy = BufferPolicy::Close;
+/// let hub = Hub::new(config);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct HubConfig {
     /// Connections open at once; the next upgrade is answered 503 with `Retry-After`.
     ///
-    /// Default 10,000, the seeds' value: enough for one chat server, and a bound on the
+    /// Default 10,000: enough for one chat server, and a bound on the
     /// memory and file descriptors a flood of clients can take.
     pub max_connections: usize,
     /// The longest message a client may send (after reassembly); longer closes with 1009.
     ///
-    /// Default 64 KiB, the seeds' value: chat and dashboard messages are far smaller, and
+    /// Default 64 KiB: chat and dashboard messages are far smaller, and
     /// a peer cannot make the server buffer megabytes per connection.
     pub max_message_size: usize,
     /// How long a connection may be silent before the hub pings it.
     ///
-    /// Default 30 s, the seeds' value: under the idle timeouts of common proxies and
+    /// Default 30 s: under the idle timeouts of common proxies and
     /// load balancers (60 s), so that they do not cut quiet connections.
     pub ping_interval: Duration,
     /// How long a ping may wait for its pong before the connection is closed.
     ///
-    /// Default 10 s, the seeds' value.
+    /// Default 10 s: a live client answers within a round trip, and a dead one is
+    /// noticed within 40 s of silence (with the default `ping_interval`).
     pub pong_timeout: Duration,
     /// permessage-deflate (RFC 7692) with the clients that offer it (browsers do).
     ///

@@ -21,6 +21,9 @@ use switchboard_proto::{
 
 /// A connection's id, unique across every hub of a deployment: the high 24 bits name the
 /// hub, the low 40 count its connections.
+///
+/// Ids are above 2^53, more than a JavaScript number holds exactly: send them to a
+/// browser as strings (`id.to_string()`), never as JSON numbers.
 pub type ConnectionId = u64;
 
 /// Where a connection is in its life.
@@ -193,7 +196,7 @@ impl Connection {
     }
 
     /// A value an extractor or middleware put into the upgrade request's extensions
-    /// (the seeds' assigns), e.g. the authenticated user.
+    /// (its assigns), e.g. the authenticated user.
     pub fn assign<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.inner.request.assigns.get::<T>()
     }
