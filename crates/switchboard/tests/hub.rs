@@ -1025,6 +1025,26 @@ async fn sends_work_from_other_tasks_and_threads() {
 }
 
 #[tokio::test]
+async fn metadata_entries_list_every_pair_in_the_order_set() {
+    let mut server = start(config()).await;
+    let _client = connect(server.addr, "/ws").await;
+    let conn = server.events.open().await;
+    assert!(conn.metadata_entries().is_empty());
+    for (key, value) in [("name", "alice"), ("role", "admin"), ("team", "red")] {
+        conn.set_metadata(key, value);
+    }
+    conn.set_metadata("role", "owner");
+    conn.remove_metadata("name");
+    let pairs = |entries: Vec<(String, String)>| {
+        entries
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pairs(conn.metadata_entries()), ["role=owner", "team=red"]);
+}
+
+#[tokio::test]
 async fn metadata_rooms_and_buffered_amount() {
     let mut server = start(config()).await;
     let _client = connect(server.addr, "/chat/first").await;
