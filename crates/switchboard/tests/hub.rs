@@ -836,7 +836,7 @@ async fn protocol_violation_reports_on_error_then_1002() {
     let events = server.events.of(conn.id());
     let error = events
         .iter()
-        .position(|e| matches!(e, Event::Error(_, error) if error.starts_with("protocol")));
+        .position(|e| matches!(e, Event::Error(_, error) if error == "peer broke the protocol"));
     let close = events.iter().position(|e| matches!(e, Event::Close(..)));
     assert!(
         matches!((error, close), (Some(e), Some(c)) if e < c),
