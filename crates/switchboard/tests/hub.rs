@@ -542,6 +542,22 @@ async fn origin_list_allows_exactly_its_origins() {
 }
 
 #[tokio::test]
+async fn origin_list_can_keep_same_origin() {
+    let mut config = config();
+    config.allowed_origins = Origins::SameOriginAnd(vec!["https://good.example".into()]);
+    let mut server = start(config).await;
+    let addr = server.addr;
+    for origin in ["https://good.example", &format!("http://{addr}")] {
+        let _client = try_connect(addr, "/ws", &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        server.events.open().await;
+    }
+    let refusal = refused(addr, "/ws", &[("origin", "https://evil.example")]).await;
+    assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn a_full_hub_answers_503_with_retry_after_until_a_slot_frees() {
     let mut config = config();
     config.max_connections = 1;
