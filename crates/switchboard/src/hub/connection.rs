@@ -325,8 +325,8 @@ impl Connection {
     }
 
     fn send_control(&self, frame: Frame) -> Result<(), SendError> {
-        if frame.payload.len() > MAX_CONTROL_PAYLOAD {
-            return Err(SendError::ControlFrameTooLong(frame.payload.len()));
+        if frame.payload().len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlFrameTooLong(frame.payload().len()));
         }
         let encoded = frame.encode();
         let mut out = self.outbound();
