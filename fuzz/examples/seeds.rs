@@ -12,7 +12,7 @@ use switchboard_fuzz::{
     inflate_input,
 };
 use switchboard_proto::{
-    CloseCode, Frame, FrameHeader, OpCode, Role,
+    CloseCode, Frame, OpCode, Role,
     deflate::Deflater,
     handshake::{ServerHandshake, http1},
 };
@@ -68,16 +68,11 @@ fn main() -> std::io::Result<()> {
             seed(name.into(), flags, &[], &wire)?;
             seed(format!("{name}-split"), flags, &[9, 30, 2], &wire)?;
             // One compressed message sent as two fragments, RSV1 on the first only.
-            let whole = compress(OpCode::Text, text.as_bytes()).payload;
+            let whole = compress(OpCode::Text, text.as_bytes()).payload().clone();
             let (a, b) = whole.split_at(whole.len() / 2);
-            let first = Frame {
-                header: FrameHeader {
-                    rsv1: true,
-                    fin: false,
-                    ..FrameHeader::new(OpCode::Text, a.len() as u64)
-                },
-                payload: Bytes::copy_from_slice(a),
-            };
+            let first = Frame::new(OpCode::Text, Bytes::copy_from_slice(a))
+                .with_fin(false)
+                .with_rsv1(true);
             let rest = Frame::new(OpCode::Continuation, Bytes::copy_from_slice(b));
             seed(
                 format!("{name}-fragmented"),

@@ -12,7 +12,7 @@ use switchboard::channels::{
     protocol::{self, ChannelMessage},
 };
 use switchboard_proto::{
-    CloseCode, Decoder, Frame, FrameHeader, Limits, Message, OpCode, ProtocolError, Role,
+    CloseCode, Decoder, Frame, Limits, Message, OpCode, ProtocolError, Role,
     deflate::{DeflateParams, Deflater},
     handshake::{ClientHandshake, ClientHandshakeError, ServerHandshake, accept_key, http1},
 };
@@ -378,13 +378,7 @@ pub fn inflate(data: &[u8]) {
             sent.push(Message::Binary(Bytes::copy_from_slice(payload)));
             deflater.frame(OpCode::Binary, payload).unwrap()
         } else {
-            Frame {
-                header: FrameHeader {
-                    rsv1: true,
-                    ..FrameHeader::new(OpCode::Binary, payload.len() as u64)
-                },
-                payload: Bytes::copy_from_slice(payload),
-            }
+            Frame::binary(Bytes::copy_from_slice(payload)).with_rsv1(true)
         };
         frame.write_to(&mut wire);
     }

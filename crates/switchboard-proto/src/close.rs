@@ -55,8 +55,15 @@ impl CloseCode {
     pub const fn is_sendable(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
+
+    /// The code as a number, e.g. `1000` for [`CloseCode::NORMAL`].
+    pub const fn as_u16(self) -> u16 {
+        self.0
+    }
 }
 
+/// Every `u16` is a code, as the type is open: [`CloseCode::is_sendable`] says which may
+/// go on the wire.
 impl From<u16> for CloseCode {
     fn from(code: u16) -> Self {
         Self(code)
@@ -169,6 +176,17 @@ mod tests {
         ] {
             assert!(!CloseCode(code).is_sendable(), "{code}");
         }
+    }
+
+    #[test]
+    fn converts_to_and_from_u16() {
+        for number in [1000, 1011, 3000, 4321, 4999] {
+            let code = CloseCode::from(number);
+            assert_eq!(u16::from(code), number);
+            assert_eq!(code.as_u16(), number);
+        }
+        assert_eq!(CloseCode::from(1001), CloseCode::GOING_AWAY);
+        assert_eq!(CloseCode::POLICY_VIOLATION.as_u16(), 1008);
     }
 
     #[test]

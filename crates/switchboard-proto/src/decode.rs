@@ -883,13 +883,14 @@ mod tests {
             let (mut deflater, mut decoder) = deflating(!takeover);
             let text = "κόσμε ".repeat(1000);
             let whole = compressed_frame(&mut deflater, OpCode::Text, text.as_bytes());
-            assert!(whole.payload.len() < 200);
+            assert!(whole.payload().len() < 200);
             // The same message again, split over three frames, RSV1 on the first only.
             let again = compressed_frame(&mut deflater, OpCode::Text, text.as_bytes());
-            let (a, rest) = again.payload.split_at(again.payload.len() / 3);
+            let (a, rest) = again.payload().split_at(again.payload().len() / 3);
             let (b, c) = rest.split_at(rest.len() / 2);
-            let mut first = Frame::new(OpCode::Text, Bytes::copy_from_slice(a)).with_fin(false);
-            first.header.rsv1 = true;
+            let first = Frame::new(OpCode::Text, Bytes::copy_from_slice(a))
+                .with_fin(false)
+                .with_rsv1(true);
             let plain = Frame::binary(vec![9u8; 10]);
             let buf = wire(&[
                 whole,
@@ -914,10 +915,9 @@ mod tests {
     #[test]
     fn rsv1_is_only_for_the_first_frame_of_a_data_message() {
         let (mut deflater, _) = deflating(false);
-        let mut ping = Frame::ping("x");
-        ping.header.rsv1 = true;
-        let mut continuation = Frame::new(OpCode::Continuation, Bytes::from_static(b"x"));
-        continuation.header.rsv1 = true;
+        let ping = Frame::ping("x").with_rsv1(true);
+        let continuation =
+            Frame::new(OpCode::Continuation, Bytes::from_static(b"x")).with_rsv1(true);
         let cases = [
             (wire(&[ping]), ProtocolError::CompressedControlFrame),
             (
@@ -929,13 +929,7 @@ mod tests {
                 ProtocolError::InvalidUtf8,
             ),
             (
-                wire(&[Frame {
-                    header: FrameHeader {
-                        rsv1: true,
-                        ..FrameHeader::new(OpCode::Binary, 3)
-                    },
-                    payload: Bytes::from_static(&[0xff, 0xff, 0xff]),
-                }]),
+                wire(&[Frame::binary(Bytes::from_static(&[0xff, 0xff, 0xff])).with_rsv1(true)]),
                 ProtocolError::InvalidCompressedData,
             ),
         ];
@@ -966,7 +960,7 @@ mod tests {
         let (mut deflater, _) = deflating(true);
         // A kilobyte on the wire that would inflate to 16 MiB.
         let bomb = compressed_frame(&mut deflater, OpCode::Binary, &vec![0u8; 16 << 20]);
-        assert!(bomb.payload.len() < 20_000, "{}", bomb.payload.len());
+        assert!(bomb.payload().len() < 20_000, "{}", bomb.payload().len());
         let limits = Limits {
             max_frame_size: 1 << 20,
             max_message_size: 1 << 20,

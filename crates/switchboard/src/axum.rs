@@ -98,7 +98,12 @@ impl WebSocketUpgrade {
         tokio::spawn(async move {
             match connection.await {
                 Ok(ws) => callback(ws).await,
-                Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+                Err(error) => {
+                    tracing::debug!(
+                        error = &error as &dyn std::error::Error,
+                        "websocket upgrade failed"
+                    );
+                }
             }
         });
         response.into_response()

@@ -61,7 +61,7 @@ impl Default for ClientConfig {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The URL does not parse.
-    #[error("invalid url: {0}")]
+    #[error("invalid url")]
     InvalidUrl(#[from] http::uri::InvalidUri),
     /// The URL or the protocols cannot form a handshake.
     #[error(transparent)]
@@ -70,7 +70,7 @@ pub enum ConnectError {
     #[error("wss:// needs a TLS stream: connect it yourself and call client::handshake")]
     TlsUnsupported,
     /// Connecting or writing failed.
-    #[error("io: {0}")]
+    #[error("transport failed")]
     Io(#[from] io::Error),
     /// The server did not answer within the timeout.
     #[error("handshake timed out")]

@@ -8,11 +8,11 @@ use switchboard_proto::{CloseCode, CloseFrame, ProtocolError};
 #[non_exhaustive]
 pub enum Error {
     /// The transport failed.
-    #[error("io: {0}")]
+    #[error("transport failed")]
     Io(#[from] io::Error),
     /// The peer broke the protocol; the connection was closed with
     /// [`ProtocolError::close_code`].
-    #[error("protocol: {0}")]
+    #[error("peer broke the protocol")]
     Protocol(#[from] ProtocolError),
     /// The transport ended without a close frame (reported as 1006, RFC 6455 §7.1.5).
     #[error("connection closed without a close frame")]

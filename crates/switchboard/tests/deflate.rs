@@ -285,7 +285,7 @@ async fn a_deflate_bomb_closes_with_1009_without_inflating_it() {
     let bomb = deflater
         .frame(OpCode::Binary, &vec![0u8; 64 << 20])
         .unwrap();
-    assert!(bomb.payload.len() < 100 << 10, "{}", bomb.payload.len());
+    assert!(bomb.payload().len() < 100 << 10, "{}", bomb.payload().len());
     let mut wire = BytesMut::new();
     bomb.masked([1, 2, 3, 4]).write_to(&mut wire);
     tcp.write_all(&wire).await.unwrap();

@@ -542,6 +542,22 @@ async fn origin_list_allows_exactly_its_origins() {
 }
 
 #[tokio::test]
+async fn origin_list_can_keep_same_origin() {
+    let mut config = config();
+    config.allowed_origins = Origins::SameOriginAnd(vec!["https://good.example".into()]);
+    let mut server = start(config).await;
+    let addr = server.addr;
+    for origin in ["https://good.example", &format!("http://{addr}")] {
+        let _client = try_connect(addr, "/ws", &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        server.events.open().await;
+    }
+    let refusal = refused(addr, "/ws", &[("origin", "https://evil.example")]).await;
+    assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn a_full_hub_answers_503_with_retry_after_until_a_slot_frees() {
     let mut config = config();
     config.max_connections = 1;
@@ -836,7 +852,7 @@ async fn protocol_violation_reports_on_error_then_1002() {
     let events = server.events.of(conn.id());
     let error = events
         .iter()
-        .position(|e| matches!(e, Event::Error(_, error) if error.starts_with("protocol")));
+        .position(|e| matches!(e, Event::Error(_, error) if error == "peer broke the protocol"));
     let close = events.iter().position(|e| matches!(e, Event::Close(..)));
     assert!(
         matches!((error, close), (Some(e), Some(c)) if e < c),
@@ -1022,6 +1038,26 @@ async fn sends_work_from_other_tasks_and_threads() {
         .unwrap()
         .unwrap();
     assert_closed_with(&mut server, client, conn.id(), 4444, "thread closes").await;
+}
+
+#[tokio::test]
+async fn metadata_entries_list_every_pair_in_the_order_set() {
+    let mut server = start(config()).await;
+    let _client = connect(server.addr, "/ws").await;
+    let conn = server.events.open().await;
+    assert!(conn.metadata_entries().is_empty());
+    for (key, value) in [("name", "alice"), ("role", "admin"), ("team", "red")] {
+        conn.set_metadata(key, value);
+    }
+    conn.set_metadata("role", "owner");
+    conn.remove_metadata("name");
+    let pairs = |entries: Vec<(String, String)>| {
+        entries
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pairs(conn.metadata_entries()), ["role=owner", "team=red"]);
 }
 
 #[tokio::test]

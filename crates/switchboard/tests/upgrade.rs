@@ -11,7 +11,7 @@ use common::{
     handshake_request, http_exchange, hyper_server, raw_server, read_body, read_response, within,
 };
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use std::{
@@ -27,7 +27,7 @@ use switchboard::{
         Frame,
         handshake::{ClientHandshakeError, http1::ParseError},
     },
-    upgrade::{AcceptConfig, AcceptError},
+    upgrade::{AcceptConfig, AcceptError, ResponseBody, upgrade},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -154,6 +154,50 @@ async fn axum_selects_the_clients_preferred_supported_protocol() {
         .await
         .unwrap();
     assert!(!response.headers().contains_key("sec-websocket-protocol"));
+}
+
+/// A hyper service answers its WebSocket route and its other routes with one body type,
+/// this crate's `ResponseBody`.
+#[tokio::test]
+async fn hyper_service_answers_every_route_with_the_response_body() {
+    let (listener, addr) = common::listen().await;
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = service_fn(|mut request: Request<Incoming>| async move {
+                let response: Response<ResponseBody> = if request.uri().path() != "/ws" {
+                    let mut response = Response::new(ResponseBody::from("no such page"));
+                    *response.status_mut() = StatusCode::NOT_FOUND;
+                    response
+                } else {
+                    match upgrade(&mut request) {
+                        Ok((response, connection)) => {
+                            tokio::spawn(connection);
+                            response
+                        }
+                        Err(rejection) => rejection.into_response(),
+                    }
+                };
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    let page = b"GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let (response, body, _) = http_exchange(addr, page).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body, b"no such page");
+    let (response, body, _) =
+        http_exchange(addr, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(body, b"no upgrade header");
+    let (response, body, _) = http_exchange(addr, handshake_request("/ws", "").as_bytes()).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(body.is_empty());
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 use super::negotiate::DeflateParams;
 use crate::{
     config::Role,
-    frame::{Frame, FrameHeader, OpCode},
+    frame::{Frame, OpCode},
 };
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -160,13 +160,7 @@ impl Deflater {
     /// (RFC 7692 §6).
     pub fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> Result<Frame, DeflateError> {
         let compressed = self.compress(payload)?;
-        Ok(Frame {
-            header: FrameHeader {
-                rsv1: true,
-                ..FrameHeader::new(opcode, compressed.len() as u64)
-            },
-            payload: compressed,
-        })
+        Ok(Frame::new(opcode, compressed).with_rsv1(true))
     }
 }
 

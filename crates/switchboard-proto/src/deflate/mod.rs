@@ -32,7 +32,7 @@
 //! // The server compresses; the client inflates.
 //! let mut deflater = Deflater::new(&agreed, Role::Server, 6);
 //! let frame = deflater.frame(OpCode::Text, "Hello, Hello, Hello".as_bytes())?;
-//! assert!(frame.header.rsv1);
+//! assert!(frame.header().rsv1);
 //! let mut wire = BytesMut::new();
 //! frame.write_to(&mut wire);
 //! let mut decoder = Decoder::new(Role::Client, Limits::default()).with_deflate(&agreed);

@@ -17,12 +17,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// One frame: a header and its payload, kept unmasked in memory.
+///
+/// The header's `payload_len` always equals the payload's length: the fields are
+/// private, every constructor derives the length from the payload, and the methods that
+/// change the header leave the length alone. A frame cannot be put together from a
+/// header and an unrelated payload:
+///
+/// ```compile_fail
+/// use bytes::Bytes;
+/// use switchboard_proto::{Frame, FrameHeader, OpCode};
+///
+/// let lying = Frame { header: FrameHeader::new(OpCode::Text, 5), payload: Bytes::new() };
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
-    /// The header; `payload_len` always equals `payload.len()`.
-    pub header: FrameHeader,
-    /// The unmasked payload.
-    pub payload: Bytes,
+    header: FrameHeader,
+    payload: Bytes,
 }
 
 impl Frame {
@@ -67,6 +77,23 @@ impl Frame {
         )
     }
 
+    /// The header; its `payload_len` is the payload's length.
+    pub fn header(&self) -> &FrameHeader {
+        &self.header
+    }
+
+    /// The unmasked payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The same frame with its RSV1 bit set as given: the "Per-Message Compressed" bit
+    /// of permessage-deflate (RFC 7692 §6).
+    pub fn with_rsv1(mut self, rsv1: bool) -> Self {
+        self.header.rsv1 = rsv1;
+        self
+    }
+
     /// The same frame with its FIN bit set as given: a fragment of a longer message.
     pub fn with_fin(mut self, fin: bool) -> Self {
         self.header.fin = fin;
@@ -82,7 +109,6 @@ impl Frame {
     /// The frame as it goes on the wire: the header inline and the payload moved, not
     /// copied; a payload to be masked is masked in place when nothing else shares it.
     pub fn encode(self) -> EncodedFrame {
-        debug_assert_eq!(self.header.payload_len, self.payload.len() as u64);
         let payload = match self.header.mask {
             None => self.payload,
             Some(key) => {
@@ -128,5 +154,34 @@ impl EncodedFrame {
     /// Never true: a frame has at least a two-byte header.
     pub fn is_empty(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_constructor_and_builder_keeps_the_length_of_the_payload() {
+        let frames = [
+            Frame::new(OpCode::Binary, Bytes::from_static(b"abc")),
+            Frame::text("κόσμε"),
+            Frame::binary(vec![0u8; 70_000]),
+            Frame::ping("p"),
+            Frame::pong(Bytes::new()),
+            Frame::close(CloseCode::NORMAL, "x".repeat(500)),
+            Frame::close_with(None),
+            Frame::text("fragment")
+                .with_fin(false)
+                .with_rsv1(true)
+                .masked([1, 2, 3, 4]),
+        ];
+        for frame in frames {
+            assert_eq!(frame.header().payload_len, frame.payload().len() as u64);
+            let (header, _) = FrameHeader::parse(frame.clone().encode().head.as_bytes())
+                .unwrap()
+                .unwrap();
+            assert_eq!(&header, frame.header());
+        }
     }
 }

@@ -106,6 +106,22 @@ impl Default for HubConfig {
 }
 
 /// Which browser origins may connect.
+///
+/// A browser names its page's origin in the `Origin` header; the check stops another
+/// site's page from opening a connection with the user's cookies (cross-site WebSocket
+/// hijacking). Clients that send no `Origin` (not browsers) are always let in.
+///
+/// ```
+/// use switchboard::hub::{HubConfig, Origins};
+///
+/// let mut config = HubConfig::default();
+/// // Pages of this server, whatever name they were loaded under (`localhost`,
+/// // `127.0.0.1`), plus the development server of the front end.
+/// config.allowed_origins = Origins::SameOriginAnd(vec!["http://localhost:5173".into()]);
+/// assert!(config.allowed_origins.allows(Some("http://localhost:5173"), Some("127.0.0.1:3000")));
+/// assert!(config.allowed_origins.allows(Some("http://localhost:3000"), Some("localhost:3000")));
+/// assert!(!config.allowed_origins.allows(Some("https://evil.example"), Some("localhost:3000")));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Origins {
@@ -113,8 +129,12 @@ pub enum Origins {
     /// of the same host and port. Blocks cross-site WebSocket hijacking by default.
     SameOrigin,
     /// Exactly these origins (e.g. `https://example.com`), plus requests without an
-    /// `Origin` header.
+    /// `Origin` header. The list replaces same-origin: a page of this server is refused
+    /// unless its origin is listed under the very name it was loaded by (`localhost`
+    /// and `127.0.0.1` differ); [`Origins::SameOriginAnd`] keeps it allowed.
     List(Vec<String>),
+    /// Same-origin, as [`Origins::SameOrigin`], and these origins too.
+    SameOriginAnd(Vec<String>),
     /// Any origin.
     Any,
 }
@@ -127,13 +147,22 @@ impl Origins {
         };
         match self {
             Self::Any => true,
-            Self::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
-            Self::SameOrigin => {
-                let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-                host.is_some_and(|host| authority.eq_ignore_ascii_case(host))
-            }
+            Self::List(list) => listed(list, origin),
+            Self::SameOrigin => same_origin(origin, host),
+            Self::SameOriginAnd(list) => same_origin(origin, host) || listed(list, origin),
         }
     }
+}
+
+/// Whether `origin` names the host (and port) the request was sent to.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|host| authority.eq_ignore_ascii_case(host))
+}
+
+/// Whether `origin` is in `list`, ignoring ASCII case as scheme and host do.
+fn listed(list: &[String], origin: &str) -> bool {
+    list.iter().any(|o| o.eq_ignore_ascii_case(origin))
 }
 
 /// What a send does when the connection's outbound buffer is full.

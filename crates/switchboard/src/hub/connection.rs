@@ -220,7 +220,13 @@ impl Connection {
     pub fn remove_metadata(&self, key: &str) -> Option<String> {
         let mut metadata = lock(&self.inner.metadata);
         let index = metadata.iter().position(|(k, _)| k == key)?;
-        Some(metadata.swap_remove(index).1)
+        // `remove`, not `swap_remove`: the few entries keep the order they were set in.
+        Some(metadata.remove(index).1)
+    }
+
+    /// Every metadata entry as `(key, value)`, in the order their keys were first set.
+    pub fn metadata_entries(&self) -> Vec<(String, String)> {
+        lock(&self.inner.metadata).clone()
     }
 
     /// Joins a room (created on first join); returns whether the connection is a member
@@ -319,8 +325,8 @@ impl Connection {
     }
 
     fn send_control(&self, frame: Frame) -> Result<(), SendError> {
-        if frame.payload.len() > MAX_CONTROL_PAYLOAD {
-            return Err(SendError::ControlFrameTooLong(frame.payload.len()));
+        if frame.payload().len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlFrameTooLong(frame.payload().len()));
         }
         let encoded = frame.encode();
         let mut out = self.outbound();

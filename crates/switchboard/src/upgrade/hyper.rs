@@ -1,10 +1,9 @@
 //! Upgrading a request received by hyper 1.x.
 
-use super::Upgraded;
+use super::{ResponseBody, Upgraded};
 use crate::{WebSocket, WebSocketConfig};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{Request, Response, StatusCode, request::Parts};
-use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use std::{
     future::Future,
@@ -43,7 +42,7 @@ impl Rejection {
     /// The response to send: the status, the headers the RFC asks for (e.g.
     /// `Sec-WebSocket-Version: 13` with 426), `Connection: close`, and the reason as
     /// text.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<ResponseBody> {
         let head = match &self {
             Self::Handshake(e) => e.response(),
             Self::NotUpgradable => {
@@ -64,7 +63,7 @@ impl Rejection {
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
         );
-        Response::from_parts(parts, Full::new(Bytes::from(self.to_string())))
+        Response::from_parts(parts, self.to_string().into())
     }
 }
 
@@ -143,10 +142,10 @@ impl Upgrade {
 
     /// The 101 response to return from the service, and the connection it becomes once
     /// hyper has sent it.
-    pub fn into_parts(mut self) -> (Response<Full<Bytes>>, UpgradeFut) {
+    pub fn into_parts(mut self) -> (Response<ResponseBody>, UpgradeFut) {
         let deflate = self.config.compression.negotiate(&mut self.handshake);
         let (parts, ()) = self.handshake.response().into_parts();
-        let response = Response::from_parts(parts, Full::new(Bytes::new()));
+        let response = Response::from_parts(parts, ResponseBody::default());
         let future = UpgradeFut {
             on_upgrade: self.on_upgrade,
             config: self.config,
@@ -162,9 +161,11 @@ impl Upgrade {
 ///
 /// ```no_run
 /// # use http::{Request, Response};
-/// # use http_body_util::Full;
-/// # use bytes::Bytes;
-/// async fn service(mut request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+/// use switchboard::upgrade::ResponseBody;
+///
+/// async fn service(
+///     mut request: Request<hyper::body::Incoming>,
+/// ) -> Result<Response<ResponseBody>, hyper::Error> {
 ///     match switchboard::upgrade::upgrade(&mut request) {
 ///         Ok((response, connection)) => {
 ///             tokio::spawn(async move {
@@ -183,7 +184,7 @@ impl Upgrade {
 /// ```
 pub fn upgrade<B>(
     request: &mut Request<B>,
-) -> Result<(Response<Full<Bytes>>, UpgradeFut), Rejection> {
+) -> Result<(Response<ResponseBody>, UpgradeFut), Rejection> {
     Ok(Upgrade::from_request(request)?.into_parts())
 }
 

@@ -5,11 +5,13 @@
 //! - from an axum route: [`crate::axum::WebSocketUpgrade`] (feature `axum`);
 //! - on a bare stream without an HTTP server: [`accept`].
 
+mod body;
 mod hyper;
 mod io;
 mod raw;
 
 pub use self::hyper::{Rejection, Upgrade, UpgradeFut, upgrade};
+pub use body::ResponseBody;
 pub use io::Upgraded;
 pub(crate) use io::{HeadSignal, ServedTcp};
 pub use raw::{AcceptConfig, AcceptError, accept, accept_with};

@@ -52,7 +52,7 @@ impl Default for AcceptConfig {
 #[non_exhaustive]
 pub enum AcceptError {
     /// The transport failed.
-    #[error("io: {0}")]
+    #[error("transport failed")]
     Io(#[from] io::Error),
     /// The client did not send its whole head within the handshake timeout.
     #[error("handshake timed out")]

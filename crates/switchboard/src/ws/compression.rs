@@ -181,11 +181,11 @@ mod tests {
             Compression::shared().compressor(&DeflateParams::default(), Role::Server);
         let big = "x".repeat(2000);
         let frame = compressor.frame(Message::text(big.clone()));
-        assert!(frame.header.rsv1 && frame.payload.len() < 100);
+        assert!(frame.header().rsv1 && frame.payload().len() < 100);
         let small = compressor.frame(Message::text("hello"));
-        assert!(!small.header.rsv1);
-        assert_eq!(&small.payload[..], b"hello");
+        assert!(!small.header().rsv1);
+        assert_eq!(&small.payload()[..], b"hello");
         let ping = compressor.frame(Message::Ping(big.as_bytes()[..100].to_vec().into()));
-        assert!(!ping.header.rsv1);
+        assert!(!ping.header().rsv1);
     }
 }
