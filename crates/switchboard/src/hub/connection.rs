@@ -163,6 +163,12 @@ impl Connection {
         self.inner.state.store(state as u8, Relaxed);
     }
 
+    /// Whether `other` is a handle to this same connection (ids are unique only
+    /// within a hub).
+    pub(crate) fn is(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Marks the connection ended: every send is refused from now on.
     pub(crate) fn set_closed(&self) {
         self.set_state(ConnectionState::Closed);

@@ -179,16 +179,21 @@ impl Hub {
 
     /// Adds a connection to a room; returns whether it is a member now.
     ///
-    /// A connection that has ended (it is no longer registered: after its `on_close`)
-    /// is refused, and nothing changes: `false`.
+    /// A connection that has ended (it is no longer registered: after its `on_close`),
+    /// or that belongs to another hub, is refused, and nothing changes: `false`.
     pub fn join(&self, conn: &Connection, room: &str) -> bool {
         // The broker hears of the change under the registry's lock: a leave and a join
         // racing on one room must reach it in the order they changed the room.
         let mut registry = self.write();
         // Leaving every room happens once, when the connection is unregistered: a
         // membership added after it would keep the room, and the broker's
-        // subscription, for ever.
-        if registry.connections.get(&conn.id()).is_none() {
+        // subscription, for ever. The entry must be this very connection: a connection
+        // of another hub may carry the same id.
+        if !registry
+            .connections
+            .get(&conn.id())
+            .is_some_and(|registered| registered.is(conn))
+        {
             return false;
         }
         if let RoomChange::Created(room) = registry.join(conn, room) {
@@ -406,5 +411,22 @@ impl fmt::Debug for Hub {
             .field("node", &self.inner.node)
             .field("metrics", &self.metrics())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Connection, Hub, HubConfig, RequestInfo, broadcast::tests::admitted};
+
+    // Tokio's: registering starts the hub's keepalive task.
+    #[tokio::test]
+    async fn a_connection_of_another_hub_with_a_registered_id_cannot_join() {
+        let hub = Hub::new(HubConfig::default());
+        let registered = admitted(&hub);
+        let other = Hub::new(HubConfig::default());
+        let stranger = Connection::new(registered.conn().id(), other, RequestInfo::default());
+        assert!(!hub.join(&stranger, "room"), "joined through a borrowed id");
+        assert_eq!(hub.room_size("room"), 0);
+        assert!(hub.join(registered.conn(), "room"));
     }
 }
