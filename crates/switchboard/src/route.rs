@@ -245,7 +245,7 @@ async fn run<H: Handler>(
     match upgraded.await {
         // Its own task, of its own size: this one, with the upgrade's state, ends here.
         Ok(ws) => drop(tokio::spawn(live(ws, registration, handler, healthy))),
-        Err(_) => abandon(registration.conn(), &*handler).await,
+        Err(_) => abandon(&registration, &*handler).await,
     }
 }
 
@@ -258,5 +258,5 @@ async fn live<H: Handler>(
     handler: Arc<H>,
     healthy: bool,
 ) {
-    drive(&mut ws, registration.conn(), &*handler, healthy).await;
+    drive(&mut ws, &registration, &*handler, healthy).await;
 }

@@ -319,13 +319,15 @@ impl Hub {
         if self.is_draining() {
             let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }
-        Registration { conn }
+        Registration {
+            conn,
+            unregistered: AtomicBool::new(false),
+        }
     }
 
-    /// Ends a connection's membership of the hub: it refuses sends, leaves the registry
-    /// and every room. Doing it again does nothing.
-    pub(crate) fn unregister(&self, conn: &Connection) {
-        conn.set_closed();
+    /// Ends a connection's membership of the hub: it leaves the registry and every
+    /// room. Called once per connection, by its [`Registration`].
+    fn unregister(&self, conn: &Connection) {
         let id = conn.id();
         let mut registry = self.write();
         registry.connections.remove(&id);
@@ -386,6 +388,9 @@ impl Hub {
 /// its slot taken.
 pub(crate) struct Registration {
     conn: Connection,
+    /// Set by the first [`Registration::unregister`]: the registry's write lock is
+    /// taken once per connection, not again when this is dropped.
+    unregistered: AtomicBool,
 }
 
 impl Registration {
@@ -393,15 +398,25 @@ impl Registration {
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
+
+    /// Removes the ended connection (see [`Connection::set_closed`]) from the registry
+    /// and its rooms, the first time; doing it again does nothing.
+    pub(crate) fn unregister(&self) {
+        if !self.unregistered.swap(true, Relaxed) {
+            self.conn.hub().unregister(&self.conn);
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let hub = self.conn.hub();
         // A connection that ended normally is unregistered already, right after its
         // `on_close`; this covers every other way out of its task.
-        hub.unregister(&self.conn);
-        hub.release();
+        if !*self.unregistered.get_mut() {
+            self.conn.set_closed();
+            self.unregister();
+        }
+        self.conn.hub().release();
     }
 }
 
