@@ -3,7 +3,7 @@
 use crate::{
     WebSocket, WebSocketConfig,
     hub::{Handler, Hub, Registration, RequestInfo, abandon, drive, open},
-    upgrade::{Rejection, Upgrade, UpgradeFut, Upgraded},
+    upgrade::{CONNECTION_CLOSE, Rejection, Upgrade, UpgradeFut, Upgraded},
 };
 use axum::{
     extract::{ConnectInfo, FromRequestParts, MatchedPath, OriginalUri, RawPathParams},
@@ -76,20 +76,20 @@ pub enum HubRejection {
     Full,
 }
 
-/// The header of a refusal: the server closes the connection after it rather than
-/// keep it open for a request that is not coming (RFC 9112 §9.6).
-pub(crate) const CLOSE: (header::HeaderName, HeaderValue) =
-    (header::CONNECTION, HeaderValue::from_static("close"));
-
 impl IntoResponse for HubRejection {
     fn into_response(self) -> Response {
         match self {
             Self::Upgrade(rejection) => rejection.into_response().into_response(),
-            Self::Origin => (StatusCode::FORBIDDEN, [CLOSE], self.to_string()).into_response(),
+            Self::Origin => {
+                (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], self.to_string()).into_response()
+            }
             Self::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 // Clients with a backoff (ours) read this as the earliest retry.
-                [(header::RETRY_AFTER, HeaderValue::from_static("5")), CLOSE],
+                [
+                    (header::RETRY_AFTER, HeaderValue::from_static("5")),
+                    CONNECTION_CLOSE,
+                ],
                 self.to_string(),
             )
                 .into_response(),
