@@ -208,7 +208,9 @@ fn record_pong(conn: &Connection) {
 /// The connection's shared queue, seen from its task.
 struct HubOutbox<'a> {
     conn: &'a Connection,
-    /// `WriteState::written_total` when last seen, to credit written bytes.
+    /// `WriteState::outbox_written_total` when last seen, to credit the bytes written
+    /// of the frames taken from the queue (and only those: automatic pongs and close
+    /// frames were never charged).
     written: usize,
     /// The connection's compression context, for an agreement with context takeover;
     /// made with the first message it compresses.
@@ -284,9 +286,9 @@ impl Outbox for HubOutbox<'_> {
     }
 
     fn written(&mut self, write: &WriteState) {
-        let written = write.written_total.wrapping_sub(self.written);
+        let written = write.outbox_written_total.wrapping_sub(self.written);
         if written != 0 {
-            self.written = write.written_total;
+            self.written = write.outbox_written_total;
             let mut out = self.conn.outbound();
             out.buffered = out.buffered.saturating_sub(written);
         }
