@@ -43,7 +43,12 @@ impl Channel for Room {
         if topic == "room:flood" {
             // Pushes `pushes` messages of `size` bytes before the ok reply; answers
             // how many were refused.
+            // Sends `queued` bytes straight on the connection first.
             let number = |key| payload.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let queued = vec![0; number("queued") as usize];
+            if !queued.is_empty() {
+                socket.connection().send_binary(queued).unwrap();
+            }
             let body = "x".repeat(number("size") as usize);
             let refused = (0..number("pushes"))
                 .filter(|_| socket.push("flood", json!({ "body": body })).is_err())
@@ -868,6 +873,33 @@ async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
         client.recv().await,
         reply(Some("1"), "2", "room:flood", "ok", json!({}))
     );
+    assert_eq!(server.hub.metrics().dropped_messages, refused);
+}
+
+/// Held pushes share the connection's budget: a join cannot hold `max_buffered_bytes`
+/// on top of a queue that is full already.
+#[tokio::test]
+async fn pushes_held_during_a_join_count_with_the_connections_queue() {
+    let mut hub_config = HubConfig::default();
+    hub_config.max_buffered_bytes = 64 << 10;
+    let server = server_with(hub_config, ChannelsConfig::default()).await;
+    let mut client = Client::connect(&server).await;
+    let (pushes, size, queued) = (100, 4096, 48 << 10);
+    client
+        .send(json!(["1", "1", "room:flood", "phx_join",
+            {"pushes": pushes, "size": size, "queued": queued}]))
+        .await;
+    // The join's own sends left first: nothing was written while it ran.
+    assert_eq!(client.recv_binary().await.len(), queued);
+    let joined = client.recv().await;
+    assert_eq!(joined[4]["status"], "ok", "{joined}");
+    let refused = joined[4]["response"]["refused"].as_u64().unwrap();
+    // The 16 KiB left beside the queued 48 KiB hold three pushes of 4 KiB and their
+    // JSON framing.
+    assert_eq!(refused, pushes - 3, "{joined}");
+    for _ in 0..pushes - refused {
+        assert_eq!(client.recv().await[3], "flood");
+    }
     assert_eq!(server.hub.metrics().dropped_messages, refused);
 }
 
