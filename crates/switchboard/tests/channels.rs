@@ -849,6 +849,48 @@ async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
 }
 
 #[tokio::test]
+async fn a_heartbeat_timeout_of_zero_turns_it_off() {
+    let mut config = ChannelsConfig::default();
+    config.heartbeat_timeout = Duration::ZERO;
+    let server = server_with(HubConfig::default(), config).await;
+    let mut client = Client::connect(&server).await;
+    // Long enough for many sweeps, had one started.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "1", "phoenix", "ok", json!({}))
+    );
+}
+
+/// As in Phoenix, whose transport's timeout is cowboy's `idle_timeout`, reset by every
+/// frame received: a client that keeps its socket alive with WebSocket pings rather
+/// than Phoenix heartbeats is not cut.
+#[tokio::test]
+async fn a_socket_that_sends_websocket_pings_is_alive() {
+    let mut config = ChannelsConfig::default();
+    config.heartbeat_timeout = Duration::from_millis(300);
+    let server = server_with(HubConfig::default(), config).await;
+    let mut client = Client::connect(&server).await;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        client
+            .send_raw(WsMessage::Ping(b"here".to_vec().into()))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "1", "phoenix", "ok", json!({}))
+    );
+}
+
+#[tokio::test]
 async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
     let mut hub_config = HubConfig::default();
     hub_config.max_buffered_bytes = 64 << 10;

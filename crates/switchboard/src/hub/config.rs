@@ -60,6 +60,9 @@ pub struct HubConfig {
     /// [`HubConfig::handshake_timeout`]; a handshake that is not slowed down lasts a
     /// round trip, so 1,024 at once admit thousands of connections a second. Upgraded
     /// connections count toward [`HubConfig::max_connections`] instead.
+    ///
+    /// 0 is taken as 1: a server that accepts no connection at all is never what is
+    /// meant, and lifting the limit is never safe.
     pub max_pending_handshakes: usize,
     /// How long the close handshake may take before the transport is closed.
     ///
