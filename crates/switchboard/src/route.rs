@@ -3,7 +3,7 @@
 use crate::{
     WebSocket, WebSocketConfig,
     hub::{Handler, Hub, Registration, RequestInfo, abandon, drive, open},
-    upgrade::{Rejection, Upgrade, UpgradeFut, Upgraded},
+    upgrade::{CONNECTION_CLOSE, Rejection, Upgrade, UpgradeFut, Upgraded},
 };
 use axum::{
     extract::{ConnectInfo, FromRequestParts, MatchedPath, OriginalUri, RawPathParams},
@@ -76,20 +76,20 @@ pub enum HubRejection {
     Full,
 }
 
-/// The header of a refusal: the server closes the connection after it rather than
-/// keep it open for a request that is not coming (RFC 9112 §9.6).
-pub(crate) const CLOSE: (header::HeaderName, HeaderValue) =
-    (header::CONNECTION, HeaderValue::from_static("close"));
-
 impl IntoResponse for HubRejection {
     fn into_response(self) -> Response {
         match self {
             Self::Upgrade(rejection) => rejection.into_response().into_response(),
-            Self::Origin => (StatusCode::FORBIDDEN, [CLOSE], self.to_string()).into_response(),
+            Self::Origin => {
+                (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], self.to_string()).into_response()
+            }
             Self::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 // Clients with a backoff (ours) read this as the earliest retry.
-                [(header::RETRY_AFTER, HeaderValue::from_static("5")), CLOSE],
+                [
+                    (header::RETRY_AFTER, HeaderValue::from_static("5")),
+                    CONNECTION_CLOSE,
+                ],
                 self.to_string(),
             )
                 .into_response(),
@@ -245,7 +245,7 @@ async fn run<H: Handler>(
     match upgraded.await {
         // Its own task, of its own size: this one, with the upgrade's state, ends here.
         Ok(ws) => drop(tokio::spawn(live(ws, registration, handler, healthy))),
-        Err(_) => abandon(registration.conn(), &*handler).await,
+        Err(_) => abandon(&registration, &*handler).await,
     }
 }
 
@@ -258,5 +258,5 @@ async fn live<H: Handler>(
     handler: Arc<H>,
     healthy: bool,
 ) {
-    drive(&mut ws, registration.conn(), &*handler, healthy).await;
+    drive(&mut ws, &registration, &*handler, healthy).await;
 }

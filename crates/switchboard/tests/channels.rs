@@ -43,7 +43,12 @@ impl Channel for Room {
         if topic == "room:flood" {
             // Pushes `pushes` messages of `size` bytes before the ok reply; answers
             // how many were refused.
+            // Sends `queued` bytes straight on the connection first.
             let number = |key| payload.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let queued = vec![0; number("queued") as usize];
+            if !queued.is_empty() {
+                socket.connection().send_binary(queued).unwrap();
+            }
             let body = "x".repeat(number("size") as usize);
             let refused = (0..number("pushes"))
                 .filter(|_| socket.push("flood", json!({ "body": body })).is_err())
@@ -866,6 +871,48 @@ async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
 }
 
 #[tokio::test]
+async fn a_heartbeat_timeout_of_zero_turns_it_off() {
+    let mut config = ChannelsConfig::default();
+    config.heartbeat_timeout = Duration::ZERO;
+    let server = server_with(HubConfig::default(), config).await;
+    let mut client = Client::connect(&server).await;
+    // Long enough for many sweeps, had one started.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "1", "phoenix", "ok", json!({}))
+    );
+}
+
+/// As in Phoenix, whose transport's timeout is cowboy's `idle_timeout`, reset by every
+/// frame received: a client that keeps its socket alive with WebSocket pings rather
+/// than Phoenix heartbeats is not cut.
+#[tokio::test]
+async fn a_socket_that_sends_websocket_pings_is_alive() {
+    let mut config = ChannelsConfig::default();
+    config.heartbeat_timeout = Duration::from_millis(300);
+    let server = server_with(HubConfig::default(), config).await;
+    let mut client = Client::connect(&server).await;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        client
+            .send_raw(WsMessage::Ping(b"here".to_vec().into()))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(None, "1", "phoenix", "ok", json!({}))
+    );
+}
+
+#[tokio::test]
 async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
     let mut hub_config = HubConfig::default();
     hub_config.max_buffered_bytes = 64 << 10;
@@ -890,6 +937,33 @@ async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
         client.recv().await,
         reply(Some("1"), "2", "room:flood", "ok", json!({}))
     );
+    assert_eq!(server.hub.metrics().dropped_messages, refused);
+}
+
+/// Held pushes share the connection's budget: a join cannot hold `max_buffered_bytes`
+/// on top of a queue that is full already.
+#[tokio::test]
+async fn pushes_held_during_a_join_count_with_the_connections_queue() {
+    let mut hub_config = HubConfig::default();
+    hub_config.max_buffered_bytes = 64 << 10;
+    let server = server_with(hub_config, ChannelsConfig::default()).await;
+    let mut client = Client::connect(&server).await;
+    let (pushes, size, queued) = (100, 4096, 48 << 10);
+    client
+        .send(json!(["1", "1", "room:flood", "phx_join",
+            {"pushes": pushes, "size": size, "queued": queued}]))
+        .await;
+    // The join's own sends left first: nothing was written while it ran.
+    assert_eq!(client.recv_binary().await.len(), queued);
+    let joined = client.recv().await;
+    assert_eq!(joined[4]["status"], "ok", "{joined}");
+    let refused = joined[4]["response"]["refused"].as_u64().unwrap();
+    // The 16 KiB left beside the queued 48 KiB hold three pushes of 4 KiB and their
+    // JSON framing.
+    assert_eq!(refused, pushes - 3, "{joined}");
+    for _ in 0..pushes - refused {
+        assert_eq!(client.recv().await[3], "flood");
+    }
     assert_eq!(server.hub.metrics().dropped_messages, refused);
 }
 

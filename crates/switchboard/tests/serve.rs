@@ -317,6 +317,22 @@ async fn a_slow_on_open_does_not_hold_a_pending_slot() {
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
 }
 
+/// A limit of 0 would accept nothing: it is taken as 1.
+#[tokio::test]
+async fn a_pending_handshake_limit_of_0_still_serves_one_at_a_time() {
+    let mut config = HubConfig::default();
+    config.max_pending_handshakes = 0;
+    let (addr, _server) = hub_server(config).await;
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(handshake_request("/ws", "").as_bytes())
+            .await
+            .unwrap();
+        let (response, _) = within("a handshake", read_response(&mut tcp)).await;
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    }
+}
+
 /// Shutdown finishes the requests in flight, but a client that has not finished its
 /// first request head has none: it is let go at once instead of holding the shutdown
 /// for its whole deadline (the hub's `close_timeout`, 5 s by default) and outliving it.

@@ -316,6 +316,15 @@ impl Handler for SocketHandler {
         }
     }
 
+    /// A client's WebSocket ping counts as a heartbeat, as every frame received resets
+    /// Phoenix's transport timeout (cowboy's `idle_timeout`): the client chose to send
+    /// it, unlike a pong, which answers the hub's own ping.
+    async fn on_ping(&self, conn: &Connection, _payload: &[u8]) {
+        if let Some(state) = conn.assign::<Arc<ConnState>>() {
+            state.heard(conn.hub());
+        }
+    }
+
     async fn on_close(&self, conn: &Connection, _code: crate::CloseCode, _reason: &str) {
         self.heartbeats.unwatch(conn);
         let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {

@@ -40,6 +40,10 @@ impl Heartbeats {
     /// Watches `conn`, whose clock starts now. The sweeper starts with the first
     /// socket: by then a runtime is running, which is not sure when routes are built.
     pub(crate) fn watch(self: &Arc<Self>, conn: &Connection, state: &ConnState) {
+        // Zero turns the timeout off (see the setting): no sweeper, no entries.
+        if self.timeout.is_zero() {
+            return;
+        }
         state.heard(&self.hub);
         lock(&self.sockets).insert(conn.id(), conn.clone());
         self.sweeper

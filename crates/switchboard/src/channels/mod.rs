@@ -378,8 +378,12 @@ pub struct ChannelsConfig {
     /// the server: at most `max_channels × max_topic_len` bytes of names.
     pub max_topic_len: usize,
     /// How long a socket may send nothing before it is closed with 1001 "heartbeat
-    /// timeout". Any message counts; pongs to the hub's pings do not, so a client
-    /// whose socket layer stopped (a frozen tab, a dead phoenix.js) is let go.
+    /// timeout". Any message counts, and so do the client's WebSocket pings (as in
+    /// Phoenix, whose timeout is reset by every frame received); pongs to the hub's
+    /// pings do not, so a client whose socket layer stopped (a frozen tab, a dead
+    /// phoenix.js) is let go. `Duration::ZERO` turns it off (as Phoenix's `timeout:
+    /// :infinity`; the hub's keepalive still closes dead connections), rather than
+    /// closing every socket at once.
     ///
     /// Default 60 s, Phoenix's (its websocket transport's `timeout`): phoenix.js sends
     /// a `heartbeat` on the `phoenix` topic every 30 s, so a live client always makes

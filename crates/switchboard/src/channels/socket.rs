@@ -53,13 +53,16 @@ enum Phase {
 
 /// What a running join sent, held until its ok reply.
 ///
-/// The held messages are the connection's outbound queue in waiting, so they get its
-/// bound (the hub's `max_buffered_bytes`) and its policy: past the bound a message is
-/// dropped and counted (and with `BufferPolicy::Close` the socket is closed with
-/// 1008), exactly as if the join had sent it straight to a stalled client. Failing the
-/// join instead would punish the client for what the server's own callback did.
-#[derive(Default)]
+/// The held messages are the connection's outbound queue in waiting, so they count in
+/// its buffer from the moment they are held (in `buffered_amount`, against the hub's
+/// `max_buffered_bytes`, beside what the connection has queued) and get its policy:
+/// past the bound a message is dropped and counted (and with `BufferPolicy::Close`
+/// the socket is closed with 1008), as if the join had sent it straight to a stalled
+/// client. Failing the join instead would punish the client for what the server's own
+/// callback did. Their bytes are given back when they leave the hold (sent after the
+/// ok reply, or dropped with the channel).
 struct Held {
+    conn: Connection,
     items: Vec<Deferred>,
     bytes: usize,
 }
@@ -70,14 +73,26 @@ enum Deferred {
 }
 
 impl Held {
-    /// Holds `item`, which takes `len` bytes, unless that passes the bound.
-    fn hold(&mut self, item: Deferred, len: usize, conn: &Connection) -> Result<(), SendError> {
-        if self.bytes + len > conn.hub().config().max_buffered_bytes {
-            return Err(conn.overflow());
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            items: Vec::new(),
+            bytes: 0,
         }
+    }
+
+    /// Holds `item`, which takes `len` bytes, unless that passes the connection's bound.
+    fn hold(&mut self, item: Deferred, len: usize) -> Result<(), SendError> {
+        self.conn.reserve(len)?;
         self.bytes += len;
         self.items.push(item);
         Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.conn.release(self.bytes);
     }
 }
 
@@ -107,12 +122,12 @@ impl Socket {
     ) -> Self {
         Self {
             inner: Arc::new(SocketInner {
-                conn,
+                conn: conn.clone(),
                 topic,
                 join_ref,
                 params,
                 assigns: Mutex::new(assigns),
-                phase: Mutex::new(Phase::Joining(Held::default())),
+                phase: Mutex::new(Phase::Joining(Held::new(conn))),
                 endpoint,
             }),
         }
@@ -182,7 +197,7 @@ impl Socket {
         match &mut *phase {
             Phase::Joining(held) => {
                 let len = message.len();
-                Ok(held.hold(Deferred::Push(message), len, &self.inner.conn)?)
+                Ok(held.hold(Deferred::Push(message), len)?)
             }
             Phase::Joined => Ok(self.inner.conn.send(message)?),
             Phase::Closed => Err(PushError::Closed),
@@ -222,7 +237,7 @@ impl Socket {
         match &mut *lock(&self.inner.phase) {
             Phase::Joining(held) => {
                 let item = Deferred::Broadcast(event, payload.clone());
-                let _ = held.hold(item, json_len(payload), &self.inner.conn);
+                let _ = held.hold(item, json_len(payload));
                 true
             }
             _ => false,
@@ -236,7 +251,9 @@ impl Socket {
         let deferred = {
             let mut phase = lock(&self.inner.phase);
             match std::mem::replace(&mut *phase, Phase::Joined) {
-                Phase::Joining(held) => held.items,
+                // The hold gives its bytes back as it drops here, before its messages
+                // are sent (and counted) again.
+                Phase::Joining(mut held) => std::mem::take(&mut held.items),
                 other => {
                     *phase = other;
                     return;

@@ -6,7 +6,7 @@
 //! HTTP answer (403), so that the client never sees a socket open and close.
 
 use super::{ConnectFn, ConnectInfo, Refused, handler::SocketHandler, state::ConnState};
-use crate::{HubRejection, HubUpgrade, route::CLOSE};
+use crate::{HubRejection, HubUpgrade, upgrade::CONNECTION_CLOSE};
 use axum::{
     extract::{FromRequestParts, Request},
     response::{IntoResponse, Response},
@@ -53,7 +53,7 @@ async fn upgrade(
     if let Some((_, vsn)) = params.iter().find(|(k, _)| k == "vsn") {
         if !vsn.starts_with("2.") {
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
-            return (StatusCode::FORBIDDEN, [CLOSE], body).into_response();
+            return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], body).into_response();
         }
     }
     let state = Arc::new(ConnState::default());
@@ -88,7 +88,7 @@ async fn upgrade(
             Ok(assigns) => state.set_assigns(assigns),
             Err(Refused { reason }) => {
                 tracing::debug!(%reason, "channels connect refused");
-                return (StatusCode::FORBIDDEN, [CLOSE], reason).into_response();
+                return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
             }
         }
     }

@@ -197,7 +197,7 @@ pub(super) mod tests {
     }
 
     /// A connection registered in a slot of its own and opened, as an upgrade does.
-    fn admitted(hub: &Hub) -> Registration {
+    pub(in crate::hub) fn admitted(hub: &Hub) -> Registration {
         assert!(hub.admit(), "a free slot");
         let registration = hub.register(RequestInfo::default());
         registration.conn().set_state(ConnectionState::Open);

@@ -80,6 +80,9 @@ pub struct HubConfig {
     /// [`HubConfig::max_connections`] (from before its `on_open` runs), and a plain
     /// HTTP request is the application's to bound, as with any hyper server (tower's
     /// `ConcurrencyLimitLayer` and `TimeoutLayer`).
+    ///
+    /// 0 is taken as 1: a server that accepts no connection at all is never what is
+    /// meant, and lifting the limit is never safe.
     pub max_pending_handshakes: usize,
     /// How long the close handshake may take before the transport is closed.
     ///

@@ -166,6 +166,12 @@ impl Connection {
         self.inner.state.store(state as u8, Relaxed);
     }
 
+    /// Whether `other` is a handle to this same connection (ids are unique only
+    /// within a hub).
+    pub(crate) fn is(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Marks the connection ended: every send is refused from now on.
     pub(crate) fn set_closed(&self) {
         self.set_state(ConnectionState::Closed);
@@ -355,6 +361,28 @@ impl Connection {
         out.buffered += queued.charged();
         self.push(out, queued);
         Ok(())
+    }
+
+    /// Counts `len` bytes held elsewhere for this connection (a channel's pushes while
+    /// it joins) in its buffer, under the bound and policy of a send; give them back
+    /// with [`Connection::release`].
+    pub(crate) fn reserve(&self, len: usize) -> Result<(), SendError> {
+        let mut out = self.outbound();
+        if out.closed {
+            return Err(SendError::Closed);
+        }
+        if out.buffered + len > self.inner.hub.config().max_buffered_bytes {
+            drop(out);
+            return Err(self.overflow());
+        }
+        out.buffered += len;
+        Ok(())
+    }
+
+    /// Gives back bytes counted by [`Connection::reserve`].
+    pub(crate) fn release(&self, len: usize) {
+        let mut out = self.outbound();
+        out.buffered = out.buffered.saturating_sub(len);
     }
 
     /// A message would pass `max_buffered_bytes`: counts its drop and applies the

@@ -1,7 +1,10 @@
 //! The task of one connection: reads frames and runs the handler's callbacks in order,
 //! while writing what other tasks queue for it.
 
-use super::{Connection, ConnectionState, Handler, catch, connection::Outbound, outgoing::Queued};
+use super::{
+    Connection, ConnectionState, Handler, Registration, catch, connection::Outbound,
+    outgoing::Queued,
+};
 use crate::{
     Error, WebSocket,
     ws::{Compressor, Outbox, OutboxClose, WriteState},
@@ -30,13 +33,13 @@ pub(crate) async fn open<H: Handler>(conn: &Connection, handler: &H) -> bool {
 
 /// Ends a connection whose upgrade failed after `on_open` (the client left before its
 /// 101): as one whose transport died, with 1006.
-pub(crate) async fn abandon<H: Handler>(conn: &Connection, handler: &H) {
+pub(crate) async fn abandon<H: Handler>(registration: &Registration, handler: &H) {
     let ended = Ended {
         code: CloseCode::ABNORMAL,
         reason: String::new(),
         error: None,
     };
-    report_end(conn, handler, &ended).await;
+    report_end(registration, handler, &ended).await;
 }
 
 /// Runs an opened connection on its socket until it ends, then reports the close exactly
@@ -48,13 +51,14 @@ pub(crate) async fn abandon<H: Handler>(conn: &Connection, handler: &H) {
 /// twice for the connection's life).
 pub(crate) async fn drive<S, H>(
     ws: &mut WebSocket<S>,
-    conn: &Connection,
+    registration: &Registration,
     handler: &H,
     healthy: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
+    let conn = registration.conn();
     let mut outbox = HubOutbox::new(conn);
     let mut broken = !healthy;
     let (code, reason, error) = loop {
@@ -125,7 +129,7 @@ pub(crate) async fn drive<S, H>(
     };
     Box::pin(end(
         ws,
-        conn,
+        registration,
         handler,
         Ended {
             code,
@@ -159,12 +163,12 @@ struct Ended {
 
 /// Reports the end of a connection exactly once, removes it from the hub, and
 /// completes the close.
-async fn end<S, H>(ws: &mut WebSocket<S>, conn: &Connection, handler: &H, ended: Ended)
+async fn end<S, H>(ws: &mut WebSocket<S>, registration: &Registration, handler: &H, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    report_end(conn, handler, &ended).await;
+    report_end(registration, handler, &ended).await;
     // Completes the close: waits (bounded) for the peer's end of stream, so that
     // dropping the socket does not reset it with our close frame in flight.
     let _ = ws.recv().await;
@@ -172,7 +176,8 @@ where
 
 /// Runs the end's callbacks, then removes the connection from the hub: its rooms are
 /// still its own during `on_close`.
-async fn report_end<H: Handler>(conn: &Connection, handler: &H, ended: &Ended) {
+async fn report_end<H: Handler>(registration: &Registration, handler: &H, ended: &Ended) {
+    let conn = registration.conn();
     conn.set_closed();
     if let Some(error) = &ended.error {
         if catch(handler.on_error(conn, error)).await.is_err() {
@@ -185,7 +190,7 @@ async fn report_end<H: Handler>(conn: &Connection, handler: &H, ended: &Ended) {
     {
         panicked(conn, "on_close");
     }
-    conn.hub().unregister(conn);
+    registration.unregister();
 }
 
 fn record_pong(conn: &Connection) {
@@ -203,7 +208,9 @@ fn record_pong(conn: &Connection) {
 /// The connection's shared queue, seen from its task.
 struct HubOutbox<'a> {
     conn: &'a Connection,
-    /// `WriteState::written_total` when last seen, to credit written bytes.
+    /// `WriteState::outbox_written_total` when last seen, to credit the bytes written
+    /// of the frames taken from the queue (and only those: automatic pongs and close
+    /// frames were never charged).
     written: usize,
     /// The connection's compression context, for an agreement with context takeover;
     /// made with the first message it compresses.
@@ -279,9 +286,9 @@ impl Outbox for HubOutbox<'_> {
     }
 
     fn written(&mut self, write: &WriteState) {
-        let written = write.written_total.wrapping_sub(self.written);
+        let written = write.outbox_written_total.wrapping_sub(self.written);
         if written != 0 {
-            self.written = write.written_total;
+            self.written = write.outbox_written_total;
             let mut out = self.conn.outbound();
             out.buffered = out.buffered.saturating_sub(written);
         }

@@ -108,7 +108,9 @@ impl Hub {
     }
 
     /// A hub whose rooms and broadcasts also reach the other hubs on `broker`.
-    pub fn with_broker(config: HubConfig, broker: impl Broker) -> Self {
+    pub fn with_broker(mut config: HubConfig, broker: impl Broker) -> Self {
+        // See the setting: with no slot, `serve` would accept nothing.
+        config.max_pending_handshakes = config.max_pending_handshakes.max(1);
         // 24 random bits name this hub inside connection ids (see `ConnectionId`).
         let node = rand::random::<u64>() & 0xFF_FFFF | 1;
         let hub = Self {
@@ -179,16 +181,21 @@ impl Hub {
 
     /// Adds a connection to a room; returns whether it is a member now.
     ///
-    /// A connection that has ended (it is no longer registered: after its `on_close`)
-    /// is refused, and nothing changes: `false`.
+    /// A connection that has ended (it is no longer registered: after its `on_close`),
+    /// or that belongs to another hub, is refused, and nothing changes: `false`.
     pub fn join(&self, conn: &Connection, room: &str) -> bool {
         // The broker hears of the change under the registry's lock: a leave and a join
         // racing on one room must reach it in the order they changed the room.
         let mut registry = self.write();
         // Leaving every room happens once, when the connection is unregistered: a
         // membership added after it would keep the room, and the broker's
-        // subscription, for ever.
-        if registry.connections.get(&conn.id()).is_none() {
+        // subscription, for ever. The entry must be this very connection: a connection
+        // of another hub may carry the same id.
+        if !registry
+            .connections
+            .get(&conn.id())
+            .is_some_and(|registered| registered.is(conn))
+        {
             return false;
         }
         if let RoomChange::Created(room) = registry.join(conn, room) {
@@ -314,13 +321,15 @@ impl Hub {
         if self.is_draining() {
             let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }
-        Registration { conn }
+        Registration {
+            conn,
+            unregistered: AtomicBool::new(false),
+        }
     }
 
-    /// Ends a connection's membership of the hub: it refuses sends, leaves the registry
-    /// and every room. Doing it again does nothing.
-    pub(crate) fn unregister(&self, conn: &Connection) {
-        conn.set_closed();
+    /// Ends a connection's membership of the hub: it leaves the registry and every
+    /// room. Called once per connection, by its [`Registration`].
+    fn unregister(&self, conn: &Connection) {
         let id = conn.id();
         let mut registry = self.write();
         registry.connections.remove(&id);
@@ -381,6 +390,9 @@ impl Hub {
 /// its slot taken.
 pub(crate) struct Registration {
     conn: Connection,
+    /// Set by the first [`Registration::unregister`]: the registry's write lock is
+    /// taken once per connection, not again when this is dropped.
+    unregistered: AtomicBool,
 }
 
 impl Registration {
@@ -388,15 +400,25 @@ impl Registration {
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
+
+    /// Removes the ended connection (see [`Connection::set_closed`]) from the registry
+    /// and its rooms, the first time; doing it again does nothing.
+    pub(crate) fn unregister(&self) {
+        if !self.unregistered.swap(true, Relaxed) {
+            self.conn.hub().unregister(&self.conn);
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let hub = self.conn.hub();
         // A connection that ended normally is unregistered already, right after its
         // `on_close`; this covers every other way out of its task.
-        hub.unregister(&self.conn);
-        hub.release();
+        if !*self.unregistered.get_mut() {
+            self.conn.set_closed();
+            self.unregister();
+        }
+        self.conn.hub().release();
     }
 }
 
@@ -406,5 +428,22 @@ impl fmt::Debug for Hub {
             .field("node", &self.inner.node)
             .field("metrics", &self.metrics())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Connection, Hub, HubConfig, RequestInfo, broadcast::tests::admitted};
+
+    // Tokio's: registering starts the hub's keepalive task.
+    #[tokio::test]
+    async fn a_connection_of_another_hub_with_a_registered_id_cannot_join() {
+        let hub = Hub::new(HubConfig::default());
+        let registered = admitted(&hub);
+        let other = Hub::new(HubConfig::default());
+        let stranger = Connection::new(registered.conn().id(), other, RequestInfo::default());
+        assert!(!hub.join(&stranger, "room"), "joined through a borrowed id");
+        assert_eq!(hub.room_size("room"), 0);
+        assert!(hub.join(registered.conn(), "room"));
     }
 }

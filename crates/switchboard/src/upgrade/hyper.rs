@@ -56,13 +56,8 @@ impl Rejection {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        // The client gets its answer and the server its socket back at once, instead
-        // of holding the connection open for a request that is not coming (RFC 9112
-        // §9.6: the server then closes it after the response).
-        parts.headers.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        let (name, value) = super::CONNECTION_CLOSE;
+        parts.headers.insert(name, value);
         Response::from_parts(parts, self.to_string().into())
     }
 }

@@ -15,3 +15,12 @@ pub use body::ResponseBody;
 pub use io::Upgraded;
 pub(crate) use io::{HeadSignal, ServedTcp};
 pub use raw::{AcceptConfig, AcceptError, accept, accept_with};
+
+/// The header of every refusal of an upgrade: "A server that sends a "close" connection
+/// option MUST initiate closure of the connection after it sends the response"
+/// (RFC 9112 §9.6). The client gets its answer and the server its socket back at once,
+/// instead of holding the connection open for a request that is not coming.
+pub(crate) const CONNECTION_CLOSE: (http::HeaderName, http::HeaderValue) = (
+    http::header::CONNECTION,
+    http::HeaderValue::from_static("close"),
+);

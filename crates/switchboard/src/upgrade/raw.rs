@@ -191,13 +191,8 @@ pub(crate) fn refusal(error: &AcceptError) -> Option<Vec<u8>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    // "A server that sends a "close" connection option MUST initiate closure of the
-    // connection after it sends the response" (RFC 9112 §9.6): saying so lets the
-    // client stop waiting for more at once.
-    headers.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
+    let (name, value) = super::CONNECTION_CLOSE;
+    headers.insert(name, value);
     let mut out = Vec::with_capacity(256);
     http1::write_response_with_body(&head, error.to_string().as_bytes(), &mut out);
     Some(out)

@@ -41,7 +41,8 @@ pub(crate) trait Outbox {
     fn poll_pull(&mut self, cx: &mut Context<'_>, write: &mut WriteState) -> Option<OutboxClose>;
 
     /// Called after each write attempt, so that the outbox can account for the bytes
-    /// that left (`WriteState::written_total`) without waiting for the next pull.
+    /// of its frames that left (`WriteState::outbox_written_total`) without waiting
+    /// for the next pull.
     fn written(&mut self, write: &WriteState) {
         let _ = write;
     }

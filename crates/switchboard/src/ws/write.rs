@@ -44,18 +44,30 @@ pub(crate) enum CloseState {
     Done,
 }
 
+/// Who queued a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// An [`Outbox`](super::Outbox) (`push_encoded`): its owner accounts for the bytes.
+    Outbox,
+    /// The WebSocket itself: its automatic pongs and close frames, and what is sent
+    /// through it directly.
+    Socket,
+}
+
 /// Frames waiting to be written, and the close handshake's progress.
 #[derive(Debug)]
 pub(crate) struct WriteState {
     role: Role,
-    queue: VecDeque<EncodedFrame>,
+    queue: VecDeque<(EncodedFrame, Source)>,
     /// Bytes of the front frame already written.
     written: usize,
     /// Bytes queued and not yet written: decides between copying and `writev` without
     /// walking the queue.
     unwritten_len: usize,
-    /// Bytes written since the start (wrapping), for callers that account for buffers.
-    pub(crate) written_total: usize,
+    /// Bytes written since the start (wrapping) of the frames an outbox queued, for the
+    /// outbox's accounting: it was charged for those, and for nothing the WebSocket
+    /// queued on its own, however many pongs a peer asks for.
+    pub(crate) outbox_written_total: usize,
     /// Frames taken off the front of the queue since the start (wrapping): with
     /// `pong_at`, finds the queued pong.
     popped: usize,
@@ -86,7 +98,7 @@ impl WriteState {
             queue: VecDeque::new(),
             written: 0,
             unwritten_len: 0,
-            written_total: 0,
+            outbox_written_total: 0,
             popped: 0,
             pong_at: None,
             close: CloseState::Open,
@@ -166,13 +178,13 @@ impl WriteState {
     /// So a peer that pings without reading costs one queued pong, not one per ping.
     fn push_pong(&mut self, payload: Bytes) {
         let pong = self.encode(Frame::pong(payload));
-        if let Some(waiting) = self.waiting_pong().and_then(|i| self.queue.get_mut(i)) {
+        if let Some((waiting, _)) = self.waiting_pong().and_then(|i| self.queue.get_mut(i)) {
             self.unwritten_len = self.unwritten_len - waiting.len() + pong.len();
             *waiting = pong;
             return;
         }
         self.pong_at = Some(self.popped.wrapping_add(self.queue.len()));
-        self.push_encoded(pong);
+        self.enqueue(pong, Source::Socket);
     }
 
     /// Where the last pong queued is in the queue, if none of it has been written yet.
@@ -184,7 +196,7 @@ impl WriteState {
 
     fn push_frame(&mut self, frame: Frame) {
         let frame = self.encode(frame);
-        self.push_encoded(frame);
+        self.enqueue(frame, Source::Socket);
     }
 
     fn encode(&self, frame: Frame) -> EncodedFrame {
@@ -230,10 +242,15 @@ impl WriteState {
         self.unwritten_len
     }
 
-    /// Queues a frame that is already encoded (e.g. one broadcast to many).
+    /// Queues a frame from an outbox, already encoded (e.g. one broadcast to many);
+    /// its bytes count in `outbox_written_total` as they are written.
     pub(crate) fn push_encoded(&mut self, frame: EncodedFrame) {
+        self.enqueue(frame, Source::Outbox);
+    }
+
+    fn enqueue(&mut self, frame: EncodedFrame, source: Source) {
         self.unwritten_len += frame.len();
-        self.queue.push_back(frame);
+        self.queue.push_back((frame, source));
     }
 
     /// One write of the unwritten bytes: up to [`COALESCE`] of them copied together and
@@ -273,7 +290,7 @@ impl WriteState {
     /// copying its bytes.)
     fn each_unwritten<'a>(&'a self, mut f: impl FnMut(&'a [u8]) -> bool) {
         let mut skip = self.written;
-        for frame in &self.queue {
+        for (frame, _) in &self.queue {
             for part in [frame.head.as_bytes(), &frame.payload[..]] {
                 match part.get(skip..) {
                     Some(rest) if !rest.is_empty() => {
@@ -288,18 +305,66 @@ impl WriteState {
         }
     }
 
-    /// Records that `n` more bytes were written.
-    fn advance(&mut self, n: usize) {
-        self.written += n;
+    /// Records that `n` more bytes were written, front first.
+    fn advance(&mut self, mut n: usize) {
         self.unwritten_len = self.unwritten_len.saturating_sub(n);
-        self.written_total = self.written_total.wrapping_add(n);
-        while let Some(front) = self.queue.front() {
+        while let Some((front, source)) = self.queue.front() {
+            let taken = n.min(front.len() - self.written);
+            if *source == Source::Outbox {
+                self.outbox_written_total = self.outbox_written_total.wrapping_add(taken);
+            }
+            self.written += taken;
+            n -= taken;
             if self.written < front.len() {
                 break;
             }
-            self.written -= front.len();
+            self.written = 0;
             self.queue.pop_front();
             self.popped = self.popped.wrapping_add(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteState;
+    use bytes::Bytes;
+    use switchboard_proto::{Message, Role};
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    /// The outbox is charged for its frames only: the pongs and close frames that the
+    /// WebSocket queues on its own, between and after them, must not be credited to it.
+    #[tokio::test]
+    async fn only_the_outboxs_frames_count_as_its_bytes_written() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let frame = |len| {
+            Message::Binary(Bytes::from(vec![1; len]))
+                .into_frame()
+                .encode()
+        };
+        let (first, second) = (frame(100), frame(1000));
+        let charged = first.len() + second.len();
+        let mut write = WriteState::new(Role::Server);
+        write.push_encoded(first);
+        write.react(&Message::Ping(Bytes::from_static(&[2; 125])));
+        write.push_encoded(second);
+        write.react(&Message::Close(None));
+        write.flush(&mut server).await.unwrap();
+        drop(server);
+        let mut wire = Vec::new();
+        client.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(
+            wire.len(),
+            charged + 127 + 2,
+            "a pong and a close were written too"
+        );
+        assert_eq!(write.outbox_written_total, charged);
     }
 }
