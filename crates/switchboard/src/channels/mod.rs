@@ -127,7 +127,9 @@ pub fn room_name(topic: &str) -> String {
 /// Callbacks of one socket run one at a time, in the order its messages arrived. A
 /// callback that panics crashes only its channel: the client gets `phx_error` (and
 /// rejoins, as phoenix.js does), the other channels and sockets go on. A `join` that
-/// panics is refused with `{"reason": "join crashed"}`, as Phoenix does.
+/// panics is refused with `{"reason": "join crashed"}`, as Phoenix does. The exception
+/// is [`Channel::handle_out`], which runs on the broadcaster's task, outside the
+/// socket's: a panic there closes that socket with 1011 (see its docs).
 pub trait Channel: Send + Sync + 'static {
     /// A client asks to join `topic` with `payload` (phoenix.js: the channel's params).
     /// `Ok(response)` accepts (the client's join `receive("ok")` gets `response`);
