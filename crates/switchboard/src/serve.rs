@@ -4,22 +4,28 @@
 //! they outlive the HTTP connection they came from. Here the hub drains them.
 
 use crate::{
+    HubRejection,
     hub::Hub,
     sync::lock,
     upgrade::{HeadSignal, ServedTcp},
 };
-use axum::{Router, extract::ConnectInfo};
+use axum::{
+    Router,
+    extract::ConnectInfo,
+    response::{IntoResponse, Response},
+};
 use http::Request;
-use hyper::{server::conn::http1, service::Service};
+use hyper::{body::Incoming, server::conn::http1, service::Service};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use std::{
+    convert::Infallible,
     future::Future,
     io,
     net::SocketAddr,
-    pin::pin,
+    pin::{Pin, pin},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -42,7 +48,10 @@ use tokio_util::task::TaskTracker;
 /// 408 (a later request on a kept-alive connection is closed without an answer). At most
 /// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
 /// connections are held before their first request head arrives; the next ones wait in
-/// the listen backlog.
+/// the listen backlog. Then an upgrade counts toward the hub's `max_connections`, and a
+/// plain HTTP connection toward
+/// [`max_http_connections`](crate::hub::HubConfig::max_http_connections) for as long as
+/// it stays open (past it: 503 and close).
 ///
 /// Plain TCP only, no TLS: for `wss://`, terminate TLS in a reverse proxy, or serve the
 /// router on your own TLS streams with hyper (`docs/guide.md` in the repository shows
@@ -61,6 +70,7 @@ pub async fn serve_with_shutdown(
     let http_connections = TaskTracker::new();
     let (stop, stopping) = watch::channel(());
     let pending = Arc::new(Semaphore::new(hub.config().max_pending_handshakes));
+    let plain = Arc::new(Semaphore::new(hub.config().max_http_connections));
     let mut signal = pin!(signal);
     loop {
         let (stream, peer, slot) = tokio::select! {
@@ -74,7 +84,11 @@ pub async fn serve_with_shutdown(
             service: TowerToHyperService::new(router.clone()),
             head: head.clone(),
             peer,
-            slot: Mutex::new(Some(slot)),
+            plain: plain.clone(),
+            slots: Mutex::new(Slots {
+                pending: Some(slot),
+                plain: None,
+            }),
         };
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -153,31 +167,62 @@ async fn accept(
 }
 
 /// The router as one connection sees it: it tells the connection's stream when the
-/// first request head arrived, and gives every request the peer's address as axum's
+/// first request head arrived, gives every request the peer's address as axum's
 /// `ConnectInfo` (a hub connection has it from its registration on, before the upgraded
-/// socket could tell it).
-struct Served<S> {
-    service: S,
+/// socket could tell it), and moves the connection from the pending handshakes to the
+/// slot its kind of request holds.
+struct Served {
+    service: TowerToHyperService<Router>,
     head: HeadSignal,
     peer: SocketAddr,
-    /// The connection's pending-handshake slot, given back when its first head arrives:
-    /// from then on an upgrade holds a slot of the hub (`max_connections`, also while
-    /// its `on_open` runs), and a plain request is the application's to bound, as with
-    /// any hyper server (a slow request body must not keep handshakes waiting).
-    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The slots of [`HubConfig::max_http_connections`](crate::hub::HubConfig::max_http_connections).
+    plain: Arc<Semaphore>,
+    slots: Mutex<Slots>,
 }
 
-impl<S: Service<Request<B>>, B> Service<Request<B>> for Served<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+/// The slots one connection holds.
+struct Slots {
+    /// Of the pending handshakes: given back when the first head arrives, so that a
+    /// slow request body or a slow `on_open` does not keep handshakes waiting (an
+    /// upgrade then holds a slot of the hub, `max_connections`, from before its
+    /// `on_open`).
+    pending: Option<OwnedSemaphorePermit>,
+    /// Of the plain HTTP connections: taken by the first request that is not an
+    /// upgrade, held while the connection stays open.
+    plain: Option<OwnedSemaphorePermit>,
+}
 
-    fn call(&self, mut request: Request<B>) -> Self::Future {
-        self.head
-            .arrived(request.headers().contains_key(http::header::UPGRADE));
-        drop(lock(&self.slot).take());
+impl Served {
+    /// Whether a request may go to the router: a plain request needs a plain
+    /// connection's slot, which the connection keeps.
+    fn admit(&self, upgrade: bool) -> bool {
+        let mut slots = lock(&self.slots);
+        drop(slots.pending.take());
+        if upgrade || slots.plain.is_some() {
+            return true;
+        }
+        match self.plain.clone().try_acquire_owned() {
+            Ok(slot) => slots.plain = Some(slot),
+            Err(_) => return false,
+        }
+        true
+    }
+}
+
+impl Service<Request<Incoming>> for Served {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        self.head.arrived(upgrade);
+        if !self.admit(upgrade) {
+            // 503 with `Retry-After`, and the connection closed (`Connection: close`).
+            return Box::pin(std::future::ready(Ok(HubRejection::Full.into_response())));
+        }
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        self.service.call(request)
+        Box::pin(self.service.call(request))
     }
 }
 

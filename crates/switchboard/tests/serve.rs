@@ -277,6 +277,45 @@ async fn a_request_whose_head_arrived_frees_its_pending_slot() {
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
 }
 
+/// Plain HTTP connections (not upgrades) hold a slot of their own once their head has
+/// arrived, for as long as they stay open: past `max_http_connections`, a plain request
+/// is answered 503 and its connection closed, while upgrades still get in.
+#[tokio::test]
+async fn plain_http_connections_past_their_limit_are_answered_503() {
+    let mut config = HubConfig::default();
+    config.max_http_connections = 1;
+    let (addr, _server) = hub_server(config).await;
+    let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    // Kept alive after its answer: it holds the one slot.
+    let (response, _, kept_alive) = exchange(addr, request).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    let (response, _, mut refused) = exchange(addr, request).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    closed_promptly(&mut refused, "the refused plain connection").await;
+
+    let mut upgrade = TcpStream::connect(addr).await.unwrap();
+    upgrade
+        .write_all(handshake_request("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let (response, _) = within("the upgrade", read_response(&mut upgrade)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+
+    // The kept-alive connection leaves: its slot frees.
+    drop(kept_alive);
+    let answered = within("a free slot", async {
+        loop {
+            let (response, _, _) = exchange(addr, request).await;
+            if response.status() == StatusCode::NOT_FOUND {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    answered.await;
+}
+
 /// Opens slowly: a second.
 struct SlowOpen;
 

@@ -78,12 +78,23 @@ pub struct HubConfig {
     /// arrives in a round trip, so 1,024 at once admit thousands of connections a
     /// second. Once its head has arrived, an upgrade counts toward
     /// [`HubConfig::max_connections`] (from before its `on_open` runs), and a plain
-    /// HTTP request is the application's to bound, as with any hyper server (tower's
-    /// `ConcurrencyLimitLayer` and `TimeoutLayer`).
+    /// HTTP connection toward [`HubConfig::max_http_connections`].
     ///
     /// 0 is taken as 1: a server that accepts no connection at all is never what is
     /// meant, and lifting the limit is never safe.
     pub max_pending_handshakes: usize,
+    /// Plain HTTP connections (the router's other routes: pages, `/metrics`, an API)
+    /// [`crate::serve`] holds at once after their first request head, for as long as
+    /// they stay open; past it, a plain request is answered 503 with `Retry-After` and
+    /// its connection closed. Upgrades do not count here.
+    ///
+    /// Default 1,024, for the same reason and cost as
+    /// [`HubConfig::max_pending_handshakes`]: a client that keeps a connection alive
+    /// with a request now and then, or sends a request body slowly, holds a slot, not
+    /// the server's memory without bound; an idle kept-alive connection is closed after
+    /// [`HubConfig::handshake_timeout`]. A request's own duration is the
+    /// application's to bound (tower's `TimeoutLayer`). 0 is taken as 1.
+    pub max_http_connections: usize,
     /// How long the close handshake may take before the transport is closed.
     ///
     /// Default 5 s.
@@ -103,6 +114,7 @@ impl Default for HubConfig {
             buffer_policy: BufferPolicy::DropNewest,
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 1024,
+            max_http_connections: 1024,
             close_timeout: Duration::from_secs(5),
         }
     }

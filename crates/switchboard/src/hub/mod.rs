@@ -111,6 +111,7 @@ impl Hub {
     pub fn with_broker(mut config: HubConfig, broker: impl Broker) -> Self {
         // See the setting: with no slot, `serve` would accept nothing.
         config.max_pending_handshakes = config.max_pending_handshakes.max(1);
+        config.max_http_connections = config.max_http_connections.max(1);
         // 24 random bits name this hub inside connection ids (see `ConnectionId`).
         let node = rand::random::<u64>() & 0xFF_FFFF | 1;
         let hub = Self {
