@@ -231,6 +231,16 @@ impl Client {
         }
     }
 
+    /// Sends a Phoenix heartbeat with `msg_ref` and asserts its ok reply.
+    async fn heartbeat(&mut self, msg_ref: &str) {
+        self.send(json!([null, msg_ref, "phoenix", "heartbeat", {}]))
+            .await;
+        assert_eq!(
+            self.recv().await,
+            reply(None, msg_ref, "phoenix", "ok", json!({}))
+        );
+    }
+
     /// Joins `topic` as `user`; returns the ok reply's response and the presence_state.
     async fn join(&mut self, topic: &str, join_ref: &str, user: &str) -> (Value, Value) {
         self.send(json!([join_ref, join_ref, topic, "phx_join", {"user": user}]))
@@ -281,13 +291,7 @@ fn reply(
 async fn heartbeat_is_answered_ok() {
     let server = server().await;
     let mut client = Client::connect(&server).await;
-    client
-        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
-        .await;
-    assert_eq!(
-        client.recv().await,
-        reply(None, "1", "phoenix", "ok", json!({}))
-    );
+    client.heartbeat("1").await;
 }
 
 #[tokio::test]
@@ -836,13 +840,7 @@ async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
     let closed = loop {
         beats += 1;
         let beat = beats.to_string();
-        beating
-            .send(json!([null, beat, "phoenix", "heartbeat", {}]))
-            .await;
-        assert_eq!(
-            beating.recv().await,
-            reply(None, &beat, "phoenix", "ok", json!({}))
-        );
+        beating.heartbeat(&beat).await;
         // Reading drives tungstenite's answers to the hub's pings.
         if let Ok(message) = timeout(Duration::from_millis(100), silent.next()).await {
             break message;
@@ -860,13 +858,7 @@ async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
     // The heartbeating socket outlives the timeout three times over.
     while started.elapsed() < Duration::from_millis(900) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        beating
-            .send(json!([null, "again", "phoenix", "heartbeat", {}]))
-            .await;
-        assert_eq!(
-            beating.recv().await,
-            reply(None, "again", "phoenix", "ok", json!({}))
-        );
+        beating.heartbeat("again").await;
     }
 }
 
@@ -878,13 +870,7 @@ async fn a_heartbeat_timeout_of_zero_turns_it_off() {
     let mut client = Client::connect(&server).await;
     // Long enough for many sweeps, had one started.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    client
-        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
-        .await;
-    assert_eq!(
-        client.recv().await,
-        reply(None, "1", "phoenix", "ok", json!({}))
-    );
+    client.heartbeat("1").await;
 }
 
 /// As in Phoenix, whose transport's timeout is cowboy's `idle_timeout`, reset by every
@@ -903,13 +889,7 @@ async fn a_socket_that_sends_websocket_pings_is_alive() {
             .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client
-        .send(json!([null, "1", "phoenix", "heartbeat", {}]))
-        .await;
-    assert_eq!(
-        client.recv().await,
-        reply(None, "1", "phoenix", "ok", json!({}))
-    );
+    client.heartbeat("1").await;
 }
 
 #[tokio::test]
