@@ -1,5 +1,6 @@
 //! Private messages by connection id: `hub.connection(id)` finds the recipient, and
-//! `send_text` on it sends to that connection alone.
+//! `try_send` on it sends to that connection alone and says whether it took the
+//! message (the other sends here are fire-and-forget `send_text`).
 //!
 //! ```text
 //! cargo run --release --example private_message        # ws://127.0.0.1:8082/ws
@@ -39,8 +40,7 @@ impl PrivateMessages {
 
     fn error(conn: &Connection, error: impl Into<String>) {
         let error = json!({"type": "error", "error": error.into()});
-        // A closed connection has nobody left to tell.
-        let _ = conn.send_text(error.to_string());
+        conn.send_text(error.to_string());
     }
 
     /// `{"to": id, "body": text}`, or why not.
@@ -83,7 +83,7 @@ impl Handler for PrivateMessages {
             .collect();
         let id = conn.id().to_string();
         let welcome = json!({"type": "welcome", "id": id, "name": name, "online": online});
-        let _ = conn.send_text(welcome.to_string());
+        conn.send_text(welcome.to_string());
         let arrived = json!({"type": "online", "id": id, "name": name});
         hub.broadcast_except(arrived.to_string(), conn.id());
     }
@@ -102,11 +102,12 @@ impl Handler for PrivateMessages {
             return Self::error(conn, format!("no connection with id {to}"));
         };
         let private = json!({"type": "private", "from": conn.id().to_string(), "name": Self::name(conn), "body": body});
-        match recipient.send_text(private.to_string()) {
+        // `try_send`, not `send_text`: the sender is told whether it was delivered.
+        match recipient.try_send(private.to_string()) {
             Ok(()) => {
                 let sent =
                     json!({"type": "sent", "to": to.to_string(), "name": Self::name(&recipient)});
-                let _ = conn.send_text(sent.to_string());
+                conn.send_text(sent.to_string());
             }
             Err(error) => Self::error(conn, format!("not delivered to {to}: {error}")),
         }

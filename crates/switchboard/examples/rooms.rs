@@ -62,8 +62,7 @@ impl Rooms {
     }
 
     fn reply(conn: &Connection, message: Value) {
-        // A closed connection has nobody left to tell.
-        let _ = conn.send_text(message.to_string());
+        conn.send_text(message.to_string());
     }
 
     fn error(conn: &Connection, error: impl Into<String>) {

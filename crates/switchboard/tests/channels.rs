@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
     channels::{
-        Assigns, Channel, Channels, ChannelsConfig, HandleIn, Out, Payload, Refused, Reply, Socket,
-        TerminateReason, room_name,
+        Assigns, Channel, Channels, ChannelsConfig, EncodeError, HandleIn, Out, Payload, PushError,
+        Refused, Reply, Socket, TerminateReason, room_name,
     },
     hub::{Hub, HubConfig},
 };
@@ -47,11 +47,17 @@ impl Channel for Room {
             let number = |key| payload.get(key).and_then(Value::as_u64).unwrap_or(0);
             let queued = vec![0; number("queued") as usize];
             if !queued.is_empty() {
-                socket.connection().send_binary(queued).unwrap();
+                socket.connection().try_send(queued).unwrap();
             }
             let body = "x".repeat(number("size") as usize);
+            let payload = Payload::Json(json!({ "body": body }));
             let refused = (0..number("pushes"))
-                .filter(|_| socket.push("flood", json!({ "body": body })).is_err())
+                .filter(|_| match socket.try_push("flood", payload.clone()) {
+                    Ok(()) => false,
+                    // Handed back, to be retried.
+                    Err(PushError::Dropped(back)) => back == payload,
+                    Err(other) => panic!("{other}"),
+                })
                 .count();
             return Ok(json!({ "refused": refused }));
         }
@@ -63,7 +69,7 @@ impl Channel for Room {
         presence
             .track(socket, user, json!({"device": payload.get("device")}))
             .map_err(|e| json!({"reason": e.to_string()}))?;
-        let _ = socket.push("presence_state", presence.list(topic));
+        socket.push("presence_state", presence.list(topic));
         Ok(json!({"topic": topic, "token": socket.assigned::<Token>().map(|t| t.0)}))
     }
 
@@ -71,19 +77,19 @@ impl Channel for Room {
         match event {
             "ping" => Reply::ok(payload).into(),
             "shout" => {
-                let _ = socket.broadcast("shout", payload);
+                socket.broadcast("shout", payload);
                 HandleIn::NoReply
             }
             "shout_from" => {
-                let _ = socket.broadcast_from("shout", payload);
+                socket.broadcast_from("shout", payload);
                 HandleIn::NoReply
             }
             "secret" => {
-                let _ = socket.broadcast("secret", payload);
+                socket.broadcast("secret", payload);
                 HandleIn::NoReply
             }
             "push_me" => {
-                let _ = socket.push("pushed", payload);
+                socket.push("pushed", payload);
                 HandleIn::NoReply
             }
             "stop" => HandleIn::Stop(Some(Reply::ok(json!({"bye": true})))),
@@ -1020,9 +1026,7 @@ async fn endpoint_broadcasts_from_outside_a_channel() {
     let mut client = Client::connect(&server).await;
     client.join("room:news", "1", "ann").await;
     assert_eq!(endpoint.subscribers("room:news"), 1);
-    let report = endpoint
-        .broadcast("room:news", "headline", json!({"text": "hi"}))
-        .unwrap();
+    let report = endpoint.broadcast("room:news", "headline", json!({"text": "hi"}));
     assert_eq!(report.queued, 1);
     assert_eq!(
         client.recv().await,
@@ -1034,4 +1038,100 @@ async fn endpoint_broadcasts_from_outside_a_channel() {
             .map(Vec::len),
         Some(1)
     );
+}
+
+/// Keeps the socket of the last join, for a test to push to it after the channel ended.
+#[derive(Clone, Default)]
+struct Keeper(std::sync::Arc<std::sync::Mutex<Option<Socket>>>);
+
+impl Channel for Keeper {
+    async fn join(&self, _topic: &str, _payload: Value, socket: &Socket) -> Result<Value, Value> {
+        *self.0.lock().unwrap() = Some(socket.clone());
+        Ok(json!({}))
+    }
+}
+
+#[tokio::test]
+async fn a_push_to_an_ended_channel_hands_the_payload_back_and_is_counted() {
+    let hub = Hub::new(HubConfig::default());
+    let keeper = Keeper::default();
+    let channels = Channels::new(hub.clone()).channel("kept", keeper.clone());
+    let app: axum::Router = channels.into_router();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve_hub = hub.clone();
+    tokio::spawn(async move {
+        let _ = switchboard::serve_with_shutdown(
+            listener,
+            app,
+            &serve_hub,
+            std::future::pending::<()>(),
+        )
+        .await;
+    });
+    let (_tx, terminated) = unbounded_channel();
+    let server = Server {
+        addr,
+        hub,
+        terminated,
+    };
+    let mut client = Client::connect(&server).await;
+    client.send(json!(["1", "1", "kept", "phx_join", {}])).await;
+    assert_eq!(client.recv().await[4]["status"], "ok");
+    let socket = keeper.0.lock().unwrap().clone().unwrap();
+    let payload = Payload::Json(json!({"n": 1}));
+    socket.try_push("while_joined", payload.clone()).unwrap();
+    assert_eq!(client.recv().await[3], "while_joined");
+
+    client
+        .send(json!(["1", "2", "kept", "phx_leave", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "2", "kept", "ok", json!({}))
+    );
+    let conn = socket.connection();
+    let error = socket.try_push("late", payload.clone()).unwrap_err();
+    assert_eq!(error, PushError::Closed(payload.clone()));
+    assert_eq!(error.into_payload(), payload);
+    socket.push("later", payload.clone());
+    assert_eq!(conn.refused_messages(), 2, "both refusals counted");
+    assert_eq!(server.hub.metrics().refused_messages, 2);
+
+    // The connection's end refuses them the same way.
+    client.ws.close(None).await.unwrap();
+    within("unregister", async {
+        while server.hub.connection_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(matches!(
+        socket.try_push("gone", payload.clone()),
+        Err(PushError::Closed(back)) if back == payload
+    ));
+    assert_eq!(conn.refused_messages(), 3);
+}
+
+#[tokio::test]
+async fn a_broadcast_that_cannot_be_encoded_is_an_error_for_try_broadcast_only() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    client.join("room:a", "1", "ann").await;
+    let endpoint = Channels::new(server.hub.clone()).endpoint();
+    let event = "e".repeat(256);
+    let binary = Payload::Binary(bytes::Bytes::from_static(b"data"));
+    assert_eq!(
+        endpoint.try_broadcast("room:a", &event, binary.clone()),
+        Err(EncodeError::FieldTooLong {
+            field: "event",
+            len: 256
+        })
+    );
+    // Fire-and-forget: logged, nobody reached.
+    assert_eq!(
+        endpoint.broadcast("room:a", &event, binary),
+        Default::default()
+    );
+    client.silent().await;
 }

@@ -112,7 +112,7 @@ impl Handler for Probe {
                     conn.join(arg);
                 }
                 "leave" => conn.leave(arg),
-                "echo" => conn.send_text(arg).unwrap(),
+                "echo" => conn.send_text(arg),
                 "close" => {
                     let (code, reason) = arg.split_once(' ').unwrap_or((arg, ""));
                     conn.close(CloseCode(code.parse().unwrap()), reason)
@@ -746,7 +746,7 @@ async fn a_slow_callback_delays_only_its_own_connection() {
         .send_text("to the slow one");
     assert_eq!(report.queued, 1);
     assert_eq!(next_text(&mut slow).await, "to the slow one");
-    slow_conn.send_text("direct").unwrap();
+    slow_conn.send_text("direct");
     assert_eq!(next_text(&mut slow).await, "direct");
     assert_eq!(next_text(&mut fast).await, "to-self");
 
@@ -968,9 +968,18 @@ async fn state_moves_from_connecting_to_open_to_closed() {
     conn.close(CloseCode::NORMAL, "").unwrap();
     // The close is under way until the client answers it.
     eventually("closing", || conn.state() != ConnectionState::Open).await;
-    assert_eq!(conn.send_text("too late"), Err(SendError::Closed));
-    assert_eq!(conn.send_ping(&b""[..]), Err(SendError::Closed));
-    assert_eq!(conn.close(CloseCode::NORMAL, ""), Err(SendError::Closed));
+    assert_eq!(
+        conn.try_send("too late"),
+        Err(SendError::Closed(Message::text("too late")))
+    );
+    assert_eq!(
+        conn.send_ping(&b"p"[..]),
+        Err(SendError::Closed(Message::Ping(b"p"[..].into())))
+    );
+    assert!(matches!(
+        conn.close(CloseCode::NORMAL, ""),
+        Err(SendError::Closed(Message::Close(Some(_))))
+    ));
     close_received(client).await;
     let closed = server
         .events
@@ -981,9 +990,24 @@ async fn state_moves_from_connecting_to_open_to_closed() {
         Event::Close(_, _, _, ConnectionState::Closed)
     ));
     assert_eq!(conn.state(), ConnectionState::Closed);
-    assert_eq!(conn.send_text("after the end"), Err(SendError::Closed));
-    assert_eq!(conn.send_binary(&b"x"[..]), Err(SendError::Closed));
-    assert_eq!(conn.send_pong(&b""[..]), Err(SendError::Closed));
+    let refused = conn.refused_messages();
+    assert_eq!(refused, 3, "every refusal while closing is counted");
+    // Fire-and-forget sends are refused and counted the same way.
+    conn.send_text("after the end");
+    conn.send_binary(&b"x"[..]);
+    assert_eq!(conn.refused_messages(), refused + 2);
+    let error = conn
+        .try_send(Message::binary(&b"retry me"[..]))
+        .unwrap_err();
+    assert_eq!(error.to_string(), "connection is closed");
+    assert_eq!(error.into_message(), Message::binary(&b"retry me"[..]));
+    assert_eq!(
+        conn.send_pong(&b""[..]),
+        Err(SendError::Closed(Message::Pong(Default::default())))
+    );
+    assert_eq!(conn.refused_messages(), refused + 4);
+    assert_eq!(server.hub.metrics().refused_messages, refused + 4);
+    assert_eq!(conn.dropped_messages(), 0, "refusals are not drops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -994,20 +1018,22 @@ async fn sends_work_from_other_tasks_and_threads() {
 
     let handle = conn.clone();
     tokio::spawn(async move {
-        handle.send_text("from a task").unwrap();
-        handle.send_binary(vec![1, 2, 3]).unwrap();
+        handle.send_text("from a task");
+        handle.send_binary(vec![1, 2, 3]);
         handle.send_ping(&b"ping!"[..]).unwrap();
     })
     .await
     .unwrap();
     let handle = conn.clone();
     std::thread::spawn(move || {
-        handle.send_text("from a thread").unwrap();
+        handle.send_text("from a thread");
         handle.send_pong(&b"unsolicited"[..]).unwrap();
-        handle.send(Message::binary(vec![4])).unwrap();
+        handle.try_send(Message::binary(vec![4])).unwrap();
         assert_eq!(
             handle.send_ping(vec![0; 126]),
-            Err(SendError::ControlFrameTooLong(126))
+            Err(SendError::ControlFrameTooLong(Message::Ping(
+                vec![0; 126].into()
+            )))
         );
     })
     .join()
@@ -1031,6 +1057,20 @@ async fn sends_work_from_other_tasks_and_threads() {
         .wait("on_pong", |e| matches!(e, Event::Pong(..)))
         .await;
     assert!(matches!(pong, Event::Pong(_, p) if p == b"ping!"));
+
+    // A close reason over 123 bytes (a payload over 125, RFC 6455 §5.5) is refused,
+    // not cut: the connection stays open, and the frame comes back whole.
+    let long = "é".repeat(62);
+    match conn.close(CloseCode::NORMAL, long.as_str()) {
+        Err(SendError::ControlFrameTooLong(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.reason.as_str(), long);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(conn.state(), ConnectionState::Open);
+    assert_eq!(conn.refused_messages(), 2, "both oversized control frames");
+    conn.send_text("still open");
+    assert_eq!(next(&mut client).await, TMessage::text("still open"));
 
     let handle = conn.clone();
     std::thread::spawn(move || handle.close(CloseCode(4444), "thread closes"))
@@ -1101,7 +1141,7 @@ async fn buffered_amount_returns_to_zero_once_written() {
     let conn = server.events.open().await;
     assert_eq!(conn.buffered_amount(), 0);
     for n in 0..10 {
-        conn.send_text(format!("message {n}")).unwrap();
+        conn.send_text(format!("message {n}"));
     }
     for n in 0..10 {
         assert_eq!(next_text(&mut client).await, format!("message {n}"));

@@ -13,8 +13,10 @@ use common::{
 use futures_util::StreamExt;
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
-    CloseCode,
-    hub::{BroadcastReport, BufferPolicy, Connection, ConnectionId, Handler, Hub, HubConfig},
+    CloseCode, Message,
+    hub::{
+        BroadcastReport, BufferPolicy, Connection, ConnectionId, Handler, Hub, HubConfig, SendError,
+    },
 };
 use tokio::{
     net::{TcpSocket, TcpStream},
@@ -236,6 +238,7 @@ async fn drop_newest_bounds_a_stalled_client_and_spares_the_readers() {
     let dropped: usize = stream.reports.iter().map(|r| r.dropped).sum();
     assert_eq!(dropped, DROPS);
     assert_eq!(stalled.dropped_messages(), dropped as u64);
+    assert_eq!(stalled.refused_messages(), 0, "drops are not refusals");
     assert!(server.hub.metrics().dropped_messages >= dropped as u64);
     assert!(most_buffered > LIMIT / 2, "the limit was never approached");
 
@@ -283,6 +286,9 @@ async fn close_policy_closes_a_stalled_client_with_1008() {
         (code, reason.as_str()),
         (CloseCode::POLICY_VIOLATION, "slow consumer")
     );
+    // The broadcasts that met it closing counted it on both sides.
+    let closed: usize = stream.reports.iter().map(|r| r.closed).sum();
+    assert_eq!(stalled.refused_messages(), closed as u64);
     assert_eq!(stalled.dropped_messages(), 1);
     assert!(server.hub.metrics().dropped_messages >= 1);
     assert!(server.hub.connection(stalled.id()).is_none());
@@ -300,7 +306,7 @@ async fn control_frames_are_never_dropped() {
     let _stalled_tcp = stalled_client(server.addr).await;
     let stalled = server.open().await;
     let mut sent = 0;
-    while stalled.send_binary(numbered(sent)).is_ok() {
+    while stalled.try_send(numbered(sent)).is_ok() {
         sent += 1;
         assert!(
             sent < MAX_MESSAGES as u64,
@@ -312,10 +318,10 @@ async fn control_frames_are_never_dropped() {
             tokio::task::yield_now().await;
         }
     }
-    assert_eq!(
-        stalled.send_binary(numbered(sent)),
-        Err(switchboard::hub::SendError::Dropped)
-    );
+    // The message refused is handed back, to be retried.
+    let error = stalled.try_send(numbered(sent)).unwrap_err();
+    assert!(matches!(error, SendError::Dropped(_)), "{error:?}");
+    assert_eq!(error.into_message(), Message::Binary(numbered(sent)));
     let full = stalled.buffered_amount();
     assert!(full + MESSAGE > LIMIT, "{full}");
 
@@ -327,8 +333,8 @@ async fn control_frames_are_never_dropped() {
     );
     // Data still is not.
     assert_eq!(
-        stalled.send_binary(numbered(sent)),
-        Err(switchboard::hub::SendError::Dropped)
+        stalled.try_send(numbered(sent)),
+        Err(SendError::Dropped(Message::Binary(numbered(sent))))
     );
     // The close frame is queued too; a client that never answers it is cut after
     // `close_timeout`, and the close is reported with our code.
@@ -350,7 +356,7 @@ async fn a_reading_client_gets_credit_for_written_bytes() {
     let big = Bytes::from(vec![7; LIMIT * 5 / 8]);
     for n in 0..5 {
         assert_eq!(
-            conn.send_binary(big.clone()),
+            conn.try_send(big.clone()),
             Ok(()),
             "message {n} dropped with {} bytes counted as buffered",
             conn.buffered_amount()

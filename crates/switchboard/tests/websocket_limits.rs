@@ -193,7 +193,7 @@ struct Backlogged(UnboundedSender<Closed>);
 impl Handler for Backlogged {
     async fn on_open(&self, conn: &Connection) {
         for _ in 0..16 {
-            conn.send(Message::binary(vec![7; 1 << 20])).unwrap();
+            conn.try_send(Message::binary(vec![7; 1 << 20])).unwrap();
         }
     }
 

@@ -53,7 +53,7 @@ impl Handler for Room {
     }
 
     async fn on_message(&self, conn: &Connection, message: Message) {
-        let _ = conn.hub().to("room").except(conn.id()).send(message);
+        conn.hub().to("room").except(conn.id()).send(message);
     }
 }
 

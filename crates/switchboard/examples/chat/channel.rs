@@ -46,7 +46,7 @@ impl Channel for Room {
             .track(socket, name, json!({"online_at": online_at.to_string()}))
             .map_err(|error| json!({"reason": error.to_string()}))?;
         // Held until the join's ok reply has gone out, as Phoenix's `:after_join`.
-        let _ = socket.push("presence_state", presence.list(socket.topic()));
+        socket.push("presence_state", presence.list(socket.topic()));
         Ok(json!({}))
     }
 
@@ -63,7 +63,7 @@ impl Channel for Room {
                     return Reply::error(json!({"reason": "body required"})).into();
                 };
                 let body: String = body.chars().take(MAX_BODY).collect();
-                let _ = socket.broadcast("new_msg", json!({"user": user, "body": body}));
+                socket.broadcast("new_msg", json!({"user": user, "body": body}));
                 Reply::ok(json!({})).into()
             }
             "ping" => Reply::ok(payload).into(),

@@ -156,7 +156,7 @@ impl Handler for Chat {
             .filter_map(|c| c.metadata("name"))
             .collect();
         let welcome = json!({"type": "welcome", "id": conn.id().to_string(), "room": room, "user": name, "members": members});
-        let _ = conn.send_text(welcome.to_string());
+        conn.send_text(welcome.to_string());
         let joined = json!({"type": "joined", "user": name, "count": hub.room_size(&hub_room)});
         hub.to(&hub_room)
             .except(conn.id())

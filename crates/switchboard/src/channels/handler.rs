@@ -259,7 +259,7 @@ impl SocketHandler {
         conn.leave(&room_name(socket.topic()));
         socket.close();
         if let Some(event) = notify {
-            let _ = conn.send(protocol::encode_control(
+            conn.send(protocol::encode_control(
                 socket.join_ref(),
                 socket.topic(),
                 event,
@@ -291,7 +291,7 @@ impl SocketHandler {
                 );
             }
             None => {
-                let _ = conn.close(error.close_code(), format!("malformed message: {error}"));
+                conn.close_for(error.close_code(), format!("malformed message: {error}"));
             }
         }
     }
@@ -356,5 +356,5 @@ fn reply(
                 Err(_) => Message::text("[]"),
             }
         });
-    let _ = conn.send(message);
+    conn.send(message);
 }

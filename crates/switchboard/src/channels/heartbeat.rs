@@ -64,7 +64,7 @@ impl Heartbeats {
             if now.saturating_sub(heard) > timeout {
                 // A graceful close: a client that stopped sending may still read, and
                 // the close handshake is bounded by the hub's `close_timeout`.
-                let _ = conn.close(CloseCode::GOING_AWAY, "heartbeat timeout");
+                conn.close_for(CloseCode::GOING_AWAY, "heartbeat timeout");
             }
         }
     }

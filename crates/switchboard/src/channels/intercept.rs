@@ -55,7 +55,7 @@ pub(crate) fn deliver_intercepted(
                             event,
                             "handle_out panicked: closing the socket with 1011"
                         );
-                        let _ = conn.close(CloseCode::INTERNAL_ERROR, "handle_out panicked");
+                        conn.close_for(CloseCode::INTERNAL_ERROR, "handle_out panicked");
                         report.closed += 1;
                         continue;
                     }
@@ -68,7 +68,7 @@ pub(crate) fn deliver_intercepted(
             Out::Replace(payload) => {
                 let join_ref = joined.as_ref().and_then(|j| j.socket.join_ref());
                 match protocol::encode_push(join_ref, topic, event, &payload) {
-                    Ok(message) => conn.send(message),
+                    Ok(message) => conn.enqueue(&Outgoing::new(message)),
                     Err(error) => {
                         tracing::warn!(%error, topic, event, "handle_out payload could not be encoded");
                         continue;

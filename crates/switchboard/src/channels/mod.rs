@@ -30,7 +30,7 @@
 //!             "ping" => Reply::ok(payload).into(),
 //!             "shout" => {
 //!                 // Encoded once for every subscriber of the topic.
-//!                 let _ = socket.broadcast("shout", payload);
+//!                 socket.broadcast("shout", payload);
 //!                 HandleIn::NoReply
 //!             }
 //!             _ => Reply::error(json!({"reason": "unknown event"})).into(),
@@ -560,7 +560,36 @@ impl Endpoint {
     /// Sends `event` with `payload` to every subscriber of `topic` (Phoenix
     /// `Endpoint.broadcast`), as `[null, null, topic, event, payload]`: one encoding for
     /// all of them, also handed to the broker for the other hubs.
+    ///
+    /// Fire-and-forget: the report says what happened on this hub, and each subscriber
+    /// that did not take the message counts it (see [`BroadcastReport`]). A message
+    /// that cannot be encoded (a binary payload whose topic or event is over 255
+    /// bytes) reaches no one and is logged; [`Endpoint::try_broadcast`] returns that
+    /// error instead.
     pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> BroadcastReport {
+        self.report(self.try_broadcast(topic, event, payload), topic, event)
+    }
+
+    /// [`Endpoint::broadcast`] to everyone but the socket `except` (Phoenix
+    /// `broadcast_from`).
+    pub fn broadcast_from(
+        &self,
+        except: ConnectionId,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> BroadcastReport {
+        let result = self.try_broadcast_from(except, topic, event, payload);
+        self.report(result, topic, event)
+    }
+
+    /// [`Endpoint::broadcast`], or the error when the message cannot be encoded.
+    pub fn try_broadcast(
         &self,
         topic: &str,
         event: &str,
@@ -569,9 +598,8 @@ impl Endpoint {
         self.broadcast_inner(None, topic, event, payload.into())
     }
 
-    /// [`Endpoint::broadcast`] to everyone but the socket `except` (Phoenix
-    /// `broadcast_from`).
-    pub fn broadcast_from(
+    /// [`Endpoint::broadcast_from`], or the error when the message cannot be encoded.
+    pub fn try_broadcast_from(
         &self,
         except: ConnectionId,
         topic: &str,
@@ -584,6 +612,20 @@ impl Endpoint {
     /// The subscribers of `topic` on this hub.
     pub fn subscribers(&self, topic: &str) -> usize {
         self.shared.hub.room_size(&room_name(topic))
+    }
+
+    /// The report of a fire-and-forget broadcast: an encoding error is logged, as
+    /// there is no recipient to count it.
+    fn report(
+        &self,
+        result: Result<BroadcastReport, EncodeError>,
+        topic: &str,
+        event: &str,
+    ) -> BroadcastReport {
+        result.unwrap_or_else(|error| {
+            tracing::warn!(%error, topic, event, "broadcast could not be encoded");
+            BroadcastReport::default()
+        })
     }
 
     fn broadcast_inner(

@@ -121,8 +121,7 @@ impl Presence {
     pub(crate) fn untrack_socket(&self, socket: &Socket) {
         let diff = self.tracker().untrack_all(socket.topic(), socket.id());
         if let Some(diff) = diff {
-            let _ = self
-                .endpoint
+            self.endpoint
                 .broadcast_from(socket.id(), socket.topic(), PRESENCE_DIFF, diff);
         }
     }
@@ -142,7 +141,7 @@ impl Presence {
             self.forget_socket(socket);
             return;
         }
-        let _ = self.endpoint.broadcast(socket.topic(), PRESENCE_DIFF, diff);
+        self.endpoint.broadcast(socket.topic(), PRESENCE_DIFF, diff);
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     Message,
-    hub::{BroadcastReport, Connection, ConnectionId, SendError},
+    hub::{BroadcastReport, Connection, ConnectionId, Outgoing, Unsent},
     sync::lock,
 };
 use serde_json::Value;
@@ -82,7 +82,7 @@ impl Held {
     }
 
     /// Holds `item`, which takes `len` bytes, unless that passes the connection's bound.
-    fn hold(&mut self, item: Deferred, len: usize) -> Result<(), SendError> {
+    fn hold(&mut self, item: Deferred, len: usize) -> Result<(), Unsent> {
         self.conn.reserve(len)?;
         self.bytes += len;
         self.items.push(item);
@@ -96,19 +96,59 @@ impl Drop for Held {
     }
 }
 
-/// Why a push to a socket failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A push a socket did not send, with its payload handed back to the caller, who may
+/// retry it (as tokio's `mpsc::error::TrySendError<T>` hands back its `T`).
+///
+/// Returned by [`Socket::try_push`]; a [`Socket::push`] meets the same failures and
+/// counts them on the connection ([`Connection::dropped_messages`] for
+/// [`PushError::Dropped`], [`Connection::refused_messages`] for [`PushError::Closed`])
+/// and the hub.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PushError {
     /// The message could not be encoded (a binary header field over 255 bytes).
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// The connection did not take it (closed, or its buffer policy dropped it).
-    #[error(transparent)]
-    Send(#[from] SendError),
-    /// The channel has ended (left, stopped, crashed, or its join was refused).
+    #[error("{error}")]
+    Encode {
+        /// What did not fit.
+        error: EncodeError,
+        /// The payload that was not sent.
+        payload: Payload,
+    },
+    /// The connection's buffer policy dropped it (see
+    /// [`SendError::Dropped`](crate::hub::SendError::Dropped)).
+    #[error("outbound buffer full: push dropped")]
+    Dropped(Payload),
+    /// The channel has ended (left, stopped, crashed, or its join was refused), or its
+    /// connection is closing.
     #[error("channel is closed")]
-    Closed,
+    Closed(Payload),
+}
+
+impl PushError {
+    /// The payload that was not sent.
+    pub fn payload(&self) -> &Payload {
+        match self {
+            Self::Encode { payload, .. } | Self::Dropped(payload) | Self::Closed(payload) => {
+                payload
+            }
+        }
+    }
+
+    /// The payload that was not sent, to retry it or send it elsewhere.
+    pub fn into_payload(self) -> Payload {
+        match self {
+            Self::Encode { payload, .. } | Self::Dropped(payload) | Self::Closed(payload) => {
+                payload
+            }
+        }
+    }
+
+    fn new(unsent: Unsent, payload: Payload) -> Self {
+        match unsent {
+            Unsent::Closed => Self::Closed(payload),
+            Unsent::Dropped => Self::Dropped(payload),
+        }
+    }
 }
 
 impl Socket {
@@ -191,39 +231,73 @@ impl Socket {
     /// Sends `event` to this socket only (Phoenix `push`): `[join_ref, null, topic,
     /// event, payload]`. Inside [`Channel::join`](super::Channel::join), the push leaves
     /// right after the ok reply.
-    pub fn push(&self, event: &str, payload: impl Into<Payload>) -> Result<(), PushError> {
-        let message = protocol::encode_push(self.join_ref(), self.topic(), event, &payload.into())?;
-        let mut phase = lock(&self.inner.phase);
-        match &mut *phase {
-            Phase::Joining(held) => {
-                let len = message.len();
-                Ok(held.hold(Deferred::Push(message), len)?)
-            }
-            Phase::Joined => Ok(self.inner.conn.send(message)?),
-            Phase::Closed => Err(PushError::Closed),
+    ///
+    /// Fire-and-forget, as Phoenix's `push` is: a push not sent is counted on the
+    /// connection (see [`PushError`]), or for one that cannot be encoded, logged. To
+    /// get the payload back instead, use [`Socket::try_push`].
+    pub fn push(&self, event: &str, payload: impl Into<Payload>) {
+        if let Err(PushError::Encode { error, .. }) = self.try_push(event, payload) {
+            tracing::warn!(%error, topic = self.topic(), event, "push could not be encoded");
         }
     }
 
+    /// [`Socket::push`], or the payload back in the error when the push was not sent:
+    /// the channel or its connection has ended, the buffer policy dropped it, or it
+    /// could not be encoded.
+    pub fn try_push(&self, event: &str, payload: impl Into<Payload>) -> Result<(), PushError> {
+        let payload = payload.into();
+        let message = match protocol::encode_push(self.join_ref(), self.topic(), event, &payload) {
+            Ok(message) => message,
+            Err(error) => return Err(PushError::Encode { error, payload }),
+        };
+        let mut phase = lock(&self.inner.phase);
+        let sent = match &mut *phase {
+            Phase::Joining(held) => {
+                let len = message.len();
+                held.hold(Deferred::Push(message), len)
+            }
+            Phase::Joined => self.inner.conn.enqueue(&Outgoing::new(message)),
+            Phase::Closed => Err(self.inner.conn.count_refused()),
+        };
+        sent.map_err(|unsent| PushError::new(unsent, payload))
+    }
+
     /// Sends `event` to every subscriber of this topic, this socket included (Phoenix
-    /// `broadcast`); encoded once for all.
-    pub fn broadcast(
-        &self,
-        event: &str,
-        payload: impl Into<Payload>,
-    ) -> Result<BroadcastReport, EncodeError> {
+    /// `broadcast`); encoded once for all. Fire-and-forget, as
+    /// [`Endpoint::broadcast`] is.
+    pub fn broadcast(&self, event: &str, payload: impl Into<Payload>) -> BroadcastReport {
         self.inner.endpoint.broadcast(self.topic(), event, payload)
     }
 
-    /// Sends `event` to every subscriber of this topic but this socket (Phoenix
-    /// `broadcast_from`).
-    pub fn broadcast_from(
+    /// [`Socket::broadcast`], or the encoding error (see [`Endpoint::try_broadcast`]).
+    pub fn try_broadcast(
         &self,
         event: &str,
         payload: impl Into<Payload>,
     ) -> Result<BroadcastReport, EncodeError> {
         self.inner
             .endpoint
+            .try_broadcast(self.topic(), event, payload)
+    }
+
+    /// Sends `event` to every subscriber of this topic but this socket (Phoenix
+    /// `broadcast_from`). Fire-and-forget, as [`Endpoint::broadcast`] is.
+    pub fn broadcast_from(&self, event: &str, payload: impl Into<Payload>) -> BroadcastReport {
+        self.inner
+            .endpoint
             .broadcast_from(self.id(), self.topic(), event, payload)
+    }
+
+    /// [`Socket::broadcast_from`], or the encoding error (see
+    /// [`Endpoint::try_broadcast`]).
+    pub fn try_broadcast_from(
+        &self,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<BroadcastReport, EncodeError> {
+        self.inner
+            .endpoint
+            .try_broadcast_from(self.id(), self.topic(), event, payload)
     }
 
     /// Whether the channel has ended.
@@ -237,6 +311,8 @@ impl Socket {
         match &mut *lock(&self.inner.phase) {
             Phase::Joining(held) => {
                 let item = Deferred::Broadcast(event, payload.clone());
+                // Not held past the bound: counted on the connection, as a broadcast
+                // dropped by the buffer policy is.
                 let _ = held.hold(item, json_len(payload));
                 true
             }
@@ -265,11 +341,9 @@ impl Socket {
             .partition(|item| matches!(item, Deferred::Push(_)));
         for item in pushes.into_iter().chain(broadcasts) {
             match item {
-                Deferred::Push(message) => {
-                    let _ = self.inner.conn.send(message);
-                }
+                Deferred::Push(message) => self.inner.conn.send(message),
                 Deferred::Broadcast(event, payload) => {
-                    let _ = self.broadcast(event, payload);
+                    self.broadcast(event, payload);
                 }
             }
         }

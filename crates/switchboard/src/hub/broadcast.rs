@@ -1,6 +1,6 @@
 //! Broadcasts: one message to many connections, encoded once.
 
-use super::{ConnectionId, Envelope, Hub, SendError, Target, outgoing::Outgoing};
+use super::{ConnectionId, Envelope, Hub, Target, connection::Unsent, outgoing::Outgoing};
 use switchboard_proto::Message;
 
 /// A broadcast being addressed: `hub.to(room).except(id).send(message)`.
@@ -12,14 +12,20 @@ pub struct Broadcast<'a> {
     except: Option<ConnectionId>,
 }
 
-/// What a broadcast did on this hub.
+/// What a broadcast did on this hub, recipient by recipient. A broadcast is
+/// fire-and-forget: reading the report is optional, and each recipient that did not
+/// take the message has counted it too, in its
+/// [`dropped_messages`](super::Connection::dropped_messages) or
+/// [`refused_messages`](super::Connection::refused_messages) and the hub's
+/// [`HubMetrics`](super::HubMetrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BroadcastReport {
     /// Recipients the message was queued for.
     pub queued: usize,
     /// Recipients whose buffer policy dropped it.
     pub dropped: usize,
-    /// Recipients already closing.
+    /// Recipients already closing (or, for an intercepted channel event, closed
+    /// because their `handle_out` panicked).
     pub closed: usize,
 }
 
@@ -103,11 +109,11 @@ pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
 }
 
 impl BroadcastReport {
-    pub(crate) fn count(&mut self, result: Result<(), SendError>) {
+    pub(crate) fn count(&mut self, result: Result<(), Unsent>) {
         match result {
             Ok(()) => self.queued += 1,
-            Err(SendError::Dropped) => self.dropped += 1,
-            Err(_) => self.closed += 1,
+            Err(Unsent::Dropped) => self.dropped += 1,
+            Err(Unsent::Closed) => self.closed += 1,
         }
     }
 }

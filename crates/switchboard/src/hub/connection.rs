@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 use switchboard_proto::{
-    CloseCode, CloseFrame, Frame, Message, Utf8Bytes, deflate::DeflateParams,
-    frame::MAX_CONTROL_PAYLOAD,
+    CloseCode, CloseFrame, Frame, Message, Utf8Bytes, close::MAX_REASON_LEN,
+    deflate::DeflateParams, frame::MAX_CONTROL_PAYLOAD,
 };
 
 /// A connection's id, unique across every hub of a deployment: the high 24 bits name the
@@ -50,20 +50,82 @@ impl ConnectionState {
     }
 }
 
-/// Why a message was not queued.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A message a connection did not queue, handed back to the caller, who may retry it or
+/// send it elsewhere (as tokio's `mpsc::error::TrySendError<T>` hands back its `T`).
+///
+/// Returned by the `try_` sends ([`Connection::try_send`]) and by the control sends
+/// ([`Connection::send_ping`], [`Connection::send_pong`], [`Connection::close`]). Every
+/// such failure is also counted, whichever send met it: a [`SendError::Dropped`] in
+/// [`Connection::dropped_messages`], the others in [`Connection::refused_messages`],
+/// and both in [`HubMetrics`](super::HubMetrics).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
     /// The connection is closing or closed.
     #[error("connection is closed")]
-    Closed,
+    Closed(Message),
     /// The connection's outbound buffer is full and the policy dropped the message
     /// (with [`BufferPolicy::Close`], the connection is also being closed with 1008).
     #[error("outbound buffer full: message dropped")]
+    Dropped(Message),
+    /// A ping, pong or close payload over 125 bytes (RFC 6455 §5.5): nothing was sent,
+    /// and nothing was cut to fit.
+    #[error("control frame payload of {} bytes exceeds 125", .0.len())]
+    ControlFrameTooLong(Message),
+}
+
+impl SendError {
+    /// The message that was not sent.
+    pub fn message(&self) -> &Message {
+        match self {
+            Self::Closed(message) | Self::Dropped(message) | Self::ControlFrameTooLong(message) => {
+                message
+            }
+        }
+    }
+
+    /// The message that was not sent, to retry it or send it elsewhere.
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::Closed(message) | Self::Dropped(message) | Self::ControlFrameTooLong(message) => {
+                message
+            }
+        }
+    }
+
+    pub(crate) fn new(unsent: Unsent, message: Message) -> Self {
+        match unsent {
+            Unsent::Closed => Self::Closed(message),
+            Unsent::Dropped => Self::Dropped(message),
+        }
+    }
+}
+
+/// Prints the message's kind and size, not its payload, which may be large or private
+/// (tokio's `SendError<T>` prints no `T` for the same reason).
+impl fmt::Debug for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let variant = match self {
+            Self::Closed(_) => "Closed",
+            Self::Dropped(_) => "Dropped",
+            Self::ControlFrameTooLong(_) => "ControlFrameTooLong",
+        };
+        let message = self.message();
+        f.debug_struct(variant)
+            .field("opcode", &message.opcode())
+            .field("len", &message.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the hub did not queue a message, before the message is handed back (a
+/// broadcast's recipients share one encoding, which no single one of them owns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// Counted in `refused_messages`.
+    Closed,
+    /// Counted in `dropped_messages`.
     Dropped,
-    /// A ping, pong or close payload over 125 bytes (RFC 6455 §5.5).
-    #[error("control frame payload of {0} bytes exceeds 125")]
-    ControlFrameTooLong(usize),
 }
 
 /// Frames queued by senders, taken by the connection task.
@@ -99,7 +161,9 @@ struct Inner {
     metadata: Mutex<Vec<(String, String)>>,
     request: RequestInfo,
     keepalive: Keepalive,
+    /// See [`Connection::dropped_messages`] and [`Connection::refused_messages`].
     dropped: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// What the upgrade request carried, copied into the connection.
@@ -138,6 +202,7 @@ impl Connection {
                 request,
                 keepalive: Keepalive::default(),
                 dropped: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
             }),
         };
         conn.inner
@@ -256,46 +321,107 @@ impl Connection {
         self.inner.hub.is_member(self.id(), room)
     }
 
-    /// Queues a message.
-    pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+    /// Queues a message, fire-and-forget, as Socket.IO's `emit` and Phoenix's `push` are:
+    /// a message the connection does not take (it is closing, or its buffer policy
+    /// dropped it) is counted in [`Connection::dropped_messages`] or
+    /// [`Connection::refused_messages`] and in the hub's metrics. To get it back
+    /// instead, use [`Connection::try_send`].
+    ///
+    /// A close message starts the close handshake, as [`Connection::close`] does; a ping
+    /// or pong is queued as by [`Connection::send_ping`].
+    pub fn send(&self, message: impl Into<Message>) {
+        // Counted already; dropping the error is what makes this fire-and-forget.
+        let _ = self.try_send(message);
+    }
+
+    /// Queues a text message, fire-and-forget (see [`Connection::send`]).
+    pub fn send_text(&self, text: impl Into<Utf8Bytes>) {
+        self.send(Message::Text(text.into()));
+    }
+
+    /// Queues a binary message, fire-and-forget (see [`Connection::send`]).
+    pub fn send_binary(&self, data: impl Into<bytes::Bytes>) {
+        self.send(Message::Binary(data.into()));
+    }
+
+    /// Queues a message, or hands it back in the error: when the connection is closing
+    /// or closed, when the buffer policy dropped it, or for a control message, when its
+    /// payload is over 125 bytes. The failure is counted as by [`Connection::send`].
+    ///
+    /// ```
+    /// # use switchboard::hub::{Connection, SendError};
+    /// # use switchboard::Message;
+    /// fn send_or_keep(conn: &Connection, message: Message, later: &mut Vec<Message>) {
+    ///     match conn.try_send(message) {
+    ///         Ok(()) => {}
+    ///         // The buffer is full now: keep the message for a retry.
+    ///         Err(SendError::Dropped(message)) => later.push(message),
+    ///         Err(_) => {}
+    ///     }
+    /// }
+    /// ```
+    pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         match message.into() {
             Message::Close(close) => {
                 self.close_with(close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, "")))
             }
-            Message::Ping(p) => self.send_control(Frame::ping(p)),
-            Message::Pong(p) => self.send_control(Frame::pong(p)),
-            data => self.enqueue(&Outgoing::new(data)),
+            control @ (Message::Ping(_) | Message::Pong(_)) => self.send_control(control),
+            data => {
+                let outgoing = Outgoing::new(data);
+                self.enqueue(&outgoing)
+                    .map_err(|unsent| SendError::new(unsent, outgoing.into_message()))
+            }
         }
     }
 
-    /// Queues a text message.
-    pub fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), SendError> {
-        self.send(Message::Text(text.into()))
-    }
-
-    /// Queues a binary message.
-    pub fn send_binary(&self, data: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        self.send(Message::Binary(data.into()))
-    }
-
     /// Queues a ping (never dropped by the buffer policy).
+    ///
+    /// The control sends return their result, unlike [`Connection::send`]: they are
+    /// rare (the hub pings for keepalive and answers pings itself), and their one
+    /// failure a caller makes, a payload over 125 bytes (RFC 6455 §5.5), is a
+    /// programming error to report, not a frame to cut silently to size.
     pub fn send_ping(&self, payload: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        self.send_control(Frame::ping(payload))
+        self.send_control(Message::Ping(payload.into()))
     }
 
-    /// Queues a pong (never dropped by the buffer policy).
+    /// Queues a pong (never dropped by the buffer policy); returns its result for the
+    /// reason [`Connection::send_ping`] does.
     pub fn send_pong(&self, payload: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        self.send_control(Frame::pong(payload))
+        self.send_control(Message::Pong(payload.into()))
     }
 
     /// Starts the close handshake: the close frame leaves after the messages already
     /// queued; later sends are refused.
+    ///
+    /// Returns its result for the reason [`Connection::send_ping`] does: a reason over
+    /// 123 bytes (a close payload over 125, RFC 6455 §5.5) is refused, not cut, and
+    /// the connection stays open; [`SendError::Closed`] says that a close was already
+    /// under way, so this one's code and reason will not be sent.
     pub fn close(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) -> Result<(), SendError> {
-        self.close_with(CloseFrame::new(code, reason))
+        self.close_with(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
     }
 
     fn close_with(&self, frame: CloseFrame) -> Result<(), SendError> {
-        self.request_close(OutboxClose::Graceful(frame))
+        if frame.reason.len() > MAX_REASON_LEN {
+            self.count_refused();
+            return Err(SendError::ControlFrameTooLong(Message::Close(Some(frame))));
+        }
+        if self.request_close(OutboxClose::Graceful(frame.clone())) {
+            Ok(())
+        } else {
+            self.count_refused();
+            Err(SendError::Closed(Message::Close(Some(frame))))
+        }
+    }
+
+    /// Starts the close handshake for the hub's own reasons (shutdown, a panic, a
+    /// protocol error): the reason is cut to fit, and a close already under way is
+    /// left as it is, uncounted, since no caller of this crate asked for it.
+    pub(crate) fn close_for(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) {
+        self.request_close(OutboxClose::Graceful(CloseFrame::new(code, reason)));
     }
 
     /// Bytes queued and not yet written to the socket.
@@ -303,9 +429,21 @@ impl Connection {
         self.outbound().buffered
     }
 
-    /// Messages the buffer policy dropped for this connection.
+    /// Messages for this connection that its buffer policy dropped
+    /// ([`SendError::Dropped`]): it was reading slower than it was sent to. Broadcasts
+    /// count here too, as do a channel's pushes.
     pub fn dropped_messages(&self) -> u64 {
         self.inner.dropped.load(Relaxed)
+    }
+
+    /// Messages for this connection refused for any other reason than the buffer
+    /// policy: it was closing or closed ([`SendError::Closed`], a broadcast that
+    /// reached it during its close included), the channel a push was for had ended, or
+    /// a control message was over 125 bytes ([`SendError::ControlFrameTooLong`]).
+    /// With [`Connection::dropped_messages`], every message sent to this connection
+    /// and not queued is counted once.
+    pub fn refused_messages(&self) -> u64 {
+        self.inner.refused.load(Relaxed)
     }
 
     /// When the last keepalive ping was sent.
@@ -330,28 +468,44 @@ impl Connection {
         }
     }
 
-    fn send_control(&self, frame: Frame) -> Result<(), SendError> {
-        if frame.payload().len() > MAX_CONTROL_PAYLOAD {
-            return Err(SendError::ControlFrameTooLong(frame.payload().len()));
+    fn send_control(&self, message: Message) -> Result<(), SendError> {
+        if message.len() > MAX_CONTROL_PAYLOAD {
+            self.count_refused();
+            return Err(SendError::ControlFrameTooLong(message));
         }
-        let encoded = frame.encode();
         let mut out = self.outbound();
         if out.closed {
-            return Err(SendError::Closed);
+            drop(out);
+            self.count_refused();
+            return Err(SendError::Closed(message));
         }
         // Control frames are never dropped: they are small and the protocol needs them.
+        let encoded = message.into_frame().encode();
         out.buffered += encoded.len();
         self.push(out, Queued::Frame(encoded));
         Ok(())
     }
 
+    /// Queues the keepalive ping, unless the connection is closing: then there is
+    /// nothing to keep alive, and nothing a caller sent to count.
+    pub(crate) fn ping(&self) {
+        let mut out = self.outbound();
+        if !out.closed {
+            let encoded = Frame::ping(bytes::Bytes::new()).encode();
+            out.buffered += encoded.len();
+            self.push(out, Queued::Frame(encoded));
+        }
+    }
+
     /// Queues a data message under the buffer policy; shared by sends and broadcasts
-    /// (which encode once and hand the same bytes to every recipient).
-    pub(crate) fn enqueue(&self, message: &Outgoing) -> Result<(), SendError> {
+    /// (which encode once and hand the same bytes to every recipient). A message not
+    /// queued is counted here, whichever way it was sent.
+    pub(crate) fn enqueue(&self, message: &Outgoing) -> Result<(), Unsent> {
         let config = self.inner.hub.config();
         let mut out = self.outbound();
         if out.closed {
-            return Err(SendError::Closed);
+            drop(out);
+            return Err(self.count_refused());
         }
         if out.buffered + message.plain_len() > config.max_buffered_bytes {
             drop(out);
@@ -366,10 +520,11 @@ impl Connection {
     /// Counts `len` bytes held elsewhere for this connection (a channel's pushes while
     /// it joins) in its buffer, under the bound and policy of a send; give them back
     /// with [`Connection::release`].
-    pub(crate) fn reserve(&self, len: usize) -> Result<(), SendError> {
+    pub(crate) fn reserve(&self, len: usize) -> Result<(), Unsent> {
         let mut out = self.outbound();
         if out.closed {
-            return Err(SendError::Closed);
+            drop(out);
+            return Err(self.count_refused());
         }
         if out.buffered + len > self.inner.hub.config().max_buffered_bytes {
             drop(out);
@@ -387,14 +542,22 @@ impl Connection {
 
     /// A message would pass `max_buffered_bytes`: counts its drop and applies the
     /// buffer policy.
-    pub(crate) fn overflow(&self) -> SendError {
+    fn overflow(&self) -> Unsent {
         self.inner.dropped.fetch_add(1, Relaxed);
         self.inner.hub.count_drop();
         if self.inner.hub.config().buffer_policy == BufferPolicy::Close {
             let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, "slow consumer");
-            let _ = self.request_close(OutboxClose::Abort(frame));
+            self.request_close(OutboxClose::Abort(frame));
         }
-        SendError::Dropped
+        Unsent::Dropped
+    }
+
+    /// Counts a message refused for a reason other than the buffer policy (see
+    /// [`Connection::refused_messages`]).
+    pub(crate) fn count_refused(&self) -> Unsent {
+        self.inner.refused.fetch_add(1, Relaxed);
+        self.inner.hub.count_refused();
+        Unsent::Closed
     }
 
     /// Queues a frame (already counted in `buffered`) and wakes the connection's task if
@@ -408,16 +571,18 @@ impl Connection {
         }
     }
 
-    pub(crate) fn request_close(&self, request: OutboxClose) -> Result<(), SendError> {
+    /// Asks the connection's task to close; `false` when a close is under way already
+    /// (an abort still replaces it: it ends the connection without waiting).
+    pub(crate) fn request_close(&self, request: OutboxClose) -> bool {
         let mut out = self.outbound();
         if out.closed && !matches!(request, OutboxClose::Abort(_)) {
-            return Err(SendError::Closed);
+            return false;
         }
         out.closed = true;
         out.close = Some(Box::new(request));
         drop(out);
         self.inner.wake.wake();
-        Ok(())
+        true
     }
 
     /// The permessage-deflate agreement of the opening handshake.

@@ -150,8 +150,8 @@ fn panicked(conn: &Connection, callback: &'static str) {
     );
     // "1011 indicates that a server is terminating the connection because it encountered
     // an unexpected condition that prevented it from fulfilling the request."
-    // (RFC 6455 §7.4.1) Refused, harmlessly, when the connection is closing already.
-    let _ = conn.close(CloseCode::INTERNAL_ERROR, "internal error");
+    // (RFC 6455 §7.4.1) Nothing to do when the connection is closing already.
+    conn.close_for(CloseCode::INTERNAL_ERROR, "internal error");
 }
 
 /// How a connection ended, as its callbacks hear it.

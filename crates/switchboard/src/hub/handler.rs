@@ -27,7 +27,7 @@ use switchboard_proto::{CloseCode, Message};
 ///
 /// impl Handler for Echo {
 ///     async fn on_message(&self, conn: &Connection, message: Message) {
-///         let _ = conn.send(message);
+///         conn.send(message);
 ///     }
 /// }
 /// ```

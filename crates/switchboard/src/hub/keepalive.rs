@@ -46,12 +46,12 @@ fn sweep_once(hub: &Hub) {
             if now.saturating_sub(ping_sent) > pong_timeout {
                 // The peer is gone or hung: waiting for a close handshake would be futile.
                 let frame = CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout");
-                let _ = conn.request_close(OutboxClose::Abort(frame));
+                conn.request_close(OutboxClose::Abort(frame));
             }
         } else if now.saturating_sub(keepalive.last_seen.load(Relaxed)) > ping_interval {
             keepalive.ping_sent.store(now, Relaxed);
             keepalive.last_ping.store(now, Relaxed);
-            let _ = conn.send_ping(bytes::Bytes::new());
+            conn.ping();
         }
     }
 }

@@ -44,7 +44,7 @@ pub use config::{BufferPolicy, HubConfig, Origins};
 pub use connection::{Connection, ConnectionId, ConnectionState, SendError};
 pub use handler::Handler;
 
-pub(crate) use connection::RequestInfo;
+pub(crate) use connection::{RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
 pub(crate) use handler::{Panicked, catch};
 pub(crate) use outgoing::Outgoing;
@@ -86,7 +86,9 @@ struct HubInner {
     started: Instant,
     sweeper: Mutex<bool>,
     broker: Arc<dyn Broker>,
+    /// See [`HubMetrics`].
     dropped: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// Counters of a hub.
@@ -97,8 +99,13 @@ pub struct HubMetrics {
     pub connections: usize,
     /// Rooms with at least one member.
     pub rooms: usize,
-    /// Messages dropped by the buffer policy since the hub started.
+    /// Messages dropped by a connection's buffer policy since the hub started (the sum
+    /// of [`Connection::dropped_messages`]).
     pub dropped_messages: u64,
+    /// Messages refused since the hub started because their connection was closing or
+    /// closed, their channel had ended, or a control message was too long (the sum of
+    /// [`Connection::refused_messages`]).
+    pub refused_messages: u64,
 }
 
 impl Hub {
@@ -127,6 +134,7 @@ impl Hub {
                 sweeper: Mutex::new(false),
                 broker: Arc::new(broker),
                 dropped: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
             }),
         };
         hub.inner.broker.start(Inbox::new(&hub));
@@ -250,6 +258,7 @@ impl Hub {
             connections: registry.connections.len(),
             rooms: registry.rooms.len(),
             dropped_messages: self.inner.dropped.load(Relaxed),
+            refused_messages: self.inner.refused.load(Relaxed),
         }
     }
 
@@ -261,7 +270,7 @@ impl Hub {
         self.inner.draining.store(true, Relaxed);
         let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
         for conn in self.connections() {
-            let _ = conn.close(going_away.code, going_away.reason.clone());
+            conn.close_for(going_away.code, going_away.reason.clone());
         }
         if tokio::time::timeout(deadline, self.wait_idle())
             .await
@@ -270,7 +279,7 @@ impl Hub {
             return;
         }
         for conn in self.connections() {
-            let _ = conn.request_close(crate::ws::OutboxClose::Abort(going_away.clone()));
+            conn.request_close(crate::ws::OutboxClose::Abort(going_away.clone()));
         }
         // An aborted connection ends at once unless a callback of its own never returns;
         // shutdown does not wait for such a callback past one more grace period.
@@ -320,7 +329,7 @@ impl Hub {
         self.start_sweeper();
         // Admitted before shutdown began, registered after it sent 1001 to everyone.
         if self.is_draining() {
-            let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
+            conn.close_for(CloseCode::GOING_AWAY, "server shutting down");
         }
         Registration {
             conn,
@@ -357,6 +366,10 @@ impl Hub {
 
     pub(crate) fn count_drop(&self) {
         self.inner.dropped.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_refused(&self) {
+        self.inner.refused.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn now_micros(&self) -> u64 {

@@ -59,6 +59,11 @@ impl Outgoing {
         }
     }
 
+    /// The message, handed back to a sender whose connection did not take it.
+    pub(crate) fn into_message(self) -> Message {
+        self.message
+    }
+
     /// The uncompressed frame's length: what a recipient's buffer is charged before the
     /// message is compressed for it (compression is decided only for accepted messages,
     /// since a compressor with context cannot take back what it compressed).
