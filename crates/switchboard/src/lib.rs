@@ -35,6 +35,9 @@
 //!
 //! Sends never wait for the peer: [`hub::Connection::send`] queues and returns at once,
 //! from any task or thread; a broadcast encodes its frame once for every recipient.
+//! Sends are fire-and-forget, and what one could not deliver is counted on its
+//! connection and the hub; [`hub::Connection::try_send`] returns the result, with the
+//! message handed back.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]

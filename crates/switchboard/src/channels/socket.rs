@@ -4,7 +4,7 @@
 //! A channel's life has three phases (joining, joined, closed), and its pushes depend
 //! on the phase: while `join` runs they are held (a client must see the ok reply
 //! before anything else of the topic), once joined they go straight out, once closed
-//! they fail. The phase lives here, beside the pushes it governs; what moves a channel
+//! they are refused (counted on the connection, or returned by [`Socket::try_push`]). The phase lives here, beside the pushes it governs; what moves a channel
 //! from one phase to the next is the socket's handler (`handler.rs`).
 
 use super::{

@@ -184,8 +184,9 @@ fn listed(list: &[String], origin: &str) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BufferPolicy {
-    /// The message is not queued for that connection; the send (or the broadcast's
-    /// report) says so, and the drop is counted. Pings, pongs and close frames are
+    /// The message is not queued for that connection; the drop is counted
+    /// ([`Connection::dropped_messages`](super::Connection::dropped_messages)), and a
+    /// broadcast's report or a `try_send` says so. Pings, pongs and close frames are
     /// never dropped.
     DropNewest,
     /// The connection is closed with 1008 "slow consumer".
