@@ -1,6 +1,6 @@
 //! Broadcasts: one message to many connections, encoded once.
 
-use super::{ConnectionId, Envelope, Hub, Target, connection::Unsent, outgoing::Outgoing};
+use super::{ConnectionId, Envelope, Hub, Target, Unsent, outgoing::Outgoing};
 use switchboard_proto::Message;
 
 /// A broadcast being addressed: `hub.to(room).except(id).send(message)`.
