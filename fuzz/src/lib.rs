@@ -19,22 +19,22 @@ use switchboard_proto::{
 
 /// The limits the decode targets run with: small, so that frames past them are cheap to
 /// find, and large enough for 16- and 64-bit lengths.
-pub const LIMITS: Limits = Limits {
-    max_frame_size: 64 << 10,
-    max_message_size: 256 << 10,
-};
+pub fn normal_limits() -> Limits {
+    Limits::default()
+        .max_frame_size(64 << 10)
+        .max_message_size(256 << 10)
+}
 
 /// Tiny limits, picked by a flag in the input, so that the message limit is reachable by
 /// a few fragments.
-pub const TINY_LIMITS: Limits = Limits {
-    max_frame_size: 100,
-    max_message_size: 300,
-};
+pub fn tiny_limits() -> Limits {
+    Limits::default().max_frame_size(100).max_message_size(300)
+}
 
 /// How many bytes of the input at most choose the pieces.
 pub const MAX_PIECES: usize = 7;
 
-/// Control byte flag: decode with [`TINY_LIMITS`] rather than [`LIMITS`].
+/// Control byte flag: decode with [`tiny_limits`] rather than [`normal_limits`].
 pub const TINY: u8 = 0x80;
 /// Control byte flag: permessage-deflate negotiated with the default parameters.
 pub const DEFLATE: u8 = 0x40;
@@ -59,9 +59,9 @@ pub fn decode(data: &[u8], role: Role) {
         return;
     };
     let limits = if control & TINY != 0 {
-        TINY_LIMITS
+        tiny_limits()
     } else {
-        LIMITS
+        normal_limits()
     };
     let deflate = (control & DEFLATE != 0).then(|| deflate_params(control & DEFLATE_SMALL != 0));
     let count = usize::from(control & 7).min(rest.len());
@@ -363,9 +363,9 @@ pub fn inflate(data: &[u8]) {
         return;
     };
     let limits = if control & TINY != 0 {
-        TINY_LIMITS
+        tiny_limits()
     } else {
-        LIMITS
+        normal_limits()
     };
     let params = deflate_params(control & DEFLATE_SMALL != 0);
     let mut deflater = Deflater::new(&params, Role::Server, u32::from(control & 0x0F));

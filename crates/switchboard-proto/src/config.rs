@@ -11,7 +11,24 @@ pub enum Role {
 
 /// Limits on what the peer may send. They are on by default: without them one peer could
 /// make us allocate whatever length a frame header claims.
+///
+/// Start from [`Limits::default`] and change what you need, one method per limit:
+///
+/// ```
+/// use bytes::BytesMut;
+/// use switchboard_proto::{Decoder, Frame, Limits, ProtocolError, Role};
+///
+/// let limits = Limits::default().max_frame_size(4 << 10).max_message_size(16 << 10);
+/// assert_eq!(limits.max_message_size, 16 << 10);
+///
+/// let mut decoder = Decoder::new(Role::Client, limits);
+/// let mut wire = BytesMut::new();
+/// Frame::binary(vec![0; 5 << 10]).write_to(&mut wire);
+/// decoder.feed(wire);
+/// assert!(matches!(decoder.decode(), Err(ProtocolError::FrameTooLarge { .. })));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// The longest frame payload accepted; a longer one closes with 1009.
     ///
@@ -37,11 +54,35 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// One limit for both: the largest message, which also bounds any single frame.
-    pub fn with_max_message_size(max: usize) -> Self {
-        Self {
-            max_frame_size: max,
-            max_message_size: max,
-        }
+    /// Sets [`Limits::max_frame_size`]. A frame longer than
+    /// [`Limits::max_message_size`] is refused too (as a message too large, also 1009),
+    /// so a frame limit above the message limit has no effect.
+    pub fn max_frame_size(mut self, max: usize) -> Self {
+        self.max_frame_size = max;
+        self
+    }
+
+    /// Sets [`Limits::max_message_size`]: it bounds every frame of the message too.
+    pub fn max_message_size(mut self, max: usize) -> Self {
+        self.max_message_size = max;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let limits = Limits::default().max_frame_size(100).max_message_size(200);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let Limits {
+            max_frame_size,
+            max_message_size,
+        } = limits;
+        assert_eq!(max_frame_size, 100);
+        assert_eq!(max_message_size, 200);
     }
 }

@@ -794,10 +794,7 @@ mod tests {
 
     #[test]
     fn limits_apply_before_the_payload_arrives() {
-        let limits = Limits {
-            max_frame_size: 100,
-            max_message_size: 150,
-        };
+        let limits = Limits::default().max_frame_size(100).max_message_size(150);
         // Only the header of a 101-byte frame: rejected at once.
         let mut header_only = wire(&[Frame::binary(vec![0u8; 101])]);
         header_only.truncate(8);
@@ -961,10 +958,9 @@ mod tests {
         // A kilobyte on the wire that would inflate to 16 MiB.
         let bomb = compressed_frame(&mut deflater, OpCode::Binary, &vec![0u8; 16 << 20]);
         assert!(bomb.payload().len() < 20_000, "{}", bomb.payload().len());
-        let limits = Limits {
-            max_frame_size: 1 << 20,
-            max_message_size: 1 << 20,
-        };
+        let limits = Limits::default()
+            .max_frame_size(1 << 20)
+            .max_message_size(1 << 20);
         let params = DeflateParams::default();
         let mut decoder = Decoder::new(Role::Server, limits).with_deflate(&params);
         let err = decode_all(&mut decoder, wire(&[bomb])).unwrap_err();

@@ -34,10 +34,9 @@ use switchboard_proto::{
 };
 
 /// Small limits, so that the size checks are reached by frames cheap to build.
-const SMALL: Limits = Limits {
-    max_frame_size: 256,
-    max_message_size: 1024,
-};
+fn small() -> Limits {
+    Limits::default().max_frame_size(256).max_message_size(1024)
+}
 
 // ---------------------------------------------------------------------------------------
 // Frames as the generator builds them, and their bytes.
@@ -824,7 +823,7 @@ fn random_limits(rng: &mut StdRng) -> Limits {
     if rng.random_range(0..4) == 0 {
         Limits::default()
     } else {
-        SMALL
+        small()
     }
 }
 
@@ -1033,7 +1032,9 @@ fn a_2_pow_62_length_is_rejected_at_the_header_without_allocating() {
 
     // Even with no limit at all, the claim alone reserves nothing: allocating 2^62 bytes
     // would abort the process, and the buffer keeps the size the bytes that came gave it.
-    let unlimited = Limits::with_max_message_size(usize::MAX);
+    let unlimited = Limits::default()
+        .max_frame_size(usize::MAX)
+        .max_message_size(usize::MAX);
     let mut decoder = Decoder::new(Role::Server, unlimited);
     decoder.feed(huge_header(len));
     assert_eq!(decoder.decode(), Ok(None));
@@ -1056,7 +1057,9 @@ fn a_2_pow_62_length_is_rejected_at_the_header_without_allocating() {
 #[test]
 fn lengths_with_the_top_bit_set_are_rejected_however_high_the_limit() {
     for len in [1 << 63, u64::MAX] {
-        let unlimited = Limits::with_max_message_size(usize::MAX);
+        let unlimited = Limits::default()
+            .max_frame_size(usize::MAX)
+            .max_message_size(usize::MAX);
         let mut decoder = Decoder::new(Role::Server, unlimited);
         decoder.feed(huge_header(len));
         assert_eq!(
@@ -1147,10 +1150,7 @@ fn a_kilobyte_split_at_every_byte_gives_the_same_messages_as_whole() {
 /// of a fragmented message" (RFC 6455 §5.4), and a ping is not part of the message.
 #[test]
 fn control_frames_do_not_count_toward_the_message_limit() {
-    let limits = Limits {
-        max_frame_size: 100,
-        max_message_size: 150,
-    };
+    let limits = Limits::default().max_frame_size(100).max_message_size(150);
     let mut rng = StdRng::seed_from_u64(5);
     let mut first = Spec::new(OpCode::Binary, vec![1; 100], Role::Server, &mut rng);
     first.fin = false;

@@ -49,7 +49,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
         }
     }
-    let broker = RedisBroker::connect(RedisConfig::new(redis).prefix("redis_rooms")).await?;
+    let broker =
+        RedisBroker::connect(RedisConfig::default().url(redis).prefix("redis_rooms")).await?;
     let hub = Hub::with_broker(HubConfig::default(), broker);
     let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Room));
     let listener = tokio::net::TcpListener::bind(addr).await?;

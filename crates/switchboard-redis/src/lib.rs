@@ -11,7 +11,7 @@
 //! use switchboard_redis::{RedisBroker, RedisConfig};
 //!
 //! # async fn run() -> Result<(), switchboard_redis::RedisError> {
-//! let broker = RedisBroker::connect(RedisConfig::new("redis://127.0.0.1:6379/")).await?;
+//! let broker = RedisBroker::connect(RedisConfig::default().url("redis://127.0.0.1:6379/")).await?;
 //! let stats = broker.stats();
 //! let hub = Hub::with_broker(HubConfig::default(), broker);
 //! # let _ = (hub, stats);
@@ -60,50 +60,93 @@ use tokio::{
     },
 };
 
-/// Four full pipelines (see `link::MAX_BATCH`): room for a burst while Redis answers a
-/// round trip, and a bound on what a stalled link holds (this many envelopes, each at
-/// most the hub's message size).
+/// Four full pipelines (see `link::MAX_BATCH`); the reason is at
+/// [`RedisConfig::max_pending_publishes`].
 const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
 
 /// Where to find Redis and how to name the channels.
-#[derive(Debug, Clone)]
+///
+/// Start from [`RedisConfig::default`] (a Redis on this machine) and change what you
+/// need, one method per setting:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use switchboard::hub::{Hub, HubConfig};
+/// use switchboard_redis::{RedisBroker, RedisConfig};
+///
+/// # async fn run() -> Result<(), switchboard_redis::RedisError> {
+/// let config = RedisConfig::default()
+///     .url("redis://redis.internal:6379/")
+///     .prefix("chat")
+///     .max_backoff(Duration::from_secs(2));
+/// let hub = Hub::with_broker(HubConfig::default(), RedisBroker::connect(config).await?);
+/// # let _ = hub;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisConfig {
-    url: String,
-    prefix: String,
-    max_backoff: Duration,
-    max_pending_publishes: usize,
+    /// The Redis server, as a `redis://` URL (`redis://[:password@]host[:port][/db]`).
+    ///
+    /// Default `redis://127.0.0.1:6379/`: Redis's own port on this machine, where a
+    /// development Redis listens; a deployment names its shared Redis here.
+    pub url: String,
+    /// Channels are named `prefix:…`: hubs on different prefixes do not hear each
+    /// other, which lets several applications share one Redis.
+    ///
+    /// Default `switchboard`, the name of the framework, which other applications'
+    /// channels are unlikely to start with.
+    pub prefix: String,
+    /// The longest wait between reconnection attempts: the wait doubles from 50 ms up
+    /// to this.
+    ///
+    /// Default 5 s: a restarted Redis is found again within seconds, and hubs that lost
+    /// it do not hammer it meanwhile.
+    pub max_backoff: Duration,
+    /// The most publishes waiting for the link to Redis: past it, a publish is dropped
+    /// and counted in [`BrokerStats::lost`]. Room subscriptions do not count: they are
+    /// never dropped. 0 is taken as 1.
+    ///
+    /// Default 1,024: four full pipelines, room for a burst while Redis answers a
+    /// round trip, and a bound on what a stalled link holds (this many envelopes, each
+    /// at most the hub's message size).
+    pub max_pending_publishes: usize,
 }
 
-impl RedisConfig {
-    /// Redis at `url` (e.g. `redis://127.0.0.1:6379/`), channels under `switchboard:`.
-    pub fn new(url: impl Into<String>) -> Self {
+impl Default for RedisConfig {
+    fn default() -> Self {
         Self {
-            url: url.into(),
+            url: "redis://127.0.0.1:6379/".to_owned(),
             prefix: "switchboard".to_owned(),
             max_backoff: Duration::from_secs(5),
             max_pending_publishes: DEFAULT_MAX_PENDING_PUBLISHES,
         }
     }
+}
 
-    /// Channels under `prefix:` instead: hubs on different prefixes do not hear each
-    /// other, which lets several applications share one Redis.
+impl RedisConfig {
+    /// Sets [`RedisConfig::url`].
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Sets [`RedisConfig::prefix`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// The longest wait between reconnection attempts (the wait doubles from 50 ms up
-    /// to this; 5 s by default).
+    /// Sets [`RedisConfig::max_backoff`].
     pub fn max_backoff(mut self, max: Duration) -> Self {
         self.max_backoff = max;
         self
     }
 
-    /// The most publishes waiting for the link to Redis (1024 by default, at least 1):
-    /// past it, a publish is dropped and counted in [`BrokerStats::lost`]. Room
-    /// subscriptions do not count: they are never dropped.
+    /// Sets [`RedisConfig::max_pending_publishes`]; the broker takes 0 as 1.
     pub fn max_pending_publishes(mut self, max: usize) -> Self {
-        self.max_pending_publishes = max.max(1);
+        self.max_pending_publishes = max;
         self
     }
 
@@ -181,7 +224,8 @@ impl RedisBroker {
     /// runs on it.
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisError> {
         let link = link::Link::open(&config).await?;
-        let (publishes, receiver) = mpsc::channel(config.max_pending_publishes);
+        // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
+        let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         Ok(Self {
             config,
             publishes,
@@ -299,5 +343,31 @@ impl BrokerStats {
 
     fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let config = RedisConfig::default()
+            .url("redis://redis.example:6380/2")
+            .prefix("chat")
+            .max_backoff(Duration::from_secs(1))
+            .max_pending_publishes(2);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let RedisConfig {
+            url,
+            prefix,
+            max_backoff,
+            max_pending_publishes,
+        } = config;
+        assert_eq!(url, "redis://redis.example:6380/2");
+        assert_eq!(prefix, "chat");
+        assert_eq!(max_backoff, Duration::from_secs(1));
+        assert_eq!(max_pending_publishes, 2);
     }
 }

@@ -33,7 +33,7 @@ impl Channel for Room {
 
 /// A hub on Redis under `prefix` serving `/socket/websocket`; its endpoint and address.
 async fn channels_node(prefix: &str) -> (Endpoint, std::net::SocketAddr) {
-    let broker = RedisBroker::connect(RedisConfig::new(REDIS).prefix(prefix))
+    let broker = RedisBroker::connect(RedisConfig::default().url(REDIS).prefix(prefix))
         .await
         .unwrap();
     let hub = Hub::with_broker(HubConfig::default(), broker);

@@ -48,3 +48,21 @@ async fn a_full_queue_drops_and_counts_publishes_but_keeps_subscriptions() {
     let got = within("a1", reader).await.unwrap();
     assert_eq!(got, ["to green from b"]);
 }
+
+/// A queue of 0 is taken as 1: publishes still go out, one waiting at a time.
+#[tokio::test]
+async fn a_queue_of_zero_holds_one_publish() {
+    let prefix = unique_prefix("queue-zero");
+    let a = node_with(&prefix, config(&prefix).max_pending_publishes(0)).await;
+    assert_eq!(a.stats.lost(), 0);
+    for i in 0..BURST {
+        a.hub.to("elsewhere").send_text(i.to_string());
+    }
+    assert_eq!(a.stats.lost(), BURST - 1);
+    within("the queued publish", async {
+        while a.stats.published() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -47,10 +47,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "off" => Compression::Disabled,
         other => return Err(format!("unknown --deflate mode {other}").into()),
     };
-    let mut config = ClientConfig::default();
-    config.websocket = WebSocketConfig::default()
-        .max_message_size(MAX_MESSAGE_SIZE)
-        .compression(compression);
+    let config = ClientConfig::default().websocket(
+        WebSocketConfig::default()
+            .max_frame_size(MAX_MESSAGE_SIZE)
+            .max_message_size(MAX_MESSAGE_SIZE)
+            .compression(compression),
+    );
 
     let count = case_count(&base, &config).await?;
     println!("{count} cases");

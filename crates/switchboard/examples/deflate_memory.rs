@@ -95,12 +95,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
         sleep(Duration::from_millis(200)).await;
         let before = rss_kib(pid)?;
-        let mut config = ClientConfig::default();
-        config.websocket = WebSocketConfig::default().compression(Compression::Dedicated {
-            window_bits: 15,
-            level: 6,
-            threshold: 1024,
-        });
+        let config = ClientConfig::default().websocket(WebSocketConfig::default().compression(
+            Compression::Dedicated {
+                window_bits: 15,
+                level: 6,
+                threshold: 1024,
+            },
+        ));
         let mut open = Vec::with_capacity(count);
         for _ in 0..count {
             let (mut ws, _) = connect_with(&format!("ws://{addr}/"), &config).await?;

@@ -70,10 +70,12 @@ fn main() -> Result<(), Box<dyn Error>> {
 async fn serve(addr: SocketAddr, compression: Compression) -> Result<(), Box<dyn Error>> {
     let listener = TcpListener::bind(addr).await?;
     println!("echo server listening on ws://{}", listener.local_addr()?);
-    let mut config = AcceptConfig::default();
-    config.websocket = WebSocketConfig::default()
-        .max_message_size(MAX_MESSAGE_SIZE)
-        .compression(compression);
+    let config = AcceptConfig::default().websocket(
+        WebSocketConfig::default()
+            .max_frame_size(MAX_MESSAGE_SIZE)
+            .max_message_size(MAX_MESSAGE_SIZE)
+            .compression(compression),
+    );
     loop {
         let (stream, _) = listener.accept().await?;
         let config = config.clone();

@@ -46,10 +46,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
             _ => return Err(format!("unexpected argument {arg}").into()),
         }
     }
-    let mut config = ClientConfig::default();
-    config.websocket = WebSocketConfig::default()
-        .max_message_size(64 << 20)
-        .compression(compression);
+    let config = ClientConfig::default().websocket(
+        WebSocketConfig::default()
+            .max_frame_size(64 << 20)
+            .max_message_size(64 << 20)
+            .compression(compression),
+    );
     let (mut ws, response) = connect_with(&url, &config).await?;
     let extensions = response
         .headers()

@@ -64,9 +64,9 @@ fn main() -> Result<(), BoxError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut config = HubConfig::default();
-    config.compression = Compression::dedicated();
-    config.max_connections = members + 1;
+    let config = HubConfig::default()
+        .compression(Compression::dedicated())
+        .max_connections(members + 1);
     let hub = Hub::new(config);
     let app = Router::new().route("/", switchboard::ws(hub.clone(), Members));
     runtime.block_on(connect_all(&app, members))?;

@@ -30,18 +30,49 @@ use tokio::{
 };
 
 /// Settings of a client connection.
-#[derive(Clone, Debug)]
+///
+/// Start from [`ClientConfig::default`] and change what you need, one method per
+/// setting:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use http::{HeaderName, HeaderValue};
+/// use switchboard::{Compression, WebSocketConfig, client::{self, ClientConfig}};
+///
+/// # async fn run() -> Result<(), client::ConnectError> {
+/// let config = ClientConfig::default()
+///     .websocket(WebSocketConfig::default().compression(Compression::dedicated()))
+///     .protocols(["chat.v2", "chat.v1"])
+///     .headers([(
+///         HeaderName::from_static("authorization"),
+///         HeaderValue::from_static("Bearer abc"),
+///     )])
+///     .timeout(Duration::from_secs(3));
+/// let (ws, response) = client::connect_with("ws://127.0.0.1:9001/chat", &config).await?;
+/// # let _ = (ws, response);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Settings of the connection once open. Its
     /// [`compression`](WebSocketConfig::compression) decides whether permessage-deflate
     /// is offered; an answer the client cannot honour fails the connection with 1010.
+    ///
+    /// Default [`WebSocketConfig::default`].
     pub websocket: WebSocketConfig,
     /// Subprotocols to offer, in order of preference.
+    ///
+    /// Default none: a server that speaks no subprotocol accepts the connection.
     pub protocols: Vec<String>,
     /// Extra request headers (e.g. `Origin`, `Authorization`).
+    ///
+    /// Default none: the handshake's own headers are all a server needs.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// How long connecting and the opening handshake may take together. Default 10 s.
+    /// How long connecting and the opening handshake may take together.
+    ///
+    /// Default 10 s: a round trip or two for a live server, and a bound on the wait for
+    /// one that accepts the connection and never answers.
     pub timeout: Duration,
 }
 
@@ -53,6 +84,36 @@ impl Default for ClientConfig {
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl ClientConfig {
+    /// Sets [`ClientConfig::websocket`].
+    pub fn websocket(mut self, websocket: WebSocketConfig) -> Self {
+        self.websocket = websocket;
+        self
+    }
+
+    /// Sets [`ClientConfig::protocols`], in order of preference.
+    pub fn protocols<I>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ClientConfig::headers`].
+    pub fn headers(mut self, headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>) -> Self {
+        self.headers = headers.into_iter().collect();
+        self
+    }
+
+    /// Sets [`ClientConfig::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -204,4 +265,36 @@ async fn refuse_extensions<S: AsyncWrite + Unpin>(io: &mut S, error: &ClientHand
         .write_to(&mut out);
     let _ = io.write_all(&out).await;
     let _ = io.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Compression;
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let websocket = WebSocketConfig::default().compression(Compression::shared());
+        let header = (
+            HeaderName::from_static("origin"),
+            HeaderValue::from_static("http://a.example"),
+        );
+        let config = ClientConfig::default()
+            .websocket(websocket)
+            .protocols(["b", "a"])
+            .headers([header.clone()])
+            .timeout(Duration::from_secs(1));
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let ClientConfig {
+            websocket: set_websocket,
+            protocols,
+            headers,
+            timeout,
+        } = config;
+        assert_eq!(set_websocket, websocket);
+        assert_eq!(protocols, ["b", "a"]);
+        assert_eq!(headers, [header]);
+        assert_eq!(timeout, Duration::from_secs(1));
+    }
 }

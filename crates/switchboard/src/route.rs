@@ -210,6 +210,8 @@ impl HubUpgrade {
             return Err(HubRejection::Full);
         }
         let websocket = WebSocketConfig::default()
+            // The hub's one size limit bounds frames and messages alike.
+            .max_frame_size(config.max_message_size)
             .max_message_size(config.max_message_size)
             .close_timeout(config.close_timeout)
             .compression(config.compression)

@@ -770,8 +770,7 @@ async fn malformed_messages_get_an_error_reply_or_a_close_and_spare_other_socket
 
 #[tokio::test]
 async fn oversized_messages_close_with_1009() {
-    let mut config = HubConfig::default();
-    config.max_message_size = 1024;
+    let config = HubConfig::default().max_message_size(1024);
     let server = server_with(config, ChannelsConfig::default()).await;
     let mut client = Client::connect(&server).await;
     client.join("room:a", "1", "ann").await;
@@ -785,8 +784,7 @@ async fn oversized_messages_close_with_1009() {
 
 #[tokio::test]
 async fn joins_per_socket_are_limited() {
-    let mut config = ChannelsConfig::default();
-    config.max_channels = 2;
+    let config = ChannelsConfig::default().max_channels(2);
     let server = server_with(HubConfig::default(), config).await;
     let mut client = Client::connect(&server).await;
     client.join("room:a", "1", "ann").await;
@@ -832,12 +830,11 @@ async fn topics_longer_than_the_limit_are_refused_with_an_error_reply() {
 
 #[tokio::test]
 async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
-    let mut config = ChannelsConfig::default();
-    config.heartbeat_timeout = Duration::from_millis(300);
-    let mut hub_config = HubConfig::default();
-    // The hub pings quiet sockets often, and the client answers: pongs alone must
-    // not keep a socket that sends no message alive.
-    hub_config.ping_interval = Duration::from_millis(50);
+    let config = ChannelsConfig::default().heartbeat_timeout(Duration::from_millis(300));
+    let hub_config = HubConfig::default()
+        // The hub pings quiet sockets often, and the client answers: pongs alone must
+        // not keep a socket that sends no message alive.
+        .ping_interval(Duration::from_millis(50));
     let server = server_with(hub_config, config).await;
     let mut silent = Client::connect(&server).await;
     let mut beating = Client::connect(&server).await;
@@ -870,8 +867,7 @@ async fn a_socket_without_heartbeats_is_closed_and_a_heartbeating_one_is_not() {
 
 #[tokio::test]
 async fn a_heartbeat_timeout_of_zero_turns_it_off() {
-    let mut config = ChannelsConfig::default();
-    config.heartbeat_timeout = Duration::ZERO;
+    let config = ChannelsConfig::default().heartbeat_timeout(Duration::ZERO);
     let server = server_with(HubConfig::default(), config).await;
     let mut client = Client::connect(&server).await;
     // Long enough for many sweeps, had one started.
@@ -884,8 +880,7 @@ async fn a_heartbeat_timeout_of_zero_turns_it_off() {
 /// than Phoenix heartbeats is not cut.
 #[tokio::test]
 async fn a_socket_that_sends_websocket_pings_is_alive() {
-    let mut config = ChannelsConfig::default();
-    config.heartbeat_timeout = Duration::from_millis(300);
+    let config = ChannelsConfig::default().heartbeat_timeout(Duration::from_millis(300));
     let server = server_with(HubConfig::default(), config).await;
     let mut client = Client::connect(&server).await;
     let started = tokio::time::Instant::now();
@@ -900,8 +895,7 @@ async fn a_socket_that_sends_websocket_pings_is_alive() {
 
 #[tokio::test]
 async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
-    let mut hub_config = HubConfig::default();
-    hub_config.max_buffered_bytes = 64 << 10;
+    let hub_config = HubConfig::default().max_buffered_bytes(64 << 10);
     let server = server_with(hub_config, ChannelsConfig::default()).await;
     let mut client = Client::connect(&server).await;
     let (pushes, size) = (100, 4096);
@@ -930,8 +924,7 @@ async fn pushes_held_during_a_join_are_bounded_by_the_outbound_buffer() {
 /// on top of a queue that is full already.
 #[tokio::test]
 async fn pushes_held_during_a_join_count_with_the_connections_queue() {
-    let mut hub_config = HubConfig::default();
-    hub_config.max_buffered_bytes = 64 << 10;
+    let hub_config = HubConfig::default().max_buffered_bytes(64 << 10);
     let server = server_with(hub_config, ChannelsConfig::default()).await;
     let mut client = Client::connect(&server).await;
     let (pushes, size, queued) = (100, 4096, 48 << 10);

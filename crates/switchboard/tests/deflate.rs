@@ -50,8 +50,7 @@ fn config(compression: Compression) -> WebSocketConfig {
 async fn raw_echo(compression: Compression) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut accept = AcceptConfig::default();
-    accept.websocket = config(compression);
+    let accept = AcceptConfig::default().websocket(config(compression));
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let accept = accept.clone();
@@ -95,9 +94,7 @@ async fn axum_echo(compression: Compression) -> SocketAddr {
 }
 
 fn client(compression: Compression) -> ClientConfig {
-    let mut client = ClientConfig::default();
-    client.websocket = config(compression);
-    client
+    ClientConfig::default().websocket(config(compression))
 }
 
 /// Compressible text of `len` bytes, with multi-byte characters.
@@ -251,8 +248,8 @@ async fn a_deflate_bomb_closes_with_1009_without_inflating_it() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut accept = AcceptConfig::default();
-        accept.websocket = config(Compression::dedicated()).max_message_size(1 << 20);
+        let accept = AcceptConfig::default()
+            .websocket(config(Compression::dedicated()).max_message_size(1 << 20));
         let (mut ws, _) = accept_with(tcp, &accept).await.unwrap();
         ws.recv().await.unwrap()
     });
@@ -396,8 +393,7 @@ impl Handler for Room {
 
 /// A hub compressing as `compression` says, serving [`Room`] at `/`.
 async fn hub_room(compression: Compression) -> (Hub, SocketAddr) {
-    let mut config = HubConfig::default();
-    config.compression = compression;
+    let config = HubConfig::default().compression(compression);
     let hub = Hub::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -449,9 +445,9 @@ async fn hub_broadcasts_reach_compressing_and_plain_clients_in_both_modes() {
 #[tokio::test]
 async fn dedicated_messages_are_charged_uncompressed_until_their_task_compresses_them() {
     const LIMIT: usize = 64 << 10;
-    let mut config = HubConfig::default();
-    config.compression = Compression::dedicated();
-    config.max_buffered_bytes = LIMIT;
+    let config = HubConfig::default()
+        .compression(Compression::dedicated())
+        .max_buffered_bytes(LIMIT);
     let hub = Hub::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -278,10 +278,8 @@ async fn serve_with_axum(
 }
 
 fn config() -> HubConfig {
-    let mut config = HubConfig::default();
     // Tests that close connections should not wait the default 5 s for lingering.
-    config.close_timeout = Duration::from_secs(2);
-    config
+    HubConfig::default().close_timeout(Duration::from_secs(2))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -526,8 +524,7 @@ async fn foreign_origin_is_refused_with_403_by_default() {
 
 #[tokio::test]
 async fn origin_list_allows_exactly_its_origins() {
-    let mut config = config();
-    config.allowed_origins = Origins::List(vec!["https://good.example".into()]);
+    let config = config().allowed_origins(Origins::List(vec!["https://good.example".into()]));
     let mut server = start(config).await;
     let addr = server.addr;
     let _good = try_connect(addr, "/ws", &[("origin", "https://good.example")])
@@ -543,8 +540,8 @@ async fn origin_list_allows_exactly_its_origins() {
 
 #[tokio::test]
 async fn origin_list_can_keep_same_origin() {
-    let mut config = config();
-    config.allowed_origins = Origins::SameOriginAnd(vec!["https://good.example".into()]);
+    let config =
+        config().allowed_origins(Origins::SameOriginAnd(vec!["https://good.example".into()]));
     let mut server = start(config).await;
     let addr = server.addr;
     for origin in ["https://good.example", &format!("http://{addr}")] {
@@ -559,8 +556,7 @@ async fn origin_list_can_keep_same_origin() {
 
 #[tokio::test]
 async fn a_full_hub_answers_503_with_retry_after_until_a_slot_frees() {
-    let mut config = config();
-    config.max_connections = 1;
+    let config = config().max_connections(1);
     let mut server = start(config).await;
     let mut first = connect(server.addr, "/ws").await;
     let conn = server.events.open().await;
@@ -867,8 +863,7 @@ async fn protocol_violation_reports_on_error_then_1002() {
 
 #[tokio::test]
 async fn a_message_over_max_message_size_closes_with_1009() {
-    let mut config = config();
-    config.max_message_size = 1024;
+    let config = config().max_message_size(1024);
     let mut server = start(config).await;
     let mut client = connect(server.addr, "/ws").await;
     let conn = server.events.open().await;
@@ -1486,8 +1481,7 @@ async fn shutdown_sends_1001_to_every_client_and_stops_accepting() {
 
 #[tokio::test]
 async fn shutdown_cuts_a_client_that_never_answers_after_close_timeout() {
-    let mut config = config();
-    config.close_timeout = Duration::from_millis(300);
+    let config = config().close_timeout(Duration::from_millis(300));
     let mut server = start(config).await;
     let (mut silent, mut reader) = raw_connect(server.addr, "/ws").await;
     let silent_conn = server.events.open().await;

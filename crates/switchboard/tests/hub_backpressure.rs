@@ -81,10 +81,10 @@ impl TestServer {
 }
 
 async fn start(policy: BufferPolicy) -> TestServer {
-    let mut config = HubConfig::default();
-    config.max_buffered_bytes = LIMIT;
-    config.buffer_policy = policy;
-    config.close_timeout = Duration::from_millis(300);
+    let config = HubConfig::default()
+        .max_buffered_bytes(LIMIT)
+        .buffer_policy(policy)
+        .close_timeout(Duration::from_millis(300));
     serve_ws_route(config, Recorder).await
 }
 

@@ -56,10 +56,10 @@ impl Handler for Recorder {
 type TestServer = HubServer<UnboundedReceiver<Event>>;
 
 async fn start() -> TestServer {
-    let mut config = HubConfig::default();
-    config.ping_interval = PING_INTERVAL;
-    config.pong_timeout = PONG_TIMEOUT;
-    config.close_timeout = Duration::from_millis(300);
+    let config = HubConfig::default()
+        .ping_interval(PING_INTERVAL)
+        .pong_timeout(PONG_TIMEOUT)
+        .close_timeout(Duration::from_millis(300));
     serve_ws_route(config, Recorder).await
 }
 
@@ -219,9 +219,9 @@ impl Handler for SlowOpen {
 /// peer's silence, so a slow one does not end in a pong timeout.
 #[tokio::test]
 async fn a_slow_on_open_is_not_taken_for_a_silent_peer() {
-    let mut config = HubConfig::default();
-    config.ping_interval = PING_INTERVAL;
-    config.pong_timeout = PONG_TIMEOUT;
+    let config = HubConfig::default()
+        .ping_interval(PING_INTERVAL)
+        .pong_timeout(PONG_TIMEOUT);
     let mut server = serve_ws_route(config, SlowOpen).await;
     let mut client = connect(server.addr, "/ws").await;
     // The client answers pings as it reads; it reads for a few ping intervals.

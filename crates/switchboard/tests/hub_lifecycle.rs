@@ -87,10 +87,9 @@ impl Handler for Life {
 type Server = HubServer<UnboundedReceiver<Seen>>;
 
 fn config(max_connections: usize) -> HubConfig {
-    let mut config = HubConfig::default();
-    config.max_connections = max_connections;
-    config.close_timeout = Duration::from_secs(2);
-    config
+    HubConfig::default()
+        .max_connections(max_connections)
+        .close_timeout(Duration::from_secs(2))
 }
 
 async fn start(hub: Hub, open_delay: Duration) -> Server {

@@ -56,10 +56,8 @@ async fn raw(config: AcceptConfig) -> (SocketAddr, Running) {
 
 /// Both paths with a handshake timeout of `handshake_timeout`.
 async fn both_paths(handshake_timeout: Duration) -> [(&'static str, SocketAddr, Running); 2] {
-    let mut hub_config = HubConfig::default();
-    hub_config.handshake_timeout = handshake_timeout;
-    let mut accept_config = AcceptConfig::default();
-    accept_config.handshake_timeout = handshake_timeout;
+    let hub_config = HubConfig::default().handshake_timeout(handshake_timeout);
+    let accept_config = AcceptConfig::default().handshake_timeout(handshake_timeout);
     let (serve_addr, serve_server) = hub_server(hub_config).await;
     let (raw_addr, raw_server) = raw(accept_config).await;
     [
@@ -158,8 +156,7 @@ async fn a_slow_head_is_answered_408_on_both_paths() {
 #[tokio::test]
 async fn refusals_close_the_connection_promptly() {
     let (open, _open) = hub_server(HubConfig::default()).await;
-    let mut full_config = HubConfig::default();
-    full_config.max_connections = 0;
+    let full_config = HubConfig::default().max_connections(0);
     let (full, _full) = hub_server(full_config).await;
     let (channels, _channels) = channels_refusing_every_client().await;
     let (raw, _raw) = raw(AcceptConfig::default()).await;
@@ -221,8 +218,7 @@ async fn channels_refusing_every_client() -> (SocketAddr, Running) {
 
 #[tokio::test]
 async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
-    let mut config = HubConfig::default();
-    config.max_pending_handshakes = 2;
+    let config = HubConfig::default().max_pending_handshakes(2);
     let (addr, _server) = hub_server(config).await;
     let mut slow = Vec::new();
     for _ in 0..2 {
@@ -252,9 +248,9 @@ async fn connections_past_the_pending_handshake_limit_wait_for_a_free_slot() {
 /// application's to bound, and does not keep a handshake waiting.
 #[tokio::test]
 async fn a_request_whose_head_arrived_frees_its_pending_slot() {
-    let mut config = HubConfig::default();
-    config.max_pending_handshakes = 1;
-    config.handshake_timeout = Duration::from_millis(300);
+    let config = HubConfig::default()
+        .max_pending_handshakes(1)
+        .handshake_timeout(Duration::from_millis(300));
     let hub = Hub::new(config);
     let app = Router::new()
         .route("/ws", switchboard::ws(hub.clone(), Quiet))
@@ -282,8 +278,7 @@ async fn a_request_whose_head_arrived_frees_its_pending_slot() {
 /// is answered 503 and its connection closed, while upgrades still get in.
 #[tokio::test]
 async fn plain_http_connections_past_their_limit_are_answered_503() {
-    let mut config = HubConfig::default();
-    config.max_http_connections = 1;
+    let config = HubConfig::default().max_http_connections(1);
     let (addr, _server) = hub_server(config).await;
     let request = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     // Kept alive after its answer: it holds the one slot.
@@ -329,8 +324,7 @@ impl Handler for SlowOpen {
 /// not one of the pending handshakes: other clients are served meanwhile.
 #[tokio::test]
 async fn a_slow_on_open_does_not_hold_a_pending_slot() {
-    let mut config = HubConfig::default();
-    config.max_pending_handshakes = 1;
+    let config = HubConfig::default().max_pending_handshakes(1);
     let server = serve_ws_route::<(), _>(config, |_| SlowOpen).await;
     let mut opening = TcpStream::connect(server.addr).await.unwrap();
     opening
@@ -359,8 +353,7 @@ async fn a_slow_on_open_does_not_hold_a_pending_slot() {
 /// A limit of 0 would accept nothing: it is taken as 1.
 #[tokio::test]
 async fn a_pending_handshake_limit_of_0_still_serves_one_at_a_time() {
-    let mut config = HubConfig::default();
-    config.max_pending_handshakes = 0;
+    let config = HubConfig::default().max_pending_handshakes(0);
     let (addr, _server) = hub_server(config).await;
     for _ in 0..2 {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -377,8 +370,7 @@ async fn a_pending_handshake_limit_of_0_still_serves_one_at_a_time() {
 /// for its whole deadline (the hub's `close_timeout`, 5 s by default) and outliving it.
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_half_sent_head() {
-    let mut config = HubConfig::default();
-    config.close_timeout = Duration::from_secs(3);
+    let config = HubConfig::default().close_timeout(Duration::from_secs(3));
     let mut server = serve_ws_route::<(), _>(config, |_| Quiet).await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -407,8 +399,7 @@ async fn shutdown_does_not_wait_for_a_half_sent_head() {
 /// connection does not outlive the server that accepted it.
 #[tokio::test]
 async fn connections_still_busy_at_the_deadline_end_with_serve() {
-    let mut config = HubConfig::default();
-    config.close_timeout = Duration::from_millis(300);
+    let config = HubConfig::default().close_timeout(Duration::from_millis(300));
     let hub = Hub::new(config);
     let app = Router::new().route(
         "/forever",

@@ -141,15 +141,14 @@ async fn axum_selects_the_clients_preferred_supported_protocol() {
     assert_eq!(response.headers()["sec-websocket-protocol"], "a");
 
     // Through our client, which checks the answer is one it offered.
-    let mut config = ClientConfig::default();
-    config.protocols = vec!["c".into(), "b".into(), "a".into()];
+    let config = ClientConfig::default().protocols(["c", "b", "a"]);
     let (_ws, response) = client::connect_with(&server.url("/ws"), &config)
         .await
         .unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "b");
 
     // No protocol in common: none selected, and the connection still opens.
-    config.protocols = vec!["c".into()];
+    let config = config.protocols(["c"]);
     let (_ws, response) = client::connect_with(&server.url("/ws"), &config)
         .await
         .unwrap();
@@ -328,8 +327,7 @@ async fn accept_receives_a_pipelined_first_frame() {
 
 #[tokio::test]
 async fn accept_times_out_a_slowloris_client_with_408() {
-    let mut config = AcceptConfig::default();
-    config.handshake_timeout = Duration::from_millis(200);
+    let config = AcceptConfig::default().handshake_timeout(Duration::from_millis(200));
     let mut server = raw_server(config, Behaviour::Echo).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
@@ -359,8 +357,7 @@ async fn accept_times_out_a_slowloris_client_with_408() {
 async fn accept_times_out_a_trickling_client_as_a_whole() {
     // One byte every 20 ms keeps every read short: only a timeout on the whole head,
     // not on each read, stops this client.
-    let mut config = AcceptConfig::default();
-    config.handshake_timeout = Duration::from_millis(200);
+    let config = AcceptConfig::default().handshake_timeout(Duration::from_millis(200));
     let mut server = raw_server(config, Behaviour::Echo).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let (mut read, mut write) = tcp.into_split();
@@ -396,8 +393,7 @@ async fn accept_times_out_a_trickling_client_as_a_whole() {
 
 /// Sends `head` in one write to a server limited to `max_head_len`; expects 431.
 async fn expect_431(max_head_len: usize, head: &[u8]) {
-    let mut config = AcceptConfig::default();
-    config.max_head_len = max_head_len;
+    let config = AcceptConfig::default().max_head_len(max_head_len);
     let mut server = raw_server(config, Behaviour::Echo).await;
     let (response, body, mut tcp) = http_exchange(server.addr, head).await;
     assert_eq!(
@@ -501,8 +497,8 @@ async fn accept_closes_with_1002_on_an_unmasked_client_frame() {
 
 #[tokio::test]
 async fn accept_closes_with_1009_on_an_oversized_message() {
-    let mut config = AcceptConfig::default();
-    config.websocket = WebSocketConfig::default().max_message_size(1000);
+    let config =
+        AcceptConfig::default().websocket(WebSocketConfig::default().max_message_size(1000));
     let mut server = raw_server(config, Behaviour::Echo).await;
     let (mut ws, _) = client::connect(&server.url("/")).await.unwrap();
     ws.send(Message::binary(vec![7; 1000])).await.unwrap();

@@ -48,8 +48,7 @@ fn small_listener() -> (TcpListener, SocketAddr) {
 /// Accepts one WebSocket on `listener` with `config`.
 async fn accept_one(listener: &TcpListener, config: WebSocketConfig) -> WebSocket<TcpStream> {
     let (tcp, _) = listener.accept().await.unwrap();
-    let mut accept = AcceptConfig::default();
-    accept.websocket = config;
+    let accept = AcceptConfig::default().websocket(config);
     accept_with(tcp, &accept).await.unwrap().0
 }
 
@@ -204,11 +203,11 @@ impl Handler for Backlogged {
 
 #[tokio::test]
 async fn a_hub_client_that_closes_and_stops_reading_is_released_within_the_close_timeout() {
-    let mut config = HubConfig::default();
-    config.close_timeout = CLOSE_TIMEOUT;
-    config.max_connections = 1;
-    // Room for the backlog (more than the kernel's buffers take on loopback).
-    config.max_buffered_bytes = 32 << 20;
+    let config = HubConfig::default()
+        .close_timeout(CLOSE_TIMEOUT)
+        .max_connections(1)
+        // Room for the backlog (more than the kernel's buffers take on loopback).
+        .max_buffered_bytes(32 << 20);
     let mut server = serve_ws_route(config, Backlogged).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     raw_handshake(&mut tcp, "/ws").await;

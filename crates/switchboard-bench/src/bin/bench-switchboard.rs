@@ -58,11 +58,9 @@ impl Handler for Room {
 }
 
 async fn broadcast(listener: TcpListener) -> io::Result<()> {
-    let mut config = HubConfig::default();
     // The default (10,000) is a production bound; the benchmark's largest room is
     // 10,000 subscribers plus the publisher, and the idle test holds more.
-    config.max_connections = 1 << 20;
-    let hub = Hub::new(config);
+    let hub = Hub::new(HubConfig::default().max_connections(1 << 20));
     let app = axum::Router::new().route("/room", switchboard::ws(hub.clone(), Room));
     switchboard::serve(listener, app, &hub).await
 }

@@ -20,7 +20,29 @@ const MIN_REQUESTED_WINDOW_BITS: u8 = 9;
 ///
 /// "Local" is what we compress, "peer" what the peer compresses. As a server, local is
 /// the `server_*` parameters; as a client, the `client_*` ones.
+///
+/// Start from [`DeflateConfig::default`] and change what you need, one method per
+/// setting:
+///
+/// ```
+/// use switchboard_proto::{deflate::DeflateConfig, handshake::ClientHandshake};
+///
+/// // Small contexts on both sides: 4 KiB windows, and none kept by the server.
+/// let config = DeflateConfig::default()
+///     .max_window_bits(12)
+///     .peer_max_window_bits(12)
+///     .peer_no_context_takeover(true);
+/// let client = ClientHandshake::new(&"ws://example.com/".parse()?, [7; 16])?
+///     .with_deflate(config);
+/// let request = client.request();
+/// assert_eq!(
+///     request.headers()["sec-websocket-extensions"],
+///     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=12"
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeflateConfig {
     /// The largest LZ77 window we compress with, as a power of two, 9 to 15 (other
     /// values are brought into that range).
@@ -31,15 +53,22 @@ pub struct DeflateConfig {
     /// Whether we reset our compression context after each message, so that it need not
     /// be kept between messages (and one compressed frame can go to many peers). A
     /// server announces it as `server_no_context_takeover`, a client as
-    /// `client_no_context_takeover`. Default `false`.
+    /// `client_no_context_takeover`.
+    ///
+    /// Default `false`: a kept context compresses a connection's repetitive messages
+    /// best, which is what the extension is for.
     pub no_context_takeover: bool,
-    /// The largest window we ask the peer to compress with, 9 to 15: it bounds our
-    /// inflater's memory. A server can ask only when the client offered
-    /// `client_max_window_bits`; a client asks with `server_max_window_bits`, and a
-    /// server that cannot honour it declines the offer. Default 15 (ask nothing).
+    /// The largest window we ask the peer to compress with, 9 to 15 (other values are
+    /// brought into that range): it bounds our inflater's memory. A server can ask only
+    /// when the client offered `client_max_window_bits`; a client asks with
+    /// `server_max_window_bits`, and a server that cannot honour it declines the offer.
+    ///
+    /// Default 15 (ask nothing): every peer can honour it, so no offer is declined for it.
     pub peer_max_window_bits: u8,
     /// Whether we ask the peer to reset its context after each message, so that our
-    /// inflater need not keep it between messages. Default `false`.
+    /// inflater need not keep it between messages.
+    ///
+    /// Default `false`, for the peer's best ratio, as [`DeflateConfig::no_context_takeover`].
     pub peer_no_context_takeover: bool,
 }
 
@@ -55,6 +84,32 @@ impl Default for DeflateConfig {
 }
 
 impl DeflateConfig {
+    /// Sets [`DeflateConfig::max_window_bits`]: 9 to 15, values outside are brought into
+    /// that range when negotiating.
+    pub fn max_window_bits(mut self, bits: u8) -> Self {
+        self.max_window_bits = bits;
+        self
+    }
+
+    /// Sets [`DeflateConfig::no_context_takeover`].
+    pub fn no_context_takeover(mut self, reset: bool) -> Self {
+        self.no_context_takeover = reset;
+        self
+    }
+
+    /// Sets [`DeflateConfig::peer_max_window_bits`]: 9 to 15, values outside are brought
+    /// into that range when negotiating.
+    pub fn peer_max_window_bits(mut self, bits: u8) -> Self {
+        self.peer_max_window_bits = bits;
+        self
+    }
+
+    /// Sets [`DeflateConfig::peer_no_context_takeover`].
+    pub fn peer_no_context_takeover(mut self, reset: bool) -> Self {
+        self.peer_no_context_takeover = reset;
+        self
+    }
+
     /// Our window, within what we can compress with.
     fn local_bits(&self) -> u8 {
         self.max_window_bits
@@ -626,12 +681,11 @@ mod tests {
 
     #[test]
     fn server_config_bounds_windows_and_adds_no_context_takeover() {
-        let config = DeflateConfig {
-            max_window_bits: 11,
-            no_context_takeover: true,
-            peer_max_window_bits: 8,
-            peer_no_context_takeover: true,
-        };
+        let config = DeflateConfig::default()
+            .max_window_bits(11)
+            .no_context_takeover(true)
+            .peer_max_window_bits(8)
+            .peer_no_context_takeover(true);
         // The peer window is asked for only where the client allows it, and never
         // below 9.
         assert_eq!(
@@ -662,12 +716,11 @@ mod tests {
             DeflateConfig::default().offer(),
             "permessage-deflate; client_max_window_bits"
         );
-        let config = DeflateConfig {
-            max_window_bits: 12,
-            no_context_takeover: true,
-            peer_max_window_bits: 10,
-            peer_no_context_takeover: true,
-        };
+        let config = DeflateConfig::default()
+            .max_window_bits(12)
+            .no_context_takeover(true)
+            .peer_max_window_bits(10)
+            .peer_no_context_takeover(true);
         assert_eq!(
             config.offer(),
             "permessage-deflate; client_no_context_takeover; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12"
@@ -711,12 +764,10 @@ mod tests {
     #[test]
     fn client_fails_on_answers_it_cannot_honour() {
         use DeflateResponseError as E;
-        let config = DeflateConfig {
-            max_window_bits: 12,
-            peer_max_window_bits: 10,
-            peer_no_context_takeover: true,
-            ..DeflateConfig::default()
-        };
+        let config = DeflateConfig::default()
+            .max_window_bits(12)
+            .peer_max_window_bits(10)
+            .peer_no_context_takeover(true);
         let ok = "permessage-deflate; server_no_context_takeover; server_max_window_bits=10";
         assert!(accept_response([ok], &config).is_ok());
         // A client window above our hint still bounds ours: we keep to the smaller.
@@ -772,5 +823,26 @@ mod tests {
             accept_response([ok, ok], &config),
             Err(E::DuplicateExtension)
         );
+    }
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let config = DeflateConfig::default()
+            .max_window_bits(10)
+            .no_context_takeover(true)
+            .peer_max_window_bits(11)
+            .peer_no_context_takeover(true);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let DeflateConfig {
+            max_window_bits,
+            no_context_takeover,
+            peer_max_window_bits,
+            peer_no_context_takeover,
+        } = config;
+        assert_eq!(max_window_bits, 10);
+        assert!(no_context_takeover);
+        assert_eq!(peer_max_window_bits, 11);
+        assert!(peer_no_context_takeover);
     }
 }

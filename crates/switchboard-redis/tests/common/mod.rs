@@ -96,7 +96,8 @@ pub async fn node(prefix: &str) -> Node {
 
 /// The configuration [`node`] uses: `prefix`, and reconnections within 200 ms.
 pub fn config(prefix: &str) -> RedisConfig {
-    RedisConfig::new(REDIS)
+    RedisConfig::default()
+        .url(REDIS)
         .prefix(prefix)
         .max_backoff(Duration::from_millis(200))
 }

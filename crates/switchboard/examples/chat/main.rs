@@ -200,9 +200,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     // Browsers offer permessage-deflate; a long message to a room is compressed once
     // for all its members.
-    let mut config = HubConfig::default();
-    config.compression = Compression::shared();
-    let hub = Hub::new(config);
+    let hub = Hub::new(HubConfig::default().compression(Compression::shared()));
     let channels = Channels::new(hub.clone()).channel(channel::TOPICS, channel::Room);
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))

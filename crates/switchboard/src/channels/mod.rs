@@ -361,7 +361,25 @@ impl Refused {
 }
 
 /// Settings of a [`Channels`] endpoint.
-#[derive(Debug, Clone)]
+///
+/// Start from [`ChannelsConfig::default`] and change what you need, one method per
+/// setting:
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::channels::{Channels, ChannelsConfig};
+/// use switchboard::hub::{Hub, HubConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let config = ChannelsConfig::default()
+///     .max_channels(20)
+///     .heartbeat_timeout(Duration::from_secs(90));
+/// let channels = Channels::new(Hub::new(HubConfig::default())).config(config);
+/// let app: axum::Router = channels.into_router();
+/// # let _ = app;
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChannelsConfig {
     /// Topics one socket may have joined at once; the next join gets an error reply,
@@ -400,6 +418,26 @@ impl Default for ChannelsConfig {
             max_topic_len: 255,
             heartbeat_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+impl ChannelsConfig {
+    /// Sets [`ChannelsConfig::max_channels`].
+    pub fn max_channels(mut self, max: usize) -> Self {
+        self.max_channels = max;
+        self
+    }
+
+    /// Sets [`ChannelsConfig::max_topic_len`], in bytes.
+    pub fn max_topic_len(mut self, max: usize) -> Self {
+        self.max_topic_len = max;
+        self
+    }
+
+    /// Sets [`ChannelsConfig::heartbeat_timeout`]; `Duration::ZERO` turns it off.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = timeout;
+        self
     }
 }
 
@@ -773,5 +811,23 @@ mod tests {
         }
         let hub = Hub::new(crate::hub::HubConfig::default());
         let _ = Channels::new(hub).channel("a*b", Nothing);
+    }
+
+    #[test]
+    fn every_config_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let config = ChannelsConfig::default()
+            .max_channels(1)
+            .max_topic_len(2)
+            .heartbeat_timeout(Duration::ZERO);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let ChannelsConfig {
+            max_channels,
+            max_topic_len,
+            heartbeat_timeout,
+        } = config;
+        assert_eq!(max_channels, 1);
+        assert_eq!(max_topic_len, 2);
+        assert_eq!(heartbeat_timeout, Duration::ZERO);
     }
 }

@@ -5,22 +5,24 @@ use std::time::Duration;
 
 /// Settings of a [`super::Hub`]. Every limit is on by default.
 ///
-/// Start from [`HubConfig::default`] and change the fields you need:
+/// Start from [`HubConfig::default`] and change what you need, one method per setting;
+/// the fields stay readable (`hub.config().max_connections`):
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use switchboard::hub::{BufferPolicy, Hub, HubConfig, Origins};
 ///
-/// # #[tokio::main] async fn main() {
-/// let mut config = HubConfig::default();
-/// config.max_connections = 50_000;
-/// config.ping_interval = Duration::from_secs(20);
-/// config.allowed_origins = Origins::List(vec!["https://chat.example.com".into()]);
-/// config.buffer_policy = BufferPolicy::Close;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let config = HubConfig::default()
+///     .max_connections(50_000)
+///     .ping_interval(Duration::from_secs(20))
+///     .allowed_origins(Origins::SameOriginAnd(vec!["https://chat.example.com".into()]))
+///     .buffer_policy(BufferPolicy::Close);
 /// let hub = Hub::new(config);
+/// assert_eq!(hub.config().max_connections, 50_000);
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HubConfig {
     /// Connections open at once; the next upgrade is answered 503 with `Retry-After`.
@@ -51,6 +53,9 @@ pub struct HubConfig {
     /// its recipients.
     pub compression: Compression,
     /// Which `Origin` may open connections (checked before the upgrade, 403 otherwise).
+    ///
+    /// Default [`Origins::SameOrigin`]: pages of this server, and clients that are not
+    /// browsers; another site's page cannot open a connection with the user's cookies.
     pub allowed_origins: Origins,
     /// Outbound bytes a connection may have queued and unwritten before
     /// [`HubConfig::buffer_policy`] applies.
@@ -62,6 +67,10 @@ pub struct HubConfig {
     /// cannot make the server hold more than this for it.
     pub max_buffered_bytes: usize,
     /// What happens to a message that would pass [`HubConfig::max_buffered_bytes`].
+    ///
+    /// Default [`BufferPolicy::DropNewest`]: a client that falls behind misses messages
+    /// (each drop counted and reported) rather than its connection; chat and dashboards
+    /// prefer it. Choose [`BufferPolicy::Close`] where a gap is worse than a reconnect.
     pub buffer_policy: BufferPolicy,
     /// How long a client may take to send its upgrade request (see [`crate::serve`]).
     ///
@@ -97,7 +106,8 @@ pub struct HubConfig {
     pub max_http_connections: usize,
     /// How long the close handshake may take before the transport is closed.
     ///
-    /// Default 5 s.
+    /// Default 5 s: long enough for a peer across the world, short enough that a
+    /// vanished peer does not hold a socket (nor a shutdown wait for it).
     pub close_timeout: Duration,
 }
 
@@ -120,6 +130,80 @@ impl Default for HubConfig {
     }
 }
 
+impl HubConfig {
+    /// Sets [`HubConfig::max_connections`].
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Sets [`HubConfig::max_message_size`]: it bounds every frame of a message too.
+    pub fn max_message_size(mut self, max: usize) -> Self {
+        self.max_message_size = max;
+        self
+    }
+
+    /// Sets [`HubConfig::ping_interval`].
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Sets [`HubConfig::pong_timeout`].
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+
+    /// Sets [`HubConfig::compression`].
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets [`HubConfig::allowed_origins`].
+    pub fn allowed_origins(mut self, origins: Origins) -> Self {
+        self.allowed_origins = origins;
+        self
+    }
+
+    /// Sets [`HubConfig::max_buffered_bytes`].
+    pub fn max_buffered_bytes(mut self, max: usize) -> Self {
+        self.max_buffered_bytes = max;
+        self
+    }
+
+    /// Sets [`HubConfig::buffer_policy`].
+    pub fn buffer_policy(mut self, policy: BufferPolicy) -> Self {
+        self.buffer_policy = policy;
+        self
+    }
+
+    /// Sets [`HubConfig::handshake_timeout`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets [`HubConfig::max_pending_handshakes`]; the hub takes 0 as 1.
+    pub fn max_pending_handshakes(mut self, max: usize) -> Self {
+        self.max_pending_handshakes = max;
+        self
+    }
+
+    /// Sets [`HubConfig::max_http_connections`]; the hub takes 0 as 1.
+    pub fn max_http_connections(mut self, max: usize) -> Self {
+        self.max_http_connections = max;
+        self
+    }
+
+    /// Sets [`HubConfig::close_timeout`].
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+}
+
 /// Which browser origins may connect.
 ///
 /// A browser names its page's origin in the `Origin` header; the check stops another
@@ -129,10 +213,10 @@ impl Default for HubConfig {
 /// ```
 /// use switchboard::hub::{HubConfig, Origins};
 ///
-/// let mut config = HubConfig::default();
 /// // Pages of this server, whatever name they were loaded under (`localhost`,
 /// // `127.0.0.1`), plus the development server of the front end.
-/// config.allowed_origins = Origins::SameOriginAnd(vec!["http://localhost:5173".into()]);
+/// let config = HubConfig::default()
+///     .allowed_origins(Origins::SameOriginAnd(vec!["http://localhost:5173".into()]));
 /// assert!(config.allowed_origins.allows(Some("http://localhost:5173"), Some("127.0.0.1:3000")));
 /// assert!(config.allowed_origins.allows(Some("http://localhost:3000"), Some("localhost:3000")));
 /// assert!(!config.allowed_origins.allows(Some("https://evil.example"), Some("localhost:3000")));
@@ -207,5 +291,51 @@ mod tests {
         let list = Origins::List(vec!["https://a.example".into()]);
         assert!(list.allows(Some("https://a.example"), Some("x")));
         assert!(!list.allows(Some("https://b.example"), Some("x")));
+    }
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let origins = Origins::List(vec!["https://a.example".into()]);
+        let config = HubConfig::default()
+            .max_connections(1)
+            .max_message_size(2)
+            .ping_interval(Duration::from_secs(3))
+            .pong_timeout(Duration::from_secs(4))
+            .compression(Compression::shared())
+            .allowed_origins(origins.clone())
+            .max_buffered_bytes(5)
+            .buffer_policy(BufferPolicy::Close)
+            .handshake_timeout(Duration::from_secs(6))
+            .max_pending_handshakes(7)
+            .max_http_connections(8)
+            .close_timeout(Duration::from_secs(9));
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let HubConfig {
+            max_connections,
+            max_message_size,
+            ping_interval,
+            pong_timeout,
+            compression,
+            allowed_origins,
+            max_buffered_bytes,
+            buffer_policy,
+            handshake_timeout,
+            max_pending_handshakes,
+            max_http_connections,
+            close_timeout,
+        } = config;
+        assert_eq!(max_connections, 1);
+        assert_eq!(max_message_size, 2);
+        assert_eq!(ping_interval, Duration::from_secs(3));
+        assert_eq!(pong_timeout, Duration::from_secs(4));
+        assert_eq!(compression, Compression::shared());
+        assert_eq!(allowed_origins, origins);
+        assert_eq!(max_buffered_bytes, 5);
+        assert_eq!(buffer_policy, BufferPolicy::Close);
+        assert_eq!(handshake_timeout, Duration::from_secs(6));
+        assert_eq!(max_pending_handshakes, 7);
+        assert_eq!(max_http_connections, 8);
+        assert_eq!(close_timeout, Duration::from_secs(9));
     }
 }

@@ -63,10 +63,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_registry_is_free_while_the_sweeper_pings() {
-        let config = HubConfig {
-            ping_interval: Duration::ZERO,
-            ..HubConfig::default()
-        };
+        let config = HubConfig::default().ping_interval(Duration::ZERO);
         assert_registry_free_during(config, |hub| {
             // Every connection idle for longer than the interval: each one is pinged.
             std::thread::sleep(Duration::from_millis(2));

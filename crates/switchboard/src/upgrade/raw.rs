@@ -17,10 +17,35 @@ use tokio::{
 };
 
 /// Settings of [`accept_with`].
-#[derive(Clone, Debug)]
+///
+/// Start from [`AcceptConfig::default`] and change what you need, one method per
+/// setting:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use switchboard::{Message, WebSocketConfig, upgrade::{AcceptConfig, accept_with}};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = AcceptConfig::default()
+///     .websocket(WebSocketConfig::default().max_message_size(1 << 20))
+///     .handshake_timeout(Duration::from_secs(5))
+///     .protocols(["chat.v2"]);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+/// let (stream, _) = listener.accept().await?;
+/// let (mut ws, _request) = accept_with(stream, &config).await?;
+/// while let Some(message) = ws.recv().await {
+///     if let message @ (Message::Text(_) | Message::Binary(_)) = message? {
+///         ws.send(message).await?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AcceptConfig {
     /// Settings of the connection once accepted.
+    ///
+    /// Default [`WebSocketConfig::default`].
     pub websocket: WebSocketConfig,
     /// The longest request head accepted; a longer one is answered 431.
     ///
@@ -32,6 +57,8 @@ pub struct AcceptConfig {
     /// Default 10 s: a slowloris client trickling bytes holds a socket no longer.
     pub handshake_timeout: Duration,
     /// Subprotocols this server speaks; the first one the client offers is selected.
+    ///
+    /// Default none: the handshake selects no subprotocol, whatever the client offers.
     pub protocols: Vec<String>,
 }
 
@@ -43,6 +70,36 @@ impl Default for AcceptConfig {
             handshake_timeout: Duration::from_secs(10),
             protocols: Vec::new(),
         }
+    }
+}
+
+impl AcceptConfig {
+    /// Sets [`AcceptConfig::websocket`].
+    pub fn websocket(mut self, websocket: WebSocketConfig) -> Self {
+        self.websocket = websocket;
+        self
+    }
+
+    /// Sets [`AcceptConfig::max_head_len`], in bytes.
+    pub fn max_head_len(mut self, max: usize) -> Self {
+        self.max_head_len = max;
+        self
+    }
+
+    /// Sets [`AcceptConfig::handshake_timeout`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets [`AcceptConfig::protocols`].
+    pub fn protocols<I>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.protocols = protocols.into_iter().map(Into::into).collect();
+        self
     }
 }
 
@@ -196,4 +253,32 @@ pub(crate) fn refusal(error: &AcceptError) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
     http1::write_response_with_body(&head, error.to_string().as_bytes(), &mut out);
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Compression;
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let websocket = WebSocketConfig::default().compression(Compression::shared());
+        let config = AcceptConfig::default()
+            .websocket(websocket)
+            .max_head_len(1)
+            .handshake_timeout(Duration::from_secs(2))
+            .protocols(["b", "a"]);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let AcceptConfig {
+            websocket: set_websocket,
+            max_head_len,
+            handshake_timeout,
+            protocols,
+        } = config;
+        assert_eq!(set_websocket, websocket);
+        assert_eq!(max_head_len, 1);
+        assert_eq!(handshake_timeout, Duration::from_secs(2));
+        assert_eq!(protocols, ["b", "a"]);
+    }
 }

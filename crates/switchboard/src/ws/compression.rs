@@ -80,16 +80,16 @@ impl Compression {
     pub fn deflate_config(&self) -> Option<DeflateConfig> {
         match *self {
             Self::Disabled => None,
-            Self::Dedicated { window_bits, .. } => Some(DeflateConfig {
-                max_window_bits: window_bits,
-                peer_max_window_bits: window_bits,
-                ..DeflateConfig::default()
-            }),
-            Self::Shared { .. } => Some(DeflateConfig {
-                no_context_takeover: true,
-                peer_no_context_takeover: true,
-                ..DeflateConfig::default()
-            }),
+            Self::Dedicated { window_bits, .. } => Some(
+                DeflateConfig::default()
+                    .max_window_bits(window_bits)
+                    .peer_max_window_bits(window_bits),
+            ),
+            Self::Shared { .. } => Some(
+                DeflateConfig::default()
+                    .no_context_takeover(true)
+                    .peer_no_context_takeover(true),
+            ),
         }
     }
 

@@ -134,11 +134,39 @@ impl Idle {
 }
 
 /// Settings of one connection.
-#[derive(Clone, Copy, Debug)]
+///
+/// Start from [`WebSocketConfig::default`] and change what you need, one method per
+/// setting:
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::{Compression, Role, WebSocket, WebSocketConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let config = WebSocketConfig::default()
+///     .max_message_size(1 << 20)
+///     .compression(Compression::shared())
+///     .idle_timeout(Some(Duration::from_secs(30)));
+/// let (stream, _peer) = tokio::io::duplex(4096);
+/// let ws = WebSocket::from_raw_socket(stream, Role::Server, config);
+/// assert_eq!(ws.config(), config);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WebSocketConfig {
-    /// Limits on what the peer may send (frame and message size).
-    pub limits: Limits,
+    /// The longest frame payload accepted; a longer one closes with 1009.
+    ///
+    /// Default 16 MiB: a frame is held whole before it is delivered, so this bounds the
+    /// read buffer; it is tungstenite's default, and what Autobahn's largest
+    /// single-frame cases need.
+    pub max_frame_size: usize,
+    /// The longest message accepted, after reassembly (and after decompression, where
+    /// negotiated); a longer one closes with 1009.
+    ///
+    /// Default 64 MiB: large enough for file-sized payloads, small enough that a hostile
+    /// peer cannot exhaust memory with one message.
+    pub max_message_size: usize,
     /// How long to wait for the peer's close frame after sending ours, and for the
     /// peer to close the transport after the handshake, before giving up.
     ///
@@ -146,7 +174,10 @@ pub struct WebSocketConfig {
     /// vanished peer does not hold a socket.
     pub close_timeout: Duration,
     /// permessage-deflate: negotiated by the server upgrades and offered by the client
-    /// when enabled. Default [`Compression::Disabled`].
+    /// when enabled.
+    ///
+    /// Default [`Compression::Disabled`]: compression costs CPU and memory on every
+    /// connection, and pays off only for large, repetitive messages.
     pub compression: Compression,
     /// How many queued bytes may wait unwritten, for a peer that does not read them,
     /// before we stop reading from it: past this the connection reads nothing more
@@ -182,8 +213,10 @@ pub struct WebSocketConfig {
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
+        let limits = Limits::default();
         Self {
-            limits: Limits::default(),
+            max_frame_size: limits.max_frame_size,
+            max_message_size: limits.max_message_size,
             close_timeout: Duration::from_secs(5),
             compression: Compression::Disabled,
             max_write_buffer_size: 1 << 20,
@@ -193,40 +226,50 @@ impl Default for WebSocketConfig {
 }
 
 impl WebSocketConfig {
-    /// The same config with another limit on message (and frame) size.
+    /// Sets [`WebSocketConfig::max_frame_size`]. A frame longer than
+    /// [`WebSocketConfig::max_message_size`] is refused too (also with 1009), so a frame
+    /// limit above the message limit has no effect.
+    pub fn max_frame_size(mut self, max: usize) -> Self {
+        self.max_frame_size = max;
+        self
+    }
+
+    /// Sets [`WebSocketConfig::max_message_size`]: it bounds every frame of the message
+    /// too.
     pub fn max_message_size(mut self, max: usize) -> Self {
-        self.limits = Limits::with_max_message_size(max);
+        self.max_message_size = max;
         self
     }
 
-    /// The same config with other limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// The same config with another close timeout.
+    /// Sets [`WebSocketConfig::close_timeout`].
     pub fn close_timeout(mut self, close_timeout: Duration) -> Self {
         self.close_timeout = close_timeout;
         self
     }
 
-    /// The same config with another compression setting.
+    /// Sets [`WebSocketConfig::compression`].
     pub fn compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
         self
     }
 
-    /// The same config with another limit on unwritten bytes.
+    /// Sets [`WebSocketConfig::max_write_buffer_size`].
     pub fn max_write_buffer_size(mut self, max: usize) -> Self {
         self.max_write_buffer_size = max;
         self
     }
 
-    /// The same config with another idle timeout (`None`: none).
+    /// Sets [`WebSocketConfig::idle_timeout`]; `None` turns it off.
     pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
         self.idle_timeout = idle_timeout;
         self
+    }
+
+    /// The limits the decoder enforces on the peer.
+    fn limits(&self) -> Limits {
+        Limits::default()
+            .max_frame_size(self.max_frame_size)
+            .max_message_size(self.max_message_size)
     }
 }
 
@@ -273,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ) -> Self {
         Self {
             io,
-            read: ReadState::new(role, config.limits, buffered),
+            read: ReadState::new(role, config.limits(), buffered),
             write: WriteState::new(role),
             role,
             close_timeout: config.close_timeout,
@@ -316,13 +359,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The settings in force.
     pub fn config(&self) -> WebSocketConfig {
-        WebSocketConfig {
-            limits: self.read.limits(),
-            close_timeout: self.close_timeout,
-            compression: self.compression,
-            max_write_buffer_size: self.max_write_buffer_size,
-            idle_timeout: self.idle.as_ref().map(|idle| idle.limit),
-        }
+        let limits = self.read.limits();
+        WebSocketConfig::default()
+            .max_frame_size(limits.max_frame_size)
+            .max_message_size(limits.max_message_size)
+            .close_timeout(self.close_timeout)
+            .compression(self.compression)
+            .max_write_buffer_size(self.max_write_buffer_size)
+            .idle_timeout(self.idle.as_ref().map(|idle| idle.limit))
     }
 
     /// Bytes queued and not yet written to the stream (the browser API's
@@ -674,5 +718,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if self.role == Role::Client {
             self.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        // Values other than the defaults, so that a method that sets nothing fails.
+        let config = WebSocketConfig::default()
+            .max_frame_size(100)
+            .max_message_size(200)
+            .close_timeout(Duration::from_secs(1))
+            .compression(Compression::shared())
+            .max_write_buffer_size(300)
+            .idle_timeout(None);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let WebSocketConfig {
+            max_frame_size,
+            max_message_size,
+            close_timeout,
+            compression,
+            max_write_buffer_size,
+            idle_timeout,
+        } = config;
+        assert_eq!(max_frame_size, 100);
+        assert_eq!(max_message_size, 200);
+        assert_eq!(close_timeout, Duration::from_secs(1));
+        assert_eq!(compression, Compression::shared());
+        assert_eq!(max_write_buffer_size, 300);
+        assert_eq!(idle_timeout, None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_reports_the_config_it_was_built_with() {
+        let config = WebSocketConfig::default()
+            .max_frame_size(100)
+            .max_message_size(200)
+            .idle_timeout(Some(Duration::from_secs(7)));
+        let (stream, _peer) = tokio::io::duplex(64);
+        let ws = WebSocket::from_raw_socket(stream, Role::Server, config);
+        assert_eq!(ws.config(), config);
     }
 }

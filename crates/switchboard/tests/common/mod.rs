@@ -168,9 +168,11 @@ pub(crate) async fn listen() -> (TcpListener, SocketAddr) {
 
 /// The example echo server's settings.
 pub(crate) fn echo_config() -> AcceptConfig {
-    let mut config = AcceptConfig::default();
-    config.websocket = WebSocketConfig::default().max_message_size(MAX_MESSAGE_SIZE);
-    config
+    AcceptConfig::default().websocket(
+        WebSocketConfig::default()
+            .max_frame_size(MAX_MESSAGE_SIZE)
+            .max_message_size(MAX_MESSAGE_SIZE),
+    )
 }
 
 /// A server on `accept_with`: with [`echo_config`] and [`Behaviour::Echo`], the loop of
@@ -278,7 +280,11 @@ pub(crate) async fn axum_server(behaviour: Behaviour) -> Server {
 async fn axum_ws(State(state): State<AxumState>, upgrade: WebSocketUpgrade) -> AxumResponse {
     upgrade
         .protocols(&["b", "a"])
-        .config(WebSocketConfig::default().max_message_size(MAX_MESSAGE_SIZE))
+        .config(
+            WebSocketConfig::default()
+                .max_frame_size(MAX_MESSAGE_SIZE)
+                .max_message_size(MAX_MESSAGE_SIZE),
+        )
         .on_upgrade(move |ws| serve_ws(ws, state.behaviour, state.events))
 }
 
