@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Room));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
-        "rooms on ws://{}/chat/{{room}}, node {:x}",
+        "rooms on ws://{}/chat/{{room}}, node {}",
         listener.local_addr()?,
         hub.node()
     );

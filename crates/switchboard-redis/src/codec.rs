@@ -1,24 +1,25 @@
 //! Envelopes as bytes on a Redis channel.
 //!
 //! ```text
-//! version u8 = 1
-//! origin  u64 (big-endian)
-//! target  u8: 0 all | 1 room, then u32 length and the name | 2 connection, then u64 id
-//! except  u8: 0 none | 1, then u64 id
+//! version u8 = 2
+//! origin  u64: the publishing hub's node id
+//! target  u8: 0 all | 1 room, then u32 length and the name | 2 connection, then an id
+//! except  u8: 0 none | 1, then an id
 //! kind    u8: 1 text | 2 binary
 //! payload the rest
+//!
+//! id      u64 node id, then u64 sequence
 //! ```
 //!
-//! Every hub on one prefix must speak the same version: a hub that reads another
-//! version drops the envelope and counts it, rather than guess.
+//! Integers are big-endian. Every hub on one prefix must speak the same version: a hub
+//! that reads another version drops the envelope and counts it, rather than guess.
+//! Version 1 carried 64-bit connection ids with a 24-bit node in their high bits.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use switchboard::{
-    Message,
-    hub::{Envelope, Target},
-};
+use switchboard_broker::{ConnectionId, Envelope, NodeId, Target};
+use switchboard_proto::Message;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Why an envelope could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,9 +46,9 @@ pub(crate) fn encode(envelope: &Envelope) -> Result<Bytes, CodecError> {
         Message::Binary(data) => (2, data.clone()),
         _ => return Err(CodecError::NotData),
     };
-    let mut out = BytesMut::with_capacity(32 + payload.len());
+    let mut out = BytesMut::with_capacity(48 + payload.len());
     out.put_u8(VERSION);
-    out.put_u64(envelope.origin);
+    out.put_u64(envelope.origin.to_bits());
     match &envelope.target {
         Target::All => out.put_u8(0),
         Target::Room(room) => {
@@ -59,14 +60,14 @@ pub(crate) fn encode(envelope: &Envelope) -> Result<Bytes, CodecError> {
         }
         Target::Connection(id) => {
             out.put_u8(2);
-            out.put_u64(*id);
+            put_id(&mut out, *id);
         }
     }
     match envelope.except {
         None => out.put_u8(0),
         Some(id) => {
             out.put_u8(1);
-            out.put_u64(id);
+            put_id(&mut out, id);
         }
     }
     out.put_u8(kind);
@@ -80,7 +81,7 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, CodecError> {
     if version != VERSION {
         return Err(CodecError::Unknown("version", version));
     }
-    let origin = take_u64(&mut bytes)?;
+    let origin = NodeId::from_bits(take_u64(&mut bytes)?);
     let target = match take_u8(&mut bytes)? {
         0 => Target::All,
         1 => {
@@ -89,12 +90,12 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, CodecError> {
             let name = String::from_utf8(name.to_vec()).map_err(|_| CodecError::InvalidUtf8)?;
             Target::Room(name)
         }
-        2 => Target::Connection(take_u64(&mut bytes)?),
+        2 => Target::Connection(take_id(&mut bytes)?),
         other => return Err(CodecError::Unknown("target", other)),
     };
     let except = match take_u8(&mut bytes)? {
         0 => None,
-        1 => Some(take_u64(&mut bytes)?),
+        1 => Some(take_id(&mut bytes)?),
         other => return Err(CodecError::Unknown("except", other)),
     };
     let message = match take_u8(&mut bytes)? {
@@ -108,6 +109,16 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, CodecError> {
         except,
         message,
     })
+}
+
+fn put_id(out: &mut BytesMut, id: ConnectionId) {
+    out.put_u64(id.node().to_bits());
+    out.put_u64(id.sequence());
+}
+
+fn take_id(bytes: &mut Bytes) -> Result<ConnectionId, CodecError> {
+    let node = NodeId::from_bits(take_u64(bytes)?);
+    Ok(ConnectionId::new(node, take_u64(bytes)?))
 }
 
 fn take(bytes: &mut Bytes, len: usize) -> Result<Bytes, CodecError> {
@@ -133,23 +144,27 @@ fn take_u64(bytes: &mut Bytes) -> Result<u64, CodecError> {
 mod tests {
     use super::*;
 
+    fn id(node: u64, sequence: u64) -> ConnectionId {
+        ConnectionId::new(NodeId::from_bits(node), sequence)
+    }
+
     fn envelopes() -> Vec<Envelope> {
         vec![
             Envelope {
-                origin: 7,
+                origin: NodeId::from_bits(7),
                 target: Target::All,
                 except: None,
                 message: Message::text("hello"),
             },
             Envelope {
-                origin: 0xFF_FFFF,
+                origin: NodeId::from_bits(u64::MAX),
                 target: Target::Room("lobby/κόσμε".into()),
-                except: Some(42 << 40 | 9),
+                except: Some(id(0x9f3c_0a1b_2c3d_4e5f, 9)),
                 message: Message::binary(vec![0u8, 1, 2, 255]),
             },
             Envelope {
-                origin: 1,
-                target: Target::Connection(3 << 40 | 1),
+                origin: NodeId::from_bits(1),
+                target: Target::Connection(id(3, u64::MAX)),
                 except: None,
                 message: Message::binary(Vec::new()),
             },
@@ -162,6 +177,24 @@ mod tests {
             let wire = encode(&envelope).unwrap();
             assert_eq!(decode(wire).unwrap(), envelope);
         }
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        let envelope = Envelope {
+            origin: NodeId::from_bits(0x0102_0304_0506_0708),
+            target: Target::Connection(id(0x1111_1111_1111_1111, 0x2a)),
+            except: Some(id(0x2222_2222_2222_2222, 1)),
+            message: Message::text("hi"),
+        };
+        let mut expected = vec![2, 1, 2, 3, 4, 5, 6, 7, 8, 2];
+        expected.extend([0x11; 8]);
+        expected.extend(0x2a_u64.to_be_bytes());
+        expected.push(1);
+        expected.extend([0x22; 8]);
+        expected.extend(1_u64.to_be_bytes());
+        expected.extend([1, b'h', b'i']);
+        assert_eq!(encode(&envelope).unwrap(), expected);
     }
 
     #[test]
@@ -184,10 +217,10 @@ mod tests {
     fn unknown_bytes_and_bad_text_are_refused() {
         let wire = encode(&envelopes()[0]).unwrap();
         let mut other_version = wire.to_vec();
-        other_version[0] = 2;
+        other_version[0] = 1;
         assert_eq!(
             decode(other_version.into()),
-            Err(CodecError::Unknown("version", 2))
+            Err(CodecError::Unknown("version", 1))
         );
         let mut bad_text = wire.to_vec();
         let last = bad_text.len() - 1;

@@ -10,7 +10,7 @@
 //! use switchboard::hub::{Hub, HubConfig};
 //! use switchboard_redis::{RedisBroker, RedisConfig};
 //!
-//! # async fn run() -> Result<(), switchboard_redis::RedisError> {
+//! # async fn run() -> Result<(), switchboard_redis::ConnectError> {
 //! let broker = RedisBroker::connect(RedisConfig::default().url("redis://127.0.0.1:6379/")).await?;
 //! let stats = broker.stats();
 //! let hub = Hub::with_broker(HubConfig::default(), broker);
@@ -22,7 +22,7 @@
 //! # Channels
 //!
 //! With the default prefix `switchboard`, a hub subscribes to `switchboard:all`, to
-//! `switchboard:node:<its node id>`, and to `switchboard:room:<name>` for each room
+//! `switchboard:node:<its node id>` (16 hex digits, as `NodeId` displays), and to `switchboard:room:<name>` for each room
 //! that has a member on it, from the first member's join to the last member's leave.
 //! Publishing to a room costs one `PUBLISH`, whatever the number of hubs.
 //!
@@ -37,10 +37,11 @@
 //! are dropped and counted in [`BrokerStats::lost`] too. Room subscriptions never are.
 
 mod codec;
+mod error;
 mod link;
 
 pub use codec::CodecError;
-pub use redis::RedisError;
+pub use error::ConnectError;
 
 use bytes::Bytes;
 use std::{
@@ -51,7 +52,7 @@ use std::{
     },
     time::Duration,
 };
-use switchboard::hub::{Broker, Envelope, Inbox, Target};
+use switchboard_broker::{Broker, Envelope, Inbox, NodeId, Target};
 use tokio::{
     runtime::Handle,
     sync::{
@@ -74,7 +75,7 @@ const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
 /// use switchboard::hub::{Hub, HubConfig};
 /// use switchboard_redis::{RedisBroker, RedisConfig};
 ///
-/// # async fn run() -> Result<(), switchboard_redis::RedisError> {
+/// # async fn run() -> Result<(), switchboard_redis::ConnectError> {
 /// let config = RedisConfig::default()
 ///     .url("redis://redis.internal:6379/")
 ///     .prefix("chat")
@@ -154,8 +155,8 @@ impl RedisConfig {
         format!("{}:all", self.prefix)
     }
 
-    fn channel_node(&self, node: u64) -> String {
-        format!("{}:node:{node:x}", self.prefix)
+    fn channel_node(&self, node: NodeId) -> String {
+        format!("{}:node:{node}", self.prefix)
     }
 
     fn channel_room(&self, room: &str) -> String {
@@ -167,7 +168,7 @@ impl RedisConfig {
         match &envelope.target {
             Target::All => self.channel_all(),
             Target::Room(room) => self.channel_room(room),
-            Target::Connection(id) => self.channel_node(Envelope::node_of(*id)),
+            Target::Connection(id) => self.channel_node(id.node()),
         }
     }
 }
@@ -205,7 +206,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A hub's attachment to Redis. Give it to [`switchboard::hub::Hub::with_broker`].
+/// A hub's attachment to Redis. Give it to `switchboard::hub::Hub::with_broker`.
 #[derive(Debug)]
 pub struct RedisBroker {
     config: RedisConfig,
@@ -222,7 +223,7 @@ impl RedisBroker {
     /// Connects to Redis (failing at once if it cannot be reached); the broker starts
     /// working when a hub takes it. Call from inside a tokio runtime: the link's task
     /// runs on it.
-    pub async fn connect(config: RedisConfig) -> Result<Self, RedisError> {
+    pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
         let link = link::Link::open(&config).await?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));

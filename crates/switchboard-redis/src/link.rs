@@ -2,7 +2,7 @@
 //! follows the hub's rooms with subscriptions, hands what arrives to the hub's inbox,
 //! and reconnects when Redis goes away.
 
-use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec};
+use crate::{BrokerStats, ConnectError, Publish, RedisConfig, RoomChanges, codec};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::{
@@ -10,7 +10,7 @@ use redis::{
     aio::{MultiplexedConnection, PubSubSink, PubSubStream},
 };
 use std::{collections::HashSet, sync::Arc, time::Duration};
-use switchboard::hub::Inbox;
+use switchboard_broker::Inbox;
 use tokio::sync::mpsc::Receiver;
 
 /// Publishes that wait are sent together, up to this many in one pipeline.
@@ -40,8 +40,12 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) async fn open(config: &RedisConfig) -> RedisResult<Self> {
-        Self::open_with(Client::open(config.url.as_str())?).await
+    pub(crate) async fn open(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
+        Self::open_with(client)
+            .await
+            .map_err(|error| ConnectError::Connect(Box::new(error)))
     }
 
     async fn open_with(client: Client) -> RedisResult<Self> {

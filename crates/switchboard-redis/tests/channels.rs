@@ -37,7 +37,7 @@ async fn channels_node(prefix: &str) -> (Endpoint, std::net::SocketAddr) {
         .await
         .unwrap();
     let hub = Hub::with_broker(HubConfig::default(), broker);
-    subscribers(&format!("{prefix}:node:{:x}", hub.node()), 1).await;
+    subscribers(&format!("{prefix}:node:{}", hub.node()), 1).await;
     let channels = Channels::new(hub.clone()).channel("room:*", Room);
     let endpoint = channels.endpoint();
     let app: axum::Router = channels.into_router();

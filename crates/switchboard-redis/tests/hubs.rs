@@ -74,13 +74,14 @@ async fn a_room_is_subscribed_from_the_first_join_to_the_last_leave() {
     let (y, _y_ws) = client(&mut b, "/chat/blue").await;
     let (z, _z_ws) = client(&mut b, "/chat/blue").await;
     subscribers(&room, 2).await;
-    b.hub.leave(y.id(), "blue");
+    assert!(b.hub.leave(&y, "blue"));
     // b still has a member.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     subscribers(&room, 2).await;
-    b.hub.leave(z.id(), "blue");
+    assert!(b.hub.leave(&z, "blue"));
     subscribers(&room, 1).await;
-    a.hub.leave(x.id(), "blue");
+    assert!(a.hub.leave(&x, "blue"));
+    assert!(!a.hub.leave(&x, "blue"), "left twice");
     subscribers(&room, 0).await;
     // And back.
     b.hub.join(&z, "blue");

@@ -17,8 +17,8 @@
 //!   private message, `{"type":"sent","to":"…","name":"bob"}` to its sender;
 //! - `{"type":"error","error":"…"}` for an unknown id or a malformed request.
 //!
-//! Client to server: `{"to":"<id>","body":"…"}`. Ids travel as strings: they use all 64
-//! bits, more than a JavaScript number holds exactly (a number is accepted too).
+//! Client to server: `{"to":"<id>","body":"…"}`, the id as the server sent it (a
+//! `ConnectionId` serializes as a JSON string, and deserializes only from one).
 
 use axum::Router;
 use serde_json::{Value, json};
@@ -47,12 +47,10 @@ impl PrivateMessages {
     fn parse(text: &str) -> Result<(ConnectionId, String), String> {
         const USAGE: &str = r#"expected {"to": "<id>", "body": "<text>"}"#;
         let request: Value = serde_json::from_str(text).map_err(|_| USAGE.to_owned())?;
-        let to = match request.get("to") {
-            Some(Value::String(id)) => id.parse().ok(),
-            Some(id) => id.as_u64(),
-            None => None,
-        }
-        .ok_or_else(|| format!("{USAGE}: \"to\" must be a connection id"))?;
+        let to = request
+            .get("to")
+            .and_then(|id| serde_json::from_value::<ConnectionId>(id.clone()).ok())
+            .ok_or_else(|| format!("{USAGE}: \"to\" must be a connection id"))?;
         let body = request
             .get("body")
             .and_then(Value::as_str)
@@ -70,7 +68,7 @@ impl Handler for PrivateMessages {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map_or_else(
-                || format!("guest-{}", conn.id() & 0xFFFF),
+                || format!("guest-{}", conn.id().sequence()),
                 |n| n.chars().take(MAX_NAME).collect(),
             );
         conn.set_metadata("name", &name);
@@ -79,12 +77,11 @@ impl Handler for PrivateMessages {
             .connections()
             .iter()
             .filter(|c| c.id() != conn.id())
-            .map(|c| json!({"id": c.id().to_string(), "name": Self::name(c)}))
+            .map(|c| json!({"id": c.id(), "name": Self::name(c)}))
             .collect();
-        let id = conn.id().to_string();
-        let welcome = json!({"type": "welcome", "id": id, "name": name, "online": online});
+        let welcome = json!({"type": "welcome", "id": conn.id(), "name": name, "online": online});
         conn.send_text(welcome.to_string());
-        let arrived = json!({"type": "online", "id": id, "name": name});
+        let arrived = json!({"type": "online", "id": conn.id(), "name": name});
         hub.broadcast_except(arrived.to_string(), conn.id());
     }
 
@@ -101,12 +98,12 @@ impl Handler for PrivateMessages {
         let Some(recipient) = conn.hub().connection(to) else {
             return Self::error(conn, format!("no connection with id {to}"));
         };
-        let private = json!({"type": "private", "from": conn.id().to_string(), "name": Self::name(conn), "body": body});
+        let private =
+            json!({"type": "private", "from": conn.id(), "name": Self::name(conn), "body": body});
         // `try_send`, not `send_text`: the sender is told whether it was delivered.
         match recipient.try_send(private.to_string()) {
             Ok(()) => {
-                let sent =
-                    json!({"type": "sent", "to": to.to_string(), "name": Self::name(&recipient)});
+                let sent = json!({"type": "sent", "to": to, "name": Self::name(&recipient)});
                 conn.send_text(sent.to_string());
             }
             Err(error) => Self::error(conn, format!("not delivered to {to}: {error}")),
@@ -114,8 +111,7 @@ impl Handler for PrivateMessages {
     }
 
     async fn on_close(&self, conn: &Connection, _code: CloseCode, _reason: &str) {
-        let gone =
-            json!({"type": "offline", "id": conn.id().to_string(), "name": Self::name(conn)});
+        let gone = json!({"type": "offline", "id": conn.id(), "name": Self::name(conn)});
         conn.hub().broadcast_except(gone.to_string(), conn.id());
     }
 }

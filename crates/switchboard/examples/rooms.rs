@@ -153,7 +153,8 @@ impl Handler for Rooms {
                 .map(|v| v.chars().take(MAX_FIELD).collect::<String>())
         };
         let user_id = field("user_id").unwrap_or_else(|| "anonymous".to_owned());
-        let username = field("username").unwrap_or_else(|| format!("guest-{}", conn.id() & 0xFFFF));
+        let username =
+            field("username").unwrap_or_else(|| format!("guest-{}", conn.id().sequence()));
         // Anything but `admin` is an ordinary member.
         let role = if field("role").as_deref() == Some("admin") {
             "admin"
@@ -168,7 +169,7 @@ impl Handler for Rooms {
         conn.join(NOTIFICATIONS);
         let welcome = json!({
             "type": "welcome",
-            "id": conn.id().to_string(),
+            "id": conn.id(),
             "user_id": user_id,
             "username": username,
             "role": role,

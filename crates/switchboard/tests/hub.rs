@@ -27,8 +27,8 @@ use std::{
 use switchboard::{
     CloseCode, HubUpgrade, Message,
     hub::{
-        BroadcastReport, Connection, ConnectionId, ConnectionState, Envelope, Handler, Hub,
-        HubConfig, Origins, SendError,
+        BroadcastReport, Connection, ConnectionId, ConnectionState, Handler, Hub, HubConfig,
+        NodeId, Origins, SendError,
     },
 };
 use tokio::{
@@ -111,7 +111,9 @@ impl Handler for Probe {
                 "join" => {
                     conn.join(arg);
                 }
-                "leave" => conn.leave(arg),
+                "leave" => {
+                    conn.leave(arg);
+                }
                 "echo" => conn.send_text(arg),
                 "close" => {
                     let (code, reason) = arg.split_once(' ').unwrap_or((arg, ""));
@@ -926,7 +928,7 @@ async fn ids_are_unique_and_name_the_hub() {
     for _ in 0..20 {
         clients.push(connect(server.addr, "/ws").await);
         let conn = server.events.open().await;
-        assert_eq!(Envelope::node_of(conn.id()), server.hub.node());
+        assert_eq!(conn.id().node(), server.hub.node());
         assert!(ids.insert(conn.id()), "duplicate id {}", conn.id());
     }
     assert_eq!(server.hub.connection_count(), 20);
@@ -1255,7 +1257,10 @@ async fn rooms_broadcasts_and_reports() {
         ["3 all", "4 all but b", "5 c only", "binary [6]", "7 red"]
     );
     assert!(hub.connection(conn_a.id()).is_some());
-    assert!(hub.connection(0).is_none());
+    // Numbers start at 1; the same number on another node is another connection.
+    assert!(hub.connection(ConnectionId::new(hub.node(), 0)).is_none());
+    let elsewhere = ConnectionId::new(NodeId::random(), conn_a.id().sequence());
+    assert!(hub.connection(elsewhere).is_none());
 }
 
 #[tokio::test]

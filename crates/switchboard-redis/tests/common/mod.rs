@@ -111,7 +111,7 @@ pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
     let hub = Hub::with_broker(HubConfig::default(), broker);
     // The hub subscribes to `all`, then to its node's channel: once that one counts,
     // sends to this hub's connections reach it.
-    subscribers(&format!("{prefix}:node:{:x}", hub.node()), 1).await;
+    subscribers(&format!("{prefix}:node:{}", hub.node()), 1).await;
     let (tx, opened) = unbounded_channel();
     let app = axum::Router::new()
         .route(

@@ -142,7 +142,7 @@ impl Handler for Chat {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map_or_else(
-                || format!("guest-{}", conn.id() & 0xFFFF),
+                || format!("guest-{}", conn.id().sequence()),
                 |n| n.chars().take(MAX_NAME).collect(),
             );
         conn.set_metadata("name", &name);
@@ -155,7 +155,7 @@ impl Handler for Chat {
             .iter()
             .filter_map(|c| c.metadata("name"))
             .collect();
-        let welcome = json!({"type": "welcome", "id": conn.id().to_string(), "room": room, "user": name, "members": members});
+        let welcome = json!({"type": "welcome", "id": conn.id(), "room": room, "user": name, "members": members});
         conn.send_text(welcome.to_string());
         let joined = json!({"type": "joined", "user": name, "count": hub.room_size(&hub_room)});
         hub.to(&hub_room)
@@ -170,7 +170,8 @@ impl Handler for Chat {
             return;
         }
         // The sender's id lets a page tell its own messages from those of a namesake.
-        let out = json!({"type": "message", "id": conn.id().to_string(), "user": Self::name(conn), "body": body});
+        let out =
+            json!({"type": "message", "id": conn.id(), "user": Self::name(conn), "body": body});
         conn.hub()
             .to(&Self::hub_room(conn))
             .send_text(out.to_string());

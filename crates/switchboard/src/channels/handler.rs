@@ -274,7 +274,7 @@ impl SocketHandler {
     /// A message that is not V2: an error reply when it says which message it was,
     /// otherwise a close that says why.
     fn malformed(&self, conn: &Connection, message: &Message, error: &DecodeError) {
-        tracing::debug!(id = conn.id(), %error, "malformed channel message");
+        tracing::debug!(id = %conn.id(), %error, "malformed channel message");
         let salvaged = match message {
             Message::Text(text) => protocol::salvage(text.as_str()),
             _ => None,

@@ -285,6 +285,11 @@ fn diff(joins: Map<String, Value>, leaves: Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::NodeId;
+
+    fn id(sequence: u64) -> ConnectionId {
+        ConnectionId::new(NodeId::from_bits(1), sequence)
+    }
 
     fn meta(value: Value) -> Map<String, Value> {
         match value {
@@ -299,7 +304,7 @@ mod tests {
         let diff = tracker
             .track(
                 "room:a",
-                1,
+                id(1),
                 "ann".into(),
                 meta(json!({"device": "phone"})),
                 "r1".into(),
@@ -312,17 +317,17 @@ mod tests {
         tracker
             .track(
                 "room:a",
-                2,
+                id(2),
                 "ann".into(),
                 meta(json!({"device": "laptop"})),
                 "r2".into(),
             )
             .unwrap();
         tracker
-            .track("room:a", 3, "bob".into(), meta(json!({})), "r3".into())
+            .track("room:a", id(3), "bob".into(), meta(json!({})), "r3".into())
             .unwrap();
         tracker
-            .track("room:b", 3, "bob".into(), meta(json!({})), "r4".into())
+            .track("room:b", id(3), "bob".into(), meta(json!({})), "r4".into())
             .unwrap();
         assert_eq!(
             tracker.list("room:a"),
@@ -345,10 +350,10 @@ mod tests {
     fn a_socket_tracks_a_key_once() {
         let mut tracker = Tracker::default();
         tracker
-            .track("t", 1, "ann".into(), Map::new(), "r1".into())
+            .track("t", id(1), "ann".into(), Map::new(), "r1".into())
             .unwrap();
         assert_eq!(
-            tracker.track("t", 1, "ann".into(), Map::new(), "r2".into()),
+            tracker.track("t", id(1), "ann".into(), Map::new(), "r2".into()),
             Err(PresenceError::AlreadyTracked)
         );
     }
@@ -359,14 +364,20 @@ mod tests {
         tracker
             .track(
                 "t",
-                1,
+                id(1),
                 "ann".into(),
                 meta(json!({"status": "away"})),
                 "r1".into(),
             )
             .unwrap();
         let diff = tracker
-            .update("t", 1, "ann", meta(json!({"status": "here"})), "r2".into())
+            .update(
+                "t",
+                id(1),
+                "ann",
+                meta(json!({"status": "here"})),
+                "r2".into(),
+            )
             .unwrap();
         assert_eq!(
             diff,
@@ -376,7 +387,7 @@ mod tests {
             })
         );
         assert_eq!(
-            tracker.update("t", 2, "ann", Map::new(), "r3".into()),
+            tracker.update("t", id(2), "ann", Map::new(), "r3".into()),
             Err(PresenceError::NotTracked)
         );
     }
@@ -385,12 +396,12 @@ mod tests {
     fn untrack_removes_one_meta_and_empty_keys() {
         let mut tracker = Tracker::default();
         tracker
-            .track("t", 1, "ann".into(), Map::new(), "r1".into())
+            .track("t", id(1), "ann".into(), Map::new(), "r1".into())
             .unwrap();
         tracker
-            .track("t", 2, "ann".into(), Map::new(), "r2".into())
+            .track("t", id(2), "ann".into(), Map::new(), "r2".into())
             .unwrap();
-        let diff = tracker.untrack("t", 1, "ann").unwrap();
+        let diff = tracker.untrack("t", id(1), "ann").unwrap();
         assert_eq!(
             diff,
             json!({"joins": {}, "leaves": {"ann": {"metas": [{"phx_ref": "r1"}]}}})
@@ -399,8 +410,8 @@ mod tests {
             tracker.list("t"),
             json!({"ann": {"metas": [{"phx_ref": "r2"}]}})
         );
-        assert_eq!(tracker.untrack("t", 1, "ann"), None);
-        assert!(tracker.untrack("t", 2, "ann").is_some());
+        assert_eq!(tracker.untrack("t", id(1), "ann"), None);
+        assert!(tracker.untrack("t", id(2), "ann").is_some());
         assert!(tracker.topics.is_empty(), "empty topics are dropped");
     }
 
@@ -408,15 +419,15 @@ mod tests {
     fn untrack_all_leaves_every_key_of_a_socket() {
         let mut tracker = Tracker::default();
         tracker
-            .track("t", 1, "ann".into(), Map::new(), "r1".into())
+            .track("t", id(1), "ann".into(), Map::new(), "r1".into())
             .unwrap();
         tracker
-            .track("t", 1, "ann-alt".into(), Map::new(), "r2".into())
+            .track("t", id(1), "ann-alt".into(), Map::new(), "r2".into())
             .unwrap();
         tracker
-            .track("t", 2, "bob".into(), Map::new(), "r3".into())
+            .track("t", id(2), "bob".into(), Map::new(), "r3".into())
             .unwrap();
-        let diff = tracker.untrack_all("t", 1).unwrap();
+        let diff = tracker.untrack_all("t", id(1)).unwrap();
         assert_eq!(
             diff,
             json!({"joins": {}, "leaves": {
@@ -424,7 +435,7 @@ mod tests {
                 "ann-alt": {"metas": [{"phx_ref": "r2"}]}
             }})
         );
-        assert_eq!(tracker.untrack_all("t", 1), None);
+        assert_eq!(tracker.untrack_all("t", id(1)), None);
         assert_eq!(
             tracker.list("t"),
             json!({"bob": {"metas": [{"phx_ref": "r3"}]}})

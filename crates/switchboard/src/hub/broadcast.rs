@@ -72,7 +72,10 @@ impl<'a> Broadcast<'a> {
             message,
         };
         let report = deliver_local(self.hub, &envelope);
-        if !envelope.is_local_to(self.hub.node()) {
+        // A send to one of this hub's connections has no recipient elsewhere.
+        let local =
+            matches!(envelope.target, Target::Connection(id) if id.node() == self.hub.node());
+        if !local {
             self.hub.broker().publish(envelope);
         }
         report

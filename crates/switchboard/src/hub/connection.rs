@@ -1,6 +1,6 @@
 //! The handle to one connection: identity, state, metadata, sends from any task.
 
-use super::{BufferPolicy, Hub, Outgoing, outgoing::Queued};
+use super::{BufferPolicy, ConnectionId, Hub, Outgoing, outgoing::Queued};
 use crate::{sync::lock, ws::OutboxClose};
 use atomic_waker::AtomicWaker;
 use http::Extensions;
@@ -18,13 +18,6 @@ use switchboard_proto::{
     CloseCode, CloseFrame, Frame, Message, Utf8Bytes, close::MAX_REASON_LEN,
     deflate::DeflateParams, frame::MAX_CONTROL_PAYLOAD,
 };
-
-/// A connection's id, unique across every hub of a deployment: the high 24 bits name the
-/// hub, the low 40 count its connections.
-///
-/// Ids are above 2^53, more than a JavaScript number holds exactly: send them to a
-/// browser as strings (`id.to_string()`), never as JSON numbers.
-pub type ConnectionId = u64;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,9 +299,10 @@ impl Connection {
         self.inner.hub.join(self, room)
     }
 
-    /// Leaves a room (removed when its last member leaves).
-    pub fn leave(&self, room: &str) {
-        self.inner.hub.leave(self.id(), room);
+    /// Leaves a room (removed when its last member leaves); returns whether the
+    /// connection was a member.
+    pub fn leave(&self, room: &str) -> bool {
+        self.inner.hub.leave(self, room)
     }
 
     /// The rooms this connection is in.

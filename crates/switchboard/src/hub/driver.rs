@@ -144,7 +144,7 @@ pub(crate) async fn drive<S, H>(
 /// The panic hook has printed the panic itself; this says which connection it ended.
 fn panicked(conn: &Connection, callback: &'static str) {
     tracing::error!(
-        connection = conn.id(),
+        connection = %conn.id(),
         callback,
         "handler panicked: closing the connection with 1011"
     );

@@ -29,7 +29,6 @@
 //! ```
 
 mod broadcast;
-mod broker;
 mod config;
 mod connection;
 mod driver;
@@ -39,10 +38,13 @@ mod outgoing;
 mod registry;
 
 pub use broadcast::{Broadcast, BroadcastReport};
-pub use broker::{Broker, Envelope, Inbox, MemoryBroker, MemoryNetwork, Target};
 pub use config::{BufferPolicy, HubConfig, Origins};
-pub use connection::{Connection, ConnectionId, ConnectionState, SendError};
+pub use connection::{Connection, ConnectionState, SendError};
 pub use handler::Handler;
+pub use switchboard_broker::{
+    Broker, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId, ParseIdError,
+    Target,
+};
 
 pub(crate) use connection::{RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
@@ -50,6 +52,7 @@ pub(crate) use handler::{Panicked, catch};
 pub(crate) use outgoing::Outgoing;
 
 use crate::sync::{self, lock};
+use broadcast::deliver_local;
 use registry::{Registry, RoomChange};
 use std::{
     fmt,
@@ -74,7 +77,7 @@ pub struct Hub {
 struct HubInner {
     config: HubConfig,
     /// Names this hub in connection ids and broker envelopes.
-    node: u64,
+    node: NodeId,
     next_id: AtomicU64,
     registry: RwLock<Registry>,
     /// Connections admitted (upgrade accepted) and not yet finished: what
@@ -119,8 +122,9 @@ impl Hub {
         // See the setting: with no slot, `serve` would accept nothing.
         config.max_pending_handshakes = config.max_pending_handshakes.max(1);
         config.max_http_connections = config.max_http_connections.max(1);
-        // 24 random bits name this hub inside connection ids (see `ConnectionId`).
-        let node = rand::random::<u64>() & 0xFF_FFFF | 1;
+        // Hubs of one deployment must not share a node id: each drops the envelopes of
+        // its own node. With 64 random bits they do not, in practice (see `NodeId`).
+        let node = NodeId::random();
         let hub = Self {
             inner: Arc::new(HubInner {
                 config,
@@ -137,8 +141,25 @@ impl Hub {
                 refused: AtomicU64::new(0),
             }),
         };
-        hub.inner.broker.start(Inbox::new(&hub));
+        hub.inner.broker.start(hub.inbox());
         hub
+    }
+
+    /// Where the broker delivers envelopes from other hubs. It holds the hub weakly: a
+    /// broker keeps its inbox, and the hub keeps its broker.
+    fn inbox(&self) -> Inbox {
+        let hub = Arc::downgrade(&self.inner);
+        let node = self.node();
+        Inbox::new(node, move |envelope| {
+            let Some(inner) = hub.upgrade() else {
+                return false;
+            };
+            // Pub/sub systems echo a hub's publishes back to it on the rooms it shares.
+            if envelope.origin != node {
+                deliver_local(&Hub::from_inner(inner), envelope);
+            }
+            true
+        })
     }
 
     /// The settings.
@@ -146,8 +167,9 @@ impl Hub {
         &self.inner.config
     }
 
-    /// This hub's node id, the high bits of its connections' ids.
-    pub fn node(&self) -> u64 {
+    /// This hub's node id: 64 random bits, drawn when the hub was made, that its
+    /// connections' ids carry ([`ConnectionId::node`]).
+    pub fn node(&self) -> NodeId {
         self.inner.node
     }
 
@@ -198,13 +220,8 @@ impl Hub {
         let mut registry = self.write();
         // Leaving every room happens once, when the connection is unregistered: a
         // membership added after it would keep the room, and the broker's
-        // subscription, for ever. The entry must be this very connection: a connection
-        // of another hub may carry the same id.
-        if !registry
-            .connections
-            .get(&conn.id())
-            .is_some_and(|registered| registered.is(conn))
-        {
+        // subscription, for ever.
+        if !registry.holds(conn) {
             return false;
         }
         if let RoomChange::Created(room) = registry.join(conn, room) {
@@ -213,11 +230,21 @@ impl Hub {
         true
     }
 
-    /// Removes a connection from a room.
-    pub fn leave(&self, id: ConnectionId, room: &str) {
+    /// Removes a connection from a room; returns whether it was a member.
+    ///
+    /// A connection of another hub is refused, as by [`Hub::join`]: `false`.
+    pub fn leave(&self, conn: &Connection, room: &str) -> bool {
         let mut registry = self.write();
-        if let RoomChange::Removed(room) = registry.leave(id, room) {
-            self.inner.broker.unsubscribe(&room);
+        if !registry.holds(conn) {
+            return false;
+        }
+        match registry.leave(conn.id(), room) {
+            RoomChange::None => false,
+            RoomChange::Removed(room) => {
+                self.inner.broker.unsubscribe(&room);
+                true
+            }
+            RoomChange::Created(_) | RoomChange::Resized => true,
         }
     }
 
@@ -322,8 +349,7 @@ impl Hub {
     /// Registers a connection in the slot it was admitted to; the registration gives
     /// both back when dropped.
     pub(crate) fn register(&self, request: RequestInfo) -> Registration {
-        let counter = self.inner.next_id.fetch_add(1, Relaxed) & 0xFF_FFFF_FFFF;
-        let id = self.inner.node << 40 | counter;
+        let id = ConnectionId::new(self.node(), self.inner.next_id.fetch_add(1, Relaxed));
         let conn = Connection::new(id, self.clone(), request);
         self.write().connections.insert(id, conn.clone());
         self.start_sweeper();
@@ -459,5 +485,19 @@ mod tests {
         assert!(!hub.join(&stranger, "room"), "joined through a borrowed id");
         assert_eq!(hub.room_size("room"), 0);
         assert!(hub.join(registered.conn(), "room"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_of_another_hub_with_a_registered_id_cannot_leave() {
+        let hub = Hub::new(HubConfig::default());
+        let registered = admitted(&hub);
+        assert!(hub.join(registered.conn(), "room"));
+        let other = Hub::new(HubConfig::default());
+        let stranger = Connection::new(registered.conn().id(), other, RequestInfo::default());
+        assert!(!hub.leave(&stranger, "room"), "left through a borrowed id");
+        assert!(registered.conn().in_room("room"));
+        assert!(hub.leave(registered.conn(), "room"));
+        assert!(!hub.leave(registered.conn(), "room"), "left twice");
+        assert_eq!(hub.room_size("room"), 0);
     }
 }

@@ -96,6 +96,14 @@ impl Members {
 }
 
 impl Registry {
+    /// Whether `conn` is registered: its id's entry is this very connection (a
+    /// connection of another hub may carry the same id).
+    pub(crate) fn holds(&self, conn: &Connection) -> bool {
+        self.connections
+            .get(&conn.id())
+            .is_some_and(|registered| registered.is(conn))
+    }
+
     pub(crate) fn join(&mut self, conn: &Connection, room: &str) -> RoomChange {
         let id = conn.id();
         let (room, created) = match self.rooms.get_key_value(room) {
@@ -222,7 +230,10 @@ mod tests {
     fn connections(n: u64) -> Vec<Connection> {
         let hub = Hub::new(HubConfig::default());
         (1..=n)
-            .map(|id| Connection::new(id, hub.clone(), RequestInfo::default()))
+            .map(|n| {
+                let id = ConnectionId::new(hub.node(), n);
+                Connection::new(id, hub.clone(), RequestInfo::default())
+            })
             .collect()
     }
 

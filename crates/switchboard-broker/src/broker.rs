@@ -1,0 +1,88 @@
+//! What moves between hubs, and the trait of what moves it.
+
+use crate::{ConnectionId, NodeId};
+use std::{fmt, sync::Arc};
+use switchboard_proto::Message;
+
+/// Who an envelope is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection.
+    All,
+    /// The members of a room.
+    Room(String),
+    /// One connection; its id names the hub that holds it ([`ConnectionId::node`]).
+    Connection(ConnectionId),
+}
+
+/// A message on its way between hubs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The node id of the hub that published it (hubs ignore their own envelopes).
+    pub origin: NodeId,
+    /// Who it is for.
+    pub target: Target,
+    /// A connection to leave out.
+    pub except: Option<ConnectionId>,
+    /// The message (text or binary).
+    pub message: Message,
+}
+
+/// What a receiving hub does with an envelope; `false` once it is gone.
+type Deliver = dyn Fn(&Envelope) -> bool + Send + Sync;
+
+/// Where a broker delivers envelopes published by other hubs: a hub's node id and its
+/// way in. Cheap to clone.
+#[derive(Clone)]
+pub struct Inbox {
+    node: NodeId,
+    deliver: Arc<Deliver>,
+}
+
+impl Inbox {
+    /// The inbox of the hub `node`: `deliver` hands it an envelope and returns `false`
+    /// once the hub is gone. A hub makes its own and hands it to [`Broker::start`];
+    /// tests of a broker make theirs.
+    pub fn new(node: NodeId, deliver: impl Fn(&Envelope) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            node,
+            deliver: Arc::new(deliver),
+        }
+    }
+
+    /// The node id of the receiving hub.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Delivers an envelope to the receiving hub's connections (a hub skips those of
+    /// its own origin, which pub/sub systems may echo back). Returns `false` once the
+    /// hub is gone, so the broker can forget this inbox.
+    pub fn deliver(&self, envelope: &Envelope) -> bool {
+        (self.deliver)(envelope)
+    }
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Carries envelopes between hubs. Every method must return at once: a hub calls them
+/// while sending, and sends never wait.
+pub trait Broker: Send + Sync + 'static {
+    /// Called once by the hub that owns this broker, with where to deliver envelopes
+    /// from other hubs.
+    fn start(&self, inbox: Inbox);
+    /// Sends an envelope to the other hubs that may have recipients: for a room, the
+    /// hubs subscribed to it; for a connection, the hub named by its id; for all, every
+    /// hub.
+    fn publish(&self, envelope: Envelope);
+    /// This hub has its first member in `room`: deliver the room's envelopes to it.
+    fn subscribe(&self, room: &str);
+    /// This hub's last member left `room`.
+    fn unsubscribe(&self, room: &str);
+}

@@ -1,0 +1,20 @@
+//! Why a broker could not be made.
+
+use std::error::Error;
+
+/// The cause, from the Redis client: reachable through [`Error::source`], without
+/// making the client's types part of this crate's API.
+type Cause = Box<dyn Error + Send + Sync + 'static>;
+
+/// Why [`RedisBroker::connect`](crate::RedisBroker::connect) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL is not one the Redis client understands.
+    #[error("invalid redis url")]
+    InvalidUrl(#[source] Cause),
+    /// Redis could not be reached, or refused the connection (authentication, a
+    /// subscription refused).
+    #[error("could not connect to redis")]
+    Connect(#[source] Cause),
+}
