@@ -22,8 +22,9 @@
 //! # Channels
 //!
 //! With the default prefix `switchboard`, a hub subscribes to `switchboard:all`, to
-//! `switchboard:node:<its node id>` (16 hex digits, as `NodeId` displays), and to `switchboard:room:<name>` for each room
-//! that has a member on it, from the first member's join to the last member's leave.
+//! `switchboard:node:<its node id>` (16 hex digits, as `NodeId` displays), and to
+//! `switchboard:room:<name>` for each room that has a member on it, from the first
+//! member's join to the last member's leave.
 //! Publishing to a room costs one `PUBLISH`, whatever the number of hubs.
 //!
 //! # Delivery
@@ -35,6 +36,13 @@
 //! reconnects with backoff, subscribing again to everything it had. Publishes wait for
 //! the link in a bounded queue ([`RedisConfig::max_pending_publishes`]): past it, they
 //! are dropped and counted in [`BrokerStats::lost`] too. Room subscriptions never are.
+//!
+//! # Versions
+//!
+//! Envelopes start with a format version: 2 since connection ids hold a 64-bit node id
+//! and a 64-bit number. A hub drops an envelope of another version and counts it in
+//! [`BrokerStats::malformed`], so the hubs of one prefix must run the same version:
+//! upgrade them together, or bring the new ones up on a new prefix.
 
 mod codec;
 mod error;
