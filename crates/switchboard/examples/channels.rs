@@ -31,7 +31,7 @@ mod channel;
 
 use std::{error::Error, net::SocketAddr};
 use switchboard::{
-    channels::{Assigns, Channels, Refused},
+    channels::{Channels, Refused},
     hub::{Hub, HubConfig},
 };
 
@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .is_none_or(|t| info.param("token") == Some(t));
             async move {
                 if allowed {
-                    Ok(Assigns::new())
+                    Ok(())
                 } else {
                     Err(Refused::new("invalid token"))
                 }

@@ -56,9 +56,10 @@ pub mod upgrade;
 pub mod ws;
 
 #[cfg(feature = "axum")]
-pub use route::{HubRejection, HubUpgrade, ws};
+pub use route::ws;
 #[cfg(feature = "axum")]
 pub use serve::{serve, serve_with_shutdown};
+pub use upgrade::hub::{HubRejection, HubUpgrade};
 
 pub use error::Error;
 pub use switchboard_proto as proto;

@@ -219,7 +219,8 @@ impl Service<Request<Incoming>> for Served {
         self.head.arrived(upgrade);
         if !self.admit(upgrade) {
             // 503 with `Retry-After`, and the connection closed (`Connection: close`).
-            return Box::pin(std::future::ready(Ok(HubRejection::Full.into_response())));
+            let full = IntoResponse::into_response(HubRejection::Full);
+            return Box::pin(std::future::ready(Ok(full)));
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
         Box::pin(self.service.call(request))

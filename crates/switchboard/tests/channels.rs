@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
     channels::{
-        Assigns, Channel, Channels, ChannelsConfig, EncodeError, HandleIn, Out, Payload, PushError,
+        Channel, Channels, ChannelsConfig, EncodeError, HandleIn, Out, Payload, PushError,
         Refused, Reply, Socket, TerminateReason, room_name,
     },
     hub::{Hub, HubConfig},
@@ -142,8 +142,11 @@ async fn server_with(hub_config: HubConfig, config: ChannelsConfig) -> Server {
         .connect(|info| async move {
             match info.param("token") {
                 Some("bad") => Err(Refused::new("bad token")),
-                Some(token) => Ok(Assigns::new().with(Token(token.to_owned()))),
-                None => Ok(Assigns::new()),
+                Some(token) => {
+                    info.assign(Token(token.to_owned()));
+                    Ok(())
+                }
+                None => Ok(()),
             }
         })
         .channel(

@@ -439,19 +439,19 @@ async fn route_carries_params_query_assigns_and_remote_addr() {
     assert_eq!(conn.query("missing"), None);
     assert_eq!(conn.param("missing"), None);
     assert_eq!(
-        conn.assign::<User>(),
-        Some(&User {
+        conn.assigned::<User>(),
+        Some(User {
             name: "alice".into()
         })
     );
-    assert_eq!(conn.assign::<String>(), None);
+    assert_eq!(conn.assigned::<String>(), None);
     assert_eq!(conn.remote_addr(), Some(local));
     assert!(conn.in_room("lobby 1"));
 
     // Without the token the middleware inserts nothing.
     let _anonymous = connect(server.addr, "/chat/x").await;
     let anonymous = server.events.open().await;
-    assert_eq!(anonymous.assign::<User>(), None);
+    assert_eq!(anonymous.assigned::<User>(), None);
     assert_eq!(anonymous.query("token"), None);
 
     client.send(TMessage::text("echo hi")).await.unwrap();
@@ -483,7 +483,7 @@ async fn extractor_registers_after_the_application_decides() {
                     if uri.query() != Some("token=ok") {
                         return StatusCode::UNAUTHORIZED.into_response();
                     }
-                    upgrade.register(&hub, probe).await
+                    upgrade.register(&hub, probe).await.into_response()
                 }
             }),
         )

@@ -125,13 +125,11 @@ impl SocketHandler {
             refuse("join payload must be json");
             return;
         };
-        let assigns = state.assigns();
         let socket = Socket::new(
             conn.clone(),
             topic.clone(),
             join_ref.clone(),
             params,
-            assigns,
             self.endpoint.clone(),
         );
         let result = catch(channel.join(&topic, payload, &socket)).await;
@@ -299,13 +297,13 @@ impl SocketHandler {
 
 impl Handler for SocketHandler {
     async fn on_open(&self, conn: &Connection) {
-        if let Some(state) = conn.assign::<Arc<ConnState>>() {
-            self.heartbeats.watch(conn, state);
+        if let Some(state) = conn.assigned::<Arc<ConnState>>() {
+            self.heartbeats.watch(conn, &state);
         }
     }
 
     async fn on_message(&self, conn: &Connection, message: Message) {
-        let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {
+        let Some(state) = conn.assigned::<Arc<ConnState>>() else {
             return;
         };
         state.heard(conn.hub());
@@ -320,14 +318,14 @@ impl Handler for SocketHandler {
     /// Phoenix's transport timeout (cowboy's `idle_timeout`): the client chose to send
     /// it, unlike a pong, which answers the hub's own ping.
     async fn on_ping(&self, conn: &Connection, _payload: &[u8]) {
-        if let Some(state) = conn.assign::<Arc<ConnState>>() {
+        if let Some(state) = conn.assigned::<Arc<ConnState>>() {
             state.heard(conn.hub());
         }
     }
 
     async fn on_close(&self, conn: &Connection, _code: crate::CloseCode, _reason: &str) {
         self.heartbeats.unwatch(conn);
-        let Some(state) = conn.assign::<Arc<ConnState>>().cloned() else {
+        let Some(state) = conn.assigned::<Arc<ConnState>>() else {
             return;
         };
         // Draining the table also breaks the cycle connection → state → socket →

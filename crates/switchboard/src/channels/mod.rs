@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! use serde_json::{Value, json};
-//! use switchboard::channels::{Assigns, Channel, Channels, HandleIn, Payload, Refused, Reply, Socket};
+//! use switchboard::channels::{Channel, Channels, HandleIn, Payload, Refused, Reply, Socket};
 //! use switchboard::hub::{Hub, HubConfig};
 //!
 //! #[derive(Clone)]
@@ -18,7 +18,7 @@
 //!
 //! impl Channel for Room {
 //!     async fn join(&self, _topic: &str, _payload: Value, socket: &Socket) -> Result<Value, Value> {
-//!         // Authorisation per topic: the assigns of `connect` are here.
+//!         // Authorisation per topic: what `connect` assigned is here.
 //!         match socket.assigned::<User>() {
 //!             Some(_) => Ok(json!({})),
 //!             None => Err(json!({"reason": "unauthorized"})),
@@ -44,7 +44,10 @@
 //!     .connect(|info| async move {
 //!         // Refusing answers 403 before the upgrade.
 //!         match info.param("token") {
-//!             Some(token) if !token.is_empty() => Ok(Assigns::new().with(User(token.to_owned()))),
+//!             Some(token) if !token.is_empty() => {
+//!                 info.assign(User(token.to_owned()));
+//!                 Ok(())
+//!             }
 //!             _ => Err(Refused::new("token required")),
 //!         }
 //!     })
@@ -95,8 +98,8 @@ pub use socket::{PushError, Socket};
 pub use topic::PatternError;
 
 use crate::{
-    hub::{BroadcastReport, ConnectionId, Hub},
-    sync::{read, write},
+    hub::{Assigns, BroadcastReport, ConnectionId, Hub},
+    sync::{lock, read, write},
 };
 use axum::{Router, routing::MethodRouter};
 use handler::SocketHandler;
@@ -122,7 +125,8 @@ pub fn room_name(topic: &str) -> String {
 }
 
 /// A channel handler: what happens on the topics its pattern matches. One value serves
-/// every socket and topic; per-socket state lives in the [`Socket`]'s assigns.
+/// every socket and topic; per-socket state lives in the [`Socket`]'s assigns (see
+/// there how a channel's assigns layer over its connection's).
 ///
 /// Callbacks of one socket run one at a time, in the order its messages arrived. A
 /// callback that panics crashes only its channel: the client gets `phx_error` (and
@@ -262,62 +266,42 @@ pub enum TerminateReason {
     Crashed,
 }
 
-/// Values attached to a socket by [`Channels::connect`], and to each of its channels
-/// (each channel starts with a copy of the socket's): the Phoenix assigns, by type.
-#[derive(Clone, Default)]
-pub struct Assigns(http::Extensions);
-
-impl Assigns {
-    /// No assigns.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `value` (replacing one of the same type).
-    pub fn with<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.insert(value);
-        self
-    }
-
-    /// Inserts `value`, returning the previous value of that type.
-    pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
-        self.0.insert(value)
-    }
-
-    /// The value of type `T`.
-    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.0.get()
-    }
-
-    /// The value of type `T`, mutably.
-    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
-        self.0.get_mut()
-    }
-
-    /// Removes the value of type `T`.
-    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
-        self.0.remove()
-    }
-}
-
-impl fmt::Debug for Assigns {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Assigns")
-            .field("len", &self.0.len())
-            .finish()
-    }
-}
-
 /// What a client sent when it connected, for [`Channels::connect`]: the query
-/// parameters (phoenix.js `params`, plus `vsn`), the auth token and the headers.
-#[derive(Debug, Clone)]
+/// parameters (phoenix.js `params`, plus `vsn`), the auth token and the headers; and
+/// the connection's assigns, which start with what middleware inserted into the
+/// upgrade request (the request's extensions, axum's own left out).
+///
+/// What `connect` assigns here is the connection's: every channel of the socket reads
+/// it with [`Socket::assigned`], and the hub sees it with
+/// [`Connection::assigned`](crate::hub::Connection::assigned).
+#[derive(Debug)]
 pub struct ConnectInfo {
     params: Vec<(String, String)>,
     auth_token: Option<String>,
     headers: http::HeaderMap,
+    /// Shared with the upgrade, which hands them to the connection once `connect`
+    /// accepts.
+    assigns: Arc<Mutex<Assigns>>,
 }
 
 impl ConnectInfo {
+    /// Sets an assign of the connection (replacing one of the same type).
+    pub fn assign<T: Clone + Send + Sync + 'static>(&self, value: T) {
+        lock(&self.assigns).insert(value);
+    }
+
+    /// A copy of an assign: what a middleware inserted (e.g. the user a session
+    /// cookie names), or what this `connect` assigned.
+    pub fn assigned<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.assigns).get::<T>().cloned()
+    }
+
+    /// Reads or changes the assigns in place. The lock is held for `f` only: do not
+    /// call back into these assigns from it.
+    pub fn with_assigns<R>(&self, f: impl FnOnce(&mut Assigns) -> R) -> R {
+        f(&mut lock(&self.assigns))
+    }
+
     /// A query parameter, e.g. `token` for `new Socket("/socket", {params: {token}})`.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
@@ -442,7 +426,7 @@ impl ChannelsConfig {
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type ConnectFn = dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<Assigns, Refused>> + Send + Sync;
+type ConnectFn = dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<(), Refused>> + Send + Sync;
 
 /// A socket endpoint: the connect callback and the channel handlers by topic pattern.
 ///
@@ -480,13 +464,14 @@ impl Channels {
     }
 
     /// The callback that decides whether a client may connect, from the query
-    /// parameters, auth token and headers of its upgrade request (Phoenix
-    /// `connect/3`). `Ok(assigns)` accepts, and every channel of the socket starts with
-    /// a copy of `assigns`; `Err` answers 403 before the upgrade.
+    /// parameters, auth token, headers and assigns of its upgrade request (Phoenix
+    /// `connect/3`). `Ok(())` accepts, and what it assigned with
+    /// [`ConnectInfo::assign`] is the connection's, read by every channel of the
+    /// socket; `Err` answers 403 before the upgrade.
     pub fn connect<F, Fut>(mut self, connect: F) -> Self
     where
         F: Fn(ConnectInfo) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Assigns, Refused>> + Send + 'static,
+        Fut: Future<Output = Result<(), Refused>> + Send + 'static,
     {
         self.connect = Some(Arc::new(move |info| Box::pin(connect(info))));
         self
@@ -767,20 +752,6 @@ pub struct ChannelsDocDoctests;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn assigns_by_type() {
-        #[derive(Clone, Debug, PartialEq)]
-        struct User(&'static str);
-        let mut assigns = Assigns::new().with(User("ann")).with(7u32);
-        assert_eq!(assigns.get::<User>(), Some(&User("ann")));
-        assert_eq!(assigns.insert(User("bob")), Some(User("ann")));
-        if let Some(n) = assigns.get_mut::<u32>() {
-            *n += 1;
-        }
-        assert_eq!(assigns.remove::<u32>(), Some(8));
-        assert_eq!(assigns.get::<u32>(), None);
-    }
 
     #[test]
     fn replies() {

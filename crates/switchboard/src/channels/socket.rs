@@ -8,12 +8,12 @@
 //! from one phase to the next is the socket's handler (`handler.rs`).
 
 use super::{
-    Assigns, Endpoint, Payload, Presence,
+    Endpoint, Payload, Presence,
     protocol::{self, EncodeError},
 };
 use crate::{
     Message,
-    hub::{BroadcastReport, Connection, ConnectionId, Outgoing, Unsent},
+    hub::{Assigns, BroadcastReport, Connection, ConnectionId, Outgoing, Unsent},
     sync::lock,
 };
 use serde_json::Value;
@@ -26,8 +26,23 @@ use std::{
 pub(super) type Params = Vec<(String, String)>;
 
 /// One joined channel of a socket, as the channel handler sees it: the topic, the join
-/// ref, the connection, and the channel's assigns. Cheap to clone; clones share state,
-/// so a task may keep one to push later.
+/// ref, the connection, and the assigns. Cheap to clone; clones share state, so a task
+/// may keep one to push later.
+///
+/// # Assigns
+///
+/// A channel reads its connection's assigns (what middleware inserted into the upgrade
+/// request, what [`Channels::connect`](super::Channels::connect) assigned, what
+/// [`Connection::assign`] set since), under assigns of its own, as a Phoenix channel
+/// starts from its socket's assigns and assigns on its own copy:
+///
+/// - [`Socket::assigned`] looks in the channel's own assigns first, then in the
+///   connection's, at the time of the call (a value the connection gets later is seen);
+/// - [`Socket::assign`] and [`Socket::with_assigns`] set and change the channel's own
+///   assigns only: the socket's other channels do not see them, and they shadow a
+///   value of the same type in the connection's for this channel;
+/// - to change what every channel of the socket sees, assign on the connection:
+///   `socket.connection().assign(value)`.
 #[derive(Clone)]
 pub struct Socket {
     inner: Arc<SocketInner>,
@@ -38,6 +53,7 @@ struct SocketInner {
     topic: String,
     join_ref: Option<String>,
     params: Params,
+    /// The channel's own assigns, over the connection's.
     assigns: Mutex<Assigns>,
     phase: Mutex<Phase>,
     endpoint: Endpoint,
@@ -157,7 +173,6 @@ impl Socket {
         topic: String,
         join_ref: Option<String>,
         params: Params,
-        assigns: Assigns,
         endpoint: Endpoint,
     ) -> Self {
         Self {
@@ -166,7 +181,7 @@ impl Socket {
                 topic,
                 join_ref,
                 params,
-                assigns: Mutex::new(assigns),
+                assigns: Mutex::default(),
                 phase: Mutex::new(Phase::Joining(Held::new(conn))),
                 endpoint,
             }),
@@ -212,17 +227,21 @@ impl Socket {
         self.inner.endpoint.presence()
     }
 
-    /// Sets an assign of this channel (replacing one of the same type).
+    /// Sets an assign of this channel (replacing one of the same type in the channel's
+    /// own assigns, and shadowing one in the connection's): see [`Socket`]'s
+    /// assigns.
     pub fn assign<T: Clone + Send + Sync + 'static>(&self, value: T) {
         lock(&self.inner.assigns).insert(value);
     }
 
-    /// A copy of an assign of this channel.
+    /// A copy of an assign: the channel's own, else its connection's.
     pub fn assigned<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        lock(&self.inner.assigns).get::<T>().cloned()
+        let own = lock(&self.inner.assigns).get::<T>().cloned();
+        own.or_else(|| self.inner.conn.assigned::<T>())
     }
 
-    /// Reads or changes the assigns in place. The lock is held for `f` only: do not
+    /// Reads or changes the channel's own assigns in place (not the connection's:
+    /// [`Connection::with_assigns`] for those). The lock is held for `f` only: do not
     /// call back into this socket's assigns from it.
     pub fn with_assigns<R>(&self, f: impl FnOnce(&mut Assigns) -> R) -> R {
         f(&mut lock(&self.inner.assigns))

@@ -1,12 +1,12 @@
-//! What one client socket keeps across its messages: the assigns its `connect`
-//! returned, the channels it joined (topic → socket handle and handler), and when it
-//! was last heard from.
+//! What one client socket keeps across its messages: the channels it joined (topic →
+//! socket handle and handler), and when it was last heard from. (The assigns of its
+//! `connect` are the connection's.)
 //!
 //! It is kept in the hub connection's assigns, so that the socket's handler, the
 //! heartbeat watcher and intercepted broadcasts (which run on other tasks) all find it
 //! from the connection alone.
 
-use super::{Assigns, DynChannel, Socket};
+use super::{DynChannel, Socket};
 use crate::{hub::Hub, sync::lock};
 use std::{
     collections::HashMap,
@@ -19,8 +19,6 @@ use std::{
 /// The channels of one connection, kept in the connection's assigns.
 #[derive(Default)]
 pub(crate) struct ConnState {
-    /// What `connect` returned; each channel starts with a copy.
-    assigns: Mutex<Assigns>,
     channels: Mutex<HashMap<String, Joined>>,
     /// When the client last sent a message, in the hub's clock, for the heartbeat
     /// timeout.
@@ -35,15 +33,6 @@ pub(super) struct Joined {
 }
 
 impl ConnState {
-    /// A copy of what `connect` returned, for a channel to start with.
-    pub(super) fn assigns(&self) -> Assigns {
-        lock(&self.assigns).clone()
-    }
-
-    pub(super) fn set_assigns(&self, assigns: Assigns) {
-        *lock(&self.assigns) = assigns;
-    }
-
     pub(super) fn get(&self, topic: &str) -> Option<Joined> {
         lock(&self.channels).get(topic).cloned()
     }

@@ -6,7 +6,7 @@
 //! HTTP answer (403), so that the client never sees a socket open and close.
 
 use super::{ConnectFn, ConnectInfo, Refused, handler::SocketHandler, state::ConnState};
-use crate::{HubRejection, HubUpgrade, upgrade::CONNECTION_CLOSE};
+use crate::{HubUpgrade, sync::lock, upgrade::CONNECTION_CLOSE};
 use axum::{
     extract::{FromRequestParts, Request},
     response::{IntoResponse, Response},
@@ -17,7 +17,7 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use http::{StatusCode, header};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The subprotocol phoenix.js offers when it sends an auth token; a server that does
 /// not select it fails the browser's handshake.
@@ -56,43 +56,35 @@ async fn upgrade(
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], body).into_response();
         }
     }
-    let state = Arc::new(ConnState::default());
-    parts.extensions.insert(state.clone());
-    let upgrade = match HubUpgrade::from_request_parts(&mut parts, &()).await {
+    let mut upgrade = match HubUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade.protocols(&[SUBPROTOCOL]),
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => return IntoResponse::into_response(rejection),
     };
     let hub = handler.endpoint().hub().clone();
     // The origin is checked again when registering; checking it first keeps a
     // cross-site page from running the application's connect callback at all.
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
-    };
-    if !hub
-        .config()
-        .allowed_origins
-        .allows(header(header::ORIGIN), header(header::HOST))
-    {
-        return HubRejection::Origin.into_response();
+    if let Err(rejection) = upgrade.check_origin(&hub) {
+        return IntoResponse::into_response(rejection);
     }
     if let Some(connect) = connect {
+        // `connect` sees the request's assigns (what middleware inserted) and adds to
+        // them; they are the connection's once it accepts.
+        let assigns = Arc::new(Mutex::new(std::mem::take(upgrade.assigns_mut())));
         let info = ConnectInfo {
             auth_token: auth_token(&parts.headers),
             params,
             headers: parts.headers.clone(),
+            assigns: assigns.clone(),
         };
-        match connect(info).await {
-            Ok(assigns) => state.set_assigns(assigns),
-            Err(Refused { reason }) => {
-                tracing::debug!(%reason, "channels connect refused");
-                return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
-            }
+        if let Err(Refused { reason }) = connect(info).await {
+            tracing::debug!(%reason, "channels connect refused");
+            return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
         }
+        // Taken, not unwrapped: the callback may have kept its `ConnectInfo`.
+        *upgrade.assigns_mut() = std::mem::take(&mut *lock(&assigns));
     }
-    upgrade.register_shared(&hub, handler).await
+    upgrade.assigns_mut().insert(Arc::new(ConnState::default()));
+    upgrade.register_shared(&hub, handler).await.into_response()
 }
 
 /// The token phoenix.js sends as the subprotocol `base64url.bearer.phx.<base64>`

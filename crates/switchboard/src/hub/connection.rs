@@ -1,9 +1,8 @@
 //! The handle to one connection: identity, state, metadata, sends from any task.
 
-use super::{BufferPolicy, ConnectionId, Hub, Outgoing, outgoing::Queued};
+use super::{Assigns, BufferPolicy, ConnectionId, Hub, Outgoing, outgoing::Queued};
 use crate::{sync::lock, ws::OutboxClose};
 use atomic_waker::AtomicWaker;
-use http::Extensions;
 use std::{
     collections::VecDeque,
     fmt,
@@ -152,6 +151,8 @@ struct Inner {
     /// Key–value pairs; a list, as a connection has a few (a map would cost every
     /// connection its table).
     metadata: Mutex<Vec<(String, String)>>,
+    /// Taken from the request when the connection is made; changed by the application.
+    assigns: Mutex<Assigns>,
     request: RequestInfo,
     keepalive: Keepalive,
     /// See [`Connection::dropped_messages`] and [`Connection::refused_messages`].
@@ -166,7 +167,9 @@ pub(crate) struct RequestInfo {
     /// list, as every connection carries it.
     pub(crate) pairs: Box<[(String, String)]>,
     pub(crate) params: usize,
-    pub(crate) assigns: Extensions,
+    /// The connection's first assigns: what middleware inserted into the request, what
+    /// a channels `connect` assigned.
+    pub(crate) assigns: Assigns,
     pub(crate) remote_addr: Option<SocketAddr>,
     /// The permessage-deflate agreement of the opening handshake.
     pub(crate) deflate: Option<DeflateParams>,
@@ -183,7 +186,8 @@ pub(crate) struct Keepalive {
 }
 
 impl Connection {
-    pub(crate) fn new(id: ConnectionId, hub: Hub, request: RequestInfo) -> Self {
+    pub(crate) fn new(id: ConnectionId, hub: Hub, mut request: RequestInfo) -> Self {
+        let assigns = std::mem::take(&mut request.assigns);
         let conn = Self {
             inner: Arc::new(Inner {
                 id,
@@ -192,6 +196,7 @@ impl Connection {
                 outbound: Mutex::default(),
                 wake: AtomicWaker::new(),
                 metadata: Mutex::default(),
+                assigns: Mutex::new(assigns),
                 request,
                 keepalive: Keepalive::default(),
                 dropped: AtomicU64::new(0),
@@ -259,10 +264,24 @@ impl Connection {
         )
     }
 
-    /// A value an extractor or middleware put into the upgrade request's extensions
-    /// (its assigns), e.g. the authenticated user.
-    pub fn assign<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.inner.request.assigns.get::<T>()
+    /// Sets an assign of the connection (replacing one of the same type), for every
+    /// later reader: its callbacks, and the channels of a channels socket.
+    pub fn assign<T: Clone + Send + Sync + 'static>(&self, value: T) {
+        lock(&self.inner.assigns).insert(value);
+    }
+
+    /// A copy of an assign of the connection: what a middleware or extractor inserted
+    /// into the upgrade request's extensions (e.g. the authenticated user), what a
+    /// channels `connect` callback assigned, or what [`Connection::assign`] set.
+    pub fn assigned<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.inner.assigns).get::<T>().cloned()
+    }
+
+    /// Reads or changes the assigns in place (to borrow a value rather than copy it).
+    /// The lock is held for `f` only: do not call back into this connection's assigns
+    /// from it.
+    pub fn with_assigns<R>(&self, f: impl FnOnce(&mut Assigns) -> R) -> R {
+        f(&mut lock(&self.inner.assigns))
     }
 
     /// Sets a metadata entry.
@@ -514,6 +533,7 @@ impl Connection {
     /// Counts `len` bytes held elsewhere for this connection (a channel's pushes while
     /// it joins) in its buffer, under the bound and policy of a send; give them back
     /// with [`Connection::release`].
+    #[cfg(feature = "axum")]
     pub(crate) fn reserve(&self, len: usize) -> Result<(), Unsent> {
         let mut out = self.outbound();
         if out.closed {
@@ -529,6 +549,7 @@ impl Connection {
     }
 
     /// Gives back bytes counted by [`Connection::reserve`].
+    #[cfg(feature = "axum")]
     pub(crate) fn release(&self, len: usize) {
         let mut out = self.outbound();
         out.buffered = out.buffered.saturating_sub(len);

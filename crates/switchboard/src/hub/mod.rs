@@ -28,6 +28,7 @@
 //! # }
 //! ```
 
+mod assigns;
 mod broadcast;
 mod config;
 mod connection;
@@ -37,6 +38,7 @@ mod keepalive;
 mod outgoing;
 mod registry;
 
+pub use assigns::Assigns;
 pub use broadcast::{Broadcast, BroadcastReport};
 pub use config::{BufferPolicy, HubConfig, Origins};
 pub use connection::{Connection, ConnectionState, SendError};
@@ -48,7 +50,9 @@ pub use switchboard_broker::{
 
 pub(crate) use connection::{RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
-pub(crate) use handler::{Panicked, catch};
+#[cfg(feature = "axum")]
+pub(crate) use handler::Panicked;
+pub(crate) use handler::catch;
 pub(crate) use outgoing::Outgoing;
 
 use crate::sync::{self, lock};

@@ -3,18 +3,28 @@
 //!
 //! - from a hyper 1.x service: [`upgrade`] (or [`Upgrade`] to choose a subprotocol);
 //! - from an axum route: [`crate::axum::WebSocketUpgrade`] (feature `axum`);
-//! - on a bare stream without an HTTP server: [`accept`].
+//! - on a bare stream without an HTTP server: [`accept`] (or [`StreamUpgrade`] to
+//!   look at the request first).
+//!
+//! Each way can also register the connection on a [`Hub`](crate::hub::Hub), with the
+//! same checks and semantics: [`crate::HubUpgrade`] from a hyper service (or an axum
+//! handler; [`crate::ws`] makes the route), [`StreamUpgrade::register`] on a bare
+//! stream.
 
 mod body;
+pub(crate) mod hub;
 mod hyper;
 mod io;
 mod raw;
+#[cfg(feature = "axum")]
+mod served;
 
 pub use self::hyper::{Rejection, Upgrade, UpgradeFut, upgrade};
 pub use body::ResponseBody;
 pub use io::Upgraded;
-pub(crate) use io::{HeadSignal, ServedTcp};
-pub use raw::{AcceptConfig, AcceptError, accept, accept_with};
+pub use raw::{AcceptConfig, AcceptError, StreamUpgrade, accept, accept_with};
+#[cfg(feature = "axum")]
+pub(crate) use served::{HeadSignal, ServedTcp};
 
 /// The header of every refusal of an upgrade: "A server that sends a "close" connection
 /// option MUST initiate closure of the connection after it sends the response"

@@ -1,11 +1,16 @@
 //! Accepting a WebSocket on a bare stream, without an HTTP server.
 
-use crate::{WebSocket, WebSocketConfig};
+use super::hub::{HubRejection, HubRequest, RETRY_AFTER, request_assigns, websocket_config};
+use crate::{
+    WebSocket, WebSocketConfig,
+    hub::{Handler, Hub, abandon, drive, open},
+};
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
-use std::{io, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use switchboard_proto::{
     Role,
+    deflate::DeflateParams,
     handshake::{
         HandshakeError, ServerHandshake,
         http1::{self, ParseError},
@@ -123,6 +128,13 @@ pub enum AcceptError {
     /// The request is not a valid WebSocket handshake.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The hub refused the `Origin` ([`StreamUpgrade::register`]).
+    #[error("origin not allowed")]
+    Origin,
+    /// The hub is at `max_connections` or shutting down ([`StreamUpgrade::register`]);
+    /// answered with `Retry-After`.
+    #[error("server is full")]
+    Full,
 }
 
 impl AcceptError {
@@ -133,6 +145,8 @@ impl AcceptError {
             Self::Timeout => Some(StatusCode::REQUEST_TIMEOUT),
             Self::Parse(e) => Some(e.status()),
             Self::Handshake(e) => Some(e.status()),
+            Self::Origin => Some(StatusCode::FORBIDDEN),
+            Self::Full => Some(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }
@@ -157,15 +171,179 @@ pub async fn accept_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The handshake's state (request, timer, buffers) lives on the heap while it runs,
-    // so that the task awaiting it does not carry its size for the connection's life.
-    Box::pin(handshake(io, config)).await
+    StreamUpgrade::read(io, config).await?.accept().await
 }
 
-async fn handshake<S>(
-    mut io: S,
-    config: &AcceptConfig,
-) -> Result<(WebSocket<S>, Request<()>), AcceptError>
+/// A valid opening handshake read from a bare stream, not answered yet: look at its
+/// request (to route it), then [`accept`](StreamUpgrade::accept) it as a plain
+/// [`WebSocket`], or [`register`](StreamUpgrade::register) it on a hub.
+///
+/// ```no_run
+/// use switchboard::{hub::{Connection, Handler, Hub, HubConfig}, upgrade::{AcceptConfig, StreamUpgrade}};
+///
+/// struct Chat;
+///
+/// impl Handler for Chat {
+///     async fn on_open(&self, conn: &Connection) {
+///         conn.join(conn.param("room").unwrap_or("lobby"));
+///     }
+/// }
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let hub = Hub::new(HubConfig::default());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     let hub = hub.clone();
+///     tokio::spawn(async move {
+///         // A refused handshake has been answered (400, 408, 431…) already.
+///         let Ok(upgrade) = StreamUpgrade::read(stream, &AcceptConfig::default()).await else {
+///             return;
+///         };
+///         let room = upgrade.request().uri().path().trim_start_matches('/').to_owned();
+///         // Runs the connection until it ends; 403 or 503 when the hub refuses it.
+///         let _ = upgrade.param("room", room).peer_addr(peer).register(&hub, Chat).await;
+///     });
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct StreamUpgrade<S> {
+    io: S,
+    /// What arrived after the request head.
+    buf: BytesMut,
+    request: Request<()>,
+    handshake: ServerHandshake,
+    websocket: WebSocketConfig,
+    params: Vec<(String, String)>,
+    peer: Option<SocketAddr>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
+    /// Reads the request head from `io` (within `config`'s timeout and size limit) and
+    /// validates the handshake, selecting a subprotocol from `config`'s. A failure has
+    /// been answered with its status ([`AcceptError::status`]) when this returns.
+    pub async fn read(io: S, config: &AcceptConfig) -> Result<Self, AcceptError> {
+        // The handshake's state (request, timer, buffers) lives on the heap while it
+        // runs, so that the task awaiting it does not carry its size for the
+        // connection's life.
+        Box::pin(read_upgrade(io, config)).await
+    }
+
+    /// The request: its path, query and headers.
+    pub fn request(&self) -> &Request<()> {
+        &self.request
+    }
+
+    /// Adds a route parameter, for
+    /// [`Connection::param`](crate::hub::Connection::param) once registered: a bare
+    /// stream has no router, so the caller says what its route captured.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// The client's address, for
+    /// [`Connection::remote_addr`](crate::hub::Connection::remote_addr) once
+    /// registered (a generic stream cannot tell it).
+    pub fn peer_addr(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Answers 101 with the settings of the [`AcceptConfig`] it was read with, and
+    /// returns the connection with the request.
+    pub async fn accept(mut self) -> Result<(WebSocket<S>, Request<()>), AcceptError> {
+        let deflate = self.websocket.compression.negotiate(&mut self.handshake);
+        self.answer().await?;
+        let Self {
+            io,
+            buf,
+            request,
+            websocket,
+            ..
+        } = self;
+        Ok((connection(io, buf, websocket, deflate), request))
+    }
+
+    /// Registers the connection on `hub` and runs it until it ends, with `handler` for
+    /// its callbacks: the axum route's rules, on a bare stream. The origin must be
+    /// allowed (else 403) and the hub have room and not be shutting down (else 503 with
+    /// `Retry-After`); the connection gets the hub's settings (message size,
+    /// compression, buffer) rather than the [`AcceptConfig`]'s; [`Handler::on_open`]
+    /// runs before the 101 (open means ready).
+    ///
+    /// Returns once the connection has ended and [`Handler::on_close`] has run; `Err`
+    /// when it was refused (answered), or when the 101 could not be written (then
+    /// `on_close` has run with 1006).
+    pub async fn register<H: Handler>(self, hub: &Hub, handler: H) -> Result<(), AcceptError> {
+        self.register_shared(hub, Arc::new(handler)).await
+    }
+
+    /// [`StreamUpgrade::register`] with a handler shared by many connections.
+    pub async fn register_shared<H: Handler>(
+        mut self,
+        hub: &Hub,
+        handler: Arc<H>,
+    ) -> Result<(), AcceptError> {
+        let params = std::mem::take(&mut self.params);
+        let head = self.hub_request(params);
+        if let Err(rejection) = head.admit(hub) {
+            let error = match rejection {
+                HubRejection::Origin => AcceptError::Origin,
+                _ => AcceptError::Full,
+            };
+            refuse(&mut self.io, &error).await;
+            return Err(error);
+        }
+        let websocket = websocket_config(hub);
+        let deflate = websocket.compression.negotiate(&mut self.handshake);
+        let registration = head.register(hub, deflate, self.peer);
+        let healthy = open(registration.conn(), &*handler).await;
+        if let Err(error) = self.answer().await {
+            abandon(&registration, &*handler).await;
+            return Err(error);
+        }
+        let mut ws = connection(self.io, self.buf, websocket, deflate);
+        drive(&mut ws, &registration, &*handler, healthy).await;
+        Ok(())
+    }
+
+    /// Writes the 101.
+    async fn answer(&mut self) -> Result<(), AcceptError> {
+        let mut out = Vec::with_capacity(256);
+        self.handshake.write_response(&mut out);
+        Ok(self.io.write_all(&out).await?)
+    }
+
+    /// The hub's view of this upgrade.
+    fn hub_request(&self, params: Vec<(String, String)>) -> HubRequest {
+        let request = &self.request;
+        HubRequest::new(
+            request.uri(),
+            request.headers(),
+            params,
+            request_assigns(request.extensions()),
+        )
+    }
+}
+
+/// The connection on `io`, once answered: it reads `buf`, what arrived after the
+/// request head, first.
+fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    buf: BytesMut,
+    config: WebSocketConfig,
+    deflate: Option<DeflateParams>,
+) -> WebSocket<S> {
+    let ws = WebSocket::from_partially_read(io, buf, Role::Server, config);
+    match deflate {
+        Some(params) => ws.with_deflate(params),
+        None => ws,
+    }
+}
+
+async fn read_upgrade<S>(mut io: S, config: &AcceptConfig) -> Result<StreamUpgrade<S>, AcceptError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -176,30 +354,30 @@ where
     )
     .await
     .unwrap_or(Err(AcceptError::Timeout));
-    let (request, deflate) = match head.and_then(|(request, len)| {
+    let validated = head.and_then(|(request, len)| {
         let mut handshake = ServerHandshake::from_request(&request)?;
         let supported: Vec<&str> = config.protocols.iter().map(String::as_str).collect();
         handshake.select_protocol(&supported);
-        let deflate = config.websocket.compression.negotiate(&mut handshake);
-        Ok((request, len, handshake, deflate))
-    }) {
-        Ok((request, len, handshake, deflate)) => {
+        Ok((request, len, handshake))
+    });
+    match validated {
+        Ok((request, len, handshake)) => {
             let _ = buf.split_to(len);
-            let mut out = Vec::with_capacity(256);
-            handshake.write_response(&mut out);
-            io.write_all(&out).await?;
-            (request, deflate)
+            Ok(StreamUpgrade {
+                io,
+                buf,
+                request,
+                handshake,
+                websocket: config.websocket,
+                params: Vec::new(),
+                peer: None,
+            })
         }
         Err(error) => {
             refuse(&mut io, &error).await;
-            return Err(error);
+            Err(error)
         }
-    };
-    let mut ws = WebSocket::from_partially_read(io, buf, Role::Server, config.websocket);
-    if let Some(params) = deflate {
-        ws = ws.with_deflate(params);
     }
-    Ok((ws, request))
 }
 
 /// Reads until `buf` holds a whole request head.
@@ -250,6 +428,9 @@ pub(crate) fn refusal(error: &AcceptError) -> Option<Vec<u8>> {
     );
     let (name, value) = super::CONNECTION_CLOSE;
     headers.insert(name, value);
+    if let AcceptError::Full = error {
+        headers.insert(http::header::RETRY_AFTER, RETRY_AFTER);
+    }
     let mut out = Vec::with_capacity(256);
     http1::write_response_with_body(&head, error.to_string().as_bytes(), &mut out);
     Some(out)

@@ -1,0 +1,153 @@
+//! The TCP stream of a connection [`crate::serve`] accepted, until its first request
+//! head arrives.
+
+use super::{AcceptError, raw};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    time::Sleep,
+};
+
+/// A TCP stream accepted by [`crate::serve`]: until its first request head has
+/// arrived, it answers 408 itself at the handshake deadline, as [`super::accept`] does
+/// (hyper's own header timeout closes without a word). After the upgrade it is a bare
+/// [`TcpStream`] again.
+#[derive(Debug)]
+pub(crate) struct ServedTcp {
+    tcp: TcpStream,
+    /// Dropped once the first head arrived or the deadline passed.
+    first_head: Option<FirstHead>,
+}
+
+#[derive(Debug)]
+struct FirstHead {
+    deadline: Pin<Box<Sleep>>,
+    arrived: HeadSignal,
+}
+
+/// Set by the service when it receives a request: the first head is complete, and
+/// whether a request asked for an upgrade.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeadSignal(Arc<AtomicU8>);
+
+impl HeadSignal {
+    const ARRIVED: u8 = 1;
+    const UPGRADE: u8 = 2;
+
+    /// A request head arrived; `upgrade` when it asks for an upgrade.
+    pub(crate) fn arrived(&self, upgrade: bool) {
+        let upgrade = if upgrade { Self::UPGRADE } else { 0 };
+        self.0.fetch_or(Self::ARRIVED | upgrade, Relaxed);
+    }
+
+    /// Whether the first request head has arrived.
+    pub(crate) fn has_arrived(&self) -> bool {
+        self.0.load(Relaxed) & Self::ARRIVED != 0
+    }
+
+    /// Whether a request asked for an upgrade: the connection ends with its answer.
+    pub(crate) fn upgrading(&self) -> bool {
+        self.0.load(Relaxed) & Self::UPGRADE != 0
+    }
+}
+
+impl ServedTcp {
+    /// `tcp`, whose first request head must arrive within `timeout`; the signal is for
+    /// the service to give when it does.
+    pub(crate) fn new(tcp: TcpStream, timeout: Duration) -> (Self, HeadSignal) {
+        let arrived = HeadSignal::default();
+        let first_head = FirstHead {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            arrived: arrived.clone(),
+        };
+        let served = Self {
+            tcp,
+            first_head: Some(first_head),
+        };
+        (served, arrived)
+    }
+
+    /// The stream itself, once upgraded.
+    pub(crate) fn into_tcp(self) -> TcpStream {
+        self.tcp
+    }
+
+    /// Whether the first head is overdue; then the client has been answered 408 and
+    /// the stream shut down for writing.
+    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(first_head) = &mut self.first_head else {
+            return false;
+        };
+        if first_head.arrived.has_arrived() {
+            self.first_head = None;
+            return false;
+        }
+        if first_head.deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.first_head = None;
+        // Nothing was written on this connection yet, so the small answer fits in the
+        // socket's send buffer: no need to wait for it.
+        if let Some(answer) = raw::refusal(&AcceptError::Timeout) {
+            let _ = self.tcp.try_write(&answer);
+        }
+        let _ = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        true
+    }
+}
+
+impl AsyncRead for ServedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.head_overdue(cx) {
+            // The end of the stream: hyper ends the connection, answering nothing more.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
