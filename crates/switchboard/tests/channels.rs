@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
     channels::{
-        Channel, Channels, ChannelsConfig, EncodeError, HandleIn, Out, Payload, PushError,
-        Refused, Reply, Socket, TerminateReason, room_name,
+        Channel, Channels, ChannelsConfig, EncodeError, HandleIn, Out, Payload, PushError, Refused,
+        Reply, Socket, TerminateReason, room_name,
     },
     hub::{Hub, HubConfig},
 };

@@ -148,6 +148,14 @@ impl HubUpgrade {
         self
     }
 
+    /// Adds an assign, for [`Connection::assigned`](crate::hub::Connection::assigned):
+    /// what the service found out about the request (e.g. the user a cookie names),
+    /// beside what its extensions carried.
+    pub fn assign<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.head.info.assigns.insert(value);
+        self
+    }
+
     /// Selects the first subprotocol the client offered that is in `supported`.
     pub fn protocols(mut self, supported: &[&str]) -> Self {
         self.upgrade = self.upgrade.protocols(supported);

@@ -243,6 +243,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
         self
     }
 
+    /// Adds an assign, for [`Connection::assigned`](crate::hub::Connection::assigned)
+    /// once registered: what the caller found out about the request (e.g. the user a
+    /// cookie names), as a middleware would have put it in the request's extensions.
+    pub fn assign<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.request.extensions_mut().insert(value);
+        self
+    }
+
     /// The client's address, for
     /// [`Connection::remote_addr`](crate::hub::Connection::remote_addr) once
     /// registered (a generic stream cannot tell it).
