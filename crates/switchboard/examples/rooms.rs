@@ -10,7 +10,7 @@
 //!
 //! The query carries the metadata so that the example can be tried from any client; a
 //! real server takes it from authentication instead (middleware or an extractor puts
-//! the user into the request's extensions, read back with `Connection::assign`), since
+//! the user into the request's extensions, read back with `Connection::assigned`), since
 //! anyone can write `role=admin` in a URL.
 //!
 //! Client to server, text frames:

@@ -4,7 +4,9 @@
 //!
 //! # Quick start: a chat room
 //!
-//! ```no_run
+// The example serves through axum: without the feature it is shown, not compiled.
+#![cfg_attr(feature = "axum", doc = "```no_run")]
+#![cfg_attr(not(feature = "axum"), doc = "```ignore")]
 //! use switchboard::{Message, hub::{Connection, Handler, Hub, HubConfig}};
 //!
 //! struct Chat;
@@ -32,6 +34,11 @@
 //!     switchboard::serve(listener, app, &hub).await
 //! }
 //! ```
+//!
+//! Without axum (`default-features = false`), a hub takes its connections from a hyper
+//! service ([`HubUpgrade::from_request`]) or a bare stream
+//! ([`upgrade::StreamUpgrade::register`]), with the same checks and semantics as the
+//! axum route (`switchboard::ws`).
 //!
 //! Sends never wait for the peer: [`hub::Connection::send`] queues and returns at once,
 //! from any task or thread; a broadcast encodes its frame once for every recipient.

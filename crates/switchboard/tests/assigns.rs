@@ -67,8 +67,7 @@ async fn serve(hub: &Hub, app: Router) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let hub = hub.clone();
     tokio::spawn(async move {
-        let _ = switchboard::serve_with_shutdown(listener, app, &hub, std::future::pending())
-            .await;
+        let _ = switchboard::serve_with_shutdown(listener, app, &hub, std::future::pending()).await;
     });
     addr
 }

@@ -172,7 +172,9 @@ async fn service(
 /// The `user` query parameter, as the [`User`] a middleware would have authenticated.
 fn user_of(uri: &http::Uri) -> Option<User> {
     let query = uri.query()?;
-    let name = query.split('&').find_map(|pair| pair.strip_prefix("user="))?;
+    let name = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("user="))?;
     Some(User(name.to_owned()))
 }
 
@@ -248,7 +250,11 @@ async fn connect(addr: SocketAddr, path: &str) -> Client {
 }
 
 /// The HTTP response that refused a connection.
-async fn refused(addr: SocketAddr, path: &str, origin: Option<&str>) -> tungstenite::http::Response<Option<Vec<u8>>> {
+async fn refused(
+    addr: SocketAddr,
+    path: &str,
+    origin: Option<&str>,
+) -> tungstenite::http::Response<Option<Vec<u8>>> {
     match try_connect(addr, path, origin).await {
         Err(tungstenite::Error::Http(response)) => response,
         Ok(_) => panic!("{path} was accepted"),
@@ -272,7 +278,11 @@ async fn registers_and_exchanges(mut server: Server) {
     // Open means ready: once the client has its 101, `on_open` has joined the room.
     assert_eq!(server.hub.room_size("lobby"), 1);
     let (conn, user) = server.open().await;
-    assert_eq!(user, Some(User("ann".into())), "the assign, read in on_open");
+    assert_eq!(
+        user,
+        Some(User("ann".into())),
+        "the assign, read in on_open"
+    );
     assert_eq!(conn.param("room"), Some("lobby"));
     assert_eq!(conn.query("user"), Some("ann"));
     assert_eq!(conn.remote_addr(), Some(local));
@@ -307,7 +317,10 @@ async fn refuses_a_foreign_origin(mut server: Server) {
     let refusal = refused(server.addr, "/chat/a", Some("https://evil.example")).await;
     assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
     assert_eq!(server.hub.connection_count(), 0);
-    assert!(server.events.try_recv().is_err(), "on_open ran for a refused origin");
+    assert!(
+        server.events.try_recv().is_err(),
+        "on_open ran for a refused origin"
+    );
 
     let (mut client, _) = try_connect(server.addr, "/chat/a", Some("https://chat.example"))
         .await
@@ -374,7 +387,9 @@ async fn applies_the_hubs_settings(mut server: Server) {
         buf.extend_from_slice(&chunk[..n]);
     };
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let extensions = response.headers()["sec-websocket-extensions"].to_str().unwrap();
+    let extensions = response.headers()["sec-websocket-extensions"]
+        .to_str()
+        .unwrap();
     assert!(extensions.starts_with("permessage-deflate"), "{extensions}");
     let (conn, _) = server.open().await;
     assert!(conn.param("room") == Some("z"));

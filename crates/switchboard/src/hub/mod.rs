@@ -1,7 +1,9 @@
 //! The hub: every connection of a server, by id, in rooms, with broadcast, limits,
 //! keepalive and backpressure.
 //!
-//! ```no_run
+// The example serves through axum: without the feature it is shown, not compiled.
+#![cfg_attr(feature = "axum", doc = "```no_run")]
+#![cfg_attr(not(feature = "axum"), doc = "```ignore")]
 //! use switchboard::hub::{Connection, Handler, Hub, HubConfig};
 //! use switchboard::Message;
 //!

@@ -1,5 +1,5 @@
 //! Registering upgrades with a hub, whichever way they came in: an axum route
-//! ([`crate::ws`], which extracts a [`HubUpgrade`]), a hyper service
+//! ([`crate::ws()`], which extracts a [`HubUpgrade`]), a hyper service
 //! ([`HubUpgrade::from_request`]) or a bare stream
 //! ([`StreamUpgrade::register`](super::StreamUpgrade::register)).
 //!

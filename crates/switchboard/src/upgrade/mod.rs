@@ -8,7 +8,7 @@
 //!
 //! Each way can also register the connection on a [`Hub`](crate::hub::Hub), with the
 //! same checks and semantics: [`crate::HubUpgrade`] from a hyper service (or an axum
-//! handler; [`crate::ws`] makes the route), [`StreamUpgrade::register`] on a bare
+//! handler; [`crate::ws()`] makes the route), [`StreamUpgrade::register`] on a bare
 //! stream.
 
 mod body;
