@@ -42,6 +42,10 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
 #[derive(Clone, Debug, PartialEq)]
 struct User(String);
 
+/// Which server registered the connection: an assign the caller adds itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Via(&'static str);
+
 /// What [`Chat`] saw.
 #[derive(Debug)]
 enum Event {
@@ -161,6 +165,7 @@ async fn service(
         Ok(upgrade) => {
             upgrade
                 .param("room", room)
+                .assign(Via("hyper"))
                 .peer_addr(peer)
                 .register(&hub, Chat(tx))
                 .await
@@ -206,6 +211,7 @@ async fn stream_server(config: HubConfig) -> Server {
                     };
                     match upgrade
                         .param("room", room)
+                        .assign(Via("stream"))
                         .peer_addr(peer)
                         .register(&hub, Chat(tx))
                         .await
@@ -271,7 +277,7 @@ async fn next_text(client: &mut Client) -> String {
 
 /// A server of either kind, the same checks: what reaches `on_open` (route parameter,
 /// query, assign, address), open means ready, the exchange, and `on_close`.
-async fn registers_and_exchanges(mut server: Server) {
+async fn registers_and_exchanges(mut server: Server, via: Via) {
     let (mut client, local) = try_connect(server.addr, "/chat/lobby?user=ann&greeting=hello", None)
         .await
         .unwrap();
@@ -283,6 +289,7 @@ async fn registers_and_exchanges(mut server: Server) {
         Some(User("ann".into())),
         "the assign, read in on_open"
     );
+    assert_eq!(conn.assigned::<Via>(), Some(via));
     assert_eq!(conn.param("room"), Some("lobby"));
     assert_eq!(conn.query("user"), Some("ann"));
     assert_eq!(conn.remote_addr(), Some(local));
@@ -411,7 +418,7 @@ async fn applies_the_hubs_settings(mut server: Server) {
 
 #[tokio::test]
 async fn hyper_service_registers_on_a_hub_and_exchanges_messages() {
-    registers_and_exchanges(hyper_server(HubConfig::default()).await).await;
+    registers_and_exchanges(hyper_server(HubConfig::default()).await, Via("hyper")).await;
 }
 
 #[tokio::test]
@@ -438,7 +445,7 @@ async fn hyper_service_answers_other_paths_itself() {
 
 #[tokio::test]
 async fn bare_stream_registers_on_a_hub_and_exchanges_messages() {
-    registers_and_exchanges(stream_server(HubConfig::default()).await).await;
+    registers_and_exchanges(stream_server(HubConfig::default()).await, Via("stream")).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use super::hub::{HubRejection, HubRequest, RETRY_AFTER, request_assigns, websocket_config};
 use crate::{
     WebSocket, WebSocketConfig,
-    hub::{Handler, Hub, abandon, drive, open},
+    hub::{Handler, Hub, Registration, abandon, drive, open},
 };
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
@@ -290,10 +290,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
 
     /// [`StreamUpgrade::register`] with a handler shared by many connections.
     pub async fn register_shared<H: Handler>(
-        mut self,
+        self,
         hub: &Hub,
         handler: Arc<H>,
     ) -> Result<(), AcceptError> {
+        // The handshake's state is on the heap and gone once the 101 is out: this
+        // future is held for the connection's life, and keeps room for the largest
+        // state it can be in.
+        let (mut ws, registration, healthy) =
+            Box::pin(self.admit_and_answer(hub, &*handler)).await?;
+        drive(&mut ws, &registration, &*handler, healthy).await;
+        Ok(())
+    }
+
+    /// The checks, the registration, `on_open` and the 101: the connection, registered,
+    /// with whether `on_open` returned.
+    async fn admit_and_answer<H: Handler>(
+        mut self,
+        hub: &Hub,
+        handler: &H,
+    ) -> Result<(WebSocket<S>, Registration, bool), AcceptError> {
         let params = std::mem::take(&mut self.params);
         let head = self.hub_request(params);
         if let Err(rejection) = head.admit(hub) {
@@ -307,14 +323,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
         let websocket = websocket_config(hub);
         let deflate = websocket.compression.negotiate(&mut self.handshake);
         let registration = head.register(hub, deflate, self.peer);
-        let healthy = open(registration.conn(), &*handler).await;
+        let healthy = open(registration.conn(), handler).await;
         if let Err(error) = self.answer().await {
-            abandon(&registration, &*handler).await;
+            abandon(&registration, handler).await;
             return Err(error);
         }
-        let mut ws = connection(self.io, self.buf, websocket, deflate);
-        drive(&mut ws, &registration, &*handler, healthy).await;
-        Ok(())
+        let ws = connection(self.io, self.buf, websocket, deflate);
+        Ok((ws, registration, healthy))
     }
 
     /// Writes the 101.
