@@ -10,7 +10,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use switchboard::{
     Message,
     channels::{Channel, Channels, HandleIn, Payload, Refused, Reply, Socket},
-    hub::{Connection, Handler, Hub, HubConfig},
+    hub::{Assigns, Connection, Handler, Hub, HubConfig},
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::{
@@ -248,5 +248,14 @@ async fn middleware_extensions_reach_connect_and_every_channel() {
     assert_eq!(
         call(&mut client, "room:a", "whoami", json!({})).await["token"],
         "renewed"
+    );
+
+    // The store is the application's alone: clearing it leaves the socket's channels
+    // joined and answering (their bookkeeping is kept elsewhere).
+    conn.with_assigns(|assigns| *assigns = Assigns::new());
+    assert!(conn.with_assigns(|assigns| assigns.is_empty()));
+    assert_eq!(
+        call(&mut client, "room:a", "whoami", json!({})).await,
+        json!({"user": null, "token": null, "nick": "a's nick", "shared": null})
     );
 }

@@ -297,18 +297,18 @@ impl SocketHandler {
 
 impl Handler for SocketHandler {
     async fn on_open(&self, conn: &Connection) {
-        if let Some(state) = conn.assigned::<Arc<ConnState>>() {
-            self.heartbeats.watch(conn, &state);
+        if let Some(state) = conn.internal::<Arc<ConnState>>() {
+            self.heartbeats.watch(conn, state);
         }
     }
 
     async fn on_message(&self, conn: &Connection, message: Message) {
-        let Some(state) = conn.assigned::<Arc<ConnState>>() else {
+        let Some(state) = conn.internal::<Arc<ConnState>>() else {
             return;
         };
         state.heard(conn.hub());
         match protocol::decode(&message) {
-            Some(Ok(decoded)) => self.dispatch(conn, &state, decoded).await,
+            Some(Ok(decoded)) => self.dispatch(conn, state, decoded).await,
             Some(Err(error)) => self.malformed(conn, &message, &error),
             None => {}
         }
@@ -318,14 +318,14 @@ impl Handler for SocketHandler {
     /// Phoenix's transport timeout (cowboy's `idle_timeout`): the client chose to send
     /// it, unlike a pong, which answers the hub's own ping.
     async fn on_ping(&self, conn: &Connection, _payload: &[u8]) {
-        if let Some(state) = conn.assigned::<Arc<ConnState>>() {
+        if let Some(state) = conn.internal::<Arc<ConnState>>() {
             state.heard(conn.hub());
         }
     }
 
     async fn on_close(&self, conn: &Connection, _code: crate::CloseCode, _reason: &str) {
         self.heartbeats.unwatch(conn);
-        let Some(state) = conn.assigned::<Arc<ConnState>>() else {
+        let Some(state) = conn.internal::<Arc<ConnState>>() else {
             return;
         };
         // Draining the table also breaks the cycle connection → state → socket →

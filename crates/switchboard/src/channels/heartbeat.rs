@@ -59,7 +59,7 @@ impl Heartbeats {
         let timeout = self.timeout.as_micros() as u64;
         for conn in lock(&self.sockets).values() {
             let heard = conn
-                .assigned::<Arc<ConnState>>()
+                .internal::<Arc<ConnState>>()
                 .map_or(0, |state| state.last_heard());
             if now.saturating_sub(heard) > timeout {
                 // A graceful close: a client that stopped sending may still read, and

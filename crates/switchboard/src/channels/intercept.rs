@@ -36,7 +36,7 @@ pub(crate) fn deliver_intercepted(
             continue;
         }
         let joined = conn
-            .assigned::<Arc<ConnState>>()
+            .internal::<Arc<ConnState>>()
             .and_then(|state| state.get(topic));
         let out = match &joined {
             Some(joined) if joined.channel.intercepts(event) => {

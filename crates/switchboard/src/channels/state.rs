@@ -2,7 +2,8 @@
 //! socket handle and handler), and when it was last heard from. (The assigns of its
 //! `connect` are the connection's.)
 //!
-//! It is kept in the hub connection's assigns, so that the socket's handler, the
+//! It is kept in the hub connection's crate-private state (beside its assigns, out of
+//! the application's reach), so that the socket's handler, the
 //! heartbeat watcher and intercepted broadcasts (which run on other tasks) all find it
 //! from the connection alone.
 
@@ -16,7 +17,7 @@ use std::{
     },
 };
 
-/// The channels of one connection, kept in the connection's assigns.
+/// The channels of one connection, kept in the connection's crate-private state.
 #[derive(Default)]
 pub(crate) struct ConnState {
     channels: Mutex<HashMap<String, Joined>>,

@@ -83,7 +83,9 @@ async fn upgrade(
         // Taken, not unwrapped: the callback may have kept its `ConnectInfo`.
         *upgrade.assigns_mut() = std::mem::take(&mut *lock(&assigns));
     }
-    upgrade.assigns_mut().insert(Arc::new(ConnState::default()));
+    upgrade
+        .internal_mut()
+        .insert(Arc::new(ConnState::default()));
     upgrade.register_shared(&hub, handler).await.into_response()
 }
 

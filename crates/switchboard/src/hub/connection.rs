@@ -170,6 +170,11 @@ pub(crate) struct RequestInfo {
     /// The connection's first assigns: what middleware inserted into the request, what
     /// a channels `connect` assigned.
     pub(crate) assigns: Assigns,
+    /// State of this crate's own layers on the connection (the channels a socket
+    /// joined), out of the application's reach: clearing the assigns cannot break them.
+    /// Set before the connection is made, read without a lock.
+    #[cfg(feature = "axum")]
+    pub(crate) internal: Assigns,
     pub(crate) remote_addr: Option<SocketAddr>,
     /// The permessage-deflate agreement of the opening handshake.
     pub(crate) deflate: Option<DeflateParams>,
@@ -282,6 +287,12 @@ impl Connection {
     /// from it.
     pub fn with_assigns<R>(&self, f: impl FnOnce(&mut Assigns) -> R) -> R {
         f(&mut lock(&self.inner.assigns))
+    }
+
+    /// This crate's own state of type `T` on the connection (see `RequestInfo::internal`).
+    #[cfg(feature = "axum")]
+    pub(crate) fn internal<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.request.internal.get()
     }
 
     /// Sets a metadata entry.

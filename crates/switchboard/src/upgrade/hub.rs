@@ -176,6 +176,12 @@ impl HubUpgrade {
         &mut self.head.info.assigns
     }
 
+    /// This crate's own state on the connection to be (see `RequestInfo::internal`).
+    #[cfg(feature = "axum")]
+    pub(crate) fn internal_mut(&mut self) -> &mut Assigns {
+        &mut self.head.info.internal
+    }
+
     /// The origin check alone, for work that must not run for a refused origin.
     #[cfg(feature = "axum")]
     pub(crate) fn check_origin(&self, hub: &Hub) -> Result<(), HubRejection> {
