@@ -24,7 +24,7 @@ const VERSION: u8 = 2;
 /// Why an envelope could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum CodecError {
+pub(crate) enum CodecError {
     /// Only text and binary messages cross between hubs.
     #[error("only text and binary messages are published")]
     NotData,

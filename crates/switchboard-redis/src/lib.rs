@@ -48,7 +48,6 @@ mod codec;
 mod error;
 mod link;
 
-pub use codec::CodecError;
 pub use error::ConnectError;
 
 use bytes::Bytes;
