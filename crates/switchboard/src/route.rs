@@ -5,7 +5,10 @@
 use crate::{
     HubRejection, HubUpgrade,
     hub::{Assigns, Handler, Hub},
-    upgrade::{Upgrade, hub::request_assigns},
+    upgrade::{
+        Upgrade,
+        hub::{PendingSlot, request_assigns},
+    },
 };
 use axum::{
     extract::{ConnectInfo, FromRequestParts, MatchedPath, OriginalUri, RawPathParams},
@@ -66,6 +69,7 @@ impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let upgrade = Upgrade::from_parts(parts)?;
+        let pending = PendingSlot::take(&mut parts.extensions);
         let raw_params = RawPathParams::from_request_parts(parts, state).await.ok();
         let routed = raw_params.is_some();
         let params = raw_params
@@ -74,7 +78,7 @@ impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let assigns = assigns(&parts.extensions, routed);
-        Ok(HubUpgrade::new(upgrade, parts, params, assigns))
+        Ok(HubUpgrade::new(upgrade, parts, params, assigns, pending))
     }
 }
 

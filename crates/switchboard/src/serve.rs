@@ -7,7 +7,7 @@ use crate::{
     HubRejection,
     hub::Hub,
     sync::lock,
-    upgrade::{HeadSignal, ServedTcp},
+    upgrade::{HeadSignal, PendingSlot, ServedTcp},
 };
 use axum::{
     Router,
@@ -182,10 +182,11 @@ struct Served {
 
 /// The slots one connection holds.
 struct Slots {
-    /// Of the pending handshakes: given back when the first head arrives, so that a
-    /// slow request body or a slow `on_open` does not keep handshakes waiting (an
-    /// upgrade then holds a slot of the hub, `max_connections`, from before its
-    /// `on_open`).
+    /// Of the pending handshakes: given back when the first head of a plain request
+    /// arrives, so that a slow request body does not keep handshakes waiting. An
+    /// upgrade carries it on (see [`PendingSlot`]) until the hub admits it (then it
+    /// holds a slot of the hub, `max_connections`, from before its `on_open`) or it is
+    /// answered.
     pending: Option<OwnedSemaphorePermit>,
     /// Of the plain HTTP connections: taken by the first request that is not an
     /// upgrade, held while the connection stays open.
@@ -193,12 +194,12 @@ struct Slots {
 }
 
 impl Served {
-    /// Whether a request may go to the router: a plain request needs a plain
-    /// connection's slot, which the connection keeps.
-    fn admit(&self, upgrade: bool) -> bool {
+    /// Whether a plain request may go to the router: it needs a plain connection's
+    /// slot, which the connection keeps.
+    fn admit_plain(&self) -> bool {
         let mut slots = lock(&self.slots);
         drop(slots.pending.take());
-        if upgrade || slots.plain.is_some() {
+        if slots.plain.is_some() {
             return true;
         }
         match self.plain.clone().try_acquire_owned() {
@@ -206,6 +207,23 @@ impl Served {
             Err(_) => return false,
         }
         true
+    }
+
+    /// Sends an upgrade request to the router with its pending handshake's slot, held
+    /// until the hub admits it or the router answers.
+    fn route_upgrade(&self, mut request: Request<Incoming>) -> <Self as Service<Request<Incoming>>>::Future {
+        let pending = lock(&self.slots).pending.take().map(PendingSlot::new);
+        if let Some(pending) = &pending {
+            request.extensions_mut().insert(pending.clone());
+        }
+        let routed = self.service.call(request);
+        Box::pin(async move {
+            let response = routed.await;
+            if let Some(pending) = pending {
+                pending.release();
+            }
+            response
+        })
     }
 }
 
@@ -217,12 +235,15 @@ impl Service<Request<Incoming>> for Served {
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
         self.head.arrived(upgrade);
-        if !self.admit(upgrade) {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        if upgrade {
+            return self.route_upgrade(request);
+        }
+        if !self.admit_plain() {
             // 503 with `Retry-After`, and the connection closed (`Connection: close`).
             let full = IntoResponse::into_response(HubRejection::Full);
             return Box::pin(std::future::ready(Ok(full)));
         }
-        request.extensions_mut().insert(ConnectInfo(self.peer));
         Box::pin(self.service.call(request))
     }
 }

@@ -135,6 +135,15 @@ impl SocketHandler {
         let result = catch(channel.join(&topic, payload, &socket)).await;
         let join_ref = join_ref.as_deref();
         match result {
+            // The hub refuses the room past `max_rooms_per_connection` (set below
+            // `max_channels`, or rooms the application joined itself): the join fails
+            // as one the channel refused, rather than succeed without its broadcasts.
+            Ok(Ok(_)) if conn.try_join(&room_name(&topic)).is_err() => {
+                socket.close();
+                self.endpoint.presence().forget_socket(&socket);
+                let reason = json!({"reason": "too many rooms"});
+                reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
+            }
             Ok(Ok(response)) => {
                 state.insert(
                     topic.clone(),
@@ -143,8 +152,8 @@ impl SocketHandler {
                         channel,
                     },
                 );
-                // Phoenix.Channel.Server `init_join` subscribes before the reply leaves.
-                conn.join(&room_name(&topic));
+                // Phoenix.Channel.Server `init_join` subscribes before the reply leaves
+                // (the guard above did).
                 reply(conn, join_ref, msg_ref, &topic, &Reply::ok(response));
                 socket.joined();
             }

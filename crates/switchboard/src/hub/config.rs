@@ -1,5 +1,6 @@
 //! Hub settings, with the reason for each default.
 
+use super::{IpNet, MessageRate, ProxyHeader, RatePolicy};
 use crate::Compression;
 use std::time::Duration;
 
@@ -109,6 +110,65 @@ pub struct HubConfig {
     /// Default 5 s: long enough for a peer across the world, short enough that a
     /// vanished peer does not hold a socket (nor a shutdown wait for it).
     pub close_timeout: Duration,
+    /// Connections open at once from one client address (an IPv6 client: its /64); the
+    /// next upgrade from it is answered 429 Too Many Requests with `Retry-After`.
+    ///
+    /// 429 rather than 503: the client is the cause, not the server (RFC 6585 §4), so
+    /// the refusal does not read as an outage on a dashboard of 503s, and a client
+    /// that backs off learns it is its own doing.
+    ///
+    /// The address is [`Connection::remote_addr`](super::Connection::remote_addr): the
+    /// peer's, or the one a trusted proxy names ([`HubConfig::trusted_proxies`]). A
+    /// connection whose address is unknown (a hyper service that did not give
+    /// [`HubUpgrade::peer_addr`](crate::HubUpgrade::peer_addr)) is not counted.
+    ///
+    /// Default 1,000, a tenth of [`HubConfig::max_connections`]: an office, a campus or
+    /// a mobile carrier's NAT puts hundreds of people behind one address, each with a
+    /// few tabs open, and they all fit; one host opening connections in a loop takes a
+    /// tenth of the server, not all of it.
+    pub max_connections_per_ip: usize,
+    /// The reverse proxies (addresses or blocks) whose [`HubConfig::proxy_header`] is
+    /// believed. When the peer is one of them, the client is the rightmost address of
+    /// that header that is not one of them; everything left of it was written by
+    /// someone no trusted proxy vouches for. The client's address is then the
+    /// connection's [`remote_addr`](super::Connection::remote_addr) (with the port the
+    /// header gives, or 0) and what [`HubConfig::max_connections_per_ip`] counts.
+    ///
+    /// Default none: any client can write the header, so it is believed only from a
+    /// proxy you name; without one, a server behind a proxy counts every client as the
+    /// proxy's address.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header [`HubConfig::trusted_proxies`] name the client in.
+    ///
+    /// Default [`ProxyHeader::XForwardedFor`], the header most proxies and load
+    /// balancers write.
+    pub proxy_header: ProxyHeader,
+    /// Rooms one connection may be in at once; a join past it is refused
+    /// ([`Connection::try_join`](super::Connection::try_join) says why), counted in
+    /// [`Connection::refused_joins`](super::Connection::refused_joins) and logged at
+    /// `debug`.
+    ///
+    /// Default 100, the channels' `max_channels`: a page is in a handful of rooms, and
+    /// each membership holds memory in the hub's two indexes and, for a new room, a
+    /// broker subscription; a client that joins whatever its messages name cannot make
+    /// the server hold thousands for it.
+    pub max_rooms_per_connection: usize,
+    /// The data messages a client may send (text and binary; control frames are bounded
+    /// otherwise); past it, [`HubConfig::rate_policy`] applies.
+    ///
+    /// Default 1,000 a second with bursts of 1,000: tens of times what a person or a
+    /// page sends (keystrokes, cursor moves and game inputs at 60 a second), and room
+    /// for a burst such as rejoining 100 channels after a reconnect; a client that
+    /// sends in a tight loop (tens of thousands a second on a LAN) meets it, so one
+    /// connection cannot keep the server's callbacks and broadcasts busy for everyone.
+    pub max_message_rate: MessageRate,
+    /// What happens to a data message over [`HubConfig::max_message_rate`].
+    ///
+    /// Default [`RatePolicy::Drop`]: the excess is dropped and counted, and the
+    /// connection stays; a client closed for a burst would reconnect and rejoin at
+    /// once, costing the server more than its messages. Choose [`RatePolicy::Close`]
+    /// where every message must be handled or the client told.
+    pub rate_policy: RatePolicy,
 }
 
 impl Default for HubConfig {
@@ -126,6 +186,12 @@ impl Default for HubConfig {
             max_pending_handshakes: 1024,
             max_http_connections: 1024,
             close_timeout: Duration::from_secs(5),
+            max_connections_per_ip: 1_000,
+            trusted_proxies: Vec::new(),
+            proxy_header: ProxyHeader::XForwardedFor,
+            max_rooms_per_connection: 100,
+            max_message_rate: MessageRate::new(1_000, 1_000),
+            rate_policy: RatePolicy::Drop,
         }
     }
 }
@@ -200,6 +266,43 @@ impl HubConfig {
     /// Sets [`HubConfig::close_timeout`].
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets [`HubConfig::max_connections_per_ip`].
+    pub fn max_connections_per_ip(mut self, max: usize) -> Self {
+        self.max_connections_per_ip = max;
+        self
+    }
+
+    /// Sets [`HubConfig::trusted_proxies`]: addresses (`IpNet::from(ip)`) or blocks
+    /// (`"10.0.0.0/8".parse()?`).
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// Sets [`HubConfig::proxy_header`].
+    pub fn proxy_header(mut self, header: ProxyHeader) -> Self {
+        self.proxy_header = header;
+        self
+    }
+
+    /// Sets [`HubConfig::max_rooms_per_connection`].
+    pub fn max_rooms_per_connection(mut self, max: usize) -> Self {
+        self.max_rooms_per_connection = max;
+        self
+    }
+
+    /// Sets [`HubConfig::max_message_rate`].
+    pub fn max_message_rate(mut self, rate: MessageRate) -> Self {
+        self.max_message_rate = rate;
+        self
+    }
+
+    /// Sets [`HubConfig::rate_policy`].
+    pub fn rate_policy(mut self, policy: RatePolicy) -> Self {
+        self.rate_policy = policy;
         self
     }
 }
@@ -297,6 +400,7 @@ mod tests {
     fn every_builder_method_sets_its_field() {
         // Values other than the defaults, so that a method that sets nothing fails.
         let origins = Origins::List(vec!["https://a.example".into()]);
+        let proxy: IpNet = "10.0.0.0/8".parse().unwrap();
         let config = HubConfig::default()
             .max_connections(1)
             .max_message_size(2)
@@ -309,7 +413,13 @@ mod tests {
             .handshake_timeout(Duration::from_secs(6))
             .max_pending_handshakes(7)
             .max_http_connections(8)
-            .close_timeout(Duration::from_secs(9));
+            .close_timeout(Duration::from_secs(9))
+            .max_connections_per_ip(10)
+            .trusted_proxies([proxy])
+            .proxy_header(ProxyHeader::Forwarded)
+            .max_rooms_per_connection(11)
+            .max_message_rate(MessageRate::new(12, 13))
+            .rate_policy(RatePolicy::Close);
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let HubConfig {
             max_connections,
@@ -324,6 +434,12 @@ mod tests {
             max_pending_handshakes,
             max_http_connections,
             close_timeout,
+            max_connections_per_ip,
+            trusted_proxies,
+            proxy_header,
+            max_rooms_per_connection,
+            max_message_rate,
+            rate_policy,
         } = config;
         assert_eq!(max_connections, 1);
         assert_eq!(max_message_size, 2);
@@ -337,5 +453,11 @@ mod tests {
         assert_eq!(max_pending_handshakes, 7);
         assert_eq!(max_http_connections, 8);
         assert_eq!(close_timeout, Duration::from_secs(9));
+        assert_eq!(max_connections_per_ip, 10);
+        assert_eq!(trusted_proxies, [proxy]);
+        assert_eq!(proxy_header, ProxyHeader::Forwarded);
+        assert_eq!(max_rooms_per_connection, 11);
+        assert_eq!(max_message_rate, MessageRate::new(12, 13));
+        assert_eq!(rate_policy, RatePolicy::Close);
     }
 }

@@ -110,6 +110,20 @@ impl fmt::Debug for SendError {
     }
 }
 
+/// Why a connection did not join a room ([`Connection::try_join`], [`Hub::try_join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The connection has ended (after its `on_close`), or belongs to another hub.
+    #[error("connection is closed")]
+    Closed,
+    /// The connection is in
+    /// [`HubConfig::max_rooms_per_connection`](super::HubConfig::max_rooms_per_connection)
+    /// rooms already.
+    #[error("too many rooms")]
+    TooManyRooms,
+}
+
 /// Why the hub did not queue a message, before the message is handed back (a
 /// broadcast's recipients share one encoding, which no single one of them owns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +172,9 @@ struct Inner {
     /// See [`Connection::dropped_messages`] and [`Connection::refused_messages`].
     dropped: AtomicU64,
     refused: AtomicU64,
+    /// See [`Connection::rate_limited_messages`] and [`Connection::refused_joins`].
+    rate_limited: AtomicU64,
+    refused_joins: AtomicU64,
 }
 
 /// What the upgrade request carried, copied into the connection.
@@ -206,6 +223,8 @@ impl Connection {
                 keepalive: Keepalive::default(),
                 dropped: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                rate_limited: AtomicU64::new(0),
+                refused_joins: AtomicU64::new(0),
             }),
         };
         conn.inner
@@ -324,9 +343,28 @@ impl Connection {
     }
 
     /// Joins a room (created on first join); returns whether the connection is a member
-    /// now: `false`, and nothing changes, once the connection has ended.
+    /// now: `false`, and nothing changes, once the connection has ended, or when it is
+    /// in [`HubConfig::max_rooms_per_connection`](super::HubConfig::max_rooms_per_connection)
+    /// rooms already ([`Connection::try_join`] says which).
     pub fn join(&self, room: &str) -> bool {
         self.inner.hub.join(self, room)
+    }
+
+    /// Joins a room, or says why not (see [`Hub::try_join`]): to tell a client that
+    /// asked for the room what went wrong.
+    ///
+    /// ```
+    /// # use switchboard::hub::{Connection, JoinError};
+    /// fn join_asked(conn: &Connection, room: &str) {
+    ///     match conn.try_join(room) {
+    ///         Ok(()) => conn.send_text(format!("joined {room}")),
+    ///         Err(JoinError::TooManyRooms) => conn.send_text("leave a room first"),
+    ///         Err(_) => {}
+    ///     }
+    /// }
+    /// ```
+    pub fn try_join(&self, room: &str) -> Result<(), JoinError> {
+        self.inner.hub.try_join(self, room)
     }
 
     /// Leaves a room (removed when its last member leaves); returns whether the
@@ -468,6 +506,32 @@ impl Connection {
     /// and not queued is counted once.
     pub fn refused_messages(&self) -> u64 {
         self.inner.refused.load(Relaxed)
+    }
+
+    /// Data messages from this client dropped because they came faster than
+    /// [`HubConfig::max_message_rate`](super::HubConfig::max_message_rate): they never
+    /// reached [`Handler::on_message`](super::Handler::on_message).
+    pub fn rate_limited_messages(&self) -> u64 {
+        self.inner.rate_limited.load(Relaxed)
+    }
+
+    /// Joins of this connection refused because it was in
+    /// [`HubConfig::max_rooms_per_connection`](super::HubConfig::max_rooms_per_connection)
+    /// rooms already.
+    pub fn refused_joins(&self) -> u64 {
+        self.inner.refused_joins.load(Relaxed)
+    }
+
+    /// Counts a join refused for the room limit.
+    pub(crate) fn count_refused_join(&self) {
+        self.inner.refused_joins.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a message dropped for the rate limit; returns how many were, this one
+    /// included.
+    pub(crate) fn count_rate_limited(&self) -> u64 {
+        self.inner.hub.count_rate_limited();
+        self.inner.rate_limited.fetch_add(1, Relaxed) + 1
     }
 
     /// When the last keepalive ping was sent.

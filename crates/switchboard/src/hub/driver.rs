@@ -2,8 +2,8 @@
 //! while writing what other tasks queue for it.
 
 use super::{
-    Connection, ConnectionState, Handler, Registration, catch, connection::Outbound,
-    outgoing::Queued,
+    Connection, ConnectionState, Handler, RatePolicy, Registration, TokenBucket, catch,
+    connection::Outbound, outgoing::Queued,
 };
 use crate::{
     Error, WebSocket,
@@ -60,7 +60,11 @@ pub(crate) async fn drive<S, H>(
 {
     let conn = registration.conn();
     let mut outbox = HubOutbox::new(conn);
+    // Set when a callback panicked, or the client went over its rate with
+    // `RatePolicy::Close`: the handler hears nothing more but the end.
     let mut broken = !healthy;
+    let rate = conn.hub().config().max_message_rate;
+    let mut bucket = TokenBucket::new(rate, conn.hub().now_micros());
     let (code, reason, error) = loop {
         let message = match ws.recv_with(&mut outbox).await {
             Some(Ok(message)) => message,
@@ -81,8 +85,8 @@ pub(crate) async fn drive<S, H>(
         };
         // A ping shows that the peer sends, not that it reads: it does not put off the
         // sweeper's ping, which a peer that never reads cannot answer.
+        let now = conn.hub().now_micros();
         if !matches!(message, Message::Ping(_)) {
-            let now = conn.hub().now_micros();
             conn.keepalive().last_seen.store(now, Relaxed);
         }
         let called = match message {
@@ -98,6 +102,10 @@ pub(crate) async fn drive<S, H>(
             // A handler that panicked hears nothing more but its `on_close`: the
             // connection is closing with 1011.
             _ if broken => continue,
+            Message::Text(_) | Message::Binary(_) if !bucket.take(rate, now) => {
+                broken = over_rate(conn);
+                continue;
+            }
             Message::Text(_) | Message::Binary(_) => ws
                 .run_while(catch(handler.on_message(conn, message)), &mut outbox)
                 .await
@@ -152,6 +160,24 @@ fn panicked(conn: &Connection, callback: &'static str) {
     // an unexpected condition that prevented it from fulfilling the request."
     // (RFC 6455 §7.4.1) Nothing to do when the connection is closing already.
     conn.close_for(CloseCode::INTERNAL_ERROR, "internal error");
+}
+
+/// A data message came over the client's rate: it is dropped and counted, and with
+/// [`RatePolicy::Close`] the connection is closed with 1008. Returns whether it is
+/// closing. The first drop of a connection is logged, not each: a flood would flood
+/// the log too.
+fn over_rate(conn: &Connection) -> bool {
+    let dropped = conn.count_rate_limited();
+    let close = conn.hub().config().rate_policy == RatePolicy::Close;
+    if close || dropped == 1 {
+        tracing::debug!(connection = %conn.id(), close, "message rate exceeded");
+    }
+    if close {
+        // "1008 indicates that an endpoint is terminating the connection because it has
+        // received a message that violates its policy." (RFC 6455 §7.4.1)
+        conn.close_for(CloseCode::POLICY_VIOLATION, "message rate exceeded");
+    }
+    close
 }
 
 /// How a connection ended, as its callbacks hear it.

@@ -32,18 +32,22 @@
 
 mod assigns;
 mod broadcast;
+mod client_ip;
 mod config;
 mod connection;
 mod driver;
 mod handler;
 mod keepalive;
 mod outgoing;
+mod rate;
 mod registry;
 
 pub use assigns::Assigns;
 pub use broadcast::{Broadcast, BroadcastReport};
+pub use client_ip::{IpNet, IpNetError, ProxyHeader};
 pub use config::{BufferPolicy, HubConfig, Origins};
-pub use connection::{Connection, ConnectionState, SendError};
+pub use connection::{Connection, ConnectionState, JoinError, SendError};
+pub use rate::{MessageRate, RatePolicy};
 pub use handler::Handler;
 pub use switchboard_broker::{
     Broker, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId, ParseIdError,
@@ -55,13 +59,17 @@ pub(crate) use driver::{abandon, drive, open};
 #[cfg(feature = "axum")]
 pub(crate) use handler::Panicked;
 pub(crate) use handler::catch;
+pub(crate) use client_ip::client_addr;
 pub(crate) use outgoing::Outgoing;
+pub(crate) use rate::TokenBucket;
 
 use crate::sync::{self, lock};
 use broadcast::deliver_local;
 use registry::{Registry, RoomChange};
 use std::{
+    collections::HashMap,
     fmt,
+    net::IpAddr,
     sync::{
         Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -89,6 +97,10 @@ struct HubInner {
     /// Connections admitted (upgrade accepted) and not yet finished: what
     /// `max_connections` bounds.
     admitted: AtomicUsize,
+    /// Connections admitted and not yet finished per client address (as
+    /// [`client_ip::counted_as`] keys it): what `max_connections_per_ip` bounds. An
+    /// address leaves the map with its last connection.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     draining: AtomicBool,
     /// Signalled whenever a connection finishes, for shutdown to wait on.
     finished: Notify,
@@ -98,6 +110,17 @@ struct HubInner {
     /// See [`HubMetrics`].
     dropped: AtomicU64,
     refused: AtomicU64,
+    rate_limited: AtomicU64,
+    refused_joins: AtomicU64,
+}
+
+/// Why [`Hub::admit`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// At `max_connections`, or shutting down.
+    Full,
+    /// Its address is at `max_connections_per_ip`.
+    TooManyPerIp,
 }
 
 /// Counters of a hub.
@@ -115,6 +138,14 @@ pub struct HubMetrics {
     /// closed, their channel had ended, or a control message was too long (the sum of
     /// [`Connection::refused_messages`]).
     pub refused_messages: u64,
+    /// Data messages from clients dropped since the hub started because they came
+    /// faster than [`HubConfig::max_message_rate`] (the sum of
+    /// [`Connection::rate_limited_messages`]).
+    pub rate_limited_messages: u64,
+    /// Joins refused since the hub started because the connection was in
+    /// [`HubConfig::max_rooms_per_connection`] rooms already (the sum of
+    /// [`Connection::refused_joins`]).
+    pub refused_joins: u64,
 }
 
 impl Hub {
@@ -138,6 +169,7 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 registry: RwLock::default(),
                 admitted: AtomicUsize::new(0),
+                per_ip: Mutex::default(),
                 draining: AtomicBool::new(false),
                 finished: Notify::new(),
                 started: Instant::now(),
@@ -145,6 +177,8 @@ impl Hub {
                 broker: Arc::new(broker),
                 dropped: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                rate_limited: AtomicU64::new(0),
+                refused_joins: AtomicU64::new(0),
             }),
         };
         hub.inner.broker.start(hub.inbox());
@@ -219,8 +253,18 @@ impl Hub {
     /// Adds a connection to a room; returns whether it is a member now.
     ///
     /// A connection that has ended (it is no longer registered: after its `on_close`),
-    /// or that belongs to another hub, is refused, and nothing changes: `false`.
+    /// or that belongs to another hub, is refused, and nothing changes: `false`; so is
+    /// a join past [`HubConfig::max_rooms_per_connection`]. [`Hub::try_join`] says why.
     pub fn join(&self, conn: &Connection, room: &str) -> bool {
+        self.try_join(conn, room).is_ok()
+    }
+
+    /// Adds a connection to a room, or says why not: the connection has ended or
+    /// belongs to another hub ([`JoinError::Closed`]), or it is in
+    /// [`HubConfig::max_rooms_per_connection`] rooms already
+    /// ([`JoinError::TooManyRooms`], counted in [`Connection::refused_joins`] and
+    /// logged at `debug`). Joining a room it is in already is `Ok`.
+    pub fn try_join(&self, conn: &Connection, room: &str) -> Result<(), JoinError> {
         // The broker hears of the change under the registry's lock: a leave and a join
         // racing on one room must reach it in the order they changed the room.
         let mut registry = self.write();
@@ -228,12 +272,20 @@ impl Hub {
         // membership added after it would keep the room, and the broker's
         // subscription, for ever.
         if !registry.holds(conn) {
-            return false;
+            return Err(JoinError::Closed);
+        }
+        let max = self.inner.config.max_rooms_per_connection;
+        if registry.room_count(conn.id()) >= max && !registry.is_member(conn.id(), room) {
+            drop(registry);
+            conn.count_refused_join();
+            self.inner.refused_joins.fetch_add(1, Relaxed);
+            tracing::debug!(connection = %conn.id(), room, max, "join refused: too many rooms");
+            return Err(JoinError::TooManyRooms);
         }
         if let RoomChange::Created(room) = registry.join(conn, room) {
             self.inner.broker.subscribe(&room);
         }
-        true
+        Ok(())
     }
 
     /// Removes a connection from a room; returns whether it was a member.
@@ -292,6 +344,8 @@ impl Hub {
             rooms: registry.rooms.len(),
             dropped_messages: self.inner.dropped.load(Relaxed),
             refused_messages: self.inner.refused.load(Relaxed),
+            rate_limited_messages: self.inner.rate_limited.load(Relaxed),
+            refused_joins: self.inner.refused_joins.load(Relaxed),
         }
     }
 
@@ -334,22 +388,51 @@ impl Hub {
         self.inner.draining.load(Relaxed)
     }
 
-    /// Takes a connection slot, or refuses when the hub is full or draining.
-    pub(crate) fn admit(&self) -> bool {
+    /// Takes a connection slot, and one of the client's address when it is known, or
+    /// refuses when the hub is full or draining, or the address has its share.
+    pub(crate) fn admit(&self, client: Option<IpAddr>) -> Result<(), Refused> {
         if self.is_draining() {
-            return false;
+            return Err(Refused::Full);
         }
         let max = self.inner.config.max_connections;
         self.inner
             .admitted
             .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
-            .is_ok()
+            .map_err(|_| Refused::Full)?;
+        let Some(client) = client else {
+            return Ok(());
+        };
+        let key = client_ip::counted_as(client);
+        let mut per_ip = lock(&self.inner.per_ip);
+        let count = per_ip.get(&key).copied().unwrap_or(0);
+        if count < self.inner.config.max_connections_per_ip {
+            per_ip.insert(key, count + 1);
+            return Ok(());
+        }
+        drop(per_ip);
+        self.release(None);
+        Err(Refused::TooManyPerIp)
     }
 
-    /// Gives back a slot taken by [`Hub::admit`].
-    pub(crate) fn release(&self) {
+    /// Gives back the slots taken by [`Hub::admit`] for a client at `client`.
+    pub(crate) fn release(&self, client: Option<IpAddr>) {
+        if let Some(client) = client {
+            let key = client_ip::counted_as(client);
+            let mut per_ip = lock(&self.inner.per_ip);
+            if let Some(count) = per_ip.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&key);
+                }
+            }
+        }
         self.inner.admitted.fetch_sub(1, Relaxed);
         self.inner.finished.notify_waiters();
+    }
+
+    /// Counts a client's message dropped for its rate, for [`HubMetrics`].
+    pub(crate) fn count_rate_limited(&self) {
+        self.inner.rate_limited.fetch_add(1, Relaxed);
     }
 
     /// Registers a connection in the slot it was admitted to; the registration gives
@@ -464,7 +547,8 @@ impl Drop for Registration {
             self.conn.set_closed();
             self.unregister();
         }
-        self.conn.hub().release();
+        let client = self.conn.remote_addr().map(|addr| addr.ip());
+        self.conn.hub().release(client);
     }
 }
 

@@ -174,6 +174,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// How many rooms the connection is in.
+    pub(crate) fn room_count(&self, id: ConnectionId) -> usize {
+        self.memberships.get(&id).map_or(0, Vec::len)
+    }
+
     pub(crate) fn is_member(&self, id: ConnectionId, room: &str) -> bool {
         self.memberships
             .get(&id)

@@ -4,21 +4,25 @@
 //! ([`StreamUpgrade::register`](super::StreamUpgrade::register)).
 //!
 //! Every way applies the same rules before the 101: the origin allow-list (403), the
-//! hub's capacity and shutdown (503 with `Retry-After`), the hub's settings for the
-//! connection (message size, compression, buffer), and `on_open` (open means ready).
+//! hub's capacity and shutdown (503 with `Retry-After`), the client address's share
+//! (429 with `Retry-After`), the hub's settings for the connection (message size,
+//! compression, buffer), and `on_open` (open means ready).
 
 use super::{CONNECTION_CLOSE, Rejection, ResponseBody, Upgrade, UpgradeFut, Upgraded};
 use crate::{
     WebSocket, WebSocketConfig,
-    hub::{Assigns, Handler, Hub, Registration, RequestInfo, abandon, drive, open},
+    hub::{
+        Assigns, Handler, Hub, ProxyHeader, Refused, Registration, RequestInfo, abandon,
+        client_addr, drive, open,
+    },
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, request::Parts};
 use std::{net::SocketAddr, sync::Arc};
 use switchboard_proto::deflate::DeflateParams;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// What clients with a backoff (ours) read as the earliest retry, in seconds, when a
-/// hub is full or shutting down.
+/// hub is full or shutting down, or the client has its share of connections.
 pub(crate) const RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
 
 /// An upgrade request on its way into a hub, from a hyper service
@@ -85,16 +89,30 @@ pub enum HubRejection {
     /// The hub is at `max_connections` or shutting down (503 with `Retry-After`).
     #[error("server is full")]
     Full,
+    /// The client's address has `max_connections_per_ip` connections open (429 Too
+    /// Many Requests with `Retry-After`).
+    #[error("too many connections from this address")]
+    TooManyPerIp,
+}
+
+impl From<Refused> for HubRejection {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Full => Self::Full,
+            Refused::TooManyPerIp => Self::TooManyPerIp,
+        }
+    }
 }
 
 impl HubRejection {
-    /// The response to send: the status, `Retry-After` with 503, `Connection: close`,
-    /// and the reason as text.
+    /// The response to send: the status, `Retry-After` with 503 and 429,
+    /// `Connection: close`, and the reason as text.
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = match self {
             Self::Upgrade(rejection) => return rejection.into_response(),
             Self::Origin => StatusCode::FORBIDDEN,
             Self::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyPerIp => StatusCode::TOO_MANY_REQUESTS,
         };
         let mut response = Response::new(ResponseBody::from(self.to_string()));
         *response.status_mut() = status;
@@ -105,7 +123,7 @@ impl HubRejection {
         );
         let (name, value) = CONNECTION_CLOSE;
         headers.insert(name, value);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS = status {
             headers.insert(header::RETRY_AFTER, RETRY_AFTER);
         }
         response
@@ -118,26 +136,32 @@ impl HubUpgrade {
     /// `Origin` and `Host` for the origin check.
     pub fn from_request<B>(request: &mut Request<B>) -> Result<Self, HubRejection> {
         let upgrade = Upgrade::from_request(request)?;
+        let pending = PendingSlot::take(request.extensions_mut());
         let assigns = request_assigns(request.extensions());
-        let head = HubRequest::new(request.uri(), request.headers(), Vec::new(), assigns);
+        let mut head = HubRequest::new(request.uri(), request.headers(), Vec::new(), assigns);
+        head.pending = pending;
         Ok(Self { upgrade, head })
     }
 
     /// Like [`HubUpgrade::from_request`], for a request already split into parts.
     pub fn from_parts(parts: &mut Parts) -> Result<Self, HubRejection> {
         let upgrade = Upgrade::from_parts(parts)?;
+        let pending = PendingSlot::take(&mut parts.extensions);
         let assigns = request_assigns(&parts.extensions);
-        Ok(Self::new(upgrade, parts, Vec::new(), assigns))
+        Ok(Self::new(upgrade, parts, Vec::new(), assigns, pending))
     }
 
-    /// An upgrade with the route parameters and assigns a router found.
+    /// An upgrade with the route parameters and assigns a router found, and the pending
+    /// handshake's slot `serve` gave it.
     pub(crate) fn new(
         upgrade: Upgrade,
         parts: &Parts,
         params: Vec<(String, String)>,
         assigns: Assigns,
+        pending: Option<PendingSlot>,
     ) -> Self {
-        let head = HubRequest::new(&parts.uri, &parts.headers, params, assigns);
+        let mut head = HubRequest::new(&parts.uri, &parts.headers, params, assigns);
+        head.pending = pending;
         Self { upgrade, head }
     }
 
@@ -162,9 +186,12 @@ impl HubUpgrade {
         self
     }
 
-    /// The client's address, for
-    /// [`Connection::remote_addr`](crate::hub::Connection::remote_addr), when the
-    /// service knows it (hyper's accept loop does; the request does not tell).
+    /// The peer's address, when the service knows it (hyper's accept loop does; the
+    /// request does not tell): the connection's
+    /// [`remote_addr`](crate::hub::Connection::remote_addr), or the proxy the client's
+    /// address is read from ([`HubConfig::trusted_proxies`](crate::hub::HubConfig::trusted_proxies)),
+    /// and what [`HubConfig::max_connections_per_ip`](crate::hub::HubConfig::max_connections_per_ip)
+    /// counts. Without it, the connection is not counted there.
     pub fn peer_addr(mut self, peer: SocketAddr) -> Self {
         self.upgrade = self.upgrade.peer_addr(peer);
         self
@@ -226,17 +253,44 @@ impl HubUpgrade {
         hub: &Hub,
         handler: Arc<H>,
     ) -> Result<(Response<ResponseBody>, oneshot::Receiver<()>), HubRejection> {
-        self.head.admit(hub)?;
-        let (response, upgraded) = self.upgrade.config(websocket_config(hub)).into_parts();
         // What the connection carries is known before the 101: the address from the
         // request (axum's `ConnectInfo`, which `serve` provides, or `peer_addr`), the
         // compression from the response.
-        let registration = self
-            .head
-            .register(hub, upgraded.deflate(), upgraded.peer_addr());
+        let mut head = self.head;
+        head.admit(hub, self.upgrade.peer())?;
+        let (response, upgraded) = self.upgrade.config(websocket_config(hub)).into_parts();
+        let registration = head.register(hub, upgraded.deflate());
         let (opened, on_opened) = oneshot::channel();
         tokio::spawn(run(registration, upgraded, handler, opened));
         Ok((response, on_opened))
+    }
+}
+
+/// The slot of [`HubConfig::max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
+/// an upgrade request [`crate::serve`] received holds until the hub admits it (from
+/// then on it holds a slot of the hub) or it is answered: whatever runs between its
+/// head and its registration (middleware, a channels `connect` callback, the
+/// application's own checks) is bounded with the handshakes. It travels in the
+/// request's extensions, which the hub takes it from.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) struct PendingSlot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+impl PendingSlot {
+    /// A slot held until [`PendingSlot::release`] is called on any clone of it.
+    pub(crate) fn new(slot: OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(slot))))
+    }
+
+    /// Gives the slot back; later calls do nothing.
+    pub(crate) fn release(&self) {
+        drop(crate::sync::lock(&self.0).take());
+    }
+
+    /// The slot a request carries, taken out of its extensions (it is not an assign).
+    pub(crate) fn take(extensions: &mut http::Extensions) -> Option<Self> {
+        extensions.remove::<Self>()
     }
 }
 
@@ -250,6 +304,12 @@ pub(crate) struct HubRequest {
     pairs: Vec<(String, String)>,
     origin: Option<String>,
     host: Option<String>,
+    /// The proxy headers that may name the client, read once the peer is known to be
+    /// a trusted proxy.
+    forwarded_for: Option<String>,
+    forwarded: Option<String>,
+    /// Held until the hub admits the connection or refuses it.
+    pending: Option<PendingSlot>,
 }
 
 impl HubRequest {
@@ -278,6 +338,9 @@ impl HubRequest {
             pairs,
             origin: header(header::ORIGIN),
             host: header(header::HOST),
+            forwarded_for: ProxyHeader::XForwardedFor.read(headers),
+            forwarded: ProxyHeader::Forwarded.read(headers),
+            pending: None,
         }
     }
 
@@ -298,28 +361,46 @@ impl HubRequest {
         }
     }
 
-    /// Checks the origin, then takes a slot of the hub (refused when it is full or
-    /// draining). The slot goes to the registration, which must follow at once: nothing
-    /// else gives it back.
-    pub(crate) fn admit(&self, hub: &Hub) -> Result<(), HubRejection> {
-        self.check_origin(hub)?;
-        if hub.admit() {
-            Ok(())
-        } else {
-            Err(HubRejection::Full)
+    /// Checks the origin, then takes a slot of the hub and one of the client's address
+    /// (refused when the hub is full or draining, or the address has its share). The
+    /// client is `peer`, or whom the header of a trusted proxy names. The slots go to
+    /// the registration, which must follow at once: nothing else gives them back.
+    pub(crate) fn admit(
+        &mut self,
+        hub: &Hub,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), HubRejection> {
+        // Admitted or refused, the request is no longer a pending handshake: it holds a
+        // slot of the hub, or is answered.
+        if let Some(pending) = self.pending.take() {
+            pending.release();
         }
+        self.check_origin(hub)?;
+        let client = peer.map(|peer| self.client(hub, peer));
+        hub.admit(client.map(|client| client.ip()))?;
+        self.info.remote_addr = client;
+        Ok(())
     }
 
-    /// Registers the connection in the slot [`HubRequest::admit`] took.
-    pub(crate) fn register(
-        mut self,
-        hub: &Hub,
-        deflate: Option<DeflateParams>,
-        remote_addr: Option<SocketAddr>,
-    ) -> Registration {
+    /// The client's address, as seen through the proxies the hub trusts.
+    fn client(&self, hub: &Hub, peer: SocketAddr) -> SocketAddr {
+        let config = hub.config();
+        let forwarded = match config.proxy_header {
+            ProxyHeader::XForwardedFor => &self.forwarded_for,
+            ProxyHeader::Forwarded => &self.forwarded,
+        };
+        client_addr(
+            peer,
+            forwarded.as_deref(),
+            &config.trusted_proxies,
+            config.proxy_header,
+        )
+    }
+
+    /// Registers the connection in the slots [`HubRequest::admit`] took.
+    pub(crate) fn register(mut self, hub: &Hub, deflate: Option<DeflateParams>) -> Registration {
         self.info.pairs = self.pairs.into_boxed_slice();
         self.info.deflate = deflate;
-        self.info.remote_addr = remote_addr;
         hub.register(self.info)
     }
 }

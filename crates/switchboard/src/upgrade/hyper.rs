@@ -111,6 +111,11 @@ impl Upgrade {
         self
     }
 
+    /// The peer's address, when known.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// The subprotocols the client offered, in its order of preference.
     pub fn offered_protocols(&self) -> impl Iterator<Item = &str> {
         self.handshake.protocols()
@@ -197,11 +202,6 @@ impl UpgradeFut {
     /// The permessage-deflate agreement the 101 carries.
     pub(crate) fn deflate(&self) -> Option<DeflateParams> {
         self.deflate
-    }
-
-    /// The client's address, when the request told it (axum's `ConnectInfo`).
-    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer
     }
 }
 

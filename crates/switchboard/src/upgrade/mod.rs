@@ -24,6 +24,8 @@ pub use body::ResponseBody;
 pub use io::Upgraded;
 pub use raw::{AcceptConfig, AcceptError, StreamUpgrade, accept, accept_with};
 #[cfg(feature = "axum")]
+pub(crate) use hub::PendingSlot;
+#[cfg(feature = "axum")]
 pub(crate) use served::{HeadSignal, ServedTcp};
 
 /// The header of every refusal of an upgrade: "A server that sends a "close" connection

@@ -132,9 +132,13 @@ pub enum AcceptError {
     #[error("origin not allowed")]
     Origin,
     /// The hub is at `max_connections` or shutting down ([`StreamUpgrade::register`]);
-    /// answered with `Retry-After`.
+    /// answered 503 with `Retry-After`.
     #[error("server is full")]
     Full,
+    /// The client's address has the hub's `max_connections_per_ip` connections open
+    /// ([`StreamUpgrade::register`]); answered 429 with `Retry-After`.
+    #[error("too many connections from this address")]
+    TooManyPerIp,
 }
 
 impl AcceptError {
@@ -147,6 +151,7 @@ impl AcceptError {
             Self::Handshake(e) => Some(e.status()),
             Self::Origin => Some(StatusCode::FORBIDDEN),
             Self::Full => Some(StatusCode::SERVICE_UNAVAILABLE),
+            Self::TooManyPerIp => Some(StatusCode::TOO_MANY_REQUESTS),
         }
     }
 }
@@ -251,9 +256,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
         self
     }
 
-    /// The client's address, for
+    /// The peer's address, for
     /// [`Connection::remote_addr`](crate::hub::Connection::remote_addr) once
-    /// registered (a generic stream cannot tell it).
+    /// registered (a generic stream cannot tell it), or the proxy the client's address
+    /// is read from ([`HubConfig::trusted_proxies`](crate::hub::HubConfig::trusted_proxies));
+    /// what [`HubConfig::max_connections_per_ip`](crate::hub::HubConfig::max_connections_per_ip)
+    /// counts. Without it, the connection is not counted there.
     pub fn peer_addr(mut self, peer: SocketAddr) -> Self {
         self.peer = Some(peer);
         self
@@ -311,10 +319,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
         handler: &H,
     ) -> Result<(WebSocket<S>, Registration, bool), AcceptError> {
         let params = std::mem::take(&mut self.params);
-        let head = self.hub_request(params);
-        if let Err(rejection) = head.admit(hub) {
+        let mut head = self.hub_request(params);
+        if let Err(rejection) = head.admit(hub, self.peer) {
             let error = match rejection {
                 HubRejection::Origin => AcceptError::Origin,
+                HubRejection::TooManyPerIp => AcceptError::TooManyPerIp,
                 _ => AcceptError::Full,
             };
             refuse(&mut self.io, &error).await;
@@ -322,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
         }
         let websocket = websocket_config(hub);
         let deflate = websocket.compression.negotiate(&mut self.handshake);
-        let registration = head.register(hub, deflate, self.peer);
+        let registration = head.register(hub, deflate);
         let healthy = open(registration.conn(), handler).await;
         if let Err(error) = self.answer().await {
             abandon(&registration, handler).await;
@@ -451,7 +460,7 @@ pub(crate) fn refusal(error: &AcceptError) -> Option<Vec<u8>> {
     );
     let (name, value) = super::CONNECTION_CLOSE;
     headers.insert(name, value);
-    if let AcceptError::Full = error {
+    if let AcceptError::Full | AcceptError::TooManyPerIp = error {
         headers.insert(http::header::RETRY_AFTER, RETRY_AFTER);
     }
     let mut out = Vec::with_capacity(256);
