@@ -47,9 +47,11 @@ use tokio_util::task::TaskTracker;
 /// hub's [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout) is answered
 /// 408 (a later request on a kept-alive connection is closed without an answer). At most
 /// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes)
-/// connections are held before their first request head arrives; the next ones wait in
-/// the listen backlog. Then an upgrade counts toward the hub's `max_connections`, and a
-/// plain HTTP connection toward
+/// connections are held before their first request head arrives, or, for an upgrade,
+/// before the hub admits it (the application's work before registering, such as a
+/// channels `connect`); the next ones wait in the listen backlog. Then an upgrade
+/// counts toward the hub's `max_connections` (and its client's address toward
+/// `max_connections_per_ip`), and a plain HTTP connection toward
 /// [`max_http_connections`](crate::hub::HubConfig::max_http_connections) for as long as
 /// it stays open (past it: 503 and close).
 ///
@@ -211,7 +213,10 @@ impl Served {
 
     /// Sends an upgrade request to the router with its pending handshake's slot, held
     /// until the hub admits it or the router answers.
-    fn route_upgrade(&self, mut request: Request<Incoming>) -> <Self as Service<Request<Incoming>>>::Future {
+    fn route_upgrade(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> <Self as Service<Request<Incoming>>>::Future {
         let pending = lock(&self.slots).pending.take().map(PendingSlot::new);
         if let Some(pending) = &pending {
             request.extensions_mut().insert(pending.clone());

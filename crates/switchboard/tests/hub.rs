@@ -1287,7 +1287,7 @@ async fn broadcast_report_counts_closing_connections() {
 
 #[tokio::test]
 async fn rooms_are_removed_when_empty_and_left_on_close() {
-    let mut server = start(config()).await;
+    let mut server = start(config().max_rooms_per_connection(10_000)).await;
     let mut client = connect(server.addr, "/ws").await;
     let conn = server.events.open().await;
     let hub = &server.hub;

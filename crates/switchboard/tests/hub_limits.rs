@@ -25,9 +25,7 @@ use std::{
 use switchboard::{
     CloseCode, HubUpgrade, Message,
     channels::{Channel, Channels, ChannelsConfig, Socket},
-    hub::{
-        Connection, Handler, Hub, HubConfig, IpNet, MessageRate, ProxyHeader, RatePolicy,
-    },
+    hub::{Connection, Handler, Hub, HubConfig, IpNet, MessageRate, ProxyHeader, RatePolicy},
 };
 use tokio::sync::{Semaphore, mpsc::UnboundedSender};
 use tokio_tungstenite::tungstenite::{self, Message as TMessage};
@@ -117,7 +115,10 @@ async fn connections_past_the_per_ip_limit_are_refused_with_429() {
     assert_eq!(refused.status(), http::StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()["retry-after"], "5");
     assert_eq!(server.hub.connection_count(), 2);
-    assert!(server.events.try_recv().is_err(), "on_open ran for a refusal");
+    assert!(
+        server.events.try_recv().is_err(),
+        "on_open ran for a refusal"
+    );
 
     // One leaves: its address's slot is free again once its task has ended.
     first.close(None).await.unwrap();
@@ -194,7 +195,10 @@ async fn the_forwarded_header_is_read_when_chosen_and_only_then() {
     ];
     let _client = try_connect(server.addr, "/ws", &headers).await.unwrap();
     let conn = opened(&mut server).await;
-    assert_eq!(conn.remote_addr(), Some("[2001:db8::7]:4711".parse().unwrap()));
+    assert_eq!(
+        conn.remote_addr(),
+        Some("[2001:db8::7]:4711".parse().unwrap())
+    );
 }
 
 /// Releases the handshakes it holds when told: the application's own work between the
@@ -266,7 +270,11 @@ async fn upgrades_not_yet_admitted_are_bounded_by_the_pending_handshakes() {
         .await;
         let second = tokio::spawn(async move { try_connect(addr, "/ws", &[]).await });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(gate.entered.load(Relaxed), 1, "app {app}: a second handshake ran");
+        assert_eq!(
+            gate.entered.load(Relaxed),
+            1,
+            "app {app}: a second handshake ran"
+        );
         assert!(!second.is_finished());
 
         // Let the first through: it is admitted, and its slot goes to the next.
@@ -283,7 +291,10 @@ async fn a_client_driven_join_stops_at_the_room_limit() {
     let mut client = connect(server.addr, "/ws").await;
     let conn = opened(&mut server).await;
     for i in 0..100 {
-        client.send(TMessage::text(format!("join:r{i}"))).await.unwrap();
+        client
+            .send(TMessage::text(format!("join:r{i}")))
+            .await
+            .unwrap();
         assert_eq!(next_text(&mut client).await, "joined", "room {i}");
     }
     client.send(TMessage::text("join:r100")).await.unwrap();
@@ -312,7 +323,13 @@ impl Channel for Open {
 }
 
 async fn phx_join(client: &mut Client, topic: &str, reference: usize) -> Value {
-    let join = json!([reference.to_string(), reference.to_string(), topic, "phx_join", {}]);
+    let join = json!([
+        reference.to_string(),
+        reference.to_string(),
+        topic,
+        "phx_join",
+        {}
+    ]);
     client.send(TMessage::text(join.to_string())).await.unwrap();
     let reply: Value = serde_json::from_str(&next_text(client).await).unwrap();
     assert_eq!(reply[3], "phx_reply", "{reply}");
@@ -335,7 +352,10 @@ async fn a_channels_socket_meets_the_hubs_room_limit() {
         assert_eq!(reply["status"], "ok", "{reply}");
     }
     let reply = phx_join(&mut client, "room:3", 3).await;
-    assert_eq!(reply, json!({"status": "error", "response": {"reason": "too many rooms"}}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "too many rooms"}})
+    );
     assert_eq!(hub.metrics().refused_joins, 1);
     assert_eq!(hub.metrics().rooms, 3);
 }
@@ -398,8 +418,14 @@ async fn the_close_policy_closes_a_flooding_client_with_1008() {
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(close.reason.as_str(), "message rate exceeded");
     let (code, reason) = closed(&mut server).await;
-    assert_eq!((code, reason.as_str()), (CloseCode::POLICY_VIOLATION, "message rate exceeded"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::POLICY_VIOLATION, "message rate exceeded")
+    );
     let passed = handled.load(Relaxed);
-    assert!((5..=6).contains(&passed), "{passed} passed: the burst, and a refill at most");
+    assert!(
+        (5..=6).contains(&passed),
+        "{passed} passed: the burst, and a refill at most"
+    );
     assert!(conn.rate_limited_messages() >= 1);
 }

@@ -240,10 +240,23 @@ async fn try_connect(
     path: &str,
     origin: Option<&str>,
 ) -> Result<(Client, SocketAddr), tungstenite::Error> {
+    let headers: &[_] = match origin {
+        Some(origin) => &[("origin", origin)],
+        None => &[],
+    };
+    try_connect_with(addr, path, headers).await
+}
+
+/// Opens a WebSocket on `path` with `headers` added to the request.
+async fn try_connect_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(Client, SocketAddr), tungstenite::Error> {
     let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    if let Some(origin) = origin {
-        let origin = HeaderValue::from_str(origin).unwrap();
-        request.headers_mut().insert("origin", origin);
+    for &(name, value) in headers {
+        let value = HeaderValue::from_str(value).unwrap();
+        request.headers_mut().insert(name, value);
     }
     let tcp = TcpStream::connect(addr).await.unwrap();
     let local = tcp.local_addr().unwrap();
@@ -369,6 +382,82 @@ async fn refuses_past_the_limit_and_while_draining(mut server: Server) {
     assert_eq!(refusal.headers()["retry-after"], "5");
 }
 
+fn two_per_ip() -> HubConfig {
+    HubConfig::default().max_connections_per_ip(2)
+}
+
+/// Past `max_connections_per_ip` from one address, 429 with `Retry-After`, before
+/// `on_open`; a connection that ends gives its address's slot back.
+async fn refuses_past_the_per_ip_limit(mut server: Server) {
+    let mut first = connect(server.addr, "/chat/a").await;
+    server.open().await;
+    let _second = connect(server.addr, "/chat/a").await;
+    server.open().await;
+    let refusal = refused(server.addr, "/chat/a", None).await;
+    assert_eq!(refusal.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refusal.headers()["retry-after"], "5");
+    assert_eq!(server.hub.connection_count(), 2);
+    assert!(
+        server.events.try_recv().is_err(),
+        "on_open ran for a refusal"
+    );
+
+    first.close(None).await.unwrap();
+    close_handshake(first).await;
+    assert_eq!(server.closed().await, CloseCode::NO_STATUS);
+    within("a free slot", async {
+        while try_connect(server.addr, "/chat/a", None).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.open().await;
+}
+
+fn behind_a_proxy() -> HubConfig {
+    HubConfig::default()
+        .max_connections_per_ip(1)
+        .trusted_proxies(["127.0.0.1".parse().unwrap()])
+}
+
+/// The peer (127.0.0.1) is a trusted proxy: the client is the address it appended to
+/// `X-Forwarded-For`, reported and counted; what the client wrote before it is not.
+async fn reads_the_client_from_a_trusted_proxy(mut server: Server) {
+    let xff = |list| [("x-forwarded-for", list)];
+    let _ann = try_connect_with(server.addr, "/chat/a", &xff("6.6.6.6, 203.0.113.5"))
+        .await
+        .unwrap();
+    let (conn, _) = server.open().await;
+    assert_eq!(conn.remote_addr(), Some("203.0.113.5:0".parse().unwrap()));
+    let refusal = match try_connect_with(server.addr, "/chat/a", &xff("203.0.113.5")).await {
+        Err(tungstenite::Error::Http(response)) => response,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refusal.status(), StatusCode::TOO_MANY_REQUESTS);
+    let _bob = try_connect_with(server.addr, "/chat/a", &xff("203.0.113.6"))
+        .await
+        .unwrap();
+    let (conn, _) = server.open().await;
+    assert_eq!(conn.remote_addr(), Some("203.0.113.6:0".parse().unwrap()));
+}
+
+/// Nothing trusted: the header is the client's word, ignored; the peer is counted.
+async fn ignores_the_proxy_header_of_an_untrusted_peer(mut server: Server) {
+    let xff = [("x-forwarded-for", "203.0.113.5")];
+    let (_client, local) = try_connect_with(server.addr, "/chat/a", &xff)
+        .await
+        .unwrap();
+    let (conn, _) = server.open().await;
+    assert_eq!(conn.remote_addr(), Some(local));
+    let spoofed = [("x-forwarded-for", "203.0.113.6")];
+    match try_connect_with(server.addr, "/chat/a", &spoofed).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 fn small_and_compressed() -> HubConfig {
     HubConfig::default()
         .max_message_size(1024)
@@ -461,4 +550,36 @@ async fn bare_stream_refuses_past_the_limit_and_while_draining_with_503() {
 #[tokio::test]
 async fn bare_stream_applies_the_hubs_compression_and_message_size() {
     applies_the_hubs_settings(stream_server(small_and_compressed()).await).await;
+}
+
+#[tokio::test]
+async fn hyper_service_refuses_past_the_per_ip_limit_with_429() {
+    refuses_past_the_per_ip_limit(hyper_server(two_per_ip()).await).await;
+}
+
+#[tokio::test]
+async fn bare_stream_refuses_past_the_per_ip_limit_with_429() {
+    refuses_past_the_per_ip_limit(stream_server(two_per_ip()).await).await;
+}
+
+#[tokio::test]
+async fn hyper_service_reads_the_client_from_a_trusted_proxy() {
+    reads_the_client_from_a_trusted_proxy(hyper_server(behind_a_proxy()).await).await;
+}
+
+#[tokio::test]
+async fn bare_stream_reads_the_client_from_a_trusted_proxy() {
+    reads_the_client_from_a_trusted_proxy(stream_server(behind_a_proxy()).await).await;
+}
+
+#[tokio::test]
+async fn hyper_service_ignores_the_proxy_header_of_an_untrusted_peer() {
+    let config = HubConfig::default().max_connections_per_ip(1);
+    ignores_the_proxy_header_of_an_untrusted_peer(hyper_server(config).await).await;
+}
+
+#[tokio::test]
+async fn bare_stream_ignores_the_proxy_header_of_an_untrusted_peer() {
+    let config = HubConfig::default().max_connections_per_ip(1);
+    ignores_the_proxy_header_of_an_untrusted_peer(stream_server(config).await).await;
 }

@@ -370,7 +370,16 @@ pub struct ChannelsConfig {
     /// `{"reason": "too many channels"}`.
     ///
     /// Default 100: a page joins a handful; every join holds server memory and a room
-    /// membership, so a client must not open thousands.
+    /// membership, so a client must not open thousands. Each joined topic is a room of
+    /// the hub, so the hub's
+    /// [`max_rooms_per_connection`](crate::hub::HubConfig::max_rooms_per_connection)
+    /// (default 100 too) bounds it as well: a join past it gets an error reply,
+    /// `{"reason": "too many rooms"}`. Raise both together.
+    ///
+    /// The hub's other per-client limits hold for a channels socket as for any hub
+    /// connection: connections per address, the message rate (a message over it is
+    /// dropped before its event is routed, so a join or push gets no reply and the
+    /// client's own timeout fires), the outbound buffer.
     pub max_channels: usize,
     /// The longest topic a socket may join, in bytes; a longer join gets an error reply,
     /// `{"reason": "topic too long"}`.

@@ -62,7 +62,10 @@ impl IpNet {
             _ => return false,
         };
         let differ: u128 = net ^ ip;
-        differ.checked_shr(bits - u32::from(self.prefix)).unwrap_or(0) == 0
+        differ
+            .checked_shr(bits - u32::from(self.prefix))
+            .unwrap_or(0)
+            == 0
     }
 }
 
@@ -155,7 +158,10 @@ impl ProxyHeader {
         }
         // RFC 7239 §6: an IPv6 address is in brackets, with or without a port.
         let bracketed = node.strip_prefix('[')?.strip_suffix(']')?;
-        Some(SocketAddr::new(bracketed.parse::<Ipv6Addr>().ok()?.into(), 0))
+        Some(SocketAddr::new(
+            bracketed.parse::<Ipv6Addr>().ok()?.into(),
+            0,
+        ))
     }
 }
 
@@ -230,7 +236,12 @@ mod tests {
         assert!(!v4.contains(ip("::1")));
         let all: IpNet = "::/0".parse().unwrap();
         assert!(all.contains(ip("2001:db8::1")));
-        assert!("0.0.0.0/0".parse::<IpNet>().unwrap().contains(ip("8.8.8.8")));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<IpNet>()
+                .unwrap()
+                .contains(ip("8.8.8.8"))
+        );
         let v6: IpNet = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains(ip("2001:db8:ffff::1")));
         assert!(!v6.contains(ip("2001:db9::1")));
@@ -264,8 +275,14 @@ mod tests {
         assert_eq!(from("10.0.0.5,10.0.0.6"), "10.0.0.5:0".parse().unwrap());
         assert_eq!(from("garbage, 10.0.0.6"), "10.0.0.6:0".parse().unwrap());
         assert_eq!(from("unknown"), peer("127.0.0.1"));
-        assert_eq!(from("[2001:db8::1]:80"), "[2001:db8::1]:80".parse().unwrap());
-        assert_eq!(from("198.51.100.7:5555"), "198.51.100.7:5555".parse().unwrap());
+        assert_eq!(
+            from("[2001:db8::1]:80"),
+            "[2001:db8::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            from("198.51.100.7:5555"),
+            "198.51.100.7:5555".parse().unwrap()
+        );
         let got = client_addr(peer("127.0.0.1"), None, &trusted, xff);
         assert_eq!(got, peer("127.0.0.1"), "no header");
     }
@@ -283,7 +300,10 @@ mod tests {
             from(r#"For="[2001:db8:cafe::17]:4711""#),
             "[2001:db8:cafe::17]:4711".parse().unwrap()
         );
-        assert_eq!(from(r#"for="[2001:db8::17]""#), "[2001:db8::17]:0".parse().unwrap());
+        assert_eq!(
+            from(r#"for="[2001:db8::17]""#),
+            "[2001:db8::17]:0".parse().unwrap()
+        );
         assert_eq!(from("for=_hidden"), peer("127.0.0.1"));
         assert_eq!(from("proto=https"), peer("127.0.0.1"));
     }

@@ -86,9 +86,13 @@ pub struct HubConfig {
     /// silent clients can make the server hold at most about 23 MiB, each for at most
     /// [`HubConfig::handshake_timeout`] (then 408); a head that is not slowed down
     /// arrives in a round trip, so 1,024 at once admit thousands of connections a
-    /// second. Once its head has arrived, an upgrade counts toward
-    /// [`HubConfig::max_connections`] (from before its `on_open` runs), and a plain
-    /// HTTP connection toward [`HubConfig::max_http_connections`].
+    /// second. An upgrade keeps its slot after its head, while the application works
+    /// before registering it (middleware, a channels `connect` callback, an auth
+    /// lookup in a handler), until the hub admits it: then it counts toward
+    /// [`HubConfig::max_connections`] instead (from before its `on_open` runs). A plain
+    /// HTTP connection gives its slot back when its head arrives, and counts toward
+    /// [`HubConfig::max_http_connections`]. So every task `serve` runs for a
+    /// connection before its 101 holds one of these slots or a hub's.
     ///
     /// 0 is taken as 1: a server that accepts no connection at all is never what is
     /// meant, and lifting the limit is never safe.

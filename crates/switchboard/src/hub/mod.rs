@@ -47,19 +47,19 @@ pub use broadcast::{Broadcast, BroadcastReport};
 pub use client_ip::{IpNet, IpNetError, ProxyHeader};
 pub use config::{BufferPolicy, HubConfig, Origins};
 pub use connection::{Connection, ConnectionState, JoinError, SendError};
-pub use rate::{MessageRate, RatePolicy};
 pub use handler::Handler;
+pub use rate::{MessageRate, RatePolicy};
 pub use switchboard_broker::{
     Broker, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId, ParseIdError,
     Target,
 };
 
+pub(crate) use client_ip::client_addr;
 pub(crate) use connection::{RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
 #[cfg(feature = "axum")]
 pub(crate) use handler::Panicked;
 pub(crate) use handler::catch;
-pub(crate) use client_ip::client_addr;
 pub(crate) use outgoing::Outgoing;
 pub(crate) use rate::TokenBucket;
 

@@ -21,10 +21,10 @@ mod served;
 
 pub use self::hyper::{Rejection, Upgrade, UpgradeFut, upgrade};
 pub use body::ResponseBody;
-pub use io::Upgraded;
-pub use raw::{AcceptConfig, AcceptError, StreamUpgrade, accept, accept_with};
 #[cfg(feature = "axum")]
 pub(crate) use hub::PendingSlot;
+pub use io::Upgraded;
+pub use raw::{AcceptConfig, AcceptError, StreamUpgrade, accept, accept_with};
 #[cfg(feature = "axum")]
 pub(crate) use served::{HeadSignal, ServedTcp};
 
