@@ -265,7 +265,13 @@ impl Connection {
         self.outbound().closed = true;
     }
 
-    /// The peer's address, when known.
+    /// The client's address, when known: the peer's, or, when the peer is one of
+    /// [`HubConfig::trusted_proxies`](super::HubConfig::trusted_proxies), the address
+    /// its proxy header names (with the header's port, or port 0 when it gives none, as
+    /// `X-Forwarded-For` never does). It is what
+    /// [`HubConfig::max_connections_per_ip`](super::HubConfig::max_connections_per_ip)
+    /// counts. `None` when the server could not tell (a hyper service that did not call
+    /// [`HubUpgrade::peer_addr`](crate::HubUpgrade::peer_addr)).
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.inner.request.remote_addr
     }

@@ -292,6 +292,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
     /// Returns once the connection has ended and [`Handler::on_close`] has run; `Err`
     /// when it was refused (answered), or when the 101 could not be written (then
     /// `on_close` has run with 1006).
+    ///
+    /// From the registration on, the connection holds a slot of the hub
+    /// (`max_connections`, and `max_connections_per_ip` when
+    /// [`StreamUpgrade::peer_addr`] was given). The tasks an accept loop spawns before
+    /// that, for handshakes still being read, are the loop's to bound: with a
+    /// semaphore, as `switchboard::serve` does with `max_pending_handshakes`.
     pub async fn register<H: Handler>(self, hub: &Hub, handler: H) -> Result<(), AcceptError> {
         self.register_shared(hub, Arc::new(handler)).await
     }
