@@ -85,4 +85,13 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, room: &str);
     /// This hub's last member left `room`.
     fn unsubscribe(&self, room: &str);
+    /// Whether envelopes move now: the link to the other hubs is up and every
+    /// subscription the hub asked for (its rooms, its node, all) is in place. A hub is
+    /// not ready while this is `false` (`Hub::is_ready`, the `/ready` route): it would
+    /// accept clients and silently deliver them nothing from other hubs.
+    ///
+    /// Default `true`: a broker without a link (in memory) is always ready.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }

@@ -37,6 +37,13 @@
 //! the link in a bounded queue ([`RedisConfig::max_pending_publishes`]): past it, they
 //! are dropped and counted in [`BrokerStats::lost`] too. Room subscriptions never are.
 //!
+//! # Readiness
+//!
+//! The hub is not ready (`Hub::is_ready`, and the `/ready` route answers 503) from the
+//! moment the link fails until the new link has subscribed again to everything the
+//! hub had: while it is down, a hub would accept clients and deliver them nothing that
+//! other hubs publish.
+//!
 //! # Versions
 //!
 //! Envelopes start with a format version: 2 since connection ids hold a 64-bit node id
@@ -55,7 +62,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -224,6 +231,8 @@ pub struct RedisBroker {
     pending: Mutex<Option<(link::Link, mpsc::Receiver<Publish>)>>,
     runtime: Handle,
     stats: BrokerStats,
+    /// Set by the link task: see [`Broker::is_ready`].
+    ready: Arc<AtomicBool>,
 }
 
 impl RedisBroker {
@@ -241,6 +250,8 @@ impl RedisBroker {
             pending: Mutex::new(Some((link, receiver))),
             runtime: Handle::current(),
             stats: BrokerStats::default(),
+            // Not before the hub's own channels are subscribed, once a hub takes it.
+            ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -269,6 +280,7 @@ impl Broker for RedisBroker {
             publishes,
             self.rooms.clone(),
             self.stats.clone(),
+            self.ready.clone(),
         );
         self.runtime.spawn(task);
     }
@@ -301,6 +313,13 @@ impl Broker for RedisBroker {
 
     fn unsubscribe(&self, room: &str) {
         self.rooms.want(room, false);
+    }
+
+    /// `false` from the moment the link fails until it is open again and Redis has
+    /// confirmed the subscriptions to every room of the hub, its node channel and
+    /// `all`; also before the hub takes the broker.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
     }
 }
 

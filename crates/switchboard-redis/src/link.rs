@@ -9,7 +9,14 @@ use redis::{
     Client, RedisResult,
     aio::{MultiplexedConnection, PubSubSink, PubSubStream},
 };
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 use switchboard_broker::Inbox;
 use tokio::sync::mpsc::Receiver;
 
@@ -75,7 +82,8 @@ enum Ended {
     Failed(String),
 }
 
-/// Serves one hub until the broker is dropped or the hub is gone.
+/// Serves one hub until the broker is dropped or the hub is gone; `ready` is `true`
+/// while the link is up with all of the hub's subscriptions confirmed.
 pub(crate) async fn run(
     mut link: Link,
     config: RedisConfig,
@@ -83,6 +91,7 @@ pub(crate) async fn run(
     mut publishes: Receiver<Publish>,
     changes: Arc<RoomChanges>,
     stats: BrokerStats,
+    ready: Arc<AtomicBool>,
 ) {
     let mut rooms = HashSet::new();
     let own = [config.channel_all(), config.channel_node(inbox.node())];
@@ -90,6 +99,9 @@ pub(crate) async fn run(
     loop {
         let failure = match subscribed {
             Ok(()) => {
+                // Redis confirmed every subscription the hub has: envelopes for any of
+                // its connections reach it again.
+                ready.store(true, Relaxed);
                 let mut session = Session {
                     link: &mut link,
                     config: &config,
@@ -105,6 +117,9 @@ pub(crate) async fn run(
             }
             Err(error) => error.to_string(),
         };
+        // Until the new link has subscribed to everything again, this hub would miss
+        // what other hubs publish for its connections.
+        ready.store(false, Relaxed);
         tracing::warn!(%failure, "lost the link to Redis; reconnecting");
         let Some(new) = reconnect(&link.client, &config, &mut publishes, &stats).await else {
             return;

@@ -53,6 +53,8 @@ pub mod axum;
 pub mod channels;
 pub mod client;
 mod error;
+#[cfg(feature = "axum")]
+mod health;
 pub mod hub;
 #[cfg(feature = "axum")]
 mod route;
@@ -62,6 +64,8 @@ mod sync;
 pub mod upgrade;
 pub mod ws;
 
+#[cfg(feature = "axum")]
+pub use health::{health, ready};
 #[cfg(feature = "axum")]
 pub use route::ws;
 #[cfg(feature = "axum")]

@@ -1485,6 +1485,70 @@ async fn shutdown_sends_1001_to_every_client_and_stops_accepting() {
 }
 
 #[tokio::test]
+async fn shutdown_for_a_restart_sends_1012_with_the_reconnect_window() {
+    let config = config()
+        .shutdown_close(CloseCode::SERVICE_RESTART)
+        .reconnect_window(Duration::from_secs(1)..Duration::from_secs(10));
+    let mut server = start(config).await;
+    let client = connect(server.addr, "/ws").await;
+    let id = server.events.open().await.id();
+    let client = tokio::spawn(close_received(client));
+    server.stop.take().unwrap().send(()).unwrap();
+    let frame = within("client", client).await.unwrap().unwrap();
+    let reason = "server restarting; retry in 1-10s";
+    assert_eq!((close_code(&frame), frame.reason.as_str()), (1012, reason));
+    assert_eq!(
+        server.events.close(id).await,
+        (CloseCode::SERVICE_RESTART, reason.to_owned())
+    );
+}
+
+/// The status and body of `GET path`.
+async fn http_get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let (response, body, _) = within(path, http_exchange(addr, request.as_bytes())).await;
+    (response.status(), String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn ready_turns_503_once_shutdown_begins_while_health_stays_200() {
+    let config = config().close_timeout(Duration::from_secs(5));
+    let server = start_with(config, |hub, probe| {
+        default_routes(hub, probe)
+            .route("/health", switchboard::health())
+            .route("/ready", switchboard::ready(hub.clone()))
+    })
+    .await;
+    let addr = server.addr;
+    assert!(server.hub.is_ready());
+    assert_eq!(
+        http_get(addr, "/ready").await,
+        (StatusCode::OK, "ready".into())
+    );
+    // A client that never answers the close keeps the hub draining, and `serve` (whose
+    // own signal has not come) keeps answering plain requests meanwhile.
+    let (_silent, _reader) = raw_connect(addr, "/ws").await;
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown(Duration::from_secs(5)).await });
+    within("draining", async {
+        while !server.hub.is_draining() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(!server.hub.is_ready());
+    assert_eq!(
+        http_get(addr, "/ready").await,
+        (StatusCode::SERVICE_UNAVAILABLE, "draining".into())
+    );
+    assert_eq!(
+        http_get(addr, "/health").await,
+        (StatusCode::OK, "ok".into())
+    );
+    shutdown.abort();
+}
+
+#[tokio::test]
 async fn shutdown_cuts_a_client_that_never_answers_after_close_timeout() {
     let config = config().close_timeout(Duration::from_millis(300));
     let mut server = start(config).await;

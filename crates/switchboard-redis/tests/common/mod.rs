@@ -1,5 +1,6 @@
-//! Hubs on real TCP listeners, each attached to the Redis at 127.0.0.1:6379 through its
-//! own `RedisBroker`, and tokio-tungstenite clients of them.
+//! Hubs on real TCP listeners, each attached to the Redis at 127.0.0.1:6379 (or one a
+//! test starts, [`OwnRedis`]) through its own `RedisBroker`, and tokio-tungstenite
+//! clients of them.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -104,6 +105,7 @@ pub fn config(prefix: &str) -> RedisConfig {
 
 /// A hub attached to Redis with `config`, whose prefix is `prefix`, like [`node`].
 pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
+    let config_url = config.url.clone();
     let broker = RedisBroker::connect(config)
         .await
         .expect("Redis at 127.0.0.1:6379");
@@ -111,14 +113,17 @@ pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
     let hub = Hub::with_broker(HubConfig::default(), broker);
     // The hub subscribes to `all`, then to its node's channel: once that one counts,
     // sends to this hub's connections reach it.
-    subscribers(&format!("{prefix}:node:{}", hub.node()), 1).await;
+    let node_channel = format!("{prefix}:node:{}", hub.node());
+    subscribers_at(&config_url, &node_channel, 1).await;
     let (tx, opened) = unbounded_channel();
     let app = axum::Router::new()
         .route(
             "/chat/{room}",
             switchboard::ws(hub.clone(), Opener(tx.clone())),
         )
-        .route("/ws", switchboard::ws(hub.clone(), Opener(tx)));
+        .route("/ws", switchboard::ws(hub.clone(), Opener(tx)))
+        .route("/health", switchboard::health())
+        .route("/ready", switchboard::ready(hub.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = tokio::spawn({
@@ -164,7 +169,12 @@ pub fn read_until_ends(mut ws: Client, ends: usize) -> JoinHandle<Vec<String>> {
 
 /// Waits until Redis counts `expected` subscribers on `channel`.
 pub async fn subscribers(channel: &str, expected: i64) {
-    let client = redis::Client::open(REDIS).unwrap();
+    subscribers_at(REDIS, channel, expected).await;
+}
+
+/// Waits until the Redis at `url` counts `expected` subscribers on `channel`.
+pub async fn subscribers_at(url: &str, channel: &str, expected: i64) {
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     within(&format!("{expected} subscribers on {channel}"), async {
         loop {
@@ -181,4 +191,95 @@ pub async fn subscribers(channel: &str, expected: i64) {
         }
     })
     .await;
+}
+
+/// The status code and body of `GET path` on `addr`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    within(path, tcp.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, body.to_owned())
+}
+
+/// A Redis server of one test, on a port of its own (never the shared 6379), that the
+/// test can stop and start again on the same port; killed when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free port, without persistence, and waits until it
+    /// answers.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            process: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL: its clients see their connections reset, as on a
+    /// crash) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`OwnRedis::kill`]).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let process = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH");
+        self.process = Some(process);
+        let url = self.url();
+        within("redis-server to answer", async {
+            loop {
+                let client = redis::Client::open(url.as_str()).unwrap();
+                if client.get_multiplexed_async_connection().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -4,7 +4,14 @@
 //! ```text
 //! cargo run --release --example chat                # http://127.0.0.1:8080
 //! cargo run --release --example chat -- --addr 0.0.0.0:3000
+//! cargo run --release --example chat -- --restart-window 1-10
 //! ```
+//!
+//! `/health` answers 200 while the process serves, `/ready` 200 while the hub accepts
+//! and delivers (503 once shutdown has begun). On Ctrl-C or SIGTERM every socket gets
+//! 1001; with `--restart-window MIN-MAX` (seconds) it gets 1012 with
+//! `server restarting; retry in MIN-MAXs`, and switchboard's JS client comes back at a
+//! random moment in that window.
 //!
 //! # Channels: `/socket/websocket?vsn=2.0.0`
 //!
@@ -39,9 +46,9 @@ use axum::{
     routing::get,
 };
 use serde_json::json;
-use std::{error::Error, net::SocketAddr};
+use std::{error::Error, net::SocketAddr, ops::Range, time::Duration};
 use switchboard::{
-    Compression, Message,
+    CloseCode, Compression, Message,
     channels::Channels,
     hub::{Connection, Handler, Hub, HubConfig},
 };
@@ -177,7 +184,7 @@ impl Handler for Chat {
             .send_text(out.to_string());
     }
 
-    async fn on_close(&self, conn: &Connection, _code: switchboard::CloseCode, _reason: &str) {
+    async fn on_close(&self, conn: &Connection, _code: CloseCode, _reason: &str) {
         let room = Self::hub_room(conn);
         // Still a member here; the hub removes the connection after this returns.
         let count = conn.hub().room_size(&room).saturating_sub(1);
@@ -192,24 +199,46 @@ impl Handler for Chat {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let mut addr: SocketAddr = "127.0.0.1:8080".parse()?;
+    // Browsers offer permessage-deflate; a long message to a room is compressed once
+    // for all its members.
+    let mut config = HubConfig::default().compression(Compression::shared());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value.parse()?,
-            _ => return Err(format!("usage: chat [--addr HOST:PORT] (got {arg})").into()),
+            ("--restart-window", Some(value)) => {
+                config = config
+                    .shutdown_close(CloseCode::SERVICE_RESTART)
+                    .reconnect_window(seconds_range(&value)?);
+            }
+            _ => {
+                let usage = "usage: chat [--addr HOST:PORT] [--restart-window MIN-MAX]";
+                return Err(format!("{usage} (got {arg})").into());
+            }
         }
     }
-    // Browsers offer permessage-deflate; a long message to a room is compressed once
-    // for all its members.
-    let hub = Hub::new(HubConfig::default().compression(Compression::shared()));
+    let hub = Hub::new(config);
     let channels = Channels::new(hub.clone()).channel(channel::TOPICS, channel::Room);
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/client/{name}", get(client_module))
         .route("/chat/{room}", switchboard::ws(hub.clone(), Chat))
+        .route("/health", switchboard::health())
+        .route("/ready", switchboard::ready(hub.clone()))
         .merge(channels.into_router());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("chat server on http://{}", listener.local_addr()?);
     switchboard::serve(listener, app, &hub).await?;
     Ok(())
+}
+
+/// `MIN-MAX` in seconds (decimals allowed), as `--restart-window` takes it.
+fn seconds_range(text: &str) -> Result<Range<Duration>, Box<dyn Error>> {
+    let parse = |s: &str| -> Result<Duration, Box<dyn Error>> {
+        Ok(Duration::try_from_secs_f64(s.trim().parse()?)?)
+    };
+    match text.split_once('-') {
+        Some((min, max)) => Ok(parse(min)?..parse(max)?),
+        None => Err(format!("--restart-window takes MIN-MAX seconds, got {text}").into()),
+    }
 }

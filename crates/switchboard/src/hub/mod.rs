@@ -76,7 +76,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use switchboard_proto::{CloseCode, CloseFrame, Message};
+use switchboard_proto::Message;
 use tokio::sync::Notify;
 
 /// How long shutdown waits for aborted connections to end.
@@ -349,13 +349,15 @@ impl Hub {
         }
     }
 
-    /// Graceful shutdown: refuses new connections, sends 1001 to every connection, and
-    /// waits for their close handshakes until `deadline` has passed; connections still
-    /// open then are ended (a callback that never returns is waited for one more
-    /// second at most).
+    /// Graceful shutdown: refuses new connections, sends
+    /// [`HubConfig::shutdown_close`] (1001 by default; 1012 for a restart, with the
+    /// [`HubConfig::reconnect_window`] in the reason) to every connection, and waits
+    /// for their close handshakes until `deadline` has passed; connections still open
+    /// then are ended (a callback that never returns is waited for one more second at
+    /// most).
     pub async fn shutdown(&self, deadline: Duration) {
         self.inner.draining.store(true, Relaxed);
-        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        let going_away = self.inner.config.shutdown_frame();
         for conn in self.connections() {
             conn.close_for(going_away.code, going_away.reason.clone());
         }
@@ -386,6 +388,21 @@ impl Hub {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Relaxed)
+    }
+
+    /// Whether this hub accepts connections and can deliver to them: it is not
+    /// draining, and its broker's link is up with every subscription in place
+    /// ([`Hub::is_broker_ready`]). What a readiness probe asks (the `/ready` route,
+    /// `switchboard::ready`): a hub whose broker is down would otherwise look healthy
+    /// while it delivers nothing from the other hubs.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.is_broker_ready()
+    }
+
+    /// Whether the broker moves envelopes now ([`Broker::is_ready`]): always with the
+    /// in-memory broker; with Redis, while the link is up and resubscribed.
+    pub fn is_broker_ready(&self) -> bool {
+        self.inner.broker.is_ready()
     }
 
     /// Takes a connection slot, and one of the client's address when it is known, or
@@ -442,9 +459,10 @@ impl Hub {
         let conn = Connection::new(id, self.clone(), request);
         self.write().connections.insert(id, conn.clone());
         self.start_sweeper();
-        // Admitted before shutdown began, registered after it sent 1001 to everyone.
+        // Admitted before shutdown began, registered after it sent its close to everyone.
         if self.is_draining() {
-            conn.close_for(CloseCode::GOING_AWAY, "server shutting down");
+            let frame = self.inner.config.shutdown_frame();
+            conn.close_for(frame.code, frame.reason);
         }
         Registration {
             conn,
