@@ -15,3 +15,21 @@ export function backoffDelay(attempt: number, options: BackoffOptions, random?: 
  * `Retry-After: SECONDS` anywhere in it; `undefined` when there is none.
  */
 export function retryAfterHint(reason: string): number | undefined;
+
+/** The close codes after which the client waits a restart window: 1001, 1012, 1013. */
+export const COME_BACK_LATER: readonly number[];
+
+/** A reconnect window in milliseconds: a client reconnects at a random moment in [minMs, maxMs). */
+export interface RestartWindow {
+  minMs: number;
+  maxMs: number;
+}
+
+/**
+ * The window a close reason suggests: `retry in MIN-MAXs` anywhere in it (seconds,
+ * decimals allowed); `undefined` when there is none.
+ */
+export function restartWindowHint(reason: string): RestartWindow | undefined;
+
+/** A uniformly random delay in [minMs, maxMs). `random` is a source in [0, 1). */
+export function restartDelay(window: RestartWindow, random?: () => number): number;

@@ -1,4 +1,5 @@
-// Reconnect delays: exponential backoff with full jitter, and the server's hint.
+// Reconnect delays: exponential backoff with full jitter, the server's retry hint, and
+// the randomized wait after a server restart.
 
 /**
  * The delay before reconnect attempt `attempt` (0 for the first retry): a uniformly
@@ -36,4 +37,42 @@ const HINT = /retry-after\s*[=:]\s*(\d+(?:\.\d+)?)/i;
 export function retryAfterHint(reason) {
   const match = typeof reason === 'string' ? HINT.exec(reason) : null;
   return match ? Math.round(Number(match[1]) * 1000) : undefined;
+}
+
+/** Close codes that mean "the server is going away, come back later". */
+export const COME_BACK_LATER = Object.freeze([
+  1001, // Going Away (RFC 6455 section 7.4.1): a server shutting down
+  1012, // Service Restart (IANA WebSocket close code registry)
+  1013, // Try Again Later (IANA WebSocket close code registry)
+]);
+
+const WINDOW = /retry in\s+(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*s\b/i;
+
+/**
+ * The reconnect window a server suggested in its close reason, in milliseconds:
+ * `retry in MIN-MAXs` anywhere in it (seconds, decimals allowed), as switchboard's hub
+ * writes it on a restart (`server restarting; retry in 1-10s`). `undefined` when there
+ * is none or it is empty or reversed.
+ *
+ * @param {string} reason the close frame's reason
+ * @returns {{minMs: number, maxMs: number} | undefined}
+ */
+export function restartWindowHint(reason) {
+  const match = typeof reason === 'string' ? WINDOW.exec(reason) : null;
+  if (!match) return undefined;
+  const [minMs, maxMs] = [match[1], match[2]].map((s) => Math.round(Number(s) * 1000));
+  return minMs <= maxMs ? { minMs, maxMs } : undefined;
+}
+
+/**
+ * A uniformly random delay in [minMs, maxMs): each client of a restarted server picks
+ * its own moment in the window, so that the server sees them come back spread over it
+ * rather than all in the same instant (a reconnect storm).
+ *
+ * @param {{minMs: number, maxMs: number}} window
+ * @param {() => number} [random] a source in [0, 1), injectable for tests
+ * @returns {number} milliseconds
+ */
+export function restartDelay({ minMs, maxMs }, random = Math.random) {
+  return minMs + Math.floor(random() * Math.max(0, maxMs - minMs));
 }

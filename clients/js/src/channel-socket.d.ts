@@ -1,4 +1,4 @@
-import type { BackoffOptions } from './backoff.js';
+import type { BackoffOptions, RestartWindow } from './backoff.js';
 import type { Channel } from './channel.js';
 import type { Message } from './serializer.js';
 import type { CloseInfo, ReconnectingSocketEvents, SocketState, WebSocketConstructor } from './socket.js';
@@ -22,6 +22,8 @@ export interface SocketOptions {
   closeTimeoutMs?: number;
   stableAfterMs?: number;
   maxRetryAfterMs?: number;
+  /** The wait after a server's 1001/1012/1013, as on `ReconnectingSocket`. Default `{minMs: 1_000, maxMs: 5_000}`. */
+  restartWindow?: Partial<RestartWindow>;
   shouldReconnect?: (info: CloseInfo) => boolean;
   WebSocket?: WebSocketConstructor;
   random?: () => number;

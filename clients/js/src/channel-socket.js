@@ -58,6 +58,7 @@ export class Socket {
       closeTimeoutMs: options.closeTimeoutMs,
       stableAfterMs: options.stableAfterMs,
       maxRetryAfterMs: options.maxRetryAfterMs,
+      restartWindow: options.restartWindow,
       shouldReconnect: options.shouldReconnect,
       random: options.random,
       now: options.now,

@@ -1,5 +1,5 @@
-export { backoffDelay, retryAfterHint } from './backoff.js';
-export type { BackoffOptions } from './backoff.js';
+export { backoffDelay, COME_BACK_LATER, restartDelay, restartWindowHint, retryAfterHint } from './backoff.js';
+export type { BackoffOptions, RestartWindow } from './backoff.js';
 export { Channel } from './channel.js';
 export type { ChannelState } from './channel.js';
 export { Socket } from './channel-socket.js';

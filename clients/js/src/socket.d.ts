@@ -1,4 +1,4 @@
-import type { BackoffOptions } from './backoff.js';
+import type { BackoffOptions, RestartWindow } from './backoff.js';
 
 /** What `send` accepts (as `WebSocket.send` does). */
 export type SendData = string | ArrayBufferLike | ArrayBufferView | Blob;
@@ -58,8 +58,14 @@ export interface ReconnectingSocketOptions {
   closeTimeoutMs?: number;
   /** A connection up this long resets the backoff. Default 5 000 ms. */
   stableAfterMs?: number;
-  /** The longest wait a close reason's `retry-after` can impose. Default 300 000 ms. */
+  /** The longest wait a close reason's `retry-after` or `retry in MIN-MAXs` can impose. Default 300 000 ms. */
   maxRetryAfterMs?: number;
+  /**
+   * After the server closes with 1001, 1012 or 1013, the next attempt waits a random time
+   * in this window, or in the one the close reason suggests (`retry in MIN-MAXs`).
+   * Default `{minMs: 1_000, maxMs: 5_000}`.
+   */
+  restartWindow?: Partial<RestartWindow>;
   queue?: QueueOptions;
   /** Off by default: a plain endpoint needs to answer something. */
   heartbeat?: HeartbeatOptions | null;

@@ -1,8 +1,8 @@
 // A WebSocket that reconnects: backoff with full jitter, the server's retry hint, a
-// bounded offline queue with per-message expiry, and heartbeat-based detection of dead
+// randomized wait within the server's window after a restart, a bounded offline queue with per-message expiry, and heartbeat-based detection of dead
 // connections.
 
-import { backoffDelay, retryAfterHint } from './backoff.js';
+import { backoffDelay, COME_BACK_LATER, restartDelay, restartWindowHint, retryAfterHint } from './backoff.js';
 import { Emitter, reportLater } from './emitter.js';
 
 // WebSocket.readyState values; the constants are not on every implementation's
@@ -23,6 +23,10 @@ const DEFAULTS = Object.freeze({
   stableAfterMs: 5_000,
   // A hostile or misconfigured server cannot park the client for more than this.
   maxRetryAfterMs: 5 * 60_000,
+  // After a server's 1001/1012/1013 without a window in the reason: a restarted server
+  // is usually back within a second or so, and 10,000 clients spread over 4 s come
+  // back at some 2,500 handshakes/s rather than all in one instant.
+  restartWindow: Object.freeze({ minMs: 1_000, maxMs: 5_000 }),
   // Messages sent while offline: enough for a burst of user input, bounded in count and
   // bytes (unlike Socket.IO's unbounded buffer), and stale after 30 s by default.
   queue: Object.freeze({ maxMessages: 100, maxBytes: 1 << 20, ttlMs: 30_000 }),
@@ -48,6 +52,7 @@ export class ReconnectingSocket {
   #closeTimeoutMs;
   #stableAfterMs;
   #maxRetryAfterMs;
+  #restartWindow;
   #queueLimits;
   #heartbeat;
   #shouldReconnect;
@@ -92,6 +97,7 @@ export class ReconnectingSocket {
     this.#closeTimeoutMs = options.closeTimeoutMs ?? DEFAULTS.closeTimeoutMs;
     this.#stableAfterMs = options.stableAfterMs ?? DEFAULTS.stableAfterMs;
     this.#maxRetryAfterMs = options.maxRetryAfterMs ?? DEFAULTS.maxRetryAfterMs;
+    this.#restartWindow = { ...DEFAULTS.restartWindow, ...options.restartWindow };
     this.#queueLimits = { ...DEFAULTS.queue, ...options.queue };
     this.#heartbeat = options.heartbeat ?? null;
     if (this.#heartbeat && !(this.#heartbeat.intervalMs > 0 && this.#heartbeat.timeoutMs > 0)) {
@@ -283,7 +289,7 @@ export class ReconnectingSocket {
     if (this.#state !== 'reconnecting' || this.#ws !== null || this.#retryTimer !== undefined) {
       return;
     }
-    let delayMs = backoffDelay(this.#attempt, this.#backoff, this.#random);
+    let delayMs = this.#retryDelay(code, reason);
     const hint = retryAfterHint(reason);
     if (hint !== undefined) delayMs = Math.max(delayMs, Math.min(hint, this.#maxRetryAfterMs));
     this.#attempt += 1;
@@ -293,6 +299,21 @@ export class ReconnectingSocket {
       if (error) reportLater(error);
     }, delayMs);
     this.#emitter.emit('reconnecting', { attempt: this.#attempt, delayMs, code, reason });
+  }
+
+  /**
+   * How long to wait before the next attempt. A server that says it is going away or
+   * restarting (1001, 1012, 1013) gets a random moment in the window its reason
+   * suggests (`retry in MIN-MAXs`, capped by `maxRetryAfterMs`), or in `restartWindow`:
+   * its clients then come back spread out instead of all at once. Any other close
+   * meets the backoff.
+   */
+  #retryDelay(code, reason) {
+    if (!COME_BACK_LATER.includes(code)) return backoffDelay(this.#attempt, this.#backoff, this.#random);
+    const suggested = restartWindowHint(reason) ?? this.#restartWindow;
+    const cap = this.#maxRetryAfterMs;
+    const window = { minMs: Math.min(suggested.minMs, cap), maxMs: Math.min(suggested.maxMs, cap) };
+    return restartDelay(window, this.#random);
   }
 
   /** Forgets a WebSocket for good: no more of its events reach this object. */

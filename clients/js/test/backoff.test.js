@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { backoffDelay, retryAfterHint } from '../src/index.js';
+import { backoffDelay, restartDelay, restartWindowHint, retryAfterHint } from '../src/index.js';
 
 const bounds = { baseMs: 500, maxMs: 30_000 };
 
@@ -46,4 +46,22 @@ test('retry-after hints in close reasons', () => {
   assert.equal(retryAfterHint('going away'), undefined);
   assert.equal(retryAfterHint('retry-after=soon'), undefined);
   assert.equal(retryAfterHint(undefined), undefined);
+});
+
+test('a restart window is read from the close reason, in seconds', () => {
+  assert.deepEqual(restartWindowHint('server restarting; retry in 1-10s'), { minMs: 1000, maxMs: 10_000 });
+  assert.deepEqual(restartWindowHint('Retry in 0.25 - 1.5 s'), { minMs: 250, maxMs: 1500 });
+  for (const none of ['server shutting down', 'retry in 10-1s', 'retry in 1-10ms', 'retry-after=5', '', undefined]) {
+    assert.equal(restartWindowHint(none), undefined, String(none));
+  }
+});
+
+test('restart delays spread uniformly over [minMs, maxMs)', () => {
+  const random = seeded(7);
+  const window = { minMs: 1000, maxMs: 10_000 };
+  const samples = Array.from({ length: 2000 }, () => restartDelay(window, random));
+  assert.ok(samples.every((d) => d >= 1000 && d < 10_000));
+  const mean = samples.reduce((a, b) => a + b, 0) / samples.length;
+  assert.ok(Math.abs(mean - 5500) < 300, `mean ${mean}`);
+  assert.equal(restartDelay({ minMs: 500, maxMs: 500 }, () => 0.9), 500);
 });

@@ -232,8 +232,10 @@ describe('against the chat example', () => {
     const port = await freePort();
     let server = await startExample('chat', port);
     servers.push(server);
-    const alice = open(`ws://127.0.0.1:${port}/chat/lobby?name=alice`);
-    const bob = open(`ws://127.0.0.1:${port}/chat/lobby?name=bob`);
+    // 1001 says "come back later": the retry waits within restartWindow, kept short here.
+    const restartWindow = { minMs: 100, maxMs: 300 };
+    const alice = open(`ws://127.0.0.1:${port}/chat/lobby?name=alice`, { restartWindow });
+    const bob = open(`ws://127.0.0.1:${port}/chat/lobby?name=bob`, { restartWindow });
     const parsed = (socket) => {
       const out = [];
       socket.on('message', ({ data }) => out.push(JSON.parse(data)));
@@ -253,10 +255,14 @@ describe('against the chat example', () => {
     });
 
     const closed = next(alice, 'close', { timeoutMs: 8_000 });
+    const retrying = next(alice, 'reconnecting', { timeoutMs: 8_000 });
     await server.stop('SIGTERM');
     const close = await closed;
     assert.equal(close.code, 1001, `graceful shutdown sends 1001, got ${close.code} ${close.reason}`);
+    assert.equal(close.reason, 'server shutting down');
     assert.equal(close.willReconnect, true);
+    const { delayMs } = await retrying;
+    assert.ok(delayMs >= 100 && delayMs < 300, `waits within restartWindow, got ${delayMs}`);
     const welcomes = aliceSaw.filter((m) => m.type === 'welcome').length;
     server = await startExample('chat', port);
     servers.push(server);
@@ -267,7 +273,82 @@ describe('against the chat example', () => {
   });
 });
 
+describe('restarts (1012 with a reconnect window) against the chat example', () => {
+  const servers = [];
+  after(async () => {
+    for (const server of servers) await server.stop();
+  });
+
+  test('each client waits its own random delay within the window, then comes back', async () => {
+    const port = await freePort();
+    let server = await startExample('chat', port, ['--restart-window', '0.5-2']);
+    servers.push(server);
+    // Real randomness: distinct clients must pick distinct delays.
+    const clients = Array.from({ length: 6 }, (_, i) => open(`ws://127.0.0.1:${port}/chat/lobby?name=c${i}`));
+    await Promise.all(clients.map((socket) => next(socket, 'open')));
+    const retries = clients.map((socket) => {
+      const closed = next(socket, 'close', { timeoutMs: 8_000 });
+      const retrying = next(socket, 'reconnecting', { timeoutMs: 8_000 });
+      return Promise.all([closed, retrying]).then(([close, retry]) => ({ close, retry, at: Date.now() }));
+    });
+    await server.stop('SIGTERM');
+    const seen = await Promise.all(retries);
+    server = await startExample('chat', port);
+    servers.push(server);
+    const reopened = await Promise.all(
+      clients.map((socket) => next(socket, 'open', { timeoutMs: 8_000 }).then(() => Date.now())),
+    );
+    const delays = seen.map(({ close, retry }, i) => {
+      assert.equal(close.code, 1012);
+      assert.equal(close.reason, 'server restarting; retry in 0.5-2s');
+      assert.ok(retry.delayMs >= 500 && retry.delayMs < 2000, `client ${i}: delay ${retry.delayMs}`);
+      // Not before its delay (the timer), whatever the server's state.
+      const waited = reopened[i] - seen[i].at;
+      assert.ok(waited >= retry.delayMs - 20, `client ${i}: back after ${waited} ms, delay ${retry.delayMs}`);
+      return retry.delayMs;
+    });
+    assert.equal(new Set(delays).size, delays.length, `distinct delays: ${delays}`);
+  });
+});
+
 describe('close-frame hints (hand-written peer)', () => {
+  test('1012 with a window: the delay is drawn in the window, not from the backoff', async () => {
+    const peer = await startClosingPeer(1012, 'server restarting; retry in 1-10s');
+    try {
+      for (const [draw, expected] of [[0, 1000], [0.5, 5500], [1 - Number.EPSILON, 9999]]) {
+        const socket = open(peer.url, { random: () => draw });
+        assert.equal((await next(socket, 'reconnecting')).delayMs, expected);
+        socket.close();
+      }
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('1001 and 1013 without a window wait within restartWindow; other codes back off', async () => {
+    for (const [code, expected] of [[1001, 1_250], [1013, 1_250], [1011, 25]]) {
+      const peer = await startClosingPeer(code, 'bye');
+      try {
+        const socket = open(peer.url, { random: () => 0.5, restartWindow: { minMs: 1_000, maxMs: 1_500 } });
+        assert.equal((await next(socket, 'reconnecting')).delayMs, expected, `code ${code}`);
+        socket.close();
+      } finally {
+        await peer.close();
+      }
+    }
+  });
+
+  test('a suggested window is capped by maxRetryAfterMs', async () => {
+    const peer = await startClosingPeer(1012, 'retry in 600-3600s');
+    try {
+      const socket = open(peer.url, { random: () => 0.5, maxRetryAfterMs: 250 });
+      assert.equal((await next(socket, 'reconnecting')).delayMs, 250);
+      socket.close();
+    } finally {
+      await peer.close();
+    }
+  });
+
   test('a retry-after hint in the close reason sets the least delay', async () => {
     const peer = await startClosingPeer(1013, 'full; retry-after=1');
     try {

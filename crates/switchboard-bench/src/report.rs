@@ -38,7 +38,21 @@ pub fn write(results: &Results, dir: &Path) -> io::Result<()> {
     for (name, svg) in charts(results) {
         fs::write(dir.join(name), svg)?;
     }
-    fs::write(dir.join("benchmarks.md"), markdown(results))
+    let page = dir.join("benchmarks.md");
+    let old = fs::read_to_string(&page).ok();
+    fs::write(page, with_hand_measured(markdown(results), old.as_deref()))
+}
+
+/// Where the sections measured by other tools (`scripts/load/`) start on the page; they
+/// are kept when the harness writes the page again.
+const HAND_MEASURED: &str = "<!-- measured by hand: kept when the page is regenerated -->";
+
+/// The new page, followed by the old page's hand-measured sections if it had any.
+fn with_hand_measured(page: String, old: Option<&str>) -> String {
+    match old.and_then(|old| old.find(HAND_MEASURED).map(|at| &old[at..])) {
+        Some(kept) => format!("{}\n\n{kept}", page.trim_end()),
+        None => page,
+    }
 }
 
 /// Summary of one measured case.
@@ -746,5 +760,14 @@ mod tests {
         assert_eq!(bytes(20), "20 B");
         assert_eq!(date(0), "1970-01-01 00:00");
         assert_eq!(date(1_700_000_000), "2023-11-14 22:13");
+    }
+
+    #[test]
+    fn hand_measured_sections_survive_a_new_page() {
+        let old = format!("# Old\n\nstale tables\n\n{HAND_MEASURED}\n\n## Restarts\n\nkept\n");
+        let new = with_hand_measured("# New\n\nfresh\n".into(), Some(&old));
+        assert_eq!(new, format!("# New\n\nfresh\n\n{HAND_MEASURED}\n\n## Restarts\n\nkept\n"));
+        assert_eq!(with_hand_measured("# New\n".into(), Some("# Old\n")), "# New\n");
+        assert_eq!(with_hand_measured("# New\n".into(), None), "# New\n");
     }
 }

@@ -37,9 +37,10 @@ use tokio::{
 use tokio_util::task::TaskTracker;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then shuts down gracefully:
-/// stops accepting, lets HTTP requests in flight finish, sends 1001 to every WebSocket
-/// of `hub`, and waits for their close handshakes up to the hub's `close_timeout`; HTTP
-/// connections still busy then are closed when it returns.
+/// stops accepting, lets HTTP requests in flight finish, sends the hub's
+/// [`shutdown_close`](crate::hub::HubConfig::shutdown_close) (1001, or 1012 for a
+/// restart) to every WebSocket of `hub`, and waits for their close handshakes up to the
+/// hub's `close_timeout`; HTTP connections still busy then are closed when it returns.
 ///
 /// The limits of [`accept`](crate::upgrade::accept) hold here too: a request head over
 /// [`MAX_HEAD_LEN`] (32 KiB) or with more than [`MAX_HEADERS`] (64) header lines is
@@ -115,7 +116,7 @@ pub async fn serve_with_shutdown(
                     }
                     // An upgrade under way (its `on_open` may still run) ends with its
                     // 101, which must not also say `Connection: close`, as hyper's would
-                    // once shut down gracefully; its socket then gets the hub's 1001.
+                    // once shut down gracefully; its socket then gets the hub's shutdown close.
                     if !head.upgrading() {
                         // Finish the request in flight; accept no more.
                         connection.as_mut().graceful_shutdown();

@@ -8,6 +8,8 @@ import {
   Presence,
   PushError,
   ReconnectingSocket,
+  restartDelay,
+  restartWindowHint,
   retryAfterHint,
   Socket,
   type Message,
@@ -20,6 +22,7 @@ const raw = new ReconnectingSocket(() => `wss://example.com/ws?t=${Date.now()}`,
   queue: { maxMessages: 10, ttlMs: 5_000 },
   heartbeat: { intervalMs: 15_000, timeoutMs: 5_000, message: 'ping', isReply: (data) => data === 'pong' },
   shouldReconnect: ({ code }) => code !== 4401,
+  restartWindow: { maxMs: 10_000 },
 });
 const off: () => void = raw.on('message', ({ data }) => {
   if (typeof data === 'string') data.toUpperCase();
@@ -76,6 +79,8 @@ const message: Message = decode('[null,"1","phoenix","phx_reply",{}]');
 const frame: string | Uint8Array = encode(message);
 const delay: number = backoffDelay(3, { baseMs: 500, maxMs: 30_000 }, Math.random);
 const hint: number | undefined = retryAfterHint('retry-after=5');
+const window = restartWindowHint('server restarting; retry in 1-10s');
+const wait: number = restartDelay(window ?? { minMs: 1_000, maxMs: 5_000 });
 const data: SendData = 'text';
 
-void [result, state, counts, frame, delay, hint, data];
+void [result, state, counts, frame, delay, hint, wait, data];
