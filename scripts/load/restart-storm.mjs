@@ -3,8 +3,10 @@
 // client (`ReconnectingSocket` from clients/js/src, or from another copy of it with
 // --client-src, e.g. an older revision) connect to the chat example; the server gets
 // SIGTERM (graceful shutdown: every socket gets its close frame), and as soon as it has
-// exited a new one is started on the same port. Reports when each client was back
-// (milliseconds after the SIGTERM: p0/p50/p90/p99/max) and the handshakes the new server
+// exited a new one is started on the same port. Reports when each client got its close
+// event and when it was back (milliseconds after the SIGTERM, and after its own close
+// event: p0/p50/p90/p99/max), the connection attempts that failed while no server
+// listened, and the handshakes the new server
 // completed per 100 ms bucket (each client timestamps the 101 it got: on loopback, that
 // is when the server answered). Stops by itself: every phase has a deadline, and the
 // whole run ends within DEADLINE seconds with the clients and the server killed.
@@ -114,6 +116,12 @@ async function waitFor(check, what, ms) {
   }
 }
 
+/** p0/p50/p90/p99/max of sorted milliseconds, rounded. */
+function distribution(sorted) {
+  const at = (p) => Math.round(percentile(sorted, p));
+  return { p0: at(0), p50: at(50), p90: at(90), p99: at(99), max: Math.round(sorted[sorted.length - 1]) };
+}
+
 function percentile(sorted, p) {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -155,7 +163,7 @@ async function main() {
   await accepting(now() + 10_000);
 
   // Each client: its opens (the 101s), the close it got from the server, its first wait.
-  const clients = Array.from({ length: CLIENTS }, () => ({ opens: [], close: null, delayMs: null }));
+  const clients = Array.from({ length: CLIENTS }, () => ({ opens: [], close: null, closedAt: null, delayMs: null }));
   for (let i = 0; i < CLIENTS; i++) {
     const record = clients[i];
     // Rooms of 10: each arrival is told to 9 others, as in a real chat, without making
@@ -164,7 +172,10 @@ async function main() {
       WebSocket,
     });
     socket.on('open', () => record.opens.push(now()));
-    socket.on('close', ({ code, reason }) => { record.close ??= { code, reason }; });
+    socket.on('close', ({ code, reason }) => {
+      record.close ??= { code, reason };
+      record.closedAt ??= now();
+    });
     socket.on('reconnecting', ({ delayMs }) => { record.delayMs ??= delayMs; });
     sockets.push(socket);
     // Connect in steps of 250 so that the first connect is not itself a storm.
@@ -185,6 +196,10 @@ async function main() {
   const done = now();
 
   const back = clients.map((c) => c.opens[1] - t0).sort((a, b) => a - b);
+  // From the client's own close event: the wait its reconnect logic chose, plus the
+  // handshake (and any failed attempts while the server was down).
+  const afterClose = clients.map((c) => c.opens[1] - c.closedAt).sort((a, b) => a - b);
+  const closedBy = clients.map((c) => c.closedAt - t0).sort((a, b) => a - b);
   const handshakes = buckets(clients.map((c) => c.opens[1]), t0);
   const attempts = buckets(dials.slice(dialsBefore), t0);
   const codes = {};
@@ -200,13 +215,9 @@ async function main() {
     closes: codes,
     serverExitedMs: round(exited - t0),
     serverUpMs: round(up - t0),
-    reconnectMs: {
-      p0: round(back[0]),
-      p50: round(percentile(back, 50)),
-      p90: round(percentile(back, 90)),
-      p99: round(percentile(back, 99)),
-      max: round(back[back.length - 1]),
-    },
+    closeEventsMs: distribution(closedBy),
+    reconnectMs: distribution(back),
+    reconnectAfterCloseMs: distribution(afterClose),
     peakHandshakesPer100ms: Math.max(...handshakes),
     peakHandshakesPerSecond: Math.max(...handshakes) * 10,
     attemptsAfterRestart: dials.length - dialsBefore,
