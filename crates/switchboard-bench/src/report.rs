@@ -766,8 +766,14 @@ mod tests {
     fn hand_measured_sections_survive_a_new_page() {
         let old = format!("# Old\n\nstale tables\n\n{HAND_MEASURED}\n\n## Restarts\n\nkept\n");
         let new = with_hand_measured("# New\n\nfresh\n".into(), Some(&old));
-        assert_eq!(new, format!("# New\n\nfresh\n\n{HAND_MEASURED}\n\n## Restarts\n\nkept\n"));
-        assert_eq!(with_hand_measured("# New\n".into(), Some("# Old\n")), "# New\n");
+        assert_eq!(
+            new,
+            format!("# New\n\nfresh\n\n{HAND_MEASURED}\n\n## Restarts\n\nkept\n")
+        );
+        assert_eq!(
+            with_hand_measured("# New\n".into(), Some("# Old\n")),
+            "# New\n"
+        );
         assert_eq!(with_hand_measured("# New\n".into(), None), "# New\n");
     }
 }
