@@ -63,11 +63,21 @@ function webSocketClass() {
   throw new Error('no WebSocket: npm ci --prefix tests/interop/node, or Node >= 22');
 }
 
-/** Counts every dial (a connection attempt) with its time. */
-function counted(Base, dials) {
+/** The hub admits 1,000 connections per client address by default. */
+const PER_ADDRESS = 500;
+
+/**
+ * Counts every dial (a connection attempt) with its time. With `ws`, the clients dial
+ * from 127.0.0.2, 127.0.0.3, … (PER_ADDRESS each), as clients of many machines would,
+ * so that the server's per-address limit holds with its default.
+ */
+function counted(Base, dials, spread) {
   return class extends Base {
-    constructor(...args) {
-      super(...args);
+    constructor(url, protocols) {
+      // Client i (its `name=c{i}`) always dials from the same address.
+      const i = Number(new URL(url).searchParams.get('name').slice(1));
+      const localAddress = `127.0.0.${2 + Math.floor(i / PER_ADDRESS)}`;
+      super(url, protocols, ...(spread ? [{ localAddress }] : []));
       dials.push(now());
     }
   };
@@ -157,7 +167,8 @@ function finish(why) {
 async function main() {
   const { ReconnectingSocket } = await import(pathToFileURL(join(opts['client-src'], 'index.js')).href);
   const dials = [];
-  const WebSocket = counted(webSocketClass(), dials);
+  const Base = webSocketClass();
+  const WebSocket = counted(Base, dials, Base !== globalThis.WebSocket);
   port = await freePort();
   server = startServer();
   await accepting(now() + 10_000);
