@@ -261,8 +261,12 @@ impl RedisBroker {
     }
 
     fn lose(&self, channel: &str, why: &str) {
-        self.stats.count(&self.stats.0.lost);
-        tracing::warn!(%channel, "envelope lost: {why}");
+        let lost = self.stats.0.lost.fetch_add(1, Relaxed) + 1;
+        // At the 1st, 2nd, 4th, 8th… loss: an outage that fills the queue loses every
+        // publish, and would otherwise write a warning for each.
+        if lost.is_power_of_two() {
+            tracing::warn!(%channel, lost_total = lost, "envelope lost: {why}");
+        }
     }
 }
 
@@ -273,6 +277,7 @@ impl Broker for RedisBroker {
             tracing::error!("RedisBroker started twice; the second hub is not attached");
             return;
         };
+        let inbox_node = inbox.node();
         let task = link::run(
             link,
             self.config.clone(),
@@ -282,6 +287,7 @@ impl Broker for RedisBroker {
             self.stats.clone(),
             self.ready.clone(),
         );
+        tracing::info!(node = %inbox_node, "hub attached to Redis");
         self.runtime.spawn(task);
     }
 

@@ -15,7 +15,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 use switchboard_broker::Inbox;
 use tokio::sync::mpsc::Receiver;
@@ -120,10 +120,14 @@ pub(crate) async fn run(
         // Until the new link has subscribed to everything again, this hub would miss
         // what other hubs publish for its connections.
         ready.store(false, Relaxed);
+        // Once per outage: the retries that follow are logged at `debug`.
         tracing::warn!(%failure, "lost the link to Redis; reconnecting");
-        let Some(new) = reconnect(&link.client, &config, &mut publishes, &stats).await else {
+        let down = Instant::now();
+        let Some((new, lost)) = reconnect(&link.client, &config, &mut publishes, &stats).await
+        else {
             return;
         };
+        tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
         link = new;
         stats.count(&stats.0.reconnects);
         // The room changes asked for meanwhile: subscribed below, with the others.
@@ -154,8 +158,8 @@ impl Session<'_> {
                     let Some(publish) = publish else {
                         return Ended::Done;
                     };
-                    if let Err(error) = self.publish_batch(publish, publishes).await {
-                        return Ended::Failed(error.to_string());
+                    if let Err((error, lost)) = self.publish_batch(publish, publishes).await {
+                        return Ended::Failed(format!("{error} ({lost} envelopes lost)"));
                     }
                 }
                 () = self.changes.changed.notified() => {
@@ -194,12 +198,12 @@ impl Session<'_> {
     }
 
     /// Publishes this envelope and those queued behind it in one pipeline (one round
-    /// trip for a burst).
+    /// trip for a burst); on failure, with how many were lost.
     async fn publish_batch(
         &mut self,
         first: Publish,
         publishes: &mut Receiver<Publish>,
-    ) -> RedisResult<()> {
+    ) -> Result<(), (redis::RedisError, u64)> {
         let mut pipe = redis::pipe();
         let mut count: u64 = 0;
         let mut next = Some(first);
@@ -217,10 +221,10 @@ impl Session<'_> {
                 self.stats.add(&self.stats.0.published, count);
                 Ok(())
             }
+            // Reported with the outage it starts.
             Err(error) => {
                 self.stats.add(&self.stats.0.lost, count);
-                tracing::warn!(%error, count, "envelopes lost: Redis did not take them");
-                Err(error)
+                Err((error, count))
             }
         }
     }
@@ -245,14 +249,16 @@ impl Session<'_> {
 }
 
 /// Opens the link again, waiting longer after each failure; `None` once the broker is
-/// dropped. Publishes that arrive meanwhile cannot happen: each is counted as lost.
+/// dropped. Publishes that arrive meanwhile cannot happen: each is counted as lost, and
+/// their number returned with the link.
 async fn reconnect(
     client: &Client,
     config: &RedisConfig,
     publishes: &mut Receiver<Publish>,
     stats: &BrokerStats,
-) -> Option<Link> {
+) -> Option<(Link, u64)> {
     let mut delay = FIRST_BACKOFF;
+    let mut lost = 0;
     loop {
         let wait = tokio::time::sleep(delay);
         tokio::pin!(wait);
@@ -261,12 +267,13 @@ async fn reconnect(
                 () = &mut wait => break,
                 publish = publishes.recv() => {
                     stats.count(&stats.0.lost);
-                    tracing::warn!(channel = %publish?.channel, "envelope lost: no link to Redis");
+                    lost += 1;
+                    tracing::trace!(channel = %publish?.channel, "envelope lost: no link to Redis");
                 }
             }
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, Link::open_with(client.clone())).await {
-            Ok(Ok(link)) => return Some(link),
+            Ok(Ok(link)) => return Some((link, lost)),
             Ok(Err(error)) => tracing::debug!(%error, ?delay, "Redis still unreachable"),
             Err(_) => tracing::debug!(?delay, "Redis did not answer in time"),
         }

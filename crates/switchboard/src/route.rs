@@ -78,7 +78,14 @@ impl<S: Send + Sync> FromRequestParts<S> for HubUpgrade {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let assigns = assigns(&parts.extensions, routed);
-        Ok(HubUpgrade::new(upgrade, parts, params, assigns, pending))
+        // The route's pattern names the endpoint whatever its parameters are.
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or(parts.uri.path(), MatchedPath::as_str);
+        Ok(HubUpgrade::new(
+            upgrade, parts, route, params, assigns, pending,
+        ))
     }
 }
 

@@ -7,14 +7,14 @@ use crate::{
     HubRejection,
     hub::Hub,
     sync::lock,
-    upgrade::{HeadSignal, PendingSlot, ServedTcp},
+    upgrade::{HeadSignal, PendingSlot, ServedTcp, refused},
 };
 use axum::{
     Router,
     extract::ConnectInfo,
     response::{IntoResponse, Response},
 };
-use http::Request;
+use http::{Request, StatusCode};
 use hyper::{body::Incoming, server::conn::http1, service::Service};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -70,6 +70,11 @@ pub async fn serve_with_shutdown(
     hub: &Hub,
     signal: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    tracing::info!(
+        local = listener.local_addr().ok().map(tracing::field::display),
+        node = %hub.node(),
+        "serving"
+    );
     let http_connections = TaskTracker::new();
     let (stop, stopping) = watch::channel(());
     let pending = Arc::new(Semaphore::new(hub.config().max_pending_handshakes));
@@ -129,8 +134,14 @@ pub async fn serve_with_shutdown(
                     }
                 }
             };
-            if let Err(error) = result {
-                tracing::debug!(%error, "http connection ended with an error");
+            match result {
+                // hyper answered 431 itself.
+                Err(error) if error.is_parse_too_large() => {
+                    let status = Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                    refused(status, "head too large", Some(peer), None, &error);
+                }
+                Err(error) => tracing::debug!(%error, "http connection ended with an error"),
+                Ok(()) => {}
             }
         });
     }
@@ -246,6 +257,15 @@ impl Service<Request<Incoming>> for Served {
             return self.route_upgrade(request);
         }
         if !self.admit_plain() {
+            let error = "too many http connections (max_http_connections)";
+            let (status, route) = (Some(StatusCode::SERVICE_UNAVAILABLE), request.uri().path());
+            refused(
+                status,
+                "http connections",
+                Some(self.peer),
+                Some(route),
+                &error,
+            );
             // 503 with `Retry-After`, and the connection closed (`Connection: close`).
             let full = IntoResponse::into_response(HubRejection::Full);
             return Box::pin(std::future::ready(Ok(full)));

@@ -84,6 +84,7 @@ impl SocketHandler {
         let msg_ref = msg_ref.as_deref();
         let join_ref = join_ref.or_else(|| msg_ref.map(str::to_owned));
         let refuse = |reason: &str| {
+            tracing::debug!(topic, reason, "channel join refused");
             let reason = json!({ "reason": reason });
             reply(
                 conn,
@@ -110,6 +111,7 @@ impl SocketHandler {
             .await;
         }
         let Some((channel, params)) = self.route(&topic) else {
+            tracing::debug!(topic, reason = "unmatched topic", "channel join refused");
             // Phoenix.Socket `encode_ignore`: the reply carries no join_ref.
             let reason = json!({"reason": "unmatched topic"});
             reply(conn, None, msg_ref, &topic, &Reply::error(reason));
@@ -139,6 +141,7 @@ impl SocketHandler {
             // `max_channels`, or rooms the application joined itself): the join fails
             // as one the channel refused, rather than succeed without its broadcasts.
             Ok(Ok(_)) if conn.try_join(&room_name(&topic)).is_err() => {
+                tracing::debug!(topic, reason = "too many rooms", "channel join refused");
                 socket.close();
                 self.endpoint.presence().forget_socket(&socket);
                 let reason = json!({"reason": "too many rooms"});
@@ -152,17 +155,20 @@ impl SocketHandler {
                         channel,
                     },
                 );
+                tracing::debug!(topic, "channel joined");
                 // Phoenix.Channel.Server `init_join` subscribes before the reply leaves
                 // (the guard above did).
                 reply(conn, join_ref, msg_ref, &topic, &Reply::ok(response));
                 socket.joined();
             }
             Ok(Err(reason)) => {
+                tracing::debug!(topic, %reason, "channel join refused");
                 socket.close();
                 self.endpoint.presence().forget_socket(&socket);
                 reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
             }
             Err(Panicked) => {
+                tracing::error!(topic, "channel join panicked");
                 socket.close();
                 self.endpoint.presence().forget_socket(&socket);
                 // Phoenix.Channel.Server.join: a join that crashes answers this.
@@ -238,6 +244,7 @@ impl SocketHandler {
                 }
             }
             Err(Panicked) => {
+                tracing::error!(topic, event, "channel handle_in panicked");
                 // Phoenix.Socket `encode_on_exit`: a channel that crashed sends
                 // phx_error, and phoenix.js rejoins.
                 if let Some(joined) = state.remove(&topic) {
@@ -263,6 +270,7 @@ impl SocketHandler {
         notify: Option<&str>,
     ) {
         let Joined { socket, channel } = joined;
+        tracing::debug!(topic = socket.topic(), ?reason, "channel left");
         conn.leave(&room_name(socket.topic()));
         socket.close();
         if let Some(event) = notify {
@@ -274,14 +282,14 @@ impl SocketHandler {
         }
         self.endpoint.presence().untrack_socket(&socket);
         if catch(channel.terminate(reason, &socket)).await.is_err() {
-            tracing::warn!(topic = socket.topic(), "channel terminate panicked");
+            tracing::error!(topic = socket.topic(), "channel terminate panicked");
         }
     }
 
     /// A message that is not V2: an error reply when it says which message it was,
     /// otherwise a close that says why.
     fn malformed(&self, conn: &Connection, message: &Message, error: &DecodeError) {
-        tracing::debug!(id = %conn.id(), %error, "malformed channel message");
+        tracing::debug!(%error, "malformed channel message");
         let salvaged = match message {
             Message::Text(text) => protocol::salvage(text.as_str()),
             _ => None,

@@ -51,6 +51,7 @@ pub(crate) fn deliver_intercepted(
                     // and rejoins), not left to miss it silently.
                     Err(_) => {
                         tracing::error!(
+                            parent: conn.span(),
                             topic,
                             event,
                             "handle_out panicked: closing the socket with 1011"

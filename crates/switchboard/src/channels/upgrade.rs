@@ -6,9 +6,13 @@
 //! HTTP answer (403), so that the client never sees a socket open and close.
 
 use super::{ConnectFn, ConnectInfo, Refused, handler::SocketHandler, state::ConnState};
-use crate::{HubUpgrade, sync::lock, upgrade::CONNECTION_CLOSE};
+use crate::{
+    HubUpgrade,
+    sync::lock,
+    upgrade::{CONNECTION_CLOSE, refused},
+};
 use axum::{
-    extract::{FromRequestParts, Request},
+    extract::{FromRequestParts, MatchedPath, Request},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get},
 };
@@ -16,7 +20,7 @@ use base64::{
     Engine, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
-use http::{StatusCode, header};
+use http::{StatusCode, header, request::Parts};
 use std::sync::{Arc, Mutex};
 
 /// The subprotocol phoenix.js offers when it sends an auth token; a server that does
@@ -53,6 +57,7 @@ async fn upgrade(
     if let Some((_, vsn)) = params.iter().find(|(k, _)| k == "vsn") {
         if !vsn.starts_with("2.") {
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
+            refuse(&parts, "protocol version", &body);
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], body).into_response();
         }
     }
@@ -77,7 +82,7 @@ async fn upgrade(
             assigns: assigns.clone(),
         };
         if let Err(Refused { reason }) = connect(info).await {
-            tracing::debug!(%reason, "channels connect refused");
+            refuse(&parts, "connect", &reason);
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
         }
         // Taken, not unwrapped: the callback may have kept its `ConnectInfo`.
@@ -87,6 +92,25 @@ async fn upgrade(
         .internal_mut()
         .insert(Arc::new(ConnState::default()));
     upgrade.register_shared(&hub, handler).await.into_response()
+}
+
+/// Records a refusal of this route's own (answered 403).
+fn refuse(parts: &Parts, cause: &'static str, error: &dyn std::fmt::Display) {
+    let remote = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or(parts.uri.path(), MatchedPath::as_str);
+    refused(
+        Some(StatusCode::FORBIDDEN),
+        cause,
+        remote,
+        Some(route),
+        error,
+    );
 }
 
 /// The token phoenix.js sends as the subprotocol `base64url.bearer.phx.<base64>`

@@ -208,7 +208,7 @@ pub(super) mod tests {
     /// A connection registered in a slot of its own and opened, as an upgrade does.
     pub(in crate::hub) fn admitted(hub: &Hub) -> Registration {
         assert!(hub.admit(None).is_ok(), "a free slot");
-        let registration = hub.register(RequestInfo::default());
+        let registration = hub.register(RequestInfo::default(), "/");
         registration.conn().set_state(ConnectionState::Open);
         registration
     }

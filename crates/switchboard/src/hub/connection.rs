@@ -17,6 +17,7 @@ use switchboard_proto::{
     CloseCode, CloseFrame, Frame, Message, Utf8Bytes, close::MAX_REASON_LEN,
     deflate::DeflateParams, frame::MAX_CONTROL_PAYLOAD,
 };
+use tracing::Span;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,31 @@ pub(crate) struct Outbound {
     pub(crate) close: Option<Box<OutboxClose>>,
     /// No more data frames are accepted.
     pub(crate) closed: bool,
+    /// Who asked for the close under way, for the connection's close event.
+    pub(crate) closed_by: Closer,
+}
+
+/// Who started the close of a connection, as its close event says (`closed_by`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closer {
+    /// The peer: its close frame came first, or its transport ended.
+    #[default]
+    Peer,
+    /// The application ([`Connection::close`]).
+    Server,
+    /// The hub, for a reason of its own (shutdown, pong timeout, buffer policy, a
+    /// handler's panic, a protocol error): the close's code and reason say which.
+    Hub,
+}
+
+impl Closer {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Server => "server",
+            Self::Hub => "hub",
+        }
+    }
 }
 
 /// The handle to one connection. Cheap to clone, `Send + Sync`; every method can be
@@ -175,6 +201,9 @@ struct Inner {
     /// See [`Connection::rate_limited_messages`] and [`Connection::refused_joins`].
     rate_limited: AtomicU64,
     refused_joins: AtomicU64,
+    /// Every event of the connection is recorded in it (a disabled span, which costs
+    /// nothing to enter, when no subscriber wants it).
+    span: Span,
 }
 
 /// What the upgrade request carried, copied into the connection.
@@ -208,7 +237,7 @@ pub(crate) struct Keepalive {
 }
 
 impl Connection {
-    pub(crate) fn new(id: ConnectionId, hub: Hub, mut request: RequestInfo) -> Self {
+    pub(crate) fn new(id: ConnectionId, hub: Hub, mut request: RequestInfo, span: Span) -> Self {
         let assigns = std::mem::take(&mut request.assigns);
         let conn = Self {
             inner: Arc::new(Inner {
@@ -225,6 +254,7 @@ impl Connection {
                 refused: AtomicU64::new(0),
                 rate_limited: AtomicU64::new(0),
                 refused_joins: AtomicU64::new(0),
+                span,
             }),
         };
         conn.inner
@@ -237,6 +267,11 @@ impl Connection {
     /// The id, unique across the hubs of a deployment.
     pub fn id(&self) -> ConnectionId {
         self.inner.id
+    }
+
+    /// The span of the connection's events.
+    pub(crate) fn span(&self) -> &Span {
+        &self.inner.span
     }
 
     /// The hub this connection belongs to.
@@ -477,7 +512,7 @@ impl Connection {
             self.count_refused();
             return Err(SendError::ControlFrameTooLong(Message::Close(Some(frame))));
         }
-        if self.request_close(OutboxClose::Graceful(frame.clone())) {
+        if self.request_close(OutboxClose::Graceful(frame.clone()), Closer::Server) {
             Ok(())
         } else {
             self.count_refused();
@@ -489,7 +524,10 @@ impl Connection {
     /// protocol error): the reason is cut to fit, and a close already under way is
     /// left as it is, uncounted, since no caller of this crate asked for it.
     pub(crate) fn close_for(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) {
-        self.request_close(OutboxClose::Graceful(CloseFrame::new(code, reason)));
+        self.request_close(
+            OutboxClose::Graceful(CloseFrame::new(code, reason)),
+            Closer::Hub,
+        );
     }
 
     /// Bytes queued and not yet written to the socket.
@@ -639,11 +677,21 @@ impl Connection {
     /// A message would pass `max_buffered_bytes`: counts its drop and applies the
     /// buffer policy.
     fn overflow(&self) -> Unsent {
-        self.inner.dropped.fetch_add(1, Relaxed);
+        let earlier = self.inner.dropped.fetch_add(1, Relaxed);
         self.inner.hub.count_drop();
-        if self.inner.hub.config().buffer_policy == BufferPolicy::Close {
+        let policy = self.inner.hub.config().buffer_policy;
+        // The first drop only: a slow consumer meets its limit once per message.
+        if earlier == 0 {
+            tracing::debug!(
+                parent: &self.inner.span,
+                ?policy,
+                max_buffered_bytes = self.inner.hub.config().max_buffered_bytes,
+                "slow consumer: outbound buffer full, message dropped"
+            );
+        }
+        if policy == BufferPolicy::Close {
             let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, "slow consumer");
-            self.request_close(OutboxClose::Abort(frame));
+            self.request_close(OutboxClose::Abort(frame), Closer::Hub);
         }
         Unsent::Dropped
     }
@@ -667,14 +715,15 @@ impl Connection {
         }
     }
 
-    /// Asks the connection's task to close; `false` when a close is under way already
-    /// (an abort still replaces it: it ends the connection without waiting).
-    pub(crate) fn request_close(&self, request: OutboxClose) -> bool {
+    /// Asks the connection's task to close, for `by`; `false` when a close is under way
+    /// already (an abort still replaces it: it ends the connection without waiting).
+    pub(crate) fn request_close(&self, request: OutboxClose, by: Closer) -> bool {
         let mut out = self.outbound();
         if out.closed && !matches!(request, OutboxClose::Abort(_)) {
             return false;
         }
         out.closed = true;
+        out.closed_by = by;
         out.close = Some(Box::new(request));
         drop(out);
         self.inner.wake.wake();

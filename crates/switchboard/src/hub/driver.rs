@@ -2,22 +2,35 @@
 //! while writing what other tasks queue for it.
 
 use super::{
-    Connection, ConnectionState, Handler, RatePolicy, Registration, TokenBucket, catch,
-    connection::Outbound, outgoing::Queued,
+    Closer, Connection, ConnectionState, Handler, RatePolicy, Registration, TokenBucket, catch,
+    connection::Outbound, keepalive::TIMED_OUT, outgoing::Queued,
 };
 use crate::{
     Error, WebSocket,
     ws::{Compressor, Outbox, OutboxClose, WriteState},
 };
-use std::{collections::VecDeque, mem, sync::atomic::Ordering::Relaxed, task::Context};
-use switchboard_proto::{CloseCode, EncodedFrame, Message, Role};
+use std::{
+    collections::VecDeque,
+    future::{Future, poll_fn},
+    mem,
+    pin::pin,
+    sync::atomic::Ordering::Relaxed,
+    task::Context,
+};
+use switchboard_proto::{CloseCode, CloseFrame, EncodedFrame, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Span;
 
 /// Runs `on_open` of a registered connection, before its 101 is sent: what it sends
 /// waits in the connection's queue until the socket is up. Returns whether it returned
 /// (rather than panicked, which closes the connection with 1011).
 pub(crate) async fn open<H: Handler>(conn: &Connection, handler: &H) -> bool {
+    in_span(conn.span(), opening(conn, handler)).await
+}
+
+async fn opening<H: Handler>(conn: &Connection, handler: &H) -> bool {
     let healthy = catch(handler.on_open(conn)).await.is_ok();
+    tracing::debug!(healthy, "connection opened");
     if !healthy {
         panicked(conn, "on_open");
     }
@@ -34,12 +47,17 @@ pub(crate) async fn open<H: Handler>(conn: &Connection, handler: &H) -> bool {
 /// Ends a connection whose upgrade failed after `on_open` (the client left before its
 /// 101): as one whose transport died, with 1006.
 pub(crate) async fn abandon<H: Handler>(registration: &Registration, handler: &H) {
-    let ended = Ended {
-        code: CloseCode::ABNORMAL,
-        reason: String::new(),
-        error: None,
-    };
-    report_end(registration, handler, &ended).await;
+    let ended = Ended::peer(CloseCode::ABNORMAL, String::new());
+    let span = registration.conn().span();
+    in_span(span, report_end(registration, handler, &ended)).await;
+}
+
+/// Runs `future` in a connection's span, as `tracing::Instrument` does, borrowing the
+/// span the connection holds: the events of its callbacks (the application's own
+/// included) carry the connection's fields, and its task carries no copy of the span.
+async fn in_span<F: Future>(span: &Span, future: F) -> F::Output {
+    let mut future = pin!(future);
+    poll_fn(|cx| span.in_scope(|| future.as_mut().poll(cx))).await
 }
 
 /// Runs an opened connection on its socket until it ends, then reports the close exactly
@@ -58,6 +76,15 @@ pub(crate) async fn drive<S, H>(
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
+    let span = registration.conn().span();
+    in_span(span, run(ws, registration, handler, healthy)).await;
+}
+
+async fn run<S, H>(ws: &mut WebSocket<S>, registration: &Registration, handler: &H, healthy: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
     let conn = registration.conn();
     let mut outbox = HubOutbox::new(conn);
     // Set when a callback panicked, or the client went over its rate with
@@ -65,24 +92,13 @@ pub(crate) async fn drive<S, H>(
     let mut broken = !healthy;
     let rate = conn.hub().config().max_message_rate;
     let mut bucket = TokenBucket::new(rate, conn.hub().now_micros());
-    let (code, reason, error) = loop {
+    let ended = loop {
         let message = match ws.recv_with(&mut outbox).await {
             Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                let (code, reason) = match (&error, ws.sent_close()) {
-                    // We closed (a policy, a timeout, shutdown): report our code.
-                    (Error::Aborted(frame), _) | (Error::CloseTimeout, Some(frame)) => {
-                        (frame.code, frame.reason.to_string())
-                    }
-                    (Error::Protocol(e), _) => (e.close_code(), e.to_string()),
-                    _ => (error.close_code(), String::new()),
-                };
-                let error =
-                    (!matches!(error, Error::Aborted(_) | Error::CloseTimeout)).then_some(error);
-                break (code, reason, error);
-            }
-            None => break (CloseCode::ABNORMAL, String::new(), None),
+            Some(Err(error)) => break failed(conn, error, ws.sent_close()),
+            None => break Ended::peer(CloseCode::ABNORMAL, String::new()),
         };
+        tracing::trace!(opcode = ?message.opcode(), len = message.len(), "message received");
         // A ping shows that the peer sends, not that it reads: it does not put off the
         // sweeper's ping, which a peer that never reads cannot answer.
         let now = conn.hub().now_micros();
@@ -94,9 +110,9 @@ pub(crate) async fn drive<S, H>(
                 conn.set_state(ConnectionState::Closing);
                 break match (ws.sent_close(), frame) {
                     // We closed first and the peer answered: report our code.
-                    (Some(ours), _) => (ours.code, ours.reason.to_string(), None),
-                    (None, Some(theirs)) => (theirs.code, theirs.reason.to_string(), None),
-                    (None, None) => (CloseCode::NO_STATUS, String::new(), None),
+                    (Some(ours), _) => Ended::ours(conn, ours),
+                    (None, Some(theirs)) => Ended::peer(theirs.code, theirs.reason.to_string()),
+                    (None, None) => Ended::peer(CloseCode::NO_STATUS, String::new()),
                 };
             }
             // A handler that panicked hears nothing more but its `on_close`: the
@@ -135,24 +151,37 @@ pub(crate) async fn drive<S, H>(
             panicked(conn, callback);
         }
     };
-    Box::pin(end(
-        ws,
-        registration,
-        handler,
-        Ended {
-            code,
-            reason,
-            error,
+    Box::pin(end(ws, registration, handler, ended)).await;
+}
+
+/// How a connection that failed ended.
+fn failed(conn: &Connection, error: Error, sent_close: Option<&CloseFrame>) -> Ended {
+    match (&error, sent_close) {
+        // We closed (a policy, a timeout, shutdown): report our code.
+        (Error::Aborted(frame), _) | (Error::CloseTimeout, Some(frame)) => Ended::ours(conn, frame),
+        // The peer broke the protocol, and the hub closed for it.
+        (Error::Protocol(e), _) => Ended {
+            code: e.close_code(),
+            reason: e.to_string(),
+            error: Some(error),
+            closed_by: Closer::Hub,
         },
-    ))
-    .await;
+        // The transport failed.
+        _ => Ended {
+            code: error.close_code(),
+            reason: String::new(),
+            error: Some(error),
+            closed_by: Closer::Peer,
+        },
+    }
 }
 
 /// A callback panicked: its handler can no longer be trusted with this connection.
-/// The panic hook has printed the panic itself; this says which connection it ended.
+/// The panic hook has printed the panic itself; this says which connection it ended
+/// (the event is in the connection's span).
 fn panicked(conn: &Connection, callback: &'static str) {
     tracing::error!(
-        connection = %conn.id(),
+        parent: conn.span(),
         callback,
         "handler panicked: closing the connection with 1011"
     );
@@ -170,7 +199,7 @@ fn over_rate(conn: &Connection) -> bool {
     let dropped = conn.count_rate_limited();
     let close = conn.hub().config().rate_policy == RatePolicy::Close;
     if close || dropped == 1 {
-        tracing::debug!(connection = %conn.id(), close, "message rate exceeded");
+        tracing::debug!(close, "message rate exceeded");
     }
     if close {
         // "1008 indicates that an endpoint is terminating the connection because it has
@@ -185,6 +214,29 @@ struct Ended {
     code: CloseCode,
     reason: String,
     error: Option<Error>,
+    closed_by: Closer,
+}
+
+impl Ended {
+    /// The peer closed with `code`, or its transport ended (1006).
+    fn peer(code: CloseCode, reason: String) -> Self {
+        Self {
+            code,
+            reason,
+            error: None,
+            closed_by: Closer::Peer,
+        }
+    }
+
+    /// We closed with `frame`, for whoever asked for it.
+    fn ours(conn: &Connection, frame: &CloseFrame) -> Self {
+        Self {
+            code: frame.code,
+            reason: frame.reason.to_string(),
+            error: None,
+            closed_by: conn.outbound().closed_by,
+        }
+    }
 }
 
 /// Reports the end of a connection exactly once, removes it from the hub, and
@@ -205,6 +257,13 @@ where
 async fn report_end<H: Handler>(registration: &Registration, handler: &H, ended: &Ended) {
     let conn = registration.conn();
     conn.set_closed();
+    tracing::debug!(
+        code = ended.code.as_u16(),
+        reason = %ended.reason,
+        closed_by = ended.closed_by.as_str(),
+        error = ended.error.as_ref().map(tracing::field::display),
+        "connection closed"
+    );
     if let Some(error) = &ended.error {
         if catch(handler.on_error(conn, error)).await.is_err() {
             panicked(conn, "on_error");
@@ -224,7 +283,7 @@ fn record_pong(conn: &Connection) {
     let now = conn.hub().now_micros();
     keepalive.last_pong.store(now, Relaxed);
     let sent = keepalive.ping_sent.swap(0, Relaxed);
-    if sent != 0 {
+    if sent != 0 && sent != TIMED_OUT {
         keepalive
             .rtt
             .store(now.saturating_sub(sent).max(1), Relaxed);

@@ -1,7 +1,7 @@
 //! One sweeper per hub pings idle connections and closes those that stopped answering:
 //! a single timer for the whole hub instead of one per connection.
 
-use super::{ConnectionState, Hub, HubInner};
+use super::{Closer, ConnectionState, Hub, HubInner};
 use crate::ws::OutboxClose;
 use std::{
     sync::{Weak, atomic::Ordering::Relaxed},
@@ -27,6 +27,10 @@ pub(super) async fn sweep(hub: Weak<HubInner>) {
     }
 }
 
+/// `Keepalive::ping_sent` of a connection aborted for its pong timeout: it is aborted
+/// (and its timeout reported) once, however many sweeps pass before its task ends.
+pub(super) const TIMED_OUT: u64 = u64::MAX;
+
 fn sweep_once(hub: &Hub) {
     let config = hub.config();
     let ping_interval = config.ping_interval.as_micros() as u64;
@@ -42,11 +46,19 @@ fn sweep_once(hub: &Hub) {
         }
         let keepalive = conn.keepalive();
         let ping_sent = keepalive.ping_sent.load(Relaxed);
-        if ping_sent != 0 {
+        if ping_sent == TIMED_OUT {
+            // Aborted already; its task has not ended yet.
+        } else if ping_sent != 0 {
             if now.saturating_sub(ping_sent) > pong_timeout {
+                keepalive.ping_sent.store(TIMED_OUT, Relaxed);
+                tracing::debug!(
+                    parent: conn.span(),
+                    pong_timeout = ?config.pong_timeout,
+                    "pong timeout: aborting the connection with 1001"
+                );
                 // The peer is gone or hung: waiting for a close handshake would be futile.
                 let frame = CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout");
-                conn.request_close(OutboxClose::Abort(frame));
+                conn.request_close(OutboxClose::Abort(frame), Closer::Hub);
             }
         } else if now.saturating_sub(keepalive.last_seen.load(Relaxed)) > ping_interval {
             keepalive.ping_sent.store(now, Relaxed);

@@ -55,7 +55,7 @@ pub use switchboard_broker::{
 };
 
 pub(crate) use client_ip::client_addr;
-pub(crate) use connection::{RequestInfo, Unsent};
+pub(crate) use connection::{Closer, RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
 #[cfg(feature = "axum")]
 pub(crate) use handler::Panicked;
@@ -117,10 +117,23 @@ struct HubInner {
 /// Why [`Hub::admit`] refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// At `max_connections`, or shutting down.
+    /// At `max_connections`.
     Full,
+    /// Shutting down (answered as [`Refused::Full`] is).
+    Draining,
     /// Its address is at `max_connections_per_ip`.
     TooManyPerIp,
+}
+
+impl Refused {
+    /// The cause, as a refusal's event names it.
+    pub(crate) fn cause(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Draining => "draining",
+            Self::TooManyPerIp => "connections per ip",
+        }
+    }
 }
 
 /// Counters of a hub.
@@ -358,21 +371,40 @@ impl Hub {
     pub async fn shutdown(&self, deadline: Duration) {
         self.inner.draining.store(true, Relaxed);
         let going_away = self.inner.config.shutdown_frame();
-        for conn in self.connections() {
+        let connections = self.connections();
+        tracing::info!(
+            node = %self.node(),
+            connections = connections.len(),
+            ?deadline,
+            code = going_away.code.as_u16(),
+            "hub shutting down: closing every connection"
+        );
+        for conn in connections {
             conn.close_for(going_away.code, going_away.reason.clone());
         }
         if tokio::time::timeout(deadline, self.wait_idle())
             .await
             .is_ok()
         {
+            tracing::info!(node = %self.node(), "hub shut down");
             return;
         }
-        for conn in self.connections() {
-            conn.request_close(crate::ws::OutboxClose::Abort(going_away.clone()));
+        let connections = self.connections();
+        tracing::info!(
+            node = %self.node(),
+            connections = connections.len(),
+            "hub shutdown deadline passed: aborting the connections still open"
+        );
+        for conn in connections {
+            conn.request_close(
+                crate::ws::OutboxClose::Abort(going_away.clone()),
+                Closer::Hub,
+            );
         }
         // An aborted connection ends at once unless a callback of its own never returns;
         // shutdown does not wait for such a callback past one more grace period.
         let _ = tokio::time::timeout(ABORT_GRACE, self.wait_idle()).await;
+        tracing::info!(node = %self.node(), "hub shut down");
     }
 
     async fn wait_idle(&self) {
@@ -409,7 +441,7 @@ impl Hub {
     /// refuses when the hub is full or draining, or the address has its share.
     pub(crate) fn admit(&self, client: Option<IpAddr>) -> Result<(), Refused> {
         if self.is_draining() {
-            return Err(Refused::Full);
+            return Err(Refused::Draining);
         }
         let max = self.inner.config.max_connections;
         self.inner
@@ -453,10 +485,20 @@ impl Hub {
     }
 
     /// Registers a connection in the slot it was admitted to; the registration gives
-    /// both back when dropped.
-    pub(crate) fn register(&self, request: RequestInfo) -> Registration {
+    /// both back when dropped. `route` is the route's pattern, or the request's path.
+    pub(crate) fn register(&self, request: RequestInfo, route: &str) -> Registration {
         let id = ConnectionId::new(self.node(), self.inner.next_id.fetch_add(1, Relaxed));
-        let conn = Connection::new(id, self.clone(), request);
+        // At `info`, so that the warnings and errors of a connection (a handler's
+        // panic) carry its fields at the level servers usually run at; a span writes no
+        // line of its own.
+        let span = tracing::info_span!(
+            "connection",
+            id = %id,
+            remote = request.remote_addr.map(tracing::field::display),
+            route,
+            node = %self.node(),
+        );
+        let conn = Connection::new(id, self.clone(), request, span);
         self.write().connections.insert(id, conn.clone());
         self.start_sweeper();
         // Admitted before shutdown began, registered after it sent its close to everyone.
@@ -589,7 +631,12 @@ mod tests {
         let hub = Hub::new(HubConfig::default());
         let registered = admitted(&hub);
         let other = Hub::new(HubConfig::default());
-        let stranger = Connection::new(registered.conn().id(), other, RequestInfo::default());
+        let stranger = Connection::new(
+            registered.conn().id(),
+            other,
+            RequestInfo::default(),
+            tracing::Span::none(),
+        );
         assert!(!hub.join(&stranger, "room"), "joined through a borrowed id");
         assert_eq!(hub.room_size("room"), 0);
         assert!(hub.join(registered.conn(), "room"));
@@ -601,7 +648,12 @@ mod tests {
         let registered = admitted(&hub);
         assert!(hub.join(registered.conn(), "room"));
         let other = Hub::new(HubConfig::default());
-        let stranger = Connection::new(registered.conn().id(), other, RequestInfo::default());
+        let stranger = Connection::new(
+            registered.conn().id(),
+            other,
+            RequestInfo::default(),
+            tracing::Span::none(),
+        );
         assert!(!hub.leave(&stranger, "room"), "left through a borrowed id");
         assert!(registered.conn().in_room("room"));
         assert!(hub.leave(registered.conn(), "room"));

@@ -230,6 +230,7 @@ mod tests {
     use crate::hub::{Hub, HubConfig, RequestInfo};
     use rand::{Rng, SeedableRng, rngs::StdRng};
     use std::collections::BTreeSet;
+    use tracing::Span;
 
     /// Connections that belong to a hub but run no task: enough for the registry.
     fn connections(n: u64) -> Vec<Connection> {
@@ -237,7 +238,7 @@ mod tests {
         (1..=n)
             .map(|n| {
                 let id = ConnectionId::new(hub.node(), n);
-                Connection::new(id, hub.clone(), RequestInfo::default())
+                Connection::new(id, hub.clone(), RequestInfo::default(), Span::none())
             })
             .collect()
     }

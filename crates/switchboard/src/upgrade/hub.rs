@@ -8,7 +8,7 @@
 //! (429 with `Retry-After`), the hub's settings for the connection (message size,
 //! compression, buffer), and `on_open` (open means ready).
 
-use super::{CONNECTION_CLOSE, Rejection, ResponseBody, Upgrade, UpgradeFut, Upgraded};
+use super::{CONNECTION_CLOSE, Rejection, ResponseBody, Upgrade, UpgradeFut, Upgraded, refused};
 use crate::{
     WebSocket, WebSocketConfig,
     hub::{
@@ -98,7 +98,7 @@ pub enum HubRejection {
 impl From<Refused> for HubRejection {
     fn from(refused: Refused) -> Self {
         match refused {
-            Refused::Full => Self::Full,
+            Refused::Full | Refused::Draining => Self::Full,
             Refused::TooManyPerIp => Self::TooManyPerIp,
         }
     }
@@ -138,7 +138,8 @@ impl HubUpgrade {
         let upgrade = Upgrade::from_request(request)?;
         let pending = PendingSlot::take(request.extensions_mut());
         let assigns = request_assigns(request.extensions());
-        let mut head = HubRequest::new(request.uri(), request.headers(), Vec::new(), assigns);
+        let (uri, headers) = (request.uri(), request.headers());
+        let mut head = HubRequest::new(uri, headers, uri.path(), Vec::new(), assigns);
         head.pending = pending;
         Ok(Self { upgrade, head })
     }
@@ -148,19 +149,29 @@ impl HubUpgrade {
         let upgrade = Upgrade::from_parts(parts)?;
         let pending = PendingSlot::take(&mut parts.extensions);
         let assigns = request_assigns(&parts.extensions);
-        Ok(Self::new(upgrade, parts, Vec::new(), assigns, pending))
+        let route = parts.uri.path();
+        Ok(Self::new(
+            upgrade,
+            parts,
+            route,
+            Vec::new(),
+            assigns,
+            pending,
+        ))
     }
 
-    /// An upgrade with the route parameters and assigns a router found, and the pending
-    /// handshake's slot `serve` gave it.
+    /// An upgrade with the route (its pattern, or the request's path), the route
+    /// parameters and assigns a router found, and the pending handshake's slot `serve`
+    /// gave it.
     pub(crate) fn new(
         upgrade: Upgrade,
         parts: &Parts,
+        route: &str,
         params: Vec<(String, String)>,
         assigns: Assigns,
         pending: Option<PendingSlot>,
     ) -> Self {
-        let mut head = HubRequest::new(&parts.uri, &parts.headers, params, assigns);
+        let mut head = HubRequest::new(&parts.uri, &parts.headers, route, params, assigns);
         head.pending = pending;
         Self { upgrade, head }
     }
@@ -212,7 +223,7 @@ impl HubUpgrade {
     /// The origin check alone, for work that must not run for a refused origin.
     #[cfg(feature = "axum")]
     pub(crate) fn check_origin(&self, hub: &Hub) -> Result<(), HubRejection> {
-        self.head.check_origin(hub)
+        self.head.check_origin(hub, self.upgrade.peer())
     }
 
     /// Checks the origin and the hub's capacity, registers the connection and runs its
@@ -310,12 +321,15 @@ pub(crate) struct HubRequest {
     forwarded: Option<String>,
     /// Held until the hub admits the connection or refuses it.
     pending: Option<PendingSlot>,
+    /// The route's pattern, or the request's path: a field of the connection's span.
+    route: String,
 }
 
 impl HubRequest {
     pub(crate) fn new(
         uri: &Uri,
         headers: &HeaderMap,
+        route: &str,
         mut pairs: Vec<(String, String)>,
         assigns: Assigns,
     ) -> Self {
@@ -341,6 +355,7 @@ impl HubRequest {
             forwarded_for: ProxyHeader::XForwardedFor.read(headers),
             forwarded: ProxyHeader::Forwarded.read(headers),
             pending: None,
+            route: route.to_owned(),
         }
     }
 
@@ -349,16 +364,18 @@ impl HubRequest {
         self.info.params += 1;
     }
 
-    fn check_origin(&self, hub: &Hub) -> Result<(), HubRejection> {
+    fn check_origin(&self, hub: &Hub, remote: Option<SocketAddr>) -> Result<(), HubRejection> {
         let allowed = hub
             .config()
             .allowed_origins
             .allows(self.origin.as_deref(), self.host.as_deref());
         if allowed {
-            Ok(())
-        } else {
-            Err(HubRejection::Origin)
+            return Ok(());
         }
+        let origin = self.origin.as_deref().unwrap_or_default();
+        let error = format_args!("origin {origin:?} not allowed");
+        self.refused(StatusCode::FORBIDDEN, "origin", remote, &error);
+        Err(HubRejection::Origin)
     }
 
     /// Checks the origin, then takes a slot of the hub and one of the client's address
@@ -375,11 +392,33 @@ impl HubRequest {
         if let Some(pending) = self.pending.take() {
             pending.release();
         }
-        self.check_origin(hub)?;
+        self.check_origin(hub, peer)?;
         let client = peer.map(|peer| self.client(hub, peer));
-        hub.admit(client.map(|client| client.ip()))?;
+        hub.admit(client.map(|client| client.ip()))
+            .map_err(|refused| self.refused_by_hub(refused, client))?;
         self.info.remote_addr = client;
         Ok(())
+    }
+
+    /// Records the hub's refusal, as it is answered.
+    fn refused_by_hub(&self, refused: Refused, client: Option<SocketAddr>) -> HubRejection {
+        let status = match refused {
+            Refused::TooManyPerIp => StatusCode::TOO_MANY_REQUESTS,
+            Refused::Full | Refused::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let rejection = HubRejection::from(refused);
+        self.refused(status, refused.cause(), client, &rejection);
+        rejection
+    }
+
+    fn refused(
+        &self,
+        status: StatusCode,
+        cause: &'static str,
+        remote: Option<SocketAddr>,
+        error: &dyn std::fmt::Display,
+    ) {
+        refused(Some(status), cause, remote, Some(&self.route), error);
     }
 
     /// The client's address, as seen through the proxies the hub trusts.
@@ -401,7 +440,7 @@ impl HubRequest {
     pub(crate) fn register(mut self, hub: &Hub, deflate: Option<DeflateParams>) -> Registration {
         self.info.pairs = self.pairs.into_boxed_slice();
         self.info.deflate = deflate;
-        hub.register(self.info)
+        hub.register(self.info, &self.route)
     }
 }
 

@@ -39,6 +39,11 @@ impl Rejection {
         }
     }
 
+    /// Records the refusal, before the response is made.
+    fn record(&self, remote: Option<SocketAddr>, route: &str) {
+        super::refused(Some(self.status()), "handshake", remote, Some(route), self);
+    }
+
     /// The response to send: the status, the headers the RFC asks for (e.g.
     /// `Sec-WebSocket-Version: 13` with 426), `Connection: close`, and the reason as
     /// text.
@@ -62,6 +67,21 @@ impl Rejection {
     }
 }
 
+/// The peer's address as axum's `ConnectInfo` tells it: axum's `serve` hands hyper a
+/// wrapped stream, so the upgraded stream cannot tell the peer's address, but
+/// `ConnectInfo` can, when the app is served with it.
+fn connect_info(parts: &Parts) -> Option<SocketAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(peer)) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(*peer);
+    }
+    let _ = parts;
+    None
+}
+
 /// A validated upgrade request whose answer has not been sent yet: choose a
 /// subprotocol or settings, then take the 101 response and the future connection.
 #[derive(Debug)]
@@ -75,24 +95,25 @@ pub struct Upgrade {
 impl Upgrade {
     /// Validates the handshake in `request` and takes hyper's upgrade handle from it.
     pub fn from_request<B>(request: &mut Request<B>) -> Result<Self, Rejection> {
-        let handshake = ServerHandshake::from_request(request)?;
-        Self::new(handshake, request.extensions_mut().remove::<OnUpgrade>())
+        let upgrade = ServerHandshake::from_request(request)
+            .map_err(Rejection::from)
+            .and_then(|handshake| {
+                Self::new(handshake, request.extensions_mut().remove::<OnUpgrade>())
+            });
+        upgrade.inspect_err(|rejection| rejection.record(None, request.uri().path()))
     }
 
     /// Like [`Upgrade::from_request`], for a request already split into parts.
     pub fn from_parts(parts: &mut Parts) -> Result<Self, Rejection> {
-        let handshake = ServerHandshake::from_parts(parts)?;
-        let upgrade = Self::new(handshake, parts.extensions.remove::<OnUpgrade>())?;
-        // axum's `serve` hands hyper a wrapped stream, so the upgraded stream cannot tell
-        // the peer's address; axum's `ConnectInfo` can, when the app is served with it.
-        #[cfg(feature = "axum")]
-        if let Some(axum::extract::ConnectInfo(peer)) = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        {
-            return Ok(upgrade.peer_addr(*peer));
-        }
-        Ok(upgrade)
+        let peer = connect_info(parts);
+        let upgrade = ServerHandshake::from_parts(parts)
+            .map_err(Rejection::from)
+            .and_then(|handshake| Self::new(handshake, parts.extensions.remove::<OnUpgrade>()))
+            .inspect_err(|rejection| rejection.record(peer, parts.uri.path()))?;
+        Ok(match peer {
+            Some(peer) => upgrade.peer_addr(peer),
+            None => upgrade,
+        })
     }
 
     fn new(handshake: ServerHandshake, on_upgrade: Option<OnUpgrade>) -> Result<Self, Rejection> {

@@ -36,3 +36,24 @@ pub(crate) const CONNECTION_CLOSE: (http::HeaderName, http::HeaderValue) = (
     http::header::CONNECTION,
     http::HeaderValue::from_static("close"),
 );
+
+/// Records a request refused before its 101, with the status it was answered with
+/// (none when nobody was left to answer) and why: `cause` names the rule (`origin`,
+/// `full`, `draining`, `handshake`, …), `error` says what exactly failed (for a bad
+/// handshake, which check).
+pub(crate) fn refused(
+    status: Option<http::StatusCode>,
+    cause: &'static str,
+    remote: Option<std::net::SocketAddr>,
+    route: Option<&str>,
+    error: &dyn std::fmt::Display,
+) {
+    tracing::debug!(
+        status = status.map(|status| status.as_u16()),
+        cause,
+        remote = remote.map(tracing::field::display),
+        route,
+        %error,
+        "upgrade refused"
+    );
+}

@@ -142,6 +142,21 @@ pub enum AcceptError {
 }
 
 impl AcceptError {
+    /// What rule refused the handshake, as its event names it.
+    fn cause(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Timeout => "handshake timeout",
+            Self::Eof => "eof",
+            Self::Parse(ParseError::HeadTooLarge | ParseError::TooManyHeaders) => "head too large",
+            Self::Parse(_) => "malformed head",
+            Self::Handshake(_) => "handshake",
+            Self::Origin => "origin",
+            Self::Full => "full",
+            Self::TooManyPerIp => "connections per ip",
+        }
+    }
+
     /// The HTTP status the client was answered with, if any.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
@@ -360,6 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamUpgrade<S> {
         HubRequest::new(
             request.uri(),
             request.headers(),
+            request.uri().path(),
             params,
             request_assigns(request.extensions()),
         )
@@ -412,6 +428,7 @@ where
             })
         }
         Err(error) => {
+            super::refused(error.status(), error.cause(), None, None, &error);
             refuse(&mut io, &error).await;
             Err(error)
         }

@@ -97,9 +97,12 @@ impl ServedTcp {
             return false;
         }
         self.first_head = None;
+        let error = AcceptError::Timeout;
+        let remote = self.tcp.peer_addr().ok();
+        super::refused(error.status(), "handshake timeout", remote, None, &error);
         // Nothing was written on this connection yet, so the small answer fits in the
         // socket's send buffer: no need to wait for it.
-        if let Some(answer) = raw::refusal(&AcceptError::Timeout) {
+        if let Some(answer) = raw::refusal(&error) {
             let _ = self.tcp.try_write(&answer);
         }
         let _ = Pin::new(&mut self.tcp).poll_shutdown(cx);
