@@ -45,6 +45,50 @@
 //! Sends are fire-and-forget, and what one could not deliver is counted on its
 //! connection and the hub; [`hub::Connection::try_send`] returns the result, with the
 //! message handed back.
+//!
+//! # Logs
+//!
+//! switchboard records what happens with [`tracing`](https://docs.rs/tracing); install
+//! a subscriber to see it (e.g. `tracing-subscriber`'s `fmt` with an `EnvFilter`, and
+//! `RUST_LOG=switchboard=debug`). Without one, it costs a check per event, and nothing
+//! is formatted.
+//!
+//! Each hub connection has a span, `connection`, with the fields `id` (the
+//! [`ConnectionId`](hub::ConnectionId)), `remote` (the peer's address, when known),
+//! `route` (the route's pattern, e.g. `/chat/{room}`, or the request's path without a
+//! router) and `node` (the hub's [`NodeId`](hub::NodeId)). Its task and every callback of
+//! its [`Handler`](hub::Handler) run in it, so the application's own events in
+//! `on_message` carry those fields too. The span is at `info`, so that the warnings and
+//! errors of a connection carry its fields where servers usually log; a span writes no
+//! line of its own.
+//!
+//! | level | event | fields |
+//! |---|---|---|
+//! | `error` | `handler panicked: closing the connection with 1011` | `callback` |
+//! | `error` | `channel join panicked`, `channel handle_in panicked`, `channel terminate panicked`, `handle_out panicked: …` | `topic` (`event`) |
+//! | `info` | `serving` (from `serve`) | `local`, `node` |
+//! | `info` | `hub shutting down: …`, `hub shutdown deadline passed: …`, `hub shut down` | `node`, `connections`, `deadline` |
+//! | `debug` | `upgrade refused`: every request refused before its 101 | `status`, `cause`, `error`, `remote`, `route` |
+//! | `debug` | `connection opened` (after `on_open`) | `healthy` (`false`: `on_open` panicked) |
+//! | `debug` | `connection closed` | `code`, `reason`, `closed_by`, `error` |
+//! | `debug` | `pong timeout: aborting the connection with 1001` (once) | `pong_timeout` |
+//! | `debug` | `slow consumer: outbound buffer full, message dropped` (the first drop of a connection only) | `policy`, `max_buffered_bytes` |
+//! | `debug` | `channel joined`, `channel join refused`, `channel left`, `malformed channel message` | `topic`, `reason`, `error` |
+//! | `trace` | `message received` | `opcode`, `len` |
+//!
+//! The `cause` of a refusal is `origin` (403), `full` or `draining` (503, with
+//! `Retry-After`), `handshake` (400, 405 or 426; `error` names the check that failed),
+//! `handshake timeout` (408), `head too large` (431), `http connections` (503: plain HTTP
+//! connections at `max_http_connections`), or, on a channels socket, `protocol version`
+//! or `connect` (403). `closed_by` is `peer` (its close frame came first, or its
+//! transport ended: 1006), `server` (the application's
+//! [`Connection::close`](hub::Connection::close)) or `hub` (its own reasons: shutdown,
+//! pong timeout, the buffer policy's 1008, a handler's panic, a protocol error; the code
+//! and reason say which).
+//!
+//! `info` is quiet while all is well: nothing is written per connection or per message
+//! above `debug`. The Redis broker (`switchboard-redis`) writes a `warn` when its link
+//! to Redis goes down (once per outage) and an `info` when it is back.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]

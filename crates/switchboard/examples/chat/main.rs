@@ -5,6 +5,7 @@
 //! cargo run --release --example chat                # http://127.0.0.1:8080
 //! cargo run --release --example chat -- --addr 0.0.0.0:3000
 //! cargo run --release --example chat -- --restart-window 1-10
+//! RUST_LOG=switchboard=debug cargo run --release --example chat   # every connection's story
 //! ```
 //!
 //! `/health` answers 200 while the process serves, `/ready` 200 while the hub accepts
@@ -52,6 +53,8 @@ use switchboard::{
     channels::Channels,
     hub::{Connection, Handler, Hub, HubConfig},
 };
+
+use tracing_subscriber::EnvFilter;
 
 const PAGE: &str = include_str!("index.html");
 
@@ -198,6 +201,10 @@ impl Handler for Chat {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
+    // The hub's events on stderr: `info` (the default) is quiet while all is well;
+    // `RUST_LOG=switchboard=debug` tells each connection's story.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let mut addr: SocketAddr = "127.0.0.1:8080".parse()?;
     // Browsers offer permessage-deflate; a long message to a room is compressed once
     // for all its members.
