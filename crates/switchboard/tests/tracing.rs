@@ -7,6 +7,7 @@
 //! and no other test's events reach it.
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use std::{
     collections::HashMap,
     fmt,
@@ -17,7 +18,8 @@ use std::{
 };
 use switchboard::{
     CloseCode, Message,
-    hub::{Connection, Handler, Hub, HubConfig, Origins},
+    channels::{Channel, Channels, Socket},
+    hub::{BufferPolicy, Connection, Handler, Hub, HubConfig, Origins},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -25,7 +27,7 @@ use tokio::{
     time::{sleep, timeout},
 };
 use tokio_tungstenite::{
-    WebSocketStream, client_async,
+    WebSocketStream, client_async, connect_async,
     tungstenite::{
         self,
         client::IntoClientRequest,
@@ -221,8 +223,104 @@ fn an_event_of_the_application_in_on_message_carries_the_connection_fields() {
     });
 }
 
+#[test]
+fn a_slow_consumer_is_recorded_at_its_first_drop_only() {
+    traced(|events| async move {
+        let config = HubConfig::default().max_buffered_bytes(1024);
+        let (hub, addr) = serve(config).await;
+        let (mut client, _) = connect(addr, None).await.unwrap();
+        let id = welcome(&mut client).await;
+        client.send(text("flood")).await.unwrap();
+        let dropped = events
+            .wait(|e| e.message().starts_with("slow consumer"))
+            .await;
+        assert_eq!(dropped.level, Level::DEBUG);
+        assert_eq!(dropped.field("policy"), Some("DropNewest"));
+        assert!(dropped.of(&id));
+        // The flood is over once the application says so.
+        events.wait(|e| e.field("said") == Some("flood")).await;
+        let conn = hub.connections().pop().unwrap();
+        assert!(conn.dropped_messages() > 1, "{}", conn.dropped_messages());
+        let count = |events: &Events| {
+            let all = events.all().into_iter();
+            all.filter(|e| e.message().starts_with("slow consumer"))
+                .count()
+        };
+        assert_eq!(count(&events), 1);
+    });
+}
+
+#[test]
+fn the_buffer_policy_close_is_recorded_as_1008_by_the_hub() {
+    traced(|events| async move {
+        let config = HubConfig::default()
+            .max_buffered_bytes(1024)
+            .buffer_policy(BufferPolicy::Close);
+        let (_hub, addr) = serve(config).await;
+        let (mut client, _) = connect(addr, None).await.unwrap();
+        let id = welcome(&mut client).await;
+        client.send(text("flood")).await.unwrap();
+        let closed = events.wait(|e| e.closed_of(&id)).await;
+        assert_eq!(closed.field("code"), Some("1008"));
+        assert_eq!(closed.field("reason"), Some("slow consumer"));
+        assert_eq!(closed.field("closed_by"), Some("hub"));
+    });
+}
+
+#[test]
+fn channel_joins_refusals_and_leaves_are_debug_events_of_the_connection() {
+    traced(|events| async move {
+        let hub = Hub::new(HubConfig::default());
+        let channels = Channels::new(hub.clone()).channel("room:*", Lobby);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app: axum::Router = channels.into_router();
+        tokio::spawn(async move {
+            let never = std::future::pending();
+            let _ = switchboard::serve_with_shutdown(listener, app, &hub, never).await;
+        });
+        let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
+        let (mut client, _) = within("connect", connect_async(url)).await.unwrap();
+        for message in [
+            r#"["1","1","room:lobby","phx_join",{}]"#,
+            r#"["2","2","room:closed","phx_join",{}]"#,
+            r#"["1","3","room:lobby","phx_leave",{}]"#,
+        ] {
+            client.send(text(message)).await.unwrap();
+            within("the reply", client.next()).await.unwrap().unwrap();
+        }
+        let joined = events.wait(|e| e.message() == "channel joined").await;
+        let refused = events.wait(|e| e.message() == "channel join refused").await;
+        let left = events.wait(|e| e.message() == "channel left").await;
+        assert_eq!(joined.field("topic"), Some("room:lobby"));
+        assert_eq!(refused.field("topic"), Some("room:closed"));
+        assert!(refused.field("reason").unwrap().contains("closed"));
+        assert_eq!(left.field("topic"), Some("room:lobby"));
+        assert_eq!(left.field("reason"), Some("Left"));
+        for event in [&joined, &refused, &left] {
+            assert_eq!(event.level, Level::DEBUG);
+            let span = event.connection().expect("in the connection's span");
+            let route = span.get("route").map(String::as_str);
+            assert_eq!(route, Some("/socket/websocket"));
+        }
+    });
+}
+
+/// A channel that refuses `room:closed` and lets anyone join any other room.
+struct Lobby;
+
+impl Channel for Lobby {
+    async fn join(&self, topic: &str, _payload: Value, _socket: &Socket) -> Result<Value, Value> {
+        match topic {
+            "room:closed" => Err(json!({ "reason": "closed" })),
+            _ => Ok(json!({})),
+        }
+    }
+}
+
 /// What the tests' connections do: `on_open` sends the connection's id; a message
-/// `quit` closes, `panic` panics, anything else is logged by the application.
+/// `quit` closes, `panic` panics, `flood` sends more than the buffer holds, anything
+/// else is logged by the application (`flood` too, once it is done).
 struct Probe;
 
 impl Handler for Probe {
@@ -235,7 +333,15 @@ impl Handler for Probe {
         match text.as_str() {
             "quit" => conn.close(CloseCode::NORMAL, "server says bye").unwrap(),
             "panic" => panic!("the probe panics on purpose"),
-            said => tracing::info!(said, "the application's event"),
+            said => {
+                if said == "flood" {
+                    // Queued within one callback, faster than any socket drains them.
+                    for _ in 0..100 {
+                        conn.send_text("x".repeat(200));
+                    }
+                }
+                tracing::info!(said, "the application's event");
+            }
         }
     }
 }
