@@ -1,0 +1,178 @@
+//! The link's events, as a `tracing` subscriber sees them, while a Redis server of the
+//! test's own (on a free port) is stopped and started again: one warning when the link
+//! goes down, however many attempts the outage takes, and one `info` when it is back,
+//! with what was lost meanwhile.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use switchboard::hub::{Hub, HubConfig};
+use switchboard_redis::{RedisBroker, RedisConfig};
+use tracing::{
+    Level, Subscriber,
+    field::{Field, Visit},
+};
+use tracing_subscriber::{Layer, layer::Context, prelude::*};
+
+#[test]
+fn a_link_outage_is_one_warning_down_and_one_info_up() {
+    let events = Events::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let mut redis = Redis::start(port);
+    runtime.block_on(async {
+        let config = RedisConfig::default()
+            .url(format!("redis://127.0.0.1:{port}/"))
+            .max_backoff(Duration::from_millis(100));
+        let broker = RedisBroker::connect(config).await.unwrap();
+        let stats = broker.stats();
+        let hub = Hub::with_broker(HubConfig::default(), broker);
+        events.wait("hub attached to Redis").await;
+
+        redis.stop();
+        events.wait("lost the link to Redis; reconnecting").await;
+        // Publishes with the link down are lost, and attempts to reconnect fail.
+        for _ in 0..3 {
+            hub.broadcast("during the outage");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        redis = Redis::start(port);
+        let restored = events.wait("link to Redis restored").await;
+        assert_eq!(restored.level, Level::INFO);
+        assert_eq!(restored.field("lost"), Some(stats.lost().to_string()));
+        assert!(stats.lost() >= 1, "{}", stats.lost());
+    });
+    let down: Vec<_> = events.named("lost the link to Redis; reconnecting");
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].level, Level::WARN);
+    let retries = events.named("Redis still unreachable").len();
+    assert!(
+        retries >= 1,
+        "the outage took no retry: the test shows nothing"
+    );
+    let warnings = events
+        .all()
+        .into_iter()
+        .filter(|e| e.level <= Level::WARN)
+        .count();
+    assert_eq!(warnings, 1, "{:?}", events.all());
+    drop(redis);
+}
+
+/// A Redis server of this test's own, killed when dropped.
+struct Redis(Child);
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let redis = Self(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One event: its level, message and fields as text.
+#[derive(Debug, Clone)]
+struct Captured {
+    level: Level,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Captured {
+    fn field(&self, name: &str) -> Option<String> {
+        self.fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl Visit for Captured {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.fields.push((field.name(), format!("{value:?}")));
+    }
+}
+
+/// A layer that keeps every event.
+#[derive(Debug, Default, Clone)]
+struct Events(Arc<Mutex<Vec<Captured>>>);
+
+impl Events {
+    fn all(&self) -> Vec<Captured> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn named(&self, message: &str) -> Vec<Captured> {
+        let all = self.all().into_iter();
+        all.filter(|e| e.field("message").as_deref() == Some(message))
+            .collect()
+    }
+
+    async fn wait(&self, message: &str) -> Captured {
+        let found = async {
+            loop {
+                if let Some(event) = self.named(message).pop() {
+                    return event;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), found)
+            .await
+            .unwrap_or_else(|_| panic!("no event {message:?} in {:?}", self.all()))
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut captured = Captured {
+            level: *event.metadata().level(),
+            fields: Vec::new(),
+        };
+        event.record(&mut captured);
+        self.0.lock().unwrap().push(captured);
+    }
+}
