@@ -67,17 +67,18 @@
 //! | `error` | `handler panicked: closing the connection with 1011` | `callback` |
 //! | `error` | `channel join panicked`, `channel handle_in panicked`, `channel terminate panicked`, `handle_out panicked: …` | `topic` (`event`) |
 //! | `info` | `serving` (from `serve`) | `local`, `node` |
-//! | `info` | `hub shutting down: …`, `hub shutdown deadline passed: …`, `hub shut down` | `node`, `connections`, `deadline` |
+//! | `info` | `hub shutting down: …`, `hub shutdown deadline passed: …`, `hub shut down` | `node`, `connections`, `deadline`, `code` |
 //! | `debug` | `upgrade refused`: every request refused before its 101 | `status`, `cause`, `error`, `remote`, `route` |
 //! | `debug` | `connection opened` (after `on_open`) | `healthy` (`false`: `on_open` panicked) |
 //! | `debug` | `connection closed` | `code`, `reason`, `closed_by`, `error` |
 //! | `debug` | `pong timeout: aborting the connection with 1001` (once) | `pong_timeout` |
 //! | `debug` | `slow consumer: outbound buffer full, message dropped` (the first drop of a connection only) | `policy`, `max_buffered_bytes` |
 //! | `debug` | `channel joined`, `channel join refused`, `channel left`, `malformed channel message` | `topic`, `reason`, `error` |
+//! | `debug` | `message rate exceeded` (the first excess message, or the close with 1008) | `close` |
 //! | `trace` | `message received` | `opcode`, `len` |
 //!
 //! The `cause` of a refusal is `origin` (403), `full` or `draining` (503, with
-//! `Retry-After`), `handshake` (400, 405 or 426; `error` names the check that failed),
+//! `Retry-After`), `connections per ip` (429), `handshake` (400, 405 or 426; `error` names the check that failed),
 //! `handshake timeout` (408), `head too large` (431), `http connections` (503: plain HTTP
 //! connections at `max_http_connections`), or, on a channels socket, `protocol version`
 //! or `connect` (403). `closed_by` is `peer` (its close frame came first, or its
