@@ -12,19 +12,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Only `ws://` is dialled directly: for `wss://`, open the TLS stream with the TLS
-//! library of your choice and run the handshake over it with [`handshake`].
+//! `wss://` needs the `tls` feature: the server's certificate is checked against
+//! Mozilla's roots by default, or against the roots of [`ClientConfig::roots`] (see
+//! [`crate::tls`]). Over a stream of your own (another TLS library, a proxy's tunnel),
+//! run the handshake with [`handshake`].
 
 use crate::{WebSocket, WebSocketConfig};
 use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, Response, Uri};
-use std::{io, time::Duration};
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 use switchboard_proto::{
     CloseCode, Frame, Role,
     handshake::{ClientHandshake, ClientHandshakeError, ClientRequestError, http1},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
     time::timeout,
 };
@@ -74,6 +81,12 @@ pub struct ClientConfig {
     /// Default 10 s: a round trip or two for a live server, and a bound on the wait for
     /// one that accepts the connection and never answers.
     pub timeout: Duration,
+    /// The certificates a `wss://` server's chain must end at (feature `tls`).
+    ///
+    /// Default [`Roots::WebPki`](crate::tls::Roots::WebPki), Mozilla's, what browsers
+    /// trust.
+    #[cfg(feature = "tls")]
+    pub roots: crate::tls::Roots,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +96,8 @@ impl Default for ClientConfig {
             protocols: Vec::new(),
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
+            #[cfg(feature = "tls")]
+            roots: crate::tls::Roots::default(),
         }
     }
 }
@@ -115,6 +130,13 @@ impl ClientConfig {
         self.timeout = timeout;
         self
     }
+
+    /// Sets [`ClientConfig::roots`].
+    #[cfg(feature = "tls")]
+    pub fn roots(mut self, roots: crate::tls::Roots) -> Self {
+        self.roots = roots;
+        self
+    }
 }
 
 /// Why a connection could not be opened.
@@ -127,9 +149,16 @@ pub enum ConnectError {
     /// The URL or the protocols cannot form a handshake.
     #[error(transparent)]
     Request(#[from] ClientRequestError),
-    /// `wss://` needs TLS, which the caller provides: see [`handshake`].
-    #[error("wss:// needs a TLS stream: connect it yourself and call client::handshake")]
+    /// `wss://` without the `tls` feature of switchboard: turn it on, or bring a TLS
+    /// stream of your own to [`handshake`].
+    #[error(
+        "wss:// needs the `tls` feature of switchboard (or a TLS stream of your own, given to client::handshake)"
+    )]
     TlsUnsupported,
+    /// The TLS handshake failed (e.g. a certificate that does not chain to the
+    /// [`ClientConfig::roots`](ClientConfig) or does not name the host).
+    #[error("tls handshake failed")]
+    Tls(#[source] io::Error),
     /// Connecting or writing failed.
     #[error("transport failed")]
     Io(#[from] io::Error),
@@ -148,8 +177,9 @@ pub enum ConnectError {
     Handshake(#[from] ClientHandshakeError),
 }
 
-/// Connects to `url` (`ws://host[:port]/path?query`) with the default settings.
-pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), ConnectError> {
+/// Connects to `url` (`ws://host[:port]/path?query`, or `wss://` with the `tls`
+/// feature) with the default settings.
+pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), ConnectError> {
     connect_with(url, &ClientConfig::default()).await
 }
 
@@ -157,23 +187,139 @@ pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), 
 pub async fn connect_with(
     url: &str,
     config: &ClientConfig,
-) -> Result<(WebSocket<TcpStream>, Response<()>), ConnectError> {
+) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), ConnectError> {
     let uri: Uri = url.parse()?;
     let request = build_request(&uri, config)?;
-    if matches!(uri.scheme_str(), Some("wss" | "https")) {
+    let tls = matches!(uri.scheme_str(), Some("wss" | "https"));
+    if tls && !cfg!(feature = "tls") {
         return Err(ConnectError::TlsUnsupported);
     }
     let host = uri.host().ok_or(ClientRequestError::MissingHost)?;
     // An IPv6 literal keeps its brackets in the URI but not in a socket address.
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     timeout(config.timeout, async {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        run_handshake(tcp, &request, config.websocket).await
+        let stream = if tls {
+            MaybeTlsStream::tls(tcp, host, config).await?
+        } else {
+            MaybeTlsStream::plain(tcp)
+        };
+        run_handshake(stream, &request, config.websocket).await
     })
     .await
     .unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// The stream of a connection [`connect`] opened: TCP for `ws://`, TLS over TCP for
+/// `wss://`.
+#[derive(Debug)]
+pub struct MaybeTlsStream {
+    inner: Transport,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    // Boxed: rustls' state is a few kilobytes, and a plain connection should not pay it.
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl MaybeTlsStream {
+    fn plain(tcp: TcpStream) -> Self {
+        Self {
+            inner: Transport::Plain(tcp),
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    async fn tls(tcp: TcpStream, host: &str, config: &ClientConfig) -> Result<Self, ConnectError> {
+        let tls = crate::tls::connect(tcp, host, &config.roots).await?;
+        Ok(Self {
+            inner: Transport::Tls(Box::new(tls)),
+        })
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn tls(_: TcpStream, _: &str, _: &ClientConfig) -> Result<Self, ConnectError> {
+        Err(ConnectError::TlsUnsupported)
+    }
+
+    /// Whether the connection runs over TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.inner, Transport::Plain(_))
+    }
+
+    /// The TCP stream underneath, e.g. for its addresses.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.inner {
+            Transport::Plain(tcp) => tcp,
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.get_mut().inner {
+            Transport::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            #[cfg(feature = "tls")]
+            Transport::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for MaybeTlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for MaybeTlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Transport::Plain(tcp) => tcp.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
 }
 
 /// Runs the opening handshake for `url` over a stream the caller opened (e.g. TLS).
@@ -285,16 +431,32 @@ mod tests {
             .protocols(["b", "a"])
             .headers([header.clone()])
             .timeout(Duration::from_secs(1));
+        #[cfg(feature = "tls")]
+        let roots = crate::tls::Roots::Only(vec![crate::tls::Certificate::from_der(vec![1])]);
+        #[cfg(feature = "tls")]
+        let config = config.roots(roots.clone());
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let ClientConfig {
             websocket: set_websocket,
             protocols,
             headers,
             timeout,
+            #[cfg(feature = "tls")]
+                roots: set_roots,
         } = config;
         assert_eq!(set_websocket, websocket);
         assert_eq!(protocols, ["b", "a"]);
         assert_eq!(headers, [header]);
         assert_eq!(timeout, Duration::from_secs(1));
+        #[cfg(feature = "tls")]
+        assert_eq!(set_roots, roots);
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn wss_without_the_feature_says_which_feature() {
+        let error = connect("wss://127.0.0.1:1/").await.unwrap_err();
+        assert!(matches!(error, ConnectError::TlsUnsupported), "{error:?}");
+        assert!(error.to_string().contains("`tls` feature"), "{error}");
     }
 }

@@ -106,6 +106,8 @@ mod route;
 #[cfg(feature = "axum")]
 mod serve;
 mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod upgrade;
 pub mod ws;
 
@@ -115,6 +117,8 @@ pub use health::{health, ready};
 pub use route::ws;
 #[cfg(feature = "axum")]
 pub use serve::{serve, serve_with_shutdown};
+#[cfg(all(feature = "axum", feature = "tls"))]
+pub use serve::{serve_tls, serve_tls_with_shutdown};
 pub use upgrade::hub::{HubRejection, HubUpgrade};
 
 pub use error::Error;

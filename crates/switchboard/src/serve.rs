@@ -7,7 +7,7 @@ use crate::{
     HubRejection,
     hub::Hub,
     sync::lock,
-    upgrade::{HeadSignal, PendingSlot, ServedTcp, refused},
+    upgrade::{HeadSignal, PendingSlot, ServedStream, refused},
 };
 use axum::{
     Router,
@@ -31,8 +31,10 @@ use std::{
 };
 use switchboard_proto::handshake::http1::{MAX_HEAD_LEN, MAX_HEADERS};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
+    time::Instant,
 };
 use tokio_util::task::TaskTracker;
 
@@ -56,9 +58,8 @@ use tokio_util::task::TaskTracker;
 /// [`max_http_connections`](crate::hub::HubConfig::max_http_connections) for as long as
 /// it stays open (past it: 503 and close).
 ///
-/// Plain TCP only, no TLS: for `wss://`, terminate TLS in a reverse proxy, or serve the
-/// router on your own TLS streams with hyper (`docs/guide.md` in the repository shows
-/// how).
+/// Plain TCP: for `https://` and `wss://`, see [`serve_tls`] (feature `tls`), or
+/// terminate TLS in a reverse proxy.
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await
 }
@@ -68,6 +69,67 @@ pub async fn serve_with_shutdown(
     listener: TcpListener,
     router: Router,
     hub: &Hub,
+    signal: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_on(listener, router, hub, None, signal).await
+}
+
+/// [`serve`] over TLS: `https://` pages and `wss://` sockets, with the same graceful
+/// shutdown and limits.
+///
+/// The TLS handshake is part of the opening handshake: it holds one of the
+/// [`max_pending_handshakes`](crate::hub::HubConfig::max_pending_handshakes), and it and
+/// the first request head together must arrive within the
+/// [`handshake_timeout`](crate::hub::HubConfig::handshake_timeout), so a client that
+/// connects and never says hello is dropped then, as one that never sends its request
+/// is.
+///
+/// ```no_run
+/// use switchboard::{hub::{Hub, HubConfig}, tls::TlsConfig};
+///
+/// # async fn run(app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::new(HubConfig::default());
+/// let tls = TlsConfig::from_pem_files("cert.pem", "key.pem")?;
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+/// switchboard::serve_tls(listener, app, &hub, tls).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tls")]
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    hub: &Hub,
+    tls: crate::tls::TlsConfig,
+) -> io::Result<()> {
+    serve_tls_with_shutdown(listener, router, hub, tls, shutdown_signal()).await
+}
+
+/// [`serve_tls`], shutting down when `signal` completes instead of on Ctrl-C or SIGTERM.
+#[cfg(feature = "tls")]
+pub async fn serve_tls_with_shutdown(
+    listener: TcpListener,
+    router: Router,
+    hub: &Hub,
+    tls: crate::tls::TlsConfig,
+    signal: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_on(listener, router, hub, Some(tls), signal).await
+}
+
+/// Without the `tls` feature nothing can be made to stand for a [`TlsConfig`].
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum TlsConfig {}
+
+#[cfg(feature = "tls")]
+use crate::tls::TlsConfig;
+
+/// The accept loop of [`serve_with_shutdown`] and [`serve_tls_with_shutdown`].
+async fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    hub: &Hub,
+    tls: Option<TlsConfig>,
     signal: impl Future<Output = ()>,
 ) -> io::Result<()> {
     tracing::info!(
@@ -87,10 +149,11 @@ pub async fn serve_with_shutdown(
         };
         let _ = stream.set_nodelay(true);
         let timeout = hub.config().handshake_timeout;
-        let (stream, head) = ServedTcp::new(stream, timeout);
+        // The opening handshake's deadline runs from the accept, TLS handshake included.
+        let deadline = Instant::now() + timeout;
         let service = Served {
             service: TowerToHyperService::new(router.clone()),
-            head: head.clone(),
+            head: HeadSignal::default(),
             peer,
             plain: plain.clone(),
             slots: Mutex::new(Slots {
@@ -98,40 +161,22 @@ pub async fn serve_with_shutdown(
                 plain: None,
             }),
         };
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // For the later requests of a kept-alive connection; the first one's
-            // deadline is the stream's, which answers 408.
-            .header_read_timeout(timeout)
-            .max_header_size(MAX_HEAD_LEN)
-            .max_headers(MAX_HEADERS)
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let mut stopping = stopping.clone();
+        let tls = tls.clone();
         http_connections.spawn(async move {
-            let mut connection = pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopping.changed() => {
-                    // A client still sending its first request head has nothing in
-                    // flight (and an upgrade would be refused now): let it go rather
-                    // than hold the shutdown until its deadline.
-                    if !head.has_arrived() {
-                        return;
-                    }
-                    // An upgrade under way (its `on_open` may still run) ends with its
-                    // 101, which must not also say `Connection: close`, as hyper's would
-                    // once shut down gracefully; its socket then gets the hub's shutdown close.
-                    if !head.upgrading() {
-                        // Finish the request in flight; accept no more.
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    tokio::select! {
-                        result = connection => result,
-                        // `serve` returned, past its deadline: the connection ends
-                        // with it rather than outlive the server.
+            let result = match tls {
+                None => connection(stream, service, deadline, timeout, &mut stopping).await,
+                Some(tls) => {
+                    let handshake = tokio::time::timeout_at(deadline, handshake(&tls, stream));
+                    // Too slow, failed, or the server stops: nothing was in flight.
+                    let stream = tokio::select! {
+                        stream = handshake => match stream {
+                            Ok(Some(stream)) => stream,
+                            Ok(None) | Err(_) => return,
+                        },
                         _ = stopping.changed() => return,
-                    }
+                    };
+                    connection(stream, service, deadline, timeout, &mut stopping).await
                 }
             };
             match result {
@@ -155,6 +200,73 @@ pub async fn serve_with_shutdown(
     // Ends the connections still busy (see above).
     drop(stop);
     Ok(())
+}
+
+/// The server's side of the TLS handshake on `tcp`; `None` when it failed.
+#[cfg(feature = "tls")]
+async fn handshake(tls: &TlsConfig, tcp: TcpStream) -> Option<crate::tls::TlsStream<TcpStream>> {
+    match tls.accept(tcp).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::debug!(%error, "tls handshake failed");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+async fn handshake(tls: &TlsConfig, _: TcpStream) -> Option<TcpStream> {
+    match *tls {}
+}
+
+/// Serves one connection (its TLS handshake done, if any) until it ends, or until
+/// `stopping` says the server stops (see [`serve`] for what happens then).
+async fn connection<S>(
+    stream: S,
+    service: Served,
+    deadline: Instant,
+    timeout: Duration,
+    stopping: &mut watch::Receiver<()>,
+) -> hyper::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head = service.head.clone();
+    let stream = ServedStream::new(stream, service.peer, deadline, head.clone());
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // For the later requests of a kept-alive connection; the first one's
+        // deadline is the stream's, which answers 408.
+        .header_read_timeout(timeout)
+        .max_header_size(MAX_HEAD_LEN)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopping.changed() => {
+            // A client still sending its first request head has nothing in
+            // flight (and an upgrade would be refused now): let it go rather
+            // than hold the shutdown until its deadline.
+            if !head.has_arrived() {
+                return Ok(());
+            }
+            // An upgrade under way (its `on_open` may still run) ends with its
+            // 101, which must not also say `Connection: close`, as hyper's would
+            // once shut down gracefully; its socket then gets the hub's shutdown close.
+            if !head.upgrading() {
+                // Finish the request in flight; accept no more.
+                connection.as_mut().graceful_shutdown();
+            }
+            tokio::select! {
+                result = connection => result,
+                // `serve` returned, past its deadline: the connection ends
+                // with it rather than outlive the server.
+                _ = stopping.changed() => Ok(()),
+            }
+        }
+    }
 }
 
 /// The next connection, once a slot for it is free (see

@@ -259,7 +259,7 @@ async fn client_connects_to_axum() {
 /// that connected to `addr` (the client's own address is the answer).
 async fn peer_seen_by(addr: SocketAddr, mut seen: UnboundedReceiver<Option<SocketAddr>>) {
     let (ws, _) = client::connect(&format!("ws://{addr}/ws")).await.unwrap();
-    let client_addr = ws.get_ref().local_addr().unwrap();
+    let client_addr = ws.get_ref().tcp().local_addr().unwrap();
     let peer = within("peer address", seen.recv()).await.unwrap();
     assert_eq!(peer, Some(client_addr));
 }

@@ -15,8 +15,9 @@ use tokio::{
 /// The transport of a connection upgraded from HTTP.
 ///
 /// When hyper ran directly on a TCP stream (`TokioIo<TcpStream>`, or
-/// [`crate::serve`]'s), this is that stream itself, with no indirection on the hot path; otherwise (axum's `serve`, whose hyper-util builder wraps
-/// the stream to sniff the HTTP version) it is hyper's boxed upgraded IO.
+/// [`crate::serve`]'s), this is that stream itself, with no indirection on the hot
+/// path; otherwise (TLS, or axum's `serve`, whose hyper-util builder wraps the stream to
+/// sniff the HTTP version) it is hyper's boxed upgraded IO.
 #[derive(Debug)]
 pub struct Upgraded {
     inner: Inner,
@@ -135,8 +136,8 @@ impl AsyncWrite for Upgraded {
 fn served(
     upgraded: ::hyper::upgrade::Upgraded,
 ) -> Result<(TcpStream, bytes::Bytes), ::hyper::upgrade::Upgraded> {
-    let parts = upgraded.downcast::<TokioIo<super::ServedTcp>>()?;
-    Ok((parts.io.into_inner().into_tcp(), parts.read_buf))
+    let parts = upgraded.downcast::<TokioIo<super::ServedStream<TcpStream>>>()?;
+    Ok((parts.io.into_inner().into_inner(), parts.read_buf))
 }
 
 /// Without axum there is no [`crate::serve`]: hyper served some other stream.

@@ -26,7 +26,7 @@ pub(crate) use hub::PendingSlot;
 pub use io::Upgraded;
 pub use raw::{AcceptConfig, AcceptError, StreamUpgrade, accept, accept_with};
 #[cfg(feature = "axum")]
-pub(crate) use served::{HeadSignal, ServedTcp};
+pub(crate) use served::{HeadSignal, ServedStream};
 
 /// The header of every refusal of an upgrade: "A server that sends a "close" connection
 /// option MUST initiate closure of the connection after it sends the response"

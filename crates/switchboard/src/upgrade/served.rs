@@ -1,31 +1,30 @@
-//! The TCP stream of a connection [`crate::serve`] accepted, until its first request
-//! head arrives.
+//! The stream of a connection [`crate::serve`] accepted (TCP, or TLS over TCP), until
+//! its first request head arrives.
 
 use super::{AcceptError, raw};
 use std::{
     future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU8, Ordering::Relaxed},
     },
     task::{Context, Poll},
-    time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-    time::Sleep,
+    time::{Instant, Sleep},
 };
 
-/// A TCP stream accepted by [`crate::serve`]: until its first request head has
+/// A stream accepted by [`crate::serve`]: until its first request head has
 /// arrived, it answers 408 itself at the handshake deadline, as [`super::accept`] does
-/// (hyper's own header timeout closes without a word). After the upgrade it is a bare
-/// [`TcpStream`] again.
+/// (hyper's own header timeout closes without a word). After the upgrade a
+/// [`TcpStream`] is bare again.
 #[derive(Debug)]
-pub(crate) struct ServedTcp {
-    tcp: TcpStream,
+pub(crate) struct ServedStream<S> {
+    io: S,
     /// Dropped once the first head arrived or the deadline passed.
     first_head: Option<FirstHead>,
 }
@@ -34,6 +33,8 @@ pub(crate) struct ServedTcp {
 struct FirstHead {
     deadline: Pin<Box<Sleep>>,
     arrived: HeadSignal,
+    /// The client's address, for the log of a refusal (TLS hides the TCP stream's).
+    peer: SocketAddr,
 }
 
 /// Set by the service when it receives a request: the first head is complete, and
@@ -62,25 +63,24 @@ impl HeadSignal {
     }
 }
 
-impl ServedTcp {
-    /// `tcp`, whose first request head must arrive within `timeout`; the signal is for
-    /// the service to give when it does.
-    pub(crate) fn new(tcp: TcpStream, timeout: Duration) -> (Self, HeadSignal) {
-        let arrived = HeadSignal::default();
+impl<S: AsyncWrite + Unpin> ServedStream<S> {
+    /// `io` from `peer`, whose first request head must arrive by `deadline`, as
+    /// `arrived` tells.
+    pub(crate) fn new(io: S, peer: SocketAddr, deadline: Instant, arrived: HeadSignal) -> Self {
         let first_head = FirstHead {
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-            arrived: arrived.clone(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            arrived,
+            peer,
         };
-        let served = Self {
-            tcp,
+        Self {
+            io,
             first_head: Some(first_head),
-        };
-        (served, arrived)
+        }
     }
 
     /// The stream itself, once upgraded.
-    pub(crate) fn into_tcp(self) -> TcpStream {
-        self.tcp
+    pub(crate) fn into_inner(self) -> S {
+        self.io
     }
 
     /// Whether the first head is overdue; then the client has been answered 408 and
@@ -96,21 +96,27 @@ impl ServedTcp {
         if first_head.deadline.as_mut().poll(cx).is_pending() {
             return false;
         }
+        let peer = first_head.peer;
         self.first_head = None;
         let error = AcceptError::Timeout;
-        let remote = self.tcp.peer_addr().ok();
-        super::refused(error.status(), "handshake timeout", remote, None, &error);
+        super::refused(
+            error.status(),
+            "handshake timeout",
+            Some(peer),
+            None,
+            &error,
+        );
         // Nothing was written on this connection yet, so the small answer fits in the
-        // socket's send buffer: no need to wait for it.
+        // socket's send buffer (or TLS's): no need to wait for it.
         if let Some(answer) = raw::refusal(&error) {
-            let _ = self.tcp.try_write(&answer);
+            let _ = Pin::new(&mut self.io).poll_write(cx, &answer);
         }
-        let _ = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        let _ = Pin::new(&mut self.io).poll_shutdown(cx);
         true
     }
 }
 
-impl AsyncRead for ServedTcp {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -121,17 +127,17 @@ impl AsyncRead for ServedTcp {
             // The end of the stream: hyper ends the connection, answering nothing more.
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for ServedTcp {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ServedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -139,18 +145,18 @@ impl AsyncWrite for ServedTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
