@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release --example echo_client -- ws://127.0.0.1:9001/ \
 //!     [--deflate dedicated|shared|off] [--sizes 0,1,125,65536,16777216]
+//! # wss:// (feature `tls`), trusting the CA certificates of a PEM file only:
+//! cargo run --release --features tls --example echo_client -- wss://localhost:9443/ --ca ca.pem
 //! ```
 //!
 //! Prints the `Sec-WebSocket-Extensions` answer on its first line (empty when none), and
@@ -27,6 +29,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         threshold: 0,
     };
     let mut sizes = vec![0, 1, 125, 126, 65_535, 65_536, 1 << 20, 16 << 20];
+    let mut ca = None;
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--deflate", Some(mode)) => {
@@ -43,6 +46,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             ("--sizes", Some(list)) => {
                 sizes = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
             }
+            ("--ca", Some(path)) => ca = Some(path),
             _ => return Err(format!("unexpected argument {arg}").into()),
         }
     }
@@ -52,6 +56,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .max_message_size(64 << 20)
             .compression(compression),
     );
+    let config = match ca {
+        Some(path) => trust_only(config, &path)?,
+        None => config,
+    };
     let (mut ws, response) = connect_with(&url, &config).await?;
     let extensions = response
         .headers()
@@ -84,4 +92,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     ws.close(CloseCode::NORMAL, "done").await?;
     Ok(())
+}
+
+#[cfg(feature = "tls")]
+fn trust_only(config: ClientConfig, ca: &str) -> Result<ClientConfig, Box<dyn Error>> {
+    use switchboard::tls::{Certificate, Roots};
+    Ok(config.roots(Roots::Only(Certificate::from_pem_file(ca)?)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn trust_only(_: ClientConfig, _: &str) -> Result<ClientConfig, Box<dyn Error>> {
+    Err("--ca needs the `tls` feature: cargo run --features tls --example echo_client".into())
 }

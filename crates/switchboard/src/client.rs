@@ -13,8 +13,8 @@
 //! ```
 //!
 //! `wss://` needs the `tls` feature: the server's certificate is checked against
-//! Mozilla's roots by default, or against the roots of [`ClientConfig::roots`] (see
-//! [`crate::tls`]). Over a stream of your own (another TLS library, a proxy's tunnel),
+//! Mozilla's roots by default, or against the roots of `ClientConfig::roots` (see
+//! `switchboard::tls`). Over a stream of your own (another TLS library, a proxy's tunnel),
 //! run the handshake with [`handshake`].
 
 use crate::{WebSocket, WebSocketConfig};

@@ -40,6 +40,9 @@
 //! ([`upgrade::StreamUpgrade::register`]), with the same checks and semantics as the
 //! axum route (`switchboard::ws`).
 //!
+//! With the `tls` feature (rustls), `serve_tls` serves `https://` and `wss://`, and
+//! [`client::connect`] dials `wss://`: see the `tls` module.
+//!
 //! Sends never wait for the peer: [`hub::Connection::send`] queues and returns at once,
 //! from any task or thread; a broadcast encodes its frame once for every recipient.
 //! Sends are fire-and-forget, and what one could not deliver is counted on its
@@ -131,7 +134,7 @@ pub use ws::{Compression, WebSocket, WebSocketConfig, WsReader, WsWriter};
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
-/// The examples of `docs/guide.md`, compiled as doctests.
-#[cfg(all(doctest, feature = "axum"))]
+/// The examples of `docs/guide.md`, compiled as doctests (TLS's among them).
+#[cfg(all(doctest, feature = "axum", feature = "tls"))]
 #[doc = include_str!("../../../docs/guide.md")]
 pub struct GuideDoctests;

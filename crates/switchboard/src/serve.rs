@@ -58,7 +58,7 @@ use tokio_util::task::TaskTracker;
 /// [`max_http_connections`](crate::hub::HubConfig::max_http_connections) for as long as
 /// it stays open (past it: 503 and close).
 ///
-/// Plain TCP: for `https://` and `wss://`, see [`serve_tls`] (feature `tls`), or
+/// Plain TCP: for `https://` and `wss://`, see `serve_tls` (feature `tls`), or
 /// terminate TLS in a reverse proxy.
 pub async fn serve(listener: TcpListener, router: Router, hub: &Hub) -> io::Result<()> {
     serve_with_shutdown(listener, router, hub, shutdown_signal()).await

@@ -1,5 +1,5 @@
 //! TLS with rustls (feature `tls`): certificates and keys from PEM, for
-//! [`serve_tls`](crate::serve_tls) (`https://` and `wss://` served) and for
+//! `serve_tls` (`https://` and `wss://` served) and for
 //! [`client::connect`](crate::client::connect) (`wss://` dialled).
 //!
 //! rustls runs on its `ring` provider, chosen here rather than taken from the process
@@ -42,7 +42,7 @@ use tokio_rustls::{
 };
 
 /// A server's certificate chain and private key: what
-/// [`serve_tls`](crate::serve_tls) presents to its clients.
+/// `serve_tls` presents to its clients.
 ///
 /// TLS 1.2 and 1.3 with rustls' safe defaults, no client certificates, and ALPN
 /// `http/1.1` (the only HTTP that carries a WebSocket handshake here, RFC 6455 §4.1).
@@ -93,7 +93,7 @@ impl TlsConfig {
     /// ```
     ///
     /// No deadline: bound it with `tokio::time::timeout`, as
-    /// [`serve_tls`](crate::serve_tls) does with the hub's `handshake_timeout`.
+    /// `serve_tls` does with the hub's `handshake_timeout`.
     pub async fn accept<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,

@@ -6,6 +6,8 @@
 //! cargo run --release --example chat -- --addr 0.0.0.0:3000
 //! cargo run --release --example chat -- --restart-window 1-10
 //! RUST_LOG=switchboard=debug cargo run --release --example chat   # every connection's story
+//! # https:// and wss:// (feature `tls`), with a certificate chain and key in PEM:
+//! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! ```
 //!
 //! `/health` answers 200 while the process serves, `/ready` 200 while the hub accepts
@@ -209,6 +211,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // Browsers offer permessage-deflate; a long message to a room is compressed once
     // for all its members.
     let mut config = HubConfig::default().compression(Compression::shared());
+    let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
@@ -218,8 +221,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
                     .shutdown_close(CloseCode::SERVICE_RESTART)
                     .reconnect_window(seconds_range(&value)?);
             }
+            ("--tls-cert", Some(value)) => cert = Some(value),
+            ("--tls-key", Some(value)) => key = Some(value),
             _ => {
-                let usage = "usage: chat [--addr HOST:PORT] [--restart-window MIN-MAX]";
+                let usage = "usage: chat [--addr HOST:PORT] [--restart-window MIN-MAX] \
+                             [--tls-cert PEM --tls-key PEM]";
                 return Err(format!("{usage} (got {arg})").into());
             }
         }
@@ -234,8 +240,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .route("/ready", switchboard::ready(hub.clone()))
         .merge(channels.into_router());
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("chat server on http://{}", listener.local_addr()?);
-    switchboard::serve(listener, app, &hub).await?;
+    match (cert, key) {
+        (None, None) => {
+            println!("chat server on http://{}", listener.local_addr()?);
+            switchboard::serve(listener, app, &hub).await?;
+        }
+        (Some(cert), Some(key)) => serve_tls(listener, app, &hub, &cert, &key).await?,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    }
     Ok(())
 }
 
@@ -248,4 +260,29 @@ fn seconds_range(text: &str) -> Result<Range<Duration>, Box<dyn Error>> {
         Some((min, max)) => Ok(parse(min)?..parse(max)?),
         None => Err(format!("--restart-window takes MIN-MAX seconds, got {text}").into()),
     }
+}
+
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    hub: &Hub,
+    cert: &str,
+    key: &str,
+) -> Result<(), Box<dyn Error>> {
+    let tls = switchboard::tls::TlsConfig::from_pem_files(cert, key)?;
+    println!("chat server on https://{}", listener.local_addr()?);
+    switchboard::serve_tls(listener, app, hub, tls).await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+async fn serve_tls(
+    _: tokio::net::TcpListener,
+    _: Router,
+    _: &Hub,
+    _: &str,
+    _: &str,
+) -> Result<(), Box<dyn Error>> {
+    Err("--tls-cert needs the `tls` feature: cargo run --features tls --example chat".into())
 }
