@@ -5,7 +5,7 @@
 // pages stay open (the client must reconnect and rejoin by itself), and one of them
 // leaves.
 //
-//   cargo build --release --examples -p switchboard
+//   cargo build --release --examples -p switchboard --features tls
 //   tests/browser/setup.sh
 //   SWITCHBOARD_CHAT=target/release/examples/chat node --test tests/browser/
 //

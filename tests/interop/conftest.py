@@ -1,7 +1,8 @@
 """Starts the echo example (built in release) for the interop tests.
 
 The binary's path comes from SWITCHBOARD_ECHO; scripts/test sets it after
-`cargo build --release --examples -p switchboard`.
+`cargo build --release --examples -p switchboard --features tls`
+(the TLS tests start the chat example with `--tls-cert`).
 """
 
 import os
