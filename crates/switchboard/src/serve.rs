@@ -82,7 +82,7 @@ pub async fn serve_with_shutdown(
         };
         let _ = stream.set_nodelay(true);
         let timeout = hub.config().handshake_timeout;
-        let (stream, head) = ServedTcp::new(stream, timeout);
+        let (stream, head) = ServedTcp::new(stream, timeout, hub);
         let service = Served {
             service: TowerToHyperService::new(router.clone()),
             head: head.clone(),

@@ -6,7 +6,7 @@
 //! HTTP answer (403), so that the client never sees a socket open and close.
 
 use super::{ConnectFn, ConnectInfo, Refused, handler::SocketHandler, state::ConnState};
-use crate::{HubUpgrade, sync::lock, upgrade::CONNECTION_CLOSE};
+use crate::{HubUpgrade, hub::Refusal, sync::lock, upgrade::CONNECTION_CLOSE};
 use axum::{
     extract::{FromRequestParts, Request},
     response::{IntoResponse, Response},
@@ -52,13 +52,23 @@ async fn upgrade(
     // taken to speak V2 too (Phoenix would assume 1.0.0, which has no arrays).
     if let Some((_, vsn)) = params.iter().find(|(k, _)| k == "vsn") {
         if !vsn.starts_with("2.") {
+            handler
+                .endpoint()
+                .hub()
+                .count_refusal(Refusal::BadHandshake);
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], body).into_response();
         }
     }
     let mut upgrade = match HubUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade.protocols(&[SUBPROTOCOL]),
-        Err(rejection) => return IntoResponse::into_response(rejection),
+        Err(rejection) => {
+            handler
+                .endpoint()
+                .hub()
+                .count_refusal(Refusal::BadHandshake);
+            return IntoResponse::into_response(rejection);
+        }
     };
     let hub = handler.endpoint().hub().clone();
     // The origin is checked again when registering; checking it first keeps a
@@ -78,6 +88,7 @@ async fn upgrade(
         };
         if let Err(Refused { reason }) = connect(info).await {
             tracing::debug!(%reason, "channels connect refused");
+            hub.count_refusal(Refusal::Unauthorized);
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
         }
         // Taken, not unwrapped: the callback may have kept its `ConnectInfo`.

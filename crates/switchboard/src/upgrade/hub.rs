@@ -12,8 +12,8 @@ use super::{CONNECTION_CLOSE, Rejection, ResponseBody, Upgrade, UpgradeFut, Upgr
 use crate::{
     WebSocket, WebSocketConfig,
     hub::{
-        Assigns, Handler, Hub, ProxyHeader, Refused, Registration, RequestInfo, abandon,
-        client_addr, drive, open,
+        Assigns, Handler, Hub, ProxyHeader, Refusal, Refused, Registration, RequestInfo,
+        abandon, client_addr, drive, open,
     },
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, request::Parts};
@@ -357,6 +357,7 @@ impl HubRequest {
         if allowed {
             Ok(())
         } else {
+            hub.count_refusal(Refusal::Origin);
             Err(HubRejection::Origin)
         }
     }
@@ -377,7 +378,15 @@ impl HubRequest {
         }
         self.check_origin(hub)?;
         let client = peer.map(|peer| self.client(hub, peer));
-        hub.admit(client.map(|client| client.ip()))?;
+        if let Err(refused) = hub.admit(client.map(|client| client.ip())) {
+            hub.count_refusal(match refused {
+                // Both answer 503: the label tells an operator which one it was.
+                Refused::Full if hub.is_draining() => Refusal::Draining,
+                Refused::Full => Refusal::Full,
+                Refused::TooManyPerIp => Refusal::TooManyPerIp,
+            });
+            return Err(refused.into());
+        }
         self.info.remote_addr = client;
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! head arrives.
 
 use super::{AcceptError, raw};
+use crate::hub::{Hub, Refusal};
 use std::{
     future::Future,
     io,
@@ -34,6 +35,8 @@ pub(crate) struct ServedTcp {
 struct FirstHead {
     deadline: Pin<Box<Sleep>>,
     arrived: HeadSignal,
+    /// Counts the timeout.
+    hub: Hub,
 }
 
 /// Set by the service when it receives a request: the first head is complete, and
@@ -63,13 +66,14 @@ impl HeadSignal {
 }
 
 impl ServedTcp {
-    /// `tcp`, whose first request head must arrive within `timeout`; the signal is for
-    /// the service to give when it does.
-    pub(crate) fn new(tcp: TcpStream, timeout: Duration) -> (Self, HeadSignal) {
+    /// `tcp`, whose first request head must arrive within `timeout` (a connection of
+    /// `hub`); the signal is for the service to give when it does.
+    pub(crate) fn new(tcp: TcpStream, timeout: Duration, hub: &Hub) -> (Self, HeadSignal) {
         let arrived = HeadSignal::default();
         let first_head = FirstHead {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             arrived: arrived.clone(),
+            hub: hub.clone(),
         };
         let served = Self {
             tcp,
@@ -96,6 +100,7 @@ impl ServedTcp {
         if first_head.deadline.as_mut().poll(cx).is_pending() {
             return false;
         }
+        first_head.hub.count_refusal(Refusal::HandshakeTimeout);
         self.first_head = None;
         // Nothing was written on this connection yet, so the small answer fits in the
         // socket's send buffer: no need to wait for it.
