@@ -12,8 +12,8 @@ use super::{CONNECTION_CLOSE, Rejection, ResponseBody, Upgrade, UpgradeFut, Upgr
 use crate::{
     WebSocket, WebSocketConfig,
     hub::{
-        Assigns, Handler, Hub, ProxyHeader, Refusal, Refused, Registration, RequestInfo,
-        abandon, client_addr, drive, open,
+        Assigns, Handler, Hub, ProxyHeader, Refusal, Refused, Registration, RequestInfo, abandon,
+        client_addr, drive, open,
     },
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, request::Parts};
