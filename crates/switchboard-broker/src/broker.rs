@@ -94,4 +94,43 @@ pub trait Broker: Send + Sync + 'static {
     fn is_ready(&self) -> bool {
         true
     }
+    /// The broker's counters and the state of its link, for the hub's metrics; `None`
+    /// (the default) for a broker with no link to watch, such as
+    /// [`MemoryBroker`](crate::MemoryBroker). Called on every scrape: read atomics, do not wait.
+    fn metrics(&self) -> Option<BrokerMetrics> {
+        None
+    }
+}
+
+/// What a broker reports of its traffic and link ([`Broker::metrics`]): counters since
+/// the broker started, and whether its link is up now. A hub serves them as the
+/// `switchboard_broker_*` metrics.
+///
+/// A broker crate fills one from its own counters (the fields are public; the struct
+/// is `#[non_exhaustive]`, so start from [`BrokerMetrics::default`]):
+///
+/// ```
+/// use switchboard_broker::BrokerMetrics;
+///
+/// let mut metrics = BrokerMetrics::default();
+/// metrics.published = 3;
+/// metrics.connected = true;
+/// assert_eq!(metrics.lost, 0);
+/// ```
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerMetrics {
+    /// Envelopes the backplane accepted from this hub.
+    pub published: u64,
+    /// Envelopes from other hubs handed to this hub.
+    pub received: u64,
+    /// Envelopes this hub could not publish, or that it knows it missed.
+    pub lost: u64,
+    /// Messages on the broker's channels that were not envelopes it understands.
+    pub malformed: u64,
+    /// Times the link was opened again after failing.
+    pub reconnects: u64,
+    /// Whether the link to the backplane is up now, with every subscription in place
+    /// (what [`Broker::is_ready`] says).
+    pub connected: bool,
 }

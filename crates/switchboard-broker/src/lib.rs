@@ -37,6 +37,6 @@ mod broker;
 mod id;
 mod memory;
 
-pub use broker::{Broker, Envelope, Inbox, Target};
+pub use broker::{Broker, BrokerMetrics, Envelope, Inbox, Target};
 pub use id::{ConnectionId, NodeId, ParseIdError};
 pub use memory::{MemoryBroker, MemoryNetwork};

@@ -66,7 +66,7 @@ use std::{
     },
     time::Duration,
 };
-use switchboard_broker::{Broker, Envelope, Inbox, NodeId, Target};
+use switchboard_broker::{Broker, BrokerMetrics, Envelope, Inbox, NodeId, Target};
 use tokio::{
     runtime::Handle,
     sync::{
@@ -326,6 +326,18 @@ impl Broker for RedisBroker {
     /// `all`; also before the hub takes the broker.
     fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
+    }
+
+    fn metrics(&self) -> Option<BrokerMetrics> {
+        let stats = &self.stats;
+        let mut metrics = BrokerMetrics::default();
+        metrics.published = stats.published();
+        metrics.received = stats.received();
+        metrics.lost = stats.lost();
+        metrics.malformed = stats.malformed();
+        metrics.reconnects = stats.reconnects();
+        metrics.connected = self.is_ready();
+        Some(metrics)
     }
 }
 

@@ -104,6 +104,8 @@ mod error;
 #[cfg(feature = "axum")]
 mod health;
 pub mod hub;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "axum")]
 mod route;
 #[cfg(feature = "axum")]

@@ -4,7 +4,7 @@
 
 use crate::{
     HubRejection, HubUpgrade,
-    hub::{Assigns, Handler, Hub},
+    hub::{Assigns, Handler, Hub, Refusal},
     upgrade::{
         Upgrade,
         hub::{PendingSlot, request_assigns},
@@ -51,9 +51,17 @@ use std::{net::SocketAddr, sync::Arc};
 /// ```
 pub fn ws<H: Handler, S: Clone + Send + Sync + 'static>(hub: Hub, handler: H) -> MethodRouter<S> {
     let handler = Arc::new(handler);
-    get(move |upgrade: HubUpgrade| async move {
-        upgrade.register_shared(&hub, handler).await.into_response()
-    })
+    get(
+        move |upgrade: Result<HubUpgrade, HubRejection>| async move {
+            match upgrade {
+                Ok(upgrade) => upgrade.register_shared(&hub, handler).await.into_response(),
+                Err(rejection) => {
+                    hub.count_refusal(Refusal::BadHandshake);
+                    IntoResponse::into_response(rejection)
+                }
+            }
+        },
+    )
 }
 
 impl IntoResponse for HubRejection {

@@ -5,7 +5,7 @@
 
 use crate::{
     HubRejection,
-    hub::Hub,
+    hub::{Hub, Refusal},
     sync::lock,
     upgrade::{HeadSignal, PendingSlot, ServedStream, refused},
 };
@@ -163,20 +163,25 @@ async fn serve_on(
         };
         let mut stopping = stopping.clone();
         let tls = tls.clone();
+        let hub = hub.clone();
         http_connections.spawn(async move {
             let result = match tls {
-                None => connection(stream, service, deadline, timeout, &mut stopping).await,
+                None => connection(stream, service, &hub, deadline, timeout, &mut stopping).await,
                 Some(tls) => {
                     let handshake = tokio::time::timeout_at(deadline, handshake(&tls, stream));
                     // Too slow, failed, or the server stops: nothing was in flight.
                     let stream = tokio::select! {
                         stream = handshake => match stream {
                             Ok(Some(stream)) => stream,
-                            Ok(None) | Err(_) => return,
+                            Ok(None) => return,
+                            Err(_) => {
+                                hub.count_refusal(Refusal::HandshakeTimeout);
+                                return;
+                            }
                         },
                         _ = stopping.changed() => return,
                     };
-                    connection(stream, service, deadline, timeout, &mut stopping).await
+                    connection(stream, service, &hub, deadline, timeout, &mut stopping).await
                 }
             };
             match result {
@@ -224,6 +229,7 @@ async fn handshake(tls: &TlsConfig, _: TcpStream) -> Option<TcpStream> {
 async fn connection<S>(
     stream: S,
     service: Served,
+    hub: &Hub,
     deadline: Instant,
     timeout: Duration,
     stopping: &mut watch::Receiver<()>,
@@ -232,7 +238,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let head = service.head.clone();
-    let stream = ServedStream::new(stream, service.peer, deadline, head.clone());
+    let stream = ServedStream::new(stream, service.peer, deadline, head.clone(), hub);
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         // For the later requests of a kept-alive connection; the first one's

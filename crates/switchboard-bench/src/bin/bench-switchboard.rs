@@ -5,8 +5,13 @@
 //! - broadcast: a [`Hub`] behind an axum route (`switchboard::ws`), each connection in
 //!   the room `room`, each message sent with `hub.to("room").except(sender)` (encoded
 //!   once, every recipient's queue sharing the bytes).
+//!
+//! To measure what the hub's metrics cost, `SWITCHBOARD_BENCH_METRICS=on` (or `off`)
+//! runs both modes on a hub with `HubConfig::metrics` on (or off): echo then goes
+//! through a hub too (`conn.send` of each message back), so that the two settings
+//! compare the same path; unset, echo is the bare stream above.
 
-use std::{io, process::ExitCode, sync::Arc};
+use std::{env, io, process::ExitCode, sync::Arc};
 use switchboard::{
     Message,
     hub::{Connection, Handler, Hub, HubConfig, MessageRate},
@@ -17,9 +22,10 @@ use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     server::main(|listener, mode| async move {
-        match mode {
-            Mode::Echo => echo(listener).await,
-            Mode::Broadcast => broadcast(listener).await,
+        match (mode, metrics()) {
+            (Mode::Echo, None) => echo(listener).await,
+            (Mode::Echo, Some(metrics)) => hub_echo(listener, metrics).await,
+            (Mode::Broadcast, metrics) => broadcast(listener, metrics.unwrap_or(false)).await,
         }
     })
 }
@@ -44,6 +50,39 @@ async fn echo(listener: TcpListener) -> io::Result<()> {
     }
 }
 
+/// `SWITCHBOARD_BENCH_METRICS`: `Some(on)` when set.
+fn metrics() -> Option<bool> {
+    env::var("SWITCHBOARD_BENCH_METRICS")
+        .ok()
+        .map(|value| value == "on")
+}
+
+/// A hub whose connections send every message back.
+struct Echo;
+
+impl Handler for Echo {
+    async fn on_message(&self, conn: &Connection, message: Message) {
+        conn.send(message);
+    }
+}
+
+async fn hub_echo(listener: TcpListener, metrics: bool) -> io::Result<()> {
+    let hub = Hub::new(config(metrics));
+    let app = axum::Router::new().route("/echo", switchboard::ws(hub.clone(), Echo));
+    switchboard::serve(listener, app, &hub).await
+}
+
+fn config(metrics: bool) -> HubConfig {
+    // The defaults are production bounds; the benchmark's largest room is 10,000
+    // subscribers plus the publisher, and the idle test holds more, all from the load
+    // generator's one address, whose publishers send as fast as the server takes.
+    HubConfig::default()
+        .max_connections(1 << 20)
+        .max_connections_per_ip(1 << 20)
+        .max_message_rate(MessageRate::UNLIMITED)
+        .metrics(metrics)
+}
+
 /// Every connection joins the one room; a message goes to the others.
 struct Room;
 
@@ -57,15 +96,8 @@ impl Handler for Room {
     }
 }
 
-async fn broadcast(listener: TcpListener) -> io::Result<()> {
-    // The defaults are production bounds; the benchmark's largest room is 10,000
-    // subscribers plus the publisher, and the idle test holds more, all from the load
-    // generator's one address, whose publishers send as fast as the server takes.
-    let config = HubConfig::default()
-        .max_connections(1 << 20)
-        .max_connections_per_ip(1 << 20)
-        .max_message_rate(MessageRate::UNLIMITED);
-    let hub = Hub::new(config);
+async fn broadcast(listener: TcpListener, metrics: bool) -> io::Result<()> {
+    let hub = Hub::new(config(metrics));
     let app = axum::Router::new().route("/room", switchboard::ws(hub.clone(), Room));
     switchboard::serve(listener, app, &hub).await
 }

@@ -16,6 +16,8 @@
 //! `server restarting; retry in MIN-MAXs`, and switchboard's JS client comes back at a
 //! random moment in that window.
 //!
+//! Prometheus metrics are at `/metrics` (see `switchboard::metrics`).
+//!
 //! # Channels: `/socket/websocket?vsn=2.0.0`
 //!
 //! Phoenix channels V2, what the page speaks through `clients/js` (served at
@@ -210,7 +212,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut addr: SocketAddr = "127.0.0.1:8080".parse()?;
     // Browsers offer permessage-deflate; a long message to a room is compressed once
     // for all its members.
-    let mut config = HubConfig::default().compression(Compression::shared());
+    let mut config = HubConfig::default()
+        .compression(Compression::shared())
+        .metrics(true);
     let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -238,6 +242,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .route("/chat/{room}", switchboard::ws(hub.clone(), Chat))
         .route("/health", switchboard::health())
         .route("/ready", switchboard::ready(hub.clone()))
+        .route("/metrics", switchboard::metrics::route(&hub))
         .merge(channels.into_router());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     match (cert, key) {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     Message,
-    hub::{Connection, Handler, Panicked, catch},
+    hub::{Connection, Handler, JoinResult, Panicked, catch},
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -44,13 +44,22 @@ impl SocketHandler {
         &self.endpoint
     }
 
-    fn route(&self, topic: &str) -> Option<(Arc<dyn DynChannel>, Params)> {
+    /// The channel that serves `topic`, the topic's parameters, and the pattern
+    /// that matched.
+    fn route(&self, topic: &str) -> Option<(Arc<dyn DynChannel>, Params, &str)> {
         self.routes.iter().find_map(|route| {
             route
                 .pattern
                 .matches(topic)
-                .map(|params| (route.channel.clone(), params))
+                .map(|params| (route.channel.clone(), params, route.pattern.as_str()))
         })
+    }
+
+    /// Counts a join's result for its topic pattern (empty when none matched).
+    fn count_join(&self, pattern: &str, result: JoinResult) {
+        if let Some(instruments) = self.endpoint.hub().instruments() {
+            instruments.channel_join(pattern, result);
+        }
     }
 
     async fn dispatch(&self, conn: &Connection, state: &ConnState, message: ChannelMessage) {
@@ -96,6 +105,7 @@ impl SocketHandler {
         };
         // Checked first, so that a long topic costs nothing but this reply.
         if topic.len() > self.config.max_topic_len {
+            self.count_join("", JoinResult::Refused);
             refuse("topic too long");
             return;
         }
@@ -110,20 +120,23 @@ impl SocketHandler {
             )
             .await;
         }
-        let Some((channel, params)) = self.route(&topic) else {
+        let Some((channel, params, pattern)) = self.route(&topic) else {
             tracing::debug!(topic, reason = "unmatched topic", "channel join refused");
+            self.count_join("", JoinResult::Refused);
             // Phoenix.Socket `encode_ignore`: the reply carries no join_ref.
             let reason = json!({"reason": "unmatched topic"});
             reply(conn, None, msg_ref, &topic, &Reply::error(reason));
             return;
         };
         if state.len() >= self.config.max_channels {
+            self.count_join(pattern, JoinResult::Refused);
             refuse("too many channels");
             return;
         }
         // phoenix.js sends the channel's params as a JSON object; a binary join has no
         // meaning in Phoenix (V2JSONSerializer decodes binary frames as pushes only).
         let Payload::Json(payload) = payload else {
+            self.count_join(pattern, JoinResult::Refused);
             refuse("join payload must be json");
             return;
         };
@@ -148,6 +161,7 @@ impl SocketHandler {
                 reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
             }
             Ok(Ok(response)) => {
+                self.count_join(pattern, JoinResult::Ok);
                 state.insert(
                     topic.clone(),
                     Joined {
@@ -163,12 +177,14 @@ impl SocketHandler {
             }
             Ok(Err(reason)) => {
                 tracing::debug!(topic, %reason, "channel join refused");
+                self.count_join(pattern, JoinResult::Error);
                 socket.close();
                 self.endpoint.presence().forget_socket(&socket);
                 reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
             }
             Err(Panicked) => {
                 tracing::error!(topic, "channel join panicked");
+                self.count_join(pattern, JoinResult::Error);
                 socket.close();
                 self.endpoint.presence().forget_socket(&socket);
                 // Phoenix.Channel.Server.join: a join that crashes answers this.

@@ -98,7 +98,7 @@ pub use socket::{PushError, Socket};
 pub use topic::PatternError;
 
 use crate::{
-    hub::{Assigns, BroadcastReport, ConnectionId, Hub},
+    hub::{Assigns, BroadcastReport, Census, ConnectionId, Hub},
     sync::{lock, read, write},
 };
 use axum::{Router, routing::MethodRouter};
@@ -457,14 +457,17 @@ pub(crate) struct Route {
 impl Channels {
     /// An endpoint on `hub` that accepts every client and serves no topic yet.
     pub fn new(hub: Hub) -> Self {
+        let shared = Arc::new(Shared {
+            hub,
+            tracker: Mutex::default(),
+            intercepted: RwLock::default(),
+        });
+        if let Some(instruments) = shared.hub.instruments() {
+            let census: Arc<dyn Census> = shared.clone();
+            instruments.add_census(Arc::downgrade(&census));
+        }
         Self {
-            endpoint: Endpoint {
-                shared: Arc::new(Shared {
-                    hub,
-                    tracker: Mutex::default(),
-                    intercepted: RwLock::default(),
-                }),
-            },
+            endpoint: Endpoint { shared },
             routes: Vec::new(),
             connect: None,
             config: ChannelsConfig::default(),
@@ -576,6 +579,12 @@ struct Shared {
     /// Every event some channel intercepts: a broadcast of any other event takes the
     /// shared fast path without looking at its subscribers.
     intercepted: RwLock<HashSet<String>>,
+}
+
+impl Census for Shared {
+    fn presence_entries(&self) -> usize {
+        lock(&self.tracker).len()
+    }
 }
 
 impl Endpoint {

@@ -169,6 +169,15 @@ struct Entry {
 }
 
 impl Tracker {
+    /// Entries of every topic: one per socket tracking a key.
+    pub(crate) fn len(&self) -> usize {
+        self.topics
+            .values()
+            .flat_map(|keys| keys.values())
+            .map(Vec::len)
+            .sum()
+    }
+
     pub(crate) fn track(
         &mut self,
         topic: &str,

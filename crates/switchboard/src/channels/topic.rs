@@ -90,6 +90,11 @@ impl TopicPattern {
     }
 
     /// The captured `{name}` segments when `topic` matches.
+    /// The pattern as written: a metrics label (it has few values, unlike topics).
+    pub(crate) fn as_str(&self) -> &str {
+        &self.raw
+    }
+
     pub(crate) fn matches(&self, topic: &str) -> Option<Vec<(String, String)>> {
         let mut params = Vec::new();
         let mut rest = topic;

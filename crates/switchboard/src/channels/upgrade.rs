@@ -8,6 +8,7 @@
 use super::{ConnectFn, ConnectInfo, Refused, handler::SocketHandler, state::ConnState};
 use crate::{
     HubUpgrade,
+    hub::Refusal,
     sync::lock,
     upgrade::{CONNECTION_CLOSE, refused},
 };
@@ -56,6 +57,10 @@ async fn upgrade(
     // taken to speak V2 too (Phoenix would assume 1.0.0, which has no arrays).
     if let Some((_, vsn)) = params.iter().find(|(k, _)| k == "vsn") {
         if !vsn.starts_with("2.") {
+            handler
+                .endpoint()
+                .hub()
+                .count_refusal(Refusal::BadHandshake);
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
             refuse(&parts, "protocol version", &body);
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], body).into_response();
@@ -63,7 +68,13 @@ async fn upgrade(
     }
     let mut upgrade = match HubUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade.protocols(&[SUBPROTOCOL]),
-        Err(rejection) => return IntoResponse::into_response(rejection),
+        Err(rejection) => {
+            handler
+                .endpoint()
+                .hub()
+                .count_refusal(Refusal::BadHandshake);
+            return IntoResponse::into_response(rejection);
+        }
     };
     let hub = handler.endpoint().hub().clone();
     // The origin is checked again when registering; checking it first keeps a
@@ -83,6 +94,7 @@ async fn upgrade(
         };
         if let Err(Refused { reason }) = connect(info).await {
             refuse(&parts, "connect", &reason);
+            hub.count_refusal(Refusal::Unauthorized);
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
         }
         // Taken, not unwrapped: the callback may have kept its `ConnectInfo`.

@@ -88,7 +88,10 @@ impl<'a> Broadcast<'a> {
 /// leaves and registrations go on during the fan-out, which is ordered after them or
 /// before them as a whole by the moment of that snapshot.
 pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
-    let frame = Outgoing::new(envelope.message.clone());
+    let mut frame = Outgoing::new(envelope.message.clone());
+    if hub.instruments().is_some() {
+        frame = frame.stamped(hub.now_micros());
+    }
     let mut report = BroadcastReport::default();
     let recipients = match &envelope.target {
         Target::All => hub.read().connections.snapshot(),
@@ -107,6 +110,9 @@ pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
         if Some(conn.id()) != envelope.except {
             report.count(conn.enqueue(&frame));
         }
+    }
+    if let Some(instruments) = hub.instruments() {
+        instruments.fanout(report.queued + report.dropped + report.closed);
     }
     report
 }

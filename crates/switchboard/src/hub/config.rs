@@ -192,6 +192,16 @@ pub struct HubConfig {
     /// client waits its own default window). Make it as wide as the handshakes the
     /// new server can take: 10,000 clients over 1-10 s are about 1,100 handshakes/s.
     pub reconnect_window: Option<Range<Duration>>,
+    /// Whether the hub records the metrics that cost something per message or per
+    /// broadcast (histograms, a timestamp carried with each broadcast frame, counters
+    /// of messages and bytes, closes by code, refusals by reason), for
+    /// `switchboard::metrics` (feature `metrics`, on by default) to serve. Without the
+    /// feature this records nothing.
+    ///
+    /// Default off: a hub nobody scrapes pays nothing for them. What a hub counts
+    /// anyway ([`Hub::metrics`](super::Hub::metrics), its connections and rooms) is
+    /// served either way.
+    pub metrics: bool,
 }
 
 impl Default for HubConfig {
@@ -217,6 +227,7 @@ impl Default for HubConfig {
             rate_policy: RatePolicy::Drop,
             shutdown_close: CloseCode::GOING_AWAY,
             reconnect_window: None,
+            metrics: false,
         }
     }
 }
@@ -328,6 +339,12 @@ impl HubConfig {
     /// Sets [`HubConfig::rate_policy`].
     pub fn rate_policy(mut self, policy: RatePolicy) -> Self {
         self.rate_policy = policy;
+        self
+    }
+
+    /// Sets [`HubConfig::metrics`].
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.metrics = enabled;
         self
     }
 
@@ -484,7 +501,8 @@ mod tests {
             .max_message_rate(MessageRate::new(12, 13))
             .rate_policy(RatePolicy::Close)
             .shutdown_close(CloseCode::SERVICE_RESTART)
-            .reconnect_window(Duration::from_secs(10)..Duration::from_secs(11));
+            .reconnect_window(Duration::from_secs(10)..Duration::from_secs(11))
+            .metrics(true);
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let HubConfig {
             max_connections,
@@ -507,6 +525,7 @@ mod tests {
             rate_policy,
             shutdown_close,
             reconnect_window,
+            metrics,
         } = config;
         assert_eq!(max_connections, 1);
         assert_eq!(max_message_size, 2);
@@ -526,6 +545,7 @@ mod tests {
         assert_eq!(max_rooms_per_connection, 11);
         assert_eq!(max_message_rate, MessageRate::new(12, 13));
         assert_eq!(rate_policy, RatePolicy::Close);
+        assert!(metrics);
         assert_eq!(shutdown_close, CloseCode::SERVICE_RESTART);
         assert_eq!(
             reconnect_window,

@@ -1,6 +1,9 @@
 //! The handle to one connection: identity, state, metadata, sends from any task.
 
-use super::{Assigns, BufferPolicy, ConnectionId, Hub, Outgoing, outgoing::Queued};
+use super::{
+    Assigns, BufferPolicy, ConnectionId, Hub, Outgoing,
+    outgoing::{Queued, Stamp},
+};
 use crate::{sync::lock, ws::OutboxClose};
 use atomic_waker::AtomicWaker;
 use std::{
@@ -138,7 +141,7 @@ pub(crate) enum Unsent {
 /// Frames queued by senders, taken by the connection task.
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
-    pub(crate) frames: VecDeque<Queued>,
+    pub(crate) frames: VecDeque<(Queued, Stamp)>,
     /// Bytes queued here or in the connection's write queue, not yet written (a message
     /// queued for compression counts its uncompressed size until the task compresses
     /// it).
@@ -614,7 +617,7 @@ impl Connection {
         // Control frames are never dropped: they are small and the protocol needs them.
         let encoded = message.into_frame().encode();
         out.buffered += encoded.len();
-        self.push(out, Queued::Frame(encoded));
+        self.push(out, Queued::Frame(encoded), 0);
         Ok(())
     }
 
@@ -625,7 +628,7 @@ impl Connection {
         if !out.closed {
             let encoded = Frame::ping(bytes::Bytes::new()).encode();
             out.buffered += encoded.len();
-            self.push(out, Queued::Frame(encoded));
+            self.push(out, Queued::Frame(encoded), 0);
         }
     }
 
@@ -645,7 +648,7 @@ impl Connection {
         }
         let queued = message.queued_for(self.deflate(), &config.compression);
         out.buffered += queued.charged();
-        self.push(out, queued);
+        self.push(out, queued, message.stamp());
         Ok(())
     }
 
@@ -706,9 +709,9 @@ impl Connection {
 
     /// Queues a frame (already counted in `buffered`) and wakes the connection's task if
     /// the queue was empty: otherwise it was woken already and has not drained it yet.
-    fn push(&self, mut out: MutexGuard<'_, Outbound>, queued: Queued) {
+    fn push(&self, mut out: MutexGuard<'_, Outbound>, queued: Queued, stamp: Stamp) {
         let was_empty = out.frames.is_empty();
-        out.frames.push_back(queued);
+        out.frames.push_back((queued, stamp));
         drop(out);
         if was_empty {
             self.inner.wake.wake();

@@ -3,7 +3,9 @@
 
 use super::{
     Closer, Connection, ConnectionState, Handler, RatePolicy, Registration, TokenBucket, catch,
-    connection::Outbound, keepalive::TIMED_OUT, outgoing::Queued,
+    connection::Outbound,
+    keepalive::TIMED_OUT,
+    outgoing::{Queued, Stamp},
 };
 use crate::{
     Error, WebSocket,
@@ -122,10 +124,14 @@ where
                 broken = over_rate(conn);
                 continue;
             }
-            Message::Text(_) | Message::Binary(_) => ws
-                .run_while(catch(handler.on_message(conn, message)), &mut outbox)
-                .await
-                .map_err(|_| "on_message"),
+            Message::Text(_) | Message::Binary(_) => {
+                if let Some(instruments) = conn.hub().instruments() {
+                    instruments.received(message.len());
+                }
+                ws.run_while(catch(handler.on_message(conn, message)), &mut outbox)
+                    .await
+                    .map_err(|_| "on_message")
+            }
             // The callbacks that run once in a long while are boxed: a future holds
             // room for the largest state it can be in, and the task of an idle
             // connection should be the size of its wait for the next message.
@@ -264,6 +270,9 @@ async fn report_end<H: Handler>(registration: &Registration, handler: &H, ended:
         error = ended.error.as_ref().map(tracing::field::display),
         "connection closed"
     );
+    if let Some(instruments) = conn.hub().instruments() {
+        instruments.closed(ended.code);
+    }
     if let Some(error) = &ended.error {
         if catch(handler.on_error(conn, error)).await.is_err() {
             panicked(conn, "on_error");
@@ -300,6 +309,11 @@ struct HubOutbox<'a> {
     /// The connection's compression context, for an agreement with context takeover;
     /// made with the first message it compresses.
     compressor: Option<Box<Compressor>>,
+    /// Bytes of the frames handed to `WriteState` (wrapping, as `written`).
+    pushed: usize,
+    /// The timed broadcast frames handed to `WriteState` and not yet written whole:
+    /// where each ends in `pushed`'s count, and its [`Stamp`]. Empty with metrics off.
+    timed: VecDeque<(usize, Stamp)>,
 }
 
 impl<'a> HubOutbox<'a> {
@@ -308,18 +322,55 @@ impl<'a> HubOutbox<'a> {
             conn,
             written: 0,
             compressor: None,
+            pushed: 0,
+            timed: VecDeque::new(),
+        }
+    }
+
+    /// Hands a frame to the socket's write queue, recording it when the hub records
+    /// metrics.
+    fn push(&mut self, write: &mut WriteState, frame: EncodedFrame, stamp: Stamp) {
+        if let Some(instruments) = self.conn.hub().instruments() {
+            self.pushed = self.pushed.wrapping_add(frame.len());
+            // Control frames (pings, pongs, closes) have the opcode's high bit set
+            // (RFC 6455 §5.2); they are not messages.
+            if frame.head.as_bytes().first().is_some_and(|b| b & 0x08 == 0) {
+                instruments.sent(frame.len());
+            }
+            if stamp != 0 {
+                self.timed.push_back((self.pushed, stamp));
+            }
+        }
+        write.push_encoded(frame);
+    }
+
+    /// Records the delivery of the timed frames written whole by now, `written` bytes
+    /// of this outbox's frames in all (wrapping).
+    fn delivered(&mut self, written: usize) {
+        let Some(instruments) = self.conn.hub().instruments() else {
+            return;
+        };
+        let now = self.conn.hub().now_micros();
+        // Wrapping counts: a frame ending at `end` is written when `written` has
+        // reached it, i.e. less than half the counter's range lies between them.
+        while let Some(&(end, stamp)) = self.timed.front() {
+            if written.wrapping_sub(end) > usize::MAX / 2 {
+                break;
+            }
+            self.timed.pop_front();
+            instruments.delivered(now.saturating_sub(stamp));
         }
     }
 
     /// Compresses messages taken from the queue, in its order, with no lock held; then
     /// charges the buffer what they take on the wire instead of their uncompressed size.
-    fn compress(&mut self, pulled: VecDeque<Queued>, write: &mut WriteState) {
+    fn compress(&mut self, pulled: VecDeque<(Queued, Stamp)>, write: &mut WriteState) {
         let (mut charged, mut encoded) = (0, 0);
-        for queued in pulled {
+        for (queued, stamp) in pulled {
             charged += queued.charged();
             let frame = self.encode(queued);
             encoded += frame.len();
-            write.push_encoded(frame);
+            self.push(write, frame, stamp);
         }
         let mut out = self.conn.outbound();
         out.buffered = (out.buffered + encoded).saturating_sub(charged);
@@ -356,15 +407,16 @@ impl Outbox for HubOutbox<'_> {
         }
         if frames
             .iter()
-            .any(|queued| matches!(queued, Queued::Dedicated { .. }))
+            .any(|(queued, _)| matches!(queued, Queued::Dedicated { .. }))
         {
             // Compression leaves the queue's lock: senders are not held up by zlib.
             let pulled = mem::take(frames);
             drop(out);
             self.compress(pulled, write);
         } else {
-            for queued in frames.drain(..) {
-                write.push_encoded(self.encode(queued));
+            for (queued, stamp) in frames.drain(..) {
+                let frame = self.encode(queued);
+                self.push(write, frame, stamp);
             }
         }
         close
@@ -376,6 +428,10 @@ impl Outbox for HubOutbox<'_> {
             self.written = write.outbox_written_total;
             let mut out = self.conn.outbound();
             out.buffered = out.buffered.saturating_sub(written);
+            drop(out);
+            if !self.timed.is_empty() {
+                self.delivered(self.written);
+            }
         }
     }
 }

@@ -44,6 +44,9 @@ fn sweep_once(hub: &Hub) {
         if conn.state() == ConnectionState::Connecting {
             continue;
         }
+        if let Some(instruments) = hub.instruments() {
+            instruments.backlog(conn.buffered_amount());
+        }
         let keepalive = conn.keepalive();
         let ping_sent = keepalive.ping_sent.load(Relaxed);
         if ping_sent == TIMED_OUT {

@@ -37,6 +37,7 @@ mod config;
 mod connection;
 mod driver;
 mod handler;
+mod instruments;
 mod keepalive;
 mod outgoing;
 mod rate;
@@ -50,8 +51,8 @@ pub use connection::{Connection, ConnectionState, JoinError, SendError};
 pub use handler::Handler;
 pub use rate::{MessageRate, RatePolicy};
 pub use switchboard_broker::{
-    Broker, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId, ParseIdError,
-    Target,
+    Broker, BrokerMetrics, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId,
+    ParseIdError, Target,
 };
 
 pub(crate) use client_ip::client_addr;
@@ -60,6 +61,9 @@ pub(crate) use driver::{abandon, drive, open};
 #[cfg(feature = "axum")]
 pub(crate) use handler::Panicked;
 pub(crate) use handler::catch;
+#[cfg_attr(not(any(feature = "axum", feature = "metrics")), allow(unused_imports))]
+pub(crate) use instruments::{Census, JoinResult};
+pub(crate) use instruments::{Instruments, Refusal};
 pub(crate) use outgoing::Outgoing;
 pub(crate) use rate::TokenBucket;
 
@@ -112,6 +116,9 @@ struct HubInner {
     refused: AtomicU64,
     rate_limited: AtomicU64,
     refused_joins: AtomicU64,
+    /// What [`HubConfig::metrics`] records; `None` when off (always, without the
+    /// feature `metrics`).
+    instruments: Option<Instruments>,
 }
 
 /// Why [`Hub::admit`] refused a connection.
@@ -175,6 +182,7 @@ impl Hub {
         // Hubs of one deployment must not share a node id: each drops the envelopes of
         // its own node. With 64 random bits they do not, in practice (see `NodeId`).
         let node = NodeId::random();
+        let instruments = Instruments::for_config(&config);
         let hub = Self {
             inner: Arc::new(HubInner {
                 config,
@@ -192,6 +200,7 @@ impl Hub {
                 refused: AtomicU64::new(0),
                 rate_limited: AtomicU64::new(0),
                 refused_joins: AtomicU64::new(0),
+                instruments,
             }),
         };
         hub.inner.broker.start(hub.inbox());
@@ -362,6 +371,12 @@ impl Hub {
         }
     }
 
+    /// The broker's counters and link state, when it reports them
+    /// ([`Broker::metrics`]; the Redis broker does, the in-memory one does not).
+    pub fn broker_metrics(&self) -> Option<BrokerMetrics> {
+        self.inner.broker.metrics()
+    }
+
     /// Graceful shutdown: refuses new connections, sends
     /// [`HubConfig::shutdown_close`] (1001 by default; 1012 for a restart, with the
     /// [`HubConfig::reconnect_window`] in the reason) to every connection, and waits
@@ -500,6 +515,9 @@ impl Hub {
         );
         let conn = Connection::new(id, self.clone(), request, span);
         self.write().connections.insert(id, conn.clone());
+        if let Some(instruments) = self.instruments() {
+            instruments.accepted();
+        }
         self.start_sweeper();
         // Admitted before shutdown began, registered after it sent its close to everyone.
         if self.is_draining() {
@@ -537,6 +555,18 @@ impl Hub {
 
     pub(crate) fn is_member(&self, id: ConnectionId, room: &str) -> bool {
         self.read().is_member(id, room)
+    }
+
+    /// The recorded metrics, when [`HubConfig::metrics`] is on.
+    pub(crate) fn instruments(&self) -> Option<&Instruments> {
+        self.inner.instruments.as_ref()
+    }
+
+    /// Counts a connection refused before its 101.
+    pub(crate) fn count_refusal(&self, reason: Refusal) {
+        if let Some(instruments) = self.instruments() {
+            instruments.refused(reason);
+        }
     }
 
     pub(crate) fn count_drop(&self) {

@@ -38,10 +38,16 @@ impl Queued {
     }
 }
 
+/// When a queued frame's broadcast happened, in microseconds of the hub's clock
+/// (`Hub::now_micros`); 0 when it is not timed (metrics off, or not a broadcast).
+pub(crate) type Stamp = u64;
+
 /// A text or binary message and the encodings made of it so far.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     message: Message,
+    /// Carried into every recipient's queue, for the delivery histogram.
+    stamp: Stamp,
     plain: OnceCell<EncodedFrame>,
     /// Compressed without context, by window bits − 8; `None` inside when zlib failed
     /// (the plain frame goes instead).
@@ -54,9 +60,21 @@ impl Outgoing {
         debug_assert!(message.is_data());
         Self {
             message,
+            stamp: 0,
             plain: OnceCell::new(),
             shared: Default::default(),
         }
+    }
+
+    /// Times the message's delivery from `stamp` (see [`Stamp`]).
+    pub(crate) fn stamped(mut self, stamp: Stamp) -> Self {
+        self.stamp = stamp;
+        self
+    }
+
+    /// See [`Stamp`].
+    pub(crate) fn stamp(&self) -> Stamp {
+        self.stamp
     }
 
     /// The message, handed back to a sender whose connection did not take it.

@@ -12,7 +12,7 @@ use super::{CONNECTION_CLOSE, Rejection, ResponseBody, Upgrade, UpgradeFut, Upgr
 use crate::{
     WebSocket, WebSocketConfig,
     hub::{
-        Assigns, Handler, Hub, ProxyHeader, Refused, Registration, RequestInfo, abandon,
+        Assigns, Handler, Hub, ProxyHeader, Refusal, Refused, Registration, RequestInfo, abandon,
         client_addr, drive, open,
     },
 };
@@ -372,6 +372,7 @@ impl HubRequest {
         if allowed {
             return Ok(());
         }
+        hub.count_refusal(Refusal::Origin);
         let origin = self.origin.as_deref().unwrap_or_default();
         let error = format_args!("origin {origin:?} not allowed");
         self.refused(StatusCode::FORBIDDEN, "origin", remote, &error);
@@ -395,13 +396,23 @@ impl HubRequest {
         self.check_origin(hub, peer)?;
         let client = peer.map(|peer| self.client(hub, peer));
         hub.admit(client.map(|client| client.ip()))
-            .map_err(|refused| self.refused_by_hub(refused, client))?;
+            .map_err(|refused| self.refused_by_hub(hub, refused, client))?;
         self.info.remote_addr = client;
         Ok(())
     }
 
     /// Records the hub's refusal, as it is answered.
-    fn refused_by_hub(&self, refused: Refused, client: Option<SocketAddr>) -> HubRejection {
+    fn refused_by_hub(
+        &self,
+        hub: &Hub,
+        refused: Refused,
+        client: Option<SocketAddr>,
+    ) -> HubRejection {
+        hub.count_refusal(match refused {
+            Refused::Full => Refusal::Full,
+            Refused::Draining => Refusal::Draining,
+            Refused::TooManyPerIp => Refusal::TooManyPerIp,
+        });
         let status = match refused {
             Refused::TooManyPerIp => StatusCode::TOO_MANY_REQUESTS,
             Refused::Full | Refused::Draining => StatusCode::SERVICE_UNAVAILABLE,

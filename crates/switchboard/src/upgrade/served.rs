@@ -2,6 +2,7 @@
 //! its first request head arrives.
 
 use super::{AcceptError, raw};
+use crate::hub::{Hub, Refusal};
 use std::{
     future::Future,
     io,
@@ -35,6 +36,8 @@ struct FirstHead {
     arrived: HeadSignal,
     /// The client's address, for the log of a refusal (TLS hides the TCP stream's).
     peer: SocketAddr,
+    /// Counts the timeout.
+    hub: Hub,
 }
 
 /// Set by the service when it receives a request: the first head is complete, and
@@ -64,13 +67,20 @@ impl HeadSignal {
 }
 
 impl<S: AsyncWrite + Unpin> ServedStream<S> {
-    /// `io` from `peer`, whose first request head must arrive by `deadline`, as
-    /// `arrived` tells.
-    pub(crate) fn new(io: S, peer: SocketAddr, deadline: Instant, arrived: HeadSignal) -> Self {
+    /// `io` from `peer` (a connection of `hub`), whose first request head must arrive by
+    /// `deadline`, as `arrived` tells.
+    pub(crate) fn new(
+        io: S,
+        peer: SocketAddr,
+        deadline: Instant,
+        arrived: HeadSignal,
+        hub: &Hub,
+    ) -> Self {
         let first_head = FirstHead {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             arrived,
             peer,
+            hub: hub.clone(),
         };
         Self {
             io,
@@ -97,6 +107,7 @@ impl<S: AsyncWrite + Unpin> ServedStream<S> {
             return false;
         }
         let peer = first_head.peer;
+        first_head.hub.count_refusal(Refusal::HandshakeTimeout);
         self.first_head = None;
         let error = AcceptError::Timeout;
         super::refused(
