@@ -17,7 +17,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -218,6 +218,11 @@ describe('chat page in headless Chromium', { timeout: 180_000 }, () => {
     assert.equal(index.status, 200);
     assert.match(index.headers.get('content-type'), /^text\/javascript/);
     assert.match(await index.text(), /export \{ Presence \} from '.\/presence.js'/);
+    // Every module of the client, or an import of the page fails (the server lists them).
+    const modules = readdirSync(path.join(here, '..', '..', 'clients', 'js', 'src')).filter((name) => name.endsWith('.js'));
+    for (const name of modules) {
+      assert.equal((await fetch(`${server.url}/client/${name}`)).status, 200, `/client/${name}`);
+    }
     for (const name of ['nope.js', 'index.d.ts', '..%2Fmain.rs', '']) {
       const response = await fetch(`${server.url}/client/${name}`);
       assert.equal(response.status, 404, `/client/${name}`);

@@ -46,14 +46,14 @@ function freePort() {
   });
 }
 
-/** Starts the example server on `port`; resolves once it listens. */
-function startServer(port) {
+/** Starts the example server on `port` with more `args`; resolves once it listens. */
+function startServer(port, args = []) {
   assert.ok(
     existsSync(BINARY),
     `channels example not found at ${BINARY}: build it with ` +
       "`cargo build --release --examples -p switchboard` or set SWITCHBOARD_CHANNELS",
   );
-  const child = spawn(BINARY, ["--addr", `127.0.0.1:${port}`], {
+  const child = spawn(BINARY, ["--addr", `127.0.0.1:${port}`, ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   running.add(child);
@@ -95,9 +95,9 @@ function stopServer(child, signal = "SIGTERM") {
  * Runs `body` with a fresh server and a socket factory; the sockets are disconnected
  * and the server stopped afterwards, whatever the outcome.
  */
-async function withServer(body) {
+async function withServer(body, args = []) {
   const port = await freePort();
-  const servers = [await startServer(port)];
+  const servers = [await startServer(port, args)];
   const sockets = [];
   const ctx = {
     port,
@@ -117,7 +117,7 @@ async function withServer(body) {
     },
     async restart() {
       await stopServer(servers[servers.length - 1]);
-      servers.push(await startServer(port));
+      servers.push(await startServer(port, args));
     },
   };
   try {
@@ -290,4 +290,63 @@ test("binary push gets a binary reply", async () => {
     assert.ok(response instanceof ArrayBuffer, `got ${response}`);
     assert.deepEqual([...new Uint8Array(response)], [...bytes]);
   });
+});
+
+// Auth: phoenix.js 1.8 sends `authToken` as the subprotocols ["phoenix",
+// "base64url.bearer.phx." + btoa(token) unpadded]; the example (`--token s3cret`)
+// accepts `s3cret` or `s3cret.UNTIL` (Unix ms), refuses others with close code 3000 and
+// closes with 4401 when a token expires. phoenix.js reconnects after any close it did
+// not ask for, whatever the code: these tests follow the recipe of docs/channels.md.
+
+test("authToken reaches connect; a refusal (3000) is stopped by the documented onClose", async () => {
+  await withServer(async (ctx) => {
+    const socket = ctx.socket({}, { authToken: "s3cret" });
+    const lobby = socket.channel("room:lobby", { user: "ann" });
+    assert.deepEqual(await outcome(lobby.join()), ["ok", {}]);
+    assert.equal(socket.conn.protocol, "phoenix");
+    assert.ok(!socket.endPointURL().includes("s3cret"));
+
+    const refused = ctx.socket({}, { authToken: "wrong" });
+    const closes = [];
+    // The recipe: stop on 3000 (unauthorized) and 3003 (forbidden).
+    refused.onClose((event) => {
+      closes.push([event.code, event.reason]);
+      if (event.code === 3000 || event.code === 3003) refused.disconnect();
+    });
+    await until("the refusal", () => closes.length === 1);
+    assert.deepEqual(closes, [[3000, "invalid token"]]);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(closes.length, 1, "no reconnect after disconnect()");
+    assert.equal(refused.isConnected(), false);
+  }, ["--token", "s3cret"]);
+});
+
+test("an expiring token: 4401, then the documented refresh and reconnect", async () => {
+  await withServer(async (ctx) => {
+    let token = `s3cret.${Date.now() + 500}`;
+    // phoenix.js calls a function authToken on every connect, synchronously.
+    const socket = ctx.socket({}, { authToken: () => token });
+    const closes = [];
+    socket.onClose((event) => {
+      closes.push(event.code);
+      if (event.code === 4401) {
+        // The recipe: hold the reconnect until a fresh token is there.
+        socket.disconnect();
+        const refresh = new Promise((resolve) => setTimeout(resolve, 20));
+        refresh.then(() => {
+          token = `s3cret.${Date.now() + 60_000}`;
+          socket.connect();
+        });
+      }
+    });
+    const channel = socket.channel("room:expiry", { user: "exp" });
+    let joins = 0;
+    channel.join().receive("ok", () => joins++);
+    await until("the join", () => joins === 1);
+    await until("the rejoin with the fresh token", () => joins === 2);
+    assert.deepEqual(closes, [4401]);
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    assert.deepEqual(closes, [4401], "the fresh token was taken");
+    assert.ok(socket.isConnected());
+  }, ["--token", "s3cret"]);
 });

@@ -1,11 +1,18 @@
 import type { BackoffOptions, RestartWindow } from './backoff.js';
 import type { Channel } from './channel.js';
 import type { Message } from './serializer.js';
-import type { CloseInfo, ReconnectingSocketEvents, SocketState, WebSocketConstructor } from './socket.js';
+import type { AttemptContext, CloseInfo, ReconnectingSocketEvents, SocketState, WebSocketConstructor, WebSocketLike } from './socket.js';
 
 export interface SocketOptions {
-  /** Query params of the connection (e.g. a token); a function is called per attempt. */
+  /** Query params of the connection; a function is called per attempt. */
   params?: Record<string, string | number | boolean> | (() => Record<string, string | number | boolean>);
+  /**
+   * The auth token, sent as phoenix.js 1.8 sends it: in `Sec-WebSocket-Protocol`
+   * (`phoenix` and `base64url.bearer.phx.{token}`), not in the URL. A function is called
+   * before every attempt and may return a promise; `expired` is true after the server
+   * closed with 4401. Nothing (`null`, `undefined`, `''`) connects without a token.
+   */
+  authToken?: string | ((context: AttemptContext) => string | null | undefined | Promise<string | null | undefined>);
   /** Default timeout of joins and pushes. Default 10 000 ms. */
   timeoutMs?: number;
   /** Default 30 000 ms. */
@@ -34,9 +41,11 @@ export interface SocketEvents {
   open: ReconnectingSocketEvents['open'];
   close: ReconnectingSocketEvents['close'];
   reconnecting: ReconnectingSocketEvents['reconnecting'];
+  /** The server refused the credentials (3000 or 3003); no retry follows. */
+  unauthorized: ReconnectingSocketEvents['unauthorized'];
   /** Every decoded message, heartbeat replies included. */
   message: Message;
-  /** A frame that is not a V2 message; it was dropped. */
+  /** A frame that is not a V2 message (it was dropped), or the `authToken` function failed (`data` undefined; the attempt counts as failed). */
   error: { error: Error; data: unknown };
 }
 
@@ -46,6 +55,8 @@ export declare class Socket {
   constructor(endPoint: string, options?: SocketOptions);
   readonly state: SocketState;
   readonly channels: Channel[];
+  /** The WebSocket of the current attempt, if any (phoenix.js `conn`). */
+  readonly webSocket: WebSocketLike | null;
   /** The URL of the next attempt: `{endPoint}/websocket?{params}&vsn=2.0.0`. */
   endPointURL(): string;
   connect(): void;

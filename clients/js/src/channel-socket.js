@@ -23,9 +23,9 @@ const DEFAULTS = Object.freeze({
 /**
  * A Phoenix V2 channels socket, compatible with servers that phoenix.js talks to.
  *
- * Events: `open`, `close`, `reconnecting` (as on {@link ReconnectingSocket}),
- * `message` (every decoded message), `error` (a frame that is not a V2 message; it is
- * dropped).
+ * Events: `open`, `close`, `reconnecting`, `unauthorized` (as on
+ * {@link ReconnectingSocket}), `message` (every decoded message), `error` (a frame that
+ * is not a V2 message, which is dropped; or the `authToken` function failed).
  */
 export class Socket {
   #endPoint;
@@ -51,7 +51,9 @@ export class Socket {
       maxBufferedPushes: options.maxBufferedPushes ?? DEFAULTS.maxBufferedPushes,
       random: options.random ?? Math.random,
     };
+    const authToken = options.authToken;
     this.#raw = new ReconnectingSocket(() => this.endPointURL(), {
+      protocols: authToken === undefined ? undefined : (context) => tokenProtocols(authToken, context),
       WebSocket: options.WebSocket,
       backoff: options.backoff,
       connectTimeoutMs: options.connectTimeoutMs,
@@ -82,6 +84,8 @@ export class Socket {
       this.#emitter.emit('close', info);
     });
     this.#raw.on('reconnecting', (info) => this.#emitter.emit('reconnecting', info));
+    this.#raw.on('unauthorized', (info) => this.#emitter.emit('unauthorized', info));
+    this.#raw.on('error', ({ error }) => this.#emitter.emit('error', { error, data: undefined }));
     this.#raw.on('message', ({ data }) => this.#received(data));
   }
 
@@ -115,6 +119,11 @@ export class Socket {
   /** `connecting`, `open`, `closing`, `reconnecting`, `closed` or `idle` (never connected). */
   get state() {
     return this.#raw.state;
+  }
+
+  /** The WebSocket of the current attempt, if any (phoenix.js `conn`): for `protocol`, `bufferedAmount`. */
+  get webSocket() {
+    return this.#raw.webSocket;
   }
 
   /** The channels that are joining, joined, errored or leaving. */
@@ -193,6 +202,31 @@ export class Socket {
       if (channel.topic === message.topic) channel._handle(message);
     }
   }
+}
+
+// The subprotocol that carries the token (phoenix.js `AUTH_TOKEN_PREFIX`), offered
+// beside `phoenix`, which the server selects: the token stays out of URLs and logs.
+const AUTH_TOKEN_PREFIX = 'base64url.bearer.phx.';
+
+/**
+ * The subprotocols of an attempt: `phoenix` and the token, or none without a token.
+ * A promise when the token function returns one.
+ */
+function tokenProtocols(authToken, context) {
+  const token = typeof authToken === 'function' ? authToken(context) : authToken;
+  const protocols = (value) => (value ? ['phoenix', AUTH_TOKEN_PREFIX + base64url(String(value))] : undefined);
+  return typeof token?.then === 'function' ? token.then(protocols) : protocols(token);
+}
+
+/**
+ * Base64url without padding of the token's UTF-8 bytes. phoenix.js 1.8 sends
+ * `btoa(token)` unpadded, whose `+` and `/` are not allowed in a subprotocol (a browser
+ * throws on them) and which fails on characters beyond Latin-1; the server reads both.
+ */
+function base64url(text) {
+  let binary = '';
+  for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
 // `/socket` in a page means this page's host; `http(s)://` means `ws(s)://`.

@@ -2,6 +2,7 @@ export { backoffDelay, COME_BACK_LATER, restartDelay, restartWindowHint, retryAf
 export type { BackoffOptions, RestartWindow } from './backoff.js';
 export { Channel } from './channel.js';
 export type { ChannelState } from './channel.js';
+export { afterClose, CloseCodes } from './close-codes.js';
 export { Socket } from './channel-socket.js';
 export type { SocketEvents, SocketOptions } from './channel-socket.js';
 export { Presence } from './presence.js';
@@ -11,6 +12,7 @@ export { decode, encode } from './serializer.js';
 export type { Message } from './serializer.js';
 export { ReconnectingSocket } from './socket.js';
 export type {
+  AttemptContext,
   CloseInfo,
   DropReason,
   HeartbeatOptions,

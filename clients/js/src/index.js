@@ -3,6 +3,7 @@
 
 export { backoffDelay, COME_BACK_LATER, restartDelay, restartWindowHint, retryAfterHint } from './backoff.js';
 export { Channel } from './channel.js';
+export { afterClose, CloseCodes } from './close-codes.js';
 export { Socket } from './channel-socket.js';
 export { Presence } from './presence.js';
 export { Push, PushError } from './push.js';

@@ -43,9 +43,17 @@ export interface HeartbeatOptions {
   isReply?: (data: ReceivedData) => boolean;
 }
 
+/** What the `url` and `protocols` functions learn of the attempt. */
+export interface AttemptContext {
+  /** 0 for the first try, n for retry n. */
+  attempt: number;
+  /** The server said the token expired (close code 4401), and no connection opened since. */
+  expired: boolean;
+}
+
 export interface ReconnectingSocketOptions {
-  /** Subprotocols offered in the handshake. */
-  protocols?: string | string[];
+  /** Subprotocols offered in the handshake; a function is called (and awaited) per attempt. */
+  protocols?: string | string[] | ((context: AttemptContext) => string | string[] | undefined | Promise<string | string[] | undefined>);
   /** A WebSocket implementation; default `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   /** Default `"arraybuffer"`. */
@@ -82,7 +90,7 @@ export interface ReconnectingSocketOptions {
 export interface CloseInfo {
   /** The close code; 1006 when the connection died, timed out or never completed. */
   code: number;
-  /** The close reason; `"heartbeat timeout"`, `"connect timeout"` or `"close timeout"` for the client's own verdicts. */
+  /** The close reason; `"heartbeat timeout"`, `"connect timeout"`, `"close timeout"` or `"attempt failed: …"` (a `url`/`protocols` promise rejected) for the client's own verdicts. */
   reason: string;
   wasClean: boolean;
 }
@@ -99,14 +107,21 @@ export interface ReconnectingSocketEvents {
   reconnecting: { attempt: number; delayMs: number; code: number; reason: string };
   /** A message that will never be sent. */
   drop: { data: SendData; reason: DropReason };
+  /** The server refused the credentials: closed with 3000 (unauthorized) or 3003 (forbidden). No retry follows. */
+  unauthorized: { code: number; reason: string };
+  /** The `url` or `protocols` function threw or rejected; the attempt counts as failed. */
+  error: { error: unknown };
 }
 
 export type SocketState = 'idle' | 'connecting' | 'open' | 'closing' | 'reconnecting' | 'closed';
 
 /** A WebSocket to a plain endpoint that reconnects by itself. */
 export declare class ReconnectingSocket {
-  /** `url` is called before every attempt when it is a function. */
-  constructor(url: string | URL | (() => string | URL), options?: ReconnectingSocketOptions);
+  /** `url` is called (and awaited) before every attempt when it is a function. */
+  constructor(
+    url: string | URL | ((context: AttemptContext) => string | URL | Promise<string | URL>),
+    options?: ReconnectingSocketOptions,
+  );
   readonly state: SocketState;
   /** Messages in the offline queue. */
   readonly queued: number;

@@ -3,6 +3,7 @@
 // connections.
 
 import { backoffDelay, COME_BACK_LATER, restartDelay, restartWindowHint, retryAfterHint } from './backoff.js';
+import { afterClose } from './close-codes.js';
 import { Emitter, reportLater } from './emitter.js';
 
 // WebSocket.readyState values; the constants are not on every implementation's
@@ -39,7 +40,9 @@ const DEFAULTS = Object.freeze({
  * A WebSocket to a plain endpoint that reconnects by itself.
  *
  * Events: `open`, `message`, `close` (only for connections that opened), `reconnecting`
- * (before each wait), `drop` (a message that will never be sent, and why).
+ * (before each wait), `drop` (a message that will never be sent, and why),
+ * `unauthorized` (the server refused the credentials: no retry follows), `error` (the
+ * `url` or `protocols` function failed; the attempt counts as failed).
  */
 export class ReconnectingSocket {
   #emitter = new Emitter();
@@ -66,6 +69,10 @@ export class ReconnectingSocket {
   #attempt = 0;
   #openedAt = 0;
   #userClosed = false;
+  /** The last close said the token expired: the next attempts ask for a fresh one. */
+  #expired = false;
+  /** The attempt waiting for the `url` or `protocols` function's promise. */
+  #pending = null;
   #retryTimer = undefined;
   /** The deadline of the opening or the closing handshake in progress. */
   #handshakeTimer = undefined;
@@ -77,8 +84,9 @@ export class ReconnectingSocket {
   #dropped = 0;
 
   /**
-   * @param {string | URL | (() => string | URL)} url called again before every attempt
-   *   when a function, so that a token in the query can be renewed
+   * @param {string | URL | ((context: {attempt: number, expired: boolean}) => string | URL | Promise<string | URL>)} url
+   *   called again before every attempt when a function (so that a token in the query
+   *   can be renewed), and awaited when it returns a promise
    * @param {import('./socket.js').ReconnectingSocketOptions} [options]
    */
   constructor(url, options = {}) {
@@ -211,23 +219,79 @@ export class ReconnectingSocket {
       this.#handshakeTimer = setTimeout(() => this.#lost(ws, 1006, 'close timeout', false), this.#closeTimeoutMs);
     } else {
       if (ws) this.#abandon(ws);
+      this.#cancelPending();
       this.#state = 'closed';
     }
     this.#dropQueue('closed');
   }
 
-  /** Starts an attempt; returns the error when the URL is unusable. */
+  /**
+   * Starts an attempt; returns the error when the URL is unusable. The `url` and
+   * `protocols` functions get the attempt's context: `expired` after a close that said
+   * the token expired, until a connection opens.
+   */
   #dial() {
     this.#state = 'connecting';
+    const context = { attempt: this.#attempt, expired: this.#expired };
+    let url;
+    let protocols;
+    try {
+      url = typeof this.#url === 'function' ? this.#url(context) : this.#url;
+      protocols = typeof this.#protocols === 'function' ? this.#protocols(context) : this.#protocols;
+    } catch (error) {
+      return this.#unusable(error);
+    }
+    if (!isThenable(url) && !isThenable(protocols)) return this.#open(url, protocols);
+    // The app is fetching a token: the connect timeout covers that wait too, so that a
+    // token service that never answers cannot hold the client.
+    const pending = {};
+    this.#pending = pending;
+    this.#handshakeTimer = setTimeout(
+      () => this.#pendingFailed(pending, 'connect timeout'),
+      this.#connectTimeoutMs,
+    );
+    Promise.all([url, protocols]).then(
+      ([resolvedUrl, resolvedProtocols]) => {
+        if (this.#pending !== pending) return;
+        this.#cancelPending();
+        const error = this.#open(resolvedUrl, resolvedProtocols);
+        if (error) reportLater(error);
+      },
+      (error) => {
+        if (this.#pending !== pending) return;
+        this.#emitter.emit('error', { error });
+        this.#pendingFailed(pending, `attempt failed: ${error?.message ?? error}`);
+      },
+    );
+    return undefined;
+  }
+
+  /** A failure that every attempt would meet (a malformed URL): stop rather than spin. */
+  #unusable(error) {
+    this.#state = 'closed';
+    this.#dropQueue('closed');
+    return error;
+  }
+
+  /** The waiting attempt failed before it had a WebSocket: backoff, as a refused one. */
+  #pendingFailed(pending, reason) {
+    if (this.#pending !== pending) return;
+    this.#cancelPending();
+    this.#ended({ code: 1006, reason, wasClean: false }, false);
+  }
+
+  #cancelPending() {
+    if (this.#pending === null) return;
+    this.#pending = null;
+    clearTimeout(this.#handshakeTimer);
+  }
+
+  #open(url, protocols) {
     let ws;
     try {
-      const url = typeof this.#url === 'function' ? this.#url() : this.#url;
-      ws = new this.#WebSocket(url, this.#protocols);
+      ws = new this.#WebSocket(url, protocols);
     } catch (error) {
-      // A malformed URL fails the same way on every attempt: stop rather than spin.
-      this.#state = 'closed';
-      this.#dropQueue('closed');
-      return error;
+      return this.#unusable(error);
     }
     ws.binaryType = this.#binaryType;
     this.#ws = ws;
@@ -245,6 +309,7 @@ export class ReconnectingSocket {
     ws.onerror = () => {
       if (this.#state === 'connecting') this.#lost(ws, 1006, '', false);
     };
+    return undefined;
   }
 
   #opened(ws) {
@@ -252,6 +317,7 @@ export class ReconnectingSocket {
     clearTimeout(this.#handshakeTimer);
     this.#openedAt = this.#now();
     this.#state = 'open';
+    this.#expired = false;
     this.#startHeartbeat(ws);
     this.#emitter.emit('open', { attempt: this.#attempt });
     // Listeners of `open` go first, so that a listener can authenticate before the
@@ -279,12 +345,20 @@ export class ReconnectingSocket {
     if (ws !== this.#ws) return;
     const wasOpen = this.#state === 'open' || this.#state === 'closing';
     this.#abandon(ws);
+    this.#ended({ code, reason, wasClean }, wasOpen);
+  }
+
+  /** An attempt or a connection ended: report it, then wait and dial again. */
+  #ended(info, wasOpen) {
+    const { code, reason } = info;
     if (wasOpen && this.#now() - this.#openedAt >= this.#stableAfterMs) this.#attempt = 0;
-    const info = { code, reason, wasClean };
-    const willReconnect = !this.#userClosed && this.#shouldReconnect(info);
+    const action = this.#userClosed ? 'retry' : afterClose(code);
+    if (action === 'renew') this.#expired = true;
+    const willReconnect = !this.#userClosed && action !== 'stop' && this.#shouldReconnect(info);
     this.#state = willReconnect ? 'reconnecting' : 'closed';
     if (!willReconnect) this.#dropQueue('closed');
     if (wasOpen) this.#emitter.emit('close', { ...info, willReconnect });
+    if (action === 'stop') this.#emitter.emit('unauthorized', { code, reason });
     // A `close` listener may have called close() or connect().
     if (this.#state !== 'reconnecting' || this.#ws !== null || this.#retryTimer !== undefined) {
       return;
@@ -378,6 +452,10 @@ export class ReconnectingSocket {
     this.#dropped += 1;
     this.#emitter.emit('drop', { data, reason });
   }
+}
+
+function isThenable(value) {
+  return typeof value?.then === 'function';
 }
 
 /** The bytes a message takes on the wire (its payload), without encoding strings. */

@@ -167,4 +167,42 @@ describe('in headless Chromium', () => {
     await page.evaluate(() => window.chat.channel.push('new_msg', { body: 'after restart' }));
     await page.waitForFunction(() => window.chat.messages.some((m) => m.body === 'after restart'));
   });
+  test('channels auth: the token in Sec-WebSocket-Protocol, a refusal (3000) not retried, an expiry (4401) renewed', {
+    skip: hasExample('channels') ? false : `${exampleBinary('channels')} is not built`,
+  }, async () => {
+    channelsPort = await freePort();
+    servers.push(await startExample('channels', channelsPort, ['--token', 's3cret']));
+    await page.evaluate(() => {
+      const { Socket } = window.client;
+      const fast = { backoff: { baseMs: 50, maxMs: 400 }, rejoin: { baseMs: 50, maxMs: 400 } };
+      const auth = { events: [], contexts: [], joins: 0 };
+      window.auth = auth;
+      const refused = new Socket('/socket', { ...fast, authToken: 'wrong' });
+      (window.cleanup ??= []).push(() => refused.disconnect());
+      refused.on('unauthorized', ({ code, reason }) => auth.events.push(`unauthorized ${code} ${reason}`));
+      refused.on('reconnecting', () => auth.events.push('reconnecting'));
+      refused.connect();
+
+      const socket = new Socket('/socket', {
+        ...fast,
+        authToken: async (context) => {
+          auth.contexts.push(context.expired);
+          return `s3cret.${Date.now() + (context.expired ? 60_000 : 500)}`;
+        },
+      });
+      window.cleanup.push(() => socket.disconnect());
+      auth.socket = socket;
+      socket.on('close', ({ code }) => auth.events.push(`close ${code}`));
+      socket.connect();
+      socket.channel('room:auth', { user: 'chromium' }).join().receive('ok', () => { auth.joins += 1; });
+    });
+    await page.waitForFunction(() => window.auth.events.includes('unauthorized 3000 invalid token'));
+    await page.waitForFunction(() => window.auth.joins === 2, null, { timeout: 5_000 });
+    // The browser accepted the 101 only because the server selected `phoenix`.
+    assert.equal(await page.evaluate(() => window.auth.socket.webSocket.protocol), 'phoenix');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const { events, contexts } = await page.evaluate(() => ({ events: window.auth.events, contexts: window.auth.contexts }));
+    assert.deepEqual(events, ['unauthorized 3000 invalid token', 'close 4401']);
+    assert.deepEqual(contexts, [false, true]);
+  });
 });

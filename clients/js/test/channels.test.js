@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { Presence, PushError, Socket } from '../src/index.js';
-import { exampleBinary, freePort, hasExample, next, startExample, until } from './helpers.js';
+import { exampleBinary, freePort, hasExample, next, sleep, startExample, until } from './helpers.js';
 
 const skip = hasExample('channels') ? false : `${exampleBinary('channels')} is not built`;
 
@@ -149,18 +149,61 @@ describe('against the channels example', { skip }, () => {
     assert.deepEqual(await channel.push('ping', { after: 'resume' }), { after: 'resume' });
   });
 
-  test('a refused connection (wrong token) backs off; renewed params get in', async () => {
+  test('a refused connection (wrong token) closes with 3000: reported, not retried; connect() with a good one gets in', async () => {
     const { port } = await server(undefined, ['--token', 's3cret']);
     let token = 'wrong';
     const socket = connect(port, { params: () => ({ token }), backoff: { baseMs: 20, maxMs: 100 } });
     const retries = [];
     socket.on('reconnecting', (retry) => retries.push(retry));
-    await until(() => retries.length >= 3, { what: 'three refused attempts' });
-    assert.equal(socket.isConnected(), false);
-    const opened = next(socket, 'open', { timeoutMs: 3_000 });
+    assert.deepEqual(await next(socket, 'unauthorized'), { code: 3000, reason: 'invalid token' });
+    assert.equal(socket.state, 'closed');
+    await sleep(300);
+    assert.deepEqual(retries, [], 'a refusal is not retried');
     token = 's3cret';
+    const opened = next(socket, 'open');
+    socket.connect();
     await opened;
     const channel = socket.channel('room:vip', { user: 'vic' });
     assert.deepEqual(await channel.join(), {});
+  });
+
+  test('authToken travels in Sec-WebSocket-Protocol, not the URL; the server selects phoenix', async () => {
+    const { port } = await server(undefined, ['--token', 's3cret']);
+    const socket = connect(port, { authToken: 's3cret' });
+    assert.ok(!socket.endPointURL().includes('s3cret'), socket.endPointURL());
+    await next(socket, 'open');
+    assert.equal(socket.webSocket.protocol, 'phoenix');
+    assert.deepEqual(await socket.channel('room:auth', { user: 'tok' }).join(), {});
+
+    const refused = connect(port, { authToken: () => 'wrong' });
+    assert.deepEqual(await next(refused, 'unauthorized'), { code: 3000, reason: 'invalid token' });
+  });
+
+  test('an expiring token: closed with 4401, the client asks for a fresh token and reconnects with it', async () => {
+    const { port } = await server(undefined, ['--token', 's3cret']);
+    const contexts = [];
+    const socket = connect(port, {
+      // The app's token service: a short-lived token first, then a fresh one when asked
+      // because the last one expired.
+      authToken: async (context) => {
+        contexts.push(context);
+        await sleep(5);
+        return `s3cret.${Date.now() + (context.expired ? 60_000 : 500)}`;
+      },
+    });
+    const closes = [];
+    socket.on('close', ({ code, reason }) => closes.push(`${code} ${reason}`));
+    const channel = socket.channel('room:expiry', { user: 'exp' });
+    let joins = 0;
+    channel.join().receive('ok', () => joins++);
+    await until(() => joins === 1, { what: 'the join' });
+    await until(() => joins === 2, { what: 'the rejoin with a fresh token', timeoutMs: 5_000 });
+    assert.deepEqual(closes, ['4401 token expired']);
+    assert.deepEqual(contexts.map(({ expired }) => expired), [false, true]);
+    // The server took the fresh token: the old one would have been refused with 4401
+    // at once, again and again.
+    await sleep(700);
+    assert.deepEqual(closes, ['4401 token expired']);
+    assert.equal(socket.isConnected(), true);
   });
 });

@@ -401,3 +401,92 @@ describe('close-frame hints (hand-written peer)', () => {
     }
   });
 });
+
+describe('credentials: the close codes of the server (hand-written peer)', () => {
+  for (const [code, reason] of [[3000, 'unauthorized'], [3003, 'forbidden']]) {
+    test(`a close with ${code} stops reconnecting and is reported as unauthorized`, async () => {
+      const peer = await startClosingPeer(code, reason);
+      try {
+        const socket = open(peer.url);
+        const unauthorized = next(socket, 'unauthorized');
+        const closed = next(socket, 'close');
+        const retries = [];
+        socket.on('reconnecting', (retry) => retries.push(retry));
+        assert.deepEqual(await unauthorized, { code, reason });
+        assert.equal((await closed).willReconnect, false);
+        assert.equal(socket.state, 'closed');
+        await sleep(300);
+        assert.equal(peer.handshakes, 1, 'no retry');
+        assert.deepEqual(retries, []);
+        // The app may come back, e.g. after a new login.
+        socket.connect();
+        await until(() => peer.handshakes === 2, { what: 'the connect after the refusal' });
+      } finally {
+        await peer.close();
+      }
+    });
+  }
+
+  test('a close with 4401 (token expired) reconnects, asking the url function for a fresh token', async () => {
+    const peer = await startClosingPeer(4401, 'token expired');
+    try {
+      const contexts = [];
+      // Async, as a token fetched from the app's server is.
+      const socket = open(async (context) => {
+        contexts.push(context);
+        await sleep(10);
+        return `${peer.url}?token=t${contexts.length}`;
+      }, { backoff: { baseMs: 20, maxMs: 40 } });
+      const unauthorized = [];
+      socket.on('unauthorized', (info) => unauthorized.push(info));
+      await until(() => peer.handshakes >= 3, { what: 'two reconnects' });
+      socket.close();
+      assert.deepEqual(contexts.slice(0, 3), [
+        { attempt: 0, expired: false },
+        { attempt: 1, expired: true },
+        { attempt: 2, expired: true },
+      ]);
+      assert.deepEqual(unauthorized, []);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('a url function that rejects is a failed attempt: reported by error, retried with backoff', async () => {
+    const peer = await startClosingPeer(1000, 'bye');
+    try {
+      let calls = 0;
+      const socket = open(() => {
+        calls += 1;
+        return calls === 1 ? Promise.reject(new Error('token service down')) : Promise.resolve(peer.url);
+      });
+      const error = next(socket, 'error');
+      const retry = next(socket, 'reconnecting');
+      assert.equal((await error).error.message, 'token service down');
+      assert.deepEqual(
+        { ...(await retry), delayMs: 0 },
+        { attempt: 1, delayMs: 0, code: 1006, reason: 'attempt failed: token service down' },
+      );
+      await until(() => peer.handshakes === 1, { what: 'the second attempt' });
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test('close() while the url function is pending: no attempt follows', async () => {
+    const peer = await startClosingPeer(1000, 'bye');
+    try {
+      let resolve;
+      const socket = open(() => new Promise((r) => { resolve = r; }));
+      assert.equal(socket.state, 'connecting');
+      socket.close();
+      assert.equal(socket.state, 'closed');
+      resolve(peer.url);
+      await sleep(100);
+      assert.equal(peer.handshakes, 0);
+      assert.equal(socket.webSocket, null);
+    } finally {
+      await peer.close();
+    }
+  });
+});

@@ -46,6 +46,25 @@ impl CloseCode {
     /// 1015: the TLS handshake failed. Reported locally, never sent.
     pub const TLS_HANDSHAKE: Self = Self(1015);
 
+    /// 3000: the client is not authorized (IANA registry, "Unauthorized"): its
+    /// credentials are missing or were refused, and trying again with the same ones is
+    /// futile. switchboard's servers close with it when a channels `connect` refuses,
+    /// and its JS client stops reconnecting on it. Browsers never see the HTTP status of
+    /// a refused upgrade (a 401 or 403 looks like 1006, a dead server), so a server
+    /// that must say "not authorized" accepts and closes with this code.
+    pub const UNAUTHORIZED: Self = Self(3000);
+    /// 3003: the client is known but not allowed (IANA registry, "Forbidden"); like
+    /// [`CloseCode::UNAUTHORIZED`], switchboard's JS client stops reconnecting on it.
+    pub const FORBIDDEN: Self = Self(3003);
+    /// 4401: the client's token has expired; it may reconnect with a fresh one.
+    /// switchboard's JS client asks the application for a new token, then reconnects.
+    ///
+    /// From the private-use range (4000–4999, RFC 6455 §7.4.2): no registered code
+    /// means "expired", and the number echoes the HTTP answer to an expired bearer token,
+    /// 401 with `error="invalid_token"` (RFC 6750 §3.1). Applications should not give
+    /// 4401 another meaning.
+    pub const TOKEN_EXPIRED: Self = Self(4401);
+
     /// Whether this code may appear in a close frame on the wire.
     ///
     /// 1005, 1006 and 1015 "MUST NOT be set as a status code in a Close control frame by

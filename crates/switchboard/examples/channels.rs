@@ -9,7 +9,7 @@
 //! From phoenix.js:
 //!
 //! ```js
-//! const socket = new Socket("ws://127.0.0.1:4000/socket", {params: {token: "s3cret"}})
+//! const socket = new Socket("ws://127.0.0.1:4000/socket", {authToken: "s3cret"})
 //! socket.connect()
 //! const room = socket.channel("room:lobby", {user: "ann"})
 //! const presence = new Presence(room)
@@ -18,7 +18,12 @@
 //! room.join().receive("ok", () => room.push("new_msg", {body: "hello"}))
 //! ```
 //!
-//! - Connect: with `--token`, the socket's `token` param must match (403 otherwise).
+//! - Connect: with `--token SECRET`, the socket's auth token (phoenix.js `authToken`,
+//!   sent in `Sec-WebSocket-Protocol`; or else its `token` param) must be `SECRET`, or
+//!   `SECRET.UNTIL` with `UNTIL` a Unix time in milliseconds: a stand-in for a signed
+//!   token with an expiry. A wrong token is refused with close code 3000
+//!   (`CloseCode::UNAUTHORIZED`), an expired one with 4401 (`CloseCode::TOKEN_EXPIRED`),
+//!   and a socket is closed with 4401 when its token expires.
 //! - The chat channel of [`chat/channel.rs`](chat/channel.rs), which the `chat` example
 //!   serves too: topics `room:{name}`; join params `{"user": name}`, which is also the
 //!   presence key; joining without a user is refused with `{"reason": "user required"}`.
@@ -29,9 +34,13 @@
 #[path = "chat/channel.rs"]
 mod channel;
 
-use std::{error::Error, net::SocketAddr};
+use std::{
+    error::Error,
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 use switchboard::{
-    channels::{Channels, Refused},
+    channels::{Channels, ConnectInfo, Refused},
     hub::{Hub, HubConfig},
 };
 
@@ -53,21 +62,34 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let hub = Hub::new(HubConfig::default());
     let channels = Channels::new(hub.clone())
         .connect(move |info| {
-            let allowed = token
-                .as_deref()
-                .is_none_or(|t| info.param("token") == Some(t));
-            async move {
-                if allowed {
-                    Ok(())
-                } else {
-                    Err(Refused::new("invalid token"))
-                }
-            }
+            let checked = token.as_deref().map_or(Ok(()), |t| check(&info, t));
+            async move { checked }
         })
         .channel(channel::TOPICS, channel::Room);
     let app: axum::Router = channels.into_router();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("channels server on ws://{}/socket", listener.local_addr()?);
     switchboard::serve(listener, app, &hub).await?;
+    Ok(())
+}
+
+/// Checks the socket's token against `secret`: `SECRET`, or `SECRET.UNTIL` (Unix ms),
+/// which expires.
+fn check(info: &ConnectInfo, secret: &str) -> Result<(), Refused> {
+    let token = info.auth_token().or_else(|| info.param("token"));
+    let Some(rest) = token.and_then(|t| t.strip_prefix(secret)) else {
+        return Err(Refused::new("invalid token"));
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let until = rest.strip_prefix('.').and_then(|ms| ms.parse::<u64>().ok());
+    let Some(until) = until.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)) else {
+        return Err(Refused::new("invalid token"));
+    };
+    if until <= SystemTime::now() {
+        return Err(Refused::expired());
+    }
+    info.expires_at(until);
     Ok(())
 }

@@ -32,8 +32,8 @@ use std::{net::SocketAddr, sync::Arc};
 /// In a handler that must do work first, extract a [`HubUpgrade`]:
 ///
 /// ```no_run
-/// use axum::{http::StatusCode, response::IntoResponse, routing::get};
-/// use switchboard::{HubUpgrade, hub::{Handler, Hub, HubConfig}};
+/// use axum::{response::IntoResponse, routing::get};
+/// use switchboard::{CloseCode, HubUpgrade, hub::{Handler, Hub, HubConfig}};
 /// # struct Chat;
 /// # impl Handler for Chat {}
 ///
@@ -42,7 +42,8 @@ use std::{net::SocketAddr, sync::Arc};
 ///     "/chat",
 ///     get(move |upgrade: HubUpgrade, uri: axum::http::Uri| async move {
 ///         if uri.query() != Some("token=ok") {
-///             return StatusCode::UNAUTHORIZED.into_response();
+///             // 101, then close 3000: a browser sees the code, not a 401's 1006.
+///             return upgrade.refuse(&hub, CloseCode::UNAUTHORIZED, "unauthorized").into_response();
 ///         }
 ///         // Answers 101 once `Chat::on_open` has run.
 ///         upgrade.register(&hub, Chat).await.into_response()

@@ -194,9 +194,10 @@ async fn middleware_extensions_reach_connect_and_every_channel() {
     let addr = serve(&hub, app).await;
     let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
 
-    match connect(&url).await {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
-        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    let mut refused = connect(&url).await.unwrap();
+    match refused.next().await {
+        Some(Ok(TMessage::Close(Some(frame)))) => assert_eq!(frame.reason, "who are you?"),
+        other => panic!("expected a refusal, got {other:?}"),
     }
 
     let mut client = connect(&format!("{url}&user=ann")).await.unwrap();

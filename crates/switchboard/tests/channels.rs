@@ -3,8 +3,12 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime},
+};
 use switchboard::{
+    CloseCode as SbCloseCode,
     channels::{
         Channel, Channels, ChannelsConfig, EncodeError, HandleIn, Out, Payload, PushError, Refused,
         Reply, Socket, TerminateReason, room_name,
@@ -18,11 +22,17 @@ use tokio::{
 };
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
-    tungstenite::{self, Message as WsMessage, protocol::frame::coding::CloseCode},
+    tungstenite::{
+        self, Message as WsMessage, client::IntoClientRequest, http::HeaderValue,
+        protocol::frame::coding::CloseCode,
+    },
 };
 
 /// How long any single step may take before the test counts as hung.
 const STEP: Duration = Duration::from_secs(10);
+
+/// How long a `brief…` token lives.
+const BRIEF: Duration = Duration::from_millis(300);
 
 #[derive(Clone, Debug)]
 struct User(String);
@@ -140,9 +150,16 @@ async fn server_with(hub_config: HubConfig, config: ChannelsConfig) -> Server {
     let channels = Channels::new(hub.clone())
         .config(config)
         .connect(|info| async move {
-            match info.param("token") {
+            // phoenix.js's `authToken`, else the `token` param.
+            let token = info.auth_token().or_else(|| info.param("token"));
+            match token {
                 Some("bad") => Err(Refused::new("bad token")),
+                Some("banned") => Err(Refused::new("banned").code(SbCloseCode::FORBIDDEN)),
+                Some("stale") => Err(Refused::expired()),
                 Some(token) => {
+                    if token.starts_with("brief") {
+                        info.expires_at(SystemTime::now() + BRIEF);
+                    }
                     info.assign(Token(token.to_owned()));
                     Ok(())
                 }
@@ -193,6 +210,26 @@ impl Client {
         let url = format!("ws://{}/socket/websocket?{query}", server.addr);
         let (ws, _) = within("connect", connect_async(url)).await?;
         Ok(Self { ws })
+    }
+
+    /// Connects as phoenix.js does with `authToken`: the subprotocols `phoenix` and
+    /// `base64url.bearer.phx.{token in base64, unpadded}`; returns the protocol the
+    /// server selected too.
+    async fn connect_with_token(server: &Server, protocols: &str) -> (Self, Option<String>) {
+        let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr);
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(protocols).unwrap(),
+        );
+        let (ws, response) = within("connect", tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap();
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (Self { ws }, selected)
     }
 
     async fn send(&mut self, message: Value) {
@@ -950,18 +987,90 @@ async fn pushes_held_during_a_join_count_with_the_connections_queue() {
 }
 
 #[tokio::test]
-async fn connect_refusals_answer_403_before_the_upgrade() {
+async fn connect_refusals_close_with_their_code_right_after_the_101() {
     let server = server().await;
-    for query in ["vsn=2.0.0&token=bad", "vsn=1.0.0"] {
-        match Client::connect_query(&server, query).await {
-            Err(tungstenite::Error::Http(response)) => {
-                assert_eq!(response.status(), 403, "{query}");
-            }
-            Err(other) => panic!("{query}: {other}"),
-            Ok(_) => panic!("{query}: connected"),
-        }
+    let refusals = [
+        ("vsn=2.0.0&token=bad", 3000, "bad token"),
+        ("vsn=2.0.0&token=banned", 3003, "banned"),
+        ("vsn=2.0.0&token=stale", 4401, "token expired"),
+    ];
+    for (query, code, reason) in refusals {
+        let mut client = Client::connect_query(&server, query).await.unwrap();
+        assert_eq!(
+            client.closed_with().await,
+            (CloseCode::from(code), reason.to_owned()),
+            "{query}"
+        );
+    }
+    assert_eq!(SbCloseCode::UNAUTHORIZED.as_u16(), 3000);
+    assert_eq!(SbCloseCode::FORBIDDEN.as_u16(), 3003);
+    assert_eq!(SbCloseCode::TOKEN_EXPIRED.as_u16(), 4401);
+    // A client of another protocol version is no refusal of the application's: plain
+    // HTTP.
+    match Client::connect_query(&server, "vsn=1.0.0").await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("vsn=1.0.0 connected"),
     }
     assert_eq!(server.hub.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn the_auth_token_travels_as_a_subprotocol_and_phoenix_is_selected() {
+    let server = server().await;
+    // phoenix.js 1.8: `btoa(token)` without padding; "ann" is "YW5u".
+    let (mut client, selected) =
+        Client::connect_with_token(&server, "phoenix, base64url.bearer.phx.YW5u").await;
+    assert_eq!(
+        selected.as_deref(),
+        Some("phoenix"),
+        "browsers fail a 101 without it"
+    );
+    // `user:{id}` admits the socket whose connect assigned the token `id`.
+    client
+        .send(json!(["1", "1", "user:ann", "phx_join", {}]))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        reply(Some("1"), "1", "user:ann", "ok", json!({"id": "ann"}))
+    );
+    // A refusal selects it too, so that a browser gets to read the close code.
+    let bad = "phoenix, base64url.bearer.phx.YmFk"; // "bad"
+    let (mut refused, selected) = Client::connect_with_token(&server, bad).await;
+    assert_eq!(selected.as_deref(), Some("phoenix"));
+    assert_eq!(
+        refused.closed_with().await,
+        (CloseCode::from(3000), "bad token".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_with_4401_when_its_token_expires() {
+    let mut server = server().await;
+    let started = Instant::now();
+    let mut client = Client::connect_query(&server, "vsn=2.0.0&token=brief1")
+        .await
+        .unwrap();
+    client.join("room:expiry", "1", "ann").await;
+    assert_eq!(
+        client.closed_with().await,
+        (CloseCode::from(4401), "token expired".to_owned())
+    );
+    assert!(
+        started.elapsed() >= BRIEF,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        within("terminate", server.terminated.recv()).await,
+        Some(("room:expiry".to_owned(), TerminateReason::Closed))
+    );
+    // Without an expiry, the socket lives on.
+    let mut lasting = Client::connect_query(&server, "vsn=2.0.0&token=lasting")
+        .await
+        .unwrap();
+    tokio::time::sleep(BRIEF * 2).await;
+    lasting.heartbeat("1").await;
 }
 
 #[tokio::test]

@@ -504,6 +504,83 @@ async fn extractor_registers_after_the_application_decides() {
 }
 
 #[tokio::test]
+async fn refuse_answers_101_then_closes_with_the_code_a_browser_can_read() {
+    // A 401 before the upgrade reaches a page as 1006; a close code after the 101 does
+    // not.
+    let server = start_with(config(), |hub, probe| {
+        let hub = hub.clone();
+        Router::new().route(
+            "/rooms/{room}",
+            get(move |upgrade: HubUpgrade, uri: http::Uri| {
+                let (hub, probe) = (hub.clone(), probe.clone());
+                async move {
+                    match uri.query() {
+                        Some("token=ok") => upgrade.register(&hub, probe).await.into_response(),
+                        Some("token=old") => upgrade
+                            .refuse(&hub, CloseCode::TOKEN_EXPIRED, "token expired")
+                            .into_response(),
+                        _ => upgrade
+                            .protocols(&["phoenix"])
+                            .refuse(&hub, CloseCode::UNAUTHORIZED, "unauthorized")
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+    })
+    .await;
+    let protocols = [("sec-websocket-protocol", "phoenix")];
+    // tokio-tungstenite, like a browser, fails a 101 that selects none of its
+    // protocols: the refusal keeps the selection.
+    let (client, _) = try_connect(server.addr, "/rooms/a?token=bad", &protocols)
+        .await
+        .unwrap();
+    let frame = close_received(client).await.unwrap();
+    assert_eq!(
+        (close_code(&frame), frame.reason.as_str()),
+        (3000, "unauthorized")
+    );
+    let client = connect(server.addr, "/rooms/a?token=old").await;
+    let frame = close_received(client).await.unwrap();
+    assert_eq!(
+        (close_code(&frame), frame.reason.as_str()),
+        (4401, "token expired")
+    );
+    // Nothing was registered for them.
+    assert_eq!(server.hub.connection_count(), 0);
+}
+
+/// Refuses in `on_open` what the route let through: the other way for a [`Handler`].
+struct Gate;
+
+impl Handler for Gate {
+    async fn on_open(&self, conn: &Connection) {
+        if conn.query("token") != Some("ok") {
+            let _ = conn.close(CloseCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_handler_refuses_in_on_open_by_closing_before_the_101() {
+    let hub = Hub::new(config());
+    let app = Router::new().route("/ws", switchboard::ws(hub.clone(), Gate));
+    let server = serve(hub, app, ()).await;
+    let refused = connect(server.addr, "/ws?token=bad").await;
+    let frame = close_received(refused).await.unwrap();
+    assert_eq!(
+        (close_code(&frame), frame.reason.as_str()),
+        (3000, "unauthorized")
+    );
+    let mut allowed = connect(server.addr, "/ws?token=ok").await;
+    allowed.send(TMessage::text("hi")).await.unwrap();
+    eventually("the refused one gone", || {
+        server.hub.connection_count() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn foreign_origin_is_refused_with_403_by_default() {
     let mut server = start(config()).await;
     let addr = server.addr;

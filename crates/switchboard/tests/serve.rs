@@ -182,9 +182,11 @@ async fn refusals_close_the_connection_promptly() {
             StatusCode::UPGRADE_REQUIRED,
         ),
         (
-            "serve, channels connect refused",
+            // A connect refusal is a 101 and a close frame (tests/channels.rs); an
+            // unsupported protocol version is refused over HTTP.
+            "serve, channels protocol version",
             channels,
-            handshake_request("/socket/websocket?vsn=2.0.0", ""),
+            handshake_request("/socket/websocket?vsn=1.0.0", ""),
             StatusCode::FORBIDDEN,
         ),
         (
@@ -203,7 +205,11 @@ async fn refusals_close_the_connection_promptly() {
 }
 
 async fn channels_refusing_every_client() -> (SocketAddr, Running) {
-    let hub = Hub::new(HubConfig::default());
+    channels_refusing_every_client_with(HubConfig::default()).await
+}
+
+async fn channels_refusing_every_client_with(config: HubConfig) -> (SocketAddr, Running) {
+    let hub = Hub::new(config);
     let app: Router = Channels::new(hub.clone())
         .connect(|_| async { Err::<_, Refused>(Refused::new("nobody may connect")) })
         .into_router();
@@ -214,6 +220,32 @@ async fn channels_refusing_every_client() -> (SocketAddr, Running) {
             _server: Box::new(server),
         },
     )
+}
+
+/// A refusal after the 101 (close 3000) holds its pending handshake's slot until its
+/// close handshake ends: a flood of refused clients is bounded as their handshakes are.
+#[tokio::test]
+async fn a_refused_client_holds_its_pending_slot_until_its_close_handshake_ends() {
+    let config = HubConfig::default().max_pending_handshakes(1);
+    let (addr, _server) = channels_refusing_every_client_with(config).await;
+    let request = handshake_request("/socket/websocket?vsn=2.0.0", "");
+    let mut refused = TcpStream::connect(addr).await.unwrap();
+    refused.write_all(request.as_bytes()).await.unwrap();
+    let (response, _) = within("the refusal", read_response(&mut refused)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    // The refused client neither answers the close frame nor hangs up.
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(request.as_bytes()).await.unwrap();
+    let mut byte = [0; 1];
+    let early = timeout(Duration::from_millis(300), waiting.peek(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "answered while the refusal closes: {early:?}"
+    );
+    // It hangs up: the close handshake ends, and its slot goes to the waiting one.
+    drop(refused);
+    let (response, _) = within("the waiting handshake", read_response(&mut waiting)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
 }
 
 #[tokio::test]

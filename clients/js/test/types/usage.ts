@@ -2,7 +2,9 @@
 // and reject misuse (each @ts-expect-error must be an error, or tsc fails).
 
 import {
+  afterClose,
   backoffDelay,
+  CloseCodes,
   decode,
   encode,
   Presence,
@@ -84,3 +86,17 @@ const wait: number = restartDelay(window ?? { minMs: 1_000, maxMs: 5_000 });
 const data: SendData = 'text';
 
 void [result, state, counts, frame, delay, hint, wait, data];
+
+// Credentials: a token function per attempt, the close codes, the unauthorized event.
+const authed = new Socket('/socket', {
+  authToken: async ({ expired, attempt }) => (expired ? `fresh-${attempt}` : 'cached'),
+});
+authed.on('unauthorized', ({ code, reason }) => `${code} ${reason}`);
+const codes: readonly number[] = [CloseCodes.UNAUTHORIZED, CloseCodes.FORBIDDEN, CloseCodes.TOKEN_EXPIRED];
+const action: 'stop' | 'renew' | 'retry' = afterClose(CloseCodes.TOKEN_EXPIRED);
+const protocol: string | undefined = authed.webSocket?.protocol;
+new ReconnectingSocket(async ({ expired }) => `wss://example.com/ws?renew=${expired}`, {
+  protocols: () => ['chat'],
+}).on('error', ({ error }) => error);
+// @ts-expect-error: a token is a string
+new Socket('/socket', { authToken: 42 });

@@ -77,6 +77,10 @@ const CLIENT: &[(&str, &str)] = &[
         include_str!("../../../../clients/js/src/channel.js"),
     ),
     (
+        "close-codes.js",
+        include_str!("../../../../clients/js/src/close-codes.js"),
+    ),
+    (
         "emitter.js",
         include_str!("../../../../clients/js/src/emitter.js"),
     ),

@@ -332,6 +332,7 @@ impl Handler for SocketHandler {
     async fn on_open(&self, conn: &Connection) {
         if let Some(state) = conn.internal::<Arc<ConnState>>() {
             self.heartbeats.watch(conn, state);
+            state.expire(conn);
         }
     }
 
@@ -361,6 +362,7 @@ impl Handler for SocketHandler {
         let Some(state) = conn.internal::<Arc<ConnState>>() else {
             return;
         };
+        state.stop_expiry();
         // Draining the table also breaks the cycle connection → state → socket →
         // connection.
         for joined in state.drain() {

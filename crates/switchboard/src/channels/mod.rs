@@ -42,8 +42,8 @@
 //! let hub = Hub::new(HubConfig::default());
 //! let channels = Channels::new(hub.clone())
 //!     .connect(|info| async move {
-//!         // Refusing answers 403 before the upgrade.
-//!         match info.param("token") {
+//!         // Refusing closes with 3000 (CloseCode::UNAUTHORIZED) right after the 101.
+//!         match info.auth_token() {
 //!             Some(token) if !token.is_empty() => {
 //!                 info.assign(User(token.to_owned()));
 //!                 Ok(())
@@ -98,6 +98,7 @@ pub use socket::{PushError, Socket};
 pub use topic::PatternError;
 
 use crate::{
+    CloseCode,
     hub::{Assigns, BroadcastReport, Census, ConnectionId, Hub},
     sync::{lock, read, write},
 };
@@ -111,7 +112,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, RwLock},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 use topic::TopicPattern;
 
@@ -325,22 +326,61 @@ impl ConnectInfo {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// When the credentials expire (a token's `exp`): the socket is then closed with
+    /// [`CloseCode::TOKEN_EXPIRED`] and reason "token expired", and switchboard's JS
+    /// client reconnects with a fresh token. A token that has already expired is
+    /// better refused with [`Refused::expired`].
+    pub fn expires_at(&self, at: SystemTime) {
+        lock(&self.assigns).insert(TokenExpiry(at));
+    }
 }
 
-/// A refused connection: answered 403 before the upgrade, with the reason as body.
+/// What [`ConnectInfo::expires_at`] set, carried in the assigns until the socket's
+/// state takes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenExpiry(pub(crate) SystemTime);
+
+/// A refused connection. The client's upgrade is accepted and at once closed with
+/// [`Refused::code`] and [`Refused::reason`] (at most 123 bytes, cut at a character
+/// boundary): a browser sees the code, where the HTTP status of a refused upgrade
+/// would reach it as 1006, like a server that is down.
+///
+/// [`Refused::new`] closes with [`CloseCode::UNAUTHORIZED`] (3000), on which
+/// switchboard's JS client stops reconnecting; [`Refused::expired`] with
+/// [`CloseCode::TOKEN_EXPIRED`] (4401), on which it asks for a fresh token and
+/// reconnects. phoenix.js reconnects after any close it did not ask for: see
+/// `docs/channels.md` for how its users stop it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("connection refused: {reason}")]
+#[non_exhaustive]
 pub struct Refused {
-    /// Why, for the response body.
+    /// The close code, [`CloseCode::UNAUTHORIZED`] unless changed.
+    pub code: CloseCode,
+    /// Why, for the close frame.
     pub reason: String,
 }
 
 impl Refused {
-    /// A refusal.
+    /// A refusal: the credentials are missing or wrong ([`CloseCode::UNAUTHORIZED`]).
     pub fn new(reason: impl Into<String>) -> Self {
         Self {
+            code: CloseCode::UNAUTHORIZED,
             reason: reason.into(),
         }
+    }
+
+    /// The token was valid once and has expired ([`CloseCode::TOKEN_EXPIRED`], reason
+    /// "token expired"): a client that can renew it may come back.
+    pub fn expired() -> Self {
+        Self::new("token expired").code(CloseCode::TOKEN_EXPIRED)
+    }
+
+    /// Closes with `code` instead, e.g. [`CloseCode::FORBIDDEN`] for a client that is
+    /// known and not allowed.
+    pub fn code(mut self, code: CloseCode) -> Self {
+        self.code = code;
+        self
     }
 }
 
@@ -479,7 +519,8 @@ impl Channels {
     /// parameters, auth token, headers and assigns of its upgrade request (Phoenix
     /// `connect/3`). `Ok(())` accepts, and what it assigned with
     /// [`ConnectInfo::assign`] is the connection's, read by every channel of the
-    /// socket; `Err` answers 403 before the upgrade.
+    /// socket; `Err` accepts the upgrade and closes it at once with the refusal's code
+    /// and reason (see [`Refused`]).
     pub fn connect<F, Fut>(mut self, connect: F) -> Self
     where
         F: Fn(ConnectInfo) -> Fut + Send + Sync + 'static,

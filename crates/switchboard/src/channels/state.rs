@@ -8,14 +8,20 @@
 //! from the connection alone.
 
 use super::{DynChannel, Socket};
-use crate::{hub::Hub, sync::lock};
+use crate::{
+    CloseCode,
+    hub::{Connection, Hub},
+    sync::lock,
+};
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
+    time::SystemTime,
 };
+use tokio::task::AbortHandle;
 
 /// The channels of one connection, kept in the connection's crate-private state.
 #[derive(Default)]
@@ -24,6 +30,10 @@ pub(crate) struct ConnState {
     /// When the client last sent a message, in the hub's clock, for the heartbeat
     /// timeout.
     last_heard: AtomicU64,
+    /// When the credentials of `connect` expire.
+    expires_at: Option<SystemTime>,
+    /// The timer that closes the socket then, stopped when it closes first.
+    expiry: Mutex<Option<AbortHandle>>,
 }
 
 /// A joined channel: the handle its callbacks get and the handler that serves it.
@@ -34,6 +44,35 @@ pub(super) struct Joined {
 }
 
 impl ConnState {
+    pub(crate) fn new(expires_at: Option<SystemTime>) -> Self {
+        Self {
+            expires_at,
+            ..Self::default()
+        }
+    }
+
+    /// Starts the timer that closes `conn` with [`CloseCode::TOKEN_EXPIRED`] when its
+    /// credentials expire. A task per expiring socket, not a sweeper: its deadline is
+    /// exact and only sockets with a token's expiry pay for it.
+    pub(super) fn expire(&self, conn: &Connection) {
+        let Some(at) = self.expires_at else { return };
+        // Already past (the server's clock is the judge): closes at once.
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        let conn = conn.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            conn.close_for(CloseCode::TOKEN_EXPIRED, "token expired");
+        });
+        *lock(&self.expiry) = Some(timer.abort_handle());
+    }
+
+    /// Stops the expiry timer, which also lets go of its connection handle.
+    pub(super) fn stop_expiry(&self) {
+        if let Some(timer) = lock(&self.expiry).take() {
+            timer.abort();
+        }
+    }
+
     pub(super) fn get(&self, topic: &str) -> Option<Joined> {
         lock(&self.channels).get(topic).cloned()
     }

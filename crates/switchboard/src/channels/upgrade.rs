@@ -2,10 +2,13 @@
 //! application's `connect` callback (and the auth token phoenix.js hands it), then the
 //! hub.
 //!
-//! Everything here runs before the 101, on the HTTP request; a refusal is a plain
-//! HTTP answer (403), so that the client never sees a socket open and close.
+//! Everything here runs before the 101, on the HTTP request. A wrong protocol version
+//! or origin is a plain HTTP answer (403); a refusal of the application's `connect` is
+//! a 101 and an immediate close with the refusal's code (3000 by default), because a
+//! browser cannot see the status of a refused upgrade and would retry it as if the
+//! server were down.
 
-use super::{ConnectFn, ConnectInfo, Refused, handler::SocketHandler, state::ConnState};
+use super::{ConnectFn, ConnectInfo, TokenExpiry, handler::SocketHandler, state::ConnState};
 use crate::{
     HubUpgrade,
     hub::Refusal,
@@ -62,7 +65,12 @@ async fn upgrade(
                 .hub()
                 .count_refusal(Refusal::BadHandshake);
             let body = format!("unsupported protocol version {vsn}: this endpoint speaks 2.x");
-            refuse(&parts, "protocol version", &body);
+            refuse(
+                &parts,
+                Some(StatusCode::FORBIDDEN),
+                "protocol version",
+                &body,
+            );
             return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], body).into_response();
         }
     }
@@ -92,22 +100,31 @@ async fn upgrade(
             headers: parts.headers.clone(),
             assigns: assigns.clone(),
         };
-        if let Err(Refused { reason }) = connect(info).await {
-            refuse(&parts, "connect", &reason);
+        if let Err(refused) = connect(info).await {
+            let closed = format!("close {}: {}", refused.code, refused.reason);
+            refuse(&parts, None, "connect", &closed);
             hub.count_refusal(Refusal::Unauthorized);
-            return (StatusCode::FORBIDDEN, [CONNECTION_CLOSE], reason).into_response();
+            return upgrade
+                .refuse(&hub, refused.code, refused.reason)
+                .into_response();
         }
         // Taken, not unwrapped: the callback may have kept its `ConnectInfo`.
         *upgrade.assigns_mut() = std::mem::take(&mut *lock(&assigns));
     }
-    upgrade
-        .internal_mut()
-        .insert(Arc::new(ConnState::default()));
+    let expiry = upgrade.assigns_mut().remove::<TokenExpiry>();
+    let state = ConnState::new(expiry.map(|TokenExpiry(at)| at));
+    upgrade.internal_mut().insert(Arc::new(state));
     upgrade.register_shared(&hub, handler).await.into_response()
 }
 
-/// Records a refusal of this route's own (answered 403).
-fn refuse(parts: &Parts, cause: &'static str, error: &dyn std::fmt::Display) {
+/// Records a refusal of this route's own: answered with `status`, or (a `connect`
+/// refusal) with a 101 and a close frame.
+fn refuse(
+    parts: &Parts,
+    status: Option<StatusCode>,
+    cause: &'static str,
+    error: &dyn std::fmt::Display,
+) {
     let remote = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -116,13 +133,7 @@ fn refuse(parts: &Parts, cause: &'static str, error: &dyn std::fmt::Display) {
         .extensions
         .get::<MatchedPath>()
         .map_or(parts.uri.path(), MatchedPath::as_str);
-    refused(
-        Some(StatusCode::FORBIDDEN),
-        cause,
-        remote,
-        Some(route),
-        error,
-    );
+    refused(status, cause, remote, Some(route), error);
 }
 
 /// The token phoenix.js sends as the subprotocol `base64url.bearer.phx.<base64>`

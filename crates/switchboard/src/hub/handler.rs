@@ -41,6 +41,12 @@ pub trait Handler: Send + Sync + 'static {
     /// meanwhile, as in uWebSockets and Phoenix (slow work can go to a spawned task). If
     /// the client is gone by the time the 101 would leave, [`Handler::on_close`] follows
     /// with 1006.
+    ///
+    /// To turn the client away here (its credentials, say), close it with
+    /// [`CloseCode::UNAUTHORIZED`]: the 101 leaves with the close frame right behind,
+    /// which a browser can read, unlike an HTTP refusal. (Before registering,
+    /// [`HubUpgrade::refuse`](crate::HubUpgrade::refuse) does the same without a
+    /// connection.)
     fn on_open(&self, conn: &Connection) -> impl Future<Output = ()> + Send {
         let _ = conn;
         async {}

@@ -18,7 +18,7 @@ use crate::{
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, request::Parts};
 use std::{net::SocketAddr, sync::Arc};
-use switchboard_proto::deflate::DeflateParams;
+use switchboard_proto::{CloseCode, CloseFrame, Utf8Bytes, deflate::DeflateParams};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// What clients with a backoff (ours) read as the earliest retry, in seconds, when a
@@ -226,6 +226,49 @@ impl HubUpgrade {
         self.head.check_origin(hub, self.upgrade.peer())
     }
 
+    /// Refuses the client in a way that it can tell apart from a dead server: answers 101,
+    /// then at once closes with `code` and `reason` (e.g.
+    /// [`CloseCode::UNAUTHORIZED`](crate::CloseCode::UNAUTHORIZED), which switchboard's
+    /// JS client does not retry), without registering anything on the hub.
+    ///
+    /// A browser sees nothing of an HTTP refusal: a 401 or 403 before the upgrade
+    /// reaches the page as close code 1006, the same as a refused TCP connection, and a
+    /// reconnecting client retries it forever. The close handshake is bounded by the
+    /// hub's [`close_timeout`](crate::hub::HubConfig::close_timeout).
+    ///
+    #[cfg_attr(feature = "axum", doc = "```")]
+    #[cfg_attr(not(feature = "axum"), doc = "```ignore")]
+    /// use axum::{extract::State, response::{IntoResponse, Response}, routing::get};
+    /// use switchboard::{CloseCode, HubUpgrade, hub::{Handler, Hub, HubConfig}};
+    /// # struct Chat;
+    /// # impl Handler for Chat {}
+    /// # fn valid(_: &str) -> bool { true }
+    ///
+    /// async fn chat(State(hub): State<Hub>, upgrade: HubUpgrade) -> Response {
+    ///     // Taken from a cookie or a header in a real application.
+    ///     if !valid("token") {
+    ///         return upgrade.refuse(&hub, CloseCode::UNAUTHORIZED, "unauthorized").into_response();
+    ///     }
+    ///     upgrade.register(&hub, Chat).await.into_response()
+    /// }
+    ///
+    /// let hub = Hub::new(HubConfig::default());
+    /// let app: axum::Router = axum::Router::new().route("/chat", get(chat)).with_state(hub);
+    /// # let _ = app;
+    /// ```
+    pub fn refuse(
+        self,
+        hub: &Hub,
+        code: CloseCode,
+        reason: impl Into<Utf8Bytes>,
+    ) -> Response<ResponseBody> {
+        let (response, upgraded) = self.upgrade.config(websocket_config(hub)).into_parts();
+        let frame = CloseFrame::new(code, reason);
+        let slot = self.head.pending.and_then(|pending| pending.keep());
+        tokio::spawn(close_at_once(upgraded, frame, slot));
+        response
+    }
+
     /// Checks the origin and the hub's capacity, registers the connection and runs its
     /// [`Handler::on_open`]; then answers 101 and runs the connection in the hub with
     /// `handler`, in a task of its own. A refusal is answered 403 or 503 (see
@@ -292,6 +335,12 @@ impl PendingSlot {
     /// A slot held until [`PendingSlot::release`] is called on any clone of it.
     pub(crate) fn new(slot: OwnedSemaphorePermit) -> Self {
         Self(Arc::new(std::sync::Mutex::new(Some(slot))))
+    }
+
+    /// Takes the slot out, to hold it past the answer (a refusal's close handshake);
+    /// [`PendingSlot::release`] then does nothing.
+    pub(crate) fn keep(&self) -> Option<OwnedSemaphorePermit> {
+        crate::sync::lock(&self.0).take()
     }
 
     /// Gives the slot back; later calls do nothing.
@@ -475,6 +524,20 @@ pub(crate) fn websocket_config(hub: &Hub) -> WebSocketConfig {
         .max_write_buffer_size(config.max_buffered_bytes)
         // The hub's keepalive sweeper watches for silent peers.
         .idle_timeout(None)
+}
+
+/// The life of a refused connection: its close handshake, bounded by the close timeout.
+/// It keeps the pending-handshake slot of [`crate::serve`], if it has one, until then: a
+/// flood of refused clients is bounded as their handshakes were.
+async fn close_at_once(
+    upgraded: UpgradeFut,
+    frame: CloseFrame,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    if let Ok(mut ws) = upgraded.await {
+        let _ = ws.close(frame.code, frame.reason).await;
+    }
+    drop(slot);
 }
 
 /// A registered connection's life: `on_open` (the 101 waits for it), the upgrade, then
