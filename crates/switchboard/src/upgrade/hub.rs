@@ -423,7 +423,7 @@ impl HubRequest {
         }
         hub.count_refusal(Refusal::Origin);
         let origin = self.origin.as_deref().unwrap_or_default();
-        let error = format_args!("origin {origin:?} not allowed");
+        let error = format!("origin {origin:?} not allowed");
         self.refused(StatusCode::FORBIDDEN, "origin", remote, &error);
         Err(HubRejection::Origin)
     }
