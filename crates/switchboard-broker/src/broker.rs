@@ -13,6 +13,13 @@ pub enum Target {
     Room(String),
     /// One connection; its id names the hub that holds it ([`ConnectionId::node`]).
     Connection(ConnectionId),
+    /// One hub itself, not its connections: the cluster's own traffic between hubs
+    /// (presence, queries and their replies). Routed as a send to one of its
+    /// connections is.
+    Node(NodeId),
+    /// Every hub itself, not its connections: the cluster's own traffic (heartbeats,
+    /// presence changes, queries). Routed as [`Target::All`] is.
+    Nodes,
 }
 
 /// A message on its way between hubs.
@@ -78,8 +85,8 @@ pub trait Broker: Send + Sync + 'static {
     /// from other hubs.
     fn start(&self, inbox: Inbox);
     /// Sends an envelope to the other hubs that may have recipients: for a room, the
-    /// hubs subscribed to it; for a connection, the hub named by its id; for all, every
-    /// hub.
+    /// hubs subscribed to it; for a connection or a node, the hub named by its id; for
+    /// all and for nodes, every hub.
     fn publish(&self, envelope: Envelope);
     /// This hub has its first member in `room`: deliver the room's envelopes to it.
     fn subscribe(&self, room: &str);

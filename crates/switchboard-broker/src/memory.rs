@@ -69,9 +69,10 @@ impl Broker for MemoryBroker {
             .filter(|(node, member)| {
                 **node != origin
                     && match &envelope.target {
-                        Target::All => true,
+                        Target::All | Target::Nodes => true,
                         Target::Room(room) => member.rooms.contains(room),
                         Target::Connection(id) => id.node() == **node,
+                        Target::Node(id) => id == *node,
                     }
             })
             .map(|(_, member)| member.inbox.clone())
@@ -166,12 +167,17 @@ mod tests {
         a.publish(envelope(a_node, Target::Room("red".into()), "red"));
         let b_conn = ConnectionId::new(b_node, 1);
         a.publish(envelope(a_node, Target::Connection(b_conn), "to b"));
+        a.publish(envelope(a_node, Target::Node(b_node), "to b itself"));
+        a.publish(envelope(a_node, Target::Nodes, "nodes"));
         b.unsubscribe("red");
         a.publish(envelope(a_node, Target::Room("red".into()), "red again"));
         b.publish(envelope(b_node, Target::Room("red".into()), "red from b"));
         assert_eq!(*lock(&a_got), ["red from b"], "a hub never hears itself");
-        assert_eq!(*lock(&b_got), ["all", "red", "to b"]);
-        assert_eq!(*lock(&c_got), ["all"]);
+        assert_eq!(
+            *lock(&b_got),
+            ["all", "red", "to b", "to b itself", "nodes"]
+        );
+        assert_eq!(*lock(&c_got), ["all", "nodes"]);
         drop(b);
         assert_eq!(format!("{network:?}"), "MemoryNetwork { hubs: 2 }");
     }

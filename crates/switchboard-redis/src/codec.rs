@@ -4,6 +4,7 @@
 //! version u8 = 2
 //! origin  u64: the publishing hub's node id
 //! target  u8: 0 all | 1 room, then u32 length and the name | 2 connection, then an id
+//!         | 3 node, then a u64 node id | 4 nodes
 //! except  u8: 0 none | 1, then an id
 //! kind    u8: 1 text | 2 binary
 //! payload the rest
@@ -62,6 +63,11 @@ pub(crate) fn encode(envelope: &Envelope) -> Result<Bytes, CodecError> {
             out.put_u8(2);
             put_id(&mut out, *id);
         }
+        Target::Node(node) => {
+            out.put_u8(3);
+            out.put_u64(node.to_bits());
+        }
+        Target::Nodes => out.put_u8(4),
     }
     match envelope.except {
         None => out.put_u8(0),
@@ -91,6 +97,8 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, CodecError> {
             Target::Room(name)
         }
         2 => Target::Connection(take_id(&mut bytes)?),
+        3 => Target::Node(NodeId::from_bits(take_u64(&mut bytes)?)),
+        4 => Target::Nodes,
         other => return Err(CodecError::Unknown("target", other)),
     };
     let except = match take_u8(&mut bytes)? {
@@ -167,6 +175,18 @@ mod tests {
                 target: Target::Connection(id(3, u64::MAX)),
                 except: None,
                 message: Message::binary(Vec::new()),
+            },
+            Envelope {
+                origin: NodeId::from_bits(2),
+                target: Target::Node(NodeId::from_bits(u64::MAX - 1)),
+                except: None,
+                message: Message::text("{}"),
+            },
+            Envelope {
+                origin: NodeId::from_bits(2),
+                target: Target::Nodes,
+                except: None,
+                message: Message::text("{}"),
             },
         ]
     }

@@ -180,9 +180,10 @@ impl RedisConfig {
     /// The channel an envelope is published on.
     fn channel_of(&self, envelope: &Envelope) -> String {
         match &envelope.target {
-            Target::All => self.channel_all(),
+            Target::All | Target::Nodes => self.channel_all(),
             Target::Room(room) => self.channel_room(room),
             Target::Connection(id) => self.channel_node(id.node()),
+            Target::Node(node) => self.channel_node(*node),
         }
     }
 }

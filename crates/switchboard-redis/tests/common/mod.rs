@@ -110,7 +110,9 @@ pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
         .await
         .expect("Redis at 127.0.0.1:6379");
     let stats = broker.stats();
-    let hub = Hub::with_broker(HubConfig::default(), broker);
+    // One heartbeat, at start: the counts of the tests are not blurred by more.
+    let config = HubConfig::default().node_heartbeat(Duration::from_secs(3600));
+    let hub = Hub::with_broker(config, broker);
     // The hub subscribes to `all`, then to its node's channel: once that one counts,
     // sends to this hub's connections reach it.
     let node_channel = format!("{prefix}:node:{}", hub.node());

@@ -105,6 +105,8 @@ pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
             }
             return report;
         }
+        // For the hubs themselves, not their connections (see `cluster`).
+        Target::Node(_) | Target::Nodes => return report,
     };
     for conn in recipients.iter() {
         if Some(conn.id()) != envelope.except {

@@ -202,6 +202,21 @@ pub struct HubConfig {
     /// anyway ([`Hub::metrics`](super::Hub::metrics), its connections and rooms) is
     /// served either way.
     pub metrics: bool,
+    /// How often this hub tells the other hubs on its broker that it is alive (see
+    /// [`Hub::nodes`](super::Hub::nodes)); each heartbeat is one small broadcast.
+    ///
+    /// Default 1 s: a fifth of [`HubConfig::node_timeout`], so that four heartbeats
+    /// in a row can be late or lost before a live hub is taken for dead.
+    pub node_heartbeat: Duration,
+    /// How long a hub that sends nothing (no heartbeat, no message) is still taken for
+    /// alive by the others. Past it, they forget it: its presences leave every topic,
+    /// and cluster queries stop waiting for it. A hub that shuts down says goodbye and
+    /// is forgotten at once.
+    ///
+    /// Default 5 s: the longest a dead hub's users stay listed, against a broker
+    /// blip or a pause of that length passing for a death (which then heals: the hub
+    /// is back with its presences at its next heartbeat).
+    pub node_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -228,6 +243,8 @@ impl Default for HubConfig {
             shutdown_close: CloseCode::GOING_AWAY,
             reconnect_window: None,
             metrics: false,
+            node_heartbeat: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -345,6 +362,18 @@ impl HubConfig {
     /// Sets [`HubConfig::metrics`].
     pub fn metrics(mut self, enabled: bool) -> Self {
         self.metrics = enabled;
+        self
+    }
+
+    /// Sets [`HubConfig::node_heartbeat`].
+    pub fn node_heartbeat(mut self, every: Duration) -> Self {
+        self.node_heartbeat = every;
+        self
+    }
+
+    /// Sets [`HubConfig::node_timeout`].
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
         self
     }
 
@@ -502,7 +531,9 @@ mod tests {
             .rate_policy(RatePolicy::Close)
             .shutdown_close(CloseCode::SERVICE_RESTART)
             .reconnect_window(Duration::from_secs(10)..Duration::from_secs(11))
-            .metrics(true);
+            .metrics(true)
+            .node_heartbeat(Duration::from_millis(12))
+            .node_timeout(Duration::from_millis(13));
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let HubConfig {
             max_connections,
@@ -526,6 +557,8 @@ mod tests {
             shutdown_close,
             reconnect_window,
             metrics,
+            node_heartbeat,
+            node_timeout,
         } = config;
         assert_eq!(max_connections, 1);
         assert_eq!(max_message_size, 2);
@@ -546,6 +579,8 @@ mod tests {
         assert_eq!(max_message_rate, MessageRate::new(12, 13));
         assert_eq!(rate_policy, RatePolicy::Close);
         assert!(metrics);
+        assert_eq!(node_heartbeat, Duration::from_millis(12));
+        assert_eq!(node_timeout, Duration::from_millis(13));
         assert_eq!(shutdown_close, CloseCode::SERVICE_RESTART);
         assert_eq!(
             reconnect_window,

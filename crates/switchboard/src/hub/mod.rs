@@ -33,6 +33,7 @@
 mod assigns;
 mod broadcast;
 mod client_ip;
+mod cluster;
 mod config;
 mod connection;
 mod driver;
@@ -119,6 +120,8 @@ struct HubInner {
     /// What [`HubConfig::metrics`] records; `None` when off (always, without the
     /// feature `metrics`).
     instruments: Option<Instruments>,
+    /// The other hubs on the broker, as this one sees them.
+    cluster: cluster::Cluster,
 }
 
 /// Why [`Hub::admit`] refused a connection.
@@ -201,9 +204,11 @@ impl Hub {
                 rate_limited: AtomicU64::new(0),
                 refused_joins: AtomicU64::new(0),
                 instruments,
+                cluster: cluster::Cluster::new(),
             }),
         };
         hub.inner.broker.start(hub.inbox());
+        hub.start_heartbeat();
         hub
     }
 
@@ -217,8 +222,15 @@ impl Hub {
                 return false;
             };
             // Pub/sub systems echo a hub's publishes back to it on the rooms it shares.
-            if envelope.origin != node {
-                deliver_local(&Hub::from_inner(inner), envelope);
+            if envelope.origin == node {
+                return true;
+            }
+            let hub = Hub::from_inner(inner);
+            match envelope.target {
+                Target::Node(_) | Target::Nodes => hub.receive_cluster(envelope),
+                _ => {
+                    deliver_local(&hub, envelope);
+                }
             }
             true
         })
@@ -382,8 +394,16 @@ impl Hub {
     /// [`HubConfig::reconnect_window`] in the reason) to every connection, and waits
     /// for their close handshakes until `deadline` has passed; connections still open
     /// then are ended (a callback that never returns is waited for one more second at
-    /// most).
+    /// most). Then it tells the other hubs on the broker that it is gone, so that they
+    /// forget it (and its presences) at once rather than after
+    /// [`HubConfig::node_timeout`].
     pub async fn shutdown(&self, deadline: Duration) {
+        self.close_connections(deadline).await;
+        self.leave_cluster();
+        tracing::info!(node = %self.node(), "hub shut down");
+    }
+
+    async fn close_connections(&self, deadline: Duration) {
         self.inner.draining.store(true, Relaxed);
         let going_away = self.inner.config.shutdown_frame();
         let connections = self.connections();
@@ -401,7 +421,6 @@ impl Hub {
             .await
             .is_ok()
         {
-            tracing::info!(node = %self.node(), "hub shut down");
             return;
         }
         let connections = self.connections();
@@ -419,7 +438,6 @@ impl Hub {
         // An aborted connection ends at once unless a callback of its own never returns;
         // shutdown does not wait for such a callback past one more grace period.
         let _ = tokio::time::timeout(ABORT_GRACE, self.wait_idle()).await;
-        tracing::info!(node = %self.node(), "hub shut down");
     }
 
     async fn wait_idle(&self) {
@@ -519,6 +537,7 @@ impl Hub {
             instruments.accepted();
         }
         self.start_sweeper();
+        self.start_heartbeat();
         // Admitted before shutdown began, registered after it sent its close to everyone.
         if self.is_draining() {
             let frame = self.inner.config.shutdown_frame();
