@@ -15,39 +15,13 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
+import { CHAT, CHROMIUM, CHROMIUM_ARGS, STEP_MS, freePort, message } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const CHAT = process.env.SWITCHBOARD_CHAT || path.resolve(here, '../../target/release/examples/chat');
-const CHROMIUM = process.env.SWITCHBOARD_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
-const STEP_MS = 15_000;
 const ROOM = 'tls-test';
-
-async function freePort() {
-  const server = net.createServer();
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** A self-signed certificate for localhost and 127.0.0.1, as the README makes one. */
 function selfSigned(dir) {
@@ -118,9 +92,6 @@ describe('chat page over https and wss in headless Chromium', { timeout: 120_000
     pages.push(page);
     return page;
   }
-
-  const message = (page, from, text) =>
-    page.locator(`#log [data-kind="message"][data-user="${from}"]`, { hasText: text });
 
   it('serves no plaintext on its TLS port', async () => {
     assert.equal(await answersPlaintext(port), false);

@@ -5,6 +5,8 @@
 //! cargo run --release --example chat                # http://127.0.0.1:8080
 //! cargo run --release --example chat -- --addr 0.0.0.0:3000
 //! cargo run --release --example chat -- --restart-window 1-10
+//! # several processes as one chat, over Redis (see "Several processes" below):
+//! cargo run --release --example chat -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379/
 //! RUST_LOG=switchboard=debug cargo run --release --example chat   # every connection's story
 //! # https:// and wss:// (feature `tls`), with a certificate chain and key in PEM:
 //! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
@@ -17,6 +19,13 @@
 //! random moment in that window.
 //!
 //! Prometheus metrics are at `/metrics` (see `switchboard::metrics`).
+//!
+//! # Several processes: `--redis URL`
+//!
+//! With `--redis redis://host:6379/` the hub joins the others on that Redis (and
+//! `--redis-prefix`, default `switchboard`): people on different processes share rooms,
+//! messages and presence, and a process that dies has its people leave everyone's list
+//! within the hub's `node_timeout`. Without it, the hub is in memory, alone.
 //!
 //! # Channels: `/socket/websocket?vsn=2.0.0`
 //!
@@ -57,6 +66,7 @@ use switchboard::{
     channels::Channels,
     hub::{Connection, Handler, Hub, HubConfig},
 };
+use switchboard_redis::{RedisBroker, RedisConfig};
 
 use tracing_subscriber::EnvFilter;
 
@@ -220,6 +230,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .compression(Compression::shared())
         .metrics(true);
     let (mut cert, mut key) = (None, None);
+    let (mut redis, mut redis_prefix) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
@@ -231,14 +242,26 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
             ("--tls-cert", Some(value)) => cert = Some(value),
             ("--tls-key", Some(value)) => key = Some(value),
+            ("--redis", Some(value)) => redis = Some(value),
+            ("--redis-prefix", Some(value)) => redis_prefix = Some(value),
             _ => {
                 let usage = "usage: chat [--addr HOST:PORT] [--restart-window MIN-MAX] \
-                             [--tls-cert PEM --tls-key PEM]";
+                             [--tls-cert PEM --tls-key PEM] [--redis URL [--redis-prefix P]]";
                 return Err(format!("{usage} (got {arg})").into());
             }
         }
     }
-    let hub = Hub::new(config);
+    let hub = match redis {
+        Some(url) => {
+            let mut redis = RedisConfig::default().url(url);
+            if let Some(prefix) = redis_prefix {
+                redis = redis.prefix(prefix);
+            }
+            Hub::with_broker(config, RedisBroker::connect(redis).await?)
+        }
+        None if redis_prefix.is_some() => return Err("--redis-prefix goes with --redis".into()),
+        None => Hub::new(config),
+    };
     let channels = Channels::new(hub.clone()).channel(channel::TOPICS, channel::Room);
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
