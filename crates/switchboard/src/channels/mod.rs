@@ -99,7 +99,7 @@ pub use topic::PatternError;
 
 use crate::{
     CloseCode,
-    hub::{Assigns, BroadcastReport, Census, ConnectionId, Hub},
+    hub::{Assigns, BroadcastReport, Census, ClusterAnswer, ConnectionId, Hub},
     sync::{lock, read, write},
 };
 use axum::{Router, routing::MethodRouter};
@@ -691,9 +691,21 @@ impl Endpoint {
         self.broadcast_inner(Some(except), topic, event, payload.into())
     }
 
-    /// The subscribers of `topic` on this hub.
+    /// The subscribers of `topic` on this hub only; for every hub on the broker,
+    /// [`Endpoint::cluster_subscribers`].
     pub fn subscribers(&self, topic: &str) -> usize {
         self.shared.hub.room_size(&room_name(topic))
+    }
+
+    /// The subscribers of `topic` on every hub on the broker, gathered within
+    /// [`HubConfig::cluster_timeout`](crate::hub::HubConfig::cluster_timeout); the
+    /// answer names the hubs that did not reply (see [`ClusterAnswer`]). For another
+    /// timeout, or the subscribers themselves,
+    /// `hub.cluster().timeout(t).room_size(&room_name(topic))` and
+    /// [`ClusterQuery::room_members`](crate::hub::ClusterQuery::room_members) ask the
+    /// same of the topic's room ([`room_name`]).
+    pub async fn cluster_subscribers(&self, topic: &str) -> ClusterAnswer<usize> {
+        self.shared.hub.cluster().room_size(&room_name(topic)).await
     }
 
     /// The report of a fire-and-forget broadcast: an encoding error is logged, as

@@ -126,6 +126,8 @@ struct Peer {
 
 struct Pending {
     waiting: BTreeSet<NodeId>,
+    /// Asked every hub: a reply from a hub this one had not heard of yet counts too.
+    everyone: bool,
     gathered: Gathered,
     done: Option<oneshot::Sender<()>>,
 }
@@ -149,14 +151,19 @@ impl fmt::Debug for Cluster {
 }
 
 impl Hub {
-    fn cluster(&self) -> &Cluster {
+    /// This hub's view of the cluster (`cluster` is the public [`Hub::cluster`]).
+    fn cluster_state(&self) -> &Cluster {
         &self.inner.cluster
     }
 
     /// The hubs this hub knows to be alive, itself included, in node id order.
     pub fn nodes(&self) -> Vec<NodeId> {
         self.start_heartbeat();
-        let mut nodes: Vec<NodeId> = lock(&self.cluster().state).peers.keys().copied().collect();
+        let mut nodes: Vec<NodeId> = lock(&self.cluster_state().state)
+            .peers
+            .keys()
+            .copied()
+            .collect();
         nodes.push(self.node());
         nodes.sort_unstable();
         nodes
@@ -165,13 +172,13 @@ impl Hub {
     /// Makes `service` answer casts, sends and requests by that name. A later call for
     /// the same name replaces the earlier.
     pub(crate) fn serve_cluster(&self, service: &str, handler: Service) {
-        write(&self.cluster().services).insert(service.to_owned(), handler);
+        write(&self.cluster_state().services).insert(service.to_owned(), handler);
         self.start_heartbeat();
     }
 
     /// Calls `listener` on every [`PeerEvent`] from now on.
     pub(crate) fn on_peer_event(&self, listener: PeerListener) {
-        write(&self.cluster().listeners).push(listener);
+        write(&self.cluster_state().listeners).push(listener);
         self.start_heartbeat();
     }
 
@@ -179,7 +186,7 @@ impl Hub {
     /// casts.
     pub(crate) fn cast(&self, service: &str, body: Value) {
         let seq = {
-            let mut state = lock(&self.cluster().state);
+            let mut state = lock(&self.cluster_state().state);
             state.casts += 1;
             state.casts
         };
@@ -209,7 +216,11 @@ impl Hub {
             Some(node) => node == own,
         };
         let mut waiting: BTreeSet<NodeId> = match to {
-            None => lock(&self.cluster().state).peers.keys().copied().collect(),
+            None => lock(&self.cluster_state().state)
+                .peers
+                .keys()
+                .copied()
+                .collect(),
             Some(node) if node == own => BTreeSet::new(),
             Some(node) => BTreeSet::from([node]),
         };
@@ -225,11 +236,12 @@ impl Hub {
         }
         let (done, finished) = oneshot::channel();
         let id = {
-            let mut state = lock(&self.cluster().state);
+            let mut state = lock(&self.cluster_state().state);
             state.next_request += 1;
             let id = state.next_request;
             let pending = Pending {
                 waiting: waiting.clone(),
+                everyone: to.is_none(),
                 gathered,
                 done: Some(done),
             };
@@ -247,7 +259,7 @@ impl Hub {
         }
         // Every reply, or the timeout: either way, what has arrived is the answer.
         let _ = tokio::time::timeout(timeout, finished).await;
-        let pending = lock(&self.cluster().state).pending.remove(&id);
+        let pending = lock(&self.cluster_state().state).pending.remove(&id);
         let Some(Pending {
             waiting,
             mut gathered,
@@ -286,6 +298,9 @@ impl Hub {
             .into_iter()
             .partition(|event| matches!(event, PeerEvent::Up(_)));
         self.notify(&before);
+        if !before.is_empty() {
+            self.welcome(from);
+        }
         match wire {
             Wire::Heartbeat { .. } | Wire::Bye => {}
             Wire::Cast { service, body, .. } | Wire::Send { service, body } => {
@@ -309,7 +324,7 @@ impl Hub {
             Wire::Cast { seq, .. } => Some(*seq),
             _ => None,
         };
-        let mut state = lock(&self.cluster().state);
+        let mut state = lock(&self.cluster_state().state);
         let now = Instant::now();
         match state.peers.get_mut(&from) {
             Some(peer) => {
@@ -339,8 +354,22 @@ impl Hub {
         }
     }
 
+    /// Answers a new peer with a heartbeat of this hub's, so that it knows this hub now
+    /// rather than at the next heartbeat: until then, its requests to every hub would
+    /// leave this one out without naming it missing.
+    fn welcome(&self, peer: NodeId) {
+        let casts = {
+            let state = lock(&self.cluster_state().state);
+            if state.left {
+                return;
+            }
+            state.casts
+        };
+        self.publish_wire(Target::Node(peer), &Wire::Heartbeat { casts });
+    }
+
     fn answer(&self, from: NodeId, service: &str, body: Value) -> Option<Value> {
-        let handler = read(&self.cluster().services).get(service).cloned();
+        let handler = read(&self.cluster_state().services).get(service).cloned();
         match handler {
             Some(handler) => Some(handler(self, from, body)),
             None => {
@@ -351,11 +380,15 @@ impl Hub {
     }
 
     fn gather(&self, from: NodeId, id: u64, body: Value) {
-        let mut state = lock(&self.cluster().state);
+        let mut state = lock(&self.cluster_state().state);
         let Some(pending) = state.pending.get_mut(&id) else {
             return; // Late: the asker stopped waiting.
         };
-        if pending.waiting.remove(&from) {
+        let expected = pending.waiting.remove(&from);
+        // It answered, so it is alive: leaving its reply out would make the answer
+        // partial without naming anyone missing.
+        let newcomer = pending.everyone && !pending.gathered.replies.contains_key(&from);
+        if expected || newcomer {
             pending.gathered.replies.insert(from, body);
         }
         if pending.waiting.is_empty() {
@@ -366,7 +399,10 @@ impl Hub {
     }
 
     fn forget_peer(&self, node: NodeId) {
-        let known = lock(&self.cluster().state).peers.remove(&node).is_some();
+        let known = lock(&self.cluster_state().state)
+            .peers
+            .remove(&node)
+            .is_some();
         if known {
             self.notify(&[PeerEvent::Down(node)]);
         }
@@ -375,7 +411,7 @@ impl Hub {
 
     /// Requests waiting for hubs that are gone need not wait for the timeout.
     fn stop_waiting_for(&self, gone: &[NodeId]) {
-        let mut state = lock(&self.cluster().state);
+        let mut state = lock(&self.cluster_state().state);
         for pending in state.pending.values_mut() {
             // Still named missing: they did not reply.
             let all_gone = pending.waiting.iter().all(|node| gone.contains(node));
@@ -391,7 +427,7 @@ impl Hub {
         if events.is_empty() {
             return;
         }
-        let listeners = read(&self.cluster().listeners).clone();
+        let listeners = read(&self.cluster_state().listeners).clone();
         for event in events {
             tracing::debug!(?event, "cluster peer event");
             for listener in &listeners {
@@ -419,7 +455,7 @@ impl Hub {
 
     /// Says goodbye to the other hubs, so that they forget this one at once.
     pub(crate) fn leave_cluster(&self) {
-        lock(&self.cluster().state).left = true;
+        lock(&self.cluster_state().state).left = true;
         self.publish_wire(Target::Nodes, &Wire::Bye);
     }
 
@@ -429,7 +465,7 @@ impl Hub {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let mut state = lock(&self.cluster().state);
+        let mut state = lock(&self.cluster_state().state);
         if !state.beating {
             state.beating = true;
             tokio::spawn(beat(Arc::downgrade(&self.inner)));
@@ -439,7 +475,7 @@ impl Hub {
     /// One heartbeat, and the peers that have been silent too long forgotten.
     fn beat_once(&self) {
         let (casts, dead) = {
-            let mut state = lock(&self.cluster().state);
+            let mut state = lock(&self.cluster_state().state);
             if state.left {
                 return;
             }
@@ -580,6 +616,60 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_hub_knows_the_others_before_their_next_heartbeat() {
+        let network = MemoryNetwork::new();
+        // One heartbeat each, at start: only the welcome can tell the second hub of
+        // the first.
+        let slow = HubConfig::default().node_heartbeat(Duration::from_secs(3600));
+        let first = Hub::with_broker(slow.clone(), network.broker());
+        // Its one heartbeat goes out before the second hub is there to hear it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = Hub::with_broker(slow, network.broker());
+        for hub in [&first, &second] {
+            hub.serve_cluster(
+                "whoami",
+                Arc::new(|hub, _, _| json!(hub.node().to_string())),
+            );
+        }
+        let mut both = vec![first.node(), second.node()];
+        both.sort_unstable();
+        until("the second hub knows the first", || second.nodes() == both).await;
+        assert_eq!(first.nodes(), both);
+        let gathered = second
+            .request(None, "whoami", Value::Null, Duration::from_secs(5))
+            .await;
+        assert_eq!(gathered.replies.len(), 2);
+        assert!(gathered.missing.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reply_from_a_hub_not_yet_known_counts() {
+        let hub = Hub::new(config());
+        let receive = |origin: NodeId, wire: Wire| {
+            hub.receive_cluster(&Envelope {
+                origin,
+                target: Target::Node(hub.node()),
+                except: None,
+                message: Message::text(serde_json::to_string(&wire).unwrap()),
+            })
+        };
+        // A known peer that will not reply, so that the request waits.
+        let silent = NodeId::random();
+        receive(silent, Wire::Heartbeat { casts: 0 });
+        let asking = hub.request(None, "none", Value::Null, Duration::from_millis(200));
+        let stranger = NodeId::random();
+        let reply = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let id = lock(&hub.cluster_state().state).next_request;
+            let body = json!("stranger");
+            receive(stranger, Wire::Reply { id, body });
+        };
+        let (gathered, ()) = tokio::join!(asking, reply);
+        assert_eq!(gathered.replies.get(&stranger), Some(&json!("stranger")));
+        assert_eq!(gathered.missing, BTreeSet::from([silent]));
     }
 
     #[tokio::test]

@@ -217,6 +217,17 @@ pub struct HubConfig {
     /// blip or a pause of that length passing for a death (which then heals: the hub
     /// is back with its presences at its next heartbeat).
     pub node_timeout: Duration,
+    /// How long a cluster query or order ([`Hub::cluster`](super::Hub::cluster)) waits
+    /// for the other hubs' replies unless told otherwise
+    /// ([`ClusterQuery::timeout`](super::ClusterQuery::timeout)); the hubs that have
+    /// not replied by then are named in the answer's `missing`.
+    ///
+    /// Default 1 s: a round trip over the broker takes milliseconds, so a hub that has
+    /// not answered in a second is stalled, and the caller (often answering a user or
+    /// an HTTP request) should not wait on it; shorter than
+    /// [`HubConfig::node_timeout`], so that a stalled hub is named missing before it
+    /// is taken for dead.
+    pub cluster_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -245,6 +256,7 @@ impl Default for HubConfig {
             metrics: false,
             node_heartbeat: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
+            cluster_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -374,6 +386,12 @@ impl HubConfig {
     /// Sets [`HubConfig::node_timeout`].
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
+        self
+    }
+
+    /// Sets [`HubConfig::cluster_timeout`].
+    pub fn cluster_timeout(mut self, timeout: Duration) -> Self {
+        self.cluster_timeout = timeout;
         self
     }
 
@@ -533,7 +551,8 @@ mod tests {
             .reconnect_window(Duration::from_secs(10)..Duration::from_secs(11))
             .metrics(true)
             .node_heartbeat(Duration::from_millis(12))
-            .node_timeout(Duration::from_millis(13));
+            .node_timeout(Duration::from_millis(13))
+            .cluster_timeout(Duration::from_millis(14));
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let HubConfig {
             max_connections,
@@ -559,6 +578,7 @@ mod tests {
             metrics,
             node_heartbeat,
             node_timeout,
+            cluster_timeout,
         } = config;
         assert_eq!(max_connections, 1);
         assert_eq!(max_message_size, 2);
@@ -581,6 +601,7 @@ mod tests {
         assert!(metrics);
         assert_eq!(node_heartbeat, Duration::from_millis(12));
         assert_eq!(node_timeout, Duration::from_millis(13));
+        assert_eq!(cluster_timeout, Duration::from_millis(14));
         assert_eq!(shutdown_close, CloseCode::SERVICE_RESTART);
         assert_eq!(
             reconnect_window,

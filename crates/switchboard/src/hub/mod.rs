@@ -41,6 +41,7 @@ mod handler;
 mod instruments;
 mod keepalive;
 mod outgoing;
+mod queries;
 mod rate;
 mod registry;
 
@@ -50,6 +51,7 @@ pub use client_ip::{IpNet, IpNetError, ProxyHeader};
 pub use config::{BufferPolicy, HubConfig, Origins};
 pub use connection::{Connection, ConnectionState, JoinError, SendError};
 pub use handler::Handler;
+pub use queries::{ClusterAnswer, ClusterQuery, ConnectionInfo, Connections, Incomplete};
 pub use rate::{MessageRate, RatePolicy};
 pub use switchboard_broker::{
     Broker, BrokerMetrics, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId,
@@ -208,6 +210,7 @@ impl Hub {
             }),
         };
         hub.inner.broker.start(hub.inbox());
+        hub.serve_queries();
         hub.start_heartbeat();
         hub
     }
@@ -247,12 +250,15 @@ impl Hub {
         self.inner.node
     }
 
-    /// A connection of this hub by id.
+    /// A connection of this hub by id; for one held by another hub,
+    /// [`ClusterQuery::connection`] (and [`ClusterQuery::join`], [`ClusterQuery::leave`],
+    /// [`ClusterQuery::disconnect`] to act on it).
     pub fn connection(&self, id: ConnectionId) -> Option<Connection> {
         self.read().connections.get(&id).cloned()
     }
 
-    /// The connections registered now.
+    /// The connections registered on this hub now; for every hub on the broker,
+    /// [`ClusterQuery::connection_count`] (`hub.cluster().connection_count()`).
     pub fn connection_count(&self) -> usize {
         self.read().connections.len()
     }
@@ -262,7 +268,8 @@ impl Hub {
         self.read().connections.values().cloned().collect()
     }
 
-    /// Members of `room` on this hub.
+    /// Members of `room` on this hub only; for every hub on the broker,
+    /// [`ClusterQuery::room_size`] (`hub.cluster().room_size(room)`).
     pub fn room_size(&self, room: &str) -> usize {
         self.read()
             .rooms
@@ -270,7 +277,8 @@ impl Hub {
             .map_or(0, |members| members.len())
     }
 
-    /// The members of `room` on this hub.
+    /// The members of `room` on this hub only; for every hub on the broker,
+    /// [`ClusterQuery::room_members`] (`hub.cluster().room_members(room)`).
     pub fn room_members(&self, room: &str) -> Vec<Connection> {
         self.read()
             .rooms
@@ -279,7 +287,8 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// The rooms that have members on this hub.
+    /// The rooms that have members on this hub only; for every hub on the broker, with
+    /// their sizes, [`ClusterQuery::rooms`] (`hub.cluster().rooms()`).
     pub fn rooms(&self) -> Vec<String> {
         self.read().rooms.keys().map(|r| r.to_string()).collect()
     }
