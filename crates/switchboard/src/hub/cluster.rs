@@ -274,6 +274,11 @@ impl Hub {
 
     /// Handles an envelope for this hub itself ([`Target::Node`], [`Target::Nodes`]).
     pub(crate) fn receive_cluster(&self, envelope: &Envelope) {
+        // A hub that said goodbye answers nothing more: a reply would make the others
+        // take it for alive again.
+        if lock(&self.cluster_state().state).left {
+            return;
+        }
         let Message::Text(text) = &envelope.message else {
             tracing::debug!(from = %envelope.origin, "ignored a binary cluster message");
             return;
