@@ -298,6 +298,10 @@ impl<'a> ClusterQuery<'a> {
     /// [`HubConfig::max_rooms_per_connection`](super::HubConfig::max_rooms_per_connection)
     /// rooms) is not counted.
     ///
+    /// When this returns, the joins are done on the hubs that replied; as after any
+    /// join, a broadcast from another hub reaches the new members once their hub's
+    /// broker has subscribed to `room` (with Redis, a round trip later).
+    ///
     /// A hub that did not reply (named in `missing`) may have done the join or not; a
     /// connection whose hub is not known to be alive ([`Hub::nodes`]) is answered at
     /// once, with its hub missing and nothing done.
