@@ -121,7 +121,14 @@ async fn three_nodes() -> ([Node; 3], Arc<AtomicBool>) {
         nodes.iter().all(|n| n.hub.nodes() == all)
     })
     .await;
+    past_first_heartbeat().await;
     (nodes, stalled)
+}
+
+/// Until the hubs are older than their first heartbeat period and a quarter: before,
+/// their queries of every hub wait the whole timeout (see `ClusterQuery`).
+async fn past_first_heartbeat() {
+    tokio::time::sleep(config().node_heartbeat * 2).await;
 }
 
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -376,6 +383,28 @@ async fn orders_by_room_reach_the_members_on_every_hub() {
 }
 
 #[tokio::test]
+async fn a_hub_that_just_started_hears_from_hubs_it_does_not_know_yet() {
+    let network = MemoryNetwork::new();
+    // One heartbeat each, at start: the second hub never hears the first's.
+    let config = config().node_heartbeat(Duration::from_secs(3600));
+    let first = Hub::with_broker(config.clone(), network.broker());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = Hub::with_broker(config, network.broker());
+    until("the first hears the second", || first.nodes().len() == 2).await;
+    assert_eq!(second.nodes(), [second.node()]);
+
+    let timeout = Duration::from_millis(200);
+    let asked = Instant::now();
+    let count = second.cluster().timeout(timeout).connection_count().await;
+    assert!(
+        asked.elapsed() >= timeout,
+        "waited for hubs it may not know"
+    );
+    assert_eq!(count.replied, sorted(vec![first.node(), second.node()]));
+    assert!(count.is_complete());
+}
+
+#[tokio::test]
 async fn with_one_hub_the_answers_are_its_own_at_once() {
     let hub = Hub::new(HubConfig::default());
     let asked = Instant::now();
@@ -437,6 +466,7 @@ async fn an_endpoint_counts_a_topics_subscribers_on_every_hub() {
         a_server.hub.nodes().len() == 2
     })
     .await;
+    past_first_heartbeat().await;
     let _clients = [
         joined(&a_server, "room:lobby").await,
         joined(&b_server, "room:lobby").await,

@@ -38,7 +38,10 @@ use serde_json::Value;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    sync::{Arc, Mutex, RwLock, Weak},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 use switchboard_proto::Message;
@@ -99,6 +102,8 @@ pub(crate) struct Gathered {
 
 /// This hub's view of the cluster. One per hub, inside it.
 pub(crate) struct Cluster {
+    /// Made by [`Hub::new`], on a network of its own: it never has peers.
+    solitary: AtomicBool,
     services: RwLock<HashMap<String, Service>>,
     listeners: RwLock<Vec<PeerListener>>,
     state: Mutex<State>,
@@ -135,6 +140,7 @@ struct Pending {
 impl Cluster {
     pub(crate) fn new() -> Self {
         Self {
+            solitary: AtomicBool::new(false),
             services: RwLock::default(),
             listeners: RwLock::default(),
             state: Mutex::default(),
@@ -209,6 +215,40 @@ impl Hub {
         body: Value,
         timeout: Duration,
     ) -> Gathered {
+        self.request_with(to, service, body, timeout, false).await
+    }
+
+    /// Asks `service` on every hub, this one in place, and gathers every reply that
+    /// arrives within `timeout`, from hubs this one has not heard of yet too: for a hub
+    /// that may not know every other one yet (see [`Hub::is_young`]).
+    pub(crate) async fn request_everyone_for(
+        &self,
+        service: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Gathered {
+        self.request_with(None, service, body, timeout, true).await
+    }
+
+    /// Whether this hub started too recently to have heard every other hub's first
+    /// heartbeat (a period and a quarter, for the broker's delays): until then,
+    /// [`Hub::nodes`] may leave out live hubs.
+    pub(crate) fn is_young(&self) -> bool {
+        if self.cluster_state().solitary.load(Relaxed) {
+            return false;
+        }
+        let period = self.config().node_heartbeat;
+        self.inner.started.elapsed() < period + period / 4
+    }
+
+    async fn request_with(
+        &self,
+        to: Option<NodeId>,
+        service: &str,
+        body: Value,
+        timeout: Duration,
+        whole_timeout: bool,
+    ) -> Gathered {
         self.start_heartbeat();
         let own = self.node();
         let local = match to {
@@ -231,10 +271,17 @@ impl Hub {
                 gathered.replies.insert(own, reply);
             }
         }
-        if waiting.is_empty() {
+        if waiting.is_empty() && !whole_timeout {
             return gathered;
         }
         let (done, finished) = oneshot::channel();
+        // Kept here, never sent, for the request to last the whole timeout (a dropped
+        // sender would end the wait at once).
+        let (done, kept) = if whole_timeout {
+            (None, Some(done))
+        } else {
+            (Some(done), None)
+        };
         let id = {
             let mut state = lock(&self.cluster_state().state);
             state.next_request += 1;
@@ -243,7 +290,7 @@ impl Hub {
                 waiting: waiting.clone(),
                 everyone: to.is_none(),
                 gathered,
-                done: Some(done),
+                done,
             };
             state.pending.insert(id, pending);
             id
@@ -259,6 +306,7 @@ impl Hub {
         }
         // Every reply, or the timeout: either way, what has arrived is the answer.
         let _ = tokio::time::timeout(timeout, finished).await;
+        drop(kept);
         let pending = lock(&self.cluster_state().state).pending.remove(&id);
         let Some(Pending {
             waiting,
@@ -303,9 +351,6 @@ impl Hub {
             .into_iter()
             .partition(|event| matches!(event, PeerEvent::Up(_)));
         self.notify(&before);
-        if !before.is_empty() {
-            self.welcome(from);
-        }
         match wire {
             Wire::Heartbeat { .. } | Wire::Bye => {}
             Wire::Cast { service, body, .. } | Wire::Send { service, body } => {
@@ -357,20 +402,6 @@ impl Hub {
                 events.push(PeerEvent::Up(from));
             }
         }
-    }
-
-    /// Answers a new peer with a heartbeat of this hub's, so that it knows this hub now
-    /// rather than at the next heartbeat: until then, its requests to every hub would
-    /// leave this one out without naming it missing.
-    fn welcome(&self, peer: NodeId) {
-        let casts = {
-            let state = lock(&self.cluster_state().state);
-            if state.left {
-                return;
-            }
-            state.casts
-        };
-        self.publish_wire(Target::Node(peer), &Wire::Heartbeat { casts });
     }
 
     fn answer(&self, from: NodeId, service: &str, body: Value) -> Option<Value> {
@@ -456,6 +487,11 @@ impl Hub {
             except: None,
             message: Message::text(text),
         });
+    }
+
+    /// Notes that this hub is alone on its broker for good (see [`Hub::new`]).
+    pub(crate) fn set_solitary(&self) {
+        self.cluster_state().solitary.store(true, Relaxed);
     }
 
     /// Says goodbye to the other hubs, so that they forget this one at once.
@@ -624,13 +660,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_hub_knows_the_others_before_their_next_heartbeat() {
+    async fn a_request_for_the_whole_timeout_hears_hubs_not_yet_known() {
         let network = MemoryNetwork::new();
-        // One heartbeat each, at start: only the welcome can tell the second hub of
-        // the first.
+        // One heartbeat each, at start: the second hub never hears the first's.
         let slow = HubConfig::default().node_heartbeat(Duration::from_secs(3600));
         let first = Hub::with_broker(slow.clone(), network.broker());
-        // Its one heartbeat goes out before the second hub is there to hear it.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = Hub::with_broker(slow, network.broker());
         for hub in [&first, &second] {
@@ -639,15 +673,23 @@ mod tests {
                 Arc::new(|hub, _, _| json!(hub.node().to_string())),
             );
         }
+        until("the first hears the second", || first.nodes().len() == 2).await;
+        assert_eq!(second.nodes(), [second.node()]);
+        assert!(second.is_young());
+        let early = second
+            .request(None, "whoami", Value::Null, Duration::from_millis(200))
+            .await;
+        assert_eq!(early.replies.len(), 1, "only itself: it knows no other hub");
+        let asked = Instant::now();
+        let whole = second
+            .request_everyone_for("whoami", Value::Null, Duration::from_millis(200))
+            .await;
+        assert!(asked.elapsed() >= Duration::from_millis(200));
         let mut both = vec![first.node(), second.node()];
         both.sort_unstable();
-        until("the second hub knows the first", || second.nodes() == both).await;
-        assert_eq!(first.nodes(), both);
-        let gathered = second
-            .request(None, "whoami", Value::Null, Duration::from_secs(5))
-            .await;
-        assert_eq!(gathered.replies.len(), 2);
-        assert!(gathered.missing.is_empty());
+        assert_eq!(whole.replies.keys().copied().collect::<Vec<_>>(), both);
+        assert!(whole.missing.is_empty());
+        assert_eq!(second.nodes(), both, "the reply made it known");
     }
 
     #[tokio::test]

@@ -176,7 +176,11 @@ pub struct HubMetrics {
 impl Hub {
     /// A hub with the in-memory broker: rooms span this process only.
     pub fn new(config: HubConfig) -> Self {
-        Self::with_broker(config, MemoryNetwork::new().broker())
+        let hub = Self::with_broker(config, MemoryNetwork::new().broker());
+        // Nobody else can join its network: its cluster queries need not wait for
+        // hubs it has not heard from yet.
+        hub.set_solitary();
+        hub
     }
 
     /// A hub whose rooms and broadcasts also reach the other hubs on `broker`.

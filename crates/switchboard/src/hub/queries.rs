@@ -208,8 +208,12 @@ impl From<ConnectionId> for Connections {
 /// ([`HubConfig::cluster_timeout`](super::HubConfig::cluster_timeout) unless
 /// [`ClusterQuery::timeout`] says otherwise).
 ///
-/// With the in-memory broker alone, this hub is the whole cluster: every answer is
-/// this hub's, complete, at once.
+/// The hubs asked are those this hub knows to be alive ([`Hub::nodes`]). A hub that
+/// started less than [`HubConfig::node_heartbeat`](super::HubConfig::node_heartbeat)
+/// (and a quarter) ago may not have heard from every other hub yet: its queries of
+/// every hub wait the whole timeout, and count every hub that replies in it.
+/// Otherwise, with the in-memory broker alone, this hub is the whole cluster: every
+/// answer is this hub's, complete, at once.
 #[derive(Debug, Clone, Copy)]
 #[must_use = "a cluster query does nothing until one of its methods is awaited"]
 pub struct ClusterQuery<'a> {
@@ -375,7 +379,14 @@ impl<'a> ClusterQuery<'a> {
                 Value::Null
             }
         };
-        let gathered = self.hub.request(to, SERVICE, body, self.timeout).await;
+        // A hub that started moments ago may not know every other hub yet: rather than
+        // leave them out unnamed, it waits the whole timeout for whoever replies.
+        let gathered = if to.is_none() && self.hub.is_young() {
+            let gathered = self.hub.request_everyone_for(SERVICE, body, self.timeout);
+            gathered.await
+        } else {
+            self.hub.request(to, SERVICE, body, self.timeout).await
+        };
         missing.extend(gathered.missing);
         for (node, reply) in gathered.replies {
             match serde_json::from_value::<R>(reply) {
