@@ -222,6 +222,8 @@ async fn queries_sum_every_hub_and_name_who_replied() {
     for (member, conn) in members.value.iter().zip(expected) {
         assert_eq!(member.node, conn.id().node());
         assert_eq!(member.metadata, conn.metadata_entries());
+        assert_eq!(member.metadata("name"), conn.metadata("name").as_deref());
+        assert_eq!(member.metadata("none"), None);
         assert_eq!(member.remote_addr, conn.remote_addr());
         assert_eq!(member.rooms, ["lobby"]);
     }

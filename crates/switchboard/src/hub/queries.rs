@@ -162,6 +162,12 @@ impl ConnectionInfo {
             metadata: conn.metadata_entries(),
         }
     }
+
+    /// A metadata entry, as [`Connection::metadata`] gives it on the connection's hub.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        let (_, value) = self.metadata.iter().find(|(k, _)| k == key)?;
+        Some(value)
+    }
 }
 
 /// Which connections a remote order ([`ClusterQuery::join`], [`ClusterQuery::leave`],
