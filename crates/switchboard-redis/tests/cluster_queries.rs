@@ -38,11 +38,12 @@ use tokio_tungstenite::{
 /// the child hub.
 const CHILD_PREFIX: &str = "SWITCHBOARD_TEST_QUERIES_CHILD_PREFIX";
 
-/// Heartbeats every 100 ms; a silent hub is dead after 2 s; queries wait 500 ms.
+/// Heartbeats every 100 ms; queries wait 500 ms; a silent hub is dead after 10 s, well
+/// after the stopped hub's four queries (a hub taken for dead is no longer waited for).
 fn config() -> HubConfig {
     HubConfig::default()
         .node_heartbeat(Duration::from_millis(100))
-        .node_timeout(Duration::from_secs(2))
+        .node_timeout(Duration::from_secs(10))
         .cluster_timeout(Duration::from_millis(500))
 }
 
@@ -200,6 +201,35 @@ impl ChildHub {
             .unwrap();
         assert!(status.success(), "kill {signal}");
     }
+
+    /// Stops the child, and waits until every thread of it is stopped: `kill` returns
+    /// once the signal is sent, and a thread still running could answer one more
+    /// query.
+    async fn stop(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.process.id());
+        within("the child to stop", async {
+            while !all_stopped(&tasks) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Whether every thread under `/proc/<pid>/task` is stopped (state `T`).
+fn all_stopped(tasks: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else {
+        return false;
+    };
+    entries.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // "pid (comm) S ...": the state follows the command's closing parenthesis.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        state == Some('T')
+    })
 }
 
 impl Drop for ChildHub {
@@ -261,7 +291,7 @@ async fn queries_with_a_stopped_node_return_within_the_timeout_and_name_it() {
         (3, sorted(all.to_vec()))
     );
 
-    child.signal("-STOP");
+    child.stop().await;
     let timeout = Duration::from_millis(500);
     // Within the timeout, and not much past it: a second at most, on a loaded machine.
     let bound = timeout..timeout + Duration::from_secs(1);
