@@ -315,6 +315,13 @@ async fn remote_join_leave_and_disconnect_reach_a_client_on_another_hub() {
     a.hub.send_to(conn.id(), "end");
     assert_eq!(next(&mut ws).await, TMessage::text("end"));
 
+    // A code no close frame may carry closes nothing (RFC 6455 §7.4).
+    let refused = a
+        .hub
+        .cluster()
+        .disconnect(conn.id(), CloseCode::from(1005), "no")
+        .await;
+    assert_eq!((refused.value, refused.is_complete()), (0, true));
     let code = CloseCode::from(4000);
     let closed = a.hub.cluster().disconnect(conn.id(), code, "kicked").await;
     assert_eq!((closed.value, closed.is_complete()), (1, true));

@@ -341,7 +341,8 @@ impl<'a> ClusterQuery<'a> {
     /// ([`Connection::close`] on the hubs that hold them; Socket.IO's
     /// `disconnectSockets`), as [`ClusterQuery::join`] does: `value` counts those whose
     /// close was started. One already closing, or a reason over 123 bytes, is not
-    /// counted (see [`Connection::close`]).
+    /// counted (see [`Connection::close`]); a code that a close frame must not carry
+    /// ([`CloseCode::is_sendable`]: 1005, 1006, 1015, reserved codes) closes none.
     pub async fn disconnect(
         &self,
         who: impl Into<Connections>,
@@ -502,6 +503,15 @@ fn answer(hub: &Hub, body: Value) -> Value {
         }
         Ask::Disconnect { who, code, reason } => {
             let code = CloseCode::from(code);
+            // A code a close frame must not carry (1005, 1006, 1015, reserved ones; RFC
+            // 6455 §7.4) would make the client fail the connection: none is closed.
+            if !code.is_sendable() {
+                tracing::warn!(
+                    code = code.as_u16(),
+                    "refused a remote disconnect with a code that cannot be sent"
+                );
+                return Value::from(0);
+            }
             let closed = selected(hub, &who)
                 .iter()
                 .filter(|conn| conn.close(code, reason.clone()).is_ok())
