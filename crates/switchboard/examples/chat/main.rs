@@ -64,7 +64,7 @@ use std::{error::Error, net::SocketAddr, ops::Range, time::Duration};
 use switchboard::{
     CloseCode, Compression, Message,
     channels::Channels,
-    hub::{Connection, Handler, Hub, HubConfig},
+    hub::{ClusterQuery, Connection, Handler, Hub, HubConfig},
 };
 use switchboard_redis::{RedisBroker, RedisConfig};
 
@@ -138,6 +138,9 @@ const MAX_NAME: usize = channel::MAX_NAME;
 /// arbitrarily long keys.
 const MAX_ROOM: usize = 64;
 
+/// How long a plain client's welcome waits for the other processes' members.
+const CLUSTER_WAIT: Duration = Duration::from_millis(500);
+
 /// The prefix of the plain rooms' hub rooms, apart from those of channel topics (`phx:`).
 const PLAIN_ROOM_PREFIX: &str = "chat:";
 
@@ -161,6 +164,11 @@ impl Chat {
     fn name(conn: &Connection) -> String {
         conn.metadata("name").unwrap_or_default()
     }
+
+    /// Questions to every chat process, answered within [`CLUSTER_WAIT`].
+    fn cluster(hub: &Hub) -> ClusterQuery<'_> {
+        hub.cluster().timeout(CLUSTER_WAIT)
+    }
 }
 
 impl Handler for Chat {
@@ -178,14 +186,20 @@ impl Handler for Chat {
         let hub_room = Self::hub_room(conn);
         conn.join(&hub_room);
         let hub = conn.hub();
-        let members: Vec<String> = hub
+        // Everyone in the room on every process: a cluster-wide query (on one process,
+        // it answers at once). A process that does not answer in time is left out of the
+        // list rather than holding up the welcome.
+        let members: Vec<String> = Self::cluster(hub)
             .room_members(&hub_room)
+            .await
+            .value
             .iter()
-            .filter_map(|c| c.metadata("name"))
+            .filter_map(|member| member.metadata("name").map(str::to_owned))
             .collect();
+        let count = members.len();
         let welcome = json!({"type": "welcome", "id": conn.id(), "room": room, "user": name, "members": members});
         conn.send_text(welcome.to_string());
-        let joined = json!({"type": "joined", "user": name, "count": hub.room_size(&hub_room)});
+        let joined = json!({"type": "joined", "user": name, "count": count});
         hub.to(&hub_room)
             .except(conn.id())
             .send_text(joined.to_string());
@@ -208,7 +222,11 @@ impl Handler for Chat {
     async fn on_close(&self, conn: &Connection, _code: CloseCode, _reason: &str) {
         let room = Self::hub_room(conn);
         // Still a member here; the hub removes the connection after this returns.
-        let count = conn.hub().room_size(&room).saturating_sub(1);
+        let count = Self::cluster(conn.hub())
+            .room_size(&room)
+            .await
+            .value
+            .saturating_sub(1);
         let left = json!({"type": "left", "user": Self::name(conn), "count": count});
         conn.hub()
             .to(&room)
