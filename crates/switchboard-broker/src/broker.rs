@@ -131,8 +131,14 @@ pub struct BrokerMetrics {
     pub published: u64,
     /// Envelopes from other hubs handed to this hub.
     pub received: u64,
-    /// Envelopes this hub could not publish, or that it knows it missed.
+    /// Envelopes this hub could not publish (the link was down, or its queue to the
+    /// link was full).
     pub lost: u64,
+    /// Envelopes other hubs published for this hub that never reached it, counted
+    /// here, on the receiving side, from the gaps in the publishers' numbering (see
+    /// [`GapDetector`](crate::GapDetector)): a dropped subscription, a broker that
+    /// disconnected a slow reader, a publisher's shed.
+    pub missed: u64,
     /// Messages on the broker's channels that were not envelopes it understands.
     pub malformed: u64,
     /// Times the link was opened again after failing.

@@ -33,10 +33,14 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod backoff;
 mod broker;
 mod id;
 mod memory;
+mod sequence;
 
+pub use backoff::Backoff;
 pub use broker::{Broker, BrokerMetrics, Envelope, Inbox, Target};
 pub use id::{ConnectionId, NodeId, ParseIdError};
 pub use memory::{MemoryBroker, MemoryNetwork};
+pub use sequence::{DEFAULT_MAX_CHANNELS, GapDetector, Sequencer, Stamp};

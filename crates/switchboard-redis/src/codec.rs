@@ -1,8 +1,10 @@
 //! Envelopes as bytes on a Redis channel.
 //!
 //! ```text
-//! version u8 = 2
+//! version u8 = 3
 //! origin  u64: the publishing hub's node id
+//! epoch   u32: the publisher's counter for this channel (see `switchboard_broker::Stamp`)
+//! seq     u64: the envelope's number on this channel in that epoch, from 1
 //! target  u8: 0 all | 1 room, then u32 length and the name | 2 connection, then an id
 //!         | 3 node, then a u64 node id | 4 nodes
 //! except  u8: 0 none | 1, then an id
@@ -14,13 +16,17 @@
 //!
 //! Integers are big-endian. Every hub on one prefix must speak the same version: a hub
 //! that reads another version drops the envelope and counts it, rather than guess.
-//! Version 1 carried 64-bit connection ids with a 24-bit node in their high bits.
+//! Version 1 carried 64-bit connection ids with a 24-bit node in their high bits;
+//! version 2 had no epoch and sequence.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use switchboard_broker::{ConnectionId, Envelope, NodeId, Target};
+use switchboard_broker::{ConnectionId, Envelope, NodeId, Stamp, Target};
 use switchboard_proto::Message;
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+
+/// Where the epoch starts: after the version and the origin.
+const STAMP_AT: usize = 1 + 8;
 
 /// Why an envelope could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +46,9 @@ pub(crate) enum CodecError {
     InvalidUtf8,
 }
 
-/// The envelope in wire form.
-pub(crate) fn encode(envelope: &Envelope) -> Result<Bytes, CodecError> {
+/// The envelope in wire form, with a zero stamp for [`stamp`] to fill in: encoding
+/// happens before the publisher takes its lock, stamping under it.
+pub(crate) fn encode(envelope: &Envelope) -> Result<BytesMut, CodecError> {
     let (kind, payload) = match &envelope.message {
         Message::Text(text) => (1, text.as_bytes().clone()),
         Message::Binary(data) => (2, data.clone()),
@@ -50,6 +57,8 @@ pub(crate) fn encode(envelope: &Envelope) -> Result<Bytes, CodecError> {
     let mut out = BytesMut::with_capacity(48 + payload.len());
     out.put_u8(VERSION);
     out.put_u64(envelope.origin.to_bits());
+    out.put_u32(0);
+    out.put_u64(0);
     match &envelope.target {
         Target::All => out.put_u8(0),
         Target::Room(room) => {
@@ -78,16 +87,27 @@ pub(crate) fn encode(envelope: &Envelope) -> Result<Bytes, CodecError> {
     }
     out.put_u8(kind);
     out.put_slice(&payload);
-    Ok(out.freeze())
+    Ok(out)
 }
 
-/// An envelope from its wire form; never panics on malformed input.
-pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, CodecError> {
+/// Writes `stamp` into an envelope [`encode`] made.
+pub(crate) fn stamp(wire: &mut BytesMut, stamp: Stamp) {
+    let mut at = &mut wire[STAMP_AT..STAMP_AT + 12];
+    at.put_u32(stamp.epoch);
+    at.put_u64(stamp.sequence);
+}
+
+/// An envelope and its stamp from their wire form; never panics on malformed input.
+pub(crate) fn decode(mut bytes: Bytes) -> Result<(Envelope, Stamp), CodecError> {
     let version = take_u8(&mut bytes)?;
     if version != VERSION {
         return Err(CodecError::Unknown("version", version));
     }
     let origin = NodeId::from_bits(take_u64(&mut bytes)?);
+    let stamp = Stamp {
+        epoch: take_u32(&mut bytes)?,
+        sequence: take_u64(&mut bytes)?,
+    };
     let target = match take_u8(&mut bytes)? {
         0 => Target::All,
         1 => {
@@ -111,12 +131,13 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, CodecError> {
         2 => Message::Binary(bytes),
         other => return Err(CodecError::Unknown("kind", other)),
     };
-    Ok(Envelope {
+    let envelope = Envelope {
         origin,
         target,
         except,
         message,
-    })
+    };
+    Ok((envelope, stamp))
 }
 
 fn put_id(out: &mut BytesMut, id: ConnectionId) {
@@ -191,11 +212,26 @@ mod tests {
         ]
     }
 
+    /// The envelope in wire form, stamped.
+    fn wire(envelope: &Envelope, with: Stamp) -> Bytes {
+        let mut wire = encode(envelope).unwrap();
+        stamp(&mut wire, with);
+        wire.freeze()
+    }
+
+    const STAMP: Stamp = Stamp {
+        epoch: 0x0a0b_0c0d,
+        sequence: 0x2a,
+    };
+
     #[test]
     fn every_envelope_round_trips() {
         for envelope in envelopes() {
-            let wire = encode(&envelope).unwrap();
-            assert_eq!(decode(wire).unwrap(), envelope);
+            let with = Stamp {
+                epoch: u32::MAX,
+                sequence: u64::MAX - 3,
+            };
+            assert_eq!(decode(wire(&envelope, with)).unwrap(), (envelope, with));
         }
     }
 
@@ -207,20 +243,23 @@ mod tests {
             except: Some(id(0x2222_2222_2222_2222, 1)),
             message: Message::text("hi"),
         };
-        let mut expected = vec![2, 1, 2, 3, 4, 5, 6, 7, 8, 2];
+        let mut expected = vec![3, 1, 2, 3, 4, 5, 6, 7, 8];
+        expected.extend([0x0a, 0x0b, 0x0c, 0x0d]);
+        expected.extend(0x2a_u64.to_be_bytes());
+        expected.push(2);
         expected.extend([0x11; 8]);
         expected.extend(0x2a_u64.to_be_bytes());
         expected.push(1);
         expected.extend([0x22; 8]);
         expected.extend(1_u64.to_be_bytes());
         expected.extend([1, b'h', b'i']);
-        assert_eq!(encode(&envelope).unwrap(), expected);
+        assert_eq!(wire(&envelope, STAMP), expected);
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         for envelope in envelopes() {
-            let wire = encode(&envelope).unwrap();
+            let wire = wire(&envelope, STAMP);
             // The payload may end anywhere, so only cuts inside the head must fail.
             let head = wire.len() - envelope.message.len();
             for cut in 0..head {
@@ -235,12 +274,12 @@ mod tests {
 
     #[test]
     fn unknown_bytes_and_bad_text_are_refused() {
-        let wire = encode(&envelopes()[0]).unwrap();
+        let wire = wire(&envelopes()[0], STAMP);
         let mut other_version = wire.to_vec();
-        other_version[0] = 1;
+        other_version[0] = 2;
         assert_eq!(
             decode(other_version.into()),
-            Err(CodecError::Unknown("version", 1))
+            Err(CodecError::Unknown("version", 2))
         );
         let mut bad_text = wire.to_vec();
         let last = bad_text.len() - 1;
@@ -250,6 +289,6 @@ mod tests {
             message: Message::Ping(Bytes::new()),
             ..envelopes()[0].clone()
         };
-        assert_eq!(encode(&ping), Err(CodecError::NotData));
+        assert_eq!(encode(&ping).err(), Some(CodecError::NotData));
     }
 }

@@ -54,6 +54,7 @@
 mod codec;
 mod error;
 mod link;
+mod pubsub;
 
 pub use error::ConnectError;
 
@@ -66,7 +67,9 @@ use std::{
     },
     time::Duration,
 };
-use switchboard_broker::{Broker, BrokerMetrics, Envelope, Inbox, NodeId, Target};
+use switchboard_broker::{
+    Broker, BrokerMetrics, DEFAULT_MAX_CHANNELS, Envelope, Inbox, NodeId, Sequencer, Target,
+};
 use tokio::{
     runtime::Handle,
     sync::{
@@ -78,6 +81,9 @@ use tokio::{
 /// Four full pipelines (see `link::MAX_BATCH`); the reason is at
 /// [`RedisConfig::max_pending_publishes`].
 const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
+
+/// The reason is at [`RedisConfig::max_pending_deliveries`].
+const DEFAULT_MAX_PENDING_DELIVERIES: usize = 1024;
 
 /// Where to find Redis and how to name the channels.
 ///
@@ -127,6 +133,16 @@ pub struct RedisConfig {
     /// round trip, and a bound on what a stalled link holds (this many envelopes, each
     /// at most the hub's message size).
     pub max_pending_publishes: usize,
+    /// The most envelopes from other hubs waiting for this hub to take them. When it
+    /// is full the broker stops reading from Redis, which then holds what follows in
+    /// its output buffer for this hub and, past its `client-output-buffer-limit
+    /// pubsub` (32 MB, or 8 MB for a minute, by default), closes the connection: the
+    /// hub reconnects and counts what it missed in [`BrokerStats::missed`]. 0 is taken
+    /// as 1.
+    ///
+    /// Default 1,024: room for a burst while the hub fans the previous envelopes out,
+    /// and a bound (this many envelopes) on what a slow hub holds.
+    pub max_pending_deliveries: usize,
 }
 
 impl Default for RedisConfig {
@@ -136,6 +152,7 @@ impl Default for RedisConfig {
             prefix: "switchboard".to_owned(),
             max_backoff: Duration::from_secs(5),
             max_pending_publishes: DEFAULT_MAX_PENDING_PUBLISHES,
+            max_pending_deliveries: DEFAULT_MAX_PENDING_DELIVERIES,
         }
     }
 }
@@ -162,6 +179,12 @@ impl RedisConfig {
     /// Sets [`RedisConfig::max_pending_publishes`]; the broker takes 0 as 1.
     pub fn max_pending_publishes(mut self, max: usize) -> Self {
         self.max_pending_publishes = max;
+        self
+    }
+
+    /// Sets [`RedisConfig::max_pending_deliveries`]; the broker takes 0 as 1.
+    pub fn max_pending_deliveries(mut self, max: usize) -> Self {
+        self.max_pending_deliveries = max;
         self
     }
 
@@ -225,35 +248,64 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct RedisBroker {
     config: RedisConfig,
+    client: redis::Client,
     /// Bounded by [`RedisConfig::max_pending_publishes`].
     publishes: mpsc::Sender<Publish>,
+    /// Numbers each publish on its channel, for receivers to count gaps; locked
+    /// across the numbering and the queueing, so that numbers go out in order.
+    sequencer: Mutex<Sequencer>,
     rooms: Arc<RoomChanges>,
-    /// The link and the publishes' receiving end until the hub starts the broker.
-    pending: Mutex<Option<(link::Link, mpsc::Receiver<Publish>)>>,
-    runtime: Handle,
+    /// Until the hub starts the broker: the link [`RedisBroker::connect`] opened, if
+    /// any, and the publishes' receiving end.
+    pending: Mutex<Option<(Option<link::Link>, mpsc::Receiver<Publish>)>>,
+    /// The runtime the broker was made in, where its tasks run.
+    runtime: Option<Handle>,
     stats: BrokerStats,
     /// Set by the link task: see [`Broker::is_ready`].
     ready: Arc<AtomicBool>,
 }
 
+/// How long a publisher keeps the counter of a channel it does not publish on: its
+/// receivers keep theirs longer (see `link::RECEIVER_IDLE`).
+const PUBLISHER_IDLE: Duration = Duration::from_secs(60);
+
 impl RedisBroker {
-    /// Connects to Redis (failing at once if it cannot be reached); the broker starts
-    /// working when a hub takes it. Call from inside a tokio runtime: the link's task
-    /// runs on it.
-    pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
-        let link = link::Link::open(&config).await?;
+    /// A broker that connects to Redis once a hub takes it, and keeps trying while
+    /// Redis is down: the hub starts at once, serves its own members and is not ready
+    /// (`Hub::is_ready`, `/ready`) until the link is up with its subscriptions.
+    /// Fails only for a URL the Redis client does not understand. Call from inside a
+    /// tokio runtime: the link's tasks run on it.
+    pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         Ok(Self {
             config,
+            client,
             publishes,
+            sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
             rooms: Arc::default(),
-            pending: Mutex::new(Some((link, receiver))),
-            runtime: Handle::current(),
+            pending: Mutex::new(Some((None, receiver))),
+            runtime: Handle::try_current().ok(),
             stats: BrokerStats::default(),
             // Not before the hub's own channels are subscribed, once a hub takes it.
             ready: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Like [`RedisBroker::new`], but connects first and fails at once if Redis cannot
+    /// be reached: for a process that should not start without Redis. After that, the
+    /// broker reconnects as [`RedisBroker::new`]'s does.
+    pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
+        let broker = Self::new(config)?;
+        let link = link::Link::open(&broker.client)
+            .await
+            .map_err(|error| ConnectError::Connect(Box::new(error)))?;
+        if let Some((first, _)) = lock(&broker.pending).as_mut() {
+            *first = Some(link);
+        }
+        Ok(broker)
     }
 
     /// Counters of this broker, readable after the hub has taken it.
@@ -269,44 +321,61 @@ impl RedisBroker {
             tracing::warn!(%channel, lost_total = lost, "envelope lost: {why}");
         }
     }
+
+    /// Numbers the envelope and queues it for the link task. Full queue: the new
+    /// envelope is shed (drop newest), so that what waits keeps its order and the
+    /// queue its bound; its number is spent, so receivers count it as missed.
+    fn enqueue(&self, channel: String, mut wire: bytes::BytesMut) {
+        let mut sequencer = lock(&self.sequencer);
+        let stamp = sequencer.next(&channel, std::time::Instant::now());
+        codec::stamp(&mut wire, stamp);
+        let payload = wire.freeze();
+        // Counted before the send, so that the link task never takes one uncounted.
+        self.stats.0.pending.fetch_add(1, Relaxed);
+        match self.publishes.try_send(Publish { channel, payload }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(publish)) => {
+                drop(sequencer);
+                self.stats.0.pending.fetch_sub(1, Relaxed);
+                self.stats.count(&self.stats.0.shed);
+                self.lose(&publish.channel, "too many publishes waiting for Redis");
+            }
+            // The link task ends only when its hub is gone.
+            Err(TrySendError::Closed(publish)) => {
+                drop(sequencer);
+                self.stats.0.pending.fetch_sub(1, Relaxed);
+                self.lose(&publish.channel, "the link task has ended");
+            }
+        }
+    }
 }
 
 impl Broker for RedisBroker {
     fn start(&self, inbox: Inbox) {
-        let pending = self.pending.lock().map(|mut p| p.take());
-        let Ok(Some((link, publishes))) = pending else {
+        let Some((first, publishes)) = lock(&self.pending).take() else {
             tracing::error!("RedisBroker started twice; the second hub is not attached");
             return;
         };
+        let Some(runtime) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
+            tracing::error!("RedisBroker made and started outside a tokio runtime; not attached");
+            return;
+        };
         let inbox_node = inbox.node();
-        let task = link::run(
-            link,
-            self.config.clone(),
+        let task = link::Task {
+            client: self.client.clone(),
+            config: self.config.clone(),
             inbox,
-            publishes,
-            self.rooms.clone(),
-            self.stats.clone(),
-            self.ready.clone(),
-        );
+            changes: self.rooms.clone(),
+            stats: self.stats.clone(),
+            ready: self.ready.clone(),
+        };
         tracing::info!(node = %inbox_node, "hub attached to Redis");
-        self.runtime.spawn(task);
+        runtime.spawn(link::run(task, first, publishes));
     }
 
     fn publish(&self, envelope: Envelope) {
         match codec::encode(&envelope) {
-            Ok(payload) => {
-                let channel = self.config.channel_of(&envelope);
-                match self.publishes.try_send(Publish { channel, payload }) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(publish)) => {
-                        self.lose(&publish.channel, "too many publishes waiting for Redis");
-                    }
-                    // The link task ends only when its hub is gone.
-                    Err(TrySendError::Closed(publish)) => {
-                        self.lose(&publish.channel, "the link task has ended");
-                    }
-                }
-            }
+            Ok(wire) => self.enqueue(self.config.channel_of(&envelope), wire),
             Err(error) => {
                 self.stats.count(&self.stats.0.lost);
                 tracing::warn!(%error, "envelope not published");
@@ -324,7 +393,8 @@ impl Broker for RedisBroker {
 
     /// `false` from the moment the link fails until it is open again and Redis has
     /// confirmed the subscriptions to every room of the hub, its node channel and
-    /// `all`; also before the hub takes the broker.
+    /// `all`; also before the hub takes the broker, and while Redis has not been
+    /// reached yet.
     fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
     }
@@ -335,6 +405,7 @@ impl Broker for RedisBroker {
         metrics.published = stats.published();
         metrics.received = stats.received();
         metrics.lost = stats.lost();
+        metrics.missed = stats.missed();
         metrics.malformed = stats.malformed();
         metrics.reconnects = stats.reconnects();
         metrics.connected = self.is_ready();
@@ -351,8 +422,11 @@ struct Counters {
     published: AtomicU64,
     received: AtomicU64,
     lost: AtomicU64,
+    shed: AtomicU64,
+    missed: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
+    pending: AtomicU64,
 }
 
 impl BrokerStats {
@@ -373,6 +447,21 @@ impl BrokerStats {
         self.0.lost.load(Relaxed)
     }
 
+    /// Of [`BrokerStats::lost`], the publishes shed because
+    /// [`RedisConfig::max_pending_publishes`] were already waiting.
+    pub fn shed(&self) -> u64 {
+        self.0.shed.load(Relaxed)
+    }
+
+    /// Envelopes other hubs published for this hub that never reached it, counted
+    /// from the gaps in each publisher's numbering of each channel when its next
+    /// envelope arrives: a subscription Redis dropped (`CLIENT KILL`, its output-buffer
+    /// limit, a restart), a publisher's shed. `received + missed` is what the other
+    /// hubs published for this hub once they publish again after a gap.
+    pub fn missed(&self) -> u64 {
+        self.0.missed.load(Relaxed)
+    }
+
     /// Messages on our channels that were not envelopes this version understands.
     pub fn malformed(&self) -> u64 {
         self.0.malformed.load(Relaxed)
@@ -381,6 +470,12 @@ impl BrokerStats {
     /// Times the link to Redis was opened again after failing.
     pub fn reconnects(&self) -> u64 {
         self.0.reconnects.load(Relaxed)
+    }
+
+    /// Publishes waiting for the link now: at most
+    /// [`RedisConfig::max_pending_publishes`].
+    pub fn pending_publishes(&self) -> u64 {
+        self.0.pending.load(Relaxed)
     }
 
     fn count(&self, counter: &AtomicU64) {
@@ -403,17 +498,20 @@ mod tests {
             .url("redis://redis.example:6380/2")
             .prefix("chat")
             .max_backoff(Duration::from_secs(1))
-            .max_pending_publishes(2);
+            .max_pending_publishes(2)
+            .max_pending_deliveries(3);
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let RedisConfig {
             url,
             prefix,
             max_backoff,
             max_pending_publishes,
+            max_pending_deliveries,
         } = config;
         assert_eq!(url, "redis://redis.example:6380/2");
         assert_eq!(prefix, "chat");
         assert_eq!(max_backoff, Duration::from_secs(1));
         assert_eq!(max_pending_publishes, 2);
+        assert_eq!(max_pending_deliveries, 3);
     }
 }

@@ -1,29 +1,38 @@
-//! The task that owns the connections to Redis: it publishes what the hub sends,
-//! follows the hub's rooms with subscriptions, hands what arrives to the hub's inbox,
-//! and reconnects when Redis goes away.
+//! The task that owns the connections to Redis: it publishes what the hub sends and
+//! follows the hub's rooms with subscriptions, while a reader task per connection
+//! reads what arrives, counts the gaps in it, and hands it to a delivery task that
+//! feeds the hub's inbox. It reconnects, with jittered backoff, when Redis goes away.
+//!
+//! Memory stays bounded on both ways: publishes wait in a queue of
+//! `max_pending_publishes`, arrivals in one of `max_pending_deliveries`; when the
+//! latter is full the reader stops reading, and Redis holds (and past its
+//! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
 
-use crate::{BrokerStats, ConnectError, Publish, RedisConfig, RoomChanges, codec};
+use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, pubsub};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::{
-    Client, RedisResult,
-    aio::{MultiplexedConnection, PubSubSink, PubSubStream},
-};
+use redis::{Client, RedisResult, aio::MultiplexedConnection};
 use std::{
     collections::HashSet,
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
-use switchboard_broker::Inbox;
-use tokio::sync::mpsc::Receiver;
+use switchboard_broker::{Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox};
+use tokio::{
+    sync::{
+        Notify,
+        mpsc::{self, Receiver, Sender},
+    },
+    task::JoinHandle,
+};
 
 /// Publishes that wait are sent together, up to this many in one pipeline.
 const MAX_BATCH: u64 = 256;
 
-/// The first wait before reconnecting; it doubles up to `RedisConfig::max_backoff`.
+/// The shortest wait before reconnecting; waits grow with jitter up to
+/// `RedisConfig::max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long one attempt to reopen the link may take: an unreachable host can hold a
@@ -31,13 +40,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// taken only between attempts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a receiver remembers a publisher's counter on a channel without hearing
+/// from it: longer than publishers keep theirs (`crate::PUBLISHER_IDLE`), so that a
+/// forgotten counter shows up as a reset rather than hides a gap.
+const RECEIVER_IDLE: Duration = Duration::from_secs(600);
+
+/// How long gaps are summed before they are logged: the gaps of one outage show up
+/// as publishers resume, within moments of each other, and make one line.
+const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
+
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
 /// subscription commands on a subscribed connection).
 pub(crate) struct Link {
-    client: Client,
     publisher: MultiplexedConnection,
-    sink: PubSubSink,
-    stream: PubSubStream,
+    commands: pubsub::Commands,
+    replies: pubsub::Replies,
 }
 
 impl std::fmt::Debug for Link {
@@ -47,30 +64,33 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) async fn open(config: &RedisConfig) -> Result<Self, ConnectError> {
-        let client = Client::open(config.url.as_str())
-            .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
-        Self::open_with(client)
-            .await
-            .map_err(|error| ConnectError::Connect(Box::new(error)))
-    }
-
-    async fn open_with(client: Client) -> RedisResult<Self> {
+    pub(crate) async fn open(client: &Client) -> RedisResult<Self> {
         let publisher = client.get_multiplexed_async_connection().await?;
-        let (sink, stream) = client.get_async_pubsub().await?.split();
+        let (commands, replies) = pubsub::open(client.get_connection_info()).await?;
         Ok(Self {
-            client,
             publisher,
-            sink,
-            stream,
+            commands,
+            replies,
         })
     }
+}
 
-    async fn subscribe(&mut self, channels: impl IntoIterator<Item = String>) -> RedisResult<()> {
-        for channel in channels {
-            self.sink.subscribe(channel).await?;
-        }
-        Ok(())
+/// What the link task works with, for its whole life.
+pub(crate) struct Task {
+    pub(crate) client: Client,
+    pub(crate) config: RedisConfig,
+    pub(crate) inbox: Inbox,
+    pub(crate) changes: Arc<RoomChanges>,
+    pub(crate) stats: BrokerStats,
+    pub(crate) ready: Arc<AtomicBool>,
+}
+
+/// A task aborted when its handle is dropped: a link's reader goes with its link.
+struct Aborting<T>(JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -82,75 +102,120 @@ enum Ended {
     Failed(String),
 }
 
-/// Serves one hub until the broker is dropped or the hub is gone; `ready` is `true`
-/// while the link is up with all of the hub's subscriptions confirmed.
-pub(crate) async fn run(
-    mut link: Link,
-    config: RedisConfig,
-    inbox: Inbox,
-    mut publishes: Receiver<Publish>,
-    changes: Arc<RoomChanges>,
-    stats: BrokerStats,
-    ready: Arc<AtomicBool>,
-) {
+/// Serves one hub until the broker is dropped or the hub is gone, from `first` (a
+/// link opened by `RedisBroker::connect`) or from a link it opens itself.
+pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Receiver<Publish>) {
+    let capacity = task.config.max_pending_deliveries.max(1);
+    let (deliveries, arrived) = mpsc::channel(capacity);
+    let _delivery = Aborting(tokio::spawn(deliver(
+        arrived,
+        task.inbox.clone(),
+        task.stats.clone(),
+    )));
+    let detector = Arc::new(Mutex::new(GapDetector::new(
+        DEFAULT_MAX_CHANNELS,
+        RECEIVER_IDLE,
+    )));
+    let mut backoff = Backoff::new(FIRST_BACKOFF, task.config.max_backoff);
     let mut rooms = HashSet::new();
-    let own = [config.channel_all(), config.channel_node(inbox.node())];
-    let mut subscribed = link.subscribe(own.clone()).await;
+    let mut outage: Option<Instant> = None;
     loop {
-        let failure = match subscribed {
-            Ok(()) => {
-                // Redis confirmed every subscription the hub has: envelopes for any of
-                // its connections reach it again.
-                ready.store(true, Relaxed);
-                let mut session = Session {
-                    link: &mut link,
-                    config: &config,
-                    inbox: &inbox,
-                    rooms: &mut rooms,
-                    changes: &changes,
-                    stats: &stats,
-                };
-                match session.serve(&mut publishes).await {
-                    Ended::Done => return,
-                    Ended::Failed(failure) => failure,
-                }
-            }
-            Err(error) => error.to_string(),
+        let link = match first.take() {
+            Some(link) => link,
+            None => match reconnect(&task, &mut publishes, &mut backoff, outage.is_some()).await {
+                Some(link) => link,
+                None => return,
+            },
         };
+        if let Some(down) = outage.take() {
+            let lost = task.stats.lost();
+            tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
+            task.stats.count(&task.stats.0.reconnects);
+        }
+        backoff.reset();
+        let reader = Reader {
+            own: task.inbox.node(),
+            deliveries: deliveries.clone(),
+            detector: detector.clone(),
+            acks: Arc::default(),
+            stats: task.stats.clone(),
+            missed_window: Arc::default(),
+        };
+        let ended = serve(&task, link, reader, &mut rooms, &mut publishes).await;
         // Until the new link has subscribed to everything again, this hub would miss
         // what other hubs publish for its connections.
-        ready.store(false, Relaxed);
-        // Once per outage: the retries that follow are logged at `debug`.
-        tracing::warn!(%failure, "lost the link to Redis; reconnecting");
-        let down = Instant::now();
-        let Some((new, lost)) = reconnect(&link.client, &config, &mut publishes, &stats).await
-        else {
-            return;
-        };
-        tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
-        link = new;
-        stats.count(&stats.0.reconnects);
-        // The room changes asked for meanwhile: subscribed below, with the others.
-        for (room, wanted) in changes.take() {
-            note(&mut rooms, room, wanted);
+        task.ready.store(false, Relaxed);
+        match ended {
+            Ended::Done => return,
+            Ended::Failed(failure) => {
+                // Once per outage: the retries that follow are logged at `debug`.
+                tracing::warn!(%failure, "lost the link to Redis; reconnecting");
+                outage = Some(Instant::now());
+            }
         }
-        let rooms_now: Vec<String> = rooms.iter().map(|r| config.channel_room(r)).collect();
-        subscribed = link.subscribe(own.iter().cloned().chain(rooms_now)).await;
+    }
+}
+
+/// One connected stretch: subscribes to everything the hub has, then serves.
+async fn serve(
+    task: &Task,
+    link: Link,
+    reader: Reader,
+    rooms: &mut HashSet<String>,
+    publishes: &mut Receiver<Publish>,
+) -> Ended {
+    let acks = reader.acks.clone();
+    let mut session = Session {
+        task,
+        publisher: link.publisher,
+        commands: link.commands,
+        reader: Aborting(tokio::spawn(reader.run(link.replies))),
+        acks,
+        sent: 0,
+        ready_at: None,
+        rooms,
+    };
+    match session.subscribe_all().await {
+        Ok(()) => session.serve(publishes).await,
+        Err(error) => Ended::Failed(error.to_string()),
     }
 }
 
 /// The state one connected stretch works on.
 struct Session<'a> {
-    link: &'a mut Link,
-    config: &'a RedisConfig,
-    inbox: &'a Inbox,
+    task: &'a Task,
+    publisher: MultiplexedConnection,
+    commands: pubsub::Commands,
+    reader: Aborting<Result<(), String>>,
+    acks: Arc<Acks>,
+    /// Channels named in the (un)subscriptions sent on this connection: Redis confirms
+    /// each once, in order.
+    sent: u64,
+    /// The confirmations that make the hub ready, and when they were asked for.
+    ready_at: Option<(u64, Instant)>,
     /// The rooms this hub has members in: subscribed now, and again after a reconnect.
     rooms: &'a mut HashSet<String>,
-    changes: &'a RoomChanges,
-    stats: &'a BrokerStats,
 }
 
 impl Session<'_> {
+    /// Subscribes to the hub's own channels and every room it has, in batches; the
+    /// hub is ready once Redis has confirmed them all.
+    async fn subscribe_all(&mut self) -> std::io::Result<()> {
+        // The room changes asked for before this link: subscribed here, with the others.
+        for (room, wanted) in self.task.changes.take() {
+            note(self.rooms, room, wanted);
+        }
+        let config = &self.task.config;
+        let mut channels = vec![
+            config.channel_all(),
+            config.channel_node(self.task.inbox.node()),
+        ];
+        channels.extend(self.rooms.iter().map(|room| config.channel_room(room)));
+        self.send("SUBSCRIBE", &channels).await?;
+        self.ready_at = Some((self.sent, Instant::now()));
+        Ok(())
+    }
+
     async fn serve(&mut self, publishes: &mut Receiver<Publish>) -> Ended {
         loop {
             tokio::select! {
@@ -162,39 +227,57 @@ impl Session<'_> {
                         return Ended::Failed(format!("{error} ({lost} envelopes lost)"));
                     }
                 }
-                () = self.changes.changed.notified() => {
+                () = self.task.changes.changed.notified() => {
                     if let Err(error) = self.apply_room_changes().await {
                         return Ended::Failed(error.to_string());
                     }
                 }
-                message = self.link.stream.next() => {
-                    let Some(message) = message else {
-                        return Ended::Failed("the subscription connection closed".into());
+                () = self.acks.changed.notified(), if self.ready_at.is_some() => self.check_ready(),
+                ended = &mut self.reader.0 => {
+                    return match ended {
+                        // The hub is gone: its delivery task ended.
+                        Ok(Ok(())) => Ended::Done,
+                        Ok(Err(failure)) => Ended::Failed(failure),
+                        Err(error) => Ended::Failed(error.to_string()),
                     };
-                    if !self.deliver(message.get_payload_bytes()) {
-                        return Ended::Done;
-                    }
                 }
             }
         }
     }
 
-    /// Subscribes to the rooms the hub came to have and unsubscribes from those it left.
-    /// `rooms` takes every change even when Redis fails midway, so that the
-    /// resubscription after the reconnect has them all.
-    async fn apply_room_changes(&mut self) -> RedisResult<()> {
-        let mut result = Ok(());
-        for (room, wanted) in self.changes.take() {
-            let channel = self.config.channel_room(&room);
-            if note(self.rooms, room, wanted) && result.is_ok() {
-                result = if wanted {
-                    self.link.sink.subscribe(channel).await
-                } else {
-                    self.link.sink.unsubscribe(channel).await
-                };
+    fn check_ready(&mut self) {
+        let Some((needed, asked)) = self.ready_at else {
+            return;
+        };
+        if self.acks.count.load(Relaxed) >= needed {
+            // Redis confirmed every subscription the hub has: envelopes for any of
+            // its connections reach it again.
+            self.task.ready.store(true, Relaxed);
+            self.ready_at = None;
+            let rooms = self.rooms.len();
+            tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to Redis");
+        }
+    }
+
+    async fn send(&mut self, verb: &str, channels: &[String]) -> std::io::Result<()> {
+        self.commands.send(verb, channels).await?;
+        self.sent += channels.len() as u64;
+        Ok(())
+    }
+
+    /// Subscribes to the rooms the hub came to have and unsubscribes from those it
+    /// left, one batch each. `rooms` takes every change even when Redis fails midway,
+    /// so that the resubscription after the reconnect has them all.
+    async fn apply_room_changes(&mut self) -> std::io::Result<()> {
+        let (mut join, mut leave) = (Vec::new(), Vec::new());
+        for (room, wanted) in self.task.changes.take() {
+            let channel = self.task.config.channel_room(&room);
+            if note(self.rooms, room, wanted) {
+                if wanted { &mut join } else { &mut leave }.push(channel);
             }
         }
-        result
+        self.send("UNSUBSCRIBE", &leave).await?;
+        self.send("SUBSCRIBE", &join).await
     }
 
     /// Publishes this envelope and those queued behind it in one pipeline (one round
@@ -204,6 +287,7 @@ impl Session<'_> {
         first: Publish,
         publishes: &mut Receiver<Publish>,
     ) -> Result<(), (redis::RedisError, u64)> {
+        let stats = &self.task.stats;
         let mut pipe = redis::pipe();
         let mut count: u64 = 0;
         let mut next = Some(first);
@@ -216,68 +300,181 @@ impl Session<'_> {
                 None
             };
         }
-        match pipe.query_async::<()>(&mut self.link.publisher).await {
+        stats.0.pending.fetch_sub(count, Relaxed);
+        match pipe.query_async::<()>(&mut self.publisher).await {
             Ok(()) => {
-                self.stats.add(&self.stats.0.published, count);
+                stats.add(&stats.0.published, count);
                 Ok(())
             }
             // Reported with the outage it starts.
             Err(error) => {
-                self.stats.add(&self.stats.0.lost, count);
+                stats.add(&stats.0.lost, count);
                 Err((error, count))
-            }
-        }
-    }
-
-    /// Hands an arrived envelope to the hub; `false` once the hub is gone.
-    fn deliver(&mut self, payload: &[u8]) -> bool {
-        match codec::decode(Bytes::copy_from_slice(payload)) {
-            Ok(envelope) => {
-                // Our own publishes come back on rooms we share; the inbox skips them.
-                if envelope.origin != self.inbox.node() {
-                    self.stats.count(&self.stats.0.received);
-                }
-                self.inbox.deliver(&envelope)
-            }
-            Err(error) => {
-                self.stats.count(&self.stats.0.malformed);
-                tracing::warn!(%error, "dropped a message that is not an envelope");
-                true
             }
         }
     }
 }
 
-/// Opens the link again, waiting longer after each failure; `None` once the broker is
-/// dropped. Publishes that arrive meanwhile cannot happen: each is counted as lost, and
-/// their number returned with the link.
-async fn reconnect(
-    client: &Client,
-    config: &RedisConfig,
-    publishes: &mut Receiver<Publish>,
-    stats: &BrokerStats,
-) -> Option<(Link, u64)> {
-    let mut delay = FIRST_BACKOFF;
-    let mut lost = 0;
-    loop {
-        let wait = tokio::time::sleep(delay);
-        tokio::pin!(wait);
+/// Confirmations of (un)subscriptions on one connection.
+#[derive(Debug, Default)]
+struct Acks {
+    count: AtomicU64,
+    changed: Notify,
+}
+
+/// Reads one connection's replies: counts the gaps in what arrives and queues it for
+/// the delivery task.
+struct Reader {
+    own: switchboard_broker::NodeId,
+    deliveries: Sender<Envelope>,
+    /// Shared by the readers of successive connections: a gap spans the outage
+    /// between them.
+    detector: Arc<Mutex<GapDetector>>,
+    acks: Arc<Acks>,
+    stats: BrokerStats,
+    /// Envelopes missed since the current log window opened (0: none open).
+    missed_window: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// Reads until the connection fails (`Err`, with why) or the hub is gone (`Ok`).
+    async fn run(self, mut replies: pubsub::Replies) -> Result<(), String> {
         loop {
-            tokio::select! {
-                () = &mut wait => break,
-                publish = publishes.recv() => {
-                    stats.count(&stats.0.lost);
-                    lost += 1;
-                    tracing::trace!(channel = %publish?.channel, "envelope lost: no link to Redis");
+            match replies.next().await.map_err(|error| error.to_string())? {
+                pubsub::Reply::Message { channel, payload } => {
+                    let Some(envelope) = self.accept(&channel, payload) else {
+                        continue;
+                    };
+                    // Waits while the hub is behind: the socket is not read meanwhile.
+                    if self.deliveries.send(envelope).await.is_err() {
+                        return Ok(());
+                    }
                 }
+                pubsub::Reply::Subscription {
+                    channel,
+                    subscribed,
+                } => {
+                    if !subscribed {
+                        self.detector().forget(&channel);
+                    }
+                    self.acks.count.fetch_add(1, Relaxed);
+                    self.acks.changed.notify_one();
+                }
+                pubsub::Reply::Other => {}
             }
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open_with(client.clone())).await {
-            Ok(Ok(link)) => return Some((link, lost)),
-            Ok(Err(error)) => tracing::debug!(%error, ?delay, "Redis still unreachable"),
-            Err(_) => tracing::debug!(?delay, "Redis did not answer in time"),
+    }
+
+    /// The envelope to hand to the hub, after counting what was missed before it;
+    /// `None` for our own (echoed on rooms we share) and for what is not an envelope.
+    fn accept(&self, channel: &str, payload: Vec<u8>) -> Option<Envelope> {
+        let (envelope, stamp) = match codec::decode(Bytes::from(payload)) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.stats.count(&self.stats.0.malformed);
+                tracing::warn!(%error, "dropped a message that is not an envelope");
+                return None;
+            }
+        };
+        if envelope.origin == self.own {
+            return None;
         }
-        delay = (delay * 2).min(config.max_backoff);
+        let missed = self
+            .detector()
+            .observe(channel, envelope.origin, stamp, Instant::now());
+        if missed > 0 {
+            self.count_missed(missed);
+        }
+        Some(envelope)
+    }
+
+    /// Counts `missed` and logs them with the others of the same outage: the first gap
+    /// opens a window, and one line at its end gives the sum.
+    fn count_missed(&self, missed: u64) {
+        self.stats.add(&self.stats.0.missed, missed);
+        if self.missed_window.fetch_add(missed, Relaxed) > 0 {
+            return;
+        }
+        let window = self.missed_window.clone();
+        let total = self.stats.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(MISSED_LOG_WINDOW).await;
+            let missed = window.swap(0, Relaxed);
+            let missed_total = total.missed();
+            tracing::warn!(
+                missed,
+                missed_total,
+                "envelopes from other hubs never arrived (link outage or slow reader)"
+            );
+        });
+    }
+
+    fn detector(&self) -> std::sync::MutexGuard<'_, GapDetector> {
+        self.detector.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Hands arrived envelopes to the hub, off the task that talks to Redis, until the
+/// hub is gone.
+async fn deliver(mut arrived: Receiver<Envelope>, inbox: Inbox, stats: BrokerStats) {
+    while let Some(envelope) = arrived.recv().await {
+        stats.count(&stats.0.received);
+        if !inbox.deliver(&envelope) {
+            return;
+        }
+    }
+}
+
+/// Opens the link, at once when `after_failure` is false and after a jittered wait
+/// otherwise, then again after each failure; `None` once the broker is dropped.
+/// Publishes that arrive meanwhile cannot happen: each is counted as lost.
+async fn reconnect(
+    task: &Task,
+    publishes: &mut Receiver<Publish>,
+    backoff: &mut Backoff,
+    after_failure: bool,
+) -> Option<Link> {
+    let mut wait = if after_failure {
+        backoff.next_wait()
+    } else {
+        Duration::ZERO
+    };
+    let mut warned = after_failure;
+    loop {
+        lose_publishes_for(wait, publishes, &task.stats).await?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.client)).await {
+            Ok(Ok(link)) => return Some(link),
+            Ok(Err(error)) if !warned => {
+                tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");
+            }
+            Ok(Err(error)) => tracing::debug!(%error, ?wait, "Redis still unreachable"),
+            Err(_) => tracing::debug!(?wait, "Redis did not answer in time"),
+        }
+        warned = true;
+        wait = backoff.next_wait();
+    }
+}
+
+/// Waits `wait`, counting the publishes that arrive meanwhile as lost; `None` once
+/// the broker is dropped.
+async fn lose_publishes_for(
+    wait: Duration,
+    publishes: &mut Receiver<Publish>,
+    stats: &BrokerStats,
+) -> Option<()> {
+    let sleep = tokio::time::sleep(wait);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut sleep => return Some(()),
+            publish = publishes.recv() => {
+                let publish = publish?;
+                stats.0.pending.fetch_sub(1, Relaxed);
+                stats.count(&stats.0.lost);
+                tracing::trace!(channel = %publish.channel, "envelope lost: no link to Redis");
+            }
+        }
     }
 }
 

@@ -49,6 +49,7 @@
 //! | `switchboard_broker_published_total` | counter | envelopes the broker published |
 //! | `switchboard_broker_received_total` | counter | envelopes received from other hubs |
 //! | `switchboard_broker_lost_total` | counter | envelopes that could not be published |
+//! | `switchboard_broker_missed_total` | counter | envelopes other hubs published for this hub that never reached it (gaps in their numbering) |
 //! | `switchboard_broker_malformed_total` | counter | messages that were not envelopes |
 //! | `switchboard_broker_reconnects_total` | counter | times the broker's link was opened again |
 //! | `switchboard_broker_up` | gauge | 1 while the broker's link is up, else 0 |
@@ -218,6 +219,11 @@ fn register_broker(hub: &Hub, registry: &mut Registry) {
         ),
         ("lost", "Envelopes that could not be published", broker.lost),
         (
+            "missed",
+            "Envelopes other hubs published for this hub that never reached it",
+            broker.missed,
+        ),
+        (
             "malformed",
             "Broker messages that were not envelopes",
             broker.malformed,
@@ -255,7 +261,7 @@ mod tests {
         fn metrics(&self) -> Option<BrokerMetrics> {
             let mut metrics = BrokerMetrics::default();
             (metrics.published, metrics.received, metrics.lost) = (1, 2, 3);
-            (metrics.malformed, metrics.reconnects) = (4, 5);
+            (metrics.malformed, metrics.reconnects, metrics.missed) = (4, 5, 6);
             metrics.connected = true;
             Some(metrics)
         }
@@ -270,6 +276,7 @@ mod tests {
             "switchboard_broker_lost_total 3\n",
             "switchboard_broker_malformed_total 4\n",
             "switchboard_broker_reconnects_total 5\n",
+            "switchboard_broker_missed_total 6\n",
             "switchboard_broker_up 1\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");

@@ -1,0 +1,269 @@
+//! Our own pub/sub connection to Redis, read at the pace of the hub.
+//!
+//! redis-rs's `PubSub` has a driver task that reads every message as fast as Redis
+//! sends it into an unbounded queue: a hub slower than its inbound traffic would grow
+//! without bound. Here nothing reads the socket until the previous message has been
+//! handed on, so a slow hub leaves the bytes in the kernel's buffers and then in
+//! Redis's, until Redis's `client-output-buffer-limit pubsub` closes the connection —
+//! a loss the hub counts from the gaps in the publishers' numbering once it is back.
+//!
+//! The subset of RESP2 a subscribed connection receives: arrays of bulk strings and
+//! integers, and errors.
+
+use redis::{ConnectionAddr, ConnectionInfo};
+use std::io;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// Channels per `SUBSCRIBE` or `UNSUBSCRIBE` command: Redis takes any number, this
+/// keeps one command's arguments to a few hundred kilobytes.
+const CHANNELS_PER_COMMAND: usize = 1000;
+
+/// The longest header line (`*3`, `$1234`, `:5`, an error) read before giving up on
+/// the connection: Redis's are short, and a line without end must not grow a buffer.
+const MAX_LINE: u64 = 4096;
+
+type Reading = Box<dyn AsyncRead + Send + Unpin>;
+type Writing = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The half that sends subscriptions.
+pub(crate) struct Commands {
+    write: Writing,
+}
+
+/// The half that reads what Redis sends.
+pub(crate) struct Replies {
+    read: BufReader<Reading>,
+}
+
+/// One thing Redis sent on a subscribed connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// A message published on `channel`.
+    Message { channel: String, payload: Vec<u8> },
+    /// A subscription (`true`) or unsubscription confirmed.
+    Subscription { channel: String, subscribed: bool },
+    /// Anything else Redis sent, which a subscriber has no use for (a `pong`).
+    Other,
+}
+
+/// Opens a connection to the Redis of `info` and authenticates it.
+pub(crate) async fn open(info: &ConnectionInfo) -> io::Result<(Commands, Replies)> {
+    let (read, write): (Reading, Writing) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let (read, write) = tokio::net::UnixStream::connect(path).await?.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        other => {
+            let message = format!("unsupported Redis address {other}");
+            return Err(io::Error::new(io::ErrorKind::Unsupported, message));
+        }
+    };
+    let (mut commands, mut replies) = (Commands { write }, Replies::new(read));
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(username) = settings.username() {
+            auth.arg(username);
+        }
+        auth.arg(password);
+        commands.write.write_all(&auth.get_packed_command()).await?;
+        commands.write.flush().await?;
+        replies.value().await?;
+    }
+    Ok((commands, replies))
+}
+
+impl Commands {
+    /// Sends one `verb` (`SUBSCRIBE`, `UNSUBSCRIBE`) per thousand channels, all in one
+    /// write: one round trip however many channels. Redis confirms each channel once.
+    pub(crate) async fn send(&mut self, verb: &str, channels: &[String]) -> io::Result<()> {
+        let mut packed = Vec::new();
+        for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+            packed.extend(redis::cmd(verb).arg(chunk).get_packed_command());
+        }
+        if packed.is_empty() {
+            // UNSUBSCRIBE without channels would leave them all.
+            return Ok(());
+        }
+        self.write.write_all(&packed).await?;
+        self.write.flush().await
+    }
+}
+
+/// A value of the subset.
+#[derive(Debug, PartialEq, Eq)]
+enum Value {
+    Bulk(Option<Vec<u8>>),
+    Int(i64),
+    Array(Vec<Value>),
+    Status,
+}
+
+impl Replies {
+    fn new(read: Reading) -> Self {
+        Self {
+            read: BufReader::new(read),
+        }
+    }
+
+    /// The next reply; an error when the connection ends or Redis sends an error.
+    pub(crate) async fn next(&mut self) -> io::Result<Reply> {
+        let Value::Array(items) = self.value().await? else {
+            return Ok(Reply::Other);
+        };
+        let mut items = items.into_iter();
+        let (Some(Value::Bulk(Some(kind))), Some(Value::Bulk(Some(channel)))) =
+            (items.next(), items.next())
+        else {
+            return Ok(Reply::Other);
+        };
+        let channel = String::from_utf8_lossy(&channel).into_owned();
+        Ok(match kind.as_slice() {
+            b"message" => match items.next() {
+                Some(Value::Bulk(Some(payload))) => Reply::Message { channel, payload },
+                _ => Reply::Other,
+            },
+            b"subscribe" => Reply::Subscription {
+                channel,
+                subscribed: true,
+            },
+            b"unsubscribe" => Reply::Subscription {
+                channel,
+                subscribed: false,
+            },
+            _ => Reply::Other,
+        })
+    }
+
+    async fn value(&mut self) -> io::Result<Value> {
+        let line = self.line().await?;
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "*" => {
+                let len = parse_len(rest)?.unwrap_or(0);
+                let mut items = Vec::with_capacity(len.min(16));
+                for _ in 0..len {
+                    items.push(Box::pin(self.value()).await?);
+                }
+                Ok(Value::Array(items))
+            }
+            "$" => match parse_len(rest)? {
+                None => Ok(Value::Bulk(None)),
+                Some(len) => {
+                    let mut data = vec![0; len + 2];
+                    self.read.read_exact(&mut data).await?;
+                    data.truncate(len);
+                    Ok(Value::Bulk(Some(data)))
+                }
+            },
+            ":" => rest.parse().map(Value::Int).map_err(|_| invalid(&line)),
+            "+" => Ok(Value::Status),
+            "-" => Err(io::Error::other(RedisErrorText(rest.to_owned()))),
+            _ => Err(invalid(&line)),
+        }
+    }
+
+    /// A header line without its CRLF.
+    async fn line(&mut self) -> io::Result<String> {
+        let mut line = Vec::new();
+        let mut limited = (&mut self.read).take(MAX_LINE);
+        limited.read_until(b'\n', &mut line).await?;
+        if line.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if !line.ends_with(b"\r\n") || line.len() < 3 {
+            return Err(invalid(&String::from_utf8_lossy(&line)));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| invalid("a line that is not UTF-8"))
+    }
+}
+
+/// An array's or a bulk string's length; `None` for -1 (nil).
+fn parse_len(text: &str) -> io::Result<Option<usize>> {
+    if text == "-1" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| invalid(text))
+}
+
+fn invalid(what: &str) -> io::Error {
+    let what: String = what.chars().take(64).collect();
+    io::Error::new(io::ErrorKind::InvalidData, format!("not RESP: {what:?}"))
+}
+
+/// An error Redis sent.
+#[derive(Debug)]
+struct RedisErrorText(String);
+
+impl std::fmt::Display for RedisErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redis answered: {}", self.0)
+    }
+}
+
+impl std::error::Error for RedisErrorText {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies(bytes: &'static [u8]) -> Replies {
+        Replies::new(Box::new(bytes))
+    }
+
+    #[tokio::test]
+    async fn messages_and_confirmations_are_read() {
+        let mut replies = replies(
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+              *3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\nhe\r\no\r\n\
+              *3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n+OK\r\n",
+        );
+        let subscribed = Reply::Subscription {
+            channel: "a".into(),
+            subscribed: true,
+        };
+        assert_eq!(replies.next().await.unwrap(), subscribed);
+        let message = Reply::Message {
+            channel: "a".into(),
+            payload: b"he\r\no".to_vec(),
+        };
+        assert_eq!(replies.next().await.unwrap(), message);
+        let unsubscribed = Reply::Subscription {
+            channel: "a".into(),
+            subscribed: false,
+        };
+        assert_eq!(replies.next().await.unwrap(), unsubscribed);
+        assert_eq!(replies.next().await.unwrap(), Reply::Other);
+        let end = replies.next().await.unwrap_err();
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn errors_and_garbage_end_the_connection_without_panic() {
+        let error = replies(b"-NOAUTH Authentication required.\r\n")
+            .next()
+            .await;
+        assert!(error.unwrap_err().to_string().contains("NOAUTH"));
+        for bad in [
+            &b"?\r\n"[..],
+            b"*x\r\n",
+            b"$5\r\nab",
+            b"*2\r\n$1\r\n",
+            b"\r\n",
+            b":\xff\r\n",
+        ] {
+            let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
+            assert!(replies(leaked).next().await.is_err(), "{bad:?}");
+        }
+        let endless: &'static [u8] = Box::leak(vec![b'*'; 10_000].into_boxed_slice());
+        assert!(replies(endless).next().await.is_err());
+    }
+}
