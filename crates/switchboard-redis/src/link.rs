@@ -19,7 +19,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use switchboard_broker::{Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox};
+use switchboard_broker::{Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId};
 use tokio::{
     sync::{
         Notify,
@@ -211,6 +211,8 @@ impl Session<'_> {
             config.channel_node(self.task.inbox.node()),
         ];
         channels.extend(self.rooms.iter().map(|room| config.channel_room(room)));
+        let name = format!("switchboard-sub-{}", self.task.inbox.node());
+        self.commands.set_name(&name).await?;
         self.send("SUBSCRIBE", &channels).await?;
         self.ready_at = Some((self.sent, Instant::now()));
         Ok(())
@@ -325,7 +327,7 @@ struct Acks {
 /// Reads one connection's replies: counts the gaps in what arrives and queues it for
 /// the delivery task.
 struct Reader {
-    own: switchboard_broker::NodeId,
+    own: NodeId,
     deliveries: Sender<Envelope>,
     /// Shared by the readers of successive connections: a gap spans the outage
     /// between them.

@@ -67,20 +67,38 @@ pub(crate) async fn open(info: &ConnectionInfo) -> io::Result<(Commands, Replies
     };
     let (mut commands, mut replies) = (Commands { write }, Replies::new(read));
     let settings = info.redis_settings();
+    let mut setup = Vec::new();
     if let Some(password) = settings.password() {
         let mut auth = redis::cmd("AUTH");
         if let Some(username) = settings.username() {
             auth.arg(username);
         }
-        auth.arg(password);
-        commands.write.write_all(&auth.get_packed_command()).await?;
-        commands.write.flush().await?;
+        setup.push(auth.arg(password).get_packed_command());
+    }
+    if setup.is_empty() {
+        return Ok((commands, replies));
+    }
+    commands.write.write_all(&setup.concat()).await?;
+    commands.write.flush().await?;
+    for _ in &setup {
+        // An error (a wrong password) fails the connection.
         replies.value().await?;
     }
     Ok((commands, replies))
 }
 
 impl Commands {
+    /// Names the connection (what `CLIENT LIST` shows: an operator sees which hub a
+    /// subscriber is); before the first subscription, which allows no other command.
+    /// Redis's `+OK` arrives as [`Reply::Other`].
+    pub(crate) async fn set_name(&mut self, name: &str) -> io::Result<()> {
+        let command = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .get_packed_command();
+        self.write.write_all(&command).await
+    }
+
     /// Sends one `verb` (`SUBSCRIBE`, `UNSUBSCRIBE`) per thousand channels, all in one
     /// write: one round trip however many channels. Redis confirms each channel once.
     pub(crate) async fn send(&mut self, verb: &str, channels: &[String]) -> io::Result<()> {

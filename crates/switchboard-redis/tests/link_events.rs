@@ -3,9 +3,10 @@
 //! goes down, however many attempts the outage takes, and one `info` when it is back,
 //! with what was lost meanwhile.
 
+mod common;
+
+use common::OwnRedis;
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -26,25 +27,24 @@ fn a_link_outage_is_one_warning_down_and_one_info_up() {
         .enable_all()
         .build()
         .unwrap();
-    let port = free_port();
-    let mut redis = Redis::start(port);
     runtime.block_on(async {
+        let mut redis = OwnRedis::start().await;
         let config = RedisConfig::default()
-            .url(format!("redis://127.0.0.1:{port}/"))
+            .url(redis.url())
             .max_backoff(Duration::from_millis(100));
         let broker = RedisBroker::connect(config).await.unwrap();
         let stats = broker.stats();
         let hub = Hub::with_broker(HubConfig::default(), broker);
         events.wait("hub attached to Redis").await;
 
-        redis.stop();
+        redis.kill();
         events.wait("lost the link to Redis; reconnecting").await;
         // Publishes with the link down are lost, and attempts to reconnect fail.
         for _ in 0..3 {
             hub.broadcast("during the outage");
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
-        redis = Redis::start(port);
+        redis.restart().await;
         let restored = events.wait("link to Redis restored").await;
         assert_eq!(restored.level, Level::INFO);
         assert_eq!(restored.field("lost"), Some(stats.lost().to_string()));
@@ -64,54 +64,6 @@ fn a_link_outage_is_one_warning_down_and_one_info_up() {
         .filter(|e| e.level <= Level::WARN)
         .count();
     assert_eq!(warnings, 1, "{:?}", events.all());
-    drop(redis);
-}
-
-/// A Redis server of this test's own, killed when dropped.
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let redis = Self(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One event: its level, message and fields as text.

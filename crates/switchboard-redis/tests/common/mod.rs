@@ -109,14 +109,21 @@ pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
     let broker = RedisBroker::connect(config)
         .await
         .expect("Redis at 127.0.0.1:6379");
+    let node = serve_hub(broker).await;
+    // The hub subscribes to `all`, then to its node's channel: once that one counts,
+    // sends to this hub's connections reach it.
+    let node_channel = format!("{prefix}:node:{}", node.hub.node());
+    subscribers_at(&config_url, &node_channel, 1).await;
+    node
+}
+
+/// A hub on `broker`, on its own listener, without waiting for Redis: the broker may
+/// not have reached it yet.
+pub async fn serve_hub(broker: RedisBroker) -> Node {
     let stats = broker.stats();
     // One heartbeat, at start: the counts of the tests are not blurred by more.
     let config = HubConfig::default().node_heartbeat(Duration::from_secs(3600));
     let hub = Hub::with_broker(config, broker);
-    // The hub subscribes to `all`, then to its node's channel: once that one counts,
-    // sends to this hub's connections reach it.
-    let node_channel = format!("{prefix}:node:{}", hub.node());
-    subscribers_at(&config_url, &node_channel, 1).await;
     let (tx, opened) = unbounded_channel();
     let app = axum::Router::new()
         .route(
@@ -139,6 +146,16 @@ pub async fn node_with(prefix: &str, config: RedisConfig) -> Node {
         opened,
         served,
     }
+}
+
+/// Waits until `ready()` says `expected`.
+pub async fn until_ready(what: &str, expected: bool, ready: impl Fn() -> bool) {
+    within(&format!("{what} ready: {expected}"), async {
+        while ready() != expected {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -215,7 +232,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// A Redis server of one test, on a port of its own (never the shared 6379), that the
-/// test can stop and start again on the same port; killed when dropped.
+/// test can stop, pause and start again on the same port; resumed and killed when
+/// dropped, so that a failing test leaves no stopped or stray server behind.
 pub struct OwnRedis {
     pub port: u16,
     process: Option<std::process::Child>,
@@ -225,16 +243,22 @@ impl OwnRedis {
     /// Starts `redis-server` on a free port, without persistence, and waits until it
     /// answers.
     pub async fn start() -> Self {
+        let mut redis = Self::reserve();
+        redis.restart().await;
+        redis
+    }
+
+    /// A free port for a server not started yet (see [`OwnRedis::restart`]): Redis
+    /// down when the hub starts.
+    pub fn reserve() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .unwrap()
             .port();
-        let mut redis = Self {
+        Self {
             port,
             process: None,
-        };
-        redis.restart().await;
-        redis
+        }
     }
 
     pub fn url(&self) -> String {
@@ -245,12 +269,40 @@ impl OwnRedis {
     /// crash) and waits until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
+            self.signal("CONT");
             let _ = process.kill();
             let _ = process.wait();
         }
     }
 
-    /// Starts the server again on the same port (after [`OwnRedis::kill`]).
+    /// Stops the server without closing anything (SIGSTOP): a stalled link.
+    pub fn pause(&self) {
+        assert!(self.signal("STOP"), "SIGSTOP redis-server");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        assert!(self.signal("CONT"), "SIGCONT redis-server");
+    }
+
+    fn signal(&self, name: &str) -> bool {
+        let Some(process) = &self.process else {
+            return false;
+        };
+        std::process::Command::new("kill")
+            .args([&format!("-{name}"), &process.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Runs a command on the server, for the test's own checks and settings.
+    pub async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        command.query_async(&mut conn).await.unwrap()
+    }
+
+    /// Starts the server (again) on its port and waits until it answers.
     pub async fn restart(&mut self) {
         self.kill();
         let process = std::process::Command::new("redis-server")

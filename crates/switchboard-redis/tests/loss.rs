@@ -1,0 +1,180 @@
+//! No silent loss: envelopes a hub should have received but did not are counted on
+//! the receiving hub (`BrokerStats::missed`), from the gaps in the publishers'
+//! numbering, when its subscription is killed (`CLIENT KILL`) or closed by Redis for
+//! its output-buffer limit. Each test runs its own Redis.
+
+mod common;
+
+use common::{
+    OwnRedis, client, config, node_with, subscribers_at, unique_prefix, until_ready, within,
+};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use switchboard::{
+    Message,
+    hub::{Broker, Envelope, Inbox, NodeId, Target},
+};
+use switchboard_redis::{BrokerStats, RedisBroker};
+
+/// Waits until what `b` was handed plus what it knows it missed is `expected`.
+async fn accounted(b: &BrokerStats, base: u64, expected: impl Fn() -> u64) {
+    within("every envelope received or counted as missed", async {
+        while b.received() + b.missed() - base != expected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Nothing more trickles in: the count is exact, not passing through.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.received() + b.missed() - base, expected());
+}
+
+/// The id of the subscriber connection of the hub `node`, as `CLIENT LIST` shows it.
+async fn subscriber_of(redis: &OwnRedis, node: NodeId) -> String {
+    let list: String = redis.query(redis::cmd("CLIENT").arg("LIST")).await;
+    let name = format!("name=switchboard-sub-{node} ");
+    let line = list
+        .lines()
+        .find(|line| line.contains(&name))
+        .unwrap_or_else(|| panic!("no {name} in {list}"));
+    let id = line.split(' ').find_map(|field| field.strip_prefix("id="));
+    id.unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_is_counted_as_missed_on_the_receiving_hub() {
+    let redis = OwnRedis::start().await;
+    let prefix = unique_prefix("client-kill");
+    let a = node_with(&prefix, config(&prefix).url(redis.url())).await;
+    let mut b = node_with(&prefix, config(&prefix).url(redis.url())).await;
+    let (_member, _ws) = client(&mut b, "/chat/r").await;
+    subscribers_at(&redis.url(), &format!("{prefix}:room:r"), 1).await;
+    // The hubs' start-up traffic has settled; from here, everything `a` publishes is
+    // for `b` (all, its node, its room).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (a_base, b_base) = (a.stats.published(), b.stats.received() + b.stats.missed());
+    let published = || a.stats.published() - a_base;
+    // `b` hears `a` on the room before the cut: a gap needs a number to start from.
+    for i in 0..100 {
+        a.hub.to("r").send_text(format!("before {i}"));
+    }
+    accounted(&b.stats, b_base, published).await;
+
+    let killed = subscriber_of(&redis, b.hub.node()).await;
+    let publishing = async {
+        for i in 0..600 {
+            a.hub.to("r").send_text(format!("during {i}"));
+            if i == 100 {
+                let _: u64 = redis
+                    .query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&killed))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    within("publishing across the cut", publishing).await;
+    until_ready("b", true, || b.hub.is_ready()).await;
+    for i in 0..100 {
+        a.hub.to("r").send_text(format!("after {i}"));
+    }
+    accounted(&b.stats, b_base, published).await;
+    assert!(b.stats.reconnects() >= 1, "the kill did not cut the link");
+    assert!(
+        b.stats.missed() > 0,
+        "nothing was lost: the test shows nothing"
+    );
+    eprintln!(
+        "CLIENT KILL: {} missed, {} received",
+        b.stats.missed(),
+        b.stats.received()
+    );
+    assert_eq!(a.stats.lost(), 0, "a's own publishes all went out");
+}
+
+/// A hub that takes envelopes only while `open`: the delivery of a hub stuck behind
+/// a slow handler.
+fn gated_inbox(open: Arc<AtomicBool>) -> Inbox {
+    Inbox::new(NodeId::random(), move |_| {
+        while !open.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    })
+}
+
+fn to_room(origin: NodeId, size: usize) -> Envelope {
+    Envelope {
+        origin,
+        target: Target::Room("r".into()),
+        except: None,
+        message: Message::binary(vec![7u8; size]),
+    }
+}
+
+// Worker threads: the gated inbox blocks one while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_buffer_disconnect_is_counted_as_missed_on_the_receiving_hub() {
+    let redis = OwnRedis::start().await;
+    let limit = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("pubsub 64kb 32kb 1")
+        .clone();
+    let () = redis.query(&limit).await;
+    let prefix = unique_prefix("output-buffer");
+    let a = RedisBroker::new(config(&prefix).url(redis.url())).unwrap();
+    let (a_stats, a_node) = (a.stats(), NodeId::random());
+    a.start(Inbox::new(a_node, |_| true));
+    let open = Arc::new(AtomicBool::new(true));
+    let b_config = config(&prefix).url(redis.url()).max_pending_deliveries(4);
+    let b = RedisBroker::new(b_config).unwrap();
+    let b_stats = b.stats();
+    b.start(gated_inbox(open.clone()));
+    b.subscribe("r");
+    until_ready("a", true, || a.is_ready()).await;
+    until_ready("b", true, || b.is_ready()).await;
+    subscribers_at(&redis.url(), &format!("{prefix}:room:r"), 1).await;
+    let mut sent = 0;
+    for _ in 0..10 {
+        a.publish(to_room(a_node, 16));
+        sent += 1;
+    }
+    accounted(&b_stats, 0, || sent).await;
+
+    // `b` stops taking envelopes: its queue fills, its reader stops reading, the
+    // kernel's buffers fill, then Redis's output buffer for `b`, past its limit.
+    open.store(false, Relaxed);
+    for _ in 0..20_000 {
+        a.publish(to_room(a_node, 1024));
+        sent += 1;
+        while a_stats.pending_publishes() > 512 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    within("a's publishes to go out", async {
+        while a_stats.published() + a_stats.lost() < sent {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    open.store(true, Relaxed);
+    within("b to reconnect", async {
+        while b_stats.reconnects() == 0 || !b.is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for _ in 0..10 {
+        a.publish(to_room(a_node, 16));
+        sent += 1;
+    }
+    accounted(&b_stats, 0, || sent).await;
+    assert!(b_stats.missed() > 0, "Redis did not cut b off");
+    eprintln!("output buffer: {} missed of {sent}", b_stats.missed());
+    assert_eq!(a_stats.lost(), 0);
+}
