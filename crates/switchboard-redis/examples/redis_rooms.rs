@@ -8,6 +8,8 @@
 //! ```
 //!
 //! Each text sent to `/chat/{room}` goes to everyone else in the room, on both servers.
+//! A server starts even while Redis is down: `/ready` answers 503 until it has
+//! reached Redis, and its own clients hear each other meanwhile.
 
 use std::{error::Error, net::SocketAddr};
 use switchboard::{
@@ -49,10 +51,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
         }
     }
-    let broker =
-        RedisBroker::connect(RedisConfig::default().url(redis).prefix("redis_rooms")).await?;
+    // Starts even while Redis is down: the server serves its own clients, answers 503
+    // on /ready, and joins the other servers when Redis comes up.
+    let broker = RedisBroker::new(RedisConfig::default().url(redis).prefix("redis_rooms"))?;
     let hub = Hub::with_broker(HubConfig::default(), broker);
-    let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Room));
+    let app = axum::Router::new()
+        .route("/chat/{room}", switchboard::ws(hub.clone(), Room))
+        .route("/ready", switchboard::ready(hub.clone()));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "rooms on ws://{}/chat/{{room}}, node {}",

@@ -6,7 +6,9 @@ use std::error::Error;
 /// making the client's types part of this crate's API.
 type Cause = Box<dyn Error + Send + Sync + 'static>;
 
-/// Why [`RedisBroker::connect`](crate::RedisBroker::connect) failed.
+/// Why [`RedisBroker::new`](crate::RedisBroker::new) (a URL it cannot use) or
+/// [`RedisBroker::connect`](crate::RedisBroker::connect) (that too, or Redis out of
+/// reach) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {

@@ -11,13 +11,17 @@
 //! use switchboard_redis::{RedisBroker, RedisConfig};
 //!
 //! # async fn run() -> Result<(), switchboard_redis::ConnectError> {
-//! let broker = RedisBroker::connect(RedisConfig::default().url("redis://127.0.0.1:6379/")).await?;
+//! // Only the URL is checked here: the hub starts even while Redis is down.
+//! let broker = RedisBroker::new(RedisConfig::default().url("redis://127.0.0.1:6379/"))?;
 //! let stats = broker.stats();
 //! let hub = Hub::with_broker(HubConfig::default(), broker);
 //! # let _ = (hub, stats);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`RedisBroker::connect`] does the same but fails at once when Redis cannot be
+//! reached, for a process that must not start without it.
 //!
 //! # Channels
 //!
@@ -32,22 +36,45 @@
 //! Redis pub/sub delivers at most once, in order per publishing hub. A hub that joins a
 //! room starts receiving the room's messages once Redis has confirmed the subscription
 //! (a round trip after the join). While the link to Redis is down, envelopes cannot be
-//! published: each one is counted in [`BrokerStats::lost`] and logged, and the hub
-//! reconnects with backoff, subscribing again to everything it had. Publishes wait for
-//! the link in a bounded queue ([`RedisConfig::max_pending_publishes`]): past it, they
-//! are dropped and counted in [`BrokerStats::lost`] too. Room subscriptions never are.
+//! published: each one is counted in [`BrokerStats::lost`], and the hub reconnects
+//! with jittered backoff (so that hubs do not all come back at the same instant),
+//! subscribing again to everything it had in batches (one `SUBSCRIBE` per thousand
+//! channels, all in one write). Room subscriptions are never dropped.
+//!
+//! Nothing is lost silently: each hub numbers its envelopes per channel, and a
+//! receiving hub counts every number it never saw in [`BrokerStats::missed`] (served as
+//! `switchboard_broker_missed_total`), when the publisher's next envelope on that
+//! channel arrives: a subscription Redis dropped (`CLIENT KILL`, its output-buffer
+//! limit, a restart) or a publisher's shed is counted on the hub that missed it, and
+//! logged once per outage with its count.
+//!
+//! # Bounded memory
+//!
+//! - Publishes wait for the link in a queue of [`RedisConfig::max_pending_publishes`].
+//!   Full, it sheds the new envelope (drop newest: what waits keeps its order), counted
+//!   in [`BrokerStats::shed`] and [`BrokerStats::lost`] on this hub, and in
+//!   [`BrokerStats::missed`] on the hubs that would have received it.
+//! - Arrivals wait for the hub in a queue of [`RedisConfig::max_pending_deliveries`],
+//!   fanned out by a task of their own, not by the one that talks to Redis. Full, the
+//!   broker stops reading from Redis (it reads its own pub/sub connection, at the
+//!   hub's pace): Redis holds what follows up to its `client-output-buffer-limit
+//!   pubsub`, then closes the connection, and the hub counts what it missed.
+//! - The per-channel numbers are kept in bounded maps on both sides, which forget
+//!   channels a hub left or that stayed idle (a forgotten counter restarts under a new
+//!   epoch, which receivers do not mistake for a gap).
 //!
 //! # Readiness
 //!
-//! The hub is not ready (`Hub::is_ready`, and the `/ready` route answers 503) from the
-//! moment the link fails until the new link has subscribed again to everything the
-//! hub had: while it is down, a hub would accept clients and deliver them nothing that
-//! other hubs publish.
+//! The hub is not ready (`Hub::is_ready`, and the `/ready` route answers 503) until
+//! Redis has confirmed every subscription the hub has, at start (Redis may be down
+//! then: the hub serves its own members meanwhile) and from the moment the link fails
+//! until the new link has subscribed again: while it is down, a hub would accept
+//! clients and deliver them nothing that other hubs publish.
 //!
 //! # Versions
 //!
-//! Envelopes start with a format version: 2 since connection ids hold a 64-bit node id
-//! and a 64-bit number. A hub drops an envelope of another version and counts it in
+//! Envelopes start with a format version: 3 since they carry their publisher's
+//! per-channel number (2 had 64-bit node ids, without numbers). A hub drops an envelope of another version and counts it in
 //! [`BrokerStats::malformed`], so the hubs of one prefix must run the same version:
 //! upgrade them together, or bring the new ones up on a new prefix.
 
@@ -100,7 +127,7 @@ const DEFAULT_MAX_PENDING_DELIVERIES: usize = 1024;
 ///     .url("redis://redis.internal:6379/")
 ///     .prefix("chat")
 ///     .max_backoff(Duration::from_secs(2));
-/// let hub = Hub::with_broker(HubConfig::default(), RedisBroker::connect(config).await?);
+/// let hub = Hub::with_broker(HubConfig::default(), RedisBroker::new(config)?);
 /// # let _ = hub;
 /// # Ok(())
 /// # }
@@ -119,15 +146,19 @@ pub struct RedisConfig {
     /// Default `switchboard`, the name of the framework, which other applications'
     /// channels are unlikely to start with.
     pub prefix: String,
-    /// The longest wait between reconnection attempts: the wait doubles from 50 ms up
-    /// to this.
+    /// The longest wait between reconnection attempts: waits grow from 50 ms up to
+    /// this, each drawn at random between 50 ms and three times the previous one
+    /// (decorrelated jitter), so that hubs that lost Redis together do not come back
+    /// together.
     ///
     /// Default 5 s: a restarted Redis is found again within seconds, and hubs that lost
     /// it do not hammer it meanwhile.
     pub max_backoff: Duration,
-    /// The most publishes waiting for the link to Redis: past it, a publish is dropped
-    /// and counted in [`BrokerStats::lost`]. Room subscriptions do not count: they are
-    /// never dropped. 0 is taken as 1.
+    /// The most publishes waiting for the link to Redis: past it, the new publish is
+    /// shed (drop newest) and counted in [`BrokerStats::shed`] and
+    /// [`BrokerStats::lost`] here, and in [`BrokerStats::missed`] on the hubs that
+    /// would have received it. Room subscriptions do not count: they are never
+    /// dropped. 0 is taken as 1.
     ///
     /// Default 1,024: four full pipelines, room for a burst while Redis answers a
     /// round trip, and a bound on what a stalled link holds (this many envelopes, each
