@@ -190,6 +190,15 @@ impl GapDetector {
         }
     }
 
+    /// Keeps only the channels `subscribed` says this hub is still on: after a
+    /// reconnection, the channels it left meanwhile (no unsubscription was confirmed
+    /// for them, the connection was gone) must not resume from old numbers when the
+    /// hub comes back to them.
+    pub fn retain_channels(&mut self, subscribed: impl Fn(&str) -> bool) {
+        self.channels.retain(|channel, _| subscribed(channel));
+        self.len = self.channels.values().map(HashMap::len).sum();
+    }
+
     /// How many (publisher, channel) pairs are tracked now.
     pub fn len(&self) -> usize {
         self.len
@@ -356,6 +365,13 @@ mod tests {
         assert!(sequencer.counters.contains_key("room9999"));
     }
 
+    fn later_of(stamp: Stamp) -> Stamp {
+        Stamp {
+            sequence: stamp.sequence + 10,
+            ..stamp
+        }
+    }
+
     #[test]
     fn leaving_a_channel_forgets_it() {
         let now = Instant::now();
@@ -369,6 +385,10 @@ mod tests {
         detector.observe("b", node(1), stamp, now);
         detector.forget("a");
         assert_eq!(detector.len(), 1);
+        detector.observe("c", node(1), stamp, now);
+        detector.retain_channels(|channel| channel == "c");
+        assert_eq!(detector.len(), 1);
+        assert_eq!(detector.observe("b", node(1), later_of(stamp), now), 0);
         // Back in `a` later: a first sight again, however far the publisher went.
         let later = Stamp {
             epoch: 1,

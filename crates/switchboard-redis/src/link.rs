@@ -14,7 +14,7 @@ use redis::{Client, RedisResult, aio::MultiplexedConnection};
 use std::{
     collections::HashSet,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
@@ -164,13 +164,14 @@ async fn serve(
     rooms: &mut HashSet<String>,
     publishes: &mut Receiver<Publish>,
 ) -> Ended {
-    let acks = reader.acks.clone();
+    let (acks, detector) = (reader.acks.clone(), reader.detector.clone());
     let mut session = Session {
         task,
         publisher: link.publisher,
         commands: link.commands,
         reader: Aborting(tokio::spawn(reader.run(link.replies))),
         acks,
+        detector,
         sent: 0,
         ready_at: None,
         rooms,
@@ -188,6 +189,7 @@ struct Session<'a> {
     commands: pubsub::Commands,
     reader: Aborting<Result<(), String>>,
     acks: Arc<Acks>,
+    detector: Arc<Mutex<GapDetector>>,
     /// Channels named in the (un)subscriptions sent on this connection: Redis confirms
     /// each once, in order.
     sent: u64,
@@ -211,6 +213,8 @@ impl Session<'_> {
             config.channel_node(self.task.inbox.node()),
         ];
         channels.extend(self.rooms.iter().map(|room| config.channel_room(room)));
+        let subscribed: HashSet<&str> = channels.iter().map(String::as_str).collect();
+        lock(&self.detector).retain_channels(|channel| subscribed.contains(channel));
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
         self.commands.set_name(&name).await?;
         self.send("SUBSCRIBE", &channels).await?;
@@ -411,8 +415,8 @@ impl Reader {
         });
     }
 
-    fn detector(&self) -> std::sync::MutexGuard<'_, GapDetector> {
-        self.detector.lock().unwrap_or_else(PoisonError::into_inner)
+    fn detector(&self) -> MutexGuard<'_, GapDetector> {
+        lock(&self.detector)
     }
 }
 
@@ -478,6 +482,11 @@ async fn lose_publishes_for(
             }
         }
     }
+}
+
+/// The lock, even if a panic poisoned it: the detector's maps stay consistent.
+fn lock(detector: &Mutex<GapDetector>) -> MutexGuard<'_, GapDetector> {
+    detector.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Records that the hub wants (or no longer wants) `room`; whether that changed anything.

@@ -22,6 +22,10 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 /// the connection: Redis's are short, and a line without end must not grow a buffer.
 const MAX_LINE: u64 = 4096;
 
+/// The longest bulk string read: Redis's own limit (`proto-max-bulk-len`, 512 MB), so
+/// that a broken peer's length cannot ask for more.
+const MAX_BULK: usize = 512 * 1024 * 1024;
+
 type Reading = Box<dyn AsyncRead + Send + Unpin>;
 type Writing = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -174,6 +178,7 @@ impl Replies {
             }
             "$" => match parse_len(rest)? {
                 None => Ok(Value::Bulk(None)),
+                Some(len) if len > MAX_BULK => Err(invalid(&line)),
                 Some(len) => {
                     let mut data = vec![0; len + 2];
                     self.read.read_exact(&mut data).await?;
@@ -277,6 +282,7 @@ mod tests {
             b"*2\r\n$1\r\n",
             b"\r\n",
             b":\xff\r\n",
+            b"$999999999999\r\n",
         ] {
             let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
             assert!(replies(leaked).next().await.is_err(), "{bad:?}");
