@@ -352,7 +352,12 @@ impl Reader {
                         continue;
                     };
                     // Waits while the hub is behind: the socket is not read meanwhile.
-                    if self.deliveries.send(envelope).await.is_err() {
+                    // Counted as missed if the link is dropped while it waits: its
+                    // number is already seen, so no gap would count it.
+                    let waiting = Undelivered(&self.stats);
+                    let sent = self.deliveries.send(envelope).await;
+                    std::mem::forget(waiting);
+                    if sent.is_err() {
                         return Ok(());
                     }
                 }
@@ -417,6 +422,16 @@ impl Reader {
 
     fn detector(&self) -> MutexGuard<'_, GapDetector> {
         lock(&self.detector)
+    }
+}
+
+/// An envelope on its way to the delivery queue: dropped with it (the link task drops
+/// the reader when the link fails), it counts as missed.
+struct Undelivered<'a>(&'a BrokerStats);
+
+impl Drop for Undelivered<'_> {
+    fn drop(&mut self) {
+        self.0.count(&self.0.0.missed);
     }
 }
 
