@@ -1,16 +1,20 @@
 //! The link's events, as a `tracing` subscriber sees them, while a Redis server of the
 //! test's own (on a free port) is stopped and started again: one warning when the link
 //! goes down, however many attempts the outage takes, and one `info` when it is back,
-//! with what was lost meanwhile.
+//! with what was lost meanwhile; and one warning with the count of what a receiving hub
+//! missed in an outage of its subscription, not one per envelope.
 
 mod common;
 
-use common::OwnRedis;
+use common::{OwnRedis, config, subscriber_of, unique_prefix, until_ready};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use switchboard::hub::{Hub, HubConfig};
+use switchboard::{
+    Message,
+    hub::{Broker, Envelope, Hub, HubConfig, Inbox, NodeId, Target},
+};
 use switchboard_redis::{RedisBroker, RedisConfig};
 use tracing::{
     Level, Subscriber,
@@ -64,6 +68,62 @@ fn a_link_outage_is_one_warning_down_and_one_info_up() {
         .filter(|e| e.level <= Level::WARN)
         .count();
     assert_eq!(warnings, 1, "{:?}", events.all());
+}
+
+const MISSED: &str = "envelopes from other hubs never arrived (link outage or slow reader)";
+
+#[test]
+fn what_a_hub_missed_in_an_outage_is_one_warning_with_its_count() {
+    let events = Events::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let redis = OwnRedis::start().await;
+        let prefix = unique_prefix("missed-events");
+        let a = RedisBroker::new(config(&prefix).url(redis.url())).unwrap();
+        let a_node = NodeId::random();
+        a.start(Inbox::new(a_node, |_| true));
+        let b = RedisBroker::new(config(&prefix).url(redis.url())).unwrap();
+        let b_stats = b.stats();
+        let b_node = NodeId::random();
+        b.start(Inbox::new(b_node, |_| true));
+        b.subscribe("r");
+        until_ready("a", true, || a.is_ready()).await;
+        until_ready("b", true, || b.is_ready()).await;
+        common::subscribers_at(&redis.url(), &format!("{prefix}:room:r"), 1).await;
+        let publish = || {
+            a.publish(Envelope {
+                origin: a_node,
+                target: Target::Room("r".into()),
+                except: None,
+                message: Message::text("x"),
+            });
+        };
+        publish();
+        let killed = subscriber_of(&redis, b_node).await;
+        for i in 0..400 {
+            publish();
+            if i == 50 {
+                let kill = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(&killed)
+                    .clone();
+                let _: u64 = redis.query(&kill).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        until_ready("b", true, || b.is_ready()).await;
+        publish();
+        let line = events.wait(MISSED).await;
+        assert!(b_stats.missed() > 1, "{}", b_stats.missed());
+        assert_eq!(line.field("missed"), Some(b_stats.missed().to_string()));
+    });
+    assert_eq!(events.named(MISSED).len(), 1, "{:?}", events.all());
 }
 
 /// One event: its level, message and fields as text.

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    OwnRedis, client, config, node_with, subscribers_at, unique_prefix, until_ready, within,
+    OwnRedis, client, config, node_with, subscriber_of, subscribers_at, unique_prefix, until_ready,
+    within,
 };
 use std::{
     sync::{
@@ -34,18 +35,6 @@ async fn accounted(b: &BrokerStats, base: u64, expected: impl Fn() -> u64) {
     assert_eq!(b.received() + b.missed() - base, expected());
 }
 
-/// The id of the subscriber connection of the hub `node`, as `CLIENT LIST` shows it.
-async fn subscriber_of(redis: &OwnRedis, node: NodeId) -> String {
-    let list: String = redis.query(redis::cmd("CLIENT").arg("LIST")).await;
-    let name = format!("name=switchboard-sub-{node} ");
-    let line = list
-        .lines()
-        .find(|line| line.contains(&name))
-        .unwrap_or_else(|| panic!("no {name} in {list}"));
-    let id = line.split(' ').find_map(|field| field.strip_prefix("id="));
-    id.unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscription_is_counted_as_missed_on_the_receiving_hub() {
     let redis = OwnRedis::start().await;
@@ -57,8 +46,11 @@ async fn a_killed_subscription_is_counted_as_missed_on_the_receiving_hub() {
     // The hubs' start-up traffic has settled; from here, everything `a` publishes is
     // for `b` (all, its node, its room).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (a_base, b_base) = (a.stats.published(), b.stats.received() + b.stats.missed());
-    let published = || a.stats.published() - a_base;
+    // What `a` sent, whether Redis took it or `a` lost it (its link failed under load):
+    // `b` receives it or counts it as missed either way.
+    let sent = || a.stats.published() + a.stats.lost();
+    let (a_base, b_base) = (sent(), b.stats.received() + b.stats.missed());
+    let published = || sent() - a_base;
     // `b` hears `a` on the room before the cut: a gap needs a number to start from.
     for i in 0..100 {
         a.hub.to("r").send_text(format!("before {i}"));
@@ -93,18 +85,33 @@ async fn a_killed_subscription_is_counted_as_missed_on_the_receiving_hub() {
         b.stats.missed(),
         b.stats.received()
     );
-    assert_eq!(a.stats.lost(), 0, "a's own publishes all went out");
 }
 
 /// A hub that takes envelopes only while `open`: the delivery of a hub stuck behind
-/// a slow handler.
+/// a slow handler. It waits 20 s at most, so that a failing test still ends.
 fn gated_inbox(open: Arc<AtomicBool>) -> Inbox {
     Inbox::new(NodeId::random(), move |_| {
-        while !open.load(Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Off the worker: tokio cannot steal the task a blocked worker would hold in
+        // its LIFO slot (the publishing broker's link task, say), and the test would
+        // stall with it.
+        tokio::task::block_in_place(|| {
+            let began = std::time::Instant::now();
+            while !open.load(Relaxed) && began.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
         true
     })
+}
+
+/// Opens the gate when dropped: a test that fails while it is shut does not leave a
+/// worker thread blocked, which the runtime would wait for.
+struct Opens(Arc<AtomicBool>);
+
+impl Drop for Opens {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
 }
 
 fn to_room(origin: NodeId, size: usize) -> Envelope {
@@ -131,6 +138,7 @@ async fn an_output_buffer_disconnect_is_counted_as_missed_on_the_receiving_hub()
     let (a_stats, a_node) = (a.stats(), NodeId::random());
     a.start(Inbox::new(a_node, |_| true));
     let open = Arc::new(AtomicBool::new(true));
+    let _opens = Opens(open.clone());
     let b_config = config(&prefix).url(redis.url()).max_pending_deliveries(4);
     let b = RedisBroker::new(b_config).unwrap();
     let b_stats = b.stats();
@@ -152,9 +160,13 @@ async fn an_output_buffer_disconnect_is_counted_as_missed_on_the_receiving_hub()
     for _ in 0..20_000 {
         a.publish(to_room(a_node, 1024));
         sent += 1;
-        while a_stats.pending_publishes() > 512 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        // Paced to the link, so that `a` sheds nothing (it would count anyway).
+        within("a's queue to drain", async {
+            while a_stats.pending_publishes() > 512 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
     }
     within("a's publishes to go out", async {
         while a_stats.published() + a_stats.lost() < sent {
@@ -176,5 +188,4 @@ async fn an_output_buffer_disconnect_is_counted_as_missed_on_the_receiving_hub()
     accounted(&b_stats, 0, || sent).await;
     assert!(b_stats.missed() > 0, "Redis did not cut b off");
     eprintln!("output buffer: {} missed of {sent}", b_stats.missed());
-    assert_eq!(a_stats.lost(), 0);
 }

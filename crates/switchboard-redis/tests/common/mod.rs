@@ -332,6 +332,19 @@ impl OwnRedis {
     }
 }
 
+/// The id of the subscriber connection of the hub `node`, as `CLIENT LIST` shows it
+/// (the broker names it `switchboard-sub-<node id>`), for `CLIENT KILL ID`.
+pub async fn subscriber_of(redis: &OwnRedis, node: switchboard::hub::NodeId) -> String {
+    let list: String = redis.query(redis::cmd("CLIENT").arg("LIST")).await;
+    let name = format!("name=switchboard-sub-{node} ");
+    let line = list
+        .lines()
+        .find(|line| line.contains(&name))
+        .unwrap_or_else(|| panic!("no {name} in {list}"));
+    let id = line.split(' ').find_map(|field| field.strip_prefix("id="));
+    id.unwrap().to_owned()
+}
+
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
