@@ -25,7 +25,8 @@
 //! With `--redis redis://host:6379/` the hub joins the others on that Redis (and
 //! `--redis-prefix`, default `switchboard`): people on different processes share rooms,
 //! messages and presence, and a process that dies has its people leave everyone's list
-//! within the hub's `node_timeout`. Without it, the hub is in memory, alone.
+//! within the hub's `node_timeout`. It starts even while Redis is down (`/ready` answers
+//! 503 until the link is up). Without it, the hub is in memory, alone.
 //!
 //! # Channels: `/socket/websocket?vsn=2.0.0`
 //!
@@ -275,7 +276,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
             if let Some(prefix) = redis_prefix {
                 redis = redis.prefix(prefix);
             }
-            Hub::with_broker(config, RedisBroker::connect(redis).await?)
+            // Starts whether Redis is up or not: until the link is up, `/ready` says 503
+            // and the hub serves its own people.
+            Hub::with_broker(config, RedisBroker::new(redis)?)
         }
         None if redis_prefix.is_some() => return Err("--redis-prefix goes with --redis".into()),
         None => Hub::new(config),
