@@ -147,13 +147,14 @@ impl SocketHandler {
             params,
             self.endpoint.clone(),
         );
+        self.endpoint.presence().joining(&socket);
         let result = catch(channel.join(&topic, payload, &socket)).await;
         let join_ref = join_ref.as_deref();
         match result {
             // The hub refuses the room past `max_rooms_per_connection` (set below
             // `max_channels`, or rooms the application joined itself): the join fails
             // as one the channel refused, rather than succeed without its broadcasts.
-            Ok(Ok(_)) if conn.try_join(&room_name(&topic)).is_err() => {
+            Ok(Ok(_)) if self.endpoint.presence().subscribe(&socket, conn).is_err() => {
                 tracing::debug!(topic, reason = "too many rooms", "channel join refused");
                 socket.close();
                 self.endpoint.presence().forget_socket(&socket);

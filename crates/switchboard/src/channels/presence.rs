@@ -1,5 +1,5 @@
 //! Presence: who is on a topic, by key (a user id), with metadata per socket, in the
-//! shape phoenix.js `Presence` reads.
+//! shape phoenix.js `Presence` reads, across every hub of the broker.
 //!
 //! A key may be tracked by several sockets at once (tabs, devices); each tracking is a
 //! "meta" with its own `phx_ref`. Clients get the whole state once, as a
@@ -11,12 +11,49 @@
 //! presence_diff:  {"joins": {"bob": {"metas": [{"phx_ref": "F3", …}]}}, "leaves": {}}
 //! ```
 //!
-//! This tracker is per hub: presence does not yet travel over the broker.
+//! # Across hubs
+//!
+//! As in Phoenix.Tracker, each hub owns the entries of its own sockets and keeps a
+//! replica of every other hub's (see `tracker.rs`), so that [`Presence::list`] and
+//! `presence_state` answer for the whole cluster without asking anyone.
+//!
+//! - A hub's changes are batched for [`ChannelsConfig::presence_batch`]; each batch
+//!   is broadcast to the hub's own subscribers and cast, numbered, to the other hubs,
+//!   which apply it to their replica and broadcast what it changed to their own
+//!   subscribers. Diffs never travel as broadcasts over the broker: each subscriber
+//!   gets each change once, from its own hub, in the order its hub's list changed.
+//! - A hub that goodbyes, or is silent for
+//!   [`HubConfig::node_timeout`](crate::hub::HubConfig::node_timeout), is dropped:
+//!   every other hub broadcasts the leaves of its entries. A restarted process is a
+//!   new node, so nothing of the old one lingers.
+//! - A hub heard of for the first time (a late joiner, or one back after being taken
+//!   for dead), or whose casts were missed (a broker outage), is asked for a snapshot
+//!   of its entries, which replaces its replica; the difference is broadcast as
+//!   diffs. Requests are repeated every `node_timeout` until answered.
+//!
+//! A socket whose join is running is not subscribed yet; the diffs broadcast
+//! meanwhile are held for it and sent after its ok reply, so that every change after
+//! its `presence_state` reaches it exactly once, from one path or the other.
+//!
+//! [`ChannelsConfig::presence_batch`]: super::ChannelsConfig::presence_batch
 
-use super::{Endpoint, Socket};
-use crate::{hub::ConnectionId, sync::lock};
-use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use super::{
+    Endpoint, Payload, Shared, Socket, intercept, protocol, room_name, socket::WeakSocket,
+    tracker::Tracker,
+};
+use crate::{
+    hub::{BroadcastReport, Connection, Hub, JoinError, NodeId, PeerEvent, Target},
+    sync::{lock, read},
+};
+use serde_json::{Value, json};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::Duration,
+};
+
+/// The name of presence's cluster service (see `hub/cluster.rs`).
+const SERVICE: &str = "presence";
 
 /// The event of the full state, pushed to a socket that joined.
 pub const PRESENCE_STATE: &str = "presence_state";
@@ -42,7 +79,8 @@ pub enum PresenceError {
     Closed,
 }
 
-/// The presence of a hub's channels: track, update, untrack, list.
+/// The presence of a hub's channels, across the hubs of its broker: track, update,
+/// untrack, list.
 ///
 /// Obtained from [`Endpoint::presence`] or [`Socket::presence`]; cheap to clone.
 #[derive(Clone, Debug)]
@@ -50,18 +88,72 @@ pub struct Presence {
     endpoint: Endpoint,
 }
 
+/// Presence's state inside an endpoint.
+#[derive(Debug)]
+pub(crate) struct PresenceState {
+    inner: Mutex<Inner>,
+    /// Sockets whose join runs, by topic: not yet subscribed, they get the diffs held.
+    /// Locked for the whole of a delivery and of a subscription, so that a socket gets
+    /// each diff either through the room or held, never both, never neither.
+    joining: Mutex<HashMap<String, Vec<WeakSocket>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tracker: Tracker,
+    /// Diffs for the local subscribers, in the order the tracker made them; one task
+    /// at a time delivers them (`draining`), outside this lock, so that a
+    /// `handle_out` may read the presence.
+    outbox: VecDeque<(String, Value)>,
+    draining: bool,
+    /// A flush is scheduled for the end of the current batch.
+    flushing: bool,
+    batch: Duration,
+    /// Snapshots asked for and not yet received, by hub, with the ask's number.
+    syncs: HashMap<NodeId, u64>,
+    asked: u64,
+}
+
+impl PresenceState {
+    pub(crate) fn new(batch: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                tracker: Tracker::default(),
+                outbox: VecDeque::new(),
+                draining: false,
+                flushing: false,
+                batch,
+                syncs: HashMap::new(),
+                asked: 0,
+            }),
+            joining: Mutex::default(),
+        }
+    }
+
+    /// Entries held, this hub's and the replicas'.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).tracker.len()
+    }
+
+    pub(crate) fn set_batch(&self, batch: Duration) {
+        lock(&self.inner).batch = batch;
+    }
+}
+
 impl Presence {
     pub(crate) fn new(endpoint: Endpoint) -> Self {
         Self { endpoint }
     }
 
-    /// Tracks `key` for this socket's topic with `meta` (a JSON object) and broadcasts
-    /// the join as a `presence_diff`. Returns the meta's `phx_ref`.
+    /// Tracks `key` for this socket's topic with `meta` (a JSON object); the join goes
+    /// to every subscriber of the topic on every hub in the next `presence_diff`
+    /// (within [`ChannelsConfig::presence_batch`](super::ChannelsConfig::presence_batch)).
+    /// Returns the meta's `phx_ref`.
     ///
-    /// Called inside [`Channel::join`](super::Channel::join), the diff is broadcast once
-    /// the join succeeded and the socket is subscribed, so that the joining client sees
-    /// it too; if the join fails, the key is untracked without a diff. The presence ends
-    /// when the channel does (leave, stop, crash, close, timeout).
+    /// Called inside [`Channel::join`](super::Channel::join), the joining client gets
+    /// the diff too, after its ok reply; if the join fails, the key is untracked and
+    /// nobody is told of it (or told of its leave, if the batch left meanwhile). The
+    /// presence ends when the channel does (leave, stop, crash, close, timeout).
     pub fn track(
         &self,
         socket: &Socket,
@@ -75,14 +167,11 @@ impl Presence {
             return Err(PresenceError::Closed);
         }
         let phx_ref = new_ref();
-        let diff = self.tracker().track(
-            socket.topic(),
-            socket.id(),
-            key.into(),
-            meta,
-            phx_ref.clone(),
-        )?;
-        self.announce(socket, diff);
+        let (topic, id) = (socket.topic(), socket.id());
+        self.inner()
+            .tracker
+            .track(topic, id, key.into(), meta, phx_ref.clone())?;
+        self.changed(socket);
         Ok(phx_ref)
     }
 
@@ -93,363 +182,323 @@ impl Presence {
             return Err(PresenceError::NotAnObject);
         };
         let phx_ref = new_ref();
-        let diff =
-            self.tracker()
-                .update(socket.topic(), socket.id(), key, meta, phx_ref.clone())?;
-        self.announce(socket, diff);
+        let (topic, id) = (socket.topic(), socket.id());
+        self.inner()
+            .tracker
+            .update(topic, id, key, meta, phx_ref.clone())?;
+        self.changed(socket);
         Ok(phx_ref)
     }
 
     /// Stops tracking `key` for this socket; returns whether it was tracked.
     pub fn untrack(&self, socket: &Socket, key: &str) -> bool {
-        let diff = self.tracker().untrack(socket.topic(), socket.id(), key);
-        match diff {
-            Some(diff) => {
-                self.announce(socket, diff);
-                true
-            }
-            None => false,
+        let left = self
+            .inner()
+            .tracker
+            .untrack(socket.topic(), socket.id(), key);
+        if left {
+            self.schedule();
         }
+        left
     }
 
-    /// Everyone on `topic`: `{key: {"metas": [meta, …]}}`, the `presence_state` payload.
+    /// Everyone on `topic` on every hub of the broker, as this hub's replica has it:
+    /// `{key: {"metas": [meta, …]}}`, the `presence_state` payload. It includes this
+    /// hub's changes still waiting for their batch.
     pub fn list(&self, topic: &str) -> Value {
-        self.tracker().list(topic)
+        let own = self.hub().node();
+        self.inner().tracker.list(topic, own)
     }
 
     /// Untracks every key of a channel that ended, and tells the others.
     pub(crate) fn untrack_socket(&self, socket: &Socket) {
-        let diff = self.tracker().untrack_all(socket.topic(), socket.id());
-        if let Some(diff) = diff {
-            self.endpoint
-                .broadcast_from(socket.id(), socket.topic(), PRESENCE_DIFF, diff);
+        self.unregister(socket);
+        if self
+            .inner()
+            .tracker
+            .untrack_all(socket.topic(), socket.id())
+        {
+            self.schedule();
         }
     }
 
-    /// Forgets a failed join's presences: nobody was told of them.
+    /// Forgets a failed join's presences: nobody is told of them, unless their batch
+    /// already left (then of their leaves).
     pub(crate) fn forget_socket(&self, socket: &Socket) {
-        let _ = self.tracker().untrack_all(socket.topic(), socket.id());
+        self.unregister(socket);
+        self.inner().tracker.forget_all(socket.topic(), socket.id());
+        self.schedule();
     }
 
-    fn announce(&self, socket: &Socket, diff: Value) {
-        if socket.defer_broadcast(PRESENCE_DIFF, &diff) {
-            return;
-        }
-        // A channel that closed meanwhile has already untracked and announced its
-        // leaves; a late change must neither linger nor be announced.
+    /// Notes that `socket`'s join runs: the diffs delivered until it is subscribed
+    /// are held for it.
+    pub(crate) fn joining(&self, socket: &Socket) {
+        let mut joining = lock(&self.state().joining);
+        let sockets = joining.entry(socket.topic().to_owned()).or_default();
+        // Sockets dropped without an end (a task cancelled mid-join) go here.
+        sockets.retain(|weak| weak.upgrade().is_some());
+        sockets.push(socket.downgrade());
+    }
+
+    /// Subscribes a socket whose join succeeded to its topic's room, atomically with
+    /// the deliveries of diffs (see [`PresenceState::joining`]).
+    pub(crate) fn subscribe(&self, socket: &Socket, conn: &Connection) -> Result<(), JoinError> {
+        let mut joining = lock(&self.state().joining);
+        let subscribed = conn.try_join(&room_name(socket.topic()));
+        remove_joining(&mut joining, socket);
+        subscribed
+    }
+
+    fn unregister(&self, socket: &Socket) {
+        remove_joining(&mut lock(&self.state().joining), socket);
+    }
+
+    /// After a change by `socket`: a channel that closed meanwhile has already
+    /// untracked; a late change must neither linger nor be announced.
+    fn changed(&self, socket: &Socket) {
         if socket.is_closed() {
-            self.forget_socket(socket);
-            return;
+            self.inner().tracker.forget_all(socket.topic(), socket.id());
         }
-        self.endpoint.broadcast(socket.topic(), PRESENCE_DIFF, diff);
+        self.schedule();
     }
 
-    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        lock(&self.endpoint.shared.tracker)
+    /// Flushes the pending changes at the end of the batch: now if batching is off
+    /// or there is no runtime to wait in.
+    fn schedule(&self) {
+        let batch = {
+            let mut inner = self.inner();
+            if inner.flushing {
+                return;
+            }
+            if !inner.batch.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
+                inner.flushing = true;
+            }
+            inner.batch
+        };
+        if batch.is_zero() || tokio::runtime::Handle::try_current().is_err() {
+            self.flush();
+            return;
+        }
+        let shared = Arc::downgrade(&self.endpoint.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(batch).await;
+            if let Some(presence) = upgrade(&shared) {
+                presence.flush();
+            }
+        });
     }
+
+    /// Hands the pending changes out: cast to the other hubs and delivered here.
+    fn flush(&self) {
+        let mut inner = self.inner();
+        inner.flushing = false;
+        let Some(batch) = inner.tracker.take_batch() else {
+            return;
+        };
+        let topics: serde_json::Map<String, Value> = batch.diffs.iter().cloned().collect();
+        // Under the lock: the hubs get the batches, and snapshots, in their order.
+        let body = json!({"t": "diff", "v": batch.version, "topics": topics});
+        self.hub().cast(SERVICE, body);
+        self.deliver(inner, batch.diffs);
+    }
+
+    /// Queues `diffs` for the local subscribers, and delivers the queue unless another
+    /// task is at it (which then delivers these too, in order).
+    fn deliver(&self, mut inner: MutexGuard<'_, Inner>, diffs: Vec<(String, Value)>) {
+        inner.outbox.extend(diffs);
+        if inner.draining || inner.outbox.is_empty() {
+            return;
+        }
+        inner.draining = true;
+        drop(inner);
+        loop {
+            let next = {
+                let mut inner = self.inner();
+                match inner.outbox.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        inner.draining = false;
+                        return;
+                    }
+                }
+            };
+            self.deliver_one(&next.0, next.1);
+        }
+    }
+
+    /// One diff to the subscribers of `topic` on this hub, and to its joining sockets.
+    fn deliver_one(&self, topic: &str, diff: Value) {
+        let joining = lock(&self.state().joining);
+        let payload = Payload::Json(diff);
+        self.local_broadcast(topic, &payload);
+        let Payload::Json(diff) = &payload else {
+            return;
+        };
+        for socket in joining.get(topic).into_iter().flatten() {
+            if let Some(socket) = socket.upgrade() {
+                socket.defer_broadcast(PRESENCE_DIFF, diff);
+            }
+        }
+    }
+
+    /// [`Endpoint::broadcast`] to this hub's subscribers only: the other hubs make
+    /// their own diffs from the cast.
+    fn local_broadcast(&self, topic: &str, payload: &Payload) -> BroadcastReport {
+        let message = match protocol::encode_broadcast(topic, PRESENCE_DIFF, payload) {
+            Ok(message) => message,
+            // A JSON payload always encodes.
+            Err(error) => {
+                tracing::warn!(%error, topic, "presence diff could not be encoded");
+                return BroadcastReport::default();
+            }
+        };
+        let room = room_name(topic);
+        let hub = self.hub();
+        if read(&self.endpoint.shared.intercepted).contains(PRESENCE_DIFF) {
+            return intercept::deliver_intercepted(
+                hub,
+                None,
+                &room,
+                topic,
+                PRESENCE_DIFF,
+                payload,
+                message,
+            );
+        }
+        hub.deliver_here(Target::Room(room), message)
+    }
+
+    /// A message of presence on another hub.
+    fn receive(&self, from: NodeId, body: &Value) {
+        let topics = body.get("topics").and_then(Value::as_object);
+        let version = body.get("v").and_then(Value::as_u64);
+        match (body.get("t").and_then(Value::as_str), version, topics) {
+            (Some("diff"), Some(version), Some(topics)) => {
+                let mut inner = self.inner();
+                let (diffs, missed) = inner.tracker.apply_cast(from, version, topics);
+                if missed {
+                    self.ask_snapshot(&mut inner, from);
+                }
+                self.deliver(inner, diffs);
+            }
+            (Some("state"), Some(version), Some(topics)) => {
+                let mut inner = self.inner();
+                if let Some(diffs) = inner.tracker.replace(from, version, topics) {
+                    inner.syncs.remove(&from);
+                    self.deliver(inner, diffs);
+                }
+            }
+            (Some("sync"), ..) => {
+                let inner = self.inner();
+                let (version, topics) = inner.tracker.snapshot();
+                // Under the lock: ordered with this hub's batches (see `flush`).
+                let body = json!({"t": "state", "v": version, "topics": topics});
+                self.hub().send_to_node(from, SERVICE, body);
+            }
+            _ => tracing::debug!(%from, "ignored a malformed presence message"),
+        }
+    }
+
+    fn peer_event(&self, event: PeerEvent) {
+        match event {
+            PeerEvent::Up(node) | PeerEvent::Gap(node) => {
+                let mut inner = self.inner();
+                self.ask_snapshot(&mut inner, node);
+            }
+            PeerEvent::Down(node) => {
+                let mut inner = self.inner();
+                inner.syncs.remove(&node);
+                let diffs = inner.tracker.drop_node(node);
+                self.deliver(inner, diffs);
+            }
+        }
+    }
+
+    /// Asks `node` for a snapshot of its entries, again every `node_timeout` until one
+    /// arrives or the node is gone.
+    fn ask_snapshot(&self, inner: &mut Inner, node: NodeId) {
+        inner.asked += 1;
+        let ask = inner.asked;
+        inner.syncs.insert(node, ask);
+        self.hub().send_to_node(node, SERVICE, json!({"t": "sync"}));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let retry = self.hub().config().node_timeout;
+        let shared = Arc::downgrade(&self.endpoint.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(retry).await;
+            let Some(presence) = upgrade(&shared) else {
+                return;
+            };
+            let alive = presence.hub().nodes().contains(&node);
+            let mut inner = presence.inner();
+            if alive && inner.syncs.get(&node) == Some(&ask) {
+                tracing::debug!(%node, "presence snapshot not received: asking again");
+                presence.ask_snapshot(&mut inner, node);
+            }
+        });
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.endpoint.shared.hub
+    }
+
+    fn state(&self) -> &PresenceState {
+        &self.endpoint.shared.presence
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.state().inner)
+    }
+}
+
+fn remove_joining(joining: &mut HashMap<String, Vec<WeakSocket>>, socket: &Socket) {
+    if let Some(sockets) = joining.get_mut(socket.topic()) {
+        sockets.retain(|weak| weak.upgrade().is_some_and(|s| !s.same(socket)));
+        if sockets.is_empty() {
+            joining.remove(socket.topic());
+        }
+    }
+}
+
+fn upgrade(shared: &Weak<Shared>) -> Option<Presence> {
+    let shared = shared.upgrade()?;
+    Some(Presence::new(Endpoint { shared }))
+}
+
+/// Makes the endpoint's presence a member of the cluster: it answers the other hubs'
+/// presence messages and follows their comings and goings. One endpoint per hub does
+/// (the last one made): presence is a service of the hub.
+pub(crate) fn join_cluster(shared: &Arc<Shared>) {
+    let hub = shared.hub.clone();
+    let weak = Arc::downgrade(shared);
+    hub.serve_cluster(
+        SERVICE,
+        Arc::new(move |_: &Hub, from, body| {
+            if let Some(presence) = upgrade(&weak) {
+                presence.receive(from, &body);
+            }
+            Value::Null
+        }),
+    );
+    let weak = Arc::downgrade(shared);
+    hub.on_peer_event(Arc::new(move |_: &Hub, event| {
+        if let Some(presence) = upgrade(&weak) {
+            presence.peer_event(event);
+        }
+    }));
 }
 
 /// A fresh `phx_ref`. Clients compare refs only for equality; 64 random bits keep them
-/// apart across restarts, when clients still hold refs from before.
+/// apart across restarts and hubs, when clients still hold refs from before.
 fn new_ref() -> String {
     format!("F{:016x}", rand::random::<u64>())
-}
-
-/// The presence state of every topic, without IO: each change returns its diff.
-#[derive(Debug, Default)]
-pub(crate) struct Tracker {
-    topics: HashMap<String, BTreeMap<String, Vec<Entry>>>,
-}
-
-#[derive(Debug)]
-struct Entry {
-    conn: ConnectionId,
-    /// The meta as clients see it, `phx_ref` included.
-    meta: Map<String, Value>,
-}
-
-impl Tracker {
-    /// Entries of every topic: one per socket tracking a key.
-    pub(crate) fn len(&self) -> usize {
-        self.topics
-            .values()
-            .flat_map(|keys| keys.values())
-            .map(Vec::len)
-            .sum()
-    }
-
-    pub(crate) fn track(
-        &mut self,
-        topic: &str,
-        conn: ConnectionId,
-        key: String,
-        mut meta: Map<String, Value>,
-        phx_ref: String,
-    ) -> Result<Value, PresenceError> {
-        let entries = self
-            .topics
-            .entry(topic.to_owned())
-            .or_default()
-            .entry(key.clone())
-            .or_default();
-        if entries.iter().any(|e| e.conn == conn) {
-            return Err(PresenceError::AlreadyTracked);
-        }
-        meta.insert("phx_ref".to_owned(), Value::String(phx_ref));
-        entries.push(Entry {
-            conn,
-            meta: meta.clone(),
-        });
-        Ok(diff(one(key, vec![meta]), Map::new()))
-    }
-
-    pub(crate) fn update(
-        &mut self,
-        topic: &str,
-        conn: ConnectionId,
-        key: &str,
-        mut meta: Map<String, Value>,
-        phx_ref: String,
-    ) -> Result<Value, PresenceError> {
-        let entry = self
-            .topics
-            .get_mut(topic)
-            .and_then(|keys| keys.get_mut(key))
-            .and_then(|entries| entries.iter_mut().find(|e| e.conn == conn))
-            .ok_or(PresenceError::NotTracked)?;
-        let previous = entry.meta.get("phx_ref").cloned().unwrap_or(Value::Null);
-        meta.insert("phx_ref".to_owned(), Value::String(phx_ref));
-        // Phoenix.Tracker marks an update's new meta with the ref it replaces.
-        meta.insert("phx_ref_prev".to_owned(), previous);
-        let old = std::mem::replace(&mut entry.meta, meta.clone());
-        Ok(diff(
-            one(key.to_owned(), vec![meta]),
-            one(key.to_owned(), vec![old]),
-        ))
-    }
-
-    pub(crate) fn untrack(&mut self, topic: &str, conn: ConnectionId, key: &str) -> Option<Value> {
-        let keys = self.topics.get_mut(topic)?;
-        let entries = keys.get_mut(key)?;
-        let at = entries.iter().position(|e| e.conn == conn)?;
-        let entry = entries.remove(at);
-        if entries.is_empty() {
-            keys.remove(key);
-        }
-        if keys.is_empty() {
-            self.topics.remove(topic);
-        }
-        Some(diff(Map::new(), one(key.to_owned(), vec![entry.meta])))
-    }
-
-    pub(crate) fn untrack_all(&mut self, topic: &str, conn: ConnectionId) -> Option<Value> {
-        let keys = self.topics.get_mut(topic)?;
-        let mut leaves = Map::new();
-        keys.retain(|key, entries| {
-            let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(entries)
-                .into_iter()
-                .partition(|e| e.conn == conn);
-            *entries = kept;
-            if !gone.is_empty() {
-                leaves.insert(
-                    key.clone(),
-                    metas(gone.into_iter().map(|e| Value::Object(e.meta)).collect()),
-                );
-            }
-            !entries.is_empty()
-        });
-        if keys.is_empty() {
-            self.topics.remove(topic);
-        }
-        (!leaves.is_empty()).then(|| diff(Map::new(), leaves))
-    }
-
-    pub(crate) fn list(&self, topic: &str) -> Value {
-        let mut state = Map::new();
-        for (key, entries) in self.topics.get(topic).into_iter().flatten() {
-            let all = entries
-                .iter()
-                .map(|e| Value::Object(e.meta.clone()))
-                .collect();
-            state.insert(key.clone(), metas(all));
-        }
-        Value::Object(state)
-    }
-}
-
-fn metas(metas: Vec<Value>) -> Value {
-    json!({ "metas": metas })
-}
-
-fn one(key: String, list: Vec<Map<String, Value>>) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert(key, metas(list.into_iter().map(Value::Object).collect()));
-    map
-}
-
-fn diff(joins: Map<String, Value>, leaves: Map<String, Value>) -> Value {
-    json!({ "joins": joins, "leaves": leaves })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::NodeId;
-
-    fn id(sequence: u64) -> ConnectionId {
-        ConnectionId::new(NodeId::from_bits(1), sequence)
-    }
-
-    fn meta(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
-    }
-
-    #[test]
-    fn track_returns_a_join_diff_and_lists_several_metas_per_key() {
-        let mut tracker = Tracker::default();
-        let diff = tracker
-            .track(
-                "room:a",
-                id(1),
-                "ann".into(),
-                meta(json!({"device": "phone"})),
-                "r1".into(),
-            )
-            .unwrap();
-        assert_eq!(
-            diff,
-            json!({"joins": {"ann": {"metas": [{"device": "phone", "phx_ref": "r1"}]}}, "leaves": {}})
-        );
-        tracker
-            .track(
-                "room:a",
-                id(2),
-                "ann".into(),
-                meta(json!({"device": "laptop"})),
-                "r2".into(),
-            )
-            .unwrap();
-        tracker
-            .track("room:a", id(3), "bob".into(), meta(json!({})), "r3".into())
-            .unwrap();
-        tracker
-            .track("room:b", id(3), "bob".into(), meta(json!({})), "r4".into())
-            .unwrap();
-        assert_eq!(
-            tracker.list("room:a"),
-            json!({
-                "ann": {"metas": [
-                    {"device": "phone", "phx_ref": "r1"},
-                    {"device": "laptop", "phx_ref": "r2"}
-                ]},
-                "bob": {"metas": [{"phx_ref": "r3"}]}
-            })
-        );
-        assert_eq!(
-            tracker.list("room:b"),
-            json!({"bob": {"metas": [{"phx_ref": "r4"}]}})
-        );
-        assert_eq!(tracker.list("room:none"), json!({}));
-    }
-
-    #[test]
-    fn a_socket_tracks_a_key_once() {
-        let mut tracker = Tracker::default();
-        tracker
-            .track("t", id(1), "ann".into(), Map::new(), "r1".into())
-            .unwrap();
-        assert_eq!(
-            tracker.track("t", id(1), "ann".into(), Map::new(), "r2".into()),
-            Err(PresenceError::AlreadyTracked)
-        );
-    }
-
-    #[test]
-    fn update_leaves_the_old_meta_and_joins_the_new() {
-        let mut tracker = Tracker::default();
-        tracker
-            .track(
-                "t",
-                id(1),
-                "ann".into(),
-                meta(json!({"status": "away"})),
-                "r1".into(),
-            )
-            .unwrap();
-        let diff = tracker
-            .update(
-                "t",
-                id(1),
-                "ann",
-                meta(json!({"status": "here"})),
-                "r2".into(),
-            )
-            .unwrap();
-        assert_eq!(
-            diff,
-            json!({
-                "joins": {"ann": {"metas": [{"status": "here", "phx_ref": "r2", "phx_ref_prev": "r1"}]}},
-                "leaves": {"ann": {"metas": [{"status": "away", "phx_ref": "r1"}]}}
-            })
-        );
-        assert_eq!(
-            tracker.update("t", id(2), "ann", Map::new(), "r3".into()),
-            Err(PresenceError::NotTracked)
-        );
-    }
-
-    #[test]
-    fn untrack_removes_one_meta_and_empty_keys() {
-        let mut tracker = Tracker::default();
-        tracker
-            .track("t", id(1), "ann".into(), Map::new(), "r1".into())
-            .unwrap();
-        tracker
-            .track("t", id(2), "ann".into(), Map::new(), "r2".into())
-            .unwrap();
-        let diff = tracker.untrack("t", id(1), "ann").unwrap();
-        assert_eq!(
-            diff,
-            json!({"joins": {}, "leaves": {"ann": {"metas": [{"phx_ref": "r1"}]}}})
-        );
-        assert_eq!(
-            tracker.list("t"),
-            json!({"ann": {"metas": [{"phx_ref": "r2"}]}})
-        );
-        assert_eq!(tracker.untrack("t", id(1), "ann"), None);
-        assert!(tracker.untrack("t", id(2), "ann").is_some());
-        assert!(tracker.topics.is_empty(), "empty topics are dropped");
-    }
-
-    #[test]
-    fn untrack_all_leaves_every_key_of_a_socket() {
-        let mut tracker = Tracker::default();
-        tracker
-            .track("t", id(1), "ann".into(), Map::new(), "r1".into())
-            .unwrap();
-        tracker
-            .track("t", id(1), "ann-alt".into(), Map::new(), "r2".into())
-            .unwrap();
-        tracker
-            .track("t", id(2), "bob".into(), Map::new(), "r3".into())
-            .unwrap();
-        let diff = tracker.untrack_all("t", id(1)).unwrap();
-        assert_eq!(
-            diff,
-            json!({"joins": {}, "leaves": {
-                "ann": {"metas": [{"phx_ref": "r1"}]},
-                "ann-alt": {"metas": [{"phx_ref": "r2"}]}
-            }})
-        );
-        assert_eq!(tracker.untrack_all("t", id(1)), None);
-        assert_eq!(
-            tracker.list("t"),
-            json!({"bob": {"metas": [{"phx_ref": "r3"}]}})
-        );
-    }
 
     #[test]
     fn refs_are_distinct() {

@@ -19,7 +19,7 @@ use crate::{
 use serde_json::Value;
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
 /// The `{name}` segments a topic pattern captured.
@@ -46,6 +46,17 @@ pub(super) type Params = Vec<(String, String)>;
 #[derive(Clone)]
 pub struct Socket {
     inner: Arc<SocketInner>,
+}
+
+/// A [`Socket`] that does not keep its channel alive: presence notes the sockets
+/// whose join runs with these, so that one whose task was dropped mid-join goes away.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakSocket(Weak<SocketInner>);
+
+impl WeakSocket {
+    pub(crate) fn upgrade(&self) -> Option<Socket> {
+        self.0.upgrade().map(|inner| Socket { inner })
+    }
 }
 
 struct SocketInner {
@@ -85,6 +96,8 @@ struct Held {
 
 enum Deferred {
     Push(Message),
+    /// A broadcast this socket was not subscribed for yet (a presence diff): sent to
+    /// it alone, as the subscribers got it already.
     Broadcast(&'static str, Value),
 }
 
@@ -324,6 +337,15 @@ impl Socket {
         matches!(*lock(&self.inner.phase), Phase::Closed)
     }
 
+    pub(crate) fn downgrade(&self) -> WeakSocket {
+        WeakSocket(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether both are the same channel of the same socket.
+    pub(crate) fn same(&self, other: &Socket) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Holds a broadcast until the join succeeds (or drops it past the bound, see
     /// [`Held`]); `false` when no join is running.
     pub(crate) fn defer_broadcast(&self, event: &'static str, payload: &Value) -> bool {
@@ -362,7 +384,13 @@ impl Socket {
             match item {
                 Deferred::Push(message) => self.inner.conn.send(message),
                 Deferred::Broadcast(event, payload) => {
-                    self.broadcast(event, payload);
+                    match protocol::encode_broadcast(self.topic(), event, &Payload::Json(payload)) {
+                        Ok(message) => self.inner.conn.send(message),
+                        // A JSON payload always encodes.
+                        Err(error) => {
+                            tracing::warn!(%error, event, "held broadcast could not be encoded")
+                        }
+                    }
                 }
             }
         }

@@ -59,6 +59,7 @@ pub use switchboard_broker::{
 };
 
 pub(crate) use client_ip::client_addr;
+pub(crate) use cluster::PeerEvent;
 pub(crate) use connection::{Closer, RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
 #[cfg(feature = "axum")]
@@ -375,6 +376,19 @@ impl Hub {
         except: ConnectionId,
     ) -> BroadcastReport {
         self.all().except(except).send(message)
+    }
+
+    /// Delivers `message` to this hub's connections that `target` names, without the
+    /// broker: for state every hub delivers to its own (presence diffs, made by each
+    /// hub from its replica).
+    pub(crate) fn deliver_here(&self, target: Target, message: Message) -> BroadcastReport {
+        let envelope = Envelope {
+            origin: self.node(),
+            target,
+            except: None,
+            message,
+        };
+        deliver_local(self, &envelope)
     }
 
     /// Sends to one connection by id, whichever hub of the broker holds it. The report
