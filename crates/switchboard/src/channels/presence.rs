@@ -106,12 +106,26 @@ struct Inner {
     /// `handle_out` may read the presence.
     outbox: VecDeque<(String, Value)>,
     draining: bool,
+    /// Messages for the other hubs, in order, sent by one task at a time outside this
+    /// lock: a broker may deliver in place (`MemoryNetwork` does), and the peer's
+    /// answer comes back into this hub's presence before the publish returns.
+    wire: VecDeque<Wire>,
+    sending: bool,
     /// A flush is scheduled for the end of the current batch.
     flushing: bool,
     batch: Duration,
     /// Snapshots asked for and not yet received, by hub, with the ask's number.
     syncs: HashMap<NodeId, u64>,
     asked: u64,
+}
+
+/// A message of presence for the other hubs.
+#[derive(Debug)]
+enum Wire {
+    /// A batch, to every hub.
+    Cast(Value),
+    /// A snapshot or a request for one, to one hub.
+    To(NodeId, Value),
 }
 
 impl PresenceState {
@@ -121,6 +135,8 @@ impl PresenceState {
                 tracker: Tracker::default(),
                 outbox: VecDeque::new(),
                 draining: false,
+                wire: VecDeque::new(),
+                sending: false,
                 flushing: false,
                 batch,
                 syncs: HashMap::new(),
@@ -296,21 +312,56 @@ impl Presence {
             return;
         };
         let topics: serde_json::Map<String, Value> = batch.diffs.iter().cloned().collect();
-        // Under the lock: the hubs get the batches, and snapshots, in their order.
+        // Queued under the lock: the hubs get the batches, and snapshots, in order.
         let body = json!({"t": "diff", "v": batch.version, "topics": topics});
-        self.hub().cast(SERVICE, body);
+        inner.wire.push_back(Wire::Cast(body));
         self.deliver(inner, batch.diffs);
     }
 
-    /// Queues `diffs` for the local subscribers, and delivers the queue unless another
-    /// task is at it (which then delivers these too, in order).
+    /// Queues `diffs` for the local subscribers, releases the lock, and sends what is
+    /// queued for the other hubs and the local subscribers, unless other tasks are at
+    /// it (which then send these too, in order).
     fn deliver(&self, mut inner: MutexGuard<'_, Inner>, diffs: Vec<(String, Value)>) {
         inner.outbox.extend(diffs);
-        if inner.draining || inner.outbox.is_empty() {
-            return;
-        }
-        inner.draining = true;
         drop(inner);
+        self.send_wire();
+        self.drain_outbox();
+    }
+
+    fn send_wire(&self) {
+        {
+            let mut inner = self.inner();
+            if inner.sending || inner.wire.is_empty() {
+                return;
+            }
+            inner.sending = true;
+        }
+        loop {
+            let next = {
+                let mut inner = self.inner();
+                match inner.wire.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        inner.sending = false;
+                        return;
+                    }
+                }
+            };
+            match next {
+                Wire::Cast(body) => self.hub().cast(SERVICE, body),
+                Wire::To(node, body) => self.hub().send_to_node(node, SERVICE, body),
+            }
+        }
+    }
+
+    fn drain_outbox(&self) {
+        {
+            let mut inner = self.inner();
+            if inner.draining || inner.outbox.is_empty() {
+                return;
+            }
+            inner.draining = true;
+        }
         loop {
             let next = {
                 let mut inner = self.inner();
@@ -389,11 +440,12 @@ impl Presence {
                 }
             }
             (Some("sync"), ..) => {
-                let inner = self.inner();
+                let mut inner = self.inner();
                 let (version, topics) = inner.tracker.snapshot();
-                // Under the lock: ordered with this hub's batches (see `flush`).
+                // Queued under the lock: ordered with this hub's batches (see `flush`).
                 let body = json!({"t": "state", "v": version, "topics": topics});
-                self.hub().send_to_node(from, SERVICE, body);
+                inner.wire.push_back(Wire::To(from, body));
+                self.deliver(inner, Vec::new());
             }
             _ => tracing::debug!(%from, "ignored a malformed presence message"),
         }
@@ -404,6 +456,7 @@ impl Presence {
             PeerEvent::Up(node) | PeerEvent::Gap(node) => {
                 let mut inner = self.inner();
                 self.ask_snapshot(&mut inner, node);
+                self.deliver(inner, Vec::new());
             }
             PeerEvent::Down(node) => {
                 let mut inner = self.inner();
@@ -420,7 +473,7 @@ impl Presence {
         inner.asked += 1;
         let ask = inner.asked;
         inner.syncs.insert(node, ask);
-        self.hub().send_to_node(node, SERVICE, json!({"t": "sync"}));
+        inner.wire.push_back(Wire::To(node, json!({"t": "sync"})));
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
@@ -437,6 +490,7 @@ impl Presence {
                 tracing::debug!(%node, "presence snapshot not received: asking again");
                 presence.ask_snapshot(&mut inner, node);
             }
+            presence.deliver(inner, Vec::new());
         });
     }
 
