@@ -6,6 +6,15 @@
 //! cargo run --release --example channels -- --addr 0.0.0.0:4000 --token s3cret
 //! ```
 //!
+//! Three servers that are one, over Redis (presence lists, broadcasts and every topic
+//! span them; a client may connect to any):
+//!
+//! ```text
+//! cargo run --release --example channels -- --addr 127.0.0.1:4001 --redis redis://127.0.0.1:6379/
+//! cargo run --release --example channels -- --addr 127.0.0.1:4002 --redis redis://127.0.0.1:6379/
+//! cargo run --release --example channels -- --addr 127.0.0.1:4003 --redis redis://127.0.0.1:6379/
+//! ```
+//!
 //! From phoenix.js:
 //!
 //! ```js
@@ -30,6 +39,9 @@
 //! - `new_msg` `{"body": …}` reaches every member of the topic, the sender too, as
 //!   `new_msg` `{"user": …, "body": …}`.
 //! - `ping` is answered with its own payload, JSON or binary.
+//! - `--redis URL` joins the servers on that Redis under `--prefix` (default
+//!   `channels`); `--node-timeout MS` sets how long a silent server is still taken for
+//!   alive (default 5000), which bounds how long a crashed server's users stay listed.
 
 #[path = "chat/channel.rs"]
 mod channel;
@@ -43,23 +55,41 @@ use switchboard::{
     channels::{Channels, ConnectInfo, Refused},
     hub::{Hub, HubConfig},
 };
+use switchboard_redis::{RedisBroker, RedisConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let mut addr: SocketAddr = "127.0.0.1:4000".parse()?;
     let mut token: Option<String> = None;
+    let mut redis: Option<String> = None;
+    let mut prefix = "channels".to_owned();
+    let mut config = HubConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value.parse()?,
             ("--token", Some(value)) => token = Some(value),
+            ("--redis", Some(value)) => redis = Some(value),
+            ("--prefix", Some(value)) => prefix = value,
+            ("--node-timeout", Some(value)) => {
+                let timeout = Duration::from_millis(value.parse()?);
+                // Four heartbeats per timeout, as the defaults (1 s and 5 s).
+                config = config.node_timeout(timeout).node_heartbeat(timeout / 5);
+            }
             _ => {
-                let usage = "usage: channels [--addr HOST:PORT] [--token SECRET]";
+                let usage = "usage: channels [--addr HOST:PORT] [--token SECRET] \
+                             [--redis URL [--prefix PREFIX] [--node-timeout MS]]";
                 return Err(format!("{usage} (got {arg})").into());
             }
         }
     }
-    let hub = Hub::new(HubConfig::default());
+    let hub = match redis {
+        Some(url) => {
+            let broker = RedisBroker::connect(RedisConfig::default().url(url).prefix(prefix));
+            Hub::with_broker(config, broker.await?)
+        }
+        None => Hub::new(config),
+    };
     let channels = Channels::new(hub.clone())
         .connect(move |info| {
             let checked = token.as_deref().map_or(Ok(()), |t| check(&info, t));
