@@ -43,7 +43,10 @@ struct Args {
     limit: Duration,
 }
 
-fn parse() -> Result<(Args, Option<Vec<SocketAddr>>), Box<dyn Error>> {
+/// The run's settings, and the hubs' addresses when this process runs the clients.
+type Parsed = (Args, Option<Vec<SocketAddr>>);
+
+fn parse() -> Result<Parsed, Box<dyn Error>> {
     let mut args = Args {
         members: 10_000,
         rate: 500.0,

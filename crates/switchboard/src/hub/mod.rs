@@ -59,6 +59,7 @@ pub use switchboard_broker::{
 };
 
 pub(crate) use client_ip::client_addr;
+#[cfg(feature = "axum")]
 pub(crate) use cluster::PeerEvent;
 pub(crate) use connection::{Closer, RequestInfo, Unsent};
 pub(crate) use driver::{abandon, drive, open};
@@ -381,6 +382,7 @@ impl Hub {
     /// Delivers `message` to this hub's connections that `target` names, without the
     /// broker: for state every hub delivers to its own (presence diffs, made by each
     /// hub from its replica).
+    #[cfg(feature = "axum")]
     pub(crate) fn deliver_here(&self, target: Target, message: Message) -> BroadcastReport {
         let envelope = Envelope {
             origin: self.node(),
