@@ -146,7 +146,7 @@ impl PresenceState {
         }
     }
 
-    /// Entries held, this hub's and the replicas'.
+    /// This hub's own entries (the `switchboard_presence_entries` gauge).
     pub(crate) fn len(&self) -> usize {
         lock(&self.inner).tracker.len()
     }

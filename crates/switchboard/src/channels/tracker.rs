@@ -96,22 +96,14 @@ fn phx_ref(meta: &Meta) -> Option<&str> {
 }
 
 impl Tracker {
-    /// Entries held: this hub's and the replicas'.
+    /// This hub's own entries (not the replicas'), so that the hubs' counts add up to
+    /// the cluster's.
     pub(crate) fn len(&self) -> usize {
-        let local: usize = self
-            .local
+        self.local
             .values()
             .flat_map(|k| k.values())
             .map(Vec::len)
-            .sum();
-        let remote: usize = self
-            .replicas
-            .values()
-            .flat_map(|r| r.topics.values())
-            .flat_map(|k| k.values())
-            .map(Vec::len)
-            .sum();
-        local + remote
+            .sum()
     }
 
     pub(crate) fn track(
@@ -755,6 +747,10 @@ mod tests {
                 json!({"joins": {"ann": {"metas": [{"phx_ref": "ok"}]}}, "leaves": {}})
             )]
         );
-        assert_eq!(tracker.len(), 1);
+        assert_eq!(
+            tracker.list("t", NodeId::from_bits(1)),
+            json!({"ann": {"metas": [{"phx_ref": "ok"}]}})
+        );
+        assert_eq!(tracker.len(), 0, "a replica is not this hub's own");
     }
 }
