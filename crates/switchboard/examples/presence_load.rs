@@ -158,7 +158,13 @@ async fn run_hubs(args: Args) -> Result<(), Box<dyn Error>> {
             .max_buffered_bytes(16 << 20);
         let hub = Hub::with_broker(config, broker);
         let app: axum::Router = Channels::new(hub.clone())
-            .config(ChannelsConfig::default().presence_batch(args.batch))
+            .config(
+                ChannelsConfig::default()
+                    .presence_batch(args.batch)
+                    // The members send no heartbeats: none may be closed for that
+                    // before the run ends (a large run lasts past the default 60 s).
+                    .heartbeat_timeout(args.limit + Duration::from_secs(60)),
+            )
             .channel("lobby:*", Lobby)
             .into_router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
