@@ -101,22 +101,37 @@ pub(crate) struct PresenceState {
 #[derive(Debug)]
 struct Inner {
     tracker: Tracker,
-    /// Diffs for the local subscribers, in the order the tracker made them; one task
-    /// at a time delivers them (`draining`), outside this lock, so that a
-    /// `handle_out` may read the presence.
-    outbox: VecDeque<(String, Value)>,
-    draining: bool,
-    /// Messages for the other hubs, in order, sent by one task at a time outside this
-    /// lock: a broker may deliver in place (`MemoryNetwork` does), and the peer's
-    /// answer comes back into this hub's presence before the publish returns.
-    wire: VecDeque<Wire>,
-    sending: bool,
+    /// Diffs for the local subscribers, in the order the tracker made them, delivered
+    /// outside this lock, so that a `handle_out` may read the presence.
+    outbox: Ordered<(String, Value)>,
+    /// Messages for the other hubs, in order, sent outside this lock: a broker may
+    /// deliver in place (`MemoryNetwork` does), and the peer's answer comes back into
+    /// this hub's presence before the publish returns.
+    wire: Ordered<Wire>,
     /// A flush is scheduled for the end of the current batch.
     flushing: bool,
     batch: Duration,
     /// Snapshots asked for and not yet received, by hub, with the ask's number.
     syncs: HashMap<NodeId, u64>,
     asked: u64,
+}
+
+/// A queue that one task at a time empties, in order, outside the presence lock; the
+/// others only add to it.
+#[derive(Debug)]
+struct Ordered<T> {
+    queue: VecDeque<T>,
+    /// A task is emptying it.
+    busy: bool,
+}
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            busy: false,
+        }
+    }
 }
 
 /// A message of presence for the other hubs.
@@ -133,10 +148,8 @@ impl PresenceState {
         Self {
             inner: Mutex::new(Inner {
                 tracker: Tracker::default(),
-                outbox: VecDeque::new(),
-                draining: false,
-                wire: VecDeque::new(),
-                sending: false,
+                outbox: Ordered::default(),
+                wire: Ordered::default(),
                 flushing: false,
                 batch,
                 syncs: HashMap::new(),
@@ -314,7 +327,7 @@ impl Presence {
         let topics: serde_json::Map<String, Value> = batch.diffs.iter().cloned().collect();
         // Queued under the lock: the hubs get the batches, and snapshots, in order.
         let body = json!({"t": "diff", "v": batch.version, "topics": topics});
-        inner.wire.push_back(Wire::Cast(body));
+        inner.wire.queue.push_back(Wire::Cast(body));
         self.deliver(inner, batch.diffs);
     }
 
@@ -322,58 +335,53 @@ impl Presence {
     /// queued for the other hubs and the local subscribers, unless other tasks are at
     /// it (which then send these too, in order).
     fn deliver(&self, mut inner: MutexGuard<'_, Inner>, diffs: Vec<(String, Value)>) {
-        inner.outbox.extend(diffs);
+        inner.outbox.queue.extend(diffs);
         drop(inner);
         self.send_wire();
         self.drain_outbox();
     }
 
     fn send_wire(&self) {
-        {
-            let mut inner = self.inner();
-            if inner.sending || inner.wire.is_empty() {
-                return;
-            }
-            inner.sending = true;
-        }
-        loop {
-            let next = {
-                let mut inner = self.inner();
-                match inner.wire.pop_front() {
-                    Some(next) => next,
-                    None => {
-                        inner.sending = false;
-                        return;
-                    }
-                }
-            };
-            match next {
+        self.empty_in_order(
+            |inner| &mut inner.wire,
+            |next| match next {
                 Wire::Cast(body) => self.hub().cast(SERVICE, body),
                 Wire::To(node, body) => self.hub().send_to_node(node, SERVICE, body),
-            }
-        }
+            },
+        );
     }
 
     fn drain_outbox(&self) {
+        self.empty_in_order(
+            |inner| &mut inner.outbox,
+            |(topic, diff)| self.deliver_one(&topic, diff),
+        );
+    }
+
+    /// Hands what `queue` holds to `each`, in order and outside the lock, unless another
+    /// task is at it (which then hands on what was added meanwhile too).
+    fn empty_in_order<T>(&self, queue: fn(&mut Inner) -> &mut Ordered<T>, mut each: impl FnMut(T)) {
         {
             let mut inner = self.inner();
-            if inner.draining || inner.outbox.is_empty() {
+            let ordered = queue(&mut inner);
+            if ordered.busy || ordered.queue.is_empty() {
                 return;
             }
-            inner.draining = true;
+            ordered.busy = true;
         }
         loop {
             let next = {
                 let mut inner = self.inner();
-                match inner.outbox.pop_front() {
+                let ordered = queue(&mut inner);
+                match ordered.queue.pop_front() {
                     Some(next) => next,
                     None => {
-                        inner.draining = false;
+                        ordered.busy = false;
                         return;
                     }
                 }
             };
-            self.deliver_one(&next.0, next.1);
+            each(next);
         }
     }
 
@@ -444,7 +452,7 @@ impl Presence {
                 let (version, topics) = inner.tracker.snapshot();
                 // Queued under the lock: ordered with this hub's batches (see `flush`).
                 let body = json!({"t": "state", "v": version, "topics": topics});
-                inner.wire.push_back(Wire::To(from, body));
+                inner.wire.queue.push_back(Wire::To(from, body));
                 self.deliver(inner, Vec::new());
             }
             _ => tracing::debug!(%from, "ignored a malformed presence message"),
@@ -473,7 +481,10 @@ impl Presence {
         inner.asked += 1;
         let ask = inner.asked;
         inner.syncs.insert(node, ask);
-        inner.wire.push_back(Wire::To(node, json!({"t": "sync"})));
+        inner
+            .wire
+            .queue
+            .push_back(Wire::To(node, json!({"t": "sync"})));
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
