@@ -1,6 +1,6 @@
 //! What moves between hubs, and the trait of what moves it.
 
-use crate::{ConnectionId, NodeId};
+use crate::{ConnectionId, History, NodeId, Position, StreamError, StreamFuture, StreamRead};
 use std::{fmt, sync::Arc};
 use switchboard_proto::Message;
 
@@ -33,6 +33,9 @@ pub struct Envelope {
     pub except: Option<ConnectionId>,
     /// The message (text or binary).
     pub message: Message,
+    /// Its position in its room's stream, for a room that keeps history: set by the
+    /// engine ([`Broker::publish_stream`]), `None` for every other envelope.
+    pub position: Option<Position>,
 }
 
 /// What a receiving hub does with an envelope; `false` once it is gone.
@@ -92,6 +95,28 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, room: &str);
     /// This hub's last member left `room`.
     fn unsubscribe(&self, room: &str);
+    /// Publishes an envelope for a room that keeps history ([`Target::Room`]): the
+    /// engine assigns it the stream's next [`Position`] and keeps it within `history`,
+    /// in one atomic step, then delivers it with [`Envelope::position`] set to every hub
+    /// subscribed to the room, **this one included**: a hub hands a stream's messages
+    /// to its members only as the engine numbered them, so that every hub delivers one
+    /// order.
+    ///
+    /// Returns at once; the future resolves to the position given (or why none was),
+    /// and dropping it does not cancel the publish. Default: the broker keeps no
+    /// history ([`StreamError::Unsupported`]).
+    fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        let _ = (envelope, history);
+        Box::pin(std::future::ready(Err(StreamError::Unsupported)))
+    }
+    /// The messages `room`'s stream keeps after offset `after`, oldest first, with the
+    /// stream's epoch and newest offset ([`StreamRead`]); `history` is the room's, so
+    /// that messages older than its `max_age` are left out. Default: the broker keeps
+    /// no history ([`StreamError::Unsupported`]).
+    fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        let _ = (room, after, history);
+        Box::pin(std::future::ready(Err(StreamError::Unsupported)))
+    }
     /// Whether envelopes move now: the link to the other hubs is up and every
     /// subscription the hub asked for (its rooms, its node, all) is in place. A hub is
     /// not ready while this is `false` (`Hub::is_ready`, the `/ready` route): it would

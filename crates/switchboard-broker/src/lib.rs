@@ -29,6 +29,7 @@
 //!     target: Target::Room("lobby".into()),
 //!     except: None,
 //!     message: Message::text("hello"),
+//!     position: None,
 //! });
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -38,9 +39,13 @@ mod broker;
 mod id;
 mod memory;
 mod sequence;
+mod stream;
 
 pub use backoff::Backoff;
 pub use broker::{Broker, BrokerMetrics, Envelope, Inbox, Target};
 pub use id::{ConnectionId, NodeId, ParseIdError};
 pub use memory::{MemoryBroker, MemoryNetwork};
 pub use sequence::{DEFAULT_MAX_CHANNELS, GapDetector, Sequencer, Stamp};
+pub use stream::{
+    Epoch, History, ParseEpochError, Position, StreamEntry, StreamError, StreamFuture, StreamRead,
+};

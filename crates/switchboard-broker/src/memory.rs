@@ -152,6 +152,7 @@ mod tests {
             target,
             except: None,
             message: Message::text(text.to_owned()),
+            position: None,
         }
     }
 

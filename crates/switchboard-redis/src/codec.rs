@@ -136,6 +136,7 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<(Envelope, Stamp), CodecError> 
         target,
         except,
         message,
+        position: None,
     };
     Ok((envelope, stamp))
 }
@@ -184,30 +185,35 @@ mod tests {
                 target: Target::All,
                 except: None,
                 message: Message::text("hello"),
+                position: None,
             },
             Envelope {
                 origin: NodeId::from_bits(u64::MAX),
                 target: Target::Room("lobby/κόσμε".into()),
                 except: Some(id(0x9f3c_0a1b_2c3d_4e5f, 9)),
                 message: Message::binary(vec![0u8, 1, 2, 255]),
+                position: None,
             },
             Envelope {
                 origin: NodeId::from_bits(1),
                 target: Target::Connection(id(3, u64::MAX)),
                 except: None,
                 message: Message::binary(Vec::new()),
+                position: None,
             },
             Envelope {
                 origin: NodeId::from_bits(2),
                 target: Target::Node(NodeId::from_bits(u64::MAX - 1)),
                 except: None,
                 message: Message::text("{}"),
+                position: None,
             },
             Envelope {
                 origin: NodeId::from_bits(2),
                 target: Target::Nodes,
                 except: None,
                 message: Message::text("{}"),
+                position: None,
             },
         ]
     }
@@ -242,6 +248,7 @@ mod tests {
             target: Target::Connection(id(0x1111_1111_1111_1111, 0x2a)),
             except: Some(id(0x2222_2222_2222_2222, 1)),
             message: Message::text("hi"),
+            position: None,
         };
         let mut expected = vec![3, 1, 2, 3, 4, 5, 6, 7, 8];
         expected.extend([0x0a, 0x0b, 0x0c, 0x0d]);

@@ -36,6 +36,7 @@ async fn a_stalled_link_stays_within_its_bound_and_counts_what_it_sheds() {
             target: Target::Room(format!("room{}", i % 10)),
             except: None,
             message: Message::text(i.to_string()),
+            position: None,
         });
         most = most.max(stats.pending_publishes());
         if i % 50 == 0 {

@@ -101,6 +101,7 @@ fn what_a_hub_missed_in_an_outage_is_one_warning_with_its_count() {
                 target: Target::Room("r".into()),
                 except: None,
                 message: Message::text("x"),
+                position: None,
             });
         };
         publish();

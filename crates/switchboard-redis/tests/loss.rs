@@ -120,6 +120,7 @@ fn to_room(origin: NodeId, size: usize) -> Envelope {
         target: Target::Room("r".into()),
         except: None,
         message: Message::binary(vec![7u8; size]),
+        position: None,
     }
 }
 

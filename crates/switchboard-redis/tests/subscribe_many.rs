@@ -68,6 +68,7 @@ async fn many_rooms_subscribe_in_batches_and_again_after_a_restart() {
             target: Target::Room(room.into()),
             except: None,
             message: Message::text(room),
+            position: None,
         });
         let envelope = loop {
             let envelope = within("the room's envelope", arrived.recv()).await.unwrap();

@@ -70,6 +70,7 @@ impl<'a> Broadcast<'a> {
             target: self.target,
             except: self.except,
             message,
+            position: None,
         };
         let report = deliver_local(self.hub, &envelope);
         // A send to one of this hub's connections has no recipient elsewhere.

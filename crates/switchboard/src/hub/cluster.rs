@@ -486,6 +486,7 @@ impl Hub {
             target,
             except: None,
             message: Message::text(text),
+            position: None,
         });
     }
 
@@ -701,6 +702,7 @@ mod tests {
                 target: Target::Node(hub.node()),
                 except: None,
                 message: Message::text(serde_json::to_string(&wire).unwrap()),
+                position: None,
             })
         };
         // A known peer that will not reply, so that the request waits.
@@ -745,6 +747,7 @@ mod tests {
                 target: Target::Nodes,
                 except: None,
                 message: Message::text(serde_json::to_string(&wire).unwrap()),
+                position: None,
             })
         };
         let cast = |seq| Wire::Cast {
@@ -779,6 +782,7 @@ mod tests {
                 target: Target::Nodes,
                 except: None,
                 message: Message::text(text),
+                position: None,
             });
         }
         assert!(lock(&seen).is_empty());

@@ -389,6 +389,7 @@ impl Hub {
             target,
             except: None,
             message,
+            position: None,
         };
         deliver_local(self, &envelope)
     }
