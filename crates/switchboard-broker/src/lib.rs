@@ -44,7 +44,7 @@ mod stream;
 pub use backoff::Backoff;
 pub use broker::{Broker, BrokerMetrics, Envelope, Inbox, Target};
 pub use id::{ConnectionId, NodeId, ParseIdError};
-pub use memory::{MemoryBroker, MemoryNetwork};
+pub use memory::{DEFAULT_MAX_STREAMS, MemoryBroker, MemoryNetwork};
 pub use sequence::{DEFAULT_MAX_CHANNELS, GapDetector, Sequencer, Stamp};
 pub use stream::{
     Epoch, History, ParseEpochError, Position, StreamEntry, StreamError, StreamFuture, StreamRead,

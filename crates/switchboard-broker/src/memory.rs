@@ -1,17 +1,40 @@
-//! Hubs of one process, wired to each other without a network.
+//! Hubs of one process, wired to each other without a network, and the in-memory
+//! stream engine they share.
 
-use crate::{Broker, Envelope, Inbox, NodeId, Target};
+use crate::{
+    Broker, Envelope, Epoch, History, Inbox, NodeId, Position, StreamEntry, StreamError,
+    StreamFuture, StreamRead, Target,
+};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Instant,
 };
+use switchboard_proto::Message;
+
+/// The default of [`MemoryNetwork::max_streams`].
+///
+/// 10,000: more rooms with history than one process serves at once in practice; at
+/// the default [`History`] of 100 messages, the bound on what the streams hold is a
+/// million messages (each one refcounted bytes, shared with the hubs' queues).
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 
 /// Hubs in one process, connected to each other: the default backplane of a single
 /// hub, and the way tests wire several hubs together.
-#[derive(Clone, Default)]
+///
+/// It is also the in-memory stream engine ([`Broker::publish_stream`],
+/// [`Broker::read_stream`]) of those hubs: one store of streams for the whole
+/// network, so that every hub on it sees one order and one offset sequence per
+/// stream. The store is bounded: each stream by its [`History`] (length and age), the
+/// number of streams by [`MemoryNetwork::max_streams`], past which the stream used
+/// least recently is forgotten (it comes back, if published to or read again, with a
+/// new [`Epoch`]: its history was lost). Everything is lost with the process: a
+/// restarted process has new epochs.
+#[derive(Clone)]
 pub struct MemoryNetwork {
     members: Arc<Mutex<HashMap<NodeId, Member>>>,
+    streams: Arc<Mutex<Streams>>,
 }
 
 struct Member {
@@ -19,10 +42,51 @@ struct Member {
     rooms: HashSet<String>,
 }
 
+/// The streams of a network, and the order they were used in.
+struct Streams {
+    by_room: HashMap<String, Stream>,
+    /// Rooms by their last use (a publish or a read), least recent first: what is
+    /// forgotten past `max`.
+    by_use: BTreeMap<u64, String>,
+    /// Counts uses, to order them.
+    clock: u64,
+    max: usize,
+}
+
+struct Stream {
+    epoch: Epoch,
+    /// The offset of its newest message (0: none yet).
+    top: u64,
+    /// Its kept messages, oldest first, consecutive offsets ending at `top`.
+    kept: VecDeque<Kept>,
+    /// Its key in `Streams::by_use`.
+    used: u64,
+}
+
+struct Kept {
+    offset: u64,
+    at: Instant,
+    message: Message,
+}
+
 /// One hub's attachment to a [`MemoryNetwork`].
 pub struct MemoryBroker {
     network: MemoryNetwork,
     node: Mutex<Option<NodeId>>,
+}
+
+impl Default for MemoryNetwork {
+    fn default() -> Self {
+        Self {
+            members: Arc::default(),
+            streams: Arc::new(Mutex::new(Streams {
+                by_room: HashMap::new(),
+                by_use: BTreeMap::new(),
+                clock: 0,
+                max: DEFAULT_MAX_STREAMS,
+            })),
+        }
+    }
 }
 
 impl MemoryNetwork {
@@ -36,6 +100,73 @@ impl MemoryNetwork {
         MemoryBroker {
             network: self.clone(),
             node: Mutex::new(None),
+        }
+    }
+
+    /// Sets how many streams the network keeps at most (0 is taken as 1); past it,
+    /// the one used least recently (published to or read) is forgotten. Default
+    /// [`DEFAULT_MAX_STREAMS`].
+    pub fn max_streams(self, max: usize) -> Self {
+        lock(&self.streams).max = max.max(1);
+        self
+    }
+
+    /// The inboxes of the hubs subscribed to `room`.
+    fn subscribed(&self, room: &str) -> Vec<Inbox> {
+        lock(&self.members)
+            .values()
+            .filter(|member| member.rooms.contains(room))
+            .map(|member| member.inbox.clone())
+            .collect()
+    }
+}
+
+impl Streams {
+    /// The stream of `room`, made now (with a new epoch) if the network has none,
+    /// and marked as the one used last.
+    fn touch(&mut self, room: &str) -> &mut Stream {
+        self.clock += 1;
+        let used = self.clock;
+        if !self.by_room.contains_key(room) && self.by_room.len() >= self.max {
+            self.forget_least_recent();
+        }
+        let stream = self
+            .by_room
+            .entry(room.to_owned())
+            .or_insert_with(|| Stream {
+                epoch: Epoch::random(),
+                top: 0,
+                kept: VecDeque::new(),
+                used: 0,
+            });
+        self.by_use.remove(&stream.used);
+        stream.used = used;
+        self.by_use.insert(used, room.to_owned());
+        stream
+    }
+
+    fn forget_least_recent(&mut self) {
+        if let Some((_, room)) = self.by_use.pop_first() {
+            self.by_room.remove(&room);
+        }
+    }
+}
+
+impl Stream {
+    /// Drops the messages `history` no longer keeps: past its length, older than its
+    /// age.
+    fn trim(&mut self, history: History, now: Instant) {
+        while self.kept.len() > history.max_len.max(1) {
+            self.kept.pop_front();
+        }
+        if let Some(max_age) = history.max_age {
+            while self
+                .kept
+                .front()
+                .is_some_and(|kept| now.saturating_duration_since(kept.at) > max_age)
+            {
+                self.kept.pop_front();
+            }
         }
     }
 }
@@ -93,6 +224,62 @@ impl Broker for MemoryBroker {
             m.rooms.remove(room);
         });
     }
+
+    /// Numbers, keeps and delivers in one step under the network's stream lock, so
+    /// that every hub gets a stream's messages in offset order, however many hubs
+    /// publish at once. The inboxes are called under that lock: a hub's delivery must
+    /// not call back into this broker's streams (a hub's inbox only queues).
+    fn publish_stream(&self, mut envelope: Envelope, history: History) -> StreamFuture<Position> {
+        let Target::Room(room) = &envelope.target else {
+            return Box::pin(std::future::ready(Err(StreamError::NoHistory)));
+        };
+        if !envelope.message.is_data() {
+            return Box::pin(std::future::ready(Err(StreamError::NotData)));
+        }
+        let mut streams = lock(&self.network.streams);
+        let stream = streams.touch(room);
+        stream.top += 1;
+        let position = Position::new(stream.top, stream.epoch);
+        let now = Instant::now();
+        stream.kept.push_back(Kept {
+            offset: position.offset,
+            at: now,
+            message: envelope.message.clone(),
+        });
+        stream.trim(history, now);
+        envelope.position = Some(position);
+        for inbox in self.network.subscribed(room) {
+            inbox.deliver(&envelope);
+        }
+        drop(streams);
+        Box::pin(std::future::ready(Ok(position)))
+    }
+
+    /// Reads when polled, not when called: a hub may ask from anywhere, even while
+    /// the network delivers to it.
+    fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        let streams = self.network.streams.clone();
+        let room = room.to_owned();
+        Box::pin(async move {
+            let mut streams = lock(&streams);
+            let stream = streams.touch(&room);
+            stream.trim(history, Instant::now());
+            let entries = stream
+                .kept
+                .iter()
+                .filter(|kept| kept.offset > after)
+                .map(|kept| StreamEntry {
+                    offset: kept.offset,
+                    message: kept.message.clone(),
+                })
+                .collect();
+            Ok(StreamRead {
+                epoch: stream.epoch,
+                top: stream.top,
+                entries,
+            })
+        })
+    }
 }
 
 impl Drop for MemoryBroker {
@@ -107,6 +294,7 @@ impl fmt::Debug for MemoryNetwork {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryNetwork")
             .field("hubs", &lock(&self.members).len())
+            .field("streams", &lock(&self.streams).by_room.len())
             .finish()
     }
 }
@@ -120,7 +308,8 @@ impl fmt::Debug for MemoryBroker {
 }
 
 /// The lock, even if a panic poisoned it: each critical section here is one map
-/// update, which a panic cannot leave half done.
+/// update, or one stream's update then its deliveries, which a panic cannot leave
+/// half done.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -129,7 +318,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::ConnectionId;
-    use switchboard_proto::Message;
+    use std::{
+        task::{Context, Poll, Waker},
+        thread,
+        time::Duration,
+    };
 
     /// A hub stand-in on `network`: its broker and what its inbox received.
     fn hub(network: &MemoryNetwork) -> (MemoryBroker, NodeId, Arc<Mutex<Vec<String>>>) {
@@ -180,6 +373,169 @@ mod tests {
         );
         assert_eq!(*lock(&c_got), ["all", "nodes"]);
         drop(b);
-        assert_eq!(format!("{network:?}"), "MemoryNetwork { hubs: 2 }");
+        assert_eq!(
+            format!("{network:?}"),
+            "MemoryNetwork { hubs: 2, streams: 0 }"
+        );
+    }
+
+    /// The answer of a memory engine's future, which never waits.
+    fn now<T>(mut future: StreamFuture<T>) -> Result<T, StreamError> {
+        match future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(result) => result,
+            Poll::Pending => panic!("the memory engine waited"),
+        }
+    }
+
+    /// A hub stand-in that records the positions and texts it receives.
+    fn stream_hub(network: &MemoryNetwork) -> (MemoryBroker, Log) {
+        let broker = network.broker();
+        let log = Log::default();
+        let received = log.clone();
+        broker.start(Inbox::new(NodeId::random(), move |envelope| {
+            if let (Some(position), Message::Text(text)) = (envelope.position, &envelope.message) {
+                lock(&received).push((position.offset, text.as_str().to_owned()));
+            }
+            true
+        }));
+        (broker, log)
+    }
+
+    type Log = Arc<Mutex<Vec<(u64, String)>>>;
+
+    fn publish(broker: &MemoryBroker, room: &str, text: &str, history: History) -> Position {
+        let envelope = envelope(NodeId::random(), Target::Room(room.into()), text);
+        now(broker.publish_stream(envelope, history)).unwrap()
+    }
+
+    fn offsets(read: &StreamRead) -> Vec<u64> {
+        read.entries.iter().map(|entry| entry.offset).collect()
+    }
+
+    #[test]
+    fn a_stream_numbers_keeps_and_delivers_to_every_subscribed_hub_the_publisher_included() {
+        let network = MemoryNetwork::new();
+        let (a, a_got) = stream_hub(&network);
+        let (b, b_got) = stream_hub(&network);
+        let (_c, c_got) = stream_hub(&network);
+        a.subscribe("news");
+        b.subscribe("news");
+        let history = History::default();
+        let first = publish(&a, "news", "one", history);
+        let second = publish(&b, "news", "two", history);
+        assert_eq!((first.offset, second.offset), (1, 2));
+        assert_eq!(first.epoch, second.epoch);
+        let expected = [(1, "one".to_owned()), (2, "two".to_owned())];
+        assert_eq!(*lock(&a_got), expected, "the publisher hears its own");
+        assert_eq!(*lock(&b_got), expected);
+        assert!(lock(&c_got).is_empty(), "not subscribed");
+        let read = now(a.read_stream("news", 1, history)).unwrap();
+        assert_eq!(
+            (read.epoch, read.top, offsets(&read)),
+            (first.epoch, 2, vec![2])
+        );
+        assert_eq!(read.entries[0].message, Message::text("two"));
+        assert!(read.covers(first));
+        let fresh = now(a.read_stream("other", 0, history)).unwrap();
+        assert_ne!(fresh.epoch, first.epoch, "each stream draws its epoch");
+        assert_eq!((fresh.top, fresh.entries.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_stream_keeps_its_last_max_len_messages() {
+        let network = MemoryNetwork::new();
+        let (a, _) = stream_hub(&network);
+        let history = History::default().max_len(3);
+        let positions: Vec<Position> = (0..10)
+            .map(|i| publish(&a, "r", &i.to_string(), history))
+            .collect();
+        let read = now(a.read_stream("r", 0, history)).unwrap();
+        assert_eq!((read.top, offsets(&read)), (10, vec![8, 9, 10]));
+        assert!(!read.covers(positions[5]), "6 and 7 were trimmed");
+        assert!(read.covers(positions[6]));
+        let one = History::default().max_len(0);
+        publish(&a, "r", "11", one);
+        assert_eq!(offsets(&now(a.read_stream("r", 0, one)).unwrap()), [11]);
+    }
+
+    #[test]
+    fn a_stream_drops_messages_older_than_max_age() {
+        let network = MemoryNetwork::new();
+        let (a, _) = stream_hub(&network);
+        let history = History::default().max_age(Duration::from_millis(50));
+        publish(&a, "r", "old", history);
+        thread::sleep(Duration::from_millis(80));
+        publish(&a, "r", "new", history);
+        let read = now(a.read_stream("r", 0, history)).unwrap();
+        assert_eq!((read.top, offsets(&read)), (2, vec![2]));
+        thread::sleep(Duration::from_millis(80));
+        let read = now(a.read_stream("r", 0, history)).unwrap();
+        assert_eq!(
+            (read.top, offsets(&read)),
+            (2, vec![]),
+            "aged out on read too"
+        );
+        let kept = History::default().no_max_age();
+        assert_eq!(
+            offsets(&now(a.read_stream("r", 0, kept)).unwrap()),
+            Vec::<u64>::new(),
+            "what was dropped is gone"
+        );
+    }
+
+    #[test]
+    fn past_max_streams_the_least_recently_used_is_forgotten_and_returns_with_a_new_epoch() {
+        let network = MemoryNetwork::new().max_streams(2);
+        let (a, _) = stream_hub(&network);
+        let history = History::default();
+        let first = publish(&a, "one", "1", history);
+        publish(&a, "two", "2", history);
+        // "one" is used again: "two" is now the least recent.
+        assert_eq!(
+            now(a.read_stream("one", 0, history)).unwrap().epoch,
+            first.epoch
+        );
+        publish(&a, "three", "3", history);
+        assert_eq!(
+            format!("{network:?}"),
+            "MemoryNetwork { hubs: 1, streams: 2 }"
+        );
+        assert_eq!(
+            now(a.read_stream("one", 0, history)).unwrap().top,
+            1,
+            "kept"
+        );
+        let two = now(a.read_stream("two", 0, history)).unwrap();
+        assert_eq!((two.top, two.entries.len()), (0, 0), "forgotten");
+        // Reading "two" made it anew and forgot "three", the least recent then.
+        let three = now(a.read_stream("three", 0, history)).unwrap();
+        assert_eq!(three.top, 0);
+        let again = publish(&a, "one", "4", history);
+        assert_eq!(again.offset, 1, "\"one\" was forgotten by the last read");
+        assert_ne!(
+            again.epoch, first.epoch,
+            "a forgotten stream has a new epoch"
+        );
+    }
+
+    #[test]
+    fn a_stream_is_a_room_of_data_messages() {
+        let network = MemoryNetwork::new();
+        let (a, _) = stream_hub(&network);
+        let history = History::default();
+        let to_all = envelope(NodeId::random(), Target::All, "x");
+        assert_eq!(
+            now(a.publish_stream(to_all, history)),
+            Err(StreamError::NoHistory)
+        );
+        let mut ping = envelope(NodeId::random(), Target::Room("r".into()), "x");
+        ping.message = Message::Ping(Default::default());
+        assert_eq!(
+            now(a.publish_stream(ping, history)),
+            Err(StreamError::NotData)
+        );
     }
 }

@@ -196,6 +196,13 @@ pub enum StreamError {
     /// The engine answered with something that is not a stream.
     #[error("the stream engine answered with something unexpected: {0}")]
     Malformed(String),
+    /// The room keeps no history (no pattern of the hub names it), or the target is
+    /// not a room: there is no stream to publish to.
+    #[error("this room keeps no history")]
+    NoHistory,
+    /// A control message (ping, pong, close): those are not broadcast, nor kept.
+    #[error("control messages are not published")]
+    NotData,
 }
 
 /// An engine's answer that comes later: `Send`, boxed, so that the trait stays object
