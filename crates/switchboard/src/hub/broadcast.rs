@@ -1,6 +1,7 @@
 //! Broadcasts: one message to many connections, encoded once.
 
 use super::{ConnectionId, Envelope, Hub, Target, Unsent, outgoing::Outgoing};
+use switchboard_broker::{Position, StreamError, StreamFuture};
 use switchboard_proto::Message;
 
 /// A broadcast being addressed: `hub.to(room).except(id).send(message)`.
@@ -60,6 +61,11 @@ impl<'a> Broadcast<'a> {
     /// The local recipients are those of the moment of the call: a connection that joins
     /// or leaves the room while the message is being queued for the others is not
     /// waited for, and counts as it was at that moment.
+    ///
+    /// To a room that keeps history ([`HubConfig::history`](super::HubConfig::history)),
+    /// the message goes to the engine only, which numbers it and delivers it to every
+    /// hub, this one included: the report is empty, and [`Broadcast::publish`] says
+    /// whether it was published.
     pub fn send(self, message: impl Into<Message>) -> BroadcastReport {
         let message = message.into();
         if !message.is_data() {
@@ -72,6 +78,11 @@ impl<'a> Broadcast<'a> {
             message,
             position: None,
         };
+        if let Some(history) = self.hub.stream_history(&envelope.target) {
+            // The engine publishes whether its answer is awaited or not.
+            drop(self.hub.broker().publish_stream(envelope, history));
+            return BroadcastReport::default();
+        }
         let report = deliver_local(self.hub, &envelope);
         // A send to one of this hub's connections has no recipient elsewhere.
         let local =
@@ -80,6 +91,45 @@ impl<'a> Broadcast<'a> {
             self.hub.broker().publish(envelope);
         }
         report
+    }
+}
+
+impl Broadcast<'_> {
+    /// Publishes a message to a room that keeps history
+    /// ([`HubConfig::history`](super::HubConfig::history)): resolves to the position
+    /// the engine gave it once numbered and kept (every member, on every hub, gets it
+    /// in that order), or why it was not published ([`StreamError::Unavailable`]: the
+    /// engine's link is down). Dropping the future does not cancel the publish.
+    ///
+    /// [`StreamError::NoHistory`] for a room without history or a broadcast to all;
+    /// [`StreamError::NotData`] for a control message.
+    ///
+    /// ```
+    /// use switchboard::hub::{History, Hub, HubConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let hub = Hub::new(HubConfig::default().history("news", History::default()));
+    /// let position = hub.to("news").publish("hello").await.unwrap();
+    /// assert_eq!(position.offset, 1);
+    /// assert!(hub.to("lobby").publish("hello").await.is_err());
+    /// # }
+    /// ```
+    pub fn publish(self, message: impl Into<Message>) -> StreamFuture<Position> {
+        let message = message.into();
+        if !message.is_data() {
+            return Box::pin(std::future::ready(Err(StreamError::NotData)));
+        }
+        let envelope = Envelope {
+            origin: self.hub.node(),
+            target: self.target,
+            except: self.except,
+            message,
+            position: None,
+        };
+        match self.hub.stream_history(&envelope.target) {
+            Some(history) => self.hub.broker().publish_stream(envelope, history),
+            None => Box::pin(std::future::ready(Err(StreamError::NoHistory))),
+        }
     }
 }
 

@@ -553,7 +553,9 @@ async fn beat(hub: Weak<HubInner>) {
     loop {
         tick.tick().await;
         let Some(inner) = hub.upgrade() else { return };
-        Hub::from_inner(inner).beat_once();
+        let hub = Hub::from_inner(inner);
+        hub.beat_once();
+        hub.watch_stream_link();
     }
 }
 

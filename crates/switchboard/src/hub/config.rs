@@ -1,8 +1,11 @@
 //! Hub settings, with the reason for each default.
 
-use super::{IpNet, MessageRate, ProxyHeader, RatePolicy};
+use super::{Histories, IpNet, MessageRate, Position, ProxyHeader, RatePolicy};
 use crate::Compression;
+use std::sync::Arc;
 use std::{ops::Range, time::Duration};
+use switchboard_broker::History;
+use switchboard_proto::Message;
 use switchboard_proto::{CloseCode, CloseFrame};
 
 /// Settings of a [`super::Hub`]. Every limit is on by default.
@@ -228,6 +231,12 @@ pub struct HubConfig {
     /// [`HubConfig::node_timeout`], so that a stalled hub is named missing before it
     /// is taken for dead.
     pub cluster_timeout: Duration,
+    /// The rooms that keep history, by pattern ([`HubConfig::history`]).
+    ///
+    /// Default none: a room keeps nothing and its messages get no position, as
+    /// history costs memory (or a Redis key) per room and a round trip to the engine
+    /// per message; rooms whose members must not miss messages ask for it.
+    pub(crate) histories: Histories,
 }
 
 impl Default for HubConfig {
@@ -257,6 +266,7 @@ impl Default for HubConfig {
             node_heartbeat: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
             cluster_timeout: Duration::from_secs(1),
+            histories: Histories::default(),
         }
     }
 }
@@ -368,6 +378,49 @@ impl HubConfig {
     /// Sets [`HubConfig::rate_policy`].
     pub fn rate_policy(mut self, policy: RatePolicy) -> Self {
         self.rate_policy = policy;
+        self
+    }
+
+    /// Makes the rooms that `pattern` names keep `history`: `pattern` is a room's name,
+    /// or a prefix ending in `*` (`"ticker:*"`: every room whose name starts with
+    /// `ticker:`; `"*"`: every room). The most specific pattern wins (a name, then the
+    /// longest prefix); a pattern given again replaces the earlier one.
+    ///
+    /// Every message sent to such a room (`hub.to(room).send(..)`,
+    /// [`Broadcast::publish`](super::Broadcast::publish)) is numbered and kept by the
+    /// broker's engine (in memory, or Redis), delivered to every member in one order,
+    /// and can be recovered by a connection that comes back with its position
+    /// ([`Connection::join_from`](super::Connection::join_from)). Rooms no pattern
+    /// names keep today's path and cost.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::hub::{History, Hub, HubConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let history = History::default().max_len(500).max_age(Duration::from_secs(60));
+    /// let hub = Hub::new(HubConfig::default().history("ticker:*", history));
+    /// assert_eq!(hub.history_of("ticker:ACME"), Some(history));
+    /// assert_eq!(hub.history_of("lobby"), None);
+    /// # }
+    /// ```
+    pub fn history(mut self, pattern: impl Into<String>, history: History) -> Self {
+        self.histories.add(&pattern.into(), history, None);
+        self
+    }
+
+    /// [`HubConfig::history`], with the message each member gets made by `frame` from
+    /// the message published and its position, once per message per hub (so that
+    /// clients see positions: channels add them to their broadcasts this way). The
+    /// history keeps the message as published; recovered messages are framed too.
+    pub fn history_framed(
+        mut self,
+        pattern: impl Into<String>,
+        history: History,
+        frame: impl Fn(&Message, Position) -> Message + Send + Sync + 'static,
+    ) -> Self {
+        self.histories
+            .add(&pattern.into(), history, Some(Arc::new(frame)));
         self
     }
 
@@ -552,7 +605,8 @@ mod tests {
             .metrics(true)
             .node_heartbeat(Duration::from_millis(12))
             .node_timeout(Duration::from_millis(13))
-            .cluster_timeout(Duration::from_millis(14));
+            .cluster_timeout(Duration::from_millis(14))
+            .history("r", History::default().max_len(15));
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let HubConfig {
             max_connections,
@@ -579,6 +633,7 @@ mod tests {
             node_heartbeat,
             node_timeout,
             cluster_timeout,
+            histories,
         } = config;
         assert_eq!(max_connections, 1);
         assert_eq!(max_message_size, 2);
@@ -602,6 +657,9 @@ mod tests {
         assert_eq!(node_heartbeat, Duration::from_millis(12));
         assert_eq!(node_timeout, Duration::from_millis(13));
         assert_eq!(cluster_timeout, Duration::from_millis(14));
+        let mut expected = Histories::default();
+        expected.add("r", History::default().max_len(15), None);
+        assert_eq!(histories, expected);
         assert_eq!(shutdown_close, CloseCode::SERVICE_RESTART);
         assert_eq!(
             reconnect_window,

@@ -126,6 +126,11 @@ pub enum JoinError {
     /// rooms already.
     #[error("too many rooms")]
     TooManyRooms,
+    /// [`Connection::join_from`] on a room that keeps no history (no
+    /// [`HubConfig::history`](super::HubConfig::history) pattern names it): nothing
+    /// changed.
+    #[error("this room keeps no history")]
+    NoHistory,
 }
 
 /// Why the hub did not queue a message, before the message is handed back (a
@@ -409,6 +414,37 @@ impl Connection {
     /// ```
     pub fn try_join(&self, room: &str) -> Result<(), JoinError> {
         self.inner.hub.try_join(self, room)
+    }
+
+    /// Joins a room that keeps history ([`HubConfig::history`](super::HubConfig::history))
+    /// from `since`, the position of the last message it got (from an earlier
+    /// connection, say): it receives exactly the messages published after `since`, in
+    /// order and without duplicates, before any newer message, then live ones. When
+    /// that is impossible (the stream is in another epoch: its history was lost; or
+    /// the messages after `since` were trimmed), it joins live and
+    /// [`Recovery::recovered`](super::Recovery::recovered) is `false`: reload what
+    /// depends on the missed messages.
+    ///
+    /// Waits only when the hub must read the history from the engine (with Redis, one
+    /// round trip, shared by every connection joining the stream meanwhile). Refused
+    /// as [`Connection::try_join`] is, and with [`JoinError::NoHistory`] for a room
+    /// without history.
+    ///
+    /// ```
+    /// # use switchboard::hub::{Connection, Position};
+    /// async fn rejoin(conn: &Connection, since: Position) {
+    ///     match conn.join_from("news", since).await {
+    ///         Ok(recovery) if !recovery.recovered => conn.send_text("reload"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// ```
+    pub async fn join_from(
+        &self,
+        room: &str,
+        since: super::Position,
+    ) -> Result<super::Recovery, JoinError> {
+        self.inner.hub.join_from(self, room, since).await
     }
 
     /// Leaves a room (removed when its last member leaves); returns whether the

@@ -44,6 +44,7 @@ mod outgoing;
 mod queries;
 mod rate;
 mod registry;
+mod streams;
 
 pub use assigns::Assigns;
 pub use broadcast::{Broadcast, BroadcastReport};
@@ -53,9 +54,11 @@ pub use connection::{Connection, ConnectionState, JoinError, SendError};
 pub use handler::Handler;
 pub use queries::{ClusterAnswer, ClusterQuery, ConnectionInfo, Connections, Incomplete};
 pub use rate::{MessageRate, RatePolicy};
+pub use streams::Recovery;
 pub use switchboard_broker::{
-    Broker, BrokerMetrics, ConnectionId, Envelope, Inbox, MemoryBroker, MemoryNetwork, NodeId,
-    ParseIdError, Target,
+    Broker, BrokerMetrics, ConnectionId, DEFAULT_MAX_STREAMS, Envelope, Epoch, History, Inbox,
+    MemoryBroker, MemoryNetwork, NodeId, ParseEpochError, ParseIdError, Position, StreamEntry,
+    StreamError, StreamFuture, StreamRead, Target,
 };
 
 pub(crate) use client_ip::client_addr;
@@ -71,6 +74,7 @@ pub(crate) use instruments::{Census, JoinResult};
 pub(crate) use instruments::{Instruments, Refusal};
 pub(crate) use outgoing::Outgoing;
 pub(crate) use rate::TokenBucket;
+pub(crate) use streams::Histories;
 
 use crate::sync::{self, lock};
 use broadcast::deliver_local;
@@ -126,6 +130,8 @@ struct HubInner {
     instruments: Option<Instruments>,
     /// The other hubs on the broker, as this one sees them.
     cluster: cluster::Cluster,
+    /// The rooms that keep history, and their state here.
+    streams: streams::Streams,
 }
 
 /// Why [`Hub::admit`] refused a connection.
@@ -173,6 +179,17 @@ pub struct HubMetrics {
     /// [`HubConfig::max_rooms_per_connection`] rooms already (the sum of
     /// [`Connection::refused_joins`]).
     pub refused_joins: u64,
+    /// Reads of stream history from the engine ([`Broker::read_stream`]): to recover
+    /// joiners ([`Connection::join_from`]; joiners of one stream share them), to fill
+    /// a gap, after a broker link blip.
+    pub stream_reads: u64,
+    /// Joins from a position that got every message missed ([`Recovery::recovered`]).
+    pub streams_recovered: u64,
+    /// Joins from a position that could not be recovered (another epoch, trimmed).
+    pub streams_not_recovered: u64,
+    /// Stream messages delivered to this hub's members from a read rather than as
+    /// they were published: gaps filled (a link blip, a message lost on the way).
+    pub stream_filled: u64,
 }
 
 impl Hub {
@@ -194,6 +211,7 @@ impl Hub {
         // its own node. With 64 random bits they do not, in practice (see `NodeId`).
         let node = NodeId::random();
         let instruments = Instruments::for_config(&config);
+        let streams = streams::Streams::new(&config.histories);
         let hub = Self {
             inner: Arc::new(HubInner {
                 config,
@@ -213,6 +231,7 @@ impl Hub {
                 refused_joins: AtomicU64::new(0),
                 instruments,
                 cluster: cluster::Cluster::new(),
+                streams,
             }),
         };
         hub.inner.broker.start(hub.inbox());
@@ -230,11 +249,17 @@ impl Hub {
             let Some(inner) = hub.upgrade() else {
                 return false;
             };
+            let hub = Hub::from_inner(inner);
+            if let Some(position) = envelope.position {
+                // A stream's messages come back to their publisher too: it delivers
+                // them only as the engine numbered them.
+                hub.receive_stream(envelope, position);
+                return true;
+            }
             // Pub/sub systems echo a hub's publishes back to it on the rooms it shares.
             if envelope.origin == node {
                 return true;
             }
-            let hub = Hub::from_inner(inner);
             match envelope.target {
                 Target::Node(_) | Target::Nodes => hub.receive_cluster(envelope),
                 _ => {
@@ -337,6 +362,20 @@ impl Hub {
         Ok(())
     }
 
+    /// Why [`Hub::try_join`] would refuse `conn` now, without counting it: for joins
+    /// that do work (a read) before they join.
+    pub(crate) fn check_join(&self, conn: &Connection, room: &str) -> Result<(), JoinError> {
+        let registry = self.read();
+        if !registry.holds(conn) {
+            return Err(JoinError::Closed);
+        }
+        let max = self.inner.config.max_rooms_per_connection;
+        if registry.room_count(conn.id()) >= max && !registry.is_member(conn.id(), room) {
+            return Err(JoinError::TooManyRooms);
+        }
+        Ok(())
+    }
+
     /// Removes a connection from a room; returns whether it was a member.
     ///
     /// A connection of another hub is refused, as by [`Hub::join`]: `false`.
@@ -348,7 +387,9 @@ impl Hub {
         match registry.leave(conn.id(), room) {
             RoomChange::None => false,
             RoomChange::Removed(room) => {
-                self.inner.broker.unsubscribe(&room);
+                if self.stream_room_removed(&room) {
+                    self.inner.broker.unsubscribe(&room);
+                }
                 true
             }
             RoomChange::Created(_) | RoomChange::Resized => true,
@@ -402,8 +443,18 @@ impl Hub {
 
     /// Counters.
     pub fn metrics(&self) -> HubMetrics {
+        let [
+            stream_reads,
+            streams_recovered,
+            streams_not_recovered,
+            stream_filled,
+        ] = self.inner.streams.counters();
         let registry = self.read();
         HubMetrics {
+            stream_reads,
+            streams_recovered,
+            streams_not_recovered,
+            stream_filled,
             connections: registry.connections.len(),
             rooms: registry.rooms.len(),
             dropped_messages: self.inner.dropped.load(Relaxed),
@@ -586,7 +637,9 @@ impl Hub {
         let mut registry = self.write();
         registry.connections.remove(&id);
         for room in registry.leave_all(id) {
-            self.inner.broker.unsubscribe(&room);
+            if self.stream_room_removed(&room) {
+                self.inner.broker.unsubscribe(&room);
+            }
         }
     }
 

@@ -1,0 +1,872 @@
+//! Streams on the hub: rooms that keep history, whose messages the engine numbers
+//! (see `switchboard_broker`'s `stream` module), delivered to this hub's members in
+//! offset order, and recovered for connections that come back with a position.
+//!
+//! # One state per stream room with members here
+//!
+//! The engine delivers every message of a stream to every subscribed hub, the
+//! publisher's included, with its [`Position`]. Each hub keeps, per stream room with
+//! local members (or connections joining it), the epoch, the last offset it delivered
+//! and a tail of its recent messages (bounded by the room's [`History`]), and hands
+//! messages to its members only in offset order:
+//!
+//! - an offset at or below the last is a duplicate: dropped;
+//! - the next offset is delivered (framed once, kept in the tail, fanned out);
+//! - a jump (a message lost between the engine and this hub: a link blip, a slow
+//!   subscription) holds the newer messages, reads the gap from the engine
+//!   ([`Broker::read_stream`](super::Broker::read_stream)), delivers it, then them;
+//! - another epoch means the history was lost: the state starts over, and members go
+//!   on live.
+//!
+//! When the broker's link comes back (`is_ready` false → true, watched on the
+//! heartbeat tick), every stream reads what it missed, so that members get it before
+//! newer messages even if no newer message comes.
+//!
+//! # Joining from a position
+//!
+//! A connection joins a stream room under the stream's lock: every message up to the
+//! last delivered one reached the members before it joined, every later one reaches it
+//! too, so the join point is exact. What it missed (after its position, up to the join
+//! point) comes from the tail; when the tail does not reach back far enough, from one
+//! engine read that every joiner of the stream on this hub shares: reads go one at a
+//! time per stream, each from the lowest offset asked meanwhile, and what they return
+//! stays in the tail for the joiners that follow.
+
+use super::{Connection, ConnectionId, Envelope, Hub, JoinError, Target, broadcast::deliver_local};
+use crate::sync::{lock, read, write};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    fmt,
+    sync::{
+        Arc, Mutex, OnceLock, RwLock, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Instant,
+};
+use switchboard_broker::{Epoch, History, Position, StreamError, StreamRead};
+use switchboard_proto::Message;
+use tokio::sync::Notify;
+
+/// What a stream room's messages look like to its members: the message as published
+/// and its position, to the message sent (channels add the position to their
+/// broadcasts). Applied once per message per hub.
+pub(crate) type Framing = Arc<dyn Fn(&Message, Position) -> Message + Send + Sync>;
+
+/// How a connection joined a stream room from a position
+/// ([`Connection::join_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// Whether the connection got every message after the position it gave: `false`
+    /// when the stream is in another epoch (its history was lost), or the messages
+    /// after that position were trimmed (by [`History`]'s length or age), or the
+    /// position is past the stream's newest; it joined live then, and should reload
+    /// what it shows.
+    pub recovered: bool,
+    /// The join point: the position after which live messages start for this
+    /// connection (the newest message it got, or the stream's position when it
+    /// joined). Epoch 0 when the engine could not be reached and the stream had never
+    /// been seen here.
+    pub position: Position,
+    /// The messages queued to the connection from history, before any live one.
+    pub missed: usize,
+}
+
+/// The rooms that keep history: exact names, or prefixes (`"chat:*"`); the most
+/// specific pattern wins (an exact name, then the longest prefix).
+#[derive(Clone, Default)]
+pub(crate) struct Histories {
+    rules: Vec<Rule>,
+}
+
+#[derive(Clone)]
+struct Rule {
+    /// The room name, or the prefix (without its `*`).
+    name: String,
+    prefix: bool,
+    history: History,
+    frame: Option<Framing>,
+}
+
+impl Histories {
+    /// Adds (or replaces) the rule of `pattern`.
+    pub(crate) fn add(&mut self, pattern: &str, history: History, frame: Option<Framing>) {
+        let (name, prefix) = match pattern.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (pattern, false),
+        };
+        self.rules
+            .retain(|rule| !(rule.name == name && rule.prefix == prefix));
+        self.rules.push(Rule {
+            name: name.to_owned(),
+            prefix,
+            history,
+            frame,
+        });
+    }
+
+    fn find(&self, room: &str) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|rule| match rule.prefix {
+                true => room.starts_with(&rule.name),
+                false => room == rule.name,
+            })
+            .max_by_key(|rule| (!rule.prefix, rule.name.len()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+impl fmt::Debug for Histories {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for rule in &self.rules {
+            let star = if rule.prefix { "*" } else { "" };
+            map.entry(&format_args!("{}{star}", rule.name), &rule.history);
+        }
+        map.finish()
+    }
+}
+
+impl PartialEq for Histories {
+    fn eq(&self, other: &Self) -> bool {
+        let same_frame = |a: &Option<Framing>, b: &Option<Framing>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        self.rules.len() == other.rules.len()
+            && self.rules.iter().zip(&other.rules).all(|(a, b)| {
+                a.name == b.name
+                    && a.prefix == b.prefix
+                    && a.history == b.history
+                    && same_frame(&a.frame, &b.frame)
+            })
+    }
+}
+
+impl Eq for Histories {}
+
+/// A hub's streams: the patterns, the state of each stream room with members here,
+/// and the counters.
+pub(crate) struct Streams {
+    /// Whether any pattern is registered: a hub without one pays one atomic load per
+    /// room send, and nothing else.
+    any: AtomicBool,
+    histories: RwLock<Histories>,
+    cells: Mutex<HashMap<Arc<str>, Arc<Cell>>>,
+    /// Where read tasks run when the caller is outside a runtime (a send from a plain
+    /// thread that finds a gap).
+    runtime: OnceLock<tokio::runtime::Handle>,
+    /// Whether the broker was ready at the last look (see [`Hub::watch_stream_link`]).
+    link_up: AtomicBool,
+    reads: AtomicU64,
+    recovered: AtomicU64,
+    not_recovered: AtomicU64,
+    filled: AtomicU64,
+}
+
+/// One stream's state on this hub, and the joiners waiting for its reads.
+struct Cell {
+    room: Arc<str>,
+    history: History,
+    frame: Option<Framing>,
+    state: Mutex<State>,
+    /// Told when a read has been merged.
+    read_done: Notify,
+    /// Connections in [`Hub::join_from_then`] on this stream: the state stays (and the
+    /// broker subscription) while there are any, members or not.
+    joining: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    /// `None` until the first message or read.
+    epoch: Option<Epoch>,
+    /// The offset of the last message delivered to the members.
+    last: u64,
+    /// The newest messages delivered, framed, consecutive offsets ending at `last`.
+    tail: VecDeque<Kept>,
+    /// Messages past a gap, waiting for it to be read: offset → message, except.
+    held: BTreeMap<u64, (Message, Option<ConnectionId>)>,
+    /// The lowest offset a read is wanted from, not started yet.
+    wanted: Option<u64>,
+    /// Whether a read task runs.
+    reading: bool,
+    /// Reads started, and the number of the last one merged (or failed).
+    started: u64,
+    done: u64,
+    /// Whether the last read failed.
+    failed: bool,
+    /// A read from this offset was merged in this epoch: every message the engine kept
+    /// after it is in the tail, or trimmed by the same bound the engine applies, so a
+    /// position at or after it that the tail does not cover cannot be recovered.
+    complete_after: Option<u64>,
+}
+
+struct Kept {
+    offset: u64,
+    /// When this hub got it, for the history's `max_age`.
+    at: Instant,
+    message: Message,
+}
+
+/// What a joiner does next.
+enum Plan {
+    /// Join now: recovered (or not) from the tail.
+    Join { recovered: bool },
+    /// Wait for a read from this offset.
+    Read(u64),
+}
+
+impl Streams {
+    pub(crate) fn new(histories: &Histories) -> Self {
+        Self {
+            any: AtomicBool::new(!histories.is_empty()),
+            histories: RwLock::new(histories.clone()),
+            cells: Mutex::default(),
+            runtime: OnceLock::new(),
+            link_up: AtomicBool::new(true),
+            reads: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            not_recovered: AtomicU64::new(0),
+            filled: AtomicU64::new(0),
+        }
+    }
+
+    /// The rule of `room`, if it keeps history.
+    fn rule(&self, room: &str) -> Option<Rule> {
+        if !self.any.load(Relaxed) {
+            return None;
+        }
+        read(&self.histories).find(room).cloned()
+    }
+
+    fn cell(&self, room: &str) -> Option<Arc<Cell>> {
+        lock(&self.cells).get(room).cloned()
+    }
+
+    /// The counters, for [`super::HubMetrics`]: reads, recovered, not recovered,
+    /// filled.
+    pub(crate) fn counters(&self) -> [u64; 4] {
+        [
+            self.reads.load(Relaxed),
+            self.recovered.load(Relaxed),
+            self.not_recovered.load(Relaxed),
+            self.filled.load(Relaxed),
+        ]
+    }
+
+    fn remember_runtime(&self) {
+        if self.runtime.get().is_none()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let _ = self.runtime.set(handle);
+        }
+    }
+}
+
+impl fmt::Debug for Streams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streams")
+            .field("histories", &*read(&self.histories))
+            .field("streams", &lock(&self.cells).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    fn streams(&self) -> &Streams {
+        &self.inner.streams
+    }
+
+    /// The history `room` keeps, if a pattern ([`HubConfig::history`](super::HubConfig::history),
+    /// or a channels topic's) names it.
+    pub fn history_of(&self, room: &str) -> Option<History> {
+        self.streams().rule(room).map(|rule| rule.history)
+    }
+
+    /// Makes the rooms that `pattern` names keep `history`, from now on (what
+    /// [`HubConfig::history_framed`](super::HubConfig::history_framed) does before the
+    /// hub is built): for channels, which register their topics' patterns on a hub
+    /// that exists.
+    // For channels (history topics), which register on a hub that exists.
+    #[allow(dead_code)]
+    pub(crate) fn keep_history(&self, pattern: &str, history: History, frame: Option<Framing>) {
+        let streams = self.streams();
+        write(&streams.histories).add(pattern, history, frame);
+        streams.any.store(true, Relaxed);
+    }
+
+    /// The history of the room `target` names, if it is a stream room: its sends go
+    /// to the engine ([`Broker::publish_stream`](super::Broker::publish_stream)).
+    pub(crate) fn stream_history(&self, target: &Target) -> Option<History> {
+        match target {
+            Target::Room(room) => self.history_of(room),
+            _ => None,
+        }
+    }
+
+    /// Joins `conn` to the stream room `room` from `since`: it gets exactly the
+    /// messages after `since`, in order, then live ones; see
+    /// [`Connection::join_from`].
+    pub async fn join_from(
+        &self,
+        conn: &Connection,
+        room: &str,
+        since: Position,
+    ) -> Result<Recovery, JoinError> {
+        self.join_from_then(conn, room, Some(since), |_| {}).await
+    }
+
+    /// [`Hub::join_from`], or a live join that still learns the stream's position
+    /// (`since` `None`: [`Recovery::recovered`] is `false`), with `before` run right
+    /// before the missed messages are queued, under the stream's lock (channels queue
+    /// their join reply there, so that it precedes them). `before` must not block nor
+    /// publish to the room.
+    pub(crate) async fn join_from_then(
+        &self,
+        conn: &Connection,
+        room: &str,
+        since: Option<Position>,
+        before: impl FnOnce(&Recovery) + Send,
+    ) -> Result<Recovery, JoinError> {
+        let Some(rule) = self.streams().rule(room) else {
+            return Err(JoinError::NoHistory);
+        };
+        self.check_join(conn, room)?;
+        self.streams().remember_runtime();
+        let joining = Joining::new(self, room, &rule);
+        let cell = joining.cell.clone();
+        let mut asked: Option<u64> = None;
+        loop {
+            let read_done = cell.read_done.notified();
+            {
+                let mut state = lock(&cell.state);
+                state.trim_aged(&cell.history, Instant::now());
+                let fresh = asked.is_some_and(|mark| state.done > mark);
+                if fresh && state.failed {
+                    // The engine cannot be read now: join live rather than wait.
+                    return self.join_at(conn, &cell, &mut state, since, false, before);
+                }
+                match state.plan(since, fresh) {
+                    Plan::Join { recovered } => {
+                        return self.join_at(conn, &cell, &mut state, since, recovered, before);
+                    }
+                    Plan::Read(after) => {
+                        if asked.is_none() || fresh {
+                            asked = Some(state.started);
+                        }
+                        self.want_read(&cell, &mut state, after);
+                    }
+                }
+            }
+            read_done.await;
+        }
+    }
+
+    /// Joins `conn` under the stream's lock and queues what it missed.
+    fn join_at(
+        &self,
+        conn: &Connection,
+        cell: &Cell,
+        state: &mut State,
+        since: Option<Position>,
+        recovered: bool,
+        before: impl FnOnce(&Recovery),
+    ) -> Result<Recovery, JoinError> {
+        let member = self.is_member(conn.id(), &cell.room);
+        self.try_join(conn, &cell.room)?;
+        let epoch = state.epoch.unwrap_or(Epoch::from_u64(0));
+        // A member already gets the live messages: replaying would repeat them.
+        let recovered = recovered && !member;
+        let missed: Vec<Message> = match since {
+            Some(since) if recovered => state
+                .tail
+                .iter()
+                .filter(|kept| kept.offset > since.offset)
+                .map(|kept| kept.message.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let recovery = Recovery {
+            recovered,
+            position: Position::new(state.last, epoch),
+            missed: missed.len(),
+        };
+        if since.is_some() {
+            let counter = match recovered {
+                true => &self.streams().recovered,
+                false => &self.streams().not_recovered,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+        before(&recovery);
+        for message in missed {
+            conn.send(message);
+        }
+        Ok(recovery)
+    }
+
+    /// Asks for a read of `cell`'s stream after `after`, in one task per stream.
+    fn want_read(&self, cell: &Arc<Cell>, state: &mut State, after: u64) {
+        state.wanted = Some(state.wanted.map_or(after, |wanted| wanted.min(after)));
+        if state.reading {
+            return;
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.streams().runtime.get().cloned());
+        let Some(runtime) = runtime else {
+            // No runtime has seen this hub yet: nobody joined from a position, so
+            // the gap is let go rather than held for ever.
+            state.wanted = None;
+            state.release_held(self, cell);
+            return;
+        };
+        state.reading = true;
+        runtime.spawn(read_loop(Arc::downgrade(&self.inner), cell.clone()));
+    }
+
+    /// Hands a positioned envelope of a stream room to this hub's members, in offset
+    /// order (called by the inbox, for every hub's envelopes, this one's included).
+    pub(crate) fn receive_stream(&self, envelope: &Envelope, position: Position) {
+        let Target::Room(room) = &envelope.target else {
+            deliver_local(self, envelope);
+            return;
+        };
+        let Some(rule) = self.streams().rule(room) else {
+            // A hub that keeps no history for the room delivers as it comes.
+            deliver_local(self, envelope);
+            return;
+        };
+        let Some(cell) = self.cell_with_members(room, &rule) else {
+            return;
+        };
+        let mut state = lock(&cell.state);
+        state.receive(self, &cell, envelope, position);
+    }
+
+    /// The state of `room`, made if the room has members here; `None` if it has
+    /// none (nothing to deliver).
+    fn cell_with_members(&self, room: &str, rule: &Rule) -> Option<Arc<Cell>> {
+        if let Some(cell) = self.streams().cell(room) {
+            return Some(cell);
+        }
+        // Under the registry's lock: a room removed meanwhile removes its state after.
+        let registry = self.read();
+        let (name, _) = registry.rooms.get_key_value(room)?;
+        let mut cells = lock(&self.streams().cells);
+        let cell = cells
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(Cell::new(name.clone(), rule)));
+        Some(cell.clone())
+    }
+
+    /// Forgets the state of `room`, which has no member here any more, unless a
+    /// connection is joining it; returns whether the broker subscription should go too.
+    /// Called under the registry's write lock.
+    pub(crate) fn stream_room_removed(&self, room: &str) -> bool {
+        if !self.streams().any.load(Relaxed) {
+            return true;
+        }
+        let mut cells = lock(&self.streams().cells);
+        match cells.get(room) {
+            Some(cell) if cell.joining.load(Relaxed) > 0 => false,
+            Some(_) => {
+                cells.remove(room);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Reads every stream after its last offset, when the broker's link has come
+    /// back: what was published while it was down reaches the members before newer
+    /// messages, even if none comes. Called on every heartbeat tick.
+    pub(crate) fn watch_stream_link(&self) {
+        let streams = self.streams();
+        if !streams.any.load(Relaxed) {
+            return;
+        }
+        streams.remember_runtime();
+        let ready = self.broker().is_ready();
+        if streams.link_up.swap(ready, Relaxed) || !ready {
+            return;
+        }
+        let cells: Vec<Arc<Cell>> = lock(&streams.cells).values().cloned().collect();
+        tracing::debug!(
+            streams = cells.len(),
+            "broker link back: reading the streams"
+        );
+        for cell in cells {
+            let mut state = lock(&cell.state);
+            if state.epoch.is_some() {
+                let last = state.last;
+                self.want_read(&cell, &mut state, last);
+            }
+        }
+    }
+}
+
+/// A connection in [`Hub::join_from_then`]: keeps its stream's state and the broker
+/// subscription while it waits for reads, and lets them go when it ends if the room
+/// has no member.
+struct Joining<'a> {
+    hub: &'a Hub,
+    cell: Arc<Cell>,
+}
+
+impl<'a> Joining<'a> {
+    fn new(hub: &'a Hub, room: &str, rule: &Rule) -> Self {
+        let cell = {
+            let mut cells = lock(&hub.streams().cells);
+            let cell = cells
+                .entry(Arc::from(room))
+                .or_insert_with(|| Arc::new(Cell::new(Arc::from(room), rule)))
+                .clone();
+            cell.joining.fetch_add(1, Relaxed);
+            cell
+        };
+        // Subscribed before anything is read, so that what is published after the
+        // read reaches this hub (a broker's subscribe is idempotent).
+        let registry = hub.write();
+        if !registry.rooms.contains_key(room) {
+            hub.broker().subscribe(room);
+        }
+        drop(registry);
+        Self { hub, cell }
+    }
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        let registry = self.hub.write();
+        let mut cells = lock(&self.hub.streams().cells);
+        let last = self.cell.joining.fetch_sub(1, Relaxed) == 1;
+        if last && !registry.rooms.contains_key(&self.cell.room) {
+            if cells
+                .get(&self.cell.room)
+                .is_some_and(|cell| Arc::ptr_eq(cell, &self.cell))
+            {
+                cells.remove(&self.cell.room);
+            }
+            self.hub.broker().unsubscribe(&self.cell.room);
+        }
+    }
+}
+
+impl Cell {
+    fn new(room: Arc<str>, rule: &Rule) -> Self {
+        Self {
+            room,
+            history: rule.history,
+            frame: rule.frame.clone(),
+            state: Mutex::default(),
+            read_done: Notify::new(),
+            joining: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl State {
+    /// What a joiner from `since` does, given whether a read asked since it came has
+    /// been merged (`fresh`): then the state is as up to date as the engine was.
+    fn plan(&self, since: Option<Position>, fresh: bool) -> Plan {
+        let Some(epoch) = self.epoch else {
+            return Plan::Read(since.map_or(0, |since| since.offset));
+        };
+        let Some(since) = since else {
+            return Plan::Join { recovered: false };
+        };
+        let confirmed = fresh || self.complete_after.is_some();
+        if since.epoch != epoch {
+            // The state may be behind an engine that changed epochs: ask it once.
+            return match confirmed {
+                true => Plan::Join { recovered: false },
+                false => Plan::Read(since.offset),
+            };
+        }
+        if since.offset == self.last {
+            return Plan::Join { recovered: true };
+        }
+        if since.offset < self.last {
+            let reaches = self
+                .tail
+                .front()
+                .is_some_and(|first| first.offset <= since.offset + 1);
+            if reaches {
+                return Plan::Join { recovered: true };
+            }
+            let trimmed = fresh
+                || self
+                    .complete_after
+                    .is_some_and(|after| after <= since.offset);
+            return match trimmed {
+                true => Plan::Join { recovered: false },
+                false => Plan::Read(since.offset),
+            };
+        }
+        // Past what this hub delivered: it may be behind the engine.
+        match fresh {
+            true => Plan::Join { recovered: false },
+            false => Plan::Read(self.last),
+        }
+    }
+
+    /// A positioned message from the engine.
+    fn receive(&mut self, hub: &Hub, cell: &Arc<Cell>, envelope: &Envelope, position: Position) {
+        if self.epoch != Some(position.epoch) {
+            if self.epoch.is_some() {
+                tracing::debug!(room = %cell.room, "stream epoch changed: its history was lost");
+            }
+            self.reset(position.epoch, position.offset.saturating_sub(1));
+        }
+        if position.offset <= self.last {
+            return;
+        }
+        let except = envelope.except;
+        if position.offset == self.last + 1 && self.held.is_empty() {
+            self.deliver(hub, cell, position.offset, &envelope.message, except);
+            return;
+        }
+        self.held
+            .insert(position.offset, (envelope.message.clone(), except));
+        self.deliver_held(hub, cell);
+        if self.held.len() > cell.history.max_len.max(1) {
+            // More held than the engine keeps: the gap cannot be read any more.
+            self.release_held(hub, cell);
+        } else if !self.held.is_empty() {
+            let last = self.last;
+            hub.want_read(cell, self, last);
+        }
+    }
+
+    fn reset(&mut self, epoch: Epoch, last: u64) {
+        self.epoch = Some(epoch);
+        self.last = last;
+        self.tail.clear();
+        self.held.clear();
+        self.complete_after = None;
+    }
+
+    /// Frames, keeps and fans out the message at `offset`, the next one.
+    fn deliver(
+        &mut self,
+        hub: &Hub,
+        cell: &Cell,
+        offset: u64,
+        message: &Message,
+        except: Option<ConnectionId>,
+    ) {
+        let Some(epoch) = self.epoch else { return };
+        let position = Position::new(offset, epoch);
+        let message = match &cell.frame {
+            Some(frame) => frame(message, position),
+            None => message.clone(),
+        };
+        self.keep(cell, offset, message.clone(), Instant::now());
+        self.last = offset;
+        let envelope = Envelope {
+            origin: hub.node(),
+            target: Target::Room(cell.room.to_string()),
+            except,
+            message,
+            position: Some(position),
+        };
+        deliver_local(hub, &envelope);
+    }
+
+    fn keep(&mut self, cell: &Cell, offset: u64, message: Message, at: Instant) {
+        if self
+            .tail
+            .back()
+            .is_some_and(|kept| kept.offset + 1 != offset)
+        {
+            self.tail.clear();
+        }
+        self.tail.push_back(Kept {
+            offset,
+            at,
+            message,
+        });
+        while self.tail.len() > cell.history.max_len.max(1) {
+            self.tail.pop_front();
+        }
+    }
+
+    fn trim_aged(&mut self, history: &History, now: Instant) {
+        if let Some(max_age) = history.max_age {
+            while self
+                .tail
+                .front()
+                .is_some_and(|kept| now.saturating_duration_since(kept.at) > max_age)
+            {
+                self.tail.pop_front();
+            }
+        }
+    }
+
+    /// Delivers the held messages that follow the last one, and drops those at or
+    /// below it.
+    fn deliver_held(&mut self, hub: &Hub, cell: &Cell) {
+        while let Some(entry) = self.held.first_entry() {
+            let offset = *entry.key();
+            if offset > self.last + 1 {
+                break;
+            }
+            let (message, except) = entry.remove();
+            if offset == self.last + 1 {
+                self.deliver(hub, cell, offset, &message, except);
+            }
+        }
+    }
+
+    /// Delivers every held message in order, over the gaps before them: what those
+    /// gaps lacked is lost.
+    fn release_held(&mut self, hub: &Hub, cell: &Cell) {
+        if let Some((&first, _)) = self.held.first_key_value() {
+            let lost = first.saturating_sub(self.last + 1);
+            tracing::debug!(room = %cell.room, lost, "stream gap could not be filled");
+            self.last = first - 1;
+            self.tail.clear();
+        }
+        while let Some((offset, (message, except))) = self.held.pop_first() {
+            self.last = offset - 1;
+            self.deliver(hub, cell, offset, &message, except);
+        }
+    }
+
+    /// Merges what a read after `after` returned: fills the gap (delivering it), keeps
+    /// older messages in the tail for joiners, then delivers what was held.
+    fn merge(&mut self, hub: &Hub, cell: &Arc<Cell>, after: u64, read: StreamRead) {
+        let now = Instant::now();
+        if self.epoch != Some(read.epoch) {
+            // A stream never seen here, or one whose history was lost: it starts at
+            // the engine's top; members of a lost history go on live.
+            self.reset(read.epoch, read.top);
+            if read
+                .entries
+                .last()
+                .is_some_and(|last| last.offset == read.top)
+            {
+                for entry in read.entries {
+                    let message = frame(cell, &entry.message, entry.offset, read.epoch);
+                    self.keep(cell, entry.offset, message, now);
+                }
+            }
+            self.complete_after = Some(after);
+            return;
+        }
+        let mut filled = 0;
+        let from = self.last;
+        for entry in read.entries.iter().filter(|entry| entry.offset > from) {
+            // An entry past `last + 1`: the engine trimmed the ones between.
+            self.last = entry.offset - 1;
+            self.deliver(hub, cell, entry.offset, &entry.message, None);
+            filled += 1;
+        }
+        hub.streams().filled.fetch_add(filled, Relaxed);
+        self.keep_older(cell, &read, now);
+        let linked = match (read.entries.first(), self.tail.front()) {
+            (None, _) => read.top <= self.last,
+            // A full tail holds all that the engine keeps under the same bound.
+            (Some(first), Some(front)) => {
+                front.offset <= first.offset || self.tail.len() >= cell.history.max_len.max(1)
+            }
+            (Some(_), None) => false,
+        };
+        if linked {
+            self.complete_after = Some(self.complete_after.map_or(after, |a| a.min(after)));
+        }
+        self.deliver_held(hub, cell);
+        if let Some((&first, _)) = self.held.first_key_value() {
+            if read.top >= first {
+                // The engine had the held ones, yet not the ones before them.
+                self.release_held(hub, cell);
+            } else {
+                // Published after the read: read again.
+                let last = self.last;
+                hub.want_read(cell, self, last);
+            }
+        }
+    }
+
+    /// Puts the read's entries older than the tail in front of it, for joiners.
+    fn keep_older(&mut self, cell: &Cell, read: &StreamRead, now: Instant) {
+        let Some(epoch) = self.epoch else { return };
+        let front = match self.tail.front() {
+            Some(front) => front.offset,
+            None if read.top == self.last => self.last + 1,
+            None => return,
+        };
+        let room = cell.history.max_len.max(1).saturating_sub(self.tail.len());
+        let mut next = front;
+        for entry in read
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.offset < front)
+            .take(room)
+        {
+            if entry.offset + 1 != next {
+                break;
+            }
+            let message = frame(cell, &entry.message, entry.offset, epoch);
+            self.tail.push_front(Kept {
+                offset: entry.offset,
+                at: now,
+                message,
+            });
+            next = entry.offset;
+        }
+    }
+}
+
+fn frame(cell: &Cell, message: &Message, offset: u64, epoch: Epoch) -> Message {
+    match &cell.frame {
+        Some(frame) => frame(message, Position::new(offset, epoch)),
+        None => message.clone(),
+    }
+}
+
+/// Reads a stream, one read at a time, from the lowest offset wanted, until no more
+/// is wanted; tells the joiners after each.
+async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
+    loop {
+        let (after, number) = {
+            let mut state = lock(&cell.state);
+            let Some(after) = state.wanted.take() else {
+                state.reading = false;
+                return;
+            };
+            state.started += 1;
+            (after, state.started)
+        };
+        let Some(inner) = hub.upgrade() else { return };
+        let hub = Hub::from_inner(inner);
+        hub.streams().reads.fetch_add(1, Relaxed);
+        let result = hub
+            .broker()
+            .read_stream(&cell.room, after, cell.history)
+            .await;
+        {
+            let mut state = lock(&cell.state);
+            state.done = number;
+            state.failed = result.is_err();
+            match result {
+                Ok(read) => state.merge(&hub, &cell, after, read),
+                Err(error) => failed_read(&hub, &cell, &mut state, &error),
+            }
+        }
+        cell.read_done.notify_waiters();
+    }
+}
+
+fn failed_read(hub: &Hub, cell: &Cell, state: &mut State, error: &StreamError) {
+    tracing::warn!(room = %cell.room, %error, "stream read failed");
+    // Held messages wait for no read now.
+    state.release_held(hub, cell);
+}
