@@ -66,8 +66,14 @@ impl Inbox {
     }
 
     /// Delivers an envelope to the receiving hub's connections (a hub skips those of
-    /// its own origin, which pub/sub systems may echo back). Returns `false` once the
-    /// hub is gone, so the broker can forget this inbox.
+    /// its own origin, which pub/sub systems may echo back, except a stream's, with a
+    /// [`Envelope::position`]: a hub delivers its own stream messages only as the
+    /// engine hands them back). Returns `false` once the hub is gone, so the broker can
+    /// forget this inbox.
+    ///
+    /// A hub's delivery of a positioned envelope only queues (it may start a task): it
+    /// never calls back into the broker, so an engine may deliver a stream's messages
+    /// under the lock that orders them.
     pub fn deliver(&self, envelope: &Envelope) -> bool {
         (self.deliver)(envelope)
     }

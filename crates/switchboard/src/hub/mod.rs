@@ -74,6 +74,9 @@ pub(crate) use instruments::{Census, JoinResult};
 pub(crate) use instruments::{Instruments, Refusal};
 pub(crate) use outgoing::Outgoing;
 pub(crate) use rate::TokenBucket;
+// For channels' history topics (`Hub::keep_history`).
+#[allow(unused_imports)]
+pub(crate) use streams::Framing;
 pub(crate) use streams::Histories;
 
 use crate::sync::{self, lock};
