@@ -13,9 +13,17 @@ use common::{
     within,
 };
 use futures_util::StreamExt;
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 use switchboard::hub::{
-    Broker, Connection, Epoch, Handler, History, Hub, HubConfig, MemoryNetwork, Position, Recovery,
+    Broker, Connection, Envelope, Epoch, Handler, History, Hub, HubConfig, Inbox, MemoryBroker,
+    MemoryNetwork, Position, Recovery, StreamFuture, StreamRead,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::Message as TMessage;
@@ -109,6 +117,18 @@ async fn a_client_back_from_a_disconnection_gets_exactly_the_500_it_missed_then_
     assert_eq!(recovery.position, Position::new(510, seen.epoch));
     publish(&node.hub, "news", "m511".into()).await;
     assert_eq!(texts(&mut back, 501).await, numbered(11..=511));
+    #[cfg(feature = "metrics")]
+    {
+        let text = switchboard::metrics::encode(&node.hub);
+        for line in [
+            "switchboard_stream_recoveries_total{result=\"recovered\"} 1\n",
+            "switchboard_stream_recoveries_total{result=\"not_recovered\"} 0\n",
+            "switchboard_stream_reads_total 1\n",
+            "switchboard_stream_filled_total 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -208,4 +228,206 @@ async fn a_room_without_history_is_not_joined_from_a_position_and_not_published_
     // The memory engine, unused by rooms without history.
     let read = network.broker().read_stream("lobby", 0, History::default());
     assert_eq!(read.await.unwrap().top, 0);
+}
+
+/// The memory engine with a link that can fail: it drops the stream deliveries the
+/// test names, or all of them while "down" (when `is_ready` is false), and can deliver
+/// each one twice. The memory engine itself never loses nor repeats a message, so this
+/// is how the hub's gap filling, duplicate dropping and link-blip recovery are tested
+/// without an engine of their own; the Redis tests do it with a killed link.
+struct Lossy {
+    engine: MemoryBroker,
+    link: Arc<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    /// Offsets whose delivery to this hub is lost.
+    lose: Mutex<HashSet<u64>>,
+    down: AtomicBool,
+    twice: AtomicBool,
+    reads: AtomicUsize,
+}
+
+impl Broker for Lossy {
+    fn start(&self, inbox: Inbox) {
+        let link = self.link.clone();
+        let node = inbox.node();
+        self.engine.start(Inbox::new(node, move |envelope| {
+            if let Some(position) = envelope.position {
+                let lost = link.lose.lock().unwrap().contains(&position.offset);
+                if lost || link.down.load(Relaxed) {
+                    return true;
+                }
+                if link.twice.load(Relaxed) {
+                    inbox.deliver(envelope);
+                }
+            }
+            inbox.deliver(envelope)
+        }));
+    }
+    fn publish(&self, envelope: Envelope) {
+        self.engine.publish(envelope);
+    }
+    fn subscribe(&self, room: &str) {
+        self.engine.subscribe(room);
+    }
+    fn unsubscribe(&self, room: &str) {
+        self.engine.unsubscribe(room);
+    }
+    fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        self.engine.publish_stream(envelope, history)
+    }
+    fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        self.link.reads.fetch_add(1, Relaxed);
+        self.engine.read_stream(room, after, history)
+    }
+    fn is_ready(&self) -> bool {
+        !self.link.down.load(Relaxed)
+    }
+}
+
+/// A hub on a lossy link to `network`'s engine, whose heartbeat (and link watch)
+/// ticks every 10 ms.
+async fn lossy_node(network: &MemoryNetwork, history: History) -> (Node, Arc<Link>) {
+    let link = Arc::new(Link::default());
+    let broker = Lossy {
+        engine: network.broker(),
+        link: link.clone(),
+    };
+    let config = HubConfig::default()
+        .history("news", history)
+        .node_heartbeat(Duration::from_millis(10));
+    let hub = Hub::with_broker(config, broker);
+    let (tx, joined) = unbounded_channel();
+    let app = Router::new().route("/stream/{room}", switchboard::ws(hub.clone(), Joiner(tx)));
+    (serve(hub, app, joined).await, link)
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_from_the_engine_before_newer_messages_are_delivered() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default()).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    link.lose.lock().unwrap().extend([3, 4, 5]);
+    for i in 1..=6 {
+        publish(&node.hub, "news", format!("m{i}")).await;
+    }
+    assert_eq!(texts(&mut client, 6).await, numbered(1..=6));
+    let metrics = node.hub.metrics();
+    assert_eq!(metrics.stream_filled, 3);
+    assert_eq!((metrics.stream_reads, link.reads.load(Relaxed)), (1, 1));
+    publish(&node.hub, "news", "m7".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["m7"]);
+}
+
+#[tokio::test]
+async fn what_was_published_while_the_link_was_down_is_delivered_when_it_comes_back() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default()).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    publish(&node.hub, "news", "m1".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["m1"]);
+    link.down.store(true, Relaxed);
+    for i in 2..=4 {
+        publish(&node.hub, "news", format!("m{i}")).await;
+    }
+    // Ticks of the link watch see it down.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!node.hub.is_broker_ready());
+    link.down.store(false, Relaxed);
+    // No newer message: the watch alone brings them.
+    assert_eq!(texts(&mut client, 3).await, numbered(2..=4));
+    assert_eq!(node.hub.metrics().stream_filled, 3);
+    publish(&node.hub, "news", "m5".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["m5"]);
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_reaches_members_once() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default()).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    link.twice.store(true, Relaxed);
+    for i in 1..=3 {
+        publish(&node.hub, "news", format!("m{i}")).await;
+    }
+    link.twice.store(false, Relaxed);
+    publish(&node.hub, "news", "m4".into()).await;
+    assert_eq!(texts(&mut client, 4).await, numbered(1..=4));
+}
+
+#[tokio::test]
+async fn members_go_on_live_when_the_stream_comes_back_in_a_new_epoch() {
+    let network = MemoryNetwork::new().max_streams(1);
+    let mut node = node(
+        HubConfig::default().history("*", History::default()),
+        &network,
+    )
+    .await;
+    let (mut client, _) = join(&mut node, "one", None).await;
+    let old = publish(&node.hub, "one", "m1".into()).await;
+    publish(&node.hub, "one", "m2".into()).await;
+    // "two" takes the only place: "one" is forgotten, and starts over.
+    publish(&node.hub, "two", "x".into()).await;
+    let new = publish(&node.hub, "one", "m3".into()).await;
+    assert_ne!(new.epoch, old.epoch);
+    assert_eq!(new.offset, 1);
+    assert_eq!(texts(&mut client, 3).await, numbered(1..=3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_racing_publishers_on_two_hubs_get_one_order_without_gap_or_duplicate() {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 250;
+    const JOINERS: usize = 8;
+    let network = MemoryNetwork::new();
+    let history = History::default().max_len(2 * PUBLISHERS * EACH);
+    let config = HubConfig::default().history("race", history);
+    let mut nodes = [
+        node(config.clone(), &network).await,
+        node(config, &network).await,
+    ];
+    let start = publish(&nodes[0].hub, "race", "start".into()).await;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let hub = nodes[p % 2].hub.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    hub.to("race").send_text(format!("p{p}-{i}"));
+                    // Spread over the joins.
+                    if i % 10 == 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for j in 0..JOINERS {
+        let (client, recovery) = join(&mut nodes[j % 2], "race", Some(start)).await;
+        assert!(recovery.unwrap().recovered, "joiner {j}");
+        clients.push(client);
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let engine = network.broker();
+    let read = engine
+        .read_stream("race", start.offset, history)
+        .await
+        .unwrap();
+    assert_eq!(read.top, start.offset + (PUBLISHERS * EACH) as u64);
+    let published: Vec<String> = read
+        .entries
+        .iter()
+        .map(|entry| match &entry.message {
+            switchboard::Message::Text(text) => text.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (j, client) in clients.iter_mut().enumerate() {
+        let got = texts(client, PUBLISHERS * EACH).await;
+        assert!(got == published, "joiner {j} got another sequence");
+    }
 }

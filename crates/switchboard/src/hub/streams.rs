@@ -162,6 +162,8 @@ pub(crate) struct Streams {
     runtime: OnceLock<tokio::runtime::Handle>,
     /// Whether the broker was ready at the last look (see [`Hub::watch_stream_link`]).
     link_up: AtomicBool,
+    /// The broker's reconnect count at the last look.
+    reconnects: AtomicU64,
     reads: AtomicU64,
     recovered: AtomicU64,
     not_recovered: AtomicU64,
@@ -195,6 +197,8 @@ struct State {
     wanted: Option<u64>,
     /// Whether a read task runs.
     reading: bool,
+    /// The offset the read under way reads from.
+    in_flight: Option<u64>,
     /// Reads started, and the number of the last one merged (or failed).
     started: u64,
     done: u64,
@@ -229,6 +233,7 @@ impl Streams {
             cells: Mutex::default(),
             runtime: OnceLock::new(),
             link_up: AtomicBool::new(true),
+            reconnects: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
             not_recovered: AtomicU64::new(0),
@@ -410,8 +415,12 @@ impl Hub {
         Ok(recovery)
     }
 
-    /// Asks for a read of `cell`'s stream after `after`, in one task per stream.
+    /// Asks for a read of `cell`'s stream after `after`, in one task per stream: none
+    /// if the read under way reads from there or before (its answer will do).
     fn want_read(&self, cell: &Arc<Cell>, state: &mut State, after: u64) {
+        if state.in_flight.is_some_and(|reading| reading <= after) {
+            return;
+        }
         state.wanted = Some(state.wanted.map_or(after, |wanted| wanted.min(after)));
         if state.reading {
             return;
@@ -493,7 +502,11 @@ impl Hub {
         }
         streams.remember_runtime();
         let ready = self.broker().is_ready();
-        if streams.link_up.swap(ready, Relaxed) || !ready {
+        let was_ready = streams.link_up.swap(ready, Relaxed);
+        // A link that failed and came back between two ticks shows in its count.
+        let reconnects = self.broker().metrics().map_or(0, |m| m.reconnects);
+        let reconnected = streams.reconnects.swap(reconnects, Relaxed) != reconnects;
+        if !ready || (was_ready && !reconnected) {
             return;
         }
         let cells: Vec<Arc<Cell>> = lock(&streams.cells).values().cloned().collect();
@@ -763,10 +776,22 @@ impl State {
         let mut filled = 0;
         let from = self.last;
         for entry in read.entries.iter().filter(|entry| entry.offset > from) {
+            self.deliver_held(hub, cell);
+            if entry.offset <= self.last {
+                continue;
+            }
             // An entry past `last + 1`: the engine trimmed the ones between.
             self.last = entry.offset - 1;
-            self.deliver(hub, cell, entry.offset, &entry.message, None);
-            filled += 1;
+            match self.held.remove(&entry.offset) {
+                // As it came live: with its `except`.
+                Some((message, except)) => {
+                    self.deliver(hub, cell, entry.offset, &message, except);
+                }
+                None => {
+                    self.deliver(hub, cell, entry.offset, &entry.message, None);
+                    filled += 1;
+                }
+            }
         }
         hub.streams().filled.fetch_add(filled, Relaxed);
         self.keep_older(cell, &read, now);
@@ -838,7 +863,8 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
     loop {
         let (after, number) = {
             let mut state = lock(&cell.state);
-            let Some(after) = state.wanted.take() else {
+            state.in_flight = state.wanted.take();
+            let Some(after) = state.in_flight else {
                 state.reading = false;
                 return;
             };
@@ -854,6 +880,7 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             .await;
         {
             let mut state = lock(&cell.state);
+            state.in_flight = None;
             state.done = number;
             state.failed = result.is_err();
             match result {
@@ -869,4 +896,196 @@ fn failed_read(hub: &Hub, cell: &Cell, state: &mut State, error: &StreamError) {
     tracing::warn!(room = %cell.room, %error, "stream read failed");
     // Held messages wait for no read now.
     state.release_held(hub, cell);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{
+        HubConfig, MemoryBroker, MemoryNetwork, Registration, broadcast::tests::admitted,
+    };
+    use std::sync::atomic::AtomicUsize;
+
+    /// A hub on `network` whose rooms named `s*` keep `history`.
+    fn hub(network: &MemoryNetwork, history: History) -> Hub {
+        Hub::with_broker(
+            HubConfig::default().history("s*", history),
+            network.broker(),
+        )
+    }
+
+    /// The memory engine with reads that wait for the test to open a gate: the round
+    /// trip of an engine across a network, during which joiners pile up. (The memory
+    /// engine answers at once, so without it no joiner would come during a read.)
+    struct SlowReads {
+        engine: MemoryBroker,
+        gate: Arc<tokio::sync::Semaphore>,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl super::super::Broker for SlowReads {
+        fn start(&self, inbox: super::super::Inbox) {
+            self.engine.start(inbox);
+        }
+        fn publish(&self, envelope: Envelope) {
+            self.engine.publish(envelope);
+        }
+        fn subscribe(&self, room: &str) {
+            self.engine.subscribe(room);
+        }
+        fn unsubscribe(&self, room: &str) {
+            self.engine.unsubscribe(room);
+        }
+        fn publish_stream(
+            &self,
+            envelope: Envelope,
+            history: History,
+        ) -> switchboard_broker::StreamFuture<Position> {
+            self.engine.publish_stream(envelope, history)
+        }
+        fn read_stream(
+            &self,
+            room: &str,
+            after: u64,
+            history: History,
+        ) -> switchboard_broker::StreamFuture<StreamRead> {
+            self.reads.fetch_add(1, Relaxed);
+            let read = self.engine.read_stream(room, after, history);
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                let _open = gate.acquire().await;
+                read.await
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_joiners_of_a_cold_stream_share_one_engine_read() {
+        let network = MemoryNetwork::new();
+        let history = History::default();
+        let publisher = hub(&network, history);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let slow = SlowReads {
+            engine: network.broker(),
+            gate: gate.clone(),
+            reads: reads.clone(),
+        };
+        let cold = Hub::with_broker(HubConfig::default().history("s*", history), slow);
+        let mut since = None;
+        for i in 0..50 {
+            let position = publisher.to("s").publish(format!("m{i}")).await.unwrap();
+            since.get_or_insert(position);
+        }
+        let since = since.unwrap();
+        let joiners: Vec<Registration> = (0..1_000).map(|_| admitted(&cold)).collect();
+        let join = |joiner: &Registration| {
+            let (hub, conn) = (cold.clone(), joiner.conn().clone());
+            tokio::spawn(async move { hub.join_from(&conn, "s", since).await })
+        };
+        // Half before the read starts, half while it is under way.
+        let mut joins: Vec<_> = joiners[..500].iter().map(join).collect();
+        while reads.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        joins.extend(joiners[500..].iter().map(join));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gate.add_permits(1_000);
+        for join in futures_util::future::join_all(joins).await {
+            let recovery = join.unwrap().unwrap();
+            assert!(recovery.recovered);
+            assert_eq!(recovery.missed, 49);
+            assert_eq!(recovery.position, Position::new(50, since.epoch));
+        }
+        assert_eq!(
+            reads.load(Relaxed),
+            1,
+            "one read for the hub, not one per joiner"
+        );
+        let metrics = cold.metrics();
+        assert_eq!(metrics.stream_reads, 1);
+        assert_eq!(metrics.streams_recovered, 1_000);
+        assert_eq!(cold.room_size("s"), 1_000);
+        // Joiners that come later are served from the tail.
+        let late = admitted(&cold);
+        let recovery = cold.join_from(late.conn(), "s", since).await.unwrap();
+        assert_eq!(recovery.missed, 49);
+        assert_eq!(reads.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_live_join_learns_the_position_without_recovering() {
+        let network = MemoryNetwork::new();
+        let publisher = hub(&network, History::default());
+        let last = publisher.to("s").publish("m").await.unwrap();
+        let cold = hub(&network, History::default());
+        let member = admitted(&cold);
+        let mut seen = None;
+        let recovery = cold
+            .join_from_then(member.conn(), "s", None, |recovery| seen = Some(*recovery))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(recovery), "`before` saw the recovery");
+        assert!(!recovery.recovered);
+        assert_eq!((recovery.position, recovery.missed), (last, 0));
+        assert!(member.conn().in_room("s"));
+        let metrics = cold.metrics();
+        assert_eq!(metrics.streams_recovered + metrics.streams_not_recovered, 0);
+        let lobby = cold.join_from(member.conn(), "lobby", last).await;
+        assert_eq!(lobby, Err(JoinError::NoHistory));
+        assert!(!member.conn().in_room("lobby"));
+    }
+
+    #[tokio::test]
+    async fn each_message_is_framed_once_per_hub_whatever_its_members_and_joiners() {
+        let network = MemoryNetwork::new();
+        let framed = Arc::new(AtomicUsize::new(0));
+        let count = framed.clone();
+        let config = HubConfig::default().history_framed("s", History::default(), move |m, p| {
+            count.fetch_add(1, Relaxed);
+            Message::text(format!("{}:{}", p.offset, m.len()))
+        });
+        let hub = Hub::with_broker(config, network.broker());
+        let members: Vec<Registration> = (0..3).map(|_| admitted(&hub)).collect();
+        for member in &members {
+            member.conn().join("s");
+        }
+        let mut first = None;
+        for i in 0..5 {
+            first.get_or_insert(hub.to("s").publish(format!("m{i}")).await.unwrap());
+        }
+        let joiner = admitted(&hub);
+        let recovery = hub
+            .join_from(joiner.conn(), "s", first.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(recovery.missed, 4);
+        assert_eq!(framed.load(Relaxed), 5, "once per message, not per member");
+    }
+
+    #[test]
+    fn the_most_specific_pattern_wins() {
+        let mut histories = Histories::default();
+        let short = History::default().max_len(1);
+        let long = History::default().max_len(2);
+        let exact = History::default().max_len(3);
+        histories.add("*", short, None);
+        histories.add("chat:*", long, None);
+        histories.add("chat:lobby", exact, None);
+        let find = |histories: &Histories, room| histories.find(room).map(|rule| rule.history);
+        assert_eq!(find(&histories, "chat:lobby"), Some(exact));
+        assert_eq!(find(&histories, "chat:other"), Some(long));
+        assert_eq!(find(&histories, "news"), Some(short));
+        histories.add("chat:*", short, None);
+        let again = find(&histories, "chat:other");
+        assert_eq!(again, Some(short), "a pattern given again replaces");
+        assert_eq!(format!("{histories:?}").matches("chat:*").count(), 1);
+        let mut none = Histories::default();
+        none.add("chat", exact, None);
+        assert_eq!(
+            none.find("chat:lobby").map(|r| r.history),
+            None,
+            "no star: exact"
+        );
+    }
 }

@@ -46,6 +46,9 @@
 //! | `switchboard_messages_refused_total` | counter | sends refused (connection closing, channel ended, control frame too long) |
 //! | `switchboard_messages_rate_limited_total` | counter | client messages dropped over `max_message_rate` |
 //! | `switchboard_joins_refused_total` | counter | room joins refused at `max_rooms_per_connection` |
+//! | `switchboard_stream_reads_total` | counter | reads of stream history from the engine (recoveries share them; gap fills; link blips) |
+//! | `switchboard_stream_recoveries_total` | counter | joins from a position, by `result`: `recovered`, `not_recovered` |
+//! | `switchboard_stream_filled_total` | counter | stream messages delivered from a read after a gap, not as published |
 //! | `switchboard_broker_published_total` | counter | envelopes the broker published |
 //! | `switchboard_broker_received_total` | counter | envelopes received from other hubs |
 //! | `switchboard_broker_lost_total` | counter | envelopes that could not be published |
@@ -101,7 +104,11 @@ pub(crate) use instruments::Instruments;
 use crate::hub::Hub;
 use prometheus_client::{
     encoding::text,
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
     registry::{Registry, Unit},
 };
 
@@ -191,6 +198,7 @@ fn register_state(hub: &Hub, registry: &mut Registry) {
         "Room joins refused at the rooms-per-connection limit",
         ConstCounter::new(counters.refused_joins),
     );
+    register_streams(hub, registry);
     if let Some(instruments) = hub.instruments() {
         registry.register(
             "presence_entries",
@@ -199,6 +207,36 @@ fn register_state(hub: &Hub, registry: &mut Registry) {
         );
     }
     register_broker(hub, registry);
+}
+
+/// Registers the streams' counters (see [`HubMetrics`](crate::hub::HubMetrics)).
+fn register_streams(hub: &Hub, registry: &mut Registry) {
+    let counters = hub.metrics();
+    let streams = registry.sub_registry_with_prefix("stream");
+    streams.register(
+        "reads",
+        "Reads of stream history from the engine",
+        ConstCounter::new(counters.stream_reads),
+    );
+    let recoveries = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    for (result, count) in [
+        ("recovered", counters.streams_recovered),
+        ("not_recovered", counters.streams_not_recovered),
+    ] {
+        recoveries
+            .get_or_create(&[("result", result)])
+            .inc_by(count);
+    }
+    streams.register(
+        "recoveries",
+        "Joins from a stream position, by whether every missed message was recovered",
+        recoveries,
+    );
+    streams.register(
+        "filled",
+        "Stream messages delivered from a read after a gap",
+        ConstCounter::new(counters.stream_filled),
+    );
 }
 
 /// Registers the broker's counters and link state, when it reports them.
