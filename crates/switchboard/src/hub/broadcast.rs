@@ -1,6 +1,7 @@
 //! Broadcasts: one message to many connections, encoded once.
 
 use super::{ConnectionId, Envelope, Hub, Target, Unsent, outgoing::Outgoing};
+use std::task::{Context, Poll, Waker};
 use switchboard_broker::{Position, StreamError, StreamFuture};
 use switchboard_proto::Message;
 
@@ -65,7 +66,8 @@ impl<'a> Broadcast<'a> {
     /// To a room that keeps history ([`HubConfig::history`](super::HubConfig::history)),
     /// the message goes to the engine only, which numbers it and delivers it to every
     /// hub, this one included: the report is empty, and [`Broadcast::publish`] says
-    /// whether it was published.
+    /// whether it was published. (With a broker that keeps no history, which answers
+    /// [`StreamError::Unsupported`], such a room is a plain one.)
     pub fn send(self, message: impl Into<Message>) -> BroadcastReport {
         let message = message.into();
         if !message.is_data() {
@@ -79,9 +81,15 @@ impl<'a> Broadcast<'a> {
             position: None,
         };
         if let Some(history) = self.hub.stream_history(&envelope.target) {
-            // The engine publishes whether its answer is awaited or not.
-            drop(self.hub.broker().publish_stream(envelope, history));
-            return BroadcastReport::default();
+            // The engine publishes whether its answer is awaited or not; one that
+            // keeps no history says so at once, and the room is then a plain one.
+            let mut published = self.hub.broker().publish_stream(envelope.clone(), history);
+            let answer = published
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            if !matches!(answer, Poll::Ready(Err(StreamError::Unsupported))) {
+                return BroadcastReport::default();
+            }
         }
         let report = deliver_local(self.hub, &envelope);
         // A send to one of this hub's connections has no recipient elsewhere.

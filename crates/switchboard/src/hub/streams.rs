@@ -1063,6 +1063,41 @@ mod tests {
         assert_eq!(framed.load(Relaxed), 5, "once per message, not per member");
     }
 
+    /// A broker of the trait's defaults for streams: it keeps no history.
+    struct NoStreams(MemoryBroker);
+
+    impl super::super::Broker for NoStreams {
+        fn start(&self, inbox: super::super::Inbox) {
+            self.0.start(inbox);
+        }
+        fn publish(&self, envelope: Envelope) {
+            self.0.publish(envelope);
+        }
+        fn subscribe(&self, room: &str) {
+            self.0.subscribe(room);
+        }
+        fn unsubscribe(&self, room: &str) {
+            self.0.unsubscribe(room);
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_broker_that_keeps_no_history_a_stream_room_is_a_plain_one() {
+        let network = MemoryNetwork::new();
+        let config = HubConfig::default().history("s", History::default());
+        let hub = Hub::with_broker(config, NoStreams(network.broker()));
+        let member = admitted(&hub);
+        member.conn().join("s");
+        assert_eq!(hub.to("s").send_text("m").queued, 1);
+        let publish = hub.to("s").publish("m").await;
+        assert_eq!(publish, Err(StreamError::Unsupported));
+        let joiner = admitted(&hub);
+        let since = Position::new(0, Epoch::from_u64(1));
+        let recovery = hub.join_from(joiner.conn(), "s", since).await.unwrap();
+        assert!(!recovery.recovered, "no history to recover from");
+        assert!(joiner.conn().in_room("s"));
+    }
+
     #[test]
     fn the_most_specific_pattern_wins() {
         let mut histories = Histories::default();
