@@ -181,6 +181,9 @@ struct Cell {
     /// Connections in [`Hub::join_from_then`] on this stream: the state stays (and the
     /// broker subscription) while there are any, members or not.
     joining: AtomicUsize,
+    /// Removed from the hub's map (its room emptied): a delivery that found it before
+    /// looks again, so that it cannot reach members that joined through its successor.
+    retired: AtomicBool,
 }
 
 #[derive(Default)]
@@ -451,11 +454,16 @@ impl Hub {
             deliver_local(self, envelope);
             return;
         };
-        let Some(cell) = self.cell_with_members(room, &rule) else {
-            return;
-        };
-        let mut state = lock(&cell.state);
-        state.receive(self, &cell, envelope, position);
+        loop {
+            let Some(cell) = self.cell_with_members(room, &rule) else {
+                return;
+            };
+            let mut state = lock(&cell.state);
+            if !cell.retired.load(Relaxed) {
+                state.receive(self, &cell, envelope, position);
+                return;
+            }
+        }
     }
 
     /// The state of `room`, made if the room has members here; `None` if it has
@@ -484,7 +492,8 @@ impl Hub {
         let mut cells = lock(&self.streams().cells);
         match cells.get(room) {
             Some(cell) if cell.joining.load(Relaxed) > 0 => false,
-            Some(_) => {
+            Some(cell) => {
+                cell.retired.store(true, Relaxed);
                 cells.remove(room);
                 true
             }
@@ -564,6 +573,7 @@ impl Drop for Joining<'_> {
                 .get(&self.cell.room)
                 .is_some_and(|cell| Arc::ptr_eq(cell, &self.cell))
             {
+                self.cell.retired.store(true, Relaxed);
                 cells.remove(&self.cell.room);
             }
             self.hub.broker().unsubscribe(&self.cell.room);
@@ -580,6 +590,7 @@ impl Cell {
             state: Mutex::default(),
             read_done: Notify::new(),
             joining: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 }
@@ -1096,6 +1107,53 @@ mod tests {
         let recovery = hub.join_from(joiner.conn(), "s", since).await.unwrap();
         assert!(!recovery.recovered, "no history to recover from");
         assert!(joiner.conn().in_room("s"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_state_lasts_while_its_room_has_members_or_joiners() {
+        let network = MemoryNetwork::new();
+        let hub = hub(&network, History::default());
+        let states = |hub: &Hub| lock(&hub.streams().cells).len();
+        let member = admitted(&hub);
+        let live = hub.join_from_then(member.conn(), "s", None, |_| {}).await;
+        assert!(live.is_ok());
+        assert_eq!(states(&hub), 1);
+        hub.to("s").publish("m").await.unwrap();
+        assert!(member.conn().leave("s"));
+        assert_eq!(states(&hub), 0, "the room emptied");
+        // A joiner that ends while the engine reads leaves nothing behind either.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let slow = SlowReads {
+            engine: network.broker(),
+            gate: gate.clone(),
+            reads: Arc::default(),
+        };
+        let slow = Hub::with_broker(HubConfig::default().history("s", History::default()), slow);
+        let leaving = admitted(&slow);
+        let since = Position::new(0, Epoch::from_u64(1));
+        let join = tokio::spawn({
+            let (slow, conn) = (slow.clone(), leaving.conn().clone());
+            async move { slow.join_from(&conn, "s", since).await }
+        });
+        while lock(&slow.streams().cells).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        leaving.conn().set_closed();
+        leaving.unregister();
+        gate.add_permits(1);
+        assert_eq!(join.await.unwrap(), Err(JoinError::Closed));
+        assert_eq!(states(&slow), 0);
+        // Nor does a plain member's stream outlive it.
+        let plain = admitted(&hub);
+        plain.conn().join("s");
+        hub.to("s").publish("m").await.unwrap();
+        assert_eq!(states(&hub), 1);
+        drop(plain);
+        assert_eq!(states(&hub), 0);
+        assert_eq!(
+            format!("{:?}", hub.streams()).matches("streams: 0").count(),
+            1
+        );
     }
 
     #[test]
