@@ -22,8 +22,8 @@ use std::{
     time::Duration,
 };
 use switchboard::hub::{
-    Broker, Connection, Envelope, Epoch, Handler, History, Hub, HubConfig, Inbox, MemoryBroker,
-    MemoryNetwork, Position, Recovery, StreamFuture, StreamRead,
+    Broker, BrokerMetrics, Connection, Envelope, Epoch, Handler, History, Hub, HubConfig, Inbox,
+    MemoryBroker, MemoryNetwork, Position, Recovery, StreamFuture, StreamRead,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::Message as TMessage;
@@ -247,6 +247,7 @@ struct Link {
     down: AtomicBool,
     twice: AtomicBool,
     reads: AtomicUsize,
+    reconnects: AtomicUsize,
 }
 
 impl Broker for Lossy {
@@ -284,6 +285,12 @@ impl Broker for Lossy {
     }
     fn is_ready(&self) -> bool {
         !self.link.down.load(Relaxed)
+    }
+    fn metrics(&self) -> Option<BrokerMetrics> {
+        let mut metrics = BrokerMetrics::default();
+        metrics.reconnects = self.link.reconnects.load(Relaxed) as u64;
+        metrics.connected = self.is_ready();
+        Some(metrics)
     }
 }
 
@@ -332,15 +339,22 @@ async fn what_was_published_while_the_link_was_down_is_delivered_when_it_comes_b
     for i in 2..=4 {
         publish(&node.hub, "news", format!("m{i}")).await;
     }
-    // Ticks of the link watch see it down.
+    // Ticks of the link watch see it down, or the count of reconnects moved.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!node.hub.is_broker_ready());
+    link.reconnects.fetch_add(1, Relaxed);
     link.down.store(false, Relaxed);
     // No newer message: the watch alone brings them.
     assert_eq!(texts(&mut client, 3).await, numbered(2..=4));
     assert_eq!(node.hub.metrics().stream_filled, 3);
     publish(&node.hub, "news", "m5".into()).await;
     assert_eq!(texts(&mut client, 1).await, ["m5"]);
+    // A blip shorter than a tick: only the count of reconnects shows it.
+    link.down.store(true, Relaxed);
+    publish(&node.hub, "news", "m6".into()).await;
+    link.reconnects.fetch_add(1, Relaxed);
+    link.down.store(false, Relaxed);
+    assert_eq!(texts(&mut client, 1).await, ["m6"]);
 }
 
 #[tokio::test]
