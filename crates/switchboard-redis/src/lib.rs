@@ -48,6 +48,50 @@
 //! limit, a restart) or a publisher's shed is counted on the hub that missed it, and
 //! logged once per outage with its count.
 //!
+//! # Streams with history
+//!
+//! A room that keeps history (the hub's `HubConfig::history`) is published through
+//! [`Broker::publish_stream`]: one Lua script (loaded once per link, run by
+//! `EVALSHA`, loaded again if Redis answers `NOSCRIPT`) does, in one atomic step,
+//! what every hub then relies on:
+//!
+//! - takes the stream's next offset (`HINCRBY` on the stream's meta, a hash that also
+//!   holds its epoch), and creates the epoch if the stream has none, from a random one
+//!   the publishing hub proposes: a Redis that lost its data (a restart without
+//!   persistence, `FLUSHALL`, an evicted key) therefore gives the stream a new epoch,
+//!   and what an old epoch left behind is deleted with it;
+//! - keeps the message in a Redis stream under the id `<offset>-<Redis time in ms>`
+//!   (ordered by offset, and dated for the age limit, with nothing more per entry than
+//!   the payload under a field `t` or `b` for its kind), trimmed to the history's
+//!   `max_len` and, counting from Redis's clock, to its `max_age`;
+//! - sets the keys' expiry: the stream's to `max_age` (an idle stream holds nothing
+//!   young enough to read; a day without `max_age`), the meta's a day longer, so that a
+//!   client that had seen everything of a room that went quiet still recovers (nothing
+//!   missed) instead of being told to reload for a new epoch;
+//! - publishes the envelope, with its position, on the room's channel, so that every
+//!   hub subscribed to the room, the publishing one included, is handed the room's
+//!   messages in offset order.
+//!
+//! The two keys share the room's channel name as a hash tag,
+//! `{switchboard:room:<name>}:s` and `{switchboard:room:<name>}:m`, so that a Redis
+//! Cluster keeps them on one shard, where the script runs.
+//!
+//! Stream publishes wait in the same queue, and go out in the same pipelines and in the
+//! same order, as the others: they are shed, lost and counted the same way, and the
+//! future of a publish lost resolves to [`StreamError::Unavailable`]. Reads
+//! ([`Broker::read_stream`]) run a second script, atomically with the epoch and the
+//! newest offset, on a connection of their own (neither the subscriber, nor the
+//! publisher, which a burst of reads would hold up), waiting at most 2 s.
+//!
+//! Pub/sub still delivers a stream's messages at most once; what makes them gapless is
+//! the offset: a hub that sees one skipped (its subscription dropped, a blip) reads the
+//! missing ones from the stream before it delivers newer ones. A stream's envelope
+//! therefore carries no publisher's number and is not counted in
+//! [`BrokerStats::missed`].
+//!
+//! Streams need Redis 5.0 or newer (Redis Streams, and scripts replicated by their
+//! effects, so that one may read Redis's clock).
+//!
 //! # Bounded memory
 //!
 //! - Publishes wait for the link in a queue of [`RedisConfig::max_pending_publishes`].
@@ -62,6 +106,9 @@
 //! - The per-channel numbers are kept in bounded maps on both sides, which forget
 //!   channels a hub left or that stayed idle (a forgotten counter restarts under a new
 //!   epoch, which receivers do not mistake for a gap).
+//! - A stream holds at most its history's `max_len` messages, none older than its
+//!   `max_age`, and its keys expire when it stays idle (see above); a read returns at
+//!   most `max_len` messages.
 //!
 //! # Readiness
 //!
@@ -74,7 +121,9 @@
 //! # Versions
 //!
 //! Envelopes start with a format version: 3 since they carry their publisher's
-//! per-channel number (2 had 64-bit node ids, without numbers). A hub drops an envelope of another version and counts it in
+//! per-channel number (2 had 64-bit node ids, without numbers); a stream's messages are
+//! version 4, with their position where version 3 has the number. A hub drops an
+//! envelope of another version and counts it in
 //! [`BrokerStats::malformed`], so the hubs of one prefix must run the same version:
 //! upgrade them together, or bring the new ones up on a new prefix.
 
@@ -82,6 +131,7 @@ mod codec;
 mod error;
 mod link;
 mod pubsub;
+mod stream;
 
 pub use error::ConnectError;
 
@@ -95,7 +145,8 @@ use std::{
     time::Duration,
 };
 use switchboard_broker::{
-    Broker, BrokerMetrics, DEFAULT_MAX_CHANNELS, Envelope, Inbox, NodeId, Sequencer, Target,
+    Broker, BrokerMetrics, DEFAULT_MAX_CHANNELS, Envelope, History, Inbox, NodeId, Position,
+    Sequencer, StreamError, StreamFuture, StreamRead, Target,
 };
 use tokio::{
     runtime::Handle,
@@ -242,11 +293,30 @@ impl RedisConfig {
     }
 }
 
-/// An envelope for the link task to publish.
+/// What the link task publishes, in the order the hub asked.
 #[derive(Debug)]
-struct Publish {
-    channel: String,
-    payload: Bytes,
+enum Publish {
+    /// An envelope, stamped: one `PUBLISH`.
+    Envelope { channel: String, payload: Bytes },
+    /// A stream's message: the publish script, whose reply is the position. Boxed: it
+    /// is several times the size of an envelope's publish, which fill the queue.
+    Stream(Box<stream::StreamPublish>),
+}
+
+impl Publish {
+    fn channel(&self) -> &str {
+        match self {
+            Self::Envelope { channel, .. } => channel,
+            Self::Stream(publish) => publish.channel(),
+        }
+    }
+
+    /// Drops the publish, telling whoever awaits a stream's position why.
+    fn lose(self, why: &str) {
+        if let Self::Stream(publish) = self {
+            publish.answer(Err(StreamError::Unavailable(why.to_owned())));
+        }
+    }
 }
 
 /// The room subscriptions the hub asked for and the link task has not applied yet: the
@@ -294,6 +364,8 @@ pub struct RedisBroker {
     stats: BrokerStats,
     /// Set by the link task: see [`Broker::is_ready`].
     ready: Arc<AtomicBool>,
+    /// Streams are read on a connection of their own.
+    reads: Arc<stream::Reads>,
 }
 
 /// How long a publisher keeps the counter of a channel it does not publish on: its
@@ -312,6 +384,7 @@ impl RedisBroker {
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         Ok(Self {
+            reads: Arc::new(stream::Reads::new(client.clone(), config.clone())),
             config,
             client,
             publishes,
@@ -361,23 +434,35 @@ impl RedisBroker {
         let stamp = sequencer.next(&channel, std::time::Instant::now());
         codec::stamp(&mut wire, stamp);
         let payload = wire.freeze();
+        let refused = self.queue(Publish::Envelope { channel, payload });
+        drop(sequencer);
+        if let Err(refused) = refused {
+            self.refuse(refused);
+        }
+    }
+
+    /// Hands a publish to the link task, or hands it back when the queue is full or
+    /// the task has ended.
+    fn queue(&self, publish: Publish) -> Result<(), TrySendError<Publish>> {
         // Counted before the send, so that the link task never takes one uncounted.
         self.stats.0.pending.fetch_add(1, Relaxed);
-        match self.publishes.try_send(Publish { channel, payload }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(publish)) => {
-                drop(sequencer);
-                self.stats.0.pending.fetch_sub(1, Relaxed);
+        self.publishes.try_send(publish).inspect_err(|_| {
+            self.stats.0.pending.fetch_sub(1, Relaxed);
+        })
+    }
+
+    /// Counts and drops a publish the queue refused.
+    fn refuse(&self, refused: TrySendError<Publish>) {
+        let (publish, why) = match refused {
+            TrySendError::Full(publish) => {
                 self.stats.count(&self.stats.0.shed);
-                self.lose(&publish.channel, "too many publishes waiting for Redis");
+                (publish, "too many publishes waiting for Redis")
             }
             // The link task ends only when its hub is gone.
-            Err(TrySendError::Closed(publish)) => {
-                drop(sequencer);
-                self.stats.0.pending.fetch_sub(1, Relaxed);
-                self.lose(&publish.channel, "the link task has ended");
-            }
-        }
+            TrySendError::Closed(publish) => (publish, "the link task has ended"),
+        };
+        self.lose(publish.channel(), why);
+        publish.lose(why);
     }
 }
 
@@ -412,6 +497,41 @@ impl Broker for RedisBroker {
                 tracing::warn!(%error, "envelope not published");
             }
         }
+    }
+
+    /// Queues the publish script (see the crate's Delivery section) behind the
+    /// publishes already waiting: counted, shed and lost as they are, and the future
+    /// says [`StreamError::Unavailable`] for a publish lost. A message that is not text
+    /// or binary, or not for a room, is lost too.
+    fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
+            Ok((publish, answer)) => {
+                if let Err(refused) = self.queue(Publish::Stream(Box::new(publish))) {
+                    self.refuse(refused);
+                }
+                answer
+            }
+            Err(error) => {
+                self.stats.count(&self.stats.0.lost);
+                tracing::warn!(%error, "stream message not published");
+                return Box::pin(std::future::ready(Err(error)));
+            }
+        };
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| {
+                // The link task dropped it without an answer: it is gone with its hub.
+                Err(StreamError::Unavailable(
+                    "the link task has ended".to_owned(),
+                ))
+            })
+        })
+    }
+
+    /// Runs the read script on a connection of its own (not the publishes' one, which
+    /// a burst of reads would hold up), waiting at most 2 s.
+    fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        let (reads, room) = (self.reads.clone(), room.to_owned());
+        Box::pin(async move { reads.read(&room, after, history).await })
     }
 
     fn subscribe(&self, room: &str) {

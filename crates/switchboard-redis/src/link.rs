@@ -8,9 +8,9 @@
 //! latter is full the reader stops reading, and Redis holds (and past its
 //! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
 
-use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, pubsub};
+use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, pubsub, stream};
 use bytes::Bytes;
-use redis::{Client, RedisResult, aio::MultiplexedConnection};
+use redis::{Client, RedisError, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::HashSet,
     sync::{
@@ -19,7 +19,9 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use switchboard_broker::{Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId};
+use switchboard_broker::{
+    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, StreamError,
+};
 use tokio::{
     sync::{
         Notify,
@@ -53,6 +55,8 @@ const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
 /// subscription commands on a subscribed connection).
 pub(crate) struct Link {
     publisher: MultiplexedConnection,
+    /// The publish script's SHA1, loaded on this link's Redis.
+    publish_sha: String,
     commands: pubsub::Commands,
     replies: pubsub::Replies,
 }
@@ -65,10 +69,13 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     pub(crate) async fn open(client: &Client) -> RedisResult<Self> {
-        let publisher = client.get_multiplexed_async_connection().await?;
+        let mut publisher = client.get_multiplexed_async_connection().await?;
+        // Loaded on every new link: the Redis there may be another one, or restarted.
+        let publish_sha = stream::load(&mut publisher, stream::PUBLISH_SCRIPT).await?;
         let (commands, replies) = pubsub::open(client.get_connection_info()).await?;
         Ok(Self {
             publisher,
+            publish_sha,
             commands,
             replies,
         })
@@ -168,6 +175,7 @@ async fn serve(
     let mut session = Session {
         task,
         publisher: link.publisher,
+        publish_sha: link.publish_sha,
         commands: link.commands,
         reader: Aborting(tokio::spawn(reader.run(link.replies))),
         acks,
@@ -186,6 +194,7 @@ async fn serve(
 struct Session<'a> {
     task: &'a Task,
     publisher: MultiplexedConnection,
+    publish_sha: String,
     commands: pubsub::Commands,
     reader: Aborting<Result<(), String>>,
     acks: Arc<Acks>,
@@ -287,36 +296,130 @@ impl Session<'_> {
     }
 
     /// Publishes this envelope and those queued behind it in one pipeline (one round
-    /// trip for a burst); on failure, with how many were lost.
+    /// trip for a burst), stream messages through the publish script, in the order the
+    /// hub queued them; on failure of the link, with how many were lost.
     async fn publish_batch(
         &mut self,
         first: Publish,
         publishes: &mut Receiver<Publish>,
-    ) -> Result<(), (redis::RedisError, u64)> {
+    ) -> Result<(), (RedisError, u64)> {
         let stats = &self.task.stats;
-        let mut pipe = redis::pipe();
-        let mut count: u64 = 0;
-        let mut next = Some(first);
-        while let Some(Publish { channel, payload }) = next {
-            pipe.publish(channel, payload.as_ref()).ignore();
-            count += 1;
-            next = if count < MAX_BATCH {
-                publishes.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        stats.0.pending.fetch_sub(count, Relaxed);
-        match pipe.query_async::<()>(&mut self.publisher).await {
-            Ok(()) => {
-                stats.add(&stats.0.published, count);
-                Ok(())
+        let mut batch = vec![first];
+        while (batch.len() as u64) < MAX_BATCH {
+            match publishes.try_recv() {
+                Ok(publish) => batch.push(publish),
+                Err(_) => break,
             }
+        }
+        let count = batch.len() as u64;
+        stats.0.pending.fetch_sub(count, Relaxed);
+        let mut pipe = redis::pipe();
+        // Each command's reply, errors included: a stream's publish may meet NOSCRIPT
+        // while the others go through.
+        pipe.ignore_errors();
+        for publish in &batch {
+            match publish {
+                Publish::Envelope { channel, payload } => {
+                    pipe.publish(channel, payload.as_ref());
+                }
+                Publish::Stream(publish) => {
+                    pipe.add_command(publish.invocation(&self.publish_sha));
+                }
+            }
+        }
+        let replies = match pipe
+            .query_async::<Vec<RedisResult<Value>>>(&mut self.publisher)
+            .await
+        {
+            Ok(replies) => replies,
             // Reported with the outage it starts.
             Err(error) => {
                 stats.add(&stats.0.lost, count);
-                Err((error, count))
+                for publish in batch {
+                    publish.lose("the link to Redis failed");
+                }
+                return Err((error, count));
             }
+        };
+        let mut retry = Vec::new();
+        for (publish, reply) in batch.into_iter().zip(replies) {
+            match publish {
+                Publish::Envelope { channel, .. } => self.published(&channel, reply),
+                Publish::Stream(publish) => match reply {
+                    Err(error) if stream::is_noscript(&error) => retry.push(*publish),
+                    reply => self.answer(*publish, reply),
+                },
+            }
+        }
+        if retry.is_empty() {
+            return Ok(());
+        }
+        self.retry(retry).await
+    }
+
+    /// Counts a `PUBLISH` Redis answered.
+    fn published(&self, channel: &str, reply: RedisResult<Value>) {
+        let stats = &self.task.stats;
+        match reply {
+            Ok(_) => stats.count(&stats.0.published),
+            Err(error) => {
+                stats.count(&stats.0.lost);
+                tracing::warn!(%channel, %error, "Redis refused a publish");
+            }
+        }
+    }
+
+    /// Counts a stream's publish Redis answered and hands its position over.
+    fn answer(&self, publish: stream::StreamPublish, reply: RedisResult<Value>) {
+        let stats = &self.task.stats;
+        match reply {
+            Ok(value) => {
+                // The script ran, so the message went out, even if its reply is odd.
+                stats.count(&stats.0.published);
+                publish.answer(stream::position_of(value));
+            }
+            Err(error) => {
+                stats.count(&stats.0.lost);
+                tracing::warn!(channel = %publish.channel(), %error, "Redis refused a stream's publish");
+                publish.answer(Err(StreamError::Unavailable(error.to_string())));
+            }
+        }
+    }
+
+    /// Loads the publish script again (Redis lost it: restarted, `SCRIPT FLUSH`, a
+    /// failover) and runs the publishes that met `NOSCRIPT`, in their order.
+    async fn retry(&mut self, retry: Vec<stream::StreamPublish>) -> Result<(), (RedisError, u64)> {
+        let count = retry.len() as u64;
+        let lost = |error: RedisError, retry: Vec<stream::StreamPublish>| {
+            let stats = &self.task.stats;
+            stats.add(&stats.0.lost, count);
+            for publish in retry {
+                publish.answer(Err(StreamError::Unavailable(
+                    "the link to Redis failed".to_owned(),
+                )));
+            }
+            Err((error, count))
+        };
+        match stream::load(&mut self.publisher, stream::PUBLISH_SCRIPT).await {
+            Ok(sha) => self.publish_sha = sha,
+            Err(error) => return lost(error, retry),
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for publish in &retry {
+            pipe.add_command(publish.invocation(&self.publish_sha));
+        }
+        match pipe
+            .query_async::<Vec<RedisResult<Value>>>(&mut self.publisher)
+            .await
+        {
+            Ok(replies) => {
+                for (publish, reply) in retry.into_iter().zip(replies) {
+                    self.answer(publish, reply);
+                }
+                Ok(())
+            }
+            Err(error) => lost(error, retry),
         }
     }
 }
@@ -378,6 +481,9 @@ impl Reader {
 
     /// The envelope to hand to the hub, after counting what was missed before it;
     /// `None` for our own (echoed on rooms we share) and for what is not an envelope.
+    /// A stream's message is handed over even when it is our own (the hub delivers a
+    /// stream's messages only as Redis numbered them), and its gaps are the hub's to
+    /// find and fill, by offset.
     fn accept(&self, channel: &str, payload: Vec<u8>) -> Option<Envelope> {
         let (envelope, stamp) = match codec::decode(Bytes::from(payload)) {
             Ok(decoded) => decoded,
@@ -386,6 +492,9 @@ impl Reader {
                 tracing::warn!(%error, "dropped a message that is not an envelope");
                 return None;
             }
+        };
+        let Some(stamp) = stamp else {
+            return Some(envelope);
         };
         if envelope.origin == self.own {
             return None;
@@ -493,7 +602,8 @@ async fn lose_publishes_for(
                 let publish = publish?;
                 stats.0.pending.fetch_sub(1, Relaxed);
                 stats.count(&stats.0.lost);
-                tracing::trace!(channel = %publish.channel, "envelope lost: no link to Redis");
+                tracing::trace!(channel = %publish.channel(), "envelope lost: no link to Redis");
+                publish.lose("no link to Redis");
             }
         }
     }

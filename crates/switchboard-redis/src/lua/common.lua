@@ -1,0 +1,38 @@
+-- Shared by the stream scripts (see stream.rs): a room's stream is two keys with one
+-- hash tag, so that a Redis Cluster keeps them on one shard:
+--   KEYS[1] the messages, a Redis stream whose entry ids are `<offset>-<ms>`: ordered
+--           by offset, and each with the Redis time it was added (for max_age);
+--   KEYS[2] its meta, a hash: `e` the epoch (16 hex digits), `o` the newest offset.
+
+-- The stream's epoch; `candidate` when it has none (new, or its meta was lost: Redis
+-- lost its data, evicted or expired the key), its offsets then starting again from 0
+-- and whatever the old epoch left in the stream deleted, so that no offset of one
+-- epoch is ever read as one of another.
+local function current_epoch(stream, meta, candidate)
+  local epoch = redis.call('HGET', meta, 'e')
+  if epoch then
+    return epoch
+  end
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', candidate, 'o', 0)
+  return candidate
+end
+
+-- Redis's clock, in milliseconds: one clock for every hub.
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+local function offset_of(id)
+  return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+end
+
+local function time_of(id)
+  return tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
+end
+
+-- An integer as a decimal without exponent (Lua prints 1e+15 otherwise).
+local function int(n)
+  return string.format('%d', n)
+end

@@ -1,0 +1,64 @@
+-- Publishes a message to a room's stream, in one atomic step: the next offset, the
+-- epoch (created when absent), the message kept and the stream trimmed to its history,
+-- the keys' expiry, and the message sent on the room's channel with its position.
+--   ARGV[1] a new epoch, used if the stream has none    ARGV[2] max_len (>= 1)
+--   ARGV[3] max_age in ms (0: none)     ARGV[4] the stream's expiry in ms
+--   ARGV[5] the meta's expiry in ms     ARGV[6] the room's channel
+--   ARGV[7] the envelope's head, ARGV[8] its route (see codec.rs: the position goes
+--   between them), ARGV[9] the field that names the message's kind, ARGV[10] its payload
+-- Returns {offset, epoch}.
+-- Nothing below fails once the first write is done: a script is not rolled back.
+
+-- A u64, big-endian: offsets stay far below 2^53, exact in Lua's numbers.
+local function u64(n)
+  local bytes = {}
+  for i = 8, 1, -1 do
+    bytes[i] = n % 256
+    n = math.floor(n / 256)
+  end
+  return string.char(unpack(bytes))
+end
+
+local function from_hex(hex)
+  return (string.gsub(hex, '..', function(pair)
+    return string.char(tonumber(pair, 16))
+  end))
+end
+
+-- Trims the entries older than `cutoff` (ms): they are at the stream's start, so
+-- counting them from there finds them all, each read once over all publishes. The
+-- newest entry is never older, so the count ends.
+local function trim_older(stream, cutoff)
+  local old, from, count = 0, '-', 1
+  while true do
+    local batch = redis.call('XRANGE', stream, from, '+', 'COUNT', count)
+    for _, entry in ipairs(batch) do
+      if time_of(entry[1]) >= cutoff then
+        if old > 0 then
+          redis.call('XTRIM', stream, 'MAXLEN', redis.call('XLEN', stream) - old)
+        end
+        return
+      end
+      old = old + 1
+    end
+    if #batch < count then
+      return
+    end
+    from = int(offset_of(batch[#batch][1]) + 1)
+    count = 64
+  end
+end
+
+local stream, meta = KEYS[1], KEYS[2]
+local max_len, max_age = tonumber(ARGV[2]), tonumber(ARGV[3])
+local epoch = current_epoch(stream, meta, ARGV[1])
+local offset = redis.call('HINCRBY', meta, 'o', 1)
+local now = now_ms()
+redis.call('XADD', stream, 'MAXLEN', max_len, int(offset) .. '-' .. int(now), ARGV[9], ARGV[10])
+if max_age > 0 then
+  trim_older(stream, now - max_age)
+end
+redis.call('PEXPIRE', stream, ARGV[4])
+redis.call('PEXPIRE', meta, ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[7] .. u64(offset) .. from_hex(epoch) .. ARGV[8] .. ARGV[10])
+return {offset, epoch}

@@ -1,0 +1,31 @@
+-- Reads a room's stream after an offset, in one atomic step with its epoch (created
+-- when absent, as a publish would) and its newest offset, so that the entries are
+-- exactly those up to that offset.
+--   ARGV[1] a new epoch, used if the stream has none    ARGV[2] the offset to read after
+--   ARGV[3] the most entries (the history's max_len)    ARGV[4] max_age in ms (0: none)
+--   ARGV[5] the meta's expiry in ms
+-- Returns {epoch, top, {offset, field, payload, ...}}, oldest first: the newest
+-- ARGV[3] entries after the offset that are younger than max_age.
+
+local stream, meta = KEYS[1], KEYS[2]
+local after, max_age = tonumber(ARGV[2]), tonumber(ARGV[4])
+local epoch = current_epoch(stream, meta, ARGV[1])
+redis.call('PEXPIRE', meta, ARGV[5])
+local top = tonumber(redis.call('HGET', meta, 'o'))
+local cutoff = 0
+if max_age > 0 then
+  cutoff = now_ms() - max_age
+end
+-- The newest first, so that the count keeps the newest: a stream longer than max_len
+-- (its history just shortened) reads as trimmed, not as cut short at the top.
+local newest = redis.call('XREVRANGE', stream, '+', int(after + 1), 'COUNT', ARGV[3])
+local entries = {}
+for i = #newest, 1, -1 do
+  local id, fields = newest[i][1], newest[i][2]
+  if time_of(id) >= cutoff then
+    table.insert(entries, offset_of(id))
+    table.insert(entries, fields[1])
+    table.insert(entries, fields[2])
+  end
+end
+return {epoch, top, entries}

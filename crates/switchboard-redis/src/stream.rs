@@ -1,0 +1,399 @@
+//! Rooms with history on Redis: each publish runs one Lua script that numbers the
+//! message, keeps it in a Redis stream and publishes it with its position, all in one
+//! atomic step; reads run another on a connection of their own.
+//!
+//! A room's stream is two keys with one hash tag, `{prefix:room:NAME}:s` (the
+//! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
+//! Cluster keeps them on one shard, the one the scripts run on.
+
+use crate::{RedisConfig, codec};
+use redis::{Client, Cmd, RedisResult, Value, aio::MultiplexedConnection};
+use std::time::Duration;
+use switchboard_broker::{
+    Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead, Target,
+};
+use tokio::sync::{Mutex, oneshot};
+
+/// Numbers, keeps, trims and publishes a stream's message (see `lua/publish.lua`).
+pub(crate) const PUBLISH_SCRIPT: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/publish.lua")
+);
+
+/// Reads a stream after an offset, with its epoch and newest offset (see `lua/read.lua`).
+const READ_SCRIPT: &str = concat!(include_str!("lua/common.lua"), include_str!("lua/read.lua"));
+
+/// How long a stream is kept after its last message when its history has no
+/// `max_age`: a day, so that the streams of rooms that died do not stay in Redis
+/// forever; a client back after a day of silence is told it did not recover.
+const IDLE_STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How much longer than its messages a stream's epoch and newest offset are kept: a
+/// client that had seen everything of a room that then went quiet still recovers
+/// (nothing missed) when it comes back after the messages expired, rather than be
+/// told to reload for a new epoch. A day: a few dozen bytes per dead room, for a day.
+const META_LINGER: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a read waits for Redis: a hub's recovery of its clients waits on it, and
+/// gives up (they join live, not recovered) rather than hang.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Offsets read after are capped here: Lua's numbers are exact up to 2^53, and no
+/// stream gets anywhere near it (a million messages a second for 285 years).
+const MAX_OFFSET: u64 = 1 << 53;
+
+impl RedisConfig {
+    /// The keys of `room`'s stream: its messages and its meta, under one hash tag.
+    pub(crate) fn stream_keys(&self, room: &str) -> [String; 2] {
+        let tag = format!("{{{}}}", self.channel_room(room));
+        [format!("{tag}:s"), format!("{tag}:m")]
+    }
+}
+
+/// A stream's message waiting for the link task, with where its position goes.
+#[derive(Debug)]
+pub(crate) struct StreamPublish {
+    keys: [String; 2],
+    channel: String,
+    parts: codec::StreamParts,
+    history: History,
+    /// The epoch the stream gets if it has none.
+    candidate: Epoch,
+    reply: oneshot::Sender<Result<Position, StreamError>>,
+}
+
+impl StreamPublish {
+    /// The publish of `envelope` (for a room) to its stream, and where its answer comes.
+    pub(crate) fn new(
+        config: &RedisConfig,
+        envelope: &Envelope,
+        history: History,
+    ) -> Result<(Self, oneshot::Receiver<Result<Position, StreamError>>), StreamError> {
+        let Target::Room(room) = &envelope.target else {
+            return Err(StreamError::Unavailable(
+                "only a room has a stream".to_owned(),
+            ));
+        };
+        let parts = codec::encode_stream(envelope)
+            .map_err(|error| StreamError::Unavailable(error.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        let publish = Self {
+            keys: config.stream_keys(room),
+            channel: config.channel_room(room),
+            parts,
+            history,
+            candidate: Epoch::random(),
+            reply,
+        };
+        Ok((publish, answer))
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The script's invocation; made again for a retry after `NOSCRIPT`.
+    pub(crate) fn invocation(&self, sha: &str) -> Cmd {
+        let (stream_ttl, meta_ttl) = ttls(self.history);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(2)
+            .arg(&self.keys)
+            .arg(self.candidate.to_string())
+            .arg(self.history.max_len.max(1))
+            .arg(max_age_ms(self.history))
+            .arg(stream_ttl)
+            .arg(meta_ttl)
+            .arg(&self.channel)
+            .arg(self.parts.head.as_ref())
+            .arg(self.parts.route.as_ref())
+            .arg(self.parts.field)
+            .arg(self.parts.payload.as_ref());
+        cmd
+    }
+
+    /// Hands the answer to whoever awaits it (nobody, if the future was dropped).
+    pub(crate) fn answer(self, answer: Result<Position, StreamError>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The position in the publish script's reply, `{offset, epoch}`.
+pub(crate) fn position_of(reply: Value) -> Result<Position, StreamError> {
+    let Value::Array(items) = reply else {
+        return Err(malformed("the publish reply is not an array"));
+    };
+    match items.as_slice() {
+        [Value::Int(offset), Value::BulkString(epoch)] => {
+            let offset = u64::try_from(*offset).map_err(|_| malformed("a negative offset"))?;
+            Ok(Position::new(offset, epoch_of(epoch)?))
+        }
+        _ => Err(malformed("the publish reply is not {offset, epoch}")),
+    }
+}
+
+/// The read script's reply, `{epoch, top, {offset, field, payload, ...}}`.
+fn read_of(reply: Value) -> Result<StreamRead, StreamError> {
+    let Value::Array(items) = reply else {
+        return Err(malformed("the read reply is not an array"));
+    };
+    let mut items = items.into_iter();
+    let (Some(Value::BulkString(epoch)), Some(Value::Int(top)), Some(Value::Array(flat))) =
+        (items.next(), items.next(), items.next())
+    else {
+        return Err(malformed("the read reply is not {epoch, top, entries}"));
+    };
+    let top = u64::try_from(top).map_err(|_| malformed("a negative top"))?;
+    let mut entries = Vec::with_capacity(flat.len() / 3);
+    let mut flat = flat.into_iter();
+    while let Some(offset) = flat.next() {
+        let (Value::Int(offset), Some(Value::BulkString(field)), Some(Value::BulkString(data))) =
+            (offset, flat.next(), flat.next())
+        else {
+            return Err(malformed("an entry is not {offset, field, payload}"));
+        };
+        let offset = u64::try_from(offset).map_err(|_| malformed("a negative offset"))?;
+        let message =
+            codec::stream_message(&field, data).map_err(|error| malformed(&error.to_string()))?;
+        entries.push(StreamEntry { offset, message });
+    }
+    Ok(StreamRead {
+        epoch: epoch_of(&epoch)?,
+        top,
+        entries,
+    })
+}
+
+fn epoch_of(hex: &[u8]) -> Result<Epoch, StreamError> {
+    std::str::from_utf8(hex)
+        .ok()
+        .and_then(|hex| hex.parse().ok())
+        .ok_or_else(|| malformed("an epoch that is not hex"))
+}
+
+fn malformed(what: &str) -> StreamError {
+    StreamError::Malformed(what.to_owned())
+}
+
+/// The stream's expiry (its `max_age`: a stream idle that long holds nothing young
+/// enough to read) and the meta's (that and [`META_LINGER`]), in ms.
+fn ttls(history: History) -> (u64, u64) {
+    let stream = history.max_age.unwrap_or(IDLE_STREAM_TTL);
+    let ms = |ttl: Duration| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    (ms(stream), ms(stream.saturating_add(META_LINGER)))
+}
+
+/// `max_age` in ms, 0 for none (a `max_age` under a millisecond is taken as 1 ms).
+fn max_age_ms(history: History) -> u64 {
+    history.max_age.map_or(0, |age| {
+        u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+/// Loads `script` into the Redis of `conn`; its SHA1, for `EVALSHA`.
+pub(crate) async fn load(conn: &mut MultiplexedConnection, script: &str) -> RedisResult<String> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(conn)
+        .await
+}
+
+/// Whether Redis answered that it does not have the script (restarted, `SCRIPT FLUSH`,
+/// a failover to a replica that never loaded it).
+pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOSCRIPT")
+}
+
+/// The connection reads go on: neither the subscriber (which allows no other command)
+/// nor the publisher (a burst of reads, when many clients recover at once, would hold
+/// up the publishes behind it). Opened at the first read, again after it fails.
+#[derive(Debug)]
+pub(crate) struct Reads {
+    client: Client,
+    config: RedisConfig,
+    /// The connection and the read script's SHA1 on it.
+    open: Mutex<Option<(MultiplexedConnection, String)>>,
+}
+
+impl Reads {
+    pub(crate) fn new(client: Client, config: RedisConfig) -> Self {
+        Self {
+            client,
+            config,
+            open: Mutex::new(None),
+        }
+    }
+
+    /// `room`'s stream after `after`, waiting at most [`READ_TIMEOUT`].
+    pub(crate) async fn read(
+        &self,
+        room: &str,
+        after: u64,
+        history: History,
+    ) -> Result<StreamRead, StreamError> {
+        match tokio::time::timeout(READ_TIMEOUT, self.read_now(room, after, history)).await {
+            Ok(read) => read,
+            Err(_) => {
+                // The connection may be stuck: the next read opens another (unless a
+                // read is opening one now).
+                if let Ok(mut open) = self.open.try_lock() {
+                    *open = None;
+                }
+                Err(StreamError::Unavailable(format!(
+                    "Redis did not answer a read within {READ_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    /// Reads once, and once more on a new connection if the one open has failed
+    /// (found only when used: after Redis restarted, say).
+    async fn read_now(
+        &self,
+        room: &str,
+        after: u64,
+        history: History,
+    ) -> Result<StreamRead, StreamError> {
+        match self.read_on_connection(room, after, history).await {
+            Err(error) if error.code().is_none() => {
+                *self.open.lock().await = None;
+                self.read_on_connection(room, after, history).await
+            }
+            read => read,
+        }
+        .map_err(|error| StreamError::Unavailable(error.to_string()))
+        .and_then(read_of)
+    }
+
+    async fn read_on_connection(
+        &self,
+        room: &str,
+        after: u64,
+        history: History,
+    ) -> RedisResult<Value> {
+        let (mut conn, sha) = self.connection().await?;
+        let keys = self.config.stream_keys(room);
+        let (_, meta_ttl) = ttls(history);
+        let invocation = |sha: &str| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha)
+                .arg(2)
+                .arg(&keys)
+                .arg(Epoch::random().to_string())
+                .arg(after.min(MAX_OFFSET))
+                .arg(history.max_len.max(1))
+                .arg(max_age_ms(history))
+                .arg(meta_ttl);
+            cmd
+        };
+        match invocation(&sha).query_async(&mut conn).await {
+            Err(error) if is_noscript(&error) => {
+                let sha = load(&mut conn, READ_SCRIPT).await?;
+                *self.open.lock().await = Some((conn.clone(), sha.clone()));
+                invocation(&sha).query_async(&mut conn).await
+            }
+            reply => reply,
+        }
+    }
+
+    /// The open connection, or a new one with the read script loaded.
+    async fn connection(&self) -> RedisResult<(MultiplexedConnection, String)> {
+        let mut open = self.open.lock().await;
+        if let Some(open) = open.as_ref() {
+            return Ok(open.clone());
+        }
+        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let sha = load(&mut conn, READ_SCRIPT).await?;
+        *open = Some((conn.clone(), sha.clone()));
+        Ok((conn, sha))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rooms_keys_share_one_hash_tag() {
+        let config = RedisConfig::default().prefix("chat");
+        let [stream, meta] = config.stream_keys("lobby");
+        assert_eq!(stream, "{chat:room:lobby}:s");
+        assert_eq!(meta, "{chat:room:lobby}:m");
+        // A `}` in the name ends the tag early, at the same place in both keys.
+        let [stream, meta] = config.stream_keys("a}b");
+        assert_eq!(stream.split('}').next(), meta.split('}').next());
+    }
+
+    #[test]
+    fn the_meta_outlives_the_messages() {
+        let minute = History::default().max_age(Duration::from_secs(60));
+        assert_eq!(ttls(minute), (60_000, 60_000 + 86_400_000));
+        assert_eq!(ttls(History::default().no_max_age()).0, 86_400_000);
+        assert_eq!(max_age_ms(History::default().no_max_age()), 0);
+        let tiny = History::default().max_age(Duration::from_micros(10));
+        assert_eq!(max_age_ms(tiny), 1);
+    }
+
+    #[test]
+    fn replies_that_are_not_positions_or_reads_are_errors_not_panics() {
+        let epoch = || Value::BulkString(b"00000000000000ab".to_vec());
+        assert_eq!(
+            position_of(Value::Array(vec![Value::Int(3), epoch()])),
+            Ok(Position::new(3, Epoch::from_u64(0xab)))
+        );
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(-1), epoch()]),
+            Value::Array(vec![Value::Int(1), Value::BulkString(b"xyz".to_vec())]),
+        ] {
+            assert!(
+                matches!(position_of(bad.clone()), Err(StreamError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        let entry = |offset, field: &[u8], data: &[u8]| {
+            vec![
+                Value::Int(offset),
+                Value::BulkString(field.to_vec()),
+                Value::BulkString(data.to_vec()),
+            ]
+        };
+        let read =
+            |flat: Vec<Value>| Value::Array(vec![epoch(), Value::Int(9), Value::Array(flat)]);
+        let good = read([entry(8, b"t", b"hi"), entry(9, b"b", b"\xff")].concat());
+        assert_eq!(
+            read_of(good),
+            Ok(StreamRead {
+                epoch: Epoch::from_u64(0xab),
+                top: 9,
+                entries: vec![
+                    StreamEntry {
+                        offset: 8,
+                        message: switchboard_proto::Message::text("hi"),
+                    },
+                    StreamEntry {
+                        offset: 9,
+                        message: switchboard_proto::Message::binary(vec![0xffu8]),
+                    },
+                ],
+            })
+        );
+        let mut cut = entry(8, b"t", b"hi");
+        cut.pop();
+        for bad in [
+            Value::Nil,
+            read(cut),
+            read(entry(8, b"t", b"\xff")),
+            read(entry(8, b"?", b"")),
+            read(entry(-8, b"t", b"")),
+            Value::Array(vec![epoch(), Value::Int(-1), Value::Array(vec![])]),
+        ] {
+            assert!(
+                matches!(read_of(bad.clone()), Err(StreamError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}
