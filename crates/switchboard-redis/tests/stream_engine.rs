@@ -1,0 +1,394 @@
+//! The Redis stream engine, broker to broker (no hub): positions assigned atomically by
+//! the publish script, every subscribed broker (the publisher too) handed each
+//! positioned envelope once in offset order, reads, trimming by length and age, a new
+//! epoch when Redis lost its data, and publishes lost (and said so) while Redis is
+//! down. Tests that flush or kill Redis run their own.
+
+mod common;
+
+use common::{OwnRedis, REDIS, config, subscribers_at, unique_prefix, until_ready, within};
+use futures_util::future::join_all;
+use std::{collections::HashMap, time::Duration};
+use switchboard::{
+    Message,
+    hub::{Broker, Envelope, Inbox, NodeId, Target},
+};
+use switchboard_broker::{Epoch, History, Position, StreamError, StreamRead};
+use switchboard_redis::{BrokerStats, RedisBroker};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+/// A broker attached to the Redis at `url`, subscribed to room `r`, with what it is
+/// handed.
+struct Attached {
+    broker: RedisBroker,
+    stats: BrokerStats,
+    node: NodeId,
+    arrived: UnboundedReceiver<Envelope>,
+}
+
+async fn attach(url: &str, prefix: &str) -> Attached {
+    let broker = RedisBroker::new(config(prefix).url(url)).unwrap();
+    let (stats, node) = (broker.stats(), NodeId::random());
+    let (tx, arrived) = unbounded_channel();
+    broker.start(Inbox::new(node, move |envelope| {
+        let _ = tx.send(envelope.clone());
+        true
+    }));
+    broker.subscribe("r");
+    until_ready("broker", true, || broker.is_ready()).await;
+    Attached {
+        broker,
+        stats,
+        node,
+        arrived,
+    }
+}
+
+/// Brokers on one new prefix, each subscribed to `r`, once Redis counts them all.
+async fn attached(url: &str, test: &str, n: usize) -> (String, Vec<Attached>) {
+    let prefix = unique_prefix(test);
+    let mut brokers = Vec::new();
+    for _ in 0..n {
+        brokers.push(attach(url, &prefix).await);
+    }
+    subscribers_at(url, &format!("{prefix}:room:r"), n as i64).await;
+    (prefix, brokers)
+}
+
+fn to_room(origin: NodeId, text: String) -> Envelope {
+    Envelope {
+        origin,
+        target: Target::Room("r".into()),
+        except: None,
+        message: Message::text(text),
+        position: None,
+    }
+}
+
+async fn publish(at: &Attached, text: &str, history: History) -> Position {
+    let envelope = to_room(at.node, text.to_owned());
+    within("a publish", at.broker.publish_stream(envelope, history))
+        .await
+        .unwrap()
+}
+
+async fn read(at: &Attached, after: u64, history: History) -> StreamRead {
+    within("a read", at.broker.read_stream("r", after, history))
+        .await
+        .unwrap()
+}
+
+fn offsets(read: &StreamRead) -> Vec<u64> {
+    read.entries.iter().map(|entry| entry.offset).collect()
+}
+
+/// The next `n` envelopes a broker is handed.
+async fn next(at: &mut Attached, n: usize) -> Vec<Envelope> {
+    let mut got = Vec::new();
+    within(&format!("{n} envelopes"), async {
+        while got.len() < n {
+            got.push(at.arrived.recv().await.unwrap());
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_are_contiguous_and_every_broker_gets_each_message_once_in_order() {
+    const EACH: usize = 500;
+    let (_prefix, mut brokers) = attached(REDIS, "stream-order", 3).await;
+    let history = History::default().max_len(2 * EACH);
+    // The first two publish at once, interleaving their publishes in Redis; the third
+    // only listens.
+    let published = {
+        let publishing = brokers[..2].iter().map(|at| {
+            let futures: Vec<_> = (0..EACH)
+                .map(|i| {
+                    let envelope = to_room(at.node, format!("{} {i}", at.node));
+                    let text = format!("{} {i}", at.node);
+                    let position = at.broker.publish_stream(envelope, history);
+                    async move { (position.await.unwrap(), text) }
+                })
+                .collect();
+            join_all(futures)
+        });
+        within("the publishes", join_all(publishing)).await
+    };
+    let by_offset: HashMap<u64, (Epoch, String)> = published
+        .into_iter()
+        .flatten()
+        .map(|(position, text)| (position.offset, (position.epoch, text)))
+        .collect();
+    let mut assigned: Vec<u64> = by_offset.keys().copied().collect();
+    assigned.sort_unstable();
+    assert_eq!(assigned, (1..=2 * EACH as u64).collect::<Vec<_>>());
+    let epoch = by_offset[&1].0;
+    assert!(by_offset.values().all(|(e, _)| *e == epoch), "one epoch");
+    for at in &mut brokers {
+        let got = next(at, 2 * EACH).await;
+        for (i, envelope) in got.iter().enumerate() {
+            let offset = i as u64 + 1;
+            assert_eq!(envelope.position, Some(Position::new(offset, epoch)));
+            assert_eq!(envelope.target, Target::Room("r".into()));
+            let text = &by_offset[&offset].1;
+            assert_eq!(envelope.message, Message::text(text.clone()), "{offset}");
+        }
+        // Once each: nothing more arrives.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(at.arrived.try_recv().is_err());
+        assert_eq!(at.stats.missed(), 0);
+    }
+    let published: u64 = brokers.iter().map(|at| at.stats.published()).sum();
+    assert_eq!(published, 2 * EACH as u64);
+}
+
+#[tokio::test]
+async fn stream_and_plain_publishes_go_out_in_the_order_they_were_made() {
+    let (_prefix, mut brokers) = attached(REDIS, "stream-mixed", 2).await;
+    let at = &brokers[0];
+    let mut positions = Vec::new();
+    for i in 0..50 {
+        at.broker.publish(to_room(at.node, format!("plain {i}")));
+        let envelope = to_room(at.node, format!("stream {i}"));
+        positions.push(at.broker.publish_stream(envelope, History::default()));
+    }
+    within("the publishes", join_all(positions)).await;
+    let got = next(&mut brokers[1], 100).await;
+    let texts: Vec<String> = got
+        .iter()
+        .map(|envelope| match &envelope.message {
+            Message::Text(text) => text.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected: Vec<String> = (0..50)
+        .flat_map(|i| [format!("plain {i}"), format!("stream {i}")])
+        .collect();
+    assert_eq!(texts, expected);
+    // The publisher is handed its stream messages, not its plain ones.
+    let own = next(&mut brokers[0], 50).await;
+    assert!(own.iter().all(|envelope| envelope.position.is_some()));
+}
+
+#[tokio::test]
+async fn reads_return_what_follows_an_offset_up_to_the_top() {
+    let (_prefix, brokers) = attached(REDIS, "stream-read", 1).await;
+    let at = &brokers[0];
+    let history = History::default();
+    // A stream that never had a message: an epoch, kept for the first publish.
+    let empty = read(at, 0, history).await;
+    assert_eq!((empty.top, empty.entries.len()), (0, 0));
+    assert!(empty.covers(Position::new(0, empty.epoch)));
+    let mut last = Position::new(0, empty.epoch);
+    for i in 1..=10 {
+        last = publish(at, &format!("m{i}"), history).await;
+    }
+    assert_eq!(last, Position::new(10, empty.epoch));
+
+    let all = read(at, 0, history).await;
+    assert_eq!((all.epoch, all.top), (empty.epoch, 10));
+    assert_eq!(offsets(&all), (1..=10).collect::<Vec<_>>());
+    assert_eq!(all.entries[2].message, Message::text("m3"));
+    assert!(all.covers(Position::new(0, all.epoch)));
+
+    let middle = read(at, 4, history).await;
+    assert_eq!(offsets(&middle), (5..=10).collect::<Vec<_>>());
+    assert!(middle.covers(Position::new(4, all.epoch)));
+
+    let top = read(at, 10, history).await;
+    assert!(top.entries.is_empty());
+    assert!(top.covers(Position::new(10, all.epoch)));
+
+    let beyond = read(at, 11, history).await;
+    assert!(beyond.entries.is_empty());
+    assert!(!beyond.covers(Position::new(11, all.epoch)));
+    // An offset no stream reaches is read as one past the top, not as an error.
+    let huge = read(at, u64::MAX, history).await;
+    assert!(huge.entries.is_empty());
+}
+
+/// The stream key's length, as Redis counts it.
+async fn xlen(url: &str, prefix: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(format!("{{{prefix}:room:r}}:s"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The key's time to live in ms, as Redis counts it.
+async fn pttl(url: &str, key: String) -> i64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn history_is_trimmed_to_max_len_in_redis() {
+    let (prefix, brokers) = attached(REDIS, "stream-max-len", 1).await;
+    let at = &brokers[0];
+    let history = History::default().max_len(5);
+    for i in 1..=12 {
+        publish(at, &format!("m{i}"), history).await;
+    }
+    assert_eq!(xlen(REDIS, &prefix).await, 5);
+    let kept = read(at, 0, history).await;
+    assert_eq!(offsets(&kept), [8, 9, 10, 11, 12]);
+    assert!(!kept.covers(Position::new(0, kept.epoch)), "1 to 7 trimmed");
+    assert!(kept.covers(Position::new(7, kept.epoch)));
+    // A shorter history reads the newest, so that the read is a trimmed one, not one
+    // cut short of the top.
+    let shorter = read(at, 0, history.max_len(2)).await;
+    assert_eq!(offsets(&shorter), [11, 12]);
+    // 0 is taken as 1.
+    publish(at, "m13", history.max_len(0)).await;
+    assert_eq!(xlen(REDIS, &prefix).await, 1);
+}
+
+#[tokio::test]
+async fn history_is_trimmed_by_age_and_the_keys_expire() {
+    let (prefix, brokers) = attached(REDIS, "stream-max-age", 1).await;
+    let at = &brokers[0];
+    let age = Duration::from_millis(400);
+    let history = History::default().max_age(age);
+    for i in 1..=3 {
+        publish(at, &format!("old {i}"), history).await;
+    }
+    tokio::time::sleep(age + Duration::from_millis(100)).await;
+    // Read before anything trims them: left out all the same.
+    let aged = read(at, 0, history).await;
+    assert_eq!((aged.top, aged.entries.len()), (3, 0));
+    assert!(!aged.covers(Position::new(0, aged.epoch)));
+    assert!(aged.covers(Position::new(3, aged.epoch)), "saw everything");
+    for i in 4..=5 {
+        publish(at, &format!("new {i}"), history).await;
+    }
+    assert_eq!(xlen(REDIS, &prefix).await, 2, "trimmed in Redis");
+    assert_eq!(offsets(&read(at, 0, history).await), [4, 5]);
+
+    let stream = pttl(REDIS, format!("{{{prefix}:room:r}}:s")).await;
+    assert!(0 < stream && stream <= 400, "{stream}");
+    let meta = pttl(REDIS, format!("{{{prefix}:room:r}}:m")).await;
+    assert!(meta > 24 * 3600 * 1000, "{meta}");
+    // Idle past max_age: the messages are gone, the epoch and top stay.
+    tokio::time::sleep(age + Duration::from_millis(100)).await;
+    assert_eq!(xlen(REDIS, &prefix).await, 0);
+    let idle = read(at, 5, history).await;
+    assert_eq!((idle.epoch, idle.top), (aged.epoch, 5));
+    assert!(idle.covers(Position::new(5, aged.epoch)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_gives_the_stream_a_new_epoch() {
+    let mut redis = OwnRedis::start().await;
+    let (prefix, brokers) = attached(&redis.url(), "stream-epoch", 1).await;
+    let at = &brokers[0];
+    let history = History::default();
+    let first = publish(at, "a", history).await;
+    publish(at, "b", history).await;
+
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    let flushed = publish(at, "c", history).await;
+    assert_eq!(flushed.offset, 1);
+    assert_ne!(flushed.epoch, first.epoch);
+    let read_flushed = read(at, 0, history).await;
+    assert_eq!(read_flushed.epoch, flushed.epoch);
+    assert_eq!(offsets(&read_flushed), [1]);
+
+    // The meta alone lost (evicted, say): a new epoch, and the old messages go with
+    // the old epoch rather than be read as the new one's.
+    publish(at, "d", history).await;
+    let () = redis
+        .query(redis::cmd("DEL").arg(format!("{{{prefix}:room:r}}:m")))
+        .await;
+    let evicted = publish(at, "e", history).await;
+    assert_eq!(evicted.offset, 1);
+    assert_ne!(evicted.epoch, flushed.epoch);
+    let read_evicted = read(at, 0, history).await;
+    assert_eq!(offsets(&read_evicted), [1]);
+    assert_eq!(read_evicted.entries[0].message, Message::text("e"));
+
+    // Restarted without its data: the link comes back, loads the script again, and
+    // the stream starts over in a new epoch.
+    redis.restart().await;
+    until_ready("the broker after the restart", false, || {
+        at.broker.is_ready()
+    })
+    .await;
+    until_ready("the broker after the restart", true, || {
+        at.broker.is_ready()
+    })
+    .await;
+    let restarted = publish(at, "f", history).await;
+    assert_eq!(restarted.offset, 1);
+    assert_ne!(restarted.epoch, evicted.epoch);
+    assert_eq!(read(at, 0, history).await.epoch, restarted.epoch);
+}
+
+#[tokio::test]
+async fn scripts_flushed_from_redis_are_loaded_again() {
+    let redis = OwnRedis::start().await;
+    let (_prefix, brokers) = attached(&redis.url(), "stream-noscript", 1).await;
+    let at = &brokers[0];
+    let history = History::default();
+    publish(at, "a", history).await;
+    read(at, 0, history).await;
+    let () = redis.query(redis::cmd("SCRIPT").arg("FLUSH")).await;
+    assert_eq!(publish(at, "b", history).await.offset, 2);
+    assert_eq!(offsets(&read(at, 0, history).await), [1, 2]);
+    assert_eq!(at.stats.lost(), 0);
+}
+
+#[tokio::test]
+async fn with_redis_down_a_publish_fails_and_is_counted_and_a_read_fails_in_time() {
+    let mut redis = OwnRedis::start().await;
+    let (_prefix, brokers) = attached(&redis.url(), "stream-down", 1).await;
+    let at = &brokers[0];
+    let history = History::default();
+    publish(at, "a", history).await;
+    redis.kill();
+    until_ready("the broker", false, || at.broker.is_ready()).await;
+    let lost = at.stats.lost();
+    let envelope = to_room(at.node, "b".to_owned());
+    let failed = within("a publish", at.broker.publish_stream(envelope, history)).await;
+    assert!(
+        matches!(failed, Err(StreamError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert_eq!(at.stats.lost(), lost + 1);
+    let read = within("a read", at.broker.read_stream("r", 0, history)).await;
+    assert!(matches!(read, Err(StreamError::Unavailable(_))), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_publish_the_queue_sheds_fails_and_is_counted() {
+    let prefix = unique_prefix("stream-shed");
+    let broker = RedisBroker::connect(config(&prefix).max_pending_publishes(1))
+        .await
+        .unwrap();
+    let stats = broker.stats();
+    broker.start(Inbox::new(NodeId::random(), |_| true));
+    // The current-thread runtime runs the link task only when the test awaits: the
+    // second publish meets a full queue.
+    let history = History::default();
+    let first = broker.publish_stream(to_room(NodeId::random(), "a".into()), history);
+    let second = broker.publish_stream(to_room(NodeId::random(), "b".into()), history);
+    assert_eq!((stats.shed(), stats.lost()), (1, 1));
+    assert!(matches!(
+        within("the shed publish", second).await,
+        Err(StreamError::Unavailable(_))
+    ));
+    assert_eq!(within("the first publish", first).await.unwrap().offset, 1);
+    // Only a room's text or binary message has a stream.
+    let mut to_all = to_room(NodeId::random(), "c".into());
+    to_all.target = Target::All;
+    assert!(broker.publish_stream(to_all, history).await.is_err());
+    assert_eq!(stats.lost(), 2);
+}
