@@ -502,7 +502,8 @@ impl Broker for RedisBroker {
     /// Queues the publish script (see the crate's Delivery section) behind the
     /// publishes already waiting: counted, shed and lost as they are, and the future
     /// says [`StreamError::Unavailable`] for a publish lost. A message that is not text
-    /// or binary, or not for a room, is lost too.
+    /// or binary ([`StreamError::NotData`]), or not for a room
+    /// ([`StreamError::NoHistory`]), is lost too.
     fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
         let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
             Ok((publish, answer)) => {

@@ -70,12 +70,10 @@ impl StreamPublish {
         history: History,
     ) -> Result<(Self, oneshot::Receiver<Result<Position, StreamError>>), StreamError> {
         let Target::Room(room) = &envelope.target else {
-            return Err(StreamError::Unavailable(
-                "only a room has a stream".to_owned(),
-            ));
+            return Err(StreamError::NoHistory);
         };
-        let parts = codec::encode_stream(envelope)
-            .map_err(|error| StreamError::Unavailable(error.to_string()))?;
+        // Only text and binary messages cross between hubs.
+        let parts = codec::encode_stream(envelope).map_err(|_| StreamError::NotData)?;
         let (reply, answer) = oneshot::channel();
         let publish = Self {
             keys: config.stream_keys(room),

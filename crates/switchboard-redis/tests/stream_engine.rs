@@ -389,6 +389,11 @@ async fn a_publish_the_queue_sheds_fails_and_is_counted() {
     // Only a room's text or binary message has a stream.
     let mut to_all = to_room(NodeId::random(), "c".into());
     to_all.target = Target::All;
-    assert!(broker.publish_stream(to_all, history).await.is_err());
-    assert_eq!(stats.lost(), 2);
+    let refused = broker.publish_stream(to_all, history).await;
+    assert_eq!(refused, Err(StreamError::NoHistory));
+    let mut ping = to_room(NodeId::random(), String::new());
+    ping.message = Message::Ping(Default::default());
+    let refused = broker.publish_stream(ping, history).await;
+    assert_eq!(refused, Err(StreamError::NotData));
+    assert_eq!(stats.lost(), 3);
 }
