@@ -48,6 +48,9 @@
 //! limit, a restart) or a publisher's shed is counted on the hub that missed it, and
 //! logged once per outage with its count.
 //!
+//! Rooms that keep history lose nothing of this: their messages are numbered by Redis
+//! and a hub fills any gap from the stream before it delivers newer ones (below).
+//!
 //! # Streams with history
 //!
 //! A room that keeps history (the hub's `HubConfig::history`) is published through
