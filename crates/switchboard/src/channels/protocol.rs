@@ -29,6 +29,21 @@
 //! broadcast (2):             2, |topic|, |event|, topic, event, data
 //! ```
 //!
+//! # Streams
+//!
+//! On a topic that keeps history (see [`Channels::history`](super::Channels::history)),
+//! three additions, each of which phoenix.js ignores, so that it works as before:
+//!
+//! - a JSON broadcast carries its position as a sixth element,
+//!   `[null, null, topic, event, payload, {"offset": N, "epoch": "hex16"}]`
+//!   ([`with_position`]); a binary broadcast has no room for one and goes without;
+//! - a join payload may carry where the client was, `"_position": {"offset": N,
+//!   "epoch": "hex"}` ([`take_position`]), removed before the channel's `join` sees
+//!   the payload;
+//! - the ok reply to a join says whether the client recovered and where the stream is,
+//!   in a sibling of `status` and `response` ([`encode_join_reply`]): `"stream":
+//!   {"recovered": bool, "offset": N, "epoch": "hex16"}`.
+//!
 //! ```
 //! use switchboard::channels::protocol::{self, Payload};
 //!
@@ -48,6 +63,7 @@ use crate::{CloseCode, Message};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
+use switchboard_broker::{Epoch, Position};
 
 /// The event of a join request.
 pub const JOIN: &str = "phx_join";
@@ -64,6 +80,12 @@ pub const ERROR: &str = "phx_error";
 pub const HEARTBEAT_TOPIC: &str = "phoenix";
 /// The event of the socket-level heartbeat.
 pub const HEARTBEAT: &str = "heartbeat";
+
+/// The key of a join payload that says where the client was in the topic's stream.
+pub const POSITION_KEY: &str = "_position";
+/// The key of a join reply, beside `status` and `response`, that says whether the
+/// client recovered and where the stream is.
+pub const STREAM_KEY: &str = "stream";
 
 /// Binary kind of a push (serializer.js `KINDS.push`).
 const KIND_PUSH: u8 = 0;
@@ -374,6 +396,80 @@ pub fn encode_control(join_ref: Option<&str>, topic: &str, event: &str) -> Messa
     json_array(join_ref, join_ref, topic, event, &Value::Object(Map::new()))
 }
 
+/// Adds a broadcast's position in its stream to its encoding, as a sixth element of the
+/// JSON array: `[null, null, topic, event, payload, {"offset": N, "epoch": "hex16"}]`.
+///
+/// Written into the text before its final `]`, so that the payload is not parsed
+/// again. A binary broadcast (kind 2) has no field for it and comes back as it is, as
+/// does anything that is not a JSON array.
+pub fn with_position(message: &Message, position: Position) -> Message {
+    let Message::Text(text) = message else {
+        return message.clone();
+    };
+    let text = text.as_str();
+    let Some(head) = text.strip_suffix(']').filter(|_| text.starts_with('[')) else {
+        return message.clone();
+    };
+    let mut out = String::with_capacity(text.len() + 48);
+    out.push_str(head);
+    let _ = write!(
+        out,
+        r#",{{"offset":{},"epoch":"{}"}}]"#,
+        position.offset, position.epoch
+    );
+    Message::text(out)
+}
+
+/// A `_position` in a join payload that is not `{"offset": N, "epoch": "hex"}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid _position: expected {{\"offset\": integer >= 0, \"epoch\": 1 to 16 hex digits}}")]
+pub struct PositionError;
+
+/// Takes the client's position, `"_position": {"offset": N, "epoch": "hex"}`, out of a
+/// join payload: `Ok(None)` when there is none (or it is `null`), the position
+/// otherwise; either way the key is gone from the payload. A malformed one is an
+/// error, with the key removed too.
+pub fn take_position(payload: &mut Value) -> Result<Option<Position>, PositionError> {
+    let Some(value) = payload.as_object_mut().and_then(|o| o.remove(POSITION_KEY)) else {
+        return Ok(None);
+    };
+    if value.is_null() {
+        return Ok(None);
+    }
+    let offset = value.get("offset").and_then(Value::as_u64);
+    let epoch = value
+        .get("epoch")
+        .and_then(Value::as_str)
+        .and_then(|e| e.parse::<Epoch>().ok());
+    match (offset, epoch) {
+        (Some(offset), Some(epoch)) => Ok(Some(Position::new(offset, epoch))),
+        _ => Err(PositionError),
+    }
+}
+
+/// Encodes the ok reply to a join of a topic with history: [`encode_reply`]'s
+/// `{"status": "ok", "response": response}` and, beside them, `"stream": {"recovered":
+/// recovered, "offset": N, "epoch": "hex16"}`, where `position` is the stream's newest
+/// message when the client joined.
+pub fn encode_join_reply(
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    response: &Value,
+    recovered: bool,
+    position: Position,
+) -> Message {
+    let mut payload = Map::new();
+    payload.insert("response".to_owned(), response.clone());
+    payload.insert("status".to_owned(), Value::from("ok"));
+    let mut stream = Map::new();
+    stream.insert("recovered".to_owned(), Value::from(recovered));
+    stream.insert("offset".to_owned(), Value::from(position.offset));
+    stream.insert("epoch".to_owned(), Value::from(position.epoch.to_string()));
+    payload.insert(STREAM_KEY.to_owned(), Value::Object(stream));
+    json_array(join_ref, msg_ref, topic, REPLY, &Value::Object(payload))
+}
+
 impl ChannelMessage {
     /// Encodes this message as a client sends it: a JSON array, or a binary push (kind
     /// 0) with both refs when the payload is binary. For client implementations and
@@ -661,6 +757,81 @@ mod tests {
         for end in 0..CLIENT_PUSH.len() - 3 {
             assert!(decode_binary(&Bytes::copy_from_slice(&CLIENT_PUSH[..end])).is_err());
         }
+    }
+
+    fn at(offset: u64, epoch: u64) -> Position {
+        Position::new(offset, Epoch::from_u64(epoch))
+    }
+
+    #[test]
+    fn a_position_is_spliced_into_json_broadcasts_only() {
+        let broadcast = encode_broadcast("t", "e", &json!({"m": [1, "]"]}).into()).unwrap();
+        assert_eq!(
+            text(with_position(&broadcast, at(7, 0xab))),
+            r#"[null,null,"t","e",{"m":[1,"]"]},{"offset":7,"epoch":"00000000000000ab"}]"#
+        );
+        let spliced: Value =
+            serde_json::from_str(&text(with_position(&broadcast, at(1, 1)))).expect("still JSON");
+        assert_eq!(spliced.as_array().map(Vec::len), Some(6));
+        let data = Payload::Binary(Bytes::from_static(b"efg"));
+        let binary = encode_broadcast("topic", "event", &data).unwrap();
+        assert_eq!(bytes(with_position(&binary, at(7, 1))), BROADCAST_BYTES);
+        // Not an array: left alone rather than made invalid.
+        for other in ["", "{}", "[", "x]"] {
+            assert_eq!(text(with_position(&Message::text(other), at(1, 1))), other);
+        }
+    }
+
+    #[test]
+    fn a_position_is_taken_out_of_a_join_payload() {
+        let mut payload = json!({"user": "ann", "_position": {"offset": 3, "epoch": "ab"}});
+        assert_eq!(take_position(&mut payload), Ok(Some(at(3, 0xab))));
+        assert_eq!(payload, json!({"user": "ann"}));
+        for mut none in [
+            json!({"user": "ann"}),
+            json!({"_position": null}),
+            json!([1]),
+            json!(null),
+        ] {
+            assert_eq!(take_position(&mut none), Ok(None), "{none}");
+            assert!(none.get(POSITION_KEY).is_none());
+        }
+        let bad = [
+            json!({"_position": 3}),
+            json!({"_position": {"offset": -1, "epoch": "ab"}}),
+            json!({"_position": {"offset": 1.5, "epoch": "ab"}}),
+            json!({"_position": {"offset": "1", "epoch": "ab"}}),
+            json!({"_position": {"offset": 1}}),
+            json!({"_position": {"offset": 1, "epoch": "xyz"}}),
+            json!({"_position": {"offset": 1, "epoch": "00000000000000000"}}),
+            json!({"_position": {"offset": 1, "epoch": 171}}),
+        ];
+        for mut payload in bad {
+            let shown = payload.to_string();
+            assert_eq!(take_position(&mut payload), Err(PositionError), "{shown}");
+            assert_eq!(payload, json!({}), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_join_reply_says_where_the_stream_is_beside_status_and_response() {
+        let reply = encode_join_reply(
+            Some("1"),
+            Some("2"),
+            "t",
+            &json!({"a": 1}),
+            true,
+            at(9, 0xff),
+        );
+        let reply: Value = serde_json::from_str(&text(reply)).unwrap();
+        assert_eq!(
+            reply,
+            json!(["1", "2", "t", "phx_reply", {
+                "status": "ok",
+                "response": {"a": 1},
+                "stream": {"recovered": true, "offset": 9, "epoch": "00000000000000ff"},
+            }])
+        );
     }
 
     #[test]
