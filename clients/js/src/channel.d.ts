@@ -1,6 +1,19 @@
 import type { Push } from './push.js';
+import type { Position } from './serializer.js';
 
 export type ChannelState = 'closed' | 'joining' | 'joined' | 'leaving' | 'errored';
+
+/** What `onRecovery` callbacks get after each join of a topic with history. */
+export interface Recovery {
+  /**
+   * True: the join carried the channel's position, and every broadcast missed since
+   * follows, in order, before the live ones. False: a first join, or what was missed
+   * cannot be known (history trimmed or lost); reload the state the broadcasts build.
+   */
+  recovered: boolean;
+  /** The channel's position after the join (null when the topic keeps no history any more). */
+  position: Position | null;
+}
 
 /** A topic on a channels Socket; made by `socket.channel(topic, params)`. */
 export declare class Channel {
@@ -9,6 +22,8 @@ export declare class Channel {
   readonly state: ChannelState;
   /** The ref of the current join. */
   readonly joinRef: string | null;
+  /** Where the channel is in its topic's stream (topics with history); sent with every rejoin. */
+  readonly position: Position | null;
   /** Joins; rejoins by itself after reconnects. Callbacks run for every (re)join outcome. */
   join(timeoutMs?: number): Push;
   /** Leaves; the channel closes when the server answers, at once offline, or on timeout. */
@@ -20,6 +35,8 @@ export declare class Channel {
   off(event: string, callback?: (...args: any[]) => void): void;
   /** The channel errored (crash on the server, or disconnect) and will rejoin. */
   onError(callback: (reason: unknown) => void): () => void;
+  /** After each join of a topic with history, and when a broadcast comes in a new epoch (`recovered: false`). */
+  onRecovery(callback: (recovery: Recovery) => void): () => void;
   /** The channel closed for good. */
   onClose(callback: (reason: unknown) => void): () => void;
 }

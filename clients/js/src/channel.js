@@ -4,6 +4,7 @@
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { Push } from './push.js';
+import { isPosition } from './serializer.js';
 
 /**
  * A topic on a {@link import('./channel-socket.js').Socket}; made by `socket.channel()`.
@@ -15,6 +16,12 @@ import { Push } from './push.js';
  * Unlike phoenix.js, a join refused with `error` is final (phoenix.js retries it
  * forever): the server said no, and asking again every few seconds rarely changes that.
  * Call `join()` again to retry.
+ *
+ * On a topic the server keeps history for (switchboard streams), the channel tracks its
+ * position in the topic's stream (from each broadcast and from the join reply), sends it
+ * with every rejoin, and so gets exactly the broadcasts it missed, in order, before the
+ * live ones; or, when the server can no longer tell what was missed, a recovery event
+ * with `recovered: false` (see `onRecovery`).
  */
 export class Channel {
   #socket;
@@ -33,6 +40,11 @@ export class Channel {
   #buffer = [];
   #rejoinTimer = undefined;
   #rejoinTries = 0;
+  /** @type {{offset: number, epoch: string} | null} the last broadcast seen, or where the stream was at the join */
+  #position = null;
+  /** @type {{offset: number, epoch: string} | null} the position the pending join carries */
+  #sentPosition = null;
+  #recovery = new Emitter();
 
   /**
    * @internal Use `socket.channel(topic, params)`.
@@ -61,6 +73,16 @@ export class Channel {
   /** The ref of the current join; messages carrying another one belong to an old join. */
   get joinRef() {
     return this.#joinRef;
+  }
+
+  /**
+   * Where this channel is in its topic's stream: the position of the last broadcast it
+   * delivered, or of the stream's newest message when it joined; `null` before the first
+   * join of a topic with history (and on topics without). Sent with every rejoin.
+   * @returns {{offset: number, epoch: string} | null}
+   */
+  get position() {
+    return this.#position && { ...this.#position };
   }
 
   /**
@@ -156,6 +178,21 @@ export class Channel {
     return this.#emitter.on('phx_close', callback);
   }
 
+  /**
+   * After each successful join of a topic with history: `{recovered, position}`.
+   * `recovered: true` when the join carried a position and the server is sending every
+   * broadcast missed since, in order, before the live ones. `recovered: false` on a
+   * first join, and when what was missed cannot be known (the history was trimmed, or
+   * lost: a new epoch): reload the state the broadcasts build up. Also called with
+   * `recovered: false` when a broadcast comes in another epoch than the channel's (the
+   * server lost the history while the channel was joined).
+   * @param {(event: {recovered: boolean, position: {offset: number, epoch: string} | null}) => void} callback
+   * @returns {() => void} removes the callback
+   */
+  onRecovery(callback) {
+    return this.#recovery.on('recovery', callback);
+  }
+
   /** @internal The socket (re)connected. */
   _socketOpened() {
     clearTimeout(this.#rejoinTimer);
@@ -172,7 +209,7 @@ export class Channel {
   }
 
   /** @internal A message for this topic. */
-  _handle({ join_ref, ref, event, payload }) {
+  _handle({ join_ref, ref, event, payload, position }) {
     // A message of an earlier join (a late reply, a close of the old server-side
     // channel) must not act on this one.
     if (join_ref && join_ref !== this.#joinRef) return;
@@ -191,8 +228,48 @@ export class Channel {
         this.#close(payload);
         return;
       default:
+        if (position && !this.#advance(position)) return;
         this.#emitter.emit(event, payload, ref, join_ref);
     }
+  }
+
+  /**
+   * Moves the position to a broadcast's; false for one already delivered (at or before
+   * the position, in the same epoch), which is dropped.
+   */
+  #advance(position) {
+    const current = this.#position;
+    if (current && current.epoch === position.epoch && position.offset <= current.offset) return false;
+    this.#position = { offset: position.offset, epoch: position.epoch };
+    // Another epoch under a joined channel: the history it continued was lost.
+    if (current && current.epoch !== position.epoch) this.#recovered(false);
+    return true;
+  }
+
+  #recovered(recovered) {
+    this.#recovery.emit('recovery', { recovered, position: this.position });
+  }
+
+  /**
+   * After an ok join reply: the position the server gave (`stream`), unless the join
+   * recovered from the position it carried, whose missed broadcasts follow the reply
+   * and advance it themselves.
+   */
+  #joinedStream(stream) {
+    const sent = this.#sentPosition;
+    this.#sentPosition = null;
+    const valid = typeof stream?.recovered === 'boolean' && isPosition(stream);
+    if (!valid) {
+      // The topic keeps no history (any more): a position sent was not recovered from.
+      if (sent) {
+        this.#position = null;
+        this.#recovered(false);
+      }
+      return;
+    }
+    const recovered = stream.recovered && sent !== null;
+    if (!recovered) this.#position = { offset: stream.offset, epoch: stream.epoch };
+    this.#recovered(recovered);
   }
 
   #canPush() {
@@ -234,9 +311,18 @@ export class Channel {
         ref,
         topic: this.#topic,
         event: push.event,
-        payload: push._payload(),
+        payload: isJoin ? this.#joinPayload(push._payload()) : push._payload(),
       });
     }
+  }
+
+  /** The join's params, with the channel's position once it has one. */
+  #joinPayload(params) {
+    this.#sentPosition = null;
+    const plain = typeof params === 'object' && params !== null && !Array.isArray(params);
+    if (!this.#position || !plain) return params;
+    this.#sentPosition = { ...this.#position };
+    return { ...params, _position: this.#sentPosition };
   }
 
   #reply(ref, payload) {
@@ -251,6 +337,7 @@ export class Channel {
       for (const buffered of this.#buffer.splice(0)) this.#send(buffered, null);
     }
     push._trigger(payload.status, payload.response);
+    if (isJoin && payload.status === 'ok') this.#joinedStream(payload.stream);
     if (isJoin && payload.status !== 'ok') this.#close('join refused');
   }
 

@@ -5,6 +5,16 @@ export interface Message<P = unknown> {
   topic: string;
   event: string;
   payload: P;
+  /** A broadcast's position in its topic's stream, when the topic keeps history (JSON broadcasts only). */
+  position?: Position;
+}
+
+/** Where a message sits in a topic's stream (a topic the server keeps history for). */
+export interface Position {
+  /** The message's number in the stream: 1, 2, 3… (0: before the first). */
+  offset: number;
+  /** The stream's incarnation, 16 hex digits: a new epoch means the history was lost. */
+  epoch: string;
 }
 
 /** Whether a payload goes out as a binary frame (ArrayBuffer or typed array). */

@@ -1,6 +1,8 @@
 // Phoenix V2 wire format (`vsn=2.0.0`), as phoenix.js speaks it.
 //
-// Text frames carry JSON arrays `[join_ref, ref, topic, event, payload]`. Binary frames
+// Text frames carry JSON arrays `[join_ref, ref, topic, event, payload]`; a broadcast on
+// a topic with history (switchboard streams) has a sixth element, its position in the
+// topic's stream, `{offset, epoch}`, which phoenix.js ignores. Binary frames
 // carry binary payloads behind a header of one-byte lengths:
 //
 //   push (client to server)  0 | join_ref len | ref len | topic len | event len | strings | payload
@@ -27,6 +29,14 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
  * @property {string} topic
  * @property {string} event
  * @property {unknown} payload
+ * @property {Position} [position] a broadcast's position in its topic's stream, when
+ *   the topic keeps history (JSON broadcasts only)
+ */
+
+/**
+ * @typedef {object} Position
+ * @property {number} offset the message's number in its stream: 1, 2, 3…
+ * @property {string} epoch the stream's incarnation, 16 hex digits
  */
 
 /**
@@ -89,14 +99,31 @@ function decodeText(text) {
   } catch {
     throw new TypeError('malformed message: not JSON');
   }
-  if (!Array.isArray(value) || value.length !== 5) {
-    throw new TypeError('malformed message: not a 5-element array');
+  if (!Array.isArray(value) || (value.length !== 5 && value.length !== 6)) {
+    throw new TypeError('malformed message: not a 5-element array (6 with a position)');
   }
-  const [join_ref, ref, topic, event, payload] = value;
+  const [join_ref, ref, topic, event, payload, position] = value;
   if (!isRef(join_ref) || !isRef(ref) || typeof topic !== 'string' || typeof event !== 'string') {
     throw new TypeError('malformed message: refs must be strings or null, topic and event strings');
   }
-  return { join_ref, ref, topic, event, payload };
+  if (value.length === 5) return { join_ref, ref, topic, event, payload };
+  if (!isPosition(position)) {
+    throw new TypeError('malformed message: a position must be {offset: integer >= 0, epoch: hex string}');
+  }
+  return { join_ref, ref, topic, event, payload, position: { offset: position.offset, epoch: position.epoch } };
+}
+
+/**
+ * Whether `value` is a stream position as the server writes it.
+ * @param {unknown} value
+ * @returns {value is Position}
+ */
+export function isPosition(value) {
+  return (
+    typeof value === 'object' && value !== null &&
+    Number.isSafeInteger(value.offset) && value.offset >= 0 &&
+    typeof value.epoch === 'string' && /^[0-9a-f]{1,16}$/i.test(value.epoch)
+  );
 }
 
 function isRef(value) {

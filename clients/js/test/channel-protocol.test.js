@@ -235,3 +235,111 @@ test('heartbeats go to topic phoenix; a missing answer ends the connection', asy
   await next(socket, 'open');
   assert.equal(fake.instances.length, 2);
 });
+
+// Streams: what a topic with history adds on the wire (see docs/streams.md).
+const EPOCH = '00000000000000ab';
+const at = (offset, epoch = EPOCH) => ({ offset, epoch });
+/** Answers the latest phx_join with ok and a `stream` key. */
+function answerStreamJoin(ws, recovered, position) {
+  const [joinRef, ref, topic] = ws.sentOf('phx_join').at(-1);
+  ws.receive([joinRef, ref, topic, 'phx_reply', { status: 'ok', response: {}, stream: { recovered, ...position } }]);
+}
+/** A broadcast with its position, as the server sends it on a topic with history. */
+function broadcast(ws, topic, n, position) {
+  ws.receive(JSON.stringify([null, null, topic, 'msg', { n }, position]));
+}
+
+test('streams: the position follows the join reply and each broadcast; duplicates are dropped', async (t) => {
+  const { socket, fake } = setup(t);
+  socket.connect();
+  await next(socket, 'open');
+  const channel = socket.channel('room:s', { user: 'ann' });
+  const seen = [];
+  const recoveries = [];
+  channel.on('msg', ({ n }) => seen.push(n));
+  channel.onRecovery((event) => recoveries.push(event));
+  assert.equal(channel.position, null);
+  channel.join();
+  const ws = fake.last();
+  assert.deepEqual(ws.sentOf('phx_join')[0][4], { user: 'ann' }, 'no position on a first join');
+  answerStreamJoin(ws, false, at(4));
+  assert.deepEqual(channel.position, at(4));
+  assert.deepEqual(recoveries, [{ recovered: false, position: at(4) }]);
+  broadcast(ws, 'room:s', 5, at(5));
+  broadcast(ws, 'room:s', 6, at(6));
+  broadcast(ws, 'room:s', 5, at(5));
+  assert.deepEqual(seen, [5, 6], 'a broadcast at or before the position is not delivered again');
+  assert.deepEqual(channel.position, at(6));
+  // A broadcast without a position (binary, or a topic without history) moves nothing.
+  ws.receive(JSON.stringify([null, null, 'room:s', 'msg', { n: 'plain' }]));
+  assert.deepEqual(channel.position, at(6));
+  // A new epoch under the joined channel: the history was lost, the app is told.
+  broadcast(ws, 'room:s', 1, at(1, 'ff'));
+  assert.deepEqual(seen, [5, 6, 'plain', 1]);
+  assert.deepEqual(recoveries.at(-1), { recovered: false, position: at(1, 'ff') });
+});
+
+test('streams: a rejoin carries the position; recovered keeps it, not recovered takes the server’s', async (t) => {
+  const { socket, fake } = setup(t);
+  socket.connect();
+  await next(socket, 'open');
+  const channel = socket.channel('room:s', () => ({ user: 'ann' }));
+  const seen = [];
+  const recoveries = [];
+  channel.on('msg', ({ n }) => seen.push(n));
+  channel.onRecovery(({ recovered }) => recoveries.push(recovered));
+  channel.join();
+  let ws = fake.last();
+  answerStreamJoin(ws, false, at(0));
+  broadcast(ws, 'room:s', 1, at(1));
+
+  ws.drop();
+  await next(socket, 'open');
+  ws = fake.last();
+  assert.deepEqual(ws.sentOf('phx_join')[0][4], { user: 'ann', _position: at(1) });
+  // Recovered: the reply's position is the stream's newest (3); the missed 2 and 3 follow.
+  answerStreamJoin(ws, true, at(3));
+  assert.deepEqual(channel.position, at(1), 'kept until the missed broadcasts come');
+  broadcast(ws, 'room:s', 2, at(2));
+  broadcast(ws, 'room:s', 3, at(3));
+  assert.deepEqual(seen, [1, 2, 3]);
+  assert.deepEqual(channel.position, at(3));
+
+  ws.drop();
+  await next(socket, 'open');
+  ws = fake.last();
+  assert.deepEqual(ws.sentOf('phx_join')[0][4], { user: 'ann', _position: at(3) });
+  answerStreamJoin(ws, false, at(9, 'cd'));
+  assert.deepEqual(channel.position, at(9, 'cd'), 'not recovered: where the stream is now');
+
+  // A server that no longer keeps history for the topic: the position sent was not
+  // recovered from, and is forgotten.
+  ws.drop();
+  await next(socket, 'open');
+  ws = fake.last();
+  assert.deepEqual(ws.sentOf('phx_join')[0][4]._position, at(9, 'cd'));
+  answerJoin(ws);
+  assert.equal(channel.position, null);
+  assert.deepEqual(recoveries, [false, true, false, false]);
+  ws.drop();
+  await next(socket, 'open');
+  assert.deepEqual(fake.last().sentOf('phx_join')[0][4], { user: 'ann' });
+});
+
+test('streams: "recovered" without a position sent counts as not recovered; a topic without history has no events', async (t) => {
+  const { socket, fake } = setup(t);
+  socket.connect();
+  await next(socket, 'open');
+  const channel = socket.channel('room:s');
+  const recoveries = [];
+  channel.onRecovery((event) => recoveries.push(event));
+  channel.join();
+  answerStreamJoin(fake.last(), true, at(2));
+  assert.deepEqual(recoveries, [{ recovered: false, position: at(2) }]);
+  const plain = socket.channel('room:plain');
+  plain.onRecovery((event) => recoveries.push(event));
+  plain.join();
+  answerJoin(fake.last());
+  assert.equal(plain.position, null);
+  assert.equal(recoveries.length, 1);
+});

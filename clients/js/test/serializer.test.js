@@ -62,8 +62,24 @@ test('a decoded binary payload is a copy, not a window on the frame', () => {
   assert.deepEqual([...new Uint8Array(payload)], [1, 2, 3]);
 });
 
+test('a broadcast on a topic with history carries its position as a sixth element', () => {
+  const message = decode('[null,null,"room:a","new_msg",{"body":"hi"},{"offset":7,"epoch":"00000000000000ab"}]');
+  assert.deepEqual(message, {
+    join_ref: null, ref: null, topic: 'room:a', event: 'new_msg', payload: { body: 'hi' },
+    position: { offset: 7, epoch: '00000000000000ab' },
+  });
+  // Only the position's own fields are kept.
+  assert.deepEqual(decode('[null,null,"t","e",{},{"offset":0,"epoch":"1","x":1}]').position, { offset: 0, epoch: '1' });
+});
+
 test('malformed text frames are TypeErrors', () => {
-  for (const text of ['not json', '{}', '["1","2","t","e"]', '[1,"2","t","e",{}]', '["1","2",3,"e",{}]', '["1","2","t",null,{}]']) {
+  const badPositions = [
+    '[null,null,"t","e",{},null]', '[null,null,"t","e",{},{"offset":-1,"epoch":"ab"}]',
+    '[null,null,"t","e",{},{"offset":1.5,"epoch":"ab"}]', '[null,null,"t","e",{},{"offset":1,"epoch":"xyz"}]',
+    '[null,null,"t","e",{},{"offset":1,"epoch":"00000000000000000"}]', '[null,null,"t","e",{},{"offset":"1","epoch":"ab"}]',
+    '[null,null,"t","e",{},{"offset":1,"epoch":"ab"},7]',
+  ];
+  for (const text of ['not json', '{}', '["1","2","t","e"]', '[1,"2","t","e",{}]', '["1","2",3,"e",{}]', '["1","2","t",null,{}]', ...badPositions]) {
     assert.throws(() => decode(text), TypeError, text);
   }
 });

@@ -15,7 +15,9 @@ import {
   retryAfterHint,
   Socket,
   type Message,
+  type Position,
   type PresenceMeta,
+  type Recovery,
   type SendData,
 } from '@switchboard/client';
 
@@ -76,6 +78,18 @@ presence.onSync(() => {
   return names;
 });
 presence.onJoin((key, current, joined) => [key, current?.metas, joined.metas]);
+
+// Streams: the channel's position, the recovery signal, a broadcast's position.
+const where: Position | null = channel.position;
+const offRecovery: () => void = channel.onRecovery(({ recovered, position }: Recovery) => {
+  if (!recovered) return position?.epoch.toUpperCase();
+  return position?.offset.toFixed();
+});
+offRecovery();
+const positioned: Position | undefined = decode('[null,null,"t","e",{},{"offset":1,"epoch":"ab"}]').position;
+// @ts-expect-error: the position is read-only
+channel.position = null;
+void [where, positioned];
 
 const message: Message = decode('[null,"1","phoenix","phx_reply",{}]');
 const frame: string | Uint8Array = encode(message);
