@@ -42,6 +42,12 @@
 //! - `--redis URL` joins the servers on that Redis under `--prefix` (default
 //!   `channels`); `--node-timeout MS` sets how long a silent server is still taken for
 //!   alive (default 5000), which bounds how long a crashed server's users stay listed.
+//! - `--history PATTERN` (repeatable, e.g. `'room:*'`) makes the topics that match
+//!   keep history (`Channels::history`, the default `History`: 100 messages, 5
+//!   minutes): broadcasts carry their position, and switchboard's JS client recovers
+//!   what it missed on every rejoin. In memory the history ends with the process (a
+//!   restart is a new epoch: clients are told they did not recover); with `--redis` it
+//!   lives in Redis and survives the server (docs/streams.md).
 
 #[path = "chat/channel.rs"]
 mod channel;
@@ -53,7 +59,7 @@ use std::{
 };
 use switchboard::{
     channels::{Channels, ConnectInfo, Refused},
-    hub::{Hub, HubConfig},
+    hub::{History, Hub, HubConfig},
 };
 use switchboard_redis::{RedisBroker, RedisConfig};
 
@@ -63,6 +69,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut token: Option<String> = None;
     let mut redis: Option<String> = None;
     let mut prefix = "channels".to_owned();
+    let mut histories = Vec::new();
     let mut config = HubConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -71,6 +78,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             ("--token", Some(value)) => token = Some(value),
             ("--redis", Some(value)) => redis = Some(value),
             ("--prefix", Some(value)) => prefix = value,
+            ("--history", Some(value)) => histories.push(value),
             ("--node-timeout", Some(value)) => {
                 let timeout = Duration::from_millis(value.parse()?);
                 // Four heartbeats per timeout, as the defaults (1 s and 5 s).
@@ -78,6 +86,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
             _ => {
                 let usage = "usage: channels [--addr HOST:PORT] [--token SECRET] \
+                             [--history PATTERN]... \
                              [--redis URL [--prefix PREFIX] [--node-timeout MS]]";
                 return Err(format!("{usage} (got {arg})").into());
             }
@@ -90,7 +99,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
         None => Hub::new(config),
     };
-    let channels = Channels::new(hub.clone())
+    let channels = histories
+        .iter()
+        .fold(Channels::new(hub.clone()), |channels, pattern| {
+            channels.history(pattern, History::default())
+        })
         .connect(move |info| {
             let checked = token.as_deref().map_or(Ok(()), |t| check(&info, t));
             async move { checked }

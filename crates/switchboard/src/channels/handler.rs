@@ -12,31 +12,45 @@ use super::{
     room_name,
     socket::Params,
     state::{ConnState, Joined},
+    topic::TopicPattern,
 };
 use crate::{
     Message,
-    hub::{Connection, Handler, JoinResult, Panicked, catch},
+    hub::{Connection, Handler, JoinResult, Panicked, Position, catch},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// The hub handler of every socket of one endpoint.
 pub(crate) struct SocketHandler {
     endpoint: Endpoint,
     routes: Vec<Route>,
+    /// The patterns of the topics with history ([`Channels::history`](super::Channels::history)).
+    histories: Vec<TopicPattern>,
     config: ChannelsConfig,
     heartbeats: Arc<Heartbeats>,
 }
 
 impl SocketHandler {
-    pub(crate) fn new(endpoint: Endpoint, routes: Vec<Route>, config: ChannelsConfig) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        routes: Vec<Route>,
+        histories: Vec<TopicPattern>,
+        config: ChannelsConfig,
+    ) -> Self {
         let heartbeats = Heartbeats::new(endpoint.hub().clone(), config.heartbeat_timeout);
         Self {
             endpoint,
             routes,
+            histories,
             config,
             heartbeats,
         }
+    }
+
+    /// Whether `topic` keeps history: its joins recover from a `_position`.
+    fn keeps_history(&self, topic: &str) -> bool {
+        self.histories.iter().any(|p| p.matches(topic).is_some())
     }
 
     /// The endpoint the sockets are on.
@@ -135,10 +149,23 @@ impl SocketHandler {
         }
         // phoenix.js sends the channel's params as a JSON object; a binary join has no
         // meaning in Phoenix (V2JSONSerializer decodes binary frames as pushes only).
-        let Payload::Json(payload) = payload else {
+        let Payload::Json(mut payload) = payload else {
             self.count_join(pattern, JoinResult::Refused);
             refuse("join payload must be json");
             return;
+        };
+        // On a topic with history, where the client was is the server's, not the
+        // channel's: taken out before `join` sees the payload. Elsewhere the payload is
+        // the channel's, whatever its keys.
+        let history = self.keeps_history(&topic);
+        let since = match history.then(|| protocol::take_position(&mut payload)) {
+            Some(Err(error)) => {
+                self.count_join(pattern, JoinResult::Refused);
+                refuse(&error.to_string());
+                return;
+            }
+            Some(Ok(since)) => since,
+            None => None,
         };
         let socket = Socket::new(
             conn.clone(),
@@ -150,6 +177,22 @@ impl SocketHandler {
         self.endpoint.presence().joining(&socket);
         let result = catch(channel.join(&topic, payload, &socket)).await;
         let join_ref = join_ref.as_deref();
+        if history {
+            if let Ok(Ok(response)) = result {
+                let joined = Joined { socket, channel };
+                let refs = (join_ref, msg_ref);
+                let subscribed = self
+                    .join_stream(conn, state, joined, since, refs, response)
+                    .await;
+                // As for the other topics: a room the hub refused is a refused join.
+                let result = match subscribed {
+                    true => JoinResult::Ok,
+                    false => JoinResult::Refused,
+                };
+                self.count_join(pattern, result);
+                return;
+            }
+        }
         match result {
             // The hub refuses the room past `max_rooms_per_connection` (set below
             // `max_channels`, or rooms the application joined itself): the join fails
@@ -191,6 +234,59 @@ impl SocketHandler {
                 // Phoenix.Channel.Server.join: a join that crashes answers this.
                 let reason = json!({"reason": "join crashed"});
                 reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
+            }
+        }
+    }
+
+    /// The end of an accepted join of a topic with history: subscribes the socket from
+    /// `since` and sends the ok reply with the stream's position (`stream`), then the
+    /// socket's held pushes, then the broadcasts it missed, then live ones. `false`
+    /// when the hub refused the room (see [`SocketHandler::join`]).
+    async fn join_stream(
+        &self,
+        conn: &Connection,
+        state: &ConnState,
+        joined: Joined,
+        since: Option<Position>,
+        (join_ref, msg_ref): (Option<&str>, Option<&str>),
+        response: Value,
+    ) -> bool {
+        let socket = &joined.socket;
+        let topic = socket.topic();
+        let presence = self.endpoint.presence();
+        let subscribed = presence
+            .subscribe_from(socket, conn, since, |recovery| {
+                // Recovered only from a position the client sent (`since`).
+                let reply = protocol::encode_join_reply(
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    &response,
+                    recovery.recovered,
+                    recovery.position,
+                );
+                conn.send(reply);
+                socket.joined();
+            })
+            .await;
+        match subscribed {
+            Ok(recovery) => {
+                tracing::debug!(
+                    topic,
+                    recovered = recovery.recovered,
+                    missed = recovery.missed,
+                    "channel joined"
+                );
+                state.insert(topic.to_owned(), joined.clone());
+                true
+            }
+            Err(error) => {
+                tracing::debug!(topic, %error, "channel join refused");
+                socket.close();
+                presence.forget_socket(socket);
+                let reason = json!({"reason": error.to_string()});
+                reply(conn, join_ref, msg_ref, topic, &Reply::error(reason));
+                false
             }
         }
     }

@@ -105,7 +105,7 @@ pub use topic::PatternError;
 
 use crate::{
     CloseCode,
-    hub::{Assigns, BroadcastReport, Census, ClusterAnswer, ConnectionId, Hub},
+    hub::{Assigns, BroadcastReport, Census, ClusterAnswer, ConnectionId, Framing, History, Hub},
     sync::{lock, read, write},
 };
 use axum::{Router, routing::MethodRouter};
@@ -508,6 +508,7 @@ type ConnectFn = dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<(), Refused>> 
 pub struct Channels {
     endpoint: Endpoint,
     routes: Vec<Route>,
+    histories: Vec<TopicPattern>,
     connect: Option<Arc<ConnectFn>>,
     config: ChannelsConfig,
     path: String,
@@ -535,6 +536,7 @@ impl Channels {
         Self {
             endpoint: Endpoint { shared },
             routes: Vec::new(),
+            histories: Vec::new(),
             connect: None,
             config: ChannelsConfig::default(),
             path: "/socket".to_owned(),
@@ -585,6 +587,56 @@ impl Channels {
         self
     }
 
+    /// Makes the topics that match `topic_pattern` keep `history`: an exact topic
+    /// (`"lobby"`) or a prefix ending in `*` (`"room:*"`). Each broadcast to such a topic
+    /// gets a position `(offset, epoch)` in the topic's stream, which JSON broadcasts
+    /// carry to the clients as a sixth element of the array; a client that rejoins with
+    /// its position (`"_position"` in the join payload, which switchboard's JS client
+    /// sends by itself) gets exactly the broadcasts it missed, after the join reply and
+    /// before live ones, or is told it did not recover (the reply's `"stream"`).
+    /// phoenix.js ignores all of it and works as before. See `docs/streams.md` for the
+    /// guarantees, and [`protocol`] for the wire.
+    ///
+    /// The topics' room (`phx:` + topic) is a stream of the hub (as with
+    /// [`HubConfig::history`](crate::hub::HubConfig::history)), kept by the hub's broker:
+    /// in memory, or in Redis, where it survives the server. Binary broadcasts are kept
+    /// and recovered too, but carry no position (the V2 binary frame has no field for
+    /// one); pushes, replies, presence diffs and intercepted events are not part of the
+    /// stream.
+    ///
+    /// ```
+    /// use switchboard::channels::Channels;
+    /// use switchboard::hub::{History, Hub, HubConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let hub = Hub::new(HubConfig::default());
+    /// let channels = Channels::new(hub).history("room:*", History::default().max_len(500));
+    /// # let _ = channels;
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the pattern is not an exact topic or a prefix ending in `*` (a `{name}`
+    /// segment, say): a programming error, found when the server starts.
+    pub fn history(mut self, topic_pattern: &str, history: History) -> Self {
+        let parsed = match TopicPattern::parse(topic_pattern) {
+            Ok(parsed) if !topic_pattern.contains(['{', '}']) => parsed,
+            Ok(_) => panic!(
+                "invalid history pattern {topic_pattern:?}: an exact topic or a prefix ending in `*`"
+            ),
+            Err(error) => panic!("invalid history pattern {topic_pattern:?}: {error}"),
+        };
+        // Each broadcast is framed once per hub, for every subscriber there.
+        let frame: Framing = Arc::new(protocol::with_position);
+        self.endpoint
+            .shared
+            .hub
+            .keep_history(&room_name(topic_pattern), history, Some(frame));
+        self.histories.push(parsed);
+        self
+    }
+
     /// Replaces the settings.
     pub fn config(mut self, config: ChannelsConfig) -> Self {
         self.endpoint
@@ -611,7 +663,12 @@ impl Channels {
     /// The upgrade handler alone, to mount at a path of your choosing (phoenix.js
     /// connects to the URL it is given plus `/websocket`).
     pub fn route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
-        let handler = Arc::new(SocketHandler::new(self.endpoint, self.routes, self.config));
+        let handler = Arc::new(SocketHandler::new(
+            self.endpoint,
+            self.routes,
+            self.histories,
+            self.config,
+        ));
         upgrade::route(handler, self.connect)
     }
 
@@ -631,6 +688,7 @@ impl fmt::Debug for Channels {
                 "patterns",
                 &self.routes.iter().map(|r| &r.pattern).collect::<Vec<_>>(),
             )
+            .field("histories", &self.histories)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -883,6 +941,13 @@ mod tests {
         }
         let hub = Hub::new(crate::hub::HubConfig::default());
         let _ = Channels::new(hub).channel("a*b", Nothing);
+    }
+
+    #[test]
+    #[should_panic(expected = "an exact topic or a prefix")]
+    fn history_patterns_with_segments_panic_at_registration() {
+        let hub = Hub::new(crate::hub::HubConfig::default());
+        let _ = Channels::new(hub).history("user:{id}", History::default());
     }
 
     #[test]

@@ -42,7 +42,9 @@ use super::{
     tracker::Tracker,
 };
 use crate::{
-    hub::{BroadcastReport, Connection, Hub, JoinError, NodeId, PeerEvent, Target},
+    hub::{
+        BroadcastReport, Connection, Hub, JoinError, NodeId, PeerEvent, Position, Recovery, Target,
+    },
     sync::{lock, read},
 };
 use serde_json::{Value, json};
@@ -276,6 +278,31 @@ impl Presence {
         let subscribed = conn.try_join(&room_name(socket.topic()));
         remove_joining(&mut joining, socket);
         subscribed
+    }
+
+    /// Subscribes a socket whose join succeeded to its topic's stream room from `since`
+    /// (see [`Hub::join_from_then`]), with `before` (the join reply) run before the
+    /// messages it missed. The socket stops holding diffs in `before`, just after its
+    /// room join: a diff delivered in between reaches it twice, which presence clients
+    /// take as once (phoenix.js merges by `phx_ref`), rather than not at all. The
+    /// room's lock cannot be held here, as the join may wait for the engine.
+    pub(crate) async fn subscribe_from(
+        &self,
+        socket: &Socket,
+        conn: &Connection,
+        since: Option<Position>,
+        before: impl FnOnce(&Recovery) + Send,
+    ) -> Result<Recovery, JoinError> {
+        let room = room_name(socket.topic());
+        let result = conn
+            .hub()
+            .join_from_then(conn, &room, since, |recovery| {
+                self.unregister(socket);
+                before(recovery);
+            })
+            .await;
+        self.unregister(socket);
+        result
     }
 
     fn unregister(&self, socket: &Socket) {
