@@ -350,3 +350,47 @@ test("an expiring token: 4401, then the documented refresh and reconnect", async
     assert.ok(socket.isConnected());
   }, ["--token", "s3cret"]);
 });
+
+// Streams (docs/streams.md): on a topic with history the server adds a sixth element
+// to broadcasts and a `stream` key to the join reply. phoenix.js reads only the first
+// five and `status`/`response`, so it works as before, without recovery.
+test("a topic with history: joins without recovery data, chat, presence and rejoin work as before", async () => {
+  await withServer(async (ctx) => {
+    const frames = [];
+    const socket = ctx.socket();
+    socket.onMessage((message) => frames.push(message));
+    const ann = socket.channel("room:kept", { user: "ann" });
+    const bob = ctx.socket().channel("room:kept", { user: "bob" });
+    const presence = new Presence(ann);
+    assert.deepEqual(await outcome(ann.join()), ["ok", {}]);
+    assert.deepEqual(await outcome(bob.join()), ["ok", {}]);
+    await until("both in presence", () =>
+      presence.list((key) => key).sort().join() === "ann,bob",
+    );
+    const annGot = [];
+    ann.on("new_msg", (msg) => annGot.push(msg));
+    for (const body of ["one", "two", "three"]) {
+      assert.deepEqual(await outcome(bob.push("new_msg", { body })), ["ok", {}]);
+    }
+    await until("three broadcasts", () => annGot.length === 3);
+    assert.deepEqual(annGot.map((msg) => msg.body), ["one", "two", "three"]);
+    assert.deepEqual(annGot[0], { user: "bob", body: "one" }, "the payload is untouched");
+    // phoenix.js's onMessage sees the decoded five fields only.
+    const broadcast = frames.find((m) => m.event === "new_msg");
+    assert.deepEqual(Object.keys(broadcast).sort(), ["event", "join_ref", "payload", "ref", "topic"]);
+
+    // The join push's "ok" hook runs at once for the join already made, then per rejoin.
+    let joins = 0;
+    ann.joinPush.receive("ok", () => (joins += 1));
+    assert.equal(joins, 1);
+    await ctx.restart();
+    await until("rejoined after the restart", () => joins === 2 && ann.state === "joined");
+    assert.deepEqual(await outcome(ann.push("ping", { after: "restart" })), [
+      "ok",
+      { after: "restart" },
+    ]);
+    const after = waitFor("a broadcast after the restart", (done) => ann.on("new_msg", done));
+    assert.deepEqual(await outcome(ann.push("new_msg", { body: "back" })), ["ok", {}]);
+    assert.deepEqual(await after, { user: "ann", body: "back" });
+  }, ["--history", "room:*"]);
+});

@@ -14,7 +14,8 @@ import { dirname, join, normalize } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { exampleBinary, freePort, hasExample, startExample } from './helpers.js';
+import { Socket } from '../src/index.js';
+import { exampleBinary, freePort, hasExample, hasRedis, startExample, startRedis } from './helpers.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -204,5 +205,116 @@ describe('in headless Chromium', () => {
     const { events, contexts } = await page.evaluate(() => ({ events: window.auth.events, contexts: window.auth.contexts }));
     assert.deepEqual(events, ['unauthorized 3000 invalid token', 'close 4401']);
     assert.deepEqual(contexts, [false, true]);
+  });
+
+  // Streams (docs/streams.md): the page's channel tracks its position and recovers on
+  // the rejoin after its server restarts.
+  const streamsSkip = !hasExample('channels')
+    ? `${exampleBinary('channels')} is not built`
+    : !hasRedis() && 'redis-server is not installed';
+
+  /** The page joins `topic` as `user`, recording the broadcasts and recoveries. */
+  async function joinInPage(topic) {
+    await page.evaluate((topic) => {
+      const { Socket } = window.client;
+      window.stream?.socket.disconnect();
+      const socket = new Socket('/socket', { backoff: { baseMs: 50, maxMs: 400 }, rejoin: { baseMs: 50, maxMs: 400 } });
+      (window.cleanup ??= []).push(() => socket.disconnect());
+      socket.connect();
+      const channel = socket.channel(topic, { user: 'page' });
+      const stream = { socket, channel, joins: 0, bodies: [], recoveries: [] };
+      window.stream = stream;
+      channel.on('new_msg', ({ body }) => stream.bodies.push(body));
+      channel.onRecovery(({ recovered, position }) => stream.recoveries.push({ recovered, position }));
+      channel.join().receive('ok', () => { stream.joins += 1; });
+    }, topic);
+    await page.waitForFunction(() => window.stream.joins === 1 && window.stream.recoveries.length === 1);
+  }
+  const pageStream = () => page.evaluate(() => ({
+    bodies: window.stream.bodies,
+    recoveries: window.stream.recoveries,
+    position: window.stream.channel.position,
+    state: window.stream.channel.state,
+  }));
+
+  test('streams on Redis: every message once and in order across a restart, published elsewhere meanwhile', {
+    skip: streamsSkip,
+  }, async () => {
+    const redis = await startRedis();
+    try {
+      const args = ['--history', 'room:*', '--redis', redis.url, '--prefix', `streams${Date.now()}`];
+      channelsPort = await freePort();
+      let server = await startExample('channels', channelsPort, args);
+      servers.push(server);
+      const other = await startExample('channels', await freePort(), args);
+      servers.push(other);
+      // The publisher: this client in Node, on the other server.
+      const publisher = new Socket(`ws://127.0.0.1:${other.port}/socket`, { backoff: { baseMs: 50, maxMs: 400 } });
+      publisher.connect();
+      try {
+        const publish = publisher.channel('room:stream', { user: 'publisher' });
+        await publish.join();
+        const send = async (from, to) => {
+          for (let n = from; n <= to; n++) await publish.push('new_msg', { body: String(n) });
+        };
+        await joinInPage('room:stream');
+        await send(1, 5);
+        await page.waitForFunction(() => window.stream.bodies.length === 5);
+
+        await server.stop('SIGKILL');
+        await page.waitForFunction(() => window.stream.channel.state === 'errored');
+        await send(6, 10);
+        // Published while the server starts again and the page rejoins.
+        const restarted = startExample('channels', channelsPort, args);
+        await send(11, 15);
+        server = await restarted;
+        servers.push(server);
+        await page.waitForFunction(() => window.stream.joins === 2);
+        await send(16, 20);
+        await page.waitForFunction(() => window.stream.bodies.length >= 20);
+        // Nothing more comes: a duplicate would arrive with the rest.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const { bodies, recoveries, position } = await pageStream();
+        assert.deepEqual(bodies, Array.from({ length: 20 }, (_, i) => String(i + 1)));
+        assert.deepEqual(recoveries.map((r) => r.recovered), [false, true]);
+        assert.equal(position.offset, 20, 'one offset per message of the topic');
+        assert.equal(position.epoch, recoveries[0].position.epoch, 'the history survived the server in Redis');
+      } finally {
+        publisher.disconnect();
+      }
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  test('streams in memory: a restart is a new epoch, and the page is told it did not recover', {
+    skip: hasExample('channels') ? false : `${exampleBinary('channels')} is not built`,
+  }, async () => {
+    const args = ['--history', 'room:*'];
+    channelsPort = await freePort();
+    let server = await startExample('channels', channelsPort, args);
+    servers.push(server);
+    await joinInPage('room:memory');
+    await page.evaluate(async () => {
+      await window.stream.channel.push('new_msg', { body: 'before' });
+    });
+    await page.waitForFunction(() => window.stream.bodies.length === 1);
+    const before = await pageStream();
+    assert.equal(before.position.offset, 1);
+
+    await server.stop('SIGKILL');
+    await page.waitForFunction(() => window.stream.channel.state === 'errored');
+    server = await startExample('channels', channelsPort, args);
+    servers.push(server);
+    await page.waitForFunction(() => window.stream.joins === 2);
+    await page.evaluate(async () => {
+      await window.stream.channel.push('new_msg', { body: 'after' });
+    });
+    await page.waitForFunction(() => window.stream.bodies.length === 2);
+    const after = await pageStream();
+    assert.deepEqual(after.bodies, ['before', 'after']);
+    assert.deepEqual(after.recoveries.map((r) => r.recovered), [false, false]);
+    assert.notEqual(after.recoveries[1].position.epoch, before.position.epoch, 'a new epoch');
+    assert.deepEqual(after.position, { offset: 1, epoch: after.recoveries[1].position.epoch });
   });
 });

@@ -86,6 +86,45 @@ export async function startExample(name, port, args = []) {
   };
 }
 
+/**
+ * A private Redis on a free port, without persistence (`--save ''`): the tests that put
+ * servers on Redis touch no shared one. Resolves once it accepts TCP.
+ */
+export async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  children.add(child);
+  let stderr = '';
+  child.stderr.on('data', (chunk) => { stderr += chunk; });
+  child.once('error', (error) => { stderr += String(error); });
+  const exited = new Promise((resolve) => child.once('exit', () => {
+    children.delete(child);
+    resolve();
+  }));
+  const deadline = Date.now() + 10_000;
+  while (!(await accepts(port))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`redis-server did not start on port ${port}: ${stderr}`);
+    }
+    await sleep(20);
+  }
+  return {
+    url: `redis://127.0.0.1:${port}/`,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      return exited;
+    },
+  };
+}
+
+/** Whether `redis-server` is on the PATH. */
+export function hasRedis() {
+  return (process.env.PATH ?? '').split(':').some((dir) => dir && existsSync(join(dir, 'redis-server')));
+}
+
 // The state letter of /proc/PID/stat (R running, S sleeping, T stopped, …), after the
 // command name in parentheses, which may itself contain spaces.
 function processState(pid) {
