@@ -908,6 +908,11 @@ impl<C: Channel> DynChannel for Erased<C> {
 #[doc = include_str!("../../../../docs/channels.md")]
 pub struct ChannelsDocDoctests;
 
+/// `docs/streams.md`, compiled as a doctest so that its snippets cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../../docs/streams.md")]
+pub struct StreamsDocDoctests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
