@@ -42,6 +42,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// stream gets anywhere near it (a million messages a second for 285 years).
 const MAX_OFFSET: u64 = 1 << 53;
 
+/// The longest history kept in Redis: a larger `max_len` (`usize::MAX` for "no limit")
+/// is taken as this. 2^32 messages is more than any Redis holds, and a cap keeps the
+/// numbers the scripts get exact integers (Lua would send 1e17 to Redis as `1e+17`,
+/// which `XADD` refuses after the offset was taken).
+pub(crate) const MAX_LEN: u64 = 1 << 32;
+
+/// The longest expiry and `max_age` set in Redis: longer ones are taken as this. Ten
+/// years: no stream needs more, and `PEXPIRE` refuses an expiry that overflows Redis's
+/// clock (after the message was kept, were it not capped).
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl RedisConfig {
     /// The keys of `room`'s stream: its messages and its meta, under one hash tag.
     pub(crate) fn stream_keys(&self, room: &str) -> [String; 2] {
@@ -98,7 +109,7 @@ impl StreamPublish {
             .arg(2)
             .arg(&self.keys)
             .arg(self.candidate.to_string())
-            .arg(self.history.max_len.max(1))
+            .arg(max_len(self.history))
             .arg(max_age_ms(self.history))
             .arg(stream_ttl)
             .arg(meta_ttl)
@@ -174,18 +185,30 @@ fn malformed(what: &str) -> StreamError {
 }
 
 /// The stream's expiry (its `max_age`: a stream idle that long holds nothing young
-/// enough to read) and the meta's (that and [`META_LINGER`]), in ms.
+/// enough to read) and the meta's (that and [`META_LINGER`]), in ms, each at most
+/// [`MAX_TTL`].
 fn ttls(history: History) -> (u64, u64) {
     let stream = history.max_age.unwrap_or(IDLE_STREAM_TTL);
-    let ms = |ttl: Duration| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     (ms(stream), ms(stream.saturating_add(META_LINGER)))
 }
 
-/// `max_age` in ms, 0 for none (a `max_age` under a millisecond is taken as 1 ms).
+/// `max_age` in ms, 0 for none (a `max_age` under a millisecond is taken as 1 ms, one
+/// over [`MAX_TTL`] as that).
 fn max_age_ms(history: History) -> u64 {
-    history.max_age.map_or(0, |age| {
-        u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1)
-    })
+    history.max_age.map_or(0, ms)
+}
+
+/// A duration in ms for the scripts: at least 1, at most [`MAX_TTL`].
+fn ms(duration: Duration) -> u64 {
+    let ms = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    ms(duration).clamp(1, ms(MAX_TTL))
+}
+
+/// `max_len` for the scripts: at least 1, at most [`MAX_LEN`].
+fn max_len(history: History) -> u64 {
+    u64::try_from(history.max_len)
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_LEN)
 }
 
 /// Loads `script` into the Redis of `conn`; its SHA1, for `EVALSHA`.
@@ -280,7 +303,7 @@ impl Reads {
                 .arg(&keys)
                 .arg(Epoch::random().to_string())
                 .arg(after.min(MAX_OFFSET))
-                .arg(history.max_len.max(1))
+                .arg(max_len(history))
                 .arg(max_age_ms(history))
                 .arg(meta_ttl);
             cmd
@@ -331,6 +354,18 @@ mod tests {
         assert_eq!(max_age_ms(History::default().no_max_age()), 0);
         let tiny = History::default().max_age(Duration::from_micros(10));
         assert_eq!(max_age_ms(tiny), 1);
+    }
+
+    #[test]
+    fn lengths_and_ages_are_capped_to_what_the_scripts_take() {
+        let ms_cap = MAX_TTL.as_millis() as u64;
+        let forever = History::default().max_len(usize::MAX).max_age(Duration::MAX);
+        assert_eq!(max_len(forever), MAX_LEN);
+        assert_eq!(max_age_ms(forever), ms_cap);
+        assert_eq!(ttls(forever), (ms_cap, ms_cap));
+        assert_eq!(max_len(History::default().max_len(0)), 1);
+        // 15 digits at most, as the scripts check.
+        assert!(ms_cap.to_string().len() <= 15 && MAX_LEN.to_string().len() <= 15);
     }
 
     #[test]

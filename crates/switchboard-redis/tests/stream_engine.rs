@@ -252,6 +252,35 @@ async fn history_is_trimmed_to_max_len_in_redis() {
     assert_eq!(xlen(REDIS, &prefix).await, 1);
 }
 
+/// A generic command on the Redis at `url`.
+async fn query<T: redis::FromRedisValue>(url: &str, command: &redis::Cmd) -> T {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    command.query_async(&mut conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_history_without_limits_is_capped_not_half_published() {
+    // `usize::MAX` and `Duration::MAX` reached the scripts as `1e+19` and an expiry
+    // past Redis's clock: XADD or PEXPIRE failed after the offset was taken.
+    let (prefix, brokers) = attached(REDIS, "stream-huge", 1).await;
+    let at = &brokers[0];
+    let huge = History::default()
+        .max_len(usize::MAX)
+        .max_age(Duration::MAX);
+    let first = publish(at, "a", huge).await;
+    let second = publish(at, "b", History::default()).await;
+    assert_eq!((first.offset, second.offset), (1, 2));
+    let both = read(at, 0, huge).await;
+    assert_eq!(offsets(&both), [1, 2]);
+    assert!(both.covers(Position::new(0, both.epoch)));
+    // Unlimited age: the keys still expire, in ten years or a day.
+    publish(at, "c", huge.no_max_age()).await;
+    let stream = pttl(REDIS, format!("{{{prefix}:room:r}}:s")).await;
+    assert!(stream > 0, "{stream}");
+    assert_eq!(at.stats.lost(), 0);
+}
+
 #[tokio::test]
 async fn history_is_trimmed_by_age_and_the_keys_expire() {
     let (prefix, brokers) = attached(REDIS, "stream-max-age", 1).await;

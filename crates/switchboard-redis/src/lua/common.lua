@@ -36,3 +36,22 @@ end
 local function int(n)
   return string.format('%d', n)
 end
+
+-- Fails the script, before its first write, unless ARGV[i] is a decimal integer of at
+-- most 15 digits: exact in Lua's numbers, and accepted by every Redis command it goes
+-- to (the Rust side caps what it sends below that; see stream.rs).
+local function check_int(i)
+  local arg = ARGV[i]
+  if not string.match(arg, '^%d+$') or #arg > 15 then
+    error('ARGV[' .. i .. '] is not an integer of at most 15 digits: ' .. arg)
+  end
+  return tonumber(arg)
+end
+
+-- Fails the script, before its first write, unless ARGV[i] is an epoch (16 hex digits).
+local function check_epoch(i)
+  if not string.match(ARGV[i], '^' .. string.rep('%x', 16) .. '$') then
+    error('ARGV[' .. i .. '] is not 16 hex digits')
+  end
+  return ARGV[i]
+end

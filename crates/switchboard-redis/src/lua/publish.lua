@@ -7,7 +7,8 @@
 --   ARGV[7] the envelope's head, ARGV[8] its route (see codec.rs: the position goes
 --   between them), ARGV[9] the field that names the message's kind, ARGV[10] its payload
 -- Returns {offset, epoch}.
--- Nothing below fails once the first write is done: a script is not rolled back.
+-- A script is not rolled back: every argument is checked before the first write, and
+-- nothing after it can fail (the integers go to Redis as the strings they came as).
 
 -- A u64, big-endian: offsets stay far below 2^53, exact in Lua's numbers.
 local function u64(n)
@@ -50,11 +51,21 @@ local function trim_older(stream, cutoff)
 end
 
 local stream, meta = KEYS[1], KEYS[2]
-local max_len, max_age = tonumber(ARGV[2]), tonumber(ARGV[3])
-local epoch = current_epoch(stream, meta, ARGV[1])
+local candidate = check_epoch(1)
+local max_age = check_int(3)
+for i = 2, 5 do
+  check_int(i)
+end
+if ARGV[2] == '0' or ARGV[4] == '0' or ARGV[5] == '0' then
+  error('max_len and the expiries must be at least 1')
+end
+if ARGV[9] ~= 't' and ARGV[9] ~= 'b' then
+  error('ARGV[9] is not a kind of message')
+end
+local epoch = current_epoch(stream, meta, candidate)
 local offset = redis.call('HINCRBY', meta, 'o', 1)
 local now = now_ms()
-redis.call('XADD', stream, 'MAXLEN', max_len, int(offset) .. '-' .. int(now), ARGV[9], ARGV[10])
+redis.call('XADD', stream, 'MAXLEN', ARGV[2], int(offset) .. '-' .. int(now), ARGV[9], ARGV[10])
 if max_age > 0 then
   trim_older(stream, now - max_age)
 end

@@ -8,8 +8,14 @@
 -- ARGV[3] entries after the offset that are younger than max_age.
 
 local stream, meta = KEYS[1], KEYS[2]
-local after, max_age = tonumber(ARGV[2]), tonumber(ARGV[4])
-local epoch = current_epoch(stream, meta, ARGV[1])
+local candidate = check_epoch(1)
+local after, max_age = check_int(2), check_int(4)
+check_int(3)
+check_int(5)
+if ARGV[3] == '0' or ARGV[5] == '0' then
+  error('the count and the expiry must be at least 1')
+end
+local epoch = current_epoch(stream, meta, candidate)
 redis.call('PEXPIRE', meta, ARGV[5])
 local top = tonumber(redis.call('HGET', meta, 'o'))
 local cutoff = 0
