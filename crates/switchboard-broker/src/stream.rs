@@ -189,10 +189,15 @@ pub enum StreamError {
     /// The engine does not keep history (a broker without streams).
     #[error("this broker keeps no stream history")]
     Unsupported,
-    /// The engine could not be reached (the link is down), or its queue is full; the
-    /// message was not published.
+    /// The engine could not be reached (the link is down), its queue is full, or it
+    /// refused the publish: the message was not published.
     #[error("the stream engine is unavailable: {0}")]
     Unavailable(String),
+    /// The publish was sent but its answer never came (the link failed on the way):
+    /// it may have been published, and delivered, or not. Publishing it again may
+    /// publish it twice.
+    #[error("the stream engine did not confirm the publish: {0}")]
+    Unconfirmed(String),
     /// The engine answered with something that is not a stream.
     #[error("the stream engine answered with something unexpected: {0}")]
     Malformed(String),

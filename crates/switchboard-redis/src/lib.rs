@@ -81,7 +81,10 @@
 //!
 //! Stream publishes wait in the same queue, and go out in the same pipelines and in the
 //! same order, as the others: they are shed, lost and counted the same way, and the
-//! future of a publish lost resolves to [`StreamError::Unavailable`]. Reads
+//! future of a publish lost resolves to [`StreamError::Unavailable`] (not published).
+//! A publish sent when the link failed before its answer came resolves to
+//! [`StreamError::Unconfirmed`]: the script may have run, and the message gone to
+//! every hub, so an application that publishes it again may publish it twice. Reads
 //! ([`Broker::read_stream`]) run a second script, atomically with the epoch and the
 //! newest offset, on a connection of their own (neither the subscriber, nor the
 //! publisher, which a burst of reads would hold up), waiting at most 2 s.
@@ -503,9 +506,12 @@ impl Broker for RedisBroker {
     }
 
     /// Queues the publish script (see the crate's Delivery section) behind the
-    /// publishes already waiting: counted, shed and lost as they are, and the future
-    /// says [`StreamError::Unavailable`] for a publish lost. A message that is not text
-    /// or binary ([`StreamError::NotData`]), or not for a room
+    /// publishes already waiting: counted, shed and lost as they are. The future says
+    /// [`StreamError::Unavailable`] for a publish that was not published (shed, the
+    /// link down, refused by Redis), [`StreamError::Unconfirmed`] for one sent whose
+    /// answer was lost with the link (it may have been published: counted in
+    /// [`BrokerStats::unconfirmed`], not as lost). A message that is not text or
+    /// binary ([`StreamError::NotData`]), or not for a room
     /// ([`StreamError::NoHistory`]), is lost too.
     fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
         let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
@@ -523,8 +529,9 @@ impl Broker for RedisBroker {
         };
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| {
-                // The link task dropped it without an answer: it is gone with its hub.
-                Err(StreamError::Unavailable(
+                // The link task dropped it without an answer: it is gone with its hub,
+                // perhaps with the publish sent.
+                Err(StreamError::Unconfirmed(
                     "the link task has ended".to_owned(),
                 ))
             })
@@ -582,6 +589,7 @@ struct Counters {
     malformed: AtomicU64,
     reconnects: AtomicU64,
     pending: AtomicU64,
+    unconfirmed: AtomicU64,
 }
 
 impl BrokerStats {
@@ -615,6 +623,14 @@ impl BrokerStats {
     /// hubs published for this hub once they publish again after a gap.
     pub fn missed(&self) -> u64 {
         self.0.missed.load(Relaxed)
+    }
+
+    /// Stream publishes sent whose answer never came (the link failed on the way):
+    /// published or not, nobody knows; their futures said
+    /// [`StreamError::Unconfirmed`]. Not in [`BrokerStats::lost`] nor in
+    /// [`BrokerStats::published`].
+    pub fn unconfirmed(&self) -> u64 {
+        self.0.unconfirmed.load(Relaxed)
     }
 
     /// Messages on our channels that were not envelopes this version understands.

@@ -333,13 +333,7 @@ impl Session<'_> {
         {
             Ok(replies) => replies,
             // Reported with the outage it starts.
-            Err(error) => {
-                stats.add(&stats.0.lost, count);
-                for publish in batch {
-                    publish.lose("the link to Redis failed");
-                }
-                return Err((error, count));
-            }
+            Err(error) => return Err(self.unanswered(error, batch)),
         };
         let mut retry = Vec::new();
         for (publish, reply) in batch.into_iter().zip(replies) {
@@ -386,23 +380,43 @@ impl Session<'_> {
         }
     }
 
+    /// Answers the publishes of a pipeline whose replies never came (the link failed):
+    /// envelopes count as lost (receivers count the gap), stream publishes as
+    /// unconfirmed, since the script may have run; with the error and how many.
+    fn unanswered(&self, error: RedisError, batch: Vec<Publish>) -> (RedisError, u64) {
+        let stats = &self.task.stats;
+        let count = batch.len() as u64;
+        for publish in batch {
+            match publish {
+                Publish::Envelope { .. } => stats.count(&stats.0.lost),
+                Publish::Stream(publish) => {
+                    stats.count(&stats.0.unconfirmed);
+                    publish.answer(Err(StreamError::Unconfirmed(format!(
+                        "the link to Redis failed before Redis answered: {error}"
+                    ))));
+                }
+            }
+        }
+        (error, count)
+    }
+
     /// Loads the publish script again (Redis lost it: restarted, `SCRIPT FLUSH`, a
     /// failover) and runs the publishes that met `NOSCRIPT`, in their order.
     async fn retry(&mut self, retry: Vec<stream::StreamPublish>) -> Result<(), (RedisError, u64)> {
         let count = retry.len() as u64;
-        let lost = |error: RedisError, retry: Vec<stream::StreamPublish>| {
-            let stats = &self.task.stats;
-            stats.add(&stats.0.lost, count);
-            for publish in retry {
-                publish.answer(Err(StreamError::Unavailable(
-                    "the link to Redis failed".to_owned(),
-                )));
-            }
-            Err((error, count))
-        };
         match stream::load(&mut self.publisher, stream::PUBLISH_SCRIPT).await {
             Ok(sha) => self.publish_sha = sha,
-            Err(error) => return lost(error, retry),
+            Err(error) => {
+                // Not sent: not published.
+                let stats = &self.task.stats;
+                stats.add(&stats.0.lost, count);
+                for publish in retry {
+                    publish.answer(Err(StreamError::Unavailable(format!(
+                        "the publish script could not be loaded: {error}"
+                    ))));
+                }
+                return Err((error, count));
+            }
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -419,7 +433,10 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            Err(error) => lost(error, retry),
+            Err(error) => {
+                let retry = retry.into_iter().map(|p| Publish::Stream(Box::new(p)));
+                Err(self.unanswered(error, retry.collect()))
+            }
         }
     }
 }

@@ -396,6 +396,95 @@ async fn with_redis_down_a_publish_fails_and_is_counted_and_a_read_fails_in_time
     assert!(matches!(read, Err(StreamError::Unavailable(_))), "{read:?}");
 }
 
+/// A TCP proxy to a Redis that can swallow Redis's replies, then cut every connection:
+/// a link that fails after Redis ran a command and before its answer arrived.
+struct MuteProxy {
+    url: String,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl MuteProxy {
+    async fn start(redis_port: u16) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let mute = Arc::new(AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let (muted, cuts) = (mute.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                    .await
+                    .unwrap();
+                tokio::spawn(Self::pipe(client, server, muted.clone(), cuts.subscribe()));
+            }
+        });
+        Self { url, mute, cut }
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        mut cut: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client_in, mut client_out) = client.into_split();
+        let (mut server_in, mut server_out) = server.into_split();
+        let up = tokio::io::copy(&mut client_in, &mut server_out);
+        let down = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = server_in.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                if !mute.load(Relaxed) && client_out.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = up => {}
+            () = down => {}
+            _ = cut.wait_for(|cut| *cut) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_publish_whose_answer_is_lost_is_unconfirmed_not_unavailable() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let redis = OwnRedis::start().await;
+    let proxy = MuteProxy::start(redis.port).await;
+    let (prefix, brokers) = attached(&proxy.url, "stream-unconfirmed", 1).await;
+    let at = &brokers[0];
+    proxy.mute.store(true, Relaxed);
+    let envelope = to_room(at.node, "a".to_owned());
+    let published = at.broker.publish_stream(envelope, History::default());
+    // Redis ran the script: the offset is taken and the message published.
+    let meta = format!("{{{prefix}:room:r}}:m");
+    within("the script to run", async {
+        loop {
+            let top: Option<u64> = redis.query(redis::cmd("HGET").arg(&meta).arg("o")).await;
+            if top == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let _ = proxy.cut.send(true);
+    let answer = within("the answer", published).await;
+    assert!(
+        matches!(answer, Err(StreamError::Unconfirmed(_))),
+        "{answer:?}"
+    );
+    assert_eq!((at.stats.unconfirmed(), at.stats.lost()), (1, 0));
+}
+
 #[tokio::test]
 async fn a_publish_the_queue_sheds_fails_and_is_counted() {
     let prefix = unique_prefix("stream-shed");

@@ -107,7 +107,9 @@ impl Broadcast<'_> {
     /// ([`HubConfig::history`](super::HubConfig::history)): resolves to the position
     /// the engine gave it once numbered and kept (every member, on every hub, gets it
     /// in that order), or why it was not published ([`StreamError::Unavailable`]: the
-    /// engine's link is down). Dropping the future does not cancel the publish.
+    /// engine's link is down), or that its outcome is unknown
+    /// ([`StreamError::Unconfirmed`]: sent, but the link failed before the answer; it
+    /// may have been delivered). Dropping the future does not cancel the publish.
     ///
     /// [`StreamError::NoHistory`] for a room without history or a broadcast to all;
     /// [`StreamError::NotData`] for a control message.
