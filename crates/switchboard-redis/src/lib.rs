@@ -55,7 +55,9 @@
 //!
 //! A room that keeps history (the hub's `HubConfig::history`) is published through
 //! [`Broker::publish_stream`]: one Lua script (loaded once per link, run by
-//! `EVALSHA`, loaded again if Redis answers `NOSCRIPT`) does, in one atomic step,
+//! `EVALSHA`, loaded again if Redis answers `NOSCRIPT`, and loaded at the head of a
+//! pipeline where an envelope follows a stream publish, so that a `NOSCRIPT` retry
+//! does not put the stream publish after it) does, in one atomic step,
 //! what every hub then relies on:
 //!
 //! - takes the stream's next offset (`HINCRBY` on the stream's meta, a hash that also
@@ -80,7 +82,8 @@
 //! Cluster keeps them on one shard, where the script runs.
 //!
 //! Stream publishes wait in the same queue, and go out in the same pipelines and in the
-//! same order, as the others: they are shed, lost and counted the same way, and the
+//! same order, as the others (the one exception: a `SCRIPT FLUSH` that Redis runs in
+//! the middle of a pipeline puts the stream publishes after it behind the envelopes): they are shed, lost and counted the same way, and the
 //! future of a publish lost resolves to [`StreamError::Unavailable`] (not published).
 //! A publish sent when the link failed before its answer came resolves to
 //! [`StreamError::Unconfirmed`]: the script may have run, and the message gone to

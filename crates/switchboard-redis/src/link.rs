@@ -317,6 +317,17 @@ impl Session<'_> {
         // Each command's reply, errors included: a stream's publish may meet NOSCRIPT
         // while the others go through.
         pipe.ignore_errors();
+        // A stream publish that meets NOSCRIPT is run again after the batch: behind
+        // envelopes queued after it, were the script not loaded first. One `SCRIPT
+        // LOAD` (a no-op when Redis has it) keeps the order; only a `SCRIPT FLUSH` that
+        // lands within the pipeline can still put a stream publish after them.
+        let load = loads_first(&batch);
+        if load {
+            pipe.cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(stream::PUBLISH_SCRIPT)
+                .ignore();
+        }
         for publish in &batch {
             match publish {
                 Publish::Envelope { channel, payload } => {
@@ -439,6 +450,20 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// Whether a batch needs the publish script loaded at its head: when an envelope
+/// follows a stream publish (a batch of stream publishes alone, or with envelopes
+/// only before them, keeps its order through a NOSCRIPT retry).
+fn loads_first(batch: &[Publish]) -> bool {
+    let first_stream = batch
+        .iter()
+        .position(|publish| matches!(publish, Publish::Stream(_)));
+    first_stream.is_some_and(|first| {
+        batch[first..]
+            .iter()
+            .any(|publish| matches!(publish, Publish::Envelope { .. }))
+    })
 }
 
 /// Confirmations of (un)subscriptions on one connection.

@@ -376,6 +376,32 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
 }
 
 #[tokio::test]
+async fn a_mixed_batch_that_meets_noscript_keeps_its_order() {
+    let redis = OwnRedis::start().await;
+    let (_prefix, mut brokers) = attached(&redis.url(), "stream-noscript-mixed", 2).await;
+    let () = redis.query(redis::cmd("SCRIPT").arg("FLUSH")).await;
+    let at = &brokers[0];
+    // The current-thread runtime runs the link task only when the test awaits: the
+    // four go out in one pipeline, where the stream publishes meet NOSCRIPT.
+    let mut positions = Vec::new();
+    for i in 0..2 {
+        at.broker.publish(to_room(at.node, format!("plain {i}")));
+        let envelope = to_room(at.node, format!("stream {i}"));
+        positions.push(at.broker.publish_stream(envelope, History::default()));
+    }
+    within("the publishes", join_all(positions)).await;
+    let texts: Vec<String> = next(&mut brokers[1], 4)
+        .await
+        .iter()
+        .map(|envelope| format!("{:?}", envelope.message))
+        .collect();
+    let expected: Vec<String> = ["plain 0", "stream 0", "plain 1", "stream 1"]
+        .map(|text| format!("{:?}", Message::text(text)))
+        .into();
+    assert_eq!(texts, expected);
+}
+
+#[tokio::test]
 async fn with_redis_down_a_publish_fails_and_is_counted_and_a_read_fails_in_time() {
     let mut redis = OwnRedis::start().await;
     let (_prefix, brokers) = attached(&redis.url(), "stream-down", 1).await;
