@@ -169,16 +169,17 @@ pub struct StreamRead {
 }
 
 impl StreamRead {
-    /// Whether these entries are exactly everything after `since`: same epoch, and no
-    /// message between `since` and the first entry was trimmed.
+    /// Whether these entries are exactly everything after `since`: same epoch, and
+    /// every offset from `since + 1` to `top`, in order, with no hole (trimmed at the
+    /// start, or an entry an engine skipped).
     pub fn covers(&self, since: Position) -> bool {
         if since.epoch != self.epoch || since.offset > self.top {
             return false;
         }
-        match self.entries.first() {
-            Some(first) => first.offset == since.offset + 1,
-            None => since.offset == self.top,
-        }
+        self.top - since.offset == self.entries.len() as u64
+            && (since.offset + 1..)
+                .zip(&self.entries)
+                .all(|(offset, entry)| entry.offset == offset)
     }
 }
 
@@ -252,5 +253,7 @@ mod tests {
         assert!(!read(2, 5, &[3, 4, 5]).covers(at(2)), "another epoch");
         assert!(!read(1, 5, &[]).covers(at(7)), "a position past the top");
         assert!(!read(1, 5, &[]).covers(at(3)), "4 and 5 trimmed");
+        assert!(!read(1, 5, &[3, 5]).covers(at(2)), "a hole in the middle");
+        assert!(!read(1, 5, &[3, 4]).covers(at(2)), "short of the top");
     }
 }

@@ -314,6 +314,67 @@ async fn history_is_trimmed_by_age_and_the_keys_expire() {
     assert!(idle.covers(Position::new(5, aged.epoch)));
 }
 
+#[tokio::test]
+async fn entries_dated_out_of_order_by_a_clock_step_leave_no_hidden_hole() {
+    let (prefix, brokers) = attached(REDIS, "stream-clock", 1).await;
+    let at = &brokers[0];
+    let history = History::default().max_age(Duration::from_secs(10));
+    for i in 1..=3 {
+        publish(at, &format!("m{i}"), history).await;
+    }
+    // 4 and 5 as a clock 20 s behind would have dated them (older than max_age).
+    let (stream, meta) = (
+        format!("{{{prefix}:room:r}}:s"),
+        format!("{{{prefix}:room:r}}:m"),
+    );
+    let time: Vec<u64> = query(REDIS, &redis::cmd("TIME")).await;
+    let behind = time[0] * 1000 - 20_000;
+    for offset in 4..=5 {
+        let () = query(
+            REDIS,
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg(format!("{offset}-{behind}"))
+                .arg("t")
+                .arg(format!("m{offset}")),
+        )
+        .await;
+    }
+    let () = query(REDIS, redis::cmd("HSET").arg(&meta).arg("o").arg(5)).await;
+    // Either all five, or (had the old ones been left out) not "recovered".
+    let all = read(at, 0, history).await;
+    assert_eq!(all.top, 5);
+    assert_eq!(offsets(&all), [1, 2, 3, 4, 5]);
+    assert!(all.covers(Position::new(0, all.epoch)));
+
+    // An entry dated a minute ahead (a clock that then stepped back): the next is not
+    // dated before it.
+    let ahead = time[0] * 1000 + 60_000;
+    let () = query(
+        REDIS,
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg(format!("6-{ahead}"))
+            .arg("t")
+            .arg("m6"),
+    )
+    .await;
+    let () = query(REDIS, redis::cmd("HSET").arg(&meta).arg("o").arg(6)).await;
+    assert_eq!(publish(at, "m7", history).await.offset, 7);
+    let newest: Vec<(String, Vec<(String, String)>)> = query(
+        REDIS,
+        redis::cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1),
+    )
+    .await;
+    let dated: u64 = newest[0].0.split('-').nth(1).unwrap().parse().unwrap();
+    assert!(dated >= ahead, "{} dated before {ahead}", newest[0].0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_its_data_gives_the_stream_a_new_epoch() {
     let mut redis = OwnRedis::start().await;

@@ -64,7 +64,14 @@ if ARGV[9] ~= 't' and ARGV[9] ~= 'b' then
 end
 local epoch = current_epoch(stream, meta, candidate)
 local offset = redis.call('HINCRBY', meta, 'o', 1)
+-- Never before the newest entry's time, even if Redis's clock stepped back (or a
+-- failover brought another's): ages then only grow with offsets, so that trimming
+-- and reading by age drop a leading run and never leave a hole in the middle.
 local now = now_ms()
+local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+if newest and time_of(newest[1]) > now then
+  now = time_of(newest[1])
+end
 redis.call('XADD', stream, 'MAXLEN', ARGV[2], int(offset) .. '-' .. int(now), ARGV[9], ARGV[10])
 if max_age > 0 then
   trim_older(stream, now - max_age)

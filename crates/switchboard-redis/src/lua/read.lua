@@ -5,7 +5,9 @@
 --   ARGV[3] the most entries (the history's max_len)    ARGV[4] max_age in ms (0: none)
 --   ARGV[5] the meta's expiry in ms
 -- Returns {epoch, top, {offset, field, payload, ...}}, oldest first: the newest
--- ARGV[3] entries after the offset that are younger than max_age.
+-- ARGV[3] entries after the offset, less the leading run of those older than max_age
+-- (only a leading run: an old entry after a young one, which a clock that stepped back
+-- could leave, is kept rather than make a hole that a reader would not see).
 
 local stream, meta = KEYS[1], KEYS[2]
 local candidate = check_epoch(1)
@@ -26,9 +28,11 @@ end
 -- (its history just shortened) reads as trimmed, not as cut short at the top.
 local newest = redis.call('XREVRANGE', stream, '+', int(after + 1), 'COUNT', ARGV[3])
 local entries = {}
+local young = false
 for i = #newest, 1, -1 do
   local id, fields = newest[i][1], newest[i][2]
-  if time_of(id) >= cutoff then
+  young = young or time_of(id) >= cutoff
+  if young then
     table.insert(entries, offset_of(id))
     table.insert(entries, fields[1])
     table.insert(entries, fields[2])
