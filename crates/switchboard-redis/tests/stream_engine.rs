@@ -315,6 +315,27 @@ async fn history_is_trimmed_by_age_and_the_keys_expire() {
 }
 
 #[tokio::test]
+async fn a_meta_that_is_not_ours_is_a_lost_one_new_epoch() {
+    let (prefix, brokers) = attached(REDIS, "stream-bad-meta", 1).await;
+    let at = &brokers[0];
+    let history = History::default();
+    let meta = format!("{{{prefix}:room:r}}:m");
+    let mut epoch = publish(at, "first", history).await.epoch;
+    for (field, bad) in [("e", "not hex at all!!"), ("e", "ab"), ("o", "x1"), ("o", "1e20")] {
+        publish(at, "old", history).await;
+        let () = query(REDIS, redis::cmd("HSET").arg(&meta).arg(field).arg(bad)).await;
+        let fresh = publish(at, "new", history).await;
+        assert_eq!(fresh.offset, 1, "{field}={bad}");
+        assert_ne!(fresh.epoch, epoch, "{field}={bad}");
+        epoch = fresh.epoch;
+        let read = read(at, 0, history).await;
+        assert_eq!((read.epoch, offsets(&read)), (epoch, vec![1]), "{field}={bad}");
+        assert_eq!(read.entries[0].message, Message::text("new"));
+    }
+    assert_eq!(at.stats.lost(), 0);
+}
+
+#[tokio::test]
 async fn entries_dated_out_of_order_by_a_clock_step_leave_no_hidden_hole() {
     let (prefix, brokers) = attached(REDIS, "stream-clock", 1).await;
     let at = &brokers[0];

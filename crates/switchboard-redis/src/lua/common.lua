@@ -5,15 +5,19 @@
 --   KEYS[2] its meta, a hash: `e` the epoch (16 hex digits), `o` the newest offset.
 
 -- The stream's epoch; `candidate` when it has none (new, or its meta was lost: Redis
--- lost its data, evicted or expired the key), its offsets then starting again from 0
--- and whatever the old epoch left in the stream deleted, so that no offset of one
--- epoch is ever read as one of another.
+-- lost its data, evicted or expired the key) or one that is not what these scripts
+-- write (16 hex digits, and an offset of at most 15 digits: taken as lost too, rather
+-- than fail a script midway or frame envelopes wrong), its offsets then starting again
+-- from 0 and whatever the old epoch left in the stream deleted, so that no offset of
+-- one epoch is ever read as one of another.
 local function current_epoch(stream, meta, candidate)
-  local epoch = redis.call('HGET', meta, 'e')
-  if epoch then
+  local kept = redis.call('HMGET', meta, 'e', 'o')
+  local epoch, offset = kept[1], kept[2]
+  if epoch and offset and string.match(epoch, '^' .. string.rep('%x', 16) .. '$')
+      and string.match(offset, '^%d+$') and #offset <= 15 then
     return epoch
   end
-  redis.call('DEL', stream)
+  redis.call('DEL', stream, meta)
   redis.call('HSET', meta, 'e', candidate, 'o', 0)
   return candidate
 end
