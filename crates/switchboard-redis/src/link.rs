@@ -498,8 +498,12 @@ impl Reader {
                     };
                     // Waits while the hub is behind: the socket is not read meanwhile.
                     // Counted as missed if the link is dropped while it waits: its
-                    // number is already seen, so no gap would count it.
-                    let waiting = Undelivered(&self.stats);
+                    // number is already seen, so no gap would count it. Not a stream's:
+                    // the hub finds that offset missing and fills it from the stream.
+                    let waiting = envelope
+                        .position
+                        .is_none()
+                        .then(|| Undelivered(&self.stats));
                     let sent = self.deliveries.send(envelope).await;
                     std::mem::forget(waiting);
                     if sent.is_err() {

@@ -190,3 +190,56 @@ async fn an_output_buffer_disconnect_is_counted_as_missed_on_the_receiving_hub()
     assert!(b_stats.missed() > 0, "Redis did not cut b off");
     eprintln!("output buffer: {} missed of {sent}", b_stats.missed());
 }
+
+// Worker threads: the gated inbox blocks one while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streams_envelope_dropped_with_the_link_is_not_counted_as_missed() {
+    // The hub finds a stream's missing offsets and fills them from the stream (and
+    // counts its own losses): the broker counting them too would count a loss that
+    // never reaches a client.
+    let redis = OwnRedis::start().await;
+    let prefix = unique_prefix("dropped-stream");
+    let a = RedisBroker::new(config(&prefix).url(redis.url())).unwrap();
+    let (a_stats, a_node) = (a.stats(), NodeId::random());
+    a.start(Inbox::new(a_node, |_| true));
+    let open = Arc::new(AtomicBool::new(false));
+    let _opens = Opens(open.clone());
+    let b_config = config(&prefix).url(redis.url()).max_pending_deliveries(2);
+    let b = RedisBroker::new(b_config).unwrap();
+    let b_stats = b.stats();
+    b.start(gated_inbox(open.clone()));
+    b.subscribe("r");
+    until_ready("a", true, || a.is_ready()).await;
+    until_ready("b", true, || b.is_ready()).await;
+    subscribers_at(&redis.url(), &format!("{prefix}:room:r"), 1).await;
+    // b's hub takes none: one in its handler, two queued, the reader waiting with one
+    // more (and the rest unread).
+    let history = switchboard_broker::History::default();
+    for _ in 0..10 {
+        drop(a.publish_stream(to_room(a_node, 16), history));
+    }
+    within("a's publishes to go out", async {
+        while a_stats.published() < 10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // b's link fails while its reader waits: the publisher's connection is killed,
+    // and b's next publish finds out.
+    let kill = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .clone();
+    let _: i64 = redis.query(&kill).await;
+    b.publish(to_room(NodeId::random(), 16));
+    within("b to reconnect", async {
+        while b_stats.reconnects() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    open.store(true, Relaxed);
+    assert_eq!(b_stats.missed(), 0);
+}
