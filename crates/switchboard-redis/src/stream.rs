@@ -38,9 +38,10 @@ const META_LINGER: Duration = Duration::from_secs(24 * 3600);
 /// gives up (they join live, not recovered) rather than hang.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Offsets read after are capped here: Lua's numbers are exact up to 2^53, and no
-/// stream gets anywhere near it (a million messages a second for 285 years).
-const MAX_OFFSET: u64 = 1 << 53;
+/// Offsets read after are capped here: the largest of 15 digits (what the scripts
+/// take: below 2^53, exact in Lua's numbers), which no stream gets anywhere near (a
+/// million messages a second for 31 years).
+const MAX_OFFSET: u64 = 999_999_999_999_999;
 
 /// The longest history kept in Redis: a larger `max_len` (`usize::MAX` for "no limit")
 /// is taken as this. 2^32 messages is more than any Redis holds, and a cap keeps the
