@@ -322,6 +322,32 @@ async fn history_is_trimmed_by_age_and_the_keys_expire() {
 }
 
 #[tokio::test]
+async fn expiries_only_grow_and_a_read_alone_keeps_a_meta_a_minute() {
+    let (prefix, brokers) = attached(REDIS, "stream-expiry", 1).await;
+    let at = &brokers[0];
+    let meta = format!("{{{prefix}:room:r}}:m");
+    const DAY: i64 = 24 * 3600 * 1000;
+    // Read before any publish (a client joining a name nobody publishes to): the
+    // meta is kept a minute, not a day.
+    let hour = History::default().max_age(Duration::from_secs(3600));
+    read(at, 0, hour).await;
+    let left = pttl(REDIS, meta.clone()).await;
+    assert!(0 < left && left <= 60_000, "{left}");
+    // The first publish gives it its full expiry.
+    publish(at, "a", hour).await;
+    let left = pttl(REDIS, meta.clone()).await;
+    assert!(left > DAY + 3_500_000, "{left}");
+    // A read, or a publish, with a shorter history does not shorten it.
+    let second = History::default().max_age(Duration::from_secs(1));
+    read(at, 0, second).await;
+    publish(at, "b", second).await;
+    let left = pttl(REDIS, meta.clone()).await;
+    assert!(left > DAY + 3_500_000, "{left}");
+    let stream = pttl(REDIS, format!("{{{prefix}:room:r}}:s")).await;
+    assert!(stream > 3_500_000, "{stream}");
+}
+
+#[tokio::test]
 async fn a_meta_that_is_not_ours_is_a_lost_one_new_epoch() {
     let (prefix, brokers) = attached(REDIS, "stream-bad-meta", 1).await;
     let at = &brokers[0];

@@ -22,6 +22,17 @@ local function current_epoch(stream, meta, candidate)
   return candidate
 end
 
+-- Sets `key` to expire in `ttl` ms unless it already lives longer: an expiry only ever
+-- grows, so that a publish or read with a shorter history (another hub's config, a
+-- read's) never cuts a stream's life short. PTTL first rather than `PEXPIRE GT`, which
+-- needs Redis 7: streams need only Redis 5.
+local function extend(key, ttl)
+  local left = redis.call('PTTL', key)
+  if left == -1 or left < tonumber(ttl) then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
 -- Redis's clock, in milliseconds: one clock for every hub.
 local function now_ms()
   local time = redis.call('TIME')

@@ -3,7 +3,7 @@
 -- the keys' expiry, and the message sent on the room's channel with its position.
 --   ARGV[1] a new epoch, used if the stream has none    ARGV[2] max_len (>= 1)
 --   ARGV[3] max_age in ms (0: none)     ARGV[4] the stream's expiry in ms
---   ARGV[5] the meta's expiry in ms     ARGV[6] the room's channel
+--   ARGV[5] the meta's expiry in ms (both only ever extended)    ARGV[6] the room's channel
 --   ARGV[7] the envelope's head, ARGV[8] its route (see codec.rs: the position goes
 --   between them), ARGV[9] the field that names the message's kind, ARGV[10] its payload
 -- Returns {offset, epoch}.
@@ -76,7 +76,7 @@ redis.call('XADD', stream, 'MAXLEN', ARGV[2], int(offset) .. '-' .. int(now), AR
 if max_age > 0 then
   trim_older(stream, now - max_age)
 end
-redis.call('PEXPIRE', stream, ARGV[4])
-redis.call('PEXPIRE', meta, ARGV[5])
+extend(stream, ARGV[4])
+extend(meta, ARGV[5])
 redis.call('PUBLISH', ARGV[6], ARGV[7] .. u64(offset) .. from_hex(epoch) .. ARGV[8] .. ARGV[10])
 return {offset, epoch}

@@ -3,7 +3,10 @@
 -- exactly those up to that offset.
 --   ARGV[1] a new epoch, used if the stream has none    ARGV[2] the offset to read after
 --   ARGV[3] the most entries (the history's max_len)    ARGV[4] max_age in ms (0: none)
---   ARGV[5] the meta's expiry in ms
+--   ARGV[5] the meta's expiry in ms, once the stream has had a message; before, the
+--   meta lives a minute past its last read (so that clients reading rooms that never
+--   get a message, any name they like, do not fill Redis), and the first publish gives
+--   it its full expiry. Expiries are only ever extended.
 -- Returns {epoch, top, {offset, field, payload, ...}}, oldest first: the newest
 -- ARGV[3] entries after the offset, less the leading run of those older than max_age
 -- (only a leading run: an old entry after a young one, which a clock that stepped back
@@ -18,8 +21,12 @@ if ARGV[3] == '0' or ARGV[5] == '0' then
   error('the count and the expiry must be at least 1')
 end
 local epoch = current_epoch(stream, meta, candidate)
-redis.call('PEXPIRE', meta, ARGV[5])
 local top = tonumber(redis.call('HGET', meta, 'o'))
+if top > 0 then
+  extend(meta, ARGV[5])
+else
+  extend(meta, math.min(60000, tonumber(ARGV[5])))
+end
 local cutoff = 0
 if max_age > 0 then
   cutoff = now_ms() - max_age
