@@ -392,8 +392,10 @@ impl RedisBroker {
             .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
+        let stats = BrokerStats::default();
+        let reads = stream::Reads::new(client.clone(), config.clone(), stats.clone());
         Ok(Self {
-            reads: Arc::new(stream::Reads::new(client.clone(), config.clone())),
+            reads: Arc::new(reads),
             config,
             client,
             publishes,
@@ -401,7 +403,7 @@ impl RedisBroker {
             rooms: Arc::default(),
             pending: Mutex::new(Some((None, receiver))),
             runtime: Handle::try_current().ok(),
-            stats: BrokerStats::default(),
+            stats,
             // Not before the hub's own channels are subscribed, once a hub takes it.
             ready: Arc::new(AtomicBool::new(false)),
         })
@@ -636,7 +638,9 @@ impl BrokerStats {
         self.0.unconfirmed.load(Relaxed)
     }
 
-    /// Messages on our channels that were not envelopes this version understands.
+    /// Messages on our channels that were not envelopes this version understands, and
+    /// entries of a stream that were not messages (skipped by the read, a hole that
+    /// makes the read not cover what came before them).
     pub fn malformed(&self) -> u64 {
         self.0.malformed.load(Relaxed)
     }

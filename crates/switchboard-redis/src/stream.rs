@@ -6,7 +6,7 @@
 //! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
 //! Cluster keeps them on one shard, the one the scripts run on.
 
-use crate::{RedisConfig, codec};
+use crate::{BrokerStats, RedisConfig, codec};
 use redis::{Client, Cmd, RedisResult, Value, aio::MultiplexedConnection};
 use std::time::Duration;
 use switchboard_broker::{
@@ -142,8 +142,11 @@ pub(crate) fn position_of(reply: Value) -> Result<Position, StreamError> {
     }
 }
 
-/// The read script's reply, `{epoch, top, {offset, field, payload, ...}}`.
-fn read_of(reply: Value) -> Result<StreamRead, StreamError> {
+/// The read script's reply, `{epoch, top, {offset, field, payload, ...}}`, and how
+/// many entries were skipped for not being a message (text that is not UTF-8, an
+/// unknown kind: written by something else): a hole, which
+/// [`StreamRead::covers`] sees, rather than a stream no read gets past.
+fn read_of(reply: Value) -> Result<(StreamRead, u64), StreamError> {
     let Value::Array(items) = reply else {
         return Err(malformed("the read reply is not an array"));
     };
@@ -155,6 +158,7 @@ fn read_of(reply: Value) -> Result<StreamRead, StreamError> {
     };
     let top = u64::try_from(top).map_err(|_| malformed("a negative top"))?;
     let mut entries = Vec::with_capacity(flat.len() / 3);
+    let mut skipped = 0;
     let mut flat = flat.into_iter();
     while let Some(offset) = flat.next() {
         let (Value::Int(offset), Some(Value::BulkString(field)), Some(Value::BulkString(data))) =
@@ -163,15 +167,20 @@ fn read_of(reply: Value) -> Result<StreamRead, StreamError> {
             return Err(malformed("an entry is not {offset, field, payload}"));
         };
         let offset = u64::try_from(offset).map_err(|_| malformed("a negative offset"))?;
-        let message =
-            codec::stream_message(&field, data).map_err(|error| malformed(&error.to_string()))?;
-        entries.push(StreamEntry { offset, message });
+        match codec::stream_message(&field, data) {
+            Ok(message) => entries.push(StreamEntry { offset, message }),
+            Err(error) => {
+                skipped += 1;
+                tracing::warn!(offset, %error, "skipped a stream entry that is not a message");
+            }
+        }
     }
-    Ok(StreamRead {
+    let read = StreamRead {
         epoch: epoch_of(&epoch)?,
         top,
         entries,
-    })
+    };
+    Ok((read, skipped))
 }
 
 fn epoch_of(hex: &[u8]) -> Result<Epoch, StreamError> {
@@ -234,15 +243,18 @@ pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
 pub(crate) struct Reads {
     client: Client,
     config: RedisConfig,
+    /// Counts the entries skipped as malformed.
+    stats: BrokerStats,
     /// The connection and the read script's SHA1 on it.
     open: Mutex<Option<(MultiplexedConnection, String)>>,
 }
 
 impl Reads {
-    pub(crate) fn new(client: Client, config: RedisConfig) -> Self {
+    pub(crate) fn new(client: Client, config: RedisConfig, stats: BrokerStats) -> Self {
         Self {
             client,
             config,
+            stats,
             open: Mutex::new(None),
         }
     }
@@ -286,6 +298,10 @@ impl Reads {
         }
         .map_err(|error| StreamError::Unavailable(error.to_string()))
         .and_then(read_of)
+        .map(|(read, skipped)| {
+            self.stats.add(&self.stats.0.malformed, skipped);
+            read
+        })
     }
 
     async fn read_on_connection(
@@ -360,7 +376,9 @@ mod tests {
     #[test]
     fn lengths_and_ages_are_capped_to_what_the_scripts_take() {
         let ms_cap = MAX_TTL.as_millis() as u64;
-        let forever = History::default().max_len(usize::MAX).max_age(Duration::MAX);
+        let forever = History::default()
+            .max_len(usize::MAX)
+            .max_age(Duration::MAX);
         assert_eq!(max_len(forever), MAX_LEN);
         assert_eq!(max_age_ms(forever), ms_cap);
         assert_eq!(ttls(forever), (ms_cap, ms_cap));
@@ -398,7 +416,7 @@ mod tests {
             |flat: Vec<Value>| Value::Array(vec![epoch(), Value::Int(9), Value::Array(flat)]);
         let good = read([entry(8, b"t", b"hi"), entry(9, b"b", b"\xff")].concat());
         assert_eq!(
-            read_of(good),
+            read_of(good).map(|(read, _)| read),
             Ok(StreamRead {
                 epoch: Epoch::from_u64(0xab),
                 top: 9,
@@ -414,13 +432,25 @@ mod tests {
                 ],
             })
         );
+        // An entry that is not a message is skipped, and counted: a hole.
+        let skips = read(
+            [
+                entry(7, b"t", b"\xff"),
+                entry(8, b"?", b""),
+                entry(9, b"t", b"ok"),
+            ]
+            .concat(),
+        );
+        let (skipping, skipped) = read_of(skips).unwrap();
+        assert_eq!(skipped, 2);
+        assert_eq!(skipping.entries.len(), 1);
+        assert!(!skipping.covers(Position::new(6, skipping.epoch)));
+        assert!(skipping.covers(Position::new(8, skipping.epoch)));
         let mut cut = entry(8, b"t", b"hi");
         cut.pop();
         for bad in [
             Value::Nil,
             read(cut),
-            read(entry(8, b"t", b"\xff")),
-            read(entry(8, b"?", b"")),
             read(entry(-8, b"t", b"")),
             Value::Array(vec![epoch(), Value::Int(-1), Value::Array(vec![])]),
         ] {

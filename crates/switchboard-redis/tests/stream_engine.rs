@@ -354,7 +354,12 @@ async fn a_meta_that_is_not_ours_is_a_lost_one_new_epoch() {
     let history = History::default();
     let meta = format!("{{{prefix}:room:r}}:m");
     let mut epoch = publish(at, "first", history).await.epoch;
-    for (field, bad) in [("e", "not hex at all!!"), ("e", "ab"), ("o", "x1"), ("o", "1e20")] {
+    for (field, bad) in [
+        ("e", "not hex at all!!"),
+        ("e", "ab"),
+        ("o", "x1"),
+        ("o", "1e20"),
+    ] {
         publish(at, "old", history).await;
         let () = query(REDIS, redis::cmd("HSET").arg(&meta).arg(field).arg(bad)).await;
         let fresh = publish(at, "new", history).await;
@@ -362,7 +367,11 @@ async fn a_meta_that_is_not_ours_is_a_lost_one_new_epoch() {
         assert_ne!(fresh.epoch, epoch, "{field}={bad}");
         epoch = fresh.epoch;
         let read = read(at, 0, history).await;
-        assert_eq!((read.epoch, offsets(&read)), (epoch, vec![1]), "{field}={bad}");
+        assert_eq!(
+            (read.epoch, offsets(&read)),
+            (epoch, vec![1]),
+            "{field}={bad}"
+        );
         assert_eq!(read.entries[0].message, Message::text("new"));
     }
     assert_eq!(at.stats.lost(), 0);
