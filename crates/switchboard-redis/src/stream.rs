@@ -8,7 +8,7 @@
 
 use crate::{BrokerStats, RedisConfig, codec};
 use redis::{Client, Cmd, RedisResult, Value, aio::MultiplexedConnection};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use switchboard_broker::{
     Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead, Target,
 };
@@ -37,6 +37,11 @@ const META_LINGER: Duration = Duration::from_secs(24 * 3600);
 /// How long a read waits for Redis: a hub's recovery of its clients waits on it, and
 /// gives up (they join live, not recovered) rather than hang.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long opening the reads' connection may take, of [`READ_TIMEOUT`]: half, so
+/// that a read that opened one still has time for its script; and how long reads fail
+/// at once after a failure to open one.
+const READ_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Offsets read after are capped here: the largest of 15 digits (what the scripts
 /// take: below 2^53, exact in Lua's numbers), which no stream gets anywhere near (a
@@ -245,8 +250,26 @@ pub(crate) struct Reads {
     config: RedisConfig,
     /// Counts the entries skipped as malformed.
     stats: BrokerStats,
-    /// The connection and the read script's SHA1 on it.
-    open: Mutex<Option<(MultiplexedConnection, String)>>,
+    /// The connection open (if any), and when opening one last failed.
+    slot: std::sync::Mutex<Slot>,
+    /// Held while a connection is opened: one at a time, the others wait for it.
+    opening: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    open: Option<Open>,
+    /// Numbers the connections, so that a read drops only the one it found failed.
+    generation: u64,
+    failed: Option<Instant>,
+}
+
+/// A connection with the read script's SHA1 on it.
+#[derive(Debug, Clone)]
+struct Open {
+    conn: MultiplexedConnection,
+    sha: String,
+    generation: u64,
 }
 
 impl Reads {
@@ -255,24 +278,26 @@ impl Reads {
             client,
             config,
             stats,
-            open: Mutex::new(None),
+            slot: std::sync::Mutex::default(),
+            opening: Mutex::new(()),
         }
     }
 
-    /// `room`'s stream after `after`, waiting at most [`READ_TIMEOUT`].
+    /// `room`'s stream after `after`, waiting at most [`READ_TIMEOUT`]; the connection
+    /// it waited on is dropped (the next read opens another) if Redis did not answer.
     pub(crate) async fn read(
         &self,
         room: &str,
         after: u64,
         history: History,
     ) -> Result<StreamRead, StreamError> {
-        match tokio::time::timeout(READ_TIMEOUT, self.read_now(room, after, history)).await {
+        let mut used = None;
+        let read = self.read_now(room, after, history, &mut used);
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(read) => read,
             Err(_) => {
-                // The connection may be stuck: the next read opens another (unless a
-                // read is opening one now).
-                if let Ok(mut open) = self.open.try_lock() {
-                    *open = None;
+                if let Some(generation) = used {
+                    self.drop_connection(generation);
                 }
                 Err(StreamError::Unavailable(format!(
                     "Redis did not answer a read within {READ_TIMEOUT:?}"
@@ -288,20 +313,21 @@ impl Reads {
         room: &str,
         after: u64,
         history: History,
+        used: &mut Option<u64>,
     ) -> Result<StreamRead, StreamError> {
-        match self.read_on_connection(room, after, history).await {
-            Err(error) if error.code().is_none() => {
-                *self.open.lock().await = None;
-                self.read_on_connection(room, after, history).await
-            }
-            read => read,
+        let mut read = self.read_on_connection(room, after, history, used).await;
+        if let (Err(error), Some(generation)) = (&read, *used)
+            && error.code().is_none()
+        {
+            self.drop_connection(generation);
+            read = self.read_on_connection(room, after, history, used).await;
         }
-        .map_err(|error| StreamError::Unavailable(error.to_string()))
-        .and_then(read_of)
-        .map(|(read, skipped)| {
-            self.stats.add(&self.stats.0.malformed, skipped);
-            read
-        })
+        read.map_err(|error| StreamError::Unavailable(error.to_string()))
+            .and_then(read_of)
+            .map(|(read, skipped)| {
+                self.stats.add(&self.stats.0.malformed, skipped);
+                read
+            })
     }
 
     async fn read_on_connection(
@@ -309,8 +335,10 @@ impl Reads {
         room: &str,
         after: u64,
         history: History,
+        used: &mut Option<u64>,
     ) -> RedisResult<Value> {
-        let (mut conn, sha) = self.connection().await?;
+        let mut open = self.connection().await?;
+        *used = Some(open.generation);
         let keys = self.config.stream_keys(room);
         let (_, meta_ttl) = ttls(history);
         let invocation = |sha: &str| {
@@ -325,27 +353,90 @@ impl Reads {
                 .arg(meta_ttl);
             cmd
         };
-        match invocation(&sha).query_async(&mut conn).await {
+        match invocation(&open.sha).query_async(&mut open.conn).await {
             Err(error) if is_noscript(&error) => {
-                let sha = load(&mut conn, READ_SCRIPT).await?;
-                *self.open.lock().await = Some((conn.clone(), sha.clone()));
-                invocation(&sha).query_async(&mut conn).await
+                let sha = load(&mut open.conn, READ_SCRIPT).await?;
+                if let Some(kept) = self.slot().open.as_mut()
+                    && kept.generation == open.generation
+                {
+                    kept.sha.clone_from(&sha);
+                }
+                invocation(&sha).query_async(&mut open.conn).await
             }
             reply => reply,
         }
     }
 
-    /// The open connection, or a new one with the read script loaded.
-    async fn connection(&self) -> RedisResult<(MultiplexedConnection, String)> {
-        let mut open = self.open.lock().await;
-        if let Some(open) = open.as_ref() {
-            return Ok(open.clone());
+    /// The open connection, or a new one with the read script loaded, opened within
+    /// [`READ_CONNECT_TIMEOUT`]. After a failure to open one, reads fail at once for
+    /// that long: a recovery of many clients while Redis is unreachable fails fast
+    /// rather than queue behind one connect after another.
+    async fn connection(&self) -> RedisResult<Open> {
+        if let Some(open) = self.slot().open.clone() {
+            return Ok(open);
         }
-        let mut conn = self.client.get_multiplexed_async_connection().await?;
-        let sha = load(&mut conn, READ_SCRIPT).await?;
-        *open = Some((conn.clone(), sha.clone()));
-        Ok((conn, sha))
+        let _opening = self.opening.lock().await;
+        {
+            let slot = self.slot();
+            if let Some(open) = slot.open.clone() {
+                return Ok(open);
+            }
+            if slot
+                .failed
+                .is_some_and(|failed| failed.elapsed() < READ_CONNECT_TIMEOUT)
+            {
+                return Err(unreachable("Redis was unreachable a moment ago"));
+            }
+        }
+        let opened = tokio::time::timeout(READ_CONNECT_TIMEOUT, async {
+            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            let sha = load(&mut conn, READ_SCRIPT).await?;
+            RedisResult::Ok((conn, sha))
+        })
+        .await
+        .unwrap_or_else(|_| Err(unreachable("Redis did not answer a connect in time")));
+        let mut slot = self.slot();
+        match opened {
+            Ok((conn, sha)) => {
+                slot.generation += 1;
+                let open = Open {
+                    conn,
+                    sha,
+                    generation: slot.generation,
+                };
+                slot.open = Some(open.clone());
+                slot.failed = None;
+                Ok(open)
+            }
+            Err(error) => {
+                slot.failed = Some(Instant::now());
+                Err(error)
+            }
+        }
     }
+
+    /// Drops connection `generation` if it is still the open one (not one another
+    /// read opened since).
+    fn drop_connection(&self, generation: u64) {
+        let mut slot = self.slot();
+        if slot
+            .open
+            .as_ref()
+            .is_some_and(|open| open.generation == generation)
+        {
+            slot.open = None;
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn unreachable(why: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, why))
 }
 
 #[cfg(test)]

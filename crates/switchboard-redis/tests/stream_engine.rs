@@ -635,6 +635,35 @@ async fn a_publish_whose_answer_is_lost_is_unconfirmed_not_unavailable() {
     assert_eq!((at.stats.unconfirmed(), at.stats.lost()), (1, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stuck_on_a_frozen_redis_gives_up_and_the_next_reads_use_a_new_connection() {
+    let redis = OwnRedis::start().await;
+    let (_prefix, brokers) = attached(&redis.url(), "stream-frozen", 1).await;
+    let at = &brokers[0];
+    let history = History::default();
+    publish(at, "a", history).await;
+    read(at, 0, history).await;
+    redis.pause();
+    let stuck = within("a read", at.broker.read_stream("r", 0, history)).await;
+    assert!(
+        matches!(stuck, Err(StreamError::Unavailable(_))),
+        "{stuck:?}"
+    );
+    // Many at once while it stays frozen: each gives up, none hangs.
+    let reads = (0..20).map(|_| at.broker.read_stream("r", 0, history));
+    for read in within("20 reads", join_all(reads)).await {
+        assert!(matches!(read, Err(StreamError::Unavailable(_))), "{read:?}");
+    }
+    redis.resume();
+    // The stuck connection was dropped: a read works again once Redis answers.
+    within("a read after the thaw", async {
+        while at.broker.read_stream("r", 0, history).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_publish_the_queue_sheds_fails_and_is_counted() {
     let prefix = unique_prefix("stream-shed");
