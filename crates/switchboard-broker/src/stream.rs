@@ -108,7 +108,7 @@ pub struct History {
     pub max_len: usize,
     /// How long a message is kept; `None` keeps it until [`History::max_len`] trims it.
     /// An engine that stores streams elsewhere also forgets a stream that has had no
-    /// message for this long.
+    /// message for this long (Redis: for a day when `None`, and caps it at ten years).
     ///
     /// Default 5 minutes: a reconnect (a restart, a network change, a laptop waking)
     /// recovers; a client gone longer is told it did not and reloads its state.
@@ -137,7 +137,9 @@ impl History {
         self
     }
 
-    /// Keeps messages until [`History::max_len`] trims them, however old.
+    /// Keeps messages until [`History::max_len`] trims them, however old, while the
+    /// stream is in use: the Redis engine still drops a stream that had no message for
+    /// a day.
     pub fn no_max_age(mut self) -> Self {
         self.max_age = None;
         self

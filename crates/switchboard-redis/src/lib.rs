@@ -66,13 +66,16 @@
 //!   persistence, `FLUSHALL`, an evicted key) therefore gives the stream a new epoch,
 //!   and what an old epoch left behind is deleted with it;
 //! - keeps the message in a Redis stream under the id `<offset>-<Redis time in ms>`
-//!   (ordered by offset, and dated for the age limit, with nothing more per entry than
-//!   the payload under a field `t` or `b` for its kind), trimmed to the history's
-//!   `max_len` and, counting from Redis's clock, to its `max_age`;
-//! - sets the keys' expiry: the stream's to `max_age` (an idle stream holds nothing
-//!   young enough to read; a day without `max_age`), the meta's a day longer, so that a
-//!   client that had seen everything of a room that went quiet still recovers (nothing
-//!   missed) instead of being told to reload for a new epoch;
+//!   (ordered by offset, and dated for the age limit, never before the newest entry
+//!   should Redis's clock step back, with nothing more per entry than the payload under
+//!   a field `t` or `b` for its kind), trimmed to the history's `max_len` (capped at
+//!   2^32) and, counting from Redis's clock, to its `max_age` (capped at ten years);
+//! - sets the keys' expiry, only ever extending it: the stream's to `max_age` (an idle
+//!   stream holds nothing young enough to read; a day without `max_age`, so that even
+//!   `History::no_max_age` forgets a stream idle for a day), the meta's a day longer,
+//!   so that a client that had seen everything of a room that went quiet still
+//!   recovers (nothing missed) instead of being told to reload for a new epoch (a meta
+//!   only read, never published to, lives a minute past its last read);
 //! - publishes the envelope, with its position, on the room's channel, so that every
 //!   hub subscribed to the room, the publishing one included, is handed the room's
 //!   messages in offset order.
