@@ -211,6 +211,9 @@ struct State {
     /// after it is in the tail, or trimmed by the same bound the engine applies, so a
     /// position at or after it that the tail does not cover cannot be recovered.
     complete_after: Option<u64>,
+    /// Counts the resets (a new epoch): a read started before one answers for a
+    /// history that is gone, and is read again rather than merged.
+    generation: u64,
 }
 
 struct Kept {
@@ -669,6 +672,7 @@ impl State {
     }
 
     fn reset(&mut self, epoch: Epoch, last: u64) {
+        self.generation += 1;
         self.epoch = Some(epoch);
         self.last = last;
         self.tail.clear();
@@ -872,7 +876,7 @@ fn frame(cell: &Cell, message: &Message, offset: u64, epoch: Epoch) -> Message {
 /// is wanted; tells the joiners after each.
 async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
     loop {
-        let (after, number) = {
+        let (after, number, generation) = {
             let mut state = lock(&cell.state);
             state.in_flight = state.wanted.take();
             let Some(after) = state.in_flight else {
@@ -880,7 +884,7 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
                 return;
             };
             state.started += 1;
-            (after, state.started)
+            (after, state.started, state.generation)
         };
         let Some(inner) = hub.upgrade() else { return };
         let hub = Hub::from_inner(inner);
@@ -892,6 +896,14 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
         {
             let mut state = lock(&cell.state);
             state.in_flight = None;
+            if state.generation != generation {
+                // The stream started over while it was read (a live message of a new
+                // epoch): this answer may be of the old one. Read again.
+                state.wanted = Some(state.wanted.map_or(after, |wanted| wanted.min(after)));
+                drop(state);
+                cell.read_done.notify_waiters();
+                continue;
+            }
             state.done = number;
             state.failed = result.is_err();
             match result {
@@ -932,6 +944,20 @@ mod tests {
         engine: MemoryBroker,
         gate: Arc<tokio::sync::Semaphore>,
         reads: Arc<AtomicUsize>,
+        /// Whether the engine answers before the gate (the answer then travels while
+        /// the stream changes) rather than after it.
+        stale: bool,
+    }
+
+    impl SlowReads {
+        fn new(engine: MemoryBroker, gate: &Arc<tokio::sync::Semaphore>) -> Self {
+            Self {
+                engine,
+                gate: gate.clone(),
+                reads: Arc::default(),
+                stale: false,
+            }
+        }
     }
 
     impl super::super::Broker for SlowReads {
@@ -963,7 +989,13 @@ mod tests {
             self.reads.fetch_add(1, Relaxed);
             let read = self.engine.read_stream(room, after, history);
             let gate = self.gate.clone();
+            let stale = self.stale;
             Box::pin(async move {
+                if stale {
+                    let answer = read.await;
+                    let _open = gate.acquire().await;
+                    return answer;
+                }
                 let _open = gate.acquire().await;
                 read.await
             })
@@ -977,11 +1009,8 @@ mod tests {
         let publisher = hub(&network, history);
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let reads = Arc::new(AtomicUsize::new(0));
-        let slow = SlowReads {
-            engine: network.broker(),
-            gate: gate.clone(),
-            reads: reads.clone(),
-        };
+        let mut slow = SlowReads::new(network.broker(), &gate);
+        slow.reads = reads.clone();
         let cold = Hub::with_broker(HubConfig::default().history("s*", history), slow);
         let mut since = None;
         for i in 0..50 {
@@ -1022,6 +1051,37 @@ mod tests {
         let recovery = cold.join_from(late.conn(), "s", since).await.unwrap();
         assert_eq!(recovery.missed, 49);
         assert_eq!(reads.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_answered_before_the_stream_started_over_is_read_again() {
+        let network = MemoryNetwork::new().max_streams(1);
+        let publisher = hub(&network, History::default());
+        let old = publisher.to("s").publish("m1").await.unwrap();
+        publisher.to("s").publish("m2").await.unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut slow = SlowReads::new(network.broker(), &gate);
+        slow.stale = true;
+        let reads = slow.reads.clone();
+        let cold = Hub::with_broker(HubConfig::default().history("s*", History::default()), slow);
+        let joiner = admitted(&cold);
+        let join = tokio::spawn({
+            let (cold, conn) = (cold.clone(), joiner.conn().clone());
+            async move { cold.join_from(&conn, "s", old).await }
+        });
+        while reads.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        // The engine answered {old epoch, top 2}; then the stream is forgotten and
+        // starts over, and its first message reaches the hub before that answer.
+        publisher.to("sx").publish("x").await.unwrap();
+        let new = publisher.to("s").publish("n1").await.unwrap();
+        assert_ne!(new.epoch, old.epoch);
+        gate.add_permits(10);
+        let recovery = join.await.unwrap().unwrap();
+        assert!(!recovery.recovered, "the old epoch's history is gone");
+        assert_eq!(recovery.position, new);
     }
 
     #[tokio::test]
@@ -1123,11 +1183,7 @@ mod tests {
         assert_eq!(states(&hub), 0, "the room emptied");
         // A joiner that ends while the engine reads leaves nothing behind either.
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let slow = SlowReads {
-            engine: network.broker(),
-            gate: gate.clone(),
-            reads: Arc::default(),
-        };
+        let slow = SlowReads::new(network.broker(), &gate);
         let slow = Hub::with_broker(HubConfig::default().history("s", History::default()), slow);
         let leaving = admitted(&slow);
         let since = Position::new(0, Epoch::from_u64(1));
