@@ -1,6 +1,6 @@
 //! Broadcasts: one message to many connections, encoded once.
 
-use super::{ConnectionId, Envelope, Hub, Target, Unsent, outgoing::Outgoing};
+use super::{Connection, ConnectionId, Envelope, Hub, Target, Unsent, outgoing::Outgoing};
 use std::task::{Context, Poll, Waker};
 use switchboard_broker::{Position, StreamError, StreamFuture};
 use switchboard_proto::Message;
@@ -149,10 +149,6 @@ impl Broadcast<'_> {
 /// leaves and registrations go on during the fan-out, which is ordered after them or
 /// before them as a whole by the moment of that snapshot.
 pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
-    let mut frame = Outgoing::new(envelope.message.clone());
-    if hub.instruments().is_some() {
-        frame = frame.stamped(hub.now_micros());
-    }
     let mut report = BroadcastReport::default();
     let recipients = match &envelope.target {
         Target::All => hub.read().connections.snapshot(),
@@ -162,14 +158,30 @@ pub(crate) fn deliver_local(hub: &Hub, envelope: &Envelope) -> BroadcastReport {
         },
         Target::Connection(id) => {
             if let Some(conn) = hub.connection(*id) {
-                report.count(conn.enqueue(&frame));
+                report.count(conn.enqueue(&frame(hub, envelope)));
             }
             return report;
         }
         // For the hubs themselves, not their connections (see `cluster`).
         Target::Node(_) | Target::Nodes => return report,
     };
-    for conn in recipients.iter() {
+    fan_out(hub, envelope, &recipients)
+}
+
+fn frame(hub: &Hub, envelope: &Envelope) -> Outgoing {
+    let frame = Outgoing::new(envelope.message.clone());
+    match hub.instruments() {
+        Some(_) => frame.stamped(hub.now_micros()),
+        None => frame,
+    }
+}
+
+/// Queues an envelope's message for `recipients` (a snapshot of the registry), but
+/// the one it leaves out.
+pub(crate) fn fan_out(hub: &Hub, envelope: &Envelope, recipients: &[Connection]) -> BroadcastReport {
+    let frame = frame(hub, envelope);
+    let mut report = BroadcastReport::default();
+    for conn in recipients {
         if Some(conn.id()) != envelope.except {
             report.count(conn.enqueue(&frame));
         }

@@ -32,7 +32,10 @@
 //! time per stream, each from the lowest offset asked meanwhile, and what they return
 //! stays in the tail for the joiners that follow.
 
-use super::{Connection, ConnectionId, Envelope, Hub, JoinError, Target, broadcast::deliver_local};
+use super::{
+    Connection, ConnectionId, Envelope, Hub, JoinError, Target,
+    broadcast::{deliver_local, fan_out},
+};
 use crate::sync::{lock, read, write};
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -528,7 +531,7 @@ impl Hub {
         );
         for cell in cells {
             let mut state = lock(&cell.state);
-            if state.epoch.is_some() {
+            if state.epoch.is_some() && !cell.retired.load(Relaxed) {
                 let last = state.last;
                 self.want_read(&cell, &mut state, last);
             }
@@ -704,7 +707,20 @@ impl State {
             message,
             position: Some(position),
         };
-        deliver_local(hub, &envelope);
+        // The members are looked up under the registry's lock, which retiring a state
+        // takes too: a retired state reaches no one, not even the members that joined
+        // through its successor (which got this message from it, or from a read).
+        let recipients = {
+            let registry = hub.read();
+            if cell.retired.load(Relaxed) {
+                return;
+            }
+            match registry.rooms.get(&*cell.room) {
+                Some(members) => members.snapshot(),
+                None => return,
+            }
+        };
+        fan_out(hub, &envelope, &recipients);
     }
 
     fn keep(&mut self, cell: &Cell, offset: u64, message: Message, at: Instant) {
@@ -888,6 +904,10 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
         };
         let Some(inner) = hub.upgrade() else { return };
         let hub = Hub::from_inner(inner);
+        if cell.retired.load(Relaxed) {
+            // Its room emptied: nobody waits for this read.
+            return;
+        }
         hub.streams().reads.fetch_add(1, Relaxed);
         let result = hub
             .broker()
@@ -896,6 +916,10 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
         {
             let mut state = lock(&cell.state);
             state.in_flight = None;
+            if cell.retired.load(Relaxed) {
+                state.reading = false;
+                return;
+            }
             if state.generation != generation {
                 // The stream started over while it was read (a live message of a new
                 // epoch): this answer may be of the old one. Read again.
@@ -1082,6 +1106,23 @@ mod tests {
         let recovery = join.await.unwrap().unwrap();
         assert!(!recovery.recovered, "the old epoch's history is gone");
         assert_eq!(recovery.position, new);
+    }
+
+    #[tokio::test]
+    async fn a_retired_stream_state_delivers_to_no_one() {
+        let network = MemoryNetwork::new();
+        let hub = hub(&network, History::default());
+        let member = admitted(&hub);
+        member.conn().join("s");
+        hub.to("s").publish("m1").await.unwrap();
+        let cell = hub.streams().cell("s").unwrap();
+        // As a delivery that found the state before the room emptied and a new
+        // member joined through a new state.
+        cell.retired.store(true, Relaxed);
+        let queued = member.conn().buffered_amount();
+        assert!(queued > 0, "m1");
+        lock(&cell.state).deliver(&hub, &cell, 2, &Message::text("m2"), None);
+        assert_eq!(member.conn().buffered_amount(), queued, "not m2");
     }
 
     #[tokio::test]
