@@ -574,14 +574,14 @@ impl Drop for Joining<'_> {
         let registry = self.hub.write();
         let mut cells = lock(&self.hub.streams().cells);
         let last = self.cell.joining.fetch_sub(1, Relaxed) == 1;
-        if last && !registry.rooms.contains_key(&self.cell.room) {
-            if cells
-                .get(&self.cell.room)
-                .is_some_and(|cell| Arc::ptr_eq(cell, &self.cell))
-            {
-                self.cell.retired.store(true, Relaxed);
-                cells.remove(&self.cell.room);
-            }
+        let ours = cells
+            .get(&self.cell.room)
+            .is_some_and(|cell| Arc::ptr_eq(cell, &self.cell));
+        // Another state of the room (made after this one was retired) has its own
+        // members and joiners, and the subscription is theirs.
+        if last && ours && !registry.rooms.contains_key(&self.cell.room) {
+            self.cell.retired.store(true, Relaxed);
+            cells.remove(&self.cell.room);
             self.hub.broker().unsubscribe(&self.cell.room);
         }
     }
