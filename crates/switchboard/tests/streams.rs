@@ -23,7 +23,7 @@ use std::{
 };
 use switchboard::hub::{
     Broker, BrokerMetrics, Connection, Envelope, Epoch, Handler, History, Hub, HubConfig, Inbox,
-    MemoryBroker, MemoryNetwork, Position, Recovery, StreamFuture, StreamRead,
+    MemoryBroker, MemoryNetwork, Position, Recovery, StreamError, StreamFuture, StreamRead,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::Message as TMessage;
@@ -246,6 +246,8 @@ struct Link {
     lose: Mutex<HashSet<u64>>,
     down: AtomicBool,
     twice: AtomicBool,
+    /// The engine refuses publishes, as one whose link is down does.
+    refuse: AtomicBool,
     reads: AtomicUsize,
     reconnects: AtomicUsize,
 }
@@ -277,6 +279,10 @@ impl Broker for Lossy {
         self.engine.unsubscribe(room);
     }
     fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        if self.link.refuse.load(Relaxed) {
+            let down = StreamError::Unavailable("link down".into());
+            return Box::pin(std::future::ready(Err(down)));
+        }
         self.engine.publish_stream(envelope, history)
     }
     fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
@@ -355,6 +361,34 @@ async fn what_was_published_while_the_link_was_down_is_delivered_when_it_comes_b
     link.reconnects.fetch_add(1, Relaxed);
     link.down.store(false, Relaxed);
     assert_eq!(texts(&mut client, 1).await, ["m6"]);
+}
+
+#[tokio::test]
+async fn messages_trimmed_before_their_gap_was_read_are_counted_lost() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default().max_len(3)).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    link.lose.lock().unwrap().extend(2..=6);
+    for i in 1..=8 {
+        publish(&node.hub, "news", format!("m{i}")).await;
+    }
+    // The engine keeps 6 to 8 when the gap is read: 2 to 5 are gone.
+    assert_eq!(texts(&mut client, 4).await, ["m1", "m6", "m7", "m8"]);
+    let metrics = node.hub.metrics();
+    assert_eq!((metrics.stream_lost, metrics.stream_filled), (4, 1));
+    // A send the engine refuses reaches no one, and is counted too.
+    link.refuse.store(true, Relaxed);
+    assert_eq!(node.hub.to("news").send_text("m9").queued, 0);
+    link.refuse.store(false, Relaxed);
+    assert_eq!(node.hub.metrics().stream_lost, 5);
+    publish(&node.hub, "news", "m10".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["m10"], "nothing in between");
+    #[cfg(feature = "metrics")]
+    {
+        let text = switchboard::metrics::encode(&node.hub);
+        let line = "switchboard_stream_lost_total 5\n";
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -65,9 +65,16 @@ impl<'a> Broadcast<'a> {
     ///
     /// To a room that keeps history ([`HubConfig::history`](super::HubConfig::history)),
     /// the message goes to the engine only, which numbers it and delivers it to every
-    /// hub, this one included: the report is empty, and [`Broadcast::publish`] says
-    /// whether it was published. (With a broker that keeps no history, which answers
-    /// [`StreamError::Unsupported`], such a room is a plain one.)
+    /// hub, this one included: the report is empty (the members get it when the
+    /// engine hands it back), and [`Broadcast::publish`] says whether it was
+    /// published. A send the engine refuses at once ([`StreamError::Unavailable`]:
+    /// its link is down) reaches no member: it is counted in
+    /// [`HubMetrics::stream_lost`](super::HubMetrics::stream_lost)
+    /// (`switchboard_stream_lost_total`) and warned of once per outage; one the engine
+    /// answers later is not awaited, so its failure shows only in the broker's
+    /// counters (`switchboard_broker_lost_total`). (With a broker that keeps no
+    /// history, which answers [`StreamError::Unsupported`], such a room is a plain
+    /// one.)
     pub fn send(self, message: impl Into<Message>) -> BroadcastReport {
         let message = message.into();
         if !message.is_data() {
@@ -87,8 +94,20 @@ impl<'a> Broadcast<'a> {
             let answer = published
                 .as_mut()
                 .poll(&mut Context::from_waker(Waker::noop()));
-            if !matches!(answer, Poll::Ready(Err(StreamError::Unsupported))) {
-                return BroadcastReport::default();
+            match answer {
+                Poll::Ready(Err(StreamError::Unsupported)) => {}
+                Poll::Ready(Err(error)) => {
+                    if let Target::Room(room) = &envelope.target {
+                        self.hub.stream_send_failed(room, &error);
+                    }
+                    return BroadcastReport::default();
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.hub.stream_send_taken();
+                    return BroadcastReport::default();
+                }
+                // Answered later (over a network): its failure shows there.
+                Poll::Pending => return BroadcastReport::default(),
             }
         }
         let report = deliver_local(self.hub, &envelope);

@@ -193,6 +193,10 @@ pub struct HubMetrics {
     /// Stream messages delivered to this hub's members from a read rather than as
     /// they were published: gaps filled (a link blip, a message lost on the way).
     pub stream_filled: u64,
+    /// Stream messages this hub's members never got: trimmed by the engine before a
+    /// gap could be read, lost with a history (a new epoch) or a failed read, or sent
+    /// while the engine was unavailable. Each loss is also warned of, once per outage.
+    pub stream_lost: u64,
 }
 
 impl Hub {
@@ -451,6 +455,7 @@ impl Hub {
             streams_recovered,
             streams_not_recovered,
             stream_filled,
+            stream_lost,
         ] = self.inner.streams.counters();
         let registry = self.read();
         HubMetrics {
@@ -458,6 +463,7 @@ impl Hub {
             streams_recovered,
             streams_not_recovered,
             stream_filled,
+            stream_lost,
             connections: registry.connections.len(),
             rooms: registry.rooms.len(),
             dropped_messages: self.inner.dropped.load(Relaxed),

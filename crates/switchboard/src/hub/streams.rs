@@ -171,6 +171,11 @@ pub(crate) struct Streams {
     recovered: AtomicU64,
     not_recovered: AtomicU64,
     filled: AtomicU64,
+    /// Stream messages this hub's members never got (see [`Streams::lose`]).
+    lost: AtomicU64,
+    /// Whether the last send to a stream room found the engine unavailable: warned
+    /// once per outage.
+    sends_failing: AtomicBool,
 }
 
 /// One stream's state on this hub, and the joiners waiting for its reads.
@@ -217,6 +222,9 @@ struct State {
     /// Counts the resets (a new epoch): a read started before one answers for a
     /// history that is gone, and is read again rather than merged.
     generation: u64,
+    /// Whether a loss of this outage was warned of (cleared by the next message
+    /// delivered in order as it came).
+    warned: bool,
 }
 
 struct Kept {
@@ -247,6 +255,8 @@ impl Streams {
             recovered: AtomicU64::new(0),
             not_recovered: AtomicU64::new(0),
             filled: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            sends_failing: AtomicBool::new(false),
         }
     }
 
@@ -263,14 +273,45 @@ impl Streams {
     }
 
     /// The counters, for [`super::HubMetrics`]: reads, recovered, not recovered,
-    /// filled.
-    pub(crate) fn counters(&self) -> [u64; 4] {
+    /// filled, lost.
+    pub(crate) fn counters(&self) -> [u64; 5] {
         [
             self.reads.load(Relaxed),
             self.recovered.load(Relaxed),
             self.not_recovered.load(Relaxed),
             self.filled.load(Relaxed),
+            self.lost.load(Relaxed),
         ]
+    }
+
+    /// Counts `lost` messages of `room` that this hub's members will never get (the
+    /// engine trimmed them before they could be read, a read failed, the history
+    /// was lost with them): nothing is lost without a count, and a warning once per
+    /// outage (`warned` is the stream's flag, cleared when messages flow again).
+    fn lose(&self, room: &str, lost: u64, warned: &mut bool) {
+        if lost == 0 {
+            return;
+        }
+        self.lost.fetch_add(lost, Relaxed);
+        if !std::mem::replace(warned, true) {
+            tracing::warn!(room, lost, "stream messages lost on this hub's members");
+        }
+    }
+
+    /// Counts a send to a stream room that the engine could not take (it answered
+    /// [`StreamError::Unavailable`]): no member anywhere gets it.
+    pub(crate) fn send_failed(&self, room: &str, error: &StreamError) {
+        self.lost.fetch_add(1, Relaxed);
+        if !self.sends_failing.swap(true, Relaxed) {
+            tracing::warn!(room, %error, "stream send lost: the engine is unavailable");
+        }
+    }
+
+    /// A send to a stream room was taken by the engine.
+    pub(crate) fn send_taken(&self) {
+        if self.sends_failing.load(Relaxed) {
+            self.sends_failing.store(false, Relaxed);
+        }
     }
 
     fn remember_runtime(&self) {
@@ -472,6 +513,14 @@ impl Hub {
         }
     }
 
+    pub(crate) fn stream_send_failed(&self, room: &str, error: &StreamError) {
+        self.streams().send_failed(room, error);
+    }
+
+    pub(crate) fn stream_send_taken(&self) {
+        self.streams().send_taken();
+    }
+
     /// The state of `room`, made if the room has members here; `None` if it has
     /// none (nothing to deliver).
     fn cell_with_members(&self, room: &str, rule: &Rule) -> Option<Arc<Cell>> {
@@ -652,13 +701,14 @@ impl State {
             if self.epoch.is_some() {
                 tracing::debug!(room = %cell.room, "stream epoch changed: its history was lost");
             }
-            self.reset(position.epoch, position.offset.saturating_sub(1));
+            self.reset(hub, cell, position.epoch, position.offset.saturating_sub(1));
         }
         if position.offset <= self.last {
             return;
         }
         let except = envelope.except;
         if position.offset == self.last + 1 && self.held.is_empty() {
+            self.warned = false;
             self.deliver(hub, cell, position.offset, &envelope.message, except);
             return;
         }
@@ -674,7 +724,12 @@ impl State {
         }
     }
 
-    fn reset(&mut self, epoch: Epoch, last: u64) {
+    fn reset(&mut self, hub: &Hub, cell: &Cell, epoch: Epoch, last: u64) {
+        if let Some((&newest, _)) = self.held.last_key_value() {
+            // The old epoch's held messages, and its gap before them, never came.
+            let lost = newest.saturating_sub(self.last);
+            hub.streams().lose(&cell.room, lost, &mut self.warned);
+        }
         self.generation += 1;
         self.epoch = Some(epoch);
         self.last = last;
@@ -771,16 +826,17 @@ impl State {
     /// Delivers every held message in order, over the gaps before them: what those
     /// gaps lacked is lost.
     fn release_held(&mut self, hub: &Hub, cell: &Cell) {
-        if let Some((&first, _)) = self.held.first_key_value() {
-            let lost = first.saturating_sub(self.last + 1);
-            tracing::debug!(room = %cell.room, lost, "stream gap could not be filled");
-            self.last = first - 1;
-            self.tail.clear();
-        }
         while let Some((offset, (message, except))) = self.held.pop_first() {
-            self.last = offset - 1;
+            self.jump_to(hub, cell, offset);
             self.deliver(hub, cell, offset, &message, except);
         }
+    }
+
+    /// Goes on at `offset` (past `last`), counting what lies between as lost.
+    fn jump_to(&mut self, hub: &Hub, cell: &Cell, offset: u64) {
+        let lost = offset.saturating_sub(self.last).saturating_sub(1);
+        hub.streams().lose(&cell.room, lost, &mut self.warned);
+        self.last = self.last.max(offset.saturating_sub(1));
     }
 
     /// Merges what a read after `after` returned: fills the gap (delivering it), keeps
@@ -790,7 +846,7 @@ impl State {
         if self.epoch != Some(read.epoch) {
             // A stream never seen here, or one whose history was lost: it starts at
             // the engine's top; members of a lost history go on live.
-            self.reset(read.epoch, read.top);
+            self.reset(hub, cell, read.epoch, read.top);
             if read
                 .entries
                 .last()
@@ -812,7 +868,7 @@ impl State {
                 continue;
             }
             // An entry past `last + 1`: the engine trimmed the ones between.
-            self.last = entry.offset - 1;
+            self.jump_to(hub, cell, entry.offset);
             match self.held.remove(&entry.offset) {
                 // As it came live: with its `except`.
                 Some((message, except)) => {

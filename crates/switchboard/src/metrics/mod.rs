@@ -49,6 +49,7 @@
 //! | `switchboard_stream_reads_total` | counter | reads of stream history from the engine (recoveries share them; gap fills; link blips) |
 //! | `switchboard_stream_recoveries_total` | counter | joins from a position, by `result`: `recovered`, `not_recovered` |
 //! | `switchboard_stream_filled_total` | counter | stream messages delivered from a read after a gap, not as published |
+//! | `switchboard_stream_lost_total` | counter | stream messages this hub's members never got (trimmed before a gap was read, history lost, read failed, engine unavailable at send) |
 //! | `switchboard_broker_published_total` | counter | envelopes the broker published |
 //! | `switchboard_broker_received_total` | counter | envelopes received from other hubs |
 //! | `switchboard_broker_lost_total` | counter | envelopes that could not be published |
@@ -236,6 +237,11 @@ fn register_streams(hub: &Hub, registry: &mut Registry) {
         "filled",
         "Stream messages delivered from a read after a gap",
         ConstCounter::new(counters.stream_filled),
+    );
+    streams.register(
+        "lost",
+        "Stream messages this hub's members never got",
+        ConstCounter::new(counters.stream_lost),
     );
 }
 
