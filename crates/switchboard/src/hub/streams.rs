@@ -867,7 +867,16 @@ impl State {
             if entry.offset <= self.last {
                 continue;
             }
-            // An entry past `last + 1`: the engine trimmed the ones between.
+            // An entry past `last + 1`: the engine trimmed the ones between, but this
+            // hub may hold some of them, as they came: those go first.
+            while let Some(held) = self.held.first_entry()
+                && *held.key() < entry.offset
+            {
+                let offset = *held.key();
+                let (message, except) = held.remove();
+                self.jump_to(hub, cell, offset);
+                self.deliver(hub, cell, offset, &message, except);
+            }
             self.jump_to(hub, cell, entry.offset);
             match self.held.remove(&entry.offset) {
                 // As it came live: with its `except`.
