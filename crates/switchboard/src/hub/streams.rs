@@ -68,9 +68,9 @@ pub struct Recovery {
     pub recovered: bool,
     /// The join point: the position after which live messages start for this
     /// connection (the newest message it got, or the stream's position when it
-    /// joined). Epoch 0 when the engine could not be reached and the stream had never
-    /// been seen here.
-    pub position: Position,
+    /// joined). `None` when the engine could not be reached and the stream had never
+    /// been seen here: the position is unknown.
+    pub position: Option<Position>,
     /// The messages queued to the connection from history, before any live one.
     pub missed: usize,
 }
@@ -204,6 +204,10 @@ struct State {
     tail: VecDeque<Kept>,
     /// Messages past a gap, waiting for it to be read: offset → message, except.
     held: BTreeMap<u64, (Message, Option<ConnectionId>)>,
+    /// The reads started when the oldest held message came: a read started after it
+    /// that does not reach it means the engine does not have it (no use reading
+    /// again).
+    holding_since: u64,
     /// The lowest offset a read is wanted from, not started yet.
     wanted: Option<u64>,
     /// Whether a read task runs.
@@ -434,7 +438,6 @@ impl Hub {
     ) -> Result<Recovery, JoinError> {
         let member = self.is_member(conn.id(), &cell.room);
         self.try_join(conn, &cell.room)?;
-        let epoch = state.epoch.unwrap_or(Epoch::from_u64(0));
         // A member already gets the live messages: replaying would repeat them.
         let recovered = recovered && !member;
         let missed: Vec<Message> = match since {
@@ -448,7 +451,7 @@ impl Hub {
         };
         let recovery = Recovery {
             recovered,
-            position: Position::new(state.last, epoch),
+            position: state.epoch.map(|epoch| Position::new(state.last, epoch)),
             missed: missed.len(),
         };
         if since.is_some() {
@@ -697,6 +700,13 @@ impl State {
 
     /// A positioned message from the engine.
     fn receive(&mut self, hub: &Hub, cell: &Arc<Cell>, envelope: &Envelope, position: Position) {
+        if position.offset == u64::MAX {
+            // No engine numbers that far; one that says so is broken, and no offset
+            // could follow it.
+            tracing::warn!(room = %cell.room, "stream message at offset u64::MAX refused");
+            hub.streams().lose(&cell.room, 1, &mut self.warned);
+            return;
+        }
         if self.epoch != Some(position.epoch) {
             if self.epoch.is_some() {
                 tracing::debug!(room = %cell.room, "stream epoch changed: its history was lost");
@@ -711,6 +721,9 @@ impl State {
             self.warned = false;
             self.deliver(hub, cell, position.offset, &envelope.message, except);
             return;
+        }
+        if self.held.is_empty() {
+            self.holding_since = self.started;
         }
         self.held
             .insert(position.offset, (envelope.message.clone(), except));
@@ -841,7 +854,7 @@ impl State {
 
     /// Merges what a read after `after` returned: fills the gap (delivering it), keeps
     /// older messages in the tail for joiners, then delivers what was held.
-    fn merge(&mut self, hub: &Hub, cell: &Arc<Cell>, after: u64, read: StreamRead) {
+    fn merge(&mut self, hub: &Hub, cell: &Arc<Cell>, after: u64, number: u64, read: StreamRead) {
         let now = Instant::now();
         if self.epoch != Some(read.epoch) {
             // A stream never seen here, or one whose history was lost: it starts at
@@ -904,8 +917,9 @@ impl State {
         }
         self.deliver_held(hub, cell);
         if let Some((&first, _)) = self.held.first_key_value() {
-            if read.top >= first {
-                // The engine had the held ones, yet not the ones before them.
+            if read.top >= first || number > self.holding_since {
+                // The engine had the held ones, yet not the ones before them (or a
+                // read started after they came does not have them: it never will).
                 self.release_held(hub, cell);
             } else {
                 // Published after the read: read again.
@@ -977,7 +991,8 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
         let result = hub
             .broker()
             .read_stream(&cell.room, after, cell.history)
-            .await;
+            .await
+            .and_then(checked);
         {
             let mut state = lock(&cell.state);
             state.in_flight = None;
@@ -996,12 +1011,25 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             state.done = number;
             state.failed = result.is_err();
             match result {
-                Ok(read) => state.merge(&hub, &cell, after, read),
+                Ok(read) => state.merge(&hub, &cell, after, number, read),
                 Err(error) => failed_read(&hub, &cell, &mut state, &error),
             }
         }
         cell.read_done.notify_waiters();
     }
+}
+
+/// A read whose offsets make sense: a top below `u64::MAX` (a next offset exists),
+/// entries between 1 and the top.
+fn checked(read: StreamRead) -> Result<StreamRead, StreamError> {
+    let valid = |offset| offset > 0 && offset <= read.top;
+    if read.top == u64::MAX || !read.entries.iter().all(|entry| valid(entry.offset)) {
+        return Err(StreamError::Malformed(format!(
+            "a read with offsets out of range (top {})",
+            read.top
+        )));
+    }
+    Ok(read)
 }
 
 fn failed_read(hub: &Hub, cell: &Cell, state: &mut State, error: &StreamError) {
@@ -1124,7 +1152,7 @@ mod tests {
             let recovery = join.unwrap().unwrap();
             assert!(recovery.recovered);
             assert_eq!(recovery.missed, 49);
-            assert_eq!(recovery.position, Position::new(50, since.epoch));
+            assert_eq!(recovery.position, Some(Position::new(50, since.epoch)));
         }
         assert_eq!(
             reads.load(Relaxed),
@@ -1170,7 +1198,7 @@ mod tests {
         gate.add_permits(10);
         let recovery = join.await.unwrap().unwrap();
         assert!(!recovery.recovered, "the old epoch's history is gone");
-        assert_eq!(recovery.position, new);
+        assert_eq!(recovery.position, Some(new));
     }
 
     #[tokio::test]
@@ -1191,6 +1219,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_offset_no_next_can_follow_is_refused() {
+        let network = MemoryNetwork::new();
+        let hub = hub(&network, History::default());
+        let member = admitted(&hub);
+        member.conn().join("s");
+        let epoch = hub.to("s").publish("m1").await.unwrap().epoch;
+        let queued = member.conn().buffered_amount();
+        let envelope = |offset| Envelope {
+            origin: hub.node(),
+            target: Target::Room("s".into()),
+            except: None,
+            message: Message::text("x"),
+            position: Some(Position::new(offset, epoch)),
+        };
+        for offset in [u64::MAX, u64::MAX] {
+            hub.receive_stream(&envelope(offset), Position::new(offset, epoch));
+        }
+        assert_eq!(hub.metrics().stream_lost, 2);
+        assert_eq!(member.conn().buffered_amount(), queued, "nothing delivered");
+        let read = StreamRead {
+            epoch,
+            top: u64::MAX,
+            entries: Vec::new(),
+        };
+        assert!(matches!(checked(read), Err(StreamError::Malformed(_))));
+    }
+
+    #[tokio::test]
     async fn a_live_join_learns_the_position_without_recovering() {
         let network = MemoryNetwork::new();
         let publisher = hub(&network, History::default());
@@ -1204,7 +1260,7 @@ mod tests {
             .unwrap();
         assert_eq!(seen, Some(recovery), "`before` saw the recovery");
         assert!(!recovery.recovered);
-        assert_eq!((recovery.position, recovery.missed), (last, 0));
+        assert_eq!((recovery.position, recovery.missed), (Some(last), 0));
         assert!(member.conn().in_room("s"));
         let metrics = cold.metrics();
         assert_eq!(metrics.streams_recovered + metrics.streams_not_recovered, 0);
