@@ -230,6 +230,9 @@ pub struct HubConfig {
     /// an HTTP request) should not wait on it; shorter than
     /// [`HubConfig::node_timeout`], so that a stalled hub is named missing before it
     /// is taken for dead.
+    ///
+    /// It also bounds a read of stream history ([`Broker::read_stream`](super::Broker::read_stream)):
+    /// a read unanswered by then failed (its joiners join live, not recovered).
     pub cluster_timeout: Duration,
     /// The rooms that keep history, by pattern ([`HubConfig::history`]).
     ///

@@ -970,6 +970,12 @@ fn frame(cell: &Cell, message: &Message, offset: u64, epoch: Epoch) -> Message {
 /// Reads a stream, one read at a time, from the lowest offset wanted, until no more
 /// is wanted; tells the joiners after each.
 async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
+    // Whatever ends this task (a read that panics, a runtime shutting down), the
+    // stream is not left "reading" with joiners waiting for ever.
+    let _guard = ReadGuard {
+        hub: hub.clone(),
+        cell: cell.clone(),
+    };
     loop {
         let (after, number, generation) = {
             let mut state = lock(&cell.state);
@@ -988,11 +994,14 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             return;
         }
         hub.streams().reads.fetch_add(1, Relaxed);
-        let result = hub
-            .broker()
-            .read_stream(&cell.room, after, cell.history)
-            .await
-            .and_then(checked);
+        let read = hub.broker().read_stream(&cell.room, after, cell.history);
+        let timeout = hub.config().cluster_timeout;
+        let result = match tokio::time::timeout(timeout, read).await {
+            Ok(result) => result.and_then(checked),
+            Err(_) => Err(StreamError::Unavailable(format!(
+                "no answer to a read in {timeout:?}"
+            ))),
+        };
         {
             let mut state = lock(&cell.state);
             state.in_flight = None;
@@ -1016,6 +1025,33 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             }
         }
         cell.read_done.notify_waiters();
+    }
+}
+
+/// Ends a stream's read task: if it ended while reading (a panic, the runtime
+/// shutting down), the read failed: its joiners join live, its held messages go.
+struct ReadGuard {
+    hub: Weak<super::HubInner>,
+    cell: Arc<Cell>,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let mut state = lock(&self.cell.state);
+        if !state.reading {
+            return;
+        }
+        state.reading = false;
+        state.in_flight = None;
+        state.wanted = None;
+        state.done = state.started;
+        state.failed = true;
+        tracing::warn!(room = %self.cell.room, "stream read task ended while reading");
+        if let Some(inner) = self.hub.upgrade() {
+            state.release_held(&Hub::from_inner(inner), &self.cell);
+        }
+        drop(state);
+        self.cell.read_done.notify_waiters();
     }
 }
 
@@ -1064,6 +1100,8 @@ mod tests {
         /// Whether the engine answers before the gate (the answer then travels while
         /// the stream changes) rather than after it.
         stale: bool,
+        /// Whether a read panics once the gate opens.
+        panics: bool,
     }
 
     impl SlowReads {
@@ -1073,6 +1111,7 @@ mod tests {
                 gate: gate.clone(),
                 reads: Arc::default(),
                 stale: false,
+                panics: false,
             }
         }
     }
@@ -1106,8 +1145,12 @@ mod tests {
             self.reads.fetch_add(1, Relaxed);
             let read = self.engine.read_stream(room, after, history);
             let gate = self.gate.clone();
-            let stale = self.stale;
+            let (stale, panics) = (self.stale, self.panics);
             Box::pin(async move {
+                if panics {
+                    let _open = gate.acquire().await;
+                    panic!("a read that panics");
+                }
                 if stale {
                     let answer = read.await;
                     let _open = gate.acquire().await;
@@ -1244,6 +1287,36 @@ mod tests {
             entries: Vec::new(),
         };
         assert!(matches!(checked(read), Err(StreamError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_never_answers_or_panics_lets_its_joiners_join_live() {
+        let network = MemoryNetwork::new();
+        let publisher = hub(&network, History::default());
+        let since = publisher.to("s").publish("m1").await.unwrap();
+        publisher.to("s").publish("m2").await.unwrap();
+        for panics in [false, true] {
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let mut slow = SlowReads::new(network.broker(), &gate);
+            slow.panics = panics;
+            let config = HubConfig::default()
+                .history("s*", History::default())
+                .cluster_timeout(std::time::Duration::from_millis(50));
+            let cold = Hub::with_broker(config, slow);
+            let joiner = admitted(&cold);
+            if panics {
+                gate.add_permits(1);
+            }
+            let join = cold.join_from(joiner.conn(), "s", since);
+            let recovery = tokio::time::timeout(std::time::Duration::from_secs(5), join)
+                .await
+                .expect("the read ended")
+                .unwrap();
+            assert!(!recovery.recovered, "panics: {panics}");
+            assert_eq!(recovery.position, None, "the stream was never seen");
+            assert!(joiner.conn().in_room("s"));
+            assert!(!lock(&cold.streams().cell("s").unwrap().state).reading);
+        }
     }
 
     #[tokio::test]
