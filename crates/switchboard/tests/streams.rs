@@ -107,6 +107,13 @@ async fn a_client_back_from_a_disconnection_gets_exactly_the_500_it_missed_then_
     assert_eq!(texts(&mut first, 10).await, numbered(1..=10));
     first.close(None).await.unwrap();
     drop(first);
+    // Gone from the room (and the hub's state of the stream with it) before the 500.
+    within("the room to empty", async {
+        while node.hub.room_size("news") > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
     for i in 11..=510 {
         publish(&node.hub, "news", format!("m{i}")).await;
     }
@@ -123,7 +130,8 @@ async fn a_client_back_from_a_disconnection_gets_exactly_the_500_it_missed_then_
         for line in [
             "switchboard_stream_recoveries_total{result=\"recovered\"} 1\n",
             "switchboard_stream_recoveries_total{result=\"not_recovered\"} 0\n",
-            "switchboard_stream_reads_total 1\n",
+            // One when the first client joined, one for the recovery.
+            "switchboard_stream_reads_total 2\n",
             "switchboard_stream_filled_total 0\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
@@ -330,7 +338,8 @@ async fn a_gap_is_filled_from_the_engine_before_newer_messages_are_delivered() {
     assert_eq!(texts(&mut client, 6).await, numbered(1..=6));
     let metrics = node.hub.metrics();
     assert_eq!(metrics.stream_filled, 3);
-    assert_eq!((metrics.stream_reads, link.reads.load(Relaxed)), (1, 1));
+    // One when the client joined (where the stream is), one for the gap.
+    assert_eq!((metrics.stream_reads, link.reads.load(Relaxed)), (2, 2));
     publish(&node.hub, "news", "m7".into()).await;
     assert_eq!(texts(&mut client, 1).await, ["m7"]);
 }
@@ -409,6 +418,52 @@ async fn held_messages_the_engine_trimmed_meanwhile_are_delivered_not_dropped() 
     assert_eq!((metrics.stream_lost, metrics.stream_filled), (1, 1));
     publish(&node.hub, "news", "m11".into()).await;
     assert_eq!(texts(&mut client, 1).await, ["m11"]);
+}
+
+#[tokio::test]
+async fn members_of_a_stream_that_starts_over_get_its_first_messages_lost_on_the_way() {
+    let network = MemoryNetwork::new().max_streams(1);
+    let (mut node, link) = lossy_node(&network, History::default()).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    publish(&node.hub, "news", "m1".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["m1"]);
+    // Another stream takes the only place: "news" starts over, in a new epoch whose
+    // first four messages do not reach the hub.
+    let other = Envelope {
+        origin: node.hub.node(),
+        target: switchboard::hub::Target::Room("other".into()),
+        except: None,
+        message: switchboard::Message::text("x"),
+        position: None,
+    };
+    network
+        .broker()
+        .publish_stream(other, History::default())
+        .await
+        .unwrap();
+    link.lose.lock().unwrap().extend(1..=4);
+    for i in 1..=5 {
+        publish(&node.hub, "news", format!("n{i}")).await;
+    }
+    let expected: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+    assert_eq!(texts(&mut client, 5).await, expected);
+    assert_eq!(node.hub.metrics().stream_filled, 4);
+}
+
+#[tokio::test]
+async fn a_blip_before_a_rooms_first_message_is_filled() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default()).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    link.down.store(true, Relaxed);
+    for i in 1..=3 {
+        publish(&node.hub, "news", format!("m{i}")).await;
+    }
+    link.reconnects.fetch_add(1, Relaxed);
+    link.down.store(false, Relaxed);
+    assert_eq!(texts(&mut client, 3).await, numbered(1..=3));
+    publish(&node.hub, "news", "m4".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["m4"]);
 }
 
 #[tokio::test]

@@ -365,6 +365,8 @@ impl Hub {
         }
         if let RoomChange::Created(room) = registry.join(conn, room) {
             self.inner.broker.subscribe(&room);
+            drop(registry);
+            self.stream_room_created(&room);
         }
         Ok(())
     }

@@ -524,6 +524,27 @@ impl Hub {
         self.streams().send_taken();
     }
 
+    /// `room` has its first member here: a stream room gets its state now, and reads
+    /// where the stream is, so that a blip of the broker's link before the room's
+    /// first message is filled too. Called outside the registry's lock.
+    pub(crate) fn stream_room_created(&self, room: &str) {
+        let Some(rule) = self.streams().rule(room) else {
+            return;
+        };
+        if self.streams().cell(room).is_some() {
+            // A joiner's (which reads itself, and may hold its lock now).
+            return;
+        }
+        self.streams().remember_runtime();
+        let Some(cell) = self.cell_with_members(room, &rule) else {
+            return;
+        };
+        let mut state = lock(&cell.state);
+        if state.epoch.is_none() && !state.reading {
+            self.want_read(&cell, &mut state, 0);
+        }
+    }
+
     /// The state of `room`, made if the room has members here; `None` if it has
     /// none (nothing to deliver).
     fn cell_with_members(&self, room: &str, rule: &Rule) -> Option<Arc<Cell>> {
@@ -708,10 +729,16 @@ impl State {
             return;
         }
         if self.epoch != Some(position.epoch) {
-            if self.epoch.is_some() {
-                tracing::debug!(room = %cell.room, "stream epoch changed: its history was lost");
-            }
-            self.reset(hub, cell, position.epoch, position.offset.saturating_sub(1));
+            // A new epoch starts at 1, and this hub goes on from there (filling what
+            // did not come from the engine); a stream never seen here, at this message.
+            let last = match self.epoch {
+                Some(_) => {
+                    tracing::debug!(room = %cell.room, "stream epoch changed: its history was lost");
+                    0
+                }
+                None => position.offset.saturating_sub(1),
+            };
+            self.reset(hub, cell, position.epoch, last);
         }
         if position.offset <= self.last {
             return;
@@ -856,9 +883,18 @@ impl State {
     /// older messages in the tail for joiners, then delivers what was held.
     fn merge(&mut self, hub: &Hub, cell: &Arc<Cell>, after: u64, number: u64, read: StreamRead) {
         let now = Instant::now();
+        if self.epoch.is_some() && self.epoch != Some(read.epoch) {
+            // The history was lost: the members go on with the new one from its
+            // start, as far as the engine has it.
+            self.reset(hub, cell, read.epoch, 0);
+            if after != 0 {
+                hub.want_read(cell, self, 0);
+                return;
+            }
+        }
         if self.epoch != Some(read.epoch) {
-            // A stream never seen here, or one whose history was lost: it starts at
-            // the engine's top; members of a lost history go on live.
+            // A stream never seen here: it starts at the engine's top (the members
+            // joined at most then).
             self.reset(hub, cell, read.epoch, read.top);
             if read
                 .entries
@@ -1069,7 +1105,11 @@ fn checked(read: StreamRead) -> Result<StreamRead, StreamError> {
 }
 
 fn failed_read(hub: &Hub, cell: &Cell, state: &mut State, error: &StreamError) {
-    tracing::warn!(room = %cell.room, %error, "stream read failed");
+    match error {
+        // A broker without history: its stream rooms are plain ones.
+        StreamError::Unsupported => {}
+        _ => tracing::warn!(room = %cell.room, %error, "stream read failed"),
+    }
     // Held messages wait for no read now.
     state.release_held(hub, cell);
 }
