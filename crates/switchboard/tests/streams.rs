@@ -355,22 +355,30 @@ async fn what_was_published_while_the_link_was_down_is_delivered_when_it_comes_b
     for i in 2..=4 {
         publish(&node.hub, "news", format!("m{i}")).await;
     }
-    // Ticks of the link watch see it down, or the count of reconnects moved.
+    // Ticks of the link watch see it down (the count of reconnects stays: the edge
+    // alone brings what was missed).
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!node.hub.is_broker_ready());
-    link.reconnects.fetch_add(1, Relaxed);
     link.down.store(false, Relaxed);
     // No newer message: the watch alone brings them.
     assert_eq!(texts(&mut client, 3).await, numbered(2..=4));
     assert_eq!(node.hub.metrics().stream_filled, 3);
     publish(&node.hub, "news", "m5".into()).await;
     assert_eq!(texts(&mut client, 1).await, ["m5"]);
-    // A blip shorter than a tick: only the count of reconnects shows it.
-    link.down.store(true, Relaxed);
+    // A blip shorter than a tick: the link never looks down, only the count of
+    // reconnects shows it.
+    link.lose.lock().unwrap().insert(6);
     publish(&node.hub, "news", "m6".into()).await;
     link.reconnects.fetch_add(1, Relaxed);
-    link.down.store(false, Relaxed);
     assert_eq!(texts(&mut client, 1).await, ["m6"]);
+    nothing_more(&node.hub, &mut client).await;
+}
+
+/// Publishes a last message to "news" and checks that it is the next one `client`
+/// gets: nothing else came after what the test expected.
+async fn nothing_more(hub: &Hub, client: &mut Client) {
+    publish(hub, "news", "end".into()).await;
+    assert_eq!(texts(client, 1).await, ["end"], "nothing before the end");
 }
 
 #[tokio::test]
@@ -448,6 +456,7 @@ async fn members_of_a_stream_that_starts_over_get_its_first_messages_lost_on_the
     let expected: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
     assert_eq!(texts(&mut client, 5).await, expected);
     assert_eq!(node.hub.metrics().stream_filled, 4);
+    nothing_more(&node.hub, &mut client).await;
 }
 
 #[tokio::test]
@@ -462,6 +471,7 @@ async fn a_blip_before_a_rooms_first_message_is_filled() {
     link.reconnects.fetch_add(1, Relaxed);
     link.down.store(false, Relaxed);
     assert_eq!(texts(&mut client, 3).await, numbered(1..=3));
+    nothing_more(&node.hub, &mut client).await;
     publish(&node.hub, "news", "m4".into()).await;
     assert_eq!(texts(&mut client, 1).await, ["m4"]);
 }
@@ -497,6 +507,8 @@ async fn members_go_on_live_when_the_stream_comes_back_in_a_new_epoch() {
     assert_ne!(new.epoch, old.epoch);
     assert_eq!(new.offset, 1);
     assert_eq!(texts(&mut client, 3).await, numbered(1..=3));
+    publish(&node.hub, "one", "end".into()).await;
+    assert_eq!(texts(&mut client, 1).await, ["end"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,8 +561,10 @@ async fn joiners_racing_publishers_on_two_hubs_get_one_order_without_gap_or_dupl
             other => panic!("{other:?}"),
         })
         .collect();
+    publish(&nodes[0].hub, "race", "end".into()).await;
     for (j, client) in clients.iter_mut().enumerate() {
-        let got = texts(client, PUBLISHERS * EACH).await;
-        assert!(got == published, "joiner {j} got another sequence");
+        let got = texts(client, PUBLISHERS * EACH + 1).await;
+        assert!(got[..PUBLISHERS * EACH] == published, "joiner {j} got another sequence");
+        assert_eq!(got[PUBLISHERS * EACH], "end", "joiner {j}: nothing more");
     }
 }

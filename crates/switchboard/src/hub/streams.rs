@@ -1229,7 +1229,11 @@ mod tests {
             tokio::task::yield_now().await;
         }
         joins.extend(joiners[500..].iter().map(join));
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Every joiner waits on the read before it is answered.
+        let cell = cold.streams().cell("s").unwrap();
+        while cell.joining.load(Relaxed) < 1_000 {
+            tokio::task::yield_now().await;
+        }
         gate.add_permits(1_000);
         for join in futures_util::future::join_all(joins).await {
             let recovery = join.unwrap().unwrap();
