@@ -2,7 +2,7 @@
 //! stream engine they share.
 
 use crate::{
-    Broker, Envelope, Epoch, History, Inbox, NodeId, Position, StreamEntry, StreamError,
+    Broker, ConnectionId, Envelope, Epoch, History, Inbox, NodeId, Position, StreamEntry, StreamError,
     StreamFuture, StreamRead, Target,
 };
 use std::{
@@ -67,6 +67,7 @@ struct Kept {
     offset: u64,
     at: Instant,
     message: Message,
+    except: Option<ConnectionId>,
 }
 
 /// One hub's attachment to a [`MemoryNetwork`].
@@ -245,6 +246,7 @@ impl Broker for MemoryBroker {
             offset: position.offset,
             at: now,
             message: envelope.message.clone(),
+            except: envelope.except,
         });
         stream.trim(history, now);
         envelope.position = Some(position);
@@ -271,6 +273,7 @@ impl Broker for MemoryBroker {
                 .map(|kept| StreamEntry {
                     offset: kept.offset,
                     message: kept.message.clone(),
+                    except: kept.except,
                 })
                 .collect();
             Ok(StreamRead {
@@ -317,7 +320,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ConnectionId;
     use std::{
         task::{Context, Poll, Waker},
         thread,

@@ -8,6 +8,7 @@
 //! Hubs do the rest (ordering, gap filling, recovery of clients) the same way over any
 //! engine.
 
+use crate::ConnectionId;
 use std::{fmt, future::Future, pin::Pin, str::FromStr, time::Duration};
 use switchboard_proto::Message;
 
@@ -154,6 +155,11 @@ pub struct StreamEntry {
     pub offset: u64,
     /// The message, as published.
     pub message: Message,
+    /// The connection its publish left out ([`Envelope::except`](crate::Envelope::except)),
+    /// kept with it: a hub that fills a gap with it leaves that connection out too.
+    /// (A connection recovering from a position gets it all the same: the one left
+    /// out was the publisher's, which is another connection by then.)
+    pub except: Option<ConnectionId>,
 }
 
 /// What an engine answered to [`Broker::read_stream`](crate::Broker::read_stream).
@@ -241,6 +247,7 @@ mod tests {
                 .map(|&offset| StreamEntry {
                     offset,
                     message: Message::text("m"),
+                    except: None,
                 })
                 .collect(),
         }

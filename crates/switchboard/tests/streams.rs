@@ -345,6 +345,22 @@ async fn a_gap_is_filled_from_the_engine_before_newer_messages_are_delivered() {
 }
 
 #[tokio::test]
+async fn a_filled_message_still_leaves_out_the_connection_its_send_did() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default()).await;
+    let (mut sender, _) = join(&mut node, "news", None).await;
+    let sender_id = node.hub.room_members("news")[0].id();
+    let (mut other, _) = join(&mut node, "news", None).await;
+    link.lose.lock().unwrap().insert(1);
+    let send = node.hub.to("news").except(sender_id).publish("from the sender");
+    within("publish", send).await.unwrap();
+    publish(&node.hub, "news", "m2".into()).await;
+    assert_eq!(texts(&mut other, 2).await, ["from the sender", "m2"]);
+    assert_eq!(texts(&mut sender, 1).await, ["m2"], "left out, filled or not");
+    assert_eq!(node.hub.metrics().stream_filled, 1);
+}
+
+#[tokio::test]
 async fn what_was_published_while_the_link_was_down_is_delivered_when_it_comes_back() {
     let network = MemoryNetwork::new();
     let (mut node, link) = lossy_node(&network, History::default()).await;

@@ -71,7 +71,10 @@ pub struct Recovery {
     /// joined). `None` when the engine could not be reached and the stream had never
     /// been seen here: the position is unknown.
     pub position: Option<Position>,
-    /// The messages queued to the connection from history, before any live one.
+    /// The messages queued to the connection from history, before any live one. A
+    /// message whose send left a connection out ([`Broadcast::except`](super::Broadcast::except))
+    /// is among them all the same: the one left out was the publisher's connection,
+    /// not this one.
     pub missed: usize,
 }
 
@@ -933,7 +936,7 @@ impl State {
                     self.deliver(hub, cell, entry.offset, &message, except);
                 }
                 None => {
-                    self.deliver(hub, cell, entry.offset, &entry.message, None);
+                    self.deliver(hub, cell, entry.offset, &entry.message, entry.except);
                     filled += 1;
                 }
             }
