@@ -29,7 +29,9 @@ pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 /// stream. The store is bounded: each stream by its [`History`] (length and age), the
 /// number of streams by [`MemoryNetwork::max_streams`], past which the stream used
 /// least recently is forgotten (it comes back, if published to or read again, with a
-/// new [`Epoch`]: its history was lost). Everything is lost with the process: a
+/// new [`Epoch`]: its history was lost). A read of a stream the network does not have
+/// makes none (it answers an epoch that the stream's first publish keeps), and a
+/// stream is trimmed by the [`History`] it is published with, whatever its readers'. Everything is lost with the process: a
 /// restarted process has new epochs.
 #[derive(Clone)]
 pub struct MemoryNetwork {
@@ -45,6 +47,13 @@ struct Member {
 /// The streams of a network, and the order they were used in.
 struct Streams {
     by_room: HashMap<String, Stream>,
+    /// The epochs given to reads of streams never published to (or forgotten), so
+    /// that the stream's first publish keeps the epoch its readers saw (a new epoch
+    /// would look like a lost history). Bounded by `max` too, oldest first out: a
+    /// stream whose epoch went that way starts in another one, which a hub takes as a
+    /// new history (and fills from its start).
+    unknown: HashMap<String, Epoch>,
+    unknown_order: VecDeque<String>,
     /// Rooms by their last use (a publish or a read), least recent first: what is
     /// forgotten past `max`.
     by_use: BTreeMap<u64, String>,
@@ -55,6 +64,9 @@ struct Streams {
 
 struct Stream {
     epoch: Epoch,
+    /// The history of its last publish: what it is trimmed by (a reader's history
+    /// trims nothing: hubs with other settings share the stream).
+    history: History,
     /// The offset of its newest message (0: none yet).
     top: u64,
     /// Its kept messages, oldest first, consecutive offsets ending at `top`.
@@ -82,6 +94,8 @@ impl Default for MemoryNetwork {
             members: Arc::default(),
             streams: Arc::new(Mutex::new(Streams {
                 by_room: HashMap::new(),
+                unknown: HashMap::new(),
+                unknown_order: VecDeque::new(),
                 by_use: BTreeMap::new(),
                 clock: 0,
                 max: DEFAULT_MAX_STREAMS,
@@ -123,27 +137,52 @@ impl MemoryNetwork {
 }
 
 impl Streams {
-    /// The stream of `room`, made now (with a new epoch) if the network has none,
-    /// and marked as the one used last.
-    fn touch(&mut self, room: &str) -> &mut Stream {
+    /// The stream of `room`, made now if the network has none (in the epoch its
+    /// readers were told, or a new one), and marked as the one used last: for a
+    /// publish.
+    fn touch(&mut self, room: &str, history: History) -> &mut Stream {
         self.clock += 1;
         let used = self.clock;
         if !self.by_room.contains_key(room) && self.by_room.len() >= self.max {
             self.forget_least_recent();
         }
+        let epoch = match self.by_room.contains_key(room) {
+            true => None,
+            false => self.unknown.remove(room),
+        };
         let stream = self
             .by_room
             .entry(room.to_owned())
             .or_insert_with(|| Stream {
-                epoch: Epoch::random(),
+                epoch: epoch.unwrap_or_else(Epoch::random),
+                history,
                 top: 0,
                 kept: VecDeque::new(),
                 used: 0,
             });
+        stream.history = history;
         self.by_use.remove(&stream.used);
         stream.used = used;
         self.by_use.insert(used, room.to_owned());
         stream
+    }
+
+    /// The epoch to answer a read of `room`, which has no stream: the one given
+    /// before, or a new one remembered for its first publish.
+    fn unknown_epoch(&mut self, room: &str) -> Epoch {
+        if let Some(epoch) = self.unknown.get(room) {
+            return *epoch;
+        }
+        while self.unknown.len() >= self.max {
+            match self.unknown_order.pop_front() {
+                Some(oldest) => self.unknown.remove(&oldest),
+                None => break,
+            };
+        }
+        let epoch = Epoch::random();
+        self.unknown.insert(room.to_owned(), epoch);
+        self.unknown_order.push_back(room.to_owned());
+        epoch
     }
 
     fn forget_least_recent(&mut self) {
@@ -156,7 +195,8 @@ impl Streams {
 impl Stream {
     /// Drops the messages `history` no longer keeps: past its length, older than its
     /// age.
-    fn trim(&mut self, history: History, now: Instant) {
+    fn trim(&mut self, now: Instant) {
+        let history = self.history;
         while self.kept.len() > history.max_len.max(1) {
             self.kept.pop_front();
         }
@@ -238,7 +278,7 @@ impl Broker for MemoryBroker {
             return Box::pin(std::future::ready(Err(StreamError::NotData)));
         }
         let mut streams = lock(&self.network.streams);
-        let stream = streams.touch(room);
+        let stream = streams.touch(room, history);
         stream.top += 1;
         let position = Position::new(stream.top, stream.epoch);
         let now = Instant::now();
@@ -248,7 +288,7 @@ impl Broker for MemoryBroker {
             message: envelope.message.clone(),
             except: envelope.except,
         });
-        stream.trim(history, now);
+        stream.trim(now);
         envelope.position = Some(position);
         for inbox in self.network.subscribed(room) {
             inbox.deliver(&envelope);
@@ -259,13 +299,25 @@ impl Broker for MemoryBroker {
 
     /// Reads when polled, not when called: a hub may ask from anywhere, even while
     /// the network delivers to it.
+    ///
+    /// A read makes no stream (names read but never published to take no place
+    /// among the `max_streams`; see `Streams::unknown`) and trims by the history the
+    /// stream was published with, not `history`.
     fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        let _ = history;
         let streams = self.network.streams.clone();
         let room = room.to_owned();
         Box::pin(async move {
             let mut streams = lock(&streams);
-            let stream = streams.touch(&room);
-            stream.trim(history, Instant::now());
+            streams.clock += 1;
+            let used = streams.clock;
+            let Some(stream) = streams.by_room.get_mut(&room) else {
+                let epoch = streams.unknown_epoch(&room);
+                let entries = Vec::new();
+                return Ok(StreamRead { epoch, top: 0, entries });
+            };
+            let before = std::mem::replace(&mut stream.used, used);
+            stream.trim(Instant::now());
             let entries = stream
                 .kept
                 .iter()
@@ -276,11 +328,14 @@ impl Broker for MemoryBroker {
                     except: kept.except,
                 })
                 .collect();
-            Ok(StreamRead {
+            let read = StreamRead {
                 epoch: stream.epoch,
                 top: stream.top,
                 entries,
-            })
+            };
+            streams.by_use.remove(&before);
+            streams.by_use.insert(used, room);
+            Ok(read)
         })
     }
 }
@@ -494,7 +549,7 @@ mod tests {
         let (a, _) = stream_hub(&network);
         let history = History::default();
         let first = publish(&a, "one", "1", history);
-        publish(&a, "two", "2", history);
+        let second = publish(&a, "two", "2", history);
         // "one" is used again: "two" is now the least recent.
         assert_eq!(
             now(a.read_stream("one", 0, history)).unwrap().epoch,
@@ -512,15 +567,37 @@ mod tests {
         );
         let two = now(a.read_stream("two", 0, history)).unwrap();
         assert_eq!((two.top, two.entries.len()), (0, 0), "forgotten");
-        // Reading "two" made it anew and forgot "three", the least recent then.
+        assert_ne!(two.epoch, second.epoch, "a forgotten stream has a new epoch");
+        // Publishing "two" again forgets "three", the least recent now; its first
+        // message is in the epoch its reader saw.
+        let again = publish(&a, "two", "4", history);
+        assert_eq!(again, Position::new(1, two.epoch));
         let three = now(a.read_stream("three", 0, history)).unwrap();
-        assert_eq!(three.top, 0);
-        let again = publish(&a, "one", "4", history);
-        assert_eq!(again.offset, 1, "\"one\" was forgotten by the last read");
-        assert_ne!(
-            again.epoch, first.epoch,
-            "a forgotten stream has a new epoch"
-        );
+        assert_eq!(three.top, 0, "forgotten");
+        assert_eq!(now(a.read_stream("one", 0, history)).unwrap().top, 1);
+    }
+
+    #[test]
+    fn reads_make_no_stream_and_trim_nothing_of_others() {
+        let network = MemoryNetwork::new().max_streams(2);
+        let (a, _) = stream_hub(&network);
+        let history = History::default().max_len(5);
+        let first = publish(&a, "real", "1", history);
+        for i in 2..=5 {
+            publish(&a, "real", &i.to_string(), history);
+        }
+        // Clients joining names nobody publishes to take no place.
+        let fresh: Vec<Epoch> = (0..10)
+            .map(|i| now(a.read_stream(&format!("fresh{i}"), 0, history)).unwrap().epoch)
+            .collect();
+        let small = History::default().max_len(1);
+        let read = now(a.read_stream("real", 0, small)).unwrap();
+        assert_eq!(read.epoch, first.epoch, "kept");
+        assert_eq!(read.entries.len(), 5, "a reader's history trims nothing");
+        // A name read twice answers one epoch, which its first publish keeps.
+        let again = now(a.read_stream("fresh9", 0, history)).unwrap();
+        assert_eq!(again.epoch, fresh[9]);
+        assert_eq!(publish(&a, "fresh9", "x", history).epoch, fresh[9]);
     }
 
     #[test]
