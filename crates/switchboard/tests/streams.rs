@@ -493,6 +493,40 @@ async fn a_blip_before_a_rooms_first_message_is_filled() {
 }
 
 #[tokio::test]
+async fn more_held_than_the_engine_keeps_are_delivered_over_their_gap() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default().max_len(3)).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    link.lose.lock().unwrap().insert(2);
+    for i in 1..=6 {
+        publish(&node.hub, "news", format!("m{i}")).await;
+    }
+    // 3 to 6 held: more than the 3 the engine keeps, so 2 is gone.
+    let mut expected = numbered(1..=1);
+    expected.extend(numbered(3..=6));
+    assert_eq!(texts(&mut client, 5).await, expected);
+    assert_eq!(node.hub.metrics().stream_lost, 1);
+    nothing_more(&node.hub, &mut client).await;
+}
+
+#[tokio::test]
+async fn a_hub_holds_at_most_a_thousand_messages_past_a_gap_whatever_the_history() {
+    let network = MemoryNetwork::new();
+    let (mut node, link) = lossy_node(&network, History::default().max_len(5_000)).await;
+    let (mut client, _) = join(&mut node, "news", None).await;
+    link.lose.lock().unwrap().insert(2);
+    // Sent without a pause: no read of the gap can run before the 1,001st is held.
+    for i in 1..=1_003 {
+        node.hub.to("news").send_text(format!("m{i}"));
+    }
+    let mut expected = numbered(1..=1);
+    expected.extend(numbered(3..=1_003));
+    assert_eq!(texts(&mut client, 1_002).await, expected);
+    assert_eq!(node.hub.metrics().stream_lost, 1, "2 was given up");
+    nothing_more(&node.hub, &mut client).await;
+}
+
+#[tokio::test]
 async fn a_message_delivered_twice_reaches_members_once() {
     let network = MemoryNetwork::new();
     let (mut node, link) = lossy_node(&network, History::default()).await;

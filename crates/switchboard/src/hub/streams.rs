@@ -50,6 +50,20 @@ use switchboard_broker::{Epoch, History, Position, StreamError, StreamRead};
 use switchboard_proto::Message;
 use tokio::sync::Notify;
 
+/// The most messages a stream holds past a gap while it is read, whatever its
+/// [`History::max_len`]: 1,000 is more than a busy stream publishes during a read's
+/// round trip; past it, the gap is given up (counted lost) rather than the memory
+/// spent. (In time, a read is bounded by
+/// [`HubConfig::cluster_timeout`](super::HubConfig::cluster_timeout), and held
+/// messages wait for no more than one read started after they came.)
+const MAX_HELD: usize = 1_000;
+
+/// How many engine reads a hub has under way at once, over all its streams: a link
+/// that comes back makes every stream read, and 10,000 streams must not be 10,000
+/// reads at once on the engine. 16 keeps an engine's round trips busy without
+/// queueing on it.
+const MAX_READS: usize = 16;
+
 /// What a stream room's messages look like to its members: the message as published
 /// and its position, to the message sent (channels add the position to their
 /// broadcasts). Applied once per message per hub.
@@ -161,6 +175,8 @@ pub(crate) struct Streams {
     /// Whether any pattern is registered: a hub without one pays one atomic load per
     /// room send, and nothing else.
     any: AtomicBool,
+    /// Slots for engine reads ([`MAX_READS`]).
+    read_slots: Arc<tokio::sync::Semaphore>,
     histories: RwLock<Histories>,
     cells: Mutex<HashMap<Arc<str>, Arc<Cell>>>,
     /// Where read tasks run when the caller is outside a runtime (a send from a plain
@@ -253,6 +269,7 @@ impl Streams {
     pub(crate) fn new(histories: &Histories) -> Self {
         Self {
             any: AtomicBool::new(!histories.is_empty()),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
             histories: RwLock::new(histories.clone()),
             cells: Mutex::default(),
             runtime: OnceLock::new(),
@@ -758,8 +775,9 @@ impl State {
         self.held
             .insert(position.offset, (envelope.message.clone(), except));
         self.deliver_held(hub, cell);
-        if self.held.len() > cell.history.max_len.max(1) {
-            // More held than the engine keeps: the gap cannot be read any more.
+        if self.held.len() > cell.history.max_len.clamp(1, MAX_HELD) {
+            // More held than the engine keeps (the gap cannot be read any more), or
+            // than this hub holds.
             self.release_held(hub, cell);
         } else if !self.held.is_empty() {
             let last = self.last;
@@ -837,6 +855,7 @@ impl State {
         while self.tail.len() > cell.history.max_len.max(1) {
             self.tail.pop_front();
         }
+        self.trim_aged(&cell.history, at);
     }
 
     fn trim_aged(&mut self, history: &History, now: Instant) {
@@ -1032,6 +1051,10 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             // Its room emptied: nobody waits for this read.
             return;
         }
+        let slots = hub.streams().read_slots.clone();
+        let Ok(_slot) = slots.acquire().await else {
+            return;
+        };
         hub.streams().reads.fetch_add(1, Relaxed);
         let read = hub.broker().read_stream(&cell.room, after, cell.history);
         let timeout = hub.config().cluster_timeout;
@@ -1364,6 +1387,47 @@ mod tests {
             assert!(joiner.conn().in_room("s"));
             assert!(!lock(&cold.streams().cell("s").unwrap().state).reading);
         }
+    }
+
+    #[tokio::test]
+    async fn a_hub_reads_at_most_max_reads_streams_at_once() {
+        let network = MemoryNetwork::new();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let slow = SlowReads::new(network.broker(), &gate);
+        let reads = slow.reads.clone();
+        let hub = Hub::with_broker(HubConfig::default().history("s*", History::default()), slow);
+        let members: Vec<Registration> = (0..100).map(|_| admitted(&hub)).collect();
+        // Each room's first member reads where its stream is.
+        for (i, member) in members.iter().enumerate() {
+            member.conn().join(&format!("s{i}"));
+        }
+        while reads.load(Relaxed) < MAX_READS {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reads.load(Relaxed), MAX_READS, "the others wait for a slot");
+        gate.add_permits(100);
+        while reads.load(Relaxed) < 100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(hub.metrics().stream_reads, 100);
+    }
+
+    #[tokio::test]
+    async fn the_tail_keeps_no_message_older_than_max_age() {
+        let network = MemoryNetwork::new();
+        let history = History::default().max_age(std::time::Duration::from_millis(30));
+        let hub = hub(&network, history);
+        let member = admitted(&hub);
+        member.conn().join("s");
+        hub.to("s").publish("old").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        hub.to("s").publish("new").await.unwrap();
+        let cell = hub.streams().cell("s").unwrap();
+        let tail: Vec<u64> = lock(&cell.state).tail.iter().map(|k| k.offset).collect();
+        assert_eq!(tail, [2], "aged out as the next one came, no join needed");
     }
 
     #[tokio::test]
