@@ -131,6 +131,10 @@ pub enum JoinError {
     /// changed.
     #[error("this room keeps no history")]
     NoHistory,
+    /// [`Connection::join_from`] by a member of the room: it stays one, gets nothing
+    /// replayed, and no recovery is counted.
+    #[error("already a member of this room")]
+    AlreadyMember,
 }
 
 /// Why the hub did not queue a message, before the message is handed back (a
@@ -427,8 +431,10 @@ impl Connection {
     ///
     /// Waits only when the hub must read the history from the engine (with Redis, one
     /// round trip, shared by every connection joining the stream meanwhile). Refused
-    /// as [`Connection::try_join`] is, and with [`JoinError::NoHistory`] for a room
-    /// without history.
+    /// as [`Connection::try_join`] is, with [`JoinError::NoHistory`] for a room
+    /// without history, and with [`JoinError::AlreadyMember`] for a connection in the
+    /// room already (it gets the live messages; the ones before cannot be replayed
+    /// without repeating some).
     ///
     /// ```
     /// # use switchboard::hub::{Connection, Position};

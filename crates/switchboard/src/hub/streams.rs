@@ -416,6 +416,9 @@ impl Hub {
             return Err(JoinError::NoHistory);
         };
         self.check_join(conn, room)?;
+        if since.is_some() && self.is_member(conn.id(), room) {
+            return Err(JoinError::AlreadyMember);
+        }
         self.streams().remember_runtime();
         let joining = Joining::new(self, room, &rule);
         let cell = joining.cell.clone();
@@ -456,10 +459,11 @@ impl Hub {
         recovered: bool,
         before: impl FnOnce(&Recovery),
     ) -> Result<Recovery, JoinError> {
-        let member = self.is_member(conn.id(), &cell.room);
+        if since.is_some() && self.is_member(conn.id(), &cell.room) {
+            // Joined meanwhile: it gets the live messages, replaying would repeat them.
+            return Err(JoinError::AlreadyMember);
+        }
         self.try_join(conn, &cell.room)?;
-        // A member already gets the live messages: replaying would repeat them.
-        let recovered = recovered && !member;
         let missed: Vec<Message> = match since {
             Some(since) if recovered => state
                 .tail
@@ -1446,6 +1450,10 @@ mod tests {
         assert!(!recovery.recovered);
         assert_eq!((recovery.position, recovery.missed), (Some(last), 0));
         assert!(member.conn().in_room("s"));
+        let metrics = cold.metrics();
+        assert_eq!(metrics.streams_recovered + metrics.streams_not_recovered, 0);
+        let again = cold.join_from(member.conn(), "s", last).await;
+        assert_eq!(again, Err(JoinError::AlreadyMember));
         let metrics = cold.metrics();
         assert_eq!(metrics.streams_recovered + metrics.streams_not_recovered, 0);
         let lobby = cold.join_from(member.conn(), "lobby", last).await;
