@@ -2,8 +2,8 @@
 //! stream engine they share.
 
 use crate::{
-    Broker, ConnectionId, Envelope, Epoch, History, Inbox, NodeId, Position, StreamEntry, StreamError,
-    StreamFuture, StreamRead, Target,
+    Broker, ConnectionId, Envelope, Epoch, History, Inbox, NodeId, Position, StreamEntry,
+    StreamError, StreamFuture, StreamRead, Target,
 };
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -196,19 +196,7 @@ impl Stream {
     /// Drops the messages `history` no longer keeps: past its length, older than its
     /// age.
     fn trim(&mut self, now: Instant) {
-        let history = self.history;
-        while self.kept.len() > history.max_len.max(1) {
-            self.kept.pop_front();
-        }
-        if let Some(max_age) = history.max_age {
-            while self
-                .kept
-                .front()
-                .is_some_and(|kept| now.saturating_duration_since(kept.at) > max_age)
-            {
-                self.kept.pop_front();
-            }
-        }
+        self.history.trim(&mut self.kept, now, |kept| kept.at);
     }
 }
 
@@ -314,7 +302,11 @@ impl Broker for MemoryBroker {
             let Some(stream) = streams.by_room.get_mut(&room) else {
                 let epoch = streams.unknown_epoch(&room);
                 let entries = Vec::new();
-                return Ok(StreamRead { epoch, top: 0, entries });
+                return Ok(StreamRead {
+                    epoch,
+                    top: 0,
+                    entries,
+                });
             };
             let before = std::mem::replace(&mut stream.used, used);
             stream.trim(Instant::now());
@@ -567,7 +559,10 @@ mod tests {
         );
         let two = now(a.read_stream("two", 0, history)).unwrap();
         assert_eq!((two.top, two.entries.len()), (0, 0), "forgotten");
-        assert_ne!(two.epoch, second.epoch, "a forgotten stream has a new epoch");
+        assert_ne!(
+            two.epoch, second.epoch,
+            "a forgotten stream has a new epoch"
+        );
         // Publishing "two" again forgets "three", the least recent now; its first
         // message is in the epoch its reader saw.
         let again = publish(&a, "two", "4", history);
@@ -588,7 +583,11 @@ mod tests {
         }
         // Clients joining names nobody publishes to take no place.
         let fresh: Vec<Epoch> = (0..10)
-            .map(|i| now(a.read_stream(&format!("fresh{i}"), 0, history)).unwrap().epoch)
+            .map(|i| {
+                now(a.read_stream(&format!("fresh{i}"), 0, history))
+                    .unwrap()
+                    .epoch
+            })
             .collect();
         let small = History::default().max_len(1);
         let read = now(a.read_stream("real", 0, small)).unwrap();

@@ -9,7 +9,14 @@
 //! engine.
 
 use crate::ConnectionId;
-use std::{fmt, future::Future, pin::Pin, str::FromStr, time::Duration};
+use std::{
+    collections::VecDeque,
+    fmt,
+    future::Future,
+    pin::Pin,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 use switchboard_proto::Message;
 
 /// Which incarnation of a stream's history a position belongs to: the engine draws a
@@ -144,6 +151,23 @@ impl History {
     pub fn no_max_age(mut self) -> Self {
         self.max_age = None;
         self
+    }
+
+    /// Drops from `kept` (oldest first; `at` says when each one was kept) what this
+    /// history no longer keeps at `now`: past its length, older than its age. One
+    /// rule for every store of recent messages (an engine's, a hub's tail).
+    pub fn trim<T>(&self, kept: &mut VecDeque<T>, now: Instant, at: impl Fn(&T) -> Instant) {
+        while kept.len() > self.max_len.max(1) {
+            kept.pop_front();
+        }
+        if let Some(max_age) = self.max_age {
+            while kept
+                .front()
+                .is_some_and(|oldest| now.saturating_duration_since(at(oldest)) > max_age)
+            {
+                kept.pop_front();
+            }
+        }
     }
 }
 

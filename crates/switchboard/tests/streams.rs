@@ -352,11 +352,19 @@ async fn a_filled_message_still_leaves_out_the_connection_its_send_did() {
     let sender_id = node.hub.room_members("news")[0].id();
     let (mut other, _) = join(&mut node, "news", None).await;
     link.lose.lock().unwrap().insert(1);
-    let send = node.hub.to("news").except(sender_id).publish("from the sender");
+    let send = node
+        .hub
+        .to("news")
+        .except(sender_id)
+        .publish("from the sender");
     within("publish", send).await.unwrap();
     publish(&node.hub, "news", "m2".into()).await;
     assert_eq!(texts(&mut other, 2).await, ["from the sender", "m2"]);
-    assert_eq!(texts(&mut sender, 1).await, ["m2"], "left out, filled or not");
+    assert_eq!(
+        texts(&mut sender, 1).await,
+        ["m2"],
+        "left out, filled or not"
+    );
     assert_eq!(node.hub.metrics().stream_filled, 1);
 }
 
@@ -614,7 +622,10 @@ async fn joiners_racing_publishers_on_two_hubs_get_one_order_without_gap_or_dupl
     publish(&nodes[0].hub, "race", "end".into()).await;
     for (j, client) in clients.iter_mut().enumerate() {
         let got = texts(client, PUBLISHERS * EACH + 1).await;
-        assert!(got[..PUBLISHERS * EACH] == published, "joiner {j} got another sequence");
+        assert!(
+            got[..PUBLISHERS * EACH] == published,
+            "joiner {j} got another sequence"
+        );
         assert_eq!(got[PUBLISHERS * EACH], "end", "joiner {j}: nothing more");
     }
 }

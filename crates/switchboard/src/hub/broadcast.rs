@@ -197,7 +197,11 @@ fn frame(hub: &Hub, envelope: &Envelope) -> Outgoing {
 
 /// Queues an envelope's message for `recipients` (a snapshot of the registry), but
 /// the one it leaves out.
-pub(crate) fn fan_out(hub: &Hub, envelope: &Envelope, recipients: &[Connection]) -> BroadcastReport {
+pub(crate) fn fan_out(
+    hub: &Hub,
+    envelope: &Envelope,
+    recipients: &[Connection],
+) -> BroadcastReport {
     let frame = frame(hub, envelope);
     let mut report = BroadcastReport::default();
     for conn in recipients {

@@ -178,7 +178,7 @@ pub(crate) struct Streams {
     /// Slots for engine reads ([`MAX_READS`]).
     read_slots: Arc<tokio::sync::Semaphore>,
     histories: RwLock<Histories>,
-    cells: Mutex<HashMap<Arc<str>, Arc<Cell>>>,
+    states: Mutex<HashMap<Arc<str>, Arc<StreamState>>>,
     /// Where read tasks run when the caller is outside a runtime (a send from a plain
     /// thread that finds a gap).
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -198,7 +198,7 @@ pub(crate) struct Streams {
 }
 
 /// One stream's state on this hub, and the joiners waiting for its reads.
-struct Cell {
+struct StreamState {
     room: Arc<str>,
     history: History,
     frame: Option<Framing>,
@@ -241,7 +241,7 @@ struct State {
     /// A read from this offset was merged in this epoch: every message the engine kept
     /// after it is in the tail, or trimmed by the same bound the engine applies, so a
     /// position at or after it that the tail does not cover cannot be recovered.
-    complete_after: Option<u64>,
+    all_kept_after: Option<u64>,
     /// Counts the resets (a new epoch): a read started before one answers for a
     /// history that is gone, and is read again rather than merged.
     generation: u64,
@@ -271,7 +271,7 @@ impl Streams {
             any: AtomicBool::new(!histories.is_empty()),
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
             histories: RwLock::new(histories.clone()),
-            cells: Mutex::default(),
+            states: Mutex::default(),
             runtime: OnceLock::new(),
             link_up: AtomicBool::new(true),
             reconnects: AtomicU64::new(0),
@@ -284,7 +284,7 @@ impl Streams {
         }
     }
 
-    /// The rule of `room`, if it keeps history.
+    /// The rule of `room`, if it keeps history (a copy: for making a state).
     fn rule(&self, room: &str) -> Option<Rule> {
         if !self.any.load(Relaxed) {
             return None;
@@ -292,8 +292,17 @@ impl Streams {
         read(&self.histories).find(room).cloned()
     }
 
-    fn cell(&self, room: &str) -> Option<Arc<Cell>> {
-        lock(&self.cells).get(room).cloned()
+    /// The history of `room`, if it keeps one: what every send to a room asks, so
+    /// nothing is copied but the `History`.
+    fn history(&self, room: &str) -> Option<History> {
+        if !self.any.load(Relaxed) {
+            return None;
+        }
+        read(&self.histories).find(room).map(|rule| rule.history)
+    }
+
+    fn stream(&self, room: &str) -> Option<Arc<StreamState>> {
+        lock(&self.states).get(room).cloned()
     }
 
     /// The counters, for [`super::HubMetrics`]: reads, recovered, not recovered,
@@ -351,7 +360,7 @@ impl fmt::Debug for Streams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Streams")
             .field("histories", &*read(&self.histories))
-            .field("streams", &lock(&self.cells).len())
+            .field("streams", &lock(&self.states).len())
             .finish_non_exhaustive()
     }
 }
@@ -364,7 +373,7 @@ impl Hub {
     /// The history `room` keeps, if a pattern ([`HubConfig::history`](super::HubConfig::history),
     /// or a channels topic's) names it.
     pub fn history_of(&self, room: &str) -> Option<History> {
-        self.streams().rule(room).map(|rule| rule.history)
+        self.streams().history(room)
     }
 
     /// Makes the rooms that `pattern` names keep `history`, from now on (what
@@ -421,27 +430,29 @@ impl Hub {
         }
         self.streams().remember_runtime();
         let joining = Joining::new(self, room, &rule);
-        let cell = joining.cell.clone();
-        let mut asked: Option<u64> = None;
+        let stream = joining.stream.clone();
+        // The reads started when this joiner last asked for one: a read after them
+        // that has been merged answered it.
+        let mut asked_at: Option<u64> = None;
         loop {
-            let read_done = cell.read_done.notified();
+            let read_done = stream.read_done.notified();
             {
-                let mut state = lock(&cell.state);
-                state.trim_aged(&cell.history, Instant::now());
-                let fresh = asked.is_some_and(|mark| state.done > mark);
-                if fresh && state.failed {
+                let mut state = lock(&stream.state);
+                state.trim(&stream.history, Instant::now());
+                let answered = asked_at.is_some_and(|mark| state.done > mark);
+                if answered && state.failed {
                     // The engine cannot be read now: join live rather than wait.
-                    return self.join_at(conn, &cell, &mut state, since, false, before);
+                    return self.join_at(conn, &stream, &mut state, since, false, before);
                 }
-                match state.plan(since, fresh) {
+                match state.plan(since, answered) {
                     Plan::Join { recovered } => {
-                        return self.join_at(conn, &cell, &mut state, since, recovered, before);
+                        return self.join_at(conn, &stream, &mut state, since, recovered, before);
                     }
                     Plan::Read(after) => {
-                        if asked.is_none() || fresh {
-                            asked = Some(state.started);
+                        if asked_at.is_none() || answered {
+                            asked_at = Some(state.started);
                         }
-                        self.want_read(&cell, &mut state, after);
+                        self.want_read(&stream, &mut state, after);
                     }
                 }
             }
@@ -453,17 +464,17 @@ impl Hub {
     fn join_at(
         &self,
         conn: &Connection,
-        cell: &Cell,
+        stream: &StreamState,
         state: &mut State,
         since: Option<Position>,
         recovered: bool,
         before: impl FnOnce(&Recovery),
     ) -> Result<Recovery, JoinError> {
-        if since.is_some() && self.is_member(conn.id(), &cell.room) {
+        if since.is_some() && self.is_member(conn.id(), &stream.room) {
             // Joined meanwhile: it gets the live messages, replaying would repeat them.
             return Err(JoinError::AlreadyMember);
         }
-        self.try_join(conn, &cell.room)?;
+        self.try_join(conn, &stream.room)?;
         let missed: Vec<Message> = match since {
             Some(since) if recovered => state
                 .tail
@@ -492,9 +503,9 @@ impl Hub {
         Ok(recovery)
     }
 
-    /// Asks for a read of `cell`'s stream after `after`, in one task per stream: none
+    /// Asks for a read of `stream`'s stream after `after`, in one task per stream: none
     /// if the read under way reads from there or before (its answer will do).
-    fn want_read(&self, cell: &Arc<Cell>, state: &mut State, after: u64) {
+    fn want_read(&self, stream: &Arc<StreamState>, state: &mut State, after: u64) {
         if state.in_flight.is_some_and(|reading| reading <= after) {
             return;
         }
@@ -509,11 +520,11 @@ impl Hub {
             // No runtime has seen this hub yet: nobody joined from a position, so
             // the gap is let go rather than held for ever.
             state.wanted = None;
-            state.release_held(self, cell);
+            state.release_held(self, stream);
             return;
         };
         state.reading = true;
-        runtime.spawn(read_loop(Arc::downgrade(&self.inner), cell.clone()));
+        runtime.spawn(read_loop(Arc::downgrade(&self.inner), stream.clone()));
     }
 
     /// Hands a positioned envelope of a stream room to this hub's members, in offset
@@ -523,18 +534,18 @@ impl Hub {
             deliver_local(self, envelope);
             return;
         };
-        let Some(rule) = self.streams().rule(room) else {
+        if self.streams().history(room).is_none() {
             // A hub that keeps no history for the room delivers as it comes.
             deliver_local(self, envelope);
             return;
-        };
+        }
         loop {
-            let Some(cell) = self.cell_with_members(room, &rule) else {
+            let Some(stream) = self.cell_with_members(room) else {
                 return;
             };
-            let mut state = lock(&cell.state);
-            if !cell.retired.load(Relaxed) {
-                state.receive(self, &cell, envelope, position);
+            let mut state = lock(&stream.state);
+            if !stream.retired.load(Relaxed) {
+                state.receive(self, &stream, envelope, position);
                 return;
             }
         }
@@ -552,37 +563,36 @@ impl Hub {
     /// where the stream is, so that a blip of the broker's link before the room's
     /// first message is filled too. Called outside the registry's lock.
     pub(crate) fn stream_room_created(&self, room: &str) {
-        let Some(rule) = self.streams().rule(room) else {
-            return;
-        };
-        if self.streams().cell(room).is_some() {
-            // A joiner's (which reads itself, and may hold its lock now).
+        if self.streams().history(room).is_none() || self.streams().stream(room).is_some() {
+            // No stream; or a joiner's state (which reads itself, and may hold its
+            // lock now).
             return;
         }
         self.streams().remember_runtime();
-        let Some(cell) = self.cell_with_members(room, &rule) else {
+        let Some(stream) = self.cell_with_members(room) else {
             return;
         };
-        let mut state = lock(&cell.state);
+        let mut state = lock(&stream.state);
         if state.epoch.is_none() && !state.reading {
-            self.want_read(&cell, &mut state, 0);
+            self.want_read(&stream, &mut state, 0);
         }
     }
 
     /// The state of `room`, made if the room has members here; `None` if it has
     /// none (nothing to deliver).
-    fn cell_with_members(&self, room: &str, rule: &Rule) -> Option<Arc<Cell>> {
-        if let Some(cell) = self.streams().cell(room) {
-            return Some(cell);
+    fn cell_with_members(&self, room: &str) -> Option<Arc<StreamState>> {
+        if let Some(stream) = self.streams().stream(room) {
+            return Some(stream);
         }
+        let rule = self.streams().rule(room)?;
         // Under the registry's lock: a room removed meanwhile removes its state after.
         let registry = self.read();
         let (name, _) = registry.rooms.get_key_value(room)?;
-        let mut cells = lock(&self.streams().cells);
-        let cell = cells
+        let mut states = lock(&self.streams().states);
+        let stream = states
             .entry(name.clone())
-            .or_insert_with(|| Arc::new(Cell::new(name.clone(), rule)));
-        Some(cell.clone())
+            .or_insert_with(|| Arc::new(StreamState::new(name.clone(), &rule)));
+        Some(stream.clone())
     }
 
     /// Forgets the state of `room`, which has no member here any more, unless a
@@ -592,12 +602,12 @@ impl Hub {
         if !self.streams().any.load(Relaxed) {
             return true;
         }
-        let mut cells = lock(&self.streams().cells);
-        match cells.get(room) {
-            Some(cell) if cell.joining.load(Relaxed) > 0 => false,
-            Some(cell) => {
-                cell.retired.store(true, Relaxed);
-                cells.remove(room);
+        let mut states = lock(&self.streams().states);
+        match states.get(room) {
+            Some(stream) if stream.joining.load(Relaxed) > 0 => false,
+            Some(stream) => {
+                stream.retired.store(true, Relaxed);
+                states.remove(room);
                 true
             }
             None => true,
@@ -621,16 +631,16 @@ impl Hub {
         if !ready || (was_ready && !reconnected) {
             return;
         }
-        let cells: Vec<Arc<Cell>> = lock(&streams.cells).values().cloned().collect();
+        let states: Vec<Arc<StreamState>> = lock(&streams.states).values().cloned().collect();
         tracing::debug!(
-            streams = cells.len(),
+            streams = states.len(),
             "broker link back: reading the streams"
         );
-        for cell in cells {
-            let mut state = lock(&cell.state);
-            if state.epoch.is_some() && !cell.retired.load(Relaxed) {
+        for stream in states {
+            let mut state = lock(&stream.state);
+            if state.epoch.is_some() && !stream.retired.load(Relaxed) {
                 let last = state.last;
-                self.want_read(&cell, &mut state, last);
+                self.want_read(&stream, &mut state, last);
             }
         }
     }
@@ -641,19 +651,19 @@ impl Hub {
 /// has no member.
 struct Joining<'a> {
     hub: &'a Hub,
-    cell: Arc<Cell>,
+    stream: Arc<StreamState>,
 }
 
 impl<'a> Joining<'a> {
     fn new(hub: &'a Hub, room: &str, rule: &Rule) -> Self {
-        let cell = {
-            let mut cells = lock(&hub.streams().cells);
-            let cell = cells
+        let stream = {
+            let mut states = lock(&hub.streams().states);
+            let stream = states
                 .entry(Arc::from(room))
-                .or_insert_with(|| Arc::new(Cell::new(Arc::from(room), rule)))
+                .or_insert_with(|| Arc::new(StreamState::new(Arc::from(room), rule)))
                 .clone();
-            cell.joining.fetch_add(1, Relaxed);
-            cell
+            stream.joining.fetch_add(1, Relaxed);
+            stream
         };
         // Subscribed before anything is read, so that what is published after the
         // read reaches this hub (a broker's subscribe is idempotent).
@@ -662,29 +672,29 @@ impl<'a> Joining<'a> {
             hub.broker().subscribe(room);
         }
         drop(registry);
-        Self { hub, cell }
+        Self { hub, stream }
     }
 }
 
 impl Drop for Joining<'_> {
     fn drop(&mut self) {
         let registry = self.hub.write();
-        let mut cells = lock(&self.hub.streams().cells);
-        let last = self.cell.joining.fetch_sub(1, Relaxed) == 1;
-        let ours = cells
-            .get(&self.cell.room)
-            .is_some_and(|cell| Arc::ptr_eq(cell, &self.cell));
+        let mut states = lock(&self.hub.streams().states);
+        let last = self.stream.joining.fetch_sub(1, Relaxed) == 1;
+        let ours = states
+            .get(&self.stream.room)
+            .is_some_and(|stream| Arc::ptr_eq(stream, &self.stream));
         // Another state of the room (made after this one was retired) has its own
         // members and joiners, and the subscription is theirs.
-        if last && ours && !registry.rooms.contains_key(&self.cell.room) {
-            self.cell.retired.store(true, Relaxed);
-            cells.remove(&self.cell.room);
-            self.hub.broker().unsubscribe(&self.cell.room);
+        if last && ours && !registry.rooms.contains_key(&self.stream.room) {
+            self.stream.retired.store(true, Relaxed);
+            states.remove(&self.stream.room);
+            self.hub.broker().unsubscribe(&self.stream.room);
         }
     }
 }
 
-impl Cell {
+impl StreamState {
     fn new(room: Arc<str>, rule: &Rule) -> Self {
         Self {
             room,
@@ -700,18 +710,18 @@ impl Cell {
 
 impl State {
     /// What a joiner from `since` does, given whether a read asked since it came has
-    /// been merged (`fresh`): then the state is as up to date as the engine was.
-    fn plan(&self, since: Option<Position>, fresh: bool) -> Plan {
+    /// been merged (`answered`): then the state is as up to date as the engine was.
+    fn plan(&self, since: Option<Position>, answered: bool) -> Plan {
         let Some(epoch) = self.epoch else {
             return Plan::Read(since.map_or(0, |since| since.offset));
         };
         let Some(since) = since else {
             return Plan::Join { recovered: false };
         };
-        let confirmed = fresh || self.complete_after.is_some();
+        let engine_seen = answered || self.all_kept_after.is_some();
         if since.epoch != epoch {
             // The state may be behind an engine that changed epochs: ask it once.
-            return match confirmed {
+            return match engine_seen {
                 true => Plan::Join { recovered: false },
                 false => Plan::Read(since.offset),
             };
@@ -727,9 +737,9 @@ impl State {
             if reaches {
                 return Plan::Join { recovered: true };
             }
-            let trimmed = fresh
+            let trimmed = answered
                 || self
-                    .complete_after
+                    .all_kept_after
                     .is_some_and(|after| after <= since.offset);
             return match trimmed {
                 true => Plan::Join { recovered: false },
@@ -737,19 +747,25 @@ impl State {
             };
         }
         // Past what this hub delivered: it may be behind the engine.
-        match fresh {
+        match answered {
             true => Plan::Join { recovered: false },
             false => Plan::Read(self.last),
         }
     }
 
     /// A positioned message from the engine.
-    fn receive(&mut self, hub: &Hub, cell: &Arc<Cell>, envelope: &Envelope, position: Position) {
+    fn receive(
+        &mut self,
+        hub: &Hub,
+        stream: &Arc<StreamState>,
+        envelope: &Envelope,
+        position: Position,
+    ) {
         if position.offset == u64::MAX {
             // No engine numbers that far; one that says so is broken, and no offset
             // could follow it.
-            tracing::warn!(room = %cell.room, "stream message at offset u64::MAX refused");
-            hub.streams().lose(&cell.room, 1, &mut self.warned);
+            tracing::warn!(room = %stream.room, "stream message at offset u64::MAX refused");
+            hub.streams().lose(&stream.room, 1, &mut self.warned);
             return;
         }
         if self.epoch != Some(position.epoch) {
@@ -757,12 +773,12 @@ impl State {
             // did not come from the engine); a stream never seen here, at this message.
             let last = match self.epoch {
                 Some(_) => {
-                    tracing::debug!(room = %cell.room, "stream epoch changed: its history was lost");
+                    tracing::debug!(room = %stream.room, "stream epoch changed: its history was lost");
                     0
                 }
                 None => position.offset.saturating_sub(1),
             };
-            self.reset(hub, cell, position.epoch, last);
+            self.reset(hub, stream, position.epoch, last);
         }
         if position.offset <= self.last {
             return;
@@ -770,7 +786,7 @@ impl State {
         let except = envelope.except;
         if position.offset == self.last + 1 && self.held.is_empty() {
             self.warned = false;
-            self.deliver(hub, cell, position.offset, &envelope.message, except);
+            self.deliver(hub, stream, position.offset, &envelope.message, except);
             return;
         }
         if self.held.is_empty() {
@@ -778,51 +794,49 @@ impl State {
         }
         self.held
             .insert(position.offset, (envelope.message.clone(), except));
-        self.deliver_held(hub, cell);
-        if self.held.len() > cell.history.max_len.clamp(1, MAX_HELD) {
+        self.deliver_held(hub, stream);
+        if self.held.len() > stream.history.max_len.clamp(1, MAX_HELD) {
             // More held than the engine keeps (the gap cannot be read any more), or
             // than this hub holds.
-            self.release_held(hub, cell);
+            self.release_held(hub, stream);
         } else if !self.held.is_empty() {
             let last = self.last;
-            hub.want_read(cell, self, last);
+            hub.want_read(stream, self, last);
         }
     }
 
-    fn reset(&mut self, hub: &Hub, cell: &Cell, epoch: Epoch, last: u64) {
+    fn reset(&mut self, hub: &Hub, stream: &StreamState, epoch: Epoch, last: u64) {
         if let Some((&newest, _)) = self.held.last_key_value() {
             // The old epoch's held messages, and its gap before them, never came.
             let lost = newest.saturating_sub(self.last);
-            hub.streams().lose(&cell.room, lost, &mut self.warned);
+            hub.streams().lose(&stream.room, lost, &mut self.warned);
         }
         self.generation += 1;
         self.epoch = Some(epoch);
         self.last = last;
         self.tail.clear();
         self.held.clear();
-        self.complete_after = None;
+        self.all_kept_after = None;
     }
 
     /// Frames, keeps and fans out the message at `offset`, the next one.
     fn deliver(
         &mut self,
         hub: &Hub,
-        cell: &Cell,
+        stream: &StreamState,
         offset: u64,
         message: &Message,
         except: Option<ConnectionId>,
     ) {
+        // Every caller set the epoch (a message or a read of one came).
         let Some(epoch) = self.epoch else { return };
         let position = Position::new(offset, epoch);
-        let message = match &cell.frame {
-            Some(frame) => frame(message, position),
-            None => message.clone(),
-        };
-        self.keep(cell, offset, message.clone(), Instant::now());
+        let message = frame(stream, message, offset, epoch);
+        self.keep(stream, offset, message.clone(), Instant::now());
         self.last = offset;
         let envelope = Envelope {
             origin: hub.node(),
-            target: Target::Room(cell.room.to_string()),
+            target: Target::Room(stream.room.to_string()),
             except,
             message,
             position: Some(position),
@@ -832,10 +846,10 @@ impl State {
         // through its successor (which got this message from it, or from a read).
         let recipients = {
             let registry = hub.read();
-            if cell.retired.load(Relaxed) {
+            if stream.retired.load(Relaxed) {
                 return;
             }
-            match registry.rooms.get(&*cell.room) {
+            match registry.rooms.get(&*stream.room) {
                 Some(members) => members.snapshot(),
                 None => return,
             }
@@ -843,7 +857,7 @@ impl State {
         fan_out(hub, &envelope, &recipients);
     }
 
-    fn keep(&mut self, cell: &Cell, offset: u64, message: Message, at: Instant) {
+    fn keep(&mut self, stream: &StreamState, offset: u64, message: Message, at: Instant) {
         if self
             .tail
             .back()
@@ -856,27 +870,16 @@ impl State {
             at,
             message,
         });
-        while self.tail.len() > cell.history.max_len.max(1) {
-            self.tail.pop_front();
-        }
-        self.trim_aged(&cell.history, at);
+        self.trim(&stream.history, at);
     }
 
-    fn trim_aged(&mut self, history: &History, now: Instant) {
-        if let Some(max_age) = history.max_age {
-            while self
-                .tail
-                .front()
-                .is_some_and(|kept| now.saturating_duration_since(kept.at) > max_age)
-            {
-                self.tail.pop_front();
-            }
-        }
+    fn trim(&mut self, history: &History, now: Instant) {
+        history.trim(&mut self.tail, now, |kept| kept.at);
     }
 
     /// Delivers the held messages that follow the last one, and drops those at or
     /// below it.
-    fn deliver_held(&mut self, hub: &Hub, cell: &Cell) {
+    fn deliver_held(&mut self, hub: &Hub, stream: &StreamState) {
         while let Some(entry) = self.held.first_entry() {
             let offset = *entry.key();
             if offset > self.last + 1 {
@@ -884,61 +887,68 @@ impl State {
             }
             let (message, except) = entry.remove();
             if offset == self.last + 1 {
-                self.deliver(hub, cell, offset, &message, except);
+                self.deliver(hub, stream, offset, &message, except);
             }
         }
     }
 
     /// Delivers every held message in order, over the gaps before them: what those
     /// gaps lacked is lost.
-    fn release_held(&mut self, hub: &Hub, cell: &Cell) {
+    fn release_held(&mut self, hub: &Hub, stream: &StreamState) {
         while let Some((offset, (message, except))) = self.held.pop_first() {
-            self.jump_to(hub, cell, offset);
-            self.deliver(hub, cell, offset, &message, except);
+            self.jump_to(hub, stream, offset);
+            self.deliver(hub, stream, offset, &message, except);
         }
     }
 
     /// Goes on at `offset` (past `last`), counting what lies between as lost.
-    fn jump_to(&mut self, hub: &Hub, cell: &Cell, offset: u64) {
+    fn jump_to(&mut self, hub: &Hub, stream: &StreamState, offset: u64) {
         let lost = offset.saturating_sub(self.last).saturating_sub(1);
-        hub.streams().lose(&cell.room, lost, &mut self.warned);
+        hub.streams().lose(&stream.room, lost, &mut self.warned);
         self.last = self.last.max(offset.saturating_sub(1));
     }
 
     /// Merges what a read after `after` returned: fills the gap (delivering it), keeps
     /// older messages in the tail for joiners, then delivers what was held.
-    fn merge(&mut self, hub: &Hub, cell: &Arc<Cell>, after: u64, number: u64, read: StreamRead) {
+    fn merge(
+        &mut self,
+        hub: &Hub,
+        stream: &Arc<StreamState>,
+        after: u64,
+        number: u64,
+        read: StreamRead,
+    ) {
         let now = Instant::now();
         if self.epoch.is_some() && self.epoch != Some(read.epoch) {
             // The history was lost: the members go on with the new one from its
             // start, as far as the engine has it.
-            self.reset(hub, cell, read.epoch, 0);
+            self.reset(hub, stream, read.epoch, 0);
             if after != 0 {
-                hub.want_read(cell, self, 0);
+                hub.want_read(stream, self, 0);
                 return;
             }
         }
         if self.epoch != Some(read.epoch) {
             // A stream never seen here: it starts at the engine's top (the members
             // joined at most then).
-            self.reset(hub, cell, read.epoch, read.top);
+            self.reset(hub, stream, read.epoch, read.top);
             if read
                 .entries
                 .last()
                 .is_some_and(|last| last.offset == read.top)
             {
                 for entry in read.entries {
-                    let message = frame(cell, &entry.message, entry.offset, read.epoch);
-                    self.keep(cell, entry.offset, message, now);
+                    let message = frame(stream, &entry.message, entry.offset, read.epoch);
+                    self.keep(stream, entry.offset, message, now);
                 }
             }
-            self.complete_after = Some(after);
+            self.all_kept_after = Some(after);
             return;
         }
         let mut filled = 0;
         let from = self.last;
         for entry in read.entries.iter().filter(|entry| entry.offset > from) {
-            self.deliver_held(hub, cell);
+            self.deliver_held(hub, stream);
             if entry.offset <= self.last {
                 continue;
             }
@@ -949,57 +959,61 @@ impl State {
             {
                 let offset = *held.key();
                 let (message, except) = held.remove();
-                self.jump_to(hub, cell, offset);
-                self.deliver(hub, cell, offset, &message, except);
+                self.jump_to(hub, stream, offset);
+                self.deliver(hub, stream, offset, &message, except);
             }
-            self.jump_to(hub, cell, entry.offset);
+            self.jump_to(hub, stream, entry.offset);
             match self.held.remove(&entry.offset) {
                 // As it came live: with its `except`.
                 Some((message, except)) => {
-                    self.deliver(hub, cell, entry.offset, &message, except);
+                    self.deliver(hub, stream, entry.offset, &message, except);
                 }
                 None => {
-                    self.deliver(hub, cell, entry.offset, &entry.message, entry.except);
+                    self.deliver(hub, stream, entry.offset, &entry.message, entry.except);
                     filled += 1;
                 }
             }
         }
         hub.streams().filled.fetch_add(filled, Relaxed);
-        self.keep_older(cell, &read, now);
-        let linked = match (read.entries.first(), self.tail.front()) {
+        self.keep_older(stream, &read, now);
+        let reaches_tail = match (read.entries.first(), self.tail.front()) {
             (None, _) => read.top <= self.last,
             // A full tail holds all that the engine keeps under the same bound.
             (Some(first), Some(front)) => {
-                front.offset <= first.offset || self.tail.len() >= cell.history.max_len.max(1)
+                front.offset <= first.offset || self.tail.len() >= stream.history.max_len.max(1)
             }
             (Some(_), None) => false,
         };
-        if linked {
-            self.complete_after = Some(self.complete_after.map_or(after, |a| a.min(after)));
+        if reaches_tail {
+            self.all_kept_after = Some(self.all_kept_after.map_or(after, |a| a.min(after)));
         }
-        self.deliver_held(hub, cell);
+        self.deliver_held(hub, stream);
         if let Some((&first, _)) = self.held.first_key_value() {
             if read.top >= first || number > self.holding_since {
                 // The engine had the held ones, yet not the ones before them (or a
                 // read started after they came does not have them: it never will).
-                self.release_held(hub, cell);
+                self.release_held(hub, stream);
             } else {
                 // Published after the read: read again.
                 let last = self.last;
-                hub.want_read(cell, self, last);
+                hub.want_read(stream, self, last);
             }
         }
     }
 
     /// Puts the read's entries older than the tail in front of it, for joiners.
-    fn keep_older(&mut self, cell: &Cell, read: &StreamRead, now: Instant) {
+    fn keep_older(&mut self, stream: &StreamState, read: &StreamRead, now: Instant) {
         let Some(epoch) = self.epoch else { return };
         let front = match self.tail.front() {
             Some(front) => front.offset,
             None if read.top == self.last => self.last + 1,
             None => return,
         };
-        let room = cell.history.max_len.max(1).saturating_sub(self.tail.len());
+        let room = stream
+            .history
+            .max_len
+            .max(1)
+            .saturating_sub(self.tail.len());
         let mut next = front;
         for entry in read
             .entries
@@ -1011,7 +1025,7 @@ impl State {
             if entry.offset + 1 != next {
                 break;
             }
-            let message = frame(cell, &entry.message, entry.offset, epoch);
+            let message = frame(stream, &entry.message, entry.offset, epoch);
             self.tail.push_front(Kept {
                 offset: entry.offset,
                 at: now,
@@ -1022,8 +1036,8 @@ impl State {
     }
 }
 
-fn frame(cell: &Cell, message: &Message, offset: u64, epoch: Epoch) -> Message {
-    match &cell.frame {
+fn frame(stream: &StreamState, message: &Message, offset: u64, epoch: Epoch) -> Message {
+    match &stream.frame {
         Some(frame) => frame(message, Position::new(offset, epoch)),
         None => message.clone(),
     }
@@ -1031,16 +1045,16 @@ fn frame(cell: &Cell, message: &Message, offset: u64, epoch: Epoch) -> Message {
 
 /// Reads a stream, one read at a time, from the lowest offset wanted, until no more
 /// is wanted; tells the joiners after each.
-async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
+async fn read_loop(hub: Weak<super::HubInner>, stream: Arc<StreamState>) {
     // Whatever ends this task (a read that panics, a runtime shutting down), the
     // stream is not left "reading" with joiners waiting for ever.
     let _guard = ReadGuard {
         hub: hub.clone(),
-        cell: cell.clone(),
+        stream: stream.clone(),
     };
     loop {
         let (after, number, generation) = {
-            let mut state = lock(&cell.state);
+            let mut state = lock(&stream.state);
             state.in_flight = state.wanted.take();
             let Some(after) = state.in_flight else {
                 state.reading = false;
@@ -1051,7 +1065,7 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
         };
         let Some(inner) = hub.upgrade() else { return };
         let hub = Hub::from_inner(inner);
-        if cell.retired.load(Relaxed) {
+        if stream.retired.load(Relaxed) {
             // Its room emptied: nobody waits for this read.
             return;
         }
@@ -1060,7 +1074,9 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             return;
         };
         hub.streams().reads.fetch_add(1, Relaxed);
-        let read = hub.broker().read_stream(&cell.room, after, cell.history);
+        let read = hub
+            .broker()
+            .read_stream(&stream.room, after, stream.history);
         let timeout = hub.config().cluster_timeout;
         let result = match tokio::time::timeout(timeout, read).await {
             Ok(result) => result.and_then(checked),
@@ -1069,9 +1085,9 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
             ))),
         };
         {
-            let mut state = lock(&cell.state);
+            let mut state = lock(&stream.state);
             state.in_flight = None;
-            if cell.retired.load(Relaxed) {
+            if stream.retired.load(Relaxed) {
                 state.reading = false;
                 return;
             }
@@ -1080,17 +1096,17 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
                 // epoch): this answer may be of the old one. Read again.
                 state.wanted = Some(state.wanted.map_or(after, |wanted| wanted.min(after)));
                 drop(state);
-                cell.read_done.notify_waiters();
+                stream.read_done.notify_waiters();
                 continue;
             }
             state.done = number;
             state.failed = result.is_err();
             match result {
-                Ok(read) => state.merge(&hub, &cell, after, number, read),
-                Err(error) => failed_read(&hub, &cell, &mut state, &error),
+                Ok(read) => state.merge(&hub, &stream, after, number, read),
+                Err(error) => failed_read(&hub, &stream, &mut state, &error),
             }
         }
-        cell.read_done.notify_waiters();
+        stream.read_done.notify_waiters();
     }
 }
 
@@ -1098,12 +1114,12 @@ async fn read_loop(hub: Weak<super::HubInner>, cell: Arc<Cell>) {
 /// shutting down), the read failed: its joiners join live, its held messages go.
 struct ReadGuard {
     hub: Weak<super::HubInner>,
-    cell: Arc<Cell>,
+    stream: Arc<StreamState>,
 }
 
 impl Drop for ReadGuard {
     fn drop(&mut self) {
-        let mut state = lock(&self.cell.state);
+        let mut state = lock(&self.stream.state);
         if !state.reading {
             return;
         }
@@ -1112,12 +1128,12 @@ impl Drop for ReadGuard {
         state.wanted = None;
         state.done = state.started;
         state.failed = true;
-        tracing::warn!(room = %self.cell.room, "stream read task ended while reading");
+        tracing::warn!(room = %self.stream.room, "stream read task ended while reading");
         if let Some(inner) = self.hub.upgrade() {
-            state.release_held(&Hub::from_inner(inner), &self.cell);
+            state.release_held(&Hub::from_inner(inner), &self.stream);
         }
         drop(state);
-        self.cell.read_done.notify_waiters();
+        self.stream.read_done.notify_waiters();
     }
 }
 
@@ -1134,14 +1150,14 @@ fn checked(read: StreamRead) -> Result<StreamRead, StreamError> {
     Ok(read)
 }
 
-fn failed_read(hub: &Hub, cell: &Cell, state: &mut State, error: &StreamError) {
+fn failed_read(hub: &Hub, stream: &StreamState, state: &mut State, error: &StreamError) {
     match error {
         // A broker without history: its stream rooms are plain ones.
         StreamError::Unsupported => {}
-        _ => tracing::warn!(room = %cell.room, %error, "stream read failed"),
+        _ => tracing::warn!(room = %stream.room, %error, "stream read failed"),
     }
     // Held messages wait for no read now.
-    state.release_held(hub, cell);
+    state.release_held(hub, stream);
 }
 
 #[cfg(test)]
@@ -1260,8 +1276,8 @@ mod tests {
         }
         joins.extend(joiners[500..].iter().map(join));
         // Every joiner waits on the read before it is answered.
-        let cell = cold.streams().cell("s").unwrap();
-        while cell.joining.load(Relaxed) < 1_000 {
+        let stream = cold.streams().stream("s").unwrap();
+        while stream.joining.load(Relaxed) < 1_000 {
             tokio::task::yield_now().await;
         }
         gate.add_permits(1_000);
@@ -1325,13 +1341,13 @@ mod tests {
         let member = admitted(&hub);
         member.conn().join("s");
         hub.to("s").publish("m1").await.unwrap();
-        let cell = hub.streams().cell("s").unwrap();
+        let stream = hub.streams().stream("s").unwrap();
         // As a delivery that found the state before the room emptied and a new
         // member joined through a new state.
-        cell.retired.store(true, Relaxed);
+        stream.retired.store(true, Relaxed);
         let queued = member.conn().buffered_amount();
         assert!(queued > 0, "m1");
-        lock(&cell.state).deliver(&hub, &cell, 2, &Message::text("m2"), None);
+        lock(&stream.state).deliver(&hub, &stream, 2, &Message::text("m2"), None);
         assert_eq!(member.conn().buffered_amount(), queued, "not m2");
     }
 
@@ -1389,7 +1405,7 @@ mod tests {
             assert!(!recovery.recovered, "panics: {panics}");
             assert_eq!(recovery.position, None, "the stream was never seen");
             assert!(joiner.conn().in_room("s"));
-            assert!(!lock(&cold.streams().cell("s").unwrap().state).reading);
+            assert!(!lock(&cold.streams().stream("s").unwrap().state).reading);
         }
     }
 
@@ -1429,8 +1445,8 @@ mod tests {
         hub.to("s").publish("old").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         hub.to("s").publish("new").await.unwrap();
-        let cell = hub.streams().cell("s").unwrap();
-        let tail: Vec<u64> = lock(&cell.state).tail.iter().map(|k| k.offset).collect();
+        let stream = hub.streams().stream("s").unwrap();
+        let tail: Vec<u64> = lock(&stream.state).tail.iter().map(|k| k.offset).collect();
         assert_eq!(tail, [2], "aged out as the next one came, no join needed");
     }
 
@@ -1527,7 +1543,7 @@ mod tests {
     async fn a_stream_state_lasts_while_its_room_has_members_or_joiners() {
         let network = MemoryNetwork::new();
         let hub = hub(&network, History::default());
-        let states = |hub: &Hub| lock(&hub.streams().cells).len();
+        let states = |hub: &Hub| lock(&hub.streams().states).len();
         let member = admitted(&hub);
         let live = hub.join_from_then(member.conn(), "s", None, |_| {}).await;
         assert!(live.is_ok());
@@ -1545,7 +1561,7 @@ mod tests {
             let (slow, conn) = (slow.clone(), leaving.conn().clone());
             async move { slow.join_from(&conn, "s", since).await }
         });
-        while lock(&slow.streams().cells).is_empty() {
+        while lock(&slow.streams().states).is_empty() {
             tokio::task::yield_now().await;
         }
         leaving.conn().set_closed();
