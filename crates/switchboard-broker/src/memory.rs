@@ -37,6 +37,17 @@ pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 pub struct MemoryNetwork {
     members: Arc<Mutex<HashMap<NodeId, Member>>>,
     streams: Arc<Mutex<Streams>>,
+    outbox: Arc<Mutex<Outbox>>,
+}
+
+/// Stream envelopes numbered, waiting to be handed to the hubs, in offset order
+/// (queued under the streams' lock, delivered outside it).
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<(Envelope, Vec<Inbox>)>,
+    /// Whether a thread is delivering the queue: it delivers what others queue
+    /// meanwhile, so that one order reaches every hub.
+    delivering: bool,
 }
 
 struct Member {
@@ -92,6 +103,7 @@ impl Default for MemoryNetwork {
     fn default() -> Self {
         Self {
             members: Arc::default(),
+            outbox: Arc::default(),
             streams: Arc::new(Mutex::new(Streams {
                 by_room: HashMap::new(),
                 unknown: HashMap::new(),
@@ -126,6 +138,30 @@ impl MemoryNetwork {
         self
     }
 
+    /// Delivers the queued stream envelopes, in order, unless another thread is at
+    /// it (it will deliver these too). Outside every lock but the queue's, briefly:
+    /// a hub's delivery may publish to a stream again (a framing closure that
+    /// sends), which queues behind.
+    fn deliver_streams(&self) {
+        {
+            let mut outbox = lock(&self.outbox);
+            if outbox.delivering {
+                return;
+            }
+            outbox.delivering = true;
+        }
+        // A delivery that panics does not stop the network's streams for ever.
+        let _done = Delivering(&self.outbox);
+        loop {
+            let Some((envelope, inboxes)) = lock(&self.outbox).queue.pop_front() else {
+                return;
+            };
+            for inbox in inboxes {
+                inbox.deliver(&envelope);
+            }
+        }
+    }
+
     /// The inboxes of the hubs subscribed to `room`.
     fn subscribed(&self, room: &str) -> Vec<Inbox> {
         lock(&self.members)
@@ -133,6 +169,16 @@ impl MemoryNetwork {
             .filter(|member| member.rooms.contains(room))
             .map(|member| member.inbox.clone())
             .collect()
+    }
+}
+
+/// Ends a thread's turn at delivering the streams (see
+/// [`MemoryNetwork::deliver_streams`]), even by a panic.
+struct Delivering<'a>(&'a Mutex<Outbox>);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        lock(self.0).delivering = false;
     }
 }
 
@@ -254,10 +300,10 @@ impl Broker for MemoryBroker {
         });
     }
 
-    /// Numbers, keeps and delivers in one step under the network's stream lock, so
-    /// that every hub gets a stream's messages in offset order, however many hubs
-    /// publish at once. The inboxes are called under that lock: a hub's delivery must
-    /// not call back into this broker's streams (a hub's inbox only queues).
+    /// Numbers, keeps and queues for delivery in one step under the network's stream
+    /// lock, then delivers outside it, in the order queued: every hub gets a
+    /// stream's messages in offset order, however many hubs publish at once, and a
+    /// hub's delivery may publish again (it queues behind).
     fn publish_stream(&self, mut envelope: Envelope, history: History) -> StreamFuture<Position> {
         let Target::Room(room) = &envelope.target else {
             return Box::pin(std::future::ready(Err(StreamError::NoHistory)));
@@ -278,10 +324,12 @@ impl Broker for MemoryBroker {
         });
         stream.trim(now);
         envelope.position = Some(position);
-        for inbox in self.network.subscribed(room) {
-            inbox.deliver(&envelope);
-        }
+        let inboxes = self.network.subscribed(room);
+        lock(&self.network.outbox)
+            .queue
+            .push_back((envelope, inboxes));
         drop(streams);
+        self.network.deliver_streams();
         Box::pin(std::future::ready(Ok(position)))
     }
 
@@ -358,8 +406,8 @@ impl fmt::Debug for MemoryBroker {
 }
 
 /// The lock, even if a panic poisoned it: each critical section here is one map
-/// update, or one stream's update then its deliveries, which a panic cannot leave
-/// half done.
+/// or queue update, or one stream's update, which a panic (in this code, none of
+/// which calls out under a lock) cannot leave half done.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

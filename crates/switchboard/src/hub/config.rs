@@ -416,6 +416,10 @@ impl HubConfig {
     /// the message published and its position, once per message per hub (so that
     /// clients see positions: channels add them to their broadcasts this way). The
     /// history keeps the message as published; recovered messages are framed too.
+    ///
+    /// `frame` runs while the hub delivers the stream (under its state's lock): keep
+    /// it quick, and do not join, leave or wait there. It may send, to any room: a
+    /// send to a stream room is queued by the engine behind the one being delivered.
     pub fn history_framed(
         mut self,
         pattern: impl Into<String>,

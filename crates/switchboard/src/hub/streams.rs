@@ -1450,6 +1450,41 @@ mod tests {
         assert_eq!(tail, [2], "aged out as the next one came, no join needed");
     }
 
+    #[test]
+    fn a_framing_that_sends_to_a_stream_room_does_not_deadlock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let network = MemoryNetwork::new();
+                let me: Arc<OnceLock<Hub>> = Arc::default();
+                let framing = me.clone();
+                let config = HubConfig::default()
+                    .history("log", History::default())
+                    .history_framed("s", History::default(), move |message, _| {
+                        if let Some(hub) = framing.get() {
+                            hub.to("log").send_text("framed one");
+                        }
+                        message.clone()
+                    });
+                let hub = Hub::with_broker(config, network.broker());
+                let _ = me.set(hub.clone());
+                let member = admitted(&hub);
+                member.conn().join("s");
+                member.conn().join("log");
+                hub.to("s").publish("m").await.unwrap();
+                let engine = network.broker();
+                let log = super::super::Broker::read_stream(&engine, "log", 0, History::default());
+                let _ = done.send(log.await.unwrap().top);
+            });
+        });
+        let logged = finished.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(logged, Ok(1), "the framing's send was published");
+    }
+
     #[tokio::test]
     async fn a_live_join_learns_the_position_without_recovering() {
         let network = MemoryNetwork::new();
