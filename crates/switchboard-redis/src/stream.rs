@@ -173,7 +173,13 @@ fn read_of(reply: Value) -> Result<(StreamRead, u64), StreamError> {
         };
         let offset = u64::try_from(offset).map_err(|_| malformed("a negative offset"))?;
         match codec::stream_message(&field, data) {
-            Ok(message) => entries.push(StreamEntry { offset, message }),
+            // The script stores the message only: a gap filled from Redis reaches the
+            // connection its send left out too.
+            Ok(message) => entries.push(StreamEntry {
+                offset,
+                message,
+                except: None,
+            }),
             Err(error) => {
                 skipped += 1;
                 tracing::warn!(offset, %error, "skipped a stream entry that is not a message");
@@ -515,10 +521,12 @@ mod tests {
                     StreamEntry {
                         offset: 8,
                         message: switchboard_proto::Message::text("hi"),
+                        except: None,
                     },
                     StreamEntry {
                         offset: 9,
                         message: switchboard_proto::Message::binary(vec![0xffu8]),
+                        except: None,
                     },
                 ],
             })

@@ -73,9 +73,12 @@ impl Handler for Joiner {
             .join_from(ROOM, Position::new(offset, epoch))
             .await
             .unwrap();
+        let position = recovery
+            .position
+            .expect("Redis answered: the position is known");
         conn.send_text(format!(
             "recovery {} {} {} {}",
-            recovery.recovered, recovery.position.offset, recovery.position.epoch, recovery.missed
+            recovery.recovered, position.offset, position.epoch, recovery.missed
         ));
     }
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     Message,
-    hub::{Connection, Handler, JoinResult, Panicked, Position, catch},
+    hub::{Connection, Epoch, Handler, JoinResult, Panicked, Position, catch},
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -263,7 +263,11 @@ impl SocketHandler {
                     topic,
                     &response,
                     recovery.recovered,
-                    recovery.position,
+                    // Unknown (the engine unreachable): offset 0 of epoch 0, which
+                    // no stream has, as before `Recovery::position` was an Option.
+                    recovery
+                        .position
+                        .unwrap_or(Position::new(0, Epoch::from_u64(0))),
                 );
                 conn.send(reply);
                 socket.joined();

@@ -132,7 +132,10 @@ pub enum JoinError {
     #[error("this room keeps no history")]
     NoHistory,
     /// [`Connection::join_from`] by a member of the room: it stays one, gets nothing
-    /// replayed, and no recovery is counted.
+    /// replayed, and no recovery is counted. (A connection that becomes a member
+    /// while its `join_from` waits for the engine gets `Ok` with
+    /// [`Recovery::recovered`](super::Recovery::recovered) `false`, not counted
+    /// either.)
     #[error("already a member of this room")]
     AlreadyMember,
 }

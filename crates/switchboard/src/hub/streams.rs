@@ -406,6 +406,9 @@ impl Hub {
         room: &str,
         since: Position,
     ) -> Result<Recovery, JoinError> {
+        if self.history_of(room).is_some() && self.is_member(conn.id(), room) {
+            return Err(JoinError::AlreadyMember);
+        }
         self.join_from_then(conn, room, Some(since), |_| {}).await
     }
 
@@ -425,9 +428,6 @@ impl Hub {
             return Err(JoinError::NoHistory);
         };
         self.check_join(conn, room)?;
-        if since.is_some() && self.is_member(conn.id(), room) {
-            return Err(JoinError::AlreadyMember);
-        }
         self.streams().remember_runtime();
         let joining = Joining::new(self, room, &rule);
         let stream = joining.stream.clone();
@@ -470,10 +470,10 @@ impl Hub {
         recovered: bool,
         before: impl FnOnce(&Recovery),
     ) -> Result<Recovery, JoinError> {
-        if since.is_some() && self.is_member(conn.id(), &stream.room) {
-            // Joined meanwhile: it gets the live messages, replaying would repeat them.
-            return Err(JoinError::AlreadyMember);
-        }
+        // A member (a channel joined twice, or a join meanwhile) gets the live
+        // messages already: replaying would repeat them, and it recovers nothing.
+        let member = self.is_member(conn.id(), &stream.room);
+        let recovered = recovered && !member;
         self.try_join(conn, &stream.room)?;
         let missed: Vec<Message> = match since {
             Some(since) if recovered => state
@@ -489,7 +489,7 @@ impl Hub {
             position: state.epoch.map(|epoch| Position::new(state.last, epoch)),
             missed: missed.len(),
         };
-        if since.is_some() {
+        if since.is_some() && !member {
             let counter = match recovered {
                 true => &self.streams().recovered,
                 false => &self.streams().not_recovered,
