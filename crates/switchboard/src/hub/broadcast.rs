@@ -96,12 +96,14 @@ impl<'a> Broadcast<'a> {
                 .poll(&mut Context::from_waker(Waker::noop()));
             match answer {
                 Poll::Ready(Err(StreamError::Unsupported)) => {}
-                Poll::Ready(Err(error)) => {
+                Poll::Ready(Err(error @ StreamError::Unavailable(_))) => {
                     if let Target::Room(room) = &envelope.target {
                         self.hub.stream_send_failed(room, &error);
                     }
                     return BroadcastReport::default();
                 }
+                // Not lost for an outage (`Unconfirmed` may even have been delivered).
+                Poll::Ready(Err(_)) => return BroadcastReport::default(),
                 Poll::Ready(Ok(_)) => {
                     self.hub.stream_send_taken();
                     return BroadcastReport::default();
