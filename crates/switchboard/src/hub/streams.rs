@@ -245,6 +245,9 @@ struct State {
     /// Counts the resets (a new epoch): a read started before one answers for a
     /// history that is gone, and is read again rather than merged.
     generation: u64,
+    /// Whether `last` is only where a read found the stream before any message was
+    /// delivered here (see [`State::merge`]): the first live message may move it back.
+    start_unsure: bool,
     /// Whether a loss of this outage was warned of (cleared by the next message
     /// delivered in order as it came).
     warned: bool,
@@ -475,6 +478,8 @@ impl Hub {
         let member = self.is_member(conn.id(), &stream.room);
         let recovered = recovered && !member;
         self.try_join(conn, &stream.room)?;
+        // Its join point is `last`: the start is fixed now.
+        state.start_unsure = false;
         let missed: Vec<Message> = match since {
             Some(since) if recovered => state
                 .tail
@@ -780,6 +785,10 @@ impl State {
             };
             self.reset(hub, stream, position.epoch, last);
         }
+        if self.start_unsure && position.offset <= self.last {
+            self.last = position.offset - 1;
+            self.tail.retain(|kept| kept.offset < position.offset);
+        }
         if position.offset <= self.last {
             return;
         }
@@ -812,6 +821,7 @@ impl State {
             hub.streams().lose(&stream.room, lost, &mut self.warned);
         }
         self.generation += 1;
+        self.start_unsure = false;
         self.epoch = Some(epoch);
         self.last = last;
         self.tail.clear();
@@ -832,6 +842,7 @@ impl State {
         let Some(epoch) = self.epoch else { return };
         let position = Position::new(offset, epoch);
         let message = frame(stream, message, offset, epoch);
+        self.start_unsure = false;
         self.keep(stream, offset, message.clone(), Instant::now());
         self.last = offset;
         let envelope = Envelope {
@@ -929,9 +940,13 @@ impl State {
             }
         }
         if self.epoch != Some(read.epoch) {
-            // A stream never seen here: it starts at the engine's top (the members
-            // joined at most then).
+            // A stream never seen here: it starts at the engine's top, for now. The
+            // members joined before the read, maybe before some of these messages,
+            // whose live deliveries may come after this answer: until a message is
+            // delivered or a connection joins at this point, the first live one
+            // moves the start back to it.
             self.reset(hub, stream, read.epoch, read.top);
+            self.start_unsure = true;
             if read
                 .entries
                 .last()
