@@ -75,7 +75,7 @@ pub(crate) use instruments::{Instruments, Refusal};
 pub(crate) use outgoing::Outgoing;
 pub(crate) use rate::TokenBucket;
 // For channels' history topics (`Hub::keep_history`).
-#[allow(unused_imports)]
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
 pub(crate) use streams::Framing;
 pub(crate) use streams::Histories;
 

@@ -383,8 +383,8 @@ impl Hub {
     /// [`HubConfig::history_framed`](super::HubConfig::history_framed) does before the
     /// hub is built): for channels, which register their topics' patterns on a hub
     /// that exists.
-    // For channels (history topics), which register on a hub that exists.
-    #[allow(dead_code)]
+    // Channels (behind `axum`) call it.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn keep_history(&self, pattern: &str, history: History, frame: Option<Framing>) {
         let streams = self.streams();
         write(&streams.histories).add(pattern, history, frame);
