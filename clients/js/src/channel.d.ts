@@ -11,7 +11,7 @@ export interface Recovery {
    * cannot be known (history trimmed or lost); reload the state the broadcasts build.
    */
   recovered: boolean;
-  /** The channel's position after the join (null when the topic keeps no history any more). */
+  /** The channel's position after the join (null when the topic keeps no history any more, or the server could not read the stream). */
   position: Position | null;
 }
 
@@ -22,7 +22,12 @@ export declare class Channel {
   readonly state: ChannelState;
   /** The ref of the current join. */
   readonly joinRef: string | null;
-  /** Where the channel is in its topic's stream (topics with history); sent with every rejoin. */
+  /**
+   * Where the channel is in its topic's stream (topics with history); sent with every
+   * rejoin. Forgotten when the channel closes: a later join() is a first join, unless the
+   * params carry a `_position` (e.g. `() => ({_position: saved})` after a page reload),
+   * which a channel without a position of its own joins from.
+   */
   readonly position: Position | null;
   /** Joins; rejoins by itself after reconnects. Callbacks run for every (re)join outcome. */
   join(timeoutMs?: number): Push;

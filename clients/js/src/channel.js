@@ -79,6 +79,10 @@ export class Channel {
    * Where this channel is in its topic's stream: the position of the last broadcast it
    * delivered, or of the stream's newest message when it joined; `null` before the first
    * join of a topic with history (and on topics without). Sent with every rejoin.
+   * Forgotten when the channel closes (`leave()`, `phx_close`, a refused join): a later
+   * `join()` is a first join, unless the params carry a `_position` (say,
+   * `() => ({_position: saved})` to resume after a page reload), which a channel
+   * without a position of its own joins from.
    * @returns {{offset: number, epoch: string} | null}
    */
   get position() {
@@ -258,8 +262,7 @@ export class Channel {
   #joinedStream(stream) {
     const sent = this.#sentPosition;
     this.#sentPosition = null;
-    const valid = typeof stream?.recovered === 'boolean' && isPosition(stream);
-    if (!valid) {
+    if (typeof stream?.recovered !== 'boolean') {
       // The topic keeps no history (any more): a position sent was not recovered from.
       if (sent) {
         this.#position = null;
@@ -268,7 +271,9 @@ export class Channel {
       return;
     }
     const recovered = stream.recovered && sent !== null;
-    if (!recovered) this.#position = { offset: stream.offset, epoch: stream.epoch };
+    // Without a position (`"epoch": null`: the server could not read the stream), the
+    // channel starts from the first broadcast it gets.
+    if (!recovered) this.#position = isPosition(stream) ? { offset: stream.offset, epoch: stream.epoch } : null;
     this.#recovered(recovered);
   }
 
@@ -320,7 +325,13 @@ export class Channel {
   #joinPayload(params) {
     this.#sentPosition = null;
     const plain = typeof params === 'object' && params !== null && !Array.isArray(params);
-    if (!this.#position || !plain) return params;
+    if (!plain) return params;
+    // A position the application gives (saved before a page reload, say) is where a
+    // channel without one of its own starts: the join recovers from it.
+    if (!this.#position && isPosition(params._position)) {
+      this.#position = { offset: params._position.offset, epoch: params._position.epoch };
+    }
+    if (!this.#position) return params;
     this.#sentPosition = { ...this.#position };
     return { ...params, _position: this.#sentPosition };
   }
@@ -378,6 +389,9 @@ export class Channel {
     clearTimeout(this.#rejoinTimer);
     this.#forgetJoin();
     this.#state = 'closed';
+    // A later join() starts afresh (as a first join), unless given a `_position`.
+    this.#position = null;
+    this.#sentPosition = null;
     this.#socket._remove(this);
     // Nothing buffered will be sent now; say so instead of letting each time out.
     for (const push of this.#buffer.splice(0)) push._trigger('error', { reason: 'channel_closed' });

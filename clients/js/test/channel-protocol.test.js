@@ -343,3 +343,62 @@ test('streams: "recovered" without a position sent counts as not recovered; a to
   assert.equal(plain.position, null);
   assert.equal(recoveries.length, 1);
 });
+
+test('streams: a `_position` in the params (saved across a reload) is joined from, and its recovery kept', async (t) => {
+  const { socket, fake } = setup(t);
+  socket.connect();
+  await next(socket, 'open');
+  const saved = at(5);
+  const channel = socket.channel('room:s', () => ({ user: 'ann', _position: saved }));
+  const seen = [];
+  const recoveries = [];
+  channel.on('msg', ({ n }) => seen.push(n));
+  channel.onRecovery(({ recovered }) => recoveries.push(recovered));
+  channel.join();
+  const ws = fake.last();
+  assert.deepEqual(ws.sentOf('phx_join')[0][4], { user: 'ann', _position: at(5) });
+  answerStreamJoin(ws, true, at(7));
+  assert.deepEqual(recoveries, [true], 'the server recovered from the position sent');
+  broadcast(ws, 'room:s', 6, at(6));
+  broadcast(ws, 'room:s', 7, at(7));
+  assert.deepEqual(seen, [6, 7], 'the replay is delivered, not dropped as duplicates');
+  assert.deepEqual(channel.position, at(7));
+  // The channel's own position, newer, is what a rejoin carries.
+  ws.drop();
+  await next(socket, 'open');
+  assert.deepEqual(fake.last().sentOf('phx_join')[0][4], { user: 'ann', _position: at(7) });
+});
+
+test('streams: a reply without a position (the stream could not be read) is not recovered, and stores none', async (t) => {
+  const { socket, fake } = setup(t);
+  socket.connect();
+  await next(socket, 'open');
+  const channel = socket.channel('room:s');
+  const recoveries = [];
+  channel.onRecovery((event) => recoveries.push(event));
+  channel.join();
+  const ws = fake.last();
+  answerStreamJoin(ws, false, { epoch: null });
+  assert.deepEqual(recoveries, [{ recovered: false, position: null }]);
+  assert.equal(channel.position, null);
+  broadcast(ws, 'room:s', 3, at(3, 'cd'));
+  assert.deepEqual(channel.position, at(3, 'cd'));
+  assert.equal(recoveries.length, 1, 'the first broadcast is no change of epoch');
+});
+
+test('streams: leave() forgets the position: a later join() is a first join', async (t) => {
+  const { socket, fake } = setup(t);
+  socket.connect();
+  await next(socket, 'open');
+  const channel = socket.channel('room:s', { user: 'ann' });
+  channel.join();
+  const ws = fake.last();
+  answerStreamJoin(ws, false, at(4));
+  channel.leave();
+  const [joinRef, ref, topic] = ws.sentOf('phx_leave').at(-1);
+  ws.receive([joinRef, ref, topic, 'phx_reply', { status: 'ok', response: {} }]);
+  assert.equal(channel.state, 'closed');
+  assert.equal(channel.position, null);
+  channel.join();
+  assert.deepEqual(ws.sentOf('phx_join').at(-1)[4], { user: 'ann' });
+});
