@@ -357,7 +357,17 @@ test("an expiring token: 4401, then the documented refresh and reconnect", async
 test("a topic with history: joins without recovery data, chat, presence and rejoin work as before", async () => {
   await withServer(async (ctx) => {
     const frames = [];
-    const socket = ctx.socket();
+    // The frames as they came, before phoenix.js decodes them: the history is there.
+    const raw = [];
+    class Recording extends WebSocket {
+      constructor(...args) {
+        super(...args);
+        this.addEventListener("message", ({ data }) => {
+          if (typeof data === "string") raw.push(JSON.parse(data));
+        });
+      }
+    }
+    const socket = ctx.socket({}, { transport: Recording });
     socket.onMessage((message) => frames.push(message));
     const ann = socket.channel("room:kept", { user: "ann" });
     const bob = ctx.socket().channel("room:kept", { user: "bob" });
@@ -378,6 +388,15 @@ test("a topic with history: joins without recovery data, chat, presence and rejo
     // phoenix.js's onMessage sees the decoded five fields only.
     const broadcast = frames.find((m) => m.event === "new_msg");
     assert.deepEqual(Object.keys(broadcast).sort(), ["event", "join_ref", "payload", "ref", "topic"]);
+    // On the wire, the server did keep history: the join reply's `stream` and each
+    // broadcast's position, which phoenix.js left out.
+    const reply = raw.find((m) => m[2] === "room:kept" && m[3] === "phx_reply");
+    assert.equal(reply[4].stream.recovered, false, JSON.stringify(reply));
+    const epoch = reply[4].stream.epoch;
+    assert.match(epoch, /^[0-9a-f]{16}$/);
+    const positions = raw.filter((m) => m[3] === "new_msg").map((m) => m[5]);
+    const first = reply[4].stream.offset;
+    assert.deepEqual(positions, [1, 2, 3].map((n) => ({ offset: first + n, epoch })));
 
     // The join push's "ok" hook runs at once for the join already made, then per rejoin.
     let joins = 0;

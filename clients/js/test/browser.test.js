@@ -226,11 +226,26 @@ describe('in headless Chromium', () => {
     await page.evaluate((topic) => {
       const { Socket } = window.client;
       window.stream?.socket.disconnect();
-      const socket = new Socket('/socket', { backoff: { baseMs: 50, maxMs: 400 }, rejoin: { baseMs: 50, maxMs: 400 } });
+      // Every new_msg body as the server sent it, before the client drops duplicates.
+      const raw = [];
+      class Recording extends WebSocket {
+        constructor(...args) {
+          super(...args);
+          this.addEventListener('message', ({ data }) => {
+            const message = typeof data === 'string' ? JSON.parse(data) : null;
+            if (message?.[3] === 'new_msg') raw.push(message[4].body);
+          });
+        }
+      }
+      const socket = new Socket('/socket', {
+        WebSocket: Recording,
+        backoff: { baseMs: 50, maxMs: 400 },
+        rejoin: { baseMs: 50, maxMs: 400 },
+      });
       (window.cleanup ??= []).push(() => socket.disconnect());
       socket.connect();
       const channel = socket.channel(topic, { user: 'page' });
-      const stream = { socket, channel, joins: 0, bodies: [], recoveries: [] };
+      const stream = { socket, channel, joins: 0, bodies: [], raw, recoveries: [] };
       window.stream = stream;
       channel.on('new_msg', ({ body }) => stream.bodies.push(body));
       channel.onRecovery(({ recovered, position }) => stream.recoveries.push({ recovered, position }));
@@ -240,6 +255,7 @@ describe('in headless Chromium', () => {
   }
   const pageStream = () => page.evaluate(() => ({
     bodies: window.stream.bodies,
+    raw: window.stream.raw,
     recoveries: window.stream.recoveries,
     position: window.stream.channel.position,
     state: window.stream.channel.state,
@@ -278,14 +294,15 @@ describe('in headless Chromium', () => {
         server = await restarted;
         servers.push(server);
         await page.waitForFunction(() => window.stream.joins === 2);
-        await send(16, 20);
-        await page.waitForFunction(() => window.stream.bodies.length >= 20);
-        // Nothing more comes: a duplicate would arrive with the rest.
-        await new Promise((resolve) => setTimeout(resolve, 300));
-        const { bodies, recoveries, position } = await pageStream();
-        assert.deepEqual(bodies, Array.from({ length: 20 }, (_, i) => String(i + 1)));
+        await send(16, 21);
+        // 21 is the last: a duplicate the server sent would have come before it.
+        await page.waitForFunction(() => window.stream.bodies.includes('21'));
+        const { bodies, raw, recoveries, position } = await pageStream();
+        const expected = Array.from({ length: 21 }, (_, i) => String(i + 1));
+        assert.deepEqual(bodies, expected);
+        assert.deepEqual(raw, expected, 'the server sent each once: nothing for the client to drop');
         assert.deepEqual(recoveries.map((r) => r.recovered), [false, true]);
-        assert.equal(position.offset, 20, 'one offset per message of the topic');
+        assert.equal(position.offset, 21, 'one offset per message of the topic');
         assert.equal(position.epoch, recoveries[0].position.epoch, 'the history survived the server in Redis');
       } finally {
         publisher.disconnect();

@@ -7,8 +7,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 use switchboard::{
-    channels::{Channel, Channels, Endpoint, HandleIn, Payload, Reply, Socket},
-    hub::{History, Hub, HubConfig},
+    channels::{Channel, Channels, Endpoint, HandleIn, Out, Payload, Reply, Socket},
+    hub::{
+        Broker, Envelope, History, Hub, HubConfig, Inbox, MemoryBroker, MemoryNetwork, Position,
+        StreamError, StreamFuture, StreamRead,
+    },
 };
 use tokio::{net::TcpStream, time::timeout};
 use tokio_tungstenite::{
@@ -33,6 +36,23 @@ impl Channel for Feed {
     }
 }
 
+/// `Feed`, with its `secret` event intercepted and replaced by `{"masked": true}`.
+struct Masked;
+
+impl Channel for Masked {
+    async fn join(&self, topic: &str, payload: Value, socket: &Socket) -> Result<Value, Value> {
+        Feed.join(topic, payload, socket).await
+    }
+
+    fn intercepts(&self) -> &'static [&'static str] {
+        &["secret"]
+    }
+
+    fn handle_out(&self, _event: &str, _payload: &Payload, _socket: &Socket) -> Out {
+        Out::Replace(json!({"masked": true}).into())
+    }
+}
+
 struct Server {
     addr: SocketAddr,
     endpoint: Endpoint,
@@ -45,7 +65,10 @@ async fn server() -> Server {
 }
 
 async fn server_with(config: HubConfig) -> Server {
-    let hub = Hub::new(config);
+    serve_hub(Hub::new(config)).await
+}
+
+async fn serve_hub(hub: Hub) -> Server {
     let channels = Channels::new(hub.clone())
         .history("feed:*", History::default())
         .history("short:*", History::default().max_len(3))
@@ -53,7 +76,9 @@ async fn server_with(config: HubConfig) -> Server {
         .channel("feed:*", Feed)
         .channel("short:*", Feed)
         .channel("long:*", Feed)
-        .channel("plain:*", Feed);
+        .channel("plain:*", Feed)
+        .history("masked:*", History::default())
+        .channel("masked:*", Masked);
     let endpoint = channels.endpoint();
     let app: axum::Router = channels.into_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,10 +122,12 @@ impl Client {
         }
     }
 
-    /// Asserts that nothing arrives for a while.
-    async fn silent(&mut self) {
-        let next = timeout(Duration::from_millis(200), self.ws.next()).await;
-        assert!(next.is_err(), "unexpected message: {next:?}");
+    /// Asserts that nothing was queued for this client before a marker broadcast to
+    /// `topic` (which it must have joined): the marker is the next thing it receives.
+    async fn next_is_marker(&mut self, server: &Server, topic: &str) {
+        server.endpoint.broadcast(topic, "marker", json!({}));
+        let next = self.recv().await;
+        assert_eq!(fields(&next).get(3), Some(&json!("marker")), "{next}");
     }
 
     /// Joins `topic` with `payload`; returns the reply's payload (`status`,
@@ -233,7 +260,7 @@ async fn a_rejoin_from_a_position_gets_the_missed_broadcasts_after_the_reply_the
         back.broadcasts("feed:r", 1).await,
         vec![(json!(61), at(61, &epoch))]
     );
-    back.silent().await;
+    back.next_is_marker(&server, "feed:r").await;
 }
 
 #[tokio::test]
@@ -251,6 +278,8 @@ async fn not_recovered_when_trimmed_from_another_epoch_or_past_the_top() {
     ];
     for (i, (case, position)) in cases.into_iter().enumerate() {
         let mut other = Client::connect(&server).await;
+        // The marker goes there: on short:t it would take an offset and trim.
+        other.join("plain:t", "p", json!({})).await;
         let joined = other
             .join("short:t", &format!("j{i}"), json!({"_position": position}))
             .await;
@@ -259,7 +288,7 @@ async fn not_recovered_when_trimmed_from_another_epoch_or_past_the_top() {
             json!({"recovered": false, "offset": 10, "epoch": epoch}),
             "{case}"
         );
-        other.silent().await;
+        other.next_is_marker(&server, "plain:t").await;
     }
     // The edge of what is kept recovers: 7 was the last trimmed, so 8 to 10 follow.
     let mut edge = Client::connect(&server).await;
@@ -300,29 +329,45 @@ async fn a_malformed_position_refuses_the_join_with_a_reason() {
 }
 
 #[tokio::test]
-async fn binary_broadcasts_are_kept_and_recovered_without_a_position() {
+async fn binary_broadcasts_on_a_topic_with_history_are_live_only_and_never_replayed() {
     let server = server().await;
     let mut client = Client::connect(&server).await;
     let epoch = client.join("feed:b", "1", json!({})).await["stream"]["epoch"].clone();
+    publish(&server, "feed:b", 1..=1).await;
     server.endpoint.broadcast("feed:b", "img", vec![1u8, 2, 3]);
     publish(&server, "feed:b", 2..=2).await;
-    client.next().await;
-    client.broadcasts("feed:b", 1).await;
+    server.endpoint.broadcast("feed:b", "img", vec![4u8]);
+    assert_eq!(
+        client.broadcasts("feed:b", 1).await,
+        vec![(json!(1), at(1, &epoch))]
+    );
+    // Kind 2, topic and event lengths, topic, event, data: as any binary broadcast.
+    assert_eq!(
+        client.next().await,
+        WsMessage::binary(b"\x02\x06\x03feed:bimg\x01\x02\x03".to_vec())
+    );
+    assert_eq!(
+        client.broadcasts("feed:b", 1).await,
+        vec![(json!(2), at(2, &epoch))],
+        "the binary one took no offset"
+    );
+    assert_eq!(
+        client.next().await,
+        WsMessage::binary(b"\x02\x06\x03feed:bimg\x04".to_vec())
+    );
 
+    // A recovery from before them gets the JSON ones only: the binary ones, which no
+    // position could mark as delivered, are not replayed.
     let mut back = Client::connect(&server).await;
     let joined = back
         .join("feed:b", "2", json!({"_position": at(0, &epoch)}))
         .await;
     assert_eq!(joined["stream"]["recovered"], true, "{joined}");
-    // Kind 2, topic and event lengths, topic, event, data: as any binary broadcast.
     assert_eq!(
-        back.next().await,
-        WsMessage::binary(b"\x02\x06\x03feed:bimg\x01\x02\x03".to_vec())
+        back.broadcasts("feed:b", 2).await,
+        vec![(json!(1), at(1, &epoch)), (json!(2), at(2, &epoch))]
     );
-    assert_eq!(
-        back.broadcasts("feed:b", 1).await,
-        vec![(json!(2), at(2, &epoch))]
-    );
+    back.next_is_marker(&server, "feed:b").await;
 }
 
 #[tokio::test]
@@ -357,7 +402,7 @@ async fn a_rejoin_while_broadcasts_flow_gets_each_once_in_order_reply_first() {
         got, expected,
         "the missed ones, then the live ones: no gap, no repeat"
     );
-    back.silent().await;
+    back.next_is_marker(&server, "long:c").await;
 }
 
 #[tokio::test]
@@ -374,5 +419,98 @@ async fn a_history_topic_past_the_rooms_limit_is_refused_like_any_topic() {
     assert_eq!(refused.get("stream"), None);
     // Refused means not subscribed: its broadcasts do not come.
     publish(&server, "feed:two", 1..=1).await;
-    client.silent().await;
+    client.next_is_marker(&server, "feed:one").await;
+}
+
+#[tokio::test]
+async fn the_hubs_most_specific_rule_decides_whether_a_topic_recovers() {
+    // `feed:*` is a channels topic with history, but the hub's own exact rule for one
+    // of its rooms, without framing, wins there: its broadcasts carry no position, so
+    // its joins neither take a `_position` nor say where the stream is.
+    let config = HubConfig::default().history("phx:feed:raw", History::default());
+    let server = server_with(config).await;
+    let mut client = Client::connect(&server).await;
+    let joined = client.join("feed:raw", "1", json!({"_position": 5})).await;
+    assert_eq!(joined["status"], "ok", "{joined}");
+    assert_eq!(joined.get("stream"), None, "{joined}");
+    assert_eq!(joined["response"], json!({"params": {"_position": 5}}));
+    publish(&server, "feed:raw", 1..=1).await;
+    assert_eq!(
+        client.recv().await,
+        json!([null, null, "feed:raw", "msg", {"n": 1}])
+    );
+}
+
+#[tokio::test]
+async fn intercepted_events_on_a_topic_with_history_are_live_only_and_take_no_offset() {
+    let server = server().await;
+    let mut client = Client::connect(&server).await;
+    let epoch = client.join("masked:i", "1", json!({})).await["stream"]["epoch"].clone();
+    publish(&server, "masked:i", 1..=1).await;
+    server
+        .endpoint
+        .broadcast("masked:i", "secret", json!({"n": "hidden"}));
+    publish(&server, "masked:i", 2..=2).await;
+    assert_eq!(
+        client.broadcasts("masked:i", 1).await,
+        vec![(json!(1), at(1, &epoch))]
+    );
+    // A push to this socket (its join_ref), with no position.
+    assert_eq!(
+        client.recv().await,
+        json!(["1", null, "masked:i", "secret", {"masked": true}])
+    );
+    assert_eq!(
+        client.broadcasts("masked:i", 1).await,
+        vec![(json!(2), at(2, &epoch))],
+        "the intercepted one took no offset"
+    );
+    let mut back = Client::connect(&server).await;
+    let joined = back
+        .join("masked:i", "2", json!({"_position": at(0, &epoch)}))
+        .await;
+    assert_eq!(joined["stream"]["recovered"], true, "{joined}");
+    assert_eq!(back.broadcasts("masked:i", 2).await.len(), 2);
+    back.next_is_marker(&server, "masked:i").await;
+}
+
+/// A memory broker whose stream reads fail, as an engine that cannot be reached.
+struct Unreadable(MemoryBroker);
+
+impl Broker for Unreadable {
+    fn start(&self, inbox: Inbox) {
+        self.0.start(inbox);
+    }
+    fn publish(&self, envelope: Envelope) {
+        self.0.publish(envelope);
+    }
+    fn subscribe(&self, room: &str) {
+        self.0.subscribe(room);
+    }
+    fn unsubscribe(&self, room: &str) {
+        self.0.unsubscribe(room);
+    }
+    fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        self.0.publish_stream(envelope, history)
+    }
+    fn read_stream(&self, _room: &str, _after: u64, _history: History) -> StreamFuture<StreamRead> {
+        Box::pin(std::future::ready(Err(StreamError::Unavailable(
+            "unreachable in this test".into(),
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn a_join_whose_stream_cannot_be_read_says_so_without_a_position() {
+    let network = MemoryNetwork::new();
+    let broker = Unreadable(network.broker());
+    let server = serve_hub(Hub::with_broker(HubConfig::default(), broker)).await;
+    let mut client = Client::connect(&server).await;
+    let joined = client.join("feed:u", "1", json!({})).await;
+    assert_eq!(joined["status"], "ok", "{joined}");
+    assert_eq!(
+        joined["stream"],
+        json!({"recovered": false, "epoch": null}),
+        "no made-up position"
+    );
 }

@@ -16,7 +16,7 @@ use std::{
 };
 use switchboard::{
     channels::{Channels, ChannelsConfig},
-    hub::{Broker, BrokerMetrics, Envelope, Hub, HubConfig, Inbox, MemoryNetwork, Target},
+    hub::{Broker, BrokerMetrics, Envelope, History, Hub, HubConfig, Inbox, MemoryNetwork, Target},
 };
 use switchboard_redis::{RedisBroker, RedisConfig};
 
@@ -39,9 +39,17 @@ struct Node {
 }
 
 async fn node(hub: Hub) -> Node {
-    let channels = Channels::new(hub.clone())
-        .config(channels_config())
-        .channel("lobby:*", presence_support::Lobby);
+    node_with(hub, None).await
+}
+
+/// A node whose `lobby:*` topics keep `history`, if given: presence is not part of the
+/// stream, and must work the same on such a topic.
+async fn node_with(hub: Hub, history: Option<History>) -> Node {
+    let mut channels = Channels::new(hub.clone()).config(channels_config());
+    if let Some(history) = history {
+        channels = channels.history("lobby:*", history);
+    }
+    let channels = channels.channel("lobby:*", presence_support::Lobby);
     let endpoint = channels.endpoint();
     let app: axum::Router = channels.into_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -65,9 +73,18 @@ impl Node {
 }
 
 async fn memory_nodes(network: &MemoryNetwork, n: usize) -> Vec<Node> {
+    memory_nodes_with(network, n, None).await
+}
+
+async fn memory_nodes_with(
+    network: &MemoryNetwork,
+    n: usize,
+    history: Option<History>,
+) -> Vec<Node> {
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(node(Hub::with_broker(hub_config(), network.broker())).await);
+        let hub = Hub::with_broker(hub_config(), network.broker());
+        nodes.push(node_with(hub, history).await);
     }
     nodes
 }
@@ -158,6 +175,13 @@ async fn lists_agree_and_each_change_arrives_once(nodes: Vec<Node>) {
 async fn three_hubs_in_memory_list_the_same_and_each_change_arrives_once() {
     let network = MemoryNetwork::new();
     let nodes = memory_nodes(&network, 3).await;
+    lists_agree_and_each_change_arrives_once(nodes).await;
+}
+
+#[tokio::test]
+async fn on_a_topic_with_history_three_hubs_list_the_same_and_each_change_arrives_once() {
+    let network = MemoryNetwork::new();
+    let nodes = memory_nodes_with(&network, 3, Some(History::default())).await;
     lists_agree_and_each_change_arrives_once(nodes).await;
 }
 

@@ -12,11 +12,10 @@ use super::{
     room_name,
     socket::Params,
     state::{ConnState, Joined},
-    topic::TopicPattern,
 };
 use crate::{
     Message,
-    hub::{Connection, Epoch, Handler, JoinResult, Panicked, Position, catch},
+    hub::{Connection, Handler, JoinResult, Panicked, Position, catch},
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -25,32 +24,26 @@ use std::sync::Arc;
 pub(crate) struct SocketHandler {
     endpoint: Endpoint,
     routes: Vec<Route>,
-    /// The patterns of the topics with history ([`Channels::history`](super::Channels::history)).
-    histories: Vec<TopicPattern>,
     config: ChannelsConfig,
     heartbeats: Arc<Heartbeats>,
 }
 
 impl SocketHandler {
-    pub(crate) fn new(
-        endpoint: Endpoint,
-        routes: Vec<Route>,
-        histories: Vec<TopicPattern>,
-        config: ChannelsConfig,
-    ) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, routes: Vec<Route>, config: ChannelsConfig) -> Self {
         let heartbeats = Heartbeats::new(endpoint.hub().clone(), config.heartbeat_timeout);
         Self {
             endpoint,
             routes,
-            histories,
             config,
             heartbeats,
         }
     }
 
-    /// Whether `topic` keeps history: its joins recover from a `_position`.
+    /// Whether `topic` keeps history ([`Channels::history`](super::Channels::history)):
+    /// its joins recover from a `_position`. The hub's rules decide, as for its
+    /// broadcasts.
     fn keeps_history(&self, topic: &str) -> bool {
-        self.histories.iter().any(|p| p.matches(topic).is_some())
+        self.endpoint.hub().is_framed_stream(&room_name(topic))
     }
 
     /// The endpoint the sockets are on.
@@ -176,72 +169,70 @@ impl SocketHandler {
         );
         self.endpoint.presence().joining(&socket);
         let result = catch(channel.join(&topic, payload, &socket)).await;
-        let join_ref = join_ref.as_deref();
-        if history {
-            if let Ok(Ok(response)) = result {
-                let joined = Joined { socket, channel };
-                let refs = (join_ref, msg_ref);
-                let subscribed = self
-                    .join_stream(conn, state, joined, since, refs, response)
-                    .await;
-                // As for the other topics: a room the hub refused is a refused join.
-                let result = match subscribed {
-                    true => JoinResult::Ok,
-                    false => JoinResult::Refused,
-                };
-                self.count_join(pattern, result);
-                return;
-            }
-        }
-        match result {
-            // The hub refuses the room past `max_rooms_per_connection` (set below
-            // `max_channels`, or rooms the application joined itself): the join fails
-            // as one the channel refused, rather than succeed without its broadcasts.
-            Ok(Ok(_)) if self.endpoint.presence().subscribe(&socket, conn).is_err() => {
-                tracing::debug!(topic, reason = "too many rooms", "channel join refused");
-                socket.close();
-                self.endpoint.presence().forget_socket(&socket);
-                let reason = json!({"reason": "too many rooms"});
-                reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
-            }
-            Ok(Ok(response)) => {
-                self.count_join(pattern, JoinResult::Ok);
-                state.insert(
-                    topic.clone(),
-                    Joined {
-                        socket: socket.clone(),
-                        channel,
-                    },
-                );
-                tracing::debug!(topic, "channel joined");
-                // Phoenix.Channel.Server `init_join` subscribes before the reply leaves
-                // (the guard above did).
-                reply(conn, join_ref, msg_ref, &topic, &Reply::ok(response));
-                socket.joined();
-            }
+        let refs = (join_ref.as_deref(), msg_ref);
+        let response = match result {
+            Ok(Ok(response)) => response,
             Ok(Err(reason)) => {
                 tracing::debug!(topic, %reason, "channel join refused");
                 self.count_join(pattern, JoinResult::Error);
-                socket.close();
-                self.endpoint.presence().forget_socket(&socket);
-                reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
+                self.fail_join(conn, &socket, refs, reason);
+                return;
             }
             Err(Panicked) => {
                 tracing::error!(topic, "channel join panicked");
                 self.count_join(pattern, JoinResult::Error);
-                socket.close();
-                self.endpoint.presence().forget_socket(&socket);
                 // Phoenix.Channel.Server.join: a join that crashes answers this.
-                let reason = json!({"reason": "join crashed"});
-                reply(conn, join_ref, msg_ref, &topic, &Reply::error(reason));
+                self.fail_join(conn, &socket, refs, json!({"reason": "join crashed"}));
+                return;
             }
+        };
+        let joined = Joined { socket, channel };
+        let subscribed = match history {
+            true => {
+                self.join_stream(conn, state, joined, since, refs, response)
+                    .await
+            }
+            false => self.join_live(conn, state, joined, refs, response),
+        };
+        // The hub refuses the room past `max_rooms_per_connection` (set below
+        // `max_channels`, or rooms the application joined itself): the join fails as
+        // one the channel refused, rather than succeed without its broadcasts.
+        let result = match subscribed {
+            true => JoinResult::Ok,
+            false => JoinResult::Refused,
+        };
+        self.count_join(pattern, result);
+    }
+
+    /// The end of an accepted join of a topic without history: subscribes the socket
+    /// (Phoenix.Channel.Server `init_join` subscribes before the reply leaves), then
+    /// sends the ok reply. `false` when the hub refused the room.
+    fn join_live(
+        &self,
+        conn: &Connection,
+        state: &ConnState,
+        joined: Joined,
+        refs: (Option<&str>, Option<&str>),
+        response: Value,
+    ) -> bool {
+        let socket = &joined.socket;
+        let topic = socket.topic();
+        if let Err(error) = self.endpoint.presence().subscribe(socket, conn) {
+            tracing::debug!(topic, %error, "channel join refused");
+            self.fail_join(conn, socket, refs, json!({"reason": error.to_string()}));
+            return false;
         }
+        state.insert(topic.to_owned(), joined.clone());
+        tracing::debug!(topic, "channel joined");
+        reply(conn, refs.0, refs.1, topic, &Reply::ok(response));
+        socket.joined();
+        true
     }
 
     /// The end of an accepted join of a topic with history: subscribes the socket from
     /// `since` and sends the ok reply with the stream's position (`stream`), then the
     /// socket's held pushes, then the broadcasts it missed, then live ones. `false`
-    /// when the hub refused the room (see [`SocketHandler::join`]).
+    /// when the hub refused the room.
     async fn join_stream(
         &self,
         conn: &Connection,
@@ -263,11 +254,7 @@ impl SocketHandler {
                     topic,
                     &response,
                     recovery.recovered,
-                    // Unknown (the engine unreachable): offset 0 of epoch 0, which
-                    // no stream has, as before `Recovery::position` was an Option.
-                    recovery
-                        .position
-                        .unwrap_or(Position::new(0, Epoch::from_u64(0))),
+                    recovery.position,
                 );
                 conn.send(reply);
                 socket.joined();
@@ -286,13 +273,31 @@ impl SocketHandler {
             }
             Err(error) => {
                 tracing::debug!(topic, %error, "channel join refused");
-                socket.close();
-                presence.forget_socket(socket);
                 let reason = json!({"reason": error.to_string()});
-                reply(conn, join_ref, msg_ref, topic, &Reply::error(reason));
+                self.fail_join(conn, socket, (join_ref, msg_ref), reason);
                 false
             }
         }
+    }
+
+    /// A join that does not stand (refused by the channel or the hub, or crashed): the
+    /// socket closes, its presences are forgotten, and the client gets the error reply.
+    fn fail_join(
+        &self,
+        conn: &Connection,
+        socket: &Socket,
+        (join_ref, msg_ref): (Option<&str>, Option<&str>),
+        reason: Value,
+    ) {
+        socket.close();
+        self.endpoint.presence().forget_socket(socket);
+        reply(
+            conn,
+            join_ref,
+            msg_ref,
+            socket.topic(),
+            &Reply::error(reason),
+        );
     }
 
     async fn leave(&self, conn: &Connection, state: &ConnState, message: ChannelMessage) {

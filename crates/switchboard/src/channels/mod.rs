@@ -508,7 +508,6 @@ type ConnectFn = dyn Fn(ConnectInfo) -> BoxFuture<'static, Result<(), Refused>> 
 pub struct Channels {
     endpoint: Endpoint,
     routes: Vec<Route>,
-    histories: Vec<TopicPattern>,
     connect: Option<Arc<ConnectFn>>,
     config: ChannelsConfig,
     path: String,
@@ -536,7 +535,6 @@ impl Channels {
         Self {
             endpoint: Endpoint { shared },
             routes: Vec::new(),
-            histories: Vec::new(),
             connect: None,
             config: ChannelsConfig::default(),
             path: "/socket".to_owned(),
@@ -599,10 +597,10 @@ impl Channels {
     ///
     /// The topics' room (`phx:` + topic) is a stream of the hub (as with
     /// [`HubConfig::history`](crate::hub::HubConfig::history)), kept by the hub's broker:
-    /// in memory, or in Redis, where it survives the server. Binary broadcasts are kept
-    /// and recovered too, but carry no position (the V2 binary frame has no field for
-    /// one); pushes, replies, presence diffs and intercepted events are not part of the
-    /// stream.
+    /// in memory, or in Redis, where it survives the server. Binary broadcasts are not
+    /// part of the stream (the V2 binary frame has no field for a position): they go to
+    /// the subscribers of the moment, live only, at most once, never recovered; nor are
+    /// pushes, replies, presence diffs and intercepted events.
     ///
     /// ```
     /// use switchboard::channels::Channels;
@@ -619,21 +617,20 @@ impl Channels {
     ///
     /// If the pattern is not an exact topic or a prefix ending in `*` (a `{name}`
     /// segment, say): a programming error, found when the server starts.
-    pub fn history(mut self, topic_pattern: &str, history: History) -> Self {
-        let parsed = match TopicPattern::parse(topic_pattern) {
-            Ok(parsed) if !topic_pattern.contains(['{', '}']) => parsed,
+    pub fn history(self, topic_pattern: &str, history: History) -> Self {
+        match TopicPattern::parse(topic_pattern) {
+            Ok(_) if !topic_pattern.contains(['{', '}']) => {}
             Ok(_) => panic!(
                 "invalid history pattern {topic_pattern:?}: an exact topic or a prefix ending in `*`"
             ),
             Err(error) => panic!("invalid history pattern {topic_pattern:?}: {error}"),
-        };
+        }
         // Each broadcast is framed once per hub, for every subscriber there.
         let frame: Framing = Arc::new(protocol::with_position);
         self.endpoint
             .shared
             .hub
             .keep_history(&room_name(topic_pattern), history, Some(frame));
-        self.histories.push(parsed);
         self
     }
 
@@ -663,12 +660,7 @@ impl Channels {
     /// The upgrade handler alone, to mount at a path of your choosing (phoenix.js
     /// connects to the URL it is given plus `/websocket`).
     pub fn route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
-        let handler = Arc::new(SocketHandler::new(
-            self.endpoint,
-            self.routes,
-            self.histories,
-            self.config,
-        ));
+        let handler = Arc::new(SocketHandler::new(self.endpoint, self.routes, self.config));
         upgrade::route(handler, self.connect)
     }
 
@@ -688,7 +680,6 @@ impl fmt::Debug for Channels {
                 "patterns",
                 &self.routes.iter().map(|r| &r.pattern).collect::<Vec<_>>(),
             )
-            .field("histories", &self.histories)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -736,6 +727,11 @@ impl Endpoint {
     /// that cannot be encoded (a binary payload whose topic or event is over 255
     /// bytes) reaches no one and is logged; [`Endpoint::try_broadcast`] returns that
     /// error instead.
+    ///
+    /// On a topic with history ([`Channels::history`]) a JSON broadcast goes to the
+    /// stream's engine, which delivers it to every hub, this one included: the report
+    /// is empty, and while the engine is unavailable the broadcast reaches nobody. A
+    /// binary one goes live, as on any topic (see `docs/streams.md`).
     pub fn broadcast(
         &self,
         topic: &str,
@@ -820,11 +816,17 @@ impl Endpoint {
         let message = protocol::encode_broadcast(topic, event, &payload)?;
         let room = room_name(topic);
         if !read(&self.shared.intercepted).contains(event) {
-            let broadcast = self.shared.hub.to(&room);
+            let hub = &self.shared.hub;
+            let broadcast = hub.to(&room);
             let broadcast = match except {
                 Some(id) => broadcast.except(id),
                 None => broadcast,
             };
+            // A binary frame cannot carry a position: kept in the stream, it would be
+            // replayed by every recovery from before it. It stays out, live only.
+            if matches!(payload, Payload::Binary(_)) && hub.history_of(&room).is_some() {
+                return Ok(broadcast.send_live(message));
+            }
             return Ok(broadcast.send(message));
         }
         Ok(intercept::deliver_intercepted(

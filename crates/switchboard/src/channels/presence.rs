@@ -282,10 +282,9 @@ impl Presence {
 
     /// Subscribes a socket whose join succeeded to its topic's stream room from `since`
     /// (see [`Hub::join_from_then`]), with `before` (the join reply) run before the
-    /// messages it missed. The socket stops holding diffs in `before`, just after its
-    /// room join: a diff delivered in between reaches it twice, which presence clients
-    /// take as once (phoenix.js merges by `phx_ref`), rather than not at all. The
-    /// room's lock cannot be held here, as the join may wait for the engine.
+    /// messages it missed. The room join and the end of the held diffs happen at once,
+    /// under the lock of [`PresenceState::joining`] as in [`Presence::subscribe`]: each
+    /// diff reaches the socket once, through the room or held, in order.
     pub(crate) async fn subscribe_from(
         &self,
         socket: &Socket,
@@ -294,13 +293,17 @@ impl Presence {
         before: impl FnOnce(&Recovery) + Send,
     ) -> Result<Recovery, JoinError> {
         let room = room_name(socket.topic());
+        let join = || {
+            let mut joining = lock(&self.state().joining);
+            let subscribed = conn.try_join(&room);
+            remove_joining(&mut joining, socket);
+            subscribed
+        };
         let result = conn
             .hub()
-            .join_from_then(conn, &room, since, |recovery| {
-                self.unregister(socket);
-                before(recovery);
-            })
+            .join_from_then(conn, &room, since, join, before)
             .await;
+        // A join that failed before the room join (the engine, a limit) holds no more.
         self.unregister(socket);
         result
     }

@@ -36,13 +36,15 @@
 //!
 //! - a JSON broadcast carries its position as a sixth element,
 //!   `[null, null, topic, event, payload, {"offset": N, "epoch": "hex16"}]`
-//!   ([`with_position`]); a binary broadcast has no room for one and goes without;
+//!   ([`with_position`]); a binary broadcast has no room for one: it is not part of
+//!   the stream (live only, at most once);
 //! - a join payload may carry where the client was, `"_position": {"offset": N,
 //!   "epoch": "hex"}` ([`take_position`]), removed before the channel's `join` sees
 //!   the payload;
 //! - the ok reply to a join says whether the client recovered and where the stream is,
 //!   in a sibling of `status` and `response` ([`encode_join_reply`]): `"stream":
-//!   {"recovered": bool, "offset": N, "epoch": "hex16"}`.
+//!   {"recovered": bool, "offset": N, "epoch": "hex16"}` (`{"recovered": false,
+//!   "epoch": null}` when the server could not read the stream).
 //!
 //! ```
 //! use switchboard::channels::protocol::{self, Payload};
@@ -412,9 +414,12 @@ pub fn with_position(message: &Message, position: Position) -> Message {
     };
     let mut out = String::with_capacity(text.len() + 48);
     out.push_str(head);
+    // An empty array (sent raw to a `phx:` room) takes the position as its only element.
+    let empty = head[1..].trim_start().is_empty();
+    let comma = if empty { "" } else { "," };
     let _ = write!(
         out,
-        r#",{{"offset":{},"epoch":"{}"}}]"#,
+        r#"{comma}{{"offset":{},"epoch":"{}"}}]"#,
         position.offset, position.epoch
     );
     Message::text(out)
@@ -450,22 +455,30 @@ pub fn take_position(payload: &mut Value) -> Result<Option<Position>, PositionEr
 /// Encodes the ok reply to a join of a topic with history: [`encode_reply`]'s
 /// `{"status": "ok", "response": response}` and, beside them, `"stream": {"recovered":
 /// recovered, "offset": N, "epoch": "hex16"}`, where `position` is the stream's newest
-/// message when the client joined.
+/// message when the client joined; `{"recovered": false, "epoch": null}` when the
+/// stream's position is not known (its engine could not be read).
 pub fn encode_join_reply(
     join_ref: Option<&str>,
     msg_ref: Option<&str>,
     topic: &str,
     response: &Value,
     recovered: bool,
-    position: Position,
+    position: Option<Position>,
 ) -> Message {
     let mut payload = Map::new();
     payload.insert("response".to_owned(), response.clone());
     payload.insert("status".to_owned(), Value::from("ok"));
     let mut stream = Map::new();
     stream.insert("recovered".to_owned(), Value::from(recovered));
-    stream.insert("offset".to_owned(), Value::from(position.offset));
-    stream.insert("epoch".to_owned(), Value::from(position.epoch.to_string()));
+    match position {
+        Some(position) => {
+            stream.insert("offset".to_owned(), Value::from(position.offset));
+            stream.insert("epoch".to_owned(), Value::from(position.epoch.to_string()));
+        }
+        None => {
+            stream.insert("epoch".to_owned(), Value::Null);
+        }
+    }
     payload.insert(STREAM_KEY.to_owned(), Value::Object(stream));
     json_array(join_ref, msg_ref, topic, REPLY, &Value::Object(payload))
 }
@@ -780,6 +793,12 @@ mod tests {
         for other in ["", "{}", "[", "x]"] {
             assert_eq!(text(with_position(&Message::text(other), at(1, 1))), other);
         }
+        // Sent raw to the room: still JSON, no leading comma.
+        for empty in ["[]", "[ ]", "[\n]"] {
+            let spliced = text(with_position(&Message::text(empty), at(1, 1)));
+            let parsed: Value = serde_json::from_str(&spliced).expect(&spliced);
+            assert_eq!(parsed, json!([{"offset": 1, "epoch": "0000000000000001"}]));
+        }
     }
 
     #[test]
@@ -821,7 +840,7 @@ mod tests {
             "t",
             &json!({"a": 1}),
             true,
-            at(9, 0xff),
+            Some(at(9, 0xff)),
         );
         let reply: Value = serde_json::from_str(&text(reply)).unwrap();
         assert_eq!(
@@ -831,6 +850,13 @@ mod tests {
                 "response": {"a": 1},
                 "stream": {"recovered": true, "offset": 9, "epoch": "00000000000000ff"},
             }])
+        );
+        // Where the stream is, unknown: no offset, a null epoch.
+        let reply = encode_join_reply(None, Some("2"), "t", &json!({}), false, None);
+        let reply: Value = serde_json::from_str(&text(reply)).unwrap();
+        assert_eq!(
+            reply[4]["stream"],
+            json!({"recovered": false, "epoch": null})
         );
     }
 

@@ -112,15 +112,39 @@ impl<'a> Broadcast<'a> {
                 Poll::Pending => return BroadcastReport::default(),
             }
         }
-        let report = deliver_local(self.hub, &envelope);
-        // A send to one of this hub's connections has no recipient elsewhere.
-        let local =
-            matches!(envelope.target, Target::Connection(id) if id.node() == self.hub.node());
-        if !local {
-            self.hub.broker().publish(envelope);
-        }
-        report
+        deliver_and_publish(self.hub, envelope)
     }
+
+    /// [`Broadcast::send`] outside the room's stream, even on a room that keeps
+    /// history: to the members of the moment on this hub and, through the broker, on
+    /// the others (which deliver an envelope without a position as it comes). Live
+    /// only and at most once, with no position: for what a stream cannot carry
+    /// (channels' binary broadcasts, whose frame has no field for a position).
+    #[cfg(feature = "axum")]
+    pub(crate) fn send_live(self, message: Message) -> BroadcastReport {
+        if !message.is_data() {
+            return BroadcastReport::default();
+        }
+        let envelope = Envelope {
+            origin: self.hub.node(),
+            target: self.target,
+            except: self.except,
+            message,
+            position: None,
+        };
+        deliver_and_publish(self.hub, envelope)
+    }
+}
+
+/// Delivers `envelope` on this hub and hands it to the broker for the others.
+fn deliver_and_publish(hub: &Hub, envelope: Envelope) -> BroadcastReport {
+    let report = deliver_local(hub, &envelope);
+    // A send to one of this hub's connections has no recipient elsewhere.
+    let local = matches!(envelope.target, Target::Connection(id) if id.node() == hub.node());
+    if !local {
+        hub.broker().publish(envelope);
+    }
+    report
 }
 
 impl Broadcast<'_> {

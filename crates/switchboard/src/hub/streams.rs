@@ -391,6 +391,15 @@ impl Hub {
         streams.any.store(true, Relaxed);
     }
 
+    /// Whether `room` is a stream room whose messages are framed with their position
+    /// (a channels topic with history): its channel joins recover from a `_position`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn is_framed_stream(&self, room: &str) -> bool {
+        self.streams()
+            .rule(room)
+            .is_some_and(|rule| rule.frame.is_some())
+    }
+
     /// The history of the room `target` names, if it is a stream room: its sends go
     /// to the engine ([`Broker::publish_stream`](super::Broker::publish_stream)).
     pub(crate) fn stream_history(&self, target: &Target) -> Option<History> {
@@ -412,19 +421,23 @@ impl Hub {
         if self.history_of(room).is_some() && self.is_member(conn.id(), room) {
             return Err(JoinError::AlreadyMember);
         }
-        self.join_from_then(conn, room, Some(since), |_| {}).await
+        let join = || self.try_join(conn, room);
+        self.join_from_then(conn, room, Some(since), join, |_| {})
+            .await
     }
 
     /// [`Hub::join_from`], or a live join that still learns the stream's position
     /// (`since` `None`: [`Recovery::recovered`] is `false`), with `before` run right
     /// before the missed messages are queued, under the stream's lock (channels queue
     /// their join reply there, so that it precedes them). `before` must not block nor
-    /// publish to the room.
+    /// publish to the room. `join` joins the room (`Hub::try_join`), under the stream's
+    /// lock too: channels' presence wraps it to stop holding diffs at the same moment.
     pub(crate) async fn join_from_then(
         &self,
         conn: &Connection,
         room: &str,
         since: Option<Position>,
+        join: impl FnOnce() -> Result<(), JoinError> + Send,
         before: impl FnOnce(&Recovery) + Send,
     ) -> Result<Recovery, JoinError> {
         let Some(rule) = self.streams().rule(room) else {
@@ -445,11 +458,12 @@ impl Hub {
                 let answered = asked_at.is_some_and(|mark| state.done > mark);
                 if answered && state.failed {
                     // The engine cannot be read now: join live rather than wait.
-                    return self.join_at(conn, &stream, &mut state, since, false, before);
+                    return self.join_at(conn, &stream, &mut state, since, false, (join, before));
                 }
                 match state.plan(since, answered) {
                     Plan::Join { recovered } => {
-                        return self.join_at(conn, &stream, &mut state, since, recovered, before);
+                        let hooks = (join, before);
+                        return self.join_at(conn, &stream, &mut state, since, recovered, hooks);
                     }
                     Plan::Read(after) => {
                         if asked_at.is_none() || answered {
@@ -471,13 +485,16 @@ impl Hub {
         state: &mut State,
         since: Option<Position>,
         recovered: bool,
-        before: impl FnOnce(&Recovery),
+        (join, before): (
+            impl FnOnce() -> Result<(), JoinError>,
+            impl FnOnce(&Recovery),
+        ),
     ) -> Result<Recovery, JoinError> {
         // A member (a channel joined twice, or a join meanwhile) gets the live
         // messages already: replaying would repeat them, and it recovers nothing.
         let member = self.is_member(conn.id(), &stream.room);
         let recovered = recovered && !member;
-        self.try_join(conn, &stream.room)?;
+        join()?;
         // Its join point is `last`: the start is fixed now.
         state.start_unsure = false;
         let missed: Vec<Message> = match since {
@@ -1508,8 +1525,11 @@ mod tests {
         let cold = hub(&network, History::default());
         let member = admitted(&cold);
         let mut seen = None;
+        let join = || cold.try_join(member.conn(), "s");
         let recovery = cold
-            .join_from_then(member.conn(), "s", None, |recovery| seen = Some(*recovery))
+            .join_from_then(member.conn(), "s", None, join, |recovery| {
+                seen = Some(*recovery)
+            })
             .await
             .unwrap();
         assert_eq!(seen, Some(recovery), "`before` saw the recovery");
@@ -1595,7 +1615,10 @@ mod tests {
         let hub = hub(&network, History::default());
         let states = |hub: &Hub| lock(&hub.streams().states).len();
         let member = admitted(&hub);
-        let live = hub.join_from_then(member.conn(), "s", None, |_| {}).await;
+        let join = || hub.try_join(member.conn(), "s");
+        let live = hub
+            .join_from_then(member.conn(), "s", None, join, |_| {})
+            .await;
         assert!(live.is_ok());
         assert_eq!(states(&hub), 1);
         hub.to("s").publish("m").await.unwrap();
