@@ -80,17 +80,12 @@ impl<'a> Broadcast<'a> {
         if !message.is_data() {
             return BroadcastReport::default();
         }
-        let envelope = Envelope {
-            origin: self.hub.node(),
-            target: self.target,
-            except: self.except,
-            message,
-            position: None,
-        };
-        if let Some(history) = self.hub.stream_history(&envelope.target) {
+        let hub = self.hub;
+        let envelope = self.into_envelope(message);
+        if let Some(history) = hub.stream_history(&envelope.target) {
             // The engine publishes whether its answer is awaited or not; one that
             // keeps no history says so at once, and the room is then a plain one.
-            let mut published = self.hub.broker().publish_stream(envelope.clone(), history);
+            let mut published = hub.broker().publish_stream(envelope.clone(), history);
             let answer = published
                 .as_mut()
                 .poll(&mut Context::from_waker(Waker::noop()));
@@ -98,21 +93,21 @@ impl<'a> Broadcast<'a> {
                 Poll::Ready(Err(StreamError::Unsupported)) => {}
                 Poll::Ready(Err(error @ StreamError::Unavailable(_))) => {
                     if let Target::Room(room) = &envelope.target {
-                        self.hub.stream_send_failed(room, &error);
+                        hub.stream_send_failed(room, &error);
                     }
                     return BroadcastReport::default();
                 }
                 // Not lost for an outage (`Unconfirmed` may even have been delivered).
                 Poll::Ready(Err(_)) => return BroadcastReport::default(),
                 Poll::Ready(Ok(_)) => {
-                    self.hub.stream_send_taken();
+                    hub.stream_send_taken();
                     return BroadcastReport::default();
                 }
                 // Answered later (over a network): its failure shows there.
                 Poll::Pending => return BroadcastReport::default(),
             }
         }
-        deliver_and_publish(self.hub, envelope)
+        deliver_and_publish(hub, envelope)
     }
 
     /// [`Broadcast::send`] outside the room's stream, even on a room that keeps
@@ -125,14 +120,22 @@ impl<'a> Broadcast<'a> {
         if !message.is_data() {
             return BroadcastReport::default();
         }
-        let envelope = Envelope {
+        let hub = self.hub;
+        let envelope = self.into_envelope(message);
+        deliver_and_publish(hub, envelope)
+    }
+}
+
+impl Broadcast<'_> {
+    /// The envelope of this broadcast, from this hub, without a position.
+    fn into_envelope(self, message: Message) -> Envelope {
+        Envelope {
             origin: self.hub.node(),
             target: self.target,
             except: self.except,
             message,
             position: None,
-        };
-        deliver_and_publish(self.hub, envelope)
+        }
     }
 }
 
@@ -174,15 +177,10 @@ impl Broadcast<'_> {
         if !message.is_data() {
             return Box::pin(std::future::ready(Err(StreamError::NotData)));
         }
-        let envelope = Envelope {
-            origin: self.hub.node(),
-            target: self.target,
-            except: self.except,
-            message,
-            position: None,
-        };
-        match self.hub.stream_history(&envelope.target) {
-            Some(history) => self.hub.broker().publish_stream(envelope, history),
+        let hub = self.hub;
+        let envelope = self.into_envelope(message);
+        match hub.stream_history(&envelope.target) {
+            Some(history) => hub.broker().publish_stream(envelope, history),
             None => Box::pin(std::future::ready(Err(StreamError::NoHistory))),
         }
     }
