@@ -322,9 +322,12 @@ impl Reads {
         used: &mut Option<u64>,
     ) -> Result<StreamRead, StreamError> {
         let mut read = self.read_on_connection(room, after, history, used).await;
-        if let (Err(error), Some(generation)) = (&read, *used)
-            && error.code().is_none()
-        {
+        // A failure with no Redis error code is the connection's, not the command's.
+        let failed_connection = match (&read, *used) {
+            (Err(error), Some(generation)) if error.code().is_none() => Some(generation),
+            _ => None,
+        };
+        if let Some(generation) = failed_connection {
             self.drop_connection(generation);
             read = self.read_on_connection(room, after, history, used).await;
         }
@@ -362,8 +365,11 @@ impl Reads {
         match invocation(&open.sha).query_async(&mut open.conn).await {
             Err(error) if is_noscript(&error) => {
                 let sha = load(&mut open.conn, READ_SCRIPT).await?;
-                if let Some(kept) = self.slot().open.as_mut()
-                    && kept.generation == open.generation
+                if let Some(kept) = self
+                    .slot()
+                    .open
+                    .as_mut()
+                    .filter(|kept| kept.generation == open.generation)
                 {
                     kept.sha.clone_from(&sha);
                 }

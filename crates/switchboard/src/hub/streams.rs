@@ -351,9 +351,10 @@ impl Streams {
     }
 
     fn remember_runtime(&self) {
-        if self.runtime.get().is_none()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
+        if self.runtime.get().is_some() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let _ = self.runtime.set(handle);
         }
     }
@@ -986,9 +987,10 @@ impl State {
             }
             // An entry past `last + 1`: the engine trimmed the ones between, but this
             // hub may hold some of them, as they came: those go first.
-            while let Some(held) = self.held.first_entry()
-                && *held.key() < entry.offset
-            {
+            while let Some(held) = self.held.first_entry() {
+                if *held.key() >= entry.offset {
+                    break;
+                }
                 let offset = *held.key();
                 let (message, except) = held.remove();
                 self.jump_to(hub, stream, offset);
