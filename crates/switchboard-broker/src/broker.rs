@@ -178,3 +178,32 @@ pub struct BrokerMetrics {
     /// (what [`Broker::is_ready`] says).
     pub connected: bool,
 }
+
+/// A boxed broker is a broker: an application that picks its engine at run time (a
+/// `--redis` or `--nats` flag) hands the hub a `Box<dyn Broker>`.
+impl<B: Broker + ?Sized> Broker for Box<B> {
+    fn start(&self, inbox: Inbox) {
+        (**self).start(inbox);
+    }
+    fn publish(&self, envelope: Envelope) {
+        (**self).publish(envelope);
+    }
+    fn subscribe(&self, room: &str) {
+        (**self).subscribe(room);
+    }
+    fn unsubscribe(&self, room: &str) {
+        (**self).unsubscribe(room);
+    }
+    fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        (**self).publish_stream(envelope, history)
+    }
+    fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        (**self).read_stream(room, after, history)
+    }
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+    fn metrics(&self) -> Option<BrokerMetrics> {
+        (**self).metrics()
+    }
+}

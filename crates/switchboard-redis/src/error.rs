@@ -19,4 +19,8 @@ pub enum ConnectError {
     /// subscription refused).
     #[error("could not connect to redis")]
     Connect(#[source] Cause),
+    /// The configuration asks for something this build cannot do (a deployment or a
+    /// TLS setting it does not support).
+    #[error("unsupported redis configuration: {0}")]
+    Unsupported(String),
 }

@@ -198,6 +198,13 @@ const DEFAULT_MAX_PENDING_DELIVERIES: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
+    /// Which deployment the hubs share: one server at [`RedisConfig::url`] (the
+    /// default), a master found through Sentinels, or a Redis Cluster.
+    pub deployment: Deployment,
+    /// Root certificates (PEM) that a TLS server's certificate must chain to, for a
+    /// `rediss://` URL: a deployment with a private CA. `None` (the default): the
+    /// machine's usual roots.
+    pub root_certificates: Option<Vec<u8>>,
     /// The Redis server, as a `redis://` URL (`redis://[:password@]host[:port][/db]`).
     ///
     /// Default `redis://127.0.0.1:6379/`: Redis's own port on this machine, where a
@@ -242,6 +249,8 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
+            deployment: Deployment::Single,
+            root_certificates: None,
             url: "redis://127.0.0.1:6379/".to_owned(),
             prefix: "switchboard".to_owned(),
             max_backoff: Duration::from_secs(5),
@@ -255,6 +264,34 @@ impl RedisConfig {
     /// Sets [`RedisConfig::url`].
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
+        self
+    }
+
+    /// A master watched by Sentinels: sets [`RedisConfig::deployment`] to
+    /// [`Deployment::Sentinel`].
+    pub fn sentinel(
+        mut self,
+        service: impl Into<String>,
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.deployment = Deployment::Sentinel {
+            service: service.into(),
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+        };
+        self
+    }
+
+    /// A Redis Cluster: sets [`RedisConfig::deployment`] to [`Deployment::Cluster`].
+    pub fn cluster(mut self, nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.deployment = Deployment::Cluster {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+        };
+        self
+    }
+
+    /// Sets [`RedisConfig::root_certificates`] (PEM, one certificate or several).
+    pub fn root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates = Some(pem.into());
         self
     }
 
@@ -303,6 +340,31 @@ impl RedisConfig {
             Target::Node(node) => self.channel_node(*node),
         }
     }
+}
+
+/// Which Redis deployment the hubs of one prefix share ([`RedisConfig::deployment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deployment {
+    /// One Redis server (or a proxy in front of one), at [`RedisConfig::url`].
+    Single,
+    /// The master that these Sentinels (`redis://host:26379/` URLs) watch under the
+    /// name `service`: asked of the Sentinels at every (re)connection, so that the
+    /// hubs follow a failover. The master is reached with the scheme (`rediss://` for
+    /// TLS), credentials and database of [`RedisConfig::url`]; its host and port are
+    /// not used.
+    Sentinel {
+        /// The master's name in the Sentinels' configuration (`mymaster`).
+        service: String,
+        /// The Sentinels, tried in turn.
+        sentinels: Vec<String>,
+    },
+    /// A Redis Cluster (7.0 or newer: sharded pub/sub), found from any of these nodes'
+    /// URLs; each room lives on the shard its channel hashes to.
+    Cluster {
+        /// Some of the cluster's nodes: the rest are found from them.
+        nodes: Vec<String>,
+    },
 }
 
 /// What the link task publishes, in the order the hub asked.
@@ -391,6 +453,10 @@ impl RedisBroker {
     /// Fails only for a URL the Redis client does not understand. Call from inside a
     /// tokio runtime: the link's tasks run on it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
+        if config.deployment != Deployment::Single {
+            let unsupported = format!("{:?} is not supported yet", config.deployment);
+            return Err(ConnectError::Unsupported(unsupported));
+        }
         let client = redis::Client::open(config.url.as_str())
             .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
@@ -683,6 +749,8 @@ mod tests {
             .max_pending_deliveries(3);
         // Exhaustive: a new field does not compile here until it has a method and a check.
         let RedisConfig {
+            deployment: _,
+            root_certificates: _,
             url,
             prefix,
             max_backoff,

@@ -1,0 +1,31 @@
+//! Hubs of one process on a [`MemoryNetwork`].
+
+use switchboard_broker::{Broker, MemoryNetwork};
+
+/// A [`MemoryNetwork`] per test.
+#[derive(Debug, Clone)]
+pub struct Engine(MemoryNetwork);
+
+impl crate::Engine for Engine {
+    const NAME: &'static str = "memory";
+    const CROSSES_PROCESSES: bool = false;
+    const CAN_FAIL: bool = false;
+
+    async fn start() -> Self {
+        Self(MemoryNetwork::new())
+    }
+
+    fn broker(&self) -> Box<dyn Broker> {
+        Box::new(self.0.broker())
+    }
+
+    fn child_args(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    async fn blip(&self) {}
+
+    async fn stop(&mut self) {}
+
+    async fn restart(&mut self) {}
+}
