@@ -12,6 +12,8 @@ use std::future::Future;
 use switchboard_broker::Broker;
 
 pub mod engines;
+pub mod servers;
+pub mod support;
 
 /// A backplane the suite runs on: its servers, started for one test, and brokers for
 /// the hubs of that test.
@@ -40,6 +42,11 @@ pub trait Engine: Sized + Send + Sync + 'static {
     /// [`engines::broker_from_args`]; `None` where [`Engine::CROSSES_PROCESSES`] is
     /// `false`.
     fn child_args(&self) -> Option<Vec<String>>;
+
+    /// Returns once the engine has `hubs` hubs subscribed to `room`: a hub's join
+    /// subscribes in the background, and what is published before reaches no one
+    /// there. Panics when that does not happen in time.
+    fn subscribed(&self, room: &str, hubs: usize) -> impl Future<Output = ()> + Send;
 
     /// Cuts every hub's link to the engine at once, as a network blip would (their
     /// subscriptions gone, what is published meanwhile lost to them), and returns once

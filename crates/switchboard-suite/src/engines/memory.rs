@@ -23,6 +23,9 @@ impl crate::Engine for Engine {
         None
     }
 
+    /// At once: a memory broker subscribes as the hub asks.
+    async fn subscribed(&self, _room: &str, _hubs: usize) {}
+
     async fn blip(&self) {}
 
     async fn stop(&mut self) {}

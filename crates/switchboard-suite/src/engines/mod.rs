@@ -2,11 +2,15 @@
 //! takes them.
 
 pub mod memory;
+pub mod redis;
 
 use switchboard_broker::Broker;
 
 /// The broker of a hub in a child process, from the arguments its parent's
-/// [`crate::Engine::child_args`] gave.
+/// [`crate::Engine::child_args`] gave: the engine's name, then what it needs.
 pub fn broker_from_args(args: &[String]) -> Box<dyn Broker> {
-    panic!("no engine for child arguments {args:?}")
+    match args {
+        [engine, url] if engine == redis::ARG => redis::broker(url),
+        _ => panic!("no engine for child arguments {args:?}"),
+    }
 }

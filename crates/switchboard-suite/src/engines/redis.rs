@@ -1,0 +1,73 @@
+//! Hubs on a Redis of the test's own ([`RedisServer`]), each through its own
+//! [`RedisBroker`].
+
+use crate::servers::redis::RedisServer;
+use std::time::Duration;
+use switchboard_broker::Broker;
+use switchboard_redis::{RedisBroker, RedisConfig};
+
+/// The name [`broker_from_args`](super::broker_from_args) knows a Redis child by.
+pub(crate) const ARG: &str = "redis";
+
+/// A `redis-server` per test.
+#[derive(Debug)]
+pub struct Engine {
+    server: RedisServer,
+}
+
+impl Engine {
+    /// The test's `redis-server`, for checks and cuts of Redis's own.
+    pub fn server(&self) -> &RedisServer {
+        &self.server
+    }
+}
+
+/// The broker of a hub on the Redis at `url`: reconnections within 200 ms, so that
+/// the tests' blips and restarts are short.
+pub(crate) fn broker(url: &str) -> Box<dyn Broker> {
+    let config = RedisConfig::default()
+        .url(url)
+        .max_backoff(Duration::from_millis(200));
+    Box::new(RedisBroker::new(config).expect("a valid Redis configuration"))
+}
+
+impl crate::Engine for Engine {
+    const NAME: &'static str = "redis";
+    const CROSSES_PROCESSES: bool = true;
+    const CAN_FAIL: bool = true;
+
+    async fn start() -> Self {
+        Self {
+            server: RedisServer::start().await,
+        }
+    }
+
+    fn broker(&self) -> Box<dyn Broker> {
+        broker(&self.server.url())
+    }
+
+    fn child_args(&self) -> Option<Vec<String>> {
+        Some(vec![ARG.to_owned(), self.server.url()])
+    }
+
+    async fn subscribed(&self, room: &str, hubs: usize) {
+        // The broker's default prefix.
+        let channel = format!("switchboard:room:{room}");
+        self.server.until_subscribers(&channel, hubs).await;
+    }
+
+    /// Kills every subscriber connection (`CLIENT KILL TYPE pubsub`): the publishers'
+    /// connections stay, and what they publish until the hubs have subscribed again
+    /// is lost to them.
+    async fn blip(&self) {
+        self.server.kill_subscribers().await;
+    }
+
+    async fn stop(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart().await;
+    }
+}
