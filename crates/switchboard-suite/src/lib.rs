@@ -66,7 +66,16 @@ pub trait Engine: Sized + Send + Sync + 'static {
 /// Instantiates each generic test `name::<E>()` once per engine, as
 /// `engine::name`: `every_engine!(memory, redis; name, other)`. A test that does not
 /// apply to an engine (a blip in memory) is not instantiated for it, rather than
-/// skipped.
+/// skipped: tests for fewer engines go in a module of their own, whose tests are then
+/// `module::engine::name`.
+///
+/// ```ignore
+/// every_engine!(memory, redis; name, other);
+/// mod failing {
+///     use super::*;
+///     every_engine!(redis; after_a_restart);
+/// }
+/// ```
 #[macro_export]
 macro_rules! every_engine {
     ($($engine:ident),+ ; $($test:ident),+ $(,)?) => {

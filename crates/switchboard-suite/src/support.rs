@@ -131,7 +131,7 @@ pub async fn serve_child<Events>(node: Node<Events>) {
 }
 
 /// A hub in a process of its own, that a signal can stop or kill without touching
-/// the test: the test binary run again, on the test `<engine>::<test>` alone, with
+/// the test: the test binary run again, on the calling test alone, with
 /// [`child_args`] set. The test's function starts with
 /// `if let Some(args) = child_args() { … serve_child(node) }`. Resumed and killed
 /// when dropped.
@@ -145,13 +145,19 @@ pub struct ChildHub {
 }
 
 impl ChildHub {
-    /// Runs the test `test` (its function's name) as a child hub on `engine`.
-    pub async fn start<E: Engine>(engine: &E, test: &str) -> Self {
+    /// Runs the calling test again as a child hub on `engine`. Called from the test's
+    /// own thread (the future a `#[tokio::test]` awaits runs there), which libtest
+    /// names after the test.
+    pub async fn start<E: Engine>(engine: &E) -> Self {
         let args = engine
             .child_args()
             .expect("an engine that crosses processes");
+        let thread = std::thread::current();
+        let test = thread
+            .name()
+            .expect("a test's thread, named after the test");
         let mut process = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", &format!("{}::{test}", E::NAME)])
+            .args(["--exact", test])
             .args(["--nocapture", "--test-threads=1"])
             .env(CHILD_ARGS, args.join("\n"))
             .stdin(Stdio::piped())

@@ -15,6 +15,8 @@ pub fn free_port() -> u16 {
 pub fn signal(pid: u32, signal: &str) -> bool {
     std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
+        // A process already gone is not news.
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
 }
