@@ -1,6 +1,6 @@
 //! Hubs of one process on a [`MemoryNetwork`].
 
-use switchboard_broker::{Broker, MemoryNetwork};
+use switchboard_broker::{Broker, MemoryNetwork, NodeId};
 
 /// A [`MemoryNetwork`] per test.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ impl crate::Engine for Engine {
     /// At once: a memory broker subscribes as the hub asks.
     async fn subscribed(&self, _room: &str, _hubs: usize) {}
 
-    async fn blip(&self) {}
+    async fn blip(&self, _node: NodeId) {}
 
     async fn stop(&mut self) {}
 

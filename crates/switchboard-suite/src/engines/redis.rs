@@ -3,7 +3,7 @@
 
 use crate::servers::redis::RedisServer;
 use std::time::Duration;
-use switchboard_broker::Broker;
+use switchboard_broker::{Broker, NodeId};
 use switchboard_redis::{RedisBroker, RedisConfig};
 
 /// The name [`broker_from_args`](super::broker_from_args) knows a Redis child by.
@@ -56,11 +56,10 @@ impl crate::Engine for Engine {
         self.server.until_subscribers(&channel, hubs).await;
     }
 
-    /// Kills every subscriber connection (`CLIENT KILL TYPE pubsub`): the publishers'
-    /// connections stay, and what they publish until the hubs have subscribed again
-    /// is lost to them.
-    async fn blip(&self) {
-        self.server.kill_subscribers().await;
+    /// Kills the hub's subscriber connection (`CLIENT KILL ID`), which fails its
+    /// whole link: it reconnects and subscribes again.
+    async fn blip(&self, node: NodeId) {
+        self.server.kill_subscriber_of(node).await;
     }
 
     async fn stop(&mut self) {

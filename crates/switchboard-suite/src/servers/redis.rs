@@ -128,14 +128,6 @@ impl RedisServer {
             .await;
         assert_eq!(killed, 1, "CLIENT KILL ID {id}");
     }
-
-    /// Cuts every subscriber connection (`CLIENT KILL TYPE pubsub`): a blip of every
-    /// hub at once.
-    pub async fn kill_subscribers(&self) {
-        let _: u64 = self
-            .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
-            .await;
-    }
 }
 
 impl Drop for RedisServer {

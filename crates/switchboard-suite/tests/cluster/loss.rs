@@ -74,7 +74,7 @@ async fn what_a_blip_drops_is_counted_as_missed_on_the_receiving_hub<E: Engine>(
         for i in 0..600 {
             a.to("r").send_text(format!("during {i}"));
             if i == 100 {
-                engine.blip().await;
+                engine.blip(b.node()).await;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
