@@ -1,14 +1,13 @@
 //! No silent loss: envelopes a hub should have received but did not are counted on
 //! the receiving hub (`BrokerStats::missed`), from the gaps in the publishers'
-//! numbering, when its subscription is killed (`CLIENT KILL`) or closed by Redis for
-//! its output-buffer limit. Each test runs its own Redis.
+//! numbering, when Redis closes its subscription for its output-buffer limit; a
+//! stream's envelopes are not (the hub fills them). Each test runs its own Redis. A
+//! subscription cut by a blip is counted the same on every engine: see the suite
+//! (`crates/switchboard-suite/tests/cluster/loss.rs`).
 
 mod common;
 
-use common::{
-    OwnRedis, client, config, node_with, subscriber_of, subscribers_at, unique_prefix, until_ready,
-    within,
-};
+use common::{OwnRedis, config, subscribers_at, unique_prefix, until_ready, within};
 use std::{
     sync::{
         Arc,
@@ -33,58 +32,6 @@ async fn accounted(b: &BrokerStats, base: u64, expected: impl Fn() -> u64) {
     // Nothing more trickles in: the count is exact, not passing through.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.received() + b.missed() - base, expected());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_subscription_is_counted_as_missed_on_the_receiving_hub() {
-    let redis = OwnRedis::start().await;
-    let prefix = unique_prefix("client-kill");
-    let a = node_with(&prefix, config(&prefix).url(redis.url())).await;
-    let mut b = node_with(&prefix, config(&prefix).url(redis.url())).await;
-    let (_member, _ws) = client(&mut b, "/chat/r").await;
-    subscribers_at(&redis.url(), &format!("{prefix}:room:r"), 1).await;
-    // The hubs' start-up traffic has settled; from here, everything `a` publishes is
-    // for `b` (all, its node, its room).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // What `a` sent, whether Redis took it or `a` lost it (its link failed under load):
-    // `b` receives it or counts it as missed either way.
-    let sent = || a.stats.published() + a.stats.lost();
-    let (a_base, b_base) = (sent(), b.stats.received() + b.stats.missed());
-    let published = || sent() - a_base;
-    // `b` hears `a` on the room before the cut: a gap needs a number to start from.
-    for i in 0..100 {
-        a.hub.to("r").send_text(format!("before {i}"));
-    }
-    accounted(&b.stats, b_base, published).await;
-
-    let killed = subscriber_of(&redis, b.hub.node()).await;
-    let publishing = async {
-        for i in 0..600 {
-            a.hub.to("r").send_text(format!("during {i}"));
-            if i == 100 {
-                let _: u64 = redis
-                    .query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&killed))
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    within("publishing across the cut", publishing).await;
-    until_ready("b", true, || b.hub.is_ready()).await;
-    for i in 0..100 {
-        a.hub.to("r").send_text(format!("after {i}"));
-    }
-    accounted(&b.stats, b_base, published).await;
-    assert!(b.stats.reconnects() >= 1, "the kill did not cut the link");
-    assert!(
-        b.stats.missed() > 0,
-        "nothing was lost: the test shows nothing"
-    );
-    eprintln!(
-        "CLIENT KILL: {} missed, {} received",
-        b.stats.missed(),
-        b.stats.received()
-    );
 }
 
 /// A hub that takes envelopes only while `open`: the delivery of a hub stuck behind

@@ -246,6 +246,15 @@ async fn a_client_back_on_another_hub_gets_the_500_it_missed_in_order_then_live_
         (metrics.streams_recovered, metrics.streams_not_recovered),
         (1, 0)
     );
+    let text = switchboard::metrics::encode(&b.hub);
+    for line in [
+        "switchboard_stream_recoveries_total{result=\"recovered\"} 1\n".to_owned(),
+        "switchboard_stream_recoveries_total{result=\"not_recovered\"} 0\n".to_owned(),
+        format!("switchboard_stream_reads_total {}\n", metrics.stream_reads),
+        "switchboard_stream_filled_total 0\n".to_owned(),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
     for hub in [&a.hub, &b.hub] {
         assert_eq!(hub.metrics().stream_filled, 0, "nothing was lost");
     }
