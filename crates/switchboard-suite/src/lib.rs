@@ -38,6 +38,12 @@ pub trait Engine: Sized + Send + Sync + 'static {
     /// reaches the others), connecting in the background if it must.
     fn broker(&self) -> Box<dyn Broker>;
 
+    /// A broker like [`Engine::broker`]'s whose queue of publishes waiting for the
+    /// engine holds at most `max_pending_publishes` (0 taken as 1): past it, a publish
+    /// is dropped and counted as lost. Where publishing does not wait in a queue (in
+    /// memory), the same as [`Engine::broker`].
+    fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker>;
+
     /// What a hub in a child process needs to make its broker with
     /// [`engines::broker_from_args`]; `None` where [`Engine::CROSSES_PROCESSES`] is
     /// `false`.

@@ -19,6 +19,10 @@ impl crate::Engine for Engine {
         Box::new(self.0.broker())
     }
 
+    fn broker_with_queue(&self, _max_pending_publishes: usize) -> Box<dyn Broker> {
+        self.broker()
+    }
+
     fn child_args(&self) -> Option<Vec<String>> {
         None
     }

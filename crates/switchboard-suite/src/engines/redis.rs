@@ -22,13 +22,22 @@ impl Engine {
     }
 }
 
-/// The broker of a hub on the Redis at `url`: reconnections within 200 ms, so that
-/// the tests' blips and restarts are short.
-pub(crate) fn broker(url: &str) -> Box<dyn Broker> {
-    let config = RedisConfig::default()
+/// The configuration of a hub's broker on the Redis at `url`: reconnections within
+/// 200 ms, so that the tests' blips and restarts are short.
+fn config(url: &str) -> RedisConfig {
+    RedisConfig::default()
         .url(url)
-        .max_backoff(Duration::from_millis(200));
+        .max_backoff(Duration::from_millis(200))
+}
+
+/// A broker on `config`.
+fn connect(config: RedisConfig) -> Box<dyn Broker> {
     Box::new(RedisBroker::new(config).expect("a valid Redis configuration"))
+}
+
+/// The broker of a hub on the Redis at `url`.
+pub(crate) fn broker(url: &str) -> Box<dyn Broker> {
+    connect(config(url))
 }
 
 impl crate::Engine for Engine {
@@ -44,6 +53,10 @@ impl crate::Engine for Engine {
 
     fn broker(&self) -> Box<dyn Broker> {
         broker(&self.server.url())
+    }
+
+    fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
+        connect(config(&self.server.url()).max_pending_publishes(max_pending_publishes))
     }
 
     fn child_args(&self) -> Option<Vec<String>> {

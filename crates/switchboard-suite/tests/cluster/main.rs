@@ -5,3 +5,4 @@
 mod loss;
 mod presence;
 mod queries;
+mod queues;

@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::{
 
 /// Joins the route's `{room}` on open, takes the query's `name` as metadata, and hands
 /// the connection to the test.
-struct Opener(UnboundedSender<Connection>);
+pub(crate) struct Opener(UnboundedSender<Connection>);
 
 impl Handler for Opener {
     async fn on_open(&self, conn: &Connection) {
@@ -49,7 +49,7 @@ impl Handler for Opener {
     }
 }
 
-type QueryNode = Node<UnboundedReceiver<Connection>>;
+pub(crate) type QueryNode = Node<UnboundedReceiver<Connection>>;
 
 /// Heartbeats every 20 ms; a silent hub is dead after 10 s, well after the stopped
 /// hub's queries (a hub taken for dead is no longer waited for).
@@ -60,7 +60,12 @@ fn config() -> HubConfig {
 }
 
 async fn node(broker: impl Broker) -> QueryNode {
-    let hub = hub_on(broker, config()).await;
+    node_with(broker, config()).await
+}
+
+/// A hub on `broker` with `config`, serving `/chat/{room}` and `/ws` with [`Opener`].
+pub(crate) async fn node_with(broker: impl Broker, config: HubConfig) -> QueryNode {
+    let hub = hub_on(broker, config).await;
     let (tx, opened) = unbounded_channel();
     let app = axum::Router::new()
         .route(
@@ -96,7 +101,7 @@ async fn three_nodes<E: Engine>(engine: &E) -> [QueryNode; 3] {
 }
 
 /// A client on `path` of `node`, with the server's handle of its connection.
-async fn client(node: &mut QueryNode, path: &str) -> (Connection, Client) {
+pub(crate) async fn client(node: &mut QueryNode, path: &str) -> (Connection, Client) {
     let ws = connect(node.addr, path).await;
     let conn = within("on_open", node.events.recv()).await.unwrap();
     (conn, ws)
