@@ -12,6 +12,7 @@ use std::future::Future;
 use switchboard_broker::{Broker, NodeId};
 
 pub mod engines;
+pub mod load;
 pub mod servers;
 pub mod support;
 

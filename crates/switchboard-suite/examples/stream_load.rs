@@ -2,7 +2,7 @@
 //! crowd recovers. It stops by itself.
 //!
 //! ```sh
-//! cargo run --release -p switchboard-redis --example stream_load
+//! cargo run --release -p switchboard-suite --example stream_load
 //! # options: --redis URL --messages 20000 --rate 1000 --secs 2 --receivers 100
 //! #          --clients 10000 --rooms 100
 //! ```
@@ -10,9 +10,11 @@
 //! 1. **History on vs off**, on the memory engine (two hubs on a `MemoryNetwork`) and on
 //!    Redis (two hubs, each with its broker): `--receivers` WebSocket clients on one
 //!    hub join a room, the other hub publishes to it. A burst of `--messages` gives the
-//!    throughput (messages delivered to the slowest receiver per second; with history
-//!    the publisher keeps at most 1,024 messages on their way); then `--rate` messages/s
-//!    for `--secs` give the broadcast latency (publish to receipt, every receiver).
+//!    throughput (messages delivered to the slowest receiver per second, at most 512
+//!    on their way); then `--rate` messages/s for `--secs` give the broadcast latency
+//!    (publish to receipt, every receiver). The clients talk WebSocket over in-process
+//!    pipes (`tokio::io::duplex`), as in part 2; `engine_load` measures the same on any
+//!    engine.
 //! 2. **Recovery of `--clients` after a restart** (Redis): the clients, spread over
 //!    `--rooms` rooms, follow one hub; it goes away, 20 messages per room are
 //!    published meanwhile, and every client comes back at once on a new hub (a
@@ -24,8 +26,6 @@
 
 use futures_util::{StreamExt, future::join_all};
 use std::{
-    error::Error,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -35,10 +35,10 @@ use std::{
 use switchboard::{
     Message,
     hub::{Connection, Handler, History, Hub, HubConfig, MemoryNetwork, Position},
-    upgrade::{AcceptConfig, StreamUpgrade},
 };
 use switchboard_redis::{RedisBroker, RedisConfig};
-use tokio::{net::TcpListener, task::JoinHandle};
+use switchboard_suite::load::{Delivery, LoadError, PipeClient, hub_config, pipe_client};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ struct Options {
     rooms: usize,
 }
 
-fn options() -> Result<Options, Box<dyn Error>> {
+fn options() -> Result<Options, LoadError> {
     let mut options = Options {
         redis: "redis://127.0.0.1:6379/".to_owned(),
         messages: 20_000,
@@ -108,9 +108,7 @@ impl Handler for Join {
 /// The history of the rooms that keep one in this run; members see `<offset> <epoch>
 /// <text>`.
 fn config(history: bool) -> HubConfig {
-    let config = HubConfig::default()
-        .max_connections(100_000)
-        .max_connections_per_ip(100_000);
+    let config = hub_config();
     if !history {
         return config;
     }
@@ -127,7 +125,7 @@ fn config(history: bool) -> HubConfig {
     )
 }
 
-async fn redis_hub(url: &str, prefix: &str, history: bool) -> Result<Hub, Box<dyn Error>> {
+async fn redis_hub(url: &str, prefix: &str, history: bool) -> Result<Hub, LoadError> {
     let redis = RedisConfig::default()
         .url(url)
         .prefix(prefix)
@@ -143,91 +141,6 @@ fn prefix(what: &str) -> String {
     format!("stream-load:{what}:{}", std::process::id())
 }
 
-/// Serves `hub` on a TCP listener of its own.
-async fn serve(hub: &Hub) -> Result<SocketAddr, Box<dyn Error>> {
-    let app = axum::Router::new().route("/s", switchboard::ws(hub.clone(), Join));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let hub = hub.clone();
-    tokio::spawn(async move { switchboard::serve(listener, app, &hub).await });
-    Ok(addr)
-}
-
-/// The latencies, in µs, of the messages each receiver got, and how many they got.
-#[derive(Default)]
-struct Receipts {
-    latencies: Mutex<Vec<u64>>,
-    counts: Vec<AtomicUsize>,
-}
-
-/// The time of `text`'s sending, in µs since `base`: its last word.
-fn sent_at(text: &str) -> Option<u64> {
-    text.rsplit(' ').next()?.parse().ok()
-}
-
-fn micros(base: Instant) -> u64 {
-    u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-async fn receivers(
-    addr: SocketAddr,
-    n: usize,
-    base: Instant,
-) -> Result<(Arc<Receipts>, Vec<JoinHandle<()>>), Box<dyn Error>> {
-    let receipts = Arc::new(Receipts {
-        latencies: Mutex::default(),
-        counts: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-    });
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("ws://{addr}/s?room=bench")).await?;
-        let receipts = receipts.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(Ok(message)) = ws.next().await {
-                let WsMessage::Text(text) = message else {
-                    continue;
-                };
-                if let Some(sent) = sent_at(text.as_str()) {
-                    let latency = micros(base).saturating_sub(sent);
-                    receipts.latencies.lock().unwrap().push(latency);
-                }
-                receipts.counts[i].fetch_add(1, Relaxed);
-            }
-        }));
-    }
-    Ok((receipts, tasks))
-}
-
-/// Sends one message to `bench`, stamped with its time: with history, the hub hands it
-/// to the engine to be numbered (`publish_stream`), without, it broadcasts it.
-fn send(hub: &Hub, base: Instant) {
-    hub.to("bench").send_text(format!("m {}", micros(base)));
-}
-
-async fn wait_for(receipts: &Receipts, each: usize, limit: Duration) -> bool {
-    let began = Instant::now();
-    while receipts
-        .counts
-        .iter()
-        .any(|count| count.load(Relaxed) < each)
-    {
-        if began.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    true
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
-}
-
 /// One row of part 1: the burst's throughput, then the paced run's latency.
 async fn history_row(
     options: &Options,
@@ -235,70 +148,31 @@ async fn history_row(
     history: bool,
     publisher: Hub,
     receiving: Hub,
-) -> Result<(), Box<dyn Error>> {
-    let base = Instant::now();
-    let addr = serve(&receiving).await?;
-    let (receipts, tasks) = receivers(addr, options.receivers, base).await?;
-    // The receiving hub's subscription reaches Redis within a round trip.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // At most WINDOW messages between the publisher and the first receiver, so that
-    // no queue on the way sheds: the throughput is what gets through, not what is sent.
-    const WINDOW: usize = 1024;
-    let began = Instant::now();
-    for sent in 0..options.messages {
-        send(&publisher, base);
-        while sent >= receipts.counts[0].load(Relaxed) + WINDOW {
-            tokio::task::yield_now().await;
-        }
-    }
-    let complete = wait_for(&receipts, options.messages, Duration::from_secs(30)).await;
-    let burst = began.elapsed();
-    let delivered = receipts
-        .counts
-        .iter()
-        .map(|c| c.load(Relaxed))
-        .min()
-        .unwrap_or(0);
-    let throughput = delivered as f64 / burst.as_secs_f64();
-    receipts.latencies.lock().unwrap().clear();
-
-    let interval = Duration::from_secs_f64(1.0 / options.rate as f64);
-    let paced = options.rate * options.secs;
-    let mut ticker = tokio::time::interval(interval);
-    for _ in 0..paced {
-        ticker.tick().await;
-        send(&publisher, base);
-    }
-    wait_for(
-        &receipts,
-        options.messages + paced as usize,
-        Duration::from_secs(10),
-    )
-    .await;
-    let mut latencies = std::mem::take(&mut *receipts.latencies.lock().unwrap());
-    latencies.sort_unstable();
-    println!(
-        "{engine:<7} history {:<3} burst {:>6} msgs to {} receivers: {:>8.0} msgs/s{} | {} msgs/s paced: p50 {:>6} µs  p99 {:>6} µs  max {:>6} µs",
-        if history { "on" } else { "off" },
-        options.messages,
+) -> Result<(), LoadError> {
+    let run = Delivery::open(
+        publisher.clone(),
+        &receiving,
+        1,
         options.receivers,
-        throughput,
-        if complete { "" } else { " (incomplete)" },
-        options.rate,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(0),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let burst = run.burst(options.messages, Duration::from_secs(30)).await;
+    let paced = run
+        .paced(options.rate, options.secs as f64, Duration::from_secs(10))
+        .await;
+    println!(
+        "{engine:<7} history {:<3} {} receivers: {burst} | {paced}",
+        if history { "on" } else { "off" },
+        options.receivers,
     );
-    for task in tasks {
-        task.abort();
-    }
+    drop(run);
     receiving.shutdown(Duration::from_millis(200)).await;
     publisher.shutdown(Duration::from_millis(200)).await;
     Ok(())
 }
 
-async fn part_one(options: &Options) -> Result<(), Box<dyn Error>> {
+async fn part_one(options: &Options) -> Result<(), LoadError> {
     println!("# publish throughput and broadcast latency, history off vs on");
     for history in [false, true] {
         let network = MemoryNetwork::new();
@@ -315,23 +189,6 @@ async fn part_one(options: &Options) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// A client over an in-process pipe to `hub`, on `path`.
-async fn pipe_client(
-    hub: &Hub,
-    path: &str,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>, Box<dyn Error>> {
-    let (client, server) = tokio::io::duplex(16 * 1024);
-    let hub = hub.clone();
-    tokio::spawn(async move {
-        if let Ok(upgrade) = StreamUpgrade::read(server, &AcceptConfig::default()).await {
-            let _ = upgrade.register(&hub, Join).await;
-        }
-    });
-    let url = format!("ws://localhost{path}");
-    let (ws, _) = tokio_tungstenite::client_async(url, client).await?;
-    Ok(ws)
-}
-
 /// A recovering client's state: where it is, and whether it is back.
 #[derive(Default)]
 struct Follower {
@@ -341,10 +198,7 @@ struct Follower {
 }
 
 /// Reads `ws` until it ends, noting positions and recoveries.
-fn follow(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>,
-    follower: Arc<Follower>,
-) -> JoinHandle<()> {
+fn follow(mut ws: PipeClient, follower: Arc<Follower>) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(Ok(WsMessage::Text(text))) = ws.next().await {
             let text = text.as_str();
@@ -365,7 +219,7 @@ fn follow(
     })
 }
 
-async fn evalsha_calls(url: &str) -> Result<u64, Box<dyn Error>> {
+async fn evalsha_calls(url: &str) -> Result<u64, LoadError> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let info: String = redis::cmd("INFO")
@@ -381,7 +235,7 @@ async fn evalsha_calls(url: &str) -> Result<u64, Box<dyn Error>> {
     Ok(calls)
 }
 
-async fn part_two(options: &Options) -> Result<(), Box<dyn Error>> {
+async fn part_two(options: &Options) -> Result<(), LoadError> {
     const BEFORE: usize = 5;
     const MISSED: usize = 20;
     println!(
@@ -393,9 +247,11 @@ async fn part_two(options: &Options) -> Result<(), Box<dyn Error>> {
     let first = redis_hub(&options.redis, &prefix, true).await?;
     let rooms: Vec<String> = (0..options.rooms).map(|i| format!("room{i}")).collect();
     let followers: Vec<Arc<Follower>> = (0..options.clients).map(|_| Arc::default()).collect();
+    let join = Arc::new(Join);
     let mut tasks = Vec::new();
     for (i, follower) in followers.iter().enumerate() {
-        let ws = pipe_client(&first, &format!("/s?room={}", rooms[i % rooms.len()])).await?;
+        let path = format!("/s?room={}", rooms[i % rooms.len()]);
+        let ws = pipe_client(&first, &path, join.clone()).await?;
         tasks.push(follow(ws, follower.clone()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -448,12 +304,10 @@ async fn part_two(options: &Options) -> Result<(), Box<dyn Error>> {
             last.offset,
             last.epoch
         );
-        let (second, follower) = (second.clone(), follower.clone());
+        let (second, follower, join) = (second.clone(), follower.clone(), join.clone());
         connecting.push(tokio::spawn(async move {
-            let ws = pipe_client(&second, &path)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(follow(ws, follower))
+            let ws = pipe_client(&second, &path, join).await?;
+            Ok::<_, LoadError>(follow(ws, follower))
         }));
     }
     for connected in join_all(connecting).await {
@@ -493,7 +347,7 @@ async fn part_two(options: &Options) -> Result<(), Box<dyn Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> Result<(), LoadError> {
     let options = options()?;
     part_one(&options).await?;
     part_two(&options).await?;
