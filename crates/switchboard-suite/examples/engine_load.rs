@@ -36,6 +36,7 @@
 //! them need no file descriptor.
 
 use std::{
+    future::Future,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -46,10 +47,7 @@ use std::{
 use switchboard::hub::{Hub, MemoryNetwork};
 use switchboard_broker::Broker;
 use switchboard_redis::{RedisBroker, RedisConfig};
-use switchboard_suite::{
-    Engine,
-    load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client},
-};
+use switchboard_suite::load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client};
 
 /// The p99 the found rate stays under: a hub in memory at that load is the yardstick
 /// the engines are run at.
@@ -305,15 +303,28 @@ impl Heard {
 
 const RECOVERY_HUBS: usize = 3;
 
-async fn recovery<E: Engine>(options: &Options) -> Result<(), LoadError> {
+/// A server of the run's own, that it stops (as a crash would) and starts again on
+/// the same address.
+trait Restart {
+    fn stop(&mut self);
+
+    /// Returns once the server serves again.
+    fn start(&mut self) -> impl Future<Output = ()>;
+}
+
+/// Three hubs on `engine` (whose servers are `server`), members on each, the server
+/// restarted under them.
+async fn recovery(
+    options: &Options,
+    engine: &EngineFlag,
+    server: &mut impl Restart,
+) -> Result<(), LoadError> {
+    let name = engine.name();
     println!(
-        "# {}: recovery of {RECOVERY_HUBS} hubs, {} members each, after the server restarts ({:?} down)",
-        E::NAME,
-        options.members,
-        options.down
+        "# {name}: recovery of {RECOVERY_HUBS} hubs, {} members each, after the server restarts ({:?} down)",
+        options.members, options.down
     );
-    let mut engine = E::start().await;
-    let hubs = hubs(&|| Ok(engine.broker()), RECOVERY_HUBS).await?;
+    let hubs = hubs(&engine.backplane("recovery"), RECOVERY_HUBS).await?;
     let heard = Arc::new(Heard {
         generation: AtomicUsize::new(0),
         members: (0..RECOVERY_HUBS * options.members)
@@ -332,12 +343,12 @@ async fn recovery<E: Engine>(options: &Options) -> Result<(), LoadError> {
     let before = until_everyone_heard(&heard, Duration::from_secs(10)).await?;
     println!(
         "{:<8} before: every member heard every hub within {before:.2?}",
-        E::NAME
+        name
     );
 
-    engine.stop().await;
+    server.stop();
     tokio::time::sleep(options.down).await;
-    engine.restart().await;
+    server.start().await;
     heard.forget();
     let (ready, heard_all) = tokio::join!(
         ready(&hubs, Duration::from_secs(60)),
@@ -345,7 +356,7 @@ async fn recovery<E: Engine>(options: &Options) -> Result<(), LoadError> {
     );
     println!(
         "{:<8} server back: every hub ready after {:.2?}, every member heard every hub after {:.2?} ({})",
-        E::NAME,
+        name,
         ready?,
         heard_all?,
         losses(&hubs)
@@ -397,8 +408,12 @@ async fn until_everyone_heard(heard: &Heard, limit: Duration) -> Result<Duration
 async fn recovery_of(options: &Options) -> Result<(), LoadError> {
     match options.engine {
         EngineFlag::Memory => println!("# memory: no server to restart, no recovery to measure"),
-        EngineFlag::Redis(_) => recovery::<OwnRedis>(options).await?,
-        EngineFlag::Cluster(_) => println!("# cluster: recovery is measured on Redis only"),
+        EngineFlag::Redis(_) => {
+            let mut server = RedisServer::start().await;
+            let engine = EngineFlag::Redis(server.url());
+            recovery(options, &engine, &mut server).await?;
+        }
+        EngineFlag::Cluster(_) => println!("# cluster: no cluster of its own to restart yet"),
     }
     Ok(())
 }
@@ -423,26 +438,59 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// A `redis-server` of this run's own, on a free port, that it may stop and start.
-#[derive(Debug)]
-struct OwnRedis {
-    port: u16,
-    server: Option<Child>,
+impl Restart for RedisServer {
+    fn stop(&mut self) {
+        self.kill();
+    }
+
+    async fn start(&mut self) {
+        self.restart().await;
+    }
 }
 
-impl OwnRedis {
+/// A `redis-server` of this run's own, on a free port, without persistence (it comes
+/// back empty), killed when dropped.
+#[derive(Debug)]
+struct RedisServer {
+    port: u16,
+    process: Option<Child>,
+}
+
+impl RedisServer {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self {
+            port,
+            process: None,
+        };
+        server.restart().await;
+        server
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    async fn spawn(&mut self) {
-        let server = Command::new("redis-server")
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts the server (again) on its port and returns once it answers.
+    async fn restart(&mut self) {
+        self.kill();
+        let process = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on the PATH");
-        self.server = Some(server);
+        self.process = Some(process);
         let client = redis::Client::open(self.url()).expect("a valid URL");
         let began = Instant::now();
         while client.get_multiplexed_async_connection().await.is_err() {
@@ -455,60 +503,8 @@ impl OwnRedis {
     }
 }
 
-impl Engine for OwnRedis {
-    const NAME: &'static str = "redis";
-    const CROSSES_PROCESSES: bool = false;
-    const CAN_FAIL: bool = true;
-
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Self { port, server: None };
-        redis.spawn().await;
-        redis
-    }
-
-    fn broker(&self) -> Box<dyn Broker> {
-        let config = RedisConfig::default().url(self.url()).prefix("engine-load");
-        Box::new(RedisBroker::new(config).expect("a valid URL"))
-    }
-
-    fn child_args(&self) -> Option<Vec<String>> {
-        None
-    }
-
-    async fn blip(&self) {
-        let client = redis::Client::open(self.url()).expect("a valid URL");
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            for kind in ["pubsub", "normal"] {
-                let killed: redis::RedisResult<u64> = redis::cmd("CLIENT")
-                    .arg(&["KILL", "TYPE", kind, "SKIPME", "yes"])
-                    .query_async(&mut conn)
-                    .await;
-                drop(killed);
-            }
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.spawn().await;
-    }
-}
-
-impl Drop for OwnRedis {
+impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
+        self.kill();
     }
 }
