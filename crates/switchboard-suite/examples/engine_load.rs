@@ -35,6 +35,7 @@
 //! The clients talk WebSocket over in-process pipes (`tokio::io::duplex`): 10,000 of
 //! them need no file descriptor.
 
+use futures_util::StreamExt;
 use std::{
     future::Future,
     process::{Child, Command, Stdio},
@@ -48,6 +49,7 @@ use switchboard::hub::{Hub, MemoryNetwork};
 use switchboard_broker::Broker;
 use switchboard_redis::{RedisBroker, RedisConfig};
 use switchboard_suite::load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The p99 the found rate stays under: a hub in memory at that load is the yardstick
 /// the engines are run at.
@@ -71,7 +73,7 @@ impl EngineFlag {
 
     /// The brokers of one run's hubs, on channels of their own (`run`).
     fn backplane(&self, run: &str) -> Backplane {
-        let prefix = format!("engine-load:{}:{run}", std::process::id());
+        let prefix = format!("engine-load-{}-{run}", std::process::id());
         match self {
             Self::Memory => memory(),
             Self::Redis(url) => redis(RedisConfig::default().url(url).prefix(prefix)),
@@ -381,9 +383,7 @@ async fn broadcast(hub: Hub, index: usize, heard: Arc<Heard>) {
 
 /// Notes which hubs `member` hears from in the current generation.
 async fn listen(mut ws: PipeClient, member: usize, heard: Arc<Heard>) {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    while let Some(Ok(Message::Text(text))) = ws.next().await {
+    while let Some(Ok(WsMessage::Text(text))) = ws.next().await {
         let mut words = text.split(' ').map(str::parse::<usize>);
         let (Some(Ok(generation)), Some(Ok(hub))) = (words.next(), words.next()) else {
             continue;

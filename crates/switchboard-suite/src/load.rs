@@ -425,6 +425,24 @@ mod tests {
         assert_eq!(Latencies::default().quantile(0.99), 0);
     }
 
+    #[tokio::test]
+    async fn a_run_counts_every_delivery_across_hubs() {
+        let network = switchboard::hub::MemoryNetwork::new();
+        let publisher = Hub::with_broker(hub_config(), network.broker());
+        let receiving = Hub::with_broker(hub_config(), network.broker());
+        let limit = Duration::from_secs(10);
+        let run = Delivery::open(publisher, &receiving, 3, 2, limit)
+            .await
+            .unwrap();
+        assert_eq!(run.receivers(), 6);
+
+        let burst = run.burst(1000, limit).await;
+        assert_eq!((burst.expected, burst.delivered), (2000, 2000));
+        let paced = run.paced(200, 0.25, limit).await;
+        assert_eq!(paced.expected, paced.messages * 2);
+        assert_eq!(paced.latencies.len(), paced.expected);
+    }
+
     #[test]
     fn a_stamp_is_the_last_word() {
         let clock = Clock::start();
