@@ -244,7 +244,8 @@ async fn delivery(options: &Options) -> Result<(), LoadError> {
 }
 
 /// Doubles the rate until the p99 reaches the target or a delivery goes missing, then
-/// halves the step between the last rate under and the first over, three times.
+/// bisects between the last rate under and the first over until they are within an
+/// eighth of each other.
 async fn find_rate(run: &Delivery, options: &Options) {
     let engine = options.engine.name();
     let mut under = None;
