@@ -38,7 +38,6 @@
 use futures_util::StreamExt;
 use std::{
     future::Future,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed},
@@ -48,7 +47,10 @@ use std::{
 use switchboard::hub::{Hub, MemoryNetwork};
 use switchboard_broker::Broker;
 use switchboard_redis::{RedisBroker, RedisConfig};
-use switchboard_suite::load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client};
+use switchboard_suite::{
+    load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client},
+    servers::redis::RedisServer,
+};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The p99 the found rate stays under: a hub in memory at that load is the yardstick
@@ -315,6 +317,16 @@ trait Restart {
     fn start(&mut self) -> impl Future<Output = ()>;
 }
 
+impl Restart for RedisServer {
+    fn stop(&mut self) {
+        self.kill();
+    }
+
+    async fn start(&mut self) {
+        self.restart().await;
+    }
+}
+
 /// Three hubs on `engine` (whose servers are `server`), members on each, the server
 /// restarted under them.
 async fn recovery(
@@ -437,75 +449,4 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|line| line.split(' ').take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-impl Restart for RedisServer {
-    fn stop(&mut self) {
-        self.kill();
-    }
-
-    async fn start(&mut self) {
-        self.restart().await;
-    }
-}
-
-/// A `redis-server` of this run's own, on a free port, without persistence (it comes
-/// back empty), killed when dropped.
-#[derive(Debug)]
-struct RedisServer {
-    port: u16,
-    process: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self {
-            port,
-            process: None,
-        };
-        server.restart().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-
-    /// Starts the server (again) on its port and returns once it answers.
-    async fn restart(&mut self) {
-        self.kill();
-        let process = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH");
-        self.process = Some(process);
-        let client = redis::Client::open(self.url()).expect("a valid URL");
-        let began = Instant::now();
-        while client.get_multiplexed_async_connection().await.is_err() {
-            assert!(
-                began.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
