@@ -40,6 +40,7 @@ mod id;
 mod memory;
 mod sequence;
 mod stream;
+pub mod wire;
 
 pub use backoff::Backoff;
 pub use broker::{Broker, BrokerMetrics, Envelope, Inbox, Target};

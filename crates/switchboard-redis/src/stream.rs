@@ -122,7 +122,7 @@ impl StreamPublish {
             .arg(&self.channel)
             .arg(self.parts.head.as_ref())
             .arg(self.parts.route.as_ref())
-            .arg(self.parts.field)
+            .arg(codec::field(&self.parts))
             .arg(self.parts.payload.as_ref());
         cmd
     }
