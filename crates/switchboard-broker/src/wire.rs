@@ -173,6 +173,41 @@ pub fn decode(mut bytes: Bytes) -> Result<(Envelope, Option<Stamp>), WireError> 
         let epoch = Epoch::from_u64(take_u64(&mut bytes)?);
         (None, Some(Position::new(offset, epoch)))
     };
+    decode_route(origin, position, bytes).map(|envelope| (envelope, stamp))
+}
+
+/// A stream's message as a store kept it, without its position (what [`encode_stored`]
+/// made), at `position`: for an engine whose store numbers the messages itself
+/// (JetStream's sequence) and hands the number beside them. Never panics on malformed
+/// input.
+pub fn decode_stored(mut bytes: Bytes, position: Position) -> Result<Envelope, WireError> {
+    let version = take_u8(&mut bytes)?;
+    if version != VERSION_POSITIONED {
+        return Err(WireError::Unknown("version", version));
+    }
+    let origin = NodeId::from_bits(take_u64(&mut bytes)?);
+    decode_route(origin, Some(position), bytes)
+}
+
+/// A stream's message without its position: the version 4 layout with the position
+/// left out (`head`, `route`, `payload` of [`encode_stream`]), for a store that numbers
+/// it itself; [`decode_stored`] reads it back.
+pub fn encode_stored(envelope: &Envelope) -> Result<Bytes, WireError> {
+    let parts = encode_stream(envelope)?;
+    let mut out =
+        BytesMut::with_capacity(parts.head.len() + parts.route.len() + parts.payload.len());
+    out.put_slice(&parts.head);
+    out.put_slice(&parts.route);
+    out.put_slice(&parts.payload);
+    Ok(out.freeze())
+}
+
+/// What follows the stamp or the position: the target, the except and the message.
+fn decode_route(
+    origin: NodeId,
+    position: Option<Position>,
+    mut bytes: Bytes,
+) -> Result<Envelope, WireError> {
     let target = match take_u8(&mut bytes)? {
         0 if position.is_none() => Target::All,
         1 => {
@@ -197,14 +232,13 @@ pub fn decode(mut bytes: Bytes) -> Result<(Envelope, Option<Stamp>), WireError> 
         2 => Message::Binary(bytes),
         other => return Err(WireError::Unknown("kind", other)),
     };
-    let envelope = Envelope {
+    Ok(Envelope {
         origin,
         target,
         except,
         message,
         position,
-    };
-    Ok((envelope, stamp))
+    })
 }
 
 fn put_id(out: &mut BytesMut, id: ConnectionId) {
@@ -453,5 +487,30 @@ mod tests {
                 "{envelope:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stored_message_reads_back_at_the_position_given() {
+        let at = Position::new(9, Epoch::from_u64(0xfeed));
+        for envelope in stream_envelopes() {
+            let stored = encode_stored(&envelope).unwrap();
+            let expected = Envelope {
+                position: Some(at),
+                ..envelope.clone()
+            };
+            assert_eq!(decode_stored(stored.clone(), at), Ok(expected));
+            let head = stored.len() - envelope.message.len();
+            for cut in 0..head {
+                assert_eq!(
+                    decode_stored(stored.slice(..cut), at),
+                    Err(WireError::Truncated)
+                );
+            }
+        }
+        let stamped = wire(&envelopes()[1], STAMP);
+        assert_eq!(
+            decode_stored(stamped, at),
+            Err(WireError::Unknown("version", 3))
+        );
     }
 }

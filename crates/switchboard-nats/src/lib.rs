@@ -1,0 +1,678 @@
+//! Rooms that span machines: a switchboard [`Broker`] over NATS, with streams with
+//! history on JetStream.
+//!
+//! Every hub attached to the same NATS server (or cluster) and prefix forms one
+//! backplane: a broadcast to a room reaches the room's members on every hub, a
+//! broadcast to all reaches every connection, a send to a connection id reaches the
+//! hub that holds it, and the cluster's own traffic (presence, queries and their
+//! replies) travels as envelopes to one hub or to every hub.
+//!
+//! ```no_run
+//! use switchboard::hub::{Hub, HubConfig};
+//! use switchboard_nats::{NatsBroker, NatsConfig};
+//!
+//! # fn run() -> Result<(), switchboard_nats::ConnectError> {
+//! // Only the configuration is checked here: the hub starts even while NATS is down.
+//! let broker = NatsBroker::new(NatsConfig::default().url("nats://127.0.0.1:4222"))?;
+//! let stats = broker.stats();
+//! let hub = Hub::with_broker(HubConfig::default(), broker);
+//! # let _ = (hub, stats);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`NatsBroker::connect`] does the same but fails at once when NATS cannot be
+//! reached, for a process that must not start without it.
+//!
+//! # Subjects
+//!
+//! With the default prefix `switchboard`, a hub subscribes to `switchboard.all`, to
+//! `switchboard.node.<its node id>` (16 hex digits), and to `switchboard.room.<room>`
+//! for each room that has a member on it, from the first member's join to the last
+//! member's leave. A room name is any string: it is written as one subject token
+//! (ASCII letters, digits and `-` as they are, every other byte as `_` and two hex
+//! digits: `lobby.1` is `lobby_2E1`, the empty name `_`), so that `.`, spaces, `*` and
+//! `>` in a name neither split nor widen a subject. Publishing to a room costs one
+//! publish, whatever the number of hubs.
+//!
+//! # Delivery
+//!
+//! NATS core delivers at most once, in order per publisher. Envelopes use the wire
+//! format of every engine (`switchboard_broker::wire`): each hub numbers its envelopes
+//! per subject, and a receiving hub counts every number it never saw in
+//! [`BrokerStats::missed`] when the publisher's next envelope on that subject arrives:
+//! a restart of NATS, a slow consumer NATS disconnected, messages the client dropped
+//! because this hub fell behind ([`BrokerStats::slow_consumer`] counts those events),
+//! a publisher's shed. While the link to NATS is down, envelopes cannot be published:
+//! each one is counted in [`BrokerStats::lost`]. The client reconnects by itself,
+//! waiting between attempts with jittered backoff up to [`NatsConfig::max_backoff`],
+//! and subscribes again to everything the hub had.
+//!
+//! # Streams with history, on JetStream
+//!
+//! A room that keeps history (the hub's `HubConfig::history`) has one JetStream stream
+//! of its own, so that its offsets are contiguous: offsets are the stream's sequence
+//! numbers. The stream is named `<prefix>_S<room>` (both written as above; a name past
+//! 200 bytes is cut and ends with a hash), stores on `<prefix>.stream.<room>`, keeps
+//! at most the history's `max_len` messages (`max_messages`, older ones discarded) none
+//! older than its `max_age`, in file storage, and **republishes** every message it
+//! stores onto the room's subject with its `Nats-Stream` and `Nats-Sequence` headers
+//! (JetStream's RePublish, nats-server 2.9 or newer): storing and numbering are one
+//! step in the server, and every hub subscribed to the room, the publishing one
+//! included, is handed the room's messages in offset order. The stream is created by
+//! the first publish or read of the room (its limits updated when a hub asks for
+//! others).
+//!
+//! A stream's epoch is derived from the stream's creation time: a NATS restarted
+//! without its storage, or the stream deleted (`nats stream rm`) and made again by the
+//! next publish, gives the room a new epoch, so that no client mistakes the new
+//! sequence for the old one. A hub learns it from the stream's info, once per stream
+//! and again after a reconnect or when the sequence goes back.
+//!
+//! A stream publish resolves once JetStream acknowledged it, to its sequence; a publish
+//! that was not sent (the link down, the queue full, the stream refused) to
+//! [`StreamError::Unavailable`], and one sent whose acknowledgement never came to
+//! [`StreamError::Unconfirmed`]: it may be stored, and delivered. Reads
+//! ([`Broker::read_stream`]) take the stream's info (epoch, newest sequence) and get
+//! the messages after the offset asked for by sequence, at most `max_len` of them,
+//! within 2 s.
+//!
+//! # Bounded memory
+//!
+//! - Publishes wait for the link in a queue of [`NatsConfig::max_pending_publishes`].
+//!   Full, it sheds the new envelope, counted in [`BrokerStats::shed`] and
+//!   [`BrokerStats::lost`] here, and in [`BrokerStats::missed`] on the hubs that would
+//!   have received it.
+//! - Arrivals wait for the hub in a queue of [`NatsConfig::max_pending_deliveries`];
+//!   each subscription holds at most as many messages in the client. Past that, the
+//!   client drops what arrives for the subscription (a slow-consumer event, counted in
+//!   [`BrokerStats::slow_consumer`]; the messages themselves in
+//!   [`BrokerStats::missed`] through the publishers' numbering).
+//! - The per-subject numbers are kept in bounded maps on both sides.
+//! - A stream holds at most `max_len` messages for at most `max_age`; a read returns at
+//!   most `max_len` messages. JetStream keeps a room's (empty) stream after its
+//!   messages expire: delete them with `nats stream rm` if rooms come and go by the
+//!   million.
+//!
+//! # Readiness
+//!
+//! The hub is not ready (`Hub::is_ready`, the `/ready` route answers 503) until the
+//! client is connected and NATS has taken every subscription the hub has (a flush
+//! after subscribing: NATS answers a ping after the subscriptions sent before it), and
+//! again from the moment the link fails until the client has reconnected and
+//! subscribed again.
+//!
+//! # Versions
+//!
+//! Envelopes carry a format version (see `switchboard_broker::wire`); a hub drops an
+//! envelope of another version and counts it in [`BrokerStats::malformed`], so the
+//! hubs of one prefix must run the same version.
+
+mod link;
+mod names;
+mod stream;
+
+use bytes::Bytes;
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+use switchboard_broker::{
+    Broker, BrokerMetrics, DEFAULT_MAX_CHANNELS, Envelope, History, Inbox, NodeId, Position,
+    Sequencer, StreamError, StreamFuture, StreamRead, Target, wire,
+};
+use tokio::{
+    runtime::Handle,
+    sync::{
+        Notify,
+        mpsc::{self, error::TrySendError},
+    },
+};
+
+/// The reason is at [`NatsConfig::max_pending_publishes`].
+const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
+
+/// The reason is at [`NatsConfig::max_pending_deliveries`].
+const DEFAULT_MAX_PENDING_DELIVERIES: usize = 1024;
+
+/// How long a publisher keeps the counter of a subject it does not publish on: its
+/// receivers keep theirs longer (see `link::RECEIVER_IDLE`).
+const PUBLISHER_IDLE: Duration = Duration::from_secs(60);
+
+/// Where to find NATS and how to name the subjects.
+///
+/// Start from [`NatsConfig::default`] (a NATS on this machine) and change what you
+/// need, one method per setting:
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard_nats::NatsConfig;
+///
+/// let config = NatsConfig::default()
+///     .url("nats://nats.internal:4222")
+///     .prefix("chat")
+///     .max_backoff(Duration::from_secs(2));
+/// assert_eq!(config.prefix, "chat");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// The NATS server, as a `nats://` URL (`nats://[user:password@]host[:port]`;
+    /// `tls://` for TLS), or several separated by commas (a cluster).
+    ///
+    /// Default `nats://127.0.0.1:4222`: NATS's own port on this machine.
+    pub url: String,
+    /// Subjects are named `prefix.…` and streams `<prefix>_S…`: hubs on different
+    /// prefixes do not hear each other. Tokens separated by `.`, without spaces or
+    /// wildcards.
+    ///
+    /// Default `switchboard`.
+    pub prefix: String,
+    /// The longest wait between reconnection attempts: waits grow from 50 ms up to
+    /// this, each drawn at random between 50 ms and three times the previous one
+    /// (decorrelated jitter), so that hubs that lost NATS together do not come back
+    /// together.
+    ///
+    /// Default 5 s.
+    pub max_backoff: Duration,
+    /// The most publishes waiting for the link to NATS: past it, the new publish is
+    /// shed (drop newest) and counted in [`BrokerStats::shed`] and
+    /// [`BrokerStats::lost`]. 0 is taken as 1.
+    ///
+    /// Default 1,024: room for a burst, and a bound on what a stalled link holds.
+    pub max_pending_publishes: usize,
+    /// The most envelopes from other hubs waiting for this hub to take them, and the
+    /// most messages each subscription holds in the client before it drops what
+    /// follows (a slow consumer: counted, see [`BrokerStats::slow_consumer`]). 0 is
+    /// taken as 1.
+    ///
+    /// Default 1,024.
+    pub max_pending_deliveries: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: "switchboard".to_owned(),
+            max_backoff: Duration::from_secs(5),
+            max_pending_publishes: DEFAULT_MAX_PENDING_PUBLISHES,
+            max_pending_deliveries: DEFAULT_MAX_PENDING_DELIVERIES,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Sets [`NatsConfig::url`].
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Sets [`NatsConfig::prefix`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`NatsConfig::max_backoff`].
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_pending_publishes`]; the broker takes 0 as 1.
+    pub fn max_pending_publishes(mut self, max: usize) -> Self {
+        self.max_pending_publishes = max;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_pending_deliveries`]; the broker takes 0 as 1.
+    pub fn max_pending_deliveries(mut self, max: usize) -> Self {
+        self.max_pending_deliveries = max;
+        self
+    }
+
+    fn subject_all(&self) -> String {
+        format!("{}.all", self.prefix)
+    }
+
+    fn subject_node(&self, node: NodeId) -> String {
+        format!("{}.node.{node}", self.prefix)
+    }
+
+    fn subject_room(&self, room: &str) -> String {
+        format!("{}.room.{}", self.prefix, names::token(room))
+    }
+
+    /// Where a room's stream stores its messages (republished onto the room's subject).
+    fn subject_stored(&self, room: &str) -> String {
+        format!("{}.stream.{}", self.prefix, names::token(room))
+    }
+
+    /// The subject an envelope is published on.
+    fn subject_of(&self, envelope: &Envelope) -> String {
+        match &envelope.target {
+            Target::All | Target::Nodes => self.subject_all(),
+            Target::Room(room) => self.subject_room(room),
+            Target::Connection(id) => self.subject_node(id.node()),
+            Target::Node(node) => self.subject_node(*node),
+        }
+    }
+}
+
+/// Why a [`NatsBroker`] could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The prefix cannot start subjects (empty tokens, spaces, wildcards).
+    #[error("invalid NATS subject prefix {0:?}")]
+    InvalidPrefix(String),
+    /// NATS could not be reached ([`NatsBroker::connect`]).
+    #[error("could not connect to NATS: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What the publishing task sends, in the order the hub asked.
+#[derive(Debug)]
+enum Publish {
+    /// An envelope, stamped: one core publish.
+    Envelope { subject: String, payload: Bytes },
+    /// A stream's message: a JetStream publish, whose acknowledgement is the position.
+    Stream(Box<stream::StreamPublish>),
+}
+
+impl Publish {
+    fn subject(&self) -> &str {
+        match self {
+            Self::Envelope { subject, .. } => subject,
+            Self::Stream(publish) => &publish.subject,
+        }
+    }
+
+    /// Drops the publish, telling whoever awaits a stream's position why.
+    fn lose(self, why: &str) {
+        if let Self::Stream(publish) = self {
+            publish.answer(Err(StreamError::Unavailable(why.to_owned())));
+        }
+    }
+}
+
+/// The room subscriptions the hub asked for and the link has not applied yet: the
+/// latest wish per room (`true`: subscribe), bounded by the hub's rooms.
+#[derive(Debug, Default)]
+struct RoomChanges {
+    wanted: Mutex<HashMap<String, bool>>,
+    changed: Notify,
+}
+
+impl RoomChanges {
+    fn want(&self, room: &str, subscribed: bool) {
+        lock(&self.wanted).insert(room.to_owned(), subscribed);
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> HashMap<String, bool> {
+        std::mem::take(&mut *lock(&self.wanted))
+    }
+}
+
+/// The lock, even if a panic poisoned it: what it guards stays consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A hub's attachment to NATS. Give it to `switchboard::hub::Hub::with_broker`.
+#[derive(Debug)]
+pub struct NatsBroker {
+    config: NatsConfig,
+    /// Bounded by [`NatsConfig::max_pending_publishes`].
+    publishes: mpsc::Sender<Publish>,
+    /// Numbers each publish on its subject; locked across the numbering and the
+    /// queueing, so that numbers go out in order.
+    sequencer: Mutex<Sequencer>,
+    rooms: Arc<RoomChanges>,
+    /// Until the hub starts the broker: the client [`NatsBroker::connect`] made, if
+    /// any, and the publishes' receiving end.
+    pending: Mutex<Option<(Option<async_nats::Client>, mpsc::Receiver<Publish>)>>,
+    runtime: Option<Handle>,
+    link: Arc<link::State>,
+    /// The client, once the hub started the broker: reads go through it.
+    client: Arc<OnceLock<async_nats::Client>>,
+}
+
+impl NatsBroker {
+    /// A broker that connects to NATS once a hub takes it, and keeps trying while NATS
+    /// is down: the hub starts at once, serves its own members and is not ready until
+    /// the link is up with its subscriptions. Fails only for a prefix that cannot make
+    /// subjects. Call from inside a tokio runtime: the link's tasks run on it.
+    pub fn new(config: NatsConfig) -> Result<Self, ConnectError> {
+        if !names::valid_prefix(&config.prefix) {
+            return Err(ConnectError::InvalidPrefix(config.prefix));
+        }
+        let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
+        Ok(Self {
+            config,
+            publishes,
+            sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
+            rooms: Arc::default(),
+            pending: Mutex::new(Some((None, receiver))),
+            runtime: Handle::try_current().ok(),
+            link: Arc::default(),
+            client: Arc::default(),
+        })
+    }
+
+    /// Like [`NatsBroker::new`], but connects first and fails at once if NATS cannot
+    /// be reached. After that, the client reconnects as [`NatsBroker::new`]'s does.
+    pub async fn connect(config: NatsConfig) -> Result<Self, ConnectError> {
+        let broker = Self::new(config)?;
+        let client = link::options(&broker.config, &broker.link)
+            .connect(broker.config.url.as_str())
+            .await
+            .map_err(|error| ConnectError::Connect(Box::new(error)))?;
+        if let Some((first, _)) = lock(&broker.pending).as_mut() {
+            *first = Some(client);
+        }
+        Ok(broker)
+    }
+
+    /// Counters of this broker, readable after the hub has taken it.
+    pub fn stats(&self) -> BrokerStats {
+        self.link.stats.clone()
+    }
+
+    /// Numbers the envelope and queues it. Full queue: the new envelope is shed (drop
+    /// newest); its number is spent, so receivers count it as missed.
+    fn enqueue(&self, subject: String, mut wire: bytes::BytesMut) {
+        let mut sequencer = lock(&self.sequencer);
+        wire::stamp(&mut wire, sequencer.next(&subject, Instant::now()));
+        let payload = wire.freeze();
+        let refused = self.queue(Publish::Envelope { subject, payload });
+        drop(sequencer);
+        if let Err(refused) = refused {
+            self.refuse(refused);
+        }
+    }
+
+    fn queue(&self, publish: Publish) -> Result<(), TrySendError<Publish>> {
+        let stats = &self.link.stats;
+        // Counted before the send, so that the publishing task never takes one uncounted.
+        stats.0.pending.fetch_add(1, Relaxed);
+        self.publishes.try_send(publish).inspect_err(|_| {
+            stats.0.pending.fetch_sub(1, Relaxed);
+        })
+    }
+
+    fn refuse(&self, refused: TrySendError<Publish>) {
+        let stats = &self.link.stats;
+        let (publish, why) = match refused {
+            TrySendError::Full(publish) => {
+                stats.count(&stats.0.shed);
+                (publish, "too many publishes waiting for NATS")
+            }
+            TrySendError::Closed(publish) => (publish, "the link task has ended"),
+        };
+        stats.lose(publish.subject(), why);
+        publish.lose(why);
+    }
+}
+
+impl Broker for NatsBroker {
+    fn start(&self, inbox: Inbox) {
+        let Some((first, publishes)) = lock(&self.pending).take() else {
+            tracing::error!("NatsBroker started twice; the second hub is not attached");
+            return;
+        };
+        let Some(runtime) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
+            tracing::error!("NatsBroker made and started outside a tokio runtime; not attached");
+            return;
+        };
+        tracing::info!(node = %inbox.node(), "hub attached to NATS");
+        let task = link::Task {
+            config: self.config.clone(),
+            inbox,
+            changes: self.rooms.clone(),
+            state: self.link.clone(),
+            client: self.client.clone(),
+        };
+        runtime.spawn(link::run(task, first, publishes));
+    }
+
+    fn publish(&self, envelope: Envelope) {
+        match wire::encode(&envelope) {
+            Ok(wire) => self.enqueue(self.config.subject_of(&envelope), wire),
+            Err(error) => {
+                let stats = &self.link.stats;
+                stats.count(&stats.0.lost);
+                tracing::warn!(%error, "envelope not published");
+            }
+        }
+    }
+
+    /// Queues the JetStream publish behind the publishes already waiting: counted, shed
+    /// and lost as they are (see the crate's Streams section).
+    fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
+            Ok((publish, answer)) => {
+                if let Err(refused) = self.queue(Publish::Stream(Box::new(publish))) {
+                    self.refuse(refused);
+                }
+                answer
+            }
+            Err(error) => {
+                let stats = &self.link.stats;
+                stats.count(&stats.0.lost);
+                tracing::warn!(%error, "stream message not published");
+                return Box::pin(std::future::ready(Err(error)));
+            }
+        };
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(StreamError::Unconfirmed(
+                    "the link task has ended".to_owned(),
+                ))
+            })
+        })
+    }
+
+    /// Reads the room's JetStream stream by sequence, within 2 s.
+    fn read_stream(&self, room: &str, after: u64, history: History) -> StreamFuture<StreamRead> {
+        let Some(client) = self.client.get().cloned() else {
+            let why = "not connected to NATS yet".to_owned();
+            return Box::pin(std::future::ready(Err(StreamError::Unavailable(why))));
+        };
+        let read = stream::Read {
+            jetstream: async_nats::jetstream::new(client),
+            config: self.config.clone(),
+            room: room.to_owned(),
+            history,
+            state: self.link.clone(),
+        };
+        Box::pin(read.run(after))
+    }
+
+    fn subscribe(&self, room: &str) {
+        self.rooms.want(room, true);
+    }
+
+    fn unsubscribe(&self, room: &str) {
+        self.rooms.want(room, false);
+    }
+
+    /// `false` until the client is connected and NATS has taken the subscriptions to
+    /// every room of the hub, its node subject and `all`, and again from the moment
+    /// the link fails until it is back with them.
+    fn is_ready(&self) -> bool {
+        self.link.ready.load(Relaxed)
+    }
+
+    fn metrics(&self) -> Option<BrokerMetrics> {
+        let stats = &self.link.stats;
+        let mut metrics = BrokerMetrics::default();
+        metrics.published = stats.published();
+        metrics.received = stats.received();
+        metrics.lost = stats.lost();
+        metrics.missed = stats.missed();
+        metrics.malformed = stats.malformed();
+        metrics.reconnects = stats.reconnects();
+        metrics.connected = self.is_ready();
+        Some(metrics)
+    }
+}
+
+/// Counters of a [`NatsBroker`]; a cheap handle, shared with the broker.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    lost: AtomicU64,
+    shed: AtomicU64,
+    missed: AtomicU64,
+    malformed: AtomicU64,
+    reconnects: AtomicU64,
+    pending: AtomicU64,
+    unconfirmed: AtomicU64,
+    slow_consumer: AtomicU64,
+}
+
+impl BrokerStats {
+    /// Envelopes handed to the NATS client for publishing (core NATS confirms
+    /// nothing), and stream messages JetStream acknowledged.
+    pub fn published(&self) -> u64 {
+        self.0.published.load(Relaxed)
+    }
+
+    /// Envelopes from other hubs handed to this hub.
+    pub fn received(&self) -> u64 {
+        self.0.received.load(Relaxed)
+    }
+
+    /// Envelopes that could not be published (the link was down, more than
+    /// [`NatsConfig::max_pending_publishes`] were waiting, the message was not text
+    /// or binary, a stream refused it).
+    pub fn lost(&self) -> u64 {
+        self.0.lost.load(Relaxed)
+    }
+
+    /// Of [`BrokerStats::lost`], the publishes shed because
+    /// [`NatsConfig::max_pending_publishes`] were already waiting.
+    pub fn shed(&self) -> u64 {
+        self.0.shed.load(Relaxed)
+    }
+
+    /// Envelopes other hubs published for this hub that never reached it, counted
+    /// from the gaps in each publisher's numbering of each subject when its next
+    /// envelope arrives (a restart of NATS, a slow consumer, a publisher's shed).
+    pub fn missed(&self) -> u64 {
+        self.0.missed.load(Relaxed)
+    }
+
+    /// Slow-consumer events: times the client dropped a message for a subscription
+    /// whose [`NatsConfig::max_pending_deliveries`] were full. The messages dropped are
+    /// in [`BrokerStats::missed`] (through the gaps they leave), so they are not
+    /// counted twice; a stream's are filled by the hub from the stream.
+    pub fn slow_consumer(&self) -> u64 {
+        self.0.slow_consumer.load(Relaxed)
+    }
+
+    /// Stream publishes sent whose acknowledgement never came: stored or not, nobody
+    /// knows; their futures said [`StreamError::Unconfirmed`].
+    pub fn unconfirmed(&self) -> u64 {
+        self.0.unconfirmed.load(Relaxed)
+    }
+
+    /// Messages on our subjects that were not envelopes this version understands, and
+    /// stream messages that were not.
+    pub fn malformed(&self) -> u64 {
+        self.0.malformed.load(Relaxed)
+    }
+
+    /// Times the client reconnected to NATS after losing it.
+    pub fn reconnects(&self) -> u64 {
+        self.0.reconnects.load(Relaxed)
+    }
+
+    /// Publishes waiting for the link now: at most
+    /// [`NatsConfig::max_pending_publishes`].
+    pub fn pending_publishes(&self) -> u64 {
+        self.0.pending.load(Relaxed)
+    }
+
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    fn lose(&self, subject: &str, why: &str) {
+        let lost = self.0.lost.fetch_add(1, Relaxed) + 1;
+        // At the 1st, 2nd, 4th, 8th… loss: an outage would otherwise warn for each.
+        if lost.is_power_of_two() {
+            tracing::warn!(%subject, lost_total = lost, "envelope lost: {why}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builder_method_sets_its_field() {
+        let config = NatsConfig::default()
+            .url("nats://nats.example:4333")
+            .prefix("chat")
+            .max_backoff(Duration::from_secs(1))
+            .max_pending_publishes(2)
+            .max_pending_deliveries(3);
+        // Exhaustive: a new field does not compile here until it has a method and a check.
+        let NatsConfig {
+            url,
+            prefix,
+            max_backoff,
+            max_pending_publishes,
+            max_pending_deliveries,
+        } = config;
+        assert_eq!(url, "nats://nats.example:4333");
+        assert_eq!(prefix, "chat");
+        assert_eq!(max_backoff, Duration::from_secs(1));
+        assert_eq!(max_pending_publishes, 2);
+        assert_eq!(max_pending_deliveries, 3);
+    }
+
+    #[test]
+    fn a_prefix_that_cannot_make_subjects_is_refused() {
+        let refused = NatsBroker::new(NatsConfig::default().prefix("a b"));
+        assert!(matches!(refused, Err(ConnectError::InvalidPrefix(_))));
+    }
+
+    #[test]
+    fn subjects_follow_the_targets() {
+        let config = NatsConfig::default().prefix("p");
+        let node = NodeId::from_bits(0xab);
+        let envelope = |target| Envelope {
+            origin: node,
+            target,
+            except: None,
+            message: switchboard_proto::Message::text("x"),
+            position: None,
+        };
+        assert_eq!(config.subject_of(&envelope(Target::All)), "p.all");
+        assert_eq!(config.subject_of(&envelope(Target::Nodes)), "p.all");
+        assert_eq!(
+            config.subject_of(&envelope(Target::Node(node))),
+            "p.node.00000000000000ab"
+        );
+        assert_eq!(
+            config.subject_of(&envelope(Target::Room("a.b".into()))),
+            "p.room.a_2Eb"
+        );
+        assert_eq!(config.subject_stored("a.b"), "p.stream.a_2Eb");
+    }
+}

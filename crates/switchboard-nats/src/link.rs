@@ -1,0 +1,391 @@
+//! The tasks that own a hub's link to NATS: one publishes what the hub sends, in
+//! order; one follows the hub's rooms with subscriptions and says when the hub is
+//! ready; one per subscription reads what arrives, counts the gaps in it and queues it
+//! for the delivery task that feeds the hub's inbox. The client reconnects by itself
+//! (with our backoff) and subscribes again; its events tell us when.
+
+use crate::{BrokerStats, NatsConfig, Publish, RoomChanges, lock, stream};
+use async_nats::{Client, ConnectOptions, Event, Subscriber, connection::State as Connection};
+use futures_util::StreamExt;
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+use switchboard_broker::{
+    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, Position, wire,
+};
+use tokio::{
+    sync::{
+        Notify,
+        mpsc::{self, Receiver, Sender},
+    },
+    task::JoinHandle,
+};
+
+/// The shortest wait before reconnecting; waits grow with jitter up to
+/// `NatsConfig::max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long one attempt to connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a request (a flush, a JetStream call) may wait for NATS's answer.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a receiver remembers a publisher's counter on a subject without hearing
+/// from it: longer than publishers keep theirs (`crate::PUBLISHER_IDLE`).
+const RECEIVER_IDLE: Duration = Duration::from_secs(600);
+
+/// How long the link waits before asking NATS again after a flush failed.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// What the client's events and the tasks share: the counters and the link's state.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) stats: BrokerStats,
+    /// See `Broker::is_ready`.
+    pub(crate) ready: AtomicBool,
+    connected: AtomicBool,
+    /// One more at each connection: a flush answers for the subscriptions of one.
+    generation: AtomicU64,
+    /// Since when the link is down, after it was up.
+    down_since: Mutex<Option<Instant>>,
+    changed: Notify,
+    /// The streams' epochs and which streams this link has made sure of.
+    pub(crate) streams: stream::Known,
+}
+
+impl State {
+    /// Follows the client's events (called by the client, on its own task).
+    fn event(&self, event: Event) {
+        match event {
+            Event::Connected => {
+                if let Some(down) = lock(&self.down_since).take() {
+                    self.stats.count(&self.stats.0.reconnects);
+                    let lost = self.stats.lost();
+                    tracing::info!(outage = ?down.elapsed(), lost, "link to NATS restored");
+                }
+                // A NATS restarted without its storage has no stream we knew.
+                self.streams.clear();
+                self.generation.fetch_add(1, Relaxed);
+                self.connected.store(true, Relaxed);
+                self.changed.notify_one();
+            }
+            Event::Disconnected => {
+                self.ready.store(false, Relaxed);
+                self.connected.store(false, Relaxed);
+                lock(&self.down_since).get_or_insert_with(Instant::now);
+                tracing::warn!("lost the link to NATS; reconnecting");
+                self.changed.notify_one();
+            }
+            Event::SlowConsumer(sid) => {
+                let events = self.stats.0.slow_consumer.fetch_add(1, Relaxed) + 1;
+                if events.is_power_of_two() {
+                    tracing::warn!(sid, events, "the hub is behind: NATS messages dropped");
+                }
+            }
+            other => tracing::debug!(event = %other, "NATS client event"),
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+}
+
+/// The client's options: our bounds, our backoff, our event handler.
+pub(crate) fn options(config: &NatsConfig, state: &Arc<State>) -> ConnectOptions {
+    let backoff = Mutex::new(Backoff::new(FIRST_BACKOFF, config.max_backoff));
+    let events = state.clone();
+    ConnectOptions::new()
+        .subscription_capacity(config.max_pending_deliveries.max(1))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |attempts| {
+            let mut backoff = lock(&backoff);
+            // The client counts attempts from 1 after each connection.
+            if attempts <= 1 {
+                backoff.reset();
+            }
+            backoff.next_wait()
+        })
+        .event_callback(move |event| {
+            let state = events.clone();
+            async move { state.event(event) }
+        })
+}
+
+/// What the link works with, for its whole life.
+pub(crate) struct Task {
+    pub(crate) config: NatsConfig,
+    pub(crate) inbox: Inbox,
+    pub(crate) changes: Arc<RoomChanges>,
+    pub(crate) state: Arc<State>,
+    pub(crate) client: Arc<OnceLock<Client>>,
+}
+
+/// A task aborted when its handle is dropped: a subscription's reader goes with it.
+struct Aborting<T>(JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves one hub until the broker is dropped or the hub is gone, on `first` (made
+/// by `NatsBroker::connect`) or on a client it makes, connecting in the background.
+pub(crate) async fn run(task: Task, first: Option<Client>, publishes: Receiver<Publish>) {
+    let client = match first {
+        Some(client) => client,
+        None => {
+            let options = options(&task.config, &task.state).retry_on_initial_connect();
+            match options.connect(task.config.url.as_str()).await {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::error!(%error, "NATS client not made; the hub is not attached");
+                    return;
+                }
+            }
+        }
+    };
+    let _ = task.client.set(client.clone());
+    let (deliveries, arrived) = mpsc::channel(task.config.max_pending_deliveries.max(1));
+    let _delivery = Aborting(tokio::spawn(deliver(
+        arrived,
+        task.inbox.clone(),
+        task.state.stats.clone(),
+    )));
+    let publisher = Aborting(tokio::spawn(publish(
+        client.clone(),
+        task.config.clone(),
+        task.state.clone(),
+        publishes,
+    )));
+    let receiving = Arc::new(Receiving {
+        own: task.inbox.node(),
+        deliveries,
+        detector: Mutex::new(GapDetector::new(DEFAULT_MAX_CHANNELS, RECEIVER_IDLE)),
+        state: task.state.clone(),
+        jetstream: async_nats::jetstream::new(client.clone()),
+    });
+    let mut link = Link {
+        task: &task,
+        client,
+        receiving,
+        subscriptions: HashMap::new(),
+    };
+    link.serve(publisher).await;
+}
+
+/// The subscriptions of one hub, kept across reconnections (the client subscribes
+/// again by itself).
+struct Link<'a> {
+    task: &'a Task,
+    client: Client,
+    receiving: Arc<Receiving>,
+    /// Per subject: the task that reads its subscription.
+    subscriptions: HashMap<String, Aborting<()>>,
+}
+
+impl Link<'_> {
+    async fn serve(&mut self, mut publisher: Aborting<()>) {
+        let config = &self.task.config;
+        self.subscribe(config.subject_all()).await;
+        self.subscribe(config.subject_node(self.task.inbox.node()))
+            .await;
+        self.apply_room_changes().await;
+        let (task, state) = (self.task, self.task.state.clone());
+        let deliveries = self.receiving.deliveries.clone();
+        let mut flushed = 0;
+        loop {
+            let retry = !state.ready.load(Relaxed) && state.is_connected() && {
+                let generation = state.generation.load(Relaxed);
+                !self.confirm(generation, &mut flushed).await
+            };
+            tokio::select! {
+                () = task.changes.changed.notified() => self.apply_room_changes().await,
+                () = state.changed.notified() => {}
+                () = tokio::time::sleep(RETRY), if retry => {}
+                _ = &mut publisher.0 => return,
+                () = deliveries.closed() => return,
+            }
+        }
+    }
+
+    /// Flushes (NATS answers once it has taken every subscription sent before) and
+    /// makes the hub ready if no reconnection came meanwhile; whether it did.
+    async fn confirm(&self, generation: u64, flushed: &mut u64) -> bool {
+        let state = &self.task.state;
+        if *flushed == generation {
+            return true;
+        }
+        let asked = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.flush()).await {
+            Ok(Ok(())) if state.generation.load(Relaxed) == generation && state.is_connected() => {
+                state.ready.store(true, Relaxed);
+                *flushed = generation;
+                let rooms = self.subscriptions.len() - 2;
+                tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to NATS");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Subscribes to the rooms the hub came to have and drops those it left.
+    async fn apply_room_changes(&mut self) {
+        for (room, wanted) in self.task.changes.take() {
+            let subject = self.task.config.subject_room(&room);
+            if wanted {
+                if !self.subscriptions.contains_key(&subject) {
+                    self.subscribe(subject).await;
+                }
+            } else if self.subscriptions.remove(&subject).is_some() {
+                // What this hub will not hear is not missed.
+                lock(&self.receiving.detector).forget(&subject);
+                let name = crate::names::stream_name(&self.task.config.prefix, &room);
+                self.task.state.streams.forget(&name);
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, subject: String) {
+        match self.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => {
+                let reader = self.receiving.clone().read(subject.clone(), subscriber);
+                self.subscriptions
+                    .insert(subject, Aborting(tokio::spawn(reader)));
+            }
+            // Only a closed client refuses: the broker is going.
+            Err(error) => tracing::error!(%subject, %error, "NATS refused a subscription"),
+        }
+    }
+}
+
+/// What the readers of the subscriptions share.
+struct Receiving {
+    own: NodeId,
+    deliveries: Sender<Envelope>,
+    detector: Mutex<GapDetector>,
+    state: Arc<State>,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl Receiving {
+    /// Reads one subscription until it ends or the hub is gone.
+    async fn read(self: Arc<Self>, subject: String, mut subscriber: Subscriber) {
+        while let Some(message) = subscriber.next().await {
+            let Some(envelope) = self.accept(&subject, message).await else {
+                continue;
+            };
+            // Waits while the hub is behind: the client holds what follows, up to the
+            // subscription's capacity, then drops it (a slow consumer, counted).
+            if self.deliveries.send(envelope).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The envelope to hand to the hub, after counting what was missed before it;
+    /// `None` for our own (echoed on rooms we share) and for what is not an envelope.
+    /// A stream's message (republished by JetStream, with its sequence) is handed over
+    /// even when it is our own; its gaps are the hub's to fill, by offset.
+    async fn accept(&self, subject: &str, message: async_nats::Message) -> Option<Envelope> {
+        let stats = &self.state.stats;
+        if let Some((stream, sequence)) = stream::stored_at(&message) {
+            let epoch = match self
+                .state
+                .streams
+                .epoch(&self.jetstream, &stream, sequence)
+                .await
+            {
+                Ok(epoch) => epoch,
+                Err(error) => {
+                    // The hub sees the offset missing and reads it from the stream.
+                    tracing::warn!(%stream, sequence, %error, "a stream's message dropped: its epoch is unknown");
+                    return None;
+                }
+            };
+            let position = Position::new(sequence, epoch);
+            return match wire::decode_stored(message.payload, position) {
+                Ok(envelope) => Some(envelope),
+                Err(error) => self.malformed(error),
+            };
+        }
+        let (envelope, stamp) = match wire::decode(message.payload) {
+            Ok(decoded) => decoded,
+            Err(error) => return self.malformed(error),
+        };
+        let Some(stamp) = stamp else {
+            // A stream's message is only ever republished by JetStream, with its headers.
+            return self.malformed(wire::WireError::Unknown("version", 4));
+        };
+        if envelope.origin == self.own {
+            return None;
+        }
+        let missed = lock(&self.detector).observe(subject, envelope.origin, stamp, Instant::now());
+        if missed > 0 {
+            let total = stats.0.missed.fetch_add(missed, Relaxed) + missed;
+            tracing::warn!(
+                missed,
+                missed_total = total,
+                "envelopes from other hubs never arrived"
+            );
+        }
+        Some(envelope)
+    }
+
+    fn malformed(&self, error: wire::WireError) -> Option<Envelope> {
+        self.state.stats.count(&self.state.stats.0.malformed);
+        tracing::warn!(%error, "dropped a message that is not an envelope");
+        None
+    }
+}
+
+/// Hands arrived envelopes to the hub, off the readers, until the hub is gone.
+async fn deliver(mut arrived: Receiver<Envelope>, inbox: Inbox, stats: BrokerStats) {
+    while let Some(envelope) = arrived.recv().await {
+        stats.count(&stats.0.received);
+        if !inbox.deliver(&envelope) {
+            return;
+        }
+    }
+}
+
+/// Publishes what the hub queued, in order, until the broker is dropped. While the
+/// link is down, each publish is counted as lost: the client would hold it only until
+/// its own buffer fills, and send it after the outage, late.
+async fn publish(
+    client: Client,
+    config: NatsConfig,
+    state: Arc<State>,
+    mut publishes: Receiver<Publish>,
+) {
+    let stats = state.stats.clone();
+    let jetstream = async_nats::jetstream::new(client.clone());
+    while let Some(publish) = publishes.recv().await {
+        stats.0.pending.fetch_sub(1, Relaxed);
+        if client.connection_state() != Connection::Connected {
+            stats.lose(publish.subject(), "no link to NATS");
+            publish.lose("no link to NATS");
+            continue;
+        }
+        match publish {
+            Publish::Envelope { subject, payload } => {
+                match client.publish(subject.clone(), payload).await {
+                    Ok(()) => stats.count(&stats.0.published),
+                    Err(error) => stats.lose(&subject, &error.to_string()),
+                }
+            }
+            Publish::Stream(publish) => {
+                stream::publish(&jetstream, &config, &state, *publish).await
+            }
+        }
+    }
+}
