@@ -245,7 +245,9 @@ impl NatsConfig {
         format!("{}.node.{node}", self.prefix)
     }
 
-    fn subject_room(&self, room: &str) -> String {
+    /// The subject `room`'s envelopes travel on: `<prefix>.room.<room as one token>`
+    /// (see the crate's Subjects section); for tools that watch it.
+    pub fn room_subject(&self, room: &str) -> String {
         format!("{}.room.{}", self.prefix, names::token(room))
     }
 
@@ -258,7 +260,7 @@ impl NatsConfig {
     fn subject_of(&self, envelope: &Envelope) -> String {
         match &envelope.target {
             Target::All | Target::Nodes => self.subject_all(),
-            Target::Room(room) => self.subject_room(room),
+            Target::Room(room) => self.room_subject(room),
             Target::Connection(id) => self.subject_node(id.node()),
             Target::Node(node) => self.subject_node(*node),
         }

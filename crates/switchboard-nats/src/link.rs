@@ -241,7 +241,7 @@ impl Link<'_> {
     /// Subscribes to the rooms the hub came to have and drops those it left.
     async fn apply_room_changes(&mut self) {
         for (room, wanted) in self.task.changes.take() {
-            let subject = self.task.config.subject_room(&room);
+            let subject = self.task.config.room_subject(&room);
             if wanted {
                 if !self.subscriptions.contains_key(&subject) {
                     self.subscribe(subject).await;

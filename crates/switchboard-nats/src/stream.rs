@@ -61,7 +61,7 @@ fn config_of(config: &NatsConfig, room: &str, history: History) -> Config {
         allow_direct: true,
         republish: Some(Republish {
             source: stored,
-            destination: config.subject_room(room),
+            destination: config.room_subject(room),
             headers_only: false,
         }),
         ..Config::default()

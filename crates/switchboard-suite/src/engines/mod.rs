@@ -2,6 +2,7 @@
 //! takes them.
 
 pub mod memory;
+pub mod nats;
 pub mod redis;
 
 use switchboard_broker::Broker;
@@ -11,6 +12,7 @@ use switchboard_broker::Broker;
 pub fn broker_from_args(args: &[String]) -> Box<dyn Broker> {
     match args {
         [engine, url] if engine == redis::ARG => redis::broker(url),
+        [engine, url] if engine == nats::ARG => nats::child_broker(url),
         _ => panic!("no engine for child arguments {args:?}"),
     }
 }

@@ -1,6 +1,7 @@
 //! Servers the tests start for themselves, on free ports, one kind per module; each
 //! is stopped when dropped, even when the test panics.
 
+pub mod nats;
 pub mod redis;
 
 /// A port free now on 127.0.0.1, for a server about to start.

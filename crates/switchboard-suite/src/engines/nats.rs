@@ -1,0 +1,90 @@
+//! Hubs on a NATS server with JetStream of the test's own.
+
+use crate::servers::nats::NatsServer;
+use std::time::Duration;
+use switchboard_broker::{Broker, NodeId};
+use switchboard_nats::{NatsBroker, NatsConfig};
+
+/// The name [`broker_from_args`](super::broker_from_args) knows a NATS child by.
+pub(crate) const ARG: &str = "nats";
+
+/// The NATS engine's prefix in the suite: one server per test, so one prefix is enough.
+const PREFIX: &str = "suite";
+
+/// The configuration of a hub's broker on the NATS at `url` under `prefix`:
+/// reconnections within half a second of NATS coming back (tests restart it).
+fn config(url: &str, prefix: &str) -> NatsConfig {
+    NatsConfig::default()
+        .url(url)
+        .prefix(prefix)
+        .max_backoff(Duration::from_millis(500))
+}
+
+/// A broker for a hub on the NATS at `url` under `prefix`, as the suite makes them:
+/// for tests of NATS's own and for examples that measure the engine.
+pub fn broker(url: &str, prefix: &str) -> NatsBroker {
+    NatsBroker::new(config(url, prefix)).expect("a valid prefix")
+}
+
+/// The broker of a hub in a child process, on the NATS at `url`.
+pub(crate) fn child_broker(url: &str) -> Box<dyn Broker> {
+    Box::new(broker(url, PREFIX))
+}
+
+/// One `nats-server -js` per test.
+#[derive(Debug)]
+pub struct Engine {
+    server: NatsServer,
+}
+
+impl Engine {
+    /// The test's server, for what only NATS does (restart it without its storage).
+    pub fn server(&self) -> &NatsServer {
+        &self.server
+    }
+}
+
+impl crate::Engine for Engine {
+    const NAME: &'static str = "nats";
+    const CROSSES_PROCESSES: bool = true;
+    const CAN_FAIL: bool = true;
+
+    async fn start() -> Self {
+        Self {
+            server: NatsServer::start().await,
+        }
+    }
+
+    fn broker(&self) -> Box<dyn Broker> {
+        child_broker(&self.server.url())
+    }
+
+    fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
+        let config =
+            config(&self.server.url(), PREFIX).max_pending_publishes(max_pending_publishes);
+        Box::new(NatsBroker::new(config).expect("a valid prefix"))
+    }
+
+    fn child_args(&self) -> Option<Vec<String>> {
+        Some(vec![ARG.to_owned(), self.server.url()])
+    }
+
+    async fn subscribed(&self, room: &str, hubs: usize) {
+        let subject = NatsConfig::default().prefix(PREFIX).room_subject(room);
+        self.server.until_subscribers(&subject, hubs).await;
+    }
+
+    /// A restart with the storage kept: every hub's connection is cut, and what is
+    /// published until the hubs are back is lost to them.
+    async fn blip(&self, _node: NodeId) {
+        self.server.restart().await;
+    }
+
+    async fn stop(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart().await;
+    }
+}
