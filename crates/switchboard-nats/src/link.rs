@@ -358,6 +358,16 @@ async fn deliver(mut arrived: Receiver<Envelope>, inbox: Inbox, stats: BrokerSta
     }
 }
 
+/// Waits (at most [`CONNECT_TIMEOUT`]) while the client has never connected yet: what
+/// the hub publishes as it starts waits for the first connection, as it would in the
+/// queue of a link being opened, rather than be lost at once.
+async fn first_connection(client: &Client) {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while client.connection_state() == Connection::Pending && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Publishes what the hub queued, in order, until the broker is dropped. While the
 /// link is down, each publish is counted as lost: the client would hold it only until
 /// its own buffer fills, and send it after the outage, late.
@@ -371,6 +381,7 @@ async fn publish(
     let jetstream = async_nats::jetstream::new(client.clone());
     while let Some(publish) = publishes.recv().await {
         stats.0.pending.fetch_sub(1, Relaxed);
+        first_connection(&client).await;
         if client.connection_state() != Connection::Connected {
             stats.lose(publish.subject(), "no link to NATS");
             publish.lose("no link to NATS");

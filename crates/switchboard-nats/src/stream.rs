@@ -2,10 +2,13 @@
 //! offsets, republished onto the room's subject as it stores (see the crate's docs).
 
 use crate::{NatsConfig, link::State, lock, names};
-use async_nats::jetstream::{
-    Context,
-    context::PublishErrorKind,
-    stream::{Config, DiscardPolicy, Info, Republish, StorageType},
+use async_nats::{
+    header::{NATS_SEQUENCE, NATS_STREAM},
+    jetstream::{
+        Context,
+        context::PublishErrorKind,
+        stream::{Config, DiscardPolicy, Info, Republish, StorageType},
+    },
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -26,11 +29,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages a read asks for at once.
 const READ_CONCURRENCY: usize = 16;
 
-/// The header JetStream's RePublish names the stream in.
-const STREAM_HEADER: &str = "Nats-Stream";
-/// The header JetStream's RePublish gives the message's sequence in.
-const SEQUENCE_HEADER: &str = "Nats-Sequence";
-
 /// A stream's epoch: from its creation time, which a stream made again (NATS restarted
 /// without storage, `nats stream rm`) does not share with the one before it.
 fn epoch_of(info: &Info) -> Epoch {
@@ -38,11 +36,13 @@ fn epoch_of(info: &Info) -> Epoch {
     Epoch::from_u64(info.created.unix_timestamp_nanos() as u64)
 }
 
-/// The stream and sequence of a message JetStream republished, if it is one.
+/// The stream and sequence of a message JetStream republished (its `Nats-Stream` and
+/// `Nats-Sequence` headers), if it is one. The client parses those names as its
+/// standard ones: looked up by text, they would not be found.
 pub(crate) fn stored_at(message: &async_nats::Message) -> Option<(String, u64)> {
     let headers = message.headers.as_ref()?;
-    let stream = headers.get(STREAM_HEADER)?.as_str().to_owned();
-    let sequence = headers.get(SEQUENCE_HEADER)?.as_str().parse().ok()?;
+    let stream = headers.get(NATS_STREAM)?.as_str().to_owned();
+    let sequence = headers.get(NATS_SEQUENCE)?.as_str().parse().ok()?;
     Some((stream, sequence))
 }
 
