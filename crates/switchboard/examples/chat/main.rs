@@ -7,6 +7,8 @@
 //! cargo run --release --example chat -- --restart-window 1-10
 //! # several processes as one chat, over Redis (see "Several processes" below):
 //! cargo run --release --example chat -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379/
+//! # or over NATS:
+//! cargo run --release --example chat -- --addr 127.0.0.1:8082 --nats nats://127.0.0.1:4222
 //! RUST_LOG=switchboard=debug cargo run --release --example chat   # every connection's story
 //! # https:// and wss:// (feature `tls`), with a certificate chain and key in PEM:
 //! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
@@ -20,13 +22,14 @@
 //!
 //! Prometheus metrics are at `/metrics` (see `switchboard::metrics`).
 //!
-//! # Several processes: `--redis URL`
+//! # Several processes: `--redis URL` or `--nats URL`
 //!
 //! With `--redis redis://host:6379/` the hub joins the others on that Redis (and
-//! `--redis-prefix`, default `switchboard`): people on different processes share rooms,
-//! messages and presence, and a process that dies has its people leave everyone's list
-//! within the hub's `node_timeout`. It starts even while Redis is down (`/ready` answers
-//! 503 until the link is up). Without it, the hub is in memory, alone.
+//! `--redis-prefix`, default `switchboard`), with `--nats nats://host:4222` those on that
+//! NATS (and `--nats-prefix`): people on different processes share rooms, messages and
+//! presence, and a process that dies has its people leave everyone's list within the
+//! hub's `node_timeout`. It starts even while the server is down (`/ready` answers 503
+//! until the link is up). Without either, the hub is in memory, alone.
 //!
 //! # Channels: `/socket/websocket?vsn=2.0.0`
 //!
@@ -65,8 +68,9 @@ use std::{error::Error, net::SocketAddr, ops::Range, time::Duration};
 use switchboard::{
     CloseCode, Compression, Message,
     channels::Channels,
-    hub::{ClusterQuery, Connection, Handler, Hub, HubConfig},
+    hub::{Broker, ClusterQuery, Connection, Handler, Hub, HubConfig},
 };
+use switchboard_nats::{NatsBroker, NatsConfig};
 use switchboard_redis::{RedisBroker, RedisConfig};
 
 use tracing_subscriber::EnvFilter;
@@ -236,6 +240,63 @@ impl Handler for Chat {
     }
 }
 
+/// A `--redis`/`--nats` flag and its `-prefix`.
+#[derive(Default)]
+struct Backplane {
+    url: Option<String>,
+    prefix: Option<String>,
+}
+
+/// The broker the flags ask for, `None` for a hub alone in memory. Either starts
+/// whether its server is up or not: until the link is up, `/ready` says 503 and the
+/// hub serves its own people.
+fn broker(redis: Backplane, nats: Backplane) -> Result<Option<Box<dyn Broker>>, Box<dyn Error>> {
+    match (redis, nats) {
+        (Backplane { url: Some(_), .. }, Backplane { url: Some(_), .. }) => {
+            Err("--redis and --nats: one backplane at a time".into())
+        }
+        (
+            Backplane {
+                url: Some(url),
+                prefix,
+            },
+            _,
+        ) => {
+            let mut config = RedisConfig::default().url(url);
+            if let Some(prefix) = prefix {
+                config = config.prefix(prefix);
+            }
+            Ok(Some(Box::new(RedisBroker::new(config)?)))
+        }
+        (
+            _,
+            Backplane {
+                url: Some(url),
+                prefix,
+            },
+        ) => {
+            let mut config = NatsConfig::default().url(url);
+            if let Some(prefix) = prefix {
+                config = config.prefix(prefix);
+            }
+            Ok(Some(Box::new(NatsBroker::new(config)?)))
+        }
+        (
+            Backplane {
+                prefix: Some(_), ..
+            },
+            _,
+        ) => Err("--redis-prefix goes with --redis".into()),
+        (
+            _,
+            Backplane {
+                prefix: Some(_), ..
+            },
+        ) => Err("--nats-prefix goes with --nats".into()),
+        _ => Ok(None),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     // The hub's events on stderr: `info` (the default) is quiet while all is well;
@@ -249,7 +310,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .compression(Compression::shared())
         .metrics(true);
     let (mut cert, mut key) = (None, None);
-    let (mut redis, mut redis_prefix) = (None, None);
+    let (mut redis, mut nats) = (Backplane::default(), Backplane::default());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
@@ -261,26 +322,20 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
             ("--tls-cert", Some(value)) => cert = Some(value),
             ("--tls-key", Some(value)) => key = Some(value),
-            ("--redis", Some(value)) => redis = Some(value),
-            ("--redis-prefix", Some(value)) => redis_prefix = Some(value),
+            ("--redis", Some(value)) => redis.url = Some(value),
+            ("--redis-prefix", Some(value)) => redis.prefix = Some(value),
+            ("--nats", Some(value)) => nats.url = Some(value),
+            ("--nats-prefix", Some(value)) => nats.prefix = Some(value),
             _ => {
                 let usage = "usage: chat [--addr HOST:PORT] [--restart-window MIN-MAX] \
-                             [--tls-cert PEM --tls-key PEM] [--redis URL [--redis-prefix P]]";
+                             [--tls-cert PEM --tls-key PEM] \
+                             [--redis URL [--redis-prefix P] | --nats URL [--nats-prefix P]]";
                 return Err(format!("{usage} (got {arg})").into());
             }
         }
     }
-    let hub = match redis {
-        Some(url) => {
-            let mut redis = RedisConfig::default().url(url);
-            if let Some(prefix) = redis_prefix {
-                redis = redis.prefix(prefix);
-            }
-            // Starts whether Redis is up or not: until the link is up, `/ready` says 503
-            // and the hub serves its own people.
-            Hub::with_broker(config, RedisBroker::new(redis)?)
-        }
-        None if redis_prefix.is_some() => return Err("--redis-prefix goes with --redis".into()),
+    let hub = match broker(redis, nats)? {
+        Some(broker) => Hub::with_broker(config, broker),
         None => Hub::new(config),
     };
     let channels = Channels::new(hub.clone()).channel(channel::TOPICS, channel::Room);
