@@ -230,7 +230,7 @@ impl Link<'_> {
             Ok(Ok(())) if state.generation.load(Relaxed) == generation && state.is_connected() => {
                 state.ready.store(true, Relaxed);
                 *flushed = generation;
-                let rooms = self.subscriptions.len() - 2;
+                let rooms = self.subscriptions.len().saturating_sub(2);
                 tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to NATS");
                 true
             }
@@ -358,11 +358,10 @@ async fn deliver(mut arrived: Receiver<Envelope>, inbox: Inbox, stats: BrokerSta
     }
 }
 
-/// Waits (at most [`CONNECT_TIMEOUT`]) while the client has never connected yet: what
-/// the hub publishes as it starts waits for the first connection, as it would in the
-/// queue of a link being opened, rather than be lost at once.
-async fn first_connection(client: &Client) {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+/// Waits, until `deadline`, while the client has never connected yet: what the hub
+/// publishes as it starts waits for the first connection, as it would in the queue of
+/// a link being opened, rather than be lost at once.
+async fn first_connection(client: &Client, deadline: Instant) {
     while client.connection_state() == Connection::Pending && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -379,9 +378,10 @@ async fn publish(
 ) {
     let stats = state.stats.clone();
     let jetstream = async_nats::jetstream::new(client.clone());
+    let first_deadline = Instant::now() + CONNECT_TIMEOUT;
     while let Some(publish) = publishes.recv().await {
         stats.0.pending.fetch_sub(1, Relaxed);
-        first_connection(&client).await;
+        first_connection(&client, first_deadline).await;
         if client.connection_state() != Connection::Connected {
             stats.lose(publish.subject(), "no link to NATS");
             publish.lose("no link to NATS");

@@ -7,7 +7,7 @@ use async_nats::{
     jetstream::{
         Context,
         context::PublishErrorKind,
-        stream::{Config, DiscardPolicy, Info, Republish, StorageType},
+        stream::{Config, DiscardPolicy, Info, Republish, StorageType, Stream},
     },
 };
 use bytes::Bytes;
@@ -142,14 +142,14 @@ impl Known {
 }
 
 /// Makes sure `room`'s stream exists with `history`'s limits (creates it, or updates
-/// limits that differ), and returns its info.
+/// limits that differ), and returns it with its info now.
 async fn ensure(
     jetstream: &Context,
     config: &NatsConfig,
     room: &str,
     history: History,
     known: &Known,
-) -> Result<Info, String> {
+) -> Result<(Stream, Info), String> {
     let wanted = config_of(config, room, history);
     let name = wanted.name.clone();
     let stream = jetstream
@@ -165,7 +165,7 @@ async fn ensure(
     }
     known.note(&name, epoch_of(&info), info.state.last_sequence);
     known.ensured(&name, history);
-    Ok(info)
+    Ok((stream, info))
 }
 
 /// A stream's message waiting for the publishing task, with where its position goes.
@@ -298,7 +298,7 @@ impl Read {
             return Err(StreamError::Unavailable("no link to NATS".to_owned()));
         }
         let (jetstream, history) = (&self.jetstream, self.history);
-        let info = ensure(
+        let (stream, info) = ensure(
             jetstream,
             &self.config,
             &self.room,
@@ -314,10 +314,6 @@ impl Read {
             .saturating_add(1)
             .max(first)
             .max(top.saturating_sub(max_len - 1));
-        let stream = jetstream
-            .get_stream(&info.config.name)
-            .await
-            .map_err(|error| StreamError::Unavailable(error.to_string()))?;
         let got: Vec<_> = futures_util::stream::iter(start..=top)
             .map(|sequence| {
                 let stream = &stream;

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::{future::Future, net::SocketAddr, time::Duration};
 use switchboard::{
     Message,
-    hub::{Connection, Handler, History, Hub, HubConfig, Position},
+    hub::{Connection, Handler, History, Hub, HubConfig, Position, StreamError},
 };
 use switchboard_broker::{Broker, Envelope, Inbox, NodeId, Target};
 use switchboard_nats::{BrokerStats, NatsBroker, NatsConfig};
@@ -360,4 +360,29 @@ async fn a_websocket_client_gets_what_another_hub_broadcasts_after_it_joins() {
     }
     on_b.send(TMessage::Close(None)).await.unwrap();
     assert_eq!(b.stats.missed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_is_made_again_in_a_new_epoch_that_members_get() {
+    let server = NatsServer::start().await;
+    let (a, b) = (nats_hub(&server).await, nats_hub(&server).await);
+    let mut ws = client(&a, STREAM, None).await;
+    server.until_subscribers(&subject_of(STREAM), 1).await;
+    let publish = |text: &'static str| within("publish", b.hub.to(STREAM).publish(text));
+    let first = publish("one").await.unwrap();
+    assert_eq!(positioned(&next(&mut ws).await), (first, "one".to_owned()));
+
+    // What `nats stream rm` does.
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    jetstream.delete_stream("t_Shistory_2Eroom").await.unwrap();
+    // B made sure of the stream before: the first publish finds it gone, and is lost.
+    assert!(matches!(
+        publish("lost").await,
+        Err(StreamError::Unavailable(_))
+    ));
+    let again = publish("two").await.unwrap();
+    assert_eq!(again.offset, 1);
+    assert_ne!(again.epoch, first.epoch);
+    assert_eq!(positioned(&next(&mut ws).await), (again, "two".to_owned()));
 }
