@@ -345,6 +345,8 @@ pub struct NatsBroker {
     link: Arc<link::State>,
     /// The client, once the hub started the broker: reads go through it.
     client: Arc<OnceLock<async_nats::Client>>,
+    /// The node id of the hub that started the broker.
+    node: Arc<OnceLock<NodeId>>,
 }
 
 impl NatsBroker {
@@ -366,6 +368,7 @@ impl NatsBroker {
             runtime: Handle::try_current().ok(),
             link: Arc::default(),
             client: Arc::default(),
+            node: Arc::default(),
         })
     }
 
@@ -386,6 +389,17 @@ impl NatsBroker {
     /// Counters of this broker, readable after the hub has taken it.
     pub fn stats(&self) -> BrokerStats {
         self.link.stats.clone()
+    }
+
+    /// A handle on this broker's link, usable after the hub has taken the broker: to
+    /// cut it (a test's blip of one hub, an operator moving hubs to the server now
+    /// behind the same address).
+    pub fn link(&self) -> LinkHandle {
+        LinkHandle {
+            client: self.client.clone(),
+            node: self.node.clone(),
+            state: self.link.clone(),
+        }
     }
 
     /// Numbers the envelope and queues it. Full queue: the new envelope is shed (drop
@@ -435,6 +449,7 @@ impl Broker for NatsBroker {
             return;
         };
         tracing::info!(node = %inbox.node(), "hub attached to NATS");
+        let _ = self.node.set(inbox.node());
         let task = link::Task {
             config: self.config.clone(),
             inbox,
@@ -524,6 +539,45 @@ impl Broker for NatsBroker {
         metrics.reconnects = stats.reconnects();
         metrics.connected = self.is_ready();
         Some(metrics)
+    }
+}
+
+/// A handle on a [`NatsBroker`]'s link ([`NatsBroker::link`]); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    client: Arc<OnceLock<async_nats::Client>>,
+    node: Arc<OnceLock<NodeId>>,
+    state: Arc<link::State>,
+}
+
+impl LinkHandle {
+    /// The node id of the hub that took the broker; `None` before.
+    pub fn node(&self) -> Option<NodeId> {
+        self.node.get().copied()
+    }
+
+    /// Whether the broker is ready now (`Broker::is_ready`).
+    pub fn is_ready(&self) -> bool {
+        self.state.ready.load(Relaxed)
+    }
+
+    /// Closes the connection to NATS and returns once the link is down (not ready) or
+    /// already back: the client reconnects by itself, with its backoff, and subscribes
+    /// again; what was published for this hub meanwhile is missed, and counted.
+    /// Returns `false` when there is no link to cut (the hub has not taken the broker,
+    /// or it is gone).
+    pub async fn force_reconnect(&self) -> bool {
+        let Some(client) = self.client.get() else {
+            return false;
+        };
+        let reconnects = self.state.stats.reconnects();
+        if client.force_reconnect().await.is_err() {
+            return false;
+        }
+        while self.is_ready() && self.state.stats.reconnects() == reconnects {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
     }
 }
 

@@ -1,9 +1,12 @@
 //! Hubs on a NATS server with JetStream of the test's own.
 
 use crate::servers::nats::NatsServer;
-use std::time::Duration;
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 use switchboard_broker::{Broker, NodeId};
-use switchboard_nats::{NatsBroker, NatsConfig};
+use switchboard_nats::{LinkHandle, NatsBroker, NatsConfig};
 
 /// The name [`broker_from_args`](super::broker_from_args) knows a NATS child by.
 pub(crate) const ARG: &str = "nats";
@@ -35,6 +38,8 @@ pub(crate) fn child_broker(url: &str) -> Box<dyn Broker> {
 #[derive(Debug)]
 pub struct Engine {
     server: NatsServer,
+    /// The links of the brokers this engine made, for [`crate::Engine::blip`].
+    links: Mutex<Vec<LinkHandle>>,
 }
 
 impl Engine {
@@ -52,17 +57,23 @@ impl crate::Engine for Engine {
     async fn start() -> Self {
         Self {
             server: NatsServer::start().await,
+            links: Mutex::default(),
         }
     }
 
     fn broker(&self) -> Box<dyn Broker> {
-        child_broker(&self.server.url())
+        self.broker_with_queue(NatsConfig::default().max_pending_publishes)
     }
 
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
         let config =
             config(&self.server.url(), PREFIX).max_pending_publishes(max_pending_publishes);
-        Box::new(NatsBroker::new(config).expect("a valid prefix"))
+        let broker = NatsBroker::new(config).expect("a valid prefix");
+        self.links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(broker.link());
+        Box::new(broker)
     }
 
     fn child_args(&self) -> Option<Vec<String>> {
@@ -74,17 +85,27 @@ impl crate::Engine for Engine {
         self.server.until_subscribers(&subject, hubs).await;
     }
 
-    /// A restart with the storage kept: every hub's connection is cut, and what is
-    /// published until the hubs are back is lost to them.
-    async fn blip(&self, _node: NodeId) {
-        self.server.restart().await;
+    /// Closes the hub's connection (the client's `force_reconnect`): NATS drops its
+    /// subscriptions, and what others publish until it is back is lost to it.
+    async fn blip(&self, node: NodeId) {
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|link| link.node() == Some(node))
+            .cloned();
+        let link = link.unwrap_or_else(|| panic!("no broker of this engine for {node}"));
+        assert!(link.force_reconnect().await, "{node} has no link to cut");
     }
 
     async fn stop(&mut self) {
         self.server.kill();
     }
 
+    /// Back without its storage, as the Redis engine's comes back without its data
+    /// (tests of a restart that keeps JetStream's storage are NATS's own).
     async fn restart(&mut self) {
-        self.server.restart().await;
+        self.server.restart_empty().await;
     }
 }
