@@ -61,7 +61,10 @@
 //! step in the server, and every hub subscribed to the room, the publishing one
 //! included, is handed the room's messages in offset order. The stream is created by
 //! the first publish or read of the room (its limits updated when a hub asks for
-//! others).
+//! others). The first publish to a stream on a link waits for JetStream's
+//! acknowledgement before the publishes behind it go: a stream just made may answer
+//! that it is not there for a moment, and the message is sent again (within 2 s)
+//! without going behind them.
 //!
 //! A stream's epoch is derived from the stream's creation time: a NATS restarted
 //! without its storage, or the stream deleted (`nats stream rm`) and made again by the

@@ -6,7 +6,8 @@ use async_nats::{
     header::{NATS_SEQUENCE, NATS_STREAM},
     jetstream::{
         Context,
-        context::PublishErrorKind,
+        context::{PublishError, PublishErrorKind},
+        publish::PublishAck,
         stream::{Config, DiscardPolicy, Info, Republish, StorageType, Stream},
     },
 };
@@ -15,7 +16,7 @@ use futures_util::StreamExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use switchboard_broker::{
     DEFAULT_MAX_CHANNELS, Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead,
@@ -25,6 +26,10 @@ use tokio::sync::oneshot;
 
 /// How long a read may take, its stream's info and its messages together.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the first publish to a stream on a link tries while JetStream says the
+/// stream it has just made is not there yet.
+const FIRST_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Messages a read asks for at once.
 const READ_CONCURRENCY: usize = 16;
@@ -68,14 +73,14 @@ fn config_of(config: &NatsConfig, room: &str, history: History) -> Config {
     }
 }
 
-/// The epochs of the streams a hub has seen, and the streams this link has made sure
-/// exist (with the limits asked for). Bounded: forgotten whole when full, and at each
+/// The epochs of the streams a hub has seen, and the streams that took a message from
+/// this link (with the limits asked for). Bounded: forgotten whole when full, and at each
 /// reconnection.
 #[derive(Debug, Default)]
 pub(crate) struct Known {
     /// Per stream: its epoch and the newest sequence seen in it.
     epochs: Mutex<HashMap<String, (Epoch, u64)>>,
-    /// Per stream: the history it was made sure of.
+    /// Per stream: the history it was made sure of, once it took a message.
     ensured: Mutex<HashMap<String, History>>,
 }
 
@@ -164,7 +169,6 @@ async fn ensure(
             .map_err(|error| error.to_string())?;
     }
     known.note(&name, epoch_of(&info), info.state.last_sequence);
-    known.ensured(&name, history);
     Ok((stream, info))
 }
 
@@ -210,67 +214,115 @@ impl StreamPublish {
     }
 }
 
-/// Sends a stream's message (after making sure its stream exists, once per stream
-/// and connection), in the publishing task's order; its acknowledgement is awaited
-/// apart, so that the next publishes do not wait for it.
+/// Sends a stream's message in the publishing task's order. Its acknowledgement is
+/// awaited apart, so that the next publishes do not wait for it, once the stream took
+/// a message from this link; the first publish to a stream on a link makes sure of
+/// the stream and waits for its acknowledgement (see [`first_publish`]).
 pub(crate) async fn publish(
     jetstream: &Context,
     config: &NatsConfig,
     state: &Arc<State>,
     publish: StreamPublish,
 ) {
-    let stats = &state.stats;
-    let known = &state.streams;
-    if !known.is_ensured(&publish.stream, publish.history) {
-        let made = ensure(jetstream, config, &publish.room, publish.history, known).await;
-        if let Err(error) = made {
-            stats.lose(&publish.subject, &error);
-            publish.answer(Err(StreamError::Unavailable(error)));
-            return;
-        }
+    if !state.streams.is_ensured(&publish.stream, publish.history) {
+        return first_publish(jetstream, config, state, publish).await;
     }
-    let sent = jetstream
+    let ack = match jetstream
         .publish(publish.subject.clone(), publish.stored.clone())
-        .await;
-    let ack = match sent {
+        .await
+    {
         Ok(ack) => ack,
-        Err(error) => {
-            stats.lose(&publish.subject, &error.to_string());
-            publish.answer(Err(StreamError::Unavailable(error.to_string())));
-            return;
-        }
+        Err(error) => return not_sent(state, publish, &error.to_string()),
     };
     let (jetstream, state) = (jetstream.clone(), state.clone());
     tokio::spawn(async move {
-        let stats = &state.stats;
-        let answer = match ack.await {
-            Ok(ack) => {
-                stats.count(&stats.0.published);
-                match state
-                    .streams
-                    .epoch(&jetstream, &ack.stream, ack.sequence)
-                    .await
-                {
-                    Ok(epoch) => Ok(Position::new(ack.sequence, epoch)),
-                    Err(error) => Err(StreamError::Unconfirmed(format!(
-                        "stored at {}, but the stream's epoch is unknown: {error}",
-                        ack.sequence
-                    ))),
-                }
-            }
-            Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
-                // Deleted since this link made sure of it: made again by the next one.
-                state.streams.unsure(&publish.stream);
-                stats.lose(&publish.subject, &error.to_string());
-                Err(StreamError::Unavailable(error.to_string()))
-            }
-            Err(error) => {
-                stats.count(&stats.0.unconfirmed);
-                Err(StreamError::Unconfirmed(error.to_string()))
-            }
-        };
-        publish.answer(answer);
+        let acked = ack.await;
+        settle(&jetstream, &state, publish, acked).await;
     });
+}
+
+/// The first publish to a stream on this link: makes sure of the stream, then sends
+/// the message and waits for its acknowledgement, while the publishes behind it wait.
+/// A stream JetStream has just made may answer "no stream" (no responders) for a
+/// moment: the message is sent again, within [`FIRST_PUBLISH_TIMEOUT`], before any
+/// message behind it, so that the hub's order is kept.
+async fn first_publish(
+    jetstream: &Context,
+    config: &NatsConfig,
+    state: &Arc<State>,
+    publish: StreamPublish,
+) {
+    let known = &state.streams;
+    if let Err(error) = ensure(jetstream, config, &publish.room, publish.history, known).await {
+        return not_sent(state, publish, &error);
+    }
+    let deadline = Instant::now() + FIRST_PUBLISH_TIMEOUT;
+    loop {
+        let acked = match jetstream
+            .publish(publish.subject.clone(), publish.stored.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(error) => return not_sent(state, publish, &error.to_string()),
+        };
+        match acked {
+            Err(error)
+                if error.kind() == PublishErrorKind::StreamNotFound
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked => {
+                if acked.is_ok() {
+                    known.ensured(&publish.stream, publish.history);
+                }
+                return settle(jetstream, state, publish, acked).await;
+            }
+        }
+    }
+}
+
+/// Counts and answers a publish that was not sent.
+fn not_sent(state: &State, publish: StreamPublish, why: &str) {
+    state.stats.lose(&publish.subject, why);
+    publish.answer(Err(StreamError::Unavailable(why.to_owned())));
+}
+
+/// Counts and answers a publish by its acknowledgement.
+async fn settle(
+    jetstream: &Context,
+    state: &State,
+    publish: StreamPublish,
+    acked: Result<PublishAck, PublishError>,
+) {
+    let stats = &state.stats;
+    let answer = match acked {
+        Ok(ack) => {
+            stats.count(&stats.0.published);
+            match state
+                .streams
+                .epoch(jetstream, &ack.stream, ack.sequence)
+                .await
+            {
+                Ok(epoch) => Ok(Position::new(ack.sequence, epoch)),
+                Err(error) => Err(StreamError::Unconfirmed(format!(
+                    "stored at {}, but the stream's epoch is unknown: {error}",
+                    ack.sequence
+                ))),
+            }
+        }
+        Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
+            // Deleted since this link made sure of it: made again by the next publish.
+            state.streams.unsure(&publish.stream);
+            stats.lose(&publish.subject, &error.to_string());
+            Err(StreamError::Unavailable(error.to_string()))
+        }
+        Err(error) => {
+            stats.count(&stats.0.unconfirmed);
+            Err(StreamError::Unconfirmed(error.to_string()))
+        }
+    };
+    publish.answer(answer);
 }
 
 /// A read of a room's stream.
