@@ -386,3 +386,39 @@ async fn a_stream_deleted_is_made_again_in_a_new_epoch_that_members_get() {
     assert_ne!(again.epoch, first.epoch);
     assert_eq!(positioned(&next(&mut ws).await), (again, "two".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_client_drops_for_a_slow_hub_is_counted_as_missed() {
+    let server = NatsServer::start().await;
+    let (sender, node, _) = lone_broker(&server, NatsConfig::default()).await;
+    // A hub that takes 1 ms per envelope, with room for one in each queue.
+    let slow = NatsBroker::new(
+        NatsConfig::default()
+            .url(server.url())
+            .prefix(PREFIX)
+            .max_pending_deliveries(1),
+    )
+    .unwrap();
+    let stats = slow.stats();
+    slow.start(Inbox::new(NodeId::random(), |_| {
+        std::thread::sleep(Duration::from_millis(1));
+        true
+    }));
+    until("the slow broker is ready", || slow.is_ready()).await;
+    const SENT: u64 = 500;
+    for i in 0..SENT {
+        sender.publish(envelope(node, Target::All, &i.to_string()));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    until("the client dropped some", || stats.slow_consumer() > 0).await;
+    // One more after a pause: its number shows the gap before it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sender.publish(envelope(node, Target::All, "last"));
+    until("every envelope received or counted missed", || {
+        stats.received() + stats.missed() == SENT + 1
+    })
+    .await;
+    assert!(stats.missed() > 0);
+}
