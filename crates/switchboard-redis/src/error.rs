@@ -6,7 +6,8 @@ use std::error::Error;
 /// making the client's types part of this crate's API.
 type Cause = Box<dyn Error + Send + Sync + 'static>;
 
-/// Why [`RedisBroker::new`](crate::RedisBroker::new) (a URL it cannot use) or
+/// Why [`RedisBroker::new`](crate::RedisBroker::new) (a URL or certificates it cannot
+/// use) or
 /// [`RedisBroker::connect`](crate::RedisBroker::connect) (that too, or Redis out of
 /// reach) failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,10 @@ pub enum ConnectError {
     /// The URL is not one the Redis client understands.
     #[error("invalid redis url")]
     InvalidUrl(#[source] Cause),
+    /// [`RedisConfig::root_certificates`](crate::RedisConfig::root_certificates) holds
+    /// no certificate, or one that cannot be used.
+    #[error("invalid root certificates for redis: {0}")]
+    InvalidCertificates(String),
     /// Redis could not be reached, or refused the connection (authentication, a
     /// subscription refused).
     #[error("could not connect to redis")]

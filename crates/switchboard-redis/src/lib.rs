@@ -140,6 +140,7 @@
 //! upgrade them together, or bring the new ones up on a new prefix.
 
 mod codec;
+mod connect;
 mod error;
 mod link;
 mod pubsub;
@@ -423,7 +424,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct RedisBroker {
     config: RedisConfig,
-    client: redis::Client,
+    connector: connect::Connector,
     /// Bounded by [`RedisConfig::max_pending_publishes`].
     publishes: mpsc::Sender<Publish>,
     /// Numbers each publish on its channel, for receivers to count gaps; locked
@@ -453,20 +454,15 @@ impl RedisBroker {
     /// Fails only for a URL the Redis client does not understand. Call from inside a
     /// tokio runtime: the link's tasks run on it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
-        if config.deployment != Deployment::Single {
-            let unsupported = format!("{:?} is not supported yet", config.deployment);
-            return Err(ConnectError::Unsupported(unsupported));
-        }
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
+        let connector = connect::Connector::new(&config)?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         let stats = BrokerStats::default();
-        let reads = stream::Reads::new(client.clone(), config.clone(), stats.clone());
+        let reads = stream::Reads::new(connector.clone(), config.clone(), stats.clone());
         Ok(Self {
             reads: Arc::new(reads),
             config,
-            client,
+            connector,
             publishes,
             sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
             rooms: Arc::default(),
@@ -483,7 +479,7 @@ impl RedisBroker {
     /// broker reconnects as [`RedisBroker::new`]'s does.
     pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
         let broker = Self::new(config)?;
-        let link = link::Link::open(&broker.client)
+        let link = link::Link::open(&broker.connector)
             .await
             .map_err(|error| ConnectError::Connect(Box::new(error)))?;
         if let Some((first, _)) = lock(&broker.pending).as_mut() {
@@ -558,7 +554,8 @@ impl Broker for RedisBroker {
         };
         let inbox_node = inbox.node();
         let task = link::Task {
-            client: self.client.clone(),
+            connector: self.connector.clone(),
+            reads: self.reads.clone(),
             config: self.config.clone(),
             inbox,
             changes: self.rooms.clone(),

@@ -8,9 +8,9 @@
 //! latter is full the reader stops reading, and Redis holds (and past its
 //! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
 
-use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, pubsub, stream};
+use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, connect, pubsub, stream};
 use bytes::Bytes;
-use redis::{Client, RedisError, RedisResult, Value, aio::MultiplexedConnection};
+use redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::HashSet,
     sync::{
@@ -51,9 +51,16 @@ const RECEIVER_IDLE: Duration = Duration::from_secs(600);
 /// as publishers resume, within moments of each other, and make one line.
 const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
 
+/// How often a link that follows failovers (Sentinel) asks its node whether it is
+/// still the master: a demoted master may keep its clients connected, and a hub on it
+/// would publish where no other hub listens. A second bounds that stretch; a failover
+/// takes longer than that to be decided anyway.
+const ROLE_CHECK: Duration = Duration::from_secs(1);
+
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
-/// subscription commands on a subscribed connection).
+/// subscription commands on a subscribed connection), to one node.
 pub(crate) struct Link {
+    node: connect::Node,
     publisher: MultiplexedConnection,
     /// The publish script's SHA1, loaded on this link's Redis.
     publish_sha: String,
@@ -68,12 +75,16 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) async fn open(client: &Client) -> RedisResult<Self> {
-        let mut publisher = client.get_multiplexed_async_connection().await?;
+    pub(crate) async fn open(connector: &connect::Connector) -> RedisResult<Self> {
+        let connect::Primary {
+            node,
+            mut publisher,
+        } = connector.primary().await?;
         // Loaded on every new link: the Redis there may be another one, or restarted.
         let publish_sha = stream::load(&mut publisher, stream::PUBLISH_SCRIPT).await?;
-        let (commands, replies) = pubsub::open(client.get_connection_info()).await?;
+        let (commands, replies) = node.subscriber().await?;
         Ok(Self {
+            node,
             publisher,
             publish_sha,
             commands,
@@ -84,7 +95,9 @@ impl Link {
 
 /// What the link task works with, for its whole life.
 pub(crate) struct Task {
-    pub(crate) client: Client,
+    pub(crate) connector: connect::Connector,
+    /// Moved to the link's node whenever the link reconnects.
+    pub(crate) reads: Arc<stream::Reads>,
     pub(crate) config: RedisConfig,
     pub(crate) inbox: Inbox,
     pub(crate) changes: Arc<RoomChanges>,
@@ -138,6 +151,7 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
             let lost = task.stats.lost();
             tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
             task.stats.count(&task.stats.0.reconnects);
+            task.reads.reconnect();
         }
         backoff.reset();
         let reader = Reader {
@@ -172,8 +186,14 @@ async fn serve(
     publishes: &mut Receiver<Publish>,
 ) -> Ended {
     let (acks, detector) = (reader.acks.clone(), reader.detector.clone());
+    let role_check = task.connector.follows_failover().then(|| {
+        let start = tokio::time::Instant::now() + ROLE_CHECK;
+        tokio::time::interval_at(start, ROLE_CHECK)
+    });
     let mut session = Session {
         task,
+        node: link.node,
+        role_check,
         publisher: link.publisher,
         publish_sha: link.publish_sha,
         commands: link.commands,
@@ -193,6 +213,10 @@ async fn serve(
 /// The state one connected stretch works on.
 struct Session<'a> {
     task: &'a Task,
+    /// The node both connections are on.
+    node: connect::Node,
+    /// When to ask the node whether it is still the master (Sentinel only).
+    role_check: Option<tokio::time::Interval>,
     publisher: MultiplexedConnection,
     publish_sha: String,
     commands: pubsub::Commands,
@@ -248,6 +272,11 @@ impl Session<'_> {
                     }
                 }
                 () = self.acks.changed.notified(), if self.ready_at.is_some() => self.check_ready(),
+                _ = tick(&mut self.role_check) => {
+                    if let Err(failure) = self.check_role().await {
+                        return Ended::Failed(failure);
+                    }
+                }
                 ended = &mut self.reader.0 => {
                     return match ended {
                         // The hub is gone: its delivery task ended.
@@ -260,6 +289,16 @@ impl Session<'_> {
         }
     }
 
+    /// Fails the link if its node is no longer the master (a failover demoted it), so
+    /// that the hub reconnects to the one the Sentinels name now.
+    async fn check_role(&mut self) -> Result<(), String> {
+        match connect::is_master(&mut self.publisher).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{} is no longer the master", self.node)),
+            Err(error) => Err(format!("{} did not answer ROLE: {error}", self.node)),
+        }
+    }
+
     fn check_ready(&mut self) {
         let Some((needed, asked)) = self.ready_at else {
             return;
@@ -269,8 +308,8 @@ impl Session<'_> {
             // its connections reach it again.
             self.task.ready.store(true, Relaxed);
             self.ready_at = None;
-            let rooms = self.rooms.len();
-            tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to Redis");
+            let (rooms, node) = (self.rooms.len(), &self.node);
+            tracing::info!(rooms, %node, took = ?asked.elapsed(), "subscribed to Redis");
         }
     }
 
@@ -466,6 +505,14 @@ fn loads_first(batch: &[Publish]) -> bool {
     })
 }
 
+/// The next tick of `interval`; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
+    match interval {
+        Some(interval) => interval.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Confirmations of (un)subscriptions on one connection.
 #[derive(Debug, Default)]
 struct Acks {
@@ -618,7 +665,7 @@ async fn reconnect(
     let mut warned = after_failure;
     loop {
         lose_publishes_for(wait, publishes, &task.stats).await?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.client)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.connector)).await {
             Ok(Ok(link)) => return Some(link),
             Ok(Err(error)) if !warned => {
                 tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");

@@ -6,8 +6,8 @@
 //! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
 //! Cluster keeps them on one shard, the one the scripts run on.
 
-use crate::{BrokerStats, RedisConfig, codec};
-use redis::{Client, Cmd, RedisResult, Value, aio::MultiplexedConnection};
+use crate::{BrokerStats, RedisConfig, codec, connect::Connector};
+use redis::{Cmd, RedisResult, Value, aio::MultiplexedConnection};
 use std::time::{Duration, Instant};
 use switchboard_broker::{
     Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead, Target,
@@ -252,7 +252,7 @@ pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
 /// up the publishes behind it). Opened at the first read, again after it fails.
 #[derive(Debug)]
 pub(crate) struct Reads {
-    client: Client,
+    connector: Connector,
     config: RedisConfig,
     /// Counts the entries skipped as malformed.
     stats: BrokerStats,
@@ -279,9 +279,9 @@ struct Open {
 }
 
 impl Reads {
-    pub(crate) fn new(client: Client, config: RedisConfig, stats: BrokerStats) -> Self {
+    pub(crate) fn new(connector: Connector, config: RedisConfig, stats: BrokerStats) -> Self {
         Self {
-            client,
+            connector,
             config,
             stats,
             slot: std::sync::Mutex::default(),
@@ -322,9 +322,10 @@ impl Reads {
         used: &mut Option<u64>,
     ) -> Result<StreamRead, StreamError> {
         let mut read = self.read_on_connection(room, after, history, used).await;
-        // A failure with no Redis error code is the connection's, not the command's.
+        // A failure with no Redis error code is the connection's, not the command's;
+        // READONLY, the node's: a master demoted by a failover.
         let failed_connection = match (&read, *used) {
-            (Err(error), Some(generation)) if error.code().is_none() => Some(generation),
+            (Err(error), Some(generation)) if connection_failed(error) => Some(generation),
             _ => None,
         };
         if let Some(generation) = failed_connection {
@@ -401,7 +402,7 @@ impl Reads {
             }
         }
         let opened = tokio::time::timeout(READ_CONNECT_TIMEOUT, async {
-            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            let mut conn = self.connector.primary().await?.publisher;
             let sha = load(&mut conn, READ_SCRIPT).await?;
             RedisResult::Ok((conn, sha))
         })
@@ -427,6 +428,12 @@ impl Reads {
         }
     }
 
+    /// Drops the open connection, if any: the link has moved to another node (a
+    /// failover) or found Redis restarted, and the next read follows it there.
+    pub(crate) fn reconnect(&self) {
+        self.slot().open = None;
+    }
+
     /// Drops connection `generation` if it is still the open one (not one another
     /// read opened since).
     fn drop_connection(&self, generation: u64) {
@@ -445,6 +452,10 @@ impl Reads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn connection_failed(error: &redis::RedisError) -> bool {
+    matches!(error.code(), None | Some("READONLY"))
 }
 
 fn unreachable(why: &'static str) -> redis::RedisError {

@@ -1,0 +1,115 @@
+//! A `redis-server` of one test that speaks TLS only, with a certificate of a private
+//! CA made for the test (rcgen): clients trust it only with that CA's certificate as
+//! their root.
+
+use super::{
+    free_port,
+    process::{Process, TempDir},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+/// A private certificate authority of one test.
+#[derive(Debug)]
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// A new CA, known to nobody.
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "switchboard test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("a CA key");
+        let issuer = CertifiedIssuer::self_signed(params, key).expect("a CA certificate");
+        Self { issuer }
+    }
+
+    /// Its certificate (PEM): the root a client must trust.
+    pub fn certificate(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`, and its key (PEM).
+    pub fn server_certificate(&self) -> (String, String) {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let params = CertificateParams::new(names).expect("server parameters");
+        let key = KeyPair::generate().expect("a server key");
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .expect("a server certificate");
+        (certificate.pem(), key.serialize_pem())
+    }
+}
+
+impl Default for Ca {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A `redis-server` with TLS on its port (no plain TCP port), without persistence.
+#[derive(Debug)]
+pub struct TlsRedis {
+    port: u16,
+    ca: Ca,
+    _process: Process,
+    _dir: TempDir,
+}
+
+impl TlsRedis {
+    /// Starts it on a free port, with a certificate of a new CA, and returns once it
+    /// listens. Clients need no certificate of their own (`tls-auth-clients no`).
+    pub async fn start() -> Self {
+        let ca = Ca::new();
+        let dir = TempDir::new("redis-tls");
+        let (certificate, key) = ca.server_certificate();
+        let (certificate, key) = (
+            dir.write("server.pem", certificate),
+            dir.write("server.key", key),
+        );
+        let ca_file = dir.write("ca.pem", ca.certificate());
+        let port = free_port();
+        let tls_port = port.to_string();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &certificate,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        let process = Process::start("redis-server", &args, port).await;
+        Self {
+            port,
+            ca,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    /// `rediss://127.0.0.1:<port>/`: the certificate names the address.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
+    /// The certificate (PEM) of the CA that signed the server's.
+    pub fn root_certificate(&self) -> String {
+        self.ca.certificate()
+    }
+}

@@ -1,0 +1,252 @@
+//! Redis Sentinel: hubs find the master through the Sentinels, and follow a failover
+//! (the master SIGKILLed while a hub publishes, or `SENTINEL FAILOVER` with the old
+//! master alive and demoted): they reconnect to the new master and deliver again,
+//! losses counted, and a room with history stays gapless for a client that stays.
+
+mod redis_hubs;
+
+use redis_hubs::{count, member, serve, unique_prefix, until, until_subscribers, within};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use switchboard::{
+    Message,
+    hub::{History, HubConfig},
+};
+use switchboard_redis::{RedisBroker, RedisConfig};
+use switchboard_suite::servers::sentinel::{SERVICE, Sentinels};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Longer than a failover: the Sentinels see the master down, elect a leader,
+/// promote the replica, and the hubs' backoff finds it.
+const FAILOVER: Duration = Duration::from_secs(30);
+
+const HISTORY: &str = "h";
+
+fn config(sentinels: &Sentinels, prefix: &str) -> RedisConfig {
+    RedisConfig::default()
+        .sentinel(SERVICE, sentinels.sentinel_urls())
+        .prefix(prefix)
+        .max_backoff(Duration::from_millis(200))
+}
+
+/// Room `h` keeps history; its members get `<offset> <text>`.
+fn hub_config() -> HubConfig {
+    HubConfig::default().history_framed(
+        HISTORY,
+        History::default().max_len(100_000),
+        |message, position| {
+            let text = match message {
+                Message::Text(text) => text.as_str().to_owned(),
+                _ => String::new(),
+            };
+            Message::text(format!("{} {text}", position.offset))
+        },
+    )
+}
+
+async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    within(
+        "a connection",
+        WAIT,
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The numbers in `texts` (`<n>`, or `<offset> <n>` when `framed`).
+fn numbers(texts: &Mutex<Vec<String>>, framed: bool) -> Vec<(u64, u64)> {
+    let texts = texts.lock().unwrap();
+    let parse = |text: &str| -> (u64, u64) {
+        match text.split_once(' ') {
+            Some((offset, n)) if framed => (offset.parse().unwrap(), n.parse().unwrap()),
+            _ => (0, text.parse().unwrap()),
+        }
+    };
+    texts.iter().map(|text| parse(text)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_follow_the_failover_of_a_killed_master() {
+    let mut sentinels = Sentinels::start().await;
+    let prefix = unique_prefix("sentinel-kill");
+    let a = serve(
+        RedisBroker::new(config(&sentinels, &prefix)).unwrap(),
+        hub_config(),
+    )
+    .await;
+    let b = serve(
+        RedisBroker::new(config(&sentinels, &prefix)).unwrap(),
+        hub_config(),
+    )
+    .await;
+    until("both hubs ready", WAIT, || {
+        a.hub.is_ready() && b.hub.is_ready()
+    })
+    .await;
+    let (live, history) = (member(&b, "r").await, member(&b, HISTORY).await);
+    let old = sentinels.master().await;
+    let mut master = connection(old).await;
+    until_subscribers(&mut master, &format!("{prefix}:room:r"), 1).await;
+    until_subscribers(&mut master, &format!("{prefix}:room:{HISTORY}"), 1).await;
+
+    // Hub a publishes one of each every 5 ms, through the failover.
+    let publishing = Arc::new(AtomicBool::new(true));
+    let confirmed = Arc::new(Mutex::new(Vec::new()));
+    let publisher = tokio::spawn({
+        let (hub, publishing, confirmed) = (a.hub.clone(), publishing.clone(), confirmed.clone());
+        async move {
+            let mut sent = 0;
+            while publishing.load(Relaxed) {
+                hub.to("r").send_text(sent.to_string());
+                let published = hub.to(HISTORY).publish(sent.to_string());
+                let confirmed = confirmed.clone();
+                tokio::spawn(async move {
+                    if published.await.is_ok() {
+                        confirmed.lock().unwrap().push(sent);
+                    }
+                });
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        }
+    });
+    until("deliveries before the kill", WAIT, || count(&live) >= 50).await;
+    sentinels.kill(old);
+    let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
+    let mut master = connection(new).await;
+    until_subscribers(&mut master, &format!("{prefix}:room:r"), 1).await;
+    until("both hubs ready again", FAILOVER, || {
+        a.hub.is_ready() && b.hub.is_ready()
+    })
+    .await;
+    let resumed = count(&live);
+    until("deliveries after the failover", WAIT, || {
+        count(&live) >= resumed + 50
+    })
+    .await;
+    publishing.store(false, Relaxed);
+    let sent = within("the publisher", WAIT, publisher).await.unwrap();
+    // The last confirmations, and the last messages delivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Live room: in order, and every one missing counted, as lost by a or missed by b.
+    let got: Vec<u64> = numbers(&live, false).into_iter().map(|(_, n)| n).collect();
+    assert!(
+        got.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order: {got:?}"
+    );
+    let missing = sent - got.len() as u64;
+    let counted = a.stats.lost() + b.stats.missed();
+    assert!(missing > 0, "the outage lost some of {sent}");
+    assert!(missing <= counted, "{missing} missing, {counted} counted");
+    assert!(a.stats.reconnects() >= 1 && b.stats.reconnects() >= 1);
+
+    // History room: offsets without a gap, and every confirmed publish delivered.
+    let got = numbers(&history, true);
+    let offsets: Vec<u64> = got.iter().map(|(offset, _)| *offset).collect();
+    assert!(
+        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "gapless: {offsets:?}"
+    );
+    let delivered: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
+    let confirmed = confirmed.lock().unwrap().clone();
+    let undelivered: Vec<&u64> = confirmed
+        .iter()
+        .filter(|n| !delivered.contains(n))
+        .collect();
+    assert!(
+        undelivered.is_empty(),
+        "confirmed, not delivered: {undelivered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_does_not_keep_the_hubs() {
+    let sentinels = Sentinels::start().await;
+    let prefix = unique_prefix("sentinel-failover");
+    let a = serve(
+        RedisBroker::connect(config(&sentinels, &prefix))
+            .await
+            .unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let b = serve(
+        RedisBroker::connect(config(&sentinels, &prefix))
+            .await
+            .unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let live = member(&b, "r").await;
+    let old = sentinels.master().await;
+    let room = format!("{prefix}:room:r");
+    until_subscribers(&mut connection(old).await, &room, 1).await;
+
+    sentinels.failover().await;
+    let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
+    // Both hubs on the new master, none left on the old one, alive as a replica.
+    let all = format!("{prefix}:all");
+    until_subscribers(&mut connection(new).await, &all, 2).await;
+    until_subscribers(&mut connection(new).await, &room, 1).await;
+    until_subscribers(&mut connection(old).await, &all, 0).await;
+    until("both hubs ready", WAIT, || {
+        a.hub.is_ready() && b.hub.is_ready()
+    })
+    .await;
+    a.hub.to("r").send_text("after the failover");
+    until("delivery through the new master", WAIT, || {
+        live.lock()
+            .unwrap()
+            .iter()
+            .any(|text| text == "after the failover")
+    })
+    .await;
+}
+
+/// A master turned into a replica behind the Sentinels' back (`REPLICAOF`), which
+/// keeps its clients connected: the hub finds it no longer the master (`ROLE`) and
+/// leaves it, rather than publish where no other hub may listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_leaves_a_master_demoted_under_it() {
+    let sentinels = Sentinels::start().await;
+    let prefix = unique_prefix("sentinel-demoted");
+    let a = serve(
+        RedisBroker::connect(config(&sentinels, &prefix))
+            .await
+            .unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    until("the hub ready", WAIT, || a.hub.is_ready()).await;
+    let [old, replica] = sentinels.servers();
+    let all = format!("{prefix}:all");
+    until_subscribers(&mut connection(old).await, &all, 1).await;
+
+    let mut promoted = connection(replica).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut promoted)
+        .await
+        .unwrap();
+    let command = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(replica)
+        .clone();
+    let _: () = command
+        .query_async(&mut connection(old).await)
+        .await
+        .unwrap();
+    until("the hub off the demoted master", WAIT, || !a.hub.is_ready()).await;
+    until_subscribers(&mut connection(old).await, &all, 0).await;
+}

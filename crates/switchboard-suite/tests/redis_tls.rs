@@ -1,0 +1,131 @@
+//! Redis over TLS (`rediss://`) with a private CA: hubs deliver to each other's
+//! clients through a TLS-only `redis-server`; a broker given another root never
+//! connects, and says why.
+
+mod redis_hubs;
+
+use redis_hubs::{member, serve, unique_prefix, until, until_subscribers, within};
+use std::{error::Error, time::Duration};
+use switchboard::hub::HubConfig;
+use switchboard_redis::{ConnectError, RedisBroker, RedisConfig};
+use switchboard_suite::servers::redis_tls::{Ca, TlsRedis};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(redis: &TlsRedis, prefix: &str) -> RedisConfig {
+    RedisConfig::default()
+        .url(redis.url())
+        .root_certificates(redis.root_certificate())
+        .prefix(prefix)
+        .max_backoff(Duration::from_millis(200))
+}
+
+/// A test's own connection to the TLS Redis, trusting its CA.
+async fn connection(redis: &TlsRedis) -> redis::aio::MultiplexedConnection {
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(redis.root_certificate().into_bytes()),
+    };
+    let client = redis::Client::build_with_tls(redis.url(), certificates).unwrap();
+    within(
+        "a TLS connection",
+        WAIT,
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("the test trusts the server's CA")
+}
+
+/// Every cause of `error`, for a check of what it says.
+fn causes(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_deliver_to_each_others_clients_over_tls() {
+    let redis = TlsRedis::start().await;
+    let prefix = unique_prefix("tls");
+    let a = serve(
+        RedisBroker::connect(config(&redis, &prefix)).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let b = serve(
+        RedisBroker::connect(config(&redis, &prefix)).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    until("both hubs ready", WAIT, || {
+        a.hub.is_ready() && b.hub.is_ready()
+    })
+    .await;
+    let (on_a, on_b) = (member(&a, "r").await, member(&b, "r").await);
+    let mut conn = connection(&redis).await;
+    until_subscribers(&mut conn, &format!("{prefix}:room:r"), 2).await;
+
+    a.hub.to("r").send_text("from a");
+    b.hub.to("r").send_text("from b");
+    let both = || vec!["from a".to_owned(), "from b".to_owned()];
+    let sorted = |texts: &std::sync::Mutex<Vec<String>>| {
+        let mut texts = texts.lock().unwrap().clone();
+        texts.sort();
+        texts
+    };
+    until("both clients got both", WAIT, || {
+        sorted(&on_a) == both() && sorted(&on_b) == both()
+    })
+    .await;
+    assert_eq!(a.stats.malformed() + b.stats.malformed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_another_root_fails_at_once_and_says_why() {
+    let redis = TlsRedis::start().await;
+    let wrong = config(&redis, "wrong").root_certificates(Ca::new().certificate());
+    let error = within("connect to refuse", WAIT, RedisBroker::connect(wrong))
+        .await
+        .expect_err("a server whose CA is not trusted");
+    assert!(matches!(error, ConnectError::Connect(_)), "{error:?}");
+    let why = causes(&error);
+    assert!(why.contains("certificate"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_another_root_never_becomes_ready() {
+    let redis = TlsRedis::start().await;
+    let prefix = unique_prefix("tls-wrong-root");
+    let wrong = config(&redis, &prefix).root_certificates(Ca::new().certificate());
+    let right = serve(
+        RedisBroker::new(config(&redis, &prefix)).unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let hub = serve(RedisBroker::new(wrong).unwrap(), HubConfig::default()).await;
+    // The trusted one connects meanwhile: the other had the time to.
+    until("the trusting hub ready", WAIT, || right.hub.is_ready()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!hub.hub.is_ready());
+    assert_eq!(hub.stats.reconnects(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_url_with_root_certificates_or_bad_pem_is_refused() {
+    let plain = RedisConfig::default().root_certificates(Ca::new().certificate());
+    assert!(matches!(
+        RedisBroker::new(plain),
+        Err(ConnectError::Unsupported(_))
+    ));
+    let garbage = RedisConfig::default()
+        .url("rediss://127.0.0.1:1/")
+        .root_certificates("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    assert!(matches!(
+        RedisBroker::new(garbage),
+        Err(ConnectError::InvalidCertificates(_))
+    ));
+}
