@@ -34,8 +34,8 @@ pub(crate) struct Connector {
     /// single server, its address.
     info: ConnectionInfo,
     tls: Option<Tls>,
-    /// The Sentinels' URLs and the master's name, for [`Deployment::Sentinel`].
-    sentinel: Option<(String, Vec<ConnectionInfo>)>,
+    /// The master's name and the Sentinels, for [`Deployment::Sentinel`].
+    sentinel: Option<(String, Vec<Node>)>,
 }
 
 /// What a TLS connection checks the server's certificate against.
@@ -58,17 +58,10 @@ impl fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// Checks the URLs and the root certificates, connecting to nothing.
+    /// Checks the URLs and the root certificates, connecting to nothing. The root
+    /// certificates serve every `rediss://` URL: the server's and the Sentinels'.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
         let info = parse(&config.url)?;
-        let tls = match info.addr() {
-            ConnectionAddr::TcpTls { .. } => Some(Tls::new(config.root_certificates.as_deref())?),
-            _ if config.root_certificates.is_some() => {
-                let why = "root_certificates are for a rediss:// URL (TLS)";
-                return Err(ConnectError::Unsupported(why.to_owned()));
-            }
-            _ => None,
-        };
         let sentinel = match &config.deployment {
             Deployment::Single => None,
             Deployment::Sentinel { service, sentinels } => {
@@ -77,13 +70,28 @@ impl Connector {
                     return Err(ConnectError::Unsupported(why.to_owned()));
                 }
                 let sentinels = sentinels.iter().map(|url| parse(url));
-                Some((service.clone(), sentinels.collect::<Result<_, _>>()?))
+                Some((service.clone(), sentinels.collect::<Result<Vec<_>, _>>()?))
             }
             other => {
                 let why = format!("{other:?} is not supported yet");
                 return Err(ConnectError::Unsupported(why));
             }
         };
+        let sentinel_urls = sentinel.iter().flat_map(|(_, sentinels)| sentinels);
+        let tls = if std::iter::once(&info).chain(sentinel_urls).any(is_tls) {
+            Some(Tls::new(config.root_certificates.as_deref())?)
+        } else if config.root_certificates.is_some() {
+            let why = "root_certificates are for rediss:// URLs (TLS)";
+            return Err(ConnectError::Unsupported(why.to_owned()));
+        } else {
+            None
+        };
+        let node = |info: ConnectionInfo| Node {
+            info,
+            tls: tls.clone(),
+        };
+        let sentinel = sentinel
+            .map(|(service, sentinels)| (service, sentinels.into_iter().map(node).collect()));
         Ok(Self {
             info,
             tls,
@@ -100,14 +108,15 @@ impl Connector {
     /// The node at `host:port`, reached with the URL's scheme, credentials and
     /// database.
     pub(crate) fn node(&self, host: &str, port: u16) -> Node {
-        let addr = match self.tls {
-            Some(_) => ConnectionAddr::TcpTls {
+        let addr = if is_tls(&self.info) {
+            ConnectionAddr::TcpTls {
                 host: host.to_owned(),
                 port,
                 insecure: false,
                 tls_params: None,
-            },
-            None => ConnectionAddr::Tcp(host.to_owned(), port),
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
         };
         self.node_at(addr)
     }
@@ -133,8 +142,7 @@ impl Connector {
             match self.master_from(sentinel, service).await {
                 Ok(primary) => return Ok(primary),
                 Err(error) => {
-                    let at = sentinel.addr();
-                    tracing::debug!(%at, %error, "no master from this Sentinel");
+                    tracing::debug!(%sentinel, %error, "no master from this Sentinel");
                     failure = Some(error);
                 }
             }
@@ -143,11 +151,9 @@ impl Connector {
     }
 
     /// The master `sentinel` names for `service`, checked with `ROLE`.
-    async fn master_from(&self, sentinel: &ConnectionInfo, service: &str) -> RedisResult<Primary> {
+    async fn master_from(&self, sentinel: &Node, service: &str) -> RedisResult<Primary> {
         let ask = async {
-            let mut conn = Client::open(sentinel.clone())?
-                .get_multiplexed_async_connection()
-                .await?;
+            let mut conn = sentinel.publisher().await?;
             redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
                 .arg(service)
@@ -191,7 +197,7 @@ impl fmt::Display for Node {
 impl Node {
     /// A redis-rs multiplexed connection: publishes, scripts, reads.
     pub(crate) async fn publisher(&self) -> RedisResult<MultiplexedConnection> {
-        let client = match &self.tls {
+        let client = match self.tls.as_ref().filter(|_| is_tls(&self.info)) {
             Some(tls) => {
                 let certificates = TlsCertificates {
                     client_tls: None,
@@ -289,6 +295,10 @@ impl Tls {
 #[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn is_tls(info: &ConnectionInfo) -> bool {
+    matches!(info.addr(), ConnectionAddr::TcpTls { .. })
 }
 
 fn parse(url: &str) -> Result<ConnectionInfo, ConnectError> {

@@ -50,17 +50,6 @@ fn hub_config() -> HubConfig {
     )
 }
 
-async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    within(
-        "a connection",
-        WAIT,
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .unwrap()
-}
-
 /// The numbers in `texts` (`<n>`, or `<offset> <n>` when `framed`).
 fn numbers(texts: &Mutex<Vec<String>>, framed: bool) -> Vec<(u64, u64)> {
     let texts = texts.lock().unwrap();
@@ -93,7 +82,7 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
     .await;
     let (live, history) = (member(&b, "r").await, member(&b, HISTORY).await);
     let old = sentinels.master().await;
-    let mut master = connection(old).await;
+    let mut master = sentinels.connection(old).await.unwrap();
     until_subscribers(&mut master, &format!("{prefix}:room:r"), 1).await;
     until_subscribers(&mut master, &format!("{prefix}:room:{HISTORY}"), 1).await;
 
@@ -122,7 +111,7 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
     until("deliveries before the kill", WAIT, || count(&live) >= 50).await;
     sentinels.kill(old);
     let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
-    let mut master = connection(new).await;
+    let mut master = sentinels.connection(new).await.unwrap();
     until_subscribers(&mut master, &format!("{prefix}:room:r"), 1).await;
     until("both hubs ready again", FAILOVER, || {
         a.hub.is_ready() && b.hub.is_ready()
@@ -190,15 +179,15 @@ async fn a_demoted_master_does_not_keep_the_hubs() {
     let live = member(&b, "r").await;
     let old = sentinels.master().await;
     let room = format!("{prefix}:room:r");
-    until_subscribers(&mut connection(old).await, &room, 1).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &room, 1).await;
 
     sentinels.failover().await;
     let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
     // Both hubs on the new master, none left on the old one, alive as a replica.
     let all = format!("{prefix}:all");
-    until_subscribers(&mut connection(new).await, &all, 2).await;
-    until_subscribers(&mut connection(new).await, &room, 1).await;
-    until_subscribers(&mut connection(old).await, &all, 0).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), &all, 2).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), &room, 1).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &all, 0).await;
     until("both hubs ready", WAIT, || {
         a.hub.is_ready() && b.hub.is_ready()
     })
@@ -230,9 +219,9 @@ async fn a_hub_leaves_a_master_demoted_under_it() {
     until("the hub ready", WAIT, || a.hub.is_ready()).await;
     let [old, replica] = sentinels.servers();
     let all = format!("{prefix}:all");
-    until_subscribers(&mut connection(old).await, &all, 1).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &all, 1).await;
 
-    let mut promoted = connection(replica).await;
+    let mut promoted = sentinels.connection(replica).await.unwrap();
     let _: () = redis::cmd("REPLICAOF")
         .arg("NO")
         .arg("ONE")
@@ -244,9 +233,51 @@ async fn a_hub_leaves_a_master_demoted_under_it() {
         .arg(replica)
         .clone();
     let _: () = command
-        .query_async(&mut connection(old).await)
+        .query_async(&mut sentinels.connection(old).await.unwrap())
         .await
         .unwrap();
     until("the hub off the demoted master", WAIT, || !a.hub.is_ready()).await;
-    until_subscribers(&mut connection(old).await, &all, 0).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &all, 0).await;
+}
+
+/// Over TLS, Sentinels included, with a private CA: the hubs find the master, deliver,
+/// and follow a `SENTINEL FAILOVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_find_the_master_through_sentinels_over_tls() {
+    let sentinels = Sentinels::start_tls().await;
+    let prefix = unique_prefix("sentinel-tls");
+    let root = sentinels.root_certificate().expect("a TLS deployment");
+    // The master's host and port come from the Sentinels; the URL gives the scheme.
+    let config = || {
+        config(&sentinels, &prefix)
+            .url("rediss://127.0.0.1/")
+            .root_certificates(root.clone())
+    };
+    let a = serve(
+        RedisBroker::connect(config()).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let b = serve(
+        RedisBroker::connect(config()).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let live = member(&b, "r").await;
+    let old = sentinels.master().await;
+    let room = format!("{prefix}:room:r");
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &room, 1).await;
+    a.hub.to("r").send_text("before");
+    until("delivery over TLS", WAIT, || count(&live) == 1).await;
+
+    sentinels.failover().await;
+    let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), &room, 1).await;
+    until("both hubs ready", WAIT, || {
+        a.hub.is_ready() && b.hub.is_ready()
+    })
+    .await;
+    a.hub.to("r").send_text("after");
+    until("delivery after the failover", WAIT, || count(&live) == 2).await;
+    assert_eq!(*live.lock().unwrap(), ["before", "after"]);
 }

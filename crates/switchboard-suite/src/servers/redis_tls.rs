@@ -47,6 +47,34 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// The arguments that make a `redis-server` (a Sentinel too) speak TLS only, on
+    /// `port`, with a certificate of this CA whose files go to `dir`; to its
+    /// replicas and masters too (`tls-replication`). Clients need no certificate of
+    /// their own (`tls-auth-clients no`).
+    pub fn server_args(&self, dir: &TempDir, port: u16) -> Vec<String> {
+        let (certificate, key) = self.server_certificate();
+        let name = |kind: &str| format!("{port}-{kind}.pem");
+        [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            dir.write(&name("certificate"), certificate),
+            "--tls-key-file".to_owned(),
+            dir.write(&name("key"), key),
+            "--tls-ca-cert-file".to_owned(),
+            dir.write(&name("ca"), self.certificate()),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+            "--tls-replication".to_owned(),
+            "yes".to_owned(),
+        ]
+        .into()
+    }
+}
+
 impl Default for Ca {
     fn default() -> Self {
         Self::new()
@@ -64,36 +92,14 @@ pub struct TlsRedis {
 
 impl TlsRedis {
     /// Starts it on a free port, with a certificate of a new CA, and returns once it
-    /// listens. Clients need no certificate of their own (`tls-auth-clients no`).
+    /// listens.
     pub async fn start() -> Self {
         let ca = Ca::new();
         let dir = TempDir::new("redis-tls");
-        let (certificate, key) = ca.server_certificate();
-        let (certificate, key) = (
-            dir.write("server.pem", certificate),
-            dir.write("server.key", key),
-        );
-        let ca_file = dir.write("ca.pem", ca.certificate());
         let port = free_port();
-        let tls_port = port.to_string();
-        let args = [
-            "--port",
-            "0",
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &certificate,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca_file,
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ];
+        let mut args = ca.server_args(&dir, port);
+        args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = Process::start("redis-server", &args, port).await;
         Self {
             port,

@@ -1,11 +1,13 @@
 //! A Sentinel deployment of one test: a master, its replica and three Sentinels
 //! (`redis-server --sentinel`), on free ports, with short failure detection so that a
-//! failover takes seconds.
+//! failover takes seconds; over TCP, or all of it over TLS with a private CA.
 
 use super::{
     free_port,
     process::{Process, TempDir},
+    redis_tls::Ca,
 };
+use redis::{Cmd, FromRedisValue, RedisResult, aio::MultiplexedConnection};
 use std::{collections::HashMap, time::Duration};
 
 /// The master's name in the Sentinels' configuration.
@@ -25,6 +27,8 @@ pub struct Sentinels {
     /// The two data servers, by port: the master at start, then the replica.
     servers: Vec<(u16, Process)>,
     sentinels: Vec<(u16, Process)>,
+    /// The CA of every server's certificate, when they speak TLS.
+    ca: Option<Ca>,
     _dir: TempDir,
 }
 
@@ -32,56 +36,76 @@ impl Sentinels {
     /// Starts the deployment and returns once the replica is in sync and every
     /// Sentinel knows the replica and the two other Sentinels (a failover needs them).
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`Sentinels::start`], every server (Sentinels included) speaking TLS only,
+    /// with a certificate of a new CA ([`Sentinels::root_certificate`]).
+    pub async fn start_tls() -> Self {
+        Self::start_with(Some(Ca::new())).await
+    }
+
+    async fn start_with(ca: Option<Ca>) -> Self {
         let dir = TempDir::new("sentinel");
+        let tls_args = |port: u16| {
+            ca.as_ref()
+                .map_or_else(Vec::new, |ca| ca.server_args(&dir, port))
+        };
         let master = free_port();
-        let master_process = redis_server(master, &[]).await;
+        let master_process = redis_server(master, tls_args(master)).await;
         let replica = free_port();
-        let master_arg = master.to_string();
-        let replica_process =
-            redis_server(replica, &["--replicaof", "127.0.0.1", &master_arg]).await;
+        let mut replica_args = tls_args(replica);
+        replica_args.extend(["--replicaof", "127.0.0.1", &master.to_string()].map(String::from));
+        let replica_process = redis_server(replica, replica_args).await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();
-            let conf = dir.write(
-                &format!("sentinel-{port}.conf"),
-                sentinel_conf(port, master),
-            );
-            let process = Process::start("redis-server", &[&conf, "--sentinel"], port).await;
-            sentinels.push((port, process));
+            let conf = sentinel_conf(port, master);
+            let mut args = vec![dir.write(&format!("sentinel-{port}.conf"), conf)];
+            args.push("--sentinel".to_owned());
+            args.extend(tls_args(port));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sentinels.push((port, Process::start("redis-server", &args, port).await));
         }
         let deployment = Self {
             servers: vec![(master, master_process), (replica, replica_process)],
             sentinels,
+            ca,
             _dir: dir,
         };
         deployment.until_settled().await;
         deployment
     }
 
-    /// The Sentinels' URLs, `redis://127.0.0.1:<port>/`.
-    pub fn sentinel_urls(&self) -> Vec<String> {
-        let ports = self.sentinels.iter().map(|(port, _)| *port);
-        ports
-            .map(|port| format!("redis://127.0.0.1:{port}/"))
-            .collect()
+    /// The CA's certificate (PEM) when the servers speak TLS.
+    pub fn root_certificate(&self) -> Option<String> {
+        self.ca.as_ref().map(Ca::certificate)
     }
 
-    /// The master's port, as the first Sentinel names it now.
-    pub async fn master(&self) -> u16 {
-        let named: (String, u16) = query(
-            self.sentinels[0].0,
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(SERVICE),
-        )
-        .await
-        .expect("the Sentinel names the master");
-        named.1
+    /// The URL of the server on `port` (`rediss://` over TLS).
+    pub fn url(&self, port: u16) -> String {
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{port}/")
+    }
+
+    /// The Sentinels' URLs.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        let ports = self.sentinels.iter().map(|(port, _)| *port);
+        ports.map(|port| self.url(port)).collect()
     }
 
     /// The ports of the two data servers (the master's at start first).
     pub fn servers(&self) -> [u16; 2] {
         [self.servers[0].0, self.servers[1].0]
+    }
+
+    /// The master's port, as the first Sentinel names it now.
+    pub async fn master(&self) -> u16 {
+        let (_, port): (String, u16) = self
+            .query(self.sentinels[0].0, &master_addr())
+            .await
+            .expect("the Sentinel names the master");
+        port
     }
 
     /// SIGKILLs the data server on `port` (the master, say), as a crash would.
@@ -95,7 +119,8 @@ impl Sentinels {
     /// becomes a replica of the new one.
     pub async fn failover(&self) {
         let command = redis::cmd("SENTINEL").arg("FAILOVER").arg(SERVICE).clone();
-        let _: () = query(self.sentinels[0].0, &command)
+        let () = self
+            .query(self.sentinels[0].0, &command)
             .await
             .expect("SENTINEL FAILOVER");
     }
@@ -116,23 +141,47 @@ impl Sentinels {
             .unwrap_or_else(|_| panic!("no failover from port {old} within {SETTLE_TIMEOUT:?}"))
     }
 
+    /// Runs `command` on the server at 127.0.0.1:`port`, within 2 s.
+    pub async fn query<T: FromRedisValue>(&self, port: u16, command: &Cmd) -> RedisResult<T> {
+        let run = async {
+            let mut conn = self.connection(port).await?;
+            command.query_async(&mut conn).await
+        };
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "no answer within 2 s").into()))
+    }
+
+    /// A connection to the server on `port`, trusting the CA if there is one.
+    pub async fn connection(&self, port: u16) -> RedisResult<MultiplexedConnection> {
+        let client = match self.root_certificate() {
+            Some(root) => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.into_bytes()),
+                };
+                redis::Client::build_with_tls(self.url(port), certificates)?
+            }
+            None => redis::Client::open(self.url(port))?,
+        };
+        client.get_multiplexed_async_connection().await
+    }
+
     async fn new_master(&self, old: u16) -> Option<u16> {
         let mut named = Vec::new();
         for (port, _) in &self.sentinels {
-            let command = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(SERVICE)
-                .clone();
-            let (_, master): (String, u16) = query(*port, &command).await.ok()?;
+            let (_, master): (String, u16) = self.query(*port, &master_addr()).await.ok()?;
             named.push(master);
         }
         let new = named[0];
         if new == old || named.iter().any(|master| *master != new) {
             return None;
         }
-        let role: Vec<redis::Value> = query(new, &redis::cmd("ROLE")).await.ok()?;
-        let is_master =
-            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master");
+        let role: Vec<redis::Value> = self.query(new, &redis::cmd("ROLE")).await.ok()?;
+        let is_master = matches!(
+            role.first(),
+            Some(redis::Value::BulkString(role)) if role == b"master"
+        );
         is_master.then_some(new)
     }
 
@@ -149,15 +198,14 @@ impl Sentinels {
 
     async fn is_settled(&self) -> bool {
         let replica = self.servers[1].0;
-        let Ok(info) = query::<String>(replica, redis::cmd("INFO").arg("replication")).await else {
-            return false;
-        };
-        if !info.contains("master_link_status:up") {
+        let command = redis::cmd("INFO").arg("replication").clone();
+        let info = self.query::<String>(replica, &command).await;
+        if !info.is_ok_and(|info| info.contains("master_link_status:up")) {
             return false;
         }
         for (port, _) in &self.sentinels {
             let command = redis::cmd("SENTINEL").arg("MASTER").arg(SERVICE).clone();
-            let Ok(master) = query::<HashMap<String, String>>(*port, &command).await else {
+            let Ok(master) = self.query::<HashMap<String, String>>(*port, &command).await else {
                 return false;
             };
             let count = |field: &str| master.get(field).and_then(|n| n.parse::<u32>().ok());
@@ -169,11 +217,19 @@ impl Sentinels {
     }
 }
 
-/// Starts a `redis-server` without persistence on `port`, with `more` arguments.
-async fn redis_server(port: u16, more: &[&str]) -> Process {
+fn master_addr() -> Cmd {
+    redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(SERVICE)
+        .clone()
+}
+
+/// Starts a `redis-server` without persistence on `port`, with `more` arguments
+/// (which may move it to a TLS port).
+async fn redis_server(port: u16, more: Vec<String>) -> Process {
     let port_arg = port.to_string();
     let mut args = vec!["--port", &port_arg, "--save", "", "--appendonly", "no"];
-    args.extend_from_slice(more);
+    args.extend(more.iter().map(String::as_str));
     Process::start("redis-server", &args, port).await
 }
 
@@ -189,21 +245,4 @@ fn sentinel_conf(port: u16, master: u16) -> String {
          sentinel failover-timeout {SERVICE} 5000\n\
          sentinel parallel-syncs {SERVICE} 1\n"
     )
-}
-
-/// Runs `command` on the server at 127.0.0.1:`port`, within 2 s.
-pub async fn query<T: redis::FromRedisValue>(
-    port: u16,
-    command: &redis::Cmd,
-) -> redis::RedisResult<T> {
-    let url = format!("redis://127.0.0.1:{port}/");
-    let run = async {
-        let mut conn = redis::Client::open(url)?
-            .get_multiplexed_async_connection()
-            .await?;
-        command.query_async(&mut conn).await
-    };
-    tokio::time::timeout(Duration::from_secs(2), run)
-        .await
-        .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "no answer within 2 s").into()))
 }
