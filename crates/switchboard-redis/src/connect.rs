@@ -349,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn each_sentinel_keeps_its_own_scheme() {
+        let config = RedisConfig::default()
+            .url("rediss://redis/")
+            .sentinel("mymaster", ["redis://s1:26379/", "rediss://s2:26379/"]);
+        let connector = Connector::new(&config).unwrap();
+        let (_, sentinels) = connector.sentinel.as_ref().unwrap();
+        let tls: Vec<bool> = sentinels.iter().map(|node| is_tls(&node.info)).collect();
+        assert_eq!(tls, [false, true]);
+        // A TLS Sentinel alone is reason enough for the roots.
+        let config = RedisConfig::default()
+            .sentinel("mymaster", ["rediss://s1:26379/"])
+            .root_certificates("x");
+        assert!(matches!(
+            Connector::new(&config),
+            Err(ConnectError::InvalidCertificates(_))
+        ));
+    }
+
+    #[test]
     fn a_node_has_the_urls_scheme_and_credentials() {
         let config = RedisConfig::default().url("rediss://:secret@redis.example:6380/3");
         let node = Connector::new(&config).unwrap().node("10.0.0.7", 7000);

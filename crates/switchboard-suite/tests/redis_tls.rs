@@ -5,7 +5,11 @@
 mod redis_hubs;
 
 use redis_hubs::{member, serve, unique_prefix, until, until_subscribers, within};
-use std::{error::Error, time::Duration};
+use std::{
+    error::Error,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use switchboard::hub::HubConfig;
 use switchboard_redis::{ConnectError, RedisBroker, RedisConfig};
 use switchboard_suite::servers::redis_tls::{Ca, TlsRedis};
@@ -96,8 +100,39 @@ async fn connect_with_another_root_fails_at_once_and_says_why() {
     assert!(why.contains("certificate"), "{why}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_with_another_root_never_becomes_ready() {
+/// What the hub logs, as text: a writer for `tracing_subscriber::fmt`.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// One thread: the hub's tasks log to this test's subscriber (a thread's default).
+#[tokio::test(flavor = "current_thread")]
+async fn a_broker_with_another_root_never_becomes_ready_and_logs_why() {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
     let redis = TlsRedis::start().await;
     let prefix = unique_prefix("tls-wrong-root");
     let wrong = config(&redis, &prefix).root_certificates(Ca::new().certificate());
@@ -107,11 +142,15 @@ async fn a_broker_with_another_root_never_becomes_ready() {
     )
     .await;
     let hub = serve(RedisBroker::new(wrong).unwrap(), HubConfig::default()).await;
-    // The trusted one connects meanwhile: the other had the time to.
+    // The trusting hub connects meanwhile: the other had the time to, and more.
     until("the trusting hub ready", WAIT, || right.hub.is_ready()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!hub.hub.is_ready());
     assert_eq!(hub.stats.reconnects(), 0);
+    let log = log.text();
+    let why = log.lines().find(|line| line.contains("Redis unreachable"));
+    let why = why.unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(why.contains("invalid peer certificate"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
