@@ -72,10 +72,9 @@ impl Connector {
                 let sentinels = sentinels.iter().map(|url| parse(url));
                 Some((service.clone(), sentinels.collect::<Result<Vec<_>, _>>()?))
             }
-            other => {
-                let why = format!("{other:?} is not supported yet");
-                return Err(ConnectError::Unsupported(why));
-            }
+            // Its nodes are found, and reached through `Connector::node`, by the
+            // cluster's link.
+            Deployment::Cluster { .. } => None,
         };
         let sentinel_urls = sentinel.iter().flat_map(|(_, sentinels)| sentinels);
         let tls = if std::iter::once(&info).chain(sentinel_urls).any(is_tls) {
@@ -215,7 +214,8 @@ impl Node {
         let settings = self.info.redis_settings();
         match (self.info.addr(), &self.tls) {
             (ConnectionAddr::Tcp(host, port), _) => {
-                pubsub::open(tcp(host, *port).await?, settings).await
+                let (read, write) = tcp(host, *port).await?.into_split();
+                pubsub::open(read, write, settings).await
             }
             (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
                 // An IP address is checked against the certificate's IP addresses, a
@@ -226,11 +226,14 @@ impl Node {
                 let stream = TlsConnector::from(tls.config.clone())
                     .connect(name, tcp)
                     .await?;
-                pubsub::open(stream, settings).await
+                // One TLS session for both ways: its halves share it behind a lock.
+                let (read, write) = tokio::io::split(stream);
+                pubsub::open(read, write, settings).await
             }
             #[cfg(unix)]
             (ConnectionAddr::Unix(path), _) => {
-                pubsub::open(tokio::net::UnixStream::connect(path).await?, settings).await
+                let (read, write) = tokio::net::UnixStream::connect(path).await?.into_split();
+                pubsub::open(read, write, settings).await
             }
             (other, _) => {
                 let message = format!("unsupported Redis address {other}");

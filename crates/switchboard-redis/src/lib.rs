@@ -528,6 +528,10 @@ impl RedisBroker {
     /// (Redis Cluster). Call from inside a tokio runtime: the link's tasks run on
     /// it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
+        if let Deployment::Cluster { .. } = config.deployment {
+            let why = "Redis Cluster is not supported yet";
+            return Err(ConnectError::Unsupported(why.to_owned()));
+        }
         let connector = connect::Connector::new(&config)?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));

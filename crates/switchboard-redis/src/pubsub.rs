@@ -50,12 +50,13 @@ pub(crate) enum Reply {
     Other,
 }
 
-/// Authenticates a connection just opened to Redis (see `connect::Node::subscriber`).
+/// Authenticates a connection just opened to Redis, given as its two halves (see
+/// `connect::Node::subscriber`).
 pub(crate) async fn open(
-    stream: impl AsyncRead + AsyncWrite + Send + 'static,
+    read: impl AsyncRead + Send + Unpin + 'static,
+    write: impl AsyncWrite + Send + Unpin + 'static,
     settings: &RedisConnectionInfo,
 ) -> io::Result<(Commands, Replies)> {
-    let (read, write) = tokio::io::split(stream);
     let (read, write): (Reading, Writing) = (Box::new(read), Box::new(write));
     let (mut commands, mut replies) = (Commands { write }, Replies::new(read));
     let mut setup = Vec::new();
