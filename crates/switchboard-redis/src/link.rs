@@ -37,9 +37,10 @@ const MAX_BATCH: u64 = 256;
 /// `RedisConfig::max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How long one attempt to reopen the link may take: an unreachable host can hold a
-/// TCP connect for minutes, and the publishes waiting meanwhile (to count as lost) are
-/// taken only between attempts.
+/// How long one attempt to open the link may take (the Sentinels' answer included):
+/// an unreachable host can hold a TCP connect for minutes, `RedisBroker::connect`
+/// must fail rather than hang, and the publishes waiting meanwhile (to count as lost)
+/// are taken only between attempts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a receiver remembers a publisher's counter on a channel without hearing
@@ -75,7 +76,19 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// Opens both connections to the node that takes publishes now, within
+    /// [`CONNECT_TIMEOUT`].
     pub(crate) async fn open(connector: &connect::Connector) -> RedisResult<Self> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::open_now(connector))
+            .await
+            .unwrap_or_else(|_| {
+                let within = format!("within {CONNECT_TIMEOUT:?}");
+                let why = "Redis did not answer a connect";
+                Err(RedisError::from((redis::ErrorKind::Io, why, within)))
+            })
+    }
+
+    async fn open_now(connector: &connect::Connector) -> RedisResult<Self> {
         let connect::Primary {
             node,
             mut publisher,
@@ -665,13 +678,12 @@ async fn reconnect(
     let mut warned = after_failure;
     loop {
         lose_publishes_for(wait, publishes, &task.stats).await?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.connector)).await {
-            Ok(Ok(link)) => return Some(link),
-            Ok(Err(error)) if !warned => {
+        match Link::open(&task.connector).await {
+            Ok(link) => return Some(link),
+            Err(error) if !warned => {
                 tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");
             }
-            Ok(Err(error)) => tracing::debug!(%error, ?wait, "Redis still unreachable"),
-            Err(_) => tracing::debug!(?wait, "Redis did not answer in time"),
+            Err(error) => tracing::debug!(%error, ?wait, "Redis still unreachable"),
         }
         warned = true;
         wait = backoff.next_wait();

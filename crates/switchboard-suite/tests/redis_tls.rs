@@ -92,9 +92,16 @@ async fn hubs_deliver_to_each_others_clients_over_tls() {
 async fn connect_with_another_root_fails_at_once_and_says_why() {
     let redis = TlsRedis::start().await;
     let wrong = config(&redis, "wrong").root_certificates(Ca::new().certificate());
+    let started = std::time::Instant::now();
     let error = within("connect to refuse", WAIT, RedisBroker::connect(wrong))
         .await
         .expect_err("a server whose CA is not trusted");
+    // At once: a refused certificate is not retried.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(error, ConnectError::Connect(_)), "{error:?}");
     let why = causes(&error);
     assert!(why.contains("certificate"), "{why}");
