@@ -136,17 +136,19 @@ impl Connector {
             let publisher = node.publisher().await?;
             return Ok(Primary { node, publisher });
         };
-        let mut failure = None;
+        let mut failures = Vec::new();
         for sentinel in sentinels {
             match self.master_from(sentinel, service).await {
                 Ok(primary) => return Ok(primary),
-                Err(error) => {
-                    tracing::debug!(%sentinel, %error, "no master from this Sentinel");
-                    failure = Some(error);
-                }
+                Err(error) => failures.push(format!("{sentinel}: {error}")),
             }
         }
-        Err(failure.unwrap_or_else(|| failed("no Sentinel")))
+        let why = "no Sentinel named a master that answers as one";
+        Err(RedisError::from((
+            redis::ErrorKind::Io,
+            why,
+            failures.join("; "),
+        )))
     }
 
     /// The master `sentinel` names for `service`, checked with `ROLE`.

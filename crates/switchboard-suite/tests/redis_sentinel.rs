@@ -281,3 +281,37 @@ async fn hubs_find_the_master_through_sentinels_over_tls() {
     until("delivery after the failover", WAIT, || count(&live) == 2).await;
     assert_eq!(*live.lock().unwrap(), ["before", "after"]);
 }
+
+/// `RedisBroker::connect` fails, and says why, when no Sentinel answers or none knows
+/// the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_says_why_no_master_was_found() {
+    let sentinels = Sentinels::start().await;
+    let unknown = config(&sentinels, "unknown").sentinel("nosuchmaster", sentinels.sentinel_urls());
+    let error = within("connect to fail", WAIT, RedisBroker::connect(unknown))
+        .await
+        .expect_err("no such service");
+    let why = std::error::Error::source(&error).map(ToString::to_string);
+    assert!(
+        why.as_deref()
+            .is_some_and(|why| why.contains("knows no master of that name")),
+        "{why:?}"
+    );
+
+    let nobody = format!(
+        "redis://127.0.0.1:{}/",
+        switchboard_suite::servers::free_port()
+    );
+    let silent = config(&sentinels, "silent").sentinel(SERVICE, [nobody.clone()]);
+    let error = within("connect to fail", WAIT, RedisBroker::connect(silent))
+        .await
+        .expect_err("no Sentinel");
+    let why = std::error::Error::source(&error).map(ToString::to_string);
+    let port = nobody
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches('/');
+    assert!(
+        why.as_deref().is_some_and(|why| why.contains(port)),
+        "{why:?}"
+    );
+}
