@@ -5,7 +5,7 @@
 
 mod redis_hubs;
 
-use redis_hubs::{count, member, serve, unique_prefix, until, until_subscribers, within};
+use redis_hubs::{count, member, serve, until_subscribers};
 use std::{
     sync::{
         Arc, Mutex,
@@ -19,19 +19,13 @@ use switchboard::{
 };
 use switchboard_redis::{RedisBroker, RedisConfig};
 use switchboard_suite::servers::sentinel::{SERVICE, Sentinels};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Longer than a failover: the Sentinels see the master down, elect a leader,
-/// promote the replica, and the hubs' backoff finds it.
-const FAILOVER: Duration = Duration::from_secs(30);
+use switchboard_suite::support::{until, within};
 
 const HISTORY: &str = "h";
 
-fn config(sentinels: &Sentinels, prefix: &str) -> RedisConfig {
+fn config(sentinels: &Sentinels) -> RedisConfig {
     RedisConfig::default()
         .sentinel(SERVICE, sentinels.sentinel_urls())
-        .prefix(prefix)
         .max_backoff(Duration::from_millis(200))
 }
 
@@ -65,26 +59,14 @@ fn numbers(texts: &Mutex<Vec<String>>, framed: bool) -> Vec<(u64, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_follow_the_failover_of_a_killed_master() {
     let mut sentinels = Sentinels::start().await;
-    let prefix = unique_prefix("sentinel-kill");
-    let a = serve(
-        RedisBroker::new(config(&sentinels, &prefix)).unwrap(),
-        hub_config(),
-    )
-    .await;
-    let b = serve(
-        RedisBroker::new(config(&sentinels, &prefix)).unwrap(),
-        hub_config(),
-    )
-    .await;
-    until("both hubs ready", WAIT, || {
-        a.hub.is_ready() && b.hub.is_ready()
-    })
-    .await;
+    let (a, a_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
+    let (b, b_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
     let (live, history) = (member(&b, "r").await, member(&b, HISTORY).await);
     let old = sentinels.master().await;
     let mut master = sentinels.connection(old).await.unwrap();
-    until_subscribers(&mut master, &format!("{prefix}:room:r"), 1).await;
-    until_subscribers(&mut master, &format!("{prefix}:room:{HISTORY}"), 1).await;
+    until_subscribers(&mut master, "switchboard:room:r", 1).await;
+    until_subscribers(&mut master, &format!("switchboard:room:{HISTORY}"), 1).await;
 
     // Hub a publishes one of each every 5 ms, through the failover.
     let publishing = Arc::new(AtomicBool::new(true));
@@ -108,22 +90,22 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
             sent
         }
     });
-    until("deliveries before the kill", WAIT, || count(&live) >= 50).await;
+    until("deliveries before the kill", || count(&live) >= 50).await;
     sentinels.kill(old);
-    let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
+    let new = within("the failover", sentinels.until_failed_over(old)).await;
     let mut master = sentinels.connection(new).await.unwrap();
-    until_subscribers(&mut master, &format!("{prefix}:room:r"), 1).await;
-    until("both hubs ready again", FAILOVER, || {
+    until_subscribers(&mut master, "switchboard:room:r", 1).await;
+    until("both hubs ready again", || {
         a.hub.is_ready() && b.hub.is_ready()
     })
     .await;
     let resumed = count(&live);
-    until("deliveries after the failover", WAIT, || {
+    until("deliveries after the failover", || {
         count(&live) >= resumed + 50
     })
     .await;
     publishing.store(false, Relaxed);
-    let sent = within("the publisher", WAIT, publisher).await.unwrap();
+    let sent = within("the publisher", publisher).await.unwrap();
     // The last confirmations, and the last messages delivered.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -134,10 +116,10 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
         "in order: {got:?}"
     );
     let missing = sent - got.len() as u64;
-    let counted = a.stats.lost() + b.stats.missed();
+    let counted = a_stats.lost() + b_stats.missed();
     assert!(missing > 0, "the outage lost some of {sent}");
     assert!(missing <= counted, "{missing} missing, {counted} counted");
-    assert!(a.stats.reconnects() >= 1 && b.stats.reconnects() >= 1);
+    assert!(a_stats.reconnects() >= 1 && b_stats.reconnects() >= 1);
 
     // History room: offsets without a gap, and every confirmed publish delivered.
     let got = numbers(&history, true);
@@ -161,39 +143,31 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_master_does_not_keep_the_hubs() {
     let sentinels = Sentinels::start().await;
-    let prefix = unique_prefix("sentinel-failover");
-    let a = serve(
-        RedisBroker::connect(config(&sentinels, &prefix))
-            .await
-            .unwrap(),
+    let (a, _) = serve(
+        RedisBroker::connect(config(&sentinels)).await.unwrap(),
         HubConfig::default(),
     )
     .await;
-    let b = serve(
-        RedisBroker::connect(config(&sentinels, &prefix))
-            .await
-            .unwrap(),
+    let (b, _) = serve(
+        RedisBroker::connect(config(&sentinels)).await.unwrap(),
         HubConfig::default(),
     )
     .await;
     let live = member(&b, "r").await;
     let old = sentinels.master().await;
-    let room = format!("{prefix}:room:r");
-    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &room, 1).await;
+    let room = "switchboard:room:r";
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), room, 1).await;
 
     sentinels.failover().await;
-    let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
+    let new = within("the failover", sentinels.until_failed_over(old)).await;
     // Both hubs on the new master, none left on the old one, alive as a replica.
-    let all = format!("{prefix}:all");
-    until_subscribers(&mut sentinels.connection(new).await.unwrap(), &all, 2).await;
-    until_subscribers(&mut sentinels.connection(new).await.unwrap(), &room, 1).await;
-    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &all, 0).await;
-    until("both hubs ready", WAIT, || {
-        a.hub.is_ready() && b.hub.is_ready()
-    })
-    .await;
+    let all = "switchboard:all";
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), all, 2).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), room, 1).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), all, 0).await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
     a.hub.to("r").send_text("after the failover");
-    until("delivery through the new master", WAIT, || {
+    until("delivery through the new master", || {
         live.lock()
             .unwrap()
             .iter()
@@ -208,18 +182,15 @@ async fn a_demoted_master_does_not_keep_the_hubs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_leaves_a_master_demoted_under_it() {
     let sentinels = Sentinels::start().await;
-    let prefix = unique_prefix("sentinel-demoted");
-    let a = serve(
-        RedisBroker::connect(config(&sentinels, &prefix))
-            .await
-            .unwrap(),
+    let (a, _) = serve(
+        RedisBroker::connect(config(&sentinels)).await.unwrap(),
         HubConfig::default(),
     )
     .await;
-    until("the hub ready", WAIT, || a.hub.is_ready()).await;
+    until("the hub ready", || a.hub.is_ready()).await;
     let [old, replica] = sentinels.servers();
-    let all = format!("{prefix}:all");
-    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &all, 1).await;
+    let all = "switchboard:all";
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), all, 1).await;
 
     let mut promoted = sentinels.connection(replica).await.unwrap();
     let _: () = redis::cmd("REPLICAOF")
@@ -236,8 +207,8 @@ async fn a_hub_leaves_a_master_demoted_under_it() {
         .query_async(&mut sentinels.connection(old).await.unwrap())
         .await
         .unwrap();
-    until("the hub off the demoted master", WAIT, || !a.hub.is_ready()).await;
-    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &all, 0).await;
+    until("the hub off the demoted master", || !a.hub.is_ready()).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), all, 0).await;
 }
 
 /// Over TLS, Sentinels included, with a private CA: the hubs find the master, deliver,
@@ -245,40 +216,36 @@ async fn a_hub_leaves_a_master_demoted_under_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_find_the_master_through_sentinels_over_tls() {
     let sentinels = Sentinels::start_tls().await;
-    let prefix = unique_prefix("sentinel-tls");
     let root = sentinels.root_certificate().expect("a TLS deployment");
     // The master's host and port come from the Sentinels; the URL gives the scheme.
     let config = || {
-        config(&sentinels, &prefix)
+        config(&sentinels)
             .url("rediss://127.0.0.1/")
             .root_certificates(root.clone())
     };
-    let a = serve(
+    let (a, _) = serve(
         RedisBroker::connect(config()).await.unwrap(),
         HubConfig::default(),
     )
     .await;
-    let b = serve(
+    let (b, _) = serve(
         RedisBroker::connect(config()).await.unwrap(),
         HubConfig::default(),
     )
     .await;
     let live = member(&b, "r").await;
     let old = sentinels.master().await;
-    let room = format!("{prefix}:room:r");
-    until_subscribers(&mut sentinels.connection(old).await.unwrap(), &room, 1).await;
+    let room = "switchboard:room:r";
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), room, 1).await;
     a.hub.to("r").send_text("before");
-    until("delivery over TLS", WAIT, || count(&live) == 1).await;
+    until("delivery over TLS", || count(&live) == 1).await;
 
     sentinels.failover().await;
-    let new = within("the failover", FAILOVER, sentinels.until_failed_over(old)).await;
-    until_subscribers(&mut sentinels.connection(new).await.unwrap(), &room, 1).await;
-    until("both hubs ready", WAIT, || {
-        a.hub.is_ready() && b.hub.is_ready()
-    })
-    .await;
+    let new = within("the failover", sentinels.until_failed_over(old)).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), room, 1).await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
     a.hub.to("r").send_text("after");
-    until("delivery after the failover", WAIT, || count(&live) == 2).await;
+    until("delivery after the failover", || count(&live) == 2).await;
     assert_eq!(*live.lock().unwrap(), ["before", "after"]);
 }
 
@@ -287,8 +254,8 @@ async fn hubs_find_the_master_through_sentinels_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_says_why_no_master_was_found() {
     let sentinels = Sentinels::start().await;
-    let unknown = config(&sentinels, "unknown").sentinel("nosuchmaster", sentinels.sentinel_urls());
-    let error = within("connect to fail", WAIT, RedisBroker::connect(unknown))
+    let unknown = config(&sentinels).sentinel("nosuchmaster", sentinels.sentinel_urls());
+    let error = within("connect to fail", RedisBroker::connect(unknown))
         .await
         .expect_err("no such service");
     let why = std::error::Error::source(&error).map(ToString::to_string);
@@ -302,8 +269,8 @@ async fn connect_says_why_no_master_was_found() {
         "redis://127.0.0.1:{}/",
         switchboard_suite::servers::free_port()
     );
-    let silent = config(&sentinels, "silent").sentinel(SERVICE, [nobody.clone()]);
-    let error = within("connect to fail", WAIT, RedisBroker::connect(silent))
+    let silent = config(&sentinels).sentinel(SERVICE, [nobody.clone()]);
+    let error = within("connect to fail", RedisBroker::connect(silent))
         .await
         .expect_err("no Sentinel");
     let why = std::error::Error::source(&error).map(ToString::to_string);

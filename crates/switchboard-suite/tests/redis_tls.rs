@@ -4,7 +4,7 @@
 
 mod redis_hubs;
 
-use redis_hubs::{member, serve, unique_prefix, until, until_subscribers, within};
+use redis_hubs::{member, serve, until_subscribers};
 use std::{
     error::Error,
     sync::{Arc, Mutex},
@@ -13,14 +13,12 @@ use std::{
 use switchboard::hub::HubConfig;
 use switchboard_redis::{ConnectError, RedisBroker, RedisConfig};
 use switchboard_suite::servers::redis_tls::{Ca, TlsRedis};
+use switchboard_suite::support::{until, within};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn config(redis: &TlsRedis, prefix: &str) -> RedisConfig {
+fn config(redis: &TlsRedis) -> RedisConfig {
     RedisConfig::default()
         .url(redis.url())
         .root_certificates(redis.root_certificate())
-        .prefix(prefix)
         .max_backoff(Duration::from_millis(200))
 }
 
@@ -33,7 +31,6 @@ async fn connection(redis: &TlsRedis) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::build_with_tls(redis.url(), certificates).unwrap();
     within(
         "a TLS connection",
-        WAIT,
         client.get_multiplexed_async_connection(),
     )
     .await
@@ -54,24 +51,20 @@ fn causes(error: &dyn Error) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_deliver_to_each_others_clients_over_tls() {
     let redis = TlsRedis::start().await;
-    let prefix = unique_prefix("tls");
-    let a = serve(
-        RedisBroker::connect(config(&redis, &prefix)).await.unwrap(),
+    let (a, a_stats) = serve(
+        RedisBroker::connect(config(&redis)).await.unwrap(),
         HubConfig::default(),
     )
     .await;
-    let b = serve(
-        RedisBroker::connect(config(&redis, &prefix)).await.unwrap(),
+    let (b, b_stats) = serve(
+        RedisBroker::connect(config(&redis)).await.unwrap(),
         HubConfig::default(),
     )
     .await;
-    until("both hubs ready", WAIT, || {
-        a.hub.is_ready() && b.hub.is_ready()
-    })
-    .await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
     let (on_a, on_b) = (member(&a, "r").await, member(&b, "r").await);
     let mut conn = connection(&redis).await;
-    until_subscribers(&mut conn, &format!("{prefix}:room:r"), 2).await;
+    until_subscribers(&mut conn, "switchboard:room:r", 2).await;
 
     a.hub.to("r").send_text("from a");
     b.hub.to("r").send_text("from b");
@@ -81,19 +74,19 @@ async fn hubs_deliver_to_each_others_clients_over_tls() {
         texts.sort();
         texts
     };
-    until("both clients got both", WAIT, || {
+    until("both clients got both", || {
         sorted(&on_a) == both() && sorted(&on_b) == both()
     })
     .await;
-    assert_eq!(a.stats.malformed() + b.stats.malformed(), 0);
+    assert_eq!(a_stats.malformed() + b_stats.malformed(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_with_another_root_fails_at_once_and_says_why() {
     let redis = TlsRedis::start().await;
-    let wrong = config(&redis, "wrong").root_certificates(Ca::new().certificate());
+    let wrong = config(&redis).root_certificates(Ca::new().certificate());
     let started = std::time::Instant::now();
-    let error = within("connect to refuse", WAIT, RedisBroker::connect(wrong))
+    let error = within("connect to refuse", RedisBroker::connect(wrong))
         .await
         .expect_err("a server whose CA is not trusted");
     // At once: a refused certificate is not retried.
@@ -141,19 +134,18 @@ async fn a_broker_with_another_root_never_becomes_ready_and_logs_why() {
         .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
     let redis = TlsRedis::start().await;
-    let prefix = unique_prefix("tls-wrong-root");
-    let wrong = config(&redis, &prefix).root_certificates(Ca::new().certificate());
-    let right = serve(
-        RedisBroker::new(config(&redis, &prefix)).unwrap(),
+    let wrong = config(&redis).root_certificates(Ca::new().certificate());
+    let (right, _) = serve(
+        RedisBroker::new(config(&redis)).unwrap(),
         HubConfig::default(),
     )
     .await;
-    let hub = serve(RedisBroker::new(wrong).unwrap(), HubConfig::default()).await;
+    let (hub, hub_stats) = serve(RedisBroker::new(wrong).unwrap(), HubConfig::default()).await;
     // The trusting hub connects meanwhile: the other had the time to, and more.
-    until("the trusting hub ready", WAIT, || right.hub.is_ready()).await;
+    until("the trusting hub ready", || right.hub.is_ready()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!hub.hub.is_ready());
-    assert_eq!(hub.stats.reconnects(), 0);
+    assert_eq!(hub_stats.reconnects(), 0);
     let log = log.text();
     let why = log.lines().find(|line| line.contains("Redis unreachable"));
     let why = why.unwrap_or_else(|| panic!("no warning in {log}"));
