@@ -59,23 +59,23 @@ impl fmt::Debug for Connector {
 
 impl Connector {
     /// Checks the URLs and the root certificates, connecting to nothing. The root
-    /// certificates serve every `rediss://` URL: the server's and the Sentinels'.
+    /// certificates serve every `rediss://` URL: the server's, the Sentinels', the
+    /// cluster's nodes'.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
-        let info = parse(&config.url)?;
-        let sentinel = match &config.deployment {
-            Deployment::Single => None,
+        let mut info = parse(&config.url)?;
+        let mut sentinel = None;
+        match &config.deployment {
+            Deployment::Single => {}
             Deployment::Sentinel { service, sentinels } => {
-                if sentinels.is_empty() {
-                    let why = "a Sentinel deployment without Sentinels";
-                    return Err(ConnectError::Unsupported(why.to_owned()));
-                }
-                let sentinels = sentinels.iter().map(|url| parse(url));
-                Some((service.clone(), sentinels.collect::<Result<Vec<_>, _>>()?))
+                let sentinels = parse_all(sentinels, "a Sentinel deployment without Sentinels")?;
+                sentinel = Some((service.clone(), sentinels));
             }
-            // Its nodes are found, and reached through `Connector::node`, by the
-            // cluster's link.
-            Deployment::Cluster { .. } => None,
-        };
+            // The cluster's link finds its nodes, reached through `Connector::node`
+            // with the scheme and credentials of the first node it was given.
+            Deployment::Cluster { nodes } => {
+                info = parse_all(nodes, "a Cluster deployment without nodes")?.remove(0);
+            }
+        }
         let sentinel_urls = sentinel.iter().flat_map(|(_, sentinels)| sentinels);
         let tls = if std::iter::once(&info).chain(sentinel_urls).any(is_tls) {
             Some(Tls::new(config.root_certificates.as_deref())?)
@@ -311,6 +311,14 @@ fn parse(url: &str) -> Result<ConnectionInfo, ConnectError> {
         .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))
 }
 
+/// `urls` parsed, at least one.
+fn parse_all(urls: &[String], none: &str) -> Result<Vec<ConnectionInfo>, ConnectError> {
+    if urls.is_empty() {
+        return Err(ConnectError::Unsupported(none.to_owned()));
+    }
+    urls.iter().map(|url| parse(url)).collect()
+}
+
 fn invalid_roots(error: impl ToString) -> ConnectError {
     ConnectError::InvalidCertificates(error.to_string())
 }
@@ -369,6 +377,20 @@ mod tests {
         assert!(matches!(
             Connector::new(&config),
             Err(ConnectError::InvalidCertificates(_))
+        ));
+    }
+
+    #[test]
+    fn a_cluster_node_has_the_first_nodes_scheme_and_credentials() {
+        let nodes = ["rediss://:secret@10.0.0.1:7000/", "rediss://10.0.0.2:7000/"];
+        let config = RedisConfig::default().cluster(nodes);
+        let node = Connector::new(&config).unwrap().node("10.0.0.3", 7001);
+        assert!(is_tls(&node.info) && node.tls.is_some());
+        assert_eq!(node.info.redis_settings().password(), Some("secret"));
+        let none = RedisConfig::default().cluster(Vec::<String>::new());
+        assert!(matches!(
+            Connector::new(&none),
+            Err(ConnectError::Unsupported(_))
         ));
     }
 
