@@ -7,9 +7,8 @@ use std::error::Error;
 type Cause = Box<dyn Error + Send + Sync + 'static>;
 
 /// Why [`RedisBroker::new`](crate::RedisBroker::new) (a URL or certificates it cannot
-/// use) or
-/// [`RedisBroker::connect`](crate::RedisBroker::connect) (that too, or Redis out of
-/// reach) failed.
+/// use) or [`RedisBroker::connect`](crate::RedisBroker::connect) (that too, or Redis
+/// out of reach) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -21,7 +20,8 @@ pub enum ConnectError {
     #[error("invalid root certificates for redis: {0}")]
     InvalidCertificates(String),
     /// Redis could not be reached, or refused the connection (authentication, a
-    /// subscription refused).
+    /// subscription refused), or its TLS certificate did not verify, or no Sentinel
+    /// named a master.
     #[error("could not connect to redis")]
     Connect(#[source] Cause),
     /// The configuration asks for something this build cannot do (a deployment or a
