@@ -11,7 +11,7 @@ use switchboard_broker::Broker;
 /// [`crate::Engine::child_args`] gave: the engine's name, then what it needs.
 pub fn broker_from_args(args: &[String]) -> Box<dyn Broker> {
     match args {
-        [engine, url] if engine == redis::ARG => redis::broker(url),
+        [engine, url, prefix] if engine == redis::ARG => redis::broker(url, prefix),
         [engine, url] if engine == nats::ARG => nats::child_broker(url),
         _ => panic!("no engine for child arguments {args:?}"),
     }
