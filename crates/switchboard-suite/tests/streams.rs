@@ -1,6 +1,6 @@
 //! Streams with history on every engine, hub to hub, with tokio-tungstenite clients:
-//! a client that comes back on another hub gets exactly what it missed, then live
-//! messages; joiners racing publishers on two hubs get one order; members that stay
+//! a client that comes back, on the hub it left or on another, gets exactly what it
+//! missed (with one read of the engine), then live messages; joiners racing publishers on two hubs get one order; members that stay
 //! connected through a blip of the engine get every message once, in order; the
 //! clients of a hub killed with SIGKILL come back elsewhere with no gap and no
 //! duplicate; an engine restarted without its data makes a returning client "not
