@@ -2,10 +2,7 @@
 //! [`RedisBroker`], on a prefix of the engine value's own.
 
 use crate::servers::redis::RedisServer;
-use std::{
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-    time::Duration,
-};
+use std::time::Duration;
 use switchboard_broker::{Broker, NodeId};
 use switchboard_redis::{RedisBroker, RedisConfig};
 
@@ -31,14 +28,6 @@ impl Engine {
     pub fn config(&self) -> &RedisConfig {
         &self.config
     }
-}
-
-/// A prefix no other engine value of this process, nor of another, has: two tests
-/// never share a backplane, whatever server they are pointed at.
-fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Relaxed);
-    format!("suite-{}-{n}", std::process::id())
 }
 
 /// The configuration of a hub's broker on the Redis at `url`, on `prefix`:
@@ -67,7 +56,7 @@ impl crate::Engine for Engine {
 
     async fn start() -> Self {
         let server = RedisServer::start().await;
-        let config = config(&server.url(), &unique_prefix());
+        let config = config(&server.url(), &super::unique_prefix());
         Self { server, config }
     }
 
