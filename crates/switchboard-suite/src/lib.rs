@@ -65,11 +65,12 @@ pub trait Engine: Sized + Send + Sync + 'static {
     /// can only cut every link at once makes the tests that count what was missed
     /// show nothing. Does nothing where [`Engine::CAN_FAIL`] is `false`.
     ///
-    /// The engine finds the hub's link on its server by what the broker tells the
-    /// server about it: Redis lists the subscriber connection under the name the
-    /// broker gives it (`CLIENT SETNAME switchboard-sub-<node>`), and the engine
-    /// kills that client (`CLIENT KILL ID`). An engine whose server cannot tell one
-    /// hub's connection from another's needs its broker to name them so.
+    /// How the engine finds the hub's link: on its server, by what the broker tells
+    /// the server about it (Redis lists the subscriber connection under the name
+    /// the broker gives it, `CLIENT SETNAME switchboard-sub-<node>`, and the engine
+    /// kills that client with `CLIENT KILL ID`); or through the brokers it made
+    /// itself (NATS keeps each one's `LinkHandle`, and forces the one of `node` to
+    /// reconnect: a hub of this process only).
     fn blip(&self, node: NodeId) -> impl Future<Output = ()> + Send;
 
     /// Stops the engine's servers, as a crash would (no goodbye to their clients),
