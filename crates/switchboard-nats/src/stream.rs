@@ -8,7 +8,7 @@ use async_nats::{
         Context, ErrorCode,
         context::{GetStreamError, GetStreamErrorKind, PublishError, PublishErrorKind},
         publish::PublishAck,
-        stream::{Config, DiscardPolicy, Info, Republish, StorageType, Stream},
+        stream::{Config, DiscardPolicy, Info, Republish, StorageType},
     },
 };
 use bytes::Bytes;
@@ -106,10 +106,12 @@ fn config_of(config: &NatsConfig, room: &str, history: History, epoch: Epoch) ->
 /// reconnection.
 #[derive(Debug, Default)]
 pub(crate) struct Known {
-    /// Per stream: its epoch and the newest sequence seen in it.
+    /// Per stream: its epoch and the newest sequence the subscriptions' readers got
+    /// of it.
     epochs: Mutex<HashMap<String, (Epoch, u64)>>,
-    /// Per stream: the history it was made sure of, once it took a message.
-    ensured: Mutex<HashMap<String, History>>,
+    /// Per stream: the history it was made sure of, once it took a message, and its
+    /// epoch then.
+    ensured: Mutex<HashMap<String, (History, Epoch)>>,
     /// Per stream whose making failed: until when its publishes are refused.
     failed: Mutex<HashMap<String, Instant>>,
     /// Per stream a read found absent: the epoch it answered, which the stream gets
@@ -128,8 +130,10 @@ impl Known {
         lock(&self.epochs).remove(stream);
     }
 
-    /// The epoch of `stream` for its message at `sequence`: known, unless the sequence
-    /// went back or starts again (the stream was made again), else asked of JetStream.
+    /// The epoch of `stream` for its message at `sequence`, which a subscription's
+    /// reader got: known when it follows the last one read, else (the first, a jump,
+    /// a sequence back or at 1 again: the stream may have been made again) asked of
+    /// JetStream.
     pub(crate) async fn epoch(
         &self,
         jetstream: &Context,
@@ -139,8 +143,7 @@ impl Known {
         if let Some(epoch) = self.known(stream, sequence) {
             return Ok(epoch);
         }
-        let found = jetstream.get_stream(stream).await;
-        let epoch = epoch_of(found.map_err(|error| error.to_string())?.cached_info());
+        let epoch = current_epoch(jetstream, stream).await?;
         self.note(stream, epoch, sequence);
         Ok(epoch)
     }
@@ -148,7 +151,7 @@ impl Known {
     fn known(&self, stream: &str, sequence: u64) -> Option<Epoch> {
         let mut epochs = lock(&self.epochs);
         let (epoch, newest) = epochs.get_mut(stream)?;
-        if sequence == 1 || sequence < *newest {
+        if sequence == 1 || sequence != newest.saturating_add(1) {
             return None;
         }
         *newest = sequence;
@@ -164,15 +167,33 @@ impl Known {
     }
 
     fn is_ensured(&self, stream: &str, history: History) -> bool {
-        lock(&self.ensured).get(stream) == Some(&history)
+        lock(&self.ensured)
+            .get(stream)
+            .is_some_and(|(ensured, _)| *ensured == history)
     }
 
-    fn ensured(&self, stream: &str, history: History) {
+    fn ensured(&self, stream: &str, history: History, epoch: Epoch) {
         let mut ensured = lock(&self.ensured);
         if ensured.len() >= DEFAULT_MAX_CHANNELS {
             ensured.clear();
         }
-        ensured.insert(stream.to_owned(), history);
+        ensured.insert(stream.to_owned(), (history, epoch));
+    }
+
+    /// The epoch of `stream` for a publish JetStream acknowledged at `sequence`: the
+    /// one this link made sure of, else (not made sure of, or at 1: it may have been
+    /// made again since) asked of JetStream.
+    async fn acked_epoch(
+        &self,
+        jetstream: &Context,
+        stream: &str,
+        sequence: u64,
+    ) -> Result<Epoch, String> {
+        let ensured = lock(&self.ensured).get(stream).map(|(_, epoch)| *epoch);
+        match ensured {
+            Some(epoch) if sequence != 1 => Ok(epoch),
+            _ => current_epoch(jetstream, stream).await,
+        }
     }
 
     fn unsure(&self, stream: &str) {
@@ -222,15 +243,23 @@ impl Known {
     }
 }
 
+/// The epoch of `stream` as JetStream has it now.
+async fn current_epoch(jetstream: &Context, stream: &str) -> Result<Epoch, String> {
+    let found = jetstream.get_stream(stream).await;
+    Ok(epoch_of(
+        found.map_err(|error| error.to_string())?.cached_info(),
+    ))
+}
+
 /// Makes sure `room`'s stream exists with `history`'s limits (creates it, or updates
-/// limits that differ), and returns it with its info now.
+/// limits that differ), and returns its epoch.
 async fn ensure(
     jetstream: &Context,
     config: &NatsConfig,
     room: &str,
     history: History,
     known: &Known,
-) -> Result<(Stream, Info), String> {
+) -> Result<Epoch, String> {
     let name = names::stream_name(&config.prefix, room);
     let stream = match jetstream.get_stream(&name).await {
         Ok(stream) => stream,
@@ -257,8 +286,7 @@ async fn ensure(
             .await
             .map_err(|error| error.to_string())?;
     }
-    known.note(&name, epoch_of(&info), info.state.last_sequence);
-    Ok((stream, info))
+    Ok(epoch_of(&info))
 }
 
 /// A stream's message waiting for the publishing task, with where its position goes.
@@ -451,10 +479,13 @@ async fn first_publish(
             "JetStream failed to make the stream just before",
         );
     }
-    if let Err(error) = ensure(jetstream, config, &publish.room, publish.history, known).await {
-        known.failed(&publish.stream);
-        return not_sent(state, publish, &error);
-    }
+    let epoch = match ensure(jetstream, config, &publish.room, publish.history, known).await {
+        Ok(epoch) => epoch,
+        Err(error) => {
+            known.failed(&publish.stream);
+            return not_sent(state, publish, &error);
+        }
+    };
     let deadline = Instant::now() + FIRST_PUBLISH_TIMEOUT;
     loop {
         let acked = match jetstream
@@ -473,7 +504,7 @@ async fn first_publish(
             }
             acked => {
                 if acked.is_ok() {
-                    known.ensured(&publish.stream, publish.history);
+                    known.ensured(&publish.stream, publish.history, epoch);
                 }
                 return settle(jetstream, state, publish, acked).await;
             }
@@ -500,7 +531,7 @@ async fn settle(
             stats.count(&stats.0.published);
             match state
                 .streams
-                .epoch(jetstream, &ack.stream, ack.sequence)
+                .acked_epoch(jetstream, &ack.stream, ack.sequence)
                 .await
             {
                 Ok(epoch) => Ok(Position::new(ack.sequence, epoch)),
