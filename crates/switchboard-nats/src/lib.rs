@@ -267,6 +267,19 @@ impl NatsConfig {
         self
     }
 
+    /// The servers of [`NatsConfig::url`], each checked.
+    fn servers(&self) -> Result<Vec<String>, std::io::Error> {
+        let servers: Vec<String> = self
+            .url
+            .split(',')
+            .map(|url| url.trim().to_owned())
+            .collect();
+        for server in &servers {
+            server.parse::<async_nats::ServerAddr>()?;
+        }
+        Ok(servers)
+    }
+
     fn subject_all(&self) -> String {
         format!("{}.all", self.prefix)
     }
@@ -309,6 +322,9 @@ pub enum ConnectError {
     /// The prefix cannot start subjects (empty tokens, spaces, wildcards).
     #[error("invalid NATS subject prefix {0:?}")]
     InvalidPrefix(String),
+    /// [`NatsConfig::url`] is not a NATS server's URL (or a list of them).
+    #[error("invalid NATS URL")]
+    InvalidUrl(#[source] std::io::Error),
     /// NATS could not be reached ([`NatsBroker::connect`]).
     #[error("could not connect to NATS: {0}")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -393,6 +409,7 @@ impl NatsBroker {
         if !names::valid_prefix(&config.prefix) {
             return Err(ConnectError::InvalidPrefix(config.prefix));
         }
+        config.servers().map_err(ConnectError::InvalidUrl)?;
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         Ok(Self {
             config,
@@ -412,7 +429,7 @@ impl NatsBroker {
     pub async fn connect(config: NatsConfig) -> Result<Self, ConnectError> {
         let broker = Self::new(config)?;
         let client = link::options(&broker.config, &broker.link)
-            .connect(broker.config.url.as_str())
+            .connect(broker.config.servers().map_err(ConnectError::InvalidUrl)?)
             .await
             .map_err(|error| ConnectError::Connect(Box::new(error)))?;
         if let Some((first, _)) = lock(&broker.pending).as_mut() {
@@ -743,6 +760,23 @@ mod tests {
         assert_eq!(max_backoff, Duration::from_secs(1));
         assert_eq!(max_pending_publishes, 2);
         assert_eq!(max_pending_deliveries, 3);
+    }
+
+    #[test]
+    fn a_url_that_is_not_nats_is_refused_and_a_list_is_taken() {
+        for bad in [
+            "http://127.0.0.1:4222",
+            "nats://a:b:c",
+            "nats://127.0.0.1:4222,redis://x",
+        ] {
+            let refused = NatsBroker::new(NatsConfig::default().url(bad));
+            assert!(matches!(refused, Err(ConnectError::InvalidUrl(_))), "{bad}");
+        }
+        let list = NatsConfig::default().url("nats://a:4222, tls://b:4223,c");
+        assert_eq!(
+            list.servers().unwrap(),
+            ["nats://a:4222", "tls://b:4223", "c"]
+        );
     }
 
     #[test]

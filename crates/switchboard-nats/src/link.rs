@@ -176,7 +176,9 @@ pub(crate) async fn run(task: Task, first: Option<Client>, publishes: Receiver<P
         Some(client) => client,
         None => {
             let options = options(&task.config, &task.state).retry_on_initial_connect();
-            match options.connect(task.config.url.as_str()).await {
+            // Checked by NatsBroker::new.
+            let servers = task.config.servers().unwrap_or_default();
+            match options.connect(servers).await {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::error!(%error, "NATS client not made; the hub is not attached");
