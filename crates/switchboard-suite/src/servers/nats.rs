@@ -43,16 +43,22 @@ impl NatsServer {
         Self::start_with(false).await
     }
 
+    /// A server on free ports; on other ports again if it could not serve on those
+    /// (another process took one between the draw and the bind).
     async fn start_with(jetstream: bool) -> Self {
-        let server = Self {
-            process: Mutex::new(None),
-            port: free_port(),
-            monitor: free_port(),
-            store: Mutex::new(new_store()),
-            jetstream,
-        };
-        server.launch().await;
-        server
+        for _ in 0..3 {
+            let server = Self {
+                process: Mutex::new(None),
+                port: free_port(),
+                monitor: free_port(),
+                store: Mutex::new(new_store()),
+                jetstream,
+            };
+            if server.launch().await {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on three pairs of free ports");
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -62,21 +68,17 @@ impl NatsServer {
 
     /// Freezes the server (SIGSTOP): it holds its connections and answers nothing.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.signal("STOP");
     }
 
     /// Thaws a server [`NatsServer::pause`] froze (SIGCONT).
     pub fn resume(&self) {
-        self.signal("-CONT");
+        self.signal("CONT");
     }
 
     fn signal(&self, signal: &str) {
         if let Some(process) = lock(&self.process).as_ref() {
-            let status = Command::new("kill")
-                .args([signal, &process.id().to_string()])
-                .status()
-                .expect("kill is on the PATH");
-            assert!(status.success(), "kill {signal} failed");
+            assert!(super::signal(process.id(), signal), "kill -{signal} failed");
         }
     }
 
@@ -92,7 +94,7 @@ impl NatsServer {
     /// serves.
     pub async fn restart(&self) {
         self.kill();
-        self.launch().await;
+        assert!(self.launch().await, "nats-server did not start again");
     }
 
     /// Starts it again on the same port with an empty storage (a server that lost its
@@ -101,7 +103,7 @@ impl NatsServer {
         self.kill();
         let old = std::mem::replace(&mut *lock(&self.store), new_store());
         let _ = std::fs::remove_dir_all(old);
-        self.launch().await;
+        assert!(self.launch().await, "nats-server did not start again");
     }
 
     /// How many subscriptions the server has on exactly `subject`, over all its
@@ -142,7 +144,8 @@ impl NatsServer {
         }
     }
 
-    async fn launch(&self) {
+    /// Starts the process; whether it serves, within [`START_TIMEOUT`].
+    async fn launch(&self) -> bool {
         let store = lock(&self.store).clone();
         let mut command = Command::new("nats-server");
         command
@@ -160,11 +163,25 @@ impl NatsServer {
         *lock(&self.process) = Some(process);
         let deadline = Instant::now() + START_TIMEOUT;
         // An open port is not yet a server that serves: its health check (JetStream's
-        // included) says when it is.
-        while !self.healthy().await {
-            assert!(Instant::now() < deadline, "nats-server did not start");
+        // included) says when it is, while the process is ours and alive (one that
+        // could not bind its ports exits).
+        while Instant::now() < deadline {
+            if !self.running() {
+                return false;
+            }
+            if self.healthy().await && self.running() {
+                return true;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
+    }
+
+    fn running(&self) -> bool {
+        let mut process = lock(&self.process);
+        process
+            .as_mut()
+            .is_some_and(|process| matches!(process.try_wait(), Ok(None)))
     }
 
     async fn healthy(&self) -> bool {
