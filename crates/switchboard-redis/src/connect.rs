@@ -8,11 +8,12 @@
 //! connection ([`pubsub`]), both with the same TLS and credentials.
 
 use crate::{ConnectError, Deployment, RedisConfig, pubsub};
+use futures_util::future::join_all;
 use redis::{
     Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, RedisResult,
     TlsCertificates, Value, aio::MultiplexedConnection,
 };
-use std::{fmt, io, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, io, sync::Arc, time::Duration};
 use tokio::net::TcpStream;
 use tokio_rustls::{
     TlsConnector,
@@ -23,8 +24,9 @@ use tokio_rustls::{
     },
 };
 
-/// How long one Sentinel may take to name the master: a Sentinel that does not
-/// answer must leave time to ask the next one within the link's connect timeout.
+/// How long a Sentinel may take to name the master: the Sentinels are asked at once,
+/// and a silent one must leave time to connect to the master within the link's
+/// connect timeout.
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Makes the connections of one broker, from its configuration.
@@ -77,7 +79,17 @@ impl Connector {
             }
         }
         let sentinel_urls = sentinel.iter().flat_map(|(_, sentinels)| sentinels);
-        let tls = if std::iter::once(&info).chain(sentinel_urls).any(is_tls) {
+        let urls: Vec<&ConnectionInfo> = std::iter::once(&info).chain(sentinel_urls).collect();
+        // `rediss://…/#insecure` would skip checking the certificate: refused rather
+        // than failing at every connection (redis-rs is built without it).
+        let insecure = |info: &&ConnectionInfo| {
+            matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. })
+        };
+        if urls.iter().any(insecure) {
+            let why = "rediss://…#insecure (TLS without checking the certificate)";
+            return Err(ConnectError::Unsupported(why.to_owned()));
+        }
+        let tls = if urls.iter().any(|info| is_tls(info)) {
             Some(Tls::new(config.root_certificates.as_deref())?)
         } else if config.root_certificates.is_some() {
             let why = "root_certificates are for rediss:// URLs (TLS)";
@@ -128,52 +140,83 @@ impl Connector {
     }
 
     /// The node that takes publishes now, with a connection to it: the URL's server,
-    /// or the master the Sentinels name (asked in turn, the first that names one
-    /// that says it is the master).
+    /// or the master the Sentinels name.
+    ///
+    /// Every Sentinel is asked at once (each within [`SENTINEL_TIMEOUT`]), and the
+    /// address that more than half of those that answered name wins, checked to say
+    /// it is a master: a Sentinel on the wrong side of a partition, still naming the
+    /// old master, is outvoted rather than believed for being first, so that the hubs
+    /// do not split between two masters. When the answers do not agree (a tie, no
+    /// majority: the Sentinels are mid-failover), this attempt fails and the link
+    /// tries again after its backoff.
     pub(crate) async fn primary(&self) -> RedisResult<Primary> {
         let Some((service, sentinels)) = &self.sentinel else {
             let node = self.node_at(self.info.addr().clone());
             let publisher = node.publisher().await?;
             return Ok(Primary { node, publisher });
         };
-        let mut failures = Vec::new();
-        for sentinel in sentinels {
-            match self.master_from(sentinel, service).await {
-                Ok(primary) => return Ok(primary),
+        let answers = join_all(
+            sentinels
+                .iter()
+                .map(|sentinel| master_named_by(sentinel, service)),
+        )
+        .await;
+        let (mut named, mut failures) = (Vec::new(), Vec::new());
+        for (sentinel, answer) in sentinels.iter().zip(answers) {
+            match answer {
+                Ok(address) => named.push(address),
                 Err(error) => failures.push(format!("{sentinel}: {error}")),
             }
         }
-        let why = "no Sentinel named a master that answers as one";
-        Err(RedisError::from((
-            redis::ErrorKind::Io,
-            why,
-            failures.join("; "),
-        )))
-    }
-
-    /// The master `sentinel` names for `service`, checked with `ROLE`.
-    async fn master_from(&self, sentinel: &Node, service: &str) -> RedisResult<Primary> {
-        let ask = async {
-            let mut conn = sentinel.publisher().await?;
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(service)
-                .query_async::<Option<(String, u16)>>(&mut conn)
-                .await
+        let Some((host, port)) = majority(&named) else {
+            let why = if named.is_empty() {
+                "no Sentinel named a master"
+            } else {
+                "the Sentinels that answered do not agree on the master"
+            };
+            let named = named.iter().map(|(host, port)| format!("{host}:{port}"));
+            let answers: Vec<String> = named
+                .map(|address| format!("named {address}"))
+                .chain(failures)
+                .collect();
+            tracing::warn!(answers = %answers.join("; "), "{why}");
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                why,
+                answers.join("; "),
+            )));
         };
-        let named = tokio::time::timeout(SENTINEL_TIMEOUT, ask)
-            .await
-            .unwrap_or_else(|_| Err(failed("the Sentinel did not answer in time")))?;
-        let Some((host, port)) = named else {
-            return Err(failed("the Sentinel knows no master of that name"));
-        };
-        let node = self.node(&host, port);
+        let node = self.node(host, *port);
         let mut publisher = node.publisher().await?;
         if !is_master(&mut publisher).await? {
-            return Err(failed("the node the Sentinel named is not a master (yet)"));
+            return Err(failed("the node the Sentinels name is not a master (yet)"));
         }
         Ok(Primary { node, publisher })
     }
+}
+
+/// The master's address `sentinel` gives for `service`.
+async fn master_named_by(sentinel: &Node, service: &str) -> RedisResult<(String, u16)> {
+    let ask = async {
+        let mut conn = sentinel.publisher().await?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(service)
+            .query_async::<Option<(String, u16)>>(&mut conn)
+            .await
+    };
+    tokio::time::timeout(SENTINEL_TIMEOUT, ask)
+        .await
+        .unwrap_or_else(|_| Err(failed("the Sentinel did not answer in time")))?
+        .ok_or_else(|| failed("the Sentinel knows no master of that name"))
+}
+
+/// The address more than half of `named` are.
+fn majority(named: &[(String, u16)]) -> Option<&(String, u16)> {
+    let votes = |address: &(String, u16)| named.iter().filter(|other| *other == address).count();
+    named
+        .iter()
+        .find(|address| votes(address) * 2 > named.len())
 }
 
 /// The node that takes publishes, and a connection to it.
@@ -251,22 +294,33 @@ async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Whether the server on `conn` says it is a master (`ROLE`): after a failover, the
-/// old master, demoted, may keep its clients connected.
+/// Whether the server on `conn` says it is a master: a Sentinel may name a node not
+/// promoted yet, and a master demoted behind the Sentinels' back (`REPLICAOF` by an
+/// operator, a partition's other side) keeps its clients connected (a Sentinel's own
+/// failover closes them).
+///
+/// Asked with `HELLO` (no arguments: the protocol stays), whose answer has the role
+/// and which every user may run (`@fast @connection`, Redis 6.2+); `ROLE` is
+/// `@dangerous`, refused to a restricted ACL user.
 pub(crate) async fn is_master(conn: &mut MultiplexedConnection) -> RedisResult<bool> {
-    let role: Value = redis::cmd("ROLE").query_async(conn).await?;
-    Ok(match role {
-        Value::Array(items) => matches!(
-            items.first(),
-            Some(Value::BulkString(role)) if role.as_slice() == b"master"
-        ),
-        _ => false,
-    })
+    let hello: HashMap<String, Value> = redis::cmd("HELLO").query_async(conn).await?;
+    Ok(matches!(
+        hello.get("role"),
+        Some(Value::BulkString(role)) if role.as_slice() == b"master"
+    ))
 }
 
 impl Tls {
     /// The roots of `pem` (one certificate or several), or webpki-roots'.
+    ///
+    /// Installs ring as the process's default rustls provider if there is none:
+    /// redis-rs builds its TLS configuration with `rustls::ClientConfig::builder()`,
+    /// which panics when rustls was built with two providers (ring and aws-lc-rs, as an
+    /// application that also uses reqwest may have) and none is the default. Our own
+    /// connection names ring itself.
     fn new(pem: Option<&[u8]>) -> Result<Self, ConnectError> {
+        // An error means a default is there already: the application's, kept.
+        let _ = ring().install_default();
         let roots = match pem {
             Some(pem) => {
                 let mut roots = RootCertStore::empty();
@@ -297,9 +351,13 @@ impl Tls {
 
 /// rustls on `ring`, as the rest of the workspace (see switchboard's `tls` module for
 /// why, and why the deprecation is allowed).
-#[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(ring())
+}
+
+#[allow(deprecated)]
+fn ring() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 fn is_tls(info: &ConnectionInfo) -> bool {
@@ -359,6 +417,112 @@ mod tests {
             Connector::new(&bad_sentinel),
             Err(ConnectError::InvalidUrl(_))
         ));
+    }
+
+    #[test]
+    fn insecure_tls_is_refused() {
+        for config in [
+            RedisConfig::default().url("rediss://redis.example/#insecure"),
+            RedisConfig::default().sentinel("mymaster", ["rediss://s1:26379/#insecure"]),
+        ] {
+            assert!(matches!(
+                Connector::new(&config),
+                Err(ConnectError::Unsupported(_))
+            ));
+        }
+    }
+
+    /// redis-rs's `ClientConfig::builder()` needs a process default provider when
+    /// rustls has two: a TLS connector installs ring if there is none.
+    #[test]
+    fn a_tls_connector_leaves_a_default_crypto_provider() {
+        Connector::new(&RedisConfig::default().url("rediss://redis.example/")).unwrap();
+        assert!(CryptoProvider::get_default().is_some());
+    }
+
+    #[test]
+    fn the_master_is_the_one_most_sentinels_name() {
+        let at = |port: u16| ("10.0.0.1".to_owned(), port);
+        assert_eq!(majority(&[at(1), at(2), at(1)]), Some(&at(1)));
+        assert_eq!(majority(&[at(2)]), Some(&at(2)));
+        // A tie, or no address named by more than half: no master this time.
+        assert_eq!(majority(&[at(1), at(2)]), None);
+        assert_eq!(majority(&[at(1), at(2), at(3)]), None);
+        assert_eq!(majority(&[]), None);
+    }
+
+    /// A TLS server on 127.0.0.1 whose certificate, of a new CA, names `names`; the
+    /// CA's certificate (PEM) and the port.
+    async fn tls_server(names: &[&str]) -> (String, u16) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let key = KeyPair::generate().unwrap();
+        let certificate = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                // Held open until the client has seen the handshake's end.
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        drop(stream);
+                    }
+                });
+            }
+        });
+        (ca.pem(), port)
+    }
+
+    /// Our own pub/sub connection to `host:port` over TLS, trusting `root`.
+    async fn subscribe_over_tls(host: &str, port: u16, root: String) -> io::Result<()> {
+        let config = RedisConfig::default()
+            .url(format!("rediss://{host}:{port}/"))
+            .root_certificates(root);
+        let node = Connector::new(&config).unwrap().node(host, port);
+        let subscribing = tokio::time::timeout(Duration::from_secs(5), node.subscriber());
+        subscribing
+            .await
+            .expect("a TLS handshake within 5 s")
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn our_subscriber_checks_the_servers_certificate() {
+        let (root, port) = tls_server(&["localhost", "127.0.0.1"]).await;
+        subscribe_over_tls("127.0.0.1", port, root).await.unwrap();
+
+        let (_, port) = tls_server(&["localhost", "127.0.0.1"]).await;
+        let (other_root, _) = tls_server(&["localhost"]).await;
+        let error = subscribe_over_tls("127.0.0.1", port, other_root).await;
+        // (Another CA of the same name: its signature does not verify.)
+        let why = format!("{error:?}");
+        assert!(why.contains("InvalidCertificate(BadSignature)"), "{why}");
+
+        // A certificate for the name only: reached by that name, not by the address.
+        let (root, port) = tls_server(&["localhost"]).await;
+        subscribe_over_tls("localhost", port, root.clone())
+            .await
+            .unwrap();
+        let error = subscribe_over_tls("127.0.0.1", port, root).await;
+        let why = format!("{error:?}");
+        assert!(why.contains("InvalidCertificate(NotValidForName"), "{why}");
     }
 
     #[test]

@@ -53,18 +53,40 @@
 //! with backoff, as for a Redis that is down; [`RedisBroker::connect`] returns the
 //! error. Root certificates that are not PEM certificates are refused at once
 //! ([`ConnectError::InvalidCertificates`]), and so are root certificates for a
-//! deployment without any `rediss://` URL ([`ConnectError::Unsupported`]).
+//! deployment without any `rediss://` URL and a URL that asks not to check the
+//! certificate (`rediss://…/#insecure`) ([`ConnectError::Unsupported`]).
+//!
+//! The hub presents no certificate of its own: mutual TLS is not supported, and the
+//! server must run with `tls-auth-clients no` (or `optional`); a server that asks for
+//! one ends the handshake, and the hub logs the server's alert
+//! (`CertificateRequired`, say).
+//!
+//! TLS runs on rustls with its `ring` provider. If the process has no default rustls
+//! provider when a TLS broker is made, ring is installed as the default: redis-rs
+//! builds its TLS settings from the default, and rustls panics when two providers
+//! (ring and aws-lc-rs, as a dependency such as reqwest may bring) are compiled in
+//! and none is chosen. An application that installs its own default first keeps it.
 //!
 //! # Sentinel
 //!
-//! With [`RedisConfig::sentinel`], the hub asks the Sentinels, in turn, which server
-//! is the master of the service (`SENTINEL get-master-addr-by-name`), at every
-//! connection and reconnection, and connects to it with the scheme, credentials and
-//! database of [`RedisConfig::url`] (whose host and port are not used), only once it
-//! says it is the master (`ROLE`): a Sentinel that has not seen a failover yet names
-//! a demoted master, and the next Sentinel is asked. The Sentinels' URLs carry their
-//! own scheme and credentials; [`RedisConfig::root_certificates`] serve their
-//! `rediss://` too.
+//! With [`RedisConfig::sentinel`], the hub asks every Sentinel at once which server
+//! is the master of the service (`SENTINEL get-master-addr-by-name`, each within half
+//! a second), at every connection and reconnection. The address named by more than
+//! half of the Sentinels that answered is the master; a tie, or no majority, fails
+//! that attempt (logged, with what each Sentinel said), and the hub tries again with
+//! backoff: a Sentinel cut off from the others, still naming the old master, is
+//! outvoted rather than allowed to split the hubs between two masters. The hub then
+//! connects to the master with the scheme, credentials and database of
+//! [`RedisConfig::url`] (whose host and port are not used), once it says it is the
+//! master (`HELLO`, whose answer has the role: a Sentinel may name a replica not
+//! promoted yet). The Sentinels' URLs carry their own scheme and credentials;
+//! [`RedisConfig::root_certificates`] serve their `rediss://` too. Over TLS, the
+//! master's certificate must name the address the Sentinels announce: an IP address
+//! (the replica's `replica-announce-ip`, or the one the master sees it from), unless
+//! the Sentinels run with `resolve-hostnames yes` and `announce-hostnames yes`.
+//!
+//! The role is asked with `HELLO` (no arguments; Redis 6.2 or later), which every ACL
+//! user may run (`@fast @connection`), rather than `ROLE` (`@dangerous`).
 //!
 //! ```no_run
 //! use switchboard_redis::{RedisBroker, RedisConfig};
@@ -82,9 +104,12 @@
 //!
 //! A failover is followed: a master that dies ends the link, and the reconnection
 //! finds the new one through the Sentinels (with the usual backoff, while they elect
-//! it); a master demoted alive (`SENTINEL FAILOVER`, or an operator's `REPLICAOF`)
-//! may keep its clients connected, so the link asks its server `ROLE` every second
-//! and leaves it when it is no longer the master. The failover is an outage like any
+//! it); a Sentinel's failover of a live master (`SENTINEL FAILOVER`, say) closes its
+//! clients' connections (`CLIENT KILL`), which ends the link the same way. A master
+//! demoted behind the Sentinels' back (`REPLICAOF` by an operator, the other side of
+//! a split) keeps its clients connected, so the link asks its server for its role
+//! every second (a slow answer is waited for up to two seconds) and leaves it when
+//! it is no longer the master, or at once when a stream's publish meets `READONLY`. The failover is an outage like any
 //! other: the hub is not ready until it has subscribed again on the new master,
 //! publishes meanwhile are lost and counted, other hubs count what they missed, and
 //! rooms with history are filled from the new master's streams. Its replication is

@@ -53,10 +53,16 @@ const RECEIVER_IDLE: Duration = Duration::from_secs(600);
 const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often a link that follows failovers (Sentinel) asks its node whether it is
-/// still the master: a demoted master may keep its clients connected, and a hub on it
-/// would publish where no other hub listens. A second bounds that stretch; a failover
-/// takes longer than that to be decided anyway.
+/// still the master: a Sentinel's failover closes the old master's clients, but a
+/// master demoted behind the Sentinels' back (`REPLICAOF` by an operator, a split)
+/// keeps them, and a hub on it would publish where no other hub listens. A second
+/// bounds that stretch.
 const ROLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long the node may take to say its role before the link takes it as lost:
+/// longer than a publish's answer may take (redis-rs's 500 ms), since a busy node is
+/// no reason to reconnect; as long as a connection may take to open.
+const ROLE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
 /// subscription commands on a subscribed connection), to one node.
@@ -201,7 +207,10 @@ async fn serve(
     let (acks, detector) = (reader.acks.clone(), reader.detector.clone());
     let role_check = task.connector.follows_failover().then(|| {
         let start = tokio::time::Instant::now() + ROLE_CHECK;
-        tokio::time::interval_at(start, ROLE_CHECK)
+        let mut interval = tokio::time::interval_at(start, ROLE_CHECK);
+        // After a slow answer, a second until the next question, not a burst.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
     });
     let mut session = Session {
         task,
@@ -305,10 +314,13 @@ impl Session<'_> {
     /// Fails the link if its node is no longer the master (a failover demoted it), so
     /// that the hub reconnects to the one the Sentinels name now.
     async fn check_role(&mut self) -> Result<(), String> {
-        match connect::is_master(&mut self.publisher).await {
+        // The same connection, with a timeout of its own for this question.
+        let mut publisher = self.publisher.clone();
+        publisher.set_response_timeout(ROLE_TIMEOUT);
+        match connect::is_master(&mut publisher).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!("{} is no longer the master", self.node)),
-            Err(error) => Err(format!("{} did not answer ROLE: {error}", self.node)),
+            Err(error) => Err(format!("{} did not say its role: {error}", self.node)),
         }
     }
 
@@ -399,7 +411,9 @@ impl Session<'_> {
             Err(error) => return Err(self.unanswered(error, batch)),
         };
         let mut retry = Vec::new();
+        let mut demoted = false;
         for (publish, reply) in batch.into_iter().zip(replies) {
+            demoted |= matches!(&reply, Err(error) if error.code() == Some("READONLY"));
             match publish {
                 Publish::Envelope { channel, .. } => self.published(&channel, reply),
                 Publish::Stream(publish) => match reply {
@@ -408,10 +422,18 @@ impl Session<'_> {
                 },
             }
         }
-        if retry.is_empty() {
-            return Ok(());
+        let retried = if retry.is_empty() {
+            Ok(())
+        } else {
+            self.retry(retry).await
+        };
+        if demoted && retried.is_ok() {
+            // A stream's script refused by a replica: the node was demoted; the hub
+            // reconnects to the master now rather than at the next role check.
+            let why = "READONLY: the node is a replica now";
+            return Err((RedisError::from((redis::ErrorKind::Io, why)), 0));
         }
-        self.retry(retry).await
+        retried
     }
 
     /// Counts a `PUBLISH` Redis answered.

@@ -322,8 +322,8 @@ impl Reads {
         used: &mut Option<u64>,
     ) -> Result<StreamRead, StreamError> {
         let mut read = self.read_on_connection(room, after, history, used).await;
-        // A failure with no Redis error code is the connection's, not the command's;
-        // READONLY, the node's: a master demoted by a failover.
+        // A failure with no Redis error code is the connection's, not the command's.
+        // (The read script has no flags, so a replica runs it: no READONLY here.)
         let failed_connection = match (&read, *used) {
             (Err(error), Some(generation)) if connection_failed(error) => Some(generation),
             _ => None,
@@ -455,7 +455,7 @@ impl Reads {
 }
 
 fn connection_failed(error: &redis::RedisError) -> bool {
-    matches!(error.code(), None | Some("READONLY"))
+    error.code().is_none()
 }
 
 fn unreachable(why: &'static str) -> redis::RedisError {
