@@ -27,7 +27,7 @@ impl Process {
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| panic!("{program} on the PATH: {error}"));
-        let process = Self {
+        let mut process = Self {
             child: Some(child),
             name: format!("{program} on port {port}"),
         };
@@ -35,12 +35,16 @@ impl Process {
         process
     }
 
-    async fn until_listening(&self, port: u16) {
+    async fn until_listening(&mut self, port: u16) {
         let listening = async {
             while tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_err()
             {
+                // A server that refused its configuration has exited: said at once.
+                if let Some(status) = self.exited() {
+                    panic!("{} exited ({status}) before listening", self.name);
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -52,9 +56,23 @@ impl Process {
         }
     }
 
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().ok().flatten()
+    }
+
+    /// Sends `name` (`STOP`, `CONT`) to the process; whether it was sent.
+    pub fn signal(&self, name: &str) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|child| super::signal(child.id(), name))
+    }
+
     /// Kills the process with SIGKILL, as a crash would (its clients' connections are
-    /// reset), and reaps it.
+    /// reset), and reaps it. A stopped process is resumed first, so that its sockets
+    /// close at once.
     pub fn kill(&mut self) {
+        self.signal("CONT");
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

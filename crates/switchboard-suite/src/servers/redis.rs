@@ -2,7 +2,7 @@
 //! 6379), without persistence, that the test can kill, pause, resume and restart on
 //! the same port.
 
-use super::{free_port, signal};
+use super::{free_port, process::TempDir, signal};
 use crate::support::within;
 use redis::aio::MultiplexedConnection;
 use std::{
@@ -25,6 +25,8 @@ pub struct RedisServer {
     /// The test's own connection to the server, for its checks: one for all of
     /// them (waits poll every few milliseconds), opened again after a restart.
     connection: OnceCell<MultiplexedConnection>,
+    /// Its working directory: whatever it writes stays out of the crate's.
+    dir: TempDir,
 }
 
 /// Why a `redis-server` did not come up as ours.
@@ -46,6 +48,7 @@ impl RedisServer {
                 port: free_port(),
                 process: None,
                 connection: OnceCell::new(),
+                dir: TempDir::new("redis"),
             };
             match server.launch().await {
                 Ok(()) => return server,
@@ -107,8 +110,10 @@ impl RedisServer {
     async fn launch(&mut self) -> Result<(), Launch> {
         self.kill();
         let port = self.port.to_string();
+        let dir = self.dir.path().to_string_lossy().into_owned();
         let process = Command::new("redis-server")
             .args(["--port", &port, "--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on the PATH");
@@ -205,6 +210,26 @@ impl RedisServer {
     }
 }
 
+/// Returns once the server of `conn` counts `expected` subscribers on `channel`
+/// (`PUBSUB NUMSUB`): for a server that is not a [`RedisServer`] (TLS, Sentinel).
+pub async fn until_subscribers(conn: &mut MultiplexedConnection, channel: &str, expected: usize) {
+    within(&format!("{expected} subscribers on {channel}"), async {
+        loop {
+            let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(conn)
+                .await
+                .expect("PUBSUB NUMSUB");
+            if counts.first().map_or(0, |(_, count)| *count) == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// The `process_id` of an `INFO server` reply.
 fn process_id(info: &str) -> Option<u32> {
     info.lines()
@@ -231,6 +256,7 @@ mod tests {
             port: there.port(),
             process: None,
             connection: OnceCell::new(),
+            dir: TempDir::new("redis"),
         };
         assert!(matches!(
             late.launch().await,

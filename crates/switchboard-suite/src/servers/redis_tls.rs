@@ -9,6 +9,7 @@ use super::{
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
+use redis::{RedisResult, aio::MultiplexedConnection};
 
 /// A private certificate authority of one test.
 #[derive(Debug)]
@@ -99,6 +100,10 @@ impl TlsRedis {
         let port = free_port();
         let mut args = ca.server_args(&dir, port);
         args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        args.extend([
+            "--dir".to_owned(),
+            dir.path().to_string_lossy().into_owned(),
+        ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = Process::start("redis-server", &args, port).await;
         Self {
@@ -118,4 +123,24 @@ impl TlsRedis {
     pub fn root_certificate(&self) -> String {
         self.ca.certificate()
     }
+
+    /// A test's own connection to it, trusting its CA.
+    pub async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        connection(&self.url(), Some(self.root_certificate())).await
+    }
+}
+
+/// A connection to the server at `url`, trusting `root` (PEM) alone if given.
+pub async fn connection(url: &str, root: Option<String>) -> RedisResult<MultiplexedConnection> {
+    let client = match root {
+        Some(root) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.into_bytes()),
+            };
+            redis::Client::build_with_tls(url, certificates)?
+        }
+        None => redis::Client::open(url)?,
+    };
+    client.get_multiplexed_async_connection().await
 }

@@ -5,7 +5,7 @@
 use super::{
     free_port,
     process::{Process, TempDir},
-    redis_tls::Ca,
+    redis_tls::{self, Ca},
 };
 use redis::{Cmd, FromRedisValue, RedisResult, aio::MultiplexedConnection};
 use std::{collections::HashMap, time::Duration};
@@ -51,10 +51,20 @@ impl Sentinels {
             ca.as_ref()
                 .map_or_else(Vec::new, |ca| ca.server_args(&dir, port))
         };
+        // Each server works in a directory of its own (a replica writes the dump it
+        // receives from its master there).
+        let own_dir = |port: u16| {
+            let path = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&path).expect("a server's directory");
+            vec!["--dir".to_owned(), path.to_string_lossy().into_owned()]
+        };
         let master = free_port();
-        let master_process = redis_server(master, tls_args(master)).await;
+        let mut master_args = tls_args(master);
+        master_args.extend(own_dir(master));
+        let master_process = redis_server(master, master_args).await;
         let replica = free_port();
         let mut replica_args = tls_args(replica);
+        replica_args.extend(own_dir(replica));
         replica_args.extend(["--replicaof", "127.0.0.1", &master.to_string()].map(String::from));
         let replica_process = redis_server(replica, replica_args).await;
         let mut sentinels = Vec::new();
@@ -64,6 +74,7 @@ impl Sentinels {
             let mut args = vec![dir.write(&format!("sentinel-{port}.conf"), conf)];
             args.push("--sentinel".to_owned());
             args.extend(tls_args(port));
+            args.extend(own_dir(port));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             sentinels.push((port, Process::start("redis-server", &args, port).await));
         }
@@ -154,17 +165,7 @@ impl Sentinels {
 
     /// A connection to the server on `port`, trusting the CA if there is one.
     pub async fn connection(&self, port: u16) -> RedisResult<MultiplexedConnection> {
-        let client = match self.root_certificate() {
-            Some(root) => {
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root.into_bytes()),
-                };
-                redis::Client::build_with_tls(self.url(port), certificates)?
-            }
-            None => redis::Client::open(self.url(port))?,
-        };
-        client.get_multiplexed_async_connection().await
+        redis_tls::connection(&self.url(port), self.root_certificate()).await
     }
 
     async fn new_master(&self, old: u16) -> Option<u16> {
