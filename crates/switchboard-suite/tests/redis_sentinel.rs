@@ -5,7 +5,7 @@
 
 mod redis_hubs;
 
-use redis_hubs::{count, member, serve, until_subscribers};
+use redis_hubs::{count, member, serve};
 use std::{
     sync::{
         Arc, Mutex,
@@ -18,7 +18,10 @@ use switchboard::{
     hub::{History, HubConfig},
 };
 use switchboard_redis::{RedisBroker, RedisConfig};
-use switchboard_suite::servers::sentinel::{SERVICE, Sentinels};
+use switchboard_suite::servers::{
+    redis::{RedisServer, until_subscribers},
+    sentinel::{SERVICE, Sentinels},
+};
 use switchboard_suite::support::{until, within};
 
 const HISTORY: &str = "h";
@@ -62,22 +65,25 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
     let (a, a_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
     let (b, b_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
     until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
-    let (live, history) = (member(&b, "r").await, member(&b, HISTORY).await);
+    // Hub a publishes the live room, to b; b the history room, to a: a's losses and
+    // b's gaps are the live room's alone, and must account for what it misses.
+    let (live, history) = (member(&b, "r").await, member(&a, HISTORY).await);
     let old = sentinels.master().await;
     let mut master = sentinels.connection(old).await.unwrap();
     until_subscribers(&mut master, "switchboard:room:r", 1).await;
     until_subscribers(&mut master, &format!("switchboard:room:{HISTORY}"), 1).await;
 
-    // Hub a publishes one of each every 5 ms, through the failover.
+    // One of each every 5 ms, through the failover.
     let publishing = Arc::new(AtomicBool::new(true));
     let confirmed = Arc::new(Mutex::new(Vec::new()));
     let publisher = tokio::spawn({
-        let (hub, publishing, confirmed) = (a.hub.clone(), publishing.clone(), confirmed.clone());
+        let (a, b) = (a.hub.clone(), b.hub.clone());
+        let (publishing, confirmed) = (publishing.clone(), confirmed.clone());
         async move {
             let mut sent = 0;
             while publishing.load(Relaxed) {
-                hub.to("r").send_text(sent.to_string());
-                let published = hub.to(HISTORY).publish(sent.to_string());
+                a.to("r").send_text(sent.to_string());
+                let published = b.to(HISTORY).publish(sent.to_string());
                 let confirmed = confirmed.clone();
                 tokio::spawn(async move {
                     if published.await.is_ok() {
@@ -109,7 +115,8 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
     // The last confirmations, and the last messages delivered.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Live room: in order, and every one missing counted, as lost by a or missed by b.
+    // Live room: in order, and every one missing counted, as lost by a or missed by b
+    // (neither counts anything else).
     let got: Vec<u64> = numbers(&live, false).into_iter().map(|(_, n)| n).collect();
     assert!(
         got.windows(2).all(|pair| pair[0] < pair[1]),
@@ -140,6 +147,8 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
     );
 }
 
+/// `SENTINEL FAILOVER` with the old master alive: the Sentinels demote it and close
+/// its clients' connections; the hubs reconnect to the new master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_master_does_not_keep_the_hubs() {
     let sentinels = Sentinels::start().await;
@@ -177,8 +186,9 @@ async fn a_demoted_master_does_not_keep_the_hubs() {
 }
 
 /// A master turned into a replica behind the Sentinels' back (`REPLICAOF`), which
-/// keeps its clients connected: the hub finds it no longer the master (`ROLE`) and
-/// leaves it, rather than publish where no other hub may listen.
+/// keeps its clients connected (a Sentinel's failover would close them): the hub
+/// finds it no longer the master (its role, asked every second) and leaves it,
+/// rather than publish where no other hub may listen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_leaves_a_master_demoted_under_it() {
     let sentinels = Sentinels::start().await;
@@ -279,6 +289,90 @@ async fn connect_says_why_no_master_was_found() {
         .trim_end_matches('/');
     assert!(
         why.as_deref().is_some_and(|why| why.contains(port)),
+        "{why:?}"
+    );
+}
+
+/// A Sentinel that names the master at `port` whatever it is asked: a stale Sentinel,
+/// or one on the wrong side of a split, which a real one cannot be made to be. Its
+/// URL. Other commands (redis-rs's `CLIENT SETINFO`) get `+OK`.
+async fn lying_sentinel(port: u16) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(answer_lies(tcp, port));
+        }
+    });
+    url
+}
+
+async fn answer_lies(tcp: tokio::net::TcpStream, port: u16) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = tcp.into_split();
+    let mut read = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        // A command: `*<n>`, then n bulk strings `$<len>` and the bytes.
+        line.clear();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let count: usize = line.trim_start_matches('*').trim().parse().unwrap_or(0);
+        let mut words = Vec::new();
+        for _ in 0..count {
+            line.clear();
+            read.read_line(&mut line).await?;
+            let len: usize = line.trim_start_matches('$').trim().parse().unwrap_or(0);
+            let mut word = vec![0; len + 2];
+            read.read_exact(&mut word).await?;
+            words.push(String::from_utf8_lossy(&word[..len]).to_lowercase());
+        }
+        let reply = if words.first().is_some_and(|word| word == "sentinel") {
+            let port = port.to_string();
+            format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len())
+        } else {
+            "+OK\r\n".to_owned()
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// A Sentinel that names another master (a Redis that is a master, of nothing) is
+/// outvoted by the others, though asked first: both hubs on the true master. With
+/// one Sentinel against one, no master is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_naming_another_master_is_outvoted() {
+    let sentinels = Sentinels::start().await;
+    let other = RedisServer::start().await;
+    let liar = lying_sentinel(other.port()).await;
+    let mut urls = vec![liar.clone()];
+    urls.extend(sentinels.sentinel_urls());
+    let with_liar = || config(&sentinels).sentinel(SERVICE, urls.clone());
+    let (a, _) = serve(
+        RedisBroker::connect(with_liar()).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let (b, _) = serve(
+        RedisBroker::connect(with_liar()).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
+    let all = "switchboard:all";
+    let master = sentinels.master().await;
+    until_subscribers(&mut sentinels.connection(master).await.unwrap(), all, 2).await;
+    assert_eq!(other.subscribers(all).await, 0);
+
+    let split = config(&sentinels).sentinel(SERVICE, [liar, sentinels.sentinel_urls().remove(0)]);
+    let error = within("connect to fail", RedisBroker::connect(split))
+        .await
+        .expect_err("no majority");
+    let why = std::error::Error::source(&error).map(ToString::to_string);
+    assert!(
+        why.as_deref()
+            .is_some_and(|why| why.contains("do not agree")),
         "{why:?}"
     );
 }

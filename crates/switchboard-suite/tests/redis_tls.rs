@@ -4,7 +4,7 @@
 
 mod redis_hubs;
 
-use redis_hubs::{member, serve, until_subscribers};
+use redis_hubs::{member, serve};
 use std::{
     error::Error,
     sync::{Arc, Mutex},
@@ -12,7 +12,10 @@ use std::{
 };
 use switchboard::hub::HubConfig;
 use switchboard_redis::{ConnectError, RedisBroker, RedisConfig};
-use switchboard_suite::servers::redis_tls::{Ca, TlsRedis};
+use switchboard_suite::servers::{
+    redis::until_subscribers,
+    redis_tls::{Ca, TlsRedis},
+};
 use switchboard_suite::support::{until, within};
 
 fn config(redis: &TlsRedis) -> RedisConfig {
@@ -20,21 +23,6 @@ fn config(redis: &TlsRedis) -> RedisConfig {
         .url(redis.url())
         .root_certificates(redis.root_certificate())
         .max_backoff(Duration::from_millis(200))
-}
-
-/// A test's own connection to the TLS Redis, trusting its CA.
-async fn connection(redis: &TlsRedis) -> redis::aio::MultiplexedConnection {
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(redis.root_certificate().into_bytes()),
-    };
-    let client = redis::Client::build_with_tls(redis.url(), certificates).unwrap();
-    within(
-        "a TLS connection",
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .expect("the test trusts the server's CA")
 }
 
 /// Every cause of `error`, for a check of what it says.
@@ -63,7 +51,9 @@ async fn hubs_deliver_to_each_others_clients_over_tls() {
     .await;
     until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
     let (on_a, on_b) = (member(&a, "r").await, member(&b, "r").await);
-    let mut conn = connection(&redis).await;
+    let mut conn = within("a TLS connection", redis.connection())
+        .await
+        .expect("the test trusts the server's CA");
     until_subscribers(&mut conn, "switchboard:room:r", 2).await;
 
     a.hub.to("r").send_text("from a");

@@ -1,6 +1,6 @@
 //! What the TLS and Sentinel tests share, beside the suite's support: hubs on a
 //! `RedisBroker` of their own configuration, clients that join a room and keep what
-//! they receive, and a server's count of subscribers.
+//! they receive.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use switchboard::hub::{Connection, Handler, Hub, HubConfig};
 use switchboard_redis::{BrokerStats, RedisBroker};
-use switchboard_suite::support::{self, Node, within};
+use switchboard_suite::support::{self, Node};
 use tokio_tungstenite::tungstenite::Message as TMessage;
 
 /// Joins the route's `{room}` on open.
@@ -50,27 +50,4 @@ pub async fn member(node: &Node, room: &str) -> Arc<Mutex<Vec<String>>> {
 /// How many texts `texts` holds now.
 pub fn count(texts: &Mutex<Vec<String>>) -> usize {
     texts.lock().unwrap().len()
-}
-
-/// Waits until the server of `conn` counts `expected` subscribers on `channel`.
-pub async fn until_subscribers(
-    conn: &mut redis::aio::MultiplexedConnection,
-    channel: &str,
-    expected: usize,
-) {
-    within(&format!("{expected} subscribers on {channel}"), async {
-        loop {
-            let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(channel)
-                .query_async(conn)
-                .await
-                .expect("PUBSUB NUMSUB");
-            if counts.first().map_or(0, |(_, count)| *count) == expected {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }
