@@ -58,8 +58,7 @@
 //!
 //! The hub presents no certificate of its own: mutual TLS is not supported, and the
 //! server must run with `tls-auth-clients no` (or `optional`); a server that asks for
-//! one ends the handshake, and the hub logs the server's alert
-//! (`CertificateRequired`, say).
+//! one refuses the connection, and the hub logs the TLS alert it sent.
 //!
 //! TLS runs on rustls with its `ring` provider. If the process has no default rustls
 //! provider when a TLS broker is made, ring is installed as the default: redis-rs
