@@ -139,6 +139,7 @@
 //! [`BrokerStats::malformed`], so the hubs of one prefix must run the same version:
 //! upgrade them together, or bring the new ones up on a new prefix.
 
+mod cluster;
 mod codec;
 mod error;
 mod link;
@@ -327,8 +328,29 @@ impl RedisConfig {
         format!("{}:node:{node}", self.prefix)
     }
 
+    /// A room's channel: `prefix:room:NAME`, or on a Redis Cluster its stream's hash
+    /// tag `{prefix:room:NAME}`, so that the channel hashes to the slot of the room's
+    /// stream keys (`{prefix:room:NAME}:s`), whatever braces the name has: the publish
+    /// script publishes on it from the shard that holds them.
     fn channel_room(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
+        match self.deployment {
+            Deployment::Cluster { .. } => self.room_tag(room),
+            _ => format!("{}:room:{room}", self.prefix),
+        }
+    }
+
+    /// How envelopes are published: on a Redis Cluster, to the shard of their channel
+    /// only (sharded pub/sub), not to every node.
+    fn publish_verb(&self) -> &'static str {
+        match self.deployment {
+            Deployment::Cluster { .. } => "SPUBLISH",
+            _ => "PUBLISH",
+        }
+    }
+
+    /// `{prefix:room:NAME}`: the hash tag of a room's stream keys.
+    fn room_tag(&self, room: &str) -> String {
+        format!("{{{}:room:{room}}}", self.prefix)
     }
 
     /// The channel an envelope is published on.
@@ -423,7 +445,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct RedisBroker {
     config: RedisConfig,
-    client: redis::Client,
+    servers: cluster::Servers,
     /// Bounded by [`RedisConfig::max_pending_publishes`].
     publishes: mpsc::Sender<Publish>,
     /// Numbers each publish on its channel, for receivers to count gaps; locked
@@ -453,20 +475,15 @@ impl RedisBroker {
     /// Fails only for a URL the Redis client does not understand. Call from inside a
     /// tokio runtime: the link's tasks run on it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
-        if config.deployment != Deployment::Single {
-            let unsupported = format!("{:?} is not supported yet", config.deployment);
-            return Err(ConnectError::Unsupported(unsupported));
-        }
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
+        let servers = servers(&config)?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         let stats = BrokerStats::default();
-        let reads = stream::Reads::new(client.clone(), config.clone(), stats.clone());
+        let reads = stream::Reads::new(servers.clone(), config.clone(), stats.clone());
         Ok(Self {
             reads: Arc::new(reads),
             config,
-            client,
+            servers,
             publishes,
             sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
             rooms: Arc::default(),
@@ -483,7 +500,7 @@ impl RedisBroker {
     /// broker reconnects as [`RedisBroker::new`]'s does.
     pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
         let broker = Self::new(config)?;
-        let link = link::Link::open(&broker.client)
+        let link = link::Link::open(&broker.servers)
             .await
             .map_err(|error| ConnectError::Connect(Box::new(error)))?;
         if let Some((first, _)) = lock(&broker.pending).as_mut() {
@@ -558,7 +575,7 @@ impl Broker for RedisBroker {
         };
         let inbox_node = inbox.node();
         let task = link::Task {
-            client: self.client.clone(),
+            servers: self.servers.clone(),
             config: self.config.clone(),
             inbox,
             changes: self.rooms.clone(),
@@ -646,6 +663,36 @@ impl Broker for RedisBroker {
         metrics.reconnects = stats.reconnects();
         metrics.connected = self.is_ready();
         Some(metrics)
+    }
+}
+
+/// Where the connections of `config`'s deployment go; an error for a URL the client
+/// does not understand, a cluster without nodes, and what is not supported.
+fn servers(config: &RedisConfig) -> Result<cluster::Servers, ConnectError> {
+    let invalid = |error| ConnectError::InvalidUrl(Box::new(error));
+    match &config.deployment {
+        Deployment::Single => redis::Client::open(config.url.as_str())
+            .map(cluster::Servers::Single)
+            .map_err(invalid),
+        Deployment::Cluster { nodes } => {
+            if nodes.is_empty() {
+                return Err(ConnectError::Unsupported("a cluster of no nodes".to_owned()));
+            }
+            // A prefix with braces would give the rooms' channels and stream keys
+            // other hash tags, and so perhaps other shards than the script's.
+            if config.prefix.contains(['{', '}']) {
+                let why = "a prefix with `{` or `}` on a Redis Cluster".to_owned();
+                return Err(ConnectError::Unsupported(why));
+            }
+            let seeds = cluster::seeds(nodes).map_err(invalid)?;
+            Ok(cluster::Servers::Cluster {
+                seeds: seeds.into(),
+                map: Arc::default(),
+            })
+        }
+        deployment => Err(ConnectError::Unsupported(format!(
+            "{deployment:?} is not supported yet"
+        ))),
     }
 }
 

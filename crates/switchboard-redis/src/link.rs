@@ -8,11 +8,16 @@
 //! latter is full the reader stops reading, and Redis holds (and past its
 //! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
 
-use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, pubsub, stream};
+use crate::{
+    BrokerStats, Publish, RedisConfig, RoomChanges,
+    cluster::{Servers, SlotMap},
+    codec, pubsub, stream,
+};
 use bytes::Bytes;
+use futures_util::future::{join_all, select_all, try_join_all};
 use redis::{Client, RedisError, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -51,11 +56,19 @@ const RECEIVER_IDLE: Duration = Duration::from_secs(600);
 /// as publishers resume, within moments of each other, and make one line.
 const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
 
-/// A connection for publishing and one for subscriptions (Redis allows nothing but
-/// subscription commands on a subscribed connection).
+/// The connections to Redis: to the one Redis, or to every master of a cluster, with
+/// the map of the cluster's slots they were opened from.
 pub(crate) struct Link {
+    /// `None` on a single Redis: every channel is on `nodes[0]`.
+    map: Option<Arc<SlotMap>>,
+    nodes: Vec<NodeLink>,
+}
+
+/// A connection for publishing and one for subscriptions (Redis allows nothing but
+/// subscription commands on a subscribed connection), to one Redis.
+struct NodeLink {
     publisher: MultiplexedConnection,
-    /// The publish script's SHA1, loaded on this link's Redis.
+    /// The publish script's SHA1, loaded on this Redis.
     publish_sha: String,
     commands: pubsub::Commands,
     replies: pubsub::Replies,
@@ -68,7 +81,21 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) async fn open(client: &Client) -> RedisResult<Self> {
+    /// Opens the connections, to every master of the cluster's current map (fetched
+    /// again from any node that answers) on a Redis Cluster.
+    pub(crate) async fn open(servers: &Servers) -> RedisResult<Self> {
+        let map = servers.fetch_map().await?;
+        let masters = map.as_ref().map_or(1, |map| map.masters().len());
+        let clients: Vec<Client> = (0..masters)
+            .map(|index| servers.client(map.as_deref(), index))
+            .collect::<RedisResult<_>>()?;
+        let nodes = try_join_all(clients.iter().map(NodeLink::open)).await?;
+        Ok(Self { map, nodes })
+    }
+}
+
+impl NodeLink {
+    async fn open(client: &Client) -> RedisResult<Self> {
         let mut publisher = client.get_multiplexed_async_connection().await?;
         // Loaded on every new link: the Redis there may be another one, or restarted.
         let publish_sha = stream::load(&mut publisher, stream::PUBLISH_SCRIPT).await?;
@@ -84,7 +111,7 @@ impl Link {
 
 /// What the link task works with, for its whole life.
 pub(crate) struct Task {
-    pub(crate) client: Client,
+    pub(crate) servers: Servers,
     pub(crate) config: RedisConfig,
     pub(crate) inbox: Inbox,
     pub(crate) changes: Arc<RoomChanges>,
@@ -145,10 +172,11 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
             deliveries: deliveries.clone(),
             detector: detector.clone(),
             acks: Arc::default(),
+            acked: Arc::default(),
             stats: task.stats.clone(),
             missed_window: Arc::default(),
         };
-        let ended = serve(&task, link, reader, &mut rooms, &mut publishes).await;
+        let ended = serve(&task, link, &reader, &mut rooms, &mut publishes).await;
         // Until the new link has subscribed to everything again, this hub would miss
         // what other hubs publish for its connections.
         task.ready.store(false, Relaxed);
@@ -164,23 +192,35 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
 }
 
 /// One connected stretch: subscribes to everything the hub has, then serves.
+/// `reader` is the template of each connection's reader.
 async fn serve(
     task: &Task,
     link: Link,
-    reader: Reader,
+    reader: &Reader,
     rooms: &mut HashSet<String>,
     publishes: &mut Receiver<Publish>,
 ) -> Ended {
-    let (acks, detector) = (reader.acks.clone(), reader.detector.clone());
+    let mut readers = Vec::with_capacity(link.nodes.len());
+    let nodes = link.nodes.into_iter().map(|node| {
+        let reader = reader.for_connection();
+        let acks = reader.acks.clone();
+        readers.push(Aborting(tokio::spawn(reader.run(node.replies))));
+        Node {
+            publisher: node.publisher,
+            publish_sha: node.publish_sha,
+            commands: node.commands,
+            acks,
+            sent: 0,
+            needed: 0,
+        }
+    });
     let mut session = Session {
         task,
-        publisher: link.publisher,
-        publish_sha: link.publish_sha,
-        commands: link.commands,
-        reader: Aborting(tokio::spawn(reader.run(link.replies))),
-        acks,
-        detector,
-        sent: 0,
+        map: link.map,
+        nodes: nodes.collect(),
+        readers,
+        acked: reader.acked.clone(),
+        detector: reader.detector.clone(),
         ready_at: None,
         rooms,
     };
@@ -193,19 +233,33 @@ async fn serve(
 /// The state one connected stretch works on.
 struct Session<'a> {
     task: &'a Task,
+    /// `None` on a single Redis (see [`Link`]).
+    map: Option<Arc<SlotMap>>,
+    /// One per master, indexed as the map's masters.
+    nodes: Vec<Node>,
+    /// The nodes' readers, in the same order.
+    readers: Vec<Aborting<Result<(), String>>>,
+    /// Notified by every reader when a confirmation arrives.
+    acked: Arc<Notify>,
+    detector: Arc<Mutex<GapDetector>>,
+    /// When the subscriptions that make the hub ready were asked for, until they are
+    /// all confirmed (each node's `needed`).
+    ready_at: Option<Instant>,
+    /// The rooms this hub has members in: subscribed now, and again after a reconnect.
+    rooms: &'a mut HashSet<String>,
+}
+
+/// A connected stretch's connections to one Redis.
+struct Node {
     publisher: MultiplexedConnection,
     publish_sha: String,
     commands: pubsub::Commands,
-    reader: Aborting<Result<(), String>>,
     acks: Arc<Acks>,
-    detector: Arc<Mutex<GapDetector>>,
     /// Channels named in the (un)subscriptions sent on this connection: Redis confirms
     /// each once, in order.
     sent: u64,
-    /// The confirmations that make the hub ready, and when they were asked for.
-    ready_at: Option<(u64, Instant)>,
-    /// The rooms this hub has members in: subscribed now, and again after a reconnect.
-    rooms: &'a mut HashSet<String>,
+    /// The confirmations that make the hub ready.
+    needed: u64,
 }
 
 impl Session<'_> {
@@ -225,9 +279,14 @@ impl Session<'_> {
         let subscribed: HashSet<&str> = channels.iter().map(String::as_str).collect();
         lock(&self.detector).retain_channels(|channel| subscribed.contains(channel));
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
-        self.commands.set_name(&name).await?;
-        self.send("SUBSCRIBE", &channels).await?;
-        self.ready_at = Some((self.sent, Instant::now()));
+        for node in &mut self.nodes {
+            node.commands.set_name(&name).await?;
+        }
+        self.send(true, channels).await?;
+        for node in &mut self.nodes {
+            node.needed = node.sent;
+        }
+        self.ready_at = Some(Instant::now());
         Ok(())
     }
 
@@ -247,8 +306,8 @@ impl Session<'_> {
                         return Ended::Failed(error.to_string());
                     }
                 }
-                () = self.acks.changed.notified(), if self.ready_at.is_some() => self.check_ready(),
-                ended = &mut self.reader.0 => {
+                () = self.acked.notified(), if self.ready_at.is_some() => self.check_ready(),
+                (ended, _, _) = select_all(self.readers.iter_mut().map(|reader| &mut reader.0)) => {
                     return match ended {
                         // The hub is gone: its delivery task ended.
                         Ok(Ok(())) => Ended::Done,
@@ -261,10 +320,11 @@ impl Session<'_> {
     }
 
     fn check_ready(&mut self) {
-        let Some((needed, asked)) = self.ready_at else {
+        let Some(asked) = self.ready_at else {
             return;
         };
-        if self.acks.count.load(Relaxed) >= needed {
+        let confirmed = |node: &Node| node.acks.count.load(Relaxed) >= node.needed;
+        if self.nodes.iter().all(confirmed) {
             // Redis confirmed every subscription the hub has: envelopes for any of
             // its connections reach it again.
             self.task.ready.store(true, Relaxed);
@@ -274,10 +334,36 @@ impl Session<'_> {
         }
     }
 
-    async fn send(&mut self, verb: &str, channels: &[String]) -> std::io::Result<()> {
-        self.commands.send(verb, channels).await?;
-        self.sent += channels.len() as u64;
+    /// (Un)subscribes `channels`, each on the connection of its node (sharded pub/sub
+    /// on a Redis Cluster). Unsubscriptions are noted first, so that a reader tells
+    /// them from those a Redis Cluster sends when a slot moves away.
+    async fn send(&mut self, subscribe: bool, channels: Vec<String>) -> std::io::Result<()> {
+        let verb = match (subscribe, self.map.is_some()) {
+            (true, false) => "SUBSCRIBE",
+            (false, false) => "UNSUBSCRIBE",
+            (true, true) => "SSUBSCRIBE",
+            (false, true) => "SUNSUBSCRIBE",
+        };
+        let mut per_node: Vec<Vec<String>> = vec![Vec::new(); self.nodes.len()];
+        for channel in channels {
+            per_node[self.node_of(&channel)].push(channel);
+        }
+        for (node, channels) in self.nodes.iter_mut().zip(per_node) {
+            if channels.is_empty() {
+                continue;
+            }
+            if !subscribe {
+                node.acks.leaving(&channels);
+            }
+            node.commands.send(verb, &channels).await?;
+            node.sent += channels.len() as u64;
+        }
         Ok(())
+    }
+
+    /// The index of the node that serves `channel`.
+    fn node_of(&self, channel: &str) -> usize {
+        self.map.as_ref().map_or(0, |map| map.master_of(channel))
     }
 
     /// Subscribes to the rooms the hub came to have and unsubscribes from those it
@@ -291,13 +377,14 @@ impl Session<'_> {
                 if wanted { &mut join } else { &mut leave }.push(channel);
             }
         }
-        self.send("UNSUBSCRIBE", &leave).await?;
-        self.send("SUBSCRIBE", &join).await
+        self.send(false, leave).await?;
+        self.send(true, join).await
     }
 
-    /// Publishes this envelope and those queued behind it in one pipeline (one round
-    /// trip for a burst), stream messages through the publish script, in the order the
-    /// hub queued them; on failure of the link, with how many were lost.
+    /// Publishes this envelope and those queued behind it in one pipeline per node
+    /// (one round trip for a burst, the nodes' at once), stream messages through the
+    /// publish script, in the order the hub queued them (on a node, and so on each
+    /// channel); on failure of a link, with how many were lost.
     async fn publish_batch(
         &mut self,
         first: Publish,
@@ -311,43 +398,63 @@ impl Session<'_> {
                 Err(_) => break,
             }
         }
-        let count = batch.len() as u64;
-        stats.0.pending.fetch_sub(count, Relaxed);
-        let mut pipe = redis::pipe();
-        // Each command's reply, errors included: a stream's publish may meet NOSCRIPT
-        // while the others go through.
-        pipe.ignore_errors();
-        // A stream publish that meets NOSCRIPT is run again after the batch: behind
-        // envelopes queued after it, were the script not loaded first. One `SCRIPT
-        // LOAD` (a no-op when Redis has it) keeps the order; only a `SCRIPT FLUSH` that
-        // lands within the pipeline can still put a stream publish after them.
-        let load = loads_first(&batch);
-        if load {
-            pipe.cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(stream::PUBLISH_SCRIPT)
-                .ignore();
+        stats.0.pending.fetch_sub(batch.len() as u64, Relaxed);
+        let mut per_node: Vec<Vec<Publish>> = (0..self.nodes.len()).map(|_| Vec::new()).collect();
+        for publish in batch {
+            per_node[self.node_of(publish.channel())].push(publish);
         }
-        for publish in &batch {
-            match publish {
-                Publish::Envelope { channel, payload } => {
-                    pipe.publish(channel, payload.as_ref());
+        let verb = self.task.config.publish_verb();
+        let sent = per_node
+            .into_iter()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(index, batch)| {
+                let node = &self.nodes[index];
+                let pipe = pipeline(&batch, &node.publish_sha, verb);
+                let mut publisher = node.publisher.clone();
+                async move {
+                    let replies = pipe
+                        .query_async::<Vec<RedisResult<Value>>>(&mut publisher)
+                        .await;
+                    (index, batch, replies)
                 }
-                Publish::Stream(publish) => {
-                    pipe.add_command(publish.invocation(&self.publish_sha));
-                }
+            });
+        let mut failed: Option<(RedisError, u64)> = None;
+        for (index, batch, replies) in join_all(sent).await {
+            let ended = match replies {
+                Ok(replies) => self.answer_batch(index, batch, replies).await,
+                // Reported with the outage it starts.
+                Err(error) => Err(self.unanswered(error, batch)),
+            };
+            if let Err((error, lost)) = ended {
+                let lost = lost + failed.as_ref().map_or(0, |(_, before)| *before);
+                failed = Some((error, lost));
             }
         }
-        let replies = match pipe
-            .query_async::<Vec<RedisResult<Value>>>(&mut self.publisher)
-            .await
-        {
-            Ok(replies) => replies,
-            // Reported with the outage it starts.
-            Err(error) => return Err(self.unanswered(error, batch)),
-        };
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Counts and answers the publishes of node `index` by their replies; runs the
+    /// stream publishes that met `NOSCRIPT` again. Those a Redis Cluster redirects
+    /// (`MOVED`, `ASK`: their slot moved, or is moving) are published where it says, in
+    /// their order; after a `MOVED`, the link ends once they are: the next one is
+    /// opened on the cluster's new map.
+    async fn answer_batch(
+        &mut self,
+        index: usize,
+        batch: Vec<Publish>,
+        replies: Vec<RedisResult<Value>>,
+    ) -> Result<(), (RedisError, u64)> {
         let mut retry = Vec::new();
+        let mut redirected = Vec::new();
         for (publish, reply) in batch.into_iter().zip(replies) {
+            let reply = match reply {
+                Err(error) if error.redirect_node().is_some() => {
+                    redirected.push((publish, error));
+                    continue;
+                }
+                reply => reply,
+            };
             match publish {
                 Publish::Envelope { channel, .. } => self.published(&channel, reply),
                 Publish::Stream(publish) => match reply {
@@ -356,10 +463,60 @@ impl Session<'_> {
                 },
             }
         }
-        if retry.is_empty() {
-            return Ok(());
+        if !retry.is_empty() {
+            self.retry(index, retry).await?;
         }
-        self.retry(retry).await
+        let moved = redirected
+            .iter()
+            .find(|(_, error)| error.code() == Some("MOVED"))
+            .map(|(_, error)| error.clone());
+        for (publish, error) in redirected {
+            self.follow(publish, &error).await;
+        }
+        moved.map_or(Ok(()), |error| Err((error, 0)))
+    }
+
+    /// Publishes `publish` on the node a Redis Cluster redirected it to (`ASKING`
+    /// first for an `ASK`: the slot is being moved there), on a connection of its own;
+    /// counted as lost if that fails too.
+    async fn follow(&mut self, publish: Publish, redirect: &RedisError) {
+        // `<slot> <host>:<port>`, the host an IPv6 address perhaps (colons, no brackets).
+        let node = redirect.redirect_node().and_then(|(addr, _slot)| {
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host, port.parse().ok()?))
+        });
+        let client = match node {
+            Some((host, port)) => self.task.servers.client_at(host, port),
+            None => Err(redirect.clone()),
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(stream::PUBLISH_SCRIPT)
+            .ignore();
+        if redirect.code() == Some("ASK") {
+            pipe.cmd("ASKING").ignore();
+        }
+        // The script's SHA1 is the same on every node: it is its content's.
+        let sha = &self.nodes[0].publish_sha;
+        pipe.add_command(command(&publish, sha, self.task.config.publish_verb()));
+        let reply = async {
+            let mut conn = client?.get_multiplexed_async_connection().await?;
+            pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await
+        };
+        let reply = match tokio::time::timeout(CONNECT_TIMEOUT, reply).await {
+            Ok(Ok(mut replies)) => replies.pop().unwrap_or_else(|| Err(redirect.clone())),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the node a publish was redirected to did not answer in time",
+            ))),
+        };
+        match publish {
+            Publish::Envelope { channel, .. } => self.published(&channel, reply),
+            Publish::Stream(publish) => self.answer(*publish, reply),
+        }
     }
 
     /// Counts a `PUBLISH` Redis answered.
@@ -411,12 +568,18 @@ impl Session<'_> {
         (error, count)
     }
 
-    /// Loads the publish script again (Redis lost it: restarted, `SCRIPT FLUSH`, a
-    /// failover) and runs the publishes that met `NOSCRIPT`, in their order.
-    async fn retry(&mut self, retry: Vec<stream::StreamPublish>) -> Result<(), (RedisError, u64)> {
+    /// Loads the publish script again on node `index` (its Redis lost it: restarted,
+    /// `SCRIPT FLUSH`, a failover) and runs the publishes that met `NOSCRIPT`, in their
+    /// order.
+    async fn retry(
+        &mut self,
+        index: usize,
+        retry: Vec<stream::StreamPublish>,
+    ) -> Result<(), (RedisError, u64)> {
         let count = retry.len() as u64;
-        match stream::load(&mut self.publisher, stream::PUBLISH_SCRIPT).await {
-            Ok(sha) => self.publish_sha = sha,
+        let node = &mut self.nodes[index];
+        match stream::load(&mut node.publisher, stream::PUBLISH_SCRIPT).await {
+            Ok(sha) => node.publish_sha = sha,
             Err(error) => {
                 // Not sent: not published.
                 let stats = &self.task.stats;
@@ -429,13 +592,14 @@ impl Session<'_> {
                 return Err((error, count));
             }
         }
+        let node = &mut self.nodes[index];
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for publish in &retry {
-            pipe.add_command(publish.invocation(&self.publish_sha));
+            pipe.add_command(publish.invocation(&node.publish_sha));
         }
         match pipe
-            .query_async::<Vec<RedisResult<Value>>>(&mut self.publisher)
+            .query_async::<Vec<RedisResult<Value>>>(&mut node.publisher)
             .await
         {
             Ok(replies) => {
@@ -449,6 +613,40 @@ impl Session<'_> {
                 Err(self.unanswered(error, retry.collect()))
             }
         }
+    }
+}
+
+/// One node's publishes in one pipeline, in their order, each with its reply (errors
+/// included: a stream's publish may meet `NOSCRIPT` while the others go through).
+fn pipeline(batch: &[Publish], publish_sha: &str, verb: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    // A stream publish that meets NOSCRIPT is run again after the batch: behind
+    // envelopes queued after it, were the script not loaded first. One `SCRIPT LOAD` (a
+    // no-op when Redis has it) keeps the order; only a `SCRIPT FLUSH` that lands within
+    // the pipeline can still put a stream publish after them.
+    if loads_first(batch) {
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(stream::PUBLISH_SCRIPT)
+            .ignore();
+    }
+    for publish in batch {
+        pipe.add_command(command(publish, publish_sha, verb));
+    }
+    pipe
+}
+
+/// The command of one publish: `verb` (`PUBLISH`, `SPUBLISH`) for an envelope, the
+/// publish script for a stream's message.
+fn command(publish: &Publish, publish_sha: &str, verb: &str) -> redis::Cmd {
+    match publish {
+        Publish::Envelope { channel, payload } => {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(channel).arg(payload.as_ref());
+            cmd
+        }
+        Publish::Stream(publish) => publish.invocation(publish_sha),
     }
 }
 
@@ -470,7 +668,31 @@ fn loads_first(batch: &[Publish]) -> bool {
 #[derive(Debug, Default)]
 struct Acks {
     count: AtomicU64,
-    changed: Notify,
+    /// The unsubscriptions sent and not confirmed yet, per channel: an unsubscription
+    /// not among them is one Redis sent by itself.
+    leaving: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Acks {
+    fn leaving(&self, channels: &[String]) {
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        for channel in channels {
+            *leaving.entry(channel.clone()).or_default() += 1;
+        }
+    }
+
+    /// Whether the unsubscription of `channel` was asked for (and is now confirmed).
+    fn left(&self, channel: &str) -> bool {
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(count) = leaving.get_mut(channel) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            leaving.remove(channel);
+        }
+        true
+    }
 }
 
 /// Reads one connection's replies: counts the gaps in what arrives and queues it for
@@ -481,13 +703,30 @@ struct Reader {
     /// Shared by the readers of successive connections: a gap spans the outage
     /// between them.
     detector: Arc<Mutex<GapDetector>>,
+    /// This connection's confirmations.
     acks: Arc<Acks>,
+    /// Notified at each confirmation, shared by the readers of a link.
+    acked: Arc<Notify>,
     stats: BrokerStats,
     /// Envelopes missed since the current log window opened (0: none open).
     missed_window: Arc<AtomicU64>,
 }
 
 impl Reader {
+    /// A reader like this one for one more connection of the link: its own
+    /// confirmations, everything else shared.
+    fn for_connection(&self) -> Self {
+        Self {
+            own: self.own,
+            deliveries: self.deliveries.clone(),
+            detector: self.detector.clone(),
+            acks: Arc::default(),
+            acked: self.acked.clone(),
+            stats: self.stats.clone(),
+            missed_window: self.missed_window.clone(),
+        }
+    }
+
     /// Reads until the connection fails (`Err`, with why) or the hub is gone (`Ok`).
     async fn run(self, mut replies: pubsub::Replies) -> Result<(), String> {
         loop {
@@ -515,10 +754,15 @@ impl Reader {
                     subscribed,
                 } => {
                     if !subscribed {
+                        if !self.acks.left(&channel) {
+                            // A Redis Cluster moved the channel's slot to another
+                            // shard: the link reopens on the new map.
+                            return Err(format!("Redis unsubscribed {channel} by itself (its slot moved)"));
+                        }
                         self.detector().forget(&channel);
                     }
                     self.acks.count.fetch_add(1, Relaxed);
-                    self.acks.changed.notify_one();
+                    self.acked.notify_one();
                 }
                 pubsub::Reply::Other => {}
             }
@@ -618,7 +862,7 @@ async fn reconnect(
     let mut warned = after_failure;
     loop {
         lose_publishes_for(wait, publishes, &task.stats).await?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.client)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.servers)).await {
             Ok(Ok(link)) => return Some(link),
             Ok(Err(error)) if !warned => {
                 tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");

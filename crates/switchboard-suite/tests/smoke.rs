@@ -7,4 +7,4 @@ async fn brokers_start<E: Engine>() {
     let _brokers = [engine.broker(), engine.broker()];
 }
 
-switchboard_suite::every_engine!(memory, redis, nats; brokers_start);
+switchboard_suite::every_engine!(memory, redis, redis_cluster, nats; brokers_start);

@@ -4,6 +4,7 @@
 pub mod memory;
 pub mod nats;
 pub mod redis;
+pub mod redis_cluster;
 
 use switchboard_broker::Broker;
 
@@ -13,6 +14,7 @@ pub fn broker_from_args(args: &[String]) -> Box<dyn Broker> {
     match args {
         [engine, url] if engine == redis::ARG => redis::broker(url),
         [engine, url] if engine == nats::ARG => nats::child_broker(url),
+        [engine, nodes @ ..] if engine == "redis_cluster" => redis_cluster::broker(nodes),
         _ => panic!("no engine for child arguments {args:?}"),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod nats;
 pub mod redis;
+pub mod redis_cluster;
 
 /// A port free now on 127.0.0.1, for a server about to start.
 pub fn free_port() -> u16 {
