@@ -53,7 +53,7 @@ impl RedisCluster {
     /// meanwhile (the node does not answer within seconds).
     async fn start_node(&mut self) {
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_cluster_port();
             let mut node = Node {
                 port,
                 process: Some(self.spawn(port)),
@@ -97,26 +97,35 @@ impl RedisCluster {
         assert!(status.is_ok_and(|status| status.success()), "redis-cli --cluster create");
     }
 
-    /// Returns once every live node says `cluster_state:ok` and a master serves
-    /// every slot: after a start, a failover or a slot's move.
+    /// Returns once every live node says `cluster_state:ok`, a live master serves
+    /// every slot and every replica is in sync with its master (a replica that never
+    /// synced cannot take over): after a start, a failover or a slot's move.
     pub async fn until_ok(&self) {
         within("cluster_state:ok on every node", async {
-            loop {
-                let mut ok = true;
-                for port in self.live_ports() {
-                    let info: String = query(port, redis::cmd("CLUSTER").arg("INFO"))
-                        .await
-                        .unwrap_or_default();
-                    ok &= info.contains("cluster_state:ok")
-                        && info.contains("cluster_slots_ok:16384");
-                }
-                if ok && self.masters().await.len() * 2 >= self.live_ports().len() {
-                    return;
-                }
+            while !self.is_ok().await {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
         .await;
+    }
+
+    async fn is_ok(&self) -> bool {
+        let live = self.live_ports();
+        for &port in &live {
+            let cluster: String = query(port, redis::cmd("CLUSTER").arg("INFO"))
+                .await
+                .unwrap_or_default();
+            let replication: String = query(port, redis::cmd("INFO").arg("replication"))
+                .await
+                .unwrap_or_default();
+            let replica_down = replication.contains("role:slave")
+                && !replication.contains("master_link_status:up");
+            if !cluster.contains("cluster_state:ok") || replica_down {
+                return false;
+            }
+        }
+        let masters = self.masters().await;
+        masters.iter().all(|master| live.contains(master))
     }
 
     /// The URLs of every node, `redis://127.0.0.1:<port>/`: what a broker is given.
@@ -262,6 +271,19 @@ impl Drop for RedisCluster {
     fn drop(&mut self) {
         self.nodes.iter_mut().for_each(Node::kill);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free port whose cluster bus port (10,000 above) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        let bus = port.checked_add(10_000).filter(|&bus| {
+            std::net::TcpListener::bind(("0.0.0.0", bus)).is_ok()
+        });
+        if bus.is_some() {
+            return port;
+        }
     }
 }
 
