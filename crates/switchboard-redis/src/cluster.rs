@@ -260,6 +260,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rooms_channel_hashes_where_its_stream_keys_do() {
+        let config = crate::RedisConfig::default().cluster(["redis://127.0.0.1:7000/"]);
+        for room in ["lobby", "{x}", "a}b", "}", "{", "{}", "a{b}c", "", "}{"] {
+            let channel = config.channel_room(room);
+            for key in config.stream_keys(room) {
+                assert_eq!(slot(&key), slot(&channel), "{room:?}: {key} and {channel}");
+            }
+        }
+        // Rooms are spread over the slots, not all on the prefix's.
+        assert_ne!(slot(&config.channel_room("a")), slot(&config.channel_room("b")));
+    }
+
+    #[test]
     fn a_map_is_read_from_cluster_slots() {
         let node = |host: &str, port| {
             Value::Array(vec![
@@ -279,7 +292,7 @@ mod tests {
         let map = SlotMap::parse(reply, "seed").unwrap();
         assert_eq!(map.masters(), [("a".to_owned(), 7000), ("seed".to_owned(), 7001)]);
         assert_eq!(map.master_of("bar"), 0);
-        assert_eq!(map.master_of("{x}") == map.master_of("x"), true);
+        assert_eq!(map.master_of("{x}"), map.master_of("x"));
         let holes = Value::Array(vec![range(0, 5460, node("a", 7000))]);
         assert!(SlotMap::parse(holes, "seed").is_err());
         for bad in [

@@ -29,7 +29,8 @@
 //! `switchboard:node:<its node id>` (16 hex digits, as `NodeId` displays), and to
 //! `switchboard:room:<name>` for each room that has a member on it, from the first
 //! member's join to the last member's leave.
-//! Publishing to a room costs one `PUBLISH`, whatever the number of hubs.
+//! Publishing to a room costs one `PUBLISH`, whatever the number of hubs. On a Redis
+//! Cluster, channels are sharded (see Redis Cluster below).
 //!
 //! # Delivery
 //!
@@ -129,6 +130,36 @@
 //! then: the hub serves its own members meanwhile) and from the moment the link fails
 //! until the new link has subscribed again: while it is down, a hub would accept
 //! clients and deliver them nothing that other hubs publish.
+//!
+//! # Redis Cluster
+//!
+//! [`RedisConfig::cluster`] (some of the cluster's node URLs; the others are found
+//! from them) spreads the rooms over the cluster's shards with sharded pub/sub
+//! (`SSUBSCRIBE`/`SPUBLISH`, Redis 7.0 or newer): each channel lives on the master
+//! that serves its slot, so the pub/sub traffic grows with the number of masters
+//! rather than be copied to every node as `PUBLISH` is in a cluster.
+//!
+//! - A room's channel is `{switchboard:room:<name>}`: the hash tag of its stream's
+//!   keys (`{switchboard:room:<name>}:s`, `:m`), so that the channel and the keys
+//!   hash to the same slot whatever braces the name has, and the publish script
+//!   publishes on the shard it runs on. `switchboard:all` and the node channels live
+//!   on their own slots' shards. A prefix with `{` or `}` is refused on a cluster.
+//! - A hub keeps a subscriber connection and a publisher connection per master, from
+//!   the map of the slots that any node answering `CLUSTER SLOTS` gives. Publishes
+//!   are sent in one pipeline per master at once, in the hub's order on each master
+//!   (so on each channel); subscriptions go, grouped per slot, to the channel's
+//!   master. Stream reads go to the stream's master, on a connection per master.
+//! - A master that fails (its replica takes over), a slot that moves (Redis
+//!   unsubscribes its channels with a `sunsubscribe` of its own, or answers a
+//!   publish with `MOVED`) end the link: the hub fetches the map again and reconnects
+//!   to every master, subscribing again to everything, and is not ready until every
+//!   master confirmed. A publish answered with `MOVED` or `ASK` is published again
+//!   where Redis says. What is lost meanwhile is counted as on a single Redis
+//!   ([`BrokerStats::lost`], [`BrokerStats::missed`]), and stream rooms are filled
+//!   from their streams.
+//! - A failover loses what the master acknowledged and had not replicated yet (Redis
+//!   replicates asynchronously): a stream may lose its newest messages there, and its
+//!   next offsets then reuse theirs.
 //!
 //! # Versions
 //!
