@@ -457,7 +457,7 @@ async fn an_engine_restarted_without_its_data_makes_a_returning_client_not_recov
     assert_eq!(messages(&mut back, 1).await, [(after, "after".to_owned())]);
 }
 
-switchboard_suite::every_engine!(memory, redis, nats;
+switchboard_suite::every_engine!(memory, redis, redis_cluster, nats;
     a_client_back_on_another_hub_gets_the_500_it_missed_in_order_then_live_ones,
     joiners_racing_publishers_on_two_hubs_get_one_order_without_gap_or_duplicate,
 );
@@ -466,7 +466,7 @@ switchboard_suite::every_engine!(memory, redis, nats;
 mod failing {
     use super::*;
 
-    switchboard_suite::every_engine!(redis, nats;
+    switchboard_suite::every_engine!(redis, redis_cluster, nats;
         members_that_stay_connected_through_a_blip_get_every_message_once_in_order,
         the_clients_of_a_killed_hub_come_back_elsewhere_without_gap_or_duplicate,
         an_engine_restarted_without_its_data_makes_a_returning_client_not_recovered,

@@ -14,7 +14,7 @@ pub fn broker_from_args(args: &[String]) -> Box<dyn Broker> {
     match args {
         [engine, url] if engine == redis::ARG => redis::broker(url),
         [engine, url] if engine == nats::ARG => nats::child_broker(url),
-        [engine, nodes @ ..] if engine == "redis_cluster" => redis_cluster::broker(nodes),
+        [engine, nodes @ ..] if engine == redis_cluster::ARG => redis_cluster::broker(nodes),
         _ => panic!("no engine for child arguments {args:?}"),
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::servers::redis_cluster::RedisCluster;
 use std::time::Duration;
-use switchboard_broker::Broker;
+use switchboard_broker::{Broker, NodeId};
 use switchboard_redis::{RedisBroker, RedisConfig};
 
 /// A cluster per test.
@@ -25,9 +25,17 @@ pub fn config(nodes: &[String]) -> RedisConfig {
         .max_backoff(Duration::from_millis(200))
 }
 
-/// The broker of a child process's hub, from `redis_cluster URL…`.
+/// The name [`broker_from_args`](super::broker_from_args) knows a cluster child by.
+pub(crate) const ARG: &str = "redis_cluster";
+
+/// A broker on `config`.
+fn connect(config: RedisConfig) -> Box<dyn Broker> {
+    Box::new(RedisBroker::new(config).expect("valid cluster URLs"))
+}
+
+/// The broker of a hub on the cluster of these nodes.
 pub(crate) fn broker(nodes: &[String]) -> Box<dyn Broker> {
-    Box::new(RedisBroker::new(config(nodes)).expect("valid cluster URLs"))
+    connect(config(nodes))
 }
 
 impl crate::Engine for Engine {
@@ -43,12 +51,25 @@ impl crate::Engine for Engine {
         broker(&self.0.urls())
     }
 
-    fn child_args(&self) -> Option<Vec<String>> {
-        Some([vec![Self::NAME.to_owned()], self.0.urls()].concat())
+    fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
+        connect(config(&self.0.urls()).max_pending_publishes(max_pending_publishes))
     }
 
-    async fn blip(&self) {
-        self.0.kill_clients().await;
+    fn child_args(&self) -> Option<Vec<String>> {
+        Some([vec![ARG.to_owned()], self.0.urls()].concat())
+    }
+
+    async fn subscribed(&self, room: &str, hubs: usize) {
+        // The broker's default prefix; a room's channel is its stream's hash tag.
+        let channel = format!("{{switchboard:room:{room}}}");
+        self.0.until_subscribers(&channel, hubs).await;
+    }
+
+    /// Kills the hub's subscriber connections (`CLIENT KILL ID` on every master): one
+    /// is enough to fail its whole link, which reconnects and subscribes again.
+    async fn blip(&self, node: NodeId) {
+        let killed = self.0.kill_clients_named(&format!("switchboard-sub-{node}")).await;
+        assert!(killed > 0, "no subscriber of {node} to kill");
     }
 
     async fn stop(&mut self) {

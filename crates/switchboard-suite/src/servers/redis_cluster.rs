@@ -197,15 +197,41 @@ impl RedisCluster {
         self.until_ok().await;
     }
 
-    /// Cuts the connections of every client of every node (`CLIENT KILL TYPE pubsub`
-    /// and `TYPE normal`): a blip of every hub's link at once.
-    pub async fn kill_clients(&self) {
-        for port in self.live_ports() {
-            for kind in ["pubsub", "normal"] {
-                let kill = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).clone();
-                let _: redis::RedisResult<Value> = query(port, &kill).await;
+    /// Cuts the subscriber connections named `name` (`CLIENT SETNAME`) on every
+    /// master (`CLIENT KILL ID`); how many.
+    pub async fn kill_clients_named(&self, name: &str) -> usize {
+        let mut killed = 0;
+        for port in self.masters().await {
+            let list: String = query(port, redis::cmd("CLIENT").arg("LIST"))
+                .await
+                .unwrap_or_default();
+            let named = format!("name={name} ");
+            let ids = list.lines().filter(|line| line.contains(&named)).filter_map(|line| {
+                line.split(' ').find_map(|field| field.strip_prefix("id="))
+            });
+            for id in ids {
+                let kill = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).clone();
+                killed += query::<usize>(port, &kill).await.unwrap_or(0);
             }
         }
+        killed
+    }
+
+    /// Returns once `hubs` connections are subscribed to the sharded `channel` on its
+    /// master (`PUBSUB SHARDNUMSUB`).
+    pub async fn until_subscribers(&self, channel: &str, hubs: usize) {
+        within(&format!("{hubs} subscribers on {channel}"), async {
+            loop {
+                let master = self.master_of(self.keyslot(channel).await).await;
+                let numsub = redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).clone();
+                let counts: Vec<(String, usize)> = query(master, &numsub).await.unwrap_or_default();
+                if counts.first().is_some_and(|(_, count)| *count == hubs) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 
     /// Kills the node on `port` with SIGKILL, as a crash would.

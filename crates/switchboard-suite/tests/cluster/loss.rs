@@ -99,4 +99,4 @@ async fn what_a_blip_drops_is_counted_as_missed_on_the_receiving_hub<E: Engine>(
     );
 }
 
-switchboard_suite::every_engine!(redis, nats; what_a_blip_drops_is_counted_as_missed_on_the_receiving_hub);
+switchboard_suite::every_engine!(redis, redis_cluster, nats; what_a_blip_drops_is_counted_as_missed_on_the_receiving_hub);

@@ -502,7 +502,7 @@ async fn a_large_topic_gets_one_diff_per_batch_not_one_per_join<E: Engine>() {
     assert!(last.repeated().is_empty());
 }
 
-switchboard_suite::every_engine!(memory, redis, nats;
+switchboard_suite::every_engine!(memory, redis, redis_cluster, nats;
     three_hubs_list_the_same_and_each_change_arrives_once,
     on_a_topic_with_history_three_hubs_list_the_same_and_each_change_arrives_once,
     a_hub_that_shuts_down_takes_its_entries_with_it,
@@ -514,7 +514,7 @@ switchboard_suite::every_engine!(memory, redis, nats;
 mod failing {
     use super::*;
 
-    switchboard_suite::every_engine!(redis, nats;
+    switchboard_suite::every_engine!(redis, redis_cluster, nats;
         presence_converges_after_the_engine_restarts,
         a_killed_hub_leaves_every_list_within_node_timeout,
     );

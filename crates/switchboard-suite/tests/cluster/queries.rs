@@ -492,7 +492,7 @@ async fn orders_by_room_reach_the_members_on_every_hub<E: Engine>() {
     assert_eq!(a.hub.cluster().connection_count().await.value, 1);
 }
 
-switchboard_suite::every_engine!(memory, redis, nats;
+switchboard_suite::every_engine!(memory, redis, redis_cluster, nats;
     queries_sum_every_hub_and_name_who_replied,
     a_stopped_hub_is_named_missing_within_the_timeout,
     a_hub_that_is_gone_is_named_missing_at_once,
