@@ -76,7 +76,10 @@ impl SlotMap {
     async fn fetch_from(seed: &ConnectionInfo) -> RedisResult<Self> {
         let client = redis::Client::open(seed.clone())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
         let fallback_host = match seed.addr() {
             ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.as_str(),
             _ => "127.0.0.1",
@@ -130,7 +133,9 @@ impl SlotMap {
             map.owners[slots.0..=slots.1].fill(Some(index));
         }
         if map.owners.iter().any(Option::is_none) {
-            return Err(malformed("some slots have no master (the cluster is not ok)"));
+            return Err(malformed(
+                "some slots have no master (the cluster is not ok)",
+            ));
         }
         Ok(map)
     }
@@ -230,11 +235,18 @@ pub(crate) fn node_info(seed: &ConnectionInfo, host: &str, port: u16) -> Connect
 
 /// The nodes' URLs as connections; an error for the first the client does not understand.
 pub(crate) fn seeds(nodes: &[String]) -> RedisResult<Vec<ConnectionInfo>> {
-    nodes.iter().map(|url| url.as_str().into_connection_info()).collect()
+    nodes
+        .iter()
+        .map(|url| url.as_str().into_connection_info())
+        .collect()
 }
 
 fn malformed(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Parse, "unexpected CLUSTER SLOTS reply", what.to_owned()))
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected CLUSTER SLOTS reply",
+        what.to_owned(),
+    ))
 }
 
 fn unreachable(why: &'static str) -> redis::RedisError {
@@ -269,7 +281,10 @@ mod tests {
             }
         }
         // Rooms are spread over the slots, not all on the prefix's.
-        assert_ne!(slot(&config.channel_room("a")), slot(&config.channel_room("b")));
+        assert_ne!(
+            slot(&config.channel_room("a")),
+            slot(&config.channel_room("b"))
+        );
     }
 
     #[test]
@@ -282,7 +297,12 @@ mod tests {
             ])
         };
         let range = |start, end, master| {
-            Value::Array(vec![Value::Int(start), Value::Int(end), master, node("r", 1)])
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                master,
+                node("r", 1),
+            ])
         };
         let reply = Value::Array(vec![
             range(0, 5460, node("a", 7000)),
@@ -290,7 +310,10 @@ mod tests {
             range(10923, 16383, node("a", 7000)),
         ]);
         let map = SlotMap::parse(reply, "seed").unwrap();
-        assert_eq!(map.masters(), [("a".to_owned(), 7000), ("seed".to_owned(), 7001)]);
+        assert_eq!(
+            map.masters(),
+            [("a".to_owned(), 7000), ("seed".to_owned(), 7001)]
+        );
         assert_eq!(map.master_of("bar"), 0);
         assert_eq!(map.master_of("{x}"), map.master_of("x"));
         let holes = Value::Array(vec![range(0, 5460, node("a", 7000))]);

@@ -707,7 +707,9 @@ fn servers(config: &RedisConfig) -> Result<cluster::Servers, ConnectError> {
             .map_err(invalid),
         Deployment::Cluster { nodes } => {
             if nodes.is_empty() {
-                return Err(ConnectError::Unsupported("a cluster of no nodes".to_owned()));
+                return Err(ConnectError::Unsupported(
+                    "a cluster of no nodes".to_owned(),
+                ));
             }
             // A prefix with braces would give the rooms' channels and stream keys
             // other hash tags, and so perhaps other shards than the script's.

@@ -757,7 +757,9 @@ impl Reader {
                         if !self.acks.left(&channel) {
                             // A Redis Cluster moved the channel's slot to another
                             // shard: the link reopens on the new map.
-                            return Err(format!("Redis unsubscribed {channel} by itself (its slot moved)"));
+                            return Err(format!(
+                                "Redis unsubscribed {channel} by itself (its slot moved)"
+                            ));
                         }
                         self.detector().forget(&channel);
                     }

@@ -120,7 +120,10 @@ impl Commands {
         if verb.starts_with('S') {
             let mut slots: BTreeMap<u16, Vec<&String>> = BTreeMap::new();
             for channel in channels {
-                slots.entry(cluster::slot(channel)).or_default().push(channel);
+                slots
+                    .entry(cluster::slot(channel))
+                    .or_default()
+                    .push(channel);
             }
             slots.values().for_each(|slot| pack(slot));
         } else {

@@ -140,7 +140,9 @@ async fn rooms_on_each_master(cluster: &RedisCluster, stem: &str) -> Vec<(String
     let mut rooms: Vec<(String, u16)> = Vec::new();
     for n in 0.. {
         let room = format!("{stem}{n}");
-        let master = cluster.master_of(cluster.keyslot(&channel(&room)).await).await;
+        let master = cluster
+            .master_of(cluster.keyslot(&channel(&room)).await)
+            .await;
         if rooms.iter().all(|(_, taken)| *taken != master) {
             rooms.push((room, master));
         }
@@ -207,14 +209,20 @@ async fn a_killed_master_fails_over_and_delivery_resumes() {
     // A room with history and one without, on the master about to die.
     let history = rooms_on_each_master(&cluster, "h").await.remove(0);
     let plain = rooms_on_each_master(&cluster, "p").await;
-    let plain = plain.into_iter().find(|(_, master)| *master == history.1).unwrap();
+    let plain = plain
+        .into_iter()
+        .find(|(_, master)| *master == history.1)
+        .unwrap();
     let mut history_ws = client(&b, &history.0).await;
     let mut plain_ws = client(&b, &plain.0).await;
     until_subscribed(history.1, &history.0, 1).await;
     until_subscribed(plain.1, &plain.0, 1).await;
 
     // `a` publishes to both rooms every 5 ms until told to stop.
-    let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let publisher = tokio::spawn({
         let (hub, stop, sent) = (a.hub.clone(), stop.clone(), sent.clone());
         let rooms = (history.0.clone(), plain.0.clone());
@@ -255,7 +263,10 @@ async fn a_killed_master_fails_over_and_delivery_resumes() {
     // Without history: in order, and what did not arrive is counted.
     let got = texts_until(&mut plain_ws, &last).await;
     let numbers: Vec<u64> = got.iter().map(|text| text[1..].parse().unwrap()).collect();
-    assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{numbers:?}");
+    assert!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "{numbers:?}"
+    );
     let sent = sent.load(Relaxed) + 1;
     let received = numbers.len() as u64;
     assert!(received < sent, "a failover loses something");

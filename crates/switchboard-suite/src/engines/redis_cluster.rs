@@ -68,7 +68,10 @@ impl crate::Engine for Engine {
     /// Kills the hub's subscriber connections (`CLIENT KILL ID` on every master): one
     /// is enough to fail its whole link, which reconnects and subscribes again.
     async fn blip(&self, node: NodeId) {
-        let killed = self.0.kill_clients_named(&format!("switchboard-sub-{node}")).await;
+        let killed = self
+            .0
+            .kill_clients_named(&format!("switchboard-sub-{node}"))
+            .await;
         assert!(killed > 0, "no subscriber of {node} to kill");
     }
 

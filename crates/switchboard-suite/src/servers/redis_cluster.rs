@@ -59,7 +59,10 @@ impl RedisCluster {
                 process: Some(self.spawn(port)),
             };
             let answers = until_answers(port);
-            if tokio::time::timeout(Duration::from_secs(5), answers).await.is_ok() {
+            if tokio::time::timeout(Duration::from_secs(5), answers)
+                .await
+                .is_ok()
+            {
                 self.nodes.push(node);
                 return;
             }
@@ -75,7 +78,14 @@ impl RedisCluster {
             .args(["--port", &port, "--cluster-enabled", "yes"])
             .arg("--cluster-config-file")
             .arg(&config)
-            .args(["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no"])
+            .args([
+                "--cluster-node-timeout",
+                "1000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -94,7 +104,10 @@ impl RedisCluster {
             .stdout(Stdio::null())
             .kill_on_drop(true);
         let status = within("redis-cli --cluster create", create.status()).await;
-        assert!(status.is_ok_and(|status| status.success()), "redis-cli --cluster create");
+        assert!(
+            status.is_ok_and(|status| status.success()),
+            "redis-cli --cluster create"
+        );
     }
 
     /// Returns once every live node says `cluster_state:ok`, a live master serves
@@ -131,7 +144,9 @@ impl RedisCluster {
     /// The URLs of every node, `redis://127.0.0.1:<port>/`: what a broker is given.
     pub fn urls(&self) -> Vec<String> {
         let ports = self.nodes.iter().map(|node| node.port);
-        ports.map(|port| format!("redis://127.0.0.1:{port}/")).collect()
+        ports
+            .map(|port| format!("redis://127.0.0.1:{port}/"))
+            .collect()
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -141,7 +156,12 @@ impl RedisCluster {
 
     /// The ports of the masters that serve slots, as a live node sees them.
     pub async fn masters(&self) -> Vec<u16> {
-        let mut masters: Vec<u16> = self.slots().await.into_iter().map(|(_, _, port)| port).collect();
+        let mut masters: Vec<u16> = self
+            .slots()
+            .await
+            .into_iter()
+            .map(|(_, _, port)| port)
+            .collect();
         masters.sort_unstable();
         masters.dedup();
         masters
@@ -150,7 +170,9 @@ impl RedisCluster {
     /// The port of the master that serves `slot`.
     pub async fn master_of(&self, slot: u16) -> u16 {
         let slots = self.slots().await;
-        let owner = slots.iter().find(|(start, end, _)| (*start..=*end).contains(&slot));
+        let owner = slots
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot));
         owner.expect("every slot has a master").2
     }
 
@@ -206,9 +228,10 @@ impl RedisCluster {
                 .await
                 .unwrap_or_default();
             let named = format!("name={name} ");
-            let ids = list.lines().filter(|line| line.contains(&named)).filter_map(|line| {
-                line.split(' ').find_map(|field| field.strip_prefix("id="))
-            });
+            let ids = list
+                .lines()
+                .filter(|line| line.contains(&named))
+                .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")));
             for id in ids {
                 let kill = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).clone();
                 killed += query::<usize>(port, &kill).await.unwrap_or(0);
@@ -247,7 +270,9 @@ impl RedisCluster {
     pub async fn move_slot(&self, slot: u16, to: u16) {
         let from = self.master_of(slot).await;
         let id = |port| async move {
-            let id: String = query(port, redis::cmd("CLUSTER").arg("MYID")).await.expect("MYID");
+            let id: String = query(port, redis::cmd("CLUSTER").arg("MYID"))
+                .await
+                .expect("MYID");
             id
         };
         let (from_id, to_id) = (id(from).await, id(to).await);
@@ -261,7 +286,10 @@ impl RedisCluster {
         loop {
             let keys: Vec<String> = query(
                 from,
-                redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100),
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100),
             )
             .await
             .expect("GETKEYSINSLOT");
@@ -269,7 +297,14 @@ impl RedisCluster {
                 break;
             }
             let mut migrate = redis::cmd("MIGRATE");
-            migrate.arg("127.0.0.1").arg(to).arg("").arg(0).arg(5000).arg("KEYS").arg(&keys);
+            migrate
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys);
             ok(query(from, &migrate).await);
         }
         for port in [to, from] {
@@ -304,9 +339,9 @@ impl Drop for RedisCluster {
 fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
-        let bus = port.checked_add(10_000).filter(|&bus| {
-            std::net::TcpListener::bind(("0.0.0.0", bus)).is_ok()
-        });
+        let bus = port
+            .checked_add(10_000)
+            .filter(|&bus| std::net::TcpListener::bind(("0.0.0.0", bus)).is_ok());
         if bus.is_some() {
             return port;
         }
