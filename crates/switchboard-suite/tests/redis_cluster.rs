@@ -6,7 +6,6 @@
 
 use futures_util::StreamExt;
 use std::{
-    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
@@ -22,6 +21,7 @@ use switchboard_redis::{BrokerStats, RedisBroker};
 use switchboard_suite::{
     engines::redis_cluster::config,
     servers::redis_cluster::{RedisCluster, query},
+    support::{until, within},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage};
@@ -86,11 +86,7 @@ async fn hub_on(cluster: &RedisCluster) -> TestHub {
         let hub = hub.clone();
         async move { switchboard::serve(listener, app, &hub).await }
     });
-    until("the hub to be ready", || {
-        let ready = hub.is_ready();
-        async move { ready }
-    })
-    .await;
+    until("the hub to be ready", || hub.is_ready()).await;
     TestHub {
         hub,
         addr,
@@ -156,15 +152,17 @@ async fn rooms_on_each_master(cluster: &RedisCluster, stem: &str) -> Vec<(String
 /// Returns once `hubs` hubs are subscribed to `room` on the master on `port`.
 async fn until_subscribed(port: u16, room: &str, hubs: usize) {
     let channel = channel(room);
-    until(&format!("{hubs} subscribers on {channel}"), || {
-        let channel = channel.clone();
-        async move {
-            let numsub = redis::cmd("PUBSUB")
-                .arg("SHARDNUMSUB")
-                .arg(&channel)
-                .clone();
+    let numsub = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(&channel)
+        .clone();
+    within(&format!("{hubs} subscribers on {channel}"), async {
+        loop {
             let counts: Vec<(String, usize)> = query(port, &numsub).await.unwrap_or_default();
-            counts.first().is_some_and(|(_, count)| *count == hubs)
+            if counts.first().is_some_and(|(_, count)| *count == hubs) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
@@ -236,24 +234,15 @@ async fn a_killed_master_fails_over_and_delivery_resumes() {
             }
         }
     });
-    until("publishing to start", || {
-        let started = sent.load(Relaxed) > 50;
-        async move { started }
-    })
-    .await;
+    until("publishing to start", || sent.load(Relaxed) > 50).await;
     cluster.kill(history.1);
     cluster.until_ok().await;
     let resumed = sent.load(Relaxed) + 50;
     until("publishing after the failover", || {
-        let went_on = sent.load(Relaxed) > resumed;
-        async move { went_on }
+        sent.load(Relaxed) > resumed
     })
     .await;
-    until("hub b to be ready again", || {
-        let ready = b.hub.is_ready();
-        async move { ready }
-    })
-    .await;
+    until("hub b to be ready again", || b.hub.is_ready()).await;
     stop.store(true, Relaxed);
     publisher.await.unwrap();
     let last = format!("m{}", sent.load(Relaxed));
@@ -306,11 +295,7 @@ async fn a_room_follows_its_slot_to_another_master() {
     cluster.move_slot(slot, to).await;
     assert_eq!(cluster.master_of(slot).await, to);
     until_subscribed(to, &room, 1).await;
-    until("hub b to be ready again", || {
-        let ready = b.hub.is_ready();
-        async move { ready }
-    })
-    .await;
+    until("hub b to be ready again", || b.hub.is_ready()).await;
     // `a` publishes to the old master, which answers MOVED: the publish goes to the
     // new one, and `a` reconnects on the new map.
     a.hub.to(&room).send_text("after");
@@ -320,21 +305,4 @@ async fn a_room_follows_its_slot_to_another_master() {
         b.stats.reconnects() >= 1,
         "b followed the slot by reconnecting"
     );
-}
-
-/// `work`, or a failure saying what did not happen within 30 s.
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), work)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within 30 s"))
-}
-
-/// Returns once `check` says `true`, polled every 20 ms, within 30 s.
-async fn until<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    within(what, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }

@@ -3,16 +3,13 @@
 //! takes over within a few), all killed when dropped.
 
 use super::free_port;
+use crate::support::within;
 use redis::{Cmd, FromRedisValue, Value};
 use std::{
-    future::Future,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
-
-/// How long the cluster may take to form, to fail over, or to answer.
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Six `redis-server --cluster-enabled yes` and their files.
 #[derive(Debug)]
@@ -387,13 +384,5 @@ fn ok(reply: redis::RedisResult<()>) {
 async fn until_answers(port: u16) {
     while query::<String>(port, &redis::cmd("PING")).await.is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `work`, or a panic saying what did not happen within [`TIMEOUT`].
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(TIMEOUT, work).await {
-        Ok(done) => done,
-        Err(_) => panic!("{what}: not within {TIMEOUT:?}"),
     }
 }
