@@ -6,7 +6,11 @@
 //! (`CLUSTER SLOTS`), again after every failure or move: the link then reconnects to
 //! the masters it names.
 
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, Value};
+use crate::{
+    ConnectError, Deployment, RedisConfig,
+    connect::{self, Connector},
+};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisResult, Value};
 use std::{
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -61,10 +65,11 @@ pub(crate) struct SlotMap {
 
 impl SlotMap {
     /// Asks the seeds in turn (then gives up) for the cluster's map.
-    pub(crate) async fn fetch(seeds: &[ConnectionInfo]) -> RedisResult<Self> {
+    async fn fetch(connector: &Connector, seeds: &[(String, u16)]) -> RedisResult<Self> {
         let mut last = None;
-        for seed in seeds {
-            match tokio::time::timeout(MAP_TIMEOUT, Self::fetch_from(seed)).await {
+        for (host, port) in seeds {
+            let node = connector.node(host, *port);
+            match tokio::time::timeout(MAP_TIMEOUT, Self::fetch_from(&node, host)).await {
                 Ok(Ok(map)) => return Ok(map),
                 Ok(Err(error)) => last = Some(error),
                 Err(_) => last = Some(unreachable("a cluster node did not answer in time")),
@@ -73,18 +78,13 @@ impl SlotMap {
         Err(last.unwrap_or_else(|| unreachable("no cluster node is configured")))
     }
 
-    async fn fetch_from(seed: &ConnectionInfo) -> RedisResult<Self> {
-        let client = redis::Client::open(seed.clone())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+    async fn fetch_from(node: &connect::Node, host: &str) -> RedisResult<Self> {
+        let mut conn = node.publisher().await?;
         let reply: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(&mut conn)
             .await?;
-        let fallback_host = match seed.addr() {
-            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.as_str(),
-            _ => "127.0.0.1",
-        };
-        Self::parse(reply, fallback_host)
+        Self::parse(reply, host)
     }
 
     /// The map in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`;
@@ -152,92 +152,93 @@ impl SlotMap {
     }
 }
 
-/// Where a broker's connections go: one Redis, or the masters of a cluster.
+/// Where a broker's connections go: to the node its [`Connector`] names (one Redis,
+/// or the master the Sentinels name), or to the masters of a Redis Cluster.
 #[derive(Debug, Clone)]
-pub(crate) enum Servers {
-    /// One Redis (or a proxy): everything on one connection of each kind.
-    Single(redis::Client),
-    /// A Redis Cluster, found from `seeds`; `map` is the latest map the link fetched,
-    /// shared with the reads, which go to the shard of their stream.
-    Cluster {
-        seeds: Arc<[ConnectionInfo]>,
-        map: Arc<Mutex<Option<Arc<SlotMap>>>>,
-    },
+pub(crate) struct Servers {
+    connector: Connector,
+    /// `None` but on a Redis Cluster.
+    cluster: Option<Cluster>,
+}
+
+/// A Redis Cluster, found from `seeds`; `map` is the latest map the link fetched,
+/// shared with the reads, which go to the shard of their stream.
+#[derive(Debug, Clone)]
+struct Cluster {
+    seeds: Arc<[(String, u16)]>,
+    map: Arc<Mutex<Option<Arc<SlotMap>>>>,
 }
 
 impl Servers {
-    /// The map of the cluster, fetched again (`None` for a single Redis), and kept
-    /// for the reads.
+    /// The servers of `config`'s deployment; an error for a URL the client does not
+    /// understand, and what is not supported.
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let connector = Connector::new(config)?;
+        let cluster = match &config.deployment {
+            Deployment::Cluster { nodes } => Some(Cluster {
+                seeds: seeds(nodes)?.into(),
+                map: Arc::default(),
+            }),
+            _ => None,
+        };
+        // A prefix with braces would give the rooms' channels and stream keys other
+        // hash tags, and so perhaps other shards than the script's.
+        if cluster.is_some() && config.prefix.contains(['{', '}']) {
+            let why = "a prefix with `{` or `}` on a Redis Cluster".to_owned();
+            return Err(ConnectError::Unsupported(why));
+        }
+        Ok(Self { connector, cluster })
+    }
+
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The map of the cluster, fetched again (`None` but on a Redis Cluster), and
+    /// kept for the reads.
     pub(crate) async fn fetch_map(&self) -> RedisResult<Option<Arc<SlotMap>>> {
-        let Self::Cluster { seeds, map } = self else {
+        let Some(Cluster { seeds, map }) = &self.cluster else {
             return Ok(None);
         };
-        let fetched = Arc::new(SlotMap::fetch(seeds).await?);
+        let fetched = Arc::new(SlotMap::fetch(&self.connector, seeds).await?);
         *map.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetched.clone());
         Ok(Some(fetched))
     }
 
-    /// A client for master `index` of `map`, or the single Redis's.
-    pub(crate) fn client(&self, map: Option<&SlotMap>, index: usize) -> RedisResult<redis::Client> {
-        match (self, map) {
-            (Self::Single(client), _) => Ok(client.clone()),
-            (Self::Cluster { .. }, Some(map)) => {
-                let (host, port) = &map.masters()[index];
-                self.client_at(host, *port)
-            }
-            (Self::Cluster { .. }, None) => Err(unreachable("the cluster's map is not known yet")),
-        }
-    }
-
-    /// A client for the node at `host:port`, with the seeds' scheme and credentials
-    /// (the single Redis's, on a single Redis).
-    pub(crate) fn client_at(&self, host: &str, port: u16) -> RedisResult<redis::Client> {
-        match self {
-            Self::Single(client) => Ok(client.clone()),
-            Self::Cluster { seeds, .. } => redis::Client::open(node_info(&seeds[0], host, port)),
-        }
-    }
-
-    /// Where `key` is served: a name for the node (empty for a single Redis), and a
-    /// client for it; an error while no map of the cluster is known.
-    pub(crate) fn node_of(&self, key: &str) -> RedisResult<(String, redis::Client)> {
-        match self {
-            Self::Single(client) => Ok((String::new(), client.clone())),
-            Self::Cluster { map, .. } => {
-                let map = map.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                let map = map.ok_or_else(|| unreachable("the cluster's map is not known yet"))?;
-                let index = map.master_of(key);
-                let (host, port) = &map.masters()[index];
-                Ok((format!("{host}:{port}"), self.client(Some(&map), index)?))
-            }
-        }
+    /// Where `key` is served: a name for the node (empty off a cluster), and the node
+    /// on a cluster (`None`: the [`Connector`]'s primary); an error while no map of
+    /// the cluster is known.
+    pub(crate) fn node_of(&self, key: &str) -> RedisResult<(String, Option<connect::Node>)> {
+        let Some(Cluster { map, .. }) = &self.cluster else {
+            return Ok((String::new(), None));
+        };
+        let map = map.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let map = map.ok_or_else(|| unreachable("the cluster's map is not known yet"))?;
+        let (host, port) = &map.masters()[map.master_of(key)];
+        let node = self.connector.node(host, *port);
+        Ok((format!("{host}:{port}"), Some(node)))
     }
 }
 
-/// The connection to another node of the cluster, with `seed`'s scheme (TLS or not),
-/// credentials and settings.
-pub(crate) fn node_info(seed: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
-    let addr = match seed.addr() {
-        ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: *insecure,
-            tls_params: tls_params.clone(),
-        },
-        _ => ConnectionAddr::Tcp(host.to_owned(), port),
-    };
-    seed.clone().set_addr(addr)
-}
-
-/// The nodes' URLs as connections; an error for the first the client does not understand.
-pub(crate) fn seeds(nodes: &[String]) -> RedisResult<Vec<ConnectionInfo>> {
+/// The nodes' addresses; an error for a URL the client does not understand. Their
+/// scheme and credentials are the first's, which the [`Connector`] keeps.
+fn seeds(nodes: &[String]) -> Result<Vec<(String, u16)>, ConnectError> {
     nodes
         .iter()
-        .map(|url| url.as_str().into_connection_info())
+        .map(|url| {
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
+            match info.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Ok((host.clone(), *port))
+                }
+                other => Err(ConnectError::Unsupported(format!(
+                    "a cluster node at {other}: nodes are reached over TCP"
+                ))),
+            }
+        })
         .collect()
 }
 

@@ -23,6 +23,74 @@
 //! [`RedisBroker::connect`] does the same but fails at once when Redis cannot be
 //! reached, for a process that must not start without it.
 //!
+//! # TLS
+//!
+//! A `rediss://` URL connects over TLS (rustls, on the `ring` provider), every
+//! connection of the broker: its publisher, its subscriber and its reads. The server's
+//! certificate must chain to Mozilla's roots (webpki-roots, compiled in: the same on
+//! every machine), or, for a deployment with a private CA, to the certificates given
+//! to [`RedisConfig::root_certificates`] (PEM), which then are the only roots trusted.
+//! The certificate must name the host of the URL (a DNS name, or an IP address for a
+//! URL that gives one).
+//!
+//! ```no_run
+//! use switchboard::hub::{Hub, HubConfig};
+//! use switchboard_redis::{RedisBroker, RedisConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = std::fs::read("/etc/redis/ca.pem")?;
+//! let config = RedisConfig::default()
+//!     .url("rediss://:password@redis.internal:6380/")
+//!     .root_certificates(ca);
+//! let hub = Hub::with_broker(HubConfig::default(), RedisBroker::connect(config).await?);
+//! # let _ = hub;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A certificate that does not verify is a connection that fails: the hub is not
+//! ready, logs why (`invalid peer certificate: UnknownIssuer`, say) and tries again
+//! with backoff, as for a Redis that is down; [`RedisBroker::connect`] returns the
+//! error. Root certificates that are not PEM certificates are refused at once
+//! ([`ConnectError::InvalidCertificates`]), and so are root certificates for a
+//! deployment without any `rediss://` URL ([`ConnectError::Unsupported`]).
+//!
+//! # Sentinel
+//!
+//! With [`RedisConfig::sentinel`], the hub asks the Sentinels, in turn, which server
+//! is the master of the service (`SENTINEL get-master-addr-by-name`), at every
+//! connection and reconnection, and connects to it with the scheme, credentials and
+//! database of [`RedisConfig::url`] (whose host and port are not used), only once it
+//! says it is the master (`ROLE`): a Sentinel that has not seen a failover yet names
+//! a demoted master, and the next Sentinel is asked. The Sentinels' URLs carry their
+//! own scheme and credentials; [`RedisConfig::root_certificates`] serve their
+//! `rediss://` too.
+//!
+//! ```no_run
+//! use switchboard_redis::{RedisBroker, RedisConfig};
+//!
+//! # fn run() -> Result<(), switchboard_redis::ConnectError> {
+//! let sentinels = ["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/", "redis://10.0.0.3:26379/"];
+//! let config = RedisConfig::default()
+//!     .url("redis://:password@redis/0")
+//!     .sentinel("mymaster", sentinels);
+//! let broker = RedisBroker::new(config)?;
+//! # let _ = broker;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A failover is followed: a master that dies ends the link, and the reconnection
+//! finds the new one through the Sentinels (with the usual backoff, while they elect
+//! it); a master demoted alive (`SENTINEL FAILOVER`, or an operator's `REPLICAOF`)
+//! may keep its clients connected, so the link asks its server `ROLE` every second
+//! and leaves it when it is no longer the master. The failover is an outage like any
+//! other: the hub is not ready until it has subscribed again on the new master,
+//! publishes meanwhile are lost and counted, other hubs count what they missed, and
+//! rooms with history are filled from the new master's streams. Its replication is
+//! asynchronous: what the old master took in its last moments, and had not passed on,
+//! is gone, and a stream's offsets taken then may be given again to new messages.
+//!
 //! # Channels
 //!
 //! With the default prefix `switchboard`, a hub subscribes to `switchboard:all`, to
@@ -144,6 +212,8 @@
 //!   hash to the same slot whatever braces the name has, and the publish script
 //!   publishes on the shard it runs on. `switchboard:all` and the node channels live
 //!   on their own slots' shards. A prefix with `{` or `}` is refused on a cluster.
+//! - The nodes are reached as the first node URL says: its scheme (`rediss://`: TLS,
+//!   with [`RedisConfig::root_certificates`]) and credentials.
 //! - A hub keeps a subscriber connection and a publisher connection per master, from
 //!   the map of the slots that any node answering `CLUSTER SLOTS` gives. Publishes
 //!   are sent in one pipeline per master at once, in the hub's order on each master
@@ -172,6 +242,7 @@
 
 mod cluster;
 mod codec;
+mod connect;
 mod error;
 mod link;
 mod pubsub;
@@ -233,11 +304,15 @@ pub struct RedisConfig {
     /// Which deployment the hubs share: one server at [`RedisConfig::url`] (the
     /// default), a master found through Sentinels, or a Redis Cluster.
     pub deployment: Deployment,
-    /// Root certificates (PEM) that a TLS server's certificate must chain to, for a
-    /// `rediss://` URL: a deployment with a private CA. `None` (the default): the
-    /// machine's usual roots.
+    /// Root certificates (PEM) that a TLS server's certificate must chain to, for
+    /// `rediss://` URLs (the server's, the Sentinels'): a deployment with a private
+    /// CA; these are then the only roots trusted. `None` (the default): Mozilla's
+    /// roots, compiled in (webpki-roots), the same on every machine. See the crate's
+    /// TLS section.
     pub root_certificates: Option<Vec<u8>>,
-    /// The Redis server, as a `redis://` URL (`redis://[:password@]host[:port][/db]`).
+    /// The Redis server, as a `redis://` URL (`redis://[:password@]host[:port][/db]`),
+    /// or `rediss://` for TLS. With Sentinels, its scheme, credentials and database
+    /// only: the master's host and port come from the Sentinels.
     ///
     /// Default `redis://127.0.0.1:6379/`: Redis's own port on this machine, where a
     /// development Redis listens; a deployment names its shared Redis here.
@@ -503,10 +578,12 @@ impl RedisBroker {
     /// A broker that connects to Redis once a hub takes it, and keeps trying while
     /// Redis is down: the hub starts at once, serves its own members and is not ready
     /// (`Hub::is_ready`, `/ready`) until the link is up with its subscriptions.
-    /// Fails only for a URL the Redis client does not understand. Call from inside a
-    /// tokio runtime: the link's tasks run on it.
+    /// Fails only for a URL the Redis client does not understand, root certificates
+    /// that are not PEM certificates, a Sentinel or Cluster deployment without
+    /// Sentinels or nodes, or a prefix with `{` or `}` on a Redis Cluster. Call from
+    /// inside a tokio runtime: the link's tasks run on it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
-        let servers = servers(&config)?;
+        let servers = cluster::Servers::new(&config)?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         let stats = BrokerStats::default();
@@ -607,6 +684,7 @@ impl Broker for RedisBroker {
         let inbox_node = inbox.node();
         let task = link::Task {
             servers: self.servers.clone(),
+            reads: self.reads.clone(),
             config: self.config.clone(),
             inbox,
             changes: self.rooms.clone(),
@@ -694,38 +772,6 @@ impl Broker for RedisBroker {
         metrics.reconnects = stats.reconnects();
         metrics.connected = self.is_ready();
         Some(metrics)
-    }
-}
-
-/// Where the connections of `config`'s deployment go; an error for a URL the client
-/// does not understand, a cluster without nodes, and what is not supported.
-fn servers(config: &RedisConfig) -> Result<cluster::Servers, ConnectError> {
-    let invalid = |error| ConnectError::InvalidUrl(Box::new(error));
-    match &config.deployment {
-        Deployment::Single => redis::Client::open(config.url.as_str())
-            .map(cluster::Servers::Single)
-            .map_err(invalid),
-        Deployment::Cluster { nodes } => {
-            if nodes.is_empty() {
-                return Err(ConnectError::Unsupported(
-                    "a cluster of no nodes".to_owned(),
-                ));
-            }
-            // A prefix with braces would give the rooms' channels and stream keys
-            // other hash tags, and so perhaps other shards than the script's.
-            if config.prefix.contains(['{', '}']) {
-                let why = "a prefix with `{` or `}` on a Redis Cluster".to_owned();
-                return Err(ConnectError::Unsupported(why));
-            }
-            let seeds = cluster::seeds(nodes).map_err(invalid)?;
-            Ok(cluster::Servers::Cluster {
-                seeds: seeds.into(),
-                map: Arc::default(),
-            })
-        }
-        deployment => Err(ConnectError::Unsupported(format!(
-            "{deployment:?} is not supported yet"
-        ))),
     }
 }
 

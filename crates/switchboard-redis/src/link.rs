@@ -11,11 +11,11 @@
 use crate::{
     BrokerStats, Publish, RedisConfig, RoomChanges,
     cluster::{Servers, SlotMap},
-    codec, pubsub, stream,
+    codec, connect, pubsub, stream,
 };
 use bytes::Bytes;
 use futures_util::future::{join_all, select_all, try_join_all};
-use redis::{Client, RedisError, RedisResult, Value, aio::MultiplexedConnection};
+use redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -42,9 +42,10 @@ const MAX_BATCH: u64 = 256;
 /// `RedisConfig::max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How long one attempt to reopen the link may take: an unreachable host can hold a
-/// TCP connect for minutes, and the publishes waiting meanwhile (to count as lost) are
-/// taken only between attempts.
+/// How long one attempt to open the link may take (the Sentinels' answer included):
+/// an unreachable host can hold a TCP connect for minutes, `RedisBroker::connect`
+/// must fail rather than hang, and the publishes waiting meanwhile (to count as lost)
+/// are taken only between attempts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a receiver remembers a publisher's counter on a channel without hearing
@@ -56,17 +57,24 @@ const RECEIVER_IDLE: Duration = Duration::from_secs(600);
 /// as publishers resume, within moments of each other, and make one line.
 const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
 
-/// The connections to Redis: to the one Redis, or to every master of a cluster, with
-/// the map of the cluster's slots they were opened from.
+/// How often a link that follows failovers (Sentinel) asks its node whether it is
+/// still the master: a demoted master may keep its clients connected, and a hub on it
+/// would publish where no other hub listens. A second bounds that stretch; a failover
+/// takes longer than that to be decided anyway.
+const ROLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The connections to Redis: to the node the connector names, or to every master of a
+/// cluster, with the map of the cluster's slots they were opened from.
 pub(crate) struct Link {
-    /// `None` on a single Redis: every channel is on `nodes[0]`.
+    /// `None` off a cluster: every channel is on `nodes[0]`.
     map: Option<Arc<SlotMap>>,
     nodes: Vec<NodeLink>,
 }
 
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
-/// subscription commands on a subscribed connection), to one Redis.
+/// subscription commands on a subscribed connection), to one node.
 struct NodeLink {
+    node: connect::Node,
     publisher: MultiplexedConnection,
     /// The publish script's SHA1, loaded on this Redis.
     publish_sha: String,
@@ -81,26 +89,48 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Opens the connections, to every master of the cluster's current map (fetched
-    /// again from any node that answers) on a Redis Cluster.
+    /// Opens the connections, within [`CONNECT_TIMEOUT`]: to the node that takes
+    /// publishes now, or to every master of the cluster's current map (fetched again
+    /// from any node that answers) on a Redis Cluster.
     pub(crate) async fn open(servers: &Servers) -> RedisResult<Self> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::open_now(servers))
+            .await
+            .unwrap_or_else(|_| {
+                let within = format!("within {CONNECT_TIMEOUT:?}");
+                let why = "Redis did not answer a connect";
+                Err(RedisError::from((redis::ErrorKind::Io, why, within)))
+            })
+    }
+
+    async fn open_now(servers: &Servers) -> RedisResult<Self> {
         let map = servers.fetch_map().await?;
-        let masters = map.as_ref().map_or(1, |map| map.masters().len());
-        let clients: Vec<Client> = (0..masters)
-            .map(|index| servers.client(map.as_deref(), index))
-            .collect::<RedisResult<_>>()?;
-        let nodes = try_join_all(clients.iter().map(NodeLink::open)).await?;
+        let primaries = match &map {
+            None => vec![servers.connector().primary().await?],
+            Some(map) => {
+                try_join_all(map.masters().iter().map(|(host, port)| async move {
+                    let node = servers.connector().node(host, *port);
+                    let publisher = node.publisher().await?;
+                    RedisResult::Ok(connect::Primary { node, publisher })
+                }))
+                .await?
+            }
+        };
+        let nodes = try_join_all(primaries.into_iter().map(NodeLink::open)).await?;
         Ok(Self { map, nodes })
     }
 }
 
 impl NodeLink {
-    async fn open(client: &Client) -> RedisResult<Self> {
-        let mut publisher = client.get_multiplexed_async_connection().await?;
+    async fn open(primary: connect::Primary) -> RedisResult<Self> {
+        let connect::Primary {
+            node,
+            mut publisher,
+        } = primary;
         // Loaded on every new link: the Redis there may be another one, or restarted.
         let publish_sha = stream::load(&mut publisher, stream::PUBLISH_SCRIPT).await?;
-        let (commands, replies) = pubsub::open(client.get_connection_info()).await?;
+        let (commands, replies) = node.subscriber().await?;
         Ok(Self {
+            node,
             publisher,
             publish_sha,
             commands,
@@ -112,6 +142,8 @@ impl NodeLink {
 /// What the link task works with, for its whole life.
 pub(crate) struct Task {
     pub(crate) servers: Servers,
+    /// Moved to the link's nodes whenever the link reconnects.
+    pub(crate) reads: Arc<stream::Reads>,
     pub(crate) config: RedisConfig,
     pub(crate) inbox: Inbox,
     pub(crate) changes: Arc<RoomChanges>,
@@ -165,6 +197,7 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
             let lost = task.stats.lost();
             tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
             task.stats.count(&task.stats.0.reconnects);
+            task.reads.reconnect();
         }
         backoff.reset();
         let reader = Reader {
@@ -206,6 +239,7 @@ async fn serve(
         let acks = reader.acks.clone();
         readers.push(Aborting(tokio::spawn(reader.run(node.replies))));
         Node {
+            node: node.node,
             publisher: node.publisher,
             publish_sha: node.publish_sha,
             commands: node.commands,
@@ -214,10 +248,15 @@ async fn serve(
             needed: 0,
         }
     });
+    let role_check = task.servers.connector().follows_failover().then(|| {
+        let start = tokio::time::Instant::now() + ROLE_CHECK;
+        tokio::time::interval_at(start, ROLE_CHECK)
+    });
     let mut session = Session {
         task,
         map: link.map,
         nodes: nodes.collect(),
+        role_check,
         readers,
         acked: reader.acked.clone(),
         detector: reader.detector.clone(),
@@ -237,6 +276,8 @@ struct Session<'a> {
     map: Option<Arc<SlotMap>>,
     /// One per master, indexed as the map's masters.
     nodes: Vec<Node>,
+    /// When to ask the node whether it is still the master (Sentinel only: one node).
+    role_check: Option<tokio::time::Interval>,
     /// The nodes' readers, in the same order.
     readers: Vec<Aborting<Result<(), String>>>,
     /// Notified by every reader when a confirmation arrives.
@@ -251,6 +292,8 @@ struct Session<'a> {
 
 /// A connected stretch's connections to one Redis.
 struct Node {
+    /// The node both connections are on.
+    node: connect::Node,
     publisher: MultiplexedConnection,
     publish_sha: String,
     commands: pubsub::Commands,
@@ -307,6 +350,11 @@ impl Session<'_> {
                     }
                 }
                 () = self.acked.notified(), if self.ready_at.is_some() => self.check_ready(),
+                _ = tick(&mut self.role_check) => {
+                    if let Err(failure) = self.check_role().await {
+                        return Ended::Failed(failure);
+                    }
+                }
                 (ended, _, _) = select_all(self.readers.iter_mut().map(|reader| &mut reader.0)) => {
                     return match ended {
                         // The hub is gone: its delivery task ended.
@@ -317,6 +365,20 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Fails the link if its node is no longer the master (a failover demoted it), so
+    /// that the hub reconnects to the one the Sentinels name now (a Sentinel's link
+    /// has one node).
+    async fn check_role(&mut self) -> Result<(), String> {
+        for node in &mut self.nodes {
+            match connect::is_master(&mut node.publisher).await {
+                Ok(true) => {}
+                Ok(false) => return Err(format!("{} is no longer the master", node.node)),
+                Err(error) => return Err(format!("{} did not answer ROLE: {error}", node.node)),
+            }
+        }
+        Ok(())
     }
 
     fn check_ready(&mut self) {
@@ -330,7 +392,13 @@ impl Session<'_> {
             self.task.ready.store(true, Relaxed);
             self.ready_at = None;
             let rooms = self.rooms.len();
-            tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to Redis");
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|node| node.node.to_string())
+                .collect();
+            let nodes = nodes.join(", ");
+            tracing::info!(rooms, %nodes, took = ?asked.elapsed(), "subscribed to Redis");
         }
     }
 
@@ -485,10 +553,7 @@ impl Session<'_> {
             let (host, port) = addr.rsplit_once(':')?;
             Some((host, port.parse().ok()?))
         });
-        let client = match node {
-            Some((host, port)) => self.task.servers.client_at(host, port),
-            None => Err(redirect.clone()),
-        };
+        let node = node.map(|(host, port)| self.task.servers.connector().node(host, port));
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         pipe.cmd("SCRIPT")
@@ -502,7 +567,8 @@ impl Session<'_> {
         let sha = &self.nodes[0].publish_sha;
         pipe.add_command(command(&publish, sha, self.task.config.publish_verb()));
         let reply = async {
-            let mut conn = client?.get_multiplexed_async_connection().await?;
+            let node = node.ok_or_else(|| redirect.clone())?;
+            let mut conn = node.publisher().await?;
             pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await
         };
         let reply = match tokio::time::timeout(CONNECT_TIMEOUT, reply).await {
@@ -662,6 +728,14 @@ fn loads_first(batch: &[Publish]) -> bool {
             .iter()
             .any(|publish| matches!(publish, Publish::Envelope { .. }))
     })
+}
+
+/// The next tick of `interval`; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
+    match interval {
+        Some(interval) => interval.tick().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Confirmations of (un)subscriptions on one connection.
@@ -864,13 +938,12 @@ async fn reconnect(
     let mut warned = after_failure;
     loop {
         lose_publishes_for(wait, publishes, &task.stats).await?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&task.servers)).await {
-            Ok(Ok(link)) => return Some(link),
-            Ok(Err(error)) if !warned => {
+        match Link::open(&task.servers).await {
+            Ok(link) => return Some(link),
+            Err(error) if !warned => {
                 tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");
             }
-            Ok(Err(error)) => tracing::debug!(%error, ?wait, "Redis still unreachable"),
-            Err(_) => tracing::debug!(?wait, "Redis did not answer in time"),
+            Err(error) => tracing::debug!(%error, ?wait, "Redis still unreachable"),
         }
         warned = true;
         wait = backoff.next_wait();

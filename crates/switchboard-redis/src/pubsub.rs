@@ -11,7 +11,7 @@
 //! integers, and errors.
 
 use crate::cluster;
-use redis::{ConnectionAddr, ConnectionInfo};
+use redis::RedisConnectionInfo;
 use std::{collections::BTreeMap, io};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -53,27 +53,15 @@ pub(crate) enum Reply {
     Other,
 }
 
-/// Opens a connection to the Redis of `info` and authenticates it.
-pub(crate) async fn open(info: &ConnectionInfo) -> io::Result<(Commands, Replies)> {
-    let (read, write): (Reading, Writing) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            stream.set_nodelay(true)?;
-            let (read, write) = stream.into_split();
-            (Box::new(read), Box::new(write))
-        }
-        #[cfg(unix)]
-        ConnectionAddr::Unix(path) => {
-            let (read, write) = tokio::net::UnixStream::connect(path).await?.into_split();
-            (Box::new(read), Box::new(write))
-        }
-        other => {
-            let message = format!("unsupported Redis address {other}");
-            return Err(io::Error::new(io::ErrorKind::Unsupported, message));
-        }
-    };
+/// Authenticates a connection just opened to Redis, given as its two halves (see
+/// `connect::Node::subscriber`).
+pub(crate) async fn open(
+    read: impl AsyncRead + Send + Unpin + 'static,
+    write: impl AsyncWrite + Send + Unpin + 'static,
+    settings: &RedisConnectionInfo,
+) -> io::Result<(Commands, Replies)> {
+    let (read, write): (Reading, Writing) = (Box::new(read), Box::new(write));
     let (mut commands, mut replies) = (Commands { write }, Replies::new(read));
-    let settings = info.redis_settings();
     let mut setup = Vec::new();
     if let Some(password) = settings.password() {
         let mut auth = redis::cmd("AUTH");

@@ -6,8 +6,8 @@
 //! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
 //! Cluster keeps them on one shard, the one the scripts run on.
 
-use crate::{BrokerStats, RedisConfig, cluster::Servers, codec};
-use redis::{Client, Cmd, RedisResult, Value, aio::MultiplexedConnection};
+use crate::{BrokerStats, RedisConfig, cluster::Servers, codec, connect};
+use redis::{Cmd, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -332,14 +332,11 @@ impl Reads {
     ) -> Result<StreamRead, StreamError> {
         let mut read = self.read_on_connection(room, after, history, used).await;
         // A failure with no Redis error code is the connection's, not the command's;
-        // a redirection (a Redis Cluster's slot moved) is one from a connection to the
-        // wrong node: the read is tried again once, on the map the link fetches anew.
+        // READONLY, the node's: a master demoted by a failover; a redirection (a Redis
+        // Cluster's slot moved) is one from a connection to the wrong node. The read is
+        // tried again once (on a cluster, on the map the link fetches anew).
         let failed_connection = match (&read, used.as_ref()) {
-            (Err(error), Some(used))
-                if error.code().is_none() || error.redirect_node().is_some() =>
-            {
-                Some(used.clone())
-            }
+            (Err(error), Some(used)) if connection_failed(error) => Some(used.clone()),
             _ => None,
         };
         if let Some((node, generation)) = failed_connection {
@@ -362,9 +359,9 @@ impl Reads {
         used: &mut Option<(String, u64)>,
     ) -> RedisResult<Value> {
         let keys = self.config.stream_keys(room);
-        let (node, client) = self.servers.node_of(&keys[0])?;
-        let mut open = self.connection(&node, client).await?;
-        *used = Some((node.clone(), open.generation));
+        let (name, node) = self.servers.node_of(&keys[0])?;
+        let mut open = self.connection(&name, node).await?;
+        *used = Some((name.clone(), open.generation));
         let (_, meta_ttl) = ttls(history);
         let invocation = |sha: &str| {
             let mut cmd = redis::cmd("EVALSHA");
@@ -381,7 +378,7 @@ impl Reads {
         match invocation(&open.sha).query_async(&mut open.conn).await {
             Err(error) if is_noscript(&error) => {
                 let sha = load(&mut open.conn, READ_SCRIPT).await?;
-                self.slot(&node, |slot| {
+                self.slot(&name, |slot| {
                     let kept = slot.open.as_mut();
                     if let Some(kept) = kept.filter(|kept| kept.generation == open.generation) {
                         kept.sha.clone_from(&sha);
@@ -397,12 +394,13 @@ impl Reads {
     /// [`READ_CONNECT_TIMEOUT`]. After a failure to open one, reads fail at once for
     /// that long: a recovery of many clients while Redis is unreachable fails fast
     /// rather than queue behind one connect after another.
-    async fn connection(&self, node: &str, client: Client) -> RedisResult<Open> {
-        if let Some(open) = self.slot(node, |slot| slot.open.clone()) {
+    /// `node` is `None` for the connector's primary (off a cluster), named `name`.
+    async fn connection(&self, name: &str, node: Option<connect::Node>) -> RedisResult<Open> {
+        if let Some(open) = self.slot(name, |slot| slot.open.clone()) {
             return Ok(open);
         }
         let _opening = self.opening.lock().await;
-        let (open, failed) = self.slot(node, |slot| (slot.open.clone(), slot.failed));
+        let (open, failed) = self.slot(name, |slot| (slot.open.clone(), slot.failed));
         if let Some(open) = open {
             return Ok(open);
         }
@@ -410,13 +408,16 @@ impl Reads {
             return Err(unreachable("Redis was unreachable a moment ago"));
         }
         let opened = tokio::time::timeout(READ_CONNECT_TIMEOUT, async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
+            let mut conn = match node {
+                Some(node) => node.publisher().await?,
+                None => self.servers.connector().primary().await?.publisher,
+            };
             let sha = load(&mut conn, READ_SCRIPT).await?;
             RedisResult::Ok((conn, sha))
         })
         .await
         .unwrap_or_else(|_| Err(unreachable("Redis did not answer a connect in time")));
-        self.slot(node, |slot| match opened {
+        self.slot(name, |slot| match opened {
             Ok((conn, sha)) => {
                 slot.generation += 1;
                 let open = Open {
@@ -433,6 +434,18 @@ impl Reads {
                 Err(error)
             }
         })
+    }
+
+    /// Drops the open connections, if any: the link has moved to other nodes (a
+    /// failover) or found Redis restarted, and the next reads follow it there.
+    pub(crate) fn reconnect(&self) {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for slot in nodes.values_mut() {
+            slot.open = None;
+        }
     }
 
     /// Drops connection `generation` if it is still the open one (not one another
@@ -457,6 +470,10 @@ impl Reads {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         work(nodes.entry(node.to_owned()).or_default())
     }
+}
+
+fn connection_failed(error: &redis::RedisError) -> bool {
+    matches!(error.code(), None | Some("READONLY")) || error.redirect_node().is_some()
 }
 
 fn unreachable(why: &'static str) -> redis::RedisError {

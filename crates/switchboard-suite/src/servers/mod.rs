@@ -2,8 +2,11 @@
 //! is stopped when dropped, even when the test panics.
 
 pub mod nats;
+pub mod process;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_tls;
+pub mod sentinel;
 
 /// A port free now on 127.0.0.1, for a server about to start.
 pub fn free_port() -> u16 {

@@ -1,0 +1,284 @@
+//! Redis Sentinel: hubs find the master through the Sentinels, and follow a failover
+//! (the master SIGKILLed while a hub publishes, or `SENTINEL FAILOVER` with the old
+//! master alive and demoted): they reconnect to the new master and deliver again,
+//! losses counted, and a room with history stays gapless for a client that stays.
+
+mod redis_hubs;
+
+use redis_hubs::{count, member, serve, until_subscribers};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use switchboard::{
+    Message,
+    hub::{History, HubConfig},
+};
+use switchboard_redis::{RedisBroker, RedisConfig};
+use switchboard_suite::servers::sentinel::{SERVICE, Sentinels};
+use switchboard_suite::support::{until, within};
+
+const HISTORY: &str = "h";
+
+fn config(sentinels: &Sentinels) -> RedisConfig {
+    RedisConfig::default()
+        .sentinel(SERVICE, sentinels.sentinel_urls())
+        .max_backoff(Duration::from_millis(200))
+}
+
+/// Room `h` keeps history; its members get `<offset> <text>`.
+fn hub_config() -> HubConfig {
+    HubConfig::default().history_framed(
+        HISTORY,
+        History::default().max_len(100_000),
+        |message, position| {
+            let text = match message {
+                Message::Text(text) => text.as_str().to_owned(),
+                _ => String::new(),
+            };
+            Message::text(format!("{} {text}", position.offset))
+        },
+    )
+}
+
+/// The numbers in `texts` (`<n>`, or `<offset> <n>` when `framed`).
+fn numbers(texts: &Mutex<Vec<String>>, framed: bool) -> Vec<(u64, u64)> {
+    let texts = texts.lock().unwrap();
+    let parse = |text: &str| -> (u64, u64) {
+        match text.split_once(' ') {
+            Some((offset, n)) if framed => (offset.parse().unwrap(), n.parse().unwrap()),
+            _ => (0, text.parse().unwrap()),
+        }
+    };
+    texts.iter().map(|text| parse(text)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_follow_the_failover_of_a_killed_master() {
+    let mut sentinels = Sentinels::start().await;
+    let (a, a_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
+    let (b, b_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
+    let (live, history) = (member(&b, "r").await, member(&b, HISTORY).await);
+    let old = sentinels.master().await;
+    let mut master = sentinels.connection(old).await.unwrap();
+    until_subscribers(&mut master, "switchboard:room:r", 1).await;
+    until_subscribers(&mut master, &format!("switchboard:room:{HISTORY}"), 1).await;
+
+    // Hub a publishes one of each every 5 ms, through the failover.
+    let publishing = Arc::new(AtomicBool::new(true));
+    let confirmed = Arc::new(Mutex::new(Vec::new()));
+    let publisher = tokio::spawn({
+        let (hub, publishing, confirmed) = (a.hub.clone(), publishing.clone(), confirmed.clone());
+        async move {
+            let mut sent = 0;
+            while publishing.load(Relaxed) {
+                hub.to("r").send_text(sent.to_string());
+                let published = hub.to(HISTORY).publish(sent.to_string());
+                let confirmed = confirmed.clone();
+                tokio::spawn(async move {
+                    if published.await.is_ok() {
+                        confirmed.lock().unwrap().push(sent);
+                    }
+                });
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        }
+    });
+    until("deliveries before the kill", || count(&live) >= 50).await;
+    sentinels.kill(old);
+    let new = within("the failover", sentinels.until_failed_over(old)).await;
+    let mut master = sentinels.connection(new).await.unwrap();
+    until_subscribers(&mut master, "switchboard:room:r", 1).await;
+    until("both hubs ready again", || {
+        a.hub.is_ready() && b.hub.is_ready()
+    })
+    .await;
+    let resumed = count(&live);
+    until("deliveries after the failover", || {
+        count(&live) >= resumed + 50
+    })
+    .await;
+    publishing.store(false, Relaxed);
+    let sent = within("the publisher", publisher).await.unwrap();
+    // The last confirmations, and the last messages delivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Live room: in order, and every one missing counted, as lost by a or missed by b.
+    let got: Vec<u64> = numbers(&live, false).into_iter().map(|(_, n)| n).collect();
+    assert!(
+        got.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order: {got:?}"
+    );
+    let missing = sent - got.len() as u64;
+    let counted = a_stats.lost() + b_stats.missed();
+    assert!(missing > 0, "the outage lost some of {sent}");
+    assert!(missing <= counted, "{missing} missing, {counted} counted");
+    assert!(a_stats.reconnects() >= 1 && b_stats.reconnects() >= 1);
+
+    // History room: offsets without a gap, and every confirmed publish delivered.
+    let got = numbers(&history, true);
+    let offsets: Vec<u64> = got.iter().map(|(offset, _)| *offset).collect();
+    assert!(
+        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "gapless: {offsets:?}"
+    );
+    let delivered: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
+    let confirmed = confirmed.lock().unwrap().clone();
+    let undelivered: Vec<&u64> = confirmed
+        .iter()
+        .filter(|n| !delivered.contains(n))
+        .collect();
+    assert!(
+        undelivered.is_empty(),
+        "confirmed, not delivered: {undelivered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_does_not_keep_the_hubs() {
+    let sentinels = Sentinels::start().await;
+    let (a, _) = serve(
+        RedisBroker::connect(config(&sentinels)).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let (b, _) = serve(
+        RedisBroker::connect(config(&sentinels)).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let live = member(&b, "r").await;
+    let old = sentinels.master().await;
+    let room = "switchboard:room:r";
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), room, 1).await;
+
+    sentinels.failover().await;
+    let new = within("the failover", sentinels.until_failed_over(old)).await;
+    // Both hubs on the new master, none left on the old one, alive as a replica.
+    let all = "switchboard:all";
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), all, 2).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), room, 1).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), all, 0).await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
+    a.hub.to("r").send_text("after the failover");
+    until("delivery through the new master", || {
+        live.lock()
+            .unwrap()
+            .iter()
+            .any(|text| text == "after the failover")
+    })
+    .await;
+}
+
+/// A master turned into a replica behind the Sentinels' back (`REPLICAOF`), which
+/// keeps its clients connected: the hub finds it no longer the master (`ROLE`) and
+/// leaves it, rather than publish where no other hub may listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_leaves_a_master_demoted_under_it() {
+    let sentinels = Sentinels::start().await;
+    let (a, _) = serve(
+        RedisBroker::connect(config(&sentinels)).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    until("the hub ready", || a.hub.is_ready()).await;
+    let [old, replica] = sentinels.servers();
+    let all = "switchboard:all";
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), all, 1).await;
+
+    let mut promoted = sentinels.connection(replica).await.unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut promoted)
+        .await
+        .unwrap();
+    let command = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(replica)
+        .clone();
+    let _: () = command
+        .query_async(&mut sentinels.connection(old).await.unwrap())
+        .await
+        .unwrap();
+    until("the hub off the demoted master", || !a.hub.is_ready()).await;
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), all, 0).await;
+}
+
+/// Over TLS, Sentinels included, with a private CA: the hubs find the master, deliver,
+/// and follow a `SENTINEL FAILOVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_find_the_master_through_sentinels_over_tls() {
+    let sentinels = Sentinels::start_tls().await;
+    let root = sentinels.root_certificate().expect("a TLS deployment");
+    // The master's host and port come from the Sentinels; the URL gives the scheme.
+    let config = || {
+        config(&sentinels)
+            .url("rediss://127.0.0.1/")
+            .root_certificates(root.clone())
+    };
+    let (a, _) = serve(
+        RedisBroker::connect(config()).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let (b, _) = serve(
+        RedisBroker::connect(config()).await.unwrap(),
+        HubConfig::default(),
+    )
+    .await;
+    let live = member(&b, "r").await;
+    let old = sentinels.master().await;
+    let room = "switchboard:room:r";
+    until_subscribers(&mut sentinels.connection(old).await.unwrap(), room, 1).await;
+    a.hub.to("r").send_text("before");
+    until("delivery over TLS", || count(&live) == 1).await;
+
+    sentinels.failover().await;
+    let new = within("the failover", sentinels.until_failed_over(old)).await;
+    until_subscribers(&mut sentinels.connection(new).await.unwrap(), room, 1).await;
+    until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
+    a.hub.to("r").send_text("after");
+    until("delivery after the failover", || count(&live) == 2).await;
+    assert_eq!(*live.lock().unwrap(), ["before", "after"]);
+}
+
+/// `RedisBroker::connect` fails, and says why, when no Sentinel answers or none knows
+/// the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_says_why_no_master_was_found() {
+    let sentinels = Sentinels::start().await;
+    let unknown = config(&sentinels).sentinel("nosuchmaster", sentinels.sentinel_urls());
+    let error = within("connect to fail", RedisBroker::connect(unknown))
+        .await
+        .expect_err("no such service");
+    let why = std::error::Error::source(&error).map(ToString::to_string);
+    assert!(
+        why.as_deref()
+            .is_some_and(|why| why.contains("knows no master of that name")),
+        "{why:?}"
+    );
+
+    let nobody = format!(
+        "redis://127.0.0.1:{}/",
+        switchboard_suite::servers::free_port()
+    );
+    let silent = config(&sentinels).sentinel(SERVICE, [nobody.clone()]);
+    let error = within("connect to fail", RedisBroker::connect(silent))
+        .await
+        .expect_err("no Sentinel");
+    let why = std::error::Error::source(&error).map(ToString::to_string);
+    let port = nobody
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches('/');
+    assert!(
+        why.as_deref().is_some_and(|why| why.contains(port)),
+        "{why:?}"
+    );
+}
