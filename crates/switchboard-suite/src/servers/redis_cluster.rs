@@ -2,41 +2,36 @@
 //! without persistence, with a node timeout of one second (a killed master's replica
 //! takes over within a few), all killed when dropped.
 
-use super::free_port;
+use super::{
+    free_port,
+    process::{Process, TempDir},
+};
 use crate::support::within;
 use redis::{Cmd, FromRedisValue, Value};
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 /// Six `redis-server --cluster-enabled yes` and their files.
 #[derive(Debug)]
 pub struct RedisCluster {
+    /// Dropped first: the processes go before their files.
     nodes: Vec<Node>,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 #[derive(Debug)]
 struct Node {
     port: u16,
-    process: Option<Child>,
+    /// `None` while killed.
+    process: Option<Process>,
 }
 
 impl RedisCluster {
     /// Starts three masters and three replicas (`redis-cli --cluster create
     /// --cluster-replicas 1`) and returns once every node says `cluster_state:ok`.
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-cluster-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("a directory for the cluster's files");
         let mut cluster = Self {
             nodes: Vec::new(),
-            dir,
+            dir: TempDir::new("cluster"),
         };
         while cluster.nodes.len() < 6 {
             cluster.start_node().await;
@@ -46,48 +41,34 @@ impl RedisCluster {
         cluster
     }
 
-    /// Starts one more node on a free port, on another if that one was taken
-    /// meanwhile (the node does not answer within seconds).
+    /// Starts one more node, on a free port whose bus port is free too.
     async fn start_node(&mut self) {
-        for _ in 0..5 {
-            let port = free_cluster_port();
-            let mut node = Node {
-                port,
-                process: Some(self.spawn(port)),
-            };
-            let answers = until_answers(port);
-            if tokio::time::timeout(Duration::from_secs(5), answers)
-                .await
-                .is_ok()
-            {
-                self.nodes.push(node);
-                return;
-            }
-            node.kill();
-        }
-        panic!("no cluster node answered on five ports");
+        let port = free_cluster_port();
+        let process = Some(self.spawn(port).await);
+        self.nodes.push(Node { port, process });
     }
 
-    fn spawn(&self, port: u16) -> Child {
-        let port = port.to_string();
-        let config = self.dir.join(format!("nodes-{port}.conf"));
-        Command::new("redis-server")
-            .args(["--port", &port, "--cluster-enabled", "yes"])
-            .arg("--cluster-config-file")
-            .arg(&config)
-            .args([
-                "--cluster-node-timeout",
-                "1000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH")
+    async fn spawn(&self, port: u16) -> Process {
+        let config = self.dir.path().join(format!("nodes-{port}.conf"));
+        let (port_arg, config) = (port.to_string(), config.to_string_lossy());
+        let dir = self.dir.path().to_string_lossy();
+        let args = [
+            "--port",
+            &port_arg,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &config,
+            "--cluster-node-timeout",
+            "1000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ];
+        Process::start("redis-server", &args, port).await
     }
 
     async fn create(&self) {
@@ -206,7 +187,7 @@ impl RedisCluster {
     pub async fn restart(&mut self) {
         for index in 0..self.nodes.len() {
             if self.nodes[index].process.is_none() {
-                let process = self.spawn(self.nodes[index].port);
+                let process = self.spawn(self.nodes[index].port).await;
                 self.nodes[index].process = Some(process);
             }
         }
@@ -257,7 +238,8 @@ impl RedisCluster {
     /// Kills the node on `port` with SIGKILL, as a crash would.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
-            node.kill();
+            // Dropped: SIGKILLed and reaped.
+            node.process = None;
         }
     }
 
@@ -312,23 +294,6 @@ impl RedisCluster {
             let _: redis::RedisResult<()> = query(port, &setslot("NODE", &to_id)).await;
         }
         self.until_ok().await;
-    }
-}
-
-impl Node {
-    /// SIGKILL, and reaped.
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        self.nodes.iter_mut().for_each(Node::kill);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
