@@ -8,7 +8,9 @@
 //! cargo run --release -p switchboard-suite --example engine_load -- --redis redis://127.0.0.1:6379/ --rate 4000
 //! cargo run --release -p switchboard-suite --example engine_load -- --redis redis://127.0.0.1:6379/ --rooms 10000 --part delivery
 //! cargo run --release -p switchboard-suite --example engine_load -- --cluster redis://127.0.0.1:7000/ --rooms 10000 --part delivery
+//! cargo run --release -p switchboard-suite --example engine_load -- --nats nats://127.0.0.1:4222 --rate 4000
 //! # engine: --memory (default) | --redis URL | --cluster URL[,URL…] (any nodes of one cluster)
+//! #         | --nats URL (a nats-server with JetStream)
 //! # options: --part delivery|recovery|all --receivers 100 --rooms 1 --messages 20000
 //! #          --rate 2000 --secs 3 --find-rate --members 10 --down 1
 //! ```
@@ -24,10 +26,12 @@
 //!    then the other engines at that `--rate`. With `--rooms 10000` the burst crosses
 //!    10,000 rooms, one subscription each; give `--cluster` a cluster of one master,
 //!    then one of three, to see whether delivery grows with the shards.
-//! 2. **Recovery** (Redis: a `redis-server` of its own on a free port, from the
-//!    `PATH`): three hubs, `--members` clients on each in one room, each hub
+//! 2. **Recovery** (Redis: a `redis-server` of its own on a free port; NATS: a
+//!    `nats-server -js` of its own on a free port, storing in a directory of its own;
+//!    both from the `PATH`): three hubs, `--members` clients on each in one room, each hub
 //!    broadcasting to the room every 10 ms. The server is stopped, stays down
-//!    `--down` seconds, and starts again on the same port; the run prints the time
+//!    `--down` seconds, and starts again on the same port (NATS with the storage it
+//!    had, as a JetStream server on its disk comes back); the run prints the time
 //!    from the server's return until every hub is ready again and until every member
 //!    has heard every hub, and the losses the hubs counted. Memory has no server to
 //!    restart.
@@ -46,10 +50,11 @@ use std::{
 };
 use switchboard::hub::{Hub, MemoryNetwork};
 use switchboard_broker::Broker;
+use switchboard_nats::{NatsBroker, NatsConfig};
 use switchboard_redis::{RedisBroker, RedisConfig};
 use switchboard_suite::{
     load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client},
-    servers::redis::RedisServer,
+    servers::{nats::NatsServer, redis::RedisServer},
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -62,6 +67,7 @@ enum EngineFlag {
     Memory,
     Redis(String),
     Cluster(Vec<String>),
+    Nats(String),
 }
 
 impl EngineFlag {
@@ -70,6 +76,7 @@ impl EngineFlag {
             Self::Memory => "memory",
             Self::Redis(_) => "redis",
             Self::Cluster(_) => "cluster",
+            Self::Nats(_) => "nats",
         }
     }
 
@@ -80,6 +87,7 @@ impl EngineFlag {
             Self::Memory => memory(),
             Self::Redis(url) => redis(RedisConfig::default().url(url).prefix(prefix)),
             Self::Cluster(nodes) => redis(RedisConfig::default().cluster(nodes).prefix(prefix)),
+            Self::Nats(url) => nats(NatsConfig::default().url(url).prefix(prefix)),
         }
     }
 }
@@ -94,6 +102,10 @@ fn memory() -> Backplane {
 
 fn redis(config: RedisConfig) -> Backplane {
     Box::new(move || Ok(Box::new(RedisBroker::new(config.clone())?) as Box<dyn Broker>))
+}
+
+fn nats(config: NatsConfig) -> Backplane {
+    Box::new(move || Ok(Box::new(NatsBroker::new(config.clone())?) as Box<dyn Broker>))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +159,7 @@ fn options() -> Result<Options, LoadError> {
 fn set(options: &mut Options, arg: &str, value: String) -> Result<(), LoadError> {
     match arg {
         "--redis" => options.engine = EngineFlag::Redis(value),
+        "--nats" => options.engine = EngineFlag::Nats(value),
         "--cluster" => {
             options.engine = EngineFlag::Cluster(value.split(',').map(str::to_owned).collect());
         }
@@ -327,6 +340,17 @@ impl Restart for RedisServer {
     }
 }
 
+/// NATS comes back with the JetStream storage it had, as a server on its disk does.
+impl Restart for NatsServer {
+    fn stop(&mut self) {
+        self.kill();
+    }
+
+    async fn start(&mut self) {
+        self.restart().await;
+    }
+}
+
 /// Three hubs on `engine` (whose servers are `server`), members on each, the server
 /// restarted under them.
 async fn recovery(
@@ -427,6 +451,12 @@ async fn recovery_of(options: &Options) -> Result<(), LoadError> {
             recovery(options, &engine, &mut server).await?;
         }
         EngineFlag::Cluster(_) => println!("# cluster: no cluster of its own to restart yet"),
+        EngineFlag::Nats(_) => {
+            println!("# nats: the server restarts with the JetStream storage it had");
+            let mut server = NatsServer::start().await;
+            let engine = EngineFlag::Nats(server.url());
+            recovery(options, &engine, &mut server).await?;
+        }
     }
     Ok(())
 }

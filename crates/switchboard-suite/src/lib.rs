@@ -46,7 +46,10 @@ pub trait Engine: Sized + Send + Sync + 'static {
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker>;
 
     /// What a hub in a child process needs to make its broker with
-    /// [`engines::broker_from_args`]; `None` where [`Engine::CROSSES_PROCESSES`] is
+    /// [`engines::broker_from_args`]: the engine's name first, then what reaches
+    /// this engine value's backplane (its servers' addresses, its prefix), so that
+    /// the child joins this test's hubs and no other's. Called once per child hub
+    /// ([`support::ChildHub::start`]). `None` where [`Engine::CROSSES_PROCESSES`] is
     /// `false`.
     fn child_args(&self) -> Option<Vec<String>>;
 
@@ -61,14 +64,25 @@ pub trait Engine: Sized + Send + Sync + 'static {
     /// that what they publish meanwhile is what the cut hub misses: an engine that
     /// can only cut every link at once makes the tests that count what was missed
     /// show nothing. Does nothing where [`Engine::CAN_FAIL`] is `false`.
+    ///
+    /// How the engine finds the hub's link: on its server, by what the broker tells
+    /// the server about it (Redis lists the subscriber connection under the name
+    /// the broker gives it, `CLIENT SETNAME switchboard-sub-<node>`, and the engine
+    /// kills that client with `CLIENT KILL ID`); or through the brokers it made
+    /// itself (NATS keeps each one's `LinkHandle`, and forces the one of `node` to
+    /// reconnect: a hub of this process only).
     fn blip(&self, node: NodeId) -> impl Future<Output = ()> + Send;
 
-    /// Stops the engine's servers, as a crash would, until [`Engine::restart`]; what
-    /// they stored may be lost.
+    /// Stops the engine's servers, as a crash would (no goodbye to their clients),
+    /// until [`Engine::restart`].
     fn stop(&mut self) -> impl Future<Output = ()> + Send;
 
     /// Starts the servers again after [`Engine::stop`], on the same addresses, and
-    /// returns once they serve.
+    /// returns once they serve: **empty**, as a server without persistence comes
+    /// back (no stream, no message, no subscription of before). An engine whose
+    /// server persists (NATS JetStream with `-sd`, say) wipes its storage before
+    /// starting it again. The tests of a restart count on it: a stream's history is
+    /// gone, and comes back in a new epoch.
     fn restart(&mut self) -> impl Future<Output = ()> + Send;
 }
 
@@ -78,15 +92,34 @@ pub trait Engine: Sized + Send + Sync + 'static {
 /// skipped: tests for fewer engines go in a module of their own, whose tests are then
 /// `module::engine::name`.
 ///
+/// The suite's tests name a capability rather than engines, so that the engines
+/// of each are listed once, here:
+///
+/// - `all`: every engine;
+/// - `failing`: the engines whose link can fail ([`Engine::CAN_FAIL`]: blips, a
+///   stopped or restarted server) and whose hubs can be processes of their own
+///   ([`Engine::CROSSES_PROCESSES`]: a SIGKILLed hub);
+/// - `queued`: the engines that queue publishes for their link
+///   ([`Engine::broker_with_queue`] bounds that queue).
+///
 /// ```ignore
-/// every_engine!(memory, redis; name, other);
+/// every_engine!(all; name, other);
 /// mod failing {
 ///     use super::*;
-///     every_engine!(redis; after_a_restart);
+///     every_engine!(failing; after_a_restart);
 /// }
 /// ```
 #[macro_export]
 macro_rules! every_engine {
+    (all; $($test:ident),+ $(,)?) => {
+        $crate::every_engine!(memory, redis, redis_cluster, nats; $($test),+);
+    };
+    (failing; $($test:ident),+ $(,)?) => {
+        $crate::every_engine!(redis, redis_cluster, nats; $($test),+);
+    };
+    (queued; $($test:ident),+ $(,)?) => {
+        $crate::every_engine!(redis, redis_cluster, nats; $($test),+);
+    };
     ($($engine:ident),+ ; $($test:ident),+ $(,)?) => {
         $crate::every_engine!(@tests [$($test),+] $($engine),+);
     };

@@ -137,7 +137,8 @@ pub async fn serve_child<Events>(node: Node<Events>) {
 /// when dropped.
 #[derive(Debug)]
 pub struct ChildHub {
-    process: Child,
+    /// `None` once killed and reaped: its pid may then be another process's.
+    process: Option<Child>,
     /// The child hub's node id.
     pub node: NodeId,
     /// Where it listens.
@@ -167,7 +168,7 @@ impl ChildHub {
         let stdout = process.stdout.take().expect("a piped stdout");
         // Killed by its drop if it never says who it is.
         let mut child = Self {
-            process,
+            process: Some(process),
             node: NodeId::from_bits(0),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
@@ -186,26 +187,33 @@ impl ChildHub {
         child
     }
 
+    /// The child's pid, while it has not been killed.
+    fn pid(&self) -> u32 {
+        self.process.as_ref().expect("a child not killed").id()
+    }
+
     /// Stops the child (SIGSTOP), and returns once every thread of it is stopped:
     /// `kill` returns once the signal is sent, and a thread still running could
     /// answer one more query.
     pub async fn stop(&self) {
-        assert!(crate::servers::signal(self.process.id(), "STOP"));
-        let tasks = format!("/proc/{}/task", self.process.id());
+        assert!(crate::servers::signal(self.pid(), "STOP"));
+        let tasks = format!("/proc/{}/task", self.pid());
         until("the child to stop", || all_stopped(&tasks)).await;
     }
 
     /// Lets a stopped child run again (SIGCONT).
     pub fn resume(&self) {
-        assert!(crate::servers::signal(self.process.id(), "CONT"));
+        assert!(crate::servers::signal(self.pid(), "CONT"));
     }
 
     /// Kills the child with SIGKILL (no goodbye, no close of its sockets) and waits
-    /// until it is gone.
+    /// until it is gone; once only, as its pid is free for another process then.
     pub fn kill(&mut self) {
-        crate::servers::signal(self.process.id(), "CONT");
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        if let Some(mut process) = self.process.take() {
+            crate::servers::signal(process.id(), "CONT");
+            let _ = process.kill();
+            let _ = process.wait();
+        }
     }
 }
 

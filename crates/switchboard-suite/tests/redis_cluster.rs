@@ -17,7 +17,7 @@ use switchboard::{
     Message,
     hub::{Connection, Handler, History, Hub, HubConfig},
 };
-use switchboard_redis::{BrokerStats, RedisBroker};
+use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use switchboard_suite::{
     engines::redis_cluster::config,
     servers::redis_cluster::{RedisCluster, query},
@@ -76,7 +76,9 @@ async fn hub_on(cluster: &RedisCluster) -> TestHub {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let broker = RedisBroker::new(config(&cluster.urls())).unwrap();
+    // The default prefix: the cluster is this test's own.
+    let prefix = RedisConfig::default().prefix;
+    let broker = RedisBroker::new(config(&cluster.urls(), &prefix)).unwrap();
     let stats = broker.stats();
     let hub = Hub::with_broker(hub_config(), broker);
     let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Joiner));

@@ -1,9 +1,11 @@
 //! Streams with history on the in-memory engine: rooms whose messages are numbered,
 //! kept and recovered by connections that come back with their position, over real
-//! sockets with a tokio-tungstenite client: what a position recovers, and how a hub
-//! fills gaps and drops duplicates over a link that loses. Recovery across hubs, and
-//! across an engine's failures, is in the one suite every engine runs
-//! (`crates/switchboard-suite/tests/streams.rs`).
+//! sockets with a tokio-tungstenite client: which positions are not recovered
+//! (trimmed, too old, another epoch, a forgotten stream), rooms without history, and
+//! how a hub fills gaps and drops duplicates over a link that loses. A client back
+//! with exactly what it missed, on the same hub or on another, joiners racing
+//! publishers, and recovery across an engine's failures are in the one suite every
+//! engine runs (`crates/switchboard-suite/tests/streams.rs`).
 //!
 //! The route `/stream/{room}` joins its room on open: live, or from the position in
 //! its query (`?offset=N&epoch=HEX`); the handler reports the [`Recovery`] to the test.

@@ -11,9 +11,6 @@ use switchboard_nats::{LinkHandle, NatsBroker, NatsConfig};
 /// The name [`broker_from_args`](super::broker_from_args) knows a NATS child by.
 pub(crate) const ARG: &str = "nats";
 
-/// The NATS engine's prefix in the suite: one server per test, so one prefix is enough.
-const PREFIX: &str = "suite";
-
 /// The configuration of a hub's broker on the NATS at `url` under `prefix`:
 /// reconnections within half a second of NATS coming back (tests restart it).
 fn config(url: &str, prefix: &str) -> NatsConfig {
@@ -29,15 +26,17 @@ pub fn broker(url: &str, prefix: &str) -> NatsBroker {
     NatsBroker::new(config(url, prefix)).expect("a valid prefix")
 }
 
-/// The broker of a hub in a child process, on the NATS at `url`.
-pub(crate) fn child_broker(url: &str) -> Box<dyn Broker> {
-    Box::new(broker(url, PREFIX))
+/// The broker of a hub in a child process, on the NATS at `url` under `prefix`.
+pub(crate) fn child_broker(url: &str, prefix: &str) -> Box<dyn Broker> {
+    Box::new(broker(url, prefix))
 }
 
 /// One `nats-server -js` per test.
 #[derive(Debug)]
 pub struct Engine {
     server: NatsServer,
+    /// This engine value's own ([`super::unique_prefix`]).
+    prefix: String,
     /// The links of the brokers this engine made, for [`crate::Engine::blip`].
     links: Mutex<Vec<LinkHandle>>,
 }
@@ -57,6 +56,7 @@ impl crate::Engine for Engine {
     async fn start() -> Self {
         Self {
             server: NatsServer::start().await,
+            prefix: super::unique_prefix(),
             links: Mutex::default(),
         }
     }
@@ -67,7 +67,7 @@ impl crate::Engine for Engine {
 
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
         let config =
-            config(&self.server.url(), PREFIX).max_pending_publishes(max_pending_publishes);
+            config(&self.server.url(), &self.prefix).max_pending_publishes(max_pending_publishes);
         let broker = NatsBroker::new(config).expect("a valid prefix");
         self.links
             .lock()
@@ -76,12 +76,15 @@ impl crate::Engine for Engine {
         Box::new(broker)
     }
 
+    /// The name, the URL, the prefix.
     fn child_args(&self) -> Option<Vec<String>> {
-        Some(vec![ARG.to_owned(), self.server.url()])
+        Some(vec![ARG.to_owned(), self.server.url(), self.prefix.clone()])
     }
 
     async fn subscribed(&self, room: &str, hubs: usize) {
-        let subject = NatsConfig::default().prefix(PREFIX).room_subject(room);
+        let subject = NatsConfig::default()
+            .prefix(&self.prefix)
+            .room_subject(room);
         self.server.until_subscribers(&subject, hubs).await;
     }
 

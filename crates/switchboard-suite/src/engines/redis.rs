@@ -1,5 +1,5 @@
 //! Hubs on a Redis of the test's own ([`RedisServer`]), each through its own
-//! [`RedisBroker`].
+//! [`RedisBroker`], on a prefix of the engine value's own.
 
 use crate::servers::redis::RedisServer;
 use std::time::Duration;
@@ -13,6 +13,8 @@ pub(crate) const ARG: &str = "redis";
 #[derive(Debug)]
 pub struct Engine {
     server: RedisServer,
+    /// Every hub's configuration, on the server's URL and the engine's prefix.
+    config: RedisConfig,
 }
 
 impl Engine {
@@ -20,13 +22,20 @@ impl Engine {
     pub fn server(&self) -> &RedisServer {
         &self.server
     }
+
+    /// The configuration of this engine's hubs: the prefix of their channels and
+    /// keys, say.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
 }
 
-/// The configuration of a hub's broker on the Redis at `url`: reconnections within
-/// 200 ms, so that the tests' blips and restarts are short.
-fn config(url: &str) -> RedisConfig {
+/// The configuration of a hub's broker on the Redis at `url`, on `prefix`:
+/// reconnections within 200 ms, so that the tests' blips and restarts are short.
+fn config(url: &str, prefix: &str) -> RedisConfig {
     RedisConfig::default()
         .url(url)
+        .prefix(prefix)
         .max_backoff(Duration::from_millis(200))
 }
 
@@ -35,9 +44,9 @@ fn connect(config: RedisConfig) -> Box<dyn Broker> {
     Box::new(RedisBroker::new(config).expect("a valid Redis configuration"))
 }
 
-/// The broker of a hub on the Redis at `url`.
-pub(crate) fn broker(url: &str) -> Box<dyn Broker> {
-    connect(config(url))
+/// The broker of a hub on the Redis at `url`, on `prefix`.
+pub(crate) fn broker(url: &str, prefix: &str) -> Box<dyn Broker> {
+    connect(config(url, prefix))
 }
 
 impl crate::Engine for Engine {
@@ -46,31 +55,41 @@ impl crate::Engine for Engine {
     const CAN_FAIL: bool = true;
 
     async fn start() -> Self {
-        Self {
-            server: RedisServer::start().await,
-        }
+        let server = RedisServer::start().await;
+        let config = config(&server.url(), &super::unique_prefix());
+        Self { server, config }
     }
 
     fn broker(&self) -> Box<dyn Broker> {
-        broker(&self.server.url())
+        connect(self.config.clone())
     }
 
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
-        connect(config(&self.server.url()).max_pending_publishes(max_pending_publishes))
+        connect(
+            self.config
+                .clone()
+                .max_pending_publishes(max_pending_publishes),
+        )
     }
 
+    /// The name, the URL, the prefix.
     fn child_args(&self) -> Option<Vec<String>> {
-        Some(vec![ARG.to_owned(), self.server.url()])
+        Some(vec![
+            ARG.to_owned(),
+            self.server.url(),
+            self.config.prefix.clone(),
+        ])
     }
 
+    /// Counts the subscribers of the room's channel, `<prefix>:room:<room>`.
     async fn subscribed(&self, room: &str, hubs: usize) {
-        // The broker's default prefix.
-        let channel = format!("switchboard:room:{room}");
+        let channel = format!("{}:room:{room}", self.config.prefix);
         self.server.until_subscribers(&channel, hubs).await;
     }
 
-    /// Kills the hub's subscriber connection (`CLIENT KILL ID`), which fails its
-    /// whole link: it reconnects and subscribes again.
+    /// Kills the hub's subscriber connection, found by the name the broker gives it
+    /// (`CLIENT SETNAME switchboard-sub-<node>`), with `CLIENT KILL ID`: that fails
+    /// the hub's whole link, which reconnects and subscribes again.
     async fn blip(&self, node: NodeId) {
         self.server.kill_subscriber_of(node).await;
     }
@@ -79,6 +98,7 @@ impl crate::Engine for Engine {
         self.server.kill();
     }
 
+    /// `redis-server --save '' --appendonly no` again: it had nothing on disk.
     async fn restart(&mut self) {
         self.server.restart().await;
     }

@@ -1,5 +1,5 @@
 //! Hubs on a Redis Cluster of their own (three masters, three replicas), with sharded
-//! pub/sub.
+//! pub/sub, on a prefix of the engine value's own.
 
 use crate::servers::redis_cluster::RedisCluster;
 use std::time::Duration;
@@ -8,20 +8,32 @@ use switchboard_redis::{RedisBroker, RedisConfig};
 
 /// A cluster per test.
 #[derive(Debug)]
-pub struct Engine(RedisCluster);
+pub struct Engine {
+    cluster: RedisCluster,
+    /// Every hub's configuration, on the cluster's nodes and the engine's prefix.
+    config: RedisConfig,
+}
 
 impl Engine {
     /// The cluster, for a test's own checks (which master serves a slot, a failover).
     pub fn cluster(&mut self) -> &mut RedisCluster {
-        &mut self.0
+        &mut self.cluster
+    }
+
+    /// The configuration of this engine's hubs: the prefix of their channels and
+    /// keys.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
     }
 }
 
-/// The configuration of a hub on the cluster of these nodes: reconnections at most
-/// 200 ms apart, so that a failover is followed within a test's patience.
-pub fn config(nodes: &[String]) -> RedisConfig {
+/// The configuration of a hub on the cluster of these nodes, on `prefix`:
+/// reconnections at most 200 ms apart, so that a failover is followed within a test's
+/// patience.
+pub fn config(nodes: &[String], prefix: &str) -> RedisConfig {
     RedisConfig::default()
         .cluster(nodes)
+        .prefix(prefix)
         .max_backoff(Duration::from_millis(200))
 }
 
@@ -33,9 +45,9 @@ fn connect(config: RedisConfig) -> Box<dyn Broker> {
     Box::new(RedisBroker::new(config).expect("valid cluster URLs"))
 }
 
-/// The broker of a hub on the cluster of these nodes.
-pub(crate) fn broker(nodes: &[String]) -> Box<dyn Broker> {
-    connect(config(nodes))
+/// The broker of a hub on the cluster of these nodes, on `prefix`.
+pub(crate) fn broker(nodes: &[String], prefix: &str) -> Box<dyn Broker> {
+    connect(config(nodes, prefix))
 }
 
 impl crate::Engine for Engine {
@@ -44,42 +56,51 @@ impl crate::Engine for Engine {
     const CAN_FAIL: bool = true;
 
     async fn start() -> Self {
-        Self(RedisCluster::start().await)
+        let cluster = RedisCluster::start().await;
+        let config = config(&cluster.urls(), &super::unique_prefix());
+        Self { cluster, config }
     }
 
     fn broker(&self) -> Box<dyn Broker> {
-        broker(&self.0.urls())
+        connect(self.config.clone())
     }
 
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
-        connect(config(&self.0.urls()).max_pending_publishes(max_pending_publishes))
+        connect(
+            self.config
+                .clone()
+                .max_pending_publishes(max_pending_publishes),
+        )
     }
 
+    /// The name, the prefix, the nodes' URLs.
     fn child_args(&self) -> Option<Vec<String>> {
-        Some([vec![ARG.to_owned()], self.0.urls()].concat())
+        let head = [ARG.to_owned(), self.config.prefix.clone()];
+        Some([head.to_vec(), self.cluster.urls()].concat())
     }
 
+    /// Counts the subscribers of the room's sharded channel, `{<prefix>:room:<room>}`
+    /// (its stream's hash tag), on its master.
     async fn subscribed(&self, room: &str, hubs: usize) {
-        // The broker's default prefix; a room's channel is its stream's hash tag.
-        let channel = format!("{{switchboard:room:{room}}}");
-        self.0.until_subscribers(&channel, hubs).await;
+        let channel = format!("{{{}:room:{room}}}", self.config.prefix);
+        self.cluster.until_subscribers(&channel, hubs).await;
     }
 
     /// Kills the hub's subscriber connections (`CLIENT KILL ID` on every master): one
     /// is enough to fail its whole link, which reconnects and subscribes again.
     async fn blip(&self, node: NodeId) {
         let killed = self
-            .0
+            .cluster
             .kill_clients_named(&format!("switchboard-sub-{node}"))
             .await;
         assert!(killed > 0, "no subscriber of {node} to kill");
     }
 
     async fn stop(&mut self) {
-        self.0.stop();
+        self.cluster.stop();
     }
 
     async fn restart(&mut self) {
-        self.0.restart().await;
+        self.cluster.restart().await;
     }
 }

@@ -296,9 +296,11 @@ async fn a_stopped_hub_is_named_missing_within_the_timeout<E: Engine>() {
     if let Some(args) = child_args() {
         return serve_child(node(broker_from_args(&args)).await).await;
     }
+    // The asking hubs wait 300 ms unless a query says otherwise.
+    let timeout = Duration::from_millis(300);
     let engine = E::start().await;
-    let mut a = node(engine.broker()).await;
-    let mut b = node(engine.broker()).await;
+    let mut a = node_with(engine.broker(), config().cluster_timeout(timeout)).await;
+    let mut b = node_with(engine.broker(), config().cluster_timeout(timeout)).await;
     let c = Stoppable::start(&engine).await;
     let all = [a.hub.node(), b.hub.node(), c.node()];
     until_they_know(&[&a, &b], &all).await;
@@ -322,12 +324,12 @@ async fn a_stopped_hub_is_named_missing_within_the_timeout<E: Engine>() {
     let on_c = members.iter().find(|m| m.node == c.node()).unwrap().id;
 
     c.stop().await;
-    let timeout = Duration::from_millis(300);
-    // Within the timeout, and not much past it, on a loaded machine.
+    // Within the timeout, and not much past it, on a loaded machine: the hubs'
+    // `cluster_timeout` (their default 1 s would miss it), or the query's own.
     let bound = timeout..timeout + Duration::from_millis(500);
     let live = [a.hub.node(), b.hub.node()];
     let asked = Instant::now();
-    let size = a.hub.cluster().timeout(timeout).room_size("lobby").await;
+    let size = a.hub.cluster().room_size("lobby").await;
     assert_partial(&size, asked, &bound, &live, c.node());
     assert_eq!(size.value, 2, "what the live hubs hold");
     let asked = Instant::now();
@@ -339,7 +341,7 @@ async fn a_stopped_hub_is_named_missing_within_the_timeout<E: Engine>() {
     let rooms = a.hub.cluster().timeout(timeout).rooms().await;
     assert_partial(&rooms, asked, &bound, &live, c.node());
     let asked = Instant::now();
-    let count = a.hub.cluster().timeout(timeout).connection_count().await;
+    let count = a.hub.cluster().connection_count().await;
     assert_partial(&count, asked, &bound, &live, c.node());
     assert_eq!(count.value, 2);
     let error = count.complete().unwrap_err();
@@ -348,19 +350,22 @@ async fn a_stopped_hub_is_named_missing_within_the_timeout<E: Engine>() {
     let moved = b.hub.cluster().timeout(timeout).join(on_c, "hall").await;
     assert_eq!((moved.value, moved.missing), (0, vec![c.node()]));
 
-    // Resumed before node_timeout: it answers again, and has kept its member.
+    // Resumed before node_timeout: it answers again, and has kept its member. A
+    // hub of this process answers the first query; a process resumed by SIGCONT
+    // may take a while to be scheduled and catch up, so the test asks until.
     c.resume();
-    within("the resumed hub to answer", async {
+    let size = within("the resumed hub to answer", async {
         loop {
-            let size = a.hub.cluster().timeout(timeout).room_size("lobby").await;
-            if size.is_complete() {
-                assert_eq!(size.value, 3);
-                assert_eq!(size.replied, sorted(all.to_vec()));
-                return;
+            let size = a.hub.cluster().room_size("lobby").await;
+            if size.is_complete() || !E::CROSSES_PROCESSES {
+                return size;
             }
         }
     })
     .await;
+    assert!(size.is_complete(), "missing {:?}", size.missing);
+    assert_eq!(size.value, 3);
+    assert_eq!(size.replied, sorted(all.to_vec()));
 }
 
 async fn a_hub_that_is_gone_is_named_missing_at_once<E: Engine>() {
@@ -492,7 +497,7 @@ async fn orders_by_room_reach_the_members_on_every_hub<E: Engine>() {
     assert_eq!(a.hub.cluster().connection_count().await.value, 1);
 }
 
-switchboard_suite::every_engine!(memory, redis, redis_cluster, nats;
+switchboard_suite::every_engine!(all;
     queries_sum_every_hub_and_name_who_replied,
     a_stopped_hub_is_named_missing_within_the_timeout,
     a_hub_that_is_gone_is_named_missing_at_once,

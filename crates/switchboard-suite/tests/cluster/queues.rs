@@ -109,7 +109,7 @@ async fn a_queue_of_zero_holds_one_publish<E: Engine>() {
     .await;
 }
 
-switchboard_suite::every_engine!(redis, redis_cluster, nats;
+switchboard_suite::every_engine!(queued;
     a_full_queue_drops_and_counts_publishes_but_keeps_subscriptions,
     a_queue_of_zero_holds_one_publish,
 );
