@@ -102,7 +102,7 @@ pub trait Engine: Sized + Send + Sync + 'static {
 /// - `queued`: the engines that queue publishes for their link
 ///   ([`Engine::broker_with_queue`] bounds that queue).
 ///
-/// ```ignore
+/// ```text
 /// every_engine!(all; name, other);
 /// mod failing {
 ///     use super::*;
