@@ -32,8 +32,11 @@
 //! member's leave. A room name is any string: it is written as one subject token
 //! (ASCII letters, digits and `-` as they are, every other byte as `_` and two hex
 //! digits: `lobby.1` is `lobby_2E1`, the empty name `_`), so that `.`, spaces, `*` and
-//! `>` in a name neither split nor widen a subject. Publishing to a room costs one
-//! publish, whatever the number of hubs.
+//! `>` in a name neither split nor widen a subject; a token past 200 bytes is cut and
+//! ends with `_H` and a hash of the whole (NATS closes a connection that sends a
+//! protocol line past 4 KB). Publishing to a room costs one publish, whatever the
+//! number of hubs. A hub also sends itself probes on `<prefix>.probe.<its node id>`
+//! (see Readiness).
 //!
 //! # Delivery
 //!
@@ -44,7 +47,8 @@
 //! a restart of NATS, a slow consumer NATS disconnected, messages the client dropped
 //! because this hub fell behind ([`BrokerStats::slow_consumer`] counts those events),
 //! a publisher's shed. While the link to NATS is down, envelopes cannot be published:
-//! each one is counted in [`BrokerStats::lost`]. The client reconnects by itself,
+//! each one is counted in [`BrokerStats::lost`], as is one the client does not take
+//! within 500 ms (its buffer full: NATS does not read). The client reconnects by itself,
 //! waiting between attempts with jittered backoff up to [`NatsConfig::max_backoff`],
 //! and subscribes again to everything the hub had.
 //!
@@ -55,26 +59,38 @@
 //! numbers. The stream is named `<prefix>_S<room>` (both written as above; a name past
 //! 200 bytes is cut and ends with a hash), stores on `<prefix>.stream.<room>`, keeps
 //! at most the history's `max_len` messages (`max_messages`, older ones discarded) none
-//! older than its `max_age`, in file storage, and **republishes** every message it
+//! older than its `max_age`, in file storage with one replica (`num_replicas: 1`: on a
+//! NATS cluster, a room's history lives on one server), and **republishes** every message it
 //! stores onto the room's subject with its `Nats-Stream` and `Nats-Sequence` headers
 //! (JetStream's RePublish, nats-server 2.9 or newer): storing and numbering are one
 //! step in the server, and every hub subscribed to the room, the publishing one
 //! included, is handed the room's messages in offset order. The stream is created by
-//! the first publish or read of the room (its limits updated when a hub asks for
-//! others). The first publish to a stream on a link waits for JetStream's
-//! acknowledgement before the publishes behind it go: a stream just made may answer
-//! that it is not there for a moment, and the message is sent again (within 2 s)
-//! without going behind them.
+//! the first publish to the room (its limits updated when a hub asks for others); a
+//! read makes none. Each stream's publishes go through a task of the stream's own, in
+//! the hub's order, so that a slow JetStream holds up neither the other streams nor
+//! the core envelopes (the cluster's heartbeats among them). The first publish to a
+//! stream on a link waits for JetStream's acknowledgement before the stream's next
+//! publishes go: a stream just made may answer that it is not there for a moment, and
+//! the message is sent again (within 2 s) without going behind them. A stream
+//! JetStream failed to make is not asked for again for 1 s: its publishes are refused
+//! meanwhile. A stream message larger than the server's `max_payload` is refused
+//! before it is sent (NATS would close the connection on it).
 //!
-//! A stream's epoch is derived from the stream's creation time: a NATS restarted
-//! without its storage, or the stream deleted (`nats stream rm`) and made again by the
-//! next publish, gives the room a new epoch, so that no client mistakes the new
-//! sequence for the old one. A hub learns it from the stream's info, once per stream
-//! and again after a reconnect or when the sequence goes back.
+//! A stream's epoch is drawn at random by the hub that makes the stream and written in
+//! its description (`switchboard epoch <hex>`; a stream made otherwise takes its
+//! creation time): a NATS restarted without its storage, or the stream deleted (`nats
+//! stream rm`) and made again by the next publish, gives the room a new epoch, so that
+//! no client mistakes the new sequence for the old one. A read of a room that has no
+//! stream answers offset 0 in an epoch the hub remembers, and the stream this hub
+//! makes for the room takes that epoch; a stream another hub makes has its own, which
+//! the reading hub takes as the stream starting anew. A hub learns a stream's epoch
+//! from its info, once per stream and again after a reconnect or when the sequence
+//! goes back.
 //!
 //! A stream publish resolves once JetStream acknowledged it, to its sequence; a publish
 //! that was not sent (the link down, the queue full, the stream refused) to
-//! [`StreamError::Unavailable`], and one sent whose acknowledgement never came to
+//! [`StreamError::Unavailable`] (so does one JetStream answered with an error:
+//! limits, size), counted in [`BrokerStats::lost`], and one sent whose acknowledgement never came to
 //! [`StreamError::Unconfirmed`]: it may be stored, and delivered. Reads
 //! ([`Broker::read_stream`]) take the stream's info (epoch, newest sequence) and get
 //! the messages after the offset asked for by sequence, at most `max_len` of them,
@@ -86,24 +102,35 @@
 //!   Full, it sheds the new envelope, counted in [`BrokerStats::shed`] and
 //!   [`BrokerStats::lost`] here, and in [`BrokerStats::missed`] on the hubs that would
 //!   have received it.
+//! - A stream's publishes wait for its task in a queue of 64; past that they are shed,
+//!   counted in [`BrokerStats::shed`] and [`BrokerStats::lost`].
 //! - Arrivals wait for the hub in a queue of [`NatsConfig::max_pending_deliveries`];
-//!   each subscription holds at most as many messages in the client. Past that, the
+//!   each subscription holds at most as many messages in the client (so the bound is
+//!   per subscription: a hub in R rooms may hold up to (R + 3) ×
+//!   [`NatsConfig::max_pending_deliveries`] messages in the client while it is
+//!   behind, plus the queue). Past that, the
 //!   client drops what arrives for the subscription (a slow-consumer event, counted in
 //!   [`BrokerStats::slow_consumer`]; the messages themselves in
 //!   [`BrokerStats::missed`] through the publishers' numbering).
 //! - The per-subject numbers are kept in bounded maps on both sides.
 //! - A stream holds at most `max_len` messages for at most `max_age`; a read returns at
-//!   most `max_len` messages. JetStream keeps a room's (empty) stream after its
-//!   messages expire: delete them with `nats stream rm` if rooms come and go by the
-//!   million.
+//!   most `max_len` messages. A room's stream persists after its messages expire
+//!   (`max_age` empties it, it does not delete it): delete idle streams with `nats
+//!   stream rm` if rooms come and go by the million. Reads make no stream.
 //!
 //! # Readiness
 //!
 //! The hub is not ready (`Hub::is_ready`, the `/ready` route answers 503) until the
-//! client is connected and NATS has taken every subscription the hub has (a flush
-//! after subscribing: NATS answers a ping after the subscriptions sent before it), and
-//! again from the moment the link fails until the client has reconnected and
-//! subscribed again.
+//! client is connected and NATS has taken every subscription the hub has: the hub
+//! sends a probe to its own probe subject and is ready on that connection once the
+//! probe came back (NATS handles a connection's messages in order, so every
+//! subscription sent before it is in place). It is not ready from the moment the
+//! client's connection is not up (taken from the client's state and its count of
+//! connections, not from its events, which can be lost) until it is back and a probe
+//! came back on it, nor after NATS reported an error (a permission refused) until the
+//! next connection. Every 2 s the hub sends a probe again: one that does not come back
+//! within 2 s (NATS frozen, its machine gone: the client's own pings, every 2 s, do not
+//! go while the hub publishes) makes the hub not ready and the client reconnect.
 //!
 //! # Versions
 //!
@@ -240,12 +267,30 @@ impl NatsConfig {
         self
     }
 
+    /// The servers of [`NatsConfig::url`], each checked.
+    fn servers(&self) -> Result<Vec<String>, std::io::Error> {
+        let servers: Vec<String> = self
+            .url
+            .split(',')
+            .map(|url| url.trim().to_owned())
+            .collect();
+        for server in &servers {
+            server.parse::<async_nats::ServerAddr>()?;
+        }
+        Ok(servers)
+    }
+
     fn subject_all(&self) -> String {
         format!("{}.all", self.prefix)
     }
 
     fn subject_node(&self, node: NodeId) -> String {
         format!("{}.node.{node}", self.prefix)
+    }
+
+    /// Where a hub sends itself the probes that confirm its subscriptions.
+    fn subject_probe(&self, node: NodeId) -> String {
+        format!("{}.probe.{node}", self.prefix)
     }
 
     /// The subject `room`'s envelopes travel on: `<prefix>.room.<room as one token>`
@@ -277,6 +322,9 @@ pub enum ConnectError {
     /// The prefix cannot start subjects (empty tokens, spaces, wildcards).
     #[error("invalid NATS subject prefix {0:?}")]
     InvalidPrefix(String),
+    /// [`NatsConfig::url`] is not a NATS server's URL (or a list of them).
+    #[error("invalid NATS URL")]
+    InvalidUrl(#[source] std::io::Error),
     /// NATS could not be reached ([`NatsBroker::connect`]).
     #[error("could not connect to NATS: {0}")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -361,6 +409,7 @@ impl NatsBroker {
         if !names::valid_prefix(&config.prefix) {
             return Err(ConnectError::InvalidPrefix(config.prefix));
         }
+        config.servers().map_err(ConnectError::InvalidUrl)?;
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         Ok(Self {
             config,
@@ -380,7 +429,7 @@ impl NatsBroker {
     pub async fn connect(config: NatsConfig) -> Result<Self, ConnectError> {
         let broker = Self::new(config)?;
         let client = link::options(&broker.config, &broker.link)
-            .connect(broker.config.url.as_str())
+            .connect(broker.config.servers().map_err(ConnectError::InvalidUrl)?)
             .await
             .map_err(|error| ConnectError::Connect(Box::new(error)))?;
         if let Some((first, _)) = lock(&broker.pending).as_mut() {
@@ -477,6 +526,7 @@ impl Broker for NatsBroker {
     /// Queues the JetStream publish behind the publishes already waiting: counted, shed
     /// and lost as they are (see the crate's Streams section).
     fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
+        let (stats, subject) = (self.link.stats.clone(), self.config.subject_of(&envelope));
         let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
             Ok((publish, answer)) => {
                 if let Err(refused) = self.queue(Publish::Stream(Box::new(publish))) {
@@ -493,9 +543,10 @@ impl Broker for NatsBroker {
         };
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| {
-                Err(StreamError::Unconfirmed(
-                    "the link task has ended".to_owned(),
-                ))
+                // Dropped in a queue as the link ended: never sent.
+                let why = "the link task has ended";
+                stats.lose(&subject, why);
+                Err(StreamError::Unavailable(why.to_owned()))
             })
         })
     }
@@ -507,7 +558,7 @@ impl Broker for NatsBroker {
             return Box::pin(std::future::ready(Err(StreamError::Unavailable(why))));
         };
         let read = stream::Read {
-            jetstream: async_nats::jetstream::new(client),
+            jetstream: link::jetstream(&client),
             config: self.config.clone(),
             room: room.to_owned(),
             history,
@@ -528,7 +579,7 @@ impl Broker for NatsBroker {
     /// every room of the hub, its node subject and `all`, and again from the moment
     /// the link fails until it is back with them.
     fn is_ready(&self) -> bool {
-        self.link.ready.load(Relaxed)
+        self.link.is_ready(self.client.get())
     }
 
     fn metrics(&self) -> Option<BrokerMetrics> {
@@ -561,7 +612,7 @@ impl LinkHandle {
 
     /// Whether the broker is ready now (`Broker::is_ready`).
     pub fn is_ready(&self) -> bool {
-        self.state.ready.load(Relaxed)
+        self.state.is_ready(self.client.get())
     }
 
     /// Closes the connection to NATS and returns once the link is down (not ready) or
@@ -573,11 +624,17 @@ impl LinkHandle {
         let Some(client) = self.client.get() else {
             return false;
         };
-        let reconnects = self.state.stats.reconnects();
+        let connects = client.statistics();
+        let before = connects.connects.load(Relaxed);
         if client.force_reconnect().await.is_err() {
             return false;
         }
-        while self.is_ready() && self.state.stats.reconnects() == reconnects {
+        // The client may take the command late, or be back before we look.
+        let deadline = Instant::now() + link::REQUEST_TIMEOUT;
+        while client.connection_state() == async_nats::connection::State::Connected
+            && connects.connects.load(Relaxed) == before
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         true
@@ -703,6 +760,23 @@ mod tests {
         assert_eq!(max_backoff, Duration::from_secs(1));
         assert_eq!(max_pending_publishes, 2);
         assert_eq!(max_pending_deliveries, 3);
+    }
+
+    #[test]
+    fn a_url_that_is_not_nats_is_refused_and_a_list_is_taken() {
+        for bad in [
+            "http://127.0.0.1:4222",
+            "nats://a:b:c",
+            "nats://127.0.0.1:4222,redis://x",
+        ] {
+            let refused = NatsBroker::new(NatsConfig::default().url(bad));
+            assert!(matches!(refused, Err(ConnectError::InvalidUrl(_))), "{bad}");
+        }
+        let list = NatsConfig::default().url("nats://a:4222, tls://b:4223,c");
+        assert_eq!(
+            list.servers().unwrap(),
+            ["nats://a:4222", "tls://b:4223", "c"]
+        );
     }
 
     #[test]

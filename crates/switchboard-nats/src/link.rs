@@ -6,12 +6,13 @@
 
 use crate::{BrokerStats, NatsConfig, Publish, RoomChanges, lock, stream};
 use async_nats::{Client, ConnectOptions, Event, Subscriber, connection::State as Connection};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
@@ -36,65 +37,94 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a request (a flush, a JetStream call) may wait for NATS's answer.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a publish may wait for the client to take it: its buffer is full while
+/// NATS does not read (frozen), and the hub's publishes must not stall behind it.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often the client pings NATS (when it sends nothing else) and the link sends a
+/// probe through NATS: a NATS that stops answering (frozen, or its machine gone) is
+/// taken as lost within this and [`REQUEST_TIMEOUT`].
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How long a receiver remembers a publisher's counter on a subject without hearing
 /// from it: longer than publishers keep theirs (`crate::PUBLISHER_IDLE`).
 const RECEIVER_IDLE: Duration = Duration::from_secs(600);
 
-/// How long the link waits before asking NATS again after a flush failed.
+/// How often the link looks at the client's connection (and asks NATS again after a
+/// probe failed).
 const RETRY: Duration = Duration::from_millis(100);
 
 /// What the client's events and the tasks share: the counters and the link's state.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) stats: BrokerStats,
-    /// See `Broker::is_ready`.
-    pub(crate) ready: AtomicBool,
-    connected: AtomicBool,
-    /// One more at each connection: a flush answers for the subscriptions of one.
-    generation: AtomicU64,
-    /// Since when the link is down, after it was up.
-    down_since: Mutex<Option<Instant>>,
+    /// The client's count of connections (the first one included), once it is made.
+    connects: OnceLock<Arc<async_nats::Statistics>>,
+    /// The connection (by the client's count) whose subscriptions a probe came back
+    /// through: the hub is ready while it is the client's current one.
+    confirmed: AtomicU64,
+    /// The connection on which NATS reported an error (a permission refused): the
+    /// hub is not ready until the next one.
+    refused: AtomicU64,
+    /// Woken by the client's connection events: the link looks at once rather than
+    /// at its next [`RETRY`] (the events are only a hint, they can be lost).
     changed: Notify,
     /// The streams' epochs and which streams this link has made sure of.
     pub(crate) streams: stream::Known,
 }
 
 impl State {
-    /// Follows the client's events (called by the client, on its own task).
+    /// Follows the client's events (called by the client, on its own task). They
+    /// can be lost (the client drops them when its channel is full): the link's state
+    /// is taken from the client itself, the events only add what it does not keep.
     fn event(&self, event: Event) {
         match event {
-            Event::Connected => {
-                if let Some(down) = lock(&self.down_since).take() {
-                    self.stats.count(&self.stats.0.reconnects);
-                    let lost = self.stats.lost();
-                    tracing::info!(outage = ?down.elapsed(), lost, "link to NATS restored");
-                }
-                // A NATS restarted without its storage has no stream we knew.
-                self.streams.clear();
-                self.generation.fetch_add(1, Relaxed);
-                self.connected.store(true, Relaxed);
-                self.changed.notify_one();
-            }
-            Event::Disconnected => {
-                self.ready.store(false, Relaxed);
-                self.connected.store(false, Relaxed);
-                lock(&self.down_since).get_or_insert_with(Instant::now);
-                tracing::warn!("lost the link to NATS; reconnecting");
-                self.changed.notify_one();
-            }
             Event::SlowConsumer(sid) => {
                 let events = self.stats.0.slow_consumer.fetch_add(1, Relaxed) + 1;
                 if events.is_power_of_two() {
                     tracing::warn!(sid, events, "the hub is behind: NATS messages dropped");
                 }
             }
+            Event::ServerError(error) => {
+                self.refused.store(self.connects(), Relaxed);
+                tracing::error!(%error, "NATS refused the hub something: not ready until the next connection");
+            }
+            Event::Connected | Event::Disconnected => self.changed.notify_one(),
             other => tracing::debug!(event = %other, "NATS client event"),
         }
     }
 
-    pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Relaxed)
+    /// The client's connections so far (0 before the first one).
+    fn connects(&self) -> u64 {
+        self.connects
+            .get()
+            .map_or(0, |statistics| statistics.connects.load(Relaxed))
     }
+
+    /// See `Broker::is_ready`: the client connected, on the connection a probe
+    /// came back through, and NATS refused nothing on it.
+    pub(crate) fn is_ready(&self, client: Option<&Client>) -> bool {
+        let Some(client) = client else { return false };
+        let connects = self.connects();
+        client.connection_state() == Connection::Connected
+            && self.confirmed.load(Relaxed) == connects
+            && self.refused.load(Relaxed) != connects
+    }
+
+    pub(crate) fn is_connected(&self, client: &Client) -> bool {
+        client.connection_state() == Connection::Connected
+    }
+
+    fn attach(&self, client: &Client) {
+        let _ = self.connects.set(client.statistics());
+    }
+}
+
+/// A JetStream context whose requests wait at most [`REQUEST_TIMEOUT`].
+pub(crate) fn jetstream(client: &Client) -> async_nats::jetstream::Context {
+    let mut jetstream = async_nats::jetstream::new(client.clone());
+    jetstream.set_timeout(REQUEST_TIMEOUT);
+    jetstream
 }
 
 /// The client's options: our bounds, our backoff, our event handler.
@@ -105,6 +135,7 @@ pub(crate) fn options(config: &NatsConfig, state: &Arc<State>) -> ConnectOptions
         .subscription_capacity(config.max_pending_deliveries.max(1))
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT))
+        .ping_interval(PING_INTERVAL)
         .max_reconnects(None)
         .reconnect_delay_callback(move |attempts| {
             let mut backoff = lock(&backoff);
@@ -145,7 +176,9 @@ pub(crate) async fn run(task: Task, first: Option<Client>, publishes: Receiver<P
         Some(client) => client,
         None => {
             let options = options(&task.config, &task.state).retry_on_initial_connect();
-            match options.connect(task.config.url.as_str()).await {
+            // Checked by NatsBroker::new.
+            let servers = task.config.servers().unwrap_or_default();
+            match options.connect(servers).await {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::error!(%error, "NATS client not made; the hub is not attached");
@@ -154,6 +187,7 @@ pub(crate) async fn run(task: Task, first: Option<Client>, publishes: Receiver<P
             }
         }
     };
+    task.state.attach(&client);
     let _ = task.client.set(client.clone());
     let (deliveries, arrived) = mpsc::channel(task.config.max_pending_deliveries.max(1));
     let _delivery = Aborting(tokio::spawn(deliver(
@@ -172,7 +206,7 @@ pub(crate) async fn run(task: Task, first: Option<Client>, publishes: Receiver<P
         deliveries,
         detector: Mutex::new(GapDetector::new(DEFAULT_MAX_CHANNELS, RECEIVER_IDLE)),
         state: task.state.clone(),
-        jetstream: async_nats::jetstream::new(client.clone()),
+        jetstream: jetstream(&client),
     });
     let mut link = Link {
         task: &task,
@@ -196,46 +230,101 @@ struct Link<'a> {
 impl Link<'_> {
     async fn serve(&mut self, mut publisher: Aborting<()>) {
         let config = &self.task.config;
+        let probe = config.subject_probe(self.task.inbox.node());
+        let Ok(mut probe) = self.client.subscribe(probe).await else {
+            // Only a closed client refuses: the broker is going.
+            return;
+        };
         self.subscribe(config.subject_all()).await;
         self.subscribe(config.subject_node(self.task.inbox.node()))
             .await;
         self.apply_room_changes().await;
         let (task, state) = (self.task, self.task.state.clone());
         let deliveries = self.receiving.deliveries.clone();
-        let mut flushed = 0;
+        let mut seen = 0;
+        let mut checked = Instant::now();
         loop {
-            let retry = !state.ready.load(Relaxed) && state.is_connected() && {
-                let generation = state.generation.load(Relaxed);
-                !self.confirm(generation, &mut flushed).await
-            };
+            let connects = state.connects();
+            if connects != seen {
+                self.connected(seen, connects);
+                seen = connects;
+            }
+            if state.is_connected(&self.client) {
+                if state.confirmed.load(Relaxed) != connects {
+                    self.confirm(&mut probe, connects).await;
+                    checked = Instant::now();
+                } else if checked.elapsed() >= PING_INTERVAL {
+                    self.check(&mut probe, connects).await;
+                    checked = Instant::now();
+                }
+            }
             tokio::select! {
                 () = task.changes.changed.notified() => self.apply_room_changes().await,
                 () = state.changed.notified() => {}
-                () = tokio::time::sleep(RETRY), if retry => {}
+                () = tokio::time::sleep(RETRY) => {}
                 _ = &mut publisher.0 => return,
                 () = deliveries.closed() => return,
             }
         }
     }
 
-    /// Flushes (NATS answers once it has taken every subscription sent before) and
-    /// makes the hub ready if no reconnection came meanwhile; whether it did.
-    async fn confirm(&self, generation: u64, flushed: &mut u64) -> bool {
-        let state = &self.task.state;
-        if *flushed == generation {
-            return true;
+    /// A new connection (the client counted `connects`, `seen` before).
+    fn connected(&self, seen: u64, connects: u64) {
+        let stats = &self.task.state.stats;
+        stats
+            .0
+            .reconnects
+            .store(connects.saturating_sub(1), Relaxed);
+        if seen > 0 {
+            tracing::info!(lost = stats.lost(), "link to NATS restored");
         }
+        // A NATS restarted without its storage has no stream we knew.
+        self.task.state.streams.clear();
+    }
+
+    /// Makes the hub ready on the connection the client counted `connects` once a
+    /// probe came back on it: NATS has then taken every subscription sent before.
+    async fn confirm(&self, probe: &mut Subscriber, connects: u64) {
         let asked = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.flush()).await {
-            Ok(Ok(())) if state.generation.load(Relaxed) == generation && state.is_connected() => {
-                state.ready.store(true, Relaxed);
-                *flushed = generation;
-                let rooms = self.subscriptions.len().saturating_sub(2);
-                tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to NATS");
-                true
-            }
-            _ => false,
+        if self.round_trip(probe, connects).await {
+            self.task.state.confirmed.store(connects, Relaxed);
+            let rooms = self.subscriptions.len().saturating_sub(2);
+            tracing::info!(rooms, took = ?asked.elapsed(), "subscribed to NATS");
         }
+    }
+
+    /// Checks that NATS still answers: a NATS frozen (or its machine gone) keeps the
+    /// connection open, and the client's own pings never go while the hub publishes.
+    /// Without an answer, the hub is not ready and the client connects again.
+    async fn check(&self, probe: &mut Subscriber, connects: u64) {
+        if self.round_trip(probe, connects).await {
+            return;
+        }
+        self.task.state.confirmed.store(0, Relaxed);
+        tracing::warn!("NATS did not answer within {REQUEST_TIMEOUT:?}; reconnecting");
+        let reconnect = self.client.force_reconnect();
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, reconnect).await;
+    }
+
+    /// Sends a probe to this hub's own probe subject; whether it came back within
+    /// [`REQUEST_TIMEOUT`].
+    async fn round_trip(&self, probe: &mut Subscriber, connects: u64) -> bool {
+        let token = Bytes::from(format!("{connects} {:?}", Instant::now()));
+        let subject = self.task.config.subject_probe(self.task.inbox.node());
+        let round_trip = async {
+            self.client.publish(subject, token.clone()).await.ok()?;
+            // Skips what an earlier probe, given up, brought back late.
+            while let Some(message) = probe.next().await {
+                if message.payload == token {
+                    return Some(());
+                }
+            }
+            None
+        };
+        matches!(
+            tokio::time::timeout(REQUEST_TIMEOUT, round_trip).await,
+            Ok(Some(()))
+        )
     }
 
     /// Subscribes to the rooms the hub came to have and drops those it left.
@@ -377,7 +466,7 @@ async fn publish(
     mut publishes: Receiver<Publish>,
 ) {
     let stats = state.stats.clone();
-    let jetstream = async_nats::jetstream::new(client.clone());
+    let mut streams = stream::Workers::new(jetstream(&client), config, state.clone());
     let first_deadline = Instant::now() + CONNECT_TIMEOUT;
     while let Some(publish) = publishes.recv().await {
         stats.0.pending.fetch_sub(1, Relaxed);
@@ -389,14 +478,14 @@ async fn publish(
         }
         match publish {
             Publish::Envelope { subject, payload } => {
-                match client.publish(subject.clone(), payload).await {
-                    Ok(()) => stats.count(&stats.0.published),
-                    Err(error) => stats.lose(&subject, &error.to_string()),
+                let sent = client.publish(subject.clone(), payload);
+                match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
+                    Ok(Ok(())) => stats.count(&stats.0.published),
+                    Ok(Err(error)) => stats.lose(&subject, &error.to_string()),
+                    Err(_) => stats.lose(&subject, "the NATS client took no publish"),
                 }
             }
-            Publish::Stream(publish) => {
-                stream::publish(&jetstream, &config, &state, *publish).await
-            }
+            Publish::Stream(publish) => streams.send(*publish),
         }
     }
 }

@@ -8,10 +8,16 @@ use std::fmt::Write;
 /// after it, and file names end at 255 bytes. Longer names are cut and end with a hash.
 const MAX_STREAM_NAME: usize = 200;
 
+/// The longest subject token made whole: NATS refuses a protocol line past 4 KB (and
+/// closes the connection), and a subject sits in one. Longer tokens are cut and end
+/// with a hash.
+const MAX_TOKEN: usize = 200;
+
 /// `text` as one subject token, also valid in a stream name: ASCII letters, digits
 /// and `-` stay, every other byte is `_` and two uppercase hex digits (`.` → `_2E`,
-/// space → `_20`, `_` → `_5F`), and the empty name is `_` alone. Injective: no escape
-/// is a prefix of another, and `_` alone is no escape.
+/// space → `_20`, `_` → `_5F`), and the empty name is `_` alone; cut past
+/// [`MAX_TOKEN`] bytes (see [`cut`]). Injective: no escape is a prefix of another,
+/// `_` alone is no escape, and only a cut token holds `_H`.
 pub(crate) fn token(text: &str) -> String {
     if text.is_empty() {
         return "_".to_owned();
@@ -25,19 +31,27 @@ pub(crate) fn token(text: &str) -> String {
             let _ = write!(out, "_{byte:02X}");
         }
     }
-    out
+    cut(out, MAX_TOKEN)
 }
 
 /// The JetStream stream of `room` under `prefix`: `<prefix token>_S<room token>`
-/// (`_S` is no escape, so the split is unambiguous), cut and ended with `_H` and the
-/// SHA-1 of the whole name past [`MAX_STREAM_NAME`] bytes.
+/// (`_S` is no escape, so the split is unambiguous), cut past [`MAX_STREAM_NAME`]
+/// bytes (see [`cut`]).
 pub(crate) fn stream_name(prefix: &str, room: &str) -> String {
-    let name = format!("{}_S{}", token(prefix), token(room));
-    if name.len() <= MAX_STREAM_NAME {
+    cut(
+        format!("{}_S{}", token(prefix), token(room)),
+        MAX_STREAM_NAME,
+    )
+}
+
+/// `name` whole if it has at most `max` bytes (ASCII), else its first bytes, `_H`
+/// (no escape: `H` is no hex digit) and the SHA-1 of the whole name, `max` bytes in all.
+fn cut(name: String, max: usize) -> String {
+    if name.len() <= max {
         return name;
     }
     let digest = Sha1::digest(name.as_bytes());
-    let mut short = name[..MAX_STREAM_NAME - 42].to_owned();
+    let mut short = name[..max - 42].to_owned();
     short.push_str("_H");
     for byte in digest {
         let _ = write!(short, "{byte:02x}");
@@ -101,6 +115,21 @@ mod tests {
         assert!(a.len() <= MAX_STREAM_NAME && b.len() <= MAX_STREAM_NAME);
         assert_eq!(stream_name("sb.x", "r.1"), "sb_2Ex_Sr_2E1");
         assert_ne!(stream_name("a_S", "b"), stream_name("a", "S_b"));
+    }
+
+    #[test]
+    fn long_room_names_make_bounded_distinct_tokens() {
+        let long_a = ".".repeat(10_000);
+        let long_b = format!("{}!", ".".repeat(9_999));
+        let (a, b) = (token(&long_a), token(&long_b));
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_TOKEN && b.len() <= MAX_TOKEN, "{}", a.len());
+        // A name just past the bound is cut; one whose token fits is whole.
+        assert_ne!(
+            token(&"a".repeat(MAX_TOKEN + 1)),
+            token(&"a".repeat(MAX_TOKEN))
+        );
+        assert_eq!(token(&"a".repeat(MAX_TOKEN)), "a".repeat(MAX_TOKEN));
     }
 
     #[test]

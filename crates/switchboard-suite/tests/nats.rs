@@ -5,7 +5,11 @@
 //! The engine-neutral guarantees run on NATS in the shared suite.
 
 use futures_util::{SinkExt, StreamExt};
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 use switchboard::{
     Message,
     hub::{Connection, Handler, History, Hub, HubConfig, Position, StreamError},
@@ -146,28 +150,18 @@ fn positioned(text: &str) -> (Position, String) {
     )
 }
 
+/// The subject of `room`'s envelopes, which the tests wait on.
 fn subject_of(room: &str) -> String {
-    if room.is_empty() {
-        return format!("{PREFIX}.room._");
-    }
-    let token: String = room
-        .bytes()
-        .map(|byte| {
-            if byte.is_ascii_alphanumeric() || byte == b'-' {
-                char::from(byte).to_string()
-            } else {
-                format!("_{byte:02X}")
-            }
-        })
-        .collect();
-    format!("{PREFIX}.room.{token}")
+    NatsConfig::default().prefix(PREFIX).room_subject(room)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_with_dots_spaces_and_wildcards_reach_their_members_only_across_hubs() {
     let server = NatsServer::start().await;
     let (a, b) = (nats_hub(&server).await, nats_hub(&server).await);
-    let rooms = ["lobby", "a.b", "a b", "*", ">", "a.*", "x.>", ""];
+    // Past 4 KB, a subject would be a protocol line NATS refuses, closing the link.
+    let long = ".".repeat(5_000);
+    let rooms = ["lobby", "a.b", "a b", "*", ">", "a.*", "x.>", "", &long];
     let mut clients = Vec::new();
     for room in rooms {
         clients.push(client(&a, room, None).await);
@@ -185,6 +179,7 @@ async fn rooms_with_dots_spaces_and_wildcards_reach_their_members_only_across_hu
     }
     assert_eq!(a.stats.missed(), 0);
     assert_eq!(a.stats.malformed(), 0);
+    assert_eq!(a.stats.reconnects() + b.stats.reconnects(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,8 +315,14 @@ async fn cluster_traffic_reaches_one_hub_or_every_hub() {
         within("at c", at_c.recv()).await.unwrap().message,
         Message::text("presence")
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(at_c.try_recv().is_err(), "a query for B reached C");
+    // Whatever reached C before a marker sent after the query came before it.
+    a.publish(envelope(a_node, Target::Nodes, "marker"));
+    let next = within("the marker at c", at_c.recv()).await.unwrap();
+    assert_eq!(
+        next.message,
+        Message::text("marker"),
+        "a query for B reached C"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,4 +422,158 @@ async fn what_the_client_drops_for_a_slow_hub_is_counted_as_missed() {
     })
     .await;
     assert!(stats.missed() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_that_does_not_answer_holds_up_neither_envelopes_nor_its_publishes_for_long() {
+    let server = NatsServer::start_without_jetstream().await;
+    // Takes every JetStream request and answers none: each waits for its timeout.
+    let silent = async_nats::connect(server.url()).await.unwrap();
+    let _api = silent.subscribe("$JS.API.>").await.unwrap();
+    silent.flush().await.unwrap();
+    let (a, a_node, _) = lone_broker(&server, NatsConfig::default()).await;
+    let (_b, _, mut at_b) = lone_broker(&server, NatsConfig::default()).await;
+    let stored = |text| {
+        let room = Target::Room(STREAM.into());
+        a.publish_stream(envelope(a_node, room, text), History::default())
+    };
+    let asked = Instant::now();
+    let first = stored("stalled");
+    a.publish(envelope(a_node, Target::All, "core"));
+    let got = within("the envelope at b", at_b.recv()).await.unwrap();
+    assert_eq!(got.message, Message::text("core"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    let refused = within("the stream publish", first).await;
+    assert!(matches!(refused, Err(StreamError::Unavailable(_))));
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "JetStream's timeout: {waited:?}"
+    );
+    // The stream's making just failed: the next publish is refused at once.
+    let asked = Instant::now();
+    let refused = within("the next stream publish", stored("refused")).await;
+    assert!(matches!(refused, Err(StreamError::Unavailable(_))));
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(a.stats().lost(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_jetstream_refuses_is_unavailable_and_lost() {
+    let server = NatsServer::start().await;
+    // The room's stream, made by hand with the limits the hub asks for, and room
+    // for 16 bytes a message.
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let history = History::default()
+        .max_len(5)
+        .max_age(Duration::from_secs(60));
+    let jetstream = async_nats::jetstream::new(nats);
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "t_Shistory_2Eroom".to_owned(),
+            subjects: vec!["t.stream.history_2Eroom".to_owned()],
+            max_messages: 5,
+            max_age: Duration::from_secs(60),
+            max_message_size: 16,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (a, a_node, _) = lone_broker(&server, NatsConfig::default()).await;
+    let room = Target::Room(STREAM.into());
+    let long = "longer than sixteen bytes";
+    let refused = within(
+        "publish",
+        a.publish_stream(envelope(a_node, room, long), history),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(StreamError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        (a.stats().lost(), a.stats().unconfirmed()),
+        (1, 0),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_message_past_the_server_max_payload_is_refused_without_losing_the_link() {
+    let server = NatsServer::start().await;
+    let (a, a_node, _) = lone_broker(&server, NatsConfig::default()).await;
+    let (_b, _, mut at_b) = lone_broker(&server, NatsConfig::default()).await;
+    let history = History::default();
+    let stored = |text: &str| {
+        let room = Target::Room(STREAM.into());
+        a.publish_stream(envelope(a_node, room, text), history)
+    };
+    // nats-server takes 1 MB a message by default.
+    let huge = "x".repeat(2 << 20);
+    let refused = within("the huge publish", stored(&huge)).await;
+    assert!(
+        matches!(refused, Err(StreamError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(a.stats().lost(), 1);
+    within("a publish after it", stored("small")).await.unwrap();
+    a.publish(envelope(a_node, Target::All, "core"));
+    let got = within("the envelope at b", at_b.recv()).await.unwrap();
+    assert_eq!(got.message, Message::text("core"));
+    assert_eq!(a.stats().reconnects(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_nats_makes_the_hub_unready_within_seconds_and_its_publishes_lost() {
+    let server = NatsServer::start().await;
+    let (a, a_node, _) = lone_broker(&server, NatsConfig::default()).await;
+    let stats = a.stats();
+    server.pause();
+    let frozen = Instant::now();
+    // Two pings unanswered, 2 s apart, and the client gives the link up.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while a.is_ready() {
+            a.publish(envelope(a_node, Target::All, "into the void"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the hub still ready 10 s after NATS froze");
+    let lost = stats.lost();
+    for _ in 0..10 {
+        a.publish(envelope(a_node, Target::All, "lost"));
+    }
+    until("the publishes counted lost", || stats.lost() >= lost + 10).await;
+    server.resume();
+    until("ready again", || a.is_ready()).await;
+    assert!(frozen.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_makes_no_stream_and_the_first_publish_keeps_the_epoch_it_answered() {
+    let server = NatsServer::start().await;
+    let (a, a_node, _) = lone_broker(&server, NatsConfig::default()).await;
+    let history = History::default();
+    let read = within("a read", a.read_stream(STREAM, 0, history)).await;
+    let read = read.unwrap();
+    assert_eq!((read.top, read.entries.len()), (0, 0));
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    assert!(
+        jetstream.get_stream("t_Shistory_2Eroom").await.is_err(),
+        "a read made the stream"
+    );
+    let room = Target::Room(STREAM.into());
+    let stored = a.publish_stream(envelope(a_node, room, "first"), history);
+    let first = within("the first publish", stored).await.unwrap();
+    assert_eq!(first, Position::new(1, read.epoch));
 }

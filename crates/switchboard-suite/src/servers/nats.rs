@@ -27,24 +27,59 @@ pub struct NatsServer {
     monitor: u16,
     /// Where JetStream stores; replaced by an empty one by [`NatsServer::restart_empty`].
     store: Mutex<PathBuf>,
+    /// Whether it runs JetStream (`-js`).
+    jetstream: bool,
 }
 
 impl NatsServer {
     /// Starts a server and returns once it serves.
     pub async fn start() -> Self {
-        let server = Self {
-            process: Mutex::new(None),
-            port: free_port(),
-            monitor: free_port(),
-            store: Mutex::new(new_store()),
-        };
-        server.launch().await;
-        server
+        Self::start_with(true).await
+    }
+
+    /// Starts a server without JetStream (JetStream's requests are answered by whoever
+    /// subscribes to them, if anyone) and returns once it serves.
+    pub async fn start_without_jetstream() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A server on free ports; on other ports again if it could not serve on those
+    /// (another process took one between the draw and the bind).
+    async fn start_with(jetstream: bool) -> Self {
+        for _ in 0..3 {
+            let server = Self {
+                process: Mutex::new(None),
+                port: free_port(),
+                monitor: free_port(),
+                store: Mutex::new(new_store()),
+                jetstream,
+            };
+            if server.launch().await {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on three pairs of free ports");
     }
 
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes the server (SIGSTOP): it holds its connections and answers nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a server [`NatsServer::pause`] froze (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(process) = lock(&self.process).as_ref() {
+            assert!(super::signal(process.id(), signal), "kill -{signal} failed");
+        }
     }
 
     /// Kills the server, as a crash would (its storage stays).
@@ -59,7 +94,7 @@ impl NatsServer {
     /// serves.
     pub async fn restart(&self) {
         self.kill();
-        self.launch().await;
+        assert!(self.launch().await, "nats-server did not start again");
     }
 
     /// Starts it again on the same port with an empty storage (a server that lost its
@@ -68,7 +103,7 @@ impl NatsServer {
         self.kill();
         let old = std::mem::replace(&mut *lock(&self.store), new_store());
         let _ = std::fs::remove_dir_all(old);
-        self.launch().await;
+        assert!(self.launch().await, "nats-server did not start again");
     }
 
     /// How many subscriptions the server has on exactly `subject`, over all its
@@ -109,12 +144,17 @@ impl NatsServer {
         }
     }
 
-    async fn launch(&self) {
+    /// Starts the process; whether it serves, within [`START_TIMEOUT`].
+    async fn launch(&self) -> bool {
         let store = lock(&self.store).clone();
-        let process = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string(), "-js", "-sd"])
-            .arg(store)
+            .args(["-m", &self.monitor.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(store);
+        }
+        let process = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -122,13 +162,33 @@ impl NatsServer {
             .expect("nats-server is on the PATH");
         *lock(&self.process) = Some(process);
         let deadline = Instant::now() + START_TIMEOUT;
-        // Serving once both ports answer (monitoring comes up last).
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err()
-            || TcpStream::connect((Ipv4Addr::LOCALHOST, self.monitor)).is_err()
-        {
-            assert!(Instant::now() < deadline, "nats-server did not start");
+        // An open port is not yet a server that serves: its health check (JetStream's
+        // included) says when it is, while the process is ours and alive (one that
+        // could not bind its ports exits).
+        while Instant::now() < deadline {
+            if !self.running() {
+                return false;
+            }
+            if self.healthy().await && self.running() {
+                return true;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
+    }
+
+    fn running(&self) -> bool {
+        let mut process = lock(&self.process);
+        process
+            .as_mut()
+            .is_some_and(|process| matches!(process.try_wait(), Ok(None)))
+    }
+
+    async fn healthy(&self) -> bool {
+        let port = self.monitor;
+        let asked = tokio::task::spawn_blocking(move || try_http_get(port, "/healthz"));
+        let answer = asked.await.expect("the health request ran");
+        answer.is_some_and(|response| response.split(' ').nth(1) == Some("200"))
     }
 }
 
@@ -162,14 +222,18 @@ fn new_store() -> PathBuf {
 
 /// The body of `GET path` on the local `port` (HTTP/1.0: the server closes when done).
 fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("monitoring port");
-    stream
-        .set_read_timeout(Some(START_TIMEOUT))
-        .expect("a read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
+    let response = try_http_get(port, path).expect("the monitoring port answers");
     response
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, body)| body.to_owned())
+}
+
+/// The whole response (status line, headers, body) to `GET path`, if one came.
+fn try_http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(START_TIMEOUT)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
 }

@@ -182,10 +182,21 @@ impl Hub {
         self.start_heartbeat();
     }
 
-    /// Calls `listener` on every [`PeerEvent`] from now on.
+    /// Calls `listener` on every [`PeerEvent`] from now on, starting with an `Up` for
+    /// each peer already known: a listener that came after a peer was heard (presence,
+    /// made once the broker is up) would otherwise never take that peer's state. A
+    /// peer heard while this runs may come up twice, which listeners take as once.
     pub(crate) fn on_peer_event(&self, listener: PeerListener) {
-        write(&self.cluster_state().listeners).push(listener);
+        write(&self.cluster_state().listeners).push(listener.clone());
         self.start_heartbeat();
+        let known: Vec<NodeId> = lock(&self.cluster_state().state)
+            .peers
+            .keys()
+            .copied()
+            .collect();
+        for node in known {
+            listener(self, PeerEvent::Up(node));
+        }
     }
 
     /// Sends `body` to `service` on every other hub, in order with this hub's other
@@ -631,6 +642,15 @@ mod tests {
         let log = events.clone();
         hub.on_peer_event(Arc::new(move |_, event| lock(&log).push(event)));
         events
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_comes_late_hears_the_peers_already_known_come_up() {
+        let network = MemoryNetwork::new();
+        let hubs = cluster(&network, 2);
+        until("they know each other", || hubs[0].nodes().len() == 2).await;
+        let seen = events(&hubs[0]);
+        assert_eq!(*lock(&seen), [PeerEvent::Up(hubs[1].node())]);
     }
 
     #[tokio::test]
