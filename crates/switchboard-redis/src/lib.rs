@@ -121,7 +121,8 @@
 //! `switchboard:node:<its node id>` (16 hex digits, as `NodeId` displays), and to
 //! `switchboard:room:<name>` for each room that has a member on it, from the first
 //! member's join to the last member's leave.
-//! Publishing to a room costs one `PUBLISH`, whatever the number of hubs.
+//! Publishing to a room costs one `PUBLISH`, whatever the number of hubs. On a Redis
+//! Cluster, channels are sharded (see Redis Cluster below).
 //!
 //! # Delivery
 //!
@@ -222,6 +223,38 @@
 //! until the new link has subscribed again: while it is down, a hub would accept
 //! clients and deliver them nothing that other hubs publish.
 //!
+//! # Redis Cluster
+//!
+//! [`RedisConfig::cluster`] (some of the cluster's node URLs; the others are found
+//! from them) spreads the rooms over the cluster's shards with sharded pub/sub
+//! (`SSUBSCRIBE`/`SPUBLISH`, Redis 7.0 or newer): each channel lives on the master
+//! that serves its slot, so the pub/sub traffic grows with the number of masters
+//! rather than be copied to every node as `PUBLISH` is in a cluster.
+//!
+//! - A room's channel is `{switchboard:room:<name>}`: the hash tag of its stream's
+//!   keys (`{switchboard:room:<name>}:s`, `:m`), so that the channel and the keys
+//!   hash to the same slot whatever braces the name has, and the publish script
+//!   publishes on the shard it runs on. `switchboard:all` and the node channels live
+//!   on their own slots' shards. A prefix with `{` or `}` is refused on a cluster.
+//! - The nodes are reached as the first node URL says: its scheme (`rediss://`: TLS,
+//!   with [`RedisConfig::root_certificates`]) and credentials.
+//! - A hub keeps a subscriber connection and a publisher connection per master, from
+//!   the map of the slots that any node answering `CLUSTER SLOTS` gives. Publishes
+//!   are sent in one pipeline per master at once, in the hub's order on each master
+//!   (so on each channel); subscriptions go, grouped per slot, to the channel's
+//!   master. Stream reads go to the stream's master, on a connection per master.
+//! - A master that fails (its replica takes over), a slot that moves (Redis
+//!   unsubscribes its channels with a `sunsubscribe` of its own, or answers a
+//!   publish with `MOVED`) end the link: the hub fetches the map again and reconnects
+//!   to every master, subscribing again to everything, and is not ready until every
+//!   master confirmed. A publish answered with `MOVED` or `ASK` is published again
+//!   where Redis says. What is lost meanwhile is counted as on a single Redis
+//!   ([`BrokerStats::lost`], [`BrokerStats::missed`]), and stream rooms are filled
+//!   from their streams.
+//! - A failover loses what the master acknowledged and had not replicated yet (Redis
+//!   replicates asynchronously): a stream may lose its newest messages there, and its
+//!   next offsets then reuse theirs.
+//!
 //! # Versions
 //!
 //! Envelopes start with a format version: 3 since they carry their publisher's
@@ -231,6 +264,7 @@
 //! [`BrokerStats::malformed`], so the hubs of one prefix must run the same version:
 //! upgrade them together, or bring the new ones up on a new prefix.
 
+mod cluster;
 mod codec;
 mod connect;
 mod error;
@@ -424,8 +458,29 @@ impl RedisConfig {
         format!("{}:node:{node}", self.prefix)
     }
 
+    /// A room's channel: `prefix:room:NAME`, or on a Redis Cluster its stream's hash
+    /// tag `{prefix:room:NAME}`, so that the channel hashes to the slot of the room's
+    /// stream keys (`{prefix:room:NAME}:s`), whatever braces the name has: the publish
+    /// script publishes on it from the shard that holds them.
     fn channel_room(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
+        match self.deployment {
+            Deployment::Cluster { .. } => self.room_tag(room),
+            _ => format!("{}:room:{room}", self.prefix),
+        }
+    }
+
+    /// How envelopes are published: on a Redis Cluster, to the shard of their channel
+    /// only (sharded pub/sub), not to every node.
+    fn publish_verb(&self) -> &'static str {
+        match self.deployment {
+            Deployment::Cluster { .. } => "SPUBLISH",
+            _ => "PUBLISH",
+        }
+    }
+
+    /// `{prefix:room:NAME}`: the hash tag of a room's stream keys.
+    fn room_tag(&self, room: &str) -> String {
+        format!("{{{}:room:{room}}}", self.prefix)
     }
 
     /// The channel an envelope is published on.
@@ -520,7 +575,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct RedisBroker {
     config: RedisConfig,
-    connector: connect::Connector,
+    servers: cluster::Servers,
     /// Bounded by [`RedisConfig::max_pending_publishes`].
     publishes: mpsc::Sender<Publish>,
     /// Numbers each publish on its channel, for receivers to count gaps; locked
@@ -548,23 +603,19 @@ impl RedisBroker {
     /// Redis is down: the hub starts at once, serves its own members and is not ready
     /// (`Hub::is_ready`, `/ready`) until the link is up with its subscriptions.
     /// Fails only for a URL the Redis client does not understand, root certificates
-    /// that are not PEM certificates, or a deployment this version does not support
-    /// (Redis Cluster). Call from inside a tokio runtime: the link's tasks run on
-    /// it.
+    /// that are not PEM certificates, a Sentinel or Cluster deployment without
+    /// Sentinels or nodes, or a prefix with `{` or `}` on a Redis Cluster. Call from
+    /// inside a tokio runtime: the link's tasks run on it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
-        if let Deployment::Cluster { .. } = config.deployment {
-            let why = "Redis Cluster is not supported yet";
-            return Err(ConnectError::Unsupported(why.to_owned()));
-        }
-        let connector = connect::Connector::new(&config)?;
+        let servers = cluster::Servers::new(&config)?;
         // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
         let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
         let stats = BrokerStats::default();
-        let reads = stream::Reads::new(connector.clone(), config.clone(), stats.clone());
+        let reads = stream::Reads::new(servers.clone(), config.clone(), stats.clone());
         Ok(Self {
             reads: Arc::new(reads),
             config,
-            connector,
+            servers,
             publishes,
             sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
             rooms: Arc::default(),
@@ -581,7 +632,7 @@ impl RedisBroker {
     /// broker reconnects as [`RedisBroker::new`]'s does.
     pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
         let broker = Self::new(config)?;
-        let link = link::Link::open(&broker.connector)
+        let link = link::Link::open(&broker.servers)
             .await
             .map_err(|error| ConnectError::Connect(Box::new(error)))?;
         if let Some((first, _)) = lock(&broker.pending).as_mut() {
@@ -656,7 +707,7 @@ impl Broker for RedisBroker {
         };
         let inbox_node = inbox.node();
         let task = link::Task {
-            connector: self.connector.clone(),
+            servers: self.servers.clone(),
             reads: self.reads.clone(),
             config: self.config.clone(),
             inbox,

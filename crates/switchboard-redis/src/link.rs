@@ -8,11 +8,16 @@
 //! latter is full the reader stops reading, and Redis holds (and past its
 //! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
 
-use crate::{BrokerStats, Publish, RedisConfig, RoomChanges, codec, connect, pubsub, stream};
+use crate::{
+    BrokerStats, Publish, RedisConfig, RoomChanges,
+    cluster::{Servers, SlotMap},
+    codec, connect, pubsub, stream,
+};
 use bytes::Bytes;
+use futures_util::future::{join_all, select_all, try_join_all};
 use redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -64,12 +69,20 @@ const ROLE_CHECK: Duration = Duration::from_secs(1);
 /// no reason to reconnect; as long as a connection may take to open.
 const ROLE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 
+/// The connections to Redis: to the node the connector names, or to every master of a
+/// cluster, with the map of the cluster's slots they were opened from.
+pub(crate) struct Link {
+    /// `None` off a cluster: every channel is on `nodes[0]`.
+    map: Option<Arc<SlotMap>>,
+    nodes: Vec<NodeLink>,
+}
+
 /// A connection for publishing and one for subscriptions (Redis allows nothing but
 /// subscription commands on a subscribed connection), to one node.
-pub(crate) struct Link {
+struct NodeLink {
     node: connect::Node,
     publisher: MultiplexedConnection,
-    /// The publish script's SHA1, loaded on this link's Redis.
+    /// The publish script's SHA1, loaded on this Redis.
     publish_sha: String,
     commands: pubsub::Commands,
     replies: pubsub::Replies,
@@ -82,10 +95,11 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Opens both connections to the node that takes publishes now, within
-    /// [`CONNECT_TIMEOUT`].
-    pub(crate) async fn open(connector: &connect::Connector) -> RedisResult<Self> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::open_now(connector))
+    /// Opens the connections, within [`CONNECT_TIMEOUT`]: to the node that takes
+    /// publishes now, or to every master of the cluster's current map (fetched again
+    /// from any node that answers) on a Redis Cluster.
+    pub(crate) async fn open(servers: &Servers) -> RedisResult<Self> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::open_now(servers))
             .await
             .unwrap_or_else(|_| {
                 let within = format!("within {CONNECT_TIMEOUT:?}");
@@ -94,11 +108,30 @@ impl Link {
             })
     }
 
-    async fn open_now(connector: &connect::Connector) -> RedisResult<Self> {
+    async fn open_now(servers: &Servers) -> RedisResult<Self> {
+        let map = servers.fetch_map().await?;
+        let primaries = match &map {
+            None => vec![servers.connector().primary().await?],
+            Some(map) => {
+                try_join_all(map.masters().iter().map(|(host, port)| async move {
+                    let node = servers.connector().node(host, *port);
+                    let publisher = node.publisher().await?;
+                    RedisResult::Ok(connect::Primary { node, publisher })
+                }))
+                .await?
+            }
+        };
+        let nodes = try_join_all(primaries.into_iter().map(NodeLink::open)).await?;
+        Ok(Self { map, nodes })
+    }
+}
+
+impl NodeLink {
+    async fn open(primary: connect::Primary) -> RedisResult<Self> {
         let connect::Primary {
             node,
             mut publisher,
-        } = connector.primary().await?;
+        } = primary;
         // Loaded on every new link: the Redis there may be another one, or restarted.
         let publish_sha = stream::load(&mut publisher, stream::PUBLISH_SCRIPT).await?;
         let (commands, replies) = node.subscriber().await?;
@@ -114,8 +147,8 @@ impl Link {
 
 /// What the link task works with, for its whole life.
 pub(crate) struct Task {
-    pub(crate) connector: connect::Connector,
-    /// Moved to the link's node whenever the link reconnects.
+    pub(crate) servers: Servers,
+    /// Moved to the link's nodes whenever the link reconnects.
     pub(crate) reads: Arc<stream::Reads>,
     pub(crate) config: RedisConfig,
     pub(crate) inbox: Inbox,
@@ -178,10 +211,11 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
             deliveries: deliveries.clone(),
             detector: detector.clone(),
             acks: Arc::default(),
+            acked: Arc::default(),
             stats: task.stats.clone(),
             missed_window: Arc::default(),
         };
-        let ended = serve(&task, link, reader, &mut rooms, &mut publishes).await;
+        let ended = serve(&task, link, &reader, &mut rooms, &mut publishes).await;
         // Until the new link has subscribed to everything again, this hub would miss
         // what other hubs publish for its connections.
         task.ready.store(false, Relaxed);
@@ -197,15 +231,30 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
 }
 
 /// One connected stretch: subscribes to everything the hub has, then serves.
+/// `reader` is the template of each connection's reader.
 async fn serve(
     task: &Task,
     link: Link,
-    reader: Reader,
+    reader: &Reader,
     rooms: &mut HashSet<String>,
     publishes: &mut Receiver<Publish>,
 ) -> Ended {
-    let (acks, detector) = (reader.acks.clone(), reader.detector.clone());
-    let role_check = task.connector.follows_failover().then(|| {
+    let mut readers = Vec::with_capacity(link.nodes.len());
+    let nodes = link.nodes.into_iter().map(|node| {
+        let reader = reader.for_connection();
+        let acks = reader.acks.clone();
+        readers.push(Aborting(tokio::spawn(reader.run(node.replies))));
+        Node {
+            node: node.node,
+            publisher: node.publisher,
+            publish_sha: node.publish_sha,
+            commands: node.commands,
+            acks,
+            sent: 0,
+            needed: 0,
+        }
+    });
+    let role_check = task.servers.connector().follows_failover().then(|| {
         let start = tokio::time::Instant::now() + ROLE_CHECK;
         let mut interval = tokio::time::interval_at(start, ROLE_CHECK);
         // After a slow answer, a second until the next question, not a burst.
@@ -214,15 +263,12 @@ async fn serve(
     });
     let mut session = Session {
         task,
-        node: link.node,
+        map: link.map,
+        nodes: nodes.collect(),
         role_check,
-        publisher: link.publisher,
-        publish_sha: link.publish_sha,
-        commands: link.commands,
-        reader: Aborting(tokio::spawn(reader.run(link.replies))),
-        acks,
-        detector,
-        sent: 0,
+        readers,
+        acked: reader.acked.clone(),
+        detector: reader.detector.clone(),
         ready_at: None,
         rooms,
     };
@@ -235,23 +281,37 @@ async fn serve(
 /// The state one connected stretch works on.
 struct Session<'a> {
     task: &'a Task,
+    /// `None` on a single Redis (see [`Link`]).
+    map: Option<Arc<SlotMap>>,
+    /// One per master, indexed as the map's masters.
+    nodes: Vec<Node>,
+    /// When to ask the node whether it is still the master (Sentinel only: one node).
+    role_check: Option<tokio::time::Interval>,
+    /// The nodes' readers, in the same order.
+    readers: Vec<Aborting<Result<(), String>>>,
+    /// Notified by every reader when a confirmation arrives.
+    acked: Arc<Notify>,
+    detector: Arc<Mutex<GapDetector>>,
+    /// When the subscriptions that make the hub ready were asked for, until they are
+    /// all confirmed (each node's `needed`).
+    ready_at: Option<Instant>,
+    /// The rooms this hub has members in: subscribed now, and again after a reconnect.
+    rooms: &'a mut HashSet<String>,
+}
+
+/// A connected stretch's connections to one Redis.
+struct Node {
     /// The node both connections are on.
     node: connect::Node,
-    /// When to ask the node whether it is still the master (Sentinel only).
-    role_check: Option<tokio::time::Interval>,
     publisher: MultiplexedConnection,
     publish_sha: String,
     commands: pubsub::Commands,
-    reader: Aborting<Result<(), String>>,
     acks: Arc<Acks>,
-    detector: Arc<Mutex<GapDetector>>,
     /// Channels named in the (un)subscriptions sent on this connection: Redis confirms
     /// each once, in order.
     sent: u64,
-    /// The confirmations that make the hub ready, and when they were asked for.
-    ready_at: Option<(u64, Instant)>,
-    /// The rooms this hub has members in: subscribed now, and again after a reconnect.
-    rooms: &'a mut HashSet<String>,
+    /// The confirmations that make the hub ready.
+    needed: u64,
 }
 
 impl Session<'_> {
@@ -271,9 +331,14 @@ impl Session<'_> {
         let subscribed: HashSet<&str> = channels.iter().map(String::as_str).collect();
         lock(&self.detector).retain_channels(|channel| subscribed.contains(channel));
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
-        self.commands.set_name(&name).await?;
-        self.send("SUBSCRIBE", &channels).await?;
-        self.ready_at = Some((self.sent, Instant::now()));
+        for node in &mut self.nodes {
+            node.commands.set_name(&name).await?;
+        }
+        self.send(true, channels).await?;
+        for node in &mut self.nodes {
+            node.needed = node.sent;
+        }
+        self.ready_at = Some(Instant::now());
         Ok(())
     }
 
@@ -293,13 +358,13 @@ impl Session<'_> {
                         return Ended::Failed(error.to_string());
                     }
                 }
-                () = self.acks.changed.notified(), if self.ready_at.is_some() => self.check_ready(),
+                () = self.acked.notified(), if self.ready_at.is_some() => self.check_ready(),
                 _ = tick(&mut self.role_check) => {
                     if let Err(failure) = self.check_role().await {
                         return Ended::Failed(failure);
                     }
                 }
-                ended = &mut self.reader.0 => {
+                (ended, _, _) = select_all(self.readers.iter_mut().map(|reader| &mut reader.0)) => {
                     return match ended {
                         // The hub is gone: its delivery task ended.
                         Ok(Ok(())) => Ended::Done,
@@ -312,36 +377,77 @@ impl Session<'_> {
     }
 
     /// Fails the link if its node is no longer the master (a failover demoted it), so
-    /// that the hub reconnects to the one the Sentinels name now.
+    /// that the hub reconnects to the one the Sentinels name now (a Sentinel's link
+    /// has one node).
     async fn check_role(&mut self) -> Result<(), String> {
-        // The same connection, with a timeout of its own for this question.
-        let mut publisher = self.publisher.clone();
-        publisher.set_response_timeout(ROLE_TIMEOUT);
-        match connect::is_master(&mut publisher).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("{} is no longer the master", self.node)),
-            Err(error) => Err(format!("{} did not say its role: {error}", self.node)),
+        // The same connections, each with a timeout of its own for this question.
+        let publishers: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|node| (node.node.to_string(), node.publisher.clone()))
+            .collect();
+        for (node, mut publisher) in publishers {
+            publisher.set_response_timeout(ROLE_TIMEOUT);
+            match connect::is_master(&mut publisher).await {
+                Ok(true) => {}
+                Ok(false) => return Err(format!("{node} is no longer the master")),
+                Err(error) => return Err(format!("{node} did not say its role: {error}")),
+            }
         }
+        Ok(())
     }
 
     fn check_ready(&mut self) {
-        let Some((needed, asked)) = self.ready_at else {
+        let Some(asked) = self.ready_at else {
             return;
         };
-        if self.acks.count.load(Relaxed) >= needed {
+        let confirmed = |node: &Node| node.acks.count.load(Relaxed) >= node.needed;
+        if self.nodes.iter().all(confirmed) {
             // Redis confirmed every subscription the hub has: envelopes for any of
             // its connections reach it again.
             self.task.ready.store(true, Relaxed);
             self.ready_at = None;
-            let (rooms, node) = (self.rooms.len(), &self.node);
-            tracing::info!(rooms, %node, took = ?asked.elapsed(), "subscribed to Redis");
+            let rooms = self.rooms.len();
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|node| node.node.to_string())
+                .collect();
+            let nodes = nodes.join(", ");
+            tracing::info!(rooms, %nodes, took = ?asked.elapsed(), "subscribed to Redis");
         }
     }
 
-    async fn send(&mut self, verb: &str, channels: &[String]) -> std::io::Result<()> {
-        self.commands.send(verb, channels).await?;
-        self.sent += channels.len() as u64;
+    /// (Un)subscribes `channels`, each on the connection of its node (sharded pub/sub
+    /// on a Redis Cluster). Unsubscriptions are noted first, so that a reader tells
+    /// them from those a Redis Cluster sends when a slot moves away.
+    async fn send(&mut self, subscribe: bool, channels: Vec<String>) -> std::io::Result<()> {
+        let verb = match (subscribe, self.map.is_some()) {
+            (true, false) => "SUBSCRIBE",
+            (false, false) => "UNSUBSCRIBE",
+            (true, true) => "SSUBSCRIBE",
+            (false, true) => "SUNSUBSCRIBE",
+        };
+        let mut per_node: Vec<Vec<String>> = vec![Vec::new(); self.nodes.len()];
+        for channel in channels {
+            per_node[self.node_of(&channel)].push(channel);
+        }
+        for (node, channels) in self.nodes.iter_mut().zip(per_node) {
+            if channels.is_empty() {
+                continue;
+            }
+            if !subscribe {
+                node.acks.leaving(&channels);
+            }
+            node.commands.send(verb, &channels).await?;
+            node.sent += channels.len() as u64;
+        }
         Ok(())
+    }
+
+    /// The index of the node that serves `channel`.
+    fn node_of(&self, channel: &str) -> usize {
+        self.map.as_ref().map_or(0, |map| map.master_of(channel))
     }
 
     /// Subscribes to the rooms the hub came to have and unsubscribes from those it
@@ -355,13 +461,14 @@ impl Session<'_> {
                 if wanted { &mut join } else { &mut leave }.push(channel);
             }
         }
-        self.send("UNSUBSCRIBE", &leave).await?;
-        self.send("SUBSCRIBE", &join).await
+        self.send(false, leave).await?;
+        self.send(true, join).await
     }
 
-    /// Publishes this envelope and those queued behind it in one pipeline (one round
-    /// trip for a burst), stream messages through the publish script, in the order the
-    /// hub queued them; on failure of the link, with how many were lost.
+    /// Publishes this envelope and those queued behind it in one pipeline per node
+    /// (one round trip for a burst, the nodes' at once), stream messages through the
+    /// publish script, in the order the hub queued them (on a node, and so on each
+    /// channel); on failure of a link, with how many were lost.
     async fn publish_batch(
         &mut self,
         first: Publish,
@@ -375,45 +482,65 @@ impl Session<'_> {
                 Err(_) => break,
             }
         }
-        let count = batch.len() as u64;
-        stats.0.pending.fetch_sub(count, Relaxed);
-        let mut pipe = redis::pipe();
-        // Each command's reply, errors included: a stream's publish may meet NOSCRIPT
-        // while the others go through.
-        pipe.ignore_errors();
-        // A stream publish that meets NOSCRIPT is run again after the batch: behind
-        // envelopes queued after it, were the script not loaded first. One `SCRIPT
-        // LOAD` (a no-op when Redis has it) keeps the order; only a `SCRIPT FLUSH` that
-        // lands within the pipeline can still put a stream publish after them.
-        let load = loads_first(&batch);
-        if load {
-            pipe.cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(stream::PUBLISH_SCRIPT)
-                .ignore();
+        stats.0.pending.fetch_sub(batch.len() as u64, Relaxed);
+        let mut per_node: Vec<Vec<Publish>> = (0..self.nodes.len()).map(|_| Vec::new()).collect();
+        for publish in batch {
+            per_node[self.node_of(publish.channel())].push(publish);
         }
-        for publish in &batch {
-            match publish {
-                Publish::Envelope { channel, payload } => {
-                    pipe.publish(channel, payload.as_ref());
+        let verb = self.task.config.publish_verb();
+        let sent = per_node
+            .into_iter()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(index, batch)| {
+                let node = &self.nodes[index];
+                let pipe = pipeline(&batch, &node.publish_sha, verb);
+                let mut publisher = node.publisher.clone();
+                async move {
+                    let replies = pipe
+                        .query_async::<Vec<RedisResult<Value>>>(&mut publisher)
+                        .await;
+                    (index, batch, replies)
                 }
-                Publish::Stream(publish) => {
-                    pipe.add_command(publish.invocation(&self.publish_sha));
-                }
+            });
+        let mut failed: Option<(RedisError, u64)> = None;
+        for (index, batch, replies) in join_all(sent).await {
+            let ended = match replies {
+                Ok(replies) => self.answer_batch(index, batch, replies).await,
+                // Reported with the outage it starts.
+                Err(error) => Err(self.unanswered(error, batch)),
+            };
+            if let Err((error, lost)) = ended {
+                let lost = lost + failed.as_ref().map_or(0, |(_, before)| *before);
+                failed = Some((error, lost));
             }
         }
-        let replies = match pipe
-            .query_async::<Vec<RedisResult<Value>>>(&mut self.publisher)
-            .await
-        {
-            Ok(replies) => replies,
-            // Reported with the outage it starts.
-            Err(error) => return Err(self.unanswered(error, batch)),
-        };
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Counts and answers the publishes of node `index` by their replies; runs the
+    /// stream publishes that met `NOSCRIPT` again. Those a Redis Cluster redirects
+    /// (`MOVED`, `ASK`: their slot moved, or is moving) are published where it says, in
+    /// their order; after a `MOVED`, the link ends once they are: the next one is
+    /// opened on the cluster's new map.
+    async fn answer_batch(
+        &mut self,
+        index: usize,
+        batch: Vec<Publish>,
+        replies: Vec<RedisResult<Value>>,
+    ) -> Result<(), (RedisError, u64)> {
         let mut retry = Vec::new();
         let mut demoted = false;
+        let mut redirected = Vec::new();
         for (publish, reply) in batch.into_iter().zip(replies) {
             demoted |= matches!(&reply, Err(error) if error.code() == Some("READONLY"));
+            let reply = match reply {
+                Err(error) if error.redirect_node().is_some() => {
+                    redirected.push((publish, error));
+                    continue;
+                }
+                reply => reply,
+            };
             match publish {
                 Publish::Envelope { channel, .. } => self.published(&channel, reply),
                 Publish::Stream(publish) => match reply {
@@ -422,18 +549,64 @@ impl Session<'_> {
                 },
             }
         }
-        let retried = if retry.is_empty() {
-            Ok(())
-        } else {
-            self.retry(retry).await
-        };
-        if demoted && retried.is_ok() {
+        if !retry.is_empty() {
+            self.retry(index, retry).await?;
+        }
+        let moved = redirected
+            .iter()
+            .find(|(_, error)| error.code() == Some("MOVED"))
+            .map(|(_, error)| error.clone());
+        for (publish, error) in redirected {
+            self.follow(publish, &error).await;
+        }
+        if demoted {
             // A stream's script refused by a replica: the node was demoted; the hub
             // reconnects to the master now rather than at the next role check.
             let why = "READONLY: the node is a replica now";
             return Err((RedisError::from((redis::ErrorKind::Io, why)), 0));
         }
-        retried
+        moved.map_or(Ok(()), |error| Err((error, 0)))
+    }
+
+    /// Publishes `publish` on the node a Redis Cluster redirected it to (`ASKING`
+    /// first for an `ASK`: the slot is being moved there), on a connection of its own;
+    /// counted as lost if that fails too.
+    async fn follow(&mut self, publish: Publish, redirect: &RedisError) {
+        // `<slot> <host>:<port>`, the host an IPv6 address perhaps (colons, no brackets).
+        let node = redirect.redirect_node().and_then(|(addr, _slot)| {
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host, port.parse().ok()?))
+        });
+        let node = node.map(|(host, port)| self.task.servers.connector().node(host, port));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(stream::PUBLISH_SCRIPT)
+            .ignore();
+        if redirect.code() == Some("ASK") {
+            pipe.cmd("ASKING").ignore();
+        }
+        // The script's SHA1 is the same on every node: it is its content's.
+        let sha = &self.nodes[0].publish_sha;
+        pipe.add_command(command(&publish, sha, self.task.config.publish_verb()));
+        let reply = async {
+            let node = node.ok_or_else(|| redirect.clone())?;
+            let mut conn = node.publisher().await?;
+            pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await
+        };
+        let reply = match tokio::time::timeout(CONNECT_TIMEOUT, reply).await {
+            Ok(Ok(mut replies)) => replies.pop().unwrap_or_else(|| Err(redirect.clone())),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the node a publish was redirected to did not answer in time",
+            ))),
+        };
+        match publish {
+            Publish::Envelope { channel, .. } => self.published(&channel, reply),
+            Publish::Stream(publish) => self.answer(*publish, reply),
+        }
     }
 
     /// Counts a `PUBLISH` Redis answered.
@@ -485,12 +658,18 @@ impl Session<'_> {
         (error, count)
     }
 
-    /// Loads the publish script again (Redis lost it: restarted, `SCRIPT FLUSH`, a
-    /// failover) and runs the publishes that met `NOSCRIPT`, in their order.
-    async fn retry(&mut self, retry: Vec<stream::StreamPublish>) -> Result<(), (RedisError, u64)> {
+    /// Loads the publish script again on node `index` (its Redis lost it: restarted,
+    /// `SCRIPT FLUSH`, a failover) and runs the publishes that met `NOSCRIPT`, in their
+    /// order.
+    async fn retry(
+        &mut self,
+        index: usize,
+        retry: Vec<stream::StreamPublish>,
+    ) -> Result<(), (RedisError, u64)> {
         let count = retry.len() as u64;
-        match stream::load(&mut self.publisher, stream::PUBLISH_SCRIPT).await {
-            Ok(sha) => self.publish_sha = sha,
+        let node = &mut self.nodes[index];
+        match stream::load(&mut node.publisher, stream::PUBLISH_SCRIPT).await {
+            Ok(sha) => node.publish_sha = sha,
             Err(error) => {
                 // Not sent: not published.
                 let stats = &self.task.stats;
@@ -503,13 +682,14 @@ impl Session<'_> {
                 return Err((error, count));
             }
         }
+        let node = &mut self.nodes[index];
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for publish in &retry {
-            pipe.add_command(publish.invocation(&self.publish_sha));
+            pipe.add_command(publish.invocation(&node.publish_sha));
         }
         match pipe
-            .query_async::<Vec<RedisResult<Value>>>(&mut self.publisher)
+            .query_async::<Vec<RedisResult<Value>>>(&mut node.publisher)
             .await
         {
             Ok(replies) => {
@@ -523,6 +703,40 @@ impl Session<'_> {
                 Err(self.unanswered(error, retry.collect()))
             }
         }
+    }
+}
+
+/// One node's publishes in one pipeline, in their order, each with its reply (errors
+/// included: a stream's publish may meet `NOSCRIPT` while the others go through).
+fn pipeline(batch: &[Publish], publish_sha: &str, verb: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    // A stream publish that meets NOSCRIPT is run again after the batch: behind
+    // envelopes queued after it, were the script not loaded first. One `SCRIPT LOAD` (a
+    // no-op when Redis has it) keeps the order; only a `SCRIPT FLUSH` that lands within
+    // the pipeline can still put a stream publish after them.
+    if loads_first(batch) {
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(stream::PUBLISH_SCRIPT)
+            .ignore();
+    }
+    for publish in batch {
+        pipe.add_command(command(publish, publish_sha, verb));
+    }
+    pipe
+}
+
+/// The command of one publish: `verb` (`PUBLISH`, `SPUBLISH`) for an envelope, the
+/// publish script for a stream's message.
+fn command(publish: &Publish, publish_sha: &str, verb: &str) -> redis::Cmd {
+    match publish {
+        Publish::Envelope { channel, payload } => {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(channel).arg(payload.as_ref());
+            cmd
+        }
+        Publish::Stream(publish) => publish.invocation(publish_sha),
     }
 }
 
@@ -552,7 +766,31 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) -> tokio::time::Inst
 #[derive(Debug, Default)]
 struct Acks {
     count: AtomicU64,
-    changed: Notify,
+    /// The unsubscriptions sent and not confirmed yet, per channel: an unsubscription
+    /// not among them is one Redis sent by itself.
+    leaving: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Acks {
+    fn leaving(&self, channels: &[String]) {
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        for channel in channels {
+            *leaving.entry(channel.clone()).or_default() += 1;
+        }
+    }
+
+    /// Whether the unsubscription of `channel` was asked for (and is now confirmed).
+    fn left(&self, channel: &str) -> bool {
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(count) = leaving.get_mut(channel) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            leaving.remove(channel);
+        }
+        true
+    }
 }
 
 /// Reads one connection's replies: counts the gaps in what arrives and queues it for
@@ -563,13 +801,30 @@ struct Reader {
     /// Shared by the readers of successive connections: a gap spans the outage
     /// between them.
     detector: Arc<Mutex<GapDetector>>,
+    /// This connection's confirmations.
     acks: Arc<Acks>,
+    /// Notified at each confirmation, shared by the readers of a link.
+    acked: Arc<Notify>,
     stats: BrokerStats,
     /// Envelopes missed since the current log window opened (0: none open).
     missed_window: Arc<AtomicU64>,
 }
 
 impl Reader {
+    /// A reader like this one for one more connection of the link: its own
+    /// confirmations, everything else shared.
+    fn for_connection(&self) -> Self {
+        Self {
+            own: self.own,
+            deliveries: self.deliveries.clone(),
+            detector: self.detector.clone(),
+            acks: Arc::default(),
+            acked: self.acked.clone(),
+            stats: self.stats.clone(),
+            missed_window: self.missed_window.clone(),
+        }
+    }
+
     /// Reads until the connection fails (`Err`, with why) or the hub is gone (`Ok`).
     async fn run(self, mut replies: pubsub::Replies) -> Result<(), String> {
         loop {
@@ -597,10 +852,17 @@ impl Reader {
                     subscribed,
                 } => {
                     if !subscribed {
+                        if !self.acks.left(&channel) {
+                            // A Redis Cluster moved the channel's slot to another
+                            // shard: the link reopens on the new map.
+                            return Err(format!(
+                                "Redis unsubscribed {channel} by itself (its slot moved)"
+                            ));
+                        }
                         self.detector().forget(&channel);
                     }
                     self.acks.count.fetch_add(1, Relaxed);
-                    self.acks.changed.notify_one();
+                    self.acked.notify_one();
                 }
                 pubsub::Reply::Other => {}
             }
@@ -700,7 +962,7 @@ async fn reconnect(
     let mut warned = after_failure;
     loop {
         lose_publishes_for(wait, publishes, &task.stats).await?;
-        match Link::open(&task.connector).await {
+        match Link::open(&task.servers).await {
             Ok(link) => return Some(link),
             Err(error) if !warned => {
                 tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");

@@ -10,8 +10,9 @@
 //! The subset of RESP2 a subscribed connection receives: arrays of bulk strings and
 //! integers, and errors.
 
+use crate::cluster;
 use redis::RedisConnectionInfo;
-use std::io;
+use std::{collections::BTreeMap, io};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Channels per `SUBSCRIBE` or `UNSUBSCRIBE` command: Redis takes any number, this
@@ -44,7 +45,9 @@ pub(crate) struct Replies {
 pub(crate) enum Reply {
     /// A message published on `channel`.
     Message { channel: String, payload: Vec<u8> },
-    /// A subscription (`true`) or unsubscription confirmed.
+    /// A subscription (`true`) or unsubscription confirmed (sharded or not); on a
+    /// Redis Cluster, an unsubscription Redis sends by itself when the channel's slot
+    /// moved to another shard.
     Subscription { channel: String, subscribed: bool },
     /// Anything else Redis sent, which a subscriber has no use for (a `pong`).
     Other,
@@ -93,10 +96,26 @@ impl Commands {
 
     /// Sends one `verb` (`SUBSCRIBE`, `UNSUBSCRIBE`) per thousand channels, all in one
     /// write: one round trip however many channels. Redis confirms each channel once.
+    /// A sharded verb (`SSUBSCRIBE`, `SUNSUBSCRIBE`) takes the channels of one slot only
+    /// (Redis refuses others with `CROSSSLOT`): one command per slot, then.
     pub(crate) async fn send(&mut self, verb: &str, channels: &[String]) -> io::Result<()> {
         let mut packed = Vec::new();
-        for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
-            packed.extend(redis::cmd(verb).arg(chunk).get_packed_command());
+        let mut pack = |channels: &[&String]| {
+            for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+                packed.extend(redis::cmd(verb).arg(chunk).get_packed_command());
+            }
+        };
+        if verb.starts_with('S') {
+            let mut slots: BTreeMap<u16, Vec<&String>> = BTreeMap::new();
+            for channel in channels {
+                slots
+                    .entry(cluster::slot(channel))
+                    .or_default()
+                    .push(channel);
+            }
+            slots.values().for_each(|slot| pack(slot));
+        } else {
+            pack(&channels.iter().collect::<Vec<_>>());
         }
         if packed.is_empty() {
             // UNSUBSCRIBE without channels would leave them all.
@@ -136,15 +155,15 @@ impl Replies {
         };
         let channel = String::from_utf8_lossy(&channel).into_owned();
         Ok(match kind.as_slice() {
-            b"message" => match items.next() {
+            b"message" | b"smessage" => match items.next() {
                 Some(Value::Bulk(Some(payload))) => Reply::Message { channel, payload },
                 _ => Reply::Other,
             },
-            b"subscribe" => Reply::Subscription {
+            b"subscribe" | b"ssubscribe" => Reply::Subscription {
                 channel,
                 subscribed: true,
             },
-            b"unsubscribe" => Reply::Subscription {
+            b"unsubscribe" | b"sunsubscribe" => Reply::Subscription {
                 channel,
                 subscribed: false,
             },
@@ -253,6 +272,32 @@ mod tests {
         };
         assert_eq!(replies.next().await.unwrap(), unsubscribed);
         assert_eq!(replies.next().await.unwrap(), Reply::Other);
+        let end = replies.next().await.unwrap_err();
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn sharded_messages_and_confirmations_are_read_alike() {
+        let mut replies = replies(
+            b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n\
+              *3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$2\r\nhi\r\n\
+              *3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n",
+        );
+        let subscribed = Reply::Subscription {
+            channel: "a".into(),
+            subscribed: true,
+        };
+        assert_eq!(replies.next().await.unwrap(), subscribed);
+        let message = Reply::Message {
+            channel: "a".into(),
+            payload: b"hi".to_vec(),
+        };
+        assert_eq!(replies.next().await.unwrap(), message);
+        let unsubscribed = Reply::Subscription {
+            channel: "a".into(),
+            subscribed: false,
+        };
+        assert_eq!(replies.next().await.unwrap(), unsubscribed);
         let end = replies.next().await.unwrap_err();
         assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
     }

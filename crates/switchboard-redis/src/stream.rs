@@ -6,9 +6,12 @@
 //! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
 //! Cluster keeps them on one shard, the one the scripts run on.
 
-use crate::{BrokerStats, RedisConfig, codec, connect::Connector};
+use crate::{BrokerStats, RedisConfig, cluster::Servers, codec, connect};
 use redis::{Cmd, RedisResult, Value, aio::MultiplexedConnection};
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 use switchboard_broker::{
     Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead, Target,
 };
@@ -62,7 +65,7 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 impl RedisConfig {
     /// The keys of `room`'s stream: its messages and its meta, under one hash tag.
     pub(crate) fn stream_keys(&self, room: &str) -> [String; 2] {
-        let tag = format!("{{{}}}", self.channel_room(room));
+        let tag = self.room_tag(room);
         [format!("{tag}:s"), format!("{tag}:m")]
     }
 }
@@ -72,6 +75,8 @@ impl RedisConfig {
 pub(crate) struct StreamPublish {
     keys: [String; 2],
     channel: String,
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    verb: &'static str,
     parts: codec::StreamParts,
     history: History,
     /// The epoch the stream gets if it has none.
@@ -95,6 +100,7 @@ impl StreamPublish {
         let publish = Self {
             keys: config.stream_keys(room),
             channel: config.channel_room(room),
+            verb: config.publish_verb(),
             parts,
             history,
             candidate: Epoch::random(),
@@ -123,7 +129,8 @@ impl StreamPublish {
             .arg(self.parts.head.as_ref())
             .arg(self.parts.route.as_ref())
             .arg(codec::field(&self.parts))
-            .arg(self.parts.payload.as_ref());
+            .arg(self.parts.payload.as_ref())
+            .arg(self.verb);
         cmd
     }
 
@@ -249,15 +256,17 @@ pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
 
 /// The connection reads go on: neither the subscriber (which allows no other command)
 /// nor the publisher (a burst of reads, when many clients recover at once, would hold
-/// up the publishes behind it). Opened at the first read, again after it fails.
+/// up the publishes behind it). Opened at the first read, again after it fails; on a
+/// Redis Cluster, one per master, each read on its stream's.
 #[derive(Debug)]
 pub(crate) struct Reads {
-    connector: Connector,
+    servers: Servers,
     config: RedisConfig,
     /// Counts the entries skipped as malformed.
     stats: BrokerStats,
-    /// The connection open (if any), and when opening one last failed.
-    slot: std::sync::Mutex<Slot>,
+    /// Per node (by address, `""` for a single Redis): the connection open (if any),
+    /// and when opening one last failed. Bounded by the nodes the cluster had.
+    nodes: std::sync::Mutex<HashMap<String, Slot>>,
     /// Held while a connection is opened: one at a time, the others wait for it.
     opening: Mutex<()>,
 }
@@ -279,12 +288,12 @@ struct Open {
 }
 
 impl Reads {
-    pub(crate) fn new(connector: Connector, config: RedisConfig, stats: BrokerStats) -> Self {
+    pub(crate) fn new(servers: Servers, config: RedisConfig, stats: BrokerStats) -> Self {
         Self {
-            connector,
+            servers,
             config,
             stats,
-            slot: std::sync::Mutex::default(),
+            nodes: std::sync::Mutex::default(),
             opening: Mutex::new(()),
         }
     }
@@ -302,8 +311,8 @@ impl Reads {
         match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(read) => read,
             Err(_) => {
-                if let Some(generation) = used {
-                    self.drop_connection(generation);
+                if let Some((node, generation)) = used {
+                    self.drop_connection(&node, generation);
                 }
                 Err(StreamError::Unavailable(format!(
                     "Redis did not answer a read within {READ_TIMEOUT:?}"
@@ -319,17 +328,20 @@ impl Reads {
         room: &str,
         after: u64,
         history: History,
-        used: &mut Option<u64>,
+        used: &mut Option<(String, u64)>,
     ) -> Result<StreamRead, StreamError> {
         let mut read = self.read_on_connection(room, after, history, used).await;
-        // A failure with no Redis error code is the connection's, not the command's.
-        // (The read script has no flags, so a replica runs it: no READONLY here.)
-        let failed_connection = match (&read, *used) {
-            (Err(error), Some(generation)) if connection_failed(error) => Some(generation),
+        // A failure with no Redis error code is the connection's, not the command's; a
+        // redirection (a Redis Cluster's slot moved) is one from a connection to the
+        // wrong node. (The read script has no flags, so a replica runs it: no READONLY
+        // here.) The read is tried again once (on a cluster, on the map the link
+        // fetches anew).
+        let failed_connection = match (&read, used.as_ref()) {
+            (Err(error), Some(used)) if connection_failed(error) => Some(used.clone()),
             _ => None,
         };
-        if let Some(generation) = failed_connection {
-            self.drop_connection(generation);
+        if let Some((node, generation)) = failed_connection {
+            self.drop_connection(&node, generation);
             read = self.read_on_connection(room, after, history, used).await;
         }
         read.map_err(|error| StreamError::Unavailable(error.to_string()))
@@ -345,11 +357,12 @@ impl Reads {
         room: &str,
         after: u64,
         history: History,
-        used: &mut Option<u64>,
+        used: &mut Option<(String, u64)>,
     ) -> RedisResult<Value> {
-        let mut open = self.connection().await?;
-        *used = Some(open.generation);
         let keys = self.config.stream_keys(room);
+        let (name, node) = self.servers.node_of(&keys[0])?;
+        let mut open = self.connection(&name, node).await?;
+        *used = Some((name.clone(), open.generation));
         let (_, meta_ttl) = ttls(history);
         let invocation = |sha: &str| {
             let mut cmd = redis::cmd("EVALSHA");
@@ -366,14 +379,12 @@ impl Reads {
         match invocation(&open.sha).query_async(&mut open.conn).await {
             Err(error) if is_noscript(&error) => {
                 let sha = load(&mut open.conn, READ_SCRIPT).await?;
-                if let Some(kept) = self
-                    .slot()
-                    .open
-                    .as_mut()
-                    .filter(|kept| kept.generation == open.generation)
-                {
-                    kept.sha.clone_from(&sha);
-                }
+                self.slot(&name, |slot| {
+                    let kept = slot.open.as_mut();
+                    if let Some(kept) = kept.filter(|kept| kept.generation == open.generation) {
+                        kept.sha.clone_from(&sha);
+                    }
+                });
                 invocation(&sha).query_async(&mut open.conn).await
             }
             reply => reply,
@@ -384,32 +395,30 @@ impl Reads {
     /// [`READ_CONNECT_TIMEOUT`]. After a failure to open one, reads fail at once for
     /// that long: a recovery of many clients while Redis is unreachable fails fast
     /// rather than queue behind one connect after another.
-    async fn connection(&self) -> RedisResult<Open> {
-        if let Some(open) = self.slot().open.clone() {
+    /// `node` is `None` for the connector's primary (off a cluster), named `name`.
+    async fn connection(&self, name: &str, node: Option<connect::Node>) -> RedisResult<Open> {
+        if let Some(open) = self.slot(name, |slot| slot.open.clone()) {
             return Ok(open);
         }
         let _opening = self.opening.lock().await;
-        {
-            let slot = self.slot();
-            if let Some(open) = slot.open.clone() {
-                return Ok(open);
-            }
-            if slot
-                .failed
-                .is_some_and(|failed| failed.elapsed() < READ_CONNECT_TIMEOUT)
-            {
-                return Err(unreachable("Redis was unreachable a moment ago"));
-            }
+        let (open, failed) = self.slot(name, |slot| (slot.open.clone(), slot.failed));
+        if let Some(open) = open {
+            return Ok(open);
+        }
+        if failed.is_some_and(|failed| failed.elapsed() < READ_CONNECT_TIMEOUT) {
+            return Err(unreachable("Redis was unreachable a moment ago"));
         }
         let opened = tokio::time::timeout(READ_CONNECT_TIMEOUT, async {
-            let mut conn = self.connector.primary().await?.publisher;
+            let mut conn = match node {
+                Some(node) => node.publisher().await?,
+                None => self.servers.connector().primary().await?.publisher,
+            };
             let sha = load(&mut conn, READ_SCRIPT).await?;
             RedisResult::Ok((conn, sha))
         })
         .await
         .unwrap_or_else(|_| Err(unreachable("Redis did not answer a connect in time")));
-        let mut slot = self.slot();
-        match opened {
+        self.slot(name, |slot| match opened {
             Ok((conn, sha)) => {
                 slot.generation += 1;
                 let open = Open {
@@ -425,37 +434,47 @@ impl Reads {
                 slot.failed = Some(Instant::now());
                 Err(error)
             }
-        }
+        })
     }
 
-    /// Drops the open connection, if any: the link has moved to another node (a
-    /// failover) or found Redis restarted, and the next read follows it there.
+    /// Drops the open connections, if any: the link has moved to other nodes (a
+    /// failover) or found Redis restarted, and the next reads follow it there.
     pub(crate) fn reconnect(&self) {
-        self.slot().open = None;
-    }
-
-    /// Drops connection `generation` if it is still the open one (not one another
-    /// read opened since).
-    fn drop_connection(&self, generation: u64) {
-        let mut slot = self.slot();
-        if slot
-            .open
-            .as_ref()
-            .is_some_and(|open| open.generation == generation)
-        {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for slot in nodes.values_mut() {
             slot.open = None;
         }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot
+    /// Drops connection `generation` if it is still the open one (not one another
+    /// read opened since).
+    fn drop_connection(&self, node: &str, generation: u64) {
+        self.slot(node, |slot| {
+            if slot
+                .open
+                .as_ref()
+                .is_some_and(|open| open.generation == generation)
+            {
+                slot.open = None;
+            }
+        });
+    }
+
+    /// Runs `work` on what is kept for `node`.
+    fn slot<T>(&self, node: &str, work: impl FnOnce(&mut Slot) -> T) -> T {
+        let mut nodes = self
+            .nodes
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        work(nodes.entry(node.to_owned()).or_default())
     }
 }
 
 fn connection_failed(error: &redis::RedisError) -> bool {
-    error.code().is_none()
+    error.code().is_none() || error.redirect_node().is_some()
 }
 
 fn unreachable(why: &'static str) -> redis::RedisError {

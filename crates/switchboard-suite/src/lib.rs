@@ -112,13 +112,13 @@ pub trait Engine: Sized + Send + Sync + 'static {
 #[macro_export]
 macro_rules! every_engine {
     (all; $($test:ident),+ $(,)?) => {
-        $crate::every_engine!(memory, redis, nats; $($test),+);
+        $crate::every_engine!(memory, redis, redis_cluster, nats; $($test),+);
     };
     (failing; $($test:ident),+ $(,)?) => {
-        $crate::every_engine!(redis, nats; $($test),+);
+        $crate::every_engine!(redis, redis_cluster, nats; $($test),+);
     };
     (queued; $($test:ident),+ $(,)?) => {
-        $crate::every_engine!(redis, nats; $($test),+);
+        $crate::every_engine!(redis, redis_cluster, nats; $($test),+);
     };
     ($($engine:ident),+ ; $($test:ident),+ $(,)?) => {
         $crate::every_engine!(@tests [$($test),+] $($engine),+);

@@ -6,6 +6,8 @@
 --   ARGV[5] the meta's expiry in ms (both only ever extended)    ARGV[6] the room's channel
 --   ARGV[7] the envelope's head, ARGV[8] its route (see codec.rs: the position goes
 --   between them), ARGV[9] the field that names the message's kind, ARGV[10] its payload
+--   ARGV[11] how to publish: PUBLISH, or SPUBLISH on a Redis Cluster (the channel is on
+--   this shard: it hashes like the keys)
 -- Returns {offset, epoch}.
 -- A script is not rolled back: every argument is checked before the first write, and
 -- nothing after it can fail (the integers go to Redis as the strings they came as).
@@ -62,6 +64,9 @@ end
 if ARGV[9] ~= 't' and ARGV[9] ~= 'b' then
   error('ARGV[9] is not a kind of message')
 end
+if ARGV[11] ~= 'PUBLISH' and ARGV[11] ~= 'SPUBLISH' then
+  error('ARGV[11] is not PUBLISH or SPUBLISH')
+end
 local epoch = current_epoch(stream, meta, candidate)
 local offset = redis.call('HINCRBY', meta, 'o', 1)
 -- Never before the newest entry's time, even if Redis's clock stepped back (or a
@@ -78,5 +83,5 @@ if max_age > 0 then
 end
 extend(stream, ARGV[4])
 extend(meta, ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[7] .. u64(offset) .. from_hex(epoch) .. ARGV[8] .. ARGV[10])
+redis.call(ARGV[11], ARGV[6], ARGV[7] .. u64(offset) .. from_hex(epoch) .. ARGV[8] .. ARGV[10])
 return {offset, epoch}

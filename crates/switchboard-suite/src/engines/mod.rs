@@ -4,6 +4,7 @@
 pub mod memory;
 pub mod nats;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use switchboard_broker::Broker;
@@ -23,6 +24,9 @@ pub fn broker_from_args(args: &[String]) -> Box<dyn Broker> {
     match args {
         [engine, url, prefix] if engine == redis::ARG => redis::broker(url, prefix),
         [engine, url, prefix] if engine == nats::ARG => nats::child_broker(url, prefix),
+        [engine, prefix, nodes @ ..] if engine == redis_cluster::ARG => {
+            redis_cluster::broker(nodes, prefix)
+        }
         _ => panic!("no engine for child arguments {args:?}"),
     }
 }

@@ -4,6 +4,7 @@
 pub mod nats;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod redis_tls;
 pub mod sentinel;
 

@@ -1,0 +1,332 @@
+//! Redis Cluster: which shard a channel or a key lives on, and the map of the shards.
+//!
+//! A name's slot is the CRC16 (XMODEM) of its hash tag (what is between its first `{`
+//! and the first `}` after it, when that is not empty) or of the whole name, modulo
+//! 16,384; each slot belongs to one master. The map is asked of any node that answers
+//! (`CLUSTER SLOTS`), again after every failure or move: the link then reconnects to
+//! the masters it names.
+
+use crate::{
+    ConnectError, Deployment, RedisConfig,
+    connect::{self, Connector},
+};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisResult, Value};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+/// Slots in a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16384;
+
+/// How long one node may take to answer for the map before the next is asked.
+const MAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The slot of a channel or key, as Redis computes it.
+pub(crate) fn slot(name: &str) -> u16 {
+    crc16(hash_tag(name.as_bytes())) % SLOTS
+}
+
+/// The part of `name` Redis hashes: its hash tag, if it has a non-empty one.
+fn hash_tag(name: &[u8]) -> &[u8] {
+    let Some(open) = name.iter().position(|&byte| byte == b'{') else {
+        return name;
+    };
+    match name[open + 1..].iter().position(|&byte| byte == b'}') {
+        Some(len) if len > 0 => &name[open + 1..open + 1 + len],
+        _ => name,
+    }
+}
+
+/// CRC16-CCITT (XMODEM: polynomial 0x1021, initial 0), Redis Cluster's key hash.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            };
+        }
+    }
+    crc
+}
+
+/// Which master serves each slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotMap {
+    /// The masters, as `(host, port)`, in the order of their first slot.
+    masters: Vec<(String, u16)>,
+    /// Per slot, the index of its master in `masters` (`None`: no master serves it).
+    owners: Vec<Option<usize>>,
+}
+
+impl SlotMap {
+    /// Asks the seeds in turn (then gives up) for the cluster's map.
+    async fn fetch(connector: &Connector, seeds: &[(String, u16)]) -> RedisResult<Self> {
+        let mut last = None;
+        for (host, port) in seeds {
+            let node = connector.node(host, *port);
+            match tokio::time::timeout(MAP_TIMEOUT, Self::fetch_from(&node, host)).await {
+                Ok(Ok(map)) => return Ok(map),
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => last = Some(unreachable("a cluster node did not answer in time")),
+            }
+        }
+        Err(last.unwrap_or_else(|| unreachable("no cluster node is configured")))
+    }
+
+    async fn fetch_from(node: &connect::Node, host: &str) -> RedisResult<Self> {
+        let mut conn = node.publisher().await?;
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
+        Self::parse(reply, host)
+    }
+
+    /// The map in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`;
+    /// an empty host (Redis does not know how it is reached) is the one asked.
+    fn parse(reply: Value, asked: &str) -> RedisResult<Self> {
+        let Value::Array(ranges) = reply else {
+            return Err(malformed("CLUSTER SLOTS is not an array"));
+        };
+        let mut map = Self {
+            masters: Vec::new(),
+            owners: vec![None; usize::from(SLOTS)],
+        };
+        for range in ranges {
+            let Value::Array(range) = range else {
+                return Err(malformed("a slot range is not an array"));
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (range.first(), range.get(1), range.get(2))
+            else {
+                return Err(malformed("a slot range is not [start, end, master, …]"));
+            };
+            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
+                (master.first(), master.get(1))
+            else {
+                return Err(malformed("a master is not [host, port, …]"));
+            };
+            let host = match std::str::from_utf8(host) {
+                Ok("") | Ok("?") => asked.to_owned(),
+                Ok(host) => host.to_owned(),
+                Err(_) => return Err(malformed("a host that is not UTF-8")),
+            };
+            let port = u16::try_from(*port).map_err(|_| malformed("a port out of range"))?;
+            let slots = usize::try_from(*start)
+                .ok()
+                .zip(usize::try_from(*end).ok())
+                .filter(|&(start, end)| start <= end && end < usize::from(SLOTS))
+                .ok_or_else(|| malformed("a slot range out of range"))?;
+            let master = (host, port);
+            let index = match map.masters.iter().position(|known| *known == master) {
+                Some(index) => index,
+                None => {
+                    map.masters.push(master);
+                    map.masters.len() - 1
+                }
+            };
+            map.owners[slots.0..=slots.1].fill(Some(index));
+        }
+        if map.owners.iter().any(Option::is_none) {
+            return Err(malformed(
+                "some slots have no master (the cluster is not ok)",
+            ));
+        }
+        Ok(map)
+    }
+
+    /// The masters, each `(host, port)`, by index.
+    pub(crate) fn masters(&self) -> &[(String, u16)] {
+        &self.masters
+    }
+
+    /// The index (in [`SlotMap::masters`]) of the master that serves `name`.
+    pub(crate) fn master_of(&self, name: &str) -> usize {
+        // Every slot has a master: `parse` refuses a map with holes.
+        self.owners[usize::from(slot(name))].unwrap_or(0)
+    }
+}
+
+/// Where a broker's connections go: to the node its [`Connector`] names (one Redis,
+/// or the master the Sentinels name), or to the masters of a Redis Cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct Servers {
+    connector: Connector,
+    /// `None` but on a Redis Cluster.
+    cluster: Option<Cluster>,
+}
+
+/// A Redis Cluster, found from `seeds`; `map` is the latest map the link fetched,
+/// shared with the reads, which go to the shard of their stream.
+#[derive(Debug, Clone)]
+struct Cluster {
+    seeds: Arc<[(String, u16)]>,
+    map: Arc<Mutex<Option<Arc<SlotMap>>>>,
+}
+
+impl Servers {
+    /// The servers of `config`'s deployment; an error for a URL the client does not
+    /// understand, and what is not supported.
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let connector = Connector::new(config)?;
+        let cluster = match &config.deployment {
+            Deployment::Cluster { nodes } => Some(Cluster {
+                seeds: seeds(nodes)?.into(),
+                map: Arc::default(),
+            }),
+            _ => None,
+        };
+        // A prefix with braces would give the rooms' channels and stream keys other
+        // hash tags, and so perhaps other shards than the script's.
+        if cluster.is_some() && config.prefix.contains(['{', '}']) {
+            let why = "a prefix with `{` or `}` on a Redis Cluster".to_owned();
+            return Err(ConnectError::Unsupported(why));
+        }
+        Ok(Self { connector, cluster })
+    }
+
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The map of the cluster, fetched again (`None` but on a Redis Cluster), and
+    /// kept for the reads.
+    pub(crate) async fn fetch_map(&self) -> RedisResult<Option<Arc<SlotMap>>> {
+        let Some(Cluster { seeds, map }) = &self.cluster else {
+            return Ok(None);
+        };
+        let fetched = Arc::new(SlotMap::fetch(&self.connector, seeds).await?);
+        *map.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetched.clone());
+        Ok(Some(fetched))
+    }
+
+    /// Where `key` is served: a name for the node (empty off a cluster), and the node
+    /// on a cluster (`None`: the [`Connector`]'s primary); an error while no map of
+    /// the cluster is known.
+    pub(crate) fn node_of(&self, key: &str) -> RedisResult<(String, Option<connect::Node>)> {
+        let Some(Cluster { map, .. }) = &self.cluster else {
+            return Ok((String::new(), None));
+        };
+        let map = map.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let map = map.ok_or_else(|| unreachable("the cluster's map is not known yet"))?;
+        let (host, port) = &map.masters()[map.master_of(key)];
+        let node = self.connector.node(host, *port);
+        Ok((format!("{host}:{port}"), Some(node)))
+    }
+}
+
+/// The nodes' addresses; an error for a URL the client does not understand. Their
+/// scheme and credentials are the first's, which the [`Connector`] keeps.
+fn seeds(nodes: &[String]) -> Result<Vec<(String, u16)>, ConnectError> {
+    nodes
+        .iter()
+        .map(|url| {
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
+            match info.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Ok((host.clone(), *port))
+                }
+                other => Err(ConnectError::Unsupported(format!(
+                    "a cluster node at {other}: nodes are reached over TCP"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn malformed(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected CLUSTER SLOTS reply",
+        what.to_owned(),
+    ))
+}
+
+fn unreachable(why: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_redis_s() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.0.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("bar"), 5061);
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
+        assert_eq!(slot(""), 0);
+    }
+
+    #[test]
+    fn a_rooms_channel_hashes_where_its_stream_keys_do() {
+        let config = crate::RedisConfig::default().cluster(["redis://127.0.0.1:7000/"]);
+        for room in ["lobby", "{x}", "a}b", "}", "{", "{}", "a{b}c", "", "}{"] {
+            let channel = config.channel_room(room);
+            for key in config.stream_keys(room) {
+                assert_eq!(slot(&key), slot(&channel), "{room:?}: {key} and {channel}");
+            }
+        }
+        // Rooms are spread over the slots, not all on the prefix's.
+        assert_ne!(
+            slot(&config.channel_room("a")),
+            slot(&config.channel_room("b"))
+        );
+    }
+
+    #[test]
+    fn a_map_is_read_from_cluster_slots() {
+        let node = |host: &str, port| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |start, end, master| {
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                master,
+                node("r", 1),
+            ])
+        };
+        let reply = Value::Array(vec![
+            range(0, 5460, node("a", 7000)),
+            range(5461, 10922, node("", 7001)),
+            range(10923, 16383, node("a", 7000)),
+        ]);
+        let map = SlotMap::parse(reply, "seed").unwrap();
+        assert_eq!(
+            map.masters(),
+            [("a".to_owned(), 7000), ("seed".to_owned(), 7001)]
+        );
+        assert_eq!(map.master_of("bar"), 0);
+        assert_eq!(map.master_of("{x}"), map.master_of("x"));
+        let holes = Value::Array(vec![range(0, 5460, node("a", 7000))]);
+        assert!(SlotMap::parse(holes, "seed").is_err());
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![Value::Nil]),
+            Value::Array(vec![range(5, 4, node("a", 1))]),
+            Value::Array(vec![range(0, 16384, node("a", 1))]),
+            Value::Array(vec![range(0, 16383, node("a", 70000))]),
+        ] {
+            assert!(SlotMap::parse(bad.clone(), "seed").is_err(), "{bad:?}");
+        }
+    }
+}
