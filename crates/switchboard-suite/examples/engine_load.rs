@@ -54,7 +54,7 @@ use switchboard_nats::{NatsBroker, NatsConfig};
 use switchboard_redis::{RedisBroker, RedisConfig};
 use switchboard_suite::{
     load::{Delivery, JoinRoom, LoadError, PipeClient, hub_config, pipe_client},
-    servers::{nats::NatsServer, redis::RedisServer},
+    servers::{nats::NatsServer, redis::RedisServer, redis_cluster::RedisCluster},
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -340,6 +340,18 @@ impl Restart for RedisServer {
     }
 }
 
+/// Every node of the cluster, masters and replicas, SIGKILLed and started again with
+/// its cluster configuration (empty, as a Redis without persistence).
+impl Restart for RedisCluster {
+    fn stop(&mut self) {
+        RedisCluster::stop(self);
+    }
+
+    async fn start(&mut self) {
+        self.restart().await;
+    }
+}
+
 /// NATS comes back with the JetStream storage it had, as a server on its disk does.
 impl Restart for NatsServer {
     fn stop(&mut self) {
@@ -450,7 +462,12 @@ async fn recovery_of(options: &Options) -> Result<(), LoadError> {
             let engine = EngineFlag::Redis(server.url());
             recovery(options, &engine, &mut server).await?;
         }
-        EngineFlag::Cluster(_) => println!("# cluster: no cluster of its own to restart yet"),
+        EngineFlag::Cluster(_) => {
+            println!("# cluster: three masters and three replicas of its own, all restarted");
+            let mut cluster = RedisCluster::start().await;
+            let engine = EngineFlag::Cluster(cluster.urls());
+            recovery(options, &engine, &mut cluster).await?;
+        }
         EngineFlag::Nats(_) => {
             println!("# nats: the server restarts with the JetStream storage it had");
             let mut server = NatsServer::start().await;
