@@ -6,14 +6,14 @@ use std::{
     future::Future,
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 use switchboard::hub::{Hub, HubConfig, NodeId};
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::Engine;
+use crate::{Engine, servers::process::Process};
 
 /// How long one step of a test may take before it counts as hung: a hang fails, it
 /// does not hang CI.
@@ -137,8 +137,7 @@ pub async fn serve_child<Events>(node: Node<Events>) {
 /// when dropped.
 #[derive(Debug)]
 pub struct ChildHub {
-    /// `None` once killed and reaped: its pid may then be another process's.
-    process: Option<Child>,
+    process: Process,
     /// The child hub's node id.
     pub node: NodeId,
     /// Where it listens.
@@ -168,7 +167,7 @@ impl ChildHub {
         let stdout = process.stdout.take().expect("a piped stdout");
         // Killed by its drop if it never says who it is.
         let mut child = Self {
-            process: Some(process),
+            process: Process::new(process, format!("the child hub of {test}")),
             node: NodeId::from_bits(0),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
@@ -187,39 +186,25 @@ impl ChildHub {
         child
     }
 
-    /// The child's pid, while it has not been killed.
-    fn pid(&self) -> u32 {
-        self.process.as_ref().expect("a child not killed").id()
-    }
-
     /// Stops the child (SIGSTOP), and returns once every thread of it is stopped:
     /// `kill` returns once the signal is sent, and a thread still running could
     /// answer one more query.
     pub async fn stop(&self) {
-        assert!(crate::servers::signal(self.pid(), "STOP"));
-        let tasks = format!("/proc/{}/task", self.pid());
+        assert!(self.process.signal("STOP"));
+        let pid = self.process.id().expect("a child not killed");
+        let tasks = format!("/proc/{pid}/task");
         until("the child to stop", || all_stopped(&tasks)).await;
     }
 
     /// Lets a stopped child run again (SIGCONT).
     pub fn resume(&self) {
-        assert!(crate::servers::signal(self.pid(), "CONT"));
+        assert!(self.process.signal("CONT"));
     }
 
     /// Kills the child with SIGKILL (no goodbye, no close of its sockets) and waits
-    /// until it is gone; once only, as its pid is free for another process then.
+    /// until it is gone.
     pub fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            crate::servers::signal(process.id(), "CONT");
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-}
-
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 

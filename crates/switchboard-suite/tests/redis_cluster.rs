@@ -4,73 +4,25 @@
 //! counted and a room with history gapless; a room whose slot moves to another master
 //! follows it.
 
-use futures_util::StreamExt;
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
-    time::Duration,
-};
-use switchboard::{
-    Message,
-    hub::{Connection, Handler, History, Hub, HubConfig},
-};
+mod redis_hubs;
+
+use redis_hubs::{Traffic, count, framed_history, member, serve};
+use std::time::Duration;
+use switchboard::hub::HubConfig;
 use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use switchboard_suite::{
     engines::redis_cluster::config,
     servers::redis_cluster::{RedisCluster, query},
-    support::{until, within},
+    support::{Node, until, within},
 };
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage};
-
-type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Rooms named `h…` keep history: their members get `<offset> <text>`.
 fn hub_config() -> HubConfig {
-    HubConfig::default()
-        .node_heartbeat(Duration::from_secs(3600))
-        .history_framed(
-            "h*",
-            History::default().max_len(10_000),
-            |message, position| {
-                let text = match message {
-                    Message::Text(text) => text.as_str().to_owned(),
-                    _ => String::new(),
-                };
-                Message::text(format!("{} {text}", position.offset))
-            },
-        )
+    framed_history("h*").node_heartbeat(Duration::from_secs(3600))
 }
 
-/// Joins the route's `{room}`.
-struct Joiner;
-
-impl Handler for Joiner {
-    async fn on_open(&self, conn: &Connection) {
-        if let Some(room) = conn.param("room") {
-            conn.join(room);
-        }
-    }
-}
-
-/// A hub on its own listener, on the cluster.
-struct TestHub {
-    hub: Hub,
-    addr: SocketAddr,
-    stats: BrokerStats,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        self.served.abort();
-    }
-}
-
-async fn hub_on(cluster: &RedisCluster) -> TestHub {
+/// A hub on the cluster, once ready.
+async fn hub_on(cluster: &RedisCluster) -> (Node, BrokerStats) {
     // `RUST_LOG=switchboard_redis=debug` shows how the hubs follow the cluster.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -79,52 +31,9 @@ async fn hub_on(cluster: &RedisCluster) -> TestHub {
     // The default prefix: the cluster is this test's own.
     let prefix = RedisConfig::default().prefix;
     let broker = RedisBroker::new(config(&cluster.urls(), &prefix)).unwrap();
-    let stats = broker.stats();
-    let hub = Hub::with_broker(hub_config(), broker);
-    let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Joiner));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn({
-        let hub = hub.clone();
-        async move { switchboard::serve(listener, app, &hub).await }
-    });
-    until("the hub to be ready", || hub.is_ready()).await;
-    TestHub {
-        hub,
-        addr,
-        stats,
-        served,
-    }
-}
-
-async fn client(hub: &TestHub, room: &str) -> Client {
-    let url = format!("ws://{}/chat/{room}", hub.addr);
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws
-}
-
-/// The next text a client gets.
-async fn next_text(ws: &mut Client) -> String {
-    loop {
-        match within("a message", ws.next()).await {
-            Some(Ok(WsMessage::Text(text))) => return text.as_str().to_owned(),
-            Some(Ok(_)) => {}
-            other => panic!("the client's connection ended: {other:?}"),
-        }
-    }
-}
-
-/// The texts a client gets up to `last` (included).
-async fn texts_until(ws: &mut Client, last: &str) -> Vec<String> {
-    let mut texts = Vec::new();
-    loop {
-        let text = next_text(ws).await;
-        let done = text.ends_with(last);
-        texts.push(text);
-        if done {
-            return texts;
-        }
-    }
+    let (node, stats) = serve(broker, hub_config()).await;
+    until("the hub to be ready", || node.hub.is_ready()).await;
+    (node, stats)
 }
 
 /// A room's channel on a Redis Cluster (the default prefix).
@@ -181,12 +90,12 @@ async fn rooms_on_every_shard_reach_clients_across_hubs() {
             assert_eq!(cluster.keyslot(&key).await, slot, "{key}");
         }
     }
-    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
     let rooms = rooms_on_each_master(&cluster, "room").await;
     assert_eq!(rooms.len(), 3);
     let mut clients = Vec::new();
     for (room, master) in &rooms {
-        clients.push(client(&b, room).await);
+        clients.push(member(&b, room).await);
         until_subscribed(*master, room, 1).await;
     }
     for n in 0..10 {
@@ -194,102 +103,43 @@ async fn rooms_on_every_shard_reach_clients_across_hubs() {
             a.hub.to(room).send_text(format!("{room} {n}"));
         }
     }
-    for ((room, _), ws) in rooms.iter().zip(&mut clients) {
+    for ((room, _), texts) in rooms.iter().zip(&clients) {
+        until("ten texts of each room", || count(texts) == 10).await;
         let expected: Vec<String> = (0..10).map(|n| format!("{room} {n}")).collect();
-        assert_eq!(texts_until(ws, &format!("{room} 9")).await, expected);
+        assert_eq!(*texts.lock().unwrap(), expected);
     }
-    assert!(a.stats.published() >= 30);
-    assert_eq!(a.stats.lost() + b.stats.missed() + b.stats.malformed(), 0);
+    assert!(a_stats.published() >= 30);
+    assert_eq!(a_stats.lost() + b_stats.missed() + b_stats.malformed(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_fails_over_and_delivery_resumes() {
     let mut cluster = RedisCluster::start().await;
-    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
     // A room with history and one without, on the master about to die.
-    let history = rooms_on_each_master(&cluster, "h").await.remove(0);
+    let (history, master) = rooms_on_each_master(&cluster, "h").await.remove(0);
     let plain = rooms_on_each_master(&cluster, "p").await;
-    let plain = plain
-        .into_iter()
-        .find(|(_, master)| *master == history.1)
-        .unwrap();
-    let mut history_ws = client(&b, &history.0).await;
-    let mut plain_ws = client(&b, &plain.0).await;
-    until_subscribed(history.1, &history.0, 1).await;
-    until_subscribed(plain.1, &plain.0, 1).await;
+    let (live, _) = plain.into_iter().find(|(_, on)| *on == master).unwrap();
+    let traffic = Traffic::new(&a, &b, &live, &history).await;
+    until_subscribed(master, &live, 1).await;
+    until_subscribed(master, &history, 1).await;
 
-    // `a` publishes to both rooms every 5 ms until told to stop.
-    let (stop, sent) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let publisher = tokio::spawn({
-        let (hub, stop, sent) = (a.hub.clone(), stop.clone(), sent.clone());
-        let rooms = (history.0.clone(), plain.0.clone());
-        async move {
-            while !stop.load(Relaxed) {
-                let n = sent.load(Relaxed);
-                hub.to(&rooms.0).send_text(format!("m{n}"));
-                hub.to(&rooms.1).send_text(format!("m{n}"));
-                sent.store(n + 1, Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
-    until("publishing to start", || sent.load(Relaxed) > 50).await;
-    cluster.kill(history.1);
-    cluster.until_ok().await;
-    let resumed = sent.load(Relaxed) + 50;
-    until("publishing after the failover", || {
-        sent.load(Relaxed) > resumed
-    })
-    .await;
-    until("hub b to be ready again", || b.hub.is_ready()).await;
-    stop.store(true, Relaxed);
-    publisher.await.unwrap();
-    let last = format!("m{}", sent.load(Relaxed));
-    a.hub.to(&history.0).send_text(last.clone());
-    a.hub.to(&plain.0).send_text(last.clone());
-
-    // Without history: in order, and what did not arrive is counted.
-    let got = texts_until(&mut plain_ws, &last).await;
-    let numbers: Vec<u64> = got.iter().map(|text| text[1..].parse().unwrap()).collect();
-    assert!(
-        numbers.windows(2).all(|pair| pair[0] < pair[1]),
-        "{numbers:?}"
-    );
-    let sent = sent.load(Relaxed) + 1;
-    let received = numbers.len() as u64;
-    assert!(received < sent, "a failover loses something");
-    assert!(
-        received + b.stats.missed() + a.stats.unconfirmed() >= sent,
-        "received {received}, missed {}, of {sent}",
-        b.stats.missed()
-    );
-    assert!(a.stats.lost() > 0 || b.stats.missed() > 0);
-    assert!(a.stats.reconnects() >= 1 && b.stats.reconnects() >= 1);
-
-    // With history: every offset once, in order, for a client that stayed connected.
-    let got = texts_until(&mut history_ws, &last).await;
-    let offsets: Vec<u64> = got
-        .iter()
-        .map(|text| text.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
-        "{offsets:?}"
-    );
+    let failover = async {
+        cluster.kill(master);
+        cluster.until_ok().await;
+    };
+    traffic.through(failover, &a_stats, &b_stats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_follows_its_slot_to_another_master() {
     let cluster = RedisCluster::start().await;
-    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
     let (room, from) = rooms_on_each_master(&cluster, "m").await.remove(0);
-    let mut ws = client(&b, &room).await;
+    let texts = member(&b, &room).await;
     until_subscribed(from, &room, 1).await;
     a.hub.to(&room).send_text("before");
-    assert_eq!(next_text(&mut ws).await, "before");
+    until("the text before the move", || count(&texts) == 1).await;
 
     let slot = cluster.keyslot(&channel(&room)).await;
     let masters = cluster.masters().await;
@@ -301,10 +151,11 @@ async fn a_room_follows_its_slot_to_another_master() {
     // `a` publishes to the old master, which answers MOVED: the publish goes to the
     // new one, and `a` reconnects on the new map.
     a.hub.to(&room).send_text("after");
-    assert_eq!(next_text(&mut ws).await, "after");
-    assert_eq!(a.stats.lost() + b.stats.malformed(), 0);
+    until("the text after the move", || count(&texts) == 2).await;
+    assert_eq!(*texts.lock().unwrap(), ["before", "after"]);
+    assert_eq!(a_stats.lost() + b_stats.malformed(), 0);
     assert!(
-        b.stats.reconnects() >= 1,
+        b_stats.reconnects() >= 1,
         "b followed the slot by reconnecting"
     );
 }

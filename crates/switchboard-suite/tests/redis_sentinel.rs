@@ -5,18 +5,9 @@
 
 mod redis_hubs;
 
-use redis_hubs::{count, member, serve};
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
-    time::Duration,
-};
-use switchboard::{
-    Message,
-    hub::{History, HubConfig},
-};
+use redis_hubs::{Traffic, count, framed_history, member, serve};
+use std::time::Duration;
+use switchboard::hub::HubConfig;
 use switchboard_redis::{RedisBroker, RedisConfig};
 use switchboard_suite::servers::{
     redis::{RedisServer, until_subscribers},
@@ -32,119 +23,26 @@ fn config(sentinels: &Sentinels) -> RedisConfig {
         .max_backoff(Duration::from_millis(200))
 }
 
-/// Room `h` keeps history; its members get `<offset> <text>`.
-fn hub_config() -> HubConfig {
-    HubConfig::default().history_framed(
-        HISTORY,
-        History::default().max_len(100_000),
-        |message, position| {
-            let text = match message {
-                Message::Text(text) => text.as_str().to_owned(),
-                _ => String::new(),
-            };
-            Message::text(format!("{} {text}", position.offset))
-        },
-    )
-}
-
-/// The numbers in `texts` (`<n>`, or `<offset> <n>` when `framed`).
-fn numbers(texts: &Mutex<Vec<String>>, framed: bool) -> Vec<(u64, u64)> {
-    let texts = texts.lock().unwrap();
-    let parse = |text: &str| -> (u64, u64) {
-        match text.split_once(' ') {
-            Some((offset, n)) if framed => (offset.parse().unwrap(), n.parse().unwrap()),
-            _ => (0, text.parse().unwrap()),
-        }
-    };
-    texts.iter().map(|text| parse(text)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_follow_the_failover_of_a_killed_master() {
     let mut sentinels = Sentinels::start().await;
+    let hub_config = || framed_history(HISTORY);
     let (a, a_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
     let (b, b_stats) = serve(RedisBroker::new(config(&sentinels)).unwrap(), hub_config()).await;
     until("both hubs ready", || a.hub.is_ready() && b.hub.is_ready()).await;
-    // Hub a publishes the live room, to b; b the history room, to a: a's losses and
-    // b's gaps are the live room's alone, and must account for what it misses.
-    let (live, history) = (member(&b, "r").await, member(&a, HISTORY).await);
+    let traffic = Traffic::new(&a, &b, "r", HISTORY).await;
     let old = sentinels.master().await;
     let mut master = sentinels.connection(old).await.unwrap();
     until_subscribers(&mut master, "switchboard:room:r", 1).await;
     until_subscribers(&mut master, &format!("switchboard:room:{HISTORY}"), 1).await;
 
-    // One of each every 5 ms, through the failover.
-    let publishing = Arc::new(AtomicBool::new(true));
-    let confirmed = Arc::new(Mutex::new(Vec::new()));
-    let publisher = tokio::spawn({
-        let (a, b) = (a.hub.clone(), b.hub.clone());
-        let (publishing, confirmed) = (publishing.clone(), confirmed.clone());
-        async move {
-            let mut sent = 0;
-            while publishing.load(Relaxed) {
-                a.to("r").send_text(sent.to_string());
-                let published = b.to(HISTORY).publish(sent.to_string());
-                let confirmed = confirmed.clone();
-                tokio::spawn(async move {
-                    if published.await.is_ok() {
-                        confirmed.lock().unwrap().push(sent);
-                    }
-                });
-                sent += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            sent
-        }
-    });
-    until("deliveries before the kill", || count(&live) >= 50).await;
-    sentinels.kill(old);
-    let new = within("the failover", sentinels.until_failed_over(old)).await;
-    let mut master = sentinels.connection(new).await.unwrap();
-    until_subscribers(&mut master, "switchboard:room:r", 1).await;
-    until("both hubs ready again", || {
-        a.hub.is_ready() && b.hub.is_ready()
-    })
-    .await;
-    let resumed = count(&live);
-    until("deliveries after the failover", || {
-        count(&live) >= resumed + 50
-    })
-    .await;
-    publishing.store(false, Relaxed);
-    let sent = within("the publisher", publisher).await.unwrap();
-    // The last confirmations, and the last messages delivered.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // Live room: in order, and every one missing counted, as lost by a or missed by b
-    // (neither counts anything else).
-    let got: Vec<u64> = numbers(&live, false).into_iter().map(|(_, n)| n).collect();
-    assert!(
-        got.windows(2).all(|pair| pair[0] < pair[1]),
-        "in order: {got:?}"
-    );
-    let missing = sent - got.len() as u64;
-    let counted = a_stats.lost() + b_stats.missed();
-    assert!(missing > 0, "the outage lost some of {sent}");
-    assert!(missing <= counted, "{missing} missing, {counted} counted");
-    assert!(a_stats.reconnects() >= 1 && b_stats.reconnects() >= 1);
-
-    // History room: offsets without a gap, and every confirmed publish delivered.
-    let got = numbers(&history, true);
-    let offsets: Vec<u64> = got.iter().map(|(offset, _)| *offset).collect();
-    assert!(
-        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
-        "gapless: {offsets:?}"
-    );
-    let delivered: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
-    let confirmed = confirmed.lock().unwrap().clone();
-    let undelivered: Vec<&u64> = confirmed
-        .iter()
-        .filter(|n| !delivered.contains(n))
-        .collect();
-    assert!(
-        undelivered.is_empty(),
-        "confirmed, not delivered: {undelivered:?}"
-    );
+    let failover = async {
+        sentinels.kill(old);
+        let new = within("the failover", sentinels.until_failed_over(old)).await;
+        let mut master = sentinels.connection(new).await.unwrap();
+        until_subscribers(&mut master, "switchboard:room:r", 1).await;
+    };
+    traffic.through(failover, &a_stats, &b_stats).await;
 }
 
 /// `SENTINEL FAILOVER` with the old master alive: the Sentinels demote it and close

@@ -39,14 +39,22 @@ fn config(url: &str, prefix: &str) -> RedisConfig {
         .max_backoff(Duration::from_millis(200))
 }
 
-/// A broker on `config`.
-fn connect(config: RedisConfig) -> Box<dyn Broker> {
+/// A broker on `config` (of a single Redis or of a cluster), its queue of publishes
+/// bounded to `max_pending_publishes` if given.
+pub(super) fn connect(
+    config: &RedisConfig,
+    max_pending_publishes: Option<usize>,
+) -> Box<dyn Broker> {
+    let mut config = config.clone();
+    if let Some(max) = max_pending_publishes {
+        config = config.max_pending_publishes(max);
+    }
     Box::new(RedisBroker::new(config).expect("a valid Redis configuration"))
 }
 
 /// The broker of a hub on the Redis at `url`, on `prefix`.
 pub(crate) fn broker(url: &str, prefix: &str) -> Box<dyn Broker> {
-    connect(config(url, prefix))
+    connect(&config(url, prefix), None)
 }
 
 impl crate::Engine for Engine {
@@ -61,15 +69,11 @@ impl crate::Engine for Engine {
     }
 
     fn broker(&self) -> Box<dyn Broker> {
-        connect(self.config.clone())
+        connect(&self.config, None)
     }
 
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
-        connect(
-            self.config
-                .clone()
-                .max_pending_publishes(max_pending_publishes),
-        )
+        connect(&self.config, Some(max_pending_publishes))
     }
 
     /// The name, the URL, the prefix.

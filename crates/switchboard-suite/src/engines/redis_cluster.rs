@@ -1,10 +1,11 @@
 //! Hubs on a Redis Cluster of their own (three masters, three replicas), with sharded
 //! pub/sub, on a prefix of the engine value's own.
 
+use super::redis::connect;
 use crate::servers::redis_cluster::RedisCluster;
 use std::time::Duration;
 use switchboard_broker::{Broker, NodeId};
-use switchboard_redis::{RedisBroker, RedisConfig};
+use switchboard_redis::RedisConfig;
 
 /// A cluster per test.
 #[derive(Debug)]
@@ -40,14 +41,9 @@ pub fn config(nodes: &[String], prefix: &str) -> RedisConfig {
 /// The name [`broker_from_args`](super::broker_from_args) knows a cluster child by.
 pub(crate) const ARG: &str = "redis_cluster";
 
-/// A broker on `config`.
-fn connect(config: RedisConfig) -> Box<dyn Broker> {
-    Box::new(RedisBroker::new(config).expect("valid cluster URLs"))
-}
-
 /// The broker of a hub on the cluster of these nodes, on `prefix`.
 pub(crate) fn broker(nodes: &[String], prefix: &str) -> Box<dyn Broker> {
-    connect(config(nodes, prefix))
+    connect(&config(nodes, prefix), None)
 }
 
 impl crate::Engine for Engine {
@@ -62,15 +58,11 @@ impl crate::Engine for Engine {
     }
 
     fn broker(&self) -> Box<dyn Broker> {
-        connect(self.config.clone())
+        connect(&self.config, None)
     }
 
     fn broker_with_queue(&self, max_pending_publishes: usize) -> Box<dyn Broker> {
-        connect(
-            self.config
-                .clone()
-                .max_pending_publishes(max_pending_publishes),
-        )
+        connect(&self.config, Some(max_pending_publishes))
     }
 
     /// The name, the prefix, the nodes' URLs.

@@ -30,16 +30,6 @@ pub fn free_port() -> u16 {
     panic!("no free port at or below {HIGHEST} on 127.0.0.1");
 }
 
-/// Sends `signal` (`STOP`, `CONT`, `KILL`) to the process `pid`; whether it was sent.
-pub fn signal(pid: u32, signal: &str) -> bool {
-    std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        // A process already gone is not news.
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,32 +1,32 @@
 //! A `nats-server` with JetStream of the test's own: on a free port, storing in a
 //! directory of its own, killed (and its directory removed) on drop.
 
-use super::free_port;
+use super::{
+    free_port,
+    process::{Process, TempDir},
+};
+use crate::support::within;
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
-/// How long a server may take to serve.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the monitoring port may take to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `nats-server -js` on a free port.
 #[derive(Debug)]
 pub struct NatsServer {
-    /// Behind locks, so that a shared server can be restarted (a blip).
-    process: Mutex<Option<Child>>,
+    /// Behind a lock, so that a shared server can be restarted (a blip); `None`
+    /// while killed.
+    process: Mutex<Option<Process>>,
     port: u16,
     /// Its HTTP monitoring port (`/connz` lists subscriptions).
     monitor: u16,
     /// Where JetStream stores; replaced by an empty one by [`NatsServer::restart_empty`].
-    store: Mutex<PathBuf>,
+    store: Mutex<TempDir>,
     /// Whether it runs JetStream (`-js`).
     jetstream: bool,
 }
@@ -43,22 +43,24 @@ impl NatsServer {
         Self::start_with(false).await
     }
 
-    /// A server on free ports; on other ports again if it could not serve on those
-    /// (another process took one between the draw and the bind).
+    /// A server on free ports; on other ports if it could not listen on those.
     async fn start_with(jetstream: bool) -> Self {
-        for _ in 0..3 {
-            let server = Self {
-                process: Mutex::new(None),
-                port: free_port(),
-                monitor: free_port(),
-                store: Mutex::new(new_store()),
-                jetstream,
-            };
-            if server.launch().await {
-                return server;
-            }
-        }
-        panic!("nats-server did not start on three pairs of free ports");
+        let store = TempDir::new("nats");
+        let (process, [port, monitor]) = Process::start_on_free_ports(
+            "nats-server",
+            || [free_port(), free_port()],
+            |[port, monitor]| args(port, monitor, jetstream.then_some(&store)),
+        )
+        .await;
+        let server = Self {
+            process: Mutex::new(Some(process)),
+            port,
+            monitor,
+            store: Mutex::new(store),
+            jetstream,
+        };
+        server.until_healthy().await;
+        server
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -78,32 +80,38 @@ impl NatsServer {
 
     fn signal(&self, signal: &str) {
         if let Some(process) = lock(&self.process).as_ref() {
-            assert!(super::signal(process.id(), signal), "kill -{signal} failed");
+            assert!(process.signal(signal), "kill -{signal} failed");
         }
     }
 
     /// Kills the server, as a crash would (its storage stays).
     pub fn kill(&self) {
-        if let Some(mut process) = lock(&self.process).take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
+        // Dropped: killed and reaped.
+        lock(&self.process).take();
     }
 
-    /// Starts it again on the same port, with the storage it had; returns once it
+    /// Starts it again on the same ports, with the storage it had; returns once it
     /// serves.
     pub async fn restart(&self) {
         self.kill();
-        assert!(self.launch().await, "nats-server did not start again");
+        let args = args(
+            self.port,
+            self.monitor,
+            self.jetstream.then_some(&*lock(&self.store)),
+        );
+        let started = Process::start("nats-server", &args, &[self.port, self.monitor]).await;
+        let process = started.unwrap_or_else(|status| panic!("nats-server again: {status}"));
+        *lock(&self.process) = Some(process);
+        self.until_healthy().await;
     }
 
-    /// Starts it again on the same port with an empty storage (a server that lost its
+    /// Starts it again on the same ports with an empty storage (a server that lost its
     /// disk): every JetStream stream is gone.
     pub async fn restart_empty(&self) {
         self.kill();
-        let old = std::mem::replace(&mut *lock(&self.store), new_store());
-        let _ = std::fs::remove_dir_all(old);
-        assert!(self.launch().await, "nats-server did not start again");
+        // The old one removed as it drops.
+        *lock(&self.store) = TempDir::new("nats");
+        self.restart().await;
     }
 
     /// How many subscriptions the server has on exactly `subject`, over all its
@@ -128,60 +136,25 @@ impl NatsServer {
             .count()
     }
 
-    /// Waits (at most 10 s) until `subject` has `expected` subscriptions.
+    /// Returns once `subject` has `expected` subscriptions.
     pub async fn until_subscribers(&self, subject: &str, expected: usize) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let now = self.subscribers(subject).await;
-            if now == expected {
-                return;
+        within(&format!("{expected} subscriptions on {subject}"), async {
+            while self.subscribers(subject).await != expected {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{subject}: {now} subscriptions, not {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 
-    /// Starts the process; whether it serves, within [`START_TIMEOUT`].
-    async fn launch(&self) -> bool {
-        let store = lock(&self.store).clone();
-        let mut command = Command::new("nats-server");
-        command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string()]);
-        if self.jetstream {
-            command.arg("-js").arg("-sd").arg(store);
-        }
-        let process = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is on the PATH");
-        *lock(&self.process) = Some(process);
-        let deadline = Instant::now() + START_TIMEOUT;
-        // An open port is not yet a server that serves: its health check (JetStream's
-        // included) says when it is, while the process is ours and alive (one that
-        // could not bind its ports exits).
-        while Instant::now() < deadline {
-            if !self.running() {
-                return false;
+    /// Returns once its health check (JetStream's included) says it serves: it
+    /// listens before.
+    async fn until_healthy(&self) {
+        within("nats-server's health check", async {
+            while !self.healthy().await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if self.healthy().await && self.running() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    fn running(&self) -> bool {
-        let mut process = lock(&self.process);
-        process
-            .as_mut()
-            .is_some_and(|process| matches!(process.try_wait(), Ok(None)))
+        })
+        .await;
     }
 
     async fn healthy(&self) -> bool {
@@ -192,32 +165,26 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&*lock(&self.store));
+/// The arguments of a `nats-server` on 127.0.0.1 at `port`, monitored at `monitor`,
+/// with JetStream storing in `store` if given.
+fn args(port: u16, monitor: u16, store: Option<&TempDir>) -> Vec<String> {
+    let (port, monitor) = (port.to_string(), monitor.to_string());
+    let mut args = ["-a", "127.0.0.1", "-p", &port, "-m", &monitor]
+        .map(str::to_owned)
+        .to_vec();
+    if let Some(store) = store {
+        args.extend([
+            "-js".to_owned(),
+            "-sd".to_owned(),
+            store.path().to_string_lossy().into_owned(),
+        ]);
     }
+    args
 }
 
 /// The lock, even if a panicking test poisoned it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A new, empty storage directory under the system's temporary one.
-fn new_store() -> PathBuf {
-    static MADE: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    let name = format!(
-        "switchboard-nats-{}-{nanos}-{}",
-        std::process::id(),
-        MADE.fetch_add(1, Relaxed)
-    );
-    let store = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&store).expect("a storage directory");
-    store
 }
 
 /// The body of `GET path` on the local `port` (HTTP/1.0: the server closes when done).
@@ -231,7 +198,7 @@ fn http_get(port: u16, path: &str) -> String {
 /// The whole response (status line, headers, body) to `GET path`, if one came.
 fn try_http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    stream.set_read_timeout(Some(START_TIMEOUT)).ok()?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT)).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;

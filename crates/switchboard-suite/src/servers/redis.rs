@@ -2,26 +2,22 @@
 //! 6379), without persistence, that the test can kill, pause, resume and restart on
 //! the same port.
 
-use super::{free_port, process::TempDir, signal};
+use super::{
+    free_port,
+    process::{Process, TempDir},
+};
 use crate::support::within;
 use redis::aio::MultiplexedConnection;
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 use switchboard::hub::NodeId;
 use tokio::sync::OnceCell;
 
-/// How many ports [`RedisServer::start`] tries: another process may take a free
-/// port before `redis-server` binds it.
-const TRIES: usize = 5;
-
-/// A `redis-server` process; resumed and killed when dropped, so that a failing test
-/// leaves no stopped or stray server behind.
+/// A `redis-server` process; killed when dropped.
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    process: Option<Child>,
+    /// `None` while killed.
+    process: Option<Process>,
     /// The test's own connection to the server, for its checks: one for all of
     /// them (waits poll every few milliseconds), opened again after a restart.
     connection: OnceCell<MultiplexedConnection>,
@@ -29,33 +25,23 @@ pub struct RedisServer {
     dir: TempDir,
 }
 
-/// Why a `redis-server` did not come up as ours.
-#[derive(Debug)]
-enum Launch {
-    /// It exited at once: its port was taken.
-    Exited,
-    /// Another process answers on its port.
-    NotOurs,
-}
-
 impl RedisServer {
-    /// Starts `redis-server` on a free port (`--save '' --appendonly no`: a restart
-    /// comes back empty) and returns once it answers; on another port if that one
-    /// turns out taken.
+    /// Starts `redis-server` on a free port and returns once it listens; on another
+    /// port if that one turns out taken.
     pub async fn start() -> Self {
-        for _ in 0..TRIES {
-            let mut server = Self {
-                port: free_port(),
-                process: None,
-                connection: OnceCell::new(),
-                dir: TempDir::new("redis"),
-            };
-            match server.launch().await {
-                Ok(()) => return server,
-                Err(why) => tracing::debug!(port = server.port, ?why, "trying another port"),
-            }
+        let dir = TempDir::new("redis");
+        let (process, [port]) = Process::start_on_free_ports(
+            "redis-server",
+            || [free_port()],
+            |[port]| redis_server_args(port, dir.path()),
+        )
+        .await;
+        Self {
+            port,
+            process: Some(process),
+            connection: OnceCell::new(),
+            dir,
         }
-        panic!("redis-server did not start on any of {TRIES} free ports");
     }
 
     /// Its port on 127.0.0.1.
@@ -72,13 +58,8 @@ impl RedisServer {
     /// a crash) and waits until it is gone. What it held is lost.
     pub fn kill(&mut self) {
         self.connection = OnceCell::new();
-        if let Some(mut process) = self.process.take() {
-            // A stopped process dies of SIGKILL too; resumed first all the same, so
-            // that its sockets close at once.
-            signal(process.id(), "CONT");
-            let _ = process.kill();
-            let _ = process.wait();
-        }
+        // Dropped: killed and reaped.
+        self.process = None;
     }
 
     /// Stops the server without closing anything (SIGSTOP): a stalled link.
@@ -94,62 +75,17 @@ impl RedisServer {
     fn signal(&self, name: &str) -> bool {
         self.process
             .as_ref()
-            .is_some_and(|process| signal(process.id(), name))
+            .is_some_and(|process| process.signal(name))
     }
 
-    /// Starts the server again, empty, on its port and returns once it answers.
+    /// Starts the server again, empty, on its port and returns once it listens.
     /// Panics if the port was taken meanwhile: the hubs know this address.
     pub async fn restart(&mut self) {
-        if let Err(why) = self.launch().await {
-            panic!("redis-server again on port {}: {why:?}", self.port);
-        }
-    }
-
-    /// Kills the server if it runs, starts `redis-server` on its port, and returns
-    /// once that process, and not another, answers there.
-    async fn launch(&mut self) -> Result<(), Launch> {
         self.kill();
-        let port = self.port.to_string();
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let process = Command::new("redis-server")
-            .args(["--port", &port, "--save", "", "--appendonly", "no"])
-            .args(["--dir", &dir])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH");
-        let pid = process.id();
-        let client = redis::Client::open(self.url()).expect("a valid URL");
-        let process = self.process.insert(process);
-        let answered = within("redis-server to answer", async {
-            loop {
-                if let Ok(Some(_)) = process.try_wait() {
-                    return Err(Launch::Exited);
-                }
-                if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-                    let info: redis::RedisResult<String> = redis::cmd("INFO")
-                        .arg("server")
-                        .query_async(&mut connection)
-                        .await;
-                    if let Ok(info) = info {
-                        if process_id(&info) != Some(pid) {
-                            return Err(Launch::NotOurs);
-                        }
-                        return Ok(connection);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        match answered {
-            Ok(connection) => {
-                self.connection = OnceCell::new_with(Some(connection));
-                Ok(())
-            }
-            Err(why) => {
-                self.kill();
-                Err(why)
-            }
+        let args = redis_server_args(self.port, self.dir.path());
+        match Process::start("redis-server", &args, &[self.port]).await {
+            Ok(process) => self.process = Some(process),
+            Err(status) => panic!("redis-server again on port {}: {status}", self.port),
         }
     }
 
@@ -230,41 +166,23 @@ pub async fn until_subscribers(conn: &mut MultiplexedConnection, channel: &str, 
     .await;
 }
 
-/// The `process_id` of an `INFO server` reply.
-fn process_id(info: &str) -> Option<u32> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("process_id:"))
-        .and_then(|pid| pid.trim().parse().ok())
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A server started on a port where another already answers: not taken for
-    /// that one.
-    #[tokio::test]
-    async fn a_server_whose_port_is_taken_is_not_taken_for_the_one_there() {
-        let there = RedisServer::start().await;
-        let mut late = RedisServer {
-            port: there.port(),
-            process: None,
-            connection: OnceCell::new(),
-            dir: TempDir::new("redis"),
-        };
-        assert!(matches!(
-            late.launch().await,
-            Err(Launch::Exited | Launch::NotOurs)
-        ));
-        assert!(late.process.is_none(), "the late server is killed");
-        // The one there still answers.
-        let pong: String = there.query(&redis::cmd("PING")).await;
-        assert_eq!(pong, "PONG");
-    }
+/// The arguments of every `redis-server` the suite starts (a Sentinel's and a
+/// cluster node's too), on `port` and working in `dir`, before those of its kind: on
+/// 127.0.0.1 alone, and without persistence (`--save '' --appendonly no`: a restart
+/// comes back empty).
+pub(crate) fn redis_server_args(port: u16, dir: &Path) -> Vec<String> {
+    let (port, dir) = (port.to_string(), dir.to_string_lossy());
+    let args = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir,
+    ];
+    args.map(str::to_owned).into()
 }

@@ -5,6 +5,7 @@
 use super::{
     free_port,
     process::{Process, TempDir},
+    redis::redis_server_args,
 };
 use crate::support::within;
 use redis::{Cmd, FromRedisValue, Value};
@@ -43,32 +44,41 @@ impl RedisCluster {
 
     /// Starts one more node, on a free port whose bus port is free too.
     async fn start_node(&mut self) {
-        let port = free_cluster_port();
-        let process = Some(self.spawn(port).await);
-        self.nodes.push(Node { port, process });
+        let (process, [port, _]) = Process::start_on_free_ports(
+            "redis-server",
+            || {
+                let port = free_port();
+                [port, bus_port(port)]
+            },
+            |[port, _]| self.args(port),
+        )
+        .await;
+        self.nodes.push(Node {
+            port,
+            process: Some(process),
+        });
     }
 
-    async fn spawn(&self, port: u16) -> Process {
+    /// Starts the node on `port` again, with its cluster configuration.
+    async fn restart_node(&self, port: u16) -> Process {
+        let started =
+            Process::start("redis-server", &self.args(port), &[port, bus_port(port)]).await;
+        started.unwrap_or_else(|status| panic!("a cluster node again on port {port}: {status}"))
+    }
+
+    /// A node's arguments: its cluster configuration in a file named after its port.
+    fn args(&self, port: u16) -> Vec<String> {
         let config = self.dir.path().join(format!("nodes-{port}.conf"));
-        let (port_arg, config) = (port.to_string(), config.to_string_lossy());
-        let dir = self.dir.path().to_string_lossy();
-        let args = [
-            "--port",
-            &port_arg,
+        let cluster = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
-            &config,
+            &config.to_string_lossy(),
             "--cluster-node-timeout",
             "1000",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir,
         ];
-        Process::start("redis-server", &args, port).await
+        let cluster = cluster.map(str::to_owned).to_vec();
+        [redis_server_args(port, self.dir.path()), cluster].concat()
     }
 
     async fn create(&self) {
@@ -187,12 +197,9 @@ impl RedisCluster {
     pub async fn restart(&mut self) {
         for index in 0..self.nodes.len() {
             if self.nodes[index].process.is_none() {
-                let process = self.spawn(self.nodes[index].port).await;
+                let process = self.restart_node(self.nodes[index].port).await;
                 self.nodes[index].process = Some(process);
             }
-        }
-        for port in self.live_ports() {
-            within("a cluster node to answer", until_answers(port)).await;
         }
         self.until_ok().await;
     }
@@ -233,6 +240,26 @@ impl RedisCluster {
             }
         })
         .await;
+    }
+
+    /// Stops the node on `port` without closing anything (SIGSTOP): a frozen node,
+    /// whose connections stay open and unanswered, until [`RedisCluster::resume`]
+    /// (or its kill). Panics if no live node is there.
+    pub fn pause(&self, port: u16) {
+        assert!(self.node(port).signal("STOP"), "SIGSTOP the node on {port}");
+    }
+
+    /// Lets the node on `port` that [`RedisCluster::pause`] stopped run again
+    /// (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        assert!(self.node(port).signal("CONT"), "SIGCONT the node on {port}");
+    }
+
+    /// The process of the live node on `port`.
+    fn node(&self, port: u16) -> &Process {
+        let node = self.nodes.iter().find(|node| node.port == port);
+        let process = node.and_then(|node| node.process.as_ref());
+        process.unwrap_or_else(|| panic!("no live cluster node on port {port}"))
     }
 
     /// Kills the node on `port` with SIGKILL, as a crash would.
@@ -297,17 +324,9 @@ impl RedisCluster {
     }
 }
 
-/// A free port whose cluster bus port (10,000 above) is free too.
-fn free_cluster_port() -> u16 {
-    loop {
-        let port = free_port();
-        let bus = port
-            .checked_add(10_000)
-            .filter(|&bus| std::net::TcpListener::bind(("0.0.0.0", bus)).is_ok());
-        if bus.is_some() {
-            return port;
-        }
-    }
+/// The port of the cluster bus of the node on `port`: Redis's, 10,000 above.
+fn bus_port(port: u16) -> u16 {
+    port + 10_000
 }
 
 /// `(start, end, master's port)` of a `CLUSTER SLOTS` range.
@@ -344,10 +363,4 @@ pub async fn query<T: FromRedisValue>(port: u16, command: &Cmd) -> redis::RedisR
 
 fn ok(reply: redis::RedisResult<()>) {
     reply.expect("the cluster node accepts the command");
-}
-
-async fn until_answers(port: u16) {
-    while query::<String>(port, &redis::cmd("PING")).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

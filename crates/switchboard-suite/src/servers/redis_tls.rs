@@ -5,6 +5,7 @@
 use super::{
     free_port,
     process::{Process, TempDir},
+    redis::redis_server_args,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -50,7 +51,8 @@ impl Ca {
 
 impl Ca {
     /// The arguments that make a `redis-server` (a Sentinel too) speak TLS only, on
-    /// `port`, with a certificate of this CA whose files go to `dir`; to its
+    /// `port` (after the suite's usual ones, whose plain port they close), with a
+    /// certificate of this CA whose files go to `dir`; to its
     /// replicas and masters too (`tls-replication`). Clients need no certificate of
     /// their own (`tls-auth-clients no`).
     pub fn server_args(&self, dir: &TempDir, port: u16) -> Vec<String> {
@@ -97,15 +99,18 @@ impl TlsRedis {
     pub async fn start() -> Self {
         let ca = Ca::new();
         let dir = TempDir::new("redis-tls");
-        let port = free_port();
-        let mut args = ca.server_args(&dir, port);
-        args.extend(["--save", "", "--appendonly", "no"].map(String::from));
-        args.extend([
-            "--dir".to_owned(),
-            dir.path().to_string_lossy().into_owned(),
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = Process::start("redis-server", &args, port).await;
+        let (process, [port]) = Process::start_on_free_ports(
+            "redis-server",
+            || [free_port()],
+            |[port]| {
+                [
+                    redis_server_args(port, dir.path()),
+                    ca.server_args(&dir, port),
+                ]
+                .concat()
+            },
+        )
+        .await;
         Self {
             port,
             ca,

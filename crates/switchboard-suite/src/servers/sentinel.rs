@@ -5,6 +5,7 @@
 use super::{
     free_port,
     process::{Process, TempDir},
+    redis::redis_server_args,
     redis_tls::{self, Ca},
 };
 use redis::{Cmd, FromRedisValue, RedisResult, aio::MultiplexedConnection};
@@ -47,39 +48,28 @@ impl Sentinels {
 
     async fn start_with(ca: Option<Ca>) -> Self {
         let dir = TempDir::new("sentinel");
-        let tls_args = |port: u16| {
-            ca.as_ref()
-                .map_or_else(Vec::new, |ca| ca.server_args(&dir, port))
-        };
         // Each server works in a directory of its own (a replica writes the dump it
-        // receives from its master there).
-        let own_dir = |port: u16| {
-            let path = dir.path().join(port.to_string());
-            std::fs::create_dir_all(&path).expect("a server's directory");
-            vec!["--dir".to_owned(), path.to_string_lossy().into_owned()]
+        // receives from its master there), and speaks TLS if the deployment does.
+        let args = |port: u16| {
+            let own_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&own_dir).expect("a server's directory");
+            let tls = ca.as_ref().map(|ca| ca.server_args(&dir, port));
+            [redis_server_args(port, &own_dir), tls.unwrap_or_default()].concat()
         };
-        let master = free_port();
-        let mut master_args = tls_args(master);
-        master_args.extend(own_dir(master));
-        let master_process = redis_server(master, master_args).await;
-        let replica = free_port();
-        let mut replica_args = tls_args(replica);
-        replica_args.extend(own_dir(replica));
-        replica_args.extend(["--replicaof", "127.0.0.1", &master.to_string()].map(String::from));
-        let replica_process = redis_server(replica, replica_args).await;
+        let master = start_on_a_free_port(&args).await;
+        let replicaof = ["--replicaof", "127.0.0.1", &master.0.to_string()].map(String::from);
+        let replica = start_on_a_free_port(|port| [args(port), replicaof.to_vec()].concat()).await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
-            let conf = sentinel_conf(port, master);
-            let mut args = vec![dir.write(&format!("sentinel-{port}.conf"), conf)];
-            args.push("--sentinel".to_owned());
-            args.extend(tls_args(port));
-            args.extend(own_dir(port));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            sentinels.push((port, Process::start("redis-server", &args, port).await));
+            let sentinel = start_on_a_free_port(|port| {
+                let conf = dir.write(&format!("sentinel-{port}.conf"), sentinel_conf(master.0));
+                [vec![conf, "--sentinel".to_owned()], args(port)].concat()
+            })
+            .await;
+            sentinels.push(sentinel);
         }
         let deployment = Self {
-            servers: vec![(master, master_process), (replica, replica_process)],
+            servers: vec![master, replica],
             sentinels,
             ca,
             _dir: dir,
@@ -225,22 +215,19 @@ fn master_addr() -> Cmd {
         .clone()
 }
 
-/// Starts a `redis-server` without persistence on `port`, with `more` arguments
-/// (which may move it to a TLS port).
-async fn redis_server(port: u16, more: Vec<String>) -> Process {
-    let port_arg = port.to_string();
-    let mut args = vec!["--port", &port_arg, "--save", "", "--appendonly", "no"];
-    args.extend(more.iter().map(String::as_str));
-    Process::start("redis-server", &args, port).await
+/// A `redis-server` with the arguments `args` makes for a free port, and that port.
+async fn start_on_a_free_port(mut args: impl FnMut(u16) -> Vec<String>) -> (u16, Process) {
+    let (process, [port]) =
+        Process::start_on_free_ports("redis-server", || [free_port()], |[port]| args(port)).await;
+    (port, process)
 }
 
-/// A Sentinel's configuration file (Sentinels rewrite theirs: one file each).
-fn sentinel_conf(port: u16, master: u16) -> String {
+/// A Sentinel's configuration file (Sentinels rewrite theirs: one file each); its
+/// port and address are on its command line.
+fn sentinel_conf(master: u16) -> String {
     let down_after = DOWN_AFTER.as_millis();
     format!(
-        "port {port}\n\
-         bind 127.0.0.1\n\
-         protected-mode no\n\
+        "protected-mode no\n\
          sentinel monitor {SERVICE} 127.0.0.1 {master} 2\n\
          sentinel down-after-milliseconds {SERVICE} {down_after}\n\
          sentinel failover-timeout {SERVICE} 5000\n\

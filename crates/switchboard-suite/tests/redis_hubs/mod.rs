@@ -1,14 +1,25 @@
-//! What the TLS and Sentinel tests share, beside the suite's support: hubs on a
-//! `RedisBroker` of their own configuration, clients that join a room and keep what
-//! they receive.
+//! What the TLS, Sentinel and Cluster tests share, beside the suite's support: hubs
+//! on a `RedisBroker` of their own configuration, clients that join a room and keep
+//! what they receive, and traffic through a failover.
 
 #![allow(dead_code, unreachable_pub)]
 
 use futures_util::StreamExt;
-use std::sync::{Arc, Mutex};
-use switchboard::hub::{Connection, Handler, Hub, HubConfig};
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use switchboard::{
+    Message,
+    hub::{Connection, Handler, History, Hub, HubConfig, Position, StreamFuture},
+};
 use switchboard_redis::{BrokerStats, RedisBroker};
-use switchboard_suite::support::{self, Node};
+use switchboard_suite::support::{self, Node, until, within};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as TMessage;
 
 /// Joins the route's `{room}` on open.
@@ -50,4 +61,155 @@ pub async fn member(node: &Node, room: &str) -> Arc<Mutex<Vec<String>>> {
 /// How many texts `texts` holds now.
 pub fn count(texts: &Mutex<Vec<String>>) -> usize {
     texts.lock().unwrap().len()
+}
+
+/// A hub config whose rooms matching `pattern` keep history, their members getting
+/// `<offset> <text>`.
+pub fn framed_history(pattern: &str) -> HubConfig {
+    HubConfig::default().history_framed(
+        pattern,
+        History::default().max_len(100_000),
+        |message, position| {
+            let text = match message {
+                Message::Text(text) => text.as_str().to_owned(),
+                _ => String::new(),
+            };
+            Message::text(format!("{} {text}", position.offset))
+        },
+    )
+}
+
+/// Traffic through a failover: hub `a` publishes numbers to a live room, to a client
+/// on hub `b`, and `b` to a room with history, to a client on `a`, so that a's losses
+/// and b's gaps are the live room's alone.
+pub struct Traffic {
+    a: Hub,
+    b: Hub,
+    rooms: [String; 2],
+    /// What the live room's client got.
+    live: Arc<Mutex<Vec<String>>>,
+    /// What the history room's client got, `<offset> <n>`.
+    history: Arc<Mutex<Vec<String>>>,
+    publishing: Arc<AtomicBool>,
+}
+
+/// What [`Traffic::start`] published: how many of each, and the history room's
+/// publishes, with their numbers.
+type Published = (u64, Vec<(u64, StreamFuture<Position>)>);
+
+impl Traffic {
+    /// The clients of the `live` room on `b` and of the `history` room on `a`.
+    pub async fn new(a: &Node, b: &Node, live: &str, history: &str) -> Self {
+        Self {
+            a: a.hub.clone(),
+            b: b.hub.clone(),
+            rooms: [live.to_owned(), history.to_owned()],
+            live: member(b, live).await,
+            history: member(a, history).await,
+            publishing: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Publishes to both rooms through `failover` (a future that kills the master
+    /// and returns once another one serves), and checks what arrived (see
+    /// [`Traffic::check`]) once both hubs are ready again and 50 more of the live
+    /// room arrived.
+    pub async fn through(
+        self,
+        failover: impl Future<Output = ()>,
+        a_stats: &BrokerStats,
+        b_stats: &BrokerStats,
+    ) {
+        let publisher = self.start();
+        until("deliveries before the failover", || count(&self.live) >= 50).await;
+        failover.await;
+        until("both hubs ready again", || {
+            self.a.is_ready() && self.b.is_ready()
+        })
+        .await;
+        let resumed = count(&self.live);
+        until("deliveries after the failover", || {
+            count(&self.live) >= resumed + 50
+        })
+        .await;
+        self.check(publisher, a_stats, b_stats).await;
+    }
+
+    /// Publishes one number to each room every 5 ms until [`Traffic::check`].
+    fn start(&self) -> JoinHandle<Published> {
+        let (a, b, publishing) = (self.a.clone(), self.b.clone(), self.publishing.clone());
+        let [live, history] = self.rooms.clone();
+        tokio::spawn(async move {
+            let (mut sent, mut stream) = (0, Vec::new());
+            while publishing.load(Relaxed) {
+                a.to(&live).send_text(sent.to_string());
+                stream.push((sent, b.to(&history).publish(sent.to_string())));
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (sent, stream)
+        })
+    }
+
+    /// Stops `publisher` and checks, once the last of each room arrived: the live
+    /// room's numbers in order, and every one missing counted, as lost by a, missed
+    /// by b, or unconfirmed by a (a publish whose answer never came may or may not
+    /// have gone out); the history room's offsets 1, 2, … without a gap, and every
+    /// confirmed publish delivered.
+    async fn check(self, publisher: JoinHandle<Published>, a: &BrokerStats, b: &BrokerStats) {
+        self.publishing.store(false, Relaxed);
+        let (last, stream) = within("the publisher", publisher).await.unwrap();
+        let sent = last + 1;
+        self.a.to(&self.rooms[0]).send_text(last.to_string());
+        let end = self.b.to(&self.rooms[1]).publish(last.to_string());
+        let end = within("the last publish", end)
+            .await
+            .expect("published after the failover");
+        until("the last of the live room", || {
+            numbers(&self.live, false).last() == Some(&(0, last))
+        })
+        .await;
+        until("the last of the history room", || {
+            numbers(&self.history, true).last() == Some(&(end.offset, last))
+        })
+        .await;
+
+        let got: Vec<u64> = numbers(&self.live, false).iter().map(|(_, n)| *n).collect();
+        assert!(
+            got.windows(2).all(|pair| pair[0] < pair[1]),
+            "in order: {got:?}"
+        );
+        let missing = sent - got.len() as u64;
+        let counted = a.lost() + b.missed() + a.unconfirmed();
+        assert!(missing > 0, "the outage lost some of {sent}");
+        assert!(missing <= counted, "{missing} missing, {counted} counted");
+        assert!(a.reconnects() >= 1 && b.reconnects() >= 1);
+
+        let got = numbers(&self.history, true);
+        let offsets: Vec<u64> = got.iter().map(|(offset, _)| *offset).collect();
+        assert_eq!(offsets, (1..=end.offset).collect::<Vec<_>>(), "gapless");
+        let delivered: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
+        let mut undelivered = Vec::new();
+        for (n, published) in stream {
+            if published.await.is_ok() && !delivered.contains(&n) {
+                undelivered.push(n);
+            }
+        }
+        assert!(
+            undelivered.is_empty(),
+            "confirmed, not delivered: {undelivered:?}"
+        );
+    }
+}
+
+/// The numbers in `texts` (`<n>`, or `<offset> <n>` when `framed`).
+fn numbers(texts: &Mutex<Vec<String>>, framed: bool) -> Vec<(u64, u64)> {
+    let texts = texts.lock().unwrap();
+    let parse = |text: &str| -> (u64, u64) {
+        match text.split_once(' ') {
+            Some((offset, n)) if framed => (offset.parse().unwrap(), n.parse().unwrap()),
+            _ => (0, text.parse().unwrap()),
+        }
+    };
+    texts.iter().map(|text| parse(text)).collect()
 }
