@@ -43,11 +43,11 @@
 //! NATS core delivers at most once, in order per publisher. Envelopes use the wire
 //! format of every engine (`switchboard_broker::wire`): each hub numbers its envelopes
 //! per subject, and a receiving hub counts every number it never saw in
-//! [`BrokerStats::missed`] when the publisher's next envelope on that subject arrives:
+//! [`BrokerStats::missed`](switchboard_broker::link::BrokerStats::missed) when the publisher's next envelope on that subject arrives:
 //! a restart of NATS, a slow consumer NATS disconnected, messages the client dropped
 //! because this hub fell behind ([`BrokerStats::slow_consumer`] counts those events),
 //! a publisher's shed; logged once per outage with its count. While the link to NATS is down, envelopes cannot be published:
-//! each one is counted in [`BrokerStats::lost`], as is one the client does not take
+//! each one is counted in [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost), as is one the client does not take
 //! within 500 ms (its buffer full: NATS does not read). The client reconnects by itself,
 //! waiting between attempts with jittered backoff up to [`NatsConfig::max_backoff`],
 //! and subscribes again to everything the hub had.
@@ -90,7 +90,7 @@
 //! A stream publish resolves once JetStream acknowledged it, to its sequence; a publish
 //! that was not sent (the link down, the queue full, the stream refused) to
 //! [`StreamError::Unavailable`] (so does one JetStream answered with an error:
-//! limits, size), counted in [`BrokerStats::lost`], and one sent whose acknowledgement never came to
+//! limits, size), counted in [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost), and one sent whose acknowledgement never came to
 //! [`StreamError::Unconfirmed`]: it may be stored, and delivered. Reads
 //! ([`Broker::read_stream`]) take the stream's info (epoch, newest sequence) and get
 //! the messages after the offset asked for by sequence, at most `max_len` of them,
@@ -99,11 +99,11 @@
 //! # Bounded memory
 //!
 //! - Publishes wait for the link in a queue of [`NatsConfig::max_pending_publishes`].
-//!   Full, it sheds the new envelope, counted in [`BrokerStats::shed`] and
-//!   [`BrokerStats::lost`] here, and in [`BrokerStats::missed`] on the hubs that would
+//!   Full, it sheds the new envelope, counted in [`BrokerStats::shed`](switchboard_broker::link::BrokerStats::shed) and
+//!   [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost) here, and in [`BrokerStats::missed`](switchboard_broker::link::BrokerStats::missed) on the hubs that would
 //!   have received it.
 //! - A stream's publishes wait for its task in a queue of 64; past that they are shed,
-//!   counted in [`BrokerStats::shed`] and [`BrokerStats::lost`].
+//!   counted in [`BrokerStats::shed`](switchboard_broker::link::BrokerStats::shed) and [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost).
 //! - Arrivals wait for the hub in a queue of [`NatsConfig::max_pending_deliveries`];
 //!   each subscription holds at most as many messages in the client (so the bound is
 //!   per subscription: a hub in R rooms may hold up to (R + 3) ×
@@ -111,7 +111,7 @@
 //!   behind, plus the queue). Past that, the
 //!   client drops what arrives for the subscription (a slow-consumer event, counted in
 //!   [`BrokerStats::slow_consumer`]; the messages themselves in
-//!   [`BrokerStats::missed`] through the publishers' numbering).
+//!   [`BrokerStats::missed`](switchboard_broker::link::BrokerStats::missed) through the publishers' numbering).
 //! - The per-subject numbers are kept in bounded maps on both sides.
 //! - A stream holds at most `max_len` messages for at most `max_age`; a read returns at
 //!   most `max_len` messages. A room's stream persists after its messages expire
@@ -135,7 +135,7 @@
 //! # Versions
 //!
 //! Envelopes carry a format version (see `switchboard_broker::wire`); a hub drops an
-//! envelope of another version and counts it in [`BrokerStats::malformed`], so the
+//! envelope of another version and counts it in [`BrokerStats::malformed`](switchboard_broker::link::BrokerStats::malformed), so the
 //! hubs of one prefix must run the same version.
 
 mod link;
@@ -194,8 +194,8 @@ pub struct NatsConfig {
     /// Default 5 s.
     pub max_backoff: Duration,
     /// The most publishes waiting for the link to NATS: past it, the new publish is
-    /// shed (drop newest) and counted in [`BrokerStats::shed`] and
-    /// [`BrokerStats::lost`]. 0 is taken as 1.
+    /// shed (drop newest) and counted in [`BrokerStats::shed`](switchboard_broker::link::BrokerStats::shed) and
+    /// [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost). 0 is taken as 1.
     ///
     /// Default 1,024: room for a burst, and a bound on what a stalled link holds.
     pub max_pending_publishes: usize,

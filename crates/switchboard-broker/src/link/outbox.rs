@@ -66,7 +66,7 @@ pub struct Outbox<S> {
     /// Locked across the numbering and the queueing, so that numbers go out in order.
     sequencer: Mutex<Sequencer>,
     counters: Counters,
-    /// Why a full queue sheds: "too many publishes waiting for <the server>".
+    /// Why a full queue sheds: "too many publishes waiting for Redis", say.
     full: String,
 }
 
