@@ -37,16 +37,22 @@
 mod backoff;
 mod broker;
 mod id;
+#[cfg(feature = "link")]
+pub mod link;
 mod memory;
 mod sequence;
 mod stream;
+mod sync;
 pub mod wire;
 
 pub use backoff::Backoff;
 pub use broker::{Broker, BrokerMetrics, Envelope, Inbox, Target};
 pub use id::{ConnectionId, NodeId, ParseIdError};
 pub use memory::{DEFAULT_MAX_STREAMS, MemoryBroker, MemoryNetwork};
-pub use sequence::{DEFAULT_MAX_CHANNELS, GapDetector, Sequencer, Stamp};
+pub use sequence::{
+    DEFAULT_MAX_CHANNELS, GapDetector, PUBLISHER_IDLE, RECEIVER_IDLE, Sequencer, Stamp,
+};
 pub use stream::{
     Epoch, History, ParseEpochError, Position, StreamEntry, StreamError, StreamFuture, StreamRead,
 };
+pub use sync::lock;

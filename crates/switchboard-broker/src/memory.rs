@@ -1,14 +1,17 @@
 //! Hubs of one process, wired to each other without a network, and the in-memory
 //! stream engine they share.
 
+// Every critical section here is one map or queue update, or one stream's update,
+// which a panic (in this code, none of which calls out under a lock) cannot leave half
+// done: `lock` may take a poisoned lock.
 use crate::{
     Broker, ConnectionId, Envelope, Epoch, History, Inbox, NodeId, Position, StreamEntry,
-    StreamError, StreamFuture, StreamRead, Target,
+    StreamError, StreamFuture, StreamRead, Target, sync::lock,
 };
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fmt,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 use switchboard_proto::Message;
@@ -403,13 +406,6 @@ impl fmt::Debug for MemoryBroker {
             .field("node", &*lock(&self.node))
             .finish()
     }
-}
-
-/// The lock, even if a panic poisoned it: each critical section here is one map
-/// or queue update, or one stream's update, which a panic (in this code, none of
-/// which calls out under a lock) cannot leave half done.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

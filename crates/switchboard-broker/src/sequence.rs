@@ -33,6 +33,16 @@ pub struct Stamp {
 /// of [`Sequencer`] and [`GapDetector`].
 pub const DEFAULT_MAX_CHANNELS: usize = 65_536;
 
+/// How long a networked engine's [`Sequencer`] keeps the counter of a channel it does
+/// not publish on: its receivers keep theirs longer ([`RECEIVER_IDLE`]).
+pub const PUBLISHER_IDLE: Duration = Duration::from_secs(60);
+
+/// How long a networked engine's [`GapDetector`] remembers a publisher's counter on a
+/// channel without hearing from it: longer than publishers keep theirs
+/// ([`PUBLISHER_IDLE`]), so that a forgotten counter shows up as a reset rather than
+/// hides a gap.
+pub const RECEIVER_IDLE: Duration = Duration::from_secs(600);
+
 /// A publisher's counters, one per channel it publishes on.
 ///
 /// Publishes must be stamped in the order they go on the wire: take the stamp and

@@ -43,11 +43,11 @@
 //! NATS core delivers at most once, in order per publisher. Envelopes use the wire
 //! format of every engine (`switchboard_broker::wire`): each hub numbers its envelopes
 //! per subject, and a receiving hub counts every number it never saw in
-//! [`BrokerStats::missed`] when the publisher's next envelope on that subject arrives:
+//! [`BrokerStats::missed`](switchboard_broker::link::BrokerStats::missed) when the publisher's next envelope on that subject arrives:
 //! a restart of NATS, a slow consumer NATS disconnected, messages the client dropped
 //! because this hub fell behind ([`BrokerStats::slow_consumer`] counts those events),
-//! a publisher's shed. While the link to NATS is down, envelopes cannot be published:
-//! each one is counted in [`BrokerStats::lost`], as is one the client does not take
+//! a publisher's shed; logged once per outage with its count. While the link to NATS is down, envelopes cannot be published:
+//! each one is counted in [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost), as is one the client does not take
 //! within 500 ms (its buffer full: NATS does not read). The client reconnects by itself,
 //! waiting between attempts with jittered backoff up to [`NatsConfig::max_backoff`],
 //! and subscribes again to everything the hub had.
@@ -90,7 +90,7 @@
 //! A stream publish resolves once JetStream acknowledged it, to its sequence; a publish
 //! that was not sent (the link down, the queue full, the stream refused) to
 //! [`StreamError::Unavailable`] (so does one JetStream answered with an error:
-//! limits, size), counted in [`BrokerStats::lost`], and one sent whose acknowledgement never came to
+//! limits, size), counted in [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost), and one sent whose acknowledgement never came to
 //! [`StreamError::Unconfirmed`]: it may be stored, and delivered. Reads
 //! ([`Broker::read_stream`]) take the stream's info (epoch, newest sequence) and get
 //! the messages after the offset asked for by sequence, at most `max_len` of them,
@@ -99,11 +99,11 @@
 //! # Bounded memory
 //!
 //! - Publishes wait for the link in a queue of [`NatsConfig::max_pending_publishes`].
-//!   Full, it sheds the new envelope, counted in [`BrokerStats::shed`] and
-//!   [`BrokerStats::lost`] here, and in [`BrokerStats::missed`] on the hubs that would
+//!   Full, it sheds the new envelope, counted in [`BrokerStats::shed`](switchboard_broker::link::BrokerStats::shed) and
+//!   [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost) here, and in [`BrokerStats::missed`](switchboard_broker::link::BrokerStats::missed) on the hubs that would
 //!   have received it.
 //! - A stream's publishes wait for its task in a queue of 64; past that they are shed,
-//!   counted in [`BrokerStats::shed`] and [`BrokerStats::lost`].
+//!   counted in [`BrokerStats::shed`](switchboard_broker::link::BrokerStats::shed) and [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost).
 //! - Arrivals wait for the hub in a queue of [`NatsConfig::max_pending_deliveries`];
 //!   each subscription holds at most as many messages in the client (so the bound is
 //!   per subscription: a hub in R rooms may hold up to (R + 3) ×
@@ -111,7 +111,7 @@
 //!   behind, plus the queue). Past that, the
 //!   client drops what arrives for the subscription (a slow-consumer event, counted in
 //!   [`BrokerStats::slow_consumer`]; the messages themselves in
-//!   [`BrokerStats::missed`] through the publishers' numbering).
+//!   [`BrokerStats::missed`](switchboard_broker::link::BrokerStats::missed) through the publishers' numbering).
 //! - The per-subject numbers are kept in bounded maps on both sides.
 //! - A stream holds at most `max_len` messages for at most `max_age`; a read returns at
 //!   most `max_len` messages. A room's stream persists after its messages expire
@@ -135,43 +135,27 @@
 //! # Versions
 //!
 //! Envelopes carry a format version (see `switchboard_broker::wire`); a hub drops an
-//! envelope of another version and counts it in [`BrokerStats::malformed`], so the
+//! envelope of another version and counts it in [`BrokerStats::malformed`](switchboard_broker::link::BrokerStats::malformed), so the
 //! hubs of one prefix must run the same version.
 
 mod link;
 mod names;
 mod stream;
 
-use bytes::Bytes;
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
 use switchboard_broker::{
-    Broker, BrokerMetrics, DEFAULT_MAX_CHANNELS, Envelope, History, Inbox, NodeId, Position,
-    Sequencer, StreamError, StreamFuture, StreamRead, Target, wire,
+    Broker, BrokerMetrics, Envelope, History, Inbox, NodeId, Position, StreamError, StreamFuture,
+    StreamRead, Target,
+    link::{DEFAULT_MAX_PENDING_DELIVERIES, DEFAULT_MAX_PENDING_PUBLISHES, Outbox, RoomChanges},
+    lock,
 };
-use tokio::{
-    runtime::Handle,
-    sync::{
-        Notify,
-        mpsc::{self, error::TrySendError},
-    },
-};
-
-/// The reason is at [`NatsConfig::max_pending_publishes`].
-const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
-
-/// The reason is at [`NatsConfig::max_pending_deliveries`].
-const DEFAULT_MAX_PENDING_DELIVERIES: usize = 1024;
-
-/// How long a publisher keeps the counter of a subject it does not publish on: its
-/// receivers keep theirs longer (see `link::RECEIVER_IDLE`).
-const PUBLISHER_IDLE: Duration = Duration::from_secs(60);
+use tokio::{runtime::Handle, sync::mpsc};
 
 /// Where to find NATS and how to name the subjects.
 ///
@@ -210,8 +194,8 @@ pub struct NatsConfig {
     /// Default 5 s.
     pub max_backoff: Duration,
     /// The most publishes waiting for the link to NATS: past it, the new publish is
-    /// shed (drop newest) and counted in [`BrokerStats::shed`] and
-    /// [`BrokerStats::lost`]. 0 is taken as 1.
+    /// shed (drop newest) and counted in [`BrokerStats::shed`](switchboard_broker::link::BrokerStats::shed) and
+    /// [`BrokerStats::lost`](switchboard_broker::link::BrokerStats::lost). 0 is taken as 1.
     ///
     /// Default 1,024: room for a burst, and a bound on what a stalled link holds.
     pub max_pending_publishes: usize,
@@ -330,64 +314,17 @@ pub enum ConnectError {
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// What the publishing task sends, in the order the hub asked.
-#[derive(Debug)]
-enum Publish {
-    /// An envelope, stamped: one core publish.
-    Envelope { subject: String, payload: Bytes },
-    /// A stream's message: a JetStream publish, whose acknowledgement is the position.
-    Stream(Box<stream::StreamPublish>),
-}
-
-impl Publish {
-    fn subject(&self) -> &str {
-        match self {
-            Self::Envelope { subject, .. } => subject,
-            Self::Stream(publish) => &publish.subject,
-        }
-    }
-
-    /// Drops the publish, telling whoever awaits a stream's position why.
-    fn lose(self, why: &str) {
-        if let Self::Stream(publish) = self {
-            publish.answer(Err(StreamError::Unavailable(why.to_owned())));
-        }
-    }
-}
-
-/// The room subscriptions the hub asked for and the link has not applied yet: the
-/// latest wish per room (`true`: subscribe), bounded by the hub's rooms.
-#[derive(Debug, Default)]
-struct RoomChanges {
-    wanted: Mutex<HashMap<String, bool>>,
-    changed: Notify,
-}
-
-impl RoomChanges {
-    fn want(&self, room: &str, subscribed: bool) {
-        lock(&self.wanted).insert(room.to_owned(), subscribed);
-        self.changed.notify_one();
-    }
-
-    fn take(&self) -> HashMap<String, bool> {
-        std::mem::take(&mut *lock(&self.wanted))
-    }
-}
-
-/// The lock, even if a panic poisoned it: what it guards stays consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// What the publishing task sends, in the order the hub asked: an envelope (on its
+/// subject) is one core publish, a stream's message a JetStream publish, whose
+/// acknowledgement is the position.
+type Publish = switchboard_broker::link::Publish<stream::StreamPublish>;
 
 /// A hub's attachment to NATS. Give it to `switchboard::hub::Hub::with_broker`.
 #[derive(Debug)]
 pub struct NatsBroker {
     config: NatsConfig,
     /// Bounded by [`NatsConfig::max_pending_publishes`].
-    publishes: mpsc::Sender<Publish>,
-    /// Numbers each publish on its subject; locked across the numbering and the
-    /// queueing, so that numbers go out in order.
-    sequencer: Mutex<Sequencer>,
+    outbox: Outbox<stream::StreamPublish>,
     rooms: Arc<RoomChanges>,
     /// Until the hub starts the broker: the client [`NatsBroker::connect`] made, if
     /// any, and the publishes' receiving end.
@@ -410,15 +347,16 @@ impl NatsBroker {
             return Err(ConnectError::InvalidPrefix(config.prefix));
         }
         config.servers().map_err(ConnectError::InvalidUrl)?;
-        let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
+        let link = Arc::new(link::State::default());
+        let (outbox, receiver) =
+            Outbox::new(config.max_pending_publishes, link.stats.clone(), "NATS");
         Ok(Self {
             config,
-            publishes,
-            sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
+            outbox,
             rooms: Arc::default(),
             pending: Mutex::new(Some((None, receiver))),
             runtime: Handle::try_current().ok(),
-            link: Arc::default(),
+            link,
             client: Arc::default(),
             node: Arc::default(),
         })
@@ -440,7 +378,10 @@ impl NatsBroker {
 
     /// Counters of this broker, readable after the hub has taken it.
     pub fn stats(&self) -> BrokerStats {
-        self.link.stats.clone()
+        BrokerStats {
+            shared: self.link.stats.stats(),
+            slow_consumer: self.link.slow_consumer.clone(),
+        }
     }
 
     /// A handle on this broker's link, usable after the hub has taken the broker: to
@@ -452,41 +393,6 @@ impl NatsBroker {
             node: self.node.clone(),
             state: self.link.clone(),
         }
-    }
-
-    /// Numbers the envelope and queues it. Full queue: the new envelope is shed (drop
-    /// newest); its number is spent, so receivers count it as missed.
-    fn enqueue(&self, subject: String, mut wire: bytes::BytesMut) {
-        let mut sequencer = lock(&self.sequencer);
-        wire::stamp(&mut wire, sequencer.next(&subject, Instant::now()));
-        let payload = wire.freeze();
-        let refused = self.queue(Publish::Envelope { subject, payload });
-        drop(sequencer);
-        if let Err(refused) = refused {
-            self.refuse(refused);
-        }
-    }
-
-    fn queue(&self, publish: Publish) -> Result<(), TrySendError<Publish>> {
-        let stats = &self.link.stats;
-        // Counted before the send, so that the publishing task never takes one uncounted.
-        stats.0.pending.fetch_add(1, Relaxed);
-        self.publishes.try_send(publish).inspect_err(|_| {
-            stats.0.pending.fetch_sub(1, Relaxed);
-        })
-    }
-
-    fn refuse(&self, refused: TrySendError<Publish>) {
-        let stats = &self.link.stats;
-        let (publish, why) = match refused {
-            TrySendError::Full(publish) => {
-                stats.count(&stats.0.shed);
-                (publish, "too many publishes waiting for NATS")
-            }
-            TrySendError::Closed(publish) => (publish, "the link task has ended"),
-        };
-        stats.lose(publish.subject(), why);
-        publish.lose(why);
     }
 }
 
@@ -513,42 +419,22 @@ impl Broker for NatsBroker {
     }
 
     fn publish(&self, envelope: Envelope) {
-        match wire::encode(&envelope) {
-            Ok(wire) => self.enqueue(self.config.subject_of(&envelope), wire),
-            Err(error) => {
-                let stats = &self.link.stats;
-                stats.count(&stats.0.lost);
-                tracing::warn!(%error, "envelope not published");
-            }
-        }
+        self.outbox
+            .publish(self.config.subject_of(&envelope), &envelope);
     }
 
     /// Queues the JetStream publish behind the publishes already waiting: counted, shed
     /// and lost as they are (see the crate's Streams section).
     fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
         let (stats, subject) = (self.link.stats.clone(), self.config.subject_of(&envelope));
-        let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
-            Ok((publish, answer)) => {
-                if let Err(refused) = self.queue(Publish::Stream(Box::new(publish))) {
-                    self.refuse(refused);
-                }
-                answer
-            }
-            Err(error) => {
-                let stats = &self.link.stats;
-                stats.count(&stats.0.lost);
-                tracing::warn!(%error, "stream message not published");
-                return Box::pin(std::future::ready(Err(error)));
-            }
+        let made = stream::StreamPublish::new(&self.config, &envelope, history);
+        let dropped = move || {
+            // Dropped in a queue as the link ended: never sent.
+            let why = "the link task has ended";
+            stats.lose(&subject, why);
+            StreamError::Unavailable(why.to_owned())
         };
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                // Dropped in a queue as the link ended: never sent.
-                let why = "the link task has ended";
-                stats.lose(&subject, why);
-                Err(StreamError::Unavailable(why.to_owned()))
-            })
-        })
+        self.outbox.publish_stream(made, dropped)
     }
 
     /// Reads the room's JetStream stream by sequence, within 2 s.
@@ -583,16 +469,7 @@ impl Broker for NatsBroker {
     }
 
     fn metrics(&self) -> Option<BrokerMetrics> {
-        let stats = &self.link.stats;
-        let mut metrics = BrokerMetrics::default();
-        metrics.published = stats.published();
-        metrics.received = stats.received();
-        metrics.lost = stats.lost();
-        metrics.missed = stats.missed();
-        metrics.malformed = stats.malformed();
-        metrics.reconnects = stats.reconnects();
-        metrics.connected = self.is_ready();
-        Some(metrics)
+        Some(self.link.stats.stats().metrics(self.is_ready()))
     }
 }
 
@@ -641,97 +518,37 @@ impl LinkHandle {
     }
 }
 
-/// Counters of a [`NatsBroker`]; a cheap handle, shared with the broker.
-#[derive(Debug, Clone, Default)]
-pub struct BrokerStats(Arc<Counters>);
-
-#[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    received: AtomicU64,
-    lost: AtomicU64,
-    shed: AtomicU64,
-    missed: AtomicU64,
-    malformed: AtomicU64,
-    reconnects: AtomicU64,
-    pending: AtomicU64,
-    unconfirmed: AtomicU64,
-    slow_consumer: AtomicU64,
+/// Counters of a [`NatsBroker`]; a cheap handle, shared with the broker. Those every
+/// networked engine keeps ([`switchboard_broker::link::BrokerStats`]: published,
+/// received, lost, shed, missed, unconfirmed, malformed, reconnects, pending
+/// publishes) are its methods through `Deref`; NATS adds
+/// [`BrokerStats::slow_consumer`].
+///
+/// In NATS's terms: published counts the envelopes handed to the NATS client (core
+/// NATS confirms nothing) and the stream messages JetStream acknowledged; lost
+/// includes a stream's publish JetStream refused; missed, the gaps a restart of NATS,
+/// a slow consumer or a publisher's shed left; reconnects, the client's.
+#[derive(Debug, Clone)]
+pub struct BrokerStats {
+    shared: switchboard_broker::link::BrokerStats,
+    slow_consumer: Arc<AtomicU64>,
 }
 
 impl BrokerStats {
-    /// Envelopes handed to the NATS client for publishing (core NATS confirms
-    /// nothing), and stream messages JetStream acknowledged.
-    pub fn published(&self) -> u64 {
-        self.0.published.load(Relaxed)
-    }
-
-    /// Envelopes from other hubs handed to this hub.
-    pub fn received(&self) -> u64 {
-        self.0.received.load(Relaxed)
-    }
-
-    /// Envelopes that could not be published (the link was down, more than
-    /// [`NatsConfig::max_pending_publishes`] were waiting, the message was not text
-    /// or binary, a stream refused it).
-    pub fn lost(&self) -> u64 {
-        self.0.lost.load(Relaxed)
-    }
-
-    /// Of [`BrokerStats::lost`], the publishes shed because
-    /// [`NatsConfig::max_pending_publishes`] were already waiting.
-    pub fn shed(&self) -> u64 {
-        self.0.shed.load(Relaxed)
-    }
-
-    /// Envelopes other hubs published for this hub that never reached it, counted
-    /// from the gaps in each publisher's numbering of each subject when its next
-    /// envelope arrives (a restart of NATS, a slow consumer, a publisher's shed).
-    pub fn missed(&self) -> u64 {
-        self.0.missed.load(Relaxed)
-    }
-
     /// Slow-consumer events: times the client dropped a message for a subscription
     /// whose [`NatsConfig::max_pending_deliveries`] were full. The messages dropped are
-    /// in [`BrokerStats::missed`] (through the gaps they leave), so they are not
-    /// counted twice; a stream's are filled by the hub from the stream.
+    /// in `missed` (through the gaps they leave), so they are not counted twice; a
+    /// stream's are filled by the hub from the stream.
     pub fn slow_consumer(&self) -> u64 {
-        self.0.slow_consumer.load(Relaxed)
+        self.slow_consumer.load(Relaxed)
     }
+}
 
-    /// Stream publishes sent whose acknowledgement never came: stored or not, nobody
-    /// knows; their futures said [`StreamError::Unconfirmed`].
-    pub fn unconfirmed(&self) -> u64 {
-        self.0.unconfirmed.load(Relaxed)
-    }
+impl std::ops::Deref for BrokerStats {
+    type Target = switchboard_broker::link::BrokerStats;
 
-    /// Messages on our subjects that were not envelopes this version understands, and
-    /// stream messages that were not.
-    pub fn malformed(&self) -> u64 {
-        self.0.malformed.load(Relaxed)
-    }
-
-    /// Times the client reconnected to NATS after losing it.
-    pub fn reconnects(&self) -> u64 {
-        self.0.reconnects.load(Relaxed)
-    }
-
-    /// Publishes waiting for the link now: at most
-    /// [`NatsConfig::max_pending_publishes`].
-    pub fn pending_publishes(&self) -> u64 {
-        self.0.pending.load(Relaxed)
-    }
-
-    fn count(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
-    }
-
-    fn lose(&self, subject: &str, why: &str) {
-        let lost = self.0.lost.fetch_add(1, Relaxed) + 1;
-        // At the 1st, 2nd, 4th, 8th… loss: an outage would otherwise warn for each.
-        if lost.is_power_of_two() {
-            tracing::warn!(%subject, lost_total = lost, "envelope lost: {why}");
-        }
+    fn deref(&self) -> &Self::Target {
+        &self.shared
     }
 }
 

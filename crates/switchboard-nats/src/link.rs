@@ -4,7 +4,7 @@
 //! for the delivery task that feeds the hub's inbox. The client reconnects by itself
 //! (with our backoff) and subscribes again; its events tell us when.
 
-use crate::{BrokerStats, NatsConfig, Publish, RoomChanges, lock, stream};
+use crate::{NatsConfig, Publish, stream};
 use async_nats::{Client, ConnectOptions, Event, Subscriber, connection::State as Connection};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,14 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 use switchboard_broker::{
-    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, Position, wire,
+    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, Position, RECEIVER_IDLE,
+    link::{Aborting, Counter, Counters, RoomChanges, deliver},
+    lock, wire,
 };
-use tokio::{
-    sync::{
-        Notify,
-        mpsc::{self, Receiver, Sender},
-    },
-    task::JoinHandle,
+use tokio::sync::{
+    Notify,
+    mpsc::{self, Receiver, Sender},
 };
 
 /// The shortest wait before reconnecting; waits grow with jitter up to
@@ -46,10 +45,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 /// taken as lost within this and [`REQUEST_TIMEOUT`].
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long a receiver remembers a publisher's counter on a subject without hearing
-/// from it: longer than publishers keep theirs (`crate::PUBLISHER_IDLE`).
-const RECEIVER_IDLE: Duration = Duration::from_secs(600);
-
 /// How often the link looks at the client's connection (and asks NATS again after a
 /// probe failed).
 const RETRY: Duration = Duration::from_millis(100);
@@ -57,7 +52,10 @@ const RETRY: Duration = Duration::from_millis(100);
 /// What the client's events and the tasks share: the counters and the link's state.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) stats: BrokerStats,
+    pub(crate) stats: Counters,
+    /// Slow-consumer events (see `BrokerStats::slow_consumer`): NATS's own counter,
+    /// beside those every engine keeps.
+    pub(crate) slow_consumer: Arc<AtomicU64>,
     /// The client's count of connections (the first one included), once it is made.
     connects: OnceLock<Arc<async_nats::Statistics>>,
     /// The connection (by the client's count) whose subscriptions a probe came back
@@ -80,7 +78,7 @@ impl State {
     fn event(&self, event: Event) {
         match event {
             Event::SlowConsumer(sid) => {
-                let events = self.stats.0.slow_consumer.fetch_add(1, Relaxed) + 1;
+                let events = self.slow_consumer.fetch_add(1, Relaxed) + 1;
                 if events.is_power_of_two() {
                     tracing::warn!(sid, events, "the hub is behind: NATS messages dropped");
                 }
@@ -158,15 +156,6 @@ pub(crate) struct Task {
     pub(crate) changes: Arc<RoomChanges>,
     pub(crate) state: Arc<State>,
     pub(crate) client: Arc<OnceLock<Client>>,
-}
-
-/// A task aborted when its handle is dropped: a subscription's reader goes with it.
-struct Aborting<T>(JoinHandle<T>);
-
-impl<T> Drop for Aborting<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Serves one hub until the broker is dropped or the hub is gone, on `first` (made
@@ -259,7 +248,7 @@ impl Link<'_> {
                 }
             }
             tokio::select! {
-                () = task.changes.changed.notified() => self.apply_room_changes().await,
+                () = task.changes.changed() => self.apply_room_changes().await,
                 () = state.changed.notified() => {}
                 () = tokio::time::sleep(RETRY) => {}
                 _ = &mut publisher.0 => return,
@@ -271,12 +260,9 @@ impl Link<'_> {
     /// A new connection (the client counted `connects`, `seen` before).
     fn connected(&self, seen: u64, connects: u64) {
         let stats = &self.task.state.stats;
-        stats
-            .0
-            .reconnects
-            .store(connects.saturating_sub(1), Relaxed);
+        stats.set(Counter::Reconnects, connects.saturating_sub(1));
         if seen > 0 {
-            tracing::info!(lost = stats.lost(), "link to NATS restored");
+            tracing::info!(lost = stats.get(Counter::Lost), "link to NATS restored");
         }
         // A NATS restarted without its storage has no stream we knew.
         self.task.state.streams.clear();
@@ -386,7 +372,6 @@ impl Receiving {
     /// A stream's message (republished by JetStream, with its sequence) is handed over
     /// even when it is our own; its gaps are the hub's to fill, by offset.
     async fn accept(&self, subject: &str, message: async_nats::Message) -> Option<Envelope> {
-        let stats = &self.state.stats;
         if let Some((stream, sequence)) = stream::stored_at(&message) {
             let epoch = match self
                 .state
@@ -420,30 +405,15 @@ impl Receiving {
         }
         let missed = lock(&self.detector).observe(subject, envelope.origin, stamp, Instant::now());
         if missed > 0 {
-            let total = stats.0.missed.fetch_add(missed, Relaxed) + missed;
-            tracing::warn!(
-                missed,
-                missed_total = total,
-                "envelopes from other hubs never arrived"
-            );
+            self.state.stats.miss(missed);
         }
         Some(envelope)
     }
 
     fn malformed(&self, error: wire::WireError) -> Option<Envelope> {
-        self.state.stats.count(&self.state.stats.0.malformed);
+        self.state.stats.count(Counter::Malformed);
         tracing::warn!(%error, "dropped a message that is not an envelope");
         None
-    }
-}
-
-/// Hands arrived envelopes to the hub, off the readers, until the hub is gone.
-async fn deliver(mut arrived: Receiver<Envelope>, inbox: Inbox, stats: BrokerStats) {
-    while let Some(envelope) = arrived.recv().await {
-        stats.count(&stats.0.received);
-        if !inbox.deliver(&envelope) {
-            return;
-        }
     }
 }
 
@@ -469,20 +439,20 @@ async fn publish(
     let mut streams = stream::Workers::new(jetstream(&client), config, state.clone());
     let first_deadline = Instant::now() + CONNECT_TIMEOUT;
     while let Some(publish) = publishes.recv().await {
-        stats.0.pending.fetch_sub(1, Relaxed);
+        stats.dequeued(1);
         first_connection(&client, first_deadline).await;
         if client.connection_state() != Connection::Connected {
-            stats.lose(publish.subject(), "no link to NATS");
+            stats.lose(publish.channel(), "no link to NATS");
             publish.lose("no link to NATS");
             continue;
         }
         match publish {
-            Publish::Envelope { subject, payload } => {
-                let sent = client.publish(subject.clone(), payload);
+            Publish::Envelope { channel, payload } => {
+                let sent = client.publish(channel.clone(), payload);
                 match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
-                    Ok(Ok(())) => stats.count(&stats.0.published),
-                    Ok(Err(error)) => stats.lose(&subject, &error.to_string()),
-                    Err(_) => stats.lose(&subject, "the NATS client took no publish"),
+                    Ok(Ok(())) => stats.count(Counter::Published),
+                    Ok(Err(error)) => stats.lose(&channel, &error.to_string()),
+                    Err(_) => stats.lose(&channel, "the NATS client took no publish"),
                 }
             }
             Publish::Stream(publish) => streams.send(*publish),

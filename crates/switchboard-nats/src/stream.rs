@@ -1,7 +1,7 @@
 //! Streams with history on JetStream: one stream per room, its sequence the room's
 //! offsets, republished onto the room's subject as it stores (see the crate's docs).
 
-use crate::{NatsConfig, link::State, lock, names};
+use crate::{NatsConfig, link::State, names};
 use async_nats::{
     header::{NATS_SEQUENCE, NATS_STREAM},
     jetstream::{
@@ -20,7 +20,9 @@ use std::{
 };
 use switchboard_broker::{
     DEFAULT_MAX_CHANNELS, Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead,
-    Target, wire,
+    Target,
+    link::{AwaitsPosition, Counter},
+    lock, wire,
 };
 use tokio::sync::{
     mpsc::{self, Receiver, Sender, error::TrySendError},
@@ -324,8 +326,14 @@ impl StreamPublish {
         };
         Ok((publish, answer))
     }
+}
 
-    pub(crate) fn answer(self, result: Result<Position, StreamError>) {
+impl AwaitsPosition for StreamPublish {
+    fn channel(&self) -> &str {
+        &self.subject
+    }
+
+    fn answer(self, result: Result<Position, StreamError>) {
         // Nobody waits for it any more: the position is not needed.
         let _ = self.reply.send(result);
     }
@@ -368,7 +376,7 @@ impl Workers {
             // Its task ended meanwhile, idle.
             Err(TrySendError::Closed(publish)) => (publish, "the stream's task ended"),
         };
-        self.state.stats.count(&self.state.stats.0.shed);
+        self.state.stats.count(Counter::Shed);
         not_sent(&self.state, publish, why);
     }
 
@@ -528,7 +536,7 @@ async fn settle(
     let stats = &state.stats;
     let answer = match acked {
         Ok(ack) => {
-            stats.count(&stats.0.published);
+            stats.count(Counter::Published);
             match state
                 .streams
                 .acked_epoch(jetstream, &ack.stream, ack.sequence)
@@ -553,7 +561,7 @@ async fn settle(
             Err(StreamError::Unavailable(error.to_string()))
         }
         Err(error) => {
-            stats.count(&stats.0.unconfirmed);
+            stats.count(Counter::Unconfirmed);
             Err(StreamError::Unconfirmed(error.to_string()))
         }
     };
@@ -650,7 +658,7 @@ impl Read {
                     except: envelope.except,
                 }),
                 Err(error) => {
-                    self.state.stats.count(&self.state.stats.0.malformed);
+                    self.state.stats.count(Counter::Malformed);
                     tracing::warn!(offset, %error, "skipped a stream message that is not a message");
                 }
             }
@@ -667,4 +675,82 @@ fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_broker::NodeId;
+    use switchboard_proto::Message;
+
+    fn publish_to(
+        room: &str,
+    ) -> (
+        StreamPublish,
+        oneshot::Receiver<Result<Position, StreamError>>,
+    ) {
+        let envelope = Envelope {
+            origin: NodeId::from_bits(1),
+            target: Target::Room(room.into()),
+            except: None,
+            message: Message::text("m"),
+            position: None,
+        };
+        StreamPublish::new(&NatsConfig::default(), &envelope, History::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_streams_queue_sheds_past_its_bound() {
+        // A client that never connects (nothing listens on port 1): no stream's task
+        // gets anywhere, and on this one-threaded runtime none runs before the end.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap();
+        let state = Arc::new(State::default());
+        let jetstream = crate::link::jetstream(&client);
+        let mut workers = Workers::new(jetstream, NatsConfig::default(), state.clone());
+        let mut answers = Vec::new();
+        for _ in 0..MAX_PENDING_PER_STREAM + 3 {
+            let (publish, answer) = publish_to("r");
+            workers.send(publish);
+            answers.push(answer);
+        }
+        assert_eq!(state.stats.get(Counter::Shed), 3);
+        assert_eq!(state.stats.get(Counter::Lost), 3);
+        for mut answer in answers.drain(MAX_PENDING_PER_STREAM..) {
+            assert_eq!(
+                answer.try_recv(),
+                Ok(Err(StreamError::Unavailable(
+                    "too many publishes waiting for the stream".into()
+                )))
+            );
+        }
+        // Another stream has a queue of its own.
+        workers.send(publish_to("other").0);
+        assert_eq!(state.stats.get(Counter::Shed), 3);
+    }
+
+    #[test]
+    fn the_known_streams_stay_bounded() {
+        let known = Known::default();
+        let (history, epoch) = (History::default(), Epoch::from_u64(1));
+        for stream in (0..=DEFAULT_MAX_CHANNELS).map(|n| n.to_string()) {
+            known.note(&stream, epoch, 1);
+            known.ensured(&stream, history, epoch);
+            known.failed(&stream);
+            known.absent_epoch(&stream);
+        }
+        let lens = [
+            lock(&known.epochs).len(),
+            lock(&known.ensured).len(),
+            lock(&known.failed).len(),
+            lock(&known.absent).len(),
+        ];
+        assert!(
+            lens.iter().all(|len| *len <= DEFAULT_MAX_CHANNELS),
+            "{lens:?}"
+        );
+    }
 }

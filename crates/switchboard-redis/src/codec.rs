@@ -1,9 +1,7 @@
 //! Envelopes on a Redis channel: the shared wire format
 //! ([`switchboard_broker::wire`]), and what a Redis stream keeps of a message.
 
-pub(crate) use switchboard_broker::wire::{
-    StreamParts, WireError, decode, encode, encode_stream, stamp,
-};
+pub(crate) use switchboard_broker::wire::{StreamParts, WireError, decode, encode_stream};
 use switchboard_proto::Message;
 
 /// What a stream keeps of a message: its payload, under a field that says its kind.

@@ -273,34 +273,25 @@ mod pubsub;
 mod stream;
 
 pub use error::ConnectError;
+pub use switchboard_broker::link::BrokerStats;
 
-use bytes::Bytes;
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::Duration,
 };
 use switchboard_broker::{
-    Broker, BrokerMetrics, DEFAULT_MAX_CHANNELS, Envelope, History, Inbox, NodeId, Position,
-    Sequencer, StreamError, StreamFuture, StreamRead, Target,
-};
-use tokio::{
-    runtime::Handle,
-    sync::{
-        Notify,
-        mpsc::{self, error::TrySendError},
+    Broker, BrokerMetrics, Envelope, History, Inbox, NodeId, Position, StreamError, StreamFuture,
+    StreamRead, Target,
+    link::{
+        Counters, DEFAULT_MAX_PENDING_DELIVERIES, DEFAULT_MAX_PENDING_PUBLISHES, Outbox,
+        RoomChanges,
     },
+    lock,
 };
-
-/// Four full pipelines (see `link::MAX_BATCH`); the reason is at
-/// [`RedisConfig::max_pending_publishes`].
-const DEFAULT_MAX_PENDING_PUBLISHES: usize = 1024;
-
-/// The reason is at [`RedisConfig::max_pending_deliveries`].
-const DEFAULT_MAX_PENDING_DELIVERIES: usize = 1024;
+use tokio::{runtime::Handle, sync::mpsc};
 
 /// Where to find Redis and how to name the channels.
 ///
@@ -458,11 +449,21 @@ impl RedisConfig {
         format!("{}:node:{node}", self.prefix)
     }
 
-    /// A room's channel: `prefix:room:NAME`, or on a Redis Cluster its stream's hash
-    /// tag `{prefix:room:NAME}`, so that the channel hashes to the slot of the room's
-    /// stream keys (`{prefix:room:NAME}:s`), whatever braces the name has: the publish
-    /// script publishes on it from the shard that holds them.
-    fn channel_room(&self, room: &str) -> String {
+    /// The channel `room`'s envelopes travel on: `prefix:room:NAME`, or on a Redis
+    /// Cluster its stream's hash tag `{prefix:room:NAME}`, so that the channel hashes to
+    /// the slot of the room's stream keys (`{prefix:room:NAME}:s`), whatever braces the
+    /// name has: the publish script publishes on it from the shard that holds them (see
+    /// the crate's Channels section); for tools that watch it.
+    ///
+    /// ```
+    /// use switchboard_redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::default().prefix("chat");
+    /// assert_eq!(config.channel_room("lobby"), "chat:room:lobby");
+    /// let cluster = config.cluster(["redis://127.0.0.1:7000/"]);
+    /// assert_eq!(cluster.channel_room("lobby"), "{chat:room:lobby}");
+    /// ```
+    pub fn channel_room(&self, room: &str) -> String {
         match self.deployment {
             Deployment::Cluster { .. } => self.room_tag(room),
             _ => format!("{}:room:{room}", self.prefix),
@@ -519,57 +520,10 @@ pub enum Deployment {
     },
 }
 
-/// What the link task publishes, in the order the hub asked.
-#[derive(Debug)]
-enum Publish {
-    /// An envelope, stamped: one `PUBLISH`.
-    Envelope { channel: String, payload: Bytes },
-    /// A stream's message: the publish script, whose reply is the position. Boxed: it
-    /// is several times the size of an envelope's publish, which fill the queue.
-    Stream(Box<stream::StreamPublish>),
-}
-
-impl Publish {
-    fn channel(&self) -> &str {
-        match self {
-            Self::Envelope { channel, .. } => channel,
-            Self::Stream(publish) => publish.channel(),
-        }
-    }
-
-    /// Drops the publish, telling whoever awaits a stream's position why.
-    fn lose(self, why: &str) {
-        if let Self::Stream(publish) = self {
-            publish.answer(Err(StreamError::Unavailable(why.to_owned())));
-        }
-    }
-}
-
-/// The room subscriptions the hub asked for and the link task has not applied yet: the
-/// latest wish per room (`true`: subscribe). A map rather than a queue, so that it is
-/// bounded by the hub's rooms however fast members come and go, and nothing in it is
-/// ever dropped: a hub whose subscription was dropped would stop hearing its room.
-#[derive(Debug, Default)]
-struct RoomChanges {
-    wanted: Mutex<HashMap<String, bool>>,
-    changed: Notify,
-}
-
-impl RoomChanges {
-    fn want(&self, room: &str, subscribed: bool) {
-        lock(&self.wanted).insert(room.to_owned(), subscribed);
-        self.changed.notify_one();
-    }
-
-    fn take(&self) -> HashMap<String, bool> {
-        std::mem::take(&mut *lock(&self.wanted))
-    }
-}
-
-/// The lock, even if a panic poisoned it: the map stays consistent under any panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// What the link task publishes, in the order the hub asked: an envelope is one
+/// `PUBLISH` (`SPUBLISH` on a cluster), a stream's message the publish script, whose
+/// reply is the position.
+type Publish = switchboard_broker::link::Publish<stream::StreamPublish>;
 
 /// A hub's attachment to Redis. Give it to `switchboard::hub::Hub::with_broker`.
 #[derive(Debug)]
@@ -577,26 +531,19 @@ pub struct RedisBroker {
     config: RedisConfig,
     servers: cluster::Servers,
     /// Bounded by [`RedisConfig::max_pending_publishes`].
-    publishes: mpsc::Sender<Publish>,
-    /// Numbers each publish on its channel, for receivers to count gaps; locked
-    /// across the numbering and the queueing, so that numbers go out in order.
-    sequencer: Mutex<Sequencer>,
+    outbox: Outbox<stream::StreamPublish>,
     rooms: Arc<RoomChanges>,
     /// Until the hub starts the broker: the link [`RedisBroker::connect`] opened, if
     /// any, and the publishes' receiving end.
     pending: Mutex<Option<(Option<link::Link>, mpsc::Receiver<Publish>)>>,
     /// The runtime the broker was made in, where its tasks run.
     runtime: Option<Handle>,
-    stats: BrokerStats,
+    stats: Counters,
     /// Set by the link task: see [`Broker::is_ready`].
     ready: Arc<AtomicBool>,
     /// Streams are read on a connection of their own.
     reads: Arc<stream::Reads>,
 }
-
-/// How long a publisher keeps the counter of a channel it does not publish on: its
-/// receivers keep theirs longer (see `link::RECEIVER_IDLE`).
-const PUBLISHER_IDLE: Duration = Duration::from_secs(60);
 
 impl RedisBroker {
     /// A broker that connects to Redis once a hub takes it, and keeps trying while
@@ -608,16 +555,14 @@ impl RedisBroker {
     /// inside a tokio runtime: the link's tasks run on it.
     pub fn new(config: RedisConfig) -> Result<Self, ConnectError> {
         let servers = cluster::Servers::new(&config)?;
-        // A channel of no capacity cannot be made: 0 is taken as 1, as the setting says.
-        let (publishes, receiver) = mpsc::channel(config.max_pending_publishes.max(1));
-        let stats = BrokerStats::default();
+        let stats = Counters::default();
+        let (outbox, receiver) = Outbox::new(config.max_pending_publishes, stats.clone(), "Redis");
         let reads = stream::Reads::new(servers.clone(), config.clone(), stats.clone());
         Ok(Self {
             reads: Arc::new(reads),
             config,
             servers,
-            publishes,
-            sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
+            outbox,
             rooms: Arc::default(),
             pending: Mutex::new(Some((None, receiver))),
             runtime: Handle::try_current().ok(),
@@ -643,55 +588,7 @@ impl RedisBroker {
 
     /// Counters of this broker, readable after the hub has taken it.
     pub fn stats(&self) -> BrokerStats {
-        self.stats.clone()
-    }
-
-    fn lose(&self, channel: &str, why: &str) {
-        let lost = self.stats.0.lost.fetch_add(1, Relaxed) + 1;
-        // At the 1st, 2nd, 4th, 8th… loss: an outage that fills the queue loses every
-        // publish, and would otherwise write a warning for each.
-        if lost.is_power_of_two() {
-            tracing::warn!(%channel, lost_total = lost, "envelope lost: {why}");
-        }
-    }
-
-    /// Numbers the envelope and queues it for the link task. Full queue: the new
-    /// envelope is shed (drop newest), so that what waits keeps its order and the
-    /// queue its bound; its number is spent, so receivers count it as missed.
-    fn enqueue(&self, channel: String, mut wire: bytes::BytesMut) {
-        let mut sequencer = lock(&self.sequencer);
-        let stamp = sequencer.next(&channel, std::time::Instant::now());
-        codec::stamp(&mut wire, stamp);
-        let payload = wire.freeze();
-        let refused = self.queue(Publish::Envelope { channel, payload });
-        drop(sequencer);
-        if let Err(refused) = refused {
-            self.refuse(refused);
-        }
-    }
-
-    /// Hands a publish to the link task, or hands it back when the queue is full or
-    /// the task has ended.
-    fn queue(&self, publish: Publish) -> Result<(), TrySendError<Publish>> {
-        // Counted before the send, so that the link task never takes one uncounted.
-        self.stats.0.pending.fetch_add(1, Relaxed);
-        self.publishes.try_send(publish).inspect_err(|_| {
-            self.stats.0.pending.fetch_sub(1, Relaxed);
-        })
-    }
-
-    /// Counts and drops a publish the queue refused.
-    fn refuse(&self, refused: TrySendError<Publish>) {
-        let (publish, why) = match refused {
-            TrySendError::Full(publish) => {
-                self.stats.count(&self.stats.0.shed);
-                (publish, "too many publishes waiting for Redis")
-            }
-            // The link task ends only when its hub is gone.
-            TrySendError::Closed(publish) => (publish, "the link task has ended"),
-        };
-        self.lose(publish.channel(), why);
-        publish.lose(why);
+        self.stats.stats()
     }
 }
 
@@ -720,13 +617,8 @@ impl Broker for RedisBroker {
     }
 
     fn publish(&self, envelope: Envelope) {
-        match codec::encode(&envelope) {
-            Ok(wire) => self.enqueue(self.config.channel_of(&envelope), wire),
-            Err(error) => {
-                self.stats.count(&self.stats.0.lost);
-                tracing::warn!(%error, "envelope not published");
-            }
-        }
+        self.outbox
+            .publish(self.config.channel_of(&envelope), &envelope);
     }
 
     /// Queues the publish script (see the crate's Delivery section) behind the
@@ -738,28 +630,11 @@ impl Broker for RedisBroker {
     /// binary ([`StreamError::NotData`]), or not for a room
     /// ([`StreamError::NoHistory`]), is lost too.
     fn publish_stream(&self, envelope: Envelope, history: History) -> StreamFuture<Position> {
-        let answer = match stream::StreamPublish::new(&self.config, &envelope, history) {
-            Ok((publish, answer)) => {
-                if let Err(refused) = self.queue(Publish::Stream(Box::new(publish))) {
-                    self.refuse(refused);
-                }
-                answer
-            }
-            Err(error) => {
-                self.stats.count(&self.stats.0.lost);
-                tracing::warn!(%error, "stream message not published");
-                return Box::pin(std::future::ready(Err(error)));
-            }
-        };
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                // The link task dropped it without an answer: it is gone with its hub,
-                // perhaps with the publish sent.
-                Err(StreamError::Unconfirmed(
-                    "the link task has ended".to_owned(),
-                ))
-            })
-        })
+        let made = stream::StreamPublish::new(&self.config, &envelope, history);
+        // The link task dropped it without an answer: it is gone with its hub, perhaps
+        // with the publish sent.
+        let dropped = || StreamError::Unconfirmed("the link task has ended".to_owned());
+        self.outbox.publish_stream(made, dropped)
     }
 
     /// Runs the read script on a connection of its own (not the publishes' one, which
@@ -786,101 +661,7 @@ impl Broker for RedisBroker {
     }
 
     fn metrics(&self) -> Option<BrokerMetrics> {
-        let stats = &self.stats;
-        let mut metrics = BrokerMetrics::default();
-        metrics.published = stats.published();
-        metrics.received = stats.received();
-        metrics.lost = stats.lost();
-        metrics.missed = stats.missed();
-        metrics.malformed = stats.malformed();
-        metrics.reconnects = stats.reconnects();
-        metrics.connected = self.is_ready();
-        Some(metrics)
-    }
-}
-
-/// Counters of a [`RedisBroker`]; a cheap handle, shared with the broker.
-#[derive(Debug, Clone, Default)]
-pub struct BrokerStats(Arc<Counters>);
-
-#[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    received: AtomicU64,
-    lost: AtomicU64,
-    shed: AtomicU64,
-    missed: AtomicU64,
-    malformed: AtomicU64,
-    reconnects: AtomicU64,
-    pending: AtomicU64,
-    unconfirmed: AtomicU64,
-}
-
-impl BrokerStats {
-    /// Envelopes Redis accepted from this hub.
-    pub fn published(&self) -> u64 {
-        self.0.published.load(Relaxed)
-    }
-
-    /// Envelopes from other hubs handed to this hub.
-    pub fn received(&self) -> u64 {
-        self.0.received.load(Relaxed)
-    }
-
-    /// Envelopes that could not be published (the link was down, more than
-    /// [`RedisConfig::max_pending_publishes`] were waiting, or the message was not text
-    /// or binary).
-    pub fn lost(&self) -> u64 {
-        self.0.lost.load(Relaxed)
-    }
-
-    /// Of [`BrokerStats::lost`], the publishes shed because
-    /// [`RedisConfig::max_pending_publishes`] were already waiting.
-    pub fn shed(&self) -> u64 {
-        self.0.shed.load(Relaxed)
-    }
-
-    /// Envelopes other hubs published for this hub that never reached it, counted
-    /// from the gaps in each publisher's numbering of each channel when its next
-    /// envelope arrives: a subscription Redis dropped (`CLIENT KILL`, its output-buffer
-    /// limit, a restart), a publisher's shed. `received + missed` is what the other
-    /// hubs published for this hub once they publish again after a gap.
-    pub fn missed(&self) -> u64 {
-        self.0.missed.load(Relaxed)
-    }
-
-    /// Stream publishes sent whose answer never came (the link failed on the way):
-    /// published or not, nobody knows; their futures said
-    /// [`StreamError::Unconfirmed`]. Not in [`BrokerStats::lost`] nor in
-    /// [`BrokerStats::published`].
-    pub fn unconfirmed(&self) -> u64 {
-        self.0.unconfirmed.load(Relaxed)
-    }
-
-    /// Messages on our channels that were not envelopes this version understands, and
-    /// entries of a stream that were not messages (skipped by the read, a hole that
-    /// makes the read not cover what came before them).
-    pub fn malformed(&self) -> u64 {
-        self.0.malformed.load(Relaxed)
-    }
-
-    /// Times the link to Redis was opened again after failing.
-    pub fn reconnects(&self) -> u64 {
-        self.0.reconnects.load(Relaxed)
-    }
-
-    /// Publishes waiting for the link now: at most
-    /// [`RedisConfig::max_pending_publishes`].
-    pub fn pending_publishes(&self) -> u64 {
-        self.0.pending.load(Relaxed)
-    }
-
-    fn count(&self, counter: &AtomicU64) {
-        self.add(counter, 1);
-    }
-
-    fn add(&self, counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        Some(self.stats.stats().metrics(self.is_ready()))
     }
 }
 

@@ -9,7 +9,7 @@
 //! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
 
 use crate::{
-    BrokerStats, Publish, RedisConfig, RoomChanges,
+    Publish, RedisConfig,
     cluster::{Servers, SlotMap},
     codec, connect, pubsub, stream,
 };
@@ -19,20 +19,20 @@ use redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
 use switchboard_broker::{
-    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, StreamError,
+    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, RECEIVER_IDLE,
+    StreamError,
+    link::{Aborting, AwaitsPosition, Counter, Counters, RoomChanges, Undelivered, deliver},
+    lock,
 };
-use tokio::{
-    sync::{
-        Notify,
-        mpsc::{self, Receiver, Sender},
-    },
-    task::JoinHandle,
+use tokio::sync::{
+    Notify,
+    mpsc::{self, Receiver, Sender},
 };
 
 /// Publishes that wait are sent together, up to this many in one pipeline.
@@ -47,15 +47,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// must fail rather than hang, and the publishes waiting meanwhile (to count as lost)
 /// are taken only between attempts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a receiver remembers a publisher's counter on a channel without hearing
-/// from it: longer than publishers keep theirs (`crate::PUBLISHER_IDLE`), so that a
-/// forgotten counter shows up as a reset rather than hides a gap.
-const RECEIVER_IDLE: Duration = Duration::from_secs(600);
-
-/// How long gaps are summed before they are logged: the gaps of one outage show up
-/// as publishers resume, within moments of each other, and make one line.
-const MISSED_LOG_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often a link that follows failovers (Sentinel) asks its node whether it is
 /// still the master: a Sentinel's failover closes the old master's clients, but a
@@ -153,17 +144,8 @@ pub(crate) struct Task {
     pub(crate) config: RedisConfig,
     pub(crate) inbox: Inbox,
     pub(crate) changes: Arc<RoomChanges>,
-    pub(crate) stats: BrokerStats,
+    pub(crate) stats: Counters,
     pub(crate) ready: Arc<AtomicBool>,
-}
-
-/// A task aborted when its handle is dropped: a link's reader goes with its link.
-struct Aborting<T>(JoinHandle<T>);
-
-impl<T> Drop for Aborting<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Why serving stopped.
@@ -200,9 +182,9 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
             },
         };
         if let Some(down) = outage.take() {
-            let lost = task.stats.lost();
+            let lost = task.stats.get(Counter::Lost);
             tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
-            task.stats.count(&task.stats.0.reconnects);
+            task.stats.count(Counter::Reconnects);
             task.reads.reconnect();
         }
         backoff.reset();
@@ -213,7 +195,6 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
             acks: Arc::default(),
             acked: Arc::default(),
             stats: task.stats.clone(),
-            missed_window: Arc::default(),
         };
         let ended = serve(&task, link, &reader, &mut rooms, &mut publishes).await;
         // Until the new link has subscribed to everything again, this hub would miss
@@ -353,7 +334,7 @@ impl Session<'_> {
                         return Ended::Failed(format!("{error} ({lost} envelopes lost)"));
                     }
                 }
-                () = self.task.changes.changed.notified() => {
+                () = self.task.changes.changed() => {
                     if let Err(error) = self.apply_room_changes().await {
                         return Ended::Failed(error.to_string());
                     }
@@ -482,7 +463,7 @@ impl Session<'_> {
                 Err(_) => break,
             }
         }
-        stats.0.pending.fetch_sub(batch.len() as u64, Relaxed);
+        stats.dequeued(batch.len() as u64);
         let mut per_node: Vec<Vec<Publish>> = (0..self.nodes.len()).map(|_| Vec::new()).collect();
         for publish in batch {
             per_node[self.node_of(publish.channel())].push(publish);
@@ -613,9 +594,9 @@ impl Session<'_> {
     fn published(&self, channel: &str, reply: RedisResult<Value>) {
         let stats = &self.task.stats;
         match reply {
-            Ok(_) => stats.count(&stats.0.published),
+            Ok(_) => stats.count(Counter::Published),
             Err(error) => {
-                stats.count(&stats.0.lost);
+                stats.count(Counter::Lost);
                 tracing::warn!(%channel, %error, "Redis refused a publish");
             }
         }
@@ -627,11 +608,11 @@ impl Session<'_> {
         match reply {
             Ok(value) => {
                 // The script ran, so the message went out, even if its reply is odd.
-                stats.count(&stats.0.published);
+                stats.count(Counter::Published);
                 publish.answer(stream::position_of(value));
             }
             Err(error) => {
-                stats.count(&stats.0.lost);
+                stats.count(Counter::Lost);
                 tracing::warn!(channel = %publish.channel(), %error, "Redis refused a stream's publish");
                 publish.answer(Err(StreamError::Unavailable(error.to_string())));
             }
@@ -646,9 +627,9 @@ impl Session<'_> {
         let count = batch.len() as u64;
         for publish in batch {
             match publish {
-                Publish::Envelope { .. } => stats.count(&stats.0.lost),
+                Publish::Envelope { .. } => stats.count(Counter::Lost),
                 Publish::Stream(publish) => {
-                    stats.count(&stats.0.unconfirmed);
+                    stats.count(Counter::Unconfirmed);
                     publish.answer(Err(StreamError::Unconfirmed(format!(
                         "the link to Redis failed before Redis answered: {error}"
                     ))));
@@ -673,7 +654,7 @@ impl Session<'_> {
             Err(error) => {
                 // Not sent: not published.
                 let stats = &self.task.stats;
-                stats.add(&stats.0.lost, count);
+                stats.add(Counter::Lost, count);
                 for publish in retry {
                     publish.answer(Err(StreamError::Unavailable(format!(
                         "the publish script could not be loaded: {error}"
@@ -773,7 +754,7 @@ struct Acks {
 
 impl Acks {
     fn leaving(&self, channels: &[String]) {
-        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut leaving = lock(&self.leaving);
         for channel in channels {
             *leaving.entry(channel.clone()).or_default() += 1;
         }
@@ -781,7 +762,7 @@ impl Acks {
 
     /// Whether the unsubscription of `channel` was asked for (and is now confirmed).
     fn left(&self, channel: &str) -> bool {
-        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut leaving = lock(&self.leaving);
         let Some(count) = leaving.get_mut(channel) else {
             return false;
         };
@@ -805,9 +786,7 @@ struct Reader {
     acks: Arc<Acks>,
     /// Notified at each confirmation, shared by the readers of a link.
     acked: Arc<Notify>,
-    stats: BrokerStats,
-    /// Envelopes missed since the current log window opened (0: none open).
-    missed_window: Arc<AtomicU64>,
+    stats: Counters,
 }
 
 impl Reader {
@@ -821,7 +800,6 @@ impl Reader {
             acks: Arc::default(),
             acked: self.acked.clone(),
             stats: self.stats.clone(),
-            missed_window: self.missed_window.clone(),
         }
     }
 
@@ -840,7 +818,7 @@ impl Reader {
                     let waiting = envelope
                         .position
                         .is_none()
-                        .then(|| Undelivered(&self.stats));
+                        .then(|| Undelivered::new(&self.stats));
                     let sent = self.deliveries.send(envelope).await;
                     std::mem::forget(waiting);
                     if sent.is_err() {
@@ -878,7 +856,7 @@ impl Reader {
         let (envelope, stamp) = match codec::decode(Bytes::from(payload)) {
             Ok(decoded) => decoded,
             Err(error) => {
-                self.stats.count(&self.stats.0.malformed);
+                self.stats.count(Counter::Malformed);
                 tracing::warn!(%error, "dropped a message that is not an envelope");
                 return None;
             }
@@ -893,55 +871,13 @@ impl Reader {
             .detector()
             .observe(channel, envelope.origin, stamp, Instant::now());
         if missed > 0 {
-            self.count_missed(missed);
+            self.stats.miss(missed);
         }
         Some(envelope)
     }
 
-    /// Counts `missed` and logs them with the others of the same outage: the first gap
-    /// opens a window, and one line at its end gives the sum.
-    fn count_missed(&self, missed: u64) {
-        self.stats.add(&self.stats.0.missed, missed);
-        if self.missed_window.fetch_add(missed, Relaxed) > 0 {
-            return;
-        }
-        let window = self.missed_window.clone();
-        let total = self.stats.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(MISSED_LOG_WINDOW).await;
-            let missed = window.swap(0, Relaxed);
-            let missed_total = total.missed();
-            tracing::warn!(
-                missed,
-                missed_total,
-                "envelopes from other hubs never arrived (link outage or slow reader)"
-            );
-        });
-    }
-
     fn detector(&self) -> MutexGuard<'_, GapDetector> {
         lock(&self.detector)
-    }
-}
-
-/// An envelope on its way to the delivery queue: dropped with it (the link task drops
-/// the reader when the link fails), it counts as missed.
-struct Undelivered<'a>(&'a BrokerStats);
-
-impl Drop for Undelivered<'_> {
-    fn drop(&mut self) {
-        self.0.count(&self.0.0.missed);
-    }
-}
-
-/// Hands arrived envelopes to the hub, off the task that talks to Redis, until the
-/// hub is gone.
-async fn deliver(mut arrived: Receiver<Envelope>, inbox: Inbox, stats: BrokerStats) {
-    while let Some(envelope) = arrived.recv().await {
-        stats.count(&stats.0.received);
-        if !inbox.deliver(&envelope) {
-            return;
-        }
     }
 }
 
@@ -979,7 +915,7 @@ async fn reconnect(
 async fn lose_publishes_for(
     wait: Duration,
     publishes: &mut Receiver<Publish>,
-    stats: &BrokerStats,
+    stats: &Counters,
 ) -> Option<()> {
     let sleep = tokio::time::sleep(wait);
     tokio::pin!(sleep);
@@ -989,18 +925,13 @@ async fn lose_publishes_for(
             () = &mut sleep => return Some(()),
             publish = publishes.recv() => {
                 let publish = publish?;
-                stats.0.pending.fetch_sub(1, Relaxed);
-                stats.count(&stats.0.lost);
+                stats.dequeued(1);
+                stats.count(Counter::Lost);
                 tracing::trace!(channel = %publish.channel(), "envelope lost: no link to Redis");
                 publish.lose("no link to Redis");
             }
         }
     }
-}
-
-/// The lock, even if a panic poisoned it: the detector's maps stay consistent.
-fn lock(detector: &Mutex<GapDetector>) -> MutexGuard<'_, GapDetector> {
-    detector.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Records that the hub wants (or no longer wants) `room`; whether that changed anything.

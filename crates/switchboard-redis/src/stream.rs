@@ -6,7 +6,7 @@
 //! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
 //! Cluster keeps them on one shard, the one the scripts run on.
 
-use crate::{BrokerStats, RedisConfig, cluster::Servers, codec, connect};
+use crate::{RedisConfig, cluster::Servers, codec, connect};
 use redis::{Cmd, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::HashMap,
@@ -14,6 +14,7 @@ use std::{
 };
 use switchboard_broker::{
     Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead, Target,
+    link::{AwaitsPosition, Counter, Counters},
 };
 use tokio::sync::{Mutex, oneshot};
 
@@ -109,10 +110,6 @@ impl StreamPublish {
         Ok((publish, answer))
     }
 
-    pub(crate) fn channel(&self) -> &str {
-        &self.channel
-    }
-
     /// The script's invocation; made again for a retry after `NOSCRIPT`.
     pub(crate) fn invocation(&self, sha: &str) -> Cmd {
         let (stream_ttl, meta_ttl) = ttls(self.history);
@@ -133,9 +130,15 @@ impl StreamPublish {
             .arg(self.verb);
         cmd
     }
+}
 
-    /// Hands the answer to whoever awaits it (nobody, if the future was dropped).
-    pub(crate) fn answer(self, answer: Result<Position, StreamError>) {
+impl AwaitsPosition for StreamPublish {
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn answer(self, answer: Result<Position, StreamError>) {
+        // Nobody awaits it if the future was dropped.
         let _ = self.reply.send(answer);
     }
 }
@@ -263,7 +266,7 @@ pub(crate) struct Reads {
     servers: Servers,
     config: RedisConfig,
     /// Counts the entries skipped as malformed.
-    stats: BrokerStats,
+    stats: Counters,
     /// Per node (by address, `""` for a single Redis): the connection open (if any),
     /// and when opening one last failed. Bounded by the nodes the cluster had.
     nodes: std::sync::Mutex<HashMap<String, Slot>>,
@@ -288,7 +291,7 @@ struct Open {
 }
 
 impl Reads {
-    pub(crate) fn new(servers: Servers, config: RedisConfig, stats: BrokerStats) -> Self {
+    pub(crate) fn new(servers: Servers, config: RedisConfig, stats: Counters) -> Self {
         Self {
             servers,
             config,
@@ -347,7 +350,7 @@ impl Reads {
         read.map_err(|error| StreamError::Unavailable(error.to_string()))
             .and_then(read_of)
             .map(|(read, skipped)| {
-                self.stats.add(&self.stats.0.malformed, skipped);
+                self.stats.add(Counter::Malformed, skipped);
                 read
             })
     }

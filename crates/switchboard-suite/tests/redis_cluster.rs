@@ -38,7 +38,7 @@ async fn hub_on(cluster: &RedisCluster) -> (Node, BrokerStats) {
 
 /// A room's channel on a Redis Cluster (the default prefix).
 fn channel(room: &str) -> String {
-    format!("{{switchboard:room:{room}}}")
+    RedisConfig::default().cluster([""; 0]).channel_room(room)
 }
 
 /// Room names `<stem><n>`, each served by another master, one per master.

@@ -33,14 +33,14 @@ async fn hubs_follow_the_failover_of_a_killed_master() {
     let traffic = Traffic::new(&a, &b, "r", HISTORY).await;
     let old = sentinels.master().await;
     let mut master = sentinels.connection(old).await.unwrap();
-    until_subscribers(&mut master, "switchboard:room:r", 1).await;
-    until_subscribers(&mut master, &format!("switchboard:room:{HISTORY}"), 1).await;
+    until_subscribers(&mut master, &config(&sentinels).channel_room("r"), 1).await;
+    until_subscribers(&mut master, &config(&sentinels).channel_room(HISTORY), 1).await;
 
     let failover = async {
         sentinels.kill(old);
         let new = within("the failover", sentinels.until_failed_over(old)).await;
         let mut master = sentinels.connection(new).await.unwrap();
-        until_subscribers(&mut master, "switchboard:room:r", 1).await;
+        until_subscribers(&mut master, &config(&sentinels).channel_room("r"), 1).await;
     };
     traffic.through(failover, &a_stats, &b_stats).await;
 }
@@ -62,7 +62,7 @@ async fn a_demoted_master_does_not_keep_the_hubs() {
     .await;
     let live = member(&b, "r").await;
     let old = sentinels.master().await;
-    let room = "switchboard:room:r";
+    let room = &config(&sentinels).channel_room("r");
     until_subscribers(&mut sentinels.connection(old).await.unwrap(), room, 1).await;
 
     sentinels.failover().await;
@@ -143,7 +143,7 @@ async fn hubs_find_the_master_through_sentinels_over_tls() {
     .await;
     let live = member(&b, "r").await;
     let old = sentinels.master().await;
-    let room = "switchboard:room:r";
+    let room = &config().channel_room("r");
     until_subscribers(&mut sentinels.connection(old).await.unwrap(), room, 1).await;
     a.hub.to("r").send_text("before");
     until("delivery over TLS", || count(&live) == 1).await;

@@ -54,7 +54,7 @@ async fn hubs_deliver_to_each_others_clients_over_tls() {
     let mut conn = within("a TLS connection", redis.connection())
         .await
         .expect("the test trusts the server's CA");
-    until_subscribers(&mut conn, "switchboard:room:r", 2).await;
+    until_subscribers(&mut conn, &config(&redis).channel_room("r"), 2).await;
 
     a.hub.to("r").send_text("from a");
     b.hub.to("r").send_text("from b");

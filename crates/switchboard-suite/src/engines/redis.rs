@@ -87,7 +87,7 @@ impl crate::Engine for Engine {
 
     /// Counts the subscribers of the room's channel, `<prefix>:room:<room>`.
     async fn subscribed(&self, room: &str, hubs: usize) {
-        let channel = format!("{}:room:{room}", self.config.prefix);
+        let channel = self.config.channel_room(room);
         self.server.until_subscribers(&channel, hubs).await;
     }
 

@@ -74,7 +74,7 @@ impl crate::Engine for Engine {
     /// Counts the subscribers of the room's sharded channel, `{<prefix>:room:<room>}`
     /// (its stream's hash tag), on its master.
     async fn subscribed(&self, room: &str, hubs: usize) {
-        let channel = format!("{{{}:room:{room}}}", self.config.prefix);
+        let channel = self.config.channel_room(room);
         self.cluster.until_subscribers(&channel, hubs).await;
     }
 
