@@ -235,6 +235,25 @@ impl RedisCluster {
         .await;
     }
 
+    /// Freezes the node on `port` (SIGSTOP): its sockets stay open and nothing
+    /// answers, as a hung or swapping server's, until [`RedisCluster::resume`].
+    pub fn pause(&self, port: u16) {
+        assert!(self.node(port).signal("STOP"), "SIGSTOP the node on {port}");
+    }
+
+    /// Lets the node on `port` that [`RedisCluster::pause`] stopped run again
+    /// (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        assert!(self.node(port).signal("CONT"), "SIGCONT the node on {port}");
+    }
+
+    /// The process of the live node on `port`.
+    fn node(&self, port: u16) -> &Process {
+        let node = self.nodes.iter().find(|node| node.port == port);
+        let process = node.and_then(|node| node.process.as_ref());
+        process.unwrap_or_else(|| panic!("no live cluster node on port {port}"))
+    }
+
     /// Kills the node on `port` with SIGKILL, as a crash would.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
