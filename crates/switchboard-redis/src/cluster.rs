@@ -409,6 +409,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cluster_url_with_a_database_is_refused() {
+        let config = RedisConfig::default().cluster(["redis://127.0.0.1:7000/1"]);
+        assert!(matches!(
+            Servers::new(&config),
+            Err(ConnectError::Unsupported(_))
+        ));
+        let config = RedisConfig::default().cluster(["redis://127.0.0.1:7000/0"]);
+        assert!(Servers::new(&config).is_ok());
+    }
+
+    #[test]
     fn slots_are_redis_s() {
         // Values from `CLUSTER KEYSLOT` on Redis 7.0.
         assert_eq!(slot("foo"), 12182);
@@ -467,6 +478,17 @@ mod tests {
         );
         assert_eq!(map.master_of("bar"), 0);
         assert_eq!(map.master_of("{x}"), map.master_of("x"));
+        let nodes =
+            [("a", 7000), ("r", 1), ("seed", 7001)].map(|(host, port)| (host.to_owned(), port));
+        assert_eq!(map.nodes, nodes);
+        // Redis 7's `cluster-preferred-endpoint-type unknown-endpoint`: a nil host.
+        let nil = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![Value::Nil, Value::Int(7002)]),
+        ])]);
+        let map = SlotMap::parse(nil, "seed").unwrap();
+        assert_eq!(map.masters(), [("seed".to_owned(), 7002)]);
         let holes = Value::Array(vec![range(0, 5460, node("a", 7000))]);
         assert!(SlotMap::parse(holes, "seed").is_err());
         for bad in [

@@ -757,13 +757,14 @@ impl<'a> Session<'a> {
         let wait = shard.backoff.next_wait();
         shard.retry_at = Deadline::now() + wait;
         shard.down_since.get_or_insert_with(Instant::now);
+        // This warning is the outage's: the failures to reconnect are logged at `debug`.
+        shard.warned = true;
         let queued = shard.queue.len() as u64;
         for publish in shard.queue.drain(..) {
             publish.lose("the link to its Redis master failed");
         }
         stats.add(&stats.0.lost, queued);
-        // Once per outage: the retries that follow are logged at `debug`.
-        tracing::warn!(%master, %failure, lost = queued, "lost the link to a Redis master; reconnecting");
+        tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
         if self.map.is_some() {
             self.want_map();
         }
