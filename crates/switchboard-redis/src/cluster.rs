@@ -2,15 +2,19 @@
 //!
 //! A name's slot is the CRC16 (XMODEM) of its hash tag (what is between its first `{`
 //! and the first `}` after it, when that is not empty) or of the whole name, modulo
-//! 16,384; each slot belongs to one master. The map is asked of any node that answers
-//! (`CLUSTER SLOTS`), again after every failure or move: the link then reconnects to
-//! the masters it names.
+//! 16,384; each slot belongs to one master. The map is asked of every node known
+//! (`CLUSTER SLOTS`: the seeds and the nodes of the last map, at once) whenever a
+//! shard fails or a slot moves: the link then follows the masters it names.
 
 use crate::{
     ConnectError, Deployment, RedisConfig,
     connect::{self, Connector},
 };
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisResult, Value};
+use futures_util::future::join_all;
+use redis::{
+    Cmd, ConnectionAddr, IntoConnectionInfo, RedisError, RedisResult, Value,
+    aio::MultiplexedConnection,
+};
 use std::{
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -19,8 +23,15 @@ use std::{
 /// Slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
 
-/// How long one node may take to answer for the map before the next is asked.
+/// How long one node may take to answer for the map: the nodes are asked at once, and
+/// a silent one (frozen, blackholed) must not hold the answer of the others long.
 const MAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The first pause before a command Redis answered `TRYAGAIN` (a multi-key command
+/// on a slot mid-move) or `CLUSTERDOWN` (a failover under way) is sent again; doubled
+/// at each attempt. Short: a slot's move or a failover ends within moments, and a
+/// publish waits no longer than a few such pauses before it counts as lost.
+const TRANSIENT_PAUSE: Duration = Duration::from_millis(50);
 
 /// The slot of a channel or key, as Redis computes it.
 pub(crate) fn slot(name: &str) -> u16 {
@@ -61,21 +72,55 @@ pub(crate) struct SlotMap {
     masters: Vec<(String, u16)>,
     /// Per slot, the index of its master in `masters` (`None`: no master serves it).
     owners: Vec<Option<usize>>,
+    /// Every node the map names, masters and replicas: asked for the next map.
+    nodes: Vec<(String, u16)>,
 }
 
 impl SlotMap {
-    /// Asks the seeds in turn (then gives up) for the cluster's map.
-    async fn fetch(connector: &Connector, seeds: &[(String, u16)]) -> RedisResult<Self> {
-        let mut last = None;
-        for (host, port) in seeds {
+    /// Asks every node in `nodes` at once (each within [`MAP_TIMEOUT`]) for the
+    /// cluster's map, and takes the one most of them give.
+    ///
+    /// One node's answer is not trusted alone: a node cut off from the others, or one
+    /// that has not heard of a failover or a slot's move yet, gives a stale map, and
+    /// a hub that followed it would subscribe where no publisher sends. Asking all at
+    /// once also keeps a dead seed from costing its timeout before the next is asked.
+    /// Among maps given by as many nodes, one that a master of it gave wins (a master
+    /// knows its own slots first); then the first asked.
+    async fn fetch(connector: &Connector, nodes: &[(String, u16)]) -> RedisResult<Self> {
+        let answers = join_all(nodes.iter().map(|(host, port)| async move {
             let node = connector.node(host, *port);
-            match tokio::time::timeout(MAP_TIMEOUT, Self::fetch_from(&node, host)).await {
-                Ok(Ok(map)) => return Ok(map),
-                Ok(Err(error)) => last = Some(error),
-                Err(_) => last = Some(unreachable("a cluster node did not answer in time")),
+            let answer = tokio::time::timeout(MAP_TIMEOUT, Self::fetch_from(&node, host)).await;
+            answer.unwrap_or_else(|_| Err(connect::failed("a cluster node did not answer in time")))
+        }))
+        .await;
+        let mut maps: Vec<(Self, usize, bool)> = Vec::new();
+        let mut last_error = None;
+        for (asked, answer) in nodes.iter().zip(answers) {
+            let map = match answer {
+                Ok(map) => map,
+                Err(error) => {
+                    last_error = Some(error);
+                    continue;
+                }
+            };
+            let by_master = map.masters.contains(asked);
+            match maps.iter_mut().find(|(known, _, _)| *known == map) {
+                Some((_, votes, masters)) => {
+                    *votes += 1;
+                    *masters |= by_master;
+                }
+                None => maps.push((map, 1, by_master)),
             }
         }
-        Err(last.unwrap_or_else(|| unreachable("no cluster node is configured")))
+        // `max_by_key` keeps the last of equals: reversed, the first asked.
+        let best = maps
+            .into_iter()
+            .rev()
+            .max_by_key(|(_, votes, by_master)| (*votes, *by_master));
+        match best {
+            Some((map, _, _)) => Ok(map),
+            None => Err(last_error.unwrap_or_else(|| connect::failed("no cluster node is known"))),
+        }
     }
 
     async fn fetch_from(node: &connect::Node, host: &str) -> RedisResult<Self> {
@@ -88,7 +133,9 @@ impl SlotMap {
     }
 
     /// The map in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`;
-    /// an empty host (Redis does not know how it is reached) is the one asked.
+    /// a host Redis does not know how to give (empty, `?`, or nil with
+    /// `cluster-preferred-endpoint-type unknown-endpoint`: reached where it was asked)
+    /// is the one asked.
     fn parse(reply: Value, asked: &str) -> RedisResult<Self> {
         let Value::Array(ranges) = reply else {
             return Err(malformed("CLUSTER SLOTS is not an array"));
@@ -96,33 +143,23 @@ impl SlotMap {
         let mut map = Self {
             masters: Vec::new(),
             owners: vec![None; usize::from(SLOTS)],
+            nodes: Vec::new(),
         };
         for range in ranges {
             let Value::Array(range) = range else {
                 return Err(malformed("a slot range is not an array"));
             };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(master)) =
                 (range.first(), range.get(1), range.get(2))
             else {
                 return Err(malformed("a slot range is not [start, end, master, …]"));
             };
-            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
-                (master.first(), master.get(1))
-            else {
-                return Err(malformed("a master is not [host, port, …]"));
-            };
-            let host = match std::str::from_utf8(host) {
-                Ok("") | Ok("?") => asked.to_owned(),
-                Ok(host) => host.to_owned(),
-                Err(_) => return Err(malformed("a host that is not UTF-8")),
-            };
-            let port = u16::try_from(*port).map_err(|_| malformed("a port out of range"))?;
+            let master = endpoint(master, asked)?;
             let slots = usize::try_from(*start)
                 .ok()
                 .zip(usize::try_from(*end).ok())
                 .filter(|&(start, end)| start <= end && end < usize::from(SLOTS))
                 .ok_or_else(|| malformed("a slot range out of range"))?;
-            let master = (host, port);
             let index = match map.masters.iter().position(|known| *known == master) {
                 Some(index) => index,
                 None => {
@@ -131,6 +168,15 @@ impl SlotMap {
                 }
             };
             map.owners[slots.0..=slots.1].fill(Some(index));
+            for node in range.get(2..).unwrap_or_default() {
+                // A replica is only asked for the next map: one it cannot name is
+                // not worth refusing the map for.
+                if let Ok(node) = endpoint(node, asked) {
+                    if !map.nodes.contains(&node) {
+                        map.nodes.push(node);
+                    }
+                }
+            }
         }
         if map.owners.iter().any(Option::is_none) {
             return Err(malformed(
@@ -150,6 +196,95 @@ impl SlotMap {
         // Every slot has a master: `parse` refuses a map with holes.
         self.owners[usize::from(slot(name))].unwrap_or(0)
     }
+
+    /// The master that serves `name`, as `(host, port)`.
+    pub(crate) fn owner_of(&self, name: &str) -> &(String, u16) {
+        &self.masters[self.master_of(name)]
+    }
+}
+
+/// A node of a `CLUSTER SLOTS` range, `[host, port, …]`, the host `asked` when Redis
+/// does not give one.
+fn endpoint(node: &Value, asked: &str) -> RedisResult<(String, u16)> {
+    let Value::Array(node) = node else {
+        return Err(malformed("a node is not [host, port, …]"));
+    };
+    let (Some(host), Some(Value::Int(port))) = (node.first(), node.get(1)) else {
+        return Err(malformed("a node is not [host, port, …]"));
+    };
+    let host = match host {
+        Value::Nil => asked.to_owned(),
+        Value::BulkString(host) => match std::str::from_utf8(host) {
+            Ok("" | "?") => asked.to_owned(),
+            Ok(host) => host.to_owned(),
+            Err(_) => return Err(malformed("a host that is not UTF-8")),
+        },
+        _ => return Err(malformed("a host that is not a string")),
+    };
+    let port = u16::try_from(*port).map_err(|_| malformed("a port out of range"))?;
+    Ok((host, port))
+}
+
+/// Where a Redis Cluster sent a command: `MOVED <slot> <host>:<port>` (the slot is
+/// served there now) or `ASK …` (the slot is moving there: the command goes there
+/// once, after `ASKING`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Redirect {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// `ASK` rather than `MOVED`.
+    pub(crate) asking: bool,
+}
+
+impl Redirect {
+    /// The redirection in `error`, if it is one.
+    pub(crate) fn of(error: &RedisError) -> Option<Self> {
+        let (address, _slot) = error.redirect_node()?;
+        // The host an IPv6 address perhaps (colons, no brackets).
+        let (host, port) = address.rsplit_once(':')?;
+        Some(Self {
+            host: host.to_owned(),
+            port: port.parse().ok()?,
+            asking: error.code() == Some("ASK"),
+        })
+    }
+
+    /// `host:port`.
+    pub(crate) fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub(crate) fn node(&self, connector: &Connector) -> connect::Node {
+        connector.node(&self.host, self.port)
+    }
+}
+
+/// Whether Redis answered with an error that passes by itself: `TRYAGAIN` (a
+/// multi-key command on a slot whose keys are mid-move), `CLUSTERDOWN` (the cluster
+/// lost a master and has not failed over yet).
+pub(crate) fn is_transient(error: &RedisError) -> bool {
+    matches!(error.code(), Some("TRYAGAIN" | "CLUSTERDOWN"))
+}
+
+/// The pause before attempt `attempt` (1 for the second) of a command that met
+/// [`is_transient`].
+pub(crate) fn transient_pause(attempt: u32) -> Duration {
+    TRANSIENT_PAUSE.saturating_mul(1 << attempt.saturating_sub(1).min(8))
+}
+
+/// Runs `cmd`, after `ASKING` when `asking` (Redis takes the command there only then).
+pub(crate) async fn query_asking(
+    conn: &mut MultiplexedConnection,
+    cmd: Cmd,
+    asking: bool,
+) -> RedisResult<Value> {
+    if !asking {
+        return cmd.query_async(conn).await;
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING").ignore().add_command(cmd);
+    let mut replies: Vec<Value> = pipe.query_async(conn).await?;
+    Ok(replies.pop().unwrap_or(Value::Nil))
 }
 
 /// Where a broker's connections go: to the node its [`Connector`] names (one Redis,
@@ -190,6 +325,11 @@ impl Servers {
         Ok(Self { connector, cluster })
     }
 
+    /// Whether the servers are a Redis Cluster's masters.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     pub(crate) fn connector(&self) -> &Connector {
         &self.connector
     }
@@ -200,7 +340,16 @@ impl Servers {
         let Some(Cluster { seeds, map }) = &self.cluster else {
             return Ok(None);
         };
-        let fetched = Arc::new(SlotMap::fetch(&self.connector, seeds).await?);
+        let mut known = seeds.to_vec();
+        if let Some(last) = map.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            let learned = last.masters.iter().chain(&last.nodes);
+            for node in learned {
+                if !known.contains(node) {
+                    known.push(node.clone());
+                }
+            }
+        }
+        let fetched = Arc::new(SlotMap::fetch(&self.connector, &known).await?);
         *map.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetched.clone());
         Ok(Some(fetched))
     }
@@ -213,8 +362,8 @@ impl Servers {
             return Ok((String::new(), None));
         };
         let map = map.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let map = map.ok_or_else(|| unreachable("the cluster's map is not known yet"))?;
-        let (host, port) = &map.masters()[map.master_of(key)];
+        let map = map.ok_or_else(|| connect::failed("the cluster's map is not known yet"))?;
+        let (host, port) = map.owner_of(key);
         let node = self.connector.node(host, *port);
         Ok((format!("{host}:{port}"), Some(node)))
     }
@@ -230,6 +379,11 @@ fn seeds(nodes: &[String]) -> Result<Vec<(String, u16)>, ConnectError> {
                 .as_str()
                 .into_connection_info()
                 .map_err(|error| ConnectError::InvalidUrl(Box::new(error)))?;
+            // A cluster has database 0 only (`SELECT` is refused there).
+            if info.redis_settings().db() != 0 {
+                let why = format!("a database other than 0 in a cluster node's URL ({url})");
+                return Err(ConnectError::Unsupported(why));
+            }
             match info.addr() {
                 ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
                     Ok((host.clone(), *port))
@@ -250,13 +404,20 @@ fn malformed(what: &'static str) -> redis::RedisError {
     ))
 }
 
-fn unreachable(why: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, why))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_with_a_database_is_refused() {
+        let config = RedisConfig::default().cluster(["redis://127.0.0.1:7000/1"]);
+        assert!(matches!(
+            Servers::new(&config),
+            Err(ConnectError::Unsupported(_))
+        ));
+        let config = RedisConfig::default().cluster(["redis://127.0.0.1:7000/0"]);
+        assert!(Servers::new(&config).is_ok());
+    }
 
     #[test]
     fn slots_are_redis_s() {
@@ -317,6 +478,17 @@ mod tests {
         );
         assert_eq!(map.master_of("bar"), 0);
         assert_eq!(map.master_of("{x}"), map.master_of("x"));
+        let nodes =
+            [("a", 7000), ("r", 1), ("seed", 7001)].map(|(host, port)| (host.to_owned(), port));
+        assert_eq!(map.nodes, nodes);
+        // Redis 7's `cluster-preferred-endpoint-type unknown-endpoint`: a nil host.
+        let nil = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![Value::Nil, Value::Int(7002)]),
+        ])]);
+        let map = SlotMap::parse(nil, "seed").unwrap();
+        assert_eq!(map.masters(), [("seed".to_owned(), 7002)]);
         let holes = Value::Array(vec![range(0, 5460, node("a", 7000))]);
         assert!(SlotMap::parse(holes, "seed").is_err());
         for bad in [

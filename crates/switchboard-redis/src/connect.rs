@@ -381,7 +381,8 @@ fn invalid_roots(error: impl ToString) -> ConnectError {
     ConnectError::InvalidCertificates(error.to_string())
 }
 
-fn failed(why: &'static str) -> RedisError {
+/// An error of the link's own (no answer in time, no node to ask), as redis-rs's.
+pub(crate) fn failed(why: &'static str) -> RedisError {
     RedisError::from((redis::ErrorKind::Io, why))
 }
 

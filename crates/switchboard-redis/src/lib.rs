@@ -221,7 +221,14 @@
 //! Redis has confirmed every subscription the hub has, at start (Redis may be down
 //! then: the hub serves its own members meanwhile) and from the moment the link fails
 //! until the new link has subscribed again: while it is down, a hub would accept
-//! clients and deliver them nothing that other hubs publish.
+//! clients and deliver them nothing that other hubs publish. On a Redis Cluster, the
+//! same holds for each master: the hub is not ready while any one is down or has
+//! subscriptions unconfirmed, even though the others deliver.
+//!
+//! A subscriber connection is sent a `PING` every second, and one that reads nothing
+//! for 3 s (unless it waits for the hub) is taken as lost, as is a pipeline of
+//! publishes unanswered for 2 s: a frozen or cut-off Redis ends the link within
+//! seconds, its losses counted, rather than hold it silent.
 //!
 //! # Redis Cluster
 //!
@@ -238,19 +245,30 @@
 //!   on their own slots' shards. A prefix with `{` or `}` is refused on a cluster.
 //! - The nodes are reached as the first node URL says: its scheme (`rediss://`: TLS,
 //!   with [`RedisConfig::root_certificates`]) and credentials.
-//! - A hub keeps a subscriber connection and a publisher connection per master, from
-//!   the map of the slots that any node answering `CLUSTER SLOTS` gives. Publishes
-//!   are sent in one pipeline per master at once, in the hub's order on each master
-//!   (so on each channel); subscriptions go, grouped per slot, to the channel's
-//!   master. Stream reads go to the stream's master, on a connection per master.
-//! - A master that fails (its replica takes over), a slot that moves (Redis
-//!   unsubscribes its channels with a `sunsubscribe` of its own, or answers a
-//!   publish with `MOVED`) end the link: the hub fetches the map again and reconnects
-//!   to every master, subscribing again to everything, and is not ready until every
-//!   master confirmed. A publish answered with `MOVED` or `ASK` is published again
-//!   where Redis says. What is lost meanwhile is counted as on a single Redis
-//!   ([`BrokerStats::lost`], [`BrokerStats::missed`]), and stream rooms are filled
-//!   from their streams.
+//! - A hub keeps a subscriber connection and a publisher connection per master (a
+//!   shard), from the map of the slots that most of the known nodes give
+//!   (`CLUSTER SLOTS`, asked of the seeds and the last map's nodes at once). Publishes
+//!   are sent in one pipeline per master, each master's on its own, in the hub's order
+//!   on each master (so on each channel); subscriptions go, grouped per slot, to the
+//!   channel's master. Stream reads go to the stream's master, on a connection per
+//!   master, following `MOVED` and `ASK`. A node URL with a database other than 0 is
+//!   refused ([`ConnectError::Unsupported`]).
+//! - A shard fails alone: a master that dies, freezes or is cut off (its connection
+//!   breaks, a pipeline goes unanswered for 2 s, its subscriber answers no `PING` for
+//!   3 s) fails its own connections, and the other shards keep delivering. Its
+//!   publishes on their way count as lost (streams': unconfirmed), those for its slots
+//!   while it is down are lost at once; the map is asked for again with backoff until
+//!   its slots have a live master, whose channels are then subscribed. The hub is not
+//!   ready while any master is down or any subscription unconfirmed.
+//! - A slot that moves (Redis unsubscribes its channels with a `sunsubscribe` of its
+//!   own, or answers a publish with `MOVED`) makes the hub ask for the map and
+//!   subscribe those channels alone on their new master. A publish answered with
+//!   `MOVED` or `ASK` is published again where Redis says; `TRYAGAIN` and
+//!   `CLUSTERDOWN` are retried a few times within 350 ms, then counted as lost. A
+//!   stream publish `ASK`ed to a slot's next master is sent again on the old one,
+//!   where the room's subscribers stay until the move ends. What is lost is counted
+//!   as on a single Redis ([`BrokerStats::lost`], [`BrokerStats::missed`]), and stream
+//!   rooms are filled from their streams.
 //! - A failover loses what the master acknowledged and had not replicated yet (Redis
 //!   replicates asynchronously): a stream may lose its newest messages there, and its
 //!   next offsets then reuse theirs.
@@ -270,6 +288,8 @@ mod connect;
 mod error;
 mod link;
 mod pubsub;
+mod reader;
+mod shard;
 mod stream;
 
 pub use error::ConnectError;

@@ -1,82 +1,102 @@
 //! The task that owns the connections to Redis: it publishes what the hub sends and
-//! follows the hub's rooms with subscriptions, while a reader task per connection
-//! reads what arrives, counts the gaps in it, and hands it to a delivery task that
-//! feeds the hub's inbox. It reconnects, with jittered backoff, when Redis goes away.
+//! follows the hub's rooms with subscriptions, on one shard per master (the only node
+//! of a single Redis or a Sentinel's master, or each master of a Redis Cluster), while
+//! a reader task per subscriber connection reads what arrives, counts the gaps in it,
+//! and hands it to a delivery task that feeds the hub's inbox.
+//!
+//! Each shard fails and reconnects alone, with jittered backoff: when one master
+//! dies, freezes or is cut off, the others keep their connections and keep
+//! delivering. A shard fails when Redis closes or breaks a connection, when a pipeline
+//! of publishes or a subscription is not answered in time, when its subscriber is
+//! silent past [`KEEPALIVE_TIMEOUT`] (it is pinged every [`KEEPALIVE`]), and (Sentinel)
+//! when its node is no longer the master. Publishes for a shard that is down are
+//! counted lost at once. On a Redis Cluster, a failed shard or a moved slot makes the
+//! link ask for the map again (with backoff, until every slot has a live master), and
+//! only the channels whose slot changed master are subscribed again, on the new one.
 //!
 //! Memory stays bounded on both ways: publishes wait in a queue of
-//! `max_pending_publishes`, arrivals in one of `max_pending_deliveries`; when the
-//! latter is full the reader stops reading, and Redis holds (and past its
-//! `client-output-buffer-limit pubsub`, drops) what the hub cannot take.
+//! `max_pending_publishes` (and as many per shard once taken from it), arrivals in one
+//! of `max_pending_deliveries`; when the latter is full the readers stop reading, and
+//! Redis holds (and past its `client-output-buffer-limit pubsub`, drops) what the hub
+//! cannot take.
 
 use crate::{
-    Publish, RedisConfig,
+    Publish, RedisConfig, RoomChanges,
     cluster::{Servers, SlotMap},
-    codec, connect, pubsub, stream,
+    connect, pubsub,
+    reader::{Heard, Reader},
+    shard::{self, Master, Opened, Outcome, Publisher, Publishing},
+    stream,
 };
-use bytes::Bytes;
-use futures_util::future::{join_all, select_all, try_join_all};
-use redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
+use futures_util::{
+    StreamExt,
+    future::{BoxFuture, join_all},
+    stream::FuturesUnordered,
+};
+use redis::RedisResult;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
 use switchboard_broker::{
-    Backoff, DEFAULT_MAX_CHANNELS, Envelope, GapDetector, Inbox, NodeId, RECEIVER_IDLE,
-    StreamError,
-    link::{Aborting, AwaitsPosition, Counter, Counters, RoomChanges, Undelivered, deliver},
-    lock,
+    Backoff, DEFAULT_MAX_CHANNELS, GapDetector, Inbox, RECEIVER_IDLE,
+    link::{Aborting, Counter, Counters, deliver},
 };
-use tokio::sync::{
-    Notify,
-    mpsc::{self, Receiver, Sender},
+use tokio::{
+    sync::mpsc::{self, Receiver},
+    time::{Instant as Deadline, MissedTickBehavior},
 };
 
 /// Publishes that wait are sent together, up to this many in one pipeline.
-const MAX_BATCH: u64 = 256;
+const MAX_BATCH: usize = 256;
 
-/// The shortest wait before reconnecting; waits grow with jitter up to
-/// `RedisConfig::max_backoff`.
+/// The shortest wait before reconnecting a shard or asking for the map again; waits
+/// grow with jitter up to `RedisConfig::max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How long one attempt to open the link may take (the Sentinels' answer included):
-/// an unreachable host can hold a TCP connect for minutes, `RedisBroker::connect`
-/// must fail rather than hang, and the publishes waiting meanwhile (to count as lost)
-/// are taken only between attempts.
+/// How long one attempt to open a shard's connections may take (the Sentinels'
+/// answer included): an unreachable host can hold a TCP connect for minutes, and
+/// `RedisBroker::connect` must fail rather than hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often a link that follows failovers (Sentinel) asks its node whether it is
+/// How often each subscriber connection is sent a `PING`: a quiet connection to a
+/// frozen (SIGSTOPped, swapping) or blackholed master reads nothing and writes into
+/// the kernel's buffers without error, so silence is the only sign, and a PING makes
+/// a live Redis speak.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// How long a subscriber connection may read nothing (its reader not waiting for the
+/// hub) before its shard is taken as lost: three PINGs unanswered. Long enough for a
+/// busy Redis; short enough that a frozen master's rooms are known lost (readiness,
+/// counted publishes) within seconds rather than never.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a subscription (or a PING) may take to be written: a connection whose
+/// peer stopped reading fills the kernel's buffers, and the link task must not wait
+/// on it forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a shard that follows failovers (Sentinel) asks its node whether it is
 /// still the master: a Sentinel's failover closes the old master's clients, but a
 /// master demoted behind the Sentinels' back (`REPLICAOF` by an operator, a split)
 /// keeps them, and a hub on it would publish where no other hub listens. A second
 /// bounds that stretch.
 const ROLE_CHECK: Duration = Duration::from_secs(1);
 
-/// How long the node may take to say its role before the link takes it as lost:
-/// longer than a publish's answer may take (redis-rs's 500 ms), since a busy node is
-/// no reason to reconnect; as long as a connection may take to open.
+/// How long the node may take to say its role before its shard is taken as lost:
+/// longer than a publish's answer may take, since a busy node is no reason to
+/// reconnect; as long as a connection may take to open.
 const ROLE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 
-/// The connections to Redis: to the node the connector names, or to every master of a
-/// cluster, with the map of the cluster's slots they were opened from.
+/// What `RedisBroker::connect` opened: the cluster's map, and each master's
+/// connections (or why not).
 pub(crate) struct Link {
-    /// `None` off a cluster: every channel is on `nodes[0]`.
     map: Option<Arc<SlotMap>>,
-    nodes: Vec<NodeLink>,
-}
-
-/// A connection for publishing and one for subscriptions (Redis allows nothing but
-/// subscription commands on a subscribed connection), to one node.
-struct NodeLink {
-    node: connect::Node,
-    publisher: MultiplexedConnection,
-    /// The publish script's SHA1, loaded on this Redis.
-    publish_sha: String,
-    commands: pubsub::Commands,
-    replies: pubsub::Replies,
+    shards: Vec<(Master, RedisResult<Opened>)>,
 }
 
 impl std::fmt::Debug for Link {
@@ -87,59 +107,50 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// Opens the connections, within [`CONNECT_TIMEOUT`]: to the node that takes
-    /// publishes now, or to every master of the cluster's current map (fetched again
-    /// from any node that answers) on a Redis Cluster.
+    /// publishes now, or to every master of the cluster's current map; an error if
+    /// none could be opened (a master that could not is retried by the link task).
     pub(crate) async fn open(servers: &Servers) -> RedisResult<Self> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::open_now(servers))
+        let map = tokio::time::timeout(CONNECT_TIMEOUT, servers.fetch_map())
             .await
-            .unwrap_or_else(|_| {
-                let within = format!("within {CONNECT_TIMEOUT:?}");
-                let why = "Redis did not answer a connect";
-                Err(RedisError::from((redis::ErrorKind::Io, why, within)))
-            })
-    }
-
-    async fn open_now(servers: &Servers) -> RedisResult<Self> {
-        let map = servers.fetch_map().await?;
-        let primaries = match &map {
-            None => vec![servers.connector().primary().await?],
-            Some(map) => {
-                try_join_all(map.masters().iter().map(|(host, port)| async move {
-                    let node = servers.connector().node(host, *port);
-                    let publisher = node.publisher().await?;
-                    RedisResult::Ok(connect::Primary { node, publisher })
-                }))
-                .await?
-            }
-        };
-        let nodes = try_join_all(primaries.into_iter().map(NodeLink::open)).await?;
-        Ok(Self { map, nodes })
+            .unwrap_or_else(|_| Err(connect::failed("no cluster node answered in time")))?;
+        let masters = masters(map.as_deref());
+        let opened = join_all(
+            masters
+                .iter()
+                .map(|master| open(master.clone(), servers.clone())),
+        )
+        .await;
+        let shards: Vec<_> = masters.into_iter().zip(opened).collect();
+        match shards.iter().find_map(|(_, opened)| opened.as_ref().err()) {
+            Some(error) if shards.iter().all(|(_, opened)| opened.is_err()) => Err(error.clone()),
+            _ => Ok(Self { map, shards }),
+        }
     }
 }
 
-impl NodeLink {
-    async fn open(primary: connect::Primary) -> RedisResult<Self> {
-        let connect::Primary {
-            node,
-            mut publisher,
-        } = primary;
-        // Loaded on every new link: the Redis there may be another one, or restarted.
-        let publish_sha = stream::load(&mut publisher, stream::PUBLISH_SCRIPT).await?;
-        let (commands, replies) = node.subscriber().await?;
-        Ok(Self {
-            node,
-            publisher,
-            publish_sha,
-            commands,
-            replies,
-        })
+/// Opens `master`'s connections within [`CONNECT_TIMEOUT`].
+async fn open(master: Master, servers: Servers) -> RedisResult<Opened> {
+    tokio::time::timeout(CONNECT_TIMEOUT, master.open(servers))
+        .await
+        .unwrap_or_else(|_| Err(connect::failed("Redis did not answer a connect in time")))
+}
+
+/// The masters of `map`, or the connector's primary off a cluster.
+fn masters(map: Option<&SlotMap>) -> Vec<Master> {
+    match map {
+        None => vec![Master::Primary],
+        Some(map) => map
+            .masters()
+            .iter()
+            .map(|(host, port)| Master::At(host.clone(), *port))
+            .collect(),
     }
 }
 
 /// What the link task works with, for its whole life.
 pub(crate) struct Task {
     pub(crate) servers: Servers,
-    /// Moved to the link's nodes whenever the link reconnects.
+    /// Told to drop its connections whenever a shard reconnects.
     pub(crate) reads: Arc<stream::Reads>,
     pub(crate) config: RedisConfig,
     pub(crate) inbox: Inbox,
@@ -148,17 +159,9 @@ pub(crate) struct Task {
     pub(crate) ready: Arc<AtomicBool>,
 }
 
-/// Why serving stopped.
-enum Ended {
-    /// The broker was dropped or its hub is gone: nothing more to do.
-    Done,
-    /// The link failed; reconnect.
-    Failed(String),
-}
-
-/// Serves one hub until the broker is dropped or the hub is gone, from `first` (a
-/// link opened by `RedisBroker::connect`) or from a link it opens itself.
-pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Receiver<Publish>) {
+/// Serves one hub until the broker is dropped or the hub is gone, from `first` (what
+/// `RedisBroker::connect` opened) or from connections it opens itself.
+pub(crate) async fn run(task: Task, first: Option<Link>, mut publishes: Receiver<Publish>) {
     let capacity = task.config.max_pending_deliveries.max(1);
     let (deliveries, arrived) = mpsc::channel(capacity);
     let _delivery = Aborting(tokio::spawn(deliver(
@@ -170,775 +173,808 @@ pub(crate) async fn run(task: Task, mut first: Option<Link>, mut publishes: Rece
         DEFAULT_MAX_CHANNELS,
         RECEIVER_IDLE,
     )));
-    let mut backoff = Backoff::new(FIRST_BACKOFF, task.config.max_backoff);
-    let mut rooms = HashSet::new();
-    let mut outage: Option<Instant> = None;
-    loop {
-        let link = match first.take() {
-            Some(link) => link,
-            None => match reconnect(&task, &mut publishes, &mut backoff, outage.is_some()).await {
-                Some(link) => link,
-                None => return,
-            },
-        };
-        if let Some(down) = outage.take() {
-            let lost = task.stats.get(Counter::Lost);
-            tracing::info!(outage = ?down.elapsed(), lost, "link to Redis restored");
-            task.stats.count(Counter::Reconnects);
-            task.reads.reconnect();
-        }
-        backoff.reset();
-        let reader = Reader {
-            own: task.inbox.node(),
-            deliveries: deliveries.clone(),
-            detector: detector.clone(),
-            acks: Arc::default(),
-            acked: Arc::default(),
-            stats: task.stats.clone(),
-        };
-        let ended = serve(&task, link, &reader, &mut rooms, &mut publishes).await;
-        // Until the new link has subscribed to everything again, this hub would miss
-        // what other hubs publish for its connections.
-        task.ready.store(false, Relaxed);
-        match ended {
-            Ended::Done => return,
-            Ended::Failed(failure) => {
-                // Once per outage: the retries that follow are logged at `debug`.
-                tracing::warn!(%failure, "lost the link to Redis; reconnecting");
-                outage = Some(Instant::now());
-            }
+    let reader = Reader::new(task.inbox.node(), deliveries, detector, task.stats.clone());
+    let mut session = Session::new(&task, reader);
+    match first {
+        Some(link) => session.adopt(link).await,
+        None => {
+            session.set_map(None);
+            session.want_map();
         }
     }
+    session.serve(&mut publishes).await;
 }
 
-/// One connected stretch: subscribes to everything the hub has, then serves.
-/// `reader` is the template of each connection's reader.
-async fn serve(
-    task: &Task,
-    link: Link,
-    reader: &Reader,
-    rooms: &mut HashSet<String>,
-    publishes: &mut Receiver<Publish>,
-) -> Ended {
-    let mut readers = Vec::with_capacity(link.nodes.len());
-    let nodes = link.nodes.into_iter().map(|node| {
-        let reader = reader.for_connection();
-        let acks = reader.acks.clone();
-        readers.push(Aborting(tokio::spawn(reader.run(node.replies))));
-        Node {
-            node: node.node,
-            publisher: node.publisher,
-            publish_sha: node.publish_sha,
-            commands: node.commands,
-            acks,
-            sent: 0,
-            needed: 0,
-        }
-    });
-    let role_check = task.servers.connector().follows_failover().then(|| {
-        let start = tokio::time::Instant::now() + ROLE_CHECK;
-        let mut interval = tokio::time::interval_at(start, ROLE_CHECK);
-        // After a slow answer, a second until the next question, not a burst.
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval
-    });
-    let mut session = Session {
-        task,
-        map: link.map,
-        nodes: nodes.collect(),
-        role_check,
-        readers,
-        acked: reader.acked.clone(),
-        detector: reader.detector.clone(),
-        ready_at: None,
-        rooms,
-    };
-    match session.subscribe_all().await {
-        Ok(()) => session.serve(publishes).await,
-        Err(error) => Ended::Failed(error.to_string()),
-    }
+/// What happened off the link task: a job it started ended.
+enum Event {
+    /// An attempt to open `master`'s connections (`generation`: the shard's then).
+    /// Boxed: the connections are ten times the size of the other events.
+    Opened(Master, u64, Box<RedisResult<Opened>>),
+    /// A batch of publishes on `master`'s connection `generation` was answered.
+    Published(Master, u64, Outcome),
+    /// The reader of `master`'s connection `generation` ended: the hub is gone
+    /// (`Ok`), or the connection failed.
+    ReaderEnded(Master, u64, Result<(), String>),
+    /// The cluster's map was fetched.
+    Mapped(RedisResult<Option<Arc<SlotMap>>>),
 }
 
-/// The state one connected stretch works on.
-struct Session<'a> {
-    task: &'a Task,
-    /// `None` on a single Redis (see [`Link`]).
-    map: Option<Arc<SlotMap>>,
-    /// One per master, indexed as the map's masters.
-    nodes: Vec<Node>,
-    /// When to ask the node whether it is still the master (Sentinel only: one node).
-    role_check: Option<tokio::time::Interval>,
-    /// The nodes' readers, in the same order.
-    readers: Vec<Aborting<Result<(), String>>>,
-    /// Notified by every reader when a confirmation arrives.
-    acked: Arc<Notify>,
-    detector: Arc<Mutex<GapDetector>>,
-    /// When the subscriptions that make the hub ready were asked for, until they are
-    /// all confirmed (each node's `needed`).
-    ready_at: Option<Instant>,
-    /// The rooms this hub has members in: subscribed now, and again after a reconnect.
-    rooms: &'a mut HashSet<String>,
+/// One master's connections and what waits for them.
+struct Shard {
+    /// `None` while down (or being opened).
+    conn: Option<Conn>,
+    /// Counts the connections, so that what a job says of an older one is ignored.
+    generation: u64,
+    opening: bool,
+    backoff: Backoff,
+    /// When to try opening the connections again, while down.
+    retry_at: Deadline,
+    /// Since when the shard is down after having been up (for the log and the count
+    /// of reconnections).
+    down_since: Option<Instant>,
+    /// Whether this outage's first failure to reconnect was logged.
+    warned: bool,
+    /// Whether opening it was tried at least once.
+    tried: bool,
+    /// The channels subscribed (asked for) on `conn`.
+    channels: HashSet<String>,
+    /// Publishes taken from the hub's queue, for the next pipeline.
+    queue: VecDeque<Publish>,
+    /// Whether a pipeline is on its way: one at a time, so that publishes keep their
+    /// order on each channel.
+    publishing: bool,
 }
 
-/// A connected stretch's connections to one Redis.
-struct Node {
-    /// The node both connections are on.
+/// A shard's live connections.
+struct Conn {
     node: connect::Node,
-    publisher: MultiplexedConnection,
-    publish_sha: String,
+    publisher: Publisher,
     commands: pubsub::Commands,
-    acks: Arc<Acks>,
-    /// Channels named in the (un)subscriptions sent on this connection: Redis confirms
-    /// each once, in order.
+    heard: Arc<Heard>,
+    _reader: Aborting<()>,
+    /// Channels named in the (un)subscriptions sent: Redis confirms each once, in order.
     sent: u64,
     /// The confirmations that make the hub ready.
     needed: u64,
 }
 
-impl Session<'_> {
-    /// Subscribes to the hub's own channels and every room it has, in batches; the
-    /// hub is ready once Redis has confirmed them all.
-    async fn subscribe_all(&mut self) -> std::io::Result<()> {
-        // The room changes asked for before this link: subscribed here, with the others.
-        for (room, wanted) in self.task.changes.take() {
-            note(self.rooms, room, wanted);
+/// What is written on a subscriber connection.
+enum Write<'w> {
+    /// `CLIENT SETNAME`.
+    Name(&'w str),
+    Ping,
+    /// A verb and its channels.
+    Channels(&'static str, &'w [String]),
+}
+
+/// The cluster's map, asked for again when a shard fails or a slot moves.
+struct MapRefresh {
+    wanted: bool,
+    /// Whether it was asked for at least once.
+    tried: bool,
+    fetching: bool,
+    backoff: Backoff,
+    retry_at: Deadline,
+}
+
+/// The state of the link, for its whole life.
+struct Session<'a> {
+    task: &'a Task,
+    /// The template of each connection's reader.
+    reader: Reader,
+    publishing: Arc<Publishing>,
+    /// `None` off a cluster (one shard, [`Master::Primary`]), and until a cluster's
+    /// map is known.
+    map: Option<Arc<SlotMap>>,
+    refresh: MapRefresh,
+    shards: HashMap<Master, Shard>,
+    jobs: FuturesUnordered<BoxFuture<'static, Event>>,
+    /// The rooms this hub has members in: subscribed now, and again after a reconnect.
+    rooms: HashSet<String>,
+    /// Channels Redis unsubscribed from a master by itself (their slot moved away),
+    /// with that master: subscribed again once a new map says where they went.
+    evicted: HashMap<String, Master>,
+    /// When the subscriptions that make the hub ready were asked for, until confirmed.
+    ready_at: Option<Instant>,
+    /// Whether the first attempt to open the link is over (the map asked for, each
+    /// master tried once): until then the hub's publishes wait in its queue, as they
+    /// would for a connect, rather than be lost for a link not yet tried.
+    started: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(task: &'a Task, reader: Reader) -> Self {
+        let backoff = Backoff::new(FIRST_BACKOFF, task.config.max_backoff);
+        Self {
+            task,
+            reader,
+            publishing: Arc::new(Publishing {
+                stats: task.stats.clone(),
+                connector: task.servers.connector().clone(),
+                verb: task.config.publish_verb(),
+            }),
+            map: None,
+            refresh: MapRefresh {
+                wanted: false,
+                tried: false,
+                fetching: false,
+                backoff,
+                retry_at: Deadline::now(),
+            },
+            shards: HashMap::new(),
+            jobs: FuturesUnordered::new(),
+            rooms: HashSet::new(),
+            evicted: HashMap::new(),
+            ready_at: None,
+            started: false,
         }
+    }
+
+    /// Takes what `RedisBroker::connect` opened.
+    async fn adopt(&mut self, link: Link) {
+        self.set_map(link.map);
+        for (master, opened) in link.shards {
+            if let Some(shard) = self.shards.get_mut(&master) {
+                shard.opening = true;
+            }
+            self.opened(master, 0, opened).await;
+        }
+    }
+
+    async fn serve(&mut self, publishes: &mut Receiver<Publish>) {
+        let notify = self.reader.notify().clone();
+        let mut keepalive = interval(KEEPALIVE);
+        let mut role_check = self
+            .task
+            .servers
+            .connector()
+            .follows_failover()
+            .then(|| interval(ROLE_CHECK));
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                publish = publishes.recv(), if self.started => {
+                    let Some(publish) = publish else {
+                        return;
+                    };
+                    self.take_publishes(publish, publishes);
+                }
+                Some(event) = self.jobs.next(), if !self.jobs.is_empty() => {
+                    if !self.handle(event).await {
+                        return;
+                    }
+                }
+                () = self.task.changes.changed() => self.apply_room_changes().await,
+                () = notify.notified() => self.take_evictions(),
+                _ = keepalive.tick() => self.keep_alive().await,
+                _ = tick(&mut role_check) => self.check_role().await,
+                () = sleep_until(wake) => self.wake(),
+            }
+            self.update_ready();
+            self.started = self.started
+                || (self.map.is_some() || !self.task.servers.is_cluster() || self.refresh.tried)
+                    && self.shards.values().all(|shard| shard.tried);
+        }
+    }
+
+    /// Handles what a job said; `false` once the hub is gone.
+    async fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Opened(master, generation, opened) => {
+                self.opened(master, generation, *opened).await
+            }
+            Event::Published(master, generation, outcome) => {
+                self.published(master, generation, outcome)
+            }
+            Event::ReaderEnded(_, _, Ok(())) => return false,
+            Event::ReaderEnded(master, generation, Err(failure)) => {
+                if self.is_current(&master, generation) {
+                    self.fail(&master, &failure);
+                }
+            }
+            Event::Mapped(map) => self.mapped(map).await,
+        }
+        true
+    }
+
+    fn is_current(&self, master: &Master, generation: u64) -> bool {
+        self.shards
+            .get(master)
+            .is_some_and(|shard| shard.conn.is_some() && shard.generation == generation)
+    }
+
+    /// A shard for `master`, down: opened at the next wake. One that `replaces` a
+    /// master that failed (a failover) counts as a reconnection when it opens.
+    fn add_shard(&mut self, master: Master, replaces: bool) {
+        let backoff = Backoff::new(FIRST_BACKOFF, self.task.config.max_backoff);
+        self.shards.entry(master).or_insert_with(|| Shard {
+            conn: None,
+            generation: 0,
+            opening: false,
+            backoff,
+            retry_at: Deadline::now(),
+            down_since: replaces.then(Instant::now),
+            warned: false,
+            tried: false,
+            channels: HashSet::new(),
+            queue: VecDeque::new(),
+            publishing: false,
+        });
+    }
+
+    /// The earliest moment something is due: a shard to reopen, the map to ask for.
+    fn next_wake(&self) -> Deadline {
+        let shards = self.shards.values();
+        let reopen = shards.filter(|shard| shard.conn.is_none() && !shard.opening);
+        let map = (self.refresh.wanted && !self.refresh.fetching).then_some(self.refresh.retry_at);
+        reopen
+            .map(|shard| shard.retry_at)
+            .chain(map)
+            .min()
+            .unwrap_or_else(|| Deadline::now() + Duration::from_secs(3600))
+    }
+
+    /// Starts what is due: opening the shards that are down, asking for the map.
+    fn wake(&mut self) {
+        let now = Deadline::now();
+        if self.refresh.wanted && !self.refresh.fetching && self.refresh.retry_at <= now {
+            self.refresh.fetching = true;
+            let servers = self.task.servers.clone();
+            self.jobs.push(Box::pin(
+                async move { Event::Mapped(servers.fetch_map().await) },
+            ));
+        }
+        for (master, shard) in &mut self.shards {
+            if shard.conn.is_none() && !shard.opening && shard.retry_at <= now {
+                shard.opening = true;
+                let (master, generation) = (master.clone(), shard.generation);
+                let servers = self.task.servers.clone();
+                self.jobs.push(Box::pin(async move {
+                    let opened = open(master.clone(), servers).await;
+                    Event::Opened(master, generation, Box::new(opened))
+                }));
+            }
+        }
+    }
+
+    /// A shard's connections opened (or not): subscribes to its channels.
+    async fn opened(&mut self, master: Master, generation: u64, opened: RedisResult<Opened>) {
+        let Some(shard) = self.shards.get_mut(&master) else {
+            // The map no longer names this master.
+            return;
+        };
+        if shard.generation != generation || !shard.opening {
+            return;
+        }
+        shard.opening = false;
+        shard.tried = true;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                let wait = shard.backoff.next_wait();
+                shard.retry_at = Deadline::now() + wait;
+                if shard.warned {
+                    tracing::debug!(%master, %error, ?wait, "Redis still unreachable");
+                } else {
+                    shard.warned = true;
+                    tracing::warn!(%master, %error, "Redis unreachable; the hub serves its own members and connects when it can");
+                }
+                if self.map.is_some() {
+                    // Perhaps no longer a master at all.
+                    self.want_map();
+                }
+                return;
+            }
+        };
+        let reader = self.reader.for_connection();
+        let heard = reader.heard().clone();
+        // The reader goes with the connection (aborted with `Conn`), and says how it
+        // ended to a job of the link's, which an aborted reader's silence ends too.
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        let replies = opened.replies;
+        let handle = Aborting(tokio::spawn(async move {
+            let _ = ended_tx.send(reader.run(replies).await);
+        }));
+        let generation = shard.generation;
+        let ended = master.clone();
+        self.jobs.push(Box::pin(async move {
+            let ended_with = ended_rx
+                .await
+                .unwrap_or_else(|_| Err("the reader was stopped".to_owned()));
+            Event::ReaderEnded(ended, generation, ended_with)
+        }));
+        shard.conn = Some(Conn {
+            node: opened.node,
+            publisher: opened.publisher,
+            commands: opened.commands,
+            heard,
+            _reader: handle,
+            sent: 0,
+            needed: 0,
+        });
+        shard.backoff.reset();
+        shard.warned = false;
+        if let Some(down) = shard.down_since.take() {
+            let lost = self.task.stats.get(Counter::Lost);
+            tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
+            self.task.stats.count(Counter::Reconnects);
+            self.task.reads.reconnect();
+        }
+        let name = format!("switchboard-sub-{}", self.task.inbox.node());
+        if self.write(&master, Write::Name(&name)).await {
+            let channels: Vec<String> = self
+                .wanted()
+                .into_iter()
+                .filter(|channel| self.serves(&master, channel))
+                .collect();
+            self.subscribe_for_ready(&master, channels).await;
+        }
+        self.start_publishing(&master);
+    }
+
+    /// Sends `channels`' subscriptions on `master`, as ones the hub is not ready without.
+    async fn subscribe_for_ready(&mut self, master: &Master, channels: Vec<String>) {
+        if channels.is_empty() {
+            return;
+        }
+        if self.send(master, true, channels).await {
+            if let Some(conn) = self.conn(master) {
+                conn.needed = conn.sent;
+            }
+            self.ready_at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// The channels the hub subscribes to: its own and its rooms'.
+    fn wanted(&self) -> Vec<String> {
         let config = &self.task.config;
         let mut channels = vec![
             config.channel_all(),
             config.channel_node(self.task.inbox.node()),
         ];
         channels.extend(self.rooms.iter().map(|room| config.channel_room(room)));
-        let subscribed: HashSet<&str> = channels.iter().map(String::as_str).collect();
-        lock(&self.detector).retain_channels(|channel| subscribed.contains(channel));
-        let name = format!("switchboard-sub-{}", self.task.inbox.node());
-        for node in &mut self.nodes {
-            node.commands.set_name(&name).await?;
-        }
-        self.send(true, channels).await?;
-        for node in &mut self.nodes {
-            node.needed = node.sent;
-        }
-        self.ready_at = Some(Instant::now());
-        Ok(())
+        channels
     }
 
-    async fn serve(&mut self, publishes: &mut Receiver<Publish>) -> Ended {
-        loop {
-            tokio::select! {
-                publish = publishes.recv() => {
-                    let Some(publish) = publish else {
-                        return Ended::Done;
-                    };
-                    if let Err((error, lost)) = self.publish_batch(publish, publishes).await {
-                        return Ended::Failed(format!("{error} ({lost} envelopes lost)"));
-                    }
-                }
-                () = self.task.changes.changed() => {
-                    if let Err(error) = self.apply_room_changes().await {
-                        return Ended::Failed(error.to_string());
-                    }
-                }
-                () = self.acked.notified(), if self.ready_at.is_some() => self.check_ready(),
-                _ = tick(&mut self.role_check) => {
-                    if let Err(failure) = self.check_role().await {
-                        return Ended::Failed(failure);
-                    }
-                }
-                (ended, _, _) = select_all(self.readers.iter_mut().map(|reader| &mut reader.0)) => {
-                    return match ended {
-                        // The hub is gone: its delivery task ended.
-                        Ok(Ok(())) => Ended::Done,
-                        Ok(Err(failure)) => Ended::Failed(failure),
-                        Err(error) => Ended::Failed(error.to_string()),
-                    };
-                }
+    /// The master `channel` is on, by the map; `None` while a cluster's is not known.
+    fn master_of(&self, channel: &str) -> Option<Master> {
+        match &self.map {
+            None if self.task.servers.is_cluster() => None,
+            None => Some(Master::Primary),
+            Some(map) => {
+                let (host, port) = map.owner_of(channel);
+                Some(Master::At(host.clone(), *port))
             }
         }
     }
 
-    /// Fails the link if its node is no longer the master (a failover demoted it), so
-    /// that the hub reconnects to the one the Sentinels name now (a Sentinel's link
-    /// has one node).
-    async fn check_role(&mut self) -> Result<(), String> {
-        // The same connections, each with a timeout of its own for this question.
-        let publishers: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|node| (node.node.to_string(), node.publisher.clone()))
-            .collect();
-        for (node, mut publisher) in publishers {
-            publisher.set_response_timeout(ROLE_TIMEOUT);
-            match connect::is_master(&mut publisher).await {
-                Ok(true) => {}
-                Ok(false) => return Err(format!("{node} is no longer the master")),
-                Err(error) => return Err(format!("{node} did not say its role: {error}")),
-            }
-        }
-        Ok(())
+    /// Whether `channel` is subscribed on `master` now: its master by the map, and not
+    /// one Redis there unsubscribed by itself.
+    fn serves(&self, master: &Master, channel: &str) -> bool {
+        self.master_of(channel).as_ref() == Some(master)
+            && self.evicted.get(channel) != Some(master)
     }
 
-    fn check_ready(&mut self) {
-        let Some(asked) = self.ready_at else {
-            return;
+    fn conn(&mut self, master: &Master) -> Option<&mut Conn> {
+        self.shards.get_mut(master)?.conn.as_mut()
+    }
+
+    /// Writes `write` on `master`'s subscriber within [`SEND_TIMEOUT`]; whether it
+    /// was written (if not, the shard failed).
+    async fn write(&mut self, master: &Master, write: Write<'_>) -> bool {
+        let Some(conn) = self.conn(master) else {
+            return false;
         };
-        let confirmed = |node: &Node| node.acks.count.load(Relaxed) >= node.needed;
-        if self.nodes.iter().all(confirmed) {
-            // Redis confirmed every subscription the hub has: envelopes for any of
-            // its connections reach it again.
-            self.task.ready.store(true, Relaxed);
-            self.ready_at = None;
-            let rooms = self.rooms.len();
-            let nodes: Vec<String> = self
-                .nodes
-                .iter()
-                .map(|node| node.node.to_string())
-                .collect();
-            let nodes = nodes.join(", ");
-            tracing::info!(rooms, %nodes, took = ?asked.elapsed(), "subscribed to Redis");
-        }
+        let commands = &mut conn.commands;
+        let writing = async {
+            match write {
+                Write::Name(name) => commands.set_name(name).await,
+                Write::Ping => commands.ping().await,
+                Write::Channels(verb, channels) => commands.send(verb, channels).await,
+            }
+        };
+        let failure = match tokio::time::timeout(SEND_TIMEOUT, writing).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("Redis took more than {SEND_TIMEOUT:?} to take a command"),
+        };
+        self.fail(master, &failure);
+        false
     }
 
-    /// (Un)subscribes `channels`, each on the connection of its node (sharded pub/sub
-    /// on a Redis Cluster). Unsubscriptions are noted first, so that a reader tells
+    /// (Un)subscribes `channels` on `master` (sharded pub/sub on a Redis Cluster);
+    /// whether it was sent. Unsubscriptions are noted first, so that its reader tells
     /// them from those a Redis Cluster sends when a slot moves away.
-    async fn send(&mut self, subscribe: bool, channels: Vec<String>) -> std::io::Result<()> {
-        let verb = match (subscribe, self.map.is_some()) {
+    async fn send(&mut self, master: &Master, subscribe: bool, channels: Vec<String>) -> bool {
+        let verb = match (subscribe, self.task.servers.is_cluster()) {
             (true, false) => "SUBSCRIBE",
             (false, false) => "UNSUBSCRIBE",
             (true, true) => "SSUBSCRIBE",
             (false, true) => "SUNSUBSCRIBE",
         };
-        let mut per_node: Vec<Vec<String>> = vec![Vec::new(); self.nodes.len()];
+        let Some(conn) = self.conn(master) else {
+            return false;
+        };
+        if !subscribe {
+            conn.heard.leaving(&channels);
+        }
+        if !self.write(master, Write::Channels(verb, &channels)).await {
+            return false;
+        }
+        let Some(shard) = self.shards.get_mut(master) else {
+            return false;
+        };
+        if let Some(conn) = shard.conn.as_mut() {
+            conn.sent += channels.len() as u64;
+        }
         for channel in channels {
-            per_node[self.node_of(&channel)].push(channel);
-        }
-        for (node, channels) in self.nodes.iter_mut().zip(per_node) {
-            if channels.is_empty() {
-                continue;
+            if subscribe {
+                shard.channels.insert(channel);
+            } else {
+                shard.channels.remove(&channel);
             }
-            if !subscribe {
-                node.acks.leaving(&channels);
-            }
-            node.commands.send(verb, &channels).await?;
-            node.sent += channels.len() as u64;
         }
-        Ok(())
-    }
-
-    /// The index of the node that serves `channel`.
-    fn node_of(&self, channel: &str) -> usize {
-        self.map.as_ref().map_or(0, |map| map.master_of(channel))
+        true
     }
 
     /// Subscribes to the rooms the hub came to have and unsubscribes from those it
-    /// left, one batch each. `rooms` takes every change even when Redis fails midway,
-    /// so that the resubscription after the reconnect has them all.
-    async fn apply_room_changes(&mut self) -> std::io::Result<()> {
-        let (mut join, mut leave) = (Vec::new(), Vec::new());
+    /// left, each on its master. `rooms` takes every change even when a shard is down
+    /// or fails midway: it subscribes to them all when it is back.
+    async fn apply_room_changes(&mut self) {
+        let mut per_master: HashMap<Master, (Vec<String>, Vec<String>)> = HashMap::new();
         for (room, wanted) in self.task.changes.take() {
             let channel = self.task.config.channel_room(&room);
-            if note(self.rooms, room, wanted) {
-                if wanted { &mut join } else { &mut leave }.push(channel);
+            let changed = if wanted {
+                self.rooms.insert(room)
+            } else {
+                self.rooms.remove(&room)
+            };
+            let Some(master) = self.master_of(&channel) else {
+                continue;
+            };
+            if !changed || !self.serves(&master, &channel) {
+                continue;
+            }
+            let (join, leave) = per_master.entry(master).or_default();
+            if wanted { join } else { leave }.push(channel);
+        }
+        for (master, (join, leave)) in per_master {
+            if !leave.is_empty() {
+                self.send(&master, false, leave).await;
+            }
+            if !join.is_empty() {
+                self.send(&master, true, join).await;
             }
         }
-        self.send(false, leave).await?;
-        self.send(true, join).await
     }
 
-    /// Publishes this envelope and those queued behind it in one pipeline per node
-    /// (one round trip for a burst, the nodes' at once), stream messages through the
-    /// publish script, in the order the hub queued them (on a node, and so on each
-    /// channel); on failure of a link, with how many were lost.
-    async fn publish_batch(
-        &mut self,
-        first: Publish,
-        publishes: &mut Receiver<Publish>,
-    ) -> Result<(), (RedisError, u64)> {
+    /// Takes this publish and those queued behind it (up to a pipeline's worth) to
+    /// their shards, and starts the shards' pipelines. A publish for a shard that is
+    /// down is counted lost at once: its master may be gone for as long as a failover
+    /// takes, and the publishes of the healthy shards must not wait behind it.
+    fn take_publishes(&mut self, first: Publish, publishes: &mut Receiver<Publish>) {
         let stats = &self.task.stats;
         let mut batch = vec![first];
-        while (batch.len() as u64) < MAX_BATCH {
+        while batch.len() < MAX_BATCH {
             match publishes.try_recv() {
                 Ok(publish) => batch.push(publish),
                 Err(_) => break,
             }
         }
         stats.dequeued(batch.len() as u64);
-        let mut per_node: Vec<Vec<Publish>> = (0..self.nodes.len()).map(|_| Vec::new()).collect();
+        let max_queued = self.task.config.max_pending_publishes.max(1);
+        let mut started = HashSet::new();
         for publish in batch {
-            per_node[self.node_of(publish.channel())].push(publish);
-        }
-        let verb = self.task.config.publish_verb();
-        let sent = per_node
-            .into_iter()
-            .enumerate()
-            .filter(|(_, batch)| !batch.is_empty())
-            .map(|(index, batch)| {
-                let node = &self.nodes[index];
-                let pipe = pipeline(&batch, &node.publish_sha, verb);
-                let mut publisher = node.publisher.clone();
-                async move {
-                    let replies = pipe
-                        .query_async::<Vec<RedisResult<Value>>>(&mut publisher)
-                        .await;
-                    (index, batch, replies)
-                }
-            });
-        let mut failed: Option<(RedisError, u64)> = None;
-        for (index, batch, replies) in join_all(sent).await {
-            let ended = match replies {
-                Ok(replies) => self.answer_batch(index, batch, replies).await,
-                // Reported with the outage it starts.
-                Err(error) => Err(self.unanswered(error, batch)),
-            };
-            if let Err((error, lost)) = ended {
-                let lost = lost + failed.as_ref().map_or(0, |(_, before)| *before);
-                failed = Some((error, lost));
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-
-    /// Counts and answers the publishes of node `index` by their replies; runs the
-    /// stream publishes that met `NOSCRIPT` again. Those a Redis Cluster redirects
-    /// (`MOVED`, `ASK`: their slot moved, or is moving) are published where it says, in
-    /// their order; after a `MOVED`, the link ends once they are: the next one is
-    /// opened on the cluster's new map.
-    async fn answer_batch(
-        &mut self,
-        index: usize,
-        batch: Vec<Publish>,
-        replies: Vec<RedisResult<Value>>,
-    ) -> Result<(), (RedisError, u64)> {
-        let mut retry = Vec::new();
-        let mut demoted = false;
-        let mut redirected = Vec::new();
-        for (publish, reply) in batch.into_iter().zip(replies) {
-            demoted |= matches!(&reply, Err(error) if error.code() == Some("READONLY"));
-            let reply = match reply {
-                Err(error) if error.redirect_node().is_some() => {
-                    redirected.push((publish, error));
+            let master = self.master_of(publish.channel());
+            let shard = master
+                .as_ref()
+                .and_then(|master| self.shards.get_mut(master));
+            let why = match shard {
+                Some(shard) if shard.conn.is_some() && shard.queue.len() < max_queued => {
+                    shard.queue.push_back(publish);
+                    started.extend(master);
                     continue;
                 }
-                reply => reply,
+                Some(shard) if shard.conn.is_some() => {
+                    stats.count(Counter::Shed);
+                    "too many publishes waiting for their Redis master"
+                }
+                _ => "no link to the Redis master of its channel",
             };
-            match publish {
-                Publish::Envelope { channel, .. } => self.published(&channel, reply),
-                Publish::Stream(publish) => match reply {
-                    Err(error) if stream::is_noscript(&error) => retry.push(*publish),
-                    reply => self.answer(*publish, reply),
-                },
-            }
+            stats.count(Counter::Lost);
+            tracing::trace!(channel = %publish.channel(), "envelope lost: {why}");
+            publish.lose(why);
         }
-        if !retry.is_empty() {
-            self.retry(index, retry).await?;
+        for master in started {
+            self.start_publishing(&master);
         }
-        let moved = redirected
+    }
+
+    /// Sends the next pipeline of `master`'s queue, unless one is on its way.
+    fn start_publishing(&mut self, master: &Master) {
+        let others: HashMap<String, Publisher> = self
+            .shards
             .iter()
-            .find(|(_, error)| error.code() == Some("MOVED"))
-            .map(|(_, error)| error.clone());
-        for (publish, error) in redirected {
-            self.follow(publish, &error).await;
+            .filter_map(|(other, shard)| match (other, &shard.conn) {
+                (Master::At(host, port), Some(conn)) => {
+                    Some((format!("{host}:{port}"), conn.publisher.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(shard) = self.shards.get_mut(master) else {
+            return;
+        };
+        let Some(conn) = &shard.conn else {
+            return;
+        };
+        if shard.publishing || shard.queue.is_empty() {
+            return;
         }
-        if demoted {
-            // A stream's script refused by a replica: the node was demoted; the hub
+        shard.publishing = true;
+        let take = shard.queue.len().min(MAX_BATCH);
+        let batch: Vec<Publish> = shard.queue.drain(..take).collect();
+        let (own, publishing) = (conn.publisher.clone(), self.publishing.clone());
+        let (master, generation) = (master.clone(), shard.generation);
+        self.jobs.push(Box::pin(async move {
+            let outcome = shard::publish(&publishing, own, others, batch).await;
+            Event::Published(master, generation, outcome)
+        }));
+    }
+
+    /// A pipeline of `master`'s was answered: the next one goes, or the shard fails.
+    fn published(&mut self, master: Master, generation: u64, outcome: Outcome) {
+        if outcome.stale_map {
+            self.want_map();
+        }
+        if !self.is_current(&master, generation) {
+            return;
+        }
+        if let Some(shard) = self.shards.get_mut(&master) {
+            shard.publishing = false;
+        }
+        if let Some(failure) = outcome.failed {
+            self.fail(&master, &format!("a publish was not answered: {failure}"));
+        } else if outcome.demoted {
+            // A stream's script refused by a replica: the node was demoted; the shard
             // reconnects to the master now rather than at the next role check.
-            let why = "READONLY: the node is a replica now";
-            return Err((RedisError::from((redis::ErrorKind::Io, why)), 0));
+            self.fail(&master, "READONLY: the node is a replica now");
+        } else {
+            self.start_publishing(&master);
         }
-        moved.map_or(Ok(()), |error| Err((error, 0)))
     }
 
-    /// Publishes `publish` on the node a Redis Cluster redirected it to (`ASKING`
-    /// first for an `ASK`: the slot is being moved there), on a connection of its own;
-    /// counted as lost if that fails too.
-    async fn follow(&mut self, publish: Publish, redirect: &RedisError) {
-        // `<slot> <host>:<port>`, the host an IPv6 address perhaps (colons, no brackets).
-        let node = redirect.redirect_node().and_then(|(addr, _slot)| {
-            let (host, port) = addr.rsplit_once(':')?;
-            Some((host, port.parse().ok()?))
-        });
-        let node = node.map(|(host, port)| self.task.servers.connector().node(host, port));
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(stream::PUBLISH_SCRIPT)
-            .ignore();
-        if redirect.code() == Some("ASK") {
-            pipe.cmd("ASKING").ignore();
-        }
-        // The script's SHA1 is the same on every node: it is its content's.
-        let sha = &self.nodes[0].publish_sha;
-        pipe.add_command(command(&publish, sha, self.task.config.publish_verb()));
-        let reply = async {
-            let node = node.ok_or_else(|| redirect.clone())?;
-            let mut conn = node.publisher().await?;
-            pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await
+    /// Takes `master` as lost: drops its connections (and its reader), counts what
+    /// waited for it as lost, and reopens it after a wait; on a cluster, asks for the
+    /// map again (its replica may be taking over).
+    fn fail(&mut self, master: &Master, failure: &str) {
+        let stats = &self.task.stats;
+        let Some(shard) = self.shards.get_mut(master) else {
+            return;
         };
-        let reply = match tokio::time::timeout(CONNECT_TIMEOUT, reply).await {
-            Ok(Ok(mut replies)) => replies.pop().unwrap_or_else(|| Err(redirect.clone())),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(RedisError::from((
-                redis::ErrorKind::Io,
-                "the node a publish was redirected to did not answer in time",
-            ))),
+        if shard.conn.take().is_none() {
+            return;
+        }
+        shard.generation += 1;
+        shard.publishing = false;
+        shard.channels.clear();
+        let wait = shard.backoff.next_wait();
+        shard.retry_at = Deadline::now() + wait;
+        shard.down_since.get_or_insert_with(Instant::now);
+        // This warning is the outage's: the failures to reconnect are logged at `debug`.
+        shard.warned = true;
+        let queued = shard.queue.len() as u64;
+        for publish in shard.queue.drain(..) {
+            publish.lose("the link to its Redis master failed");
+        }
+        stats.add(Counter::Lost, queued);
+        tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
+        if self.map.is_some() {
+            self.want_map();
+        }
+    }
+
+    /// Asks for the cluster's map at the next wake (now, unless a refresh failed).
+    fn want_map(&mut self) {
+        if self.task.servers.is_cluster() {
+            self.refresh.wanted = true;
+        }
+    }
+
+    /// A map was fetched (or not): follows it, or asks again after a wait.
+    async fn mapped(&mut self, map: RedisResult<Option<Arc<SlotMap>>>) {
+        self.refresh.fetching = false;
+        self.refresh.tried = true;
+        match map {
+            Ok(map) => self.follow_map(map).await,
+            Err(error) => {
+                tracing::debug!(%error, "the cluster's map could not be fetched");
+                self.refresh.retry_at = Deadline::now() + self.refresh.backoff.next_wait();
+            }
+        }
+    }
+
+    /// Follows a new map: opens the masters it names anew, drops those it no longer
+    /// names, and subscribes the channels whose master changed (or that Redis moved
+    /// away) on their master. Asks again, after a wait, while a master it names is
+    /// down.
+    async fn follow_map(&mut self, map: Option<Arc<SlotMap>>) {
+        self.set_map(map);
+        // A map asked for after Redis moved channels away says where they are now.
+        // Even when it names the same master: Redis 7.0 also unsubscribes a slot's
+        // channels when a master is told the slot is its own again (`SETSLOT NODE`
+        // to itself), and a map stale after all makes Redis refuse the subscription
+        // with `MOVED`, which fails that shard and asks for the map again.
+        self.evicted.clear();
+        let mut moved: HashMap<Master, Vec<String>> = HashMap::new();
+        for channel in self.wanted() {
+            let Some(master) = self.master_of(&channel) else {
+                continue;
+            };
+            let subscribed = self
+                .shards
+                .get(&master)
+                .is_some_and(|shard| shard.channels.contains(&channel));
+            let up = self
+                .shards
+                .get(&master)
+                .is_some_and(|shard| shard.conn.is_some());
+            if up && !subscribed && self.serves(&master, &channel) {
+                moved.entry(master).or_default().push(channel);
+            }
+        }
+        let resubscribed = !moved.is_empty();
+        for (master, channels) in moved {
+            self.subscribe_for_ready(&master, channels).await;
+        }
+        if resubscribed {
+            // The hub reads its streams again, as after a reconnect: what was published
+            // on the old master after it unsubscribed this hub is in them.
+            self.task.stats.count(Counter::Reconnects);
+        }
+        let settled =
+            self.evicted.is_empty() && self.shards.values().all(|shard| shard.conn.is_some());
+        if settled {
+            self.refresh.wanted = false;
+            self.refresh.backoff.reset();
+        } else {
+            self.refresh.retry_at = Deadline::now() + self.refresh.backoff.next_wait();
+        }
+    }
+
+    /// Keeps `map`, with a shard for each master it names (and none for the others).
+    fn set_map(&mut self, map: Option<Arc<SlotMap>>) {
+        self.map = map;
+        let masters = masters(self.map.as_deref());
+        if self.task.servers.is_cluster() && self.map.is_none() {
+            return;
+        }
+        let gone: Vec<Master> = self
+            .shards
+            .keys()
+            .filter(|master| !masters.contains(master))
+            .cloned()
+            .collect();
+        let mut replaced = false;
+        for master in gone {
+            self.fail(&master, "no longer a master of the cluster");
+            let shard = self.shards.remove(&master);
+            replaced |= shard.is_some_and(|shard| shard.down_since.is_some());
+        }
+        for master in masters {
+            self.add_shard(master, replaced);
+        }
+    }
+
+    /// Takes what the readers heard: channels Redis unsubscribed by itself.
+    fn take_evictions(&mut self) {
+        let mut evicted = Vec::new();
+        for (master, shard) in &mut self.shards {
+            let Some(conn) = &shard.conn else {
+                continue;
+            };
+            for channel in conn.heard.take_evicted() {
+                shard.channels.remove(&channel);
+                evicted.push((channel, master.clone()));
+            }
+        }
+        if evicted.is_empty() {
+            return;
+        }
+        let wanted: HashSet<String> = self.wanted().into_iter().collect();
+        for (channel, master) in evicted {
+            if wanted.contains(&channel) {
+                tracing::debug!(%channel, %master, "Redis moved a channel away (its slot moved)");
+                self.evicted.insert(channel, master);
+            }
+        }
+        self.want_map();
+    }
+
+    /// Pings every subscriber, and fails the shards whose subscriber stayed silent
+    /// past [`KEEPALIVE_TIMEOUT`].
+    async fn keep_alive(&mut self) {
+        let masters: Vec<Master> = self.shards.keys().cloned().collect();
+        for master in masters {
+            let Some(conn) = self.conn(&master) else {
+                continue;
+            };
+            if let Some(silent) = conn
+                .heard
+                .silent_for()
+                .filter(|silent| *silent > KEEPALIVE_TIMEOUT)
+            {
+                self.fail(
+                    &master,
+                    &format!("Redis answered nothing for {silent:?} (frozen or cut off)"),
+                );
+                continue;
+            }
+            self.write(&master, Write::Ping).await;
+        }
+    }
+
+    /// Fails the primary's shard if its node is no longer the master (a failover
+    /// demoted it), so that it reconnects to the one the Sentinels name now.
+    async fn check_role(&mut self) {
+        let Some(conn) = self.conn(&Master::Primary) else {
+            return;
         };
-        match publish {
-            Publish::Envelope { channel, .. } => self.published(&channel, reply),
-            Publish::Stream(publish) => self.answer(*publish, reply),
+        // The same connection, with a timeout of its own for this question.
+        let mut publisher = conn.publisher.conn.clone();
+        let node = conn.node.to_string();
+        publisher.set_response_timeout(ROLE_TIMEOUT);
+        match connect::is_master(&mut publisher).await {
+            Ok(true) => {}
+            Ok(false) => self.fail(&Master::Primary, &format!("{node} is no longer the master")),
+            Err(error) => self.fail(
+                &Master::Primary,
+                &format!("{node} did not say its role: {error}"),
+            ),
         }
     }
 
-    /// Counts a `PUBLISH` Redis answered.
-    fn published(&self, channel: &str, reply: RedisResult<Value>) {
-        let stats = &self.task.stats;
-        match reply {
-            Ok(_) => stats.count(Counter::Published),
-            Err(error) => {
-                stats.count(Counter::Lost);
-                tracing::warn!(%channel, %error, "Redis refused a publish");
-            }
-        }
-    }
-
-    /// Counts a stream's publish Redis answered and hands its position over.
-    fn answer(&self, publish: stream::StreamPublish, reply: RedisResult<Value>) {
-        let stats = &self.task.stats;
-        match reply {
-            Ok(value) => {
-                // The script ran, so the message went out, even if its reply is odd.
-                stats.count(Counter::Published);
-                publish.answer(stream::position_of(value));
-            }
-            Err(error) => {
-                stats.count(Counter::Lost);
-                tracing::warn!(channel = %publish.channel(), %error, "Redis refused a stream's publish");
-                publish.answer(Err(StreamError::Unavailable(error.to_string())));
-            }
-        }
-    }
-
-    /// Answers the publishes of a pipeline whose replies never came (the link failed):
-    /// envelopes count as lost (receivers count the gap), stream publishes as
-    /// unconfirmed, since the script may have run; with the error and how many.
-    fn unanswered(&self, error: RedisError, batch: Vec<Publish>) -> (RedisError, u64) {
-        let stats = &self.task.stats;
-        let count = batch.len() as u64;
-        for publish in batch {
-            match publish {
-                Publish::Envelope { .. } => stats.count(Counter::Lost),
-                Publish::Stream(publish) => {
-                    stats.count(Counter::Unconfirmed);
-                    publish.answer(Err(StreamError::Unconfirmed(format!(
-                        "the link to Redis failed before Redis answered: {error}"
-                    ))));
-                }
-            }
-        }
-        (error, count)
-    }
-
-    /// Loads the publish script again on node `index` (its Redis lost it: restarted,
-    /// `SCRIPT FLUSH`, a failover) and runs the publishes that met `NOSCRIPT`, in their
-    /// order.
-    async fn retry(
-        &mut self,
-        index: usize,
-        retry: Vec<stream::StreamPublish>,
-    ) -> Result<(), (RedisError, u64)> {
-        let count = retry.len() as u64;
-        let node = &mut self.nodes[index];
-        match stream::load(&mut node.publisher, stream::PUBLISH_SCRIPT).await {
-            Ok(sha) => node.publish_sha = sha,
-            Err(error) => {
-                // Not sent: not published.
-                let stats = &self.task.stats;
-                stats.add(Counter::Lost, count);
-                for publish in retry {
-                    publish.answer(Err(StreamError::Unavailable(format!(
-                        "the publish script could not be loaded: {error}"
-                    ))));
-                }
-                return Err((error, count));
-            }
-        }
-        let node = &mut self.nodes[index];
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for publish in &retry {
-            pipe.add_command(publish.invocation(&node.publish_sha));
-        }
-        match pipe
-            .query_async::<Vec<RedisResult<Value>>>(&mut node.publisher)
-            .await
-        {
-            Ok(replies) => {
-                for (publish, reply) in retry.into_iter().zip(replies) {
-                    self.answer(publish, reply);
-                }
-                Ok(())
-            }
-            Err(error) => {
-                let retry = retry.into_iter().map(|p| Publish::Stream(Box::new(p)));
-                Err(self.unanswered(error, retry.collect()))
-            }
+    /// Says whether the hub is ready: every master the map names is up, every channel
+    /// the hub has is subscribed on its master, and Redis confirmed the subscriptions
+    /// sent when a master (re)connected or a channel moved. Until then the hub would
+    /// miss what other hubs publish for the rooms of a master that is down.
+    fn update_ready(&mut self) {
+        let confirmed = |conn: &Conn| conn.heard.confirmed.load(Relaxed) >= conn.needed;
+        let ready = (self.map.is_some() || !self.task.servers.is_cluster())
+            && self.evicted.is_empty()
+            && self
+                .shards
+                .values()
+                .all(|shard| shard.conn.as_ref().is_some_and(confirmed));
+        let was = self.task.ready.swap(ready, Relaxed);
+        if ready && !was {
+            let took = self.ready_at.take().map(|asked| asked.elapsed());
+            let nodes: Vec<String> = self
+                .shards
+                .values()
+                .filter_map(|shard| shard.conn.as_ref().map(|conn| conn.node.to_string()))
+                .collect();
+            let (rooms, nodes) = (self.rooms.len(), nodes.join(", "));
+            tracing::info!(rooms, %nodes, ?took, "subscribed to Redis");
         }
     }
 }
 
-/// One node's publishes in one pipeline, in their order, each with its reply (errors
-/// included: a stream's publish may meet `NOSCRIPT` while the others go through).
-fn pipeline(batch: &[Publish], publish_sha: &str, verb: &str) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    // A stream publish that meets NOSCRIPT is run again after the batch: behind
-    // envelopes queued after it, were the script not loaded first. One `SCRIPT LOAD` (a
-    // no-op when Redis has it) keeps the order; only a `SCRIPT FLUSH` that lands within
-    // the pipeline can still put a stream publish after them.
-    if loads_first(batch) {
-        pipe.cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(stream::PUBLISH_SCRIPT)
-            .ignore();
-    }
-    for publish in batch {
-        pipe.add_command(command(publish, publish_sha, verb));
-    }
-    pipe
-}
-
-/// The command of one publish: `verb` (`PUBLISH`, `SPUBLISH`) for an envelope, the
-/// publish script for a stream's message.
-fn command(publish: &Publish, publish_sha: &str, verb: &str) -> redis::Cmd {
-    match publish {
-        Publish::Envelope { channel, payload } => {
-            let mut cmd = redis::cmd(verb);
-            cmd.arg(channel).arg(payload.as_ref());
-            cmd
-        }
-        Publish::Stream(publish) => publish.invocation(publish_sha),
-    }
-}
-
-/// Whether a batch needs the publish script loaded at its head: when an envelope
-/// follows a stream publish (a batch of stream publishes alone, or with envelopes
-/// only before them, keeps its order through a NOSCRIPT retry).
-fn loads_first(batch: &[Publish]) -> bool {
-    let first_stream = batch
-        .iter()
-        .position(|publish| matches!(publish, Publish::Stream(_)));
-    first_stream.is_some_and(|first| {
-        batch[first..]
-            .iter()
-            .any(|publish| matches!(publish, Publish::Envelope { .. }))
-    })
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(Deadline::now() + period, period);
+    // After a slow round, a period until the next, not a burst.
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
 }
 
 /// The next tick of `interval`; never without one.
-async fn tick(interval: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> Deadline {
     match interval {
         Some(interval) => interval.tick().await,
         None => std::future::pending().await,
     }
 }
 
-/// Confirmations of (un)subscriptions on one connection.
-#[derive(Debug, Default)]
-struct Acks {
-    count: AtomicU64,
-    /// The unsubscriptions sent and not confirmed yet, per channel: an unsubscription
-    /// not among them is one Redis sent by itself.
-    leaving: std::sync::Mutex<HashMap<String, u32>>,
-}
-
-impl Acks {
-    fn leaving(&self, channels: &[String]) {
-        let mut leaving = lock(&self.leaving);
-        for channel in channels {
-            *leaving.entry(channel.clone()).or_default() += 1;
-        }
-    }
-
-    /// Whether the unsubscription of `channel` was asked for (and is now confirmed).
-    fn left(&self, channel: &str) -> bool {
-        let mut leaving = lock(&self.leaving);
-        let Some(count) = leaving.get_mut(channel) else {
-            return false;
-        };
-        *count -= 1;
-        if *count == 0 {
-            leaving.remove(channel);
-        }
-        true
-    }
-}
-
-/// Reads one connection's replies: counts the gaps in what arrives and queues it for
-/// the delivery task.
-struct Reader {
-    own: NodeId,
-    deliveries: Sender<Envelope>,
-    /// Shared by the readers of successive connections: a gap spans the outage
-    /// between them.
-    detector: Arc<Mutex<GapDetector>>,
-    /// This connection's confirmations.
-    acks: Arc<Acks>,
-    /// Notified at each confirmation, shared by the readers of a link.
-    acked: Arc<Notify>,
-    stats: Counters,
-}
-
-impl Reader {
-    /// A reader like this one for one more connection of the link: its own
-    /// confirmations, everything else shared.
-    fn for_connection(&self) -> Self {
-        Self {
-            own: self.own,
-            deliveries: self.deliveries.clone(),
-            detector: self.detector.clone(),
-            acks: Arc::default(),
-            acked: self.acked.clone(),
-            stats: self.stats.clone(),
-        }
-    }
-
-    /// Reads until the connection fails (`Err`, with why) or the hub is gone (`Ok`).
-    async fn run(self, mut replies: pubsub::Replies) -> Result<(), String> {
-        loop {
-            match replies.next().await.map_err(|error| error.to_string())? {
-                pubsub::Reply::Message { channel, payload } => {
-                    let Some(envelope) = self.accept(&channel, payload) else {
-                        continue;
-                    };
-                    // Waits while the hub is behind: the socket is not read meanwhile.
-                    // Counted as missed if the link is dropped while it waits: its
-                    // number is already seen, so no gap would count it. Not a stream's:
-                    // the hub finds that offset missing and fills it from the stream.
-                    let waiting = envelope
-                        .position
-                        .is_none()
-                        .then(|| Undelivered::new(&self.stats));
-                    let sent = self.deliveries.send(envelope).await;
-                    std::mem::forget(waiting);
-                    if sent.is_err() {
-                        return Ok(());
-                    }
-                }
-                pubsub::Reply::Subscription {
-                    channel,
-                    subscribed,
-                } => {
-                    if !subscribed {
-                        if !self.acks.left(&channel) {
-                            // A Redis Cluster moved the channel's slot to another
-                            // shard: the link reopens on the new map.
-                            return Err(format!(
-                                "Redis unsubscribed {channel} by itself (its slot moved)"
-                            ));
-                        }
-                        self.detector().forget(&channel);
-                    }
-                    self.acks.count.fetch_add(1, Relaxed);
-                    self.acked.notify_one();
-                }
-                pubsub::Reply::Other => {}
-            }
-        }
-    }
-
-    /// The envelope to hand to the hub, after counting what was missed before it;
-    /// `None` for our own (echoed on rooms we share) and for what is not an envelope.
-    /// A stream's message is handed over even when it is our own (the hub delivers a
-    /// stream's messages only as Redis numbered them), and its gaps are the hub's to
-    /// find and fill, by offset.
-    fn accept(&self, channel: &str, payload: Vec<u8>) -> Option<Envelope> {
-        let (envelope, stamp) = match codec::decode(Bytes::from(payload)) {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                self.stats.count(Counter::Malformed);
-                tracing::warn!(%error, "dropped a message that is not an envelope");
-                return None;
-            }
-        };
-        let Some(stamp) = stamp else {
-            return Some(envelope);
-        };
-        if envelope.origin == self.own {
-            return None;
-        }
-        let missed = self
-            .detector()
-            .observe(channel, envelope.origin, stamp, Instant::now());
-        if missed > 0 {
-            self.stats.miss(missed);
-        }
-        Some(envelope)
-    }
-
-    fn detector(&self) -> MutexGuard<'_, GapDetector> {
-        lock(&self.detector)
-    }
-}
-
-/// Opens the link, at once when `after_failure` is false and after a jittered wait
-/// otherwise, then again after each failure; `None` once the broker is dropped.
-/// Publishes that arrive meanwhile cannot happen: each is counted as lost.
-async fn reconnect(
-    task: &Task,
-    publishes: &mut Receiver<Publish>,
-    backoff: &mut Backoff,
-    after_failure: bool,
-) -> Option<Link> {
-    let mut wait = if after_failure {
-        backoff.next_wait()
-    } else {
-        Duration::ZERO
-    };
-    let mut warned = after_failure;
-    loop {
-        lose_publishes_for(wait, publishes, &task.stats).await?;
-        match Link::open(&task.servers).await {
-            Ok(link) => return Some(link),
-            Err(error) if !warned => {
-                tracing::warn!(%error, "Redis unreachable; the hub serves its own members and connects when it can");
-            }
-            Err(error) => tracing::debug!(%error, ?wait, "Redis still unreachable"),
-        }
-        warned = true;
-        wait = backoff.next_wait();
-    }
-}
-
-/// Waits `wait`, counting the publishes that arrive meanwhile as lost; `None` once
-/// the broker is dropped.
-async fn lose_publishes_for(
-    wait: Duration,
-    publishes: &mut Receiver<Publish>,
-    stats: &Counters,
-) -> Option<()> {
-    let sleep = tokio::time::sleep(wait);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut sleep => return Some(()),
-            publish = publishes.recv() => {
-                let publish = publish?;
-                stats.dequeued(1);
-                stats.count(Counter::Lost);
-                tracing::trace!(channel = %publish.channel(), "envelope lost: no link to Redis");
-                publish.lose("no link to Redis");
-            }
-        }
-    }
-}
-
-/// Records that the hub wants (or no longer wants) `room`; whether that changed anything.
-fn note(rooms: &mut HashSet<String>, room: String, wanted: bool) -> bool {
-    if wanted {
-        rooms.insert(room)
-    } else {
-        rooms.remove(&room)
-    }
+async fn sleep_until(deadline: Deadline) {
+    tokio::time::sleep_until(deadline).await;
 }

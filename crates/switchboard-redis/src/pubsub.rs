@@ -27,6 +27,11 @@ const MAX_LINE: u64 = 4096;
 /// that a broken peer's length cannot ask for more.
 const MAX_BULK: usize = 512 * 1024 * 1024;
 
+/// The deepest nesting of arrays read: Redis sends a subscriber arrays of depth one
+/// (two for nothing it sends today); a broken or hostile peer's deeper nesting must
+/// not recurse until the stack overflows.
+const MAX_DEPTH: usize = 8;
+
 type Reading = Box<dyn AsyncRead + Send + Unpin>;
 type Writing = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -49,7 +54,10 @@ pub(crate) enum Reply {
     /// Redis Cluster, an unsubscription Redis sends by itself when the channel's slot
     /// moved to another shard.
     Subscription { channel: String, subscribed: bool },
-    /// Anything else Redis sent, which a subscriber has no use for (a `pong`).
+    /// The answer to a [`Commands::ping`]: in RESP2, a subscribed connection answers
+    /// `PING` with a `pong` push rather than `+PONG`.
+    Pong,
+    /// Anything else Redis sent, which a subscriber has no use for.
     Other,
 }
 
@@ -92,6 +100,14 @@ impl Commands {
             .arg(name)
             .get_packed_command();
         self.write.write_all(&command).await
+    }
+
+    /// Asks Redis for a [`Reply::Pong`]: what keeps a quiet connection proven alive.
+    pub(crate) async fn ping(&mut self) -> io::Result<()> {
+        self.write
+            .write_all(&redis::cmd("PING").get_packed_command())
+            .await?;
+        self.write.flush().await
     }
 
     /// Sends one `verb` (`SUBSCRIBE`, `UNSUBSCRIBE`) per thousand channels, all in one
@@ -148,6 +164,11 @@ impl Replies {
             return Ok(Reply::Other);
         };
         let mut items = items.into_iter();
+        if let Some(Value::Bulk(Some(kind))) = items.as_slice().first() {
+            if kind == b"pong" {
+                return Ok(Reply::Pong);
+            }
+        }
         let (Some(Value::Bulk(Some(kind))), Some(Value::Bulk(Some(channel)))) =
             (items.next(), items.next())
         else {
@@ -172,14 +193,26 @@ impl Replies {
     }
 
     async fn value(&mut self) -> io::Result<Value> {
+        self.value_within(MAX_DEPTH).await
+    }
+
+    /// A value whose arrays nest at most `depth` deep.
+    async fn value_within(&mut self, depth: usize) -> io::Result<Value> {
         let line = self.line().await?;
-        let (kind, rest) = line.split_at(1);
+        // The kind is one byte; a line that starts with a multi-byte character has
+        // none of ours (and cannot be split after its first byte).
+        let (Some(kind), Some(rest)) = (line.get(..1), line.get(1..)) else {
+            return Err(invalid(&line));
+        };
         match kind {
             "*" => {
                 let len = parse_len(rest)?.unwrap_or(0);
+                let Some(inner) = depth.checked_sub(1) else {
+                    return Err(invalid("arrays nested too deep"));
+                };
                 let mut items = Vec::with_capacity(len.min(16));
                 for _ in 0..len {
-                    items.push(Box::pin(self.value()).await?);
+                    items.push(Box::pin(self.value_within(inner)).await?);
                 }
                 Ok(Value::Array(items))
             }
@@ -322,5 +355,41 @@ mod tests {
         }
         let endless: &'static [u8] = Box::leak(vec![b'*'; 10_000].into_boxed_slice());
         assert!(replies(endless).next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_line_that_starts_with_a_multibyte_character_is_an_error() {
+        for bad in [
+            &b"\xc3\xa9\r\n"[..],
+            b"\xe2\x82\xac1\r\n",
+            b"*1\r\n\xc3\xa9x\r\n",
+        ] {
+            let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
+            let error = replies(leaked).next().await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn arrays_nest_at_most_max_depth() {
+        let nested = |depth: usize| -> &'static [u8] {
+            let mut bytes = b"*1\r\n".repeat(depth);
+            bytes.extend_from_slice(b":1\r\n");
+            Box::leak(bytes.into_boxed_slice())
+        };
+        assert_eq!(
+            replies(nested(MAX_DEPTH)).next().await.unwrap(),
+            Reply::Other
+        );
+        let error = replies(nested(MAX_DEPTH + 1)).next().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // Deep enough to overflow the stack of a reader without a bound.
+        assert!(replies(nested(1_000_000)).next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_pong_is_read() {
+        let mut replies = replies(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+        assert_eq!(replies.next().await.unwrap(), Reply::Pong);
     }
 }

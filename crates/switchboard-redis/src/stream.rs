@@ -6,7 +6,11 @@
 //! messages) and `{prefix:room:NAME}:m` (epoch and newest offset), so that a Redis
 //! Cluster keeps them on one shard, the one the scripts run on.
 
-use crate::{RedisConfig, cluster::Servers, codec, connect};
+use crate::{
+    RedisConfig,
+    cluster::{self, Servers},
+    codec, connect,
+};
 use redis::{Cmd, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::HashMap,
@@ -46,6 +50,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// that a read that opened one still has time for its script; and how long reads fail
 /// at once after a failure to open one.
 const READ_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many times a read is sent before its error is the answer: a redirection, then
+/// perhaps a pause for `TRYAGAIN` or a new connection.
+const READ_ATTEMPTS: u32 = 4;
 
 /// Offsets read after are capped here: the largest of 15 digits (what the scripts
 /// take: below 2^53, exact in Lua's numbers), which no stream gets anywhere near (a
@@ -129,6 +137,21 @@ impl StreamPublish {
             .arg(self.parts.payload.as_ref())
             .arg(self.verb);
         cmd
+    }
+
+    /// The envelope the script publishes for this message at `position`: what it
+    /// sends on the channel (`head`, offset, epoch, `route`, payload; see
+    /// `lua/publish.lua`), for a hub that must send it on another node.
+    pub(crate) fn envelope_at(&self, position: Position) -> Vec<u8> {
+        let parts = &self.parts;
+        [
+            &parts.head[..],
+            &position.offset.to_be_bytes(),
+            &position.epoch.as_u64().to_be_bytes(),
+            &parts.route[..],
+            &parts.payload[..],
+        ]
+        .concat()
     }
 }
 
@@ -324,8 +347,12 @@ impl Reads {
         }
     }
 
-    /// Reads once, and once more on a new connection if the one open has failed
-    /// (found only when used: after Redis restarted, say).
+    /// Reads, following a Redis Cluster's redirections (`MOVED`: the slot moved and
+    /// the map the link shares is not updated yet; `ASK`: the slot is moving and the
+    /// stream is on its new master already), waiting out `TRYAGAIN` and `CLUSTERDOWN`
+    /// (a slot mid-move, a failover) with a short pause, and trying a connection found
+    /// failed (after Redis restarted, say) once more on a new one; at most
+    /// [`READ_ATTEMPTS`] times in all, within the read's timeout.
     async fn read_now(
         &self,
         room: &str,
@@ -333,19 +360,29 @@ impl Reads {
         history: History,
         used: &mut Option<(String, u64)>,
     ) -> Result<StreamRead, StreamError> {
-        let mut read = self.read_on_connection(room, after, history, used).await;
-        // A failure with no Redis error code is the connection's, not the command's; a
-        // redirection (a Redis Cluster's slot moved) is one from a connection to the
-        // wrong node. (The read script has no flags, so a replica runs it: no READONLY
-        // here.) The read is tried again once (on a cluster, on the map the link
-        // fetches anew).
-        let failed_connection = match (&read, used.as_ref()) {
-            (Err(error), Some(used)) if connection_failed(error) => Some(used.clone()),
-            _ => None,
-        };
-        if let Some((node, generation)) = failed_connection {
-            self.drop_connection(&node, generation);
-            read = self.read_on_connection(room, after, history, used).await;
+        let mut to = None;
+        let mut read = self
+            .read_on_connection(room, after, history, None, used)
+            .await;
+        for attempt in 1..READ_ATTEMPTS {
+            let Err(error) = &read else {
+                break;
+            };
+            if let Some(redirect) = cluster::Redirect::of(error) {
+                to = Some(redirect);
+            } else if error.code().is_none() {
+                // No Redis error code: the connection's failure, not the command's.
+                if let Some((node, generation)) = used.clone() {
+                    self.drop_connection(&node, generation);
+                }
+            } else if cluster::is_transient(error) {
+                tokio::time::sleep(cluster::transient_pause(attempt)).await;
+            } else {
+                break;
+            }
+            read = self
+                .read_on_connection(room, after, history, to.as_ref(), used)
+                .await;
         }
         read.map_err(|error| StreamError::Unavailable(error.to_string()))
             .and_then(read_of)
@@ -355,15 +392,25 @@ impl Reads {
             })
     }
 
+    /// Runs the read script on the node of `room`'s stream, or the one Redis
+    /// redirected the read `to`.
     async fn read_on_connection(
         &self,
         room: &str,
         after: u64,
         history: History,
+        to: Option<&cluster::Redirect>,
         used: &mut Option<(String, u64)>,
     ) -> RedisResult<Value> {
         let keys = self.config.stream_keys(room);
-        let (name, node) = self.servers.node_of(&keys[0])?;
+        let (name, node) = match to {
+            Some(redirect) => (
+                redirect.address(),
+                Some(redirect.node(self.servers.connector())),
+            ),
+            None => self.servers.node_of(&keys[0])?,
+        };
+        let asking = to.is_some_and(|redirect| redirect.asking);
         let mut open = self.connection(&name, node).await?;
         *used = Some((name.clone(), open.generation));
         let (_, meta_ttl) = ttls(history);
@@ -379,7 +426,7 @@ impl Reads {
                 .arg(meta_ttl);
             cmd
         };
-        match invocation(&open.sha).query_async(&mut open.conn).await {
+        match cluster::query_asking(&mut open.conn, invocation(&open.sha), asking).await {
             Err(error) if is_noscript(&error) => {
                 let sha = load(&mut open.conn, READ_SCRIPT).await?;
                 self.slot(&name, |slot| {
@@ -388,7 +435,7 @@ impl Reads {
                         kept.sha.clone_from(&sha);
                     }
                 });
-                invocation(&sha).query_async(&mut open.conn).await
+                cluster::query_asking(&mut open.conn, invocation(&sha), asking).await
             }
             reply => reply,
         }
@@ -409,7 +456,7 @@ impl Reads {
             return Ok(open);
         }
         if failed.is_some_and(|failed| failed.elapsed() < READ_CONNECT_TIMEOUT) {
-            return Err(unreachable("Redis was unreachable a moment ago"));
+            return Err(connect::failed("Redis was unreachable a moment ago"));
         }
         let opened = tokio::time::timeout(READ_CONNECT_TIMEOUT, async {
             let mut conn = match node {
@@ -420,7 +467,7 @@ impl Reads {
             RedisResult::Ok((conn, sha))
         })
         .await
-        .unwrap_or_else(|_| Err(unreachable("Redis did not answer a connect in time")));
+        .unwrap_or_else(|_| Err(connect::failed("Redis did not answer a connect in time")));
         self.slot(name, |slot| match opened {
             Ok((conn, sha)) => {
                 slot.generation += 1;
@@ -474,14 +521,6 @@ impl Reads {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         work(nodes.entry(node.to_owned()).or_default())
     }
-}
-
-fn connection_failed(error: &redis::RedisError) -> bool {
-    error.code().is_none() || error.redirect_node().is_some()
-}
-
-fn unreachable(why: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, why))
 }
 
 #[cfg(test)]

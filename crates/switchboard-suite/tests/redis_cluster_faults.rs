@@ -1,0 +1,386 @@
+//! Hubs on a Redis Cluster (three masters and a replica of each) whose shards fall
+//! sick one at a time: a master killed or frozen fails its own shard only, the rooms
+//! of the others keep being delivered across hubs throughout, the sick shard's losses
+//! are counted, and its rooms come back after the failover or the thaw; a room with
+//! history whose slot moves while it is published to reaches its subscribers during
+//! the move and after it, every offset once and in order.
+
+use futures_util::StreamExt;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use switchboard::{
+    Message,
+    hub::{Connection, Handler, History, Hub, HubConfig},
+};
+use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
+use switchboard_suite::{
+    engines::redis_cluster::config,
+    servers::redis_cluster::{RedisCluster, query},
+    support::{until, within},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage};
+
+type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Rooms named `h…` keep history: their members get `<offset> <text>`.
+fn hub_config() -> HubConfig {
+    HubConfig::default()
+        .node_heartbeat(Duration::from_secs(3600))
+        .history_framed(
+            "h*",
+            History::default().max_len(10_000),
+            |message, position| {
+                let text = match message {
+                    Message::Text(text) => text.as_str().to_owned(),
+                    _ => String::new(),
+                };
+                Message::text(format!("{} {text}", position.offset))
+            },
+        )
+}
+
+/// Joins the route's `{room}`.
+struct Joiner;
+
+impl Handler for Joiner {
+    async fn on_open(&self, conn: &Connection) {
+        if let Some(room) = conn.param("room") {
+            conn.join(room);
+        }
+    }
+}
+
+/// A hub on its own listener, on the cluster.
+struct TestHub {
+    hub: Hub,
+    addr: SocketAddr,
+    stats: BrokerStats,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.served.abort();
+    }
+}
+
+async fn hub_on(cluster: &RedisCluster) -> TestHub {
+    // `RUST_LOG=switchboard_redis=debug` shows how the hubs follow the cluster.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let prefix = RedisConfig::default().prefix;
+    let broker = RedisBroker::new(config(&cluster.urls(), &prefix)).unwrap();
+    let stats = broker.stats();
+    let hub = Hub::with_broker(hub_config(), broker);
+    let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Joiner));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn({
+        let hub = hub.clone();
+        async move { switchboard::serve(listener, app, &hub).await }
+    });
+    until("the hub to be ready", || hub.is_ready()).await;
+    TestHub {
+        hub,
+        addr,
+        stats,
+        served,
+    }
+}
+
+async fn client(hub: &TestHub, room: &str) -> Client {
+    let url = format!("ws://{}/chat/{room}", hub.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+/// The next text a client gets.
+async fn next_text(ws: &mut Client) -> String {
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(WsMessage::Text(text))) => return text.as_str().to_owned(),
+            Some(Ok(_)) => {}
+            other => panic!("the client's connection ended: {other:?}"),
+        }
+    }
+}
+
+/// The texts a client gets up to `last` (included).
+async fn texts_until(ws: &mut Client, last: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        let text = next_text(ws).await;
+        let done = text.ends_with(last);
+        texts.push(text);
+        if done {
+            return texts;
+        }
+    }
+}
+
+/// A room's channel on a Redis Cluster (the default prefix).
+fn channel(room: &str) -> String {
+    format!("{{switchboard:room:{room}}}")
+}
+
+/// Room names `<stem><n>`, one per master, each with its master.
+async fn rooms_on_each_master(cluster: &RedisCluster, stem: &str) -> Vec<(String, u16)> {
+    let masters = cluster.masters().await;
+    let mut rooms: Vec<(String, u16)> = Vec::new();
+    for n in 0.. {
+        let room = format!("{stem}{n}");
+        let master = cluster
+            .master_of(cluster.keyslot(&channel(&room)).await)
+            .await;
+        if rooms.iter().all(|(_, taken)| *taken != master) {
+            rooms.push((room, master));
+        }
+        if rooms.len() == masters.len() {
+            break;
+        }
+    }
+    rooms
+}
+
+/// Publishes `m<n>` from `hub` to every room every 10 ms until stopped; how many
+/// rounds were sent.
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Publisher {
+    fn start(hub: &Hub, rooms: Vec<String>) -> Self {
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let task = tokio::spawn({
+            let (hub, stop, sent) = (hub.clone(), stop.clone(), sent.clone());
+            async move {
+                while !stop.load(Relaxed) {
+                    let n = sent.load(Relaxed);
+                    for room in &rooms {
+                        hub.to(room).send_text(format!("m{n}"));
+                    }
+                    sent.store(n + 1, Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        Self { stop, sent, task }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
+    }
+
+    /// Returns once `more` more rounds went out.
+    async fn until_more(&self, more: u64) {
+        let target = self.sent() + more;
+        until("more publishes", || self.sent() >= target).await;
+    }
+
+    /// Stops, and returns how many rounds went out.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Relaxed);
+        let sent = self.sent.clone();
+        self.task.await.unwrap();
+        sent.load(Relaxed)
+    }
+}
+
+/// The numbers of `m<n>` texts a client got up to `m<last>`.
+async fn numbers_until(ws: &mut Client, last: u64) -> Vec<u64> {
+    let texts = texts_until(ws, &format!("m{last}")).await;
+    texts
+        .iter()
+        .map(|text| text[1..].parse().unwrap())
+        .collect()
+}
+
+/// One room per master, a client of hub `b` in each, `a` publishing to all of them;
+/// `sick` (a master) falls sick through `fall_sick` and heals through `heal`. The
+/// rooms of the other masters get every message, in order, throughout; the sick one's
+/// resume, and what it lost is counted.
+async fn the_other_shards_deliver_while_one_is_sick(
+    mut cluster: RedisCluster,
+    fall_sick: impl FnOnce(&mut RedisCluster, u16),
+    heal: impl FnOnce(&mut RedisCluster, u16),
+) {
+    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let rooms = rooms_on_each_master(&cluster, "r").await;
+    let mut clients = Vec::new();
+    for (room, _) in &rooms {
+        clients.push(client(&b, room).await);
+        cluster.until_subscribers(&channel(room), 1).await;
+    }
+    let publisher = Publisher::start(&a.hub, rooms.iter().map(|(room, _)| room.clone()).collect());
+    publisher.until_more(20).await;
+    let sick = rooms[0].1;
+    fall_sick(&mut cluster, sick);
+    // Both hubs see the sick shard: `a` counts what it could not publish there, and
+    // `b` is not ready (it would miss that room).
+    until("a to count the sick shard's publishes", || {
+        a.stats.lost() + a.stats.unconfirmed() > 0
+    })
+    .await;
+    until("b to be unready", || !b.hub.is_ready()).await;
+    publisher.until_more(100).await;
+    heal(&mut cluster, sick);
+    cluster.until_ok().await;
+    until("a to be ready again", || a.hub.is_ready()).await;
+    until("b to be ready again", || b.hub.is_ready()).await;
+    publisher.until_more(20).await;
+    let last = publisher.stop().await;
+    // A last message on every room, once every shard is back: the sick room's resumed.
+    for (room, _) in &rooms {
+        a.hub.to(room).send_text(format!("m{last}"));
+    }
+    for (index, ((room, _), ws)) in rooms.iter().zip(&mut clients).enumerate() {
+        let numbers = numbers_until(ws, last).await;
+        if index == 0 {
+            // Not in order: a frozen master runs what it had buffered when it thaws,
+            // perhaps after what the hub published on its new connection.
+            assert!(
+                (numbers.len() as u64) < last + 1,
+                "{room}: the sick shard lost something"
+            );
+        } else {
+            let every: Vec<u64> = (0..=last).collect();
+            assert_eq!(
+                numbers, every,
+                "{room}, on a healthy shard, got every message in order"
+            );
+        }
+    }
+    // Nothing silent: what the sick room did not get is counted on one side or the other.
+    assert!(a.stats.lost() + a.stats.unconfirmed() + b.stats.missed() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_its_shard_alone() {
+    let cluster = RedisCluster::start().await;
+    the_other_shards_deliver_while_one_is_sick(
+        cluster,
+        |cluster, sick| cluster.kill(sick),
+        // Its replica takes over: nothing to do but wait.
+        |_, _| {},
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_fails_its_shard_alone() {
+    let cluster = RedisCluster::start().await;
+    the_other_shards_deliver_while_one_is_sick(
+        cluster,
+        |cluster, sick| cluster.pause(sick),
+        // Thawed after its replica took over (the cluster's node timeout is a second):
+        // it rejoins as a replica.
+        |cluster, sick| cluster.resume(sick),
+    )
+    .await;
+}
+
+/// `CLUSTER SETSLOT <slot> <state> <id>` on `port`.
+async fn setslot(port: u16, slot: u16, state: &str, id: &str) {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+    let reply: redis::RedisResult<()> = query(port, &cmd).await;
+    reply.expect("CLUSTER SETSLOT");
+}
+
+async fn node_id(port: u16) -> String {
+    query(port, redis::cmd("CLUSTER").arg("MYID"))
+        .await
+        .expect("CLUSTER MYID")
+}
+
+/// A stream room's slot moves while `a` publishes into it, in the steps
+/// `redis-cli --cluster reshard` takes; the move is held open after its keys went
+/// over, when the old master answers the publish script with `ASK` and subscribers
+/// stay on it: what `a` publishes then reaches `b`'s client during the move. After
+/// it, the room's offsets all arrived, once each and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_room_is_delivered_while_its_slot_moves() {
+    let cluster = RedisCluster::start().await;
+    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let (room, from) = rooms_on_each_master(&cluster, "h").await.remove(0);
+    let slot = cluster.keyslot(&channel(&room)).await;
+    let masters = cluster.masters().await;
+    let to = *masters.iter().find(|&&master| master != from).unwrap();
+    let mut ws = client(&b, &room).await;
+    cluster.until_subscribers(&channel(&room), 1).await;
+    a.hub.to(&room).send_text("before");
+    assert_eq!(next_text(&mut ws).await, "1 before");
+
+    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+    setslot(to, slot, "IMPORTING", &from_id).await;
+    setslot(from, slot, "MIGRATING", &to_id).await;
+    let publisher = Publisher::start(&a.hub, vec![room.clone()]);
+    publisher.until_more(10).await;
+    let keys: Vec<String> = query(
+        from,
+        redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100),
+    )
+    .await
+    .expect("GETKEYSINSLOT");
+    assert_eq!(keys.len(), 2, "the stream's two keys: {keys:?}");
+    let mut migrate = redis::cmd("MIGRATE");
+    migrate
+        .arg("127.0.0.1")
+        .arg(to)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&keys);
+    let migrated: redis::RedisResult<()> = query(from, &migrate).await;
+    migrated.expect("MIGRATE");
+    // The keys are on `to`, the slot still `from`'s: publishes are ASKed over, and a
+    // message published now reaches `b` while the move is held open.
+    let during = publisher.sent() + 5;
+    publisher.until_more(5).await;
+    let texts = texts_until(&mut ws, &format!(" m{during}")).await;
+    assert!(!texts.is_empty());
+    for port in [to, from] {
+        setslot(port, slot, "NODE", &to_id).await;
+    }
+    for port in masters {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg("NODE").arg(&to_id);
+        let _: redis::RedisResult<()> = query(port, &cmd).await;
+    }
+    cluster.until_ok().await;
+    assert_eq!(cluster.master_of(slot).await, to);
+    cluster.until_subscribers(&channel(&room), 1).await;
+    until("b to be ready again", || b.hub.is_ready()).await;
+    publisher.until_more(10).await;
+    let last = publisher.stop().await;
+    a.hub.to(&room).send_text(format!("m{last}"));
+    let rest = texts_until(&mut ws, &format!(" m{last}")).await;
+    let offsets: Vec<u64> = [vec!["1 before".to_owned()], texts, rest]
+        .concat()
+        .iter()
+        .map(|text| text.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    // "before", then m0 to m<last>.
+    let every: Vec<u64> = (1..=last + 2).collect();
+    assert_eq!(offsets, every, "every offset once, in order");
+    // Every publish was published: none lost, none unanswered.
+    assert_eq!(a.stats.lost() + a.stats.unconfirmed(), 0);
+}
