@@ -335,7 +335,7 @@ impl<'a> Session<'a> {
             tokio::select! {
                 publish = publishes.recv(), if self.started => {
                     let Some(publish) = publish else {
-                        return;
+                        return self.finish().await;
                     };
                     self.take_publishes(publish, publishes);
                 }
@@ -354,6 +354,28 @@ impl<'a> Session<'a> {
             self.started = self.started
                 || (self.map.is_some() || !self.task.servers.is_cluster() || self.refresh.tried)
                     && self.shards.values().all(|shard| shard.tried);
+        }
+    }
+
+    /// The broker is dropped (its hub shut down): what the hub published before,
+    /// its members' leaves and its goodbye among them, still goes out, within
+    /// [`shard::PUBLISH_TIMEOUT`]; what is queued past that is counted lost.
+    async fn finish(&mut self) {
+        let deadline = Deadline::now() + shard::PUBLISH_TIMEOUT;
+        while self.shards.values().any(|shard| shard.publishing) {
+            let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.jobs.next()).await else {
+                break;
+            };
+            if !self.handle(event).await {
+                break;
+            }
+        }
+        let stats = &self.task.stats;
+        for shard in self.shards.values_mut() {
+            for publish in shard.queue.drain(..) {
+                stats.count(Counter::Lost);
+                publish.lose("the broker stopped before Redis answered");
+            }
         }
     }
 
