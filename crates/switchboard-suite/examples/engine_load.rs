@@ -341,14 +341,16 @@ impl Restart for RedisServer {
 }
 
 /// Every node of the cluster, masters and replicas, SIGKILLed and started again with
-/// its cluster configuration (empty, as a Redis without persistence).
+/// its cluster configuration (empty, as a Redis without persistence). It is back once
+/// its nodes serve: the time the cluster then takes to agree that it is ok (its nodes
+/// meet again, masters and replicas sync) is part of the hubs' recovery.
 impl Restart for RedisCluster {
     fn stop(&mut self) {
         RedisCluster::stop(self);
     }
 
     async fn start(&mut self) {
-        self.restart().await;
+        self.restart_nodes().await;
     }
 }
 

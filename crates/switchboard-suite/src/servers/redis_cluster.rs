@@ -195,13 +195,20 @@ impl RedisCluster {
     /// Starts every node that is not running again, on its port and with its cluster
     /// configuration, and returns once the cluster is ok.
     pub async fn restart(&mut self) {
+        self.restart_nodes().await;
+        self.until_ok().await;
+    }
+
+    /// Starts every node that is not running again, on its port and with its cluster
+    /// configuration, and returns once each serves, before the cluster agrees it is ok
+    /// (see [`RedisCluster::until_ok`]).
+    pub async fn restart_nodes(&mut self) {
         for index in 0..self.nodes.len() {
             if self.nodes[index].process.is_none() {
                 let process = self.restart_node(self.nodes[index].port).await;
                 self.nodes[index].process = Some(process);
             }
         }
-        self.until_ok().await;
     }
 
     /// Cuts the subscriber connections named `name` (`CLIENT SETNAME`) on every
