@@ -16,9 +16,10 @@ use redis::{
     aio::MultiplexedConnection,
 };
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
+use switchboard_broker::lock;
 
 /// Slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
@@ -341,7 +342,7 @@ impl Servers {
             return Ok(None);
         };
         let mut known = seeds.to_vec();
-        if let Some(last) = map.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(last) = lock(map).as_ref() {
             let learned = last.masters.iter().chain(&last.nodes);
             for node in learned {
                 if !known.contains(node) {
@@ -350,22 +351,51 @@ impl Servers {
             }
         }
         let fetched = Arc::new(SlotMap::fetch(&self.connector, &known).await?);
-        *map.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetched.clone());
+        *lock(map) = Some(fetched.clone());
         Ok(Some(fetched))
     }
 
-    /// Where `key` is served: a name for the node (empty off a cluster), and the node
-    /// on a cluster (`None`: the [`Connector`]'s primary); an error while no map of
-    /// the cluster is known.
-    pub(crate) fn node_of(&self, key: &str) -> RedisResult<(String, Option<connect::Node>)> {
-        let Some(Cluster { map, .. }) = &self.cluster else {
-            return Ok((String::new(), None));
+    /// The master that serves `key`, as `(host, port)` (`None` off a cluster: the
+    /// [`Connector`]'s primary); an error while no map of the cluster is known.
+    pub(crate) fn owner_of(&self, key: &str) -> RedisResult<Option<(String, u16)>> {
+        if self.cluster.is_none() {
+            return Ok(None);
+        }
+        let map = self
+            .map()
+            .ok_or_else(|| connect::failed("the cluster's map is not known yet"))?;
+        Ok(Some(map.owner_of(key).clone()))
+    }
+
+    /// The masters of the latest map (`None` off a cluster or while no map is known).
+    pub(crate) fn masters(&self) -> Option<Vec<(String, u16)>> {
+        self.map().map(|map| map.masters.clone())
+    }
+
+    fn map(&self) -> Option<Arc<SlotMap>> {
+        let cluster = self.cluster.as_ref()?;
+        lock(&cluster.map).clone()
+    }
+}
+
+#[cfg(test)]
+impl Servers {
+    /// Keeps a map whose slots `masters` share, as a fetch that got it would.
+    pub(crate) fn keep_masters(&self, masters: &[(&str, u16)]) {
+        let masters: Vec<(String, u16)> = masters
+            .iter()
+            .map(|(host, port)| ((*host).to_owned(), *port))
+            .collect();
+        let owners = (0..usize::from(SLOTS))
+            .map(|slot| Some(slot * masters.len() / usize::from(SLOTS)))
+            .collect();
+        let map = SlotMap {
+            nodes: masters.clone(),
+            masters,
+            owners,
         };
-        let map = map.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let map = map.ok_or_else(|| connect::failed("the cluster's map is not known yet"))?;
-        let (host, port) = map.owner_of(key);
-        let node = self.connector.node(host, *port);
-        Ok((format!("{host}:{port}"), Some(node)))
+        let cluster = self.cluster.as_ref().expect("a cluster's servers");
+        *lock(&cluster.map) = Some(Arc::new(map));
     }
 }
 
