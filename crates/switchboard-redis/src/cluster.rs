@@ -524,8 +524,11 @@ mod tests {
         );
     }
 
-    /// A `CLUSTER SLOTS` reply: per range, its slots and its nodes (master first).
-    fn slots_reply(ranges: &[(i64, i64, &[(&str, i64)])]) -> Value {
+    /// A slot range: its first and last slot, and its nodes (master first).
+    type Range<'a> = (i64, i64, &'a [(&'a str, i64)]);
+
+    /// A `CLUSTER SLOTS` reply of `ranges`.
+    fn slots_reply(ranges: &[Range<'_>]) -> Value {
         let node = |(host, port): &(&str, i64)| {
             let host = match *host {
                 "nil" => Value::Nil,
@@ -537,14 +540,14 @@ mod tests {
                 Value::BulkString(b"id".to_vec()),
             ])
         };
-        let range = |(start, end, nodes): &(i64, i64, &[(&str, i64)])| {
+        let range = |(start, end, nodes): &Range<'_>| {
             let head = [Value::Int(*start), Value::Int(*end)];
             Value::Array(head.into_iter().chain(nodes.iter().map(node)).collect())
         };
         Value::Array(ranges.iter().map(range).collect())
     }
 
-    fn map_of(ranges: &[(i64, i64, &[(&str, i64)])]) -> RedisResult<SlotMap> {
+    fn map_of(ranges: &[Range<'_>]) -> RedisResult<SlotMap> {
         SlotMap::parse(slots_reply(ranges), "asked")
     }
 
