@@ -16,9 +16,10 @@ use redis::{
     aio::MultiplexedConnection,
 };
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
+use switchboard_broker::lock;
 
 /// Slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
@@ -78,14 +79,18 @@ pub(crate) struct SlotMap {
 
 impl SlotMap {
     /// Asks every node in `nodes` at once (each within [`MAP_TIMEOUT`]) for the
-    /// cluster's map, and takes the one most of them give.
+    /// cluster's map, and takes the one more than half of those that answered give.
     ///
-    /// One node's answer is not trusted alone: a node cut off from the others, or one
-    /// that has not heard of a failover or a slot's move yet, gives a stale map, and
-    /// a hub that followed it would subscribe where no publisher sends. Asking all at
-    /// once also keeps a dead seed from costing its timeout before the next is asked.
-    /// Among maps given by as many nodes, one that a master of it gave wins (a master
-    /// knows its own slots first); then the first asked.
+    /// One node's answer is not trusted alone while others answer: a node cut off
+    /// from the others, or one that has not heard of a failover or a slot's move yet,
+    /// gives a stale map, and a hub that followed it would subscribe where no
+    /// publisher sends. Asking all at once also keeps a dead seed from costing its
+    /// timeout before the next is asked.
+    ///
+    /// The majority is of the nodes that answered, not of the nodes known: a cluster
+    /// of one node, or one whose other nodes are down or unreachable from here, still
+    /// has a map (what the nodes that can be reached say). Without a majority (a tie
+    /// while a failover spreads) the fetch fails, and the link asks again after a wait.
     async fn fetch(connector: &Connector, nodes: &[(String, u16)]) -> RedisResult<Self> {
         let answers = join_all(nodes.iter().map(|(host, port)| async move {
             let node = connector.node(host, *port);
@@ -93,9 +98,18 @@ impl SlotMap {
             answer.unwrap_or_else(|_| Err(connect::failed("a cluster node did not answer in time")))
         }))
         .await;
-        let mut maps: Vec<(Self, usize, bool)> = Vec::new();
+        Self::vote(answers)
+    }
+
+    /// The map more than half of the `answers` that are maps give, its slots' owners
+    /// compared only: the nodes' lists of replicas differ without either being wrong
+    /// (a node leaves out a replica it sees failing, orders them its own way), and
+    /// the winner asks the replicas any of its voters named for the next map.
+    fn vote(answers: impl IntoIterator<Item = RedisResult<Self>>) -> RedisResult<Self> {
+        let mut maps: Vec<(Self, usize)> = Vec::new();
+        let mut answered = 0;
         let mut last_error = None;
-        for (asked, answer) in nodes.iter().zip(answers) {
+        for answer in answers {
             let map = match answer {
                 Ok(map) => map,
                 Err(error) => {
@@ -103,24 +117,35 @@ impl SlotMap {
                     continue;
                 }
             };
-            let by_master = map.masters.contains(asked);
-            match maps.iter_mut().find(|(known, _, _)| *known == map) {
-                Some((_, votes, masters)) => {
+            answered += 1;
+            match maps.iter_mut().find(|(known, _)| known.same_owners(&map)) {
+                Some((known, votes)) => {
                     *votes += 1;
-                    *masters |= by_master;
+                    for node in map.nodes {
+                        if !known.nodes.contains(&node) {
+                            known.nodes.push(node);
+                        }
+                    }
                 }
-                None => maps.push((map, 1, by_master)),
+                None => maps.push((map, 1)),
             }
         }
-        // `max_by_key` keeps the last of equals: reversed, the first asked.
-        let best = maps
-            .into_iter()
-            .rev()
-            .max_by_key(|(_, votes, by_master)| (*votes, *by_master));
-        match best {
-            Some((map, _, _)) => Ok(map),
-            None => Err(last_error.unwrap_or_else(|| connect::failed("no cluster node is known"))),
+        if let Some(index) = maps.iter().position(|(_, votes)| 2 * votes > answered) {
+            return Ok(maps.swap_remove(index).0);
         }
+        if answered > 0 {
+            return Err(connect::failed(
+                "the cluster's nodes do not agree on its map (no majority)",
+            ));
+        }
+        Err(last_error.unwrap_or_else(|| connect::failed("no cluster node is known")))
+    }
+
+    /// Whether both maps give every slot the same master.
+    fn same_owners(&self, other: &Self) -> bool {
+        // `parse` numbers the masters in the order of their first slot: the same
+        // owners give the same numbers, whatever order the ranges came in.
+        self.masters == other.masters && self.owners == other.owners
     }
 
     async fn fetch_from(node: &connect::Node, host: &str) -> RedisResult<Self> {
@@ -133,9 +158,7 @@ impl SlotMap {
     }
 
     /// The map in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`;
-    /// a host Redis does not know how to give (empty, `?`, or nil with
-    /// `cluster-preferred-endpoint-type unknown-endpoint`: reached where it was asked)
-    /// is the one asked.
+    /// see [`endpoint`] for the hosts Redis does not give.
     fn parse(reply: Value, asked: &str) -> RedisResult<Self> {
         let Value::Array(ranges) = reply else {
             return Err(malformed("CLUSTER SLOTS is not an array"));
@@ -183,7 +206,23 @@ impl SlotMap {
                 "some slots have no master (the cluster is not ok)",
             ));
         }
+        map.number_masters_by_slot();
         Ok(map)
+    }
+
+    /// Numbers the masters in the order of their first slot: Redis before 7 lists
+    /// the ranges per node, in an order of its own.
+    fn number_masters_by_slot(&mut self) {
+        let mut renumbered: Vec<Option<usize>> = vec![None; self.masters.len()];
+        let mut masters = Vec::with_capacity(self.masters.len());
+        for owner in self.owners.iter_mut().flatten() {
+            let old = *owner;
+            *owner = *renumbered[old].get_or_insert_with(|| {
+                masters.push(self.masters[old].clone());
+                masters.len() - 1
+            });
+        }
+        self.masters = masters;
     }
 
     /// The masters, each `(host, port)`, by index.
@@ -203,8 +242,14 @@ impl SlotMap {
     }
 }
 
-/// A node of a `CLUSTER SLOTS` range, `[host, port, …]`, the host `asked` when Redis
-/// does not give one.
+/// A node of a `CLUSTER SLOTS` range, `[host, port, …]`.
+///
+/// A nil host (`cluster-preferred-endpoint-type unknown-endpoint`: the nodes are
+/// behind an address Redis does not know) and an empty one (a node that does not
+/// know its own address yet, in a cluster of one) mean the host `asked`, as Redis's
+/// documentation of `CLUSTER SLOTS` says. `?` means Redis knows no endpoint for the
+/// node (hostnames preferred, none set): an error, not a guess that would be some
+/// other node's address.
 fn endpoint(node: &Value, asked: &str) -> RedisResult<(String, u16)> {
     let Value::Array(node) = node else {
         return Err(malformed("a node is not [host, port, …]"));
@@ -215,7 +260,8 @@ fn endpoint(node: &Value, asked: &str) -> RedisResult<(String, u16)> {
     let host = match host {
         Value::Nil => asked.to_owned(),
         Value::BulkString(host) => match std::str::from_utf8(host) {
-            Ok("" | "?") => asked.to_owned(),
+            Ok("") => asked.to_owned(),
+            Ok("?") => return Err(malformed("a node whose endpoint Redis does not know (`?`)")),
             Ok(host) => host.to_owned(),
             Err(_) => return Err(malformed("a host that is not UTF-8")),
         },
@@ -341,7 +387,7 @@ impl Servers {
             return Ok(None);
         };
         let mut known = seeds.to_vec();
-        if let Some(last) = map.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(last) = lock(map).as_ref() {
             let learned = last.masters.iter().chain(&last.nodes);
             for node in learned {
                 if !known.contains(node) {
@@ -350,22 +396,51 @@ impl Servers {
             }
         }
         let fetched = Arc::new(SlotMap::fetch(&self.connector, &known).await?);
-        *map.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetched.clone());
+        *lock(map) = Some(fetched.clone());
         Ok(Some(fetched))
     }
 
-    /// Where `key` is served: a name for the node (empty off a cluster), and the node
-    /// on a cluster (`None`: the [`Connector`]'s primary); an error while no map of
-    /// the cluster is known.
-    pub(crate) fn node_of(&self, key: &str) -> RedisResult<(String, Option<connect::Node>)> {
-        let Some(Cluster { map, .. }) = &self.cluster else {
-            return Ok((String::new(), None));
+    /// The master that serves `key`, as `(host, port)` (`None` off a cluster: the
+    /// [`Connector`]'s primary); an error while no map of the cluster is known.
+    pub(crate) fn owner_of(&self, key: &str) -> RedisResult<Option<(String, u16)>> {
+        if self.cluster.is_none() {
+            return Ok(None);
+        }
+        let map = self
+            .map()
+            .ok_or_else(|| connect::failed("the cluster's map is not known yet"))?;
+        Ok(Some(map.owner_of(key).clone()))
+    }
+
+    /// The masters of the latest map (`None` off a cluster or while no map is known).
+    pub(crate) fn masters(&self) -> Option<Vec<(String, u16)>> {
+        self.map().map(|map| map.masters.clone())
+    }
+
+    fn map(&self) -> Option<Arc<SlotMap>> {
+        let cluster = self.cluster.as_ref()?;
+        lock(&cluster.map).clone()
+    }
+}
+
+#[cfg(test)]
+impl Servers {
+    /// Keeps a map whose slots `masters` share, as a fetch that got it would.
+    pub(crate) fn keep_masters(&self, masters: &[(&str, u16)]) {
+        let masters: Vec<(String, u16)> = masters
+            .iter()
+            .map(|(host, port)| ((*host).to_owned(), *port))
+            .collect();
+        let owners = (0..usize::from(SLOTS))
+            .map(|slot| Some(slot * masters.len() / usize::from(SLOTS)))
+            .collect();
+        let map = SlotMap {
+            nodes: masters.clone(),
+            masters,
+            owners,
         };
-        let map = map.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let map = map.ok_or_else(|| connect::failed("the cluster's map is not known yet"))?;
-        let (host, port) = map.owner_of(key);
-        let node = self.connector.node(host, *port);
-        Ok((format!("{host}:{port}"), Some(node)))
+        let cluster = self.cluster.as_ref().expect("a cluster's servers");
+        *lock(&cluster.map) = Some(Arc::new(map));
     }
 }
 
@@ -447,6 +522,80 @@ mod tests {
             slot(&config.channel_room("a")),
             slot(&config.channel_room("b"))
         );
+    }
+
+    /// A slot range: its first and last slot, and its nodes (master first).
+    type Range<'a> = (i64, i64, &'a [(&'a str, i64)]);
+
+    /// A `CLUSTER SLOTS` reply of `ranges`.
+    fn slots_reply(ranges: &[Range<'_>]) -> Value {
+        let node = |(host, port): &(&str, i64)| {
+            let host = match *host {
+                "nil" => Value::Nil,
+                host => Value::BulkString(host.as_bytes().to_vec()),
+            };
+            Value::Array(vec![
+                host,
+                Value::Int(*port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |(start, end, nodes): &Range<'_>| {
+            let head = [Value::Int(*start), Value::Int(*end)];
+            Value::Array(head.into_iter().chain(nodes.iter().map(node)).collect())
+        };
+        Value::Array(ranges.iter().map(range).collect())
+    }
+
+    fn map_of(ranges: &[Range<'_>]) -> RedisResult<SlotMap> {
+        SlotMap::parse(slots_reply(ranges), "asked")
+    }
+
+    #[test]
+    fn the_map_more_than_half_the_answers_give_wins() {
+        let current = || {
+            map_of(&[
+                (0, 8191, &[("a", 1), ("ra", 1)]),
+                (8192, 16383, &[("b", 1), ("rb", 1), ("rb", 2)]),
+            ])
+        };
+        // Another honest node: a replica it sees failing left out, the ranges in
+        // the order Redis before 7 gives them.
+        let honest = map_of(&[
+            (8192, 16383, &[("b", 1), ("rb", 2)]),
+            (0, 8191, &[("a", 1)]),
+        ]);
+        // A master that has not heard that `b` took its slots.
+        let stale = || map_of(&[(0, 16383, &[("a", 1), ("ra", 1)])]);
+        let won = SlotMap::vote([stale(), current(), honest]).unwrap();
+        assert_eq!(won.masters(), current().unwrap().masters());
+        assert_eq!(won.owners, current().unwrap().owners);
+        // The replicas named by any voter are asked next time.
+        assert!(won.nodes.contains(&("rb".to_owned(), 2)));
+        // One against one is no majority; nor is one against one and a silent node.
+        assert!(SlotMap::vote([stale(), current()]).is_err());
+        let down = || Err(connect::failed("down"));
+        assert!(SlotMap::vote([stale(), current(), down()]).is_err());
+        // The answers decide, not the nodes known: one answer alone is the map (a
+        // cluster of one, or the only node reachable from here).
+        let alone = SlotMap::vote([down(), stale(), down()]).unwrap();
+        assert_eq!(alone.masters(), [("a".to_owned(), 1)]);
+        assert!(SlotMap::vote([down(), down()]).is_err());
+        assert!(SlotMap::vote([]).is_err());
+    }
+
+    #[test]
+    fn an_unknown_endpoint_is_not_taken_for_the_node_asked() {
+        // `?`: hostnames preferred, none set. The master cannot be reached.
+        assert!(map_of(&[(0, 16383, &[("?", 7000)])]).is_err());
+        // A replica that cannot is only not asked.
+        let map = map_of(&[(0, 16383, &[("a", 7000), ("?", 7001)])]).unwrap();
+        assert_eq!(map.nodes, [("a".to_owned(), 7000)]);
+        // Nil (unknown-endpoint) and empty: where the map was asked.
+        for here in ["nil", ""] {
+            let map = map_of(&[(0, 16383, &[(here, 7000)])]).unwrap();
+            assert_eq!(map.masters(), [("asked".to_owned(), 7000)]);
+        }
     }
 
     #[test]

@@ -520,7 +520,7 @@ impl<'a> Session<'a> {
             let lost = self.task.stats.get(Counter::Lost);
             tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
             self.task.stats.count(Counter::Reconnects);
-            self.task.reads.reconnect();
+            self.task.reads.reconnect(&master);
         }
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
         if self.write(&master, Write::Name(&name)).await {

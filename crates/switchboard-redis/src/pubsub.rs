@@ -23,14 +23,22 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 /// the connection: Redis's are short, and a line without end must not grow a buffer.
 const MAX_LINE: u64 = 4096;
 
-/// The longest bulk string read: Redis's own limit (`proto-max-bulk-len`, 512 MB), so
-/// that a broken peer's length cannot ask for more.
-const MAX_BULK: usize = 512 * 1024 * 1024;
+/// The longest bulk string read: a message's payload as large as the WebSocket
+/// codec's default `max_message_size` (64 MiB, far above the hub's 64 KiB for what
+/// clients send), and 64 KiB for the envelope's header and the channel's name. A
+/// larger one ends the connection as not RESP, rather than have a broken or hostile
+/// peer make each shard's reader hold up to Redis's own 512 MB limit.
+const MAX_BULK: usize = (64 << 20) + (64 << 10);
 
 /// The deepest nesting of arrays read: Redis sends a subscriber arrays of depth one
 /// (two for nothing it sends today); a broken or hostile peer's deeper nesting must
 /// not recurse until the stack overflows.
 const MAX_DEPTH: usize = 8;
+
+/// The most array items one reply may hold, at every depth together: a subscriber's
+/// pushes have at most four (`pmessage`, pattern, channel, payload), and a broken or
+/// hostile peer's long array must not grow the reply for as long as it sends.
+const MAX_ITEMS: usize = 16;
 
 type Reading = Box<dyn AsyncRead + Send + Unpin>;
 type Writing = Box<dyn AsyncWrite + Send + Unpin>;
@@ -193,11 +201,13 @@ impl Replies {
     }
 
     async fn value(&mut self) -> io::Result<Value> {
-        self.value_within(MAX_DEPTH).await
+        let mut items = MAX_ITEMS;
+        self.value_within(MAX_DEPTH, &mut items).await
     }
 
-    /// A value whose arrays nest at most `depth` deep.
-    async fn value_within(&mut self, depth: usize) -> io::Result<Value> {
+    /// A value whose arrays nest at most `depth` deep and hold at most `items` items
+    /// in all (taken from it).
+    async fn value_within(&mut self, depth: usize, items: &mut usize) -> io::Result<Value> {
         let line = self.line().await?;
         // The kind is one byte; a line that starts with a multi-byte character has
         // none of ours (and cannot be split after its first byte).
@@ -210,18 +220,29 @@ impl Replies {
                 let Some(inner) = depth.checked_sub(1) else {
                     return Err(invalid("arrays nested too deep"));
                 };
-                let mut items = Vec::with_capacity(len.min(16));
+                *items = items
+                    .checked_sub(len)
+                    .ok_or_else(|| invalid("an array too long for a subscriber"))?;
+                let mut array = Vec::with_capacity(len);
                 for _ in 0..len {
-                    items.push(Box::pin(self.value_within(inner)).await?);
+                    array.push(Box::pin(self.value_within(inner, items)).await?);
                 }
-                Ok(Value::Array(items))
+                Ok(Value::Array(array))
             }
             "$" => match parse_len(rest)? {
                 None => Ok(Value::Bulk(None)),
                 Some(len) if len > MAX_BULK => Err(invalid(&line)),
                 Some(len) => {
-                    let mut data = vec![0; len + 2];
-                    self.read.read_exact(&mut data).await?;
+                    // Grown as the bytes arrive, not allocated at the length claimed.
+                    let mut data = Vec::new();
+                    let with_crlf = len as u64 + 2;
+                    (&mut self.read)
+                        .take(with_crlf)
+                        .read_to_end(&mut data)
+                        .await?;
+                    if data.len() as u64 != with_crlf {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
                     data.truncate(len);
                     Ok(Value::Bulk(Some(data)))
                 }
@@ -385,6 +406,47 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         // Deep enough to overflow the stack of a reader without a bound.
         assert!(replies(nested(1_000_000)).next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn arrays_hold_at_most_max_items_in_all() {
+        let array = |lens: &[usize]| -> &'static [u8] {
+            let mut bytes = Vec::new();
+            for len in lens {
+                bytes.extend(format!("*{len}\r\n").bytes());
+                bytes.extend(b":1\r\n".repeat(*len));
+            }
+            Box::leak(bytes.into_boxed_slice())
+        };
+        assert_eq!(
+            replies(array(&[MAX_ITEMS])).next().await.unwrap(),
+            Reply::Other
+        );
+        let error = replies(array(&[MAX_ITEMS + 1])).next().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // A length claimed is refused before its items are read.
+        let error = replies(b"*4294967295\r\n").next().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // Nested arrays share the bound: two of ten are too many.
+        let nested = b"*2\r\n*9\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n*9\r\n";
+        let error = replies(nested).next().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn bulk_strings_are_at_most_max_bulk() {
+        let claim = |len: usize| -> &'static [u8] {
+            Box::leak(format!("${len}\r\nab").into_bytes().into_boxed_slice())
+        };
+        // Longer than a message the broker carries: not read at all.
+        for too_long in [MAX_BULK + 1, 65 << 20, 512 << 20] {
+            let error = replies(claim(too_long)).next().await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{too_long}");
+        }
+        // Within the bound, but the peer sends less than it claimed: the end of the
+        // connection, not a wait or a buffer of the claimed size.
+        let error = replies(claim(MAX_BULK)).next().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

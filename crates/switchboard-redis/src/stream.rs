@@ -10,15 +10,21 @@ use crate::{
     RedisConfig,
     cluster::{self, Servers},
     codec, connect,
+    shard::Master,
 };
 use redis::{Cmd, RedisResult, Value, aio::MultiplexedConnection};
 use std::{
     collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 use switchboard_broker::{
     Envelope, Epoch, History, Position, StreamEntry, StreamError, StreamRead, Target,
     link::{AwaitsPosition, Counter, Counters},
+    lock,
 };
 use tokio::sync::{Mutex, oneshot};
 
@@ -290,19 +296,24 @@ pub(crate) struct Reads {
     config: RedisConfig,
     /// Counts the entries skipped as malformed.
     stats: Counters,
-    /// Per node (by address, `""` for a single Redis): the connection open (if any),
-    /// and when opening one last failed. Bounded by the nodes the cluster had.
-    nodes: std::sync::Mutex<HashMap<String, Slot>>,
-    /// Held while a connection is opened: one at a time, the others wait for it.
-    opening: Mutex<()>,
+    /// Per node: the connection open (if any), and when opening one last failed.
+    /// Bounded by the masters of the cluster's current map (see [`Reads::prune`]).
+    nodes: std::sync::Mutex<HashMap<Master, Slot>>,
+    /// Numbers the connections, so that a read drops only the one it found failed;
+    /// one count for all nodes, so that a node forgotten and met again does not
+    /// reuse a number a read still holds.
+    opened: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
     open: Option<Open>,
-    /// Numbers the connections, so that a read drops only the one it found failed.
-    generation: u64,
     failed: Option<Instant>,
+    /// Held while this node's connection is opened: the reads that need it wait for
+    /// that one rather than open their own, and the reads of other nodes wait for
+    /// nothing (a node that takes its [`READ_CONNECT_TIMEOUT`] to fail holds up only
+    /// its own streams' reads).
+    opening: Arc<Mutex<()>>,
 }
 
 /// A connection with the read script's SHA1 on it.
@@ -320,7 +331,7 @@ impl Reads {
             config,
             stats,
             nodes: std::sync::Mutex::default(),
-            opening: Mutex::new(()),
+            opened: AtomicU64::new(0),
         }
     }
 
@@ -337,8 +348,8 @@ impl Reads {
         match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(read) => read,
             Err(_) => {
-                if let Some((node, generation)) = used {
-                    self.drop_connection(&node, generation);
+                if let Some((master, generation)) = used {
+                    self.drop_connection(&master, generation);
                 }
                 Err(StreamError::Unavailable(format!(
                     "Redis did not answer a read within {READ_TIMEOUT:?}"
@@ -358,7 +369,7 @@ impl Reads {
         room: &str,
         after: u64,
         history: History,
-        used: &mut Option<(String, u64)>,
+        used: &mut Option<(Master, u64)>,
     ) -> Result<StreamRead, StreamError> {
         let mut to = None;
         let mut read = self
@@ -372,8 +383,8 @@ impl Reads {
                 to = Some(redirect);
             } else if error.code().is_none() {
                 // No Redis error code: the connection's failure, not the command's.
-                if let Some((node, generation)) = used.clone() {
-                    self.drop_connection(&node, generation);
+                if let Some((master, generation)) = used.clone() {
+                    self.drop_connection(&master, generation);
                 }
             } else if cluster::is_transient(error) {
                 tokio::time::sleep(cluster::transient_pause(attempt)).await;
@@ -400,19 +411,19 @@ impl Reads {
         after: u64,
         history: History,
         to: Option<&cluster::Redirect>,
-        used: &mut Option<(String, u64)>,
+        used: &mut Option<(Master, u64)>,
     ) -> RedisResult<Value> {
         let keys = self.config.stream_keys(room);
-        let (name, node) = match to {
-            Some(redirect) => (
-                redirect.address(),
-                Some(redirect.node(self.servers.connector())),
-            ),
-            None => self.servers.node_of(&keys[0])?,
+        let master = match to {
+            Some(redirect) => Master::At(redirect.host.clone(), redirect.port),
+            None => match self.servers.owner_of(&keys[0])? {
+                Some((host, port)) => Master::At(host, port),
+                None => Master::Primary,
+            },
         };
         let asking = to.is_some_and(|redirect| redirect.asking);
-        let mut open = self.connection(&name, node).await?;
-        *used = Some((name.clone(), open.generation));
+        let mut open = self.connection(&master).await?;
+        *used = Some((master.clone(), open.generation));
         let (_, meta_ttl) = ttls(history);
         let invocation = |sha: &str| {
             let mut cmd = redis::cmd("EVALSHA");
@@ -429,7 +440,7 @@ impl Reads {
         match cluster::query_asking(&mut open.conn, invocation(&open.sha), asking).await {
             Err(error) if is_noscript(&error) => {
                 let sha = load(&mut open.conn, READ_SCRIPT).await?;
-                self.slot(&name, |slot| {
+                self.slot(&master, |slot| {
                     let kept = slot.open.as_mut();
                     if let Some(kept) = kept.filter(|kept| kept.generation == open.generation) {
                         kept.sha.clone_from(&sha);
@@ -445,13 +456,13 @@ impl Reads {
     /// [`READ_CONNECT_TIMEOUT`]. After a failure to open one, reads fail at once for
     /// that long: a recovery of many clients while Redis is unreachable fails fast
     /// rather than queue behind one connect after another.
-    /// `node` is `None` for the connector's primary (off a cluster), named `name`.
-    async fn connection(&self, name: &str, node: Option<connect::Node>) -> RedisResult<Open> {
-        if let Some(open) = self.slot(name, |slot| slot.open.clone()) {
+    async fn connection(&self, master: &Master) -> RedisResult<Open> {
+        let (open, opening) = self.slot(master, |slot| (slot.open.clone(), slot.opening.clone()));
+        if let Some(open) = open {
             return Ok(open);
         }
-        let _opening = self.opening.lock().await;
-        let (open, failed) = self.slot(name, |slot| (slot.open.clone(), slot.failed));
+        let _opening = opening.lock().await;
+        let (open, failed) = self.slot(master, |slot| (slot.open.clone(), slot.failed));
         if let Some(open) = open {
             return Ok(open);
         }
@@ -459,22 +470,31 @@ impl Reads {
             return Err(connect::failed("Redis was unreachable a moment ago"));
         }
         let opened = tokio::time::timeout(READ_CONNECT_TIMEOUT, async {
-            let mut conn = match node {
-                Some(node) => node.publisher().await?,
-                None => self.servers.connector().primary().await?.publisher,
+            let mut conn = match master {
+                Master::At(host, port) => {
+                    self.servers
+                        .connector()
+                        .node(host, *port)
+                        .publisher()
+                        .await?
+                }
+                Master::Primary => self.servers.connector().primary().await?.publisher,
             };
             let sha = load(&mut conn, READ_SCRIPT).await?;
             RedisResult::Ok((conn, sha))
         })
         .await
         .unwrap_or_else(|_| Err(connect::failed("Redis did not answer a connect in time")));
-        self.slot(name, |slot| match opened {
+        if opened.is_ok() {
+            self.prune(master);
+        }
+        let generation = self.opened.fetch_add(1, Relaxed);
+        self.slot(master, |slot| match opened {
             Ok((conn, sha)) => {
-                slot.generation += 1;
                 let open = Open {
                     conn,
                     sha,
-                    generation: slot.generation,
+                    generation,
                 };
                 slot.open = Some(open.clone());
                 slot.failed = None;
@@ -487,22 +507,38 @@ impl Reads {
         })
     }
 
-    /// Drops the open connections, if any: the link has moved to other nodes (a
-    /// failover) or found Redis restarted, and the next reads follow it there.
-    pub(crate) fn reconnect(&self) {
-        let mut nodes = self
-            .nodes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for slot in nodes.values_mut() {
+    /// Drops `master`'s open connection, if any: its shard has reconnected (a
+    /// failover moved it, or Redis restarted), and the next reads there follow it.
+    /// The other nodes' connections stay: their reads have no reason to pay a connect.
+    pub(crate) fn reconnect(&self, master: &Master) {
+        if let Some(slot) = lock(&self.nodes).get_mut(master) {
             slot.open = None;
         }
     }
 
+    /// Forgets the nodes the cluster's current map no longer names as masters (a
+    /// failover's old master, a node removed, a redirection's target that served no
+    /// slot), but `opening`, so that the nodes kept stay as few as the cluster's
+    /// masters however often their addresses change. Off a cluster there is one
+    /// node, never pruned. A read redirected to a node forgotten opens a connection
+    /// to it again.
+    fn prune(&self, opening: &Master) {
+        let Some(masters) = self.servers.masters() else {
+            return;
+        };
+        lock(&self.nodes).retain(|master, _| {
+            master == opening
+                || match master {
+                    Master::At(host, port) => masters.iter().any(|(h, p)| h == host && p == port),
+                    Master::Primary => true,
+                }
+        });
+    }
+
     /// Drops connection `generation` if it is still the open one (not one another
     /// read opened since).
-    fn drop_connection(&self, node: &str, generation: u64) {
-        self.slot(node, |slot| {
+    fn drop_connection(&self, master: &Master, generation: u64) {
+        self.slot(master, |slot| {
             if slot
                 .open
                 .as_ref()
@@ -513,19 +549,36 @@ impl Reads {
         });
     }
 
-    /// Runs `work` on what is kept for `node`.
-    fn slot<T>(&self, node: &str, work: impl FnOnce(&mut Slot) -> T) -> T {
-        let mut nodes = self
-            .nodes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        work(nodes.entry(node.to_owned()).or_default())
+    /// Runs `work` on what is kept for `master`.
+    fn slot<T>(&self, master: &Master, work: impl FnOnce(&mut Slot) -> T) -> T {
+        work(lock(&self.nodes).entry(master.clone()).or_default())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reads_forget_nodes_that_are_no_longer_masters() {
+        let config = RedisConfig::default().cluster(["redis://127.0.0.1:7000/"]);
+        let servers = Servers::new(&config).unwrap();
+        let reads = Reads::new(servers.clone(), config, Counters::default());
+        let at = |port| Master::At("127.0.0.1".to_owned(), port);
+        for port in [7000, 7001, 7002] {
+            reads.slot(&at(port), |_| ());
+        }
+        // A failover replaced 7001 with 7003; a redirection led a read to 7009.
+        servers.keep_masters(&[
+            ("127.0.0.1", 7000),
+            ("127.0.0.1", 7002),
+            ("127.0.0.1", 7003),
+        ]);
+        reads.prune(&at(7009));
+        let mut kept: Vec<Master> = lock(&reads.nodes).keys().cloned().collect();
+        kept.sort_by_key(ToString::to_string);
+        assert_eq!(kept, [at(7000), at(7002)]);
+    }
 
     #[test]
     fn a_rooms_keys_share_one_hash_tag() {
