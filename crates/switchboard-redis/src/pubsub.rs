@@ -23,11 +23,13 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 /// the connection: Redis's are short, and a line without end must not grow a buffer.
 const MAX_LINE: u64 = 4096;
 
-/// The longest bulk string read: a message's payload as large as the WebSocket
+/// The longest bulk string held: a message's payload as large as the WebSocket
 /// codec's default `max_message_size` (64 MiB, far above the hub's 64 KiB for what
 /// clients send), and 64 KiB for the envelope's header and the channel's name. A
-/// larger one ends the connection as not RESP, rather than have a broken or hostile
-/// peer make each shard's reader hold up to Redis's own 512 MB limit.
+/// larger one is read past and dropped (its envelope then counts as missed, by its
+/// publisher's numbering), rather than have a broken or hostile peer make each
+/// shard's reader hold up to Redis's own 512 MB limit, or one huge publish end every
+/// hub's subscription.
 const MAX_BULK: usize = (64 << 20) + (64 << 10);
 
 /// The deepest nesting of arrays read: Redis sends a subscriber arrays of depth one
@@ -231,7 +233,19 @@ impl Replies {
             }
             "$" => match parse_len(rest)? {
                 None => Ok(Value::Bulk(None)),
-                Some(len) if len > MAX_BULK => Err(invalid(&line)),
+                Some(len) if len > MAX_BULK => {
+                    let with_crlf = len as u64 + 2;
+                    let skipped = tokio::io::copy(
+                        &mut (&mut self.read).take(with_crlf),
+                        &mut tokio::io::sink(),
+                    )
+                    .await?;
+                    if skipped != with_crlf {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    tracing::warn!(len, max = MAX_BULK, "dropped a message too large to hold");
+                    Ok(Value::Bulk(None))
+                }
                 Some(len) => {
                     // Grown as the bytes arrive, not allocated at the length claimed.
                     let mut data = Vec::new();
@@ -438,10 +452,25 @@ mod tests {
         let claim = |len: usize| -> &'static [u8] {
             Box::leak(format!("${len}\r\nab").into_bytes().into_boxed_slice())
         };
-        // Longer than a message the broker carries: not read at all.
-        for too_long in [MAX_BULK + 1, 65 << 20, 512 << 20] {
+        // Longer than a message the broker carries: read past, not held, and the
+        // replies after it are read.
+        let mut stream = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n".to_vec();
+        stream.extend(format!("${}\r\n", MAX_BULK + 1).into_bytes());
+        stream.resize(stream.len() + MAX_BULK + 1, b'x');
+        stream.extend(b"\r\n*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nok\r\n");
+        let mut read = replies(Box::leak(stream.into_boxed_slice()));
+        assert_eq!(read.next().await.unwrap(), Reply::Other);
+        let next = read.next().await.unwrap();
+        let ok = Reply::Message {
+            channel: "c".to_owned(),
+            payload: b"ok".to_vec(),
+        };
+        assert_eq!(next, ok);
+        // A claim past the bound that the peer does not send: the end of the
+        // connection, without a buffer of the claimed size.
+        for too_long in [MAX_BULK + 1, 512 << 20] {
             let error = replies(claim(too_long)).next().await.unwrap_err();
-            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{too_long}");
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{too_long}");
         }
         // Within the bound, but the peer sends less than it claimed: the end of the
         // connection, not a wait or a buffer of the claimed size.
