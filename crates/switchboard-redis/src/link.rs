@@ -203,7 +203,9 @@ enum Event {
 struct Shard {
     /// `None` while down (or being opened).
     conn: Option<Conn>,
-    /// Counts the connections, so that what a job says of an older one is ignored.
+    /// Which connections these are (or will be), from the session's counter, so that
+    /// what a job says of older ones is ignored: of this shard's, and of a shard of
+    /// the same master that the map dropped and named again.
     generation: u64,
     opening: bool,
     backoff: Backoff,
@@ -223,6 +225,18 @@ struct Shard {
     /// Whether a pipeline is on its way: one at a time, so that publishes keep their
     /// order on each channel.
     publishing: bool,
+}
+
+/// The session's counter of shard generations: never reset, so that a shard the map
+/// drops and names again starts past every generation its old jobs carry.
+#[derive(Debug, Default)]
+struct Generations(u64);
+
+impl Generations {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
 }
 
 /// A shard's live connections.
@@ -268,6 +282,7 @@ struct Session<'a> {
     map: Option<Arc<SlotMap>>,
     refresh: MapRefresh,
     shards: HashMap<Master, Shard>,
+    generations: Generations,
     jobs: FuturesUnordered<BoxFuture<'static, Event>>,
     /// The rooms this hub has members in: subscribed now, and again after a reconnect.
     rooms: HashSet<String>,
@@ -302,6 +317,7 @@ impl<'a> Session<'a> {
                 retry_at: Deadline::now(),
             },
             shards: HashMap::new(),
+            generations: Generations::default(),
             jobs: FuturesUnordered::new(),
             rooms: HashSet::new(),
             evicted: HashMap::new(),
@@ -314,10 +330,12 @@ impl<'a> Session<'a> {
     async fn adopt(&mut self, link: Link) {
         self.set_map(link.map);
         for (master, opened) in link.shards {
-            if let Some(shard) = self.shards.get_mut(&master) {
-                shard.opening = true;
-            }
-            self.opened(master, 0, opened).await;
+            let Some(shard) = self.shards.get_mut(&master) else {
+                continue;
+            };
+            shard.opening = true;
+            let generation = shard.generation;
+            self.opened(master, generation, opened).await;
         }
     }
 
@@ -409,9 +427,10 @@ impl<'a> Session<'a> {
     /// master that failed (a failover) counts as a reconnection when it opens.
     fn add_shard(&mut self, master: Master, replaces: bool) {
         let backoff = Backoff::new(FIRST_BACKOFF, self.task.config.max_backoff);
+        let generations = &mut self.generations;
         self.shards.entry(master).or_insert_with(|| Shard {
             conn: None,
-            generation: 0,
+            generation: generations.next(),
             opening: false,
             backoff,
             retry_at: Deadline::now(),
@@ -777,7 +796,7 @@ impl<'a> Session<'a> {
         if shard.conn.take().is_none() {
             return;
         }
-        shard.generation += 1;
+        shard.generation = self.generations.next();
         shard.publishing = false;
         shard.channels.clear();
         let wait = shard.backoff.next_wait();
@@ -999,4 +1018,63 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) -> Deadline {
 
 async fn sleep_until(deadline: Deadline) {
     tokio::time::sleep_until(deadline).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Deployment;
+    use switchboard_broker::NodeId;
+
+    fn task(deployment: Deployment) -> Task {
+        let config = RedisConfig {
+            deployment,
+            ..RedisConfig::default()
+        };
+        let servers = Servers::new(&config).unwrap();
+        let stats = Counters::default();
+        Task {
+            reads: Arc::new(stream::Reads::new(
+                servers.clone(),
+                config.clone(),
+                stats.clone(),
+            )),
+            servers,
+            config,
+            inbox: Inbox::new(NodeId::from_bits(1), |_| true),
+            changes: Arc::default(),
+            stats,
+            ready: Arc::default(),
+        }
+    }
+
+    fn cluster() -> Task {
+        task(Deployment::Cluster {
+            nodes: vec!["redis://127.0.0.1:7000/".to_owned()],
+        })
+    }
+
+    fn session(task: &Task) -> Session<'_> {
+        let (deliveries, _) = mpsc::channel(1);
+        let detector = Arc::new(Mutex::new(GapDetector::new(
+            DEFAULT_MAX_CHANNELS,
+            RECEIVER_IDLE,
+        )));
+        let reader = Reader::new(task.inbox.node(), deliveries, detector, task.stats.clone());
+        Session::new(task, reader)
+    }
+
+    #[tokio::test]
+    async fn a_master_named_again_starts_past_its_old_generations() {
+        let task = cluster();
+        let mut session = session(&task);
+        let master = Master::At("10.0.0.1".to_owned(), 7000);
+        session.add_shard(master.clone(), false);
+        let old = session.shards[&master].generation;
+        // The map dropped the master, then named it again: the old shard's jobs may
+        // still answer with `old`.
+        session.shards.remove(&master);
+        session.add_shard(master.clone(), false);
+        assert!(session.shards[&master].generation > old);
+    }
 }
