@@ -183,6 +183,19 @@ pub(crate) async fn run(task: Task, first: Option<Link>, mut publishes: Receiver
         }
     }
     session.serve(&mut publishes).await;
+    drop(session);
+    // The hub is gone: what it queued that the link never took is lost, counted.
+    publishes.close();
+    while let Ok(publish) = publishes.try_recv() {
+        lose(&task.stats, publish, "the hub is gone");
+    }
+}
+
+/// Counts `publish` lost and drops it, telling whoever awaits a stream's position why.
+fn lose(stats: &Counters, publish: Publish, why: &str) {
+    stats.count(Counter::Lost);
+    tracing::trace!(channel = %publish.channel(), "envelope lost: {why}");
+    publish.lose(why);
 }
 
 /// What happened off the link task: a job it started ended.
@@ -377,7 +390,8 @@ impl<'a> Session<'a> {
 
     /// The broker is dropped (its hub shut down): what the hub published before,
     /// its members' leaves and its goodbye among them, still goes out, within
-    /// [`shard::PUBLISH_TIMEOUT`]; what is queued past that is counted lost.
+    /// [`shard::PUBLISH_TIMEOUT`]; what is queued or unanswered past that is counted
+    /// as the session drops.
     async fn finish(&mut self) {
         let deadline = Deadline::now() + shard::PUBLISH_TIMEOUT;
         while self.shards.values().any(|shard| shard.publishing) {
@@ -386,13 +400,6 @@ impl<'a> Session<'a> {
             };
             if !self.handle(event).await {
                 break;
-            }
-        }
-        let stats = &self.task.stats;
-        for shard in self.shards.values_mut() {
-            for publish in shard.queue.drain(..) {
-                stats.count(Counter::Lost);
-                publish.lose("the broker stopped before Redis answered");
             }
         }
     }
@@ -722,9 +729,7 @@ impl<'a> Session<'a> {
                 }
                 _ => "no link to the Redis master of its channel",
             };
-            stats.count(Counter::Lost);
-            tracing::trace!(channel = %publish.channel(), "envelope lost: {why}");
-            publish.lose(why);
+            lose(stats, publish, why);
         }
         for master in started {
             self.start_publishing(&master);
@@ -758,7 +763,7 @@ impl<'a> Session<'a> {
         let (own, publishing) = (conn.publisher.clone(), self.publishing.clone());
         let (master, generation) = (master.clone(), shard.generation);
         self.jobs.push(Box::pin(async move {
-            let outcome = shard::publish(&publishing, own, others, batch).await;
+            let outcome = shard::publish(&publishing, own, &others, batch).await;
             Event::Published(master, generation, outcome)
         }));
     }
@@ -806,9 +811,8 @@ impl<'a> Session<'a> {
         shard.warned = true;
         let queued = shard.queue.len() as u64;
         for publish in shard.queue.drain(..) {
-            publish.lose("the link to its Redis master failed");
+            lose(stats, publish, "the link to its Redis master failed");
         }
-        stats.add(Counter::Lost, queued);
         tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
         if self.map.is_some() {
             self.want_map();
@@ -1001,6 +1005,22 @@ impl<'a> Session<'a> {
     }
 }
 
+impl Drop for Session<'_> {
+    /// The link ends (the broker dropped, the hub gone): what waits for a pipeline is
+    /// lost, counted; the jobs dropped with the session count what they hold.
+    fn drop(&mut self) {
+        for shard in self.shards.values_mut() {
+            for publish in shard.queue.drain(..) {
+                lose(
+                    &self.task.stats,
+                    publish,
+                    "the link to Redis ended before Redis answered",
+                );
+            }
+        }
+    }
+}
+
 fn interval(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval_at(Deadline::now() + period, period);
     // After a slow round, a period until the next, not a burst.
@@ -1076,5 +1096,19 @@ mod tests {
         session.shards.remove(&master);
         session.add_shard(master.clone(), false);
         assert!(session.shards[&master].generation > old);
+    }
+
+    #[tokio::test]
+    async fn what_waits_for_a_pipeline_is_counted_when_the_link_ends() {
+        let task = task(Deployment::Single);
+        let mut session = session(&task);
+        session.set_map(None);
+        let shard = session.shards.get_mut(&Master::Primary).unwrap();
+        shard.queue.push_back(Publish::Envelope {
+            channel: "room".to_owned(),
+            payload: bytes::Bytes::from_static(b"envelope"),
+        });
+        drop(session);
+        assert_eq!(task.stats.get(Counter::Lost), 1);
     }
 }
