@@ -548,6 +548,12 @@ impl<'a> Session<'a> {
             self.task.stats.count(Counter::Reconnects);
             self.task.reads.reconnect();
         }
+        // The channels left while a leave was on its way on a connection that failed
+        // were never confirmed: their numbers go (see `apply_room_changes`).
+        let wanted: HashSet<String> = self.wanted().into_iter().collect();
+        self.reader
+            .detector()
+            .retain_channels(|channel| wanted.contains(channel));
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
         if self.write(&master, Write::Name(&name)).await {
             let channels: Vec<String> = self
@@ -670,6 +676,7 @@ impl<'a> Session<'a> {
     /// or fails midway: it subscribes to them all when it is back.
     async fn apply_room_changes(&mut self) {
         let mut per_master: HashMap<Master, (Vec<String>, Vec<String>)> = HashMap::new();
+        let mut unsent = Vec::new();
         for (room, wanted) in self.task.changes.take() {
             let channel = self.task.config.channel_room(&room);
             let changed = if wanted {
@@ -677,23 +684,32 @@ impl<'a> Session<'a> {
             } else {
                 self.rooms.remove(&room)
             };
-            let Some(master) = self.master_of(&channel) else {
-                continue;
-            };
-            if !changed || !self.serves(&master, &channel) {
+            if !changed {
                 continue;
             }
-            let (join, leave) = per_master.entry(master).or_default();
-            if wanted { join } else { leave }.push(channel);
+            let master = self.master_of(&channel);
+            match master.filter(|master| self.serves(master, &channel)) {
+                Some(master) => {
+                    let (join, leave) = per_master.entry(master).or_default();
+                    if wanted { join } else { leave }.push(channel);
+                }
+                None if !wanted => unsent.push(channel),
+                None => {}
+            }
         }
         for (master, (join, leave)) in per_master {
-            if !leave.is_empty() {
-                self.send(&master, false, leave).await;
+            if !leave.is_empty() && !self.send(&master, false, leave.clone()).await {
+                unsent.extend(leave);
             }
             if !join.is_empty() {
                 self.send(&master, true, join).await;
             }
         }
+        // No confirmation will make the reader forget these channels' numbers: were
+        // the hub to come back to one, what was published meanwhile would count as
+        // missed.
+        let mut detector = self.reader.detector();
+        unsent.iter().for_each(|channel| detector.forget(channel));
     }
 
     /// Takes this publish and those queued behind it (up to a pipeline's worth) to
@@ -1110,5 +1126,35 @@ mod tests {
         });
         drop(session);
         assert_eq!(task.stats.get(Counter::Lost), 1);
+    }
+
+    #[tokio::test]
+    async fn a_room_left_while_its_master_is_down_is_not_counted_missed_on_return() {
+        let task = task(Deployment::Single);
+        let mut session = session(&task);
+        session.set_map(None);
+        let channel = task.config.channel_room("lobby");
+        let origin = NodeId::from_bits(2);
+        let observe = |session: &Session<'_>, sequence| {
+            let stamp = switchboard_broker::Stamp { epoch: 1, sequence };
+            let now = Instant::now();
+            session
+                .reader
+                .detector()
+                .observe(&channel, origin, stamp, now)
+        };
+        task.changes.want("lobby", true);
+        session.apply_room_changes().await;
+        observe(&session, 1);
+        // Left while the shard is down: no unsubscription goes, none is confirmed.
+        task.changes.want("lobby", false);
+        session.apply_room_changes().await;
+        task.changes.want("lobby", true);
+        session.apply_room_changes().await;
+        assert_eq!(
+            observe(&session, 5),
+            0,
+            "what the hub did not follow counted missed"
+        );
     }
 }
