@@ -22,7 +22,7 @@
 
 use crate::{
     Publish, RedisConfig, RoomChanges,
-    cluster::{Servers, SlotMap},
+    cluster::{self, Servers, SlotMap},
     connect, pubsub,
     reader::{Heard, Reader},
     shard::{self, Master, Opened, Outcome, Publisher, Publishing},
@@ -277,6 +277,12 @@ enum Write<'w> {
 /// The cluster's map, asked for again when a shard fails or a slot moves.
 struct MapRefresh {
     wanted: bool,
+    /// Numbers the requests for the map (a failed shard, a moved slot or channel):
+    /// the number of the last one.
+    asked: u64,
+    /// The last request made before the fetch under way (or the last one) started:
+    /// the requests it answers. A later one needs a later fetch.
+    fetched_for: u64,
     /// Whether it was asked for at least once.
     tried: bool,
     fetching: bool,
@@ -300,8 +306,9 @@ struct Session<'a> {
     /// The rooms this hub has members in: subscribed now, and again after a reconnect.
     rooms: HashSet<String>,
     /// Channels Redis unsubscribed from a master by itself (their slot moved away),
-    /// with that master: subscribed again once a new map says where they went.
-    evicted: HashMap<String, Master>,
+    /// or refused there with `MOVED`, with that master and the map request that
+    /// followed: subscribed again once a map fetched after it says where they went.
+    evicted: HashMap<String, (Master, u64)>,
     /// When the subscriptions that make the hub ready were asked for, until confirmed.
     ready_at: Option<Instant>,
     /// Whether the first attempt to open the link is over (the map asked for, each
@@ -324,6 +331,8 @@ impl<'a> Session<'a> {
             map: None,
             refresh: MapRefresh {
                 wanted: false,
+                asked: 0,
+                fetched_for: 0,
                 tried: false,
                 fetching: false,
                 backoff,
@@ -467,6 +476,7 @@ impl<'a> Session<'a> {
         let now = Deadline::now();
         if self.refresh.wanted && !self.refresh.fetching && self.refresh.retry_at <= now {
             self.refresh.fetching = true;
+            self.refresh.fetched_for = self.refresh.asked;
             let servers = self.task.servers.clone();
             self.jobs.push(Box::pin(
                 async move { Event::Mapped(servers.fetch_map().await) },
@@ -606,7 +616,10 @@ impl<'a> Session<'a> {
     /// one Redis there unsubscribed by itself.
     fn serves(&self, master: &Master, channel: &str) -> bool {
         self.master_of(channel).as_ref() == Some(master)
-            && self.evicted.get(channel) != Some(master)
+            && self
+                .evicted
+                .get(channel)
+                .is_none_or(|(from, _)| from != master)
     }
 
     fn conn(&mut self, master: &Master) -> Option<&mut Conn> {
@@ -835,11 +848,14 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Asks for the cluster's map at the next wake (now, unless a refresh failed).
-    fn want_map(&mut self) {
+    /// Asks for the cluster's map at the next wake (now, unless a refresh failed);
+    /// the request's number.
+    fn want_map(&mut self) -> u64 {
         if self.task.servers.is_cluster() {
             self.refresh.wanted = true;
+            self.refresh.asked += 1;
         }
+        self.refresh.asked
     }
 
     /// A map was fetched (or not): follows it, or asks again after a wait.
@@ -865,8 +881,11 @@ impl<'a> Session<'a> {
         // Even when it names the same master: Redis 7.0 also unsubscribes a slot's
         // channels when a master is told the slot is its own again (`SETSLOT NODE`
         // to itself), and a map stale after all makes Redis refuse the subscription
-        // with `MOVED`, which fails that shard and asks for the map again.
-        self.evicted.clear();
+        // with `MOVED`, which evicts the channels again. A map whose fetch started
+        // before a channel moved may not know of the move: that channel waits for
+        // the next.
+        let answered = self.refresh.fetched_for;
+        self.evicted.retain(|_, (_, asked)| *asked > answered);
         let mut moved: HashMap<Master, Vec<String>> = HashMap::new();
         for channel in self.wanted() {
             let Some(master) = self.master_of(&channel) else {
@@ -893,8 +912,9 @@ impl<'a> Session<'a> {
             // on the old master after it unsubscribed this hub is in them.
             self.task.stats.count(Counter::Reconnects);
         }
-        let settled =
-            self.evicted.is_empty() && self.shards.values().all(|shard| shard.conn.is_some());
+        let settled = self.refresh.asked == answered
+            && self.evicted.is_empty()
+            && self.shards.values().all(|shard| shard.conn.is_some());
         if settled {
             self.refresh.wanted = false;
             self.refresh.backoff.reset();
@@ -927,29 +947,47 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Takes what the readers heard: channels Redis unsubscribed by itself.
+    /// Takes what the readers heard: channels Redis unsubscribed by itself, and
+    /// subscriptions it refused with `MOVED` (the map was stale after all).
     fn take_evictions(&mut self) {
         let mut evicted = Vec::new();
         for (master, shard) in &mut self.shards {
-            let Some(conn) = &shard.conn else {
+            let Some(conn) = &mut shard.conn else {
                 continue;
             };
             for channel in conn.heard.take_evicted() {
                 shard.channels.remove(&channel);
                 evicted.push((channel, master.clone()));
             }
+            for slot in conn.heard.take_moved() {
+                // A sharded subscription is one command per slot: Redis refused all
+                // its channels at once, and confirms none of them.
+                let refused: Vec<String> = shard
+                    .channels
+                    .iter()
+                    .filter(|channel| cluster::slot(channel) == slot)
+                    .cloned()
+                    .collect();
+                let unconfirmed = refused.len() as u64;
+                conn.sent = conn.sent.saturating_sub(unconfirmed);
+                conn.needed = conn.needed.saturating_sub(unconfirmed);
+                for channel in refused {
+                    shard.channels.remove(&channel);
+                    evicted.push((channel, master.clone()));
+                }
+            }
         }
         if evicted.is_empty() {
             return;
         }
+        let asked = self.want_map();
         let wanted: HashSet<String> = self.wanted().into_iter().collect();
         for (channel, master) in evicted {
             if wanted.contains(&channel) {
                 tracing::debug!(%channel, %master, "Redis moved a channel away (its slot moved)");
-                self.evicted.insert(channel, master);
+                self.evicted.insert(channel, (master, asked));
             }
         }
-        self.want_map();
     }
 
     /// Pings every subscriber, and fails the shards whose subscriber stayed silent
@@ -1156,5 +1194,26 @@ mod tests {
             0,
             "what the hub did not follow counted missed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_map_fetched_before_a_channel_moved_does_not_settle_it() {
+        let task = cluster();
+        let mut session = session(&task);
+        session.want_map();
+        session.wake();
+        assert!(session.refresh.fetching);
+        // Redis moves a channel away while the fetch is under way.
+        let channel = task.config.channel_all();
+        let master = Master::At("10.0.0.1".to_owned(), 7000);
+        let asked = session.want_map();
+        session.evicted.insert(channel.clone(), (master, asked));
+        // The fetch answers with the map it got before the move.
+        session.mapped(Ok(None)).await;
+        assert!(
+            session.evicted.contains_key(&channel),
+            "the move was forgotten"
+        );
+        assert!(session.refresh.wanted, "no map is asked for after the move");
     }
 }
