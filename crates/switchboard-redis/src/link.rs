@@ -75,6 +75,12 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// counted publishes) within seconds rather than never.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a shard must stay up, its subscriptions confirmed, before its outage is
+/// over (its backoff starts again from the shortest wait, a reconnection is
+/// counted): a shard that opens and fails at once (an ACL user refused `CLIENT
+/// SETNAME`) must keep backing off, and be warned of once, not reconnect in a loop.
+const PROVEN_AFTER: Duration = KEEPALIVE;
+
 /// How long a subscription (or a PING) may take to be written: a connection whose
 /// peer stopped reading fills the kernel's buffers, and the link task must not wait
 /// on it forever.
@@ -263,6 +269,9 @@ struct Conn {
     sent: u64,
     /// The confirmations that make the hub ready.
     needed: u64,
+    opened: Instant,
+    /// Whether it stayed up long enough to end its shard's outage.
+    proven: bool,
 }
 
 /// What is written on a subscriber connection.
@@ -549,15 +558,9 @@ impl<'a> Session<'a> {
             _reader: handle,
             sent: 0,
             needed: 0,
+            opened: Instant::now(),
+            proven: false,
         });
-        shard.backoff.reset();
-        shard.warned = false;
-        if let Some(down) = shard.down_since.take() {
-            let lost = self.task.stats.get(Counter::Lost);
-            tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
-            self.task.stats.count(Counter::Reconnects);
-            self.task.reads.reconnect();
-        }
         // The channels left while a leave was on its way on a connection that failed
         // were never confirmed: their numbers go (see `apply_room_changes`).
         let wanted: HashSet<String> = self.wanted().into_iter().collect();
@@ -836,13 +839,18 @@ impl<'a> Session<'a> {
         let wait = shard.backoff.next_wait();
         shard.retry_at = Deadline::now() + wait;
         shard.down_since.get_or_insert_with(Instant::now);
-        // This warning is the outage's: the failures to reconnect are logged at `debug`.
-        shard.warned = true;
         let queued = shard.queue.len() as u64;
         for publish in shard.queue.drain(..) {
             lose(stats, publish, "the link to its Redis master failed");
         }
-        tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
+        // One warning per outage: the failures to reconnect (to open, or to stay up
+        // once open) are logged at `debug`.
+        if shard.warned {
+            tracing::debug!(%master, %failure, lost = queued, "the link to Redis failed again");
+        } else {
+            tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
+        }
+        shard.warned = true;
         if self.map.is_some() {
             self.want_map();
         }
@@ -990,9 +998,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Pings every subscriber, and fails the shards whose subscriber stayed silent
-    /// past [`KEEPALIVE_TIMEOUT`].
+    /// Pings every subscriber, fails the shards whose subscriber stayed silent past
+    /// [`KEEPALIVE_TIMEOUT`], and ends the outage of those proven up.
     async fn keep_alive(&mut self) {
+        self.note_proven();
         let masters: Vec<Master> = self.shards.keys().cloned().collect();
         for master in masters {
             let Some(conn) = self.conn(&master) else {
@@ -1010,6 +1019,31 @@ impl<'a> Session<'a> {
                 continue;
             }
             self.write(&master, Write::Ping).await;
+        }
+    }
+
+    /// Ends the outage of each shard up for [`PROVEN_AFTER`] with its subscriptions
+    /// confirmed: its backoff starts again from the shortest wait, its next failure
+    /// is warned of, and (after an outage) the reconnection is counted, which makes
+    /// the hub read its streams again.
+    fn note_proven(&mut self) {
+        for (master, shard) in &mut self.shards {
+            let Some(conn) = shard.conn.as_mut() else {
+                continue;
+            };
+            let confirmed = conn.heard.confirmed.load(Relaxed) >= conn.needed;
+            if conn.proven || !confirmed || conn.opened.elapsed() < PROVEN_AFTER {
+                continue;
+            }
+            conn.proven = true;
+            shard.backoff.reset();
+            shard.warned = false;
+            if let Some(down) = shard.down_since.take() {
+                let lost = self.task.stats.get(Counter::Lost);
+                tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
+                self.task.stats.count(Counter::Reconnects);
+                self.task.reads.reconnect();
+            }
         }
     }
 
