@@ -75,10 +75,10 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// counted publishes) within seconds rather than never.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long a shard must stay up, its subscriptions confirmed, before its outage is
-/// over (its backoff starts again from the shortest wait, a reconnection is
-/// counted): a shard that opens and fails at once (an ACL user refused `CLIENT
-/// SETNAME`) must keep backing off, and be warned of once, not reconnect in a loop.
+/// How long a shard must stay up, its subscriptions confirmed, before its backoff
+/// starts again from the shortest wait and its next failure is warned of: a shard
+/// that opens and fails at once (an ACL user refused `CLIENT SETNAME`) must keep
+/// backing off, and be warned of once per outage, not reconnect in a loop.
 const PROVEN_AFTER: Duration = KEEPALIVE;
 
 /// How long a subscription (or a PING) may take to be written: a connection whose
@@ -270,7 +270,7 @@ struct Conn {
     /// The confirmations that make the hub ready.
     needed: u64,
     opened: Instant,
-    /// Whether it stayed up long enough to end its shard's outage.
+    /// Whether it stayed up for [`PROVEN_AFTER`] with its subscriptions confirmed.
     proven: bool,
 }
 
@@ -399,6 +399,7 @@ impl<'a> Session<'a> {
                 _ = tick(&mut role_check) => self.check_role().await,
                 () = sleep_until(wake) => self.wake(),
             }
+            self.note_restored();
             self.update_ready();
             self.started = self.started
                 || (self.map.is_some() || !self.task.servers.is_cluster() || self.refresh.tried)
@@ -998,10 +999,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Pings every subscriber, fails the shards whose subscriber stayed silent past
-    /// [`KEEPALIVE_TIMEOUT`], and ends the outage of those proven up.
+    /// Pings every subscriber, and fails the shards whose subscriber stayed silent
+    /// past [`KEEPALIVE_TIMEOUT`].
     async fn keep_alive(&mut self) {
-        self.note_proven();
         let masters: Vec<Master> = self.shards.keys().cloned().collect();
         for master in masters {
             let Some(conn) = self.conn(&master) else {
@@ -1022,27 +1022,29 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Ends the outage of each shard up for [`PROVEN_AFTER`] with its subscriptions
-    /// confirmed: its backoff starts again from the shortest wait, its next failure
-    /// is warned of, and (after an outage) the reconnection is counted, which makes
-    /// the hub read its streams again.
-    fn note_proven(&mut self) {
+    /// Ends the outage of each shard whose subscriptions Redis confirmed: the
+    /// reconnection is counted (the hub reads its streams again); and once it stayed
+    /// up for [`PROVEN_AFTER`], its backoff starts again from the shortest wait and
+    /// its next failure is warned of. Not when it opens: one refused at once (an ACL
+    /// user refused `CLIENT SETNAME`) is never confirmed.
+    fn note_restored(&mut self) {
         for (master, shard) in &mut self.shards {
             let Some(conn) = shard.conn.as_mut() else {
                 continue;
             };
-            let confirmed = conn.heard.confirmed.load(Relaxed) >= conn.needed;
-            if conn.proven || !confirmed || conn.opened.elapsed() < PROVEN_AFTER {
+            if conn.heard.confirmed.load(Relaxed) < conn.needed {
                 continue;
             }
-            conn.proven = true;
-            shard.backoff.reset();
-            shard.warned = false;
             if let Some(down) = shard.down_since.take() {
                 let lost = self.task.stats.get(Counter::Lost);
                 tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
                 self.task.stats.count(Counter::Reconnects);
                 self.task.reads.reconnect();
+            }
+            if !conn.proven && conn.opened.elapsed() >= PROVEN_AFTER {
+                conn.proven = true;
+                shard.backoff.reset();
+                shard.warned = false;
             }
         }
     }
