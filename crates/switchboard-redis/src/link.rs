@@ -14,8 +14,9 @@
 //! link ask for the map again (with backoff, until every slot has a live master), and
 //! only the channels whose slot changed master are subscribed again, on the new one.
 //!
-//! Memory stays bounded on both ways: publishes wait in a queue of
-//! `max_pending_publishes` (and as many per shard once taken from it), arrivals in one
+//! Memory stays bounded on both ways: at most `max_pending_publishes` publishes are
+//! pending, in the hub's queue, in the shards' queues and in the pipelines on their
+//! way together (each counted until answered or counted lost), arrivals in a queue
 //! of `max_pending_deliveries`; when the latter is full the readers stop reading, and
 //! Redis holds (and past its `client-output-buffer-limit pubsub`, drops) what the hub
 //! cannot take.
@@ -200,6 +201,7 @@ pub(crate) async fn run(task: Task, first: Option<Link>, mut publishes: Receiver
 /// Counts `publish` lost and drops it, telling whoever awaits a stream's position why.
 fn lose(stats: &Counters, publish: Publish, why: &str) {
     stats.count(Counter::Lost);
+    stats.dequeued(1);
     tracing::trace!(channel = %publish.channel(), "envelope lost: {why}");
     publish.lose(why);
 }
@@ -742,27 +744,20 @@ impl<'a> Session<'a> {
                 Err(_) => break,
             }
         }
-        stats.dequeued(batch.len() as u64);
-        let max_queued = self.task.config.max_pending_publishes.max(1);
         let mut started = HashSet::new();
         for publish in batch {
             let master = self.master_of(publish.channel());
             let shard = master
                 .as_ref()
                 .and_then(|master| self.shards.get_mut(master));
-            let why = match shard {
-                Some(shard) if shard.conn.is_some() && shard.queue.len() < max_queued => {
+            match shard {
+                // Bounded with the hub's queue: see `RedisConfig::max_pending_publishes`.
+                Some(shard) if shard.conn.is_some() => {
                     shard.queue.push_back(publish);
                     started.extend(master);
-                    continue;
                 }
-                Some(shard) if shard.conn.is_some() => {
-                    stats.count(Counter::Shed);
-                    "too many publishes waiting for their Redis master"
-                }
-                _ => "no link to the Redis master of its channel",
-            };
-            lose(stats, publish, why);
+                _ => lose(stats, publish, "no link to the Redis master of its channel"),
+            }
         }
         for master in started {
             self.start_publishing(&master);

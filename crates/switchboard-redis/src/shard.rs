@@ -405,7 +405,8 @@ fn loads_first(batch: &[Publish]) -> bool {
     })
 }
 
-/// Answers a job's publishes and counts them, and counts those it still holds when it
+/// Answers a job's publishes and counts them (and takes them off those pending, see
+/// `RedisConfig::max_pending_publishes`), and counts those it still holds when it
 /// is dropped with them (past [`JOB_TIMEOUT`], or with the link: the broker dropped
 /// past its deadline, the hub gone): envelopes as lost, stream publishes as
 /// unconfirmed, since they may have been sent (their futures say so as they drop).
@@ -434,12 +435,13 @@ impl Answering {
         self.envelopes + self.streams
     }
 
-    /// Takes `publish` off the publishes held.
+    /// Takes `publish` off the publishes held, and off those pending.
     fn settle(&mut self, publish: &Publish) {
         match publish {
             Publish::Envelope { .. } => self.envelopes -= 1,
             Publish::Stream(_) => self.streams -= 1,
         }
+        self.stats.dequeued(1);
     }
 
     /// Counts a publish Redis answered, and hands a stream's position over; returns
@@ -524,6 +526,7 @@ impl Drop for Answering {
     fn drop(&mut self) {
         self.stats.add(Counter::Lost, self.envelopes);
         self.stats.add(Counter::Unconfirmed, self.streams);
+        self.stats.dequeued(self.held());
     }
 }
 
