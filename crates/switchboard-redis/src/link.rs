@@ -48,7 +48,7 @@ use switchboard_broker::{
     link::{Aborting, Counter, Counters, deliver},
 };
 use tokio::{
-    sync::mpsc::{self, Receiver},
+    sync::mpsc::{self, Receiver, error::TrySendError},
     time::{Instant as Deadline, MissedTickBehavior},
 };
 
@@ -83,9 +83,14 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 const PROVEN_AFTER: Duration = KEEPALIVE;
 
 /// How long a subscription (or a PING) may take to be written: a connection whose
-/// peer stopped reading fills the kernel's buffers, and the link task must not wait
-/// on it forever.
+/// peer stopped reading fills the kernel's buffers, and its writer must not wait on
+/// it forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Commands waiting for a subscriber's writer: a subscription per batch of room
+/// changes, a PING a second. Full, the writer is stuck on a peer that stopped reading
+/// (it fails within [`SEND_TIMEOUT`]), and the shard fails at once.
+const MAX_QUEUED_WRITES: usize = 64;
 
 /// How often a shard that follows failovers (Sentinel) asks its node whether it is
 /// still the master: a Sentinel's failover closes the old master's clients, but a
@@ -95,9 +100,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const ROLE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long the node may take to say its role before its shard is taken as lost:
-/// longer than a publish's answer may take, since a busy node is no reason to
-/// reconnect; as long as a connection may take to open.
-const ROLE_TIMEOUT: Duration = CONNECT_TIMEOUT;
+/// longer than a pipeline of publishes may take, since the question waits behind
+/// those on the same connection and a busy node is no reason to reconnect.
+const ROLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What `RedisBroker::connect` opened: the cluster's map, and each master's
 /// connections (or why not).
@@ -183,7 +188,7 @@ pub(crate) async fn run(task: Task, first: Option<Link>, mut publishes: Receiver
     let reader = Reader::new(task.inbox.node(), deliveries, detector, task.stats.clone());
     let mut session = Session::new(&task, reader);
     match first {
-        Some(link) => session.adopt(link).await,
+        Some(link) => session.adopt(link),
         None => {
             session.set_map(None);
             session.want_map();
@@ -216,6 +221,11 @@ enum Event {
     /// The reader of `master`'s connection `generation` ended: the hub is gone
     /// (`Ok`), or the connection failed.
     ReaderEnded(Master, u64, Result<(), String>),
+    /// The writer of `master`'s subscriber `generation` ended: its connection was
+    /// dropped (`Ok`), or a write failed.
+    WriterEnded(Master, u64, Result<(), String>),
+    /// The primary's node (its connection `generation`) said whether it is the master.
+    Role(u64, String, RedisResult<bool>),
     /// The cluster's map was fetched.
     Mapped(RedisResult<Option<Arc<SlotMap>>>),
 }
@@ -264,9 +274,11 @@ impl Generations {
 struct Conn {
     node: connect::Node,
     publisher: Publisher,
-    commands: pubsub::Commands,
+    /// To the subscriber's writer task.
+    writes: mpsc::Sender<Write>,
     heard: Arc<Heard>,
     _reader: Aborting<()>,
+    _writer: Aborting<()>,
     /// Channels named in the (un)subscriptions sent: Redis confirms each once, in order.
     sent: u64,
     /// The confirmations that make the hub ready.
@@ -277,12 +289,12 @@ struct Conn {
 }
 
 /// What is written on a subscriber connection.
-enum Write<'w> {
+enum Write {
     /// `CLIENT SETNAME`.
-    Name(&'w str),
+    Name(String),
     Ping,
     /// A verb and its channels.
-    Channels(&'static str, &'w [String]),
+    Channels(&'static str, Vec<String>),
 }
 
 /// The cluster's map, asked for again when a shard fails or a slot moves.
@@ -322,6 +334,8 @@ struct Session<'a> {
     evicted: HashMap<String, (Master, u64)>,
     /// When the subscriptions that make the hub ready were asked for, until confirmed.
     ready_at: Option<Instant>,
+    /// Whether the primary's node was asked its role and has not answered yet.
+    asking_role: bool,
     /// Whether the first attempt to open the link is over (the map asked for, each
     /// master tried once): until then the hub's publishes wait in its queue, as they
     /// would for a connect, rather than be lost for a link not yet tried.
@@ -355,12 +369,13 @@ impl<'a> Session<'a> {
             rooms: HashSet::new(),
             evicted: HashMap::new(),
             ready_at: None,
+            asking_role: false,
             started: false,
         }
     }
 
     /// Takes what `RedisBroker::connect` opened.
-    async fn adopt(&mut self, link: Link) {
+    fn adopt(&mut self, link: Link) {
         self.set_map(link.map);
         for (master, opened) in link.shards {
             let Some(shard) = self.shards.get_mut(&master) else {
@@ -368,7 +383,7 @@ impl<'a> Session<'a> {
             };
             shard.opening = true;
             let generation = shard.generation;
-            self.opened(master, generation, opened).await;
+            self.opened(master, generation, opened);
         }
     }
 
@@ -391,14 +406,14 @@ impl<'a> Session<'a> {
                     self.take_publishes(publish, publishes);
                 }
                 Some(event) = self.jobs.next(), if !self.jobs.is_empty() => {
-                    if !self.handle(event).await {
+                    if !self.handle(event) {
                         return;
                     }
                 }
-                () = self.task.changes.changed() => self.apply_room_changes().await,
+                () = self.task.changes.changed() => self.apply_room_changes(),
                 () = notify.notified() => self.take_evictions(),
-                _ = keepalive.tick() => self.keep_alive().await,
-                _ = tick(&mut role_check) => self.check_role().await,
+                _ = keepalive.tick() => self.keep_alive(),
+                _ = tick(&mut role_check) => self.check_role(),
                 () = sleep_until(wake) => self.wake(),
             }
             self.note_restored();
@@ -419,28 +434,31 @@ impl<'a> Session<'a> {
             let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.jobs.next()).await else {
                 break;
             };
-            if !self.handle(event).await {
+            if !self.handle(event) {
                 break;
             }
         }
     }
 
     /// Handles what a job said; `false` once the hub is gone.
-    async fn handle(&mut self, event: Event) -> bool {
+    fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Opened(master, generation, opened) => {
-                self.opened(master, generation, *opened).await
+                self.opened(master, generation, *opened);
             }
             Event::Published(master, generation, outcome) => {
                 self.published(master, generation, outcome)
             }
             Event::ReaderEnded(_, _, Ok(())) => return false,
-            Event::ReaderEnded(master, generation, Err(failure)) => {
+            Event::ReaderEnded(master, generation, Err(failure))
+            | Event::WriterEnded(master, generation, Err(failure)) => {
                 if self.is_current(&master, generation) {
                     self.fail(&master, &failure);
                 }
             }
-            Event::Mapped(map) => self.mapped(map).await,
+            Event::WriterEnded(_, _, Ok(())) => {}
+            Event::Role(generation, node, role) => self.role_said(generation, &node, role),
+            Event::Mapped(map) => self.mapped(map),
         }
         true
     }
@@ -508,7 +526,7 @@ impl<'a> Session<'a> {
     }
 
     /// A shard's connections opened (or not): subscribes to its channels.
-    async fn opened(&mut self, master: Master, generation: u64, opened: RedisResult<Opened>) {
+    fn opened(&mut self, master: Master, generation: u64, opened: RedisResult<Opened>) {
         let Some(shard) = self.shards.get_mut(&master) else {
             // The map no longer names this master.
             return;
@@ -538,27 +556,25 @@ impl<'a> Session<'a> {
         };
         let reader = self.reader.for_connection();
         let heard = reader.heard().clone();
-        // The reader goes with the connection (aborted with `Conn`), and says how it
-        // ended to a job of the link's, which an aborted reader's silence ends too.
-        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-        let replies = opened.replies;
-        let handle = Aborting(tokio::spawn(async move {
-            let _ = ended_tx.send(reader.run(replies).await);
-        }));
         let generation = shard.generation;
+        let (writes, to_write) = mpsc::channel(MAX_QUEUED_WRITES);
         let ended = master.clone();
-        self.jobs.push(Box::pin(async move {
-            let ended_with = ended_rx
-                .await
-                .unwrap_or_else(|_| Err("the reader was stopped".to_owned()));
+        let reading = spawn_reporting(&self.jobs, reader.run(opened.replies), move |ended_with| {
             Event::ReaderEnded(ended, generation, ended_with)
-        }));
+        });
+        let ended = master.clone();
+        let writing = spawn_reporting(
+            &self.jobs,
+            write_all(opened.commands, to_write),
+            move |ended_with| Event::WriterEnded(ended, generation, ended_with),
+        );
         shard.conn = Some(Conn {
             node: opened.node,
             publisher: opened.publisher,
-            commands: opened.commands,
+            writes,
             heard,
-            _reader: handle,
+            _reader: reading,
+            _writer: writing,
             sent: 0,
             needed: 0,
             opened: Instant::now(),
@@ -571,23 +587,23 @@ impl<'a> Session<'a> {
             .detector()
             .retain_channels(|channel| wanted.contains(channel));
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
-        if self.write(&master, Write::Name(&name)).await {
+        if self.write(&master, Write::Name(name)) {
             let channels: Vec<String> = self
                 .wanted()
                 .into_iter()
                 .filter(|channel| self.serves(&master, channel))
                 .collect();
-            self.subscribe_for_ready(&master, channels).await;
+            self.subscribe_for_ready(&master, channels);
         }
         self.start_publishing(&master);
     }
 
     /// Sends `channels`' subscriptions on `master`, as ones the hub is not ready without.
-    async fn subscribe_for_ready(&mut self, master: &Master, channels: Vec<String>) {
+    fn subscribe_for_ready(&mut self, master: &Master, channels: Vec<String>) {
         if channels.is_empty() {
             return;
         }
-        if self.send(master, true, channels).await {
+        if self.send(master, true, channels) {
             if let Some(conn) = self.conn(master) {
                 conn.needed = conn.sent;
             }
@@ -632,33 +648,25 @@ impl<'a> Session<'a> {
         self.shards.get_mut(master)?.conn.as_mut()
     }
 
-    /// Writes `write` on `master`'s subscriber within [`SEND_TIMEOUT`]; whether it
-    /// was written (if not, the shard failed).
-    async fn write(&mut self, master: &Master, write: Write<'_>) -> bool {
+    /// Hands `write` to `master`'s subscriber's writer; whether it took it (if not,
+    /// the shard failed: its writer is stuck or gone).
+    fn write(&mut self, master: &Master, write: Write) -> bool {
         let Some(conn) = self.conn(master) else {
             return false;
         };
-        let commands = &mut conn.commands;
-        let writing = async {
-            match write {
-                Write::Name(name) => commands.set_name(name).await,
-                Write::Ping => commands.ping().await,
-                Write::Channels(verb, channels) => commands.send(verb, channels).await,
-            }
+        let failure = match conn.writes.try_send(write) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(_)) => "Redis is not taking the subscriber's commands",
+            Err(TrySendError::Closed(_)) => "the subscriber's writer stopped",
         };
-        let failure = match tokio::time::timeout(SEND_TIMEOUT, writing).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("Redis took more than {SEND_TIMEOUT:?} to take a command"),
-        };
-        self.fail(master, &failure);
+        self.fail(master, failure);
         false
     }
 
     /// (Un)subscribes `channels` on `master` (sharded pub/sub on a Redis Cluster);
     /// whether it was sent. Unsubscriptions are noted first, so that its reader tells
     /// them from those a Redis Cluster sends when a slot moves away.
-    async fn send(&mut self, master: &Master, subscribe: bool, channels: Vec<String>) -> bool {
+    fn send(&mut self, master: &Master, subscribe: bool, channels: Vec<String>) -> bool {
         let verb = match (subscribe, self.task.servers.is_cluster()) {
             (true, false) => "SUBSCRIBE",
             (false, false) => "UNSUBSCRIBE",
@@ -671,7 +679,7 @@ impl<'a> Session<'a> {
         if !subscribe {
             conn.heard.leaving(&channels);
         }
-        if !self.write(master, Write::Channels(verb, &channels)).await {
+        if !self.write(master, Write::Channels(verb, channels.clone())) {
             return false;
         }
         let Some(shard) = self.shards.get_mut(master) else {
@@ -693,7 +701,7 @@ impl<'a> Session<'a> {
     /// Subscribes to the rooms the hub came to have and unsubscribes from those it
     /// left, each on its master. `rooms` takes every change even when a shard is down
     /// or fails midway: it subscribes to them all when it is back.
-    async fn apply_room_changes(&mut self) {
+    fn apply_room_changes(&mut self) {
         let mut per_master: HashMap<Master, (Vec<String>, Vec<String>)> = HashMap::new();
         let mut unsent = Vec::new();
         for (room, wanted) in self.task.changes.take() {
@@ -717,11 +725,11 @@ impl<'a> Session<'a> {
             }
         }
         for (master, (join, leave)) in per_master {
-            if !leave.is_empty() && !self.send(&master, false, leave.clone()).await {
+            if !leave.is_empty() && !self.send(&master, false, leave.clone()) {
                 unsent.extend(leave);
             }
             if !join.is_empty() {
-                self.send(&master, true, join).await;
+                self.send(&master, true, join);
             }
         }
         // No confirmation will make the reader forget these channels' numbers: were
@@ -863,11 +871,11 @@ impl<'a> Session<'a> {
     }
 
     /// A map was fetched (or not): follows it, or asks again after a wait.
-    async fn mapped(&mut self, map: RedisResult<Option<Arc<SlotMap>>>) {
+    fn mapped(&mut self, map: RedisResult<Option<Arc<SlotMap>>>) {
         self.refresh.fetching = false;
         self.refresh.tried = true;
         match map {
-            Ok(map) => self.follow_map(map).await,
+            Ok(map) => self.follow_map(map),
             Err(error) => {
                 tracing::debug!(%error, "the cluster's map could not be fetched");
                 self.refresh.retry_at = Deadline::now() + self.refresh.backoff.next_wait();
@@ -879,7 +887,7 @@ impl<'a> Session<'a> {
     /// names, and subscribes the channels whose master changed (or that Redis moved
     /// away) on their master. Asks again, after a wait, while a master it names is
     /// down.
-    async fn follow_map(&mut self, map: Option<Arc<SlotMap>>) {
+    fn follow_map(&mut self, map: Option<Arc<SlotMap>>) {
         self.set_map(map);
         // A map asked for after Redis moved channels away says where they are now.
         // Even when it names the same master: Redis 7.0 also unsubscribes a slot's
@@ -909,7 +917,7 @@ impl<'a> Session<'a> {
         }
         let resubscribed = !moved.is_empty();
         for (master, channels) in moved {
-            self.subscribe_for_ready(&master, channels).await;
+            self.subscribe_for_ready(&master, channels);
         }
         if resubscribed {
             // The hub reads its streams again, as after a reconnect: what was published
@@ -996,7 +1004,7 @@ impl<'a> Session<'a> {
 
     /// Pings every subscriber, and fails the shards whose subscriber stayed silent
     /// past [`KEEPALIVE_TIMEOUT`].
-    async fn keep_alive(&mut self) {
+    fn keep_alive(&mut self) {
         let masters: Vec<Master> = self.shards.keys().cloned().collect();
         for master in masters {
             let Some(conn) = self.conn(&master) else {
@@ -1013,7 +1021,7 @@ impl<'a> Session<'a> {
                 );
                 continue;
             }
-            self.write(&master, Write::Ping).await;
+            self.write(&master, Write::Ping);
         }
     }
 
@@ -1044,17 +1052,37 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Fails the primary's shard if its node is no longer the master (a failover
-    /// demoted it), so that it reconnects to the one the Sentinels name now.
-    async fn check_role(&mut self) {
-        let Some(conn) = self.conn(&Master::Primary) else {
+    /// Asks the primary's node whether it is still the master (a failover may have
+    /// demoted it), unless it was asked and has not answered yet.
+    fn check_role(&mut self) {
+        if self.asking_role {
+            return;
+        }
+        let Some(shard) = self.shards.get(&Master::Primary) else {
+            return;
+        };
+        let Some(conn) = &shard.conn else {
             return;
         };
         // The same connection, with a timeout of its own for this question.
         let mut publisher = conn.publisher.conn.clone();
-        let node = conn.node.to_string();
         publisher.set_response_timeout(ROLE_TIMEOUT);
-        match connect::is_master(&mut publisher).await {
+        let (generation, node) = (shard.generation, conn.node.to_string());
+        self.asking_role = true;
+        self.jobs.push(Box::pin(async move {
+            let role = connect::is_master(&mut publisher).await;
+            Event::Role(generation, node, role)
+        }));
+    }
+
+    /// Fails the primary's shard (connection `generation`) if its node is no longer
+    /// the master, so that it reconnects to the one the Sentinels name now.
+    fn role_said(&mut self, generation: u64, node: &str, role: RedisResult<bool>) {
+        self.asking_role = false;
+        if !self.is_current(&Master::Primary, generation) {
+            return;
+        }
+        match role {
             Ok(true) => {}
             Ok(false) => self.fail(&Master::Primary, &format!("{node} is no longer the master")),
             Err(error) => self.fail(
@@ -1104,6 +1132,52 @@ impl Drop for Session<'_> {
             }
         }
     }
+}
+
+/// Runs `task` on its own, aborted with the handle returned, and has a job of the
+/// link's say how it ended (`report`); a task aborted says it was stopped.
+fn spawn_reporting(
+    jobs: &FuturesUnordered<BoxFuture<'static, Event>>,
+    task: impl Future<Output = Result<(), String>> + Send + 'static,
+    report: impl FnOnce(Result<(), String>) -> Event + Send + 'static,
+) -> Aborting<()> {
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let handle = Aborting(tokio::spawn(async move {
+        let _ = ended_tx.send(task.await);
+    }));
+    jobs.push(Box::pin(async move {
+        let ended_with = ended_rx.await.unwrap_or_else(|_| Err("stopped".to_owned()));
+        report(ended_with)
+    }));
+    handle
+}
+
+/// Writes what the link task hands it on a subscriber connection, each within
+/// [`SEND_TIMEOUT`], until the link drops its end (`Ok`) or a write fails: so that a
+/// peer that stopped reading stalls this shard's writer, not the link task.
+async fn write_all(
+    mut commands: pubsub::Commands,
+    mut writes: Receiver<Write>,
+) -> Result<(), String> {
+    while let Some(write) = writes.recv().await {
+        let writing = async {
+            match &write {
+                Write::Name(name) => commands.set_name(name).await,
+                Write::Ping => commands.ping().await,
+                Write::Channels(verb, channels) => commands.send(verb, channels).await,
+            }
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, writing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "Redis took more than {SEND_TIMEOUT:?} to take a command"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn interval(period: Duration) -> tokio::time::Interval {
@@ -1213,13 +1287,13 @@ mod tests {
                 .observe(&channel, origin, stamp, now)
         };
         task.changes.want("lobby", true);
-        session.apply_room_changes().await;
+        session.apply_room_changes();
         observe(&session, 1);
         // Left while the shard is down: no unsubscription goes, none is confirmed.
         task.changes.want("lobby", false);
-        session.apply_room_changes().await;
+        session.apply_room_changes();
         task.changes.want("lobby", true);
-        session.apply_room_changes().await;
+        session.apply_room_changes();
         assert_eq!(
             observe(&session, 5),
             0,
@@ -1240,7 +1314,7 @@ mod tests {
         let asked = session.want_map();
         session.evicted.insert(channel.clone(), (master, asked));
         // The fetch answers with the map it got before the move.
-        session.mapped(Ok(None)).await;
+        session.mapped(Ok(None));
         assert!(
             session.evicted.contains_key(&channel),
             "the move was forgotten"
