@@ -253,9 +253,10 @@ struct Shard {
     channels: HashSet<String>,
     /// Publishes taken from the hub's queue, for the next pipeline.
     queue: VecDeque<Publish>,
-    /// Whether a pipeline is on its way: one at a time, so that publishes keep their
-    /// order on each channel.
-    publishing: bool,
+    /// The generation of the pipeline on its way, if one is: one at a time, even
+    /// across a reconnection (the old connection's job may still be retrying
+    /// redirected publishes), so that publishes keep their order on each channel.
+    publishing: Option<u64>,
 }
 
 /// The session's counter of shard generations: never reset, so that a shard the map
@@ -325,6 +326,8 @@ struct Session<'a> {
     refresh: MapRefresh,
     shards: HashMap<Master, Shard>,
     generations: Generations,
+    /// See [`Session::others`]; `None` when a shard opened or failed since.
+    others: Option<Arc<HashMap<String, Publisher>>>,
     jobs: FuturesUnordered<BoxFuture<'static, Event>>,
     /// The rooms this hub has members in: subscribed now, and again after a reconnect.
     rooms: HashSet<String>,
@@ -365,6 +368,7 @@ impl<'a> Session<'a> {
             },
             shards: HashMap::new(),
             generations: Generations::default(),
+            others: None,
             jobs: FuturesUnordered::new(),
             rooms: HashSet::new(),
             evicted: HashMap::new(),
@@ -430,7 +434,7 @@ impl<'a> Session<'a> {
     /// as the session drops.
     async fn finish(&mut self) {
         let deadline = Deadline::now() + shard::PUBLISH_TIMEOUT;
-        while self.shards.values().any(|shard| shard.publishing) {
+        while self.shards.values().any(|shard| shard.publishing.is_some()) {
             let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.jobs.next()).await else {
                 break;
             };
@@ -485,7 +489,7 @@ impl<'a> Session<'a> {
             tried: false,
             channels: HashSet::new(),
             queue: VecDeque::new(),
-            publishing: false,
+            publishing: None,
         });
     }
 
@@ -580,6 +584,7 @@ impl<'a> Session<'a> {
             opened: Instant::now(),
             proven: false,
         });
+        self.others = None;
         // The channels left while a leave was on its way on a connection that failed
         // were never confirmed: their numbers go (see `apply_room_changes`).
         let wanted: HashSet<String> = self.wanted().into_iter().collect();
@@ -774,26 +779,20 @@ impl<'a> Session<'a> {
 
     /// Sends the next pipeline of `master`'s queue, unless one is on its way.
     fn start_publishing(&mut self, master: &Master) {
-        let others: HashMap<String, Publisher> = self
-            .shards
-            .iter()
-            .filter_map(|(other, shard)| match (other, &shard.conn) {
-                (Master::At(host, port), Some(conn)) => {
-                    Some((format!("{host}:{port}"), conn.publisher.clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let ready = self.shards.get(master).is_some_and(|shard| {
+            shard.conn.is_some() && shard.publishing.is_none() && !shard.queue.is_empty()
+        });
+        if !ready {
+            return;
+        }
+        let others = self.others();
         let Some(shard) = self.shards.get_mut(master) else {
             return;
         };
         let Some(conn) = &shard.conn else {
             return;
         };
-        if shard.publishing || shard.queue.is_empty() {
-            return;
-        }
-        shard.publishing = true;
+        shard.publishing = Some(shard.generation);
         let take = shard.queue.len().min(MAX_BATCH);
         let batch: Vec<Publish> = shard.queue.drain(..take).collect();
         let (own, publishing) = (conn.publisher.clone(), self.publishing.clone());
@@ -804,16 +803,37 @@ impl<'a> Session<'a> {
         }));
     }
 
+    /// The connections to the masters that are up, by `host:port`, for the publishes
+    /// Redis redirects; made again only when a shard opens or fails.
+    fn others(&mut self) -> Arc<HashMap<String, Publisher>> {
+        let shards = &self.shards;
+        let others = self.others.get_or_insert_with(|| {
+            let up = shards
+                .iter()
+                .filter_map(|(other, shard)| match (other, &shard.conn) {
+                    (Master::At(host, port), Some(conn)) => {
+                        Some((format!("{host}:{port}"), conn.publisher.clone()))
+                    }
+                    _ => None,
+                });
+            Arc::new(up.collect())
+        });
+        others.clone()
+    }
+
     /// A pipeline of `master`'s was answered: the next one goes, or the shard fails.
     fn published(&mut self, master: Master, generation: u64, outcome: Outcome) {
         if outcome.stale_map {
             self.want_map();
         }
-        if !self.is_current(&master, generation) {
-            return;
+        let shard = self.shards.get_mut(&master);
+        if let Some(shard) = shard.filter(|shard| shard.publishing == Some(generation)) {
+            shard.publishing = None;
         }
-        if let Some(shard) = self.shards.get_mut(&master) {
-            shard.publishing = false;
+        if !self.is_current(&master, generation) {
+            // The shard reconnected meanwhile: its next pipeline waited for this one.
+            self.start_publishing(&master);
+            return;
         }
         if let Some(failure) = outcome.failed {
             self.fail(&master, &format!("a publish was not answered: {failure}"));
@@ -838,7 +858,7 @@ impl<'a> Session<'a> {
             return;
         }
         shard.generation = self.generations.next();
-        shard.publishing = false;
+        self.others = None;
         shard.channels.clear();
         let wait = shard.backoff.next_wait();
         shard.retry_at = Deadline::now() + wait;
