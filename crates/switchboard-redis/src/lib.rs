@@ -199,10 +199,11 @@
 //!
 //! # Bounded memory
 //!
-//! - Publishes wait for the link in a queue of [`RedisConfig::max_pending_publishes`].
-//!   Full, it sheds the new envelope (drop newest: what waits keeps its order), counted
-//!   in [`BrokerStats::shed`] and [`BrokerStats::lost`] on this hub, and in
-//!   [`BrokerStats::missed`] on the hubs that would have received it.
+//! - At most [`RedisConfig::max_pending_publishes`] publishes are pending: queued
+//!   for the link, queued for their master's pipeline, or on their way unanswered.
+//!   Past it, the broker sheds the new envelope (drop newest: what waits keeps its
+//!   order), counted in [`BrokerStats::shed`] and [`BrokerStats::lost`] on this hub,
+//!   and in [`BrokerStats::missed`] on the hubs that would have received it.
 //! - Arrivals wait for the hub in a queue of [`RedisConfig::max_pending_deliveries`],
 //!   fanned out by a task of their own, not by the one that talks to Redis. Full, the
 //!   broker stops reading from Redis (it reads its own pub/sub connection, at the
@@ -366,8 +367,10 @@ pub struct RedisConfig {
     /// Default 5 s: a restarted Redis is found again within seconds, and hubs that lost
     /// it do not hammer it meanwhile.
     pub max_backoff: Duration,
-    /// The most publishes waiting for the link to Redis: past it, the new publish is
-    /// shed (drop newest) and counted in [`BrokerStats::shed`] and
+    /// The most publishes pending: waiting for the link to Redis, waiting for their
+    /// master's next pipeline, or sent and not answered yet (all counted in
+    /// [`BrokerStats::pending_publishes`]). Past it, the new publish is shed (drop
+    /// newest) and counted in [`BrokerStats::shed`] and
     /// [`BrokerStats::lost`] here, and in [`BrokerStats::missed`] on the hubs that
     /// would have received it. Room subscriptions do not count: they are never
     /// dropped. 0 is taken as 1.

@@ -14,15 +14,16 @@
 //! link ask for the map again (with backoff, until every slot has a live master), and
 //! only the channels whose slot changed master are subscribed again, on the new one.
 //!
-//! Memory stays bounded on both ways: publishes wait in a queue of
-//! `max_pending_publishes` (and as many per shard once taken from it), arrivals in one
+//! Memory stays bounded on both ways: at most `max_pending_publishes` publishes are
+//! pending, in the hub's queue, in the shards' queues and in the pipelines on their
+//! way together (each counted until answered or counted lost), arrivals in a queue
 //! of `max_pending_deliveries`; when the latter is full the readers stop reading, and
 //! Redis holds (and past its `client-output-buffer-limit pubsub`, drops) what the hub
 //! cannot take.
 
 use crate::{
     Publish, RedisConfig, RoomChanges,
-    cluster::{Servers, SlotMap},
+    cluster::{self, Servers, SlotMap},
     connect, pubsub,
     reader::{Heard, Reader},
     shard::{self, Master, Opened, Outcome, Publisher, Publishing},
@@ -47,7 +48,7 @@ use switchboard_broker::{
     link::{Aborting, Counter, Counters, deliver},
 };
 use tokio::{
-    sync::mpsc::{self, Receiver},
+    sync::mpsc::{self, Receiver, error::TrySendError},
     time::{Instant as Deadline, MissedTickBehavior},
 };
 
@@ -75,10 +76,21 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// counted publishes) within seconds rather than never.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a shard must stay up, its subscriptions confirmed, before its backoff
+/// starts again from the shortest wait and its next failure is warned of: a shard
+/// that opens and fails at once (an ACL user refused `CLIENT SETNAME`) must keep
+/// backing off, and be warned of once per outage, not reconnect in a loop.
+const PROVEN_AFTER: Duration = KEEPALIVE;
+
 /// How long a subscription (or a PING) may take to be written: a connection whose
-/// peer stopped reading fills the kernel's buffers, and the link task must not wait
-/// on it forever.
+/// peer stopped reading fills the kernel's buffers, and its writer must not wait on
+/// it forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Commands waiting for a subscriber's writer: a subscription per batch of room
+/// changes, a PING a second. Full, the writer is stuck on a peer that stopped reading
+/// (it fails within [`SEND_TIMEOUT`]), and the shard fails at once.
+const MAX_QUEUED_WRITES: usize = 64;
 
 /// How often a shard that follows failovers (Sentinel) asks its node whether it is
 /// still the master: a Sentinel's failover closes the old master's clients, but a
@@ -88,9 +100,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const ROLE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long the node may take to say its role before its shard is taken as lost:
-/// longer than a publish's answer may take, since a busy node is no reason to
-/// reconnect; as long as a connection may take to open.
-const ROLE_TIMEOUT: Duration = CONNECT_TIMEOUT;
+/// longer than a pipeline of publishes may take, since the question waits behind
+/// those on the same connection and a busy node is no reason to reconnect.
+const ROLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What `RedisBroker::connect` opened: the cluster's map, and each master's
 /// connections (or why not).
@@ -176,13 +188,27 @@ pub(crate) async fn run(task: Task, first: Option<Link>, mut publishes: Receiver
     let reader = Reader::new(task.inbox.node(), deliveries, detector, task.stats.clone());
     let mut session = Session::new(&task, reader);
     match first {
-        Some(link) => session.adopt(link).await,
+        Some(link) => session.adopt(link),
         None => {
             session.set_map(None);
             session.want_map();
         }
     }
     session.serve(&mut publishes).await;
+    drop(session);
+    // The hub is gone: what it queued that the link never took is lost, counted.
+    publishes.close();
+    while let Ok(publish) = publishes.try_recv() {
+        lose(&task.stats, publish, "the hub is gone");
+    }
+}
+
+/// Counts `publish` lost and drops it, telling whoever awaits a stream's position why.
+fn lose(stats: &Counters, publish: Publish, why: &str) {
+    stats.count(Counter::Lost);
+    stats.dequeued(1);
+    tracing::trace!(channel = %publish.channel(), "envelope lost: {why}");
+    publish.lose(why);
 }
 
 /// What happened off the link task: a job it started ended.
@@ -195,6 +221,11 @@ enum Event {
     /// The reader of `master`'s connection `generation` ended: the hub is gone
     /// (`Ok`), or the connection failed.
     ReaderEnded(Master, u64, Result<(), String>),
+    /// The writer of `master`'s subscriber `generation` ended: its connection was
+    /// dropped (`Ok`), or a write failed.
+    WriterEnded(Master, u64, Result<(), String>),
+    /// The primary's node (its connection `generation`) said whether it is the master.
+    Role(u64, String, RedisResult<bool>),
     /// The cluster's map was fetched.
     Mapped(RedisResult<Option<Arc<SlotMap>>>),
 }
@@ -203,7 +234,9 @@ enum Event {
 struct Shard {
     /// `None` while down (or being opened).
     conn: Option<Conn>,
-    /// Counts the connections, so that what a job says of an older one is ignored.
+    /// Which connections these are (or will be), from the session's counter, so that
+    /// what a job says of older ones is ignored: of this shard's, and of a shard of
+    /// the same master that the map dropped and named again.
     generation: u64,
     opening: bool,
     backoff: Backoff,
@@ -220,36 +253,60 @@ struct Shard {
     channels: HashSet<String>,
     /// Publishes taken from the hub's queue, for the next pipeline.
     queue: VecDeque<Publish>,
-    /// Whether a pipeline is on its way: one at a time, so that publishes keep their
-    /// order on each channel.
-    publishing: bool,
+    /// The generation of the pipeline on its way, if one is: one at a time, even
+    /// across a reconnection (the old connection's job may still be retrying
+    /// redirected publishes), so that publishes keep their order on each channel.
+    publishing: Option<u64>,
+}
+
+/// The session's counter of shard generations: never reset, so that a shard the map
+/// drops and names again starts past every generation its old jobs carry.
+#[derive(Debug, Default)]
+struct Generations(u64);
+
+impl Generations {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
 }
 
 /// A shard's live connections.
 struct Conn {
     node: connect::Node,
     publisher: Publisher,
-    commands: pubsub::Commands,
+    /// To the subscriber's writer task.
+    writes: mpsc::Sender<Write>,
     heard: Arc<Heard>,
     _reader: Aborting<()>,
+    _writer: Aborting<()>,
     /// Channels named in the (un)subscriptions sent: Redis confirms each once, in order.
     sent: u64,
     /// The confirmations that make the hub ready.
     needed: u64,
+    opened: Instant,
+    /// Whether it stayed up for [`PROVEN_AFTER`] with its subscriptions confirmed.
+    proven: bool,
 }
 
 /// What is written on a subscriber connection.
-enum Write<'w> {
+enum Write {
     /// `CLIENT SETNAME`.
-    Name(&'w str),
+    Name(String),
     Ping,
     /// A verb and its channels.
-    Channels(&'static str, &'w [String]),
+    Channels(&'static str, Vec<String>),
 }
 
 /// The cluster's map, asked for again when a shard fails or a slot moves.
 struct MapRefresh {
     wanted: bool,
+    /// Numbers the requests for the map (a failed shard, a moved slot or channel):
+    /// the number of the last one.
+    asked: u64,
+    /// The last request made before the fetch under way (or the last one) started:
+    /// the requests it answers. A later one needs a later fetch.
+    fetched_for: u64,
     /// Whether it was asked for at least once.
     tried: bool,
     fetching: bool,
@@ -268,14 +325,20 @@ struct Session<'a> {
     map: Option<Arc<SlotMap>>,
     refresh: MapRefresh,
     shards: HashMap<Master, Shard>,
+    generations: Generations,
+    /// See [`Session::others`]; `None` when a shard opened or failed since.
+    others: Option<Arc<HashMap<String, Publisher>>>,
     jobs: FuturesUnordered<BoxFuture<'static, Event>>,
     /// The rooms this hub has members in: subscribed now, and again after a reconnect.
     rooms: HashSet<String>,
     /// Channels Redis unsubscribed from a master by itself (their slot moved away),
-    /// with that master: subscribed again once a new map says where they went.
-    evicted: HashMap<String, Master>,
+    /// or refused there with `MOVED`, with that master and the map request that
+    /// followed: subscribed again once a map fetched after it says where they went.
+    evicted: HashMap<String, (Master, u64)>,
     /// When the subscriptions that make the hub ready were asked for, until confirmed.
     ready_at: Option<Instant>,
+    /// Whether the primary's node was asked its role and has not answered yet.
+    asking_role: bool,
     /// Whether the first attempt to open the link is over (the map asked for, each
     /// master tried once): until then the hub's publishes wait in its queue, as they
     /// would for a connect, rather than be lost for a link not yet tried.
@@ -296,28 +359,35 @@ impl<'a> Session<'a> {
             map: None,
             refresh: MapRefresh {
                 wanted: false,
+                asked: 0,
+                fetched_for: 0,
                 tried: false,
                 fetching: false,
                 backoff,
                 retry_at: Deadline::now(),
             },
             shards: HashMap::new(),
+            generations: Generations::default(),
+            others: None,
             jobs: FuturesUnordered::new(),
             rooms: HashSet::new(),
             evicted: HashMap::new(),
             ready_at: None,
+            asking_role: false,
             started: false,
         }
     }
 
     /// Takes what `RedisBroker::connect` opened.
-    async fn adopt(&mut self, link: Link) {
+    fn adopt(&mut self, link: Link) {
         self.set_map(link.map);
         for (master, opened) in link.shards {
-            if let Some(shard) = self.shards.get_mut(&master) {
-                shard.opening = true;
-            }
-            self.opened(master, 0, opened).await;
+            let Some(shard) = self.shards.get_mut(&master) else {
+                continue;
+            };
+            shard.opening = true;
+            let generation = shard.generation;
+            self.opened(master, generation, opened);
         }
     }
 
@@ -340,16 +410,17 @@ impl<'a> Session<'a> {
                     self.take_publishes(publish, publishes);
                 }
                 Some(event) = self.jobs.next(), if !self.jobs.is_empty() => {
-                    if !self.handle(event).await {
+                    if !self.handle(event) {
                         return;
                     }
                 }
-                () = self.task.changes.changed() => self.apply_room_changes().await,
+                () = self.task.changes.changed() => self.apply_room_changes(),
                 () = notify.notified() => self.take_evictions(),
-                _ = keepalive.tick() => self.keep_alive().await,
-                _ = tick(&mut role_check) => self.check_role().await,
+                _ = keepalive.tick() => self.keep_alive(),
+                _ = tick(&mut role_check) => self.check_role(),
                 () = sleep_until(wake) => self.wake(),
             }
+            self.note_restored();
             self.update_ready();
             self.started = self.started
                 || (self.map.is_some() || !self.task.servers.is_cluster() || self.refresh.tried)
@@ -359,42 +430,39 @@ impl<'a> Session<'a> {
 
     /// The broker is dropped (its hub shut down): what the hub published before,
     /// its members' leaves and its goodbye among them, still goes out, within
-    /// [`shard::PUBLISH_TIMEOUT`]; what is queued past that is counted lost.
+    /// [`shard::PUBLISH_TIMEOUT`]; what is queued or unanswered past that is counted
+    /// as the session drops.
     async fn finish(&mut self) {
         let deadline = Deadline::now() + shard::PUBLISH_TIMEOUT;
-        while self.shards.values().any(|shard| shard.publishing) {
+        while self.shards.values().any(|shard| shard.publishing.is_some()) {
             let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.jobs.next()).await else {
                 break;
             };
-            if !self.handle(event).await {
+            if !self.handle(event) {
                 break;
-            }
-        }
-        let stats = &self.task.stats;
-        for shard in self.shards.values_mut() {
-            for publish in shard.queue.drain(..) {
-                stats.count(Counter::Lost);
-                publish.lose("the broker stopped before Redis answered");
             }
         }
     }
 
     /// Handles what a job said; `false` once the hub is gone.
-    async fn handle(&mut self, event: Event) -> bool {
+    fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Opened(master, generation, opened) => {
-                self.opened(master, generation, *opened).await
+                self.opened(master, generation, *opened);
             }
             Event::Published(master, generation, outcome) => {
                 self.published(master, generation, outcome)
             }
             Event::ReaderEnded(_, _, Ok(())) => return false,
-            Event::ReaderEnded(master, generation, Err(failure)) => {
+            Event::ReaderEnded(master, generation, Err(failure))
+            | Event::WriterEnded(master, generation, Err(failure)) => {
                 if self.is_current(&master, generation) {
                     self.fail(&master, &failure);
                 }
             }
-            Event::Mapped(map) => self.mapped(map).await,
+            Event::WriterEnded(_, _, Ok(())) => {}
+            Event::Role(generation, node, role) => self.role_said(generation, &node, role),
+            Event::Mapped(map) => self.mapped(map),
         }
         true
     }
@@ -409,9 +477,10 @@ impl<'a> Session<'a> {
     /// master that failed (a failover) counts as a reconnection when it opens.
     fn add_shard(&mut self, master: Master, replaces: bool) {
         let backoff = Backoff::new(FIRST_BACKOFF, self.task.config.max_backoff);
+        let generations = &mut self.generations;
         self.shards.entry(master).or_insert_with(|| Shard {
             conn: None,
-            generation: 0,
+            generation: generations.next(),
             opening: false,
             backoff,
             retry_at: Deadline::now(),
@@ -420,7 +489,7 @@ impl<'a> Session<'a> {
             tried: false,
             channels: HashSet::new(),
             queue: VecDeque::new(),
-            publishing: false,
+            publishing: None,
         });
     }
 
@@ -441,6 +510,7 @@ impl<'a> Session<'a> {
         let now = Deadline::now();
         if self.refresh.wanted && !self.refresh.fetching && self.refresh.retry_at <= now {
             self.refresh.fetching = true;
+            self.refresh.fetched_for = self.refresh.asked;
             let servers = self.task.servers.clone();
             self.jobs.push(Box::pin(
                 async move { Event::Mapped(servers.fetch_map().await) },
@@ -460,7 +530,7 @@ impl<'a> Session<'a> {
     }
 
     /// A shard's connections opened (or not): subscribes to its channels.
-    async fn opened(&mut self, master: Master, generation: u64, opened: RedisResult<Opened>) {
+    fn opened(&mut self, master: Master, generation: u64, opened: RedisResult<Opened>) {
         let Some(shard) = self.shards.get_mut(&master) else {
             // The map no longer names this master.
             return;
@@ -490,56 +560,55 @@ impl<'a> Session<'a> {
         };
         let reader = self.reader.for_connection();
         let heard = reader.heard().clone();
-        // The reader goes with the connection (aborted with `Conn`), and says how it
-        // ended to a job of the link's, which an aborted reader's silence ends too.
-        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-        let replies = opened.replies;
-        let handle = Aborting(tokio::spawn(async move {
-            let _ = ended_tx.send(reader.run(replies).await);
-        }));
         let generation = shard.generation;
+        let (writes, to_write) = mpsc::channel(MAX_QUEUED_WRITES);
         let ended = master.clone();
-        self.jobs.push(Box::pin(async move {
-            let ended_with = ended_rx
-                .await
-                .unwrap_or_else(|_| Err("the reader was stopped".to_owned()));
+        let reading = spawn_reporting(&self.jobs, reader.run(opened.replies), move |ended_with| {
             Event::ReaderEnded(ended, generation, ended_with)
-        }));
+        });
+        let ended = master.clone();
+        let writing = spawn_reporting(
+            &self.jobs,
+            write_all(opened.commands, to_write),
+            move |ended_with| Event::WriterEnded(ended, generation, ended_with),
+        );
         shard.conn = Some(Conn {
             node: opened.node,
             publisher: opened.publisher,
-            commands: opened.commands,
+            writes,
             heard,
-            _reader: handle,
+            _reader: reading,
+            _writer: writing,
             sent: 0,
             needed: 0,
+            opened: Instant::now(),
+            proven: false,
         });
-        shard.backoff.reset();
-        shard.warned = false;
-        if let Some(down) = shard.down_since.take() {
-            let lost = self.task.stats.get(Counter::Lost);
-            tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
-            self.task.stats.count(Counter::Reconnects);
-            self.task.reads.reconnect(&master);
-        }
+        self.others = None;
+        // The channels left while a leave was on its way on a connection that failed
+        // were never confirmed: their numbers go (see `apply_room_changes`).
+        let wanted: HashSet<String> = self.wanted().into_iter().collect();
+        self.reader
+            .detector()
+            .retain_channels(|channel| wanted.contains(channel));
         let name = format!("switchboard-sub-{}", self.task.inbox.node());
-        if self.write(&master, Write::Name(&name)).await {
+        if self.write(&master, Write::Name(name)) {
             let channels: Vec<String> = self
                 .wanted()
                 .into_iter()
                 .filter(|channel| self.serves(&master, channel))
                 .collect();
-            self.subscribe_for_ready(&master, channels).await;
+            self.subscribe_for_ready(&master, channels);
         }
         self.start_publishing(&master);
     }
 
     /// Sends `channels`' subscriptions on `master`, as ones the hub is not ready without.
-    async fn subscribe_for_ready(&mut self, master: &Master, channels: Vec<String>) {
+    fn subscribe_for_ready(&mut self, master: &Master, channels: Vec<String>) {
         if channels.is_empty() {
             return;
         }
-        if self.send(master, true, channels).await {
+        if self.send(master, true, channels) {
             if let Some(conn) = self.conn(master) {
                 conn.needed = conn.sent;
             }
@@ -574,40 +643,35 @@ impl<'a> Session<'a> {
     /// one Redis there unsubscribed by itself.
     fn serves(&self, master: &Master, channel: &str) -> bool {
         self.master_of(channel).as_ref() == Some(master)
-            && self.evicted.get(channel) != Some(master)
+            && self
+                .evicted
+                .get(channel)
+                .is_none_or(|(from, _)| from != master)
     }
 
     fn conn(&mut self, master: &Master) -> Option<&mut Conn> {
         self.shards.get_mut(master)?.conn.as_mut()
     }
 
-    /// Writes `write` on `master`'s subscriber within [`SEND_TIMEOUT`]; whether it
-    /// was written (if not, the shard failed).
-    async fn write(&mut self, master: &Master, write: Write<'_>) -> bool {
+    /// Hands `write` to `master`'s subscriber's writer; whether it took it (if not,
+    /// the shard failed: its writer is stuck or gone).
+    fn write(&mut self, master: &Master, write: Write) -> bool {
         let Some(conn) = self.conn(master) else {
             return false;
         };
-        let commands = &mut conn.commands;
-        let writing = async {
-            match write {
-                Write::Name(name) => commands.set_name(name).await,
-                Write::Ping => commands.ping().await,
-                Write::Channels(verb, channels) => commands.send(verb, channels).await,
-            }
+        let failure = match conn.writes.try_send(write) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(_)) => "Redis is not taking the subscriber's commands",
+            Err(TrySendError::Closed(_)) => "the subscriber's writer stopped",
         };
-        let failure = match tokio::time::timeout(SEND_TIMEOUT, writing).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("Redis took more than {SEND_TIMEOUT:?} to take a command"),
-        };
-        self.fail(master, &failure);
+        self.fail(master, failure);
         false
     }
 
     /// (Un)subscribes `channels` on `master` (sharded pub/sub on a Redis Cluster);
     /// whether it was sent. Unsubscriptions are noted first, so that its reader tells
     /// them from those a Redis Cluster sends when a slot moves away.
-    async fn send(&mut self, master: &Master, subscribe: bool, channels: Vec<String>) -> bool {
+    fn send(&mut self, master: &Master, subscribe: bool, channels: Vec<String>) -> bool {
         let verb = match (subscribe, self.task.servers.is_cluster()) {
             (true, false) => "SUBSCRIBE",
             (false, false) => "UNSUBSCRIBE",
@@ -620,7 +684,7 @@ impl<'a> Session<'a> {
         if !subscribe {
             conn.heard.leaving(&channels);
         }
-        if !self.write(master, Write::Channels(verb, &channels)).await {
+        if !self.write(master, Write::Channels(verb, channels.clone())) {
             return false;
         }
         let Some(shard) = self.shards.get_mut(master) else {
@@ -642,8 +706,9 @@ impl<'a> Session<'a> {
     /// Subscribes to the rooms the hub came to have and unsubscribes from those it
     /// left, each on its master. `rooms` takes every change even when a shard is down
     /// or fails midway: it subscribes to them all when it is back.
-    async fn apply_room_changes(&mut self) {
+    fn apply_room_changes(&mut self) {
         let mut per_master: HashMap<Master, (Vec<String>, Vec<String>)> = HashMap::new();
+        let mut unsent = Vec::new();
         for (room, wanted) in self.task.changes.take() {
             let channel = self.task.config.channel_room(&room);
             let changed = if wanted {
@@ -651,23 +716,32 @@ impl<'a> Session<'a> {
             } else {
                 self.rooms.remove(&room)
             };
-            let Some(master) = self.master_of(&channel) else {
-                continue;
-            };
-            if !changed || !self.serves(&master, &channel) {
+            if !changed {
                 continue;
             }
-            let (join, leave) = per_master.entry(master).or_default();
-            if wanted { join } else { leave }.push(channel);
+            let master = self.master_of(&channel);
+            match master.filter(|master| self.serves(master, &channel)) {
+                Some(master) => {
+                    let (join, leave) = per_master.entry(master).or_default();
+                    if wanted { join } else { leave }.push(channel);
+                }
+                None if !wanted => unsent.push(channel),
+                None => {}
+            }
         }
         for (master, (join, leave)) in per_master {
-            if !leave.is_empty() {
-                self.send(&master, false, leave).await;
+            if !leave.is_empty() && !self.send(&master, false, leave.clone()) {
+                unsent.extend(leave);
             }
             if !join.is_empty() {
-                self.send(&master, true, join).await;
+                self.send(&master, true, join);
             }
         }
+        // No confirmation will make the reader forget these channels' numbers: were
+        // the hub to come back to one, what was published meanwhile would count as
+        // missed.
+        let mut detector = self.reader.detector();
+        unsent.iter().for_each(|channel| detector.forget(channel));
     }
 
     /// Takes this publish and those queued behind it (up to a pipeline's worth) to
@@ -683,29 +757,20 @@ impl<'a> Session<'a> {
                 Err(_) => break,
             }
         }
-        stats.dequeued(batch.len() as u64);
-        let max_queued = self.task.config.max_pending_publishes.max(1);
         let mut started = HashSet::new();
         for publish in batch {
             let master = self.master_of(publish.channel());
             let shard = master
                 .as_ref()
                 .and_then(|master| self.shards.get_mut(master));
-            let why = match shard {
-                Some(shard) if shard.conn.is_some() && shard.queue.len() < max_queued => {
+            match shard {
+                // Bounded with the hub's queue: see `RedisConfig::max_pending_publishes`.
+                Some(shard) if shard.conn.is_some() => {
                     shard.queue.push_back(publish);
                     started.extend(master);
-                    continue;
                 }
-                Some(shard) if shard.conn.is_some() => {
-                    stats.count(Counter::Shed);
-                    "too many publishes waiting for their Redis master"
-                }
-                _ => "no link to the Redis master of its channel",
-            };
-            stats.count(Counter::Lost);
-            tracing::trace!(channel = %publish.channel(), "envelope lost: {why}");
-            publish.lose(why);
+                _ => lose(stats, publish, "no link to the Redis master of its channel"),
+            }
         }
         for master in started {
             self.start_publishing(&master);
@@ -714,34 +779,46 @@ impl<'a> Session<'a> {
 
     /// Sends the next pipeline of `master`'s queue, unless one is on its way.
     fn start_publishing(&mut self, master: &Master) {
-        let others: HashMap<String, Publisher> = self
-            .shards
-            .iter()
-            .filter_map(|(other, shard)| match (other, &shard.conn) {
-                (Master::At(host, port), Some(conn)) => {
-                    Some((format!("{host}:{port}"), conn.publisher.clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let ready = self.shards.get(master).is_some_and(|shard| {
+            shard.conn.is_some() && shard.publishing.is_none() && !shard.queue.is_empty()
+        });
+        if !ready {
+            return;
+        }
+        let others = self.others();
         let Some(shard) = self.shards.get_mut(master) else {
             return;
         };
         let Some(conn) = &shard.conn else {
             return;
         };
-        if shard.publishing || shard.queue.is_empty() {
-            return;
-        }
-        shard.publishing = true;
+        shard.publishing = Some(shard.generation);
         let take = shard.queue.len().min(MAX_BATCH);
         let batch: Vec<Publish> = shard.queue.drain(..take).collect();
         let (own, publishing) = (conn.publisher.clone(), self.publishing.clone());
         let (master, generation) = (master.clone(), shard.generation);
         self.jobs.push(Box::pin(async move {
-            let outcome = shard::publish(&publishing, own, others, batch).await;
+            let outcome = shard::publish(&publishing, own, &others, batch).await;
             Event::Published(master, generation, outcome)
         }));
+    }
+
+    /// The connections to the masters that are up, by `host:port`, for the publishes
+    /// Redis redirects; made again only when a shard opens or fails.
+    fn others(&mut self) -> Arc<HashMap<String, Publisher>> {
+        let shards = &self.shards;
+        let others = self.others.get_or_insert_with(|| {
+            let up = shards
+                .iter()
+                .filter_map(|(other, shard)| match (other, &shard.conn) {
+                    (Master::At(host, port), Some(conn)) => {
+                        Some((format!("{host}:{port}"), conn.publisher.clone()))
+                    }
+                    _ => None,
+                });
+            Arc::new(up.collect())
+        });
+        others.clone()
     }
 
     /// A pipeline of `master`'s was answered: the next one goes, or the shard fails.
@@ -749,11 +826,14 @@ impl<'a> Session<'a> {
         if outcome.stale_map {
             self.want_map();
         }
-        if !self.is_current(&master, generation) {
-            return;
+        let shard = self.shards.get_mut(&master);
+        if let Some(shard) = shard.filter(|shard| shard.publishing == Some(generation)) {
+            shard.publishing = None;
         }
-        if let Some(shard) = self.shards.get_mut(&master) {
-            shard.publishing = false;
+        if !self.is_current(&master, generation) {
+            // The shard reconnected meanwhile: its next pipeline waited for this one.
+            self.start_publishing(&master);
+            return;
         }
         if let Some(failure) = outcome.failed {
             self.fail(&master, &format!("a publish was not answered: {failure}"));
@@ -777,38 +857,45 @@ impl<'a> Session<'a> {
         if shard.conn.take().is_none() {
             return;
         }
-        shard.generation += 1;
-        shard.publishing = false;
+        shard.generation = self.generations.next();
+        self.others = None;
         shard.channels.clear();
         let wait = shard.backoff.next_wait();
         shard.retry_at = Deadline::now() + wait;
         shard.down_since.get_or_insert_with(Instant::now);
-        // This warning is the outage's: the failures to reconnect are logged at `debug`.
-        shard.warned = true;
         let queued = shard.queue.len() as u64;
         for publish in shard.queue.drain(..) {
-            publish.lose("the link to its Redis master failed");
+            lose(stats, publish, "the link to its Redis master failed");
         }
-        stats.add(Counter::Lost, queued);
-        tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
+        // One warning per outage: the failures to reconnect (to open, or to stay up
+        // once open) are logged at `debug`.
+        if shard.warned {
+            tracing::debug!(%master, %failure, lost = queued, "the link to Redis failed again");
+        } else {
+            tracing::warn!(%master, %failure, lost = queued, "lost the link to Redis; reconnecting");
+        }
+        shard.warned = true;
         if self.map.is_some() {
             self.want_map();
         }
     }
 
-    /// Asks for the cluster's map at the next wake (now, unless a refresh failed).
-    fn want_map(&mut self) {
+    /// Asks for the cluster's map at the next wake (now, unless a refresh failed);
+    /// the request's number.
+    fn want_map(&mut self) -> u64 {
         if self.task.servers.is_cluster() {
             self.refresh.wanted = true;
+            self.refresh.asked += 1;
         }
+        self.refresh.asked
     }
 
     /// A map was fetched (or not): follows it, or asks again after a wait.
-    async fn mapped(&mut self, map: RedisResult<Option<Arc<SlotMap>>>) {
+    fn mapped(&mut self, map: RedisResult<Option<Arc<SlotMap>>>) {
         self.refresh.fetching = false;
         self.refresh.tried = true;
         match map {
-            Ok(map) => self.follow_map(map).await,
+            Ok(map) => self.follow_map(map),
             Err(error) => {
                 tracing::debug!(%error, "the cluster's map could not be fetched");
                 self.refresh.retry_at = Deadline::now() + self.refresh.backoff.next_wait();
@@ -820,14 +907,17 @@ impl<'a> Session<'a> {
     /// names, and subscribes the channels whose master changed (or that Redis moved
     /// away) on their master. Asks again, after a wait, while a master it names is
     /// down.
-    async fn follow_map(&mut self, map: Option<Arc<SlotMap>>) {
+    fn follow_map(&mut self, map: Option<Arc<SlotMap>>) {
         self.set_map(map);
         // A map asked for after Redis moved channels away says where they are now.
         // Even when it names the same master: Redis 7.0 also unsubscribes a slot's
         // channels when a master is told the slot is its own again (`SETSLOT NODE`
         // to itself), and a map stale after all makes Redis refuse the subscription
-        // with `MOVED`, which fails that shard and asks for the map again.
-        self.evicted.clear();
+        // with `MOVED`, which evicts the channels again. A map whose fetch started
+        // before a channel moved may not know of the move: that channel waits for
+        // the next.
+        let answered = self.refresh.fetched_for;
+        self.evicted.retain(|_, (_, asked)| *asked > answered);
         let mut moved: HashMap<Master, Vec<String>> = HashMap::new();
         for channel in self.wanted() {
             let Some(master) = self.master_of(&channel) else {
@@ -847,15 +937,16 @@ impl<'a> Session<'a> {
         }
         let resubscribed = !moved.is_empty();
         for (master, channels) in moved {
-            self.subscribe_for_ready(&master, channels).await;
+            self.subscribe_for_ready(&master, channels);
         }
         if resubscribed {
             // The hub reads its streams again, as after a reconnect: what was published
             // on the old master after it unsubscribed this hub is in them.
             self.task.stats.count(Counter::Reconnects);
         }
-        let settled =
-            self.evicted.is_empty() && self.shards.values().all(|shard| shard.conn.is_some());
+        let settled = self.refresh.asked == answered
+            && self.evicted.is_empty()
+            && self.shards.values().all(|shard| shard.conn.is_some());
         if settled {
             self.refresh.wanted = false;
             self.refresh.backoff.reset();
@@ -888,34 +979,52 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Takes what the readers heard: channels Redis unsubscribed by itself.
+    /// Takes what the readers heard: channels Redis unsubscribed by itself, and
+    /// subscriptions it refused with `MOVED` (the map was stale after all).
     fn take_evictions(&mut self) {
         let mut evicted = Vec::new();
         for (master, shard) in &mut self.shards {
-            let Some(conn) = &shard.conn else {
+            let Some(conn) = &mut shard.conn else {
                 continue;
             };
             for channel in conn.heard.take_evicted() {
                 shard.channels.remove(&channel);
                 evicted.push((channel, master.clone()));
             }
+            for slot in conn.heard.take_moved() {
+                // A sharded subscription is one command per slot: Redis refused all
+                // its channels at once, and confirms none of them.
+                let refused: Vec<String> = shard
+                    .channels
+                    .iter()
+                    .filter(|channel| cluster::slot(channel) == slot)
+                    .cloned()
+                    .collect();
+                let unconfirmed = refused.len() as u64;
+                conn.sent = conn.sent.saturating_sub(unconfirmed);
+                conn.needed = conn.needed.saturating_sub(unconfirmed);
+                for channel in refused {
+                    shard.channels.remove(&channel);
+                    evicted.push((channel, master.clone()));
+                }
+            }
         }
         if evicted.is_empty() {
             return;
         }
+        let asked = self.want_map();
         let wanted: HashSet<String> = self.wanted().into_iter().collect();
         for (channel, master) in evicted {
             if wanted.contains(&channel) {
                 tracing::debug!(%channel, %master, "Redis moved a channel away (its slot moved)");
-                self.evicted.insert(channel, master);
+                self.evicted.insert(channel, (master, asked));
             }
         }
-        self.want_map();
     }
 
     /// Pings every subscriber, and fails the shards whose subscriber stayed silent
     /// past [`KEEPALIVE_TIMEOUT`].
-    async fn keep_alive(&mut self) {
+    fn keep_alive(&mut self) {
         let masters: Vec<Master> = self.shards.keys().cloned().collect();
         for master in masters {
             let Some(conn) = self.conn(&master) else {
@@ -932,21 +1041,68 @@ impl<'a> Session<'a> {
                 );
                 continue;
             }
-            self.write(&master, Write::Ping).await;
+            self.write(&master, Write::Ping);
         }
     }
 
-    /// Fails the primary's shard if its node is no longer the master (a failover
-    /// demoted it), so that it reconnects to the one the Sentinels name now.
-    async fn check_role(&mut self) {
-        let Some(conn) = self.conn(&Master::Primary) else {
+    /// Ends the outage of each shard whose subscriptions Redis confirmed: the
+    /// reconnection is counted (the hub reads its streams again); and once it stayed
+    /// up for [`PROVEN_AFTER`], its backoff starts again from the shortest wait and
+    /// its next failure is warned of. Not when it opens: one refused at once (an ACL
+    /// user refused `CLIENT SETNAME`) is never confirmed.
+    fn note_restored(&mut self) {
+        for (master, shard) in &mut self.shards {
+            let Some(conn) = shard.conn.as_mut() else {
+                continue;
+            };
+            if conn.heard.confirmed.load(Relaxed) < conn.needed {
+                continue;
+            }
+            if let Some(down) = shard.down_since.take() {
+                let lost = self.task.stats.get(Counter::Lost);
+                tracing::info!(%master, outage = ?down.elapsed(), lost, "link to Redis restored");
+                self.task.stats.count(Counter::Reconnects);
+                self.task.reads.reconnect(master);
+            }
+            if !conn.proven && conn.opened.elapsed() >= PROVEN_AFTER {
+                conn.proven = true;
+                shard.backoff.reset();
+                shard.warned = false;
+            }
+        }
+    }
+
+    /// Asks the primary's node whether it is still the master (a failover may have
+    /// demoted it), unless it was asked and has not answered yet.
+    fn check_role(&mut self) {
+        if self.asking_role {
+            return;
+        }
+        let Some(shard) = self.shards.get(&Master::Primary) else {
+            return;
+        };
+        let Some(conn) = &shard.conn else {
             return;
         };
         // The same connection, with a timeout of its own for this question.
         let mut publisher = conn.publisher.conn.clone();
-        let node = conn.node.to_string();
         publisher.set_response_timeout(ROLE_TIMEOUT);
-        match connect::is_master(&mut publisher).await {
+        let (generation, node) = (shard.generation, conn.node.to_string());
+        self.asking_role = true;
+        self.jobs.push(Box::pin(async move {
+            let role = connect::is_master(&mut publisher).await;
+            Event::Role(generation, node, role)
+        }));
+    }
+
+    /// Fails the primary's shard (connection `generation`) if its node is no longer
+    /// the master, so that it reconnects to the one the Sentinels name now.
+    fn role_said(&mut self, generation: u64, node: &str, role: RedisResult<bool>) {
+        self.asking_role = false;
+        if !self.is_current(&Master::Primary, generation) {
+            return;
+        }
+        match role {
             Ok(true) => {}
             Ok(false) => self.fail(&Master::Primary, &format!("{node} is no longer the master")),
             Err(error) => self.fail(
@@ -982,6 +1138,68 @@ impl<'a> Session<'a> {
     }
 }
 
+impl Drop for Session<'_> {
+    /// The link ends (the broker dropped, the hub gone): what waits for a pipeline is
+    /// lost, counted; the jobs dropped with the session count what they hold.
+    fn drop(&mut self) {
+        for shard in self.shards.values_mut() {
+            for publish in shard.queue.drain(..) {
+                lose(
+                    &self.task.stats,
+                    publish,
+                    "the link to Redis ended before Redis answered",
+                );
+            }
+        }
+    }
+}
+
+/// Runs `task` on its own, aborted with the handle returned, and has a job of the
+/// link's say how it ended (`report`); a task aborted says it was stopped.
+fn spawn_reporting(
+    jobs: &FuturesUnordered<BoxFuture<'static, Event>>,
+    task: impl Future<Output = Result<(), String>> + Send + 'static,
+    report: impl FnOnce(Result<(), String>) -> Event + Send + 'static,
+) -> Aborting<()> {
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let handle = Aborting(tokio::spawn(async move {
+        let _ = ended_tx.send(task.await);
+    }));
+    jobs.push(Box::pin(async move {
+        let ended_with = ended_rx.await.unwrap_or_else(|_| Err("stopped".to_owned()));
+        report(ended_with)
+    }));
+    handle
+}
+
+/// Writes what the link task hands it on a subscriber connection, each within
+/// [`SEND_TIMEOUT`], until the link drops its end (`Ok`) or a write fails: so that a
+/// peer that stopped reading stalls this shard's writer, not the link task.
+async fn write_all(
+    mut commands: pubsub::Commands,
+    mut writes: Receiver<Write>,
+) -> Result<(), String> {
+    while let Some(write) = writes.recv().await {
+        let writing = async {
+            match &write {
+                Write::Name(name) => commands.set_name(name).await,
+                Write::Ping => commands.ping().await,
+                Write::Channels(verb, channels) => commands.send(verb, channels).await,
+            }
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, writing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "Redis took more than {SEND_TIMEOUT:?} to take a command"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn interval(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval_at(Deadline::now() + period, period);
     // After a slow round, a period until the next, not a burst.
@@ -999,4 +1217,128 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) -> Deadline {
 
 async fn sleep_until(deadline: Deadline) {
     tokio::time::sleep_until(deadline).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Deployment;
+    use switchboard_broker::NodeId;
+
+    fn task(deployment: Deployment) -> Task {
+        let config = RedisConfig {
+            deployment,
+            ..RedisConfig::default()
+        };
+        let servers = Servers::new(&config).unwrap();
+        let stats = Counters::default();
+        Task {
+            reads: Arc::new(stream::Reads::new(
+                servers.clone(),
+                config.clone(),
+                stats.clone(),
+            )),
+            servers,
+            config,
+            inbox: Inbox::new(NodeId::from_bits(1), |_| true),
+            changes: Arc::default(),
+            stats,
+            ready: Arc::default(),
+        }
+    }
+
+    fn cluster() -> Task {
+        task(Deployment::Cluster {
+            nodes: vec!["redis://127.0.0.1:7000/".to_owned()],
+        })
+    }
+
+    fn session(task: &Task) -> Session<'_> {
+        let (deliveries, _) = mpsc::channel(1);
+        let detector = Arc::new(Mutex::new(GapDetector::new(
+            DEFAULT_MAX_CHANNELS,
+            RECEIVER_IDLE,
+        )));
+        let reader = Reader::new(task.inbox.node(), deliveries, detector, task.stats.clone());
+        Session::new(task, reader)
+    }
+
+    #[tokio::test]
+    async fn a_master_named_again_starts_past_its_old_generations() {
+        let task = cluster();
+        let mut session = session(&task);
+        let master = Master::At("10.0.0.1".to_owned(), 7000);
+        session.add_shard(master.clone(), false);
+        let old = session.shards[&master].generation;
+        // The map dropped the master, then named it again: the old shard's jobs may
+        // still answer with `old`.
+        session.shards.remove(&master);
+        session.add_shard(master.clone(), false);
+        assert!(session.shards[&master].generation > old);
+    }
+
+    #[tokio::test]
+    async fn what_waits_for_a_pipeline_is_counted_when_the_link_ends() {
+        let task = task(Deployment::Single);
+        let mut session = session(&task);
+        session.set_map(None);
+        let shard = session.shards.get_mut(&Master::Primary).unwrap();
+        shard.queue.push_back(Publish::Envelope {
+            channel: "room".to_owned(),
+            payload: bytes::Bytes::from_static(b"envelope"),
+        });
+        drop(session);
+        assert_eq!(task.stats.get(Counter::Lost), 1);
+    }
+
+    #[tokio::test]
+    async fn a_room_left_while_its_master_is_down_is_not_counted_missed_on_return() {
+        let task = task(Deployment::Single);
+        let mut session = session(&task);
+        session.set_map(None);
+        let channel = task.config.channel_room("lobby");
+        let origin = NodeId::from_bits(2);
+        let observe = |session: &Session<'_>, sequence| {
+            let stamp = switchboard_broker::Stamp { epoch: 1, sequence };
+            let now = Instant::now();
+            session
+                .reader
+                .detector()
+                .observe(&channel, origin, stamp, now)
+        };
+        task.changes.want("lobby", true);
+        session.apply_room_changes();
+        observe(&session, 1);
+        // Left while the shard is down: no unsubscription goes, none is confirmed.
+        task.changes.want("lobby", false);
+        session.apply_room_changes();
+        task.changes.want("lobby", true);
+        session.apply_room_changes();
+        assert_eq!(
+            observe(&session, 5),
+            0,
+            "what the hub did not follow counted missed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_map_fetched_before_a_channel_moved_does_not_settle_it() {
+        let task = cluster();
+        let mut session = session(&task);
+        session.want_map();
+        session.wake();
+        assert!(session.refresh.fetching);
+        // Redis moves a channel away while the fetch is under way.
+        let channel = task.config.channel_all();
+        let master = Master::At("10.0.0.1".to_owned(), 7000);
+        let asked = session.want_map();
+        session.evicted.insert(channel.clone(), (master, asked));
+        // The fetch answers with the map it got before the move.
+        session.mapped(Ok(None));
+        assert!(
+            session.evicted.contains_key(&channel),
+            "the move was forgotten"
+        );
+        assert!(session.refresh.wanted, "no map is asked for after the move");
+    }
 }

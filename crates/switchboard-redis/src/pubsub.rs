@@ -67,6 +67,10 @@ pub(crate) enum Reply {
     /// The answer to a [`Commands::ping`]: in RESP2, a subscribed connection answers
     /// `PING` with a `pong` push rather than `+PONG`.
     Pong,
+    /// Redis Cluster refused a sharded subscription to channels of `slot` with
+    /// `MOVED`: the slot is served elsewhere (the subscriber's map was stale). The
+    /// connection stays good.
+    Moved { slot: u16 },
     /// Anything else Redis sent, which a subscriber has no use for.
     Other,
 }
@@ -168,9 +172,18 @@ impl Replies {
         }
     }
 
-    /// The next reply; an error when the connection ends or Redis sends an error.
+    /// The next reply; an error when the connection ends or Redis sends an error
+    /// other than `MOVED`.
     pub(crate) async fn next(&mut self) -> io::Result<Reply> {
-        let Value::Array(items) = self.value().await? else {
+        let value = match self.value().await {
+            Ok(value) => value,
+            Err(error) => {
+                return moved_slot(&error)
+                    .map(|slot| Reply::Moved { slot })
+                    .ok_or(error);
+            }
+        };
+        let Value::Array(items) = value else {
             return Ok(Reply::Other);
         };
         let mut items = items.into_iter();
@@ -295,6 +308,13 @@ fn parse_len(text: &str) -> io::Result<Option<usize>> {
 fn invalid(what: &str) -> io::Error {
     let what: String = what.chars().take(64).collect();
     io::Error::new(io::ErrorKind::InvalidData, format!("not RESP: {what:?}"))
+}
+
+/// The slot of a `MOVED <slot> <host>:<port>` error Redis sent.
+fn moved_slot(error: &io::Error) -> Option<u16> {
+    let RedisErrorText(text) = error.get_ref()?.downcast_ref()?;
+    let (slot, _node) = text.strip_prefix("MOVED ")?.split_once(' ')?;
+    slot.parse().ok()
 }
 
 /// An error Redis sent.
@@ -482,5 +502,19 @@ mod tests {
     async fn a_subscribed_pong_is_read() {
         let mut replies = replies(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
         assert_eq!(replies.next().await.unwrap(), Reply::Pong);
+    }
+
+    #[tokio::test]
+    async fn a_moved_subscription_is_a_reply_not_a_failure() {
+        let mut replies = replies(
+            b"-MOVED 3999 10.0.0.2:7001\r\n\
+              *3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:1\r\n",
+        );
+        assert_eq!(replies.next().await.unwrap(), Reply::Moved { slot: 3999 });
+        let subscribed = Reply::Subscription {
+            channel: "b".into(),
+            subscribed: true,
+        };
+        assert_eq!(replies.next().await.unwrap(), subscribed);
     }
 }

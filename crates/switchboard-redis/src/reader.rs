@@ -30,6 +30,9 @@ pub(crate) struct Heard {
     /// Channels Redis unsubscribed by itself (on a Redis Cluster: their slot moved
     /// away), not taken by the link task yet.
     evicted: Mutex<Vec<String>>,
+    /// Slots whose sharded subscriptions Redis refused with `MOVED` (the link's map
+    /// was stale), not taken by the link task yet.
+    moved: Mutex<Vec<u16>>,
     opened: Instant,
     /// When anything was last read, in ms after `opened`.
     last_read: AtomicU64,
@@ -43,6 +46,7 @@ impl Default for Heard {
             confirmed: AtomicU64::new(0),
             leaving: Mutex::default(),
             evicted: Mutex::default(),
+            moved: Mutex::default(),
             opened: Instant::now(),
             last_read: AtomicU64::new(0),
             waiting_for_hub: AtomicBool::new(false),
@@ -74,6 +78,11 @@ impl Heard {
     /// The channels Redis unsubscribed by itself since the last call.
     pub(crate) fn take_evicted(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.evicted))
+    }
+
+    /// The slots whose subscriptions Redis refused with `MOVED` since the last call.
+    pub(crate) fn take_moved(&self) -> Vec<u16> {
+        std::mem::take(&mut *lock(&self.moved))
     }
 
     /// How long the connection has been silent, unless the reader is waiting for the
@@ -195,6 +204,12 @@ impl Reader {
                         self.detector().forget(&channel);
                     }
                     self.heard.confirmed.fetch_add(1, Relaxed);
+                    self.notify.notify_one();
+                }
+                pubsub::Reply::Moved { slot } => {
+                    // Not the connection's failure: the link task asks for the map
+                    // and subscribes the slot's channels where it says.
+                    lock(&self.heard.moved).push(slot);
                     self.notify.notify_one();
                 }
                 pubsub::Reply::Pong | pubsub::Reply::Other => {}

@@ -56,13 +56,16 @@ impl<S: AwaitsPosition> Publish<S> {
 }
 
 /// The hub's way to its link: numbers each envelope on its channel (for the
-/// receivers' gap count) and queues it, in a queue of a bounded number of publishes.
+/// receivers' gap count) and queues it, with a bounded number of publishes pending:
+/// in the queue, and in the link until it calls [`Counters::dequeued`] for them.
 /// Full, it sheds the new publish (drop newest: what waits keeps its order), counted
 /// in [`Counter::Shed`] and [`Counter::Lost`]; a shed envelope's number is spent, so
 /// receivers count it as missed.
 #[derive(Debug)]
 pub struct Outbox<S> {
     queue: Sender<Publish<S>>,
+    /// The most publishes pending.
+    max_pending: u64,
     /// Locked across the numbering and the queueing, so that numbers go out in order.
     sequencer: Mutex<Sequencer>,
     counters: Counters,
@@ -80,9 +83,11 @@ impl<S: AwaitsPosition> Outbox<S> {
         counters: Counters,
         server: &str,
     ) -> (Self, Receiver<Publish<S>>) {
-        let (queue, receiver) = mpsc::channel(max_pending.max(1));
+        let max_pending = max_pending.max(1);
+        let (queue, receiver) = mpsc::channel(max_pending);
         let outbox = Self {
             queue,
+            max_pending: max_pending as u64,
             sequencer: Mutex::new(Sequencer::new(DEFAULT_MAX_CHANNELS, PUBLISHER_IDLE)),
             counters,
             full: format!("too many publishes waiting for {server}"),
@@ -142,14 +147,16 @@ impl<S: AwaitsPosition> Outbox<S> {
         }
     }
 
-    /// Hands a publish to the link, or hands it back when the queue is full or the
-    /// link has ended.
+    /// Hands a publish to the link, or hands it back when as many as allowed are
+    /// pending (queued, or held by the link) or the link has ended.
     fn queue(&self, publish: Publish<S>) -> Result<(), TrySendError<Publish<S>>> {
         // Counted before the send, so that the link never takes one uncounted.
-        self.counters.queued();
-        self.queue.try_send(publish).inspect_err(|_| {
-            self.counters.dequeued(1);
-        })
+        let refused = if self.counters.queued() >= self.max_pending {
+            Err(TrySendError::Full(publish))
+        } else {
+            self.queue.try_send(publish)
+        };
+        refused.inspect_err(|_| self.counters.dequeued(1))
     }
 
     /// Counts and drops a publish the queue refused.
@@ -235,6 +242,33 @@ mod tests {
         assert_eq!(
             (counters.get(Counter::Lost), counters.get(Counter::Shed)),
             (3, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_link_holds_unanswered_counts_toward_the_bound() {
+        let counters = Counters::default();
+        let (outbox, mut queue) = Outbox::<Awaited>::new(2, counters.clone(), "the server");
+        outbox.publish("room".into(), &envelope(Message::text("sent")));
+        outbox.publish("room".into(), &envelope(Message::text("queued")));
+        // The link takes the first into a pipeline, not answered yet.
+        let _sent = queue.recv().await.unwrap();
+        outbox.publish("room".into(), &envelope(Message::text("shed")));
+        assert_eq!(
+            (
+                counters.get(Counter::Shed),
+                counters.stats().pending_publishes()
+            ),
+            (1, 2)
+        );
+        counters.dequeued(1);
+        outbox.publish("room".into(), &envelope(Message::text("queued too")));
+        assert_eq!(
+            (
+                counters.get(Counter::Shed),
+                counters.stats().pending_publishes()
+            ),
+            (1, 2)
         );
     }
 }

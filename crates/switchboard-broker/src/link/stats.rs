@@ -124,8 +124,8 @@ impl BrokerStats {
         self.0.reconnects.load(Relaxed)
     }
 
-    /// Publishes waiting for the link now: at most the engine's
-    /// `max_pending_publishes`.
+    /// Publishes the link has not answered yet, queued or on their way: at most the
+    /// engine's `max_pending_publishes`.
     pub fn pending_publishes(&self) -> u64 {
         self.0.pending.load(Relaxed)
     }
@@ -209,13 +209,15 @@ impl Counters {
         });
     }
 
-    /// Counts a publish into the queue to the link.
-    pub(crate) fn queued(&self) {
-        self.0.pending.fetch_add(1, Relaxed);
+    /// Counts a publish into the queue to the link; how many were pending before it.
+    pub(crate) fn queued(&self) -> u64 {
+        self.0.pending.fetch_add(1, Relaxed)
     }
 
-    /// Counts `n` publishes out of the queue to the link: call it for every publish
-    /// taken from an [`Outbox`](crate::link::Outbox)'s receiver.
+    /// Counts `n` publishes the link is done with: call it for every publish taken
+    /// from an [`Outbox`](crate::link::Outbox)'s receiver once it is answered or
+    /// counted lost (or as it is taken, for a link that holds none), since the
+    /// outbox's bound is on the publishes counted here.
     pub fn dequeued(&self, n: u64) {
         self.0.pending.fetch_sub(n, Relaxed);
     }
