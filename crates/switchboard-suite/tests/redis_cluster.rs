@@ -12,7 +12,7 @@ use switchboard::hub::HubConfig;
 use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use switchboard_suite::{
     engines::redis_cluster::config,
-    servers::redis_cluster::{RedisCluster, query},
+    servers::redis_cluster::{RedisCluster, query, room_channel},
     support::{Node, until, within},
 };
 
@@ -36,33 +36,9 @@ async fn hub_on(cluster: &RedisCluster) -> (Node, BrokerStats) {
     (node, stats)
 }
 
-/// A room's channel on a Redis Cluster (the default prefix).
-fn channel(room: &str) -> String {
-    RedisConfig::default().cluster([""; 0]).channel_room(room)
-}
-
-/// Room names `<stem><n>`, each served by another master, one per master.
-async fn rooms_on_each_master(cluster: &RedisCluster, stem: &str) -> Vec<(String, u16)> {
-    let masters = cluster.masters().await;
-    let mut rooms: Vec<(String, u16)> = Vec::new();
-    for n in 0.. {
-        let room = format!("{stem}{n}");
-        let master = cluster
-            .master_of(cluster.keyslot(&channel(&room)).await)
-            .await;
-        if rooms.iter().all(|(_, taken)| *taken != master) {
-            rooms.push((room, master));
-        }
-        if rooms.len() == masters.len() {
-            return rooms;
-        }
-    }
-    unreachable!()
-}
-
 /// Returns once `hubs` hubs are subscribed to `room` on the master on `port`.
 async fn until_subscribed(port: u16, room: &str, hubs: usize) {
-    let channel = channel(room);
+    let channel = room_channel(room);
     let numsub = redis::cmd("PUBSUB")
         .arg("SHARDNUMSUB")
         .arg(&channel)
@@ -84,14 +60,14 @@ async fn rooms_on_every_shard_reach_clients_across_hubs() {
     let cluster = RedisCluster::start().await;
     // A room's channel hashes where its stream's keys do, braces in its name or not.
     for room in ["lobby", "{x}", "a}b", "}", "{", "{}", "a{b}c"] {
-        let slot = cluster.keyslot(&channel(room)).await;
+        let slot = cluster.keyslot(&room_channel(room)).await;
         for key in [":s", ":m"] {
-            let key = format!("{}{key}", channel(room));
+            let key = format!("{}{key}", room_channel(room));
             assert_eq!(cluster.keyslot(&key).await, slot, "{key}");
         }
     }
     let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
-    let rooms = rooms_on_each_master(&cluster, "room").await;
+    let rooms = cluster.rooms_on_each_master("room").await;
     assert_eq!(rooms.len(), 3);
     let mut clients = Vec::new();
     for (room, master) in &rooms {
@@ -117,8 +93,8 @@ async fn a_killed_master_fails_over_and_delivery_resumes() {
     let mut cluster = RedisCluster::start().await;
     let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
     // A room with history and one without, on the master about to die.
-    let (history, master) = rooms_on_each_master(&cluster, "h").await.remove(0);
-    let plain = rooms_on_each_master(&cluster, "p").await;
+    let (history, master) = cluster.rooms_on_each_master("h").await.remove(0);
+    let plain = cluster.rooms_on_each_master("p").await;
     let (live, _) = plain.into_iter().find(|(_, on)| *on == master).unwrap();
     let traffic = Traffic::new(&a, &b, &live, &history).await;
     until_subscribed(master, &live, 1).await;
@@ -135,13 +111,13 @@ async fn a_killed_master_fails_over_and_delivery_resumes() {
 async fn a_room_follows_its_slot_to_another_master() {
     let cluster = RedisCluster::start().await;
     let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
-    let (room, from) = rooms_on_each_master(&cluster, "m").await.remove(0);
+    let (room, from) = cluster.rooms_on_each_master("m").await.remove(0);
     let texts = member(&b, &room).await;
     until_subscribed(from, &room, 1).await;
     a.hub.to(&room).send_text("before");
     until("the text before the move", || count(&texts) == 1).await;
 
-    let slot = cluster.keyslot(&channel(&room)).await;
+    let slot = cluster.keyslot(&room_channel(&room)).await;
     let masters = cluster.masters().await;
     let to = *masters.iter().find(|&&master| master != from).unwrap();
     cluster.move_slot(slot, to).await;

@@ -21,7 +21,7 @@ use switchboard::{
 use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use switchboard_suite::{
     engines::redis_cluster::config,
-    servers::redis_cluster::{RedisCluster, query},
+    servers::redis_cluster::{RedisCluster, room_channel},
     support::{until, within},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -127,30 +127,6 @@ async fn texts_until(ws: &mut Client, last: &str) -> Vec<String> {
     }
 }
 
-/// A room's channel on a Redis Cluster (the default prefix).
-fn channel(room: &str) -> String {
-    format!("{{switchboard:room:{room}}}")
-}
-
-/// Room names `<stem><n>`, one per master, each with its master.
-async fn rooms_on_each_master(cluster: &RedisCluster, stem: &str) -> Vec<(String, u16)> {
-    let masters = cluster.masters().await;
-    let mut rooms: Vec<(String, u16)> = Vec::new();
-    for n in 0.. {
-        let room = format!("{stem}{n}");
-        let master = cluster
-            .master_of(cluster.keyslot(&channel(&room)).await)
-            .await;
-        if rooms.iter().all(|(_, taken)| *taken != master) {
-            rooms.push((room, master));
-        }
-        if rooms.len() == masters.len() {
-            break;
-        }
-    }
-    rooms
-}
-
 /// Publishes `m<n>` from `hub` to every room every 10 ms until stopped; how many
 /// rounds were sent.
 struct Publisher {
@@ -219,11 +195,11 @@ async fn the_other_shards_deliver_while_one_is_sick(
     heal: impl FnOnce(&mut RedisCluster, u16),
 ) {
     let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
-    let rooms = rooms_on_each_master(&cluster, "r").await;
+    let rooms = cluster.rooms_on_each_master("r").await;
     let mut clients = Vec::new();
     for (room, _) in &rooms {
         clients.push(client(&b, room).await);
-        cluster.until_subscribers(&channel(room), 1).await;
+        cluster.until_subscribers(&room_channel(room), 1).await;
     }
     let publisher = Publisher::start(&a.hub, rooms.iter().map(|(room, _)| room.clone()).collect());
     publisher.until_more(20).await;
@@ -293,20 +269,6 @@ async fn a_frozen_master_fails_its_shard_alone() {
     .await;
 }
 
-/// `CLUSTER SETSLOT <slot> <state> <id>` on `port`.
-async fn setslot(port: u16, slot: u16, state: &str, id: &str) {
-    let mut cmd = redis::cmd("CLUSTER");
-    cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
-    let reply: redis::RedisResult<()> = query(port, &cmd).await;
-    reply.expect("CLUSTER SETSLOT");
-}
-
-async fn node_id(port: u16) -> String {
-    query(port, redis::cmd("CLUSTER").arg("MYID"))
-        .await
-        .expect("CLUSTER MYID")
-}
-
 /// A stream room's slot moves while `a` publishes into it, in the steps
 /// `redis-cli --cluster reshard` takes; the move is held open after its keys went
 /// over, when the old master answers the publish script with `ASK` and subscribers
@@ -316,58 +278,30 @@ async fn node_id(port: u16) -> String {
 async fn a_stream_room_is_delivered_while_its_slot_moves() {
     let cluster = RedisCluster::start().await;
     let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
-    let (room, from) = rooms_on_each_master(&cluster, "h").await.remove(0);
-    let slot = cluster.keyslot(&channel(&room)).await;
+    let (room, from) = cluster.rooms_on_each_master("h").await.remove(0);
+    let slot = cluster.keyslot(&room_channel(&room)).await;
     let masters = cluster.masters().await;
     let to = *masters.iter().find(|&&master| master != from).unwrap();
     let mut ws = client(&b, &room).await;
-    cluster.until_subscribers(&channel(&room), 1).await;
+    cluster.until_subscribers(&room_channel(&room), 1).await;
     a.hub.to(&room).send_text("before");
     assert_eq!(next_text(&mut ws).await, "1 before");
 
-    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
-    setslot(to, slot, "IMPORTING", &from_id).await;
-    setslot(from, slot, "MIGRATING", &to_id).await;
+    let moving = cluster.begin_move(slot, to).await;
     let publisher = Publisher::start(&a.hub, vec![room.clone()]);
     publisher.until_more(10).await;
-    let keys: Vec<String> = query(
-        from,
-        redis::cmd("CLUSTER")
-            .arg("GETKEYSINSLOT")
-            .arg(slot)
-            .arg(100),
-    )
-    .await
-    .expect("GETKEYSINSLOT");
+    let keys = moving.keys().await;
     assert_eq!(keys.len(), 2, "the stream's two keys: {keys:?}");
-    let mut migrate = redis::cmd("MIGRATE");
-    migrate
-        .arg("127.0.0.1")
-        .arg(to)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(&keys);
-    let migrated: redis::RedisResult<()> = query(from, &migrate).await;
-    migrated.expect("MIGRATE");
+    moving.migrate_keys().await;
     // The keys are on `to`, the slot still `from`'s: publishes are ASKed over, and a
     // message published now reaches `b` while the move is held open.
     let during = publisher.sent() + 5;
     publisher.until_more(5).await;
     let texts = texts_until(&mut ws, &format!(" m{during}")).await;
     assert!(!texts.is_empty());
-    for port in [to, from] {
-        setslot(port, slot, "NODE", &to_id).await;
-    }
-    for port in masters {
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SETSLOT").arg(slot).arg("NODE").arg(&to_id);
-        let _: redis::RedisResult<()> = query(port, &cmd).await;
-    }
-    cluster.until_ok().await;
+    cluster.end_move(&moving).await;
     assert_eq!(cluster.master_of(slot).await, to);
-    cluster.until_subscribers(&channel(&room), 1).await;
+    cluster.until_subscribers(&room_channel(&room), 1).await;
     until("b to be ready again", || b.hub.is_ready()).await;
     publisher.until_more(10).await;
     let last = publisher.stop().await;

@@ -277,58 +277,129 @@ impl RedisCluster {
         }
     }
 
-    /// Moves `slot` (and its keys) to the master on `to`, as `redis-cli --cluster
-    /// reshard` does: `SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of its keys, then
-    /// `SETSLOT NODE` on both ends and every other master.
-    pub async fn move_slot(&self, slot: u16, to: u16) {
-        let from = self.master_of(slot).await;
-        let id = |port| async move {
-            let id: String = query(port, redis::cmd("CLUSTER").arg("MYID"))
-                .await
-                .expect("MYID");
-            id
-        };
-        let (from_id, to_id) = (id(from).await, id(to).await);
-        let setslot = |state: &str, id: &str| {
-            let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
-            cmd
-        };
-        ok(query(to, &setslot("IMPORTING", &from_id)).await);
-        ok(query(from, &setslot("MIGRATING", &to_id)).await);
-        loop {
-            let keys: Vec<String> = query(
-                from,
-                redis::cmd("CLUSTER")
-                    .arg("GETKEYSINSLOT")
-                    .arg(slot)
-                    .arg(100),
-            )
-            .await
-            .expect("GETKEYSINSLOT");
-            if keys.is_empty() {
+    /// Room names `<stem><n>`, each served by another master, one per master, each
+    /// with its master's port.
+    pub async fn rooms_on_each_master(&self, stem: &str) -> Vec<(String, u16)> {
+        let masters = self.masters().await;
+        let mut rooms: Vec<(String, u16)> = Vec::new();
+        for n in 0.. {
+            let room = format!("{stem}{n}");
+            let master = self
+                .master_of(self.keyslot(&room_channel(&room)).await)
+                .await;
+            if rooms.iter().all(|(_, taken)| *taken != master) {
+                rooms.push((room, master));
+            }
+            if rooms.len() == masters.len() {
                 break;
+            }
+        }
+        rooms
+    }
+
+    /// Moves `slot` (and its keys) to the master on `to`, as `redis-cli --cluster
+    /// reshard` does: [`RedisCluster::begin_move`], [`SlotMove::migrate_keys`],
+    /// [`RedisCluster::end_move`].
+    pub async fn move_slot(&self, slot: u16, to: u16) {
+        let moving = self.begin_move(slot, to).await;
+        moving.migrate_keys().await;
+        self.end_move(&moving).await;
+    }
+
+    /// Starts moving `slot` to the master on `to`: `SETSLOT IMPORTING` there and
+    /// `MIGRATING` on its master, which then answers `ASK` for keys it no longer has.
+    pub async fn begin_move(&self, slot: u16, to: u16) -> SlotMove {
+        let from = self.master_of(slot).await;
+        let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+        setslot(to, slot, "IMPORTING", &from_id).await;
+        setslot(from, slot, "MIGRATING", &to_id).await;
+        SlotMove {
+            slot,
+            from,
+            to,
+            to_id,
+        }
+    }
+
+    /// Ends `moving`: `SETSLOT NODE` on both ends and every other master, and returns
+    /// once the cluster is ok.
+    pub async fn end_move(&self, moving: &SlotMove) {
+        for port in [moving.to, moving.from] {
+            setslot(port, moving.slot, "NODE", &moving.to_id).await;
+        }
+        for port in self.masters().await {
+            // Those that refuse (a master that knows already) need not be told.
+            let _: redis::RedisResult<()> =
+                query(port, &slot_command(moving.slot, "NODE", &moving.to_id)).await;
+        }
+        self.until_ok().await;
+    }
+}
+
+/// A slot on its way from one master to another.
+#[derive(Debug)]
+pub struct SlotMove {
+    /// The slot.
+    pub slot: u16,
+    /// The port of its master when the move began.
+    pub from: u16,
+    /// The port of the master it goes to.
+    pub to: u16,
+    to_id: String,
+}
+
+impl SlotMove {
+    /// The keys of the slot still on the old master.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("GETKEYSINSLOT").arg(self.slot).arg(100);
+        query(self.from, &cmd).await.expect("GETKEYSINSLOT")
+    }
+
+    /// `MIGRATE`s the slot's keys to the new master, until the old one has none.
+    pub async fn migrate_keys(&self) {
+        loop {
+            let keys = self.keys().await;
+            if keys.is_empty() {
+                return;
             }
             let mut migrate = redis::cmd("MIGRATE");
             migrate
                 .arg("127.0.0.1")
-                .arg(to)
+                .arg(self.to)
                 .arg("")
                 .arg(0)
                 .arg(5000)
                 .arg("KEYS")
                 .arg(&keys);
-            ok(query(from, &migrate).await);
+            ok(query(self.from, &migrate).await);
         }
-        for port in [to, from] {
-            ok(query(port, &setslot("NODE", &to_id)).await);
-        }
-        for port in self.masters().await {
-            // Those that refuse (a master that knows already) need not be told.
-            let _: redis::RedisResult<()> = query(port, &setslot("NODE", &to_id)).await;
-        }
-        self.until_ok().await;
     }
+}
+
+/// A room's channel on a Redis Cluster, with the default prefix.
+pub fn room_channel(room: &str) -> String {
+    switchboard_redis::RedisConfig::default()
+        .cluster([""; 0])
+        .channel_room(room)
+}
+
+/// The id of the cluster node on `port` (`CLUSTER MYID`).
+pub async fn node_id(port: u16) -> String {
+    query(port, redis::cmd("CLUSTER").arg("MYID"))
+        .await
+        .expect("CLUSTER MYID")
+}
+
+/// `CLUSTER SETSLOT <slot> <state> <id>` on `port`, which must accept it.
+pub async fn setslot(port: u16, slot: u16, state: &str, id: &str) {
+    ok(query(port, &slot_command(slot, state, id)).await);
+}
+
+fn slot_command(slot: u16, state: &str, id: &str) -> Cmd {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+    cmd
 }
 
 /// The port of the cluster bus of the node on `port`: Redis's, 10,000 above.
