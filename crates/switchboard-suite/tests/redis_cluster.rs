@@ -6,35 +6,12 @@
 
 mod redis_hubs;
 
-use redis_hubs::{Traffic, count, framed_history, member, serve};
+use redis_hubs::{Traffic, cluster_hub, count, member};
 use std::time::Duration;
-use switchboard::hub::HubConfig;
-use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use switchboard_suite::{
-    engines::redis_cluster::config,
     servers::redis_cluster::{RedisCluster, query, room_channel},
-    support::{Node, until, within},
+    support::{until, within},
 };
-
-/// Rooms named `h…` keep history: their members get `<offset> <text>`.
-fn hub_config() -> HubConfig {
-    framed_history("h*").node_heartbeat(Duration::from_secs(3600))
-}
-
-/// A hub on the cluster, once ready.
-async fn hub_on(cluster: &RedisCluster) -> (Node, BrokerStats) {
-    // `RUST_LOG=switchboard_redis=debug` shows how the hubs follow the cluster.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    // The default prefix: the cluster is this test's own.
-    let prefix = RedisConfig::default().prefix;
-    let broker = RedisBroker::new(config(&cluster.urls(), &prefix)).unwrap();
-    let (node, stats) = serve(broker, hub_config()).await;
-    until("the hub to be ready", || node.hub.is_ready()).await;
-    (node, stats)
-}
 
 /// Returns once `hubs` hubs are subscribed to `room` on the master on `port`.
 async fn until_subscribed(port: u16, room: &str, hubs: usize) {
@@ -66,7 +43,7 @@ async fn rooms_on_every_shard_reach_clients_across_hubs() {
             assert_eq!(cluster.keyslot(&key).await, slot, "{key}");
         }
     }
-    let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (cluster_hub(&cluster).await, cluster_hub(&cluster).await);
     let rooms = cluster.rooms_on_each_master("room").await;
     assert_eq!(rooms.len(), 3);
     let mut clients = Vec::new();
@@ -91,7 +68,7 @@ async fn rooms_on_every_shard_reach_clients_across_hubs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_fails_over_and_delivery_resumes() {
     let mut cluster = RedisCluster::start().await;
-    let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (cluster_hub(&cluster).await, cluster_hub(&cluster).await);
     // A room with history and one without, on the master about to die.
     let (history, master) = cluster.rooms_on_each_master("h").await.remove(0);
     let plain = cluster.rooms_on_each_master("p").await;
@@ -110,7 +87,7 @@ async fn a_killed_master_fails_over_and_delivery_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_follows_its_slot_to_another_master() {
     let cluster = RedisCluster::start().await;
-    let ((a, a_stats), (b, b_stats)) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (cluster_hub(&cluster).await, cluster_hub(&cluster).await);
     let (room, from) = cluster.rooms_on_each_master("m").await.remove(0);
     let texts = member(&b, &room).await;
     until_subscribed(from, &room, 1).await;

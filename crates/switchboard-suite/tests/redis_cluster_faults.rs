@@ -5,102 +5,28 @@
 //! history whose slot moves while it is published to reaches its subscribers during
 //! the move and after it, every offset once and in order.
 
+mod redis_hubs;
+
 use futures_util::StreamExt;
+use redis_hubs::cluster_hub;
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
-use switchboard::{
-    Message,
-    hub::{Connection, Handler, History, Hub, HubConfig},
-};
-use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
+use switchboard::hub::Hub;
 use switchboard_suite::{
-    engines::redis_cluster::config,
     servers::redis_cluster::{RedisCluster, room_channel},
-    support::{until, within},
+    support::{Client, Node, connect, until, within},
 };
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Rooms named `h…` keep history: their members get `<offset> <text>`.
-fn hub_config() -> HubConfig {
-    HubConfig::default()
-        .node_heartbeat(Duration::from_secs(3600))
-        .history_framed(
-            "h*",
-            History::default().max_len(10_000),
-            |message, position| {
-                let text = match message {
-                    Message::Text(text) => text.as_str().to_owned(),
-                    _ => String::new(),
-                };
-                Message::text(format!("{} {text}", position.offset))
-            },
-        )
-}
-
-/// Joins the route's `{room}`.
-struct Joiner;
-
-impl Handler for Joiner {
-    async fn on_open(&self, conn: &Connection) {
-        if let Some(room) = conn.param("room") {
-            conn.join(room);
-        }
-    }
-}
-
-/// A hub on its own listener, on the cluster.
-struct TestHub {
-    hub: Hub,
-    addr: SocketAddr,
-    stats: BrokerStats,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        self.served.abort();
-    }
-}
-
-async fn hub_on(cluster: &RedisCluster) -> TestHub {
-    // `RUST_LOG=switchboard_redis=debug` shows how the hubs follow the cluster.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let prefix = RedisConfig::default().prefix;
-    let broker = RedisBroker::new(config(&cluster.urls(), &prefix)).unwrap();
-    let stats = broker.stats();
-    let hub = Hub::with_broker(hub_config(), broker);
-    let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Joiner));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn({
-        let hub = hub.clone();
-        async move { switchboard::serve(listener, app, &hub).await }
-    });
-    until("the hub to be ready", || hub.is_ready()).await;
-    TestHub {
-        hub,
-        addr,
-        stats,
-        served,
-    }
-}
-
-async fn client(hub: &TestHub, room: &str) -> Client {
-    let url = format!("ws://{}/chat/{room}", hub.addr);
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws
+/// A client of `room` on `node`.
+async fn client(node: &Node, room: &str) -> Client {
+    connect(node.addr, &format!("/chat/{room}")).await
 }
 
 /// The next text a client gets.
@@ -194,7 +120,7 @@ async fn the_other_shards_deliver_while_one_is_sick(
     fall_sick: impl FnOnce(&mut RedisCluster, u16),
     heal: impl FnOnce(&mut RedisCluster, u16),
 ) {
-    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, b_stats)) = (cluster_hub(&cluster).await, cluster_hub(&cluster).await);
     let rooms = cluster.rooms_on_each_master("r").await;
     let mut clients = Vec::new();
     for (room, _) in &rooms {
@@ -208,7 +134,7 @@ async fn the_other_shards_deliver_while_one_is_sick(
     // Both hubs see the sick shard: `a` counts what it could not publish there, and
     // `b` is not ready (it would miss that room).
     until("a to count the sick shard's publishes", || {
-        a.stats.lost() + a.stats.unconfirmed() > 0
+        a_stats.lost() + a_stats.unconfirmed() > 0
     })
     .await;
     until("b to be unready", || !b.hub.is_ready()).await;
@@ -241,7 +167,7 @@ async fn the_other_shards_deliver_while_one_is_sick(
         }
     }
     // Nothing silent: what the sick room did not get is counted on one side or the other.
-    assert!(a.stats.lost() + a.stats.unconfirmed() + b.stats.missed() > 0);
+    assert!(a_stats.lost() + a_stats.unconfirmed() + b_stats.missed() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +203,7 @@ async fn a_frozen_master_fails_its_shard_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_room_is_delivered_while_its_slot_moves() {
     let cluster = RedisCluster::start().await;
-    let (a, b) = (hub_on(&cluster).await, hub_on(&cluster).await);
+    let ((a, a_stats), (b, _)) = (cluster_hub(&cluster).await, cluster_hub(&cluster).await);
     let (room, from) = cluster.rooms_on_each_master("h").await.remove(0);
     let slot = cluster.keyslot(&room_channel(&room)).await;
     let masters = cluster.masters().await;
@@ -316,5 +242,5 @@ async fn a_stream_room_is_delivered_while_its_slot_moves() {
     let every: Vec<u64> = (1..=last + 2).collect();
     assert_eq!(offsets, every, "every offset once, in order");
     // Every publish was published: none lost, none unanswered.
-    assert_eq!(a.stats.lost() + a.stats.unconfirmed(), 0);
+    assert_eq!(a_stats.lost() + a_stats.unconfirmed(), 0);
 }

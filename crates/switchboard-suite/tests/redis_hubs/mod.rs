@@ -17,8 +17,9 @@ use switchboard::{
     Message,
     hub::{Connection, Handler, History, Hub, HubConfig, Position, StreamFuture},
 };
-use switchboard_redis::{BrokerStats, RedisBroker};
+use switchboard_redis::{BrokerStats, RedisBroker, RedisConfig};
 use switchboard_suite::support::{self, Node, until, within};
+use switchboard_suite::{engines::redis_cluster::config, servers::redis_cluster::RedisCluster};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as TMessage;
 
@@ -40,6 +41,22 @@ pub async fn serve(broker: RedisBroker, config: HubConfig) -> (Node, BrokerStats
     let hub = Hub::with_broker(config, broker);
     let app = axum::Router::new().route("/chat/{room}", switchboard::ws(hub.clone(), Joiner));
     (support::serve(hub, app, ()).await, stats)
+}
+
+/// A hub on `cluster` (the default prefix: the cluster is the test's own), its rooms
+/// named `h…` with history (members get `<offset> <text>`), once ready.
+pub async fn cluster_hub(cluster: &RedisCluster) -> (Node, BrokerStats) {
+    // `RUST_LOG=switchboard_redis=debug` shows how the hubs follow the cluster.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let prefix = RedisConfig::default().prefix;
+    let broker = RedisBroker::new(config(&cluster.urls(), &prefix)).unwrap();
+    let hub_config = framed_history("h*").node_heartbeat(Duration::from_secs(3600));
+    let (node, stats) = serve(broker, hub_config).await;
+    until("the hub to be ready", || node.hub.is_ready()).await;
+    (node, stats)
 }
 
 /// The texts a client of `room` on `node` receives, as they come, until its
