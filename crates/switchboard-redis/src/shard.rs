@@ -494,7 +494,7 @@ impl Answering {
                 let mut spublish = redis::cmd(verb);
                 spublish
                     .arg(publish.channel())
-                    .arg(publish.envelope_at(*position));
+                    .arg(publish.envelope_at(*position).as_ref());
                 Some((from.clone(), spublish))
             }
             _ => None,

@@ -145,19 +145,10 @@ impl StreamPublish {
         cmd
     }
 
-    /// The envelope the script publishes for this message at `position`: what it
-    /// sends on the channel (`head`, offset, epoch, `route`, payload; see
-    /// `lua/publish.lua`), for a hub that must send it on another node.
-    pub(crate) fn envelope_at(&self, position: Position) -> Vec<u8> {
-        let parts = &self.parts;
-        [
-            &parts.head[..],
-            &position.offset.to_be_bytes(),
-            &position.epoch.as_u64().to_be_bytes(),
-            &parts.route[..],
-            &parts.payload[..],
-        ]
-        .concat()
+    /// The envelope the script publishes for this message at `position`, for a hub
+    /// that must send it on another node.
+    pub(crate) fn envelope_at(&self, position: Position) -> bytes::Bytes {
+        self.parts.at(position)
     }
 }
 
